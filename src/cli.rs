@@ -1,0 +1,181 @@
+//! The command-line edge: argument parsing, exit codes and human output.
+//!
+//! Parsing is pure ([`Cli::try_parse_from`] over any argument list), so it is unit-tested without a
+//! process. Commands whose pipeline stage has not been built yet say so on stderr and exit with
+//! [`Exit::Error`]; none of them pretends to have done anything.
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Exit codes of the `lockstep` binary.
+///
+/// `diff` follows `kubectl diff`: 0 means no changes, 1 means changes, 2 means an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// The command did what was asked.
+    Success = 0,
+    /// `diff` found changes, `check` found a problem.
+    Changes = 1,
+    /// Bad input, a failed step, or a command that is not available in this build.
+    Error = 2,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(exit: Exit) -> Self {
+        ExitCode::from(exit as u8)
+    }
+}
+
+/// GitOps with secrets kept encrypted in Git.
+///
+/// Secrets files are encrypted with age in the SOPS file format; templates and layered values render
+/// Kubernetes manifests per environment with secrets still sealed; secrets are decrypted in memory
+/// only when the manifests are server-side applied to a cluster, by hand or by the in-cluster
+/// controller.
+#[derive(Debug, Parser)]
+#[command(name = "lockstep", version, about, long_about = None)]
+pub struct Cli {
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Arguments of a command that is planned but not built yet; accepted as they are so the command
+/// can explain itself instead of failing on an unknown flag.
+#[derive(Debug, Clone, Default, Args)]
+pub struct Planned {
+    /// Arguments, kept for the message only.
+    #[arg(hide = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    pub args: Vec<OsString>,
+}
+
+/// The commands of `lockstep`, in pipeline order.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create an age identity (age-keygen format) and print its recipient.
+    Keygen(Planned),
+    /// Encrypt a secrets file in the SOPS format (YAML, JSON, dotenv, INI, binary).
+    Encrypt(Planned),
+    /// Decrypt a SOPS file to stdout or in place.
+    Decrypt(Planned),
+    /// Edit a SOPS file in $EDITOR through a memory-backed file.
+    Edit(Planned),
+    /// Re-encrypt files with a new data key for the recipients the creation rules name now.
+    Reseal(Planned),
+    /// As `sops updatekeys`: re-wrap the data key for the recipients the creation rules name now.
+    Updatekeys(Planned),
+    /// As `sops rotate`: re-encrypt every value with a new data key for the same recipients.
+    Rotate(Planned),
+    /// Pre-commit guard: every file matching a creation rule must be encrypted.
+    Check(Planned),
+    /// Scaffold a lockstep repository.
+    Init(Planned),
+    /// Render the manifests of one environment, secrets sealed.
+    Render(Planned),
+    /// Show what `apply` would change: server-side dry run against the live objects.
+    Diff(Planned),
+    /// Decrypt in memory and server-side apply one environment, with pruning and health waiting.
+    Apply(Planned),
+    /// Run the in-cluster controller that syncs `Sync` resources from Git.
+    Controller(Planned),
+    /// Ask the controller to sync a `Sync` resource now.
+    Sync(Planned),
+}
+
+impl Command {
+    /// The name the user typed this command by.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Keygen(_) => "keygen",
+            Command::Encrypt(_) => "encrypt",
+            Command::Decrypt(_) => "decrypt",
+            Command::Edit(_) => "edit",
+            Command::Reseal(_) => "reseal",
+            Command::Updatekeys(_) => "updatekeys",
+            Command::Rotate(_) => "rotate",
+            Command::Check(_) => "check",
+            Command::Init(_) => "init",
+            Command::Render(_) => "render",
+            Command::Diff(_) => "diff",
+            Command::Apply(_) => "apply",
+            Command::Controller(_) => "controller",
+            Command::Sync(_) => "sync",
+        }
+    }
+}
+
+/// Runs a parsed command line, writing human output to the given streams, and returns the exit code.
+pub fn run(cli: Cli, stderr: &mut dyn std::io::Write) -> Exit {
+    let name = cli.command.name();
+    // Every stage still to be built answers the same way: clearly, and without touching anything.
+    let _ = writeln!(
+        stderr,
+        "lockstep: `{name}` is not implemented in this build yet; nothing was read or written"
+    );
+    Exit::Error
+}
+
+/// Entry point of the binary: parse `std::env::args_os`, run, map to a process exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            // --help and --version are "errors" to clap; print them and exit 0 like any CLI.
+            let _ = err.print();
+            return if err.use_stderr() {
+                Exit::Error.into()
+            } else {
+                Exit::Success.into()
+            };
+        }
+    };
+    run(cli, &mut std::io::stderr()).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_planned_command_parses_with_arbitrary_flags_and_exits_2() {
+        for name in [
+            "keygen",
+            "encrypt",
+            "decrypt",
+            "edit",
+            "reseal",
+            "updatekeys",
+            "rotate",
+            "check",
+            "init",
+            "render",
+            "diff",
+            "apply",
+            "controller",
+            "sync",
+        ] {
+            let cli = Cli::try_parse_from(["lockstep", name, "--env", "prod", "x.yaml"])
+                .unwrap_or_else(|e| panic!("{name} should parse: {e}"));
+            let mut err = Vec::new();
+            assert_eq!(run(cli, &mut err), Exit::Error, "{name}");
+            let msg = String::from_utf8(err).expect("utf-8 message");
+            assert!(msg.contains("not implemented"), "{name}: {msg}");
+        }
+    }
+
+    #[test]
+    fn command_names_round_trip() {
+        for name in ["reseal", "updatekeys", "rotate", "controller"] {
+            let cli = Cli::try_parse_from(["lockstep", name]).expect("parses");
+            assert_eq!(cli.command.name(), name);
+        }
+    }
+
+    #[test]
+    fn unknown_command_is_a_usage_error() {
+        let err = Cli::try_parse_from(["lockstep", "frobnicate"]).expect_err("must fail");
+        assert!(err.use_stderr());
+    }
+}

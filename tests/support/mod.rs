@@ -1,0 +1,288 @@
+//! Test harness: the real peers (sops, age, kube-apiserver…) and one real control plane per test binary.
+//!
+//! - Peers are found in `$LOCKSTEP_PEERS_BIN`, else in the directory `scripts/peers --dir` names.
+//! - The control plane is the one `$LOCKSTEP_TEST_KUBECONFIG` points at (as `scripts/test` sets it from
+//!   `scripts/cluster up`), else one started lazily with `scripts/cluster up --watch-pid <this process>`,
+//!   which stops itself when the test binary exits. The plain `KUBECONFIG` is deliberately ignored so a
+//!   test run can never create namespaces in a user's real cluster.
+//! - When a peer or the control plane is missing, tests fail under `CI=true` and are skipped (with a
+//!   message on stderr) otherwise.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use kube::api::{Api, PostParams};
+use kube::config::{AuthInfo, KubeConfigOptions, Kubeconfig, NamedAuthInfo};
+use kube::{Client, Config};
+
+/// The repository root (where `scripts/` lives).
+pub fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// True when running under CI: missing peers then fail tests instead of skipping them.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Returns `Some(value)`, or handles a missing prerequisite: panics under CI, else prints a skip notice
+/// and returns `None` (the caller returns early).
+pub fn require<T>(what: &str, found: Result<T, String>) -> Option<T> {
+    match found {
+        Ok(v) => Some(v),
+        Err(why) if in_ci() => panic!("{what} is required under CI=true: {why}"),
+        Err(why) => {
+            eprintln!("SKIPPED: {what} is not available ({why}); run scripts/test to get it");
+            None
+        }
+    }
+}
+
+/// Unwraps a prerequisite or returns from the calling test (skip outside CI, fail under CI).
+#[macro_export]
+macro_rules! need {
+    ($what:expr, $found:expr) => {
+        match $crate::support::require($what, $found) {
+            Some(v) => v,
+            None => return,
+        }
+    };
+}
+
+// ------------------------------------------------------------------------------------------- peers
+
+static PEERS_BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+
+fn peers_bin() -> Result<PathBuf, String> {
+    PEERS_BIN
+        .get_or_init(|| {
+            if let Some(dir) = std::env::var_os("LOCKSTEP_PEERS_BIN") {
+                return Ok(PathBuf::from(dir));
+            }
+            let out = Command::new(repo_root().join("scripts/peers"))
+                .arg("--dir")
+                .output()
+                .map_err(|e| format!("cannot run scripts/peers --dir: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "scripts/peers --dir failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+            Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+        })
+        .clone()
+}
+
+/// Path of a real peer binary (`sops`, `age`, `age-keygen`, `kube-apiserver`…), if it has been built.
+pub fn peer(name: &str) -> Result<PathBuf, String> {
+    let path = peers_bin()?.join(name);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "{} does not exist; build it with scripts/peers",
+            path.display()
+        ))
+    }
+}
+
+// ------------------------------------------------------------------------------------------ cluster
+
+/// A running control plane the tests may use.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    /// Admin kubeconfig (client certificate in `system:masters`).
+    pub kubeconfig: PathBuf,
+}
+
+static CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
+
+/// The control plane for this test binary: the given one, or one started on first use.
+pub fn cluster() -> Result<Cluster, String> {
+    CLUSTER.get_or_init(start_or_reuse).clone()
+}
+
+fn start_or_reuse() -> Result<Cluster, String> {
+    if let Some(path) = std::env::var_os("LOCKSTEP_TEST_KUBECONFIG") {
+        let kubeconfig = PathBuf::from(path);
+        if !kubeconfig.is_file() {
+            // Pointed at something that is not there: a configuration error, never a skip.
+            panic!(
+                "LOCKSTEP_TEST_KUBECONFIG={} does not exist",
+                kubeconfig.display()
+            );
+        }
+        return Ok(Cluster { kubeconfig });
+    }
+    for component in [
+        "etcd",
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+        "kwok",
+    ] {
+        peer(component)?;
+    }
+    let state = std::env::temp_dir().join(format!("lockstep-test-cluster-{}", std::process::id()));
+    let out = Command::new(repo_root().join("scripts/cluster"))
+        .args(["up", "--watch-pid", &std::process::id().to_string()])
+        .env("LOCKSTEP_CLUSTER_DIR", &state)
+        .env("LOCKSTEP_PEERS_BIN", peers_bin()?)
+        .output()
+        .map_err(|e| format!("cannot run scripts/cluster: {e}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    match last.strip_prefix("KUBECONFIG=") {
+        // Peers exist but the control plane would not start: that is a failure everywhere.
+        Some(path) if out.status.success() => Ok(Cluster {
+            kubeconfig: PathBuf::from(path),
+        }),
+        _ => panic!(
+            "scripts/cluster up failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+fn install_crypto_provider() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        // Only one rustls provider is compiled in, but name it so nothing has to guess.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    });
+}
+
+/// A client for the kubeconfig at `path` (its current context).
+pub async fn client_for(path: &Path) -> Result<Client, String> {
+    install_crypto_provider();
+    let kubeconfig = Kubeconfig::read_from(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Client::try_from(config).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+impl Cluster {
+    /// An admin client; panics if the API server does not answer, since a kubeconfig was given.
+    pub async fn admin(&self) -> Client {
+        let client = client_for(&self.kubeconfig)
+            .await
+            .unwrap_or_else(|e| panic!("admin client: {e}"));
+        client.apiserver_version().await.unwrap_or_else(|e| {
+            panic!(
+                "API server of {} does not answer: {e}",
+                self.kubeconfig.display()
+            )
+        });
+        client
+    }
+
+    /// Creates a fresh namespace for one test, named `<prefix>-<unique suffix>`.
+    pub async fn namespace(&self, client: &Client, prefix: &str) -> String {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "{prefix}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": name, "labels": {"lockstep.dev/test": "true"}}
+        }))
+        .expect("namespace object");
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .unwrap_or_else(|e| panic!("create namespace {name}: {e}"));
+        name
+    }
+
+    /// Writes a kubeconfig whose user is ServiceAccount `namespace/name`, authenticated by a token from
+    /// the TokenRequest API (the ServiceAccount is created if missing). Returns the file's path.
+    pub async fn service_account_kubeconfig(
+        &self,
+        admin: &Client,
+        namespace: &str,
+        name: &str,
+        dir: &Path,
+    ) -> PathBuf {
+        let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), namespace);
+        if sas
+            .get_opt(name)
+            .await
+            .expect("look up service account")
+            .is_none()
+        {
+            let sa: ServiceAccount = serde_json::from_value(serde_json::json!({
+                "apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}
+            }))
+            .expect("service account object");
+            sas.create(&PostParams::default(), &sa)
+                .await
+                .expect("create service account");
+        }
+        let request = TokenRequest {
+            spec: TokenRequestSpec {
+                audiences: vec![],
+                expiration_seconds: Some(3600),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let token = sas
+            .create_token_request(name, &PostParams::default(), &request)
+            .await
+            .expect("TokenRequest")
+            .status
+            .expect("TokenRequest status")
+            .token;
+
+        let mut kubeconfig =
+            Kubeconfig::read_from(&self.kubeconfig).expect("read admin kubeconfig");
+        let user = format!("system:serviceaccount:{namespace}:{name}");
+        kubeconfig.auth_infos = vec![NamedAuthInfo {
+            name: user.clone(),
+            auth_info: Some(AuthInfo {
+                token: Some(token.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }];
+        for context in &mut kubeconfig.contexts {
+            if let Some(ctx) = context.context.as_mut() {
+                ctx.user = Some(user.clone());
+            }
+        }
+        let path = dir.join(format!("{namespace}-{name}.kubeconfig"));
+        // JSON is valid YAML, and every kubeconfig reader accepts it.
+        let text = serde_json::to_string_pretty(&kubeconfig).expect("serialize kubeconfig");
+        std::fs::write(&path, text).expect("write service account kubeconfig");
+        path
+    }
+}
+
+/// Polls `check` every 250 ms until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
