@@ -12,3 +12,5 @@
 #![warn(missing_docs)]
 
 pub mod cli;
+pub mod keys;
+pub mod sops;

@@ -9,6 +9,9 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+pub mod crypt;
+pub mod keysources;
+
 /// Exit codes of the `lockstep` binary.
 ///
 /// `diff` follows `kubectl diff`: 0 means no changes, 1 means changes, 2 means an error.
@@ -55,11 +58,11 @@ pub struct Planned {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create an age identity (age-keygen format) and print its recipient.
-    Keygen(Planned),
+    Keygen(crypt::KeygenArgs),
     /// Encrypt a secrets file in the SOPS format (YAML, JSON, dotenv, INI, binary).
-    Encrypt(Planned),
+    Encrypt(crypt::EncryptArgs),
     /// Decrypt a SOPS file to stdout or in place.
-    Decrypt(Planned),
+    Decrypt(crypt::DecryptArgs),
     /// Edit a SOPS file in $EDITOR through a memory-backed file.
     Edit(Planned),
     /// Re-encrypt files with a new data key for the recipients the creation rules name now.
@@ -107,14 +110,33 @@ impl Command {
 }
 
 /// Runs a parsed command line, writing human output to the given streams, and returns the exit code.
-pub fn run(cli: Cli, stderr: &mut dyn std::io::Write) -> Exit {
-    let name = cli.command.name();
-    // Every stage still to be built answers the same way: clearly, and without touching anything.
-    let _ = writeln!(
-        stderr,
-        "lockstep: `{name}` is not implemented in this build yet; nothing was read or written"
-    );
-    Exit::Error
+pub fn run(
+    cli: Cli,
+    env: &keysources::Env<'_>,
+    stdout: &mut dyn std::io::Write,
+    stderr: &mut dyn std::io::Write,
+) -> ExitCode {
+    let result = match &cli.command {
+        Command::Keygen(args) => crypt::keygen(args, stdout, stderr),
+        Command::Encrypt(args) => crypt::encrypt(args, env, stdout),
+        Command::Decrypt(args) => crypt::decrypt(args, env, stdout),
+        other => {
+            // Every stage still to be built answers the same way: clearly, and without touching anything.
+            let name = other.name();
+            let _ = writeln!(
+                stderr,
+                "lockstep: `{name}` is not implemented in this build yet; nothing was read or written"
+            );
+            return Exit::Error.into();
+        }
+    };
+    match result {
+        Ok(()) => Exit::Success.into(),
+        Err(failure) => {
+            let _ = writeln!(stderr, "lockstep: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
 }
 
 /// Entry point of the binary: parse `std::env::args_os`, run, map to a process exit code.
@@ -131,7 +153,8 @@ pub fn main() -> ExitCode {
             };
         }
     };
-    run(cli, &mut std::io::stderr()).into()
+    let env = keysources::Env::process();
+    run(cli, &env, &mut std::io::stdout().lock(), &mut std::io::stderr())
 }
 
 #[cfg(test)]
@@ -141,9 +164,6 @@ mod tests {
     #[test]
     fn every_planned_command_parses_with_arbitrary_flags_and_exits_2() {
         for name in [
-            "keygen",
-            "encrypt",
-            "decrypt",
             "edit",
             "reseal",
             "updatekeys",
@@ -159,7 +179,8 @@ mod tests {
             let cli = Cli::try_parse_from(["lockstep", name, "--env", "prod", "x.yaml"])
                 .unwrap_or_else(|e| panic!("{name} should parse: {e}"));
             let mut err = Vec::new();
-            assert_eq!(run(cli, &mut err), Exit::Error, "{name}");
+            let env = keysources::Env { var: &|_| None, home: None };
+            assert_eq!(run(cli, &env, &mut Vec::new(), &mut err), ExitCode::from(2), "{name}");
             let msg = String::from_utf8(err).expect("utf-8 message");
             assert!(msg.contains("not implemented"), "{name}: {msg}");
         }

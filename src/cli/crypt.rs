@@ -1,0 +1,420 @@
+//! `keygen`, `encrypt` and `decrypt`: reading files and keys, calling the sops format, writing output.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use zeroize::Zeroizing;
+
+use super::keysources::{self, Env};
+use crate::keys::Recipient;
+use crate::sops::config::Config;
+use crate::sops::rules::Selection;
+use crate::sops::store::{self, FORMAT_NAMES, Format};
+use crate::sops::tree::{Item, Value};
+use crate::sops::{self, EncryptOptions, SopsError};
+
+/// A failed command: what to print and the exit code.
+pub struct Failure {
+    /// The message (already names the file).
+    pub message: String,
+    /// Process exit code.
+    pub code: u8,
+}
+
+impl Failure {
+    fn new(code: u8, message: impl Into<String>) -> Self {
+        Failure { message: message.into(), code }
+    }
+}
+
+/// `lockstep keygen`
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// Write the identity to FILE (created with mode 0600; never overwritten) instead of stdout.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+/// Options shared by `encrypt` and `decrypt`.
+#[derive(Debug, Args)]
+pub struct IoArgs {
+    /// The file to read.
+    pub file: PathBuf,
+    /// Write the result back to FILE (atomically) instead of stdout.
+    #[arg(short = 'i', long = "in-place")]
+    pub in_place: bool,
+    /// Write the result to this file instead of stdout.
+    #[arg(long, value_name = "FILE", conflicts_with = "in_place")]
+    pub output: Option<PathBuf>,
+    /// Input format (default: from the file extension): yaml, json, dotenv, ini, binary.
+    #[arg(long, value_name = "TYPE")]
+    pub input_type: Option<String>,
+    /// Output format (default: the input format).
+    #[arg(long, value_name = "TYPE")]
+    pub output_type: Option<String>,
+    /// Indentation of YAML output (default: .sops.yaml stores.yaml.indent, else 4).
+    #[arg(long)]
+    pub indent: Option<usize>,
+}
+
+/// `lockstep encrypt`
+#[derive(Debug, Args)]
+pub struct EncryptArgs {
+    #[command(flatten)]
+    io: IoArgs,
+    /// age recipients (age1…, or SSH public keys), comma-separated; overrides .sops.yaml. Also SOPS_AGE_RECIPIENTS.
+    #[arg(long, value_name = "RECIPIENTS")]
+    age: Vec<String>,
+    /// Use this .sops.yaml (also SOPS_CONFIG) instead of looking for one.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Values whose key path has a key ending with this suffix stay plaintext.
+    #[arg(long)]
+    unencrypted_suffix: Option<String>,
+    /// Only values whose key path has a key ending with this suffix are encrypted.
+    #[arg(long)]
+    encrypted_suffix: Option<String>,
+    /// Values whose key path has a key matching this regex stay plaintext.
+    #[arg(long)]
+    unencrypted_regex: Option<String>,
+    /// Only values whose key path has a key matching this regex are encrypted.
+    #[arg(long)]
+    encrypted_regex: Option<String>,
+    /// Values under a comment matching this regex stay plaintext.
+    #[arg(long)]
+    unencrypted_comment_regex: Option<String>,
+    /// Only values under a comment matching this regex are encrypted.
+    #[arg(long)]
+    encrypted_comment_regex: Option<String>,
+    /// The MAC covers encrypted values only, so plaintext values can be edited without a key.
+    #[arg(long)]
+    mac_only_encrypted: bool,
+    /// Shares needed to recover the data key when .sops.yaml names several key groups.
+    #[arg(long)]
+    shamir_threshold: Option<usize>,
+}
+
+/// `lockstep decrypt`
+#[derive(Debug, Args)]
+pub struct DecryptArgs {
+    #[command(flatten)]
+    io: IoArgs,
+    /// Print only the value at this path, e.g. '["db"]["password"]' or '["hosts"][0]'.
+    #[arg(long, value_name = "PATH")]
+    extract: Option<String>,
+    /// Decrypt even when the MAC does not match (the file may have been tampered with).
+    #[arg(long)]
+    ignore_mac: bool,
+    /// Also try the identities in FILE (age key file or OpenSSH private key); repeatable.
+    #[arg(long, value_name = "FILE")]
+    identity: Vec<PathBuf>,
+}
+
+fn format_of(name: Option<&str>, path: &Path, flag: &str) -> Result<Format, Failure> {
+    match name {
+        None => Ok(Format::from_path(path)),
+        Some(n) => Format::from_name(n)
+            .ok_or_else(|| Failure::new(1, format!("{flag} {n:?} is not a format; use one of: {FORMAT_NAMES}"))),
+    }
+}
+
+fn read_input(path: &Path) -> Result<Zeroizing<Vec<u8>>, Failure> {
+    std::fs::read(path)
+        .map(Zeroizing::new)
+        .map_err(|e| Failure::new(if e.kind() == std::io::ErrorKind::NotFound { 100 } else { 2 }, format!("{}: cannot read: {e}", path.display())))
+}
+
+/// Writes `bytes` to `path` atomically: a sibling temp file (0600) renamed over the target.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.lockstep-{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        if let Ok(meta) = std::fs::metadata(path) {
+            std::fs::set_permissions(&tmp, meta.permissions())?;
+        }
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn write_output(io: &IoArgs, bytes: &[u8], stdout: &mut dyn Write) -> Result<(), Failure> {
+    let target = if io.in_place { Some(&io.file) } else { io.output.as_ref() };
+    match target {
+        Some(path) => write_atomic(path, bytes).map_err(|e| Failure::new(3, format!("{}: cannot write: {e}", path.display()))),
+        None => match stdout.write_all(bytes).and_then(|_| stdout.flush()) {
+            Ok(()) => Ok(()),
+            // A closed pipe (e.g. `| head`) is not an error.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+            Err(e) => Err(Failure::new(3, format!("cannot write to stdout: {e}"))),
+        },
+    }
+}
+
+fn random(buf: &mut [u8]) {
+    getrandom::fill(buf).expect("the operating system's random source is available");
+}
+
+/// `lockstep keygen`
+pub fn keygen(args: &KeygenArgs, stdout: &mut dyn Write, stderr: &mut dyn Write) -> Result<(), Failure> {
+    let created = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let (text, public) = crate::keys::generate(&created);
+    match &args.output {
+        Some(path) => {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| {
+                    if e.kind() == std::io::ErrorKind::AlreadyExists {
+                        Failure::new(1, format!("{}: already exists; refusing to overwrite an identity", path.display()))
+                    } else {
+                        Failure::new(3, format!("{}: cannot create: {e}", path.display()))
+                    }
+                })?;
+            f.write_all(text.as_bytes())
+                .and_then(|_| f.sync_all())
+                .map_err(|e| Failure::new(3, format!("{}: cannot write: {e}", path.display())))?;
+            let _ = writeln!(stderr, "Public key: {public}");
+        }
+        None => {
+            stdout.write_all(text.as_bytes()).map_err(|e| Failure::new(3, format!("cannot write to stdout: {e}")))?;
+        }
+    }
+    Ok(())
+}
+
+/// Finds `.sops.yaml`: `--config`, `SOPS_CONFIG`, else upwards from the file's directory, else upwards
+/// from the working directory.
+fn find_config(explicit: Option<&Path>, env: &Env<'_>, file: &Path) -> Result<Option<(PathBuf, Config)>, Failure> {
+    let load = |p: &Path| -> Result<Option<(PathBuf, Config)>, Failure> {
+        let text = std::fs::read_to_string(p).map_err(|e| Failure::new(1, format!("{}: cannot read: {e}", p.display())))?;
+        let config = Config::parse(&text).map_err(|e| Failure::new(1, format!("{}: {e}", p.display())))?;
+        let dir = p.parent().map(Path::to_path_buf).unwrap_or_default();
+        Ok(Some((dir, config)))
+    };
+    if let Some(p) = explicit {
+        return load(p);
+    }
+    if let Some(p) = (env.var)("SOPS_CONFIG") {
+        return load(Path::new(&p));
+    }
+    let abs = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
+    let cwd = std::env::current_dir().ok();
+    let starts = [abs.parent().map(Path::to_path_buf), cwd];
+    for start in starts.into_iter().flatten() {
+        for dir in start.ancestors().take(100) {
+            let candidate = dir.join(".sops.yaml");
+            if candidate.is_file() {
+                return load(&candidate);
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// `lockstep encrypt`
+pub fn encrypt(args: &EncryptArgs, env: &Env<'_>, stdout: &mut dyn Write) -> Result<(), Failure> {
+    let file = &args.io.file;
+    let fname = file.display();
+    let format = format_of(args.io.input_type.as_deref(), file, "--input-type")?;
+    let out_format = format_of(args.io.output_type.as_deref().or(args.io.input_type.as_deref()), file, "--output-type")?;
+    if out_format != format {
+        return Err(Failure::new(1, "encrypt writes the input format; --output-type differing from the input is not supported yet"));
+    }
+    let plain = read_input(file)?;
+    let abs = std::path::absolute(file).unwrap_or_else(|_| file.clone());
+    let config = find_config(args.config.as_deref(), env, file)?;
+    let rule = config.as_ref().and_then(|(dir, c)| c.rule_for(&abs, dir));
+
+    let cli_recipients: Vec<String> = if !args.age.is_empty() {
+        args.age.iter().flat_map(|a| a.split(',')).map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
+    } else {
+        (env.var)("SOPS_AGE_RECIPIENTS")
+            .map(|a| a.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+            .unwrap_or_default()
+    };
+    let groups: Vec<Vec<String>> = if !cli_recipients.is_empty() {
+        vec![cli_recipients]
+    } else if let Some(rule) = rule {
+        if rule.key_groups.iter().all(|g| g.is_empty()) {
+            let extra = if rule.foreign_keys.is_empty() {
+                String::new()
+            } else {
+                format!(" (it names {} keys, which lockstep does not encrypt to)", rule.foreign_keys.join(", "))
+            };
+            return Err(Failure::new(1, format!("{fname}: the matching creation rule has no age recipients{extra}; pass --age age1…")));
+        }
+        rule.key_groups.clone()
+    } else {
+        let hint = match &config {
+            Some((dir, _)) => format!("no creation rule in {}/.sops.yaml matches this file", dir.display()),
+            None => "no .sops.yaml found (looked upwards from the file and from the working directory)".into(),
+        };
+        return Err(Failure::new(1, format!("{fname}: no recipients: {hint}; pass --age age1… or add a creation rule")));
+    };
+    let key_groups = groups
+        .iter()
+        .map(|g| {
+            g.iter()
+                .map(|r| Recipient::parse(r).map(|p| (r.clone(), p)).map_err(|e| Failure::new(1, format!("{fname}: {e}"))))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let cli_selection: Vec<(&str, &str)> = [
+        ("unencrypted_suffix", &args.unencrypted_suffix),
+        ("encrypted_suffix", &args.encrypted_suffix),
+        ("unencrypted_regex", &args.unencrypted_regex),
+        ("encrypted_regex", &args.encrypted_regex),
+        ("unencrypted_comment_regex", &args.unencrypted_comment_regex),
+        ("encrypted_comment_regex", &args.encrypted_comment_regex),
+    ]
+    .into_iter()
+    .filter_map(|(f, v)| v.as_deref().map(|v| (f, v)))
+    .collect();
+    let selection = match Selection::from_fields(cli_selection).map_err(|e| Failure::new(8, e.to_string()))? {
+        Some(s) => s,
+        None => rule.and_then(|r| r.selection.clone()).unwrap_or_default(),
+    };
+    let yaml_indent = args.io.indent.or(config.as_ref().and_then(|(_, c)| c.yaml_indent)).unwrap_or(4);
+    let mut rng = random;
+    let out = sops::encrypt(
+        &plain,
+        EncryptOptions {
+            format,
+            key_groups,
+            shamir_threshold: args.shamir_threshold.or(rule.and_then(|r| r.shamir_threshold)),
+            selection,
+            mac_only_encrypted: args.mac_only_encrypted || rule.is_some_and(|r| r.mac_only_encrypted),
+            now: jiff::Timestamp::now(),
+            yaml_indent,
+            rng: &mut rng,
+        },
+    )
+    .map_err(|e| Failure::new(e.exit_code(), format!("{fname}: {e}")))?;
+    write_output(&args.io, &out, stdout)
+}
+
+/// Renders a "no identity matched" error with everything needed to fix it (public halves only).
+pub fn explain(file: &Path, err: &SopsError, searched: &[String]) -> String {
+    match err {
+        SopsError::NoMatchingIdentity { recipients, foreign, tried } => {
+            let mut m = format!("{}: no identity can decrypt this file's data key\n", file.display());
+            if recipients.is_empty() {
+                m.push_str("  the file has no age recipients\n");
+            } else {
+                m.push_str("  the file is encrypted to:\n");
+                for r in recipients {
+                    m.push_str(&format!("    {r}\n"));
+                }
+            }
+            if !foreign.is_empty() {
+                m.push_str(&format!("  it also has {} keys, which lockstep cannot use\n", foreign.join(", ")));
+            }
+            if tried.is_empty() {
+                m.push_str("  no identities were found\n");
+            } else {
+                m.push_str("  identities tried:\n");
+                for (public, source) in tried {
+                    m.push_str(&format!("    {public}  (from {source})\n"));
+                }
+            }
+            m.push_str(&format!("  looked in: {}\n", searched.join(", ")));
+            m.push_str("  fix: set SOPS_AGE_KEY_FILE to the key file of one of the recipients above, or pass --identity FILE");
+            m
+        }
+        other => format!("{}: {other}", file.display()),
+    }
+}
+
+#[derive(Debug)]
+enum Step {
+    Key(String),
+    Index(usize),
+}
+
+fn parse_extract(path: &str) -> Option<Vec<Step>> {
+    let mut steps = Vec::new();
+    let mut rest = path.trim();
+    while !rest.is_empty() {
+        rest = rest.strip_prefix('[')?;
+        let end;
+        if let Some(q) = rest.chars().next().filter(|c| *c == '"' || *c == '\'') {
+            let close = rest[1..].find(q)? + 1;
+            steps.push(Step::Key(rest[1..close].to_string()));
+            end = close + 1;
+        } else {
+            let close = rest.find(']')?;
+            steps.push(Step::Index(rest[..close].trim().parse().ok()?));
+            end = close;
+        }
+        rest = rest[end..].strip_prefix(']')?;
+    }
+    Some(steps)
+}
+
+/// `lockstep decrypt`
+pub fn decrypt(args: &DecryptArgs, env: &Env<'_>, stdout: &mut dyn Write) -> Result<(), Failure> {
+    let file = &args.io.file;
+    let fname = file.display();
+    let format = format_of(args.io.input_type.as_deref(), file, "--input-type")?;
+    let out_format = format_of(args.io.output_type.as_deref().or(args.io.input_type.as_deref()), file, "--output-type")?;
+    let bytes = read_input(file)?;
+    let ring = keysources::load(env, &args.identity).map_err(|e| Failure::new(128, format!("{fname}: {e}")))?;
+    let decrypted = sops::decrypt(&bytes, format, &ring, args.ignore_mac)
+        .map_err(|e| Failure::new(e.exit_code(), explain(file, &e, &ring.searched)))?;
+    let indent = args.io.indent.unwrap_or(4);
+    let out: Zeroizing<Vec<u8>> = match &args.extract {
+        None => Zeroizing::new(
+            store::emit_plain(out_format, &decrypted.docs, indent)
+                .map_err(|e| Failure::new(4, format!("{fname}: cannot write as {out_format:?}: {e}")))?,
+        ),
+        Some(path) => {
+            let steps = parse_extract(path).ok_or_else(|| {
+                Failure::new(91, format!("--extract {path:?}: expected a path like '[\"key\"][0][\"other\"]'"))
+            })?;
+            let root = Value::Map(decrypted.docs.first().map(|d| d.items.clone()).unwrap_or_default());
+            let mut node = &root;
+            for step in &steps {
+                node = match (step, node) {
+                    (Step::Key(k), v) => v.get(k),
+                    (Step::Index(i), Value::List(l)) => l.iter().filter(|v| !matches!(v, Value::Comment(_))).nth(*i),
+                    _ => None,
+                }
+                .ok_or_else(|| Failure::new(91, format!("{fname}: --extract {path}: no such key or index")))?;
+            }
+            let bytes = match node {
+                Value::Str(s) | Value::Time(s) => s.clone().into_bytes(),
+                Value::Bytes(b) => b.clone(),
+                Value::Int(i) => i.to_string().into_bytes(),
+                Value::Float(f) => crate::sops::tree::format_float(*f).into_bytes(),
+                Value::Bool(b) => b.to_string().into_bytes(),
+                Value::Null => b"null".to_vec(),
+                Value::Map(items) => store::emit_plain(Format::Yaml, &[crate::sops::tree::Document::new(items.clone())], indent)
+                    .map_err(|e| Failure::new(4, e.to_string()))?,
+                Value::List(_) => {
+                    let doc = crate::sops::tree::Document::new(vec![Item::Pair("value".into(), node.clone())]);
+                    store::emit_plain(Format::Yaml, &[doc], indent).map_err(|e| Failure::new(4, e.to_string()))?
+                }
+                Value::Comment(_) => vec![],
+            };
+            drop(crate::sops::tree::Document::new(match root {
+                Value::Map(items) => items,
+                _ => vec![],
+            }));
+            Zeroizing::new(bytes)
+        }
+    };
+    write_output(&args.io, &out, stdout)
+}

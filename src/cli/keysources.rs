@@ -1,0 +1,114 @@
+//! Where identities come from, in sops's order and names, plus `--identity FILE`. This is the only
+//! place that reads key material from the environment and the filesystem.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use zeroize::Zeroizing;
+
+use crate::keys::{IdentityError, KeyRing};
+
+/// Reads of the environment, injected so tests can run without touching the real one.
+pub struct Env<'a> {
+    /// Looks up a variable.
+    pub var: &'a dyn Fn(&str) -> Option<String>,
+    /// The home directory.
+    pub home: Option<PathBuf>,
+}
+
+impl Env<'_> {
+    /// The process environment.
+    pub fn process() -> Env<'static> {
+        Env { var: &|k| std::env::var(k).ok().filter(|v| !v.is_empty()), home: std::env::var_os("HOME").map(PathBuf::from) }
+    }
+}
+
+fn read_key_file(path: &Path) -> std::io::Result<Zeroizing<Vec<u8>>> {
+    std::fs::read(path).map(Zeroizing::new)
+}
+
+/// The default age key file: `$XDG_CONFIG_HOME/sops/age/keys.txt`, else `~/.config/sops/age/keys.txt`.
+pub fn default_key_file(env: &Env<'_>) -> Option<PathBuf> {
+    match (env.var)("XDG_CONFIG_HOME") {
+        Some(x) => Some(PathBuf::from(x).join("sops/age/keys.txt")),
+        None => env.home.as_ref().map(|h| h.join(".config/sops/age/keys.txt")),
+    }
+}
+
+/// Loads every identity from every source. Sources that are absent are noted in `searched`; a source
+/// that exists but does not parse is an error naming it.
+pub fn load(env: &Env<'_>, identity_files: &[PathBuf]) -> Result<KeyRing, IdentityError> {
+    let mut ring = KeyRing::default();
+    let file = |ring: &mut KeyRing, path: &Path, label: String, optional: bool| -> Result<(), IdentityError> {
+        match read_key_file(path) {
+            Ok(bytes) => {
+                let n = ring.add_text(&bytes, &label)?;
+                ring.searched.push(format!("{label} ({n} identit{})", if n == 1 { "y" } else { "ies" }));
+                Ok(())
+            }
+            Err(e) if optional && e.kind() == std::io::ErrorKind::NotFound => {
+                ring.searched.push(format!("{label} (not found)"));
+                Ok(())
+            }
+            Err(e) => Err(IdentityError { source_name: label, reason: format!("cannot read: {e}") }),
+        }
+    };
+
+    for path in identity_files {
+        file(&mut ring, path, format!("--identity {}", path.display()), false)?;
+    }
+    // 1. SSH keys.
+    match (env.var)("SOPS_AGE_SSH_PRIVATE_KEY_FILE") {
+        Some(p) => file(&mut ring, Path::new(&p), format!("SOPS_AGE_SSH_PRIVATE_KEY_FILE={p}"), false)?,
+        None => {
+            if let Some(home) = &env.home {
+                for name in ["id_ed25519", "id_rsa"] {
+                    let p = home.join(".ssh").join(name);
+                    if p.is_file() {
+                        // An unusable default SSH key (e.g. passphrase-protected) is skipped, as sops does.
+                        if let Err(e) = file(&mut ring, &p, format!("~/.ssh/{name}"), true) {
+                            ring.searched.push(format!("~/.ssh/{name} (skipped: {})", e.reason));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // 2. SOPS_AGE_KEY
+    match (env.var)("SOPS_AGE_KEY") {
+        Some(text) => {
+            let text = Zeroizing::new(text);
+            let n = ring.add_text(text.as_bytes(), "SOPS_AGE_KEY")?;
+            ring.searched.push(format!("SOPS_AGE_KEY ({n} identities)"));
+        }
+        None => ring.searched.push("SOPS_AGE_KEY (unset)".into()),
+    }
+    // 3. SOPS_AGE_KEY_FILE
+    match (env.var)("SOPS_AGE_KEY_FILE") {
+        Some(p) => file(&mut ring, Path::new(&p), format!("SOPS_AGE_KEY_FILE={p}"), false)?,
+        None => ring.searched.push("SOPS_AGE_KEY_FILE (unset)".into()),
+    }
+    // 4. SOPS_AGE_KEY_CMD
+    if let Some(cmd) = (env.var)("SOPS_AGE_KEY_CMD") {
+        let out = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(&cmd)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| IdentityError { source_name: "SOPS_AGE_KEY_CMD".into(), reason: format!("cannot run: {e}") })?;
+        let stdout = Zeroizing::new(out.stdout);
+        if !out.status.success() {
+            return Err(IdentityError {
+                source_name: "SOPS_AGE_KEY_CMD".into(),
+                reason: format!("exited with {}", out.status),
+            });
+        }
+        let n = ring.add_text(&stdout, "SOPS_AGE_KEY_CMD")?;
+        ring.searched.push(format!("SOPS_AGE_KEY_CMD ({n} identities)"));
+    }
+    // 5. The default key file.
+    if let Some(p) = default_key_file(env) {
+        file(&mut ring, &p, p.display().to_string(), true)?;
+    }
+    Ok(ring)
+}

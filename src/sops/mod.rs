@@ -1,0 +1,288 @@
+//! The SOPS file format, bytes in and bytes out: stores (per file format), the value cipher, the MAC,
+//! metadata and key groups. Nothing here touches the filesystem, the clock or the RNG directly: the
+//! time and random bytes are passed in, so outputs can be golden-tested.
+
+pub mod cipher;
+pub mod config;
+pub mod metadata;
+pub mod rules;
+pub mod shamir;
+pub mod store;
+pub mod tree;
+pub mod walk;
+
+use zeroize::Zeroizing;
+
+use crate::keys::{KeyRing, Recipient};
+use cipher::DataKey;
+use metadata::{AgeEntry, KeyGroup, Metadata};
+use rules::Selection;
+use store::{Format, StoreError};
+use tree::Document;
+use walk::{Rng, Walk};
+
+/// Why a file could not be encrypted or decrypted. Messages name keys, paths and recipients — never values.
+#[derive(Debug, thiserror::Error)]
+pub enum SopsError {
+    /// The input does not parse in its format.
+    #[error("cannot parse as {format:?}: {source}")]
+    Parse {
+        /// The format tried.
+        format: Format,
+        /// Where and why.
+        source: StoreError,
+    },
+    /// The output cannot be written in the format (e.g. nested values in dotenv).
+    #[error("cannot write as {format:?}: {source}")]
+    Emit {
+        /// The format tried.
+        format: Format,
+        /// Which key and why.
+        source: StoreError,
+    },
+    /// `encrypt` on a file that already has sops metadata.
+    #[error("the file is already encrypted (it has sops metadata); decrypt it first or use `edit`")]
+    AlreadyEncrypted,
+    /// `decrypt` on a file without sops metadata.
+    #[error("sops metadata not found: the file is not encrypted")]
+    NotEncrypted,
+    /// The file has no content to encrypt.
+    #[error("the file is empty; there is nothing to encrypt")]
+    Empty,
+    /// The metadata block is unusable.
+    #[error(transparent)]
+    Metadata(#[from] metadata::MetadataError),
+    /// No recipient was given for a new file.
+    #[error("no recipients: pass --age age1… or add a creation rule with age recipients to .sops.yaml")]
+    NoRecipients,
+    /// A data key could not be wrapped.
+    #[error("cannot wrap the data key for {recipient}: {message}")]
+    Wrap {
+        /// The recipient.
+        recipient: String,
+        /// Why.
+        message: String,
+    },
+    /// None of the loaded identities opens the file's data key.
+    #[error("no identity can decrypt the data key")]
+    NoMatchingIdentity {
+        /// The file's age recipients.
+        recipients: Vec<String>,
+        /// Other key types in the file (pgp, kms…), which lockstep cannot use.
+        foreign: Vec<String>,
+        /// `(public half, source)` of every identity tried.
+        tried: Vec<(String, String)>,
+    },
+    /// An age stanza is damaged.
+    #[error("the data key wrapped for {recipient} is damaged: {message}")]
+    BadStanza {
+        /// The recipient of the damaged stanza.
+        recipient: String,
+        /// Why.
+        message: String,
+    },
+    /// A value could not be encrypted or decrypted.
+    #[error(transparent)]
+    Walk(#[from] walk::WalkError),
+    /// The MAC does not match.
+    #[error("MAC mismatch: the file was modified outside lockstep/sops (values, their order or lastmodified changed)")]
+    MacMismatch,
+    /// The file has no MAC.
+    #[error("MAC mismatch: the file has no MAC")]
+    NoMac,
+    /// The stored MAC does not decrypt.
+    #[error("cannot decrypt the MAC: {0}")]
+    BadMac(cipher::CipherError),
+    /// Invalid key-group settings.
+    #[error("{0}")]
+    KeyGroups(String),
+}
+
+impl SopsError {
+    /// The exit code sops uses for the same failure.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            SopsError::Parse { .. } => 2,
+            SopsError::Emit { .. } => 4,
+            SopsError::AlreadyEncrypted => 203,
+            SopsError::Empty => 92,
+            SopsError::NoMatchingIdentity { .. } | SopsError::BadStanza { .. } => 128,
+            SopsError::Walk(_) => 25,
+            SopsError::MacMismatch | SopsError::NoMac | SopsError::BadMac(_) => 51,
+            SopsError::NotEncrypted
+            | SopsError::Metadata(_)
+            | SopsError::NoRecipients
+            | SopsError::Wrap { .. }
+            | SopsError::KeyGroups(_) => 1,
+        }
+    }
+}
+
+/// How to encrypt a new file.
+pub struct EncryptOptions<'a> {
+    /// The file's format.
+    pub format: Format,
+    /// Recipients per key group (one group in the common case).
+    pub key_groups: Vec<Vec<(String, Recipient)>>,
+    /// Shares needed when there are several groups (default: all).
+    pub shamir_threshold: Option<usize>,
+    /// Which values to encrypt.
+    pub selection: Selection,
+    /// Hash only encrypted values.
+    pub mac_only_encrypted: bool,
+    /// The write time (`lastmodified`).
+    pub now: jiff::Timestamp,
+    /// Indentation of YAML output.
+    pub yaml_indent: usize,
+    /// Random bytes (data key, IVs, Shamir coefficients).
+    pub rng: Rng<'a>,
+}
+
+/// Encrypts a plaintext file.
+pub fn encrypt(plain: &[u8], mut opts: EncryptOptions<'_>) -> Result<Vec<u8>, SopsError> {
+    let format = opts.format;
+    let loaded = store::load_plain(format, plain).map_err(|source| SopsError::Parse { format, source })?;
+    if loaded.metadata.is_some() || loaded.docs.iter().any(|d| d.has("sops")) {
+        return Err(SopsError::AlreadyEncrypted);
+    }
+    let mut docs = loaded.docs;
+    if docs.is_empty() {
+        return Err(SopsError::Empty);
+    }
+    if opts.key_groups.iter().all(|g| g.is_empty()) {
+        return Err(SopsError::NoRecipients);
+    }
+    let key = DataKey::generate(&mut opts.rng);
+    let key_groups = wrap_key_groups(&key, &opts.key_groups, opts.shamir_threshold, &mut opts.rng)?;
+    let walk = Walk { key: &key, selection: &opts.selection, mac_only_encrypted: opts.mac_only_encrypted };
+    let mac = walk::encrypt(&mut docs, &walk, &mut opts.rng)?;
+    let lastmodified = metadata::format_lastmodified(opts.now);
+    let sealed_mac = walk::seal_mac(&key, &mac, &lastmodified, &mut opts.rng);
+    let meta = Metadata {
+        shamir_threshold: (key_groups.len() > 1).then(|| opts.shamir_threshold.unwrap_or(key_groups.len())),
+        key_groups,
+        lastmodified,
+        mac: sealed_mac,
+        selection: opts.selection.clone(),
+        mac_only_encrypted: opts.mac_only_encrypted,
+        version: metadata::SOPS_VERSION.to_string(),
+    };
+    store::emit_encrypted(format, &docs, &meta.to_value(), opts.yaml_indent).map_err(|source| SopsError::Emit { format, source })
+}
+
+fn wrap_key_groups(
+    key: &DataKey,
+    groups: &[Vec<(String, Recipient)>],
+    threshold: Option<usize>,
+    rng: &mut Rng<'_>,
+) -> Result<Vec<KeyGroup>, SopsError> {
+    let secrets: Vec<Zeroizing<Vec<u8>>> = if groups.len() == 1 {
+        vec![Zeroizing::new(key.expose().to_vec())]
+    } else {
+        let t = threshold.unwrap_or(groups.len());
+        if t == 0 || t > groups.len() {
+            return Err(SopsError::KeyGroups(format!(
+                "shamir_threshold {t} must be between 1 and the number of key groups ({})",
+                groups.len()
+            )));
+        }
+        shamir::split(key.expose(), groups.len(), t, rng)
+    };
+    groups
+        .iter()
+        .zip(secrets.iter())
+        .map(|(group, secret)| {
+            let age = group
+                .iter()
+                .map(|(text, r)| {
+                    crate::keys::wrap(secret, r)
+                        .map(|enc| AgeEntry { recipient: text.clone(), enc })
+                        .map_err(|e| SopsError::Wrap { recipient: text.clone(), message: e.to_string() })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(KeyGroup { age, others: vec![] })
+        })
+        .collect()
+}
+
+/// A decrypted file. Its documents hold plaintext and are wiped when dropped.
+pub struct Decrypted {
+    /// The plaintext documents.
+    pub docs: Vec<Document>,
+    /// The file's metadata.
+    pub metadata: Metadata,
+    /// The data key (for re-encrypting after an edit).
+    pub key: DataKey,
+}
+
+/// Recovers a file's data key with the identities in `ring`.
+pub fn data_key(meta: &Metadata, ring: &KeyRing) -> Result<DataKey, SopsError> {
+    let mut shares = Vec::new();
+    for group in &meta.key_groups {
+        for entry in &group.age {
+            match ring.unwrap(&entry.enc) {
+                Ok(Some(secret)) => {
+                    shares.push(secret);
+                    break;
+                }
+                Ok(None) => {}
+                Err(message) => {
+                    return Err(SopsError::BadStanza { recipient: entry.recipient.clone(), message });
+                }
+            }
+        }
+    }
+    let no_match = || SopsError::NoMatchingIdentity {
+        recipients: meta.age_entries().map(|e| e.recipient.clone()).collect(),
+        foreign: meta
+            .key_groups
+            .iter()
+            .flat_map(|g| g.others.iter())
+            .filter(|(_, v)| matches!(v, tree::Value::List(l) if !l.is_empty()))
+            .map(|(k, _)| k.clone())
+            .collect(),
+        tried: ring.identities.iter().map(|i| (i.public.clone(), i.source.clone())).collect(),
+    };
+    if meta.key_groups.len() <= 1 {
+        let secret = shares.pop().ok_or_else(no_match)?;
+        return DataKey::from_slice(&secret)
+            .ok_or_else(|| SopsError::KeyGroups("the wrapped data key is not 32 bytes".into()));
+    }
+    let threshold = meta.shamir_threshold.unwrap_or(meta.key_groups.len());
+    if shares.len() < threshold {
+        return Err(no_match());
+    }
+    let secret = shamir::combine(&shares).map_err(|e| SopsError::KeyGroups(format!("cannot combine key shares: {e}")))?;
+    DataKey::from_slice(&secret).ok_or_else(|| SopsError::KeyGroups("the combined data key is not 32 bytes".into()))
+}
+
+/// Opens an encrypted file: data key, values, MAC check (unless `ignore_mac`).
+pub fn decrypt(bytes: &[u8], format: Format, ring: &KeyRing, ignore_mac: bool) -> Result<Decrypted, SopsError> {
+    let loaded = store::load_encrypted(format, bytes).map_err(|source| SopsError::Parse { format, source })?;
+    let raw_meta = loaded.metadata.ok_or(SopsError::NotEncrypted)?;
+    let meta = Metadata::parse(&raw_meta)?;
+    let mut docs = loaded.docs;
+    let key = data_key(&meta, ring)?;
+    let walk = Walk { key: &key, selection: &meta.selection, mac_only_encrypted: meta.mac_only_encrypted };
+    let computed = walk::decrypt(&mut docs, &walk, format == Format::Binary)?;
+    if !ignore_mac {
+        if meta.mac.is_empty() {
+            return Err(SopsError::NoMac);
+        }
+        let stored = walk::open_mac(&key, &meta.mac, &metadata::mac_aad_time(&meta.lastmodified))
+            .map_err(SopsError::BadMac)?;
+        if stored != computed {
+            return Err(SopsError::MacMismatch);
+        }
+    }
+    Ok(Decrypted { docs, metadata: meta, key })
+}
+
+/// True when the bytes carry sops metadata with a version and a MAC (`sops filestatus`).
+pub fn is_encrypted(bytes: &[u8], format: Format) -> bool {
+    store::load_encrypted(format, bytes)
+        .ok()
+        .and_then(|l| l.metadata)
+        .and_then(|m| Metadata::parse(&m).ok())
+        .is_some_and(|m| !m.mac.is_empty())
+}

@@ -1,0 +1,125 @@
+//! JSON store (also the container of the binary store): key order kept, integers that fit in 64 bits
+//! stay integers, output indented with a tab and escaped as Go's encoder does.
+
+use super::StoreError;
+use crate::sops::tree::{Document, Item, Value, format_float};
+
+fn from_json(v: serde_json::Value) -> Value {
+    match v {
+        serde_json::Value::Null => Value::Null,
+        serde_json::Value::Bool(b) => Value::Bool(b),
+        serde_json::Value::Number(n) => match n.as_i64() {
+            Some(i) => Value::Int(i),
+            None => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        serde_json::Value::String(s) => Value::Str(s),
+        serde_json::Value::Array(a) => Value::List(a.into_iter().map(from_json).collect()),
+        serde_json::Value::Object(o) => Value::Map(o.into_iter().map(|(k, v)| Item::Pair(k, from_json(v))).collect()),
+    }
+}
+
+/// Parses a JSON object into one document.
+pub fn parse(text: &str) -> Result<Vec<Document>, StoreError> {
+    let v: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| StoreError { line: Some(e.line()), message: e.to_string() })?;
+    match from_json(v) {
+        Value::Map(items) => Ok(vec![Document::new(items)]),
+        other => Err(StoreError {
+            line: Some(1),
+            message: format!("the top level of a JSON file must be an object, found a {}", other.kind()),
+        }),
+    }
+}
+
+fn string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '<' | '>' | '&' | '\u{2028}' | '\u{2029}' => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+fn value(out: &mut String, v: &Value, depth: usize, indent: &str) {
+    let pad = |n: usize| indent.repeat(n);
+    match v {
+        Value::Map(items) => {
+            let pairs: Vec<_> = items
+                .iter()
+                .filter_map(|i| match i {
+                    Item::Pair(k, v) => Some((k, v)),
+                    Item::Comment(_) => None,
+                })
+                .collect();
+            if pairs.is_empty() {
+                out.push_str("{}");
+                return;
+            }
+            out.push_str("{\n");
+            for (n, (k, v)) in pairs.iter().enumerate() {
+                out.push_str(&pad(depth + 1));
+                string(out, k);
+                out.push_str(": ");
+                value(out, v, depth + 1, indent);
+                if n + 1 < pairs.len() {
+                    out.push(',');
+                }
+                out.push('\n');
+            }
+            out.push_str(&pad(depth));
+            out.push('}');
+        }
+        Value::List(values) => {
+            let values: Vec<_> = values.iter().filter(|v| !matches!(v, Value::Comment(_))).collect();
+            if values.is_empty() {
+                out.push_str("[]");
+                return;
+            }
+            out.push_str("[\n");
+            for (n, v) in values.iter().enumerate() {
+                out.push_str(&pad(depth + 1));
+                value(out, v, depth + 1, indent);
+                if n + 1 < values.len() {
+                    out.push(',');
+                }
+                out.push('\n');
+            }
+            out.push_str(&pad(depth));
+            out.push(']');
+        }
+        Value::Str(s) | Value::Time(s) => string(out, s),
+        Value::Bytes(b) => string(out, &String::from_utf8_lossy(b)),
+        Value::Int(i) => out.push_str(&i.to_string()),
+        Value::Float(f) if f.is_finite() => out.push_str(&format_float(*f)),
+        // JSON has no NaN/Inf; keep them as strings rather than writing invalid JSON.
+        Value::Float(f) => string(out, &format_float(*f)),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Null => out.push_str("null"),
+        Value::Comment(_) => {}
+    }
+}
+
+/// Emits one document (JSON has no multi-document form) with `metadata` as the last key `sops`.
+pub fn emit(docs: &[Document], metadata: Option<&Value>, indent: &str) -> String {
+    let mut items: Vec<Item> = docs.first().map(|d| d.items.clone()).unwrap_or_default();
+    if let Some(m) = metadata {
+        items.push(Item::Pair("sops".into(), m.clone()));
+    }
+    let mut out = String::new();
+    let doc = Value::Map(items);
+    value(&mut out, &doc, 0, indent);
+    out.push('\n');
+    drop(Document::new(match doc {
+        Value::Map(items) => items,
+        _ => vec![],
+    }));
+    out
+}

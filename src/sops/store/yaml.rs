@@ -1,0 +1,595 @@
+//! YAML store: multi-document streams with key order, comments and value types kept.
+//!
+//! Plain scalars are typed as sops (go-yaml v3) types them, because the type decides both the `type:`
+//! tag and the bytes the MAC hashes. Output uses sops's layout (4-space indent, sequences indented
+//! under their key) so files diff cleanly against files `sops` wrote.
+
+use std::collections::HashMap;
+
+use granit_parser::{Event, Parser, Placement, ScalarStyle};
+
+use super::StoreError;
+use crate::sops::tree::{Comment, Document, Item, Value, format_float};
+
+/// Resolves a plain (unquoted) scalar the way go-yaml v3 does.
+pub fn resolve_plain(s: &str) -> Value {
+    match s {
+        "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
+        "true" | "True" | "TRUE" => return Value::Bool(true),
+        "false" | "False" | "FALSE" => return Value::Bool(false),
+        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" => return Value::Float(f64::INFINITY),
+        "-.inf" | "-.Inf" | "-.INF" => return Value::Float(f64::NEG_INFINITY),
+        ".nan" | ".NaN" | ".NAN" => return Value::Float(f64::NAN),
+        _ => {}
+    }
+    let first = s.as_bytes()[0];
+    if first.is_ascii_digit() || first == b'-' || first == b'+' || first == b'.' {
+        if let Some(i) = parse_int(s) {
+            return Value::Int(i);
+        }
+        if is_float(s)
+            && let Ok(f) = s.parse::<f64>()
+        {
+            return Value::Float(f);
+        }
+        if let Some(t) = parse_timestamp(s) {
+            return Value::Time(t);
+        }
+    }
+    Value::Str(s.to_string())
+}
+
+/// Go `strconv.ParseInt(s, 0, 64)` after removing `_` (go-yaml v3's int rule).
+fn parse_int(s: &str) -> Option<i64> {
+    let plain: String = s.chars().filter(|&c| c != '_').collect();
+    let (neg, digits) = match plain.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, plain.strip_prefix('+').unwrap_or(&plain)),
+    };
+    if digits.is_empty() {
+        return None;
+    }
+    let (radix, body) = if let Some(b) = digits.strip_prefix("0x").or_else(|| digits.strip_prefix("0X")) {
+        (16, b)
+    } else if let Some(b) = digits.strip_prefix("0o").or_else(|| digits.strip_prefix("0O")) {
+        (8, b)
+    } else if let Some(b) = digits.strip_prefix("0b").or_else(|| digits.strip_prefix("0B")) {
+        (2, b)
+    } else if digits.len() > 1 && digits.starts_with('0') {
+        (8, &digits[1..])
+    } else {
+        (10, digits)
+    };
+    if body.is_empty() || !body.chars().all(|c| c.is_digit(radix)) {
+        return None;
+    }
+    let magnitude = i128::from_str_radix(body, radix).ok()?;
+    let v = if neg { -magnitude } else { magnitude };
+    i64::try_from(v).ok()
+}
+
+fn is_float(s: &str) -> bool {
+    // ^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$
+    let b = s.as_bytes();
+    let mut i = 0;
+    if i < b.len() && (b[i] == b'-' || b[i] == b'+') {
+        i += 1;
+    }
+    let digits = |i: &mut usize| {
+        let start = *i;
+        while *i < b.len() && b[*i].is_ascii_digit() {
+            *i += 1;
+        }
+        *i - start
+    };
+    if i < b.len() && b[i] == b'.' {
+        i += 1;
+        if digits(&mut i) == 0 {
+            return false;
+        }
+    } else {
+        if digits(&mut i) == 0 {
+            return false;
+        }
+        if i < b.len() && b[i] == b'.' {
+            i += 1;
+            digits(&mut i);
+        }
+    }
+    if i < b.len() && (b[i] == b'e' || b[i] == b'E') {
+        i += 1;
+        if i < b.len() && (b[i] == b'-' || b[i] == b'+') {
+            i += 1;
+        }
+        if digits(&mut i) == 0 {
+            return false;
+        }
+    }
+    i == b.len()
+}
+
+/// A YAML timestamp as Go's RFC3339Nano text, or `None` when `s` is not one.
+fn parse_timestamp(s: &str) -> Option<String> {
+    static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let re = RE.get_or_init(|| {
+        regex::Regex::new(
+            r"^(\d{4})-(\d{1,2})-(\d{1,2})(?:(?:[Tt]|[ \t]+)(\d{1,2}):(\d{1,2}):(\d{1,2})(?:\.(\d{1,9}))?[ \t]*(Z|[+-]\d{1,2}(?::?\d{2})?)?)?$",
+        )
+        .expect("static regex")
+    });
+    let c = re.captures(s)?;
+    let num = |i: usize| c.get(i).map(|m| m.as_str().parse::<i16>().ok()).unwrap_or(Some(0));
+    let date = jiff::civil::Date::new(num(1)?, num(2)? as i8, num(3)? as i8).ok()?;
+    let (h, mi, se) = (num(4)?, num(5)?, num(6)?);
+    jiff::civil::Time::new(h as i8, mi as i8, se as i8, 0).ok()?;
+    let frac = c.get(7).map(|m| m.as_str().trim_end_matches('0')).unwrap_or("");
+    let offset = match c.get(8).map(|m| m.as_str()) {
+        None | Some("Z") => "Z".to_string(),
+        Some(o) => {
+            let sign = &o[..1];
+            let rest = o[1..].replace(':', "");
+            let (hh, mm) = if rest.len() <= 2 { (rest.as_str(), "00") } else { rest.split_at(rest.len() - 2) };
+            let hh: u8 = hh.parse().ok()?;
+            if hh == 0 && mm == "00" { "Z".to_string() } else { format!("{sign}{hh:02}:{mm}") }
+        }
+    };
+    let frac = if frac.is_empty() { String::new() } else { format!(".{frac}") };
+    Some(format!("{date}T{h:02}:{mi:02}:{se:02}{frac}{offset}"))
+}
+
+enum Frame {
+    Map { items: Vec<Item>, key: Option<String>, anchor: usize, line: usize },
+    List { values: Vec<Value>, anchor: usize },
+}
+
+fn err(line: usize, message: impl Into<String>) -> StoreError {
+    StoreError { line: Some(line), message: message.into() }
+}
+
+/// Parses a YAML stream into documents (each a top-level mapping; empty documents are skipped).
+pub fn parse(text: &str) -> Result<Vec<Document>, StoreError> {
+    let mut docs: Vec<Document> = Vec::new();
+    let mut stack: Vec<Frame> = Vec::new();
+    let mut anchors: HashMap<usize, Value> = HashMap::new();
+    let mut doc_comments: Vec<Item> = Vec::new();
+    let mut pending: Vec<Comment> = Vec::new();
+
+    // Attach a finished node to its parent (or make it the document).
+    fn attach(
+        stack: &mut [Frame],
+        docs: &mut Vec<Document>,
+        doc_comments: &mut Vec<Item>,
+        pending: &mut Vec<Comment>,
+        value: Value,
+        line: usize,
+    ) -> Result<(), StoreError> {
+        match stack.last_mut() {
+            None => match value {
+                Value::Map(mut items) => {
+                    let mut all = std::mem::take(doc_comments);
+                    all.append(&mut items);
+                    all.extend(pending.drain(..).map(Item::Comment));
+                    docs.push(Document::new(all));
+                    Ok(())
+                }
+                Value::Null => Ok(()),
+                other => Err(err(line, format!("the top level of a document must be a mapping, found a {}", other.kind()))),
+            },
+            Some(Frame::Map { items, key, .. }) => match key.take() {
+                None => {
+                    let k = match value {
+                        Value::Str(s) | Value::Time(s) => s,
+                        Value::Int(i) => i.to_string(),
+                        Value::Bool(b) => b.to_string(),
+                        Value::Float(f) => format_float(f),
+                        Value::Null => "null".into(),
+                        other => return Err(err(line, format!("a {} cannot be a mapping key", other.kind()))),
+                    };
+                    if items.iter().any(|i| matches!(i, Item::Pair(existing, _) if *existing == k)) {
+                        return Err(err(line, format!("duplicate key {k:?}")));
+                    }
+                    *key = Some(k);
+                    Ok(())
+                }
+                Some(k) => {
+                    let is_scalar = !matches!(value, Value::Map(_) | Value::List(_));
+                    items.push(Item::Pair(k, value));
+                    if is_scalar {
+                        items.extend(pending.drain(..).map(Item::Comment));
+                    }
+                    Ok(())
+                }
+            },
+            Some(Frame::List { values, .. }) => {
+                values.push(value);
+                values.extend(pending.drain(..).map(Value::Comment));
+                Ok(())
+            }
+        }
+    }
+
+    for event in Parser::new_from_str(text) {
+        let (event, span) = event.map_err(|e| err(e.marker().line(), e.info()))?;
+        let line = span.start.line();
+        match event {
+            Event::StreamStart | Event::StreamEnd | Event::DocumentStart(..) => {}
+            Event::DocumentEnd => {
+                if !pending.is_empty() || !doc_comments.is_empty() {
+                    // Comments after the last key belong to the last document.
+                    if let Some(doc) = docs.last_mut() {
+                        doc.items.extend(doc_comments.drain(..));
+                        doc.items.extend(pending.drain(..).map(Item::Comment));
+                    }
+                    doc_comments.clear();
+                    pending.clear();
+                }
+            }
+            Event::Comment(text, placement) => {
+                let c = Comment { text: text.into_owned(), inline: placement == Placement::Right };
+                match stack.last_mut() {
+                    None => doc_comments.push(Item::Comment(c)),
+                    Some(Frame::Map { key: Some(_), .. }) => pending.push(c),
+                    Some(Frame::Map { items, .. }) => items.push(Item::Comment(c)),
+                    Some(Frame::List { values, .. }) => values.push(Value::Comment(c)),
+                }
+            }
+            Event::Scalar(text, style, anchor, tag) => {
+                let value = match (style, tag.as_deref()) {
+                    (_, Some(t)) if t.is_yaml_core_schema() && t.suffix() == "str" => Value::Str(text.into_owned()),
+                    (_, Some(t)) if t.is_yaml_core_schema() && t.suffix() == "binary" => Value::Str(text.into_owned()),
+                    (ScalarStyle::Plain, Some(t)) if t.is_yaml_core_schema() => resolve_plain(&text),
+                    (ScalarStyle::Plain, _) => resolve_plain(&text),
+                    _ => Value::Str(text.into_owned()),
+                };
+                if anchor != 0 {
+                    anchors.insert(anchor, value.clone());
+                }
+                attach(&mut stack, &mut docs, &mut doc_comments, &mut pending, value, line)?;
+            }
+            Event::Alias(id) => {
+                let value = anchors.get(&id).cloned().ok_or_else(|| err(line, "alias to an unknown anchor"))?;
+                attach(&mut stack, &mut docs, &mut doc_comments, &mut pending, value, line)?;
+            }
+            Event::MappingStart(_, anchor, _) => {
+                let mut items = Vec::new();
+                if matches!(stack.last(), Some(Frame::Map { key: Some(_), .. })) {
+                    items.extend(pending.drain(..).map(Item::Comment));
+                }
+                stack.push(Frame::Map { items, key: None, anchor, line });
+            }
+            Event::SequenceStart(_, anchor, _) => {
+                let mut values = Vec::new();
+                if matches!(stack.last(), Some(Frame::Map { key: Some(_), .. })) {
+                    values.extend(pending.drain(..).map(Value::Comment));
+                }
+                stack.push(Frame::List { values, anchor });
+            }
+            Event::MappingEnd => {
+                let Some(Frame::Map { mut items, key, anchor, line: start }) = stack.pop() else {
+                    return Err(err(line, "unbalanced mapping"));
+                };
+                if key.is_some() {
+                    return Err(err(start, "mapping key without a value"));
+                }
+                if stack.is_empty() {
+                    // Comments at the end of the document's top-level mapping.
+                    items.extend(pending.drain(..).map(Item::Comment));
+                }
+                let value = Value::Map(items);
+                if anchor != 0 {
+                    anchors.insert(anchor, value.clone());
+                }
+                attach(&mut stack, &mut docs, &mut doc_comments, &mut pending, value, line)?;
+            }
+            Event::SequenceEnd => {
+                let Some(Frame::List { values, anchor }) = stack.pop() else {
+                    return Err(err(line, "unbalanced sequence"));
+                };
+                let value = Value::List(values);
+                if anchor != 0 {
+                    anchors.insert(anchor, value.clone());
+                }
+                attach(&mut stack, &mut docs, &mut doc_comments, &mut pending, value, line)?;
+            }
+            _ => {}
+        }
+    }
+    Ok(docs)
+}
+
+// ------------------------------------------------------------------------------------------ emitter
+
+fn plain_safe(s: &str) -> bool {
+    if s.is_empty() || s.trim() != s {
+        return false;
+    }
+    let first = s.chars().next().unwrap_or(' ');
+    if "-?:,[]{}#&*!|>'\"%@`".contains(first) {
+        // `-foo` is fine as plain, but `- x`, `-` and `---` are not; keep it simple and quote.
+        if !(first == '-' && s.len() > 1 && !s.starts_with("- ") && !s.starts_with("---")) {
+            return false;
+        }
+    }
+    if s.contains(": ") || s.contains(" #") || s.ends_with(':') || s.contains('\t') {
+        return false;
+    }
+    if s.chars().any(|c| c.is_control() || c == '\u{feff}') {
+        return false;
+    }
+    matches!(resolve_plain(s), Value::Str(_))
+}
+
+fn double_quoted(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            '\0' => out.push_str("\\0"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => out.push_str(&format!("\\x{:02X}", c as u32)),
+            '\u{feff}' => out.push_str("\\uFEFF"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn literal_ok(s: &str) -> bool {
+    s.contains('\n')
+        && !s.starts_with(' ')
+        && !s.starts_with('\n')
+        && !s.chars().any(|c| (c.is_control() && c != '\n') || c == '\u{feff}')
+        && !s.lines().any(|l| l.ends_with(' '))
+}
+
+/// A scalar as YAML text; multi-line strings become a literal block indented to `indent`.
+fn scalar(v: &Value, indent: usize) -> String {
+    match v {
+        Value::Str(s) => {
+            if plain_safe(s) {
+                s.clone()
+            } else if literal_ok(s) {
+                let body = s.trim_end_matches('\n');
+                let trailing = s.len() - body.len();
+                let chomp = match trailing {
+                    0 => "-",
+                    1 => "",
+                    _ => "+",
+                };
+                let pad = " ".repeat(indent);
+                let mut out = format!("|{chomp}");
+                for line in s.strip_suffix('\n').unwrap_or(s).split('\n') {
+                    out.push('\n');
+                    if !line.is_empty() {
+                        out.push_str(&pad);
+                        out.push_str(line);
+                    }
+                }
+                out
+            } else {
+                double_quoted(s)
+            }
+        }
+        Value::Int(i) => i.to_string(),
+        Value::Float(f) if f.is_nan() => ".nan".into(),
+        Value::Float(f) if f.is_infinite() => (if *f > 0.0 { ".inf" } else { "-.inf" }).into(),
+        Value::Float(f) => {
+            let s = format_float(*f);
+            if s.contains('.') { s } else { format!("{s}.0") }
+        }
+        Value::Bool(b) => b.to_string(),
+        Value::Time(t) => t.clone(),
+        Value::Null => "null".into(),
+        Value::Bytes(b) => scalar(&Value::Str(String::from_utf8_lossy(b).into_owned()), indent),
+        Value::Map(_) | Value::List(_) | Value::Comment(_) => String::new(),
+    }
+}
+
+fn key_text(k: &str) -> String {
+    if plain_safe(k) || k.parse::<i64>().is_ok() { k.to_string() } else { double_quoted(k) }
+}
+
+struct Emitter {
+    out: String,
+    step: usize,
+}
+
+impl Emitter {
+    fn comment_line(&mut self, indent: usize, c: &Comment) {
+        self.out.push_str(&" ".repeat(indent));
+        self.out.push('#');
+        self.out.push_str(&c.text);
+        self.out.push('\n');
+    }
+
+    /// Writes the items of a mapping, each line starting at `indent` (the first after `first_prefix`).
+    fn map(&mut self, items: &[Item], indent: usize, mut first_prefix: Option<String>) {
+        let mut idx = 0;
+        while idx < items.len() {
+            let lead = first_prefix.take().unwrap_or_else(|| " ".repeat(indent));
+            match &items[idx] {
+                Item::Comment(c) => {
+                    self.out.push_str(&lead);
+                    self.out.push('#');
+                    self.out.push_str(&c.text);
+                    self.out.push('\n');
+                }
+                Item::Pair(k, v) => {
+                    self.out.push_str(&lead);
+                    self.out.push_str(&key_text(k));
+                    self.out.push(':');
+                    // An inline comment right after the pair stays on its line.
+                    let inline = match items.get(idx + 1) {
+                        Some(Item::Comment(c)) if c.inline => {
+                            idx += 1;
+                            Some(c.clone())
+                        }
+                        _ => None,
+                    };
+                    self.value_after_key(v, indent, inline.as_ref());
+                }
+            }
+            idx += 1;
+        }
+    }
+
+    fn inline_comment(&mut self, c: Option<&Comment>) {
+        if let Some(c) = c {
+            self.out.push_str(" #");
+            self.out.push_str(&c.text);
+        }
+    }
+
+    fn value_after_key(&mut self, v: &Value, indent: usize, inline: Option<&Comment>) {
+        match v {
+            Value::Map(items) if items.iter().any(|i| matches!(i, Item::Pair(..))) || !items.is_empty() => {
+                let (head, rest) = split_leading_inline(items);
+                self.inline_comment(inline.or(head));
+                self.out.push('\n');
+                self.map(rest, indent + self.step, None);
+            }
+            Value::Map(_) => {
+                self.out.push_str(" {}");
+                self.inline_comment(inline);
+                self.out.push('\n');
+            }
+            Value::List(values) if !values.is_empty() => {
+                let (head, rest) = split_leading_inline_list(values);
+                self.inline_comment(inline.or(head));
+                self.out.push('\n');
+                self.list(rest, indent + self.step);
+            }
+            Value::List(_) => {
+                self.out.push_str(" []");
+                self.inline_comment(inline);
+                self.out.push('\n');
+            }
+            scalar_value => {
+                self.out.push(' ');
+                self.out.push_str(&scalar(scalar_value, indent + self.step));
+                self.inline_comment(inline);
+                self.out.push('\n');
+            }
+        }
+    }
+
+    fn list(&mut self, values: &[Value], indent: usize) {
+        let mut idx = 0;
+        while idx < values.len() {
+            let pad = " ".repeat(indent);
+            let inline = match values.get(idx + 1) {
+                Some(Value::Comment(c)) if c.inline && !matches!(values[idx], Value::Comment(_)) => Some(c.clone()),
+                _ => None,
+            };
+            match &values[idx] {
+                Value::Comment(c) => self.comment_line(indent, c),
+                Value::Map(items) if !items.is_empty() => {
+                    self.map(items, indent + 2, Some(format!("{pad}- ")));
+                }
+                Value::List(inner) if !inner.is_empty() => {
+                    self.out.push_str(&pad);
+                    self.out.push_str("-\n");
+                    self.list(inner, indent + 2);
+                }
+                Value::Map(_) => self.out.push_str(&format!("{pad}- {{}}\n")),
+                Value::List(_) => self.out.push_str(&format!("{pad}- []\n")),
+                v => {
+                    self.out.push_str(&pad);
+                    self.out.push_str("- ");
+                    self.out.push_str(&scalar(v, indent + 2));
+                    self.inline_comment(inline.as_ref());
+                    self.out.push('\n');
+                }
+            }
+            if inline.is_some() && !matches!(values[idx], Value::Map(_) | Value::List(_)) {
+                idx += 1;
+            }
+            idx += 1;
+        }
+    }
+}
+
+fn split_leading_inline(items: &[Item]) -> (Option<&Comment>, &[Item]) {
+    match items.first() {
+        Some(Item::Comment(c)) if c.inline => (Some(c), &items[1..]),
+        _ => (None, items),
+    }
+}
+
+fn split_leading_inline_list(values: &[Value]) -> (Option<&Comment>, &[Value]) {
+    match values.first() {
+        Some(Value::Comment(c)) if c.inline => (Some(c), &values[1..]),
+        _ => (None, values),
+    }
+}
+
+/// Emits documents (with `metadata` appended to each as the last top-level key `sops`).
+pub fn emit(docs: &[Document], metadata: Option<&Value>, indent: usize) -> String {
+    let mut e = Emitter { out: String::new(), step: indent.clamp(2, 9) };
+    for (i, doc) in docs.iter().enumerate() {
+        if i > 0 {
+            e.out.push_str("---\n");
+        }
+        let mut items = doc.items.clone();
+        if let Some(meta) = metadata {
+            items.push(Item::Pair("sops".into(), meta.clone()));
+        }
+        if items.is_empty() {
+            e.out.push_str("{}\n");
+        }
+        e.map(&items, 0, None);
+        // `items` holds copies of document strings: wipe them with the copy.
+        drop(Document::new(items));
+    }
+    e.out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_scalars_resolve_like_go_yaml_v3() {
+        assert_eq!(resolve_plain("42"), Value::Int(42));
+        assert_eq!(resolve_plain("0x1F"), Value::Int(31));
+        assert_eq!(resolve_plain("017"), Value::Int(15));
+        assert_eq!(resolve_plain("1_000"), Value::Int(1000));
+        assert_eq!(resolve_plain("-7"), Value::Int(-7));
+        assert_eq!(resolve_plain("1.5"), Value::Float(1.5));
+        assert_eq!(resolve_plain("1e3"), Value::Float(1000.0));
+        assert_eq!(resolve_plain("yes"), Value::Str("yes".into()));
+        assert_eq!(resolve_plain("True"), Value::Bool(true));
+        assert_eq!(resolve_plain("~"), Value::Null);
+        assert_eq!(resolve_plain("2024-01-01"), Value::Time("2024-01-01T00:00:00Z".into()));
+        assert_eq!(resolve_plain("2001-12-14t21:59:43.10-05:00"), Value::Time("2001-12-14T21:59:43.1-05:00".into()));
+        assert_eq!(resolve_plain("2024-13-01"), Value::Str("2024-13-01".into()));
+        assert_eq!(resolve_plain("1.2.3"), Value::Str("1.2.3".into()));
+    }
+
+    #[test]
+    fn round_trip_keeps_order_comments_types_and_documents() {
+        let src = "# head\nb: 1 # one\na:\n    # inner\n    x: \"1\"\n    y: [1, two]\nlist:\n    - k: v\n      j: w\n    - plain\nmulti: |\n    line1\n    line2\n---\nsecond: true\n";
+        let docs = parse(src).expect("parses");
+        assert_eq!(docs.len(), 2);
+        let out = emit(&docs, None, 4);
+        let again = parse(&out).expect("re-parses");
+        assert_eq!(docs, again, "{out}");
+        assert!(out.starts_with("# head\nb: 1 # one\na:\n    # inner\n    x: \"1\"\n"), "{out}");
+        assert!(out.contains("list:\n    - k: v\n      j: w\n    - plain\n"), "{out}");
+        assert!(out.contains("multi: |\n    line1\n    line2\n---\nsecond: true\n"), "{out}");
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let e = parse("a: 1\nb: [\n").expect_err("fails");
+        assert!(e.line.is_some());
+        let e = parse("a: 1\na: 2\n").expect_err("duplicate");
+        assert_eq!(e.line, Some(2), "{e:?}");
+        assert!(parse("- 1\n- 2\n").is_err());
+    }
+}

@@ -1,0 +1,161 @@
+//! The ordered document tree every store parses into and emits from.
+//!
+//! Key order, comments and value types survive a round trip, because the SOPS MAC hashes leaf values in
+//! document order and each value's type decides its `type:` tag. Decrypted trees hold plaintext, so
+//! [`Document`] wipes every string it owns when dropped.
+
+use zeroize::Zeroize;
+
+/// A node of a document.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// An ordered mapping (comments are items of it).
+    Map(Vec<Item>),
+    /// A sequence; comments appear as [`Value::Comment`] elements.
+    List(Vec<Value>),
+    /// A string.
+    Str(String),
+    /// A 64-bit integer.
+    Int(i64),
+    /// A 64-bit float.
+    Float(f64),
+    /// A boolean.
+    Bool(bool),
+    /// A timestamp, kept as its RFC 3339 text (as sops writes it).
+    Time(String),
+    /// Raw bytes (binary files, and the legacy `bytes` type).
+    Bytes(Vec<u8>),
+    /// null / `~` / empty: never encrypted, never hashed.
+    Null,
+    /// A comment line inside a sequence.
+    Comment(Comment),
+}
+
+/// A comment: its text after `#` (or `;`), and whether it stood at the end of the previous line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Comment {
+    /// Text after the comment marker, leading space kept.
+    pub text: String,
+    /// `key: value # text` rather than a line of its own.
+    pub inline: bool,
+}
+
+/// An item of a mapping.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Item {
+    /// `key: value`.
+    Pair(String, Value),
+    /// A comment line (or inline comment) among the pairs.
+    Comment(Comment),
+}
+
+impl Value {
+    /// The value under `key` in a mapping.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        match self {
+            Value::Map(items) => items.iter().find_map(|i| match i {
+                Item::Pair(k, v) if k == key => Some(v),
+                _ => None,
+            }),
+            _ => None,
+        }
+    }
+
+    /// A short name of the value's kind, for error messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Value::Map(_) => "mapping",
+            Value::List(_) => "list",
+            Value::Str(_) => "string",
+            Value::Int(_) => "integer",
+            Value::Float(_) => "float",
+            Value::Bool(_) => "boolean",
+            Value::Time(_) => "timestamp",
+            Value::Bytes(_) => "bytes",
+            Value::Null => "null",
+            Value::Comment(_) => "comment",
+        }
+    }
+
+    fn wipe(&mut self) {
+        match self {
+            Value::Map(items) => {
+                for item in items.iter_mut() {
+                    match item {
+                        Item::Pair(k, v) => {
+                            k.zeroize();
+                            v.wipe();
+                        }
+                        Item::Comment(c) => c.text.zeroize(),
+                    }
+                }
+            }
+            Value::List(values) => values.iter_mut().for_each(Value::wipe),
+            Value::Str(s) | Value::Time(s) => s.zeroize(),
+            Value::Comment(c) => c.text.zeroize(),
+            Value::Bytes(b) => b.zeroize(),
+            Value::Int(i) => *i = 0,
+            Value::Float(f) => *f = 0.0,
+            Value::Bool(b) => *b = false,
+            Value::Null => {}
+        }
+    }
+}
+
+/// One document of a file: a top-level mapping. Strings are wiped when it is dropped.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Document {
+    /// The top-level items, `sops` metadata included while the document is encrypted.
+    pub items: Vec<Item>,
+}
+
+impl Document {
+    /// Wraps the items of a top-level mapping.
+    pub fn new(items: Vec<Item>) -> Self {
+        Document { items }
+    }
+
+    /// Removes and returns the top-level value under `key`.
+    pub fn take(&mut self, key: &str) -> Option<Value> {
+        let pos = self
+            .items
+            .iter()
+            .position(|i| matches!(i, Item::Pair(k, _) if k == key))?;
+        match self.items.remove(pos) {
+            Item::Pair(_, v) => Some(v),
+            Item::Comment(_) => None,
+        }
+    }
+
+    /// True when a top-level key `key` exists.
+    pub fn has(&self, key: &str) -> bool {
+        self.items.iter().any(|i| matches!(i, Item::Pair(k, _) if k == key))
+    }
+}
+
+impl Drop for Document {
+    fn drop(&mut self) {
+        for item in self.items.iter_mut() {
+            match item {
+                Item::Pair(k, v) => {
+                    k.zeroize();
+                    v.wipe();
+                }
+                Item::Comment(c) => c.text.zeroize(),
+            }
+        }
+    }
+}
+
+/// Formats a float as sops does (Go `strconv.FormatFloat(f, 'f', -1, 64)`): shortest round-trip digits,
+/// never an exponent, `+Inf`/`-Inf`/`NaN`.
+pub fn format_float(f: f64) -> String {
+    if f.is_nan() {
+        "NaN".into()
+    } else if f.is_infinite() {
+        if f > 0.0 { "+Inf".into() } else { "-Inf".into() }
+    } else {
+        // Rust's Display is the shortest round-trip representation without exponent.
+        format!("{f}")
+    }
+}
