@@ -20,7 +20,9 @@ pub enum Recipient {
 
 /// A recipient string that is not an age or SSH public key.
 #[derive(Debug, thiserror::Error)]
-#[error("{recipient:?} is not an age recipient (age1…) or an SSH public key (ssh-ed25519 …, ssh-rsa …)")]
+#[error(
+    "{recipient:?} is not an age recipient (age1…) or an SSH public key (ssh-ed25519 …, ssh-rsa …)"
+)]
 pub struct RecipientError {
     /// The text given (a public key, safe to print).
     pub recipient: String,
@@ -33,13 +35,19 @@ impl Recipient {
         if s.starts_with("age1") {
             age::x25519::Recipient::from_str(s)
                 .map(Recipient::X25519)
-                .map_err(|_| RecipientError { recipient: s.to_string() })
+                .map_err(|_| RecipientError {
+                    recipient: s.to_string(),
+                })
         } else if s.starts_with("ssh-") {
             age::ssh::Recipient::from_str(s)
                 .map(|r| Recipient::Ssh(Box::new(r)))
-                .map_err(|_| RecipientError { recipient: s.to_string() })
+                .map_err(|_| RecipientError {
+                    recipient: s.to_string(),
+                })
         } else {
-            Err(RecipientError { recipient: s.to_string() })
+            Err(RecipientError {
+                recipient: s.to_string(),
+            })
         }
     }
 
@@ -95,25 +103,46 @@ impl KeyRing {
     /// Adds the identities in `text` (an age key file: `AGE-SECRET-KEY-1…` lines, `#` comments; or an
     /// OpenSSH private key). Returns how many were added.
     pub fn add_text(&mut self, text: &[u8], source: &str) -> Result<usize, IdentityError> {
-        let err = |reason: &str| IdentityError { source_name: source.to_string(), reason: reason.to_string() };
+        let err = |reason: &str| IdentityError {
+            source_name: source.to_string(),
+            reason: reason.to_string(),
+        };
         let text = std::str::from_utf8(text).map_err(|_| err("not UTF-8 text"))?;
-        if text.trim_start().starts_with("-----BEGIN OPENSSH PRIVATE KEY-----")
-            || text.trim_start().starts_with("-----BEGIN RSA PRIVATE KEY-----")
+        if text
+            .trim_start()
+            .starts_with("-----BEGIN OPENSSH PRIVATE KEY-----")
+            || text
+                .trim_start()
+                .starts_with("-----BEGIN RSA PRIVATE KEY-----")
         {
             let id = age::ssh::Identity::from_buffer(text.as_bytes(), Some(source.to_string()))
                 .map_err(|e| err(&format!("not a usable SSH private key ({e})")))?;
             match id {
                 age::ssh::Identity::Unencrypted(_) => {}
                 age::ssh::Identity::Encrypted(_) => {
-                    return Err(err("passphrase-protected SSH keys are not supported yet; use an unencrypted key or an age key"));
+                    return Err(err(
+                        "passphrase-protected SSH keys are not supported yet; use an unencrypted key or an age key",
+                    ));
                 }
-                age::ssh::Identity::Unsupported(_) => return Err(err("unsupported SSH key type (use ssh-ed25519 or ssh-rsa)")),
+                age::ssh::Identity::Unsupported(_) => {
+                    return Err(err("unsupported SSH key type (use ssh-ed25519 or ssh-rsa)"));
+                }
             }
-            self.identities.push(Identity { inner: Box::new(id), public: format!("ssh key {source}"), source: source.into() });
+            self.identities.push(Identity {
+                inner: Box::new(id),
+                public: format!("ssh key {source}"),
+                source: source.into(),
+            });
             return Ok(1);
         }
-        if text.starts_with("age-encryption.org/") || text.trim_start().starts_with("-----BEGIN AGE ENCRYPTED FILE-----") {
-            return Err(err("passphrase-encrypted identity files are not supported yet"));
+        if text.starts_with("age-encryption.org/")
+            || text
+                .trim_start()
+                .starts_with("-----BEGIN AGE ENCRYPTED FILE-----")
+        {
+            return Err(err(
+                "passphrase-encrypted identity files are not supported yet",
+            ));
         }
         let mut added = 0;
         for (n, line) in text.lines().enumerate() {
@@ -124,18 +153,30 @@ impl KeyRing {
             // sops 3.13 accepts several identities on one line, separated by whitespace.
             for word in line.split_whitespace() {
                 if word.starts_with("AGE-SECRET-KEY-1") {
-                    let id = age::x25519::Identity::from_str(word)
-                        .map_err(|_| err(&format!("line {}: malformed AGE-SECRET-KEY-1 identity", n + 1)))?;
+                    let id = age::x25519::Identity::from_str(word).map_err(|_| {
+                        err(&format!(
+                            "line {}: malformed AGE-SECRET-KEY-1 identity",
+                            n + 1
+                        ))
+                    })?;
                     let public = id.to_public().to_string();
-                    self.identities.push(Identity { inner: Box::new(id), public, source: source.into() });
+                    self.identities.push(Identity {
+                        inner: Box::new(id),
+                        public,
+                        source: source.into(),
+                    });
                     added += 1;
-                } else if word.starts_with("AGE-SECRET-KEY-PQ-1") || word.starts_with("AGE-PLUGIN-") {
+                } else if word.starts_with("AGE-SECRET-KEY-PQ-1") || word.starts_with("AGE-PLUGIN-")
+                {
                     return Err(err(&format!(
                         "line {}: post-quantum and plugin identities are not supported yet",
                         n + 1
                     )));
                 } else {
-                    return Err(err(&format!("line {}: not an age identity (expected AGE-SECRET-KEY-1…)", n + 1)));
+                    return Err(err(&format!(
+                        "line {}: not an age identity (expected AGE-SECRET-KEY-1…)",
+                        n + 1
+                    )));
                 }
             }
         }
@@ -148,11 +189,13 @@ impl KeyRing {
         let armored = enc.trim_start();
         for id in &self.identities {
             let reader = age::armor::ArmoredReader::new(armored.as_bytes());
-            let decryptor = age::Decryptor::new_buffered(reader).map_err(|e| format!("not an age file: {e}"))?;
+            let decryptor = age::Decryptor::new_buffered(reader)
+                .map_err(|e| format!("not an age file: {e}"))?;
             match decryptor.decrypt(std::iter::once(id.inner.as_ref() as &dyn age::Identity)) {
                 Ok(mut r) => {
                     let mut out = Zeroizing::new(Vec::new());
-                    r.read_to_end(&mut out).map_err(|e| format!("age payload: {e}"))?;
+                    r.read_to_end(&mut out)
+                        .map_err(|e| format!("age payload: {e}"))?;
                     return Ok(Some(out));
                 }
                 Err(age::DecryptError::NoMatchingKeys) => continue,
@@ -186,18 +229,25 @@ mod tests {
         assert_eq!(ring.identities[0].public, public);
         let enc = wrap(&[5u8; 32], &Recipient::parse(&public).expect("recipient")).expect("wraps");
         assert!(enc.starts_with("-----BEGIN AGE ENCRYPTED FILE-----\n"));
-        assert_eq!(ring.unwrap(&enc).expect("ok").expect("matches").as_slice(), &[5u8; 32]);
+        assert_eq!(
+            ring.unwrap(&enc).expect("ok").expect("matches").as_slice(),
+            &[5u8; 32]
+        );
 
         let (other, _) = generate("2026-01-01T00:00:00Z");
         let mut other_ring = KeyRing::default();
-        other_ring.add_text(other.as_bytes(), "other").expect("parses");
+        other_ring
+            .add_text(other.as_bytes(), "other")
+            .expect("parses");
         assert!(other_ring.unwrap(&enc).expect("ok").is_none());
     }
 
     #[test]
     fn bad_key_material_is_named_without_the_key() {
         let mut ring = KeyRing::default();
-        let e = ring.add_text(b"AGE-SECRET-KEY-1NOTAKEY\n", "SOPS_AGE_KEY").expect_err("rejects");
+        let e = ring
+            .add_text(b"AGE-SECRET-KEY-1NOTAKEY\n", "SOPS_AGE_KEY")
+            .expect_err("rejects");
         assert!(e.to_string().starts_with("SOPS_AGE_KEY: line 1"), "{e}");
         assert!(!e.to_string().contains("NOTAKEY"), "{e}");
         assert!(Recipient::parse("age1nope").is_err());

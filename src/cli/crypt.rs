@@ -24,7 +24,10 @@ pub struct Failure {
 
 impl Failure {
     fn new(code: u8, message: impl Into<String>) -> Self {
-        Failure { message: message.into(), code }
+        Failure {
+            message: message.into(),
+            code,
+        }
     }
 }
 
@@ -114,25 +117,46 @@ pub struct DecryptArgs {
 fn format_of(name: Option<&str>, path: &Path, flag: &str) -> Result<Format, Failure> {
     match name {
         None => Ok(Format::from_path(path)),
-        Some(n) => Format::from_name(n)
-            .ok_or_else(|| Failure::new(1, format!("{flag} {n:?} is not a format; use one of: {FORMAT_NAMES}"))),
+        Some(n) => Format::from_name(n).ok_or_else(|| {
+            Failure::new(
+                1,
+                format!("{flag} {n:?} is not a format; use one of: {FORMAT_NAMES}"),
+            )
+        }),
     }
 }
 
 fn read_input(path: &Path) -> Result<Zeroizing<Vec<u8>>, Failure> {
-    std::fs::read(path)
-        .map(Zeroizing::new)
-        .map_err(|e| Failure::new(if e.kind() == std::io::ErrorKind::NotFound { 100 } else { 2 }, format!("{}: cannot read: {e}", path.display())))
+    std::fs::read(path).map(Zeroizing::new).map_err(|e| {
+        Failure::new(
+            if e.kind() == std::io::ErrorKind::NotFound {
+                100
+            } else {
+                2
+            },
+            format!("{}: cannot read: {e}", path.display()),
+        )
+    })
 }
 
 /// Writes `bytes` to `path` atomically: a sibling temp file (0600) renamed over the target.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.lockstep-{}.tmp", std::process::id()));
     let result = (|| {
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         if let Ok(meta) = std::fs::metadata(path) {
@@ -147,9 +171,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 fn write_output(io: &IoArgs, bytes: &[u8], stdout: &mut dyn Write) -> Result<(), Failure> {
-    let target = if io.in_place { Some(&io.file) } else { io.output.as_ref() };
+    let target = if io.in_place {
+        Some(&io.file)
+    } else {
+        io.output.as_ref()
+    };
     match target {
-        Some(path) => write_atomic(path, bytes).map_err(|e| Failure::new(3, format!("{}: cannot write: {e}", path.display()))),
+        Some(path) => write_atomic(path, bytes)
+            .map_err(|e| Failure::new(3, format!("{}: cannot write: {e}", path.display()))),
         None => match stdout.write_all(bytes).and_then(|_| stdout.flush()) {
             Ok(()) => Ok(()),
             // A closed pipe (e.g. `| head`) is not an error.
@@ -164,8 +193,14 @@ fn random(buf: &mut [u8]) {
 }
 
 /// `lockstep keygen`
-pub fn keygen(args: &KeygenArgs, stdout: &mut dyn Write, stderr: &mut dyn Write) -> Result<(), Failure> {
-    let created = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+pub fn keygen(
+    args: &KeygenArgs,
+    stdout: &mut dyn Write,
+    stderr: &mut dyn Write,
+) -> Result<(), Failure> {
+    let created = jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
     let (text, public) = crate::keys::generate(&created);
     match &args.output {
         Some(path) => {
@@ -177,7 +212,13 @@ pub fn keygen(args: &KeygenArgs, stdout: &mut dyn Write, stderr: &mut dyn Write)
                 .open(path)
                 .map_err(|e| {
                     if e.kind() == std::io::ErrorKind::AlreadyExists {
-                        Failure::new(1, format!("{}: already exists; refusing to overwrite an identity", path.display()))
+                        Failure::new(
+                            1,
+                            format!(
+                                "{}: already exists; refusing to overwrite an identity",
+                                path.display()
+                            ),
+                        )
                     } else {
                         Failure::new(3, format!("{}: cannot create: {e}", path.display()))
                     }
@@ -188,7 +229,9 @@ pub fn keygen(args: &KeygenArgs, stdout: &mut dyn Write, stderr: &mut dyn Write)
             let _ = writeln!(stderr, "Public key: {public}");
         }
         None => {
-            stdout.write_all(text.as_bytes()).map_err(|e| Failure::new(3, format!("cannot write to stdout: {e}")))?;
+            stdout
+                .write_all(text.as_bytes())
+                .map_err(|e| Failure::new(3, format!("cannot write to stdout: {e}")))?;
         }
     }
     Ok(())
@@ -196,10 +239,16 @@ pub fn keygen(args: &KeygenArgs, stdout: &mut dyn Write, stderr: &mut dyn Write)
 
 /// Finds `.sops.yaml`: `--config`, `SOPS_CONFIG`, else upwards from the file's directory, else upwards
 /// from the working directory.
-fn find_config(explicit: Option<&Path>, env: &Env<'_>, file: &Path) -> Result<Option<(PathBuf, Config)>, Failure> {
+fn find_config(
+    explicit: Option<&Path>,
+    env: &Env<'_>,
+    file: &Path,
+) -> Result<Option<(PathBuf, Config)>, Failure> {
     let load = |p: &Path| -> Result<Option<(PathBuf, Config)>, Failure> {
-        let text = std::fs::read_to_string(p).map_err(|e| Failure::new(1, format!("{}: cannot read: {e}", p.display())))?;
-        let config = Config::parse(&text).map_err(|e| Failure::new(1, format!("{}: {e}", p.display())))?;
+        let text = std::fs::read_to_string(p)
+            .map_err(|e| Failure::new(1, format!("{}: cannot read: {e}", p.display())))?;
+        let config =
+            Config::parse(&text).map_err(|e| Failure::new(1, format!("{}: {e}", p.display())))?;
         let dir = p.parent().map(Path::to_path_buf).unwrap_or_default();
         Ok(Some((dir, config)))
     };
@@ -228,9 +277,19 @@ pub fn encrypt(args: &EncryptArgs, env: &Env<'_>, stdout: &mut dyn Write) -> Res
     let file = &args.io.file;
     let fname = file.display();
     let format = format_of(args.io.input_type.as_deref(), file, "--input-type")?;
-    let out_format = format_of(args.io.output_type.as_deref().or(args.io.input_type.as_deref()), file, "--output-type")?;
+    let out_format = format_of(
+        args.io
+            .output_type
+            .as_deref()
+            .or(args.io.input_type.as_deref()),
+        file,
+        "--output-type",
+    )?;
     if out_format != format {
-        return Err(Failure::new(1, "encrypt writes the input format; --output-type differing from the input is not supported yet"));
+        return Err(Failure::new(
+            1,
+            "encrypt writes the input format; --output-type differing from the input is not supported yet",
+        ));
     }
     let plain = read_input(file)?;
     let abs = std::path::absolute(file).unwrap_or_else(|_| file.clone());
@@ -238,10 +297,20 @@ pub fn encrypt(args: &EncryptArgs, env: &Env<'_>, stdout: &mut dyn Write) -> Res
     let rule = config.as_ref().and_then(|(dir, c)| c.rule_for(&abs, dir));
 
     let cli_recipients: Vec<String> = if !args.age.is_empty() {
-        args.age.iter().flat_map(|a| a.split(',')).map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
+        args.age
+            .iter()
+            .flat_map(|a| a.split(','))
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect()
     } else {
         (env.var)("SOPS_AGE_RECIPIENTS")
-            .map(|a| a.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+            .map(|a| {
+                a.split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
             .unwrap_or_default()
     };
     let groups: Vec<Vec<String>> = if !cli_recipients.is_empty() {
@@ -251,23 +320,44 @@ pub fn encrypt(args: &EncryptArgs, env: &Env<'_>, stdout: &mut dyn Write) -> Res
             let extra = if rule.foreign_keys.is_empty() {
                 String::new()
             } else {
-                format!(" (it names {} keys, which lockstep does not encrypt to)", rule.foreign_keys.join(", "))
+                format!(
+                    " (it names {} keys, which lockstep does not encrypt to)",
+                    rule.foreign_keys.join(", ")
+                )
             };
-            return Err(Failure::new(1, format!("{fname}: the matching creation rule has no age recipients{extra}; pass --age age1…")));
+            return Err(Failure::new(
+                1,
+                format!(
+                    "{fname}: the matching creation rule has no age recipients{extra}; pass --age age1…"
+                ),
+            ));
         }
         rule.key_groups.clone()
     } else {
         let hint = match &config {
-            Some((dir, _)) => format!("no creation rule in {}/.sops.yaml matches this file", dir.display()),
-            None => "no .sops.yaml found (looked upwards from the file and from the working directory)".into(),
+            Some((dir, _)) => format!(
+                "no creation rule in {}/.sops.yaml matches this file",
+                dir.display()
+            ),
+            None => {
+                "no .sops.yaml found (looked upwards from the file and from the working directory)"
+                    .into()
+            }
         };
-        return Err(Failure::new(1, format!("{fname}: no recipients: {hint}; pass --age age1… or add a creation rule")));
+        return Err(Failure::new(
+            1,
+            format!("{fname}: no recipients: {hint}; pass --age age1… or add a creation rule"),
+        ));
     };
     let key_groups = groups
         .iter()
         .map(|g| {
             g.iter()
-                .map(|r| Recipient::parse(r).map(|p| (r.clone(), p)).map_err(|e| Failure::new(1, format!("{fname}: {e}"))))
+                .map(|r| {
+                    Recipient::parse(r)
+                        .map(|p| (r.clone(), p))
+                        .map_err(|e| Failure::new(1, format!("{fname}: {e}")))
+                })
                 .collect::<Result<Vec<_>, _>>()
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -283,20 +373,28 @@ pub fn encrypt(args: &EncryptArgs, env: &Env<'_>, stdout: &mut dyn Write) -> Res
     .into_iter()
     .filter_map(|(f, v)| v.as_deref().map(|v| (f, v)))
     .collect();
-    let selection = match Selection::from_fields(cli_selection).map_err(|e| Failure::new(8, e.to_string()))? {
-        Some(s) => s,
-        None => rule.and_then(|r| r.selection.clone()).unwrap_or_default(),
-    };
-    let yaml_indent = args.io.indent.or(config.as_ref().and_then(|(_, c)| c.yaml_indent)).unwrap_or(4);
+    let selection =
+        match Selection::from_fields(cli_selection).map_err(|e| Failure::new(8, e.to_string()))? {
+            Some(s) => s,
+            None => rule.and_then(|r| r.selection.clone()).unwrap_or_default(),
+        };
+    let yaml_indent = args
+        .io
+        .indent
+        .or(config.as_ref().and_then(|(_, c)| c.yaml_indent))
+        .unwrap_or(4);
     let mut rng = random;
     let out = sops::encrypt(
         &plain,
         EncryptOptions {
             format,
             key_groups,
-            shamir_threshold: args.shamir_threshold.or(rule.and_then(|r| r.shamir_threshold)),
+            shamir_threshold: args
+                .shamir_threshold
+                .or(rule.and_then(|r| r.shamir_threshold)),
             selection,
-            mac_only_encrypted: args.mac_only_encrypted || rule.is_some_and(|r| r.mac_only_encrypted),
+            mac_only_encrypted: args.mac_only_encrypted
+                || rule.is_some_and(|r| r.mac_only_encrypted),
             now: jiff::Timestamp::now(),
             yaml_indent,
             rng: &mut rng,
@@ -309,8 +407,15 @@ pub fn encrypt(args: &EncryptArgs, env: &Env<'_>, stdout: &mut dyn Write) -> Res
 /// Renders a "no identity matched" error with everything needed to fix it (public halves only).
 pub fn explain(file: &Path, err: &SopsError, searched: &[String]) -> String {
     match err {
-        SopsError::NoMatchingIdentity { recipients, foreign, tried } => {
-            let mut m = format!("{}: no identity can decrypt this file's data key\n", file.display());
+        SopsError::NoMatchingIdentity {
+            recipients,
+            foreign,
+            tried,
+        } => {
+            let mut m = format!(
+                "{}: no identity can decrypt this file's data key\n",
+                file.display()
+            );
             if recipients.is_empty() {
                 m.push_str("  the file has no age recipients\n");
             } else {
@@ -320,7 +425,10 @@ pub fn explain(file: &Path, err: &SopsError, searched: &[String]) -> String {
                 }
             }
             if !foreign.is_empty() {
-                m.push_str(&format!("  it also has {} keys, which lockstep cannot use\n", foreign.join(", ")));
+                m.push_str(&format!(
+                    "  it also has {} keys, which lockstep cannot use\n",
+                    foreign.join(", ")
+                ));
             }
             if tried.is_empty() {
                 m.push_str("  no identities were found\n");
@@ -369,30 +477,55 @@ pub fn decrypt(args: &DecryptArgs, env: &Env<'_>, stdout: &mut dyn Write) -> Res
     let file = &args.io.file;
     let fname = file.display();
     let format = format_of(args.io.input_type.as_deref(), file, "--input-type")?;
-    let out_format = format_of(args.io.output_type.as_deref().or(args.io.input_type.as_deref()), file, "--output-type")?;
+    let out_format = format_of(
+        args.io
+            .output_type
+            .as_deref()
+            .or(args.io.input_type.as_deref()),
+        file,
+        "--output-type",
+    )?;
     let bytes = read_input(file)?;
-    let ring = keysources::load(env, &args.identity).map_err(|e| Failure::new(128, format!("{fname}: {e}")))?;
+    let ring = keysources::load(env, &args.identity)
+        .map_err(|e| Failure::new(128, format!("{fname}: {e}")))?;
     let decrypted = sops::decrypt(&bytes, format, &ring, args.ignore_mac)
         .map_err(|e| Failure::new(e.exit_code(), explain(file, &e, &ring.searched)))?;
     let indent = args.io.indent.unwrap_or(4);
     let out: Zeroizing<Vec<u8>> = match &args.extract {
         None => Zeroizing::new(
-            store::emit_plain(out_format, &decrypted.docs, indent)
-                .map_err(|e| Failure::new(4, format!("{fname}: cannot write as {out_format:?}: {e}")))?,
+            store::emit_plain(out_format, &decrypted.docs, indent).map_err(|e| {
+                Failure::new(4, format!("{fname}: cannot write as {out_format:?}: {e}"))
+            })?,
         ),
         Some(path) => {
             let steps = parse_extract(path).ok_or_else(|| {
-                Failure::new(91, format!("--extract {path:?}: expected a path like '[\"key\"][0][\"other\"]'"))
+                Failure::new(
+                    91,
+                    format!("--extract {path:?}: expected a path like '[\"key\"][0][\"other\"]'"),
+                )
             })?;
-            let root = Value::Map(decrypted.docs.first().map(|d| d.items.clone()).unwrap_or_default());
+            let root = Value::Map(
+                decrypted
+                    .docs
+                    .first()
+                    .map(|d| d.items.clone())
+                    .unwrap_or_default(),
+            );
             let mut node = &root;
             for step in &steps {
                 node = match (step, node) {
                     (Step::Key(k), v) => v.get(k),
-                    (Step::Index(i), Value::List(l)) => l.iter().filter(|v| !matches!(v, Value::Comment(_))).nth(*i),
+                    (Step::Index(i), Value::List(l)) => {
+                        l.iter().filter(|v| !matches!(v, Value::Comment(_))).nth(*i)
+                    }
                     _ => None,
                 }
-                .ok_or_else(|| Failure::new(91, format!("{fname}: --extract {path}: no such key or index")))?;
+                .ok_or_else(|| {
+                    Failure::new(
+                        91,
+                        format!("{fname}: --extract {path}: no such key or index"),
+                    )
+                })?;
             }
             let bytes = match node {
                 Value::Str(s) | Value::Time(s) => s.clone().into_bytes(),
@@ -401,11 +534,19 @@ pub fn decrypt(args: &DecryptArgs, env: &Env<'_>, stdout: &mut dyn Write) -> Res
                 Value::Float(f) => crate::sops::tree::format_float(*f).into_bytes(),
                 Value::Bool(b) => b.to_string().into_bytes(),
                 Value::Null => b"null".to_vec(),
-                Value::Map(items) => store::emit_plain(Format::Yaml, &[crate::sops::tree::Document::new(items.clone())], indent)
-                    .map_err(|e| Failure::new(4, e.to_string()))?,
+                Value::Map(items) => store::emit_plain(
+                    Format::Yaml,
+                    &[crate::sops::tree::Document::new(items.clone())],
+                    indent,
+                )
+                .map_err(|e| Failure::new(4, e.to_string()))?,
                 Value::List(_) => {
-                    let doc = crate::sops::tree::Document::new(vec![Item::Pair("value".into(), node.clone())]);
-                    store::emit_plain(Format::Yaml, &[doc], indent).map_err(|e| Failure::new(4, e.to_string()))?
+                    let doc = crate::sops::tree::Document::new(vec![Item::Pair(
+                        "value".into(),
+                        node.clone(),
+                    )]);
+                    store::emit_plain(Format::Yaml, &[doc], indent)
+                        .map_err(|e| Failure::new(4, e.to_string()))?
                 }
                 Value::Comment(_) => vec![],
             };

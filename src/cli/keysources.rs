@@ -19,7 +19,10 @@ pub struct Env<'a> {
 impl Env<'_> {
     /// The process environment.
     pub fn process() -> Env<'static> {
-        Env { var: &|k| std::env::var(k).ok().filter(|v| !v.is_empty()), home: std::env::var_os("HOME").map(PathBuf::from) }
+        Env {
+            var: &|k| std::env::var(k).ok().filter(|v| !v.is_empty()),
+            home: std::env::var_os("HOME").map(PathBuf::from),
+        }
     }
 }
 
@@ -31,7 +34,10 @@ fn read_key_file(path: &Path) -> std::io::Result<Zeroizing<Vec<u8>>> {
 pub fn default_key_file(env: &Env<'_>) -> Option<PathBuf> {
     match (env.var)("XDG_CONFIG_HOME") {
         Some(x) => Some(PathBuf::from(x).join("sops/age/keys.txt")),
-        None => env.home.as_ref().map(|h| h.join(".config/sops/age/keys.txt")),
+        None => env
+            .home
+            .as_ref()
+            .map(|h| h.join(".config/sops/age/keys.txt")),
     }
 }
 
@@ -39,27 +45,47 @@ pub fn default_key_file(env: &Env<'_>) -> Option<PathBuf> {
 /// that exists but does not parse is an error naming it.
 pub fn load(env: &Env<'_>, identity_files: &[PathBuf]) -> Result<KeyRing, IdentityError> {
     let mut ring = KeyRing::default();
-    let file = |ring: &mut KeyRing, path: &Path, label: String, optional: bool| -> Result<(), IdentityError> {
+    let file = |ring: &mut KeyRing,
+                path: &Path,
+                label: String,
+                optional: bool|
+     -> Result<(), IdentityError> {
         match read_key_file(path) {
             Ok(bytes) => {
                 let n = ring.add_text(&bytes, &label)?;
-                ring.searched.push(format!("{label} ({n} identit{})", if n == 1 { "y" } else { "ies" }));
+                ring.searched.push(format!(
+                    "{label} ({n} identit{})",
+                    if n == 1 { "y" } else { "ies" }
+                ));
                 Ok(())
             }
             Err(e) if optional && e.kind() == std::io::ErrorKind::NotFound => {
                 ring.searched.push(format!("{label} (not found)"));
                 Ok(())
             }
-            Err(e) => Err(IdentityError { source_name: label, reason: format!("cannot read: {e}") }),
+            Err(e) => Err(IdentityError {
+                source_name: label,
+                reason: format!("cannot read: {e}"),
+            }),
         }
     };
 
     for path in identity_files {
-        file(&mut ring, path, format!("--identity {}", path.display()), false)?;
+        file(
+            &mut ring,
+            path,
+            format!("--identity {}", path.display()),
+            false,
+        )?;
     }
     // 1. SSH keys.
     match (env.var)("SOPS_AGE_SSH_PRIVATE_KEY_FILE") {
-        Some(p) => file(&mut ring, Path::new(&p), format!("SOPS_AGE_SSH_PRIVATE_KEY_FILE={p}"), false)?,
+        Some(p) => file(
+            &mut ring,
+            Path::new(&p),
+            format!("SOPS_AGE_SSH_PRIVATE_KEY_FILE={p}"),
+            false,
+        )?,
         None => {
             if let Some(home) = &env.home {
                 for name in ["id_ed25519", "id_rsa"] {
@@ -67,7 +93,8 @@ pub fn load(env: &Env<'_>, identity_files: &[PathBuf]) -> Result<KeyRing, Identi
                     if p.is_file() {
                         // An unusable default SSH key (e.g. passphrase-protected) is skipped, as sops does.
                         if let Err(e) = file(&mut ring, &p, format!("~/.ssh/{name}"), true) {
-                            ring.searched.push(format!("~/.ssh/{name} (skipped: {})", e.reason));
+                            ring.searched
+                                .push(format!("~/.ssh/{name} (skipped: {})", e.reason));
                         }
                     }
                 }
@@ -85,7 +112,12 @@ pub fn load(env: &Env<'_>, identity_files: &[PathBuf]) -> Result<KeyRing, Identi
     }
     // 3. SOPS_AGE_KEY_FILE
     match (env.var)("SOPS_AGE_KEY_FILE") {
-        Some(p) => file(&mut ring, Path::new(&p), format!("SOPS_AGE_KEY_FILE={p}"), false)?,
+        Some(p) => file(
+            &mut ring,
+            Path::new(&p),
+            format!("SOPS_AGE_KEY_FILE={p}"),
+            false,
+        )?,
         None => ring.searched.push("SOPS_AGE_KEY_FILE (unset)".into()),
     }
     // 4. SOPS_AGE_KEY_CMD
@@ -95,7 +127,10 @@ pub fn load(env: &Env<'_>, identity_files: &[PathBuf]) -> Result<KeyRing, Identi
             .arg(&cmd)
             .stdin(std::process::Stdio::null())
             .output()
-            .map_err(|e| IdentityError { source_name: "SOPS_AGE_KEY_CMD".into(), reason: format!("cannot run: {e}") })?;
+            .map_err(|e| IdentityError {
+                source_name: "SOPS_AGE_KEY_CMD".into(),
+                reason: format!("cannot run: {e}"),
+            })?;
         let stdout = Zeroizing::new(out.stdout);
         if !out.status.success() {
             return Err(IdentityError {
@@ -104,7 +139,8 @@ pub fn load(env: &Env<'_>, identity_files: &[PathBuf]) -> Result<KeyRing, Identi
             });
         }
         let n = ring.add_text(&stdout, "SOPS_AGE_KEY_CMD")?;
-        ring.searched.push(format!("SOPS_AGE_KEY_CMD ({n} identities)"));
+        ring.searched
+            .push(format!("SOPS_AGE_KEY_CMD ({n} identities)"));
     }
     // 5. The default key file.
     if let Some(p) = default_key_file(env) {

@@ -154,7 +154,12 @@ pub fn main() -> ExitCode {
         }
     };
     let env = keysources::Env::process();
-    run(cli, &env, &mut std::io::stdout().lock(), &mut std::io::stderr())
+    run(
+        cli,
+        &env,
+        &mut std::io::stdout().lock(),
+        &mut std::io::stderr(),
+    )
 }
 
 #[cfg(test)]
@@ -179,8 +184,15 @@ mod tests {
             let cli = Cli::try_parse_from(["lockstep", name, "--env", "prod", "x.yaml"])
                 .unwrap_or_else(|e| panic!("{name} should parse: {e}"));
             let mut err = Vec::new();
-            let env = keysources::Env { var: &|_| None, home: None };
-            assert_eq!(run(cli, &env, &mut Vec::new(), &mut err), ExitCode::from(2), "{name}");
+            let env = keysources::Env {
+                var: &|_| None,
+                home: None,
+            };
+            assert_eq!(
+                run(cli, &env, &mut Vec::new(), &mut err),
+                ExitCode::from(2),
+                "{name}"
+            );
             let msg = String::from_utf8(err).expect("utf-8 message");
             assert!(msg.contains("not implemented"), "{name}: {msg}");
         }

@@ -86,7 +86,9 @@ pub enum CipherError {
     #[error("malformed ENC[…] value ({0})")]
     Malformed(&'static str),
     /// Authentication failed: wrong key, wrong key path, or a modified value.
-    #[error("value does not authenticate (modified ciphertext, a moved value, or a different data key)")]
+    #[error(
+        "value does not authenticate (modified ciphertext, a moved value, or a different data key)"
+    )]
     Auth,
 }
 
@@ -165,20 +167,34 @@ pub fn seal(key: &DataKey, plaintext: &[u8], iv: &[u8; 32], aad: &[u8], ty: Valu
 /// Decrypts an `ENC[…]` value with its key path as AAD.
 pub fn open(key: &DataKey, sealed: &Sealed, aad: &[u8]) -> Result<Zeroizing<Vec<u8>>, CipherError> {
     let mut buf = Zeroizing::new(sealed.data.clone());
-    let tag: [u8; 16] = sealed.tag.as_slice().try_into().map_err(|_| CipherError::Malformed("tag"))?;
+    let tag: [u8; 16] = sealed
+        .tag
+        .as_slice()
+        .try_into()
+        .map_err(|_| CipherError::Malformed("tag"))?;
     // sops decrypts with whatever IV length the value carries (NewGCMWithNonceSize(len(iv))).
     if sealed.iv.len() == 32 {
-        let iv: [u8; 32] = sealed.iv.as_slice().try_into().map_err(|_| CipherError::Malformed("iv"))?;
+        let iv: [u8; 32] = sealed
+            .iv
+            .as_slice()
+            .try_into()
+            .map_err(|_| CipherError::Malformed("iv"))?;
         SopsGcm::new(&Array(*key.expose()))
             .decrypt_inout_detached(&Array(iv), aad, buf.as_mut_slice().into(), &Array(tag))
             .map_err(|_| CipherError::Auth)?;
     } else if sealed.iv.len() == 12 {
-        let iv: [u8; 12] = sealed.iv.as_slice().try_into().map_err(|_| CipherError::Malformed("iv"))?;
+        let iv: [u8; 12] = sealed
+            .iv
+            .as_slice()
+            .try_into()
+            .map_err(|_| CipherError::Malformed("iv"))?;
         aes_gcm::Aes256Gcm::new(&Array(*key.expose()))
             .decrypt_inout_detached(&Array(iv), aad, buf.as_mut_slice().into(), &Array(tag))
             .map_err(|_| CipherError::Auth)?;
     } else {
-        return Err(CipherError::Malformed("iv length other than 12 or 32 bytes"));
+        return Err(CipherError::Malformed(
+            "iv length other than 12 or 32 bytes",
+        ));
     }
     Ok(buf)
 }
@@ -198,10 +214,21 @@ mod tests {
         assert!(enc.starts_with("ENC[AES256_GCM,data:"));
         assert!(enc.ends_with(",type:str]"));
         let sealed = parse(&enc).expect("parses");
-        assert_eq!(open(&key(), &sealed, b"db:password:").expect("opens").as_slice(), b"hunter2");
-        assert_eq!(open(&key(), &sealed, b"db:user:").err(), Some(CipherError::Auth));
+        assert_eq!(
+            open(&key(), &sealed, b"db:password:")
+                .expect("opens")
+                .as_slice(),
+            b"hunter2"
+        );
+        assert_eq!(
+            open(&key(), &sealed, b"db:user:").err(),
+            Some(CipherError::Auth)
+        );
         let other = DataKey::from_slice(&[8u8; 32]).expect("32 bytes");
-        assert_eq!(open(&other, &sealed, b"db:password:").err(), Some(CipherError::Auth));
+        assert_eq!(
+            open(&other, &sealed, b"db:password:").err(),
+            Some(CipherError::Auth)
+        );
     }
 
     #[test]
@@ -213,7 +240,10 @@ mod tests {
             "ENC[AES256_GCM,data:AA==,iv:AAAA,tag:AAAA,type:str]",
             "ENC[AES128,data:AA==]",
         ] {
-            assert!(matches!(parse(bad), Err(CipherError::Malformed(_))), "{bad}");
+            assert!(
+                matches!(parse(bad), Err(CipherError::Malformed(_))),
+                "{bad}"
+            );
         }
     }
 
@@ -231,7 +261,11 @@ mod tests {
                     1 => s.iv[i] ^= 0x01,
                     _ => s.tag[i] ^= 0x01,
                 }
-                assert_eq!(open(&key(), &s, b"a:").err(), Some(CipherError::Auth), "part {part} byte {i}");
+                assert_eq!(
+                    open(&key(), &s, b"a:").err(),
+                    Some(CipherError::Auth),
+                    "part {part} byte {i}"
+                );
             }
         }
     }

@@ -44,20 +44,38 @@ pub struct ConfigError(pub String);
 
 fn strings(v: &Value, what: &str) -> Result<Vec<String>, ConfigError> {
     let out: Vec<String> = match v {
-        Value::Str(s) => s.split(',').map(|r| r.trim().to_string()).filter(|r| !r.is_empty()).collect(),
+        Value::Str(s) => s
+            .split(',')
+            .map(|r| r.trim().to_string())
+            .filter(|r| !r.is_empty())
+            .collect(),
         Value::List(items) => {
             let mut out = Vec::new();
             for i in items {
                 match i {
-                    Value::Str(s) => out.extend(s.split(',').map(|r| r.trim().to_string()).filter(|r| !r.is_empty())),
+                    Value::Str(s) => out.extend(
+                        s.split(',')
+                            .map(|r| r.trim().to_string())
+                            .filter(|r| !r.is_empty()),
+                    ),
                     Value::Comment(_) => {}
-                    other => return Err(ConfigError(format!("{what}: expected recipient strings, found a {}", other.kind()))),
+                    other => {
+                        return Err(ConfigError(format!(
+                            "{what}: expected recipient strings, found a {}",
+                            other.kind()
+                        )));
+                    }
                 }
             }
             out
         }
         Value::Null => vec![],
-        other => return Err(ConfigError(format!("{what}: expected a string or a list, found a {}", other.kind()))),
+        other => {
+            return Err(ConfigError(format!(
+                "{what}: expected a string or a list, found a {}",
+                other.kind()
+            )));
+        }
     };
     Ok(out)
 }
@@ -71,19 +89,33 @@ fn scalar_text(v: &Value) -> Option<String> {
     }
 }
 
-const FOREIGN: [&str; 7] = ["pgp", "kms", "gcp_kms", "azure_keyvault", "hc_vault_transit_uri", "hc_vault", "hckms"];
+const FOREIGN: [&str; 7] = [
+    "pgp",
+    "kms",
+    "gcp_kms",
+    "azure_keyvault",
+    "hc_vault_transit_uri",
+    "hc_vault",
+    "hckms",
+];
 
 fn parse_rule(v: &Value, n: usize) -> Result<CreationRule, ConfigError> {
     let ctx = |field: &str| format!("creation_rules[{n}].{field}");
     let path_regex = match v.get("path_regex").and_then(scalar_text) {
-        Some(r) => Some(Regex::new(&r).map_err(|e| ConfigError(format!("{}: {e}", ctx("path_regex"))))?),
+        Some(r) => {
+            Some(Regex::new(&r).map_err(|e| ConfigError(format!("{}: {e}", ctx("path_regex"))))?)
+        }
         None => None,
     };
     let mut foreign_keys = Vec::new();
     let key_groups = match v.get("key_groups") {
         Some(Value::List(groups)) if !groups.is_empty() => {
             let mut out = Vec::new();
-            for (g, group) in groups.iter().filter(|g| !matches!(g, Value::Comment(_))).enumerate() {
+            for (g, group) in groups
+                .iter()
+                .filter(|g| !matches!(g, Value::Comment(_)))
+                .enumerate()
+            {
                 let age = match group.get("age") {
                     Some(a) => strings(a, &ctx(&format!("key_groups[{g}].age")))?,
                     None => vec![],
@@ -110,7 +142,12 @@ fn parse_rule(v: &Value, n: usize) -> Result<CreationRule, ConfigError> {
         }
     };
     let shamir_threshold = match v.get("shamir_threshold").and_then(scalar_text) {
-        Some(t) => Some(t.parse().map_err(|_| ConfigError(format!("{}: {t:?} is not a number", ctx("shamir_threshold"))))?),
+        Some(t) => Some(t.parse().map_err(|_| {
+            ConfigError(format!(
+                "{}: {t:?} is not a number",
+                ctx("shamir_threshold")
+            ))
+        })?),
         None => None,
     };
     let fields: Vec<(&str, String)> = SELECTION_FIELDS
@@ -120,22 +157,39 @@ fn parse_rule(v: &Value, n: usize) -> Result<CreationRule, ConfigError> {
     let selection = Selection::from_fields(fields.iter().map(|(f, s)| (*f, s.as_str())))
         .map_err(|e| ConfigError(format!("creation_rules[{n}]: {e}")))?;
     let mac_only_encrypted = matches!(v.get("mac_only_encrypted"), Some(Value::Bool(true)));
-    Ok(CreationRule { path_regex, key_groups, foreign_keys, shamir_threshold, selection, mac_only_encrypted })
+    Ok(CreationRule {
+        path_regex,
+        key_groups,
+        foreign_keys,
+        shamir_threshold,
+        selection,
+        mac_only_encrypted,
+    })
 }
 
 impl Config {
     /// Parses `.sops.yaml` text.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let docs = yaml::parse(text).map_err(|e| ConfigError(e.to_string()))?;
-        let Some(doc) = docs.first() else { return Ok(Config::default()) };
+        let Some(doc) = docs.first() else {
+            return Ok(Config::default());
+        };
         let root = Value::Map(doc.items.clone());
         let mut config = Config::default();
         if let Some(Value::List(rules)) = root.get("creation_rules") {
-            for (n, rule) in rules.iter().filter(|r| !matches!(r, Value::Comment(_))).enumerate() {
+            for (n, rule) in rules
+                .iter()
+                .filter(|r| !matches!(r, Value::Comment(_)))
+                .enumerate()
+            {
                 config.creation_rules.push(parse_rule(rule, n)?);
             }
         }
-        if let Some(Value::Int(i)) = root.get("stores").and_then(|s| s.get("yaml")).and_then(|y| y.get("indent")) {
+        if let Some(Value::Int(i)) = root
+            .get("stores")
+            .and_then(|s| s.get("yaml"))
+            .and_then(|y| y.get("indent"))
+        {
             config.yaml_indent = usize::try_from(*i).ok();
         }
         Ok(config)
@@ -150,4 +204,3 @@ impl Config {
             .find(|r| r.path_regex.as_ref().is_none_or(|re| re.is_match(&text)))
     }
 }
-

@@ -30,7 +30,9 @@ pub struct KeyGroup {
 impl KeyGroup {
     /// True when the group holds keys lockstep cannot use (pgp, kms…).
     pub fn has_foreign_keys(&self) -> bool {
-        self.others.iter().any(|(_, v)| matches!(v, Value::List(l) if !l.is_empty()))
+        self.others
+            .iter()
+            .any(|(_, v)| matches!(v, Value::List(l) if !l.is_empty()))
     }
 }
 
@@ -64,7 +66,9 @@ pub enum MetadataError {
     Selection(#[from] SelectionError),
 }
 
-const KEY_TYPES: [&str; 7] = ["age", "pgp", "kms", "gcp_kms", "azure_kv", "hc_vault", "hckms"];
+const KEY_TYPES: [&str; 7] = [
+    "age", "pgp", "kms", "gcp_kms", "azure_kv", "hc_vault", "hckms",
+];
 
 fn as_text(v: &Value) -> Option<String> {
     match v {
@@ -100,8 +104,12 @@ fn parse_group(v: &Value) -> Result<KeyGroup, MetadataError> {
                 let field = |name: &str| entry.get(name).and_then(as_text);
                 let recipient = field("recipient")
                     .ok_or_else(|| MetadataError::Invalid("age entry without recipient".into()))?;
-                let enc = field("enc").ok_or_else(|| MetadataError::Invalid("age entry without enc".into()))?;
-                group.age.push(AgeEntry { recipient: recipient.trim().to_string(), enc });
+                let enc = field("enc")
+                    .ok_or_else(|| MetadataError::Invalid("age entry without enc".into()))?;
+                group.age.push(AgeEntry {
+                    recipient: recipient.trim().to_string(),
+                    enc,
+                });
             }
         } else if KEY_TYPES.contains(&k.as_str()) {
             group.others.push((k.clone(), val.clone()));
@@ -114,20 +122,23 @@ impl Metadata {
     /// Parses the value of the top-level `sops` key. Numbers and booleans may be strings (dotenv, INI).
     pub fn parse(v: &Value) -> Result<Metadata, MetadataError> {
         if !matches!(v, Value::Map(_)) {
-            return Err(MetadataError::Invalid("the sops key is not a mapping".into()));
+            return Err(MetadataError::Invalid(
+                "the sops key is not a mapping".into(),
+            ));
         }
         let text = |name: &str| v.get(name).and_then(as_text);
         let key_groups = match v.get("key_groups") {
-            Some(Value::List(groups)) if !groups.is_empty() => {
-                groups.iter().map(parse_group).collect::<Result<Vec<_>, _>>()?
-            }
+            Some(Value::List(groups)) if !groups.is_empty() => groups
+                .iter()
+                .map(parse_group)
+                .collect::<Result<Vec<_>, _>>()?,
             _ => vec![parse_group(v)?],
         };
         let shamir_threshold = match text("shamir_threshold") {
             Some(t) => {
-                let n: usize = t
-                    .parse()
-                    .map_err(|_| MetadataError::Invalid(format!("shamir_threshold {t:?} is not a number")))?;
+                let n: usize = t.parse().map_err(|_| {
+                    MetadataError::Invalid(format!("shamir_threshold {t:?} is not a number"))
+                })?;
                 (n > 0).then_some(n)
             }
             None => None,
@@ -136,12 +147,17 @@ impl Metadata {
             .iter()
             .filter_map(|f| text(f).filter(|s| !s.is_empty()).map(|s| (*f, s)))
             .collect();
-        let selection = Selection::from_fields(selection_fields.iter().map(|(f, s)| (*f, s.as_str())))?
-            .unwrap_or_default();
+        let selection =
+            Selection::from_fields(selection_fields.iter().map(|(f, s)| (*f, s.as_str())))?
+                .unwrap_or_default();
         let mac_only_encrypted = match text("mac_only_encrypted").as_deref() {
             None | Some("false") | Some("False") => false,
             Some("true") | Some("True") => true,
-            Some(other) => return Err(MetadataError::Invalid(format!("mac_only_encrypted {other:?} is not a boolean"))),
+            Some(other) => {
+                return Err(MetadataError::Invalid(format!(
+                    "mac_only_encrypted {other:?} is not a boolean"
+                )));
+            }
         };
         let version = text("version").unwrap_or_default();
         if version.is_empty() {
@@ -150,7 +166,8 @@ impl Metadata {
         Ok(Metadata {
             key_groups,
             shamir_threshold,
-            lastmodified: text("lastmodified").ok_or_else(|| MetadataError::Invalid("lastmodified is missing".into()))?,
+            lastmodified: text("lastmodified")
+                .ok_or_else(|| MetadataError::Invalid("lastmodified is missing".into()))?,
             mac: text("mac").unwrap_or_default(),
             selection,
             mac_only_encrypted,

@@ -53,7 +53,9 @@ pub enum SopsError {
     #[error(transparent)]
     Metadata(#[from] metadata::MetadataError),
     /// No recipient was given for a new file.
-    #[error("no recipients: pass --age age1… or add a creation rule with age recipients to .sops.yaml")]
+    #[error(
+        "no recipients: pass --age age1… or add a creation rule with age recipients to .sops.yaml"
+    )]
     NoRecipients,
     /// A data key could not be wrapped.
     #[error("cannot wrap the data key for {recipient}: {message}")]
@@ -85,7 +87,9 @@ pub enum SopsError {
     #[error(transparent)]
     Walk(#[from] walk::WalkError),
     /// The MAC does not match.
-    #[error("MAC mismatch: the file was modified outside lockstep/sops (values, their order or lastmodified changed)")]
+    #[error(
+        "MAC mismatch: the file was modified outside lockstep/sops (values, their order or lastmodified changed)"
+    )]
     MacMismatch,
     /// The file has no MAC.
     #[error("MAC mismatch: the file has no MAC")]
@@ -141,7 +145,8 @@ pub struct EncryptOptions<'a> {
 /// Encrypts a plaintext file.
 pub fn encrypt(plain: &[u8], mut opts: EncryptOptions<'_>) -> Result<Vec<u8>, SopsError> {
     let format = opts.format;
-    let loaded = store::load_plain(format, plain).map_err(|source| SopsError::Parse { format, source })?;
+    let loaded =
+        store::load_plain(format, plain).map_err(|source| SopsError::Parse { format, source })?;
     if loaded.metadata.is_some() || loaded.docs.iter().any(|d| d.has("sops")) {
         return Err(SopsError::AlreadyEncrypted);
     }
@@ -154,12 +159,17 @@ pub fn encrypt(plain: &[u8], mut opts: EncryptOptions<'_>) -> Result<Vec<u8>, So
     }
     let key = DataKey::generate(&mut opts.rng);
     let key_groups = wrap_key_groups(&key, &opts.key_groups, opts.shamir_threshold, &mut opts.rng)?;
-    let walk = Walk { key: &key, selection: &opts.selection, mac_only_encrypted: opts.mac_only_encrypted };
+    let walk = Walk {
+        key: &key,
+        selection: &opts.selection,
+        mac_only_encrypted: opts.mac_only_encrypted,
+    };
     let mac = walk::encrypt(&mut docs, &walk, &mut opts.rng)?;
     let lastmodified = metadata::format_lastmodified(opts.now);
     let sealed_mac = walk::seal_mac(&key, &mac, &lastmodified, &mut opts.rng);
     let meta = Metadata {
-        shamir_threshold: (key_groups.len() > 1).then(|| opts.shamir_threshold.unwrap_or(key_groups.len())),
+        shamir_threshold: (key_groups.len() > 1)
+            .then(|| opts.shamir_threshold.unwrap_or(key_groups.len())),
         key_groups,
         lastmodified,
         mac: sealed_mac,
@@ -167,7 +177,8 @@ pub fn encrypt(plain: &[u8], mut opts: EncryptOptions<'_>) -> Result<Vec<u8>, So
         mac_only_encrypted: opts.mac_only_encrypted,
         version: metadata::SOPS_VERSION.to_string(),
     };
-    store::emit_encrypted(format, &docs, &meta.to_value(), opts.yaml_indent).map_err(|source| SopsError::Emit { format, source })
+    store::emit_encrypted(format, &docs, &meta.to_value(), opts.yaml_indent)
+        .map_err(|source| SopsError::Emit { format, source })
 }
 
 fn wrap_key_groups(
@@ -196,11 +207,20 @@ fn wrap_key_groups(
                 .iter()
                 .map(|(text, r)| {
                     crate::keys::wrap(secret, r)
-                        .map(|enc| AgeEntry { recipient: text.clone(), enc })
-                        .map_err(|e| SopsError::Wrap { recipient: text.clone(), message: e.to_string() })
+                        .map(|enc| AgeEntry {
+                            recipient: text.clone(),
+                            enc,
+                        })
+                        .map_err(|e| SopsError::Wrap {
+                            recipient: text.clone(),
+                            message: e.to_string(),
+                        })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            Ok(KeyGroup { age, others: vec![] })
+            Ok(KeyGroup {
+                age,
+                others: vec![],
+            })
         })
         .collect()
 }
@@ -227,7 +247,10 @@ pub fn data_key(meta: &Metadata, ring: &KeyRing) -> Result<DataKey, SopsError> {
                 }
                 Ok(None) => {}
                 Err(message) => {
-                    return Err(SopsError::BadStanza { recipient: entry.recipient.clone(), message });
+                    return Err(SopsError::BadStanza {
+                        recipient: entry.recipient.clone(),
+                        message,
+                    });
                 }
             }
         }
@@ -241,7 +264,11 @@ pub fn data_key(meta: &Metadata, ring: &KeyRing) -> Result<DataKey, SopsError> {
             .filter(|(_, v)| matches!(v, tree::Value::List(l) if !l.is_empty()))
             .map(|(k, _)| k.clone())
             .collect(),
-        tried: ring.identities.iter().map(|i| (i.public.clone(), i.source.clone())).collect(),
+        tried: ring
+            .identities
+            .iter()
+            .map(|i| (i.public.clone(), i.source.clone()))
+            .collect(),
     };
     if meta.key_groups.len() <= 1 {
         let secret = shares.pop().ok_or_else(no_match)?;
@@ -252,18 +279,30 @@ pub fn data_key(meta: &Metadata, ring: &KeyRing) -> Result<DataKey, SopsError> {
     if shares.len() < threshold {
         return Err(no_match());
     }
-    let secret = shamir::combine(&shares).map_err(|e| SopsError::KeyGroups(format!("cannot combine key shares: {e}")))?;
-    DataKey::from_slice(&secret).ok_or_else(|| SopsError::KeyGroups("the combined data key is not 32 bytes".into()))
+    let secret = shamir::combine(&shares)
+        .map_err(|e| SopsError::KeyGroups(format!("cannot combine key shares: {e}")))?;
+    DataKey::from_slice(&secret)
+        .ok_or_else(|| SopsError::KeyGroups("the combined data key is not 32 bytes".into()))
 }
 
 /// Opens an encrypted file: data key, values, MAC check (unless `ignore_mac`).
-pub fn decrypt(bytes: &[u8], format: Format, ring: &KeyRing, ignore_mac: bool) -> Result<Decrypted, SopsError> {
-    let loaded = store::load_encrypted(format, bytes).map_err(|source| SopsError::Parse { format, source })?;
+pub fn decrypt(
+    bytes: &[u8],
+    format: Format,
+    ring: &KeyRing,
+    ignore_mac: bool,
+) -> Result<Decrypted, SopsError> {
+    let loaded = store::load_encrypted(format, bytes)
+        .map_err(|source| SopsError::Parse { format, source })?;
     let raw_meta = loaded.metadata.ok_or(SopsError::NotEncrypted)?;
     let meta = Metadata::parse(&raw_meta)?;
     let mut docs = loaded.docs;
     let key = data_key(&meta, ring)?;
-    let walk = Walk { key: &key, selection: &meta.selection, mac_only_encrypted: meta.mac_only_encrypted };
+    let walk = Walk {
+        key: &key,
+        selection: &meta.selection,
+        mac_only_encrypted: meta.mac_only_encrypted,
+    };
     let computed = walk::decrypt(&mut docs, &walk, format == Format::Binary)?;
     if !ignore_mac {
         if meta.mac.is_empty() {
@@ -275,7 +314,11 @@ pub fn decrypt(bytes: &[u8], format: Format, ring: &KeyRing, ignore_mac: bool) -
             return Err(SopsError::MacMismatch);
         }
     }
-    Ok(Decrypted { docs, metadata: meta, key })
+    Ok(Decrypted {
+        docs,
+        metadata: meta,
+        key,
+    })
 }
 
 /// True when the bytes carry sops metadata with a version and a MAC (`sops filestatus`).

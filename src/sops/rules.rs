@@ -39,7 +39,9 @@ pub const SELECTION_FIELDS: [&str; 6] = [
 #[derive(Debug, thiserror::Error)]
 pub enum SelectionError {
     /// More than one option was given.
-    #[error("only one of unencrypted_suffix, encrypted_suffix, unencrypted_regex, encrypted_regex, unencrypted_comment_regex, encrypted_comment_regex may be set, found {0}")]
+    #[error(
+        "only one of unencrypted_suffix, encrypted_suffix, unencrypted_regex, encrypted_regex, unencrypted_comment_regex, encrypted_comment_regex may be set, found {0}"
+    )]
     Conflict(String),
     /// A regular expression does not compile.
     #[error("{field}: invalid regular expression: {message}")]
@@ -65,7 +67,10 @@ impl Selection {
             return Ok(None);
         };
         let re = |v: &str| {
-            Regex::new(v).map_err(|e| SelectionError::Regex { field: field.to_string(), message: e.to_string() })
+            Regex::new(v).map_err(|e| SelectionError::Regex {
+                field: field.to_string(),
+                message: e.to_string(),
+            })
         };
         Ok(Some(match field {
             "unencrypted_suffix" => Selection::UnencryptedSuffix(value.to_string()),
@@ -85,8 +90,12 @@ impl Selection {
             Selection::EncryptedSuffix(s) => ("encrypted_suffix", s.clone()),
             Selection::UnencryptedRegex(r) => ("unencrypted_regex", r.as_str().to_string()),
             Selection::EncryptedRegex(r) => ("encrypted_regex", r.as_str().to_string()),
-            Selection::UnencryptedCommentRegex(r) => ("unencrypted_comment_regex", r.as_str().to_string()),
-            Selection::EncryptedCommentRegex(r) => ("encrypted_comment_regex", r.as_str().to_string()),
+            Selection::UnencryptedCommentRegex(r) => {
+                ("unencrypted_comment_regex", r.as_str().to_string())
+            }
+            Selection::EncryptedCommentRegex(r) => {
+                ("encrypted_comment_regex", r.as_str().to_string())
+            }
         }
     }
 
@@ -105,7 +114,9 @@ impl Selection {
     /// Whether a comment's own text keeps it in plaintext (the marker comments of comment regexes).
     pub fn is_marker(&self, comment: &str) -> bool {
         match self {
-            Selection::UnencryptedCommentRegex(r) | Selection::EncryptedCommentRegex(r) => r.is_match(comment),
+            Selection::UnencryptedCommentRegex(r) | Selection::EncryptedCommentRegex(r) => {
+                r.is_match(comment)
+            }
             _ => false,
         }
     }

@@ -36,14 +36,25 @@ fn inv(a: u8) -> u8 {
 }
 
 /// Splits `secret` into `parts` shares, any `threshold` of which recover it.
-pub fn split(secret: &[u8], parts: usize, threshold: usize, rng: &mut dyn FnMut(&mut [u8])) -> Vec<Zeroizing<Vec<u8>>> {
-    assert!(threshold >= 1 && threshold <= parts && parts < 255, "validated by the caller");
-    let mut shares: Vec<Zeroizing<Vec<u8>>> =
-        (0..parts).map(|i| Zeroizing::new({
-            let mut s = vec![0u8; secret.len() + 1];
-            s[secret.len()] = (i + 1) as u8;
-            s
-        })).collect();
+pub fn split(
+    secret: &[u8],
+    parts: usize,
+    threshold: usize,
+    rng: &mut dyn FnMut(&mut [u8]),
+) -> Vec<Zeroizing<Vec<u8>>> {
+    assert!(
+        threshold >= 1 && threshold <= parts && parts < 255,
+        "validated by the caller"
+    );
+    let mut shares: Vec<Zeroizing<Vec<u8>>> = (0..parts)
+        .map(|i| {
+            Zeroizing::new({
+                let mut s = vec![0u8; secret.len() + 1];
+                s[secret.len()] = (i + 1) as u8;
+                s
+            })
+        })
+        .collect();
     let mut coeffs = Zeroizing::new(vec![0u8; threshold.saturating_sub(1)]);
     for (pos, &byte) in secret.iter().enumerate() {
         rng(&mut coeffs);
@@ -108,9 +119,15 @@ mod tests {
         let shares = split(&secret, 3, 2, &mut rng);
         for (a, b) in [(0, 1), (0, 2), (1, 2)] {
             let pair = [shares[a].clone(), shares[b].clone()];
-            assert_eq!(combine(&pair).expect("combines").as_slice(), secret.as_slice());
+            assert_eq!(
+                combine(&pair).expect("combines").as_slice(),
+                secret.as_slice()
+            );
         }
-        assert_ne!(combine(&shares[..1]).expect("one share").as_slice(), secret.as_slice());
+        assert_ne!(
+            combine(&shares[..1]).expect("one share").as_slice(),
+            secret.as_slice()
+        );
     }
 
     #[test]

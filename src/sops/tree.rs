@@ -129,7 +129,9 @@ impl Document {
 
     /// True when a top-level key `key` exists.
     pub fn has(&self, key: &str) -> bool {
-        self.items.iter().any(|i| matches!(i, Item::Pair(k, _) if k == key))
+        self.items
+            .iter()
+            .any(|i| matches!(i, Item::Pair(k, _) if k == key))
     }
 }
 
@@ -153,7 +155,11 @@ pub fn format_float(f: f64) -> String {
     if f.is_nan() {
         "NaN".into()
     } else if f.is_infinite() {
-        if f > 0.0 { "+Inf".into() } else { "-Inf".into() }
+        if f > 0.0 {
+            "+Inf".into()
+        } else {
+            "-Inf".into()
+        }
     } else {
         // Rust's Display is the shortest round-trip representation without exponent.
         format!("{f}")

@@ -43,7 +43,10 @@ impl Mac {
             // sops's MACOnlyEncryptedInitialization: SHA-256("sops") seeds the hash.
             hash.update(Sha256::digest(b"sops"));
         }
-        Mac { hash, only_encrypted }
+        Mac {
+            hash,
+            only_encrypted,
+        }
     }
 
     fn add(&mut self, bytes: &[u8], encrypted: bool) {
@@ -63,7 +66,10 @@ fn canonical(v: &Value) -> Option<(Zeroizing<Vec<u8>>, ValueType)> {
         Value::Str(s) => (s.as_bytes().to_vec(), ValueType::Str),
         Value::Int(i) => (i.to_string().into_bytes(), ValueType::Int),
         Value::Float(f) => (format_float(*f).into_bytes(), ValueType::Float),
-        Value::Bool(b) => ((if *b { "True" } else { "False" }).as_bytes().to_vec(), ValueType::Bool),
+        Value::Bool(b) => (
+            (if *b { "True" } else { "False" }).as_bytes().to_vec(),
+            ValueType::Bool,
+        ),
         Value::Time(t) => (t.as_bytes().to_vec(), ValueType::Time),
         Value::Bytes(b) => (b.clone(), ValueType::Str),
         Value::Null | Value::Map(_) | Value::List(_) | Value::Comment(_) => return None,
@@ -82,16 +88,24 @@ fn parse_bool(s: &str) -> Option<bool> {
 
 /// Re-types decrypted bytes according to their `type:`.
 fn retype(bytes: Zeroizing<Vec<u8>>, ty: ValueType, binary: bool) -> Result<Value, String> {
-    let text = || std::str::from_utf8(&bytes).map_err(|_| format!("decrypted {} is not UTF-8", ty.as_str()));
+    let text = || {
+        std::str::from_utf8(&bytes).map_err(|_| format!("decrypted {} is not UTF-8", ty.as_str()))
+    };
     Ok(match ty {
         ValueType::Str if binary => Value::Bytes(bytes.to_vec()),
         ValueType::Str | ValueType::Comment => Value::Str(text()?.to_string()),
         ValueType::Bytes => Value::Bytes(bytes.to_vec()),
-        ValueType::Int => Value::Int(text()?.parse().map_err(|_| "decrypted int does not parse".to_string())?),
+        ValueType::Int => Value::Int(
+            text()?
+                .parse()
+                .map_err(|_| "decrypted int does not parse".to_string())?,
+        ),
         ValueType::Float => Value::Float(match text()? {
             "+Inf" | "Inf" => f64::INFINITY,
             "-Inf" => f64::NEG_INFINITY,
-            t => t.parse().map_err(|_| "decrypted float does not parse".to_string())?,
+            t => t
+                .parse()
+                .map_err(|_| "decrypted float does not parse".to_string())?,
         }),
         ValueType::Bool => Value::Bool(parse_bool(text()?).ok_or("decrypted bool does not parse")?),
         ValueType::Time => Value::Time(text()?.to_string()),
@@ -129,7 +143,11 @@ fn display_path(path: &[String], indices: &[(usize, usize)]) -> String {
             out.push_str(&format!("[{i}]"));
         }
     }
-    if out.is_empty() { "(top level)".into() } else { out }
+    if out.is_empty() {
+        "(top level)".into()
+    } else {
+        out
+    }
 }
 
 enum Mode<'r, 'a> {
@@ -148,7 +166,10 @@ struct State<'w, 'r, 'a> {
 
 impl State<'_, '_, '_> {
     fn err(&self, reason: impl Into<String>) -> WalkError {
-        WalkError { path: display_path(&self.path, &self.indices), reason: reason.into() }
+        WalkError {
+            path: display_path(&self.path, &self.indices),
+            reason: reason.into(),
+        }
     }
 
     /// Encrypts or decrypts a comment; returns its plaintext (for the comment-regex options).
@@ -161,7 +182,13 @@ impl State<'_, '_, '_> {
                 if selected && !c.text.is_empty() {
                     let mut iv = [0u8; 32];
                     rng(&mut iv);
-                    let enc = cipher::seal(self.walk.key, c.text.as_bytes(), &iv, &aad(&self.path), ValueType::Comment);
+                    let enc = cipher::seal(
+                        self.walk.key,
+                        c.text.as_bytes(),
+                        &iv,
+                        &aad(&self.path),
+                        ValueType::Comment,
+                    );
                     c.text = enc;
                 }
                 Ok(before)
@@ -185,12 +212,20 @@ impl State<'_, '_, '_> {
         let selected = self.walk.selection.encrypts(&self.path, &self.comments);
         match &mut self.mode {
             Mode::Encrypt(rng) => {
-                let Some((bytes, ty)) = canonical(v) else { return Ok(()) };
+                let Some((bytes, ty)) = canonical(v) else {
+                    return Ok(());
+                };
                 self.mac.add(&bytes, selected);
                 if selected && !bytes.is_empty() {
                     let mut iv = [0u8; 32];
                     rng(&mut iv);
-                    *v = Value::Str(cipher::seal(self.walk.key, &bytes, &iv, &aad(&self.path), ty));
+                    *v = Value::Str(cipher::seal(
+                        self.walk.key,
+                        &bytes,
+                        &iv,
+                        &aad(&self.path),
+                        ty,
+                    ));
                 } else if selected {
                     *v = Value::Str(String::new());
                 }
@@ -281,7 +316,11 @@ impl State<'_, '_, '_> {
 }
 
 /// Encrypts the selected values of every document in place; returns the MAC (uppercase hex).
-pub fn encrypt(docs: &mut [Document], walk: &Walk<'_>, rng: &mut Rng<'_>) -> Result<String, WalkError> {
+pub fn encrypt(
+    docs: &mut [Document],
+    walk: &Walk<'_>,
+    rng: &mut Rng<'_>,
+) -> Result<String, WalkError> {
     let mut state = State {
         walk,
         mode: Mode::Encrypt(rng),
@@ -317,7 +356,13 @@ pub fn decrypt(docs: &mut [Document], walk: &Walk<'_>, binary: bool) -> Result<S
 pub fn seal_mac(key: &DataKey, mac: &str, lastmodified: &str, rng: &mut Rng<'_>) -> String {
     let mut iv = [0u8; 32];
     rng(&mut iv);
-    cipher::seal(key, mac.as_bytes(), &iv, lastmodified.as_bytes(), ValueType::Str)
+    cipher::seal(
+        key,
+        mac.as_bytes(),
+        &iv,
+        lastmodified.as_bytes(),
+        ValueType::Str,
+    )
 }
 
 /// Decrypts the stored MAC.

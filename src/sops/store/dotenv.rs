@@ -13,7 +13,10 @@ pub fn parse(text: &str) -> Result<(Vec<Document>, Option<Value>), StoreError> {
             continue;
         }
         if let Some(c) = line.strip_prefix('#') {
-            items.push(Item::Comment(Comment { text: c.to_string(), inline: false }));
+            items.push(Item::Comment(Comment {
+                text: c.to_string(),
+                inline: false,
+            }));
             continue;
         }
         let Some((k, v)) = line.split_once('=') else {
@@ -29,7 +32,14 @@ pub fn parse(text: &str) -> Result<(Vec<Document>, Option<Value>), StoreError> {
             items.push(Item::Pair(k.to_string(), Value::Str(v)));
         }
     }
-    let metadata = if meta.is_empty() { None } else { Some(unflatten(meta).map_err(|m| StoreError { line: None, message: m })?) };
+    let metadata = if meta.is_empty() {
+        None
+    } else {
+        Some(unflatten(meta).map_err(|m| StoreError {
+            line: None,
+            message: m,
+        })?)
+    };
     Ok((vec![Document::new(items)], metadata))
 }
 
@@ -59,7 +69,10 @@ pub fn emit(docs: &[Document], metadata: Option<&Value>) -> Result<String, Store
                     if matches!(v, Value::Map(_) | Value::List(_)) {
                         return Err(StoreError {
                             line: None,
-                            message: format!("{k}: dotenv files hold flat KEY=value pairs, not a {}", v.kind()),
+                            message: format!(
+                                "{k}: dotenv files hold flat KEY=value pairs, not a {}",
+                                v.kind()
+                            ),
                         });
                     }
                     out.push_str(k);

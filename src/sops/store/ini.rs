@@ -25,7 +25,10 @@ pub fn parse(text: &str) -> Result<(Vec<Document>, Option<Value>), StoreError> {
         }
         let current = &mut sections.last_mut().expect("DEFAULT section exists").1;
         if let Some(c) = line.strip_prefix(';').or_else(|| line.strip_prefix('#')) {
-            current.push(Item::Comment(Comment { text: c.trim_start().to_string(), inline: false }));
+            current.push(Item::Comment(Comment {
+                text: c.trim_start().to_string(),
+                inline: false,
+            }));
             continue;
         }
         if let Some(name) = line.strip_prefix('[') {
@@ -35,7 +38,10 @@ pub fn parse(text: &str) -> Result<(Vec<Document>, Option<Value>), StoreError> {
             })?;
             let name = name.trim().to_string();
             if sections.iter().any(|(s, _)| *s == name) && name != "DEFAULT" {
-                return Err(StoreError { line: Some(n + 1), message: format!("duplicate section [{name}]") });
+                return Err(StoreError {
+                    line: Some(n + 1),
+                    message: format!("duplicate section [{name}]"),
+                });
             }
             if name != "DEFAULT" {
                 sections.push((name, vec![]));
@@ -43,7 +49,10 @@ pub fn parse(text: &str) -> Result<(Vec<Document>, Option<Value>), StoreError> {
             continue;
         }
         let Some((k, v)) = line.split_once('=').or_else(|| line.split_once(':')) else {
-            return Err(StoreError { line: Some(n + 1), message: "expected key = value, [section] or a ; comment".into() });
+            return Err(StoreError {
+                line: Some(n + 1),
+                message: "expected key = value, [section] or a ; comment".into(),
+            });
         };
         let mut value = v.trim().to_string();
         if value.starts_with("\"\"\"") && !(value.len() >= 6 && value.ends_with("\"\"\"")) {
@@ -51,7 +60,10 @@ pub fn parse(text: &str) -> Result<(Vec<Document>, Option<Value>), StoreError> {
             let mut buf = value[3..].to_string();
             loop {
                 let Some((_, next)) = lines.next() else {
-                    return Err(StoreError { line: Some(n + 1), message: "unterminated \"\"\" value".into() });
+                    return Err(StoreError {
+                        line: Some(n + 1),
+                        message: "unterminated \"\"\" value".into(),
+                    });
                 };
                 let next = next.trim_end_matches('\r');
                 buf.push('\n');
@@ -78,7 +90,10 @@ pub fn parse(text: &str) -> Result<(Vec<Document>, Option<Value>), StoreError> {
                     _ => None,
                 })
                 .collect();
-            metadata = Some(unflatten(pairs).map_err(|m| StoreError { line: None, message: m })?);
+            metadata = Some(unflatten(pairs).map_err(|m| StoreError {
+                line: None,
+                message: m,
+            })?);
         } else if !(name == "DEFAULT" && section.is_empty()) {
             items.push(Item::Pair(name, Value::Map(section)));
         }
@@ -141,7 +156,10 @@ pub fn emit(docs: &[Document], metadata: Option<&Value>) -> Result<String, Store
                             Item::Pair(k, v) => {
                                 let t = text(v).ok_or_else(|| StoreError {
                                     line: None,
-                                    message: format!("{section}.{k}: INI values must be scalars, not a {}", v.kind()),
+                                    message: format!(
+                                        "{section}.{k}: INI values must be scalars, not a {}",
+                                        v.kind()
+                                    ),
                                 })?;
                                 write_value(&mut out, k, &t);
                             }
@@ -151,7 +169,10 @@ pub fn emit(docs: &[Document], metadata: Option<&Value>) -> Result<String, Store
                 Item::Pair(k, v) => {
                     return Err(StoreError {
                         line: None,
-                        message: format!("{k}: the top level of an INI file holds sections (mappings), not a {}", v.kind()),
+                        message: format!(
+                            "{k}: the top level of an INI file holds sections (mappings), not a {}",
+                            v.kind()
+                        ),
                     });
                 }
             }

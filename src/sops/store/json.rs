@@ -14,19 +14,28 @@ fn from_json(v: serde_json::Value) -> Value {
         },
         serde_json::Value::String(s) => Value::Str(s),
         serde_json::Value::Array(a) => Value::List(a.into_iter().map(from_json).collect()),
-        serde_json::Value::Object(o) => Value::Map(o.into_iter().map(|(k, v)| Item::Pair(k, from_json(v))).collect()),
+        serde_json::Value::Object(o) => Value::Map(
+            o.into_iter()
+                .map(|(k, v)| Item::Pair(k, from_json(v)))
+                .collect(),
+        ),
     }
 }
 
 /// Parses a JSON object into one document.
 pub fn parse(text: &str) -> Result<Vec<Document>, StoreError> {
-    let v: serde_json::Value = serde_json::from_str(text)
-        .map_err(|e| StoreError { line: Some(e.line()), message: e.to_string() })?;
+    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| StoreError {
+        line: Some(e.line()),
+        message: e.to_string(),
+    })?;
     match from_json(v) {
         Value::Map(items) => Ok(vec![Document::new(items)]),
         other => Err(StoreError {
             line: Some(1),
-            message: format!("the top level of a JSON file must be an object, found a {}", other.kind()),
+            message: format!(
+                "the top level of a JSON file must be an object, found a {}",
+                other.kind()
+            ),
         }),
     }
 }
@@ -40,7 +49,9 @@ fn string(out: &mut String, s: &str) {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            '<' | '>' | '&' | '\u{2028}' | '\u{2029}' => out.push_str(&format!("\\u{:04x}", c as u32)),
+            '<' | '>' | '&' | '\u{2028}' | '\u{2029}' => {
+                out.push_str(&format!("\\u{:04x}", c as u32))
+            }
             c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
             c => out.push(c),
         }
@@ -78,7 +89,10 @@ fn value(out: &mut String, v: &Value, depth: usize, indent: &str) {
             out.push('}');
         }
         Value::List(values) => {
-            let values: Vec<_> = values.iter().filter(|v| !matches!(v, Value::Comment(_))).collect();
+            let values: Vec<_> = values
+                .iter()
+                .filter(|v| !matches!(v, Value::Comment(_)))
+                .collect();
             if values.is_empty() {
                 out.push_str("[]");
                 return;

@@ -85,7 +85,10 @@ fn split_metadata(mut docs: Vec<Document>) -> Loaded {
 pub fn load_plain(format: Format, bytes: &[u8]) -> Result<Loaded, StoreError> {
     match format {
         Format::Binary => Ok(Loaded {
-            docs: vec![Document::new(vec![Item::Pair("data".into(), Value::Bytes(bytes.to_vec()))])],
+            docs: vec![Document::new(vec![Item::Pair(
+                "data".into(),
+                Value::Bytes(bytes.to_vec()),
+            )])],
             metadata: None,
         }),
         other => load_encrypted(other, bytes),
@@ -94,7 +97,13 @@ pub fn load_plain(format: Format, bytes: &[u8]) -> Result<Loaded, StoreError> {
 
 fn utf8(bytes: &[u8]) -> Result<&str, StoreError> {
     std::str::from_utf8(bytes).map_err(|e| StoreError {
-        line: Some(bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count() + 1),
+        line: Some(
+            bytes[..e.valid_up_to()]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count()
+                + 1,
+        ),
         message: "not valid UTF-8".into(),
     })
 }
@@ -117,7 +126,12 @@ pub fn load_encrypted(format: Format, bytes: &[u8]) -> Result<Loaded, StoreError
 }
 
 /// Emits documents with metadata (an encrypted file).
-pub fn emit_encrypted(format: Format, docs: &[Document], metadata: &Value, yaml_indent: usize) -> Result<Vec<u8>, StoreError> {
+pub fn emit_encrypted(
+    format: Format,
+    docs: &[Document],
+    metadata: &Value,
+    yaml_indent: usize,
+) -> Result<Vec<u8>, StoreError> {
     Ok(match format {
         Format::Yaml => yaml::emit(docs, Some(metadata), yaml_indent).into_bytes(),
         Format::Json | Format::Binary => json::emit(docs, Some(metadata), "\t").into_bytes(),
@@ -127,7 +141,11 @@ pub fn emit_encrypted(format: Format, docs: &[Document], metadata: &Value, yaml_
 }
 
 /// Emits plaintext documents (binary: the raw bytes of `data`).
-pub fn emit_plain(format: Format, docs: &[Document], yaml_indent: usize) -> Result<Vec<u8>, StoreError> {
+pub fn emit_plain(
+    format: Format,
+    docs: &[Document],
+    yaml_indent: usize,
+) -> Result<Vec<u8>, StoreError> {
     Ok(match format {
         Format::Yaml => yaml::emit(docs, None, yaml_indent).into_bytes(),
         Format::Json => json::emit(docs, None, "\t").into_bytes(),
@@ -136,7 +154,12 @@ pub fn emit_plain(format: Format, docs: &[Document], yaml_indent: usize) -> Resu
         Format::Binary => match docs.first().and_then(|d| d.items.first()) {
             Some(Item::Pair(k, Value::Bytes(b))) if k == "data" => b.clone(),
             Some(Item::Pair(k, Value::Str(s))) if k == "data" => s.clone().into_bytes(),
-            _ => return Err(StoreError { line: None, message: "binary file without a data value".into() }),
+            _ => {
+                return Err(StoreError {
+                    line: None,
+                    message: "binary file without a data value".into(),
+                });
+            }
         },
     })
 }
@@ -148,7 +171,11 @@ pub fn flatten(v: &Value) -> Vec<(String, String)> {
             Value::Map(items) => {
                 for item in items {
                     if let Item::Pair(k, child) = item {
-                        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}__map_{k}") };
+                        let key = if prefix.is_empty() {
+                            k.clone()
+                        } else {
+                            format!("{prefix}__map_{k}")
+                        };
                         walk(&key, child, out);
                     }
                 }
@@ -180,7 +207,11 @@ pub fn unflatten(pairs: Vec<(String, String)>) -> Result<Value, String> {
     fn segments(key: &str) -> Result<Vec<Seg>, String> {
         let mut segs = Vec::new();
         let mut rest = key;
-        let first_end = [rest.find("__map_"), rest.find("__list_")].into_iter().flatten().min().unwrap_or(rest.len());
+        let first_end = [rest.find("__map_"), rest.find("__list_")]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(rest.len());
         segs.push(Seg::Key(rest[..first_end].to_string()));
         rest = &rest[first_end..];
         while !rest.is_empty() {
@@ -191,10 +222,17 @@ pub fn unflatten(pairs: Vec<(String, String)>) -> Result<Value, String> {
             } else {
                 return Err(format!("cannot unflatten metadata key {key:?}"));
             };
-            let end = [body.find("__map_"), body.find("__list_")].into_iter().flatten().min().unwrap_or(body.len());
+            let end = [body.find("__map_"), body.find("__list_")]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(body.len());
             let part = &body[..end];
             segs.push(if is_list {
-                Seg::Index(part.parse().map_err(|_| format!("bad list index in metadata key {key:?}"))?)
+                Seg::Index(
+                    part.parse()
+                        .map_err(|_| format!("bad list index in metadata key {key:?}"))?,
+                )
             } else {
                 Seg::Key(part.to_string())
             });
@@ -202,18 +240,22 @@ pub fn unflatten(pairs: Vec<(String, String)>) -> Result<Value, String> {
         }
         Ok(segs)
     }
-    fn insert(node: &mut Value, segs: &[Seg], leaf: String, key: &str) -> Result<(), String> {
+    fn insert(node: &mut Value, segs: &[Seg], leaf: String) {
         let Some((head, tail)) = segs.split_first() else {
             *node = Value::Str(leaf);
-            return Ok(());
+            return;
         };
         match head {
             Seg::Key(k) => {
                 if !matches!(node, Value::Map(_)) {
                     *node = Value::Map(vec![]);
                 }
-                let Value::Map(items) = node else { unreachable!("just set") };
-                let pos = items.iter().position(|i| matches!(i, Item::Pair(ik, _) if ik == k));
+                let Value::Map(items) = node else {
+                    unreachable!("just set")
+                };
+                let pos = items
+                    .iter()
+                    .position(|i| matches!(i, Item::Pair(ik, _) if ik == k));
                 let idx = match pos {
                     Some(p) => p,
                     None => {
@@ -221,25 +263,29 @@ pub fn unflatten(pairs: Vec<(String, String)>) -> Result<Value, String> {
                         items.len() - 1
                     }
                 };
-                let Item::Pair(_, child) = &mut items[idx] else { unreachable!("pairs only") };
-                insert(child, tail, leaf, key)
+                let Item::Pair(_, child) = &mut items[idx] else {
+                    unreachable!("pairs only")
+                };
+                insert(child, tail, leaf)
             }
             Seg::Index(i) => {
                 if !matches!(node, Value::List(_)) {
                     *node = Value::List(vec![]);
                 }
-                let Value::List(values) = node else { unreachable!("just set") };
+                let Value::List(values) = node else {
+                    unreachable!("just set")
+                };
                 while values.len() <= *i {
                     values.push(Value::Null);
                 }
-                insert(&mut values[*i], tail, leaf, key)
+                insert(&mut values[*i], tail, leaf)
             }
         }
     }
     let mut root = Value::Map(vec![]);
     for (k, v) in pairs {
         let segs = segments(&k)?;
-        insert(&mut root, &segs, v, &k)?;
+        insert(&mut root, &segs, v);
     }
     Ok(root)
 }

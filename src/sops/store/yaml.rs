@@ -17,7 +17,9 @@ pub fn resolve_plain(s: &str) -> Value {
         "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
         "true" | "True" | "TRUE" => return Value::Bool(true),
         "false" | "False" | "FALSE" => return Value::Bool(false),
-        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" => return Value::Float(f64::INFINITY),
+        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" => {
+            return Value::Float(f64::INFINITY);
+        }
         "-.inf" | "-.Inf" | "-.INF" => return Value::Float(f64::NEG_INFINITY),
         ".nan" | ".NaN" | ".NAN" => return Value::Float(f64::NAN),
         _ => {}
@@ -49,11 +51,20 @@ fn parse_int(s: &str) -> Option<i64> {
     if digits.is_empty() {
         return None;
     }
-    let (radix, body) = if let Some(b) = digits.strip_prefix("0x").or_else(|| digits.strip_prefix("0X")) {
+    let (radix, body) = if let Some(b) = digits
+        .strip_prefix("0x")
+        .or_else(|| digits.strip_prefix("0X"))
+    {
         (16, b)
-    } else if let Some(b) = digits.strip_prefix("0o").or_else(|| digits.strip_prefix("0O")) {
+    } else if let Some(b) = digits
+        .strip_prefix("0o")
+        .or_else(|| digits.strip_prefix("0O"))
+    {
         (8, b)
-    } else if let Some(b) = digits.strip_prefix("0b").or_else(|| digits.strip_prefix("0B")) {
+    } else if let Some(b) = digits
+        .strip_prefix("0b")
+        .or_else(|| digits.strip_prefix("0B"))
+    {
         (2, b)
     } else if digits.len() > 1 && digits.starts_with('0') {
         (8, &digits[1..])
@@ -118,32 +129,62 @@ fn parse_timestamp(s: &str) -> Option<String> {
         .expect("static regex")
     });
     let c = re.captures(s)?;
-    let num = |i: usize| c.get(i).map(|m| m.as_str().parse::<i16>().ok()).unwrap_or(Some(0));
+    let num = |i: usize| {
+        c.get(i)
+            .map(|m| m.as_str().parse::<i16>().ok())
+            .unwrap_or(Some(0))
+    };
     let date = jiff::civil::Date::new(num(1)?, num(2)? as i8, num(3)? as i8).ok()?;
     let (h, mi, se) = (num(4)?, num(5)?, num(6)?);
     jiff::civil::Time::new(h as i8, mi as i8, se as i8, 0).ok()?;
-    let frac = c.get(7).map(|m| m.as_str().trim_end_matches('0')).unwrap_or("");
+    let frac = c
+        .get(7)
+        .map(|m| m.as_str().trim_end_matches('0'))
+        .unwrap_or("");
     let offset = match c.get(8).map(|m| m.as_str()) {
         None | Some("Z") => "Z".to_string(),
         Some(o) => {
             let sign = &o[..1];
             let rest = o[1..].replace(':', "");
-            let (hh, mm) = if rest.len() <= 2 { (rest.as_str(), "00") } else { rest.split_at(rest.len() - 2) };
+            let (hh, mm) = if rest.len() <= 2 {
+                (rest.as_str(), "00")
+            } else {
+                rest.split_at(rest.len() - 2)
+            };
             let hh: u8 = hh.parse().ok()?;
-            if hh == 0 && mm == "00" { "Z".to_string() } else { format!("{sign}{hh:02}:{mm}") }
+            if hh == 0 && mm == "00" {
+                "Z".to_string()
+            } else {
+                format!("{sign}{hh:02}:{mm}")
+            }
         }
     };
-    let frac = if frac.is_empty() { String::new() } else { format!(".{frac}") };
+    let frac = if frac.is_empty() {
+        String::new()
+    } else {
+        format!(".{frac}")
+    };
     Some(format!("{date}T{h:02}:{mi:02}:{se:02}{frac}{offset}"))
 }
 
 enum Frame {
-    Map { items: Vec<Item>, key: Option<String>, anchor: usize, line: usize },
-    List { values: Vec<Value>, anchor: usize },
+    Map {
+        items: Vec<Item>,
+        key: Option<String>,
+        anchor: usize,
+        line: usize,
+    },
+    List {
+        values: Vec<Value>,
+        anchor: usize,
+    },
 }
 
 fn err(line: usize, message: impl Into<String>) -> StoreError {
-    StoreError { line: Some(line), message: message.into() }
+    StoreError {
+        line: Some(line),
+        message: message.into(),
+    }
 }
 
 /// Parses a YAML stream into documents (each a top-level mapping; empty documents are skipped).
@@ -173,7 +214,13 @@ pub fn parse(text: &str) -> Result<Vec<Document>, StoreError> {
                     Ok(())
                 }
                 Value::Null => Ok(()),
-                other => Err(err(line, format!("the top level of a document must be a mapping, found a {}", other.kind()))),
+                other => Err(err(
+                    line,
+                    format!(
+                        "the top level of a document must be a mapping, found a {}",
+                        other.kind()
+                    ),
+                )),
             },
             Some(Frame::Map { items, key, .. }) => match key.take() {
                 None => {
@@ -183,9 +230,17 @@ pub fn parse(text: &str) -> Result<Vec<Document>, StoreError> {
                         Value::Bool(b) => b.to_string(),
                         Value::Float(f) => format_float(f),
                         Value::Null => "null".into(),
-                        other => return Err(err(line, format!("a {} cannot be a mapping key", other.kind()))),
+                        other => {
+                            return Err(err(
+                                line,
+                                format!("a {} cannot be a mapping key", other.kind()),
+                            ));
+                        }
                     };
-                    if items.iter().any(|i| matches!(i, Item::Pair(existing, _) if *existing == k)) {
+                    if items
+                        .iter()
+                        .any(|i| matches!(i, Item::Pair(existing, _) if *existing == k))
+                    {
                         return Err(err(line, format!("duplicate key {k:?}")));
                     }
                     *key = Some(k);
@@ -213,19 +268,21 @@ pub fn parse(text: &str) -> Result<Vec<Document>, StoreError> {
         let line = span.start.line();
         match event {
             Event::StreamStart | Event::StreamEnd | Event::DocumentStart(..) => {}
-            Event::DocumentEnd => {
-                if !pending.is_empty() || !doc_comments.is_empty() {
-                    // Comments after the last key belong to the last document.
-                    if let Some(doc) = docs.last_mut() {
-                        doc.items.extend(doc_comments.drain(..));
-                        doc.items.extend(pending.drain(..).map(Item::Comment));
-                    }
-                    doc_comments.clear();
-                    pending.clear();
+            Event::DocumentEnd if !pending.is_empty() || !doc_comments.is_empty() => {
+                // Comments after the last key belong to the last document.
+                if let Some(doc) = docs.last_mut() {
+                    doc.items.append(&mut doc_comments);
+                    doc.items.extend(pending.drain(..).map(Item::Comment));
                 }
+                doc_comments.clear();
+                pending.clear();
             }
+            Event::DocumentEnd => {}
             Event::Comment(text, placement) => {
-                let c = Comment { text: text.into_owned(), inline: placement == Placement::Right };
+                let c = Comment {
+                    text: text.into_owned(),
+                    inline: placement == Placement::Right,
+                };
                 match stack.last_mut() {
                     None => doc_comments.push(Item::Comment(c)),
                     Some(Frame::Map { key: Some(_), .. }) => pending.push(c),
@@ -235,27 +292,55 @@ pub fn parse(text: &str) -> Result<Vec<Document>, StoreError> {
             }
             Event::Scalar(text, style, anchor, tag) => {
                 let value = match (style, tag.as_deref()) {
-                    (_, Some(t)) if t.is_yaml_core_schema() && t.suffix() == "str" => Value::Str(text.into_owned()),
-                    (_, Some(t)) if t.is_yaml_core_schema() && t.suffix() == "binary" => Value::Str(text.into_owned()),
-                    (ScalarStyle::Plain, Some(t)) if t.is_yaml_core_schema() => resolve_plain(&text),
+                    (_, Some(t)) if t.is_yaml_core_schema() && t.suffix() == "str" => {
+                        Value::Str(text.into_owned())
+                    }
+                    (_, Some(t)) if t.is_yaml_core_schema() && t.suffix() == "binary" => {
+                        Value::Str(text.into_owned())
+                    }
+                    (ScalarStyle::Plain, Some(t)) if t.is_yaml_core_schema() => {
+                        resolve_plain(&text)
+                    }
                     (ScalarStyle::Plain, _) => resolve_plain(&text),
                     _ => Value::Str(text.into_owned()),
                 };
                 if anchor != 0 {
                     anchors.insert(anchor, value.clone());
                 }
-                attach(&mut stack, &mut docs, &mut doc_comments, &mut pending, value, line)?;
+                attach(
+                    &mut stack,
+                    &mut docs,
+                    &mut doc_comments,
+                    &mut pending,
+                    value,
+                    line,
+                )?;
             }
             Event::Alias(id) => {
-                let value = anchors.get(&id).cloned().ok_or_else(|| err(line, "alias to an unknown anchor"))?;
-                attach(&mut stack, &mut docs, &mut doc_comments, &mut pending, value, line)?;
+                let value = anchors
+                    .get(&id)
+                    .cloned()
+                    .ok_or_else(|| err(line, "alias to an unknown anchor"))?;
+                attach(
+                    &mut stack,
+                    &mut docs,
+                    &mut doc_comments,
+                    &mut pending,
+                    value,
+                    line,
+                )?;
             }
             Event::MappingStart(_, anchor, _) => {
                 let mut items = Vec::new();
                 if matches!(stack.last(), Some(Frame::Map { key: Some(_), .. })) {
                     items.extend(pending.drain(..).map(Item::Comment));
                 }
-                stack.push(Frame::Map { items, key: None, anchor, line });
+                stack.push(Frame::Map {
+                    items,
+                    key: None,
+                    anchor,
+                    line,
+                });
             }
             Event::SequenceStart(_, anchor, _) => {
                 let mut values = Vec::new();
@@ -265,7 +350,13 @@ pub fn parse(text: &str) -> Result<Vec<Document>, StoreError> {
                 stack.push(Frame::List { values, anchor });
             }
             Event::MappingEnd => {
-                let Some(Frame::Map { mut items, key, anchor, line: start }) = stack.pop() else {
+                let Some(Frame::Map {
+                    mut items,
+                    key,
+                    anchor,
+                    line: start,
+                }) = stack.pop()
+                else {
                     return Err(err(line, "unbalanced mapping"));
                 };
                 if key.is_some() {
@@ -279,7 +370,14 @@ pub fn parse(text: &str) -> Result<Vec<Document>, StoreError> {
                 if anchor != 0 {
                     anchors.insert(anchor, value.clone());
                 }
-                attach(&mut stack, &mut docs, &mut doc_comments, &mut pending, value, line)?;
+                attach(
+                    &mut stack,
+                    &mut docs,
+                    &mut doc_comments,
+                    &mut pending,
+                    value,
+                    line,
+                )?;
             }
             Event::SequenceEnd => {
                 let Some(Frame::List { values, anchor }) = stack.pop() else {
@@ -289,7 +387,14 @@ pub fn parse(text: &str) -> Result<Vec<Document>, StoreError> {
                 if anchor != 0 {
                     anchors.insert(anchor, value.clone());
                 }
-                attach(&mut stack, &mut docs, &mut doc_comments, &mut pending, value, line)?;
+                attach(
+                    &mut stack,
+                    &mut docs,
+                    &mut doc_comments,
+                    &mut pending,
+                    value,
+                    line,
+                )?;
             }
             _ => {}
         }
@@ -306,7 +411,7 @@ fn plain_safe(s: &str) -> bool {
     let first = s.chars().next().unwrap_or(' ');
     if "-?:,[]{}#&*!|>'\"%@`".contains(first) {
         // `-foo` is fine as plain, but `- x`, `-` and `---` are not; keep it simple and quote.
-        if !(first == '-' && s.len() > 1 && !s.starts_with("- ") && !s.starts_with("---")) {
+        if first != '-' || s.len() <= 1 || s.starts_with("- ") || s.starts_with("---") {
             return false;
         }
     }
@@ -330,7 +435,9 @@ fn double_quoted(s: &str) -> String {
             '\t' => out.push_str("\\t"),
             '\r' => out.push_str("\\r"),
             '\0' => out.push_str("\\0"),
-            c if (c as u32) < 0x20 || c == '\u{7f}' => out.push_str(&format!("\\x{:02X}", c as u32)),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                out.push_str(&format!("\\x{:02X}", c as u32))
+            }
             '\u{feff}' => out.push_str("\\uFEFF"),
             c => out.push(c),
         }
@@ -343,7 +450,9 @@ fn literal_ok(s: &str) -> bool {
     s.contains('\n')
         && !s.starts_with(' ')
         && !s.starts_with('\n')
-        && !s.chars().any(|c| (c.is_control() && c != '\n') || c == '\u{feff}')
+        && !s
+            .chars()
+            .any(|c| (c.is_control() && c != '\n') || c == '\u{feff}')
         && !s.lines().any(|l| l.ends_with(' '))
 }
 
@@ -391,7 +500,11 @@ fn scalar(v: &Value, indent: usize) -> String {
 }
 
 fn key_text(k: &str) -> String {
-    if plain_safe(k) || k.parse::<i64>().is_ok() { k.to_string() } else { double_quoted(k) }
+    if plain_safe(k) || k.parse::<i64>().is_ok() {
+        k.to_string()
+    } else {
+        double_quoted(k)
+    }
 }
 
 struct Emitter {
@@ -447,7 +560,9 @@ impl Emitter {
 
     fn value_after_key(&mut self, v: &Value, indent: usize, inline: Option<&Comment>) {
         match v {
-            Value::Map(items) if items.iter().any(|i| matches!(i, Item::Pair(..))) || !items.is_empty() => {
+            Value::Map(items)
+                if items.iter().any(|i| matches!(i, Item::Pair(..))) || !items.is_empty() =>
+            {
                 let (head, rest) = split_leading_inline(items);
                 self.inline_comment(inline.or(head));
                 self.out.push('\n');
@@ -483,7 +598,11 @@ impl Emitter {
         while idx < values.len() {
             let pad = " ".repeat(indent);
             let inline = match values.get(idx + 1) {
-                Some(Value::Comment(c)) if c.inline && !matches!(values[idx], Value::Comment(_)) => Some(c.clone()),
+                Some(Value::Comment(c))
+                    if c.inline && !matches!(values[idx], Value::Comment(_)) =>
+                {
+                    Some(c.clone())
+                }
                 _ => None,
             };
             match &values[idx] {
@@ -530,7 +649,10 @@ fn split_leading_inline_list(values: &[Value]) -> (Option<&Comment>, &[Value]) {
 
 /// Emits documents (with `metadata` appended to each as the last top-level key `sops`).
 pub fn emit(docs: &[Document], metadata: Option<&Value>, indent: usize) -> String {
-    let mut e = Emitter { out: String::new(), step: indent.clamp(2, 9) };
+    let mut e = Emitter {
+        out: String::new(),
+        step: indent.clamp(2, 9),
+    };
     for (i, doc) in docs.iter().enumerate() {
         if i > 0 {
             e.out.push_str("---\n");
@@ -565,8 +687,14 @@ mod tests {
         assert_eq!(resolve_plain("yes"), Value::Str("yes".into()));
         assert_eq!(resolve_plain("True"), Value::Bool(true));
         assert_eq!(resolve_plain("~"), Value::Null);
-        assert_eq!(resolve_plain("2024-01-01"), Value::Time("2024-01-01T00:00:00Z".into()));
-        assert_eq!(resolve_plain("2001-12-14t21:59:43.10-05:00"), Value::Time("2001-12-14T21:59:43.1-05:00".into()));
+        assert_eq!(
+            resolve_plain("2024-01-01"),
+            Value::Time("2024-01-01T00:00:00Z".into())
+        );
+        assert_eq!(
+            resolve_plain("2001-12-14t21:59:43.10-05:00"),
+            Value::Time("2001-12-14T21:59:43.1-05:00".into())
+        );
         assert_eq!(resolve_plain("2024-13-01"), Value::Str("2024-13-01".into()));
         assert_eq!(resolve_plain("1.2.3"), Value::Str("1.2.3".into()));
     }
@@ -579,9 +707,18 @@ mod tests {
         let out = emit(&docs, None, 4);
         let again = parse(&out).expect("re-parses");
         assert_eq!(docs, again, "{out}");
-        assert!(out.starts_with("# head\nb: 1 # one\na:\n    # inner\n    x: \"1\"\n"), "{out}");
-        assert!(out.contains("list:\n    - k: v\n      j: w\n    - plain\n"), "{out}");
-        assert!(out.contains("multi: |\n    line1\n    line2\n---\nsecond: true\n"), "{out}");
+        assert!(
+            out.starts_with("# head\nb: 1 # one\na:\n    # inner\n    x: \"1\"\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("list:\n    - k: v\n      j: w\n    - plain\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("multi: |\n    line1\n    line2\n---\nsecond: true\n"),
+            "{out}"
+        );
     }
 
     #[test]

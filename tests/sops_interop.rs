@@ -1,0 +1,725 @@
+//! SOPS compatibility, both ways, against the real `sops` and `age` CLIs: what lockstep encrypts, sops
+//! decrypts to the same data; what sops encrypts, lockstep decrypts to the same data. Also the real
+//! sops-written vectors in `tests/vectors/`.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use lockstep::sops::store::{self, Format};
+use lockstep::sops::tree::{Item, Value};
+use support::peer;
+
+const LOCKSTEP: &str = env!("CARGO_BIN_EXE_lockstep");
+
+fn vectors() -> PathBuf {
+    support::repo_root().join("tests/vectors")
+}
+
+/// Runs a command with a clean sops environment plus `env`.
+fn run(bin: &Path, args: &[&str], env: &[(&str, &str)], home: &Path) -> Output {
+    let mut cmd = Command::new(bin);
+    cmd.args(args);
+    for var in [
+        "SOPS_AGE_KEY",
+        "SOPS_AGE_KEY_FILE",
+        "SOPS_AGE_KEY_CMD",
+        "SOPS_AGE_SSH_PRIVATE_KEY_FILE",
+        "SOPS_AGE_RECIPIENTS",
+        "SOPS_CONFIG",
+    ] {
+        cmd.env_remove(var);
+    }
+    // sops looks for .sops.yaml from the working directory (lockstep from the file), so run both there.
+    cmd.current_dir(home)
+        .env("HOME", home)
+        .env("XDG_CONFIG_HOME", home.join(".config"));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run command")
+}
+
+fn ok(out: Output, what: &str) -> Vec<u8> {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// Data of a decrypted file without comments, for comparing two tools' outputs.
+fn data(format: Format, bytes: &[u8]) -> Vec<Value> {
+    fn strip(v: &Value) -> Value {
+        match v {
+            Value::Map(items) => Value::Map(
+                items
+                    .iter()
+                    .filter_map(|i| match i {
+                        Item::Pair(k, v) => Some(Item::Pair(k.clone(), strip(v))),
+                        Item::Comment(_) => None,
+                    })
+                    .collect(),
+            ),
+            Value::List(l) => Value::List(
+                l.iter()
+                    .filter(|v| !matches!(v, Value::Comment(_)))
+                    .map(strip)
+                    .collect(),
+            ),
+            other => other.clone(),
+        }
+    }
+    let loaded = store::load_plain(format, bytes).expect("decrypted output parses");
+    loaded
+        .docs
+        .iter()
+        .map(|d| strip(&Value::Map(d.items.clone())))
+        .collect()
+}
+
+struct Keys {
+    dir: tempfile::TempDir,
+    key_file: PathBuf,
+    recipient: String,
+    key_file2: PathBuf,
+    recipient2: String,
+}
+
+fn keys() -> Option<Keys> {
+    let keygen = need_peer("age-keygen")?;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut made = Vec::new();
+    for name in ["a.txt", "b.txt"] {
+        let path = dir.path().join(name);
+        ok(
+            Command::new(&keygen)
+                .arg("-o")
+                .arg(&path)
+                .output()
+                .expect("age-keygen"),
+            "age-keygen",
+        );
+        let text = std::fs::read_to_string(&path).expect("key");
+        let r = text
+            .lines()
+            .find_map(|l| l.strip_prefix("# public key: "))
+            .expect("public key")
+            .to_string();
+        made.push((path, r));
+    }
+    let (key_file2, recipient2) = made.pop().expect("two keys");
+    let (key_file, recipient) = made.pop().expect("two keys");
+    Some(Keys {
+        dir,
+        key_file,
+        recipient,
+        key_file2,
+        recipient2,
+    })
+}
+
+fn need_peer(name: &str) -> Option<PathBuf> {
+    support::require(name, peer(name))
+}
+
+const YAML: &str = "# top comment\ndb:\n    password: s3cr3t-marker # inline\n    port: 5432\n    ratio: 1.5\n    enabled: true\n    empty: \"\"\n    nothing: null\nlist:\n    - one\n    - k: v\n      n: 2\n    - - nested\nunicode: \"héllo ✓ 日本\"\nmulti: |\n    line1\n    line2\nbig: 9007199254740993\n---\nsecond: doc\n";
+const JSON: &str = "{\n\t\"db\": {\"password\": \"s3cr3t-marker\", \"port\": 5432, \"ratio\": 1.5, \"on\": false, \"empty\": \"\"},\n\t\"list\": [1, \"two\", {\"three\": 3}],\n\t\"unicode\": \"héllo <&>\"\n}\n";
+const DOTENV: &str =
+    "# comment\nDB_PASSWORD=s3cr3t-marker\nQUOTED=\"kept quotes\"\nMULTI=line1\\nline2\nEMPTY=\n";
+const INI: &str =
+    "; comment\n[database]\npassword = s3cr3t-marker\nport = 5432\n\n[other]\nname = héllo\n";
+
+fn cases() -> Vec<(&'static str, Format, &'static [u8])> {
+    vec![
+        ("secrets.yaml", Format::Yaml, YAML.as_bytes()),
+        ("secrets.json", Format::Json, JSON.as_bytes()),
+        ("secrets.env", Format::Dotenv, DOTENV.as_bytes()),
+        ("secrets.ini", Format::Ini, INI.as_bytes()),
+        (
+            "secrets.bin",
+            Format::Binary,
+            b"\x00\x01binary \xff\xfe payload\n s3cr3t-marker",
+        ),
+    ]
+}
+
+#[test]
+fn lockstep_encrypts_and_sops_decrypts_all_five_formats() {
+    let Some(sops) = need_peer("sops") else {
+        return;
+    };
+    let Some(k) = keys() else { return };
+    let home = k.dir.path();
+    for (name, format, plain) in cases() {
+        let file = home.join(name);
+        std::fs::write(&file, plain).expect("write");
+        let recipients = format!("{},{}", k.recipient, k.recipient2);
+        let enc = ok(
+            run(
+                Path::new(LOCKSTEP),
+                &[
+                    "encrypt",
+                    "--age",
+                    &recipients,
+                    file.to_str().expect("utf-8"),
+                ],
+                &[],
+                home,
+            ),
+            name,
+        );
+        assert!(
+            !String::from_utf8_lossy(&enc).contains("s3cr3t-marker"),
+            "{name}: plaintext in ciphertext"
+        );
+        let enc_file = home.join(format!("enc.{name}"));
+        std::fs::write(&enc_file, &enc).expect("write");
+        // Either recipient opens it with the real sops.
+        for key in [&k.key_file, &k.key_file2] {
+            let out = ok(
+                run(
+                    &sops,
+                    &["--decrypt", enc_file.to_str().expect("utf-8")],
+                    &[("SOPS_AGE_KEY_FILE", key.to_str().expect("utf-8"))],
+                    home,
+                ),
+                &format!("sops -d {name}"),
+            );
+            if format == Format::Binary {
+                assert_eq!(out, plain, "{name}");
+            } else {
+                assert_eq!(
+                    data(format, &out),
+                    data(format, plain),
+                    "{name}: sops sees different data"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn sops_encrypts_and_lockstep_decrypts_all_five_formats() {
+    let Some(sops) = need_peer("sops") else {
+        return;
+    };
+    let Some(k) = keys() else { return };
+    let home = k.dir.path();
+    for (name, format, plain) in cases() {
+        let file = home.join(name);
+        std::fs::write(&file, plain).expect("write");
+        let enc = ok(
+            run(
+                &sops,
+                &[
+                    "--encrypt",
+                    "--age",
+                    &k.recipient,
+                    file.to_str().expect("utf-8"),
+                ],
+                &[],
+                home,
+            ),
+            &format!("sops -e {name}"),
+        );
+        let enc_file = home.join(format!("enc.{name}"));
+        std::fs::write(&enc_file, &enc).expect("write");
+        let out = ok(
+            run(
+                Path::new(LOCKSTEP),
+                &["decrypt", enc_file.to_str().expect("utf-8")],
+                &[("SOPS_AGE_KEY_FILE", k.key_file.to_str().expect("utf-8"))],
+                home,
+            ),
+            &format!("lockstep decrypt {name}"),
+        );
+        if format == Format::Binary {
+            assert_eq!(out, plain, "{name}");
+        } else {
+            assert_eq!(
+                data(format, &out),
+                data(format, plain),
+                "{name}: lockstep sees different data"
+            );
+        }
+        if format == Format::Yaml {
+            let text = String::from_utf8_lossy(&out);
+            assert!(
+                text.contains("# top comment") && text.contains(" inline"),
+                "comments decrypted:\n{text}"
+            );
+        }
+    }
+}
+
+#[test]
+fn selection_options_and_mac_only_encrypted_interoperate() {
+    let Some(sops) = need_peer("sops") else {
+        return;
+    };
+    let Some(k) = keys() else { return };
+    let home = k.dir.path();
+    let plain = "apiVersion: v1\nkind: Secret\nmetadata:\n    name: db\nstringData:\n    password: s3cr3t-marker\nplain_unencrypted: visible\n";
+    let file = home.join("secret.yaml");
+    std::fs::write(&file, plain).expect("write");
+    let path = file.to_str().expect("utf-8");
+    let key_env = [("SOPS_AGE_KEY_FILE", k.key_file.to_str().expect("utf-8"))];
+    for flags in [
+        vec!["--encrypted-regex", "^(data|stringData)$"],
+        vec!["--unencrypted-regex", "^(apiVersion|kind|metadata)$"],
+        vec!["--encrypted-suffix", "Data"],
+        vec!["--encrypted-regex", "^stringData$", "--mac-only-encrypted"],
+    ] {
+        // lockstep → sops
+        let mut args = vec!["encrypt", "--age", &k.recipient];
+        args.extend(flags.iter().copied());
+        args.push(path);
+        let enc = String::from_utf8(ok(
+            run(Path::new(LOCKSTEP), &args, &[], home),
+            "lockstep encrypt",
+        ))
+        .expect("utf-8");
+        assert!(
+            enc.contains("name: db"),
+            "{flags:?}: metadata.name must stay readable:\n{enc}"
+        );
+        assert!(!enc.contains("s3cr3t-marker"), "{flags:?}");
+        let enc_file = home.join("enc.yaml");
+        std::fs::write(&enc_file, &enc).expect("write");
+        let out = ok(
+            run(
+                &sops,
+                &["-d", enc_file.to_str().expect("utf-8")],
+                &key_env,
+                home,
+            ),
+            "sops -d",
+        );
+        assert_eq!(
+            data(Format::Yaml, &out),
+            data(Format::Yaml, plain.as_bytes()),
+            "{flags:?}"
+        );
+        // sops → lockstep
+        let mut args = vec!["--encrypt", "--age", &k.recipient];
+        args.extend(flags.iter().copied());
+        args.push(path);
+        let enc = ok(run(&sops, &args, &[], home), "sops -e");
+        std::fs::write(&enc_file, &enc).expect("write");
+        let out = ok(
+            run(
+                Path::new(LOCKSTEP),
+                &["decrypt", enc_file.to_str().expect("utf-8")],
+                &key_env,
+                home,
+            ),
+            "lockstep decrypt",
+        );
+        assert_eq!(
+            data(Format::Yaml, &out),
+            data(Format::Yaml, plain.as_bytes()),
+            "{flags:?}"
+        );
+    }
+    // With mac_only_encrypted, a plaintext value can change without breaking the MAC — in both tools.
+    let mut args = vec![
+        "encrypt",
+        "--age",
+        &k.recipient,
+        "--encrypted-regex",
+        "^stringData$",
+        "--mac-only-encrypted",
+        path,
+    ];
+    let enc = String::from_utf8(ok(run(Path::new(LOCKSTEP), &args, &[], home), "encrypt"))
+        .expect("utf-8");
+    let edited = enc.replace("name: db", "name: db2");
+    let enc_file = home.join("edited.yaml");
+    std::fs::write(&enc_file, &edited).expect("write");
+    ok(
+        run(
+            &sops,
+            &["-d", enc_file.to_str().expect("utf-8")],
+            &key_env,
+            home,
+        ),
+        "sops -d after plaintext edit",
+    );
+    ok(
+        run(
+            Path::new(LOCKSTEP),
+            &["decrypt", enc_file.to_str().expect("utf-8")],
+            &key_env,
+            home,
+        ),
+        "lockstep after plaintext edit",
+    );
+    // Without it, the same edit is a MAC mismatch (exit 51) in lockstep, as in sops.
+    args.retain(|a| *a != "--mac-only-encrypted");
+    let enc = String::from_utf8(ok(run(Path::new(LOCKSTEP), &args, &[], home), "encrypt"))
+        .expect("utf-8");
+    std::fs::write(&enc_file, enc.replace("name: db", "name: db2")).expect("write");
+    let out = run(
+        Path::new(LOCKSTEP),
+        &["decrypt", enc_file.to_str().expect("utf-8")],
+        &key_env,
+        home,
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(51),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("MAC mismatch"));
+    let out = run(
+        &sops,
+        &["-d", enc_file.to_str().expect("utf-8")],
+        &key_env,
+        home,
+    );
+    assert_eq!(out.status.code(), Some(51), "sops agrees");
+}
+
+#[test]
+fn ssh_recipients_and_key_groups_interoperate() {
+    let Some(sops) = need_peer("sops") else {
+        return;
+    };
+    let Some(k) = keys() else { return };
+    let home = k.dir.path();
+    let ssh_key = vectors().join("sops-nix/ssh-ed25519-key");
+    let ssh_pub = std::fs::read_to_string(vectors().join("sops-nix/ssh-ed25519-key.pub"))
+        .expect("pub")
+        .trim()
+        .to_string();
+    let file = home.join("s.yaml");
+    std::fs::write(&file, "token: s3cr3t-marker\n").expect("write");
+    let path = file.to_str().expect("utf-8");
+    // SSH recipient: lockstep encrypts, sops decrypts with the SSH private key.
+    let enc = ok(
+        run(
+            Path::new(LOCKSTEP),
+            &["encrypt", "--age", &ssh_pub, path],
+            &[],
+            home,
+        ),
+        "encrypt to ssh",
+    );
+    let enc_file = home.join("enc.yaml");
+    std::fs::write(&enc_file, &enc).expect("write");
+    let ssh_env = [(
+        "SOPS_AGE_SSH_PRIVATE_KEY_FILE",
+        ssh_key.to_str().expect("utf-8"),
+    )];
+    let out = ok(
+        run(
+            &sops,
+            &["-d", enc_file.to_str().expect("utf-8")],
+            &ssh_env,
+            home,
+        ),
+        "sops -d ssh",
+    );
+    assert_eq!(String::from_utf8_lossy(&out), "token: s3cr3t-marker\n");
+    // and sops encrypts to the SSH recipient, lockstep decrypts.
+    let enc = ok(
+        run(&sops, &["-e", "--age", &ssh_pub, path], &[], home),
+        "sops -e ssh",
+    );
+    std::fs::write(&enc_file, &enc).expect("write");
+    let out = ok(
+        run(
+            Path::new(LOCKSTEP),
+            &["decrypt", enc_file.to_str().expect("utf-8")],
+            &ssh_env,
+            home,
+        ),
+        "lockstep ssh",
+    );
+    assert_eq!(String::from_utf8_lossy(&out), "token: s3cr3t-marker\n");
+
+    // Key groups with a threshold, from .sops.yaml, both ways.
+    std::fs::write(
+        home.join(".sops.yaml"),
+        format!("creation_rules:\n  - path_regex: s\\.yaml$\n    shamir_threshold: 2\n    key_groups:\n      - age: [{}]\n      - age: [{}]\n      - age: ['{}']\n", k.recipient, k.recipient2, ssh_pub),
+    )
+    .expect("config");
+    let both = std::fs::read_to_string(&k.key_file).expect("k1")
+        + &std::fs::read_to_string(&k.key_file2).expect("k2");
+    let only_one = std::fs::read_to_string(&k.key_file).expect("k1");
+    for (tool, bin) in [
+        ("lockstep", PathBuf::from(LOCKSTEP)),
+        ("sops", sops.clone()),
+    ] {
+        let enc = ok(
+            run(
+                &bin,
+                &[if tool == "sops" { "-e" } else { "encrypt" }, path],
+                &[],
+                home,
+            ),
+            &format!("{tool} encrypt with key groups"),
+        );
+        let text = String::from_utf8_lossy(&enc).to_string();
+        assert!(
+            text.contains("key_groups:") && text.contains("shamir_threshold: 2"),
+            "{tool}:\n{text}"
+        );
+        std::fs::write(&enc_file, &enc).expect("write");
+        for (reader, rbin) in [
+            ("lockstep", PathBuf::from(LOCKSTEP)),
+            ("sops", sops.clone()),
+        ] {
+            let args: &[&str] = if reader == "sops" {
+                &["-d", enc_file.to_str().expect("utf-8")]
+            } else {
+                &["decrypt", enc_file.to_str().expect("utf-8")]
+            };
+            let out = ok(
+                run(&rbin, args, &[("SOPS_AGE_KEY", &both)], home),
+                &format!("{tool} → {reader}"),
+            );
+            assert_eq!(
+                String::from_utf8_lossy(&out),
+                "token: s3cr3t-marker\n",
+                "{tool} → {reader}"
+            );
+            // One share is below the threshold: both tools refuse.
+            let out = run(&rbin, args, &[("SOPS_AGE_KEY", &only_one)], home);
+            assert!(
+                !out.status.success(),
+                "{tool} → {reader}: decrypted with one of three shares"
+            );
+        }
+    }
+}
+
+#[test]
+fn keys_from_age_keygen_work_in_lockstep_and_lockstep_keygen_keys_work_in_age() {
+    let Some(age) = need_peer("age") else { return };
+    let Some(keygen) = need_peer("age-keygen") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = dir.path();
+    let key = home.join("lockstep.key");
+    let out = run(
+        Path::new(LOCKSTEP),
+        &["keygen", "-o", key.to_str().expect("utf-8")],
+        &[],
+        home,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{stderr}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key).expect("key").permissions().mode() & 0o777,
+        0o600
+    );
+    let recipient = stderr
+        .trim()
+        .strip_prefix("Public key: ")
+        .expect("prints the recipient")
+        .to_string();
+    // The real age-keygen derives the same recipient from lockstep's identity file.
+    let derived = ok(
+        Command::new(&keygen)
+            .arg("-y")
+            .arg(&key)
+            .output()
+            .expect("age-keygen -y"),
+        "age-keygen -y",
+    );
+    assert_eq!(String::from_utf8_lossy(&derived).trim(), recipient);
+    // keygen refuses to overwrite.
+    let again = run(
+        Path::new(LOCKSTEP),
+        &["keygen", "-o", key.to_str().expect("utf-8")],
+        &[],
+        home,
+    );
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("refusing to overwrite"));
+    // age encrypts to it and decrypts with it.
+    let sealed = home.join("x.age");
+    let mut child = Command::new(&age)
+        .args(["-r", &recipient, "-o", sealed.to_str().expect("utf-8")])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("age");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"hello")
+        .expect("write");
+    assert!(child.wait().expect("age").success());
+    let out = ok(
+        Command::new(&age)
+            .arg("-d")
+            .arg("-i")
+            .arg(&key)
+            .arg(&sealed)
+            .output()
+            .expect("age -d"),
+        "age -d",
+    );
+    assert_eq!(out, b"hello");
+    // An age-keygen identity decrypts lockstep files.
+    let k2 = home.join("agekeygen.key");
+    ok(
+        Command::new(&keygen)
+            .arg("-o")
+            .arg(&k2)
+            .output()
+            .expect("age-keygen"),
+        "age-keygen",
+    );
+    let r2 = std::fs::read_to_string(&k2)
+        .expect("k2")
+        .lines()
+        .find_map(|l| l.strip_prefix("# public key: ").map(String::from))
+        .expect("pk");
+    let f = home.join("v.json");
+    std::fs::write(&f, "{\"a\": \"b\"}").expect("write");
+    let enc = ok(
+        run(
+            Path::new(LOCKSTEP),
+            &["encrypt", "--age", &r2, f.to_str().expect("utf-8")],
+            &[],
+            home,
+        ),
+        "encrypt",
+    );
+    std::fs::write(&f, &enc).expect("write");
+    let out = ok(
+        run(
+            Path::new(LOCKSTEP),
+            &[
+                "decrypt",
+                "--identity",
+                k2.to_str().expect("utf-8"),
+                f.to_str().expect("utf-8"),
+            ],
+            &[],
+            home,
+        ),
+        "decrypt",
+    );
+    assert_eq!(
+        data(Format::Json, &out),
+        data(Format::Json, b"{\"a\": \"b\"}")
+    );
+}
+
+/// The real sops-written files open with their public identities (MAC verified) and agree with sops.
+#[test]
+fn real_sops_vectors_open_and_match_sops() {
+    let v = vectors();
+    let cases: &[(&str, &str, &str, Option<&str>)] = &[
+        (
+            "sops-nix/secrets.yaml",
+            "sops-nix/age-keys.txt",
+            "SOPS_AGE_KEY_FILE",
+            None,
+        ),
+        (
+            "sops-nix/secrets-native-ssh.orig.yaml",
+            "sops-nix/ssh-ed25519-key",
+            "SOPS_AGE_SSH_PRIVATE_KEY_FILE",
+            None,
+        ),
+        (
+            "flux/algorithms_age.yaml",
+            "flux/keys_age.txt",
+            "SOPS_AGE_KEY_FILE",
+            None,
+        ),
+        (
+            "flux/global_secret.yaml",
+            "flux/keys_age-global.txt",
+            "SOPS_AGE_KEY_FILE",
+            None,
+        ),
+        (
+            "flux/envs_env.env",
+            "flux/keys_age.txt",
+            "SOPS_AGE_KEY_FILE",
+            None,
+        ),
+        (
+            "flux/component_env.env",
+            "flux/keys_age.txt",
+            "SOPS_AGE_KEY_FILE",
+            None,
+        ),
+        (
+            "flux/files_file.txt",
+            "flux/keys_age.txt",
+            "SOPS_AGE_KEY_FILE",
+            None,
+        ),
+        (
+            "flux/files_file.json",
+            "flux/keys_age.txt",
+            "SOPS_AGE_KEY_FILE",
+            Some("binary"),
+        ),
+    ];
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sops = peer("sops").ok();
+    if sops.is_none() && support::in_ci() {
+        panic!("sops is required under CI=true");
+    }
+    for (file, key, var, input_type) in cases {
+        let path = v.join(file);
+        let key = v.join(key);
+        let mut args = vec!["decrypt".to_string()];
+        if let Some(t) = input_type {
+            args.extend(["--input-type".into(), t.to_string()]);
+        }
+        args.push(path.to_string_lossy().into_owned());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let ours = ok(
+            run(
+                Path::new(LOCKSTEP),
+                &args,
+                &[(var, key.to_str().expect("utf-8"))],
+                dir.path(),
+            ),
+            file,
+        );
+        assert!(!ours.is_empty(), "{file}");
+        if let Some(sops) = &sops {
+            let mut sargs = vec!["-d"];
+            if let Some(t) = input_type {
+                sargs.extend(["--input-type", t, "--output-type", t]);
+            }
+            sargs.push(path.to_str().expect("utf-8"));
+            let theirs = ok(
+                run(
+                    sops,
+                    &sargs,
+                    &[(var, key.to_str().expect("utf-8"))],
+                    dir.path(),
+                ),
+                &format!("sops -d {file}"),
+            );
+            let format = match input_type {
+                Some(_) => Format::Binary,
+                None => Format::from_path(&path),
+            };
+            if format == Format::Binary {
+                assert_eq!(ours, theirs, "{file}");
+            } else {
+                assert_eq!(data(format, &ours), data(format, &theirs), "{file}");
+            }
+        }
+    }
+}
