@@ -346,7 +346,7 @@ fn plaintext_reaches_disk_only_where_asked() {
     );
     let leftovers: Vec<_> = walk(dir.path())
         .into_iter()
-        .filter(|p| p.to_string_lossy().contains(".tmp"))
+        .filter(|p| p.extension().is_some_and(|e| e == "tmp"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
