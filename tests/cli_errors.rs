@@ -1,31 +1,16 @@
 //! The error paths a user meets, through the real binary: exit codes (sops's where it has one) and
 //! messages that name the file, the key path or line, and what to do — never a secret value.
 
+mod support;
+
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 const LOCKSTEP: &str = env!("CARGO_BIN_EXE_lockstep");
 const MARKER: &str = "marker-5ec4e7-plaintext";
 
 fn lockstep(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(LOCKSTEP);
-    cmd.args(args).current_dir(dir);
-    for var in [
-        "SOPS_AGE_KEY",
-        "SOPS_AGE_KEY_FILE",
-        "SOPS_AGE_KEY_CMD",
-        "SOPS_AGE_SSH_PRIVATE_KEY_FILE",
-        "SOPS_AGE_RECIPIENTS",
-        "SOPS_CONFIG",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd.env("HOME", dir)
-        .env("XDG_CONFIG_HOME", dir.join(".config"));
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("run lockstep")
+    support::run_isolated(Path::new(LOCKSTEP), args, env, dir)
 }
 
 fn stderr(out: &Output) -> String {

@@ -17,28 +17,8 @@ fn vectors() -> PathBuf {
     support::repo_root().join("tests/vectors")
 }
 
-/// Runs a command with a clean sops environment plus `env`.
 fn run(bin: &Path, args: &[&str], env: &[(&str, &str)], home: &Path) -> Output {
-    let mut cmd = Command::new(bin);
-    cmd.args(args);
-    for var in [
-        "SOPS_AGE_KEY",
-        "SOPS_AGE_KEY_FILE",
-        "SOPS_AGE_KEY_CMD",
-        "SOPS_AGE_SSH_PRIVATE_KEY_FILE",
-        "SOPS_AGE_RECIPIENTS",
-        "SOPS_CONFIG",
-    ] {
-        cmd.env_remove(var);
-    }
-    // sops looks for .sops.yaml from the working directory (lockstep from the file), so run both there.
-    cmd.current_dir(home)
-        .env("HOME", home)
-        .env("XDG_CONFIG_HOME", home.join(".config"));
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("run command")
+    support::run_isolated(bin, args, env, home)
 }
 
 fn ok(out: Output, what: &str) -> Vec<u8> {

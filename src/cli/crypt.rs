@@ -114,6 +114,19 @@ pub struct DecryptArgs {
     identity: Vec<PathBuf>,
 }
 
+impl IoArgs {
+    /// Input and output formats: the flags, else the file extension; output defaults to input.
+    fn formats(&self) -> Result<(Format, Format), Failure> {
+        let input = format_of(self.input_type.as_deref(), &self.file, "--input-type")?;
+        let output = format_of(
+            self.output_type.as_deref().or(self.input_type.as_deref()),
+            &self.file,
+            "--output-type",
+        )?;
+        Ok((input, output))
+    }
+}
+
 fn format_of(name: Option<&str>, path: &Path, flag: &str) -> Result<Format, Failure> {
     match name {
         None => Ok(Format::from_path(path)),
@@ -276,15 +289,7 @@ fn find_config(
 pub fn encrypt(args: &EncryptArgs, env: &Env<'_>, stdout: &mut dyn Write) -> Result<(), Failure> {
     let file = &args.io.file;
     let fname = file.display();
-    let format = format_of(args.io.input_type.as_deref(), file, "--input-type")?;
-    let out_format = format_of(
-        args.io
-            .output_type
-            .as_deref()
-            .or(args.io.input_type.as_deref()),
-        file,
-        "--output-type",
-    )?;
+    let (format, out_format) = args.io.formats()?;
     if out_format != format {
         return Err(Failure::new(
             1,
@@ -476,15 +481,7 @@ fn parse_extract(path: &str) -> Option<Vec<Step>> {
 pub fn decrypt(args: &DecryptArgs, env: &Env<'_>, stdout: &mut dyn Write) -> Result<(), Failure> {
     let file = &args.io.file;
     let fname = file.display();
-    let format = format_of(args.io.input_type.as_deref(), file, "--input-type")?;
-    let out_format = format_of(
-        args.io
-            .output_type
-            .as_deref()
-            .or(args.io.input_type.as_deref()),
-        file,
-        "--output-type",
-    )?;
+    let (format, out_format) = args.io.formats()?;
     let bytes = read_input(file)?;
     let ring = keysources::load(env, &args.identity)
         .map_err(|e| Failure::new(128, format!("{fname}: {e}")))?;

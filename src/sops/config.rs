@@ -80,15 +80,6 @@ fn strings(v: &Value, what: &str) -> Result<Vec<String>, ConfigError> {
     Ok(out)
 }
 
-fn scalar_text(v: &Value) -> Option<String> {
-    match v {
-        Value::Str(s) | Value::Time(s) => Some(s.clone()),
-        Value::Int(i) => Some(i.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    }
-}
-
 const FOREIGN: [&str; 7] = [
     "pgp",
     "kms",
@@ -101,7 +92,7 @@ const FOREIGN: [&str; 7] = [
 
 fn parse_rule(v: &Value, n: usize) -> Result<CreationRule, ConfigError> {
     let ctx = |field: &str| format!("creation_rules[{n}].{field}");
-    let path_regex = match v.get("path_regex").and_then(scalar_text) {
+    let path_regex = match v.get("path_regex").and_then(Value::scalar_text) {
         Some(r) => {
             Some(Regex::new(&r).map_err(|e| ConfigError(format!("{}: {e}", ctx("path_regex"))))?)
         }
@@ -141,7 +132,7 @@ fn parse_rule(v: &Value, n: usize) -> Result<CreationRule, ConfigError> {
             }]
         }
     };
-    let shamir_threshold = match v.get("shamir_threshold").and_then(scalar_text) {
+    let shamir_threshold = match v.get("shamir_threshold").and_then(Value::scalar_text) {
         Some(t) => Some(t.parse().map_err(|_| {
             ConfigError(format!(
                 "{}: {t:?} is not a number",
@@ -152,7 +143,7 @@ fn parse_rule(v: &Value, n: usize) -> Result<CreationRule, ConfigError> {
     };
     let fields: Vec<(&str, String)> = SELECTION_FIELDS
         .iter()
-        .filter_map(|f| v.get(f).and_then(scalar_text).map(|s| (*f, s)))
+        .filter_map(|f| v.get(f).and_then(Value::scalar_text).map(|s| (*f, s)))
         .collect();
     let selection = Selection::from_fields(fields.iter().map(|(f, s)| (*f, s.as_str())))
         .map_err(|e| ConfigError(format!("creation_rules[{n}]: {e}")))?;

@@ -70,16 +70,6 @@ const KEY_TYPES: [&str; 7] = [
     "age", "pgp", "kms", "gcp_kms", "azure_kv", "hc_vault", "hckms",
 ];
 
-fn as_text(v: &Value) -> Option<String> {
-    match v {
-        Value::Str(s) | Value::Time(s) => Some(s.clone()),
-        Value::Int(i) => Some(i.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        Value::Float(f) => Some(super::tree::format_float(*f)),
-        _ => None,
-    }
-}
-
 fn pairs(v: &Value) -> impl Iterator<Item = (&String, &Value)> {
     let items: &[Item] = match v {
         Value::Map(items) => items,
@@ -101,7 +91,7 @@ fn parse_group(v: &Value) -> Result<KeyGroup, MetadataError> {
                 _ => return Err(MetadataError::Invalid("age must be a list".into())),
             };
             for entry in list {
-                let field = |name: &str| entry.get(name).and_then(as_text);
+                let field = |name: &str| entry.get(name).and_then(Value::scalar_text);
                 let recipient = field("recipient")
                     .ok_or_else(|| MetadataError::Invalid("age entry without recipient".into()))?;
                 let enc = field("enc")
@@ -126,7 +116,7 @@ impl Metadata {
                 "the sops key is not a mapping".into(),
             ));
         }
-        let text = |name: &str| v.get(name).and_then(as_text);
+        let text = |name: &str| v.get(name).and_then(Value::scalar_text);
         let key_groups = match v.get("key_groups") {
             Some(Value::List(groups)) if !groups.is_empty() => groups
                 .iter()

@@ -61,6 +61,20 @@ impl Value {
         }
     }
 
+    /// The text of a scalar as sops writes it into flat formats (dotenv, INI, metadata fields);
+    /// `None` for mappings, lists and comments.
+    pub fn scalar_text(&self) -> Option<String> {
+        Some(match self {
+            Value::Str(s) | Value::Time(s) => s.clone(),
+            Value::Int(i) => i.to_string(),
+            Value::Float(f) => format_float(*f),
+            Value::Bool(b) => b.to_string(),
+            Value::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
+            Value::Null => String::new(),
+            Value::Map(_) | Value::List(_) | Value::Comment(_) => return None,
+        })
+    }
+
     /// A short name of the value's kind, for error messages.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -164,7 +164,27 @@ struct State<'w, 'r, 'a> {
     comments: Vec<String>,
 }
 
-impl State<'_, '_, '_> {
+impl<'w, 'r, 'a> State<'w, 'r, 'a> {
+    /// Walks every document in `mode`; returns the MAC over the plaintext values.
+    fn run(
+        walk: &'w Walk<'w>,
+        mode: Mode<'r, 'a>,
+        docs: &mut [Document],
+    ) -> Result<String, WalkError> {
+        let mut state = State {
+            walk,
+            mode,
+            mac: Mac::new(walk.mac_only_encrypted),
+            path: vec![],
+            indices: vec![],
+            comments: vec![],
+        };
+        for doc in docs.iter_mut() {
+            state.items(&mut doc.items)?;
+        }
+        Ok(state.mac.hex())
+    }
+
     fn err(&self, reason: impl Into<String>) -> WalkError {
         WalkError {
             path: display_path(&self.path, &self.indices),
@@ -321,35 +341,13 @@ pub fn encrypt(
     walk: &Walk<'_>,
     rng: &mut Rng<'_>,
 ) -> Result<String, WalkError> {
-    let mut state = State {
-        walk,
-        mode: Mode::Encrypt(rng),
-        mac: Mac::new(walk.mac_only_encrypted),
-        path: vec![],
-        indices: vec![],
-        comments: vec![],
-    };
-    for doc in docs.iter_mut() {
-        state.items(&mut doc.items)?;
-    }
-    Ok(state.mac.hex())
+    State::run(walk, Mode::Encrypt(rng), docs)
 }
 
 /// Decrypts the selected values of every document in place; returns the MAC recomputed over the
 /// plaintext (compare it with the file's). With `binary`, `str` values decrypt to raw bytes.
 pub fn decrypt(docs: &mut [Document], walk: &Walk<'_>, binary: bool) -> Result<String, WalkError> {
-    let mut state = State {
-        walk,
-        mode: Mode::Decrypt { binary },
-        mac: Mac::new(walk.mac_only_encrypted),
-        path: vec![],
-        indices: vec![],
-        comments: vec![],
-    };
-    for doc in docs.iter_mut() {
-        state.items(&mut doc.items)?;
-    }
-    Ok(state.mac.hex())
+    State::run(walk, Mode::Decrypt { binary }, docs)
 }
 
 /// Encrypts the MAC for storage: AAD = `lastmodified`.

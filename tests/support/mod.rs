@@ -92,6 +92,37 @@ pub fn peer(name: &str) -> Result<PathBuf, String> {
     }
 }
 
+/// Runs `bin` in `home` (also its HOME and XDG_CONFIG_HOME) with no sops/age key variables from the
+/// caller's environment, plus `env`. Both lockstep and sops then see only what the test set up; running
+/// in `home` matters because sops looks for `.sops.yaml` from the working directory.
+pub fn run_isolated(
+    bin: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    home: &Path,
+) -> std::process::Output {
+    let mut cmd = Command::new(bin);
+    cmd.args(args);
+    for var in [
+        "SOPS_AGE_KEY",
+        "SOPS_AGE_KEY_FILE",
+        "SOPS_AGE_KEY_CMD",
+        "SOPS_AGE_SSH_PRIVATE_KEY_FILE",
+        "SOPS_AGE_RECIPIENTS",
+        "SOPS_CONFIG",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.current_dir(home)
+        .env("HOME", home)
+        .env("XDG_CONFIG_HOME", home.join(".config"));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()))
+}
+
 // ------------------------------------------------------------------------------------------ cluster
 
 /// A running control plane the tests may use.

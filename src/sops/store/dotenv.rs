@@ -2,7 +2,7 @@
 //! unquoting), `\n` in a value means a newline, as in sops. Metadata is flattened into `sops_…` keys.
 
 use super::{StoreError, flatten, unflatten};
-use crate::sops::tree::{Comment, Document, Item, Value, format_float};
+use crate::sops::tree::{Comment, Document, Item, Value};
 
 /// Parses dotenv text into one document and the raw metadata (`sops_` keys), if any.
 pub fn parse(text: &str) -> Result<(Vec<Document>, Option<Value>), StoreError> {
@@ -43,17 +43,6 @@ pub fn parse(text: &str) -> Result<(Vec<Document>, Option<Value>), StoreError> {
     Ok((vec![Document::new(items)], metadata))
 }
 
-fn text(v: &Value) -> String {
-    match v {
-        Value::Str(s) | Value::Time(s) => s.clone(),
-        Value::Int(i) => i.to_string(),
-        Value::Float(f) => format_float(*f),
-        Value::Bool(b) => b.to_string(),
-        Value::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
-        _ => String::new(),
-    }
-}
-
 /// Emits one document; nested values cannot be represented and are an error naming the key.
 pub fn emit(docs: &[Document], metadata: Option<&Value>) -> Result<String, StoreError> {
     let mut out = String::new();
@@ -77,7 +66,7 @@ pub fn emit(docs: &[Document], metadata: Option<&Value>) -> Result<String, Store
                     }
                     out.push_str(k);
                     out.push('=');
-                    out.push_str(&text(v).replace('\n', "\\n"));
+                    out.push_str(&v.scalar_text().unwrap_or_default().replace('\n', "\\n"));
                     out.push('\n');
                 }
             }

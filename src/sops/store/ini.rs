@@ -2,7 +2,7 @@
 //! `;`/`#` comments; metadata lives in a `[sops]` section, flattened.
 
 use super::{StoreError, flatten, unflatten};
-use crate::sops::tree::{Comment, Document, Item, Value, format_float};
+use crate::sops::tree::{Comment, Document, Item, Value};
 
 fn unquote(v: &str) -> String {
     let v = v.trim();
@@ -101,18 +101,6 @@ pub fn parse(text: &str) -> Result<(Vec<Document>, Option<Value>), StoreError> {
     Ok((vec![Document::new(items)], metadata))
 }
 
-fn text(v: &Value) -> Option<String> {
-    Some(match v {
-        Value::Str(s) | Value::Time(s) => s.clone(),
-        Value::Int(i) => i.to_string(),
-        Value::Float(f) => format_float(*f),
-        Value::Bool(b) => b.to_string(),
-        Value::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
-        Value::Null => String::new(),
-        _ => return None,
-    })
-}
-
 fn write_value(out: &mut String, k: &str, v: &str) {
     out.push_str(k);
     out.push_str(" = ");
@@ -154,7 +142,7 @@ pub fn emit(docs: &[Document], metadata: Option<&Value>) -> Result<String, Store
                                 out.push('\n');
                             }
                             Item::Pair(k, v) => {
-                                let t = text(v).ok_or_else(|| StoreError {
+                                let t = v.scalar_text().ok_or_else(|| StoreError {
                                     line: None,
                                     message: format!(
                                         "{section}.{k}: INI values must be scalars, not a {}",

@@ -266,6 +266,7 @@ pub fn parse(text: &str) -> Result<Vec<Document>, StoreError> {
     for event in Parser::new_from_str(text) {
         let (event, span) = event.map_err(|e| err(e.marker().line(), e.info()))?;
         let line = span.start.line();
+        let mut finished: Option<(Value, usize)> = None;
         match event {
             Event::StreamStart | Event::StreamEnd | Event::DocumentStart(..) => {}
             Event::DocumentEnd if !pending.is_empty() || !doc_comments.is_empty() => {
@@ -304,31 +305,14 @@ pub fn parse(text: &str) -> Result<Vec<Document>, StoreError> {
                     (ScalarStyle::Plain, _) => resolve_plain(&text),
                     _ => Value::Str(text.into_owned()),
                 };
-                if anchor != 0 {
-                    anchors.insert(anchor, value.clone());
-                }
-                attach(
-                    &mut stack,
-                    &mut docs,
-                    &mut doc_comments,
-                    &mut pending,
-                    value,
-                    line,
-                )?;
+                finished = Some((value, anchor));
             }
             Event::Alias(id) => {
                 let value = anchors
                     .get(&id)
                     .cloned()
                     .ok_or_else(|| err(line, "alias to an unknown anchor"))?;
-                attach(
-                    &mut stack,
-                    &mut docs,
-                    &mut doc_comments,
-                    &mut pending,
-                    value,
-                    line,
-                )?;
+                finished = Some((value, 0));
             }
             Event::MappingStart(_, anchor, _) => {
                 let mut items = Vec::new();
@@ -366,37 +350,29 @@ pub fn parse(text: &str) -> Result<Vec<Document>, StoreError> {
                     // Comments at the end of the document's top-level mapping.
                     items.extend(pending.drain(..).map(Item::Comment));
                 }
-                let value = Value::Map(items);
-                if anchor != 0 {
-                    anchors.insert(anchor, value.clone());
-                }
-                attach(
-                    &mut stack,
-                    &mut docs,
-                    &mut doc_comments,
-                    &mut pending,
-                    value,
-                    line,
-                )?;
+                finished = Some((Value::Map(items), anchor));
             }
             Event::SequenceEnd => {
                 let Some(Frame::List { values, anchor }) = stack.pop() else {
                     return Err(err(line, "unbalanced sequence"));
                 };
-                let value = Value::List(values);
-                if anchor != 0 {
-                    anchors.insert(anchor, value.clone());
-                }
-                attach(
-                    &mut stack,
-                    &mut docs,
-                    &mut doc_comments,
-                    &mut pending,
-                    value,
-                    line,
-                )?;
+                finished = Some((Value::List(values), anchor));
             }
             _ => {}
+        }
+        // A closed collection: remember it for aliases, then attach it to its parent.
+        if let Some((value, anchor)) = finished {
+            if anchor != 0 {
+                anchors.insert(anchor, value.clone());
+            }
+            attach(
+                &mut stack,
+                &mut docs,
+                &mut doc_comments,
+                &mut pending,
+                value,
+                line,
+            )?;
         }
     }
     Ok(docs)
