@@ -23,7 +23,8 @@ pub struct Failure {
 }
 
 impl Failure {
-    fn new(code: u8, message: impl Into<String>) -> Self {
+    /// A failure with an exit code and a message.
+    pub fn new(code: u8, message: impl Into<String>) -> Self {
         Failure {
             message: message.into(),
             code,
@@ -56,9 +57,6 @@ pub struct IoArgs {
     /// Output format (default: the input format).
     #[arg(long, value_name = "TYPE")]
     pub output_type: Option<String>,
-    /// Indentation of YAML output (default: .sops.yaml stores.yaml.indent, else 4).
-    #[arg(long)]
-    pub indent: Option<usize>,
 }
 
 /// `lockstep encrypt`
@@ -66,6 +64,13 @@ pub struct IoArgs {
 pub struct EncryptArgs {
     #[command(flatten)]
     io: IoArgs,
+    #[command(flatten)]
+    new: NewFileArgs,
+}
+
+/// How a new file is encrypted: recipients and options, from flags or `.sops.yaml`.
+#[derive(Debug, Args)]
+pub struct NewFileArgs {
     /// age recipients (age1…, or SSH public keys), comma-separated; overrides .sops.yaml. Also SOPS_AGE_RECIPIENTS.
     #[arg(long, value_name = "RECIPIENTS")]
     age: Vec<String>,
@@ -96,6 +101,171 @@ pub struct EncryptArgs {
     /// Shares needed to recover the data key when .sops.yaml names several key groups.
     #[arg(long)]
     shamir_threshold: Option<usize>,
+    /// Indentation of YAML output (default: .sops.yaml stores.yaml.indent, else 4).
+    #[arg(long)]
+    indent: Option<usize>,
+}
+
+/// Everything needed to encrypt a new file.
+pub struct NewFile {
+    /// Recipients per key group, parsed.
+    pub key_groups: Vec<Vec<(String, Recipient)>>,
+    /// Shares needed with several groups.
+    pub shamir_threshold: Option<usize>,
+    /// Which values to encrypt.
+    pub selection: Selection,
+    /// MAC over encrypted values only.
+    pub mac_only_encrypted: bool,
+    /// YAML indentation.
+    pub yaml_indent: usize,
+}
+
+fn split_recipients(list: &[String]) -> Vec<String> {
+    list.iter()
+        .flat_map(|a| a.split(','))
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// Parses recipient strings per group, naming the file in errors.
+pub fn parse_groups(
+    file: &Path,
+    groups: &[Vec<String>],
+) -> Result<Vec<Vec<(String, Recipient)>>, Failure> {
+    groups
+        .iter()
+        .map(|g| {
+            g.iter()
+                .map(|r| {
+                    Recipient::parse(r)
+                        .map(|p| (r.clone(), p))
+                        .map_err(|e| Failure::new(1, format!("{}: {e}", file.display())))
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// The recipients the creation rules name for `file` now, with the rule (or why there are none).
+pub fn rule_recipients<'c>(
+    file: &Path,
+    config: &'c Option<(PathBuf, Config)>,
+) -> Result<(Vec<Vec<String>>, &'c crate::sops::config::CreationRule), Failure> {
+    let fname = file.display();
+    let abs = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
+    let Some(rule) = config.as_ref().and_then(|(dir, c)| c.rule_for(&abs, dir)) else {
+        let hint = match config {
+            Some((dir, _)) => format!(
+                "no creation rule in {}/.sops.yaml matches this file",
+                dir.display()
+            ),
+            None => {
+                "no .sops.yaml found (looked upwards from the file and from the working directory)"
+                    .into()
+            }
+        };
+        return Err(Failure::new(
+            1,
+            format!("{fname}: no recipients: {hint}; pass --age age1… or add a creation rule"),
+        ));
+    };
+    if rule.key_groups.iter().all(|g| g.is_empty()) {
+        let extra = if rule.foreign_keys.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (it names {} keys, which lockstep does not encrypt to)",
+                rule.foreign_keys.join(", ")
+            )
+        };
+        return Err(Failure::new(
+            1,
+            format!(
+                "{fname}: the matching creation rule has no age recipients{extra}; pass --age age1…"
+            ),
+        ));
+    }
+    Ok((rule.key_groups.clone(), rule))
+}
+
+impl NewFileArgs {
+    /// Resolves recipients and options for `file`: flags first, then its creation rule.
+    pub fn plan(&self, file: &Path, env: &Env<'_>) -> Result<NewFile, Failure> {
+        let config = find_config(self.config.as_deref(), env, file)?;
+        let mut cli = split_recipients(&self.age);
+        if cli.is_empty() {
+            cli = split_recipients(
+                &(env.var)("SOPS_AGE_RECIPIENTS")
+                    .into_iter()
+                    .collect::<Vec<_>>(),
+            );
+        }
+        let (groups, rule) = if cli.is_empty() {
+            let (groups, rule) = rule_recipients(file, &config)?;
+            (groups, Some(rule))
+        } else {
+            let abs = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
+            (
+                vec![cli],
+                config.as_ref().and_then(|(dir, c)| c.rule_for(&abs, dir)),
+            )
+        };
+        let cli_selection: Vec<(&str, &str)> = [
+            ("unencrypted_suffix", &self.unencrypted_suffix),
+            ("encrypted_suffix", &self.encrypted_suffix),
+            ("unencrypted_regex", &self.unencrypted_regex),
+            ("encrypted_regex", &self.encrypted_regex),
+            ("unencrypted_comment_regex", &self.unencrypted_comment_regex),
+            ("encrypted_comment_regex", &self.encrypted_comment_regex),
+        ]
+        .into_iter()
+        .filter_map(|(f, v)| v.as_deref().map(|v| (f, v)))
+        .collect();
+        let selection = match Selection::from_fields(cli_selection)
+            .map_err(|e| Failure::new(8, e.to_string()))?
+        {
+            Some(s) => s,
+            None => rule.and_then(|r| r.selection.clone()).unwrap_or_default(),
+        };
+        Ok(NewFile {
+            key_groups: parse_groups(file, &groups)?,
+            shamir_threshold: self
+                .shamir_threshold
+                .or(rule.and_then(|r| r.shamir_threshold)),
+            selection,
+            mac_only_encrypted: self.mac_only_encrypted
+                || rule.is_some_and(|r| r.mac_only_encrypted),
+            yaml_indent: self
+                .indent
+                .or(config.as_ref().and_then(|(_, c)| c.yaml_indent))
+                .unwrap_or(4),
+        })
+    }
+}
+
+/// Encrypts plaintext bytes as a new file.
+pub fn encrypt_new(
+    file: &Path,
+    format: Format,
+    plain: &[u8],
+    new: NewFile,
+) -> Result<Vec<u8>, Failure> {
+    let mut rng = random;
+    sops::encrypt(
+        plain,
+        EncryptOptions {
+            format,
+            key_groups: new.key_groups,
+            shamir_threshold: new.shamir_threshold,
+            selection: new.selection,
+            mac_only_encrypted: new.mac_only_encrypted,
+            now: jiff::Timestamp::now(),
+            yaml_indent: new.yaml_indent,
+            rng: &mut rng,
+        },
+    )
+    .map_err(|e| Failure::new(e.exit_code(), format!("{}: {e}", file.display())))
 }
 
 /// `lockstep decrypt`
@@ -139,7 +309,8 @@ fn format_of(name: Option<&str>, path: &Path, flag: &str) -> Result<Format, Fail
     }
 }
 
-fn read_input(path: &Path) -> Result<Zeroizing<Vec<u8>>, Failure> {
+/// Reads a file into a wiped-on-drop buffer; a missing file is exit 100 as in sops.
+pub fn read_input(path: &Path) -> Result<Zeroizing<Vec<u8>>, Failure> {
     std::fs::read(path).map(Zeroizing::new).map_err(|e| {
         Failure::new(
             if e.kind() == std::io::ErrorKind::NotFound {
@@ -183,7 +354,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     result
 }
 
-fn write_output(io: &IoArgs, bytes: &[u8], stdout: &mut dyn Write) -> Result<(), Failure> {
+/// Writes to `-i` / `--output` atomically, else to stdout (a closed pipe is not an error).
+pub fn write_output(io: &IoArgs, bytes: &[u8], stdout: &mut dyn Write) -> Result<(), Failure> {
     let target = if io.in_place {
         Some(&io.file)
     } else {
@@ -199,10 +371,6 @@ fn write_output(io: &IoArgs, bytes: &[u8], stdout: &mut dyn Write) -> Result<(),
             Err(e) => Err(Failure::new(3, format!("cannot write to stdout: {e}"))),
         },
     }
-}
-
-fn random(buf: &mut [u8]) {
-    getrandom::fill(buf).expect("the operating system's random source is available");
 }
 
 /// `lockstep keygen`
@@ -252,7 +420,7 @@ pub fn keygen(
 
 /// Finds `.sops.yaml`: `--config`, `SOPS_CONFIG`, else upwards from the file's directory, else upwards
 /// from the working directory.
-fn find_config(
+pub fn find_config(
     explicit: Option<&Path>,
     env: &Env<'_>,
     file: &Path,
@@ -288,7 +456,6 @@ fn find_config(
 /// `lockstep encrypt`
 pub fn encrypt(args: &EncryptArgs, env: &Env<'_>, stdout: &mut dyn Write) -> Result<(), Failure> {
     let file = &args.io.file;
-    let fname = file.display();
     let (format, out_format) = args.io.formats()?;
     if out_format != format {
         return Err(Failure::new(
@@ -297,115 +464,8 @@ pub fn encrypt(args: &EncryptArgs, env: &Env<'_>, stdout: &mut dyn Write) -> Res
         ));
     }
     let plain = read_input(file)?;
-    let abs = std::path::absolute(file).unwrap_or_else(|_| file.clone());
-    let config = find_config(args.config.as_deref(), env, file)?;
-    let rule = config.as_ref().and_then(|(dir, c)| c.rule_for(&abs, dir));
-
-    let cli_recipients: Vec<String> = if !args.age.is_empty() {
-        args.age
-            .iter()
-            .flat_map(|a| a.split(','))
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .collect()
-    } else {
-        (env.var)("SOPS_AGE_RECIPIENTS")
-            .map(|a| {
-                a.split(',')
-                    .map(|s| s.trim().to_string())
-                    .filter(|s| !s.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let groups: Vec<Vec<String>> = if !cli_recipients.is_empty() {
-        vec![cli_recipients]
-    } else if let Some(rule) = rule {
-        if rule.key_groups.iter().all(|g| g.is_empty()) {
-            let extra = if rule.foreign_keys.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    " (it names {} keys, which lockstep does not encrypt to)",
-                    rule.foreign_keys.join(", ")
-                )
-            };
-            return Err(Failure::new(
-                1,
-                format!(
-                    "{fname}: the matching creation rule has no age recipients{extra}; pass --age age1…"
-                ),
-            ));
-        }
-        rule.key_groups.clone()
-    } else {
-        let hint = match &config {
-            Some((dir, _)) => format!(
-                "no creation rule in {}/.sops.yaml matches this file",
-                dir.display()
-            ),
-            None => {
-                "no .sops.yaml found (looked upwards from the file and from the working directory)"
-                    .into()
-            }
-        };
-        return Err(Failure::new(
-            1,
-            format!("{fname}: no recipients: {hint}; pass --age age1… or add a creation rule"),
-        ));
-    };
-    let key_groups = groups
-        .iter()
-        .map(|g| {
-            g.iter()
-                .map(|r| {
-                    Recipient::parse(r)
-                        .map(|p| (r.clone(), p))
-                        .map_err(|e| Failure::new(1, format!("{fname}: {e}")))
-                })
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-
-    let cli_selection: Vec<(&str, &str)> = [
-        ("unencrypted_suffix", &args.unencrypted_suffix),
-        ("encrypted_suffix", &args.encrypted_suffix),
-        ("unencrypted_regex", &args.unencrypted_regex),
-        ("encrypted_regex", &args.encrypted_regex),
-        ("unencrypted_comment_regex", &args.unencrypted_comment_regex),
-        ("encrypted_comment_regex", &args.encrypted_comment_regex),
-    ]
-    .into_iter()
-    .filter_map(|(f, v)| v.as_deref().map(|v| (f, v)))
-    .collect();
-    let selection =
-        match Selection::from_fields(cli_selection).map_err(|e| Failure::new(8, e.to_string()))? {
-            Some(s) => s,
-            None => rule.and_then(|r| r.selection.clone()).unwrap_or_default(),
-        };
-    let yaml_indent = args
-        .io
-        .indent
-        .or(config.as_ref().and_then(|(_, c)| c.yaml_indent))
-        .unwrap_or(4);
-    let mut rng = random;
-    let out = sops::encrypt(
-        &plain,
-        EncryptOptions {
-            format,
-            key_groups,
-            shamir_threshold: args
-                .shamir_threshold
-                .or(rule.and_then(|r| r.shamir_threshold)),
-            selection,
-            mac_only_encrypted: args.mac_only_encrypted
-                || rule.is_some_and(|r| r.mac_only_encrypted),
-            now: jiff::Timestamp::now(),
-            yaml_indent,
-            rng: &mut rng,
-        },
-    )
-    .map_err(|e| Failure::new(e.exit_code(), format!("{fname}: {e}")))?;
+    let new = args.new.plan(file, env)?;
+    let out = encrypt_new(file, format, &plain, new)?;
     write_output(&args.io, &out, stdout)
 }
 
@@ -451,13 +511,17 @@ pub fn explain(file: &Path, err: &SopsError, searched: &[String]) -> String {
     }
 }
 
+/// One step of a sops path (`["key"]` or `[0]`).
 #[derive(Debug)]
-enum Step {
+pub enum Step {
+    /// A mapping key.
     Key(String),
+    /// A list index.
     Index(usize),
 }
 
-fn parse_extract(path: &str) -> Option<Vec<Step>> {
+/// Parses a sops path like `["a"][0]["b"]`.
+pub fn parse_extract(path: &str) -> Option<Vec<Step>> {
     let mut steps = Vec::new();
     let mut rest = path.trim();
     while !rest.is_empty() {
@@ -477,17 +541,33 @@ fn parse_extract(path: &str) -> Option<Vec<Step>> {
     Some(steps)
 }
 
+/// Reads and decrypts `file` with every identity available (MAC checked unless `ignore_mac`).
+pub fn open(
+    file: &Path,
+    format: Format,
+    identity_files: &[PathBuf],
+    env: &Env<'_>,
+    ignore_mac: bool,
+) -> Result<sops::Decrypted, Failure> {
+    let bytes = read_input(file)?;
+    let ring = keysources::load(env, identity_files)
+        .map_err(|e| Failure::new(128, format!("{}: {e}", file.display())))?;
+    sops::decrypt(&bytes, format, &ring, ignore_mac)
+        .map_err(|e| Failure::new(e.exit_code(), explain(file, &e, &ring.searched)))
+}
+
+/// The operating system's random source, as the format code's injected RNG.
+pub fn random(buf: &mut [u8]) {
+    getrandom::fill(buf).expect("the operating system's random source is available");
+}
+
 /// `lockstep decrypt`
 pub fn decrypt(args: &DecryptArgs, env: &Env<'_>, stdout: &mut dyn Write) -> Result<(), Failure> {
     let file = &args.io.file;
     let fname = file.display();
     let (format, out_format) = args.io.formats()?;
-    let bytes = read_input(file)?;
-    let ring = keysources::load(env, &args.identity)
-        .map_err(|e| Failure::new(128, format!("{fname}: {e}")))?;
-    let decrypted = sops::decrypt(&bytes, format, &ring, args.ignore_mac)
-        .map_err(|e| Failure::new(e.exit_code(), explain(file, &e, &ring.searched)))?;
-    let indent = args.io.indent.unwrap_or(4);
+    let decrypted = open(file, format, &args.identity, env, args.ignore_mac)?;
+    let indent = 4;
     let out: Zeroizing<Vec<u8>> = match &args.extract {
         None => Zeroizing::new(
             store::emit_plain(out_format, &decrypted.docs, indent).map_err(|e| {

@@ -158,30 +158,97 @@ pub fn encrypt(plain: &[u8], mut opts: EncryptOptions<'_>) -> Result<Vec<u8>, So
         return Err(SopsError::NoRecipients);
     }
     let key = DataKey::generate(&mut opts.rng);
-    let key_groups = wrap_key_groups(&key, &opts.key_groups, opts.shamir_threshold, &mut opts.rng)?;
-    let walk = Walk {
-        key: &key,
-        selection: &opts.selection,
-        mac_only_encrypted: opts.mac_only_encrypted,
-    };
-    let mac = walk::encrypt(&mut docs, &walk, &mut opts.rng)?;
-    let lastmodified = metadata::format_lastmodified(opts.now);
-    let sealed_mac = walk::seal_mac(&key, &mac, &lastmodified, &mut opts.rng);
+    let key_groups = wrap_groups(&key, &opts.key_groups, opts.shamir_threshold, &mut opts.rng)?;
     let meta = Metadata {
         shamir_threshold: (key_groups.len() > 1)
             .then(|| opts.shamir_threshold.unwrap_or(key_groups.len())),
         key_groups,
-        lastmodified,
-        mac: sealed_mac,
+        lastmodified: String::new(),
+        mac: String::new(),
         selection: opts.selection.clone(),
         mac_only_encrypted: opts.mac_only_encrypted,
         version: metadata::SOPS_VERSION.to_string(),
     };
-    store::emit_encrypted(format, &docs, &meta.to_value(), opts.yaml_indent)
+    seal(
+        &mut docs,
+        meta,
+        &key,
+        None,
+        format,
+        opts.now,
+        opts.yaml_indent,
+        &mut opts.rng,
+    )
+}
+
+/// Encrypts plaintext documents with `key` under `meta` (recipients and options kept; `lastmodified`,
+/// MAC and version renewed) and emits the file. With a stash, unchanged values keep their ciphertext.
+#[allow(clippy::too_many_arguments)]
+pub fn seal(
+    docs: &mut [Document],
+    mut meta: Metadata,
+    key: &DataKey,
+    stash: Option<&walk::Stash>,
+    format: Format,
+    now: jiff::Timestamp,
+    yaml_indent: usize,
+    rng: &mut Rng<'_>,
+) -> Result<Vec<u8>, SopsError> {
+    let walk = Walk {
+        key,
+        selection: &meta.selection,
+        mac_only_encrypted: meta.mac_only_encrypted,
+    };
+    let mac = walk::encrypt(docs, &walk, rng, stash)?;
+    meta.lastmodified = metadata::format_lastmodified(now);
+    meta.mac = walk::seal_mac(key, &mac, &meta.lastmodified, rng);
+    meta.version = metadata::SOPS_VERSION.to_string();
+    store::emit_encrypted(format, docs, &meta.to_value(), yaml_indent)
         .map_err(|source| SopsError::Emit { format, source })
 }
 
-fn wrap_key_groups(
+/// The recipients of a file's key groups, parsed back from their text (for a rotation that keeps them).
+pub fn recipients_of(meta: &Metadata) -> Result<Vec<Vec<(String, Recipient)>>, SopsError> {
+    meta.key_groups
+        .iter()
+        .map(|g| {
+            g.age
+                .iter()
+                .map(|e| {
+                    Recipient::parse(&e.recipient)
+                        .map(|r| (e.recipient.clone(), r))
+                        .map_err(|err| SopsError::Wrap {
+                            recipient: e.recipient.clone(),
+                            message: err.to_string(),
+                        })
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Refuses to re-wrap a file that has keys of types lockstep cannot encrypt to (they would be lost).
+pub fn ensure_age_only(meta: &Metadata) -> Result<(), SopsError> {
+    let foreign: Vec<String> = meta
+        .key_groups
+        .iter()
+        .flat_map(|g| g.others.iter())
+        .filter(|(_, v)| matches!(v, tree::Value::List(l) if !l.is_empty()))
+        .map(|(k, _)| k.clone())
+        .collect();
+    if foreign.is_empty() {
+        Ok(())
+    } else {
+        Err(SopsError::KeyGroups(format!(
+            "the file also has {} keys, which lockstep cannot wrap a data key for; use sops for this file, or re-encrypt it to age recipients only",
+            foreign.join(", ")
+        )))
+    }
+}
+
+/// Wraps `key` (a new file's or rotation's key, or the existing key for `updatekeys`) for key groups:
+/// the whole key for one group, a Shamir share per group for several.
+pub fn wrap_groups(
     key: &DataKey,
     groups: &[Vec<(String, Recipient)>],
     threshold: Option<usize>,
@@ -233,6 +300,8 @@ pub struct Decrypted {
     pub metadata: Metadata,
     /// The data key (for re-encrypting after an edit).
     pub key: DataKey,
+    /// The IVs of the decrypted values, for minimal diffs when re-encrypting.
+    pub stash: walk::Stash,
 }
 
 /// Recovers a file's data key with the identities in `ring`.
@@ -303,7 +372,8 @@ pub fn decrypt(
         selection: &meta.selection,
         mac_only_encrypted: meta.mac_only_encrypted,
     };
-    let computed = walk::decrypt(&mut docs, &walk, format == Format::Binary)?;
+    let mut stash = walk::Stash::default();
+    let computed = walk::decrypt(&mut docs, &walk, format == Format::Binary, &mut stash)?;
     if !ignore_mac {
         if meta.mac.is_empty() {
             return Err(SopsError::NoMac);
@@ -318,7 +388,23 @@ pub fn decrypt(
         docs,
         metadata: meta,
         key,
+        stash,
     })
+}
+
+/// Checks an encrypted file's structure without a key: metadata that parses, a MAC, and every value
+/// the selection covers a well-formed `ENC[…]`. Returns the metadata.
+pub fn check_structure(bytes: &[u8], format: Format) -> Result<Metadata, SopsError> {
+    let loaded = store::load_encrypted(format, bytes)
+        .map_err(|source| SopsError::Parse { format, source })?;
+    let meta = Metadata::parse(&loaded.metadata.ok_or(SopsError::NotEncrypted)?)?;
+    if meta.mac.is_empty() {
+        return Err(SopsError::NoMac);
+    }
+    cipher::parse(&meta.mac).map_err(SopsError::BadMac)?;
+    let mut docs = loaded.docs;
+    walk::check(&mut docs, &meta.selection)?;
+    Ok(meta)
 }
 
 /// True when the bytes carry sops metadata with a version and a MAC (`sops filestatus`).

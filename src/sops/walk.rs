@@ -1,6 +1,8 @@
 //! The tree walk that joins a store's tree, the selection rule and the value cipher: encrypts or
 //! decrypts every selected value in document order and computes the MAC over the same walk.
 
+use std::collections::HashMap;
+
 use sha2::{Digest, Sha256, Sha512};
 use zeroize::Zeroizing;
 
@@ -150,9 +152,61 @@ fn display_path(path: &[String], indices: &[(usize, usize)]) -> String {
     }
 }
 
+/// IVs of the values a decryption saw, keyed by a digest of (key path, type, plaintext). Re-encrypting
+/// an unchanged value with its old IV (and the same data key) reproduces its ciphertext byte for byte,
+/// so an edit shows up in Git as exactly the values that changed — as sops does.
+#[derive(Default)]
+pub struct Stash(HashMap<[u8; 32], [u8; 32]>);
+
+impl Stash {
+    fn digest(aad: &[u8], ty: ValueType, plaintext: &[u8]) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update((aad.len() as u64).to_be_bytes());
+        h.update(aad);
+        h.update(ty.as_str().as_bytes());
+        h.update([0]);
+        h.update(plaintext);
+        h.finalize().into()
+    }
+
+    fn remember(&mut self, aad: &[u8], ty: ValueType, plaintext: &[u8], iv: &[u8]) {
+        if let Ok(iv) = <[u8; 32]>::try_from(iv) {
+            self.0.insert(Self::digest(aad, ty, plaintext), iv);
+        }
+    }
+
+    fn recall(&self, aad: &[u8], ty: ValueType, plaintext: &[u8]) -> Option<[u8; 32]> {
+        self.0.get(&Self::digest(aad, ty, plaintext)).copied()
+    }
+}
+
 enum Mode<'r, 'a> {
-    Encrypt(&'r mut Rng<'a>),
-    Decrypt { binary: bool },
+    Encrypt {
+        rng: &'r mut Rng<'a>,
+        stash: Option<&'r Stash>,
+    },
+    Decrypt {
+        binary: bool,
+        stash: &'r mut Stash,
+    },
+    /// Structure only: every selected value must be an `ENC[…]` that parses (no key needed).
+    Check,
+}
+
+/// An IV for a value: the remembered one when the value is unchanged, else a fresh random one.
+fn iv_for(
+    rng: &mut Rng<'_>,
+    stash: Option<&Stash>,
+    aad: &[u8],
+    ty: ValueType,
+    plaintext: &[u8],
+) -> [u8; 32] {
+    if let Some(iv) = stash.and_then(|s| s.recall(aad, ty, plaintext)) {
+        return iv;
+    }
+    let mut iv = [0u8; 32];
+    rng(&mut iv);
+    iv
 }
 
 struct State<'w, 'r, 'a> {
@@ -198,59 +252,70 @@ impl<'w, 'r, 'a> State<'w, 'r, 'a> {
         let marker = self.walk.selection.is_marker(&c.text);
         let selected = !marker && self.walk.selection.encrypts(&self.path, &self.comments);
         match &mut self.mode {
-            Mode::Encrypt(rng) => {
+            Mode::Encrypt { rng, stash } => {
                 if selected && !c.text.is_empty() {
-                    let mut iv = [0u8; 32];
-                    rng(&mut iv);
+                    let aad = aad(&self.path);
+                    let iv = iv_for(rng, *stash, &aad, ValueType::Comment, c.text.as_bytes());
                     let enc = cipher::seal(
                         self.walk.key,
                         c.text.as_bytes(),
                         &iv,
-                        &aad(&self.path),
+                        &aad,
                         ValueType::Comment,
                     );
                     c.text = enc;
                 }
                 Ok(before)
             }
-            Mode::Decrypt { .. } => {
+            Mode::Decrypt { stash, .. } => {
                 if cipher::is_encrypted(&c.text) {
                     // Like sops: a comment that does not decrypt is kept as it is.
+                    let aad = aad(&self.path);
                     if let Ok(sealed) = cipher::parse(&c.text)
-                        && let Ok(plain) = cipher::open(self.walk.key, &sealed, &aad(&self.path))
+                        && let Ok(plain) = cipher::open(self.walk.key, &sealed, &aad)
                         && let Ok(text) = std::str::from_utf8(&plain)
                     {
+                        stash.remember(&aad, ValueType::Comment, &plain, &sealed.iv);
                         c.text = text.to_string();
                     }
                 }
                 Ok(c.text.clone())
             }
+            Mode::Check => Ok(before),
         }
     }
 
     fn leaf(&mut self, v: &mut Value) -> Result<(), WalkError> {
         let selected = self.walk.selection.encrypts(&self.path, &self.comments);
         match &mut self.mode {
-            Mode::Encrypt(rng) => {
+            Mode::Check => match v {
+                _ if !selected => {}
+                Value::Null => {}
+                Value::Str(s) if s.is_empty() => {}
+                Value::Str(s) => {
+                    cipher::parse(s).map_err(|e| self.err(e.to_string()))?;
+                }
+                other => {
+                    return Err(self.err(format!(
+                        "expected an encrypted value (ENC[…]) but found a plain {}",
+                        other.kind()
+                    )));
+                }
+            },
+            Mode::Encrypt { rng, stash } => {
                 let Some((bytes, ty)) = canonical(v) else {
                     return Ok(());
                 };
                 self.mac.add(&bytes, selected);
                 if selected && !bytes.is_empty() {
-                    let mut iv = [0u8; 32];
-                    rng(&mut iv);
-                    *v = Value::Str(cipher::seal(
-                        self.walk.key,
-                        &bytes,
-                        &iv,
-                        &aad(&self.path),
-                        ty,
-                    ));
+                    let aad = aad(&self.path);
+                    let iv = iv_for(rng, *stash, &aad, ty, &bytes);
+                    *v = Value::Str(cipher::seal(self.walk.key, &bytes, &iv, &aad, ty));
                 } else if selected {
                     *v = Value::Str(String::new());
                 }
             }
-            Mode::Decrypt { binary } => {
+            Mode::Decrypt { binary, .. } => {
                 let binary = *binary;
                 if !selected {
                     if let Some((bytes, _)) = canonical(v) {
@@ -270,8 +335,12 @@ impl<'w, 'r, 'a> State<'w, 'r, 'a> {
                             other => self.err(other.to_string()),
                         })?;
                         let value = retype(plain, sealed.ty, binary).map_err(|e| self.err(e))?;
-                        if let Some((bytes, _)) = canonical(&value) {
+                        if let Some((bytes, ty)) = canonical(&value) {
                             self.mac.add(&bytes, true);
+                            let aad = aad(&self.path);
+                            if let Mode::Decrypt { stash, .. } = &mut self.mode {
+                                stash.remember(&aad, ty, &bytes, &sealed.iv);
+                            }
                         }
                         *v = value;
                     }
@@ -335,19 +404,39 @@ impl<'w, 'r, 'a> State<'w, 'r, 'a> {
     }
 }
 
-/// Encrypts the selected values of every document in place; returns the MAC (uppercase hex).
+/// Encrypts the selected values of every document in place; returns the MAC (uppercase hex). With a
+/// stash, unchanged values keep their IVs (and so their ciphertext, under the same data key).
 pub fn encrypt(
     docs: &mut [Document],
     walk: &Walk<'_>,
     rng: &mut Rng<'_>,
+    stash: Option<&Stash>,
 ) -> Result<String, WalkError> {
-    State::run(walk, Mode::Encrypt(rng), docs)
+    State::run(walk, Mode::Encrypt { rng, stash }, docs)
 }
 
-/// Decrypts the selected values of every document in place; returns the MAC recomputed over the
-/// plaintext (compare it with the file's). With `binary`, `str` values decrypt to raw bytes.
-pub fn decrypt(docs: &mut [Document], walk: &Walk<'_>, binary: bool) -> Result<String, WalkError> {
-    State::run(walk, Mode::Decrypt { binary }, docs)
+/// Decrypts the selected values of every document in place, remembering their IVs in `stash`; returns
+/// the MAC recomputed over the plaintext (compare it with the file's). With `binary`, `str` values
+/// decrypt to raw bytes.
+pub fn decrypt(
+    docs: &mut [Document],
+    walk: &Walk<'_>,
+    binary: bool,
+    stash: &mut Stash,
+) -> Result<String, WalkError> {
+    State::run(walk, Mode::Decrypt { binary, stash }, docs)
+}
+
+/// Checks, without a key, that every value the selection covers is a well-formed `ENC[…]`.
+pub fn check(docs: &mut [Document], selection: &Selection) -> Result<(), WalkError> {
+    // Check mode never touches the key; the walk's shape wants one.
+    let unused = DataKey::from_slice(&[0u8; 32]).expect("32 bytes");
+    let walk = Walk {
+        key: &unused,
+        selection,
+        mac_only_encrypted: false,
+    };
+    State::run(&walk, Mode::Check, docs).map(drop)
 }
 
 /// Encrypts the MAC for storage: AAD = `lastmodified`.

@@ -4,7 +4,8 @@
 use super::StoreError;
 use crate::sops::tree::{Document, Item, Value, format_float};
 
-fn from_json(v: serde_json::Value) -> Value {
+/// Converts a parsed JSON value to a tree value (integers that fit in 64 bits stay integers).
+pub fn from_json(v: serde_json::Value) -> Value {
     match v {
         serde_json::Value::Null => Value::Null,
         serde_json::Value::Bool(b) => Value::Bool(b),

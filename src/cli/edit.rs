@@ -1,0 +1,513 @@
+//! `lockstep edit`: the plaintext goes to a file on a memory-backed filesystem (`/dev/shm`, tmpfs), in
+//! a private directory (0700) with a private file (0600) named like the original so editors pick the
+//! right syntax; it is overwritten with zeros and removed on every way out. The result is re-encrypted
+//! with the same data key, and unchanged values keep their ciphertext.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use clap::Args;
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use super::crypt::{self, Failure, NewFileArgs};
+use super::keysources::Env;
+use crate::sops::store::{self, Format};
+
+/// `lockstep edit`
+#[derive(Debug, Args)]
+pub struct EditArgs {
+    /// The file to edit (created, with recipients from .sops.yaml or --age, when it does not exist).
+    pub file: PathBuf,
+    /// Input format (default: from the file extension).
+    #[arg(long, value_name = "TYPE")]
+    pub input_type: Option<String>,
+    /// Also try the identities in FILE; repeatable.
+    #[arg(long, value_name = "FILE")]
+    pub identity: Vec<PathBuf>,
+    /// Options for a file that does not exist yet.
+    #[command(flatten)]
+    pub new: NewFileArgs,
+}
+
+/// Where memory-backed scratch files go.
+const SHM: &str = "/dev/shm";
+
+/// True when `dir` is a tmpfs mount (memory-backed), per /proc/mounts.
+fn is_tmpfs(dir: &str) -> bool {
+    std::fs::read_to_string("/proc/mounts")
+        .map(|m| {
+            m.lines().any(|l| {
+                let mut f = l.split_whitespace();
+                let (_, mount, fstype) = (f.next(), f.next(), f.next());
+                mount == Some(dir) && fstype == Some("tmpfs")
+            })
+        })
+        .unwrap_or(false)
+}
+
+/// A private scratch file in memory, wiped and removed when dropped.
+struct ScratchFile {
+    dir: PathBuf,
+    path: PathBuf,
+}
+
+impl ScratchFile {
+    fn create(name: &str, contents: &[u8]) -> Result<ScratchFile, Failure> {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        if !is_tmpfs(SHM) {
+            return Err(Failure::new(
+                1,
+                format!(
+                    "{SHM} is not a memory-backed (tmpfs) filesystem; refusing to write plaintext to disk for editing"
+                ),
+            ));
+        }
+        let mut suffix = [0u8; 8];
+        crypt::random(&mut suffix);
+        let dir = Path::new(SHM).join(format!("lockstep-edit-{}", hex::encode(suffix)));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| Failure::new(1, format!("{}: cannot create: {e}", dir.display())))?;
+        let scratch = ScratchFile {
+            path: dir.join(name),
+            dir,
+        };
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&scratch.path)
+            .map_err(|e| {
+                Failure::new(1, format!("{}: cannot create: {e}", scratch.path.display()))
+            })?;
+        f.write_all(contents).map_err(|e| {
+            Failure::new(1, format!("{}: cannot write: {e}", scratch.path.display()))
+        })?;
+        Ok(scratch)
+    }
+
+    fn read(&self) -> Result<Zeroizing<Vec<u8>>, Failure> {
+        std::fs::read(&self.path).map(Zeroizing::new).map_err(|e| {
+            Failure::new(
+                1,
+                format!("{}: cannot read the edited file: {e}", self.path.display()),
+            )
+        })
+    }
+}
+
+impl Drop for ScratchFile {
+    fn drop(&mut self) {
+        // Editors may replace the file (write to a new inode and rename), so wipe whatever is there now,
+        // and every other file the editor left in the private directory (swap and backup files).
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for entry in entries.flatten() {
+                let p = entry.path();
+                if let Ok(meta) = std::fs::metadata(&p)
+                    && meta.is_file()
+                    && let Ok(mut f) = std::fs::OpenOptions::new().write(true).open(&p)
+                {
+                    let _ = f.write_all(&vec![0u8; meta.len() as usize]);
+                    let _ = f.sync_all();
+                }
+                let _ = std::fs::remove_file(&p);
+            }
+        }
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+fn run_editor(env: &Env<'_>, path: &Path) -> Result<(), Failure> {
+    let editor = (env.var)("SOPS_EDITOR")
+        .or_else(|| (env.var)("EDITOR"))
+        .unwrap_or_else(|| "vi".into());
+    // Shell-split the editor command as sops does (e.g. EDITOR="code --wait").
+    let status = std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!("{editor} \"$1\""))
+        .arg("lockstep-editor")
+        .arg(path)
+        .status()
+        .map_err(|e| Failure::new(201, format!("cannot run the editor {editor:?}: {e}")))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(Failure::new(
+            1,
+            format!("the editor {editor:?} exited with {status}; nothing was changed"),
+        ))
+    }
+}
+
+/// Checks edited plaintext; returns the documents or a message naming the line.
+fn check_edit(format: Format, bytes: &[u8]) -> Result<Vec<crate::sops::tree::Document>, String> {
+    let loaded = store::load_plain(format, bytes).map_err(|e| e.to_string())?;
+    if loaded.metadata.is_some() || loaded.docs.iter().any(|d| d.has("sops")) {
+        return Err("the top-level key `sops` is reserved for the file's metadata".into());
+    }
+    Ok(loaded.docs)
+}
+
+/// How many times a non-interactive session reopens the editor on invalid content before giving up.
+const NON_INTERACTIVE_RETRIES: usize = 3;
+
+/// `lockstep edit`
+pub fn edit(args: &EditArgs, env: &Env<'_>, stderr: &mut dyn Write) -> Result<(), Failure> {
+    let file = &args.file;
+    let fname = file.display();
+    let format = match &args.input_type {
+        Some(t) => Format::from_name(t).ok_or_else(|| {
+            Failure::new(
+                1,
+                format!(
+                    "--input-type {t:?} is not a format; use one of: {}",
+                    store::FORMAT_NAMES
+                ),
+            )
+        })?,
+        None => Format::from_path(file),
+    };
+    let exists = file.exists();
+    let (plain, existing) = if exists {
+        let decrypted = crypt::open(file, format, &args.identity, env, false)?;
+        let plain = Zeroizing::new(
+            store::emit_plain(format, &decrypted.docs, 4)
+                .map_err(|e| Failure::new(4, format!("{fname}: {e}")))?,
+        );
+        (plain, Some(decrypted))
+    } else {
+        let example: &[u8] = match format {
+            Format::Yaml => b"# New secrets file: add keys and values, save and quit.\nexample_key: example_value\n",
+            Format::Json => b"{\n\t\"example_key\": \"example_value\"\n}\n",
+            Format::Dotenv => b"EXAMPLE_KEY=example_value\n",
+            Format::Ini => b"[section]\nexample_key = example_value\n",
+            Format::Binary => b"",
+        };
+        (Zeroizing::new(example.to_vec()), None)
+    };
+    // For a new file, settle the recipients before anyone types a secret.
+    let new_plan = if exists {
+        None
+    } else {
+        Some(args.new.plan(file, env)?)
+    };
+
+    // Keep running when the terminal's Ctrl+C reaches us too: the editor handles it, and we must live
+    // to wipe the scratch file.
+    let interrupted = Arc::new(AtomicBool::new(false));
+    {
+        let flag = interrupted.clone();
+        let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
+    }
+
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "secrets".into());
+    let scratch = ScratchFile::create(&name, &plain)?;
+    let original = Sha256::digest(plain.as_slice());
+    let interactive = std::io::stdin().is_terminal();
+    let mut attempts = 0;
+    let (docs, edited) = loop {
+        run_editor(env, &scratch.path)?;
+        if interrupted.load(Ordering::SeqCst) {
+            return Err(Failure::new(
+                130,
+                format!("{fname}: interrupted; nothing was changed"),
+            ));
+        }
+        let edited = scratch.read()?;
+        if exists && Sha256::digest(edited.as_slice()) == original {
+            return Err(Failure::new(
+                200,
+                format!("{fname}: file not modified; nothing was changed"),
+            ));
+        }
+        match check_edit(format, &edited) {
+            Ok(docs) => break (docs, edited),
+            Err(why) => {
+                attempts += 1;
+                let _ = writeln!(
+                    stderr,
+                    "lockstep: {fname}: the edited file is not valid: {why}"
+                );
+                if interactive {
+                    let _ = write!(
+                        stderr,
+                        "Press Enter to fix it in the editor (your edit is kept), or type q and Enter to abandon it: "
+                    );
+                    let _ = stderr.flush();
+                    let mut answer = String::new();
+                    let _ = std::io::stdin().lock().read_line(&mut answer);
+                    if answer.trim() == "q" {
+                        return Err(Failure::new(
+                            1,
+                            format!("{fname}: edit abandoned; nothing was changed"),
+                        ));
+                    }
+                } else if attempts >= NON_INTERACTIVE_RETRIES {
+                    return Err(Failure::new(
+                        2,
+                        format!(
+                            "{fname}: still not valid after {attempts} attempts ({why}); nothing was changed"
+                        ),
+                    ));
+                } else {
+                    let _ = writeln!(stderr, "lockstep: reopening the editor with your edit");
+                }
+            }
+        }
+    };
+    drop(scratch);
+
+    let out = match existing {
+        Some(decrypted) => {
+            let mut docs = docs;
+            let mut random = crypt::random;
+            let mut rng: crate::sops::walk::Rng = &mut random;
+            crate::sops::seal(
+                &mut docs,
+                decrypted.metadata.clone(),
+                &decrypted.key,
+                Some(&decrypted.stash),
+                format,
+                jiff::Timestamp::now(),
+                4,
+                &mut rng,
+            )
+            .map_err(|e| Failure::new(e.exit_code(), format!("{fname}: {e}")))?
+        }
+        None => {
+            drop(docs);
+            let plan = new_plan.expect("planned for new files");
+            crypt::encrypt_new(file, format, &edited, plan)?
+        }
+    };
+    crypt::write_atomic(file, &out)
+        .map_err(|e| Failure::new(3, format!("{fname}: cannot write: {e}")))
+}
+
+/// `lockstep set`
+#[derive(Debug, Args)]
+pub struct SetArgs {
+    /// The encrypted file (changed in place).
+    pub file: PathBuf,
+    /// Where to set, e.g. '["db"]["password"]'; missing mappings are created, an index past the end appends.
+    pub path: String,
+    /// The value as JSON: '"text"', 5, true, {"a": 1}.
+    pub value: String,
+    /// Also try the identities in FILE; repeatable.
+    #[arg(long, value_name = "FILE")]
+    pub identity: Vec<PathBuf>,
+}
+
+/// `lockstep unset`
+#[derive(Debug, Args)]
+pub struct UnsetArgs {
+    /// The encrypted file (changed in place).
+    pub file: PathBuf,
+    /// What to remove, e.g. '["db"]["password"]'.
+    pub path: String,
+    /// Succeed when the key is already absent.
+    #[arg(long)]
+    pub idempotent: bool,
+    /// Also try the identities in FILE; repeatable.
+    #[arg(long, value_name = "FILE")]
+    pub identity: Vec<PathBuf>,
+}
+
+use crate::sops::tree::{Item, Value};
+use crypt::Step;
+
+fn set_in(node: &mut Value, steps: &[Step], value: Value) -> Result<(), String> {
+    let Some((head, rest)) = steps.split_first() else {
+        *node = value;
+        return Ok(());
+    };
+    match head {
+        Step::Key(k) => {
+            if !matches!(node, Value::Map(_)) {
+                if rest.is_empty() || matches!(node, Value::Null) {
+                    *node = Value::Map(vec![]);
+                } else {
+                    return Err(format!(
+                        "{k:?}: the parent is a {}, not a mapping",
+                        node.kind()
+                    ));
+                }
+            }
+            let Value::Map(items) = node else {
+                unreachable!("just made a mapping")
+            };
+            let pos = items
+                .iter()
+                .position(|i| matches!(i, Item::Pair(ik, _) if ik == k));
+            let idx = match pos {
+                Some(p) => p,
+                None => {
+                    items.push(Item::Pair(k.clone(), Value::Null));
+                    items.len() - 1
+                }
+            };
+            let Item::Pair(_, child) = &mut items[idx] else {
+                unreachable!("pairs only")
+            };
+            set_in(child, rest, value)
+        }
+        Step::Index(i) => {
+            let Value::List(values) = node else {
+                return Err(format!(
+                    "[{i}]: the parent is a {}, not a list",
+                    node.kind()
+                ));
+            };
+            let positions: Vec<usize> = values
+                .iter()
+                .enumerate()
+                .filter(|(_, v)| !matches!(v, Value::Comment(_)))
+                .map(|(n, _)| n)
+                .collect();
+            match positions.get(*i) {
+                Some(&p) => set_in(&mut values[p], rest, value),
+                None => {
+                    values.push(Value::Null);
+                    let last = values.len() - 1;
+                    set_in(&mut values[last], rest, value)
+                }
+            }
+        }
+    }
+}
+
+fn unset_in(node: &mut Value, steps: &[Step]) -> bool {
+    match steps {
+        [] => false,
+        [Step::Key(k)] => match node {
+            Value::Map(items) => {
+                let before = items.len();
+                items.retain(|i| !matches!(i, Item::Pair(ik, _) if ik == k));
+                items.len() != before
+            }
+            _ => false,
+        },
+        [Step::Index(i)] => match node {
+            Value::List(values) => {
+                let positions: Vec<usize> = values
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, v)| !matches!(v, Value::Comment(_)))
+                    .map(|(n, _)| n)
+                    .collect();
+                match positions.get(*i) {
+                    Some(&p) => {
+                        values.remove(p);
+                        true
+                    }
+                    None => false,
+                }
+            }
+            _ => false,
+        },
+        [head, rest @ ..] => {
+            let child = match (head, node) {
+                (Step::Key(k), Value::Map(items)) => items.iter_mut().find_map(|i| match i {
+                    Item::Pair(ik, v) if ik == k => Some(v),
+                    _ => None,
+                }),
+                (Step::Index(i), Value::List(values)) => values
+                    .iter_mut()
+                    .filter(|v| !matches!(v, Value::Comment(_)))
+                    .nth(*i),
+                _ => None,
+            };
+            child.is_some_and(|c| unset_in(c, rest))
+        }
+    }
+}
+
+/// Decrypts `file`, applies `change` to its first document, re-encrypts with the same data key (unchanged
+/// values keep their ciphertext) and writes it back atomically.
+fn change_in_place(
+    file: &Path,
+    identity: &[PathBuf],
+    env: &Env<'_>,
+    change: impl FnOnce(&mut Value) -> Result<(), Failure>,
+) -> Result<(), Failure> {
+    let fname = file.display();
+    let format = Format::from_path(file);
+    let decrypted = crypt::open(file, format, identity, env, false)?;
+    let mut docs = decrypted.docs.clone();
+    let first = docs
+        .first_mut()
+        .ok_or_else(|| Failure::new(1, format!("{fname}: the file has no document")))?;
+    let mut root = Value::Map(std::mem::take(&mut first.items));
+    let result = change(&mut root);
+    if let Value::Map(items) = root {
+        first.items = items;
+    }
+    result?;
+    let mut random = crypt::random;
+    let mut rng: crate::sops::walk::Rng = &mut random;
+    let out = crate::sops::seal(
+        &mut docs,
+        decrypted.metadata.clone(),
+        &decrypted.key,
+        Some(&decrypted.stash),
+        format,
+        jiff::Timestamp::now(),
+        4,
+        &mut rng,
+    )
+    .map_err(|e| Failure::new(e.exit_code(), format!("{fname}: {e}")))?;
+    crypt::write_atomic(file, &out)
+        .map_err(|e| Failure::new(3, format!("{fname}: cannot write: {e}")))
+}
+
+/// `lockstep set`
+pub fn set(args: &SetArgs, env: &Env<'_>) -> Result<(), Failure> {
+    let steps = crypt::parse_extract(&args.path)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| {
+            Failure::new(
+                7,
+                format!("{:?} is not a path like '[\"key\"][0]'", args.path),
+            )
+        })?;
+    let json: serde_json::Value = serde_json::from_str(&args.value).map_err(|e| {
+        Failure::new(
+            7,
+            format!("the value is not JSON ({e}); quote strings: '\"text\"'"),
+        )
+    })?;
+    let value = store::json::from_json(json);
+    change_in_place(&args.file, &args.identity, env, |root| {
+        set_in(root, &steps, value)
+            .map_err(|e| Failure::new(7, format!("{}: {}: {e}", args.file.display(), args.path)))
+    })
+}
+
+/// `lockstep unset`
+pub fn unset(args: &UnsetArgs, env: &Env<'_>) -> Result<(), Failure> {
+    let steps = crypt::parse_extract(&args.path)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| {
+            Failure::new(
+                7,
+                format!("{:?} is not a path like '[\"key\"][0]'", args.path),
+            )
+        })?;
+    let idempotent = args.idempotent;
+    let file = args.file.display().to_string();
+    let path = args.path.clone();
+    change_in_place(&args.file, &args.identity, env, move |root| {
+        if unset_in(root, &steps) || idempotent {
+            Ok(())
+        } else {
+            Err(Failure::new(1, format!("{file}: {path}: no such key")))
+        }
+    })
+}
