@@ -1,0 +1,542 @@
+//! The commands that change encrypted files — edit, set, unset, rotate, updatekeys, reseal — and the
+//! pre-commit guard, through the real binary, with the real `sops` reading the results.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use support::{peer, run_isolated};
+
+const LOCKSTEP: &str = env!("CARGO_BIN_EXE_lockstep");
+const MARKER: &str = "marker-71c0de-plaintext";
+
+fn ls(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    run_isolated(Path::new(LOCKSTEP), args, env, dir)
+}
+
+fn ok(out: Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A key pair from `lockstep keygen`: (key file path, recipient).
+fn key(dir: &Path, name: &str) -> (String, String) {
+    let path = dir.join(name);
+    let out = ls(dir, &["keygen", "-o", path.to_str().expect("utf-8")], &[]);
+    assert!(out.status.success());
+    let r = String::from_utf8_lossy(&out.stderr)
+        .trim()
+        .trim_start_matches("Public key: ")
+        .to_string();
+    (path.to_string_lossy().into_owned(), r)
+}
+
+fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
+    let mut hits = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return hits;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            hits.extend(files_containing(&p, needle));
+        } else if std::fs::read(&p)
+            .is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
+        {
+            hits.push(p);
+        }
+    }
+    hits
+}
+
+fn editor(dir: &Path, body: &str) -> String {
+    let path = dir.join("editor.sh");
+    std::fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\nset -e\necho \"$1\" >> \"{}/edited-paths\"\n{body}\n",
+            dir.display()
+        ),
+    )
+    .expect("editor");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    path.to_string_lossy().into_owned()
+}
+
+fn line_of<'a>(text: &'a str, key: &str) -> &'a str {
+    text.lines()
+        .find(|l| l.trim_start().starts_with(key))
+        .unwrap_or_else(|| panic!("{key} in:\n{text}"))
+}
+
+#[test]
+fn edit_uses_memory_reopens_on_invalid_input_and_changes_only_what_was_edited() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let (key_file, recipient) = key(d, "k.txt");
+    std::fs::write(
+        d.join("s.yaml"),
+        format!("keep: {MARKER}\nchange: old\nlist:\n    - a\n"),
+    )
+    .expect("write");
+    ok(
+        ls(d, &["encrypt", "-i", "--age", &recipient, "s.yaml"], &[]),
+        "encrypt",
+    );
+    let before = std::fs::read_to_string(d.join("s.yaml")).expect("read");
+    // First session breaks the YAML; the reopened editor sees that edit and repairs it.
+    let ed = editor(
+        d,
+        &format!(
+            "if [ ! -f \"{0}/opened-once\" ]; then touch \"{0}/opened-once\"; sed -i 's/change: old/change: [new/' \"$1\"; \
+             else grep -q 'change: \\[new' \"$1\"; sed -i 's/change: \\[new/change: new/' \"$1\"; fi",
+            d.display()
+        ),
+    );
+    let out = ls(
+        d,
+        &["edit", "s.yaml"],
+        &[("SOPS_AGE_KEY_FILE", &key_file), ("EDITOR", &ed)],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("s.yaml: the edited file is not valid: line"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(MARKER));
+    // The editor saw a file on /dev/shm, in a private directory that is gone now.
+    let paths = std::fs::read_to_string(d.join("edited-paths")).expect("paths");
+    let used: Vec<&str> = paths.lines().collect();
+    assert_eq!(used.len(), 2, "{paths}");
+    for p in &used {
+        assert!(
+            p.starts_with("/dev/shm/lockstep-edit-") && p.ends_with("/s.yaml"),
+            "{p}"
+        );
+        assert!(
+            !Path::new(p).exists() && !Path::new(p).parent().expect("dir").exists(),
+            "{p} left behind"
+        );
+    }
+    let after = std::fs::read_to_string(d.join("s.yaml")).expect("read");
+    assert_eq!(
+        line_of(&before, "keep:"),
+        line_of(&after, "keep:"),
+        "unchanged value keeps its ciphertext"
+    );
+    assert_eq!(line_of(&before, "- "), line_of(&after, "- "));
+    assert_ne!(line_of(&before, "change:"), line_of(&after, "change:"));
+    let plain = ok(
+        ls(
+            d,
+            &["decrypt", "s.yaml"],
+            &[("SOPS_AGE_KEY_FILE", &key_file)],
+        ),
+        "decrypt",
+    );
+    assert_eq!(
+        plain,
+        format!("keep: {MARKER}\nchange: new\nlist:\n    - a\n")
+    );
+    // Nothing but the ciphertext file and the key remain on disk, and no plaintext in them.
+    assert!(
+        files_containing(d, MARKER).is_empty(),
+        "{:?}",
+        files_containing(d, MARKER)
+    );
+
+    // Unchanged → 200 like sops; editor failure → nothing written.
+    let same = std::fs::read(d.join("s.yaml")).expect("read");
+    let out = ls(
+        d,
+        &["edit", "s.yaml"],
+        &[("SOPS_AGE_KEY_FILE", &key_file), ("EDITOR", "true")],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(200),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = ls(
+        d,
+        &["edit", "s.yaml"],
+        &[("SOPS_AGE_KEY_FILE", &key_file), ("EDITOR", "false")],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    // Hopelessly invalid after three tries: nothing written.
+    let bad = editor(d, "echo 'a: [' > \"$1\"");
+    let out = ls(
+        d,
+        &["edit", "s.yaml"],
+        &[("SOPS_AGE_KEY_FILE", &key_file), ("EDITOR", &bad)],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(std::fs::read(d.join("s.yaml")).expect("read"), same);
+}
+
+#[test]
+fn edit_creates_a_new_file_from_creation_rules() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let (key_file, recipient) = key(d, "k.txt");
+    std::fs::write(
+        d.join(".sops.yaml"),
+        format!("creation_rules:\n  - path_regex: \\.env$\n    age: {recipient}\n"),
+    )
+    .expect("cfg");
+    let ed = editor(d, &format!("printf 'TOKEN={MARKER}\\n' > \"$1\""));
+    ok(
+        ls(d, &["edit", "new.env"], &[("EDITOR", &ed)]),
+        "edit new file",
+    );
+    let text = std::fs::read_to_string(d.join("new.env")).expect("read");
+    assert!(
+        text.starts_with("TOKEN=ENC[AES256_GCM,") && !text.contains(MARKER),
+        "{text}"
+    );
+    let plain = ok(
+        ls(
+            d,
+            &["decrypt", "new.env"],
+            &[("SOPS_AGE_KEY_FILE", &key_file)],
+        ),
+        "decrypt",
+    );
+    assert_eq!(plain, format!("TOKEN={MARKER}\n"));
+}
+
+#[test]
+fn set_and_unset_touch_only_their_values_and_sops_agrees() {
+    let Some(sops) = support::require("sops", peer("sops")) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let (key_file, recipient) = key(d, "k.txt");
+    std::fs::write(
+        d.join("s.json"),
+        "{\"a\": \"x\", \"b\": {\"c\": 1}, \"d\": [1, 2]}",
+    )
+    .expect("write");
+    ok(
+        ls(d, &["encrypt", "-i", "--age", &recipient, "s.json"], &[]),
+        "encrypt",
+    );
+    let before = std::fs::read_to_string(d.join("s.json")).expect("read");
+    let env = [("SOPS_AGE_KEY_FILE", key_file.as_str())];
+    ok(
+        ls(d, &["set", "s.json", "[\"b\"][\"c\"]", "2"], &env),
+        "set",
+    );
+    ok(
+        ls(d, &["set", "s.json", "[\"new\"][\"deep\"]", "\"v\""], &env),
+        "set creates parents",
+    );
+    ok(
+        ls(d, &["set", "s.json", "[\"d\"][5]", "3"], &env),
+        "set appends",
+    );
+    ok(ls(d, &["unset", "s.json", "[\"a\"]"], &env), "unset");
+    let out = ls(d, &["unset", "s.json", "[\"a\"]"], &env);
+    assert_eq!(out.status.code(), Some(1), "unset of a missing key fails");
+    ok(
+        ls(d, &["unset", "--idempotent", "s.json", "[\"a\"]"], &env),
+        "unset --idempotent",
+    );
+    let after = std::fs::read_to_string(d.join("s.json")).expect("read");
+    let first_list_item = |t: &str| {
+        t.lines()
+            .skip_while(|l| !l.contains("\"d\""))
+            .nth(1)
+            .expect("item")
+            .to_string()
+    };
+    assert_eq!(
+        first_list_item(&before),
+        first_list_item(&after),
+        "untouched values keep their ciphertext"
+    );
+    let out = ok(run_isolated(&sops, &["-d", "s.json"], &env, d), "sops -d");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(
+        v,
+        serde_json::json!({"b": {"c": 2}, "d": [1, 2, 3], "new": {"deep": "v"}})
+    );
+}
+
+#[test]
+fn rotate_updatekeys_and_reseal_follow_the_rules_and_sops_reads_the_results() {
+    let Some(sops) = support::require("sops", peer("sops")) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let (ka, a) = key(d, "a.txt");
+    let (kb, b) = key(d, "b.txt");
+    let rules = |r: &str| format!("creation_rules:\n  - path_regex: secrets/.*\n    age: {r}\n");
+    std::fs::create_dir_all(d.join("secrets")).expect("mkdir");
+    std::fs::write(d.join(".sops.yaml"), rules(&a)).expect("cfg");
+    for name in ["one.yaml", "two.env"] {
+        let body = if name.ends_with(".env") {
+            format!("K={MARKER}\n")
+        } else {
+            format!("k: {MARKER}\n")
+        };
+        std::fs::write(d.join("secrets").join(name), body).expect("write");
+        ok(
+            ls(d, &["encrypt", "-i", &format!("secrets/{name}")], &[]),
+            "encrypt",
+        );
+    }
+    let data_key_line = |t: &str| {
+        t.lines()
+            .find(|l| l.contains("ENC["))
+            .expect("value")
+            .to_string()
+    };
+    let before = std::fs::read_to_string(d.join("secrets/one.yaml")).expect("read");
+
+    // The rules now name b instead of a: dry run first — nothing is written.
+    std::fs::write(d.join(".sops.yaml"), rules(&b)).expect("cfg");
+    let report = ok(
+        ls(
+            d,
+            &["reseal", "--dry-run", "secrets"],
+            &[("SOPS_AGE_KEY_FILE", &ka)],
+        ),
+        "dry run",
+    );
+    assert!(
+        report.contains(&format!("+ {b}"))
+            && report.contains(&format!("- {a}"))
+            && report.contains("2 file(s) would be resealed"),
+        "{report}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.join("secrets/one.yaml")).expect("read"),
+        before
+    );
+    let report = ok(
+        ls(d, &["reseal", "secrets"], &[("SOPS_AGE_KEY_FILE", &ka)]),
+        "reseal",
+    );
+    assert!(report.contains("2 file(s) resealed"), "{report}");
+    let after = std::fs::read_to_string(d.join("secrets/one.yaml")).expect("read");
+    assert_ne!(
+        data_key_line(&before),
+        data_key_line(&after),
+        "a new data key re-encrypts every value"
+    );
+    assert!(after.contains(&b) && !after.contains(&a));
+    for f in ["secrets/one.yaml", "secrets/two.env"] {
+        let out = ok(
+            run_isolated(&sops, &["-d", f], &[("SOPS_AGE_KEY_FILE", &kb)], d),
+            "sops -d with b",
+        );
+        assert!(out.contains(MARKER));
+        assert!(
+            !run_isolated(&sops, &["-d", f], &[("SOPS_AGE_KEY_FILE", &ka)], d)
+                .status
+                .success(),
+            "a still reads {f}"
+        );
+    }
+    assert!(
+        std::fs::read_dir(d.join("secrets"))
+            .expect("ls")
+            .flatten()
+            .all(|e| !e.file_name().to_string_lossy().ends_with(".tmp")),
+        "temp files left"
+    );
+
+    // updatekeys: same data key, recipients from the rules (a and b now); values untouched.
+    std::fs::write(d.join(".sops.yaml"), rules(&format!("{a},{b}"))).expect("cfg");
+    let before = std::fs::read_to_string(d.join("secrets/one.yaml")).expect("read");
+    ok(
+        ls(
+            d,
+            &["updatekeys", "-y", "secrets/one.yaml"],
+            &[("SOPS_AGE_KEY_FILE", &kb)],
+        ),
+        "updatekeys",
+    );
+    let after = std::fs::read_to_string(d.join("secrets/one.yaml")).expect("read");
+    assert_eq!(data_key_line(&before), data_key_line(&after));
+    assert_eq!(line_of(&before, "mac:"), line_of(&after, "mac:"));
+    ok(
+        run_isolated(
+            &sops,
+            &["-d", "secrets/one.yaml"],
+            &[("SOPS_AGE_KEY_FILE", &ka)],
+            d,
+        ),
+        "sops -d with a again",
+    );
+
+    // rotate: new data key, recipients kept, minus --rm-age.
+    ok(
+        ls(
+            d,
+            &["rotate", "-i", "--rm-age", &a, "secrets/one.yaml"],
+            &[("SOPS_AGE_KEY_FILE", &kb)],
+        ),
+        "rotate",
+    );
+    let rotated = std::fs::read_to_string(d.join("secrets/one.yaml")).expect("read");
+    assert!(!rotated.contains(&a) && rotated.contains(&b));
+    ok(
+        run_isolated(
+            &sops,
+            &["-d", "secrets/one.yaml"],
+            &[("SOPS_AGE_KEY_FILE", &kb)],
+            d,
+        ),
+        "sops after rotate",
+    );
+    // sops-written files rotate in lockstep too.
+    let f = d.join("secrets/three.yaml");
+    std::fs::write(&f, "x: y\n").expect("write");
+    ok(
+        run_isolated(
+            &sops,
+            &["-e", "-i", "--age", &b, "secrets/three.yaml"],
+            &[],
+            d,
+        ),
+        "sops -e",
+    );
+    ok(
+        ls(
+            d,
+            &["rotate", "-i", "--add-age", &a, "secrets/three.yaml"],
+            &[("SOPS_AGE_KEY_FILE", &kb)],
+        ),
+        "rotate sops file",
+    );
+    ok(
+        run_isolated(
+            &sops,
+            &["-d", "secrets/three.yaml"],
+            &[("SOPS_AGE_KEY_FILE", &ka)],
+            d,
+        ),
+        "sops -d with added a",
+    );
+}
+
+#[test]
+fn check_and_the_pre_commit_hook_refuse_plaintext_secrets() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let (key_file, recipient) = key(d, "k.txt");
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .args([
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@example.invalid",
+                "-c",
+                "commit.gpgsign=false",
+            ])
+            .args(args)
+            .current_dir(d)
+            .env(
+                "PATH",
+                format!(
+                    "{}:{}",
+                    Path::new(LOCKSTEP).parent().expect("bin dir").display(),
+                    std::env::var("PATH").unwrap_or_default()
+                ),
+            )
+            .output()
+            .expect("git");
+        out
+    };
+    assert!(git(&["init", "-q"]).status.success());
+    std::fs::write(
+        d.join(".sops.yaml"),
+        format!("creation_rules:\n  - path_regex: secrets/.*\\.yaml$\n    age: {recipient}\n"),
+    )
+    .expect("cfg");
+    std::fs::create_dir_all(d.join("secrets")).expect("mkdir");
+    std::fs::write(d.join("secrets/db.yaml"), format!("password: {MARKER}\n")).expect("write");
+    std::fs::write(d.join("README.md"), "not a secret\n").expect("write");
+
+    let out = ls(d, &["check"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("secrets/db.yaml: matches a creation rule but is not encrypted")
+            && !e.contains("README"),
+        "{e}"
+    );
+    assert!(!e.contains(MARKER));
+
+    ok(ls(d, &["hook", "install"], &[]), "hook install");
+    assert!(git(&["add", "."]).status.success());
+    let commit = git(&["commit", "-qm", "plaintext"]);
+    assert!(
+        !commit.status.success(),
+        "the hook must refuse a plaintext secret"
+    );
+    assert!(
+        String::from_utf8_lossy(&commit.stderr)
+            .contains("secrets/db.yaml: matches a creation rule but is not encrypted")
+    );
+
+    ok(ls(d, &["encrypt", "-i", "secrets/db.yaml"], &[]), "encrypt");
+    // The working tree is fine now, but the index still holds plaintext: --staged looks at the index.
+    let commit = git(&["commit", "-qm", "still plaintext in the index"]);
+    assert!(!commit.status.success());
+    assert!(git(&["add", "secrets/db.yaml"]).status.success());
+    let commit = git(&["commit", "-qm", "encrypted"]);
+    assert!(
+        commit.status.success(),
+        "{}",
+        String::from_utf8_lossy(&commit.stderr)
+    );
+
+    // With a key, check also verifies the MAC.
+    let text = std::fs::read_to_string(d.join("secrets/db.yaml")).expect("read");
+    let stamp = line_of(&text, "lastmodified:").to_string();
+    std::fs::write(
+        d.join("secrets/db.yaml"),
+        text.replace(&stamp, "    lastmodified: \"2001-01-01T00:00:00Z\""),
+    )
+    .expect("write");
+    assert!(
+        ls(d, &["check"], &[]).status.success(),
+        "without a key only the structure is checked"
+    );
+    let out = ls(d, &["check"], &[("SOPS_AGE_KEY_FILE", &key_file)]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("MAC"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    assert_eq!(
+        ok(ls(d, &["filestatus", "secrets/db.yaml"], &[]), "filestatus"),
+        "{\"encrypted\":true}\n"
+    );
+    assert_eq!(
+        ok(ls(d, &["filestatus", "README.md"], &[]), "filestatus"),
+        "{\"encrypted\":false}\n"
+    );
+}
