@@ -439,7 +439,7 @@ fn check_and_the_pre_commit_hook_refuse_plaintext_secrets() {
     let d = dir.path();
     let (key_file, recipient) = key(d, "k.txt");
     let git = |args: &[&str]| {
-        let out = Command::new("git")
+        Command::new("git")
             .args([
                 "-c",
                 "user.name=t",
@@ -459,8 +459,7 @@ fn check_and_the_pre_commit_hook_refuse_plaintext_secrets() {
                 ),
             )
             .output()
-            .expect("git");
-        out
+            .expect("git")
     };
     assert!(git(&["init", "-q"]).status.success());
     std::fs::write(
