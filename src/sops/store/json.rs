@@ -113,7 +113,14 @@ fn value(out: &mut String, v: &Value, depth: usize, indent: &str) {
         Value::Str(s) | Value::Time(s) => string(out, s),
         Value::Bytes(b) => string(out, &String::from_utf8_lossy(b)),
         Value::Int(i) => out.push_str(&i.to_string()),
-        Value::Float(f) if f.is_finite() => out.push_str(&format_float(*f)),
+        Value::Float(f) if f.is_finite() => {
+            // Keep integral floats recognisable as floats (`1.0`), so the type survives a round trip.
+            let text = format_float(*f);
+            out.push_str(&text);
+            if !text.contains('.') {
+                out.push_str(".0");
+            }
+        }
         // JSON has no NaN/Inf; keep them as strings rather than writing invalid JSON.
         Value::Float(f) => string(out, &format_float(*f)),
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
