@@ -101,21 +101,51 @@ pub fn parse(text: &str) -> Result<(Vec<Document>, Option<Value>), StoreError> {
     Ok((vec![Document::new(items)], metadata))
 }
 
-fn write_value(out: &mut String, k: &str, v: &str) {
+/// Writes `k = v` so that reading it back gives the same key and value; keys that INI cannot carry are
+/// an error naming them.
+fn write_value(out: &mut String, k: &str, v: &str) -> Result<(), StoreError> {
+    let bad_key = k.is_empty()
+        || k != k.trim()
+        || k.contains(['=', ':', '\n', '\r'])
+        || k.starts_with(['[', ';', '#']);
+    if bad_key {
+        return Err(StoreError {
+            line: None,
+            message: format!("the key {k:?} cannot be written to an INI file"),
+        });
+    }
     out.push_str(k);
     out.push_str(" = ");
-    if v.contains('\n') {
+    let quoted_by_reader = ["\"", "`"]
+        .iter()
+        .any(|q| v.len() >= 2 * q.len() && v.starts_with(q) && v.ends_with(q));
+    if v.contains('\n') || v.contains('\r') {
+        if v.contains("\"\"\"") {
+            return Err(StoreError {
+                line: None,
+                message: format!(
+                    "{k}: a multi-line value containing \"\"\" cannot be written to an INI file"
+                ),
+            });
+        }
         out.push_str("\"\"\"");
         out.push_str(v);
         out.push_str("\"\"\"");
-    } else if v != v.trim() || v.contains(';') || v.contains('#') {
-        out.push('"');
+    } else if v != v.trim() || quoted_by_reader || v.starts_with("\"\"\"") {
+        // The reader trims and strips one pair of quotes: protect the value with a pair it will strip.
+        let q = if v.starts_with('`') || v.ends_with('`') {
+            '"'
+        } else {
+            '`'
+        };
+        out.push(q);
         out.push_str(v);
-        out.push('"');
+        out.push(q);
     } else {
         out.push_str(v);
     }
     out.push('\n');
+    Ok(())
 }
 
 /// Emits the sections, then `[sops]` with the flattened metadata.
@@ -149,7 +179,7 @@ pub fn emit(docs: &[Document], metadata: Option<&Value>) -> Result<String, Store
                                         v.kind()
                                     ),
                                 })?;
-                                write_value(&mut out, k, &t);
+                                write_value(&mut out, k, &t)?;
                             }
                         }
                     }
@@ -172,7 +202,7 @@ pub fn emit(docs: &[Document], metadata: Option<&Value>) -> Result<String, Store
         }
         out.push_str("[sops]\n");
         for (k, v) in flatten(m) {
-            write_value(&mut out, &k, &v.replace('\n', "\\n"));
+            write_value(&mut out, &k, &v.replace('\n', "\\n"))?;
         }
     }
     Ok(out)

@@ -240,10 +240,10 @@ pub fn unflatten(pairs: Vec<(String, String)>) -> Result<Value, String> {
         }
         Ok(segs)
     }
-    fn insert(node: &mut Value, segs: &[Seg], leaf: String) {
+    fn insert(node: &mut Value, segs: &[Seg], leaf: String, max: usize) -> Result<(), String> {
         let Some((head, tail)) = segs.split_first() else {
             *node = Value::Str(leaf);
-            return;
+            return Ok(());
         };
         match head {
             Seg::Key(k) => {
@@ -266,7 +266,7 @@ pub fn unflatten(pairs: Vec<(String, String)>) -> Result<Value, String> {
                 let Item::Pair(_, child) = &mut items[idx] else {
                     unreachable!("pairs only")
                 };
-                insert(child, tail, leaf)
+                insert(child, tail, leaf, max)
             }
             Seg::Index(i) => {
                 if !matches!(node, Value::List(_)) {
@@ -275,17 +275,23 @@ pub fn unflatten(pairs: Vec<(String, String)>) -> Result<Value, String> {
                 let Value::List(values) = node else {
                     unreachable!("just set")
                 };
+                // Keys may come sorted as text (list_10 before list_2), but there cannot be more list
+                // items than flattened keys: a bigger index is malformed and must not allocate a huge list.
+                if *i >= max {
+                    return Err(format!("metadata list index {i} is out of range"));
+                }
                 while values.len() <= *i {
                     values.push(Value::Null);
                 }
-                insert(&mut values[*i], tail, leaf)
+                insert(&mut values[*i], tail, leaf, max)
             }
         }
     }
     let mut root = Value::Map(vec![]);
+    let max = pairs.len();
     for (k, v) in pairs {
         let segs = segments(&k)?;
-        insert(&mut root, &segs, v);
+        insert(&mut root, &segs, v, max)?;
     }
     Ok(root)
 }

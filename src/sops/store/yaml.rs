@@ -167,6 +167,30 @@ fn parse_timestamp(s: &str) -> Option<String> {
     Some(format!("{date}T{h:02}:{mi:02}:{se:02}{frac}{offset}"))
 }
 
+/// A copy of a value without its comments: an alias repeats the anchored data, not the comments written
+/// around the anchor.
+fn without_comments(v: &Value) -> Value {
+    match v {
+        Value::Map(items) => Value::Map(
+            items
+                .iter()
+                .filter_map(|i| match i {
+                    Item::Pair(k, v) => Some(Item::Pair(k.clone(), without_comments(v))),
+                    Item::Comment(_) => None,
+                })
+                .collect(),
+        ),
+        Value::List(values) => Value::List(
+            values
+                .iter()
+                .filter(|v| !matches!(v, Value::Comment(_)))
+                .map(without_comments)
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
 enum Frame {
     Map {
         items: Vec<Item>,
@@ -194,6 +218,9 @@ pub fn parse(text: &str) -> Result<Vec<Document>, StoreError> {
     let mut anchors: HashMap<usize, Value> = HashMap::new();
     let mut doc_comments: Vec<Item> = Vec::new();
     let mut pending: Vec<Comment> = Vec::new();
+    // Per open collection: its block indentation (when known) and comments to attach after it closes.
+    let mut indents: Vec<Option<usize>> = Vec::new();
+    let mut trailing: Vec<Vec<Comment>> = Vec::new();
 
     // Attach a finished node to its parent (or make it the document).
     fn attach(
@@ -267,6 +294,18 @@ pub fn parse(text: &str) -> Result<Vec<Document>, StoreError> {
         let (event, span) = event.map_err(|e| err(e.marker().line(), e.info()))?;
         let line = span.start.line();
         let mut finished: Option<(Value, usize)> = None;
+        let mut carry: Vec<Comment> = Vec::new();
+        if let (
+            Some(Frame::Map {
+                items, key: None, ..
+            }),
+            Some(ind @ None),
+        ) = (stack.last(), indents.last_mut())
+            && items.is_empty()
+            && event.is_node()
+        {
+            *ind = Some(span.start.col());
+        }
         match event {
             Event::StreamStart | Event::StreamEnd | Event::DocumentStart(..) => {}
             Event::DocumentEnd if !pending.is_empty() || !doc_comments.is_empty() => {
@@ -280,15 +319,37 @@ pub fn parse(text: &str) -> Result<Vec<Document>, StoreError> {
             }
             Event::DocumentEnd => {}
             Event::Comment(text, placement) => {
-                let c = Comment {
+                let mut c = Comment {
                     text: text.into_owned(),
                     inline: placement == Placement::Right,
                 };
-                match stack.last_mut() {
-                    None => doc_comments.push(Item::Comment(c)),
-                    Some(Frame::Map { key: Some(_), .. }) => pending.push(c),
-                    Some(Frame::Map { items, .. }) => items.push(Item::Comment(c)),
-                    Some(Frame::List { values, .. }) => values.push(Value::Comment(c)),
+                // An own-line comment left of a nested block's indentation belongs to an outer block; it
+                // is attached there once the nested block closes.
+                let mut target = stack.len();
+                if !c.inline {
+                    let col = span.start.col();
+                    while target > 1 && indents[target - 1].is_some_and(|ind| col < ind) {
+                        target -= 1;
+                    }
+                }
+                if target < stack.len() {
+                    trailing[target].push(c);
+                } else {
+                    match stack.last_mut() {
+                        None => doc_comments.push(Item::Comment(Comment { inline: false, ..c })),
+                        Some(Frame::Map { key: Some(_), .. }) => pending.push(c),
+                        Some(Frame::Map { items, .. }) => {
+                            // Inline only after a pair on the same line; else it stands on its own.
+                            c.inline &= matches!(items.last(), Some(Item::Pair(..)));
+                            items.push(Item::Comment(c));
+                        }
+                        Some(Frame::List { values, .. }) => {
+                            c.inline &= values
+                                .last()
+                                .is_some_and(|v| !matches!(v, Value::Comment(_)));
+                            values.push(Value::Comment(c));
+                        }
+                    }
                 }
             }
             Event::Scalar(text, style, anchor, tag) => {
@@ -310,7 +371,7 @@ pub fn parse(text: &str) -> Result<Vec<Document>, StoreError> {
             Event::Alias(id) => {
                 let value = anchors
                     .get(&id)
-                    .cloned()
+                    .map(without_comments)
                     .ok_or_else(|| err(line, "alias to an unknown anchor"))?;
                 finished = Some((value, 0));
             }
@@ -325,13 +386,19 @@ pub fn parse(text: &str) -> Result<Vec<Document>, StoreError> {
                     anchor,
                     line,
                 });
+                indents.push(None);
+                trailing.push(Vec::new());
             }
-            Event::SequenceStart(_, anchor, _) => {
+            Event::SequenceStart(style, anchor, _) => {
                 let mut values = Vec::new();
                 if matches!(stack.last(), Some(Frame::Map { key: Some(_), .. })) {
                     values.extend(pending.drain(..).map(Value::Comment));
                 }
                 stack.push(Frame::List { values, anchor });
+                indents.push(
+                    matches!(style, granit_parser::StructureStyle::Block).then(|| span.start.col()),
+                );
+                trailing.push(Vec::new());
             }
             Event::MappingEnd => {
                 let Some(Frame::Map {
@@ -343,6 +410,8 @@ pub fn parse(text: &str) -> Result<Vec<Document>, StoreError> {
                 else {
                     return Err(err(line, "unbalanced mapping"));
                 };
+                indents.pop();
+                carry = trailing.pop().unwrap_or_default();
                 if key.is_some() {
                     return Err(err(start, "mapping key without a value"));
                 }
@@ -356,6 +425,8 @@ pub fn parse(text: &str) -> Result<Vec<Document>, StoreError> {
                 let Some(Frame::List { values, anchor }) = stack.pop() else {
                     return Err(err(line, "unbalanced sequence"));
                 };
+                indents.pop();
+                carry = trailing.pop().unwrap_or_default();
                 finished = Some((Value::List(values), anchor));
             }
             _ => {}
@@ -373,6 +444,18 @@ pub fn parse(text: &str) -> Result<Vec<Document>, StoreError> {
                 value,
                 line,
             )?;
+            // Comments that belong after the block just closed, at its parent's level.
+            match stack.last_mut() {
+                Some(Frame::Map { items, .. }) => items.extend(carry.drain(..).map(Item::Comment)),
+                Some(Frame::List { values, .. }) => {
+                    values.extend(carry.drain(..).map(Value::Comment))
+                }
+                None => {
+                    if let Some(doc) = docs.last_mut() {
+                        doc.items.extend(carry.drain(..).map(Item::Comment));
+                    }
+                }
+            }
         }
     }
     Ok(docs)
@@ -695,6 +778,42 @@ mod tests {
             out.contains("multi: |\n    line1\n    line2\n---\nsecond: true\n"),
             "{out}"
         );
+    }
+
+    /// Found by fuzzing: a column-0 comment after a nested block was re-read as part of that block.
+    #[test]
+    fn regression_outdented_comment_after_nested_block_stays_outside() {
+        let docs = parse("d:\n    e: 1\n# after\nf: 2\n").expect("parses");
+        assert_eq!(
+            docs[0].items,
+            vec![
+                Item::Pair(
+                    "d".into(),
+                    Value::Map(vec![Item::Pair("e".into(), Value::Int(1))])
+                ),
+                Item::Comment(Comment {
+                    text: " after".into(),
+                    inline: false
+                }),
+                Item::Pair("f".into(), Value::Int(2)),
+            ]
+        );
+        let out = emit(&docs, None, 4);
+        assert_eq!(parse(&out).expect("re-parses"), docs, "{out}");
+    }
+
+    /// Found by fuzzing: a comment after a tag on the first line has nothing to stand beside.
+    #[test]
+    fn regression_comment_without_a_preceding_value_is_not_inline() {
+        let docs = parse("!tag #c\nkind: x\n").expect("parses");
+        assert_eq!(
+            docs[0].items[0],
+            Item::Comment(Comment {
+                text: "c".into(),
+                inline: false
+            })
+        );
+        assert_eq!(parse(&emit(&docs, None, 4)).expect("re-parses"), docs);
     }
 
     #[test]
