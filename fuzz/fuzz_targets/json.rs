@@ -6,12 +6,16 @@ use libfuzzer_sys::fuzz_target;
 use lockstep::sops::store::{self, Format};
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(loaded) = store::load_encrypted(Format::Json, data) else { return };
+    let Ok(loaded) = store::load_encrypted(Format::Json, data) else {
+        return;
+    };
     // Metadata is kept aside by the store; the documents must survive a plaintext round trip.
     if loaded.metadata.is_some() {
         return;
     }
-    let Ok(text) = store::emit_plain(Format::Json, &loaded.docs, 4) else { return };
+    let Ok(text) = store::emit_plain(Format::Json, &loaded.docs, 4) else {
+        return;
+    };
     let again = store::load_plain(Format::Json, &text).expect("emitted plaintext parses again");
     assert_eq!(again.docs, loaded.docs, "round trip changed the documents");
 });
