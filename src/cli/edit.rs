@@ -343,19 +343,7 @@ fn set_in(node: &mut Value, steps: &[Step], value: Value) -> Result<(), String> 
             let Value::Map(items) = node else {
                 unreachable!("just made a mapping")
             };
-            let pos = items
-                .iter()
-                .position(|i| matches!(i, Item::Pair(ik, _) if ik == k));
-            let idx = match pos {
-                Some(p) => p,
-                None => {
-                    items.push(Item::Pair(k.clone(), Value::Null));
-                    items.len() - 1
-                }
-            };
-            let Item::Pair(_, child) = &mut items[idx] else {
-                unreachable!("pairs only")
-            };
+            let child = crate::sops::tree::entry(items, k);
             set_in(child, rest, value)
         }
         Step::Index(i) => {
@@ -467,16 +455,16 @@ fn change_in_place(
         .map_err(|e| Failure::new(3, format!("{fname}: cannot write: {e}")))
 }
 
+/// A non-empty sops path (`["a"][0]`), or exit 7 as in sops.
+fn parse_path(path: &str) -> Result<Vec<Step>, Failure> {
+    crypt::parse_extract(path)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| Failure::new(7, format!("{path:?} is not a path like '[\"key\"][0]'")))
+}
+
 /// `lockstep set`
 pub fn set(args: &SetArgs, env: &Env<'_>) -> Result<(), Failure> {
-    let steps = crypt::parse_extract(&args.path)
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| {
-            Failure::new(
-                7,
-                format!("{:?} is not a path like '[\"key\"][0]'", args.path),
-            )
-        })?;
+    let steps = parse_path(&args.path)?;
     let json: serde_json::Value = serde_json::from_str(&args.value).map_err(|e| {
         Failure::new(
             7,
@@ -492,14 +480,7 @@ pub fn set(args: &SetArgs, env: &Env<'_>) -> Result<(), Failure> {
 
 /// `lockstep unset`
 pub fn unset(args: &UnsetArgs, env: &Env<'_>) -> Result<(), Failure> {
-    let steps = crypt::parse_extract(&args.path)
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| {
-            Failure::new(
-                7,
-                format!("{:?} is not a path like '[\"key\"][0]'", args.path),
-            )
-        })?;
+    let steps = parse_path(&args.path)?;
     let idempotent = args.idempotent;
     let file = args.file.display().to_string();
     let path = args.path.clone();

@@ -116,6 +116,24 @@ impl Value {
     }
 }
 
+/// The value under `key` in a mapping's items, inserted as null at the end when missing.
+pub fn entry<'a>(items: &'a mut Vec<Item>, key: &str) -> &'a mut Value {
+    let idx = match items
+        .iter()
+        .position(|i| matches!(i, Item::Pair(k, _) if k == key))
+    {
+        Some(p) => p,
+        None => {
+            items.push(Item::Pair(key.to_string(), Value::Null));
+            items.len() - 1
+        }
+    };
+    match &mut items[idx] {
+        Item::Pair(_, v) => v,
+        Item::Comment(_) => unreachable!("the position found or pushed holds a pair"),
+    }
+}
+
 /// One document of a file: a top-level mapping. Strings are wiped when it is dropped.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Document {

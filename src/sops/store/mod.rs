@@ -253,19 +253,7 @@ pub fn unflatten(pairs: Vec<(String, String)>) -> Result<Value, String> {
                 let Value::Map(items) = node else {
                     unreachable!("just set")
                 };
-                let pos = items
-                    .iter()
-                    .position(|i| matches!(i, Item::Pair(ik, _) if ik == k));
-                let idx = match pos {
-                    Some(p) => p,
-                    None => {
-                        items.push(Item::Pair(k.clone(), Value::Null));
-                        items.len() - 1
-                    }
-                };
-                let Item::Pair(_, child) = &mut items[idx] else {
-                    unreachable!("pairs only")
-                };
+                let child = crate::sops::tree::entry(items, k);
                 insert(child, tail, leaf, max)
             }
             Seg::Index(i) => {
