@@ -36,6 +36,7 @@ fn encrypt(
         plain,
         EncryptOptions {
             format,
+            output: format,
             key_groups: vec![vec![recipient]],
             shamir_threshold: None,
             selection,

@@ -43,8 +43,11 @@ pub struct KeygenArgs {
 /// Options shared by `encrypt` and `decrypt`.
 #[derive(Debug, Args)]
 pub struct IoArgs {
-    /// The file to read.
+    /// The file to read; `-` reads standard input (then give --input-type or --filename-override).
     pub file: PathBuf,
+    /// With standard input: the file name to pick the format and the .sops.yaml creation rule by.
+    #[arg(long, value_name = "NAME")]
+    pub filename_override: Option<PathBuf>,
     /// Write the result back to FILE (atomically) instead of stdout.
     #[arg(short = 'i', long = "in-place")]
     pub in_place: bool,
@@ -248,6 +251,7 @@ impl NewFileArgs {
 pub fn encrypt_new(
     file: &Path,
     format: Format,
+    output: Format,
     plain: &[u8],
     new: NewFile,
 ) -> Result<Vec<u8>, Failure> {
@@ -256,6 +260,7 @@ pub fn encrypt_new(
         plain,
         EncryptOptions {
             format,
+            output,
             key_groups: new.key_groups,
             shamir_threshold: new.shamir_threshold,
             selection: new.selection,
@@ -285,15 +290,48 @@ pub struct DecryptArgs {
 }
 
 impl IoArgs {
+    /// The name formats and creation rules are chosen by: `--filename-override`, else the file.
+    pub fn name(&self) -> &Path {
+        self.filename_override.as_deref().unwrap_or(&self.file)
+    }
+
+    fn is_stdin(&self) -> bool {
+        self.file.as_os_str() == "-"
+    }
+
     /// Input and output formats: the flags, else the file extension; output defaults to input.
     fn formats(&self) -> Result<(Format, Format), Failure> {
-        let input = format_of(self.input_type.as_deref(), &self.file, "--input-type")?;
+        if self.is_stdin() && self.input_type.is_none() && self.filename_override.is_none() {
+            return Err(Failure::new(
+                1,
+                "reading standard input needs --input-type or --filename-override to know the format",
+            ));
+        }
+        if self.is_stdin() && self.in_place {
+            return Err(Failure::new(
+                8,
+                "-i cannot write back to standard input; use --output FILE",
+            ));
+        }
+        let input = format_of(self.input_type.as_deref(), self.name(), "--input-type")?;
         let output = format_of(
             self.output_type.as_deref().or(self.input_type.as_deref()),
-            &self.file,
+            self.name(),
             "--output-type",
         )?;
         Ok((input, output))
+    }
+
+    /// The input bytes: the file, or standard input for `-`.
+    fn read(&self) -> Result<Zeroizing<Vec<u8>>, Failure> {
+        if self.is_stdin() {
+            let mut buf = Zeroizing::new(Vec::new());
+            std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut buf)
+                .map_err(|e| Failure::new(2, format!("cannot read standard input: {e}")))?;
+            Ok(buf)
+        } else {
+            read_input(&self.file)
+        }
     }
 }
 
@@ -455,17 +493,10 @@ pub fn find_config(
 
 /// `lockstep encrypt`
 pub fn encrypt(args: &EncryptArgs, env: &Env<'_>, stdout: &mut dyn Write) -> Result<(), Failure> {
-    let file = &args.io.file;
     let (format, out_format) = args.io.formats()?;
-    if out_format != format {
-        return Err(Failure::new(
-            1,
-            "encrypt writes the input format; --output-type differing from the input is not supported yet",
-        ));
-    }
-    let plain = read_input(file)?;
-    let new = args.new.plan(file, env)?;
-    let out = encrypt_new(file, format, &plain, new)?;
+    let plain = args.io.read()?;
+    let new = args.new.plan(args.io.name(), env)?;
+    let out = encrypt_new(args.io.name(), format, out_format, &plain, new)?;
     write_output(&args.io, &out, stdout)
 }
 
@@ -550,10 +581,22 @@ pub fn open(
     ignore_mac: bool,
 ) -> Result<sops::Decrypted, Failure> {
     let bytes = read_input(file)?;
+    open_bytes(file, &bytes, format, identity_files, env, ignore_mac)
+}
+
+/// Decrypts `bytes` (named `name` in messages) with every identity available.
+pub fn open_bytes(
+    name: &Path,
+    bytes: &[u8],
+    format: Format,
+    identity_files: &[PathBuf],
+    env: &Env<'_>,
+    ignore_mac: bool,
+) -> Result<sops::Decrypted, Failure> {
     let ring = keysources::load(env, identity_files)
-        .map_err(|e| Failure::new(128, format!("{}: {e}", file.display())))?;
-    sops::decrypt(&bytes, format, &ring, ignore_mac)
-        .map_err(|e| Failure::new(e.exit_code(), explain(file, &e, &ring.searched)))
+        .map_err(|e| Failure::new(128, format!("{}: {e}", name.display())))?;
+    sops::decrypt(bytes, format, &ring, ignore_mac)
+        .map_err(|e| Failure::new(e.exit_code(), explain(name, &e, &ring.searched)))
 }
 
 /// The operating system's random source, as the format code's injected RNG.
@@ -566,7 +609,15 @@ pub fn decrypt(args: &DecryptArgs, env: &Env<'_>, stdout: &mut dyn Write) -> Res
     let file = &args.io.file;
     let fname = file.display();
     let (format, out_format) = args.io.formats()?;
-    let decrypted = open(file, format, &args.identity, env, args.ignore_mac)?;
+    let bytes = args.io.read()?;
+    let decrypted = open_bytes(
+        args.io.name(),
+        &bytes,
+        format,
+        &args.identity,
+        env,
+        args.ignore_mac,
+    )?;
     let indent = 4;
     let out: Zeroizing<Vec<u8>> = match &args.extract {
         None => Zeroizing::new(

@@ -284,7 +284,7 @@ pub fn edit(args: &EditArgs, env: &Env<'_>, stderr: &mut dyn Write) -> Result<()
         None => {
             drop(docs);
             let plan = new_plan.expect("planned for new files");
-            crypt::encrypt_new(file, format, &edited, plan)?
+            crypt::encrypt_new(file, format, format, &edited, plan)?
         }
     };
     crypt::write_atomic(file, &out)

@@ -41,6 +41,31 @@ pub fn default_key_file(env: &Env<'_>) -> Option<PathBuf> {
     }
 }
 
+/// Runs the shell command in variable `var` (if set) and adds the identities it prints.
+fn key_cmd(env: &Env<'_>, ring: &mut KeyRing, var: &str) -> Result<(), IdentityError> {
+    let Some(cmd) = (env.var)(var) else {
+        return Ok(());
+    };
+    let err = |reason: String| IdentityError {
+        source_name: var.into(),
+        reason,
+    };
+    let out = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(&cmd)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| err(format!("cannot run: {e}")))?;
+    let stdout = Zeroizing::new(out.stdout);
+    if !out.status.success() {
+        return Err(err(format!("exited with {}", out.status)));
+    }
+    let n = ring.add_text(&stdout, var)?;
+    ring.searched.push(format!("{var} ({n} identities)"));
+    Ok(())
+}
+
 /// Loads every identity from every source. Sources that are absent are noted in `searched`; a source
 /// that exists but does not parse is an error naming it.
 pub fn load(env: &Env<'_>, identity_files: &[PathBuf]) -> Result<KeyRing, IdentityError> {
@@ -79,6 +104,7 @@ pub fn load(env: &Env<'_>, identity_files: &[PathBuf]) -> Result<KeyRing, Identi
         )?;
     }
     // 1. SSH keys.
+    key_cmd(env, &mut ring, "SOPS_AGE_SSH_PRIVATE_KEY_CMD")?;
     match (env.var)("SOPS_AGE_SSH_PRIVATE_KEY_FILE") {
         Some(p) => file(
             &mut ring,
@@ -121,27 +147,7 @@ pub fn load(env: &Env<'_>, identity_files: &[PathBuf]) -> Result<KeyRing, Identi
         None => ring.searched.push("SOPS_AGE_KEY_FILE (unset)".into()),
     }
     // 4. SOPS_AGE_KEY_CMD
-    if let Some(cmd) = (env.var)("SOPS_AGE_KEY_CMD") {
-        let out = Command::new("/bin/sh")
-            .arg("-c")
-            .arg(&cmd)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .map_err(|e| IdentityError {
-                source_name: "SOPS_AGE_KEY_CMD".into(),
-                reason: format!("cannot run: {e}"),
-            })?;
-        let stdout = Zeroizing::new(out.stdout);
-        if !out.status.success() {
-            return Err(IdentityError {
-                source_name: "SOPS_AGE_KEY_CMD".into(),
-                reason: format!("exited with {}", out.status),
-            });
-        }
-        let n = ring.add_text(&stdout, "SOPS_AGE_KEY_CMD")?;
-        ring.searched
-            .push(format!("SOPS_AGE_KEY_CMD ({n} identities)"));
-    }
+    key_cmd(env, &mut ring, "SOPS_AGE_KEY_CMD")?;
     // 5. The default key file.
     if let Some(p) = default_key_file(env) {
         file(&mut ring, &p, p.display().to_string(), true)?;

@@ -124,8 +124,10 @@ impl SopsError {
 
 /// How to encrypt a new file.
 pub struct EncryptOptions<'a> {
-    /// The file's format.
+    /// The plaintext's format.
     pub format: Format,
+    /// The encrypted file's format (usually the same).
+    pub output: Format,
     /// Recipients per key group (one group in the common case).
     pub key_groups: Vec<Vec<(String, Recipient)>>,
     /// Shares needed when there are several groups (default: all).
@@ -174,7 +176,7 @@ pub fn encrypt(plain: &[u8], mut opts: EncryptOptions<'_>) -> Result<Vec<u8>, So
         meta,
         &key,
         None,
-        format,
+        opts.output,
         opts.now,
         opts.yaml_indent,
         &mut opts.rng,

@@ -101,6 +101,18 @@ pub fn parse(text: &str) -> Result<(Vec<Document>, Option<Value>), StoreError> {
     Ok((vec![Document::new(items)], metadata))
 }
 
+/// What the reader makes of `raw` written as a value.
+fn reads_back(raw: &str) -> Option<String> {
+    let (docs, _) = parse(&format!("[s]\nk = {raw}\n")).ok()?;
+    match docs.first()?.items.first()? {
+        Item::Pair(_, Value::Map(items)) if items.len() == 1 => match &items[0] {
+            Item::Pair(_, Value::Str(s)) => Some(s.clone()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 /// Writes `k = v` so that reading it back gives the same key and value; keys that INI cannot carry are
 /// an error naming them.
 fn write_value(out: &mut String, k: &str, v: &str) -> Result<(), StoreError> {
@@ -114,36 +126,27 @@ fn write_value(out: &mut String, k: &str, v: &str) -> Result<(), StoreError> {
             message: format!("the key {k:?} cannot be written to an INI file"),
         });
     }
+    // Candidate spellings, plainest first; the first one the reader turns back into `v` is written.
+    let candidates = [
+        v.to_string(),
+        format!("`{v}`"),
+        format!("\"{v}\""),
+        format!("\"\"\"{v}\"\"\""),
+    ];
+    let Some(text) = candidates
+        .into_iter()
+        .find(|c| reads_back(c).as_deref() == Some(v))
+    else {
+        return Err(StoreError {
+            line: None,
+            message: format!(
+                "{k}: the value cannot be written to an INI file so that it reads back the same"
+            ),
+        });
+    };
     out.push_str(k);
     out.push_str(" = ");
-    let quoted_by_reader = ["\"", "`"]
-        .iter()
-        .any(|q| v.len() >= 2 * q.len() && v.starts_with(q) && v.ends_with(q));
-    if v.contains('\n') || v.contains('\r') {
-        if v.contains("\"\"\"") {
-            return Err(StoreError {
-                line: None,
-                message: format!(
-                    "{k}: a multi-line value containing \"\"\" cannot be written to an INI file"
-                ),
-            });
-        }
-        out.push_str("\"\"\"");
-        out.push_str(v);
-        out.push_str("\"\"\"");
-    } else if v != v.trim() || quoted_by_reader || v.starts_with("\"\"\"") {
-        // The reader trims and strips one pair of quotes: protect the value with a pair it will strip.
-        let q = if v.starts_with('`') || v.ends_with('`') {
-            '"'
-        } else {
-            '`'
-        };
-        out.push(q);
-        out.push_str(v);
-        out.push(q);
-    } else {
-        out.push_str(v);
-    }
+    out.push_str(&text);
     out.push('\n');
     Ok(())
 }
@@ -206,4 +209,38 @@ pub fn emit(docs: &[Document], metadata: Option<&Value>) -> Result<String, Store
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by fuzzing: values the reader would unquote or take for a multi-line start are written so
+    /// they read back the same, or refused.
+    #[test]
+    fn regression_values_read_back_the_same() {
+        for v in [
+            "plain",
+            " padded ",
+            "\"quoted\"",
+            "`tick`",
+            "'single'",
+            "\"\"\"x",
+            "a;b#c",
+            "x\"\"\"",
+        ] {
+            let doc = Document::new(vec![Item::Pair(
+                "s".into(),
+                Value::Map(vec![Item::Pair("k".into(), Value::Str(v.into()))]),
+            )]);
+            match emit(std::slice::from_ref(&doc), None) {
+                Ok(text) => assert_eq!(
+                    parse(&text).expect("reads").0,
+                    vec![doc],
+                    "{v:?} as {text:?}"
+                ),
+                Err(e) => assert!(e.message.contains("cannot be written"), "{v:?}: {e}"),
+            }
+        }
+    }
 }
