@@ -539,3 +539,89 @@ fn check_and_the_pre_commit_hook_refuse_plaintext_secrets() {
         "{\"encrypted\":false}\n"
     );
 }
+
+#[test]
+fn standard_input_format_conversion_and_key_commands() {
+    let Some(sops) = support::require("sops", peer("sops")) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let (key_file, recipient) = key(d, "k.txt");
+    // encrypt from standard input, YAML in, JSON out; the real sops reads it.
+    let mut child = Command::new(LOCKSTEP)
+        .args([
+            "encrypt",
+            "--age",
+            &recipient,
+            "--input-type",
+            "yaml",
+            "--output-type",
+            "json",
+            "-",
+        ])
+        .current_dir(d)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("a: {MARKER}\nn: 3\n").as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("wait");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(d.join("s.json"), &out.stdout).expect("write");
+    let plain = ok(
+        run_isolated(
+            &sops,
+            &["-d", "s.json"],
+            &[("SOPS_AGE_KEY_FILE", &key_file)],
+            d,
+        ),
+        "sops -d",
+    );
+    let v: serde_json::Value = serde_json::from_str(&plain).expect("json");
+    assert_eq!(v, serde_json::json!({"a": MARKER, "n": 3}));
+    // Identities from commands, as sops runs them.
+    let cmd = format!("cat {key_file}");
+    let out = ok(
+        ls(
+            d,
+            &["decrypt", "--output-type", "yaml", "s.json"],
+            &[("SOPS_AGE_KEY_CMD", &cmd)],
+        ),
+        "SOPS_AGE_KEY_CMD",
+    );
+    assert_eq!(out, format!("a: {MARKER}\nn: 3\n"));
+    let ssh_key = support::repo_root().join("tests/vectors/sops-nix/ssh-ed25519-key");
+    let cmd = format!("cat {}", ssh_key.display());
+    let out = ok(
+        ls(
+            d,
+            &[
+                "decrypt",
+                support::repo_root()
+                    .join("tests/vectors/sops-nix/secrets-native-ssh.orig.yaml")
+                    .to_str()
+                    .expect("utf-8"),
+            ],
+            &[("SOPS_AGE_SSH_PRIVATE_KEY_CMD", &cmd)],
+        ),
+        "SOPS_AGE_SSH_PRIVATE_KEY_CMD",
+    );
+    assert!(out.starts_with("test_key: test_value"), "{out}");
+    // Standard input without a format is refused with what to add.
+    let out = ls(d, &["decrypt", "-"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("needs --input-type or --filename-override")
+    );
+}
