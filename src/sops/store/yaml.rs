@@ -167,6 +167,63 @@ fn parse_timestamp(s: &str) -> Option<String> {
     Some(format!("{date}T{h:02}:{mi:02}:{se:02}{frac}{offset}"))
 }
 
+/// Own-line comments at the very end of a document are ambiguous (the parser may report them inside the
+/// last nested block or after it, depending on what follows), so they are always kept at the top level:
+/// moved out of the chain of last nested blocks to just after the document's last pair.
+fn hoist_final_comments(items: &mut Vec<Item>) {
+    fn take_trailing(v: &mut Value) -> Vec<Comment> {
+        let mut taken = Vec::new();
+        match v {
+            Value::Map(items) => {
+                let tail = items
+                    .iter()
+                    .rposition(|i| !matches!(i, Item::Comment(c) if !c.inline))
+                    .map_or(0, |p| p + 1);
+                let mut own: Vec<Comment> = items
+                    .drain(tail..)
+                    .filter_map(|i| match i {
+                        Item::Comment(c) => Some(c),
+                        Item::Pair(..) => None,
+                    })
+                    .collect();
+                if let Some(Item::Pair(_, last)) = items.last_mut() {
+                    taken.extend(take_trailing(last));
+                }
+                taken.append(&mut own);
+            }
+            Value::List(values) => {
+                let tail = values
+                    .iter()
+                    .rposition(|v| !matches!(v, Value::Comment(c) if !c.inline))
+                    .map_or(0, |p| p + 1);
+                let mut own: Vec<Comment> = values
+                    .drain(tail..)
+                    .filter_map(|v| match v {
+                        Value::Comment(c) => Some(c),
+                        _ => None,
+                    })
+                    .collect();
+                if let Some(last) = values.last_mut() {
+                    taken.extend(take_trailing(last));
+                }
+                taken.append(&mut own);
+            }
+            _ => {}
+        }
+        taken
+    }
+    let Some(last_pair) = items.iter().rposition(|i| matches!(i, Item::Pair(..))) else {
+        return;
+    };
+    let taken = match &mut items[last_pair] {
+        Item::Pair(_, v) => take_trailing(v),
+        Item::Comment(_) => Vec::new(),
+    };
+    for (n, c) in taken.into_iter().enumerate() {
+        items.insert(last_pair + 1 + n, Item::Comment(c));
+    }
+}
+
 /// A copy of a value without its comments: an alias repeats the anchored data, not the comments written
 /// around the anchor.
 fn without_comments(v: &Value) -> Value {
@@ -237,6 +294,7 @@ pub fn parse(text: &str) -> Result<Vec<Document>, StoreError> {
                     let mut all = std::mem::take(doc_comments);
                     all.append(&mut items);
                     all.extend(pending.drain(..).map(Item::Comment));
+                    hoist_final_comments(&mut all);
                     docs.push(Document::new(all));
                     Ok(())
                 }
@@ -800,6 +858,22 @@ mod tests {
         );
         let out = emit(&docs, None, 4);
         assert_eq!(parse(&out).expect("re-parses"), docs, "{out}");
+    }
+
+    /// Found by fuzzing: comments at the end of a document inside the last nested block were read back
+    /// at the top level after emitting; they are kept at the top level from the start.
+    #[test]
+    fn regression_comments_ending_a_document_stay_at_the_top_level() {
+        let src = "a:\n    b:\n        c: 1\n        # deep end\n    # mid end\n---\nx: 1\n";
+        let docs = parse(src).expect("parses");
+        let again = parse(&emit(&docs, None, 4)).expect("re-parses");
+        assert_eq!(again, docs);
+        let top_comments = docs[0]
+            .items
+            .iter()
+            .filter(|i| matches!(i, Item::Comment(_)))
+            .count();
+        assert_eq!(top_comments, 2, "{:?}", docs[0].items);
     }
 
     /// Found by fuzzing: a comment after a tag on the first line has nothing to stand beside.
