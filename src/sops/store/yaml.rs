@@ -224,6 +224,15 @@ fn hoist_final_comments(items: &mut Vec<Item>) {
     }
 }
 
+/// Comments between a key and its nested block open that block: only the first can stay on the key's
+/// line, the others stand on their own lines.
+fn opening_comments(pending: &mut Vec<Comment>) -> impl Iterator<Item = Comment> + '_ {
+    pending.drain(..).enumerate().map(|(n, c)| Comment {
+        inline: c.inline && n == 0,
+        ..c
+    })
+}
+
 /// A copy of a value without its comments: an alias repeats the anchored data, not the comments written
 /// around the anchor.
 fn without_comments(v: &Value) -> Value {
@@ -436,7 +445,7 @@ pub fn parse(text: &str) -> Result<Vec<Document>, StoreError> {
             Event::MappingStart(_, anchor, _) => {
                 let mut items = Vec::new();
                 if matches!(stack.last(), Some(Frame::Map { key: Some(_), .. })) {
-                    items.extend(pending.drain(..).map(Item::Comment));
+                    items.extend(opening_comments(&mut pending).map(Item::Comment));
                 }
                 stack.push(Frame::Map {
                     items,
@@ -450,7 +459,7 @@ pub fn parse(text: &str) -> Result<Vec<Document>, StoreError> {
             Event::SequenceStart(style, anchor, _) => {
                 let mut values = Vec::new();
                 if matches!(stack.last(), Some(Frame::Map { key: Some(_), .. })) {
-                    values.extend(pending.drain(..).map(Value::Comment));
+                    values.extend(opening_comments(&mut pending).map(Value::Comment));
                 }
                 stack.push(Frame::List { values, anchor });
                 indents.push(
@@ -874,6 +883,14 @@ mod tests {
             .filter(|i| matches!(i, Item::Comment(_)))
             .count();
         assert_eq!(top_comments, 2, "{:?}", docs[0].items);
+    }
+
+    /// Found by fuzzing: of several comments between a key and its nested block, only the first can stay
+    /// on the key's line.
+    #[test]
+    fn regression_only_one_comment_rides_on_the_key_line() {
+        let docs = parse("a: # one\n  !t # two\n  b: 1\n").expect("parses");
+        assert_eq!(parse(&emit(&docs, None, 4)).expect("re-parses"), docs);
     }
 
     /// Found by fuzzing: a comment after a tag on the first line has nothing to stand beside.
