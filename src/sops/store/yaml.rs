@@ -224,6 +224,15 @@ fn hoist_final_comments(items: &mut Vec<Item>) {
     }
 }
 
+/// A value written on one line, which an inline comment can follow.
+fn one_line(v: &Value) -> bool {
+    match v {
+        Value::Str(s) | Value::Time(s) => !s.contains('\n'),
+        Value::Map(_) | Value::List(_) | Value::Comment(_) | Value::Bytes(_) => false,
+        Value::Int(_) | Value::Float(_) | Value::Bool(_) | Value::Null => true,
+    }
+}
+
 /// Comments between a key and its nested block open that block: only the first can stay on the key's
 /// line, the others stand on their own lines.
 fn opening_comments(pending: &mut Vec<Comment>) -> impl Iterator<Item = Comment> + '_ {
@@ -406,14 +415,13 @@ pub fn parse(text: &str) -> Result<Vec<Document>, StoreError> {
                         None => doc_comments.push(Item::Comment(Comment { inline: false, ..c })),
                         Some(Frame::Map { key: Some(_), .. }) => pending.push(c),
                         Some(Frame::Map { items, .. }) => {
-                            // Inline only after a pair on the same line; else it stands on its own.
-                            c.inline &= matches!(items.last(), Some(Item::Pair(..)));
+                            // Inline only after a one-line value; else it stands on its own line.
+                            c.inline &=
+                                matches!(items.last(), Some(Item::Pair(_, v)) if one_line(v));
                             items.push(Item::Comment(c));
                         }
                         Some(Frame::List { values, .. }) => {
-                            c.inline &= values
-                                .last()
-                                .is_some_and(|v| !matches!(v, Value::Comment(_)));
+                            c.inline &= values.last().is_some_and(one_line);
                             values.push(Value::Comment(c));
                         }
                     }
@@ -891,6 +899,14 @@ mod tests {
     fn regression_only_one_comment_rides_on_the_key_line() {
         let docs = parse("a: # one\n  !t # two\n  b: 1\n").expect("parses");
         assert_eq!(parse(&emit(&docs, None, 4)).expect("re-parses"), docs);
+    }
+
+    /// Found by fuzzing: an inline comment after a multi-line value would land inside the emitted block.
+    #[test]
+    fn regression_comment_after_a_multi_line_value_stands_on_its_own_line() {
+        let docs = parse("a:\n  - x\n\n    y # c\n").expect("parses");
+        let out = emit(&docs, None, 4);
+        assert_eq!(parse(&out).expect("re-parses"), docs, "{out}");
     }
 
     /// Found by fuzzing: a comment after a tag on the first line has nothing to stand beside.
