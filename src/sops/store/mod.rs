@@ -133,7 +133,10 @@ pub fn emit_encrypted(
     yaml_indent: usize,
 ) -> Result<Vec<u8>, StoreError> {
     Ok(match format {
-        Format::Yaml => yaml::emit(docs, Some(metadata), yaml_indent).into_bytes(),
+        Format::Yaml => {
+            yaml::check_keys(docs)?;
+            yaml::emit(docs, Some(metadata), yaml_indent).into_bytes()
+        }
         Format::Json | Format::Binary => json::emit(docs, Some(metadata), "\t").into_bytes(),
         Format::Dotenv => dotenv::emit(docs, Some(metadata))?.into_bytes(),
         Format::Ini => ini::emit(docs, Some(metadata))?.into_bytes(),
@@ -147,7 +150,10 @@ pub fn emit_plain(
     yaml_indent: usize,
 ) -> Result<Vec<u8>, StoreError> {
     Ok(match format {
-        Format::Yaml => yaml::emit(docs, None, yaml_indent).into_bytes(),
+        Format::Yaml => {
+            yaml::check_keys(docs)?;
+            yaml::emit(docs, None, yaml_indent).into_bytes()
+        }
         Format::Json => json::emit(docs, None, "\t").into_bytes(),
         Format::Dotenv => dotenv::emit(docs, None)?.into_bytes(),
         Format::Ini => ini::emit(docs, None)?.into_bytes(),

@@ -641,6 +641,35 @@ fn key_text(k: &str) -> String {
     }
 }
 
+/// YAML allows at most 1024 characters in an implicit key; longer keys cannot be written back.
+pub fn check_keys(docs: &[Document]) -> Result<(), StoreError> {
+    fn walk(items: &[Item]) -> Result<(), StoreError> {
+        for item in items {
+            if let Item::Pair(k, v) = item {
+                if key_text(k).chars().count() > 1024 {
+                    let head: String = k.chars().take(40).collect();
+                    return Err(StoreError {
+                        line: None,
+                        message: format!(
+                            "the key starting {head:?} is longer than YAML's 1024-character limit for keys"
+                        ),
+                    });
+                }
+                value(v)?;
+            }
+        }
+        Ok(())
+    }
+    fn value(v: &Value) -> Result<(), StoreError> {
+        match v {
+            Value::Map(items) => walk(items),
+            Value::List(values) => values.iter().try_for_each(value),
+            _ => Ok(()),
+        }
+    }
+    docs.iter().try_for_each(|d| walk(&d.items))
+}
+
 struct Emitter {
     out: String,
     step: usize,
