@@ -351,16 +351,29 @@ pub fn parse(text: &str) -> Result<Vec<Document>, StoreError> {
                 }
                 Some(k) => {
                     let is_scalar = !matches!(value, Value::Map(_) | Value::List(_));
+                    let can_follow = one_line(&value);
                     items.push(Item::Pair(k, value));
                     if is_scalar {
-                        items.extend(pending.drain(..).map(Item::Comment));
+                        // As after a key: at most the first comment rides on the value's line.
+                        items.extend(opening_comments(pending).map(|c| {
+                            Item::Comment(Comment {
+                                inline: c.inline && can_follow,
+                                ..c
+                            })
+                        }));
                     }
                     Ok(())
                 }
             },
             Some(Frame::List { values, .. }) => {
+                let can_follow = one_line(&value);
                 values.push(value);
-                values.extend(pending.drain(..).map(Value::Comment));
+                values.extend(opening_comments(pending).map(|c| {
+                    Value::Comment(Comment {
+                        inline: c.inline && can_follow,
+                        ..c
+                    })
+                }));
                 Ok(())
             }
         }
@@ -936,6 +949,13 @@ mod tests {
         let docs = parse("a:\n  - x\n\n    y # c\n").expect("parses");
         let out = emit(&docs, None, 4);
         assert_eq!(parse(&out).expect("re-parses"), docs, "{out}");
+    }
+
+    /// Found by fuzzing: of the comments between a key and its scalar, only the first can be inline.
+    #[test]
+    fn regression_only_the_first_comment_before_a_scalar_is_inline() {
+        let docs = parse("b:\n    # x\n    !t  # y\n nd\n").expect("parses");
+        assert_eq!(parse(&emit(&docs, None, 4)).expect("re-parses"), docs);
     }
 
     /// Found by fuzzing: a comment after a tag on the first line has nothing to stand beside.
