@@ -837,10 +837,11 @@ pub fn emit(docs: &[Document], metadata: Option<&Value>, indent: usize) -> Strin
         if let Some(meta) = metadata {
             items.push(Item::Pair("sops".into(), meta.clone()));
         }
-        if items.is_empty() {
+        e.map(&items, 0, None);
+        if !items.iter().any(|i| matches!(i, Item::Pair(..))) {
+            // A document without keys is still a (empty) mapping, not just comments.
             e.out.push_str("{}\n");
         }
-        e.map(&items, 0, None);
         // `items` holds copies of document strings: wipe them with the copy.
         drop(Document::new(items));
     }
@@ -955,6 +956,14 @@ mod tests {
     #[test]
     fn regression_only_the_first_comment_before_a_scalar_is_inline() {
         let docs = parse("b:\n    # x\n    !t  # y\n nd\n").expect("parses");
+        assert_eq!(parse(&emit(&docs, None, 4)).expect("re-parses"), docs);
+    }
+
+    /// Found by fuzzing: an empty mapping with only comments must stay a document.
+    #[test]
+    fn regression_empty_mapping_with_comments_stays_a_document() {
+        let docs = parse("# c\n{}\n").expect("parses");
+        assert_eq!(docs.len(), 1);
         assert_eq!(parse(&emit(&docs, None, 4)).expect("re-parses"), docs);
     }
 
