@@ -390,7 +390,7 @@ pub fn parse(text: &str) -> Result<Vec<Document>, StoreError> {
             }),
             Some(ind @ None),
         ) = (stack.last(), indents.last_mut())
-            && items.is_empty()
+            && !items.iter().any(|i| matches!(i, Item::Pair(..)))
             && event.is_node()
         {
             *ind = Some(span.start.col());
@@ -964,6 +964,18 @@ mod tests {
     fn regression_empty_mapping_with_comments_stays_a_document() {
         let docs = parse("# c\n{}\n").expect("parses");
         assert_eq!(docs.len(), 1);
+        assert_eq!(parse(&emit(&docs, None, 4)).expect("re-parses"), docs);
+    }
+
+    /// Found by fuzzing: a block that opens with comments still learns its indentation from its first key.
+    #[test]
+    fn regression_block_opening_with_comments_knows_its_indentation() {
+        let docs = parse("b:\n    # one\n    da: 1\n# outer\nc: 2\n").expect("parses");
+        assert!(
+            matches!(docs[0].items[1], Item::Comment(_)),
+            "{:?}",
+            docs[0].items
+        );
         assert_eq!(parse(&emit(&docs, None, 4)).expect("re-parses"), docs);
     }
 
