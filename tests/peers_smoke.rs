@@ -91,15 +91,26 @@ async fn server_side_apply_as_admin_and_service_account_refused_outside_its_name
         .await
         .expect("service account client");
 
-    // Inside its namespace the token works (so the refusal below is RBAC, not a broken token).
-    Api::<ConfigMap>::namespaced(sa.clone(), &ns)
-        .patch(
-            "from-sa",
-            &PatchParams::apply("lockstep-test"),
-            &Patch::Apply(configmap("from-sa", "ok")),
-        )
-        .await
-        .expect("service account applies in its own namespace");
+    // Inside its namespace the token works (so the refusal below is RBAC, not a broken token). The
+    // authorizer learns of new Roles through a watch, so the first attempts may still be refused.
+    let own = Api::<ConfigMap>::namespaced(sa.clone(), &ns);
+    eventually(
+        "the new Role to reach the RBAC authorizer",
+        Duration::from_secs(30),
+        || {
+            let own = own.clone();
+            async move {
+                own.patch(
+                    "from-sa",
+                    &PatchParams::apply("lockstep-test"),
+                    &Patch::Apply(configmap("from-sa", "ok")),
+                )
+                .await
+                .ok()
+            }
+        },
+    )
+    .await;
 
     // Outside it: 403 Forbidden from the real authorizer.
     let other = cluster.namespace(&admin, "smoke-other").await;
