@@ -267,19 +267,7 @@ pub fn edit(args: &EditArgs, env: &Env<'_>, stderr: &mut dyn Write) -> Result<()
     let out = match existing {
         Some(decrypted) => {
             let mut docs = docs;
-            let mut random = crypt::random;
-            let mut rng: crate::sops::walk::Rng = &mut random;
-            crate::sops::seal(
-                &mut docs,
-                decrypted.metadata.clone(),
-                &decrypted.key,
-                Some(&decrypted.stash),
-                format,
-                jiff::Timestamp::now(),
-                4,
-                &mut rng,
-            )
-            .map_err(|e| Failure::new(e.exit_code(), format!("{fname}: {e}")))?
+            reencrypt(file, &decrypted, &mut docs, format)?
         }
         None => {
             drop(docs);
@@ -438,10 +426,23 @@ fn change_in_place(
         first.items = items;
     }
     result?;
+    let out = reencrypt(file, &decrypted, &mut docs, format)?;
+    crypt::write_atomic(file, &out)
+        .map_err(|e| Failure::new(3, format!("{fname}: cannot write: {e}")))
+}
+
+/// Re-encrypts changed documents with the file's own data key and metadata; unchanged values reuse
+/// their IVs, so their ciphertext stays byte-identical.
+fn reencrypt(
+    file: &Path,
+    decrypted: &crate::sops::Decrypted,
+    docs: &mut [crate::sops::tree::Document],
+    format: Format,
+) -> Result<Vec<u8>, Failure> {
     let mut random = crypt::random;
     let mut rng: crate::sops::walk::Rng = &mut random;
-    let out = crate::sops::seal(
-        &mut docs,
+    crate::sops::seal(
+        docs,
         decrypted.metadata.clone(),
         &decrypted.key,
         Some(&decrypted.stash),
@@ -450,9 +451,7 @@ fn change_in_place(
         4,
         &mut rng,
     )
-    .map_err(|e| Failure::new(e.exit_code(), format!("{fname}: {e}")))?;
-    crypt::write_atomic(file, &out)
-        .map_err(|e| Failure::new(3, format!("{fname}: cannot write: {e}")))
+    .map_err(|e| Failure::new(e.exit_code(), format!("{}: {e}", file.display())))
 }
 
 /// A non-empty sops path (`["a"][0]`), or exit 7 as in sops.
