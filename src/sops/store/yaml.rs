@@ -441,7 +441,11 @@ pub fn parse(text: &str) -> Result<Vec<Document>, StoreError> {
                 }
             }
             Event::Scalar(text, style, anchor, tag) => {
+                // Keys keep their text as written (`0x1F`, `1.0`, `~`): they name values, they are not
+                // values, and resolving them would rename them on the next write.
+                let is_key = matches!(stack.last(), Some(Frame::Map { key: None, .. }));
                 let value = match (style, tag.as_deref()) {
+                    _ if is_key => Value::Str(text.into_owned()),
                     (_, Some(t)) if t.is_yaml_core_schema() && t.suffix() == "str" => {
                         Value::Str(text.into_owned())
                     }
@@ -976,6 +980,22 @@ mod tests {
             "{:?}",
             docs[0].items
         );
+        assert_eq!(parse(&emit(&docs, None, 4)).expect("re-parses"), docs);
+    }
+
+    /// Found by fuzzing: keys that look like numbers kept their resolved value (`-0.` became `0`).
+    #[test]
+    fn regression_keys_keep_their_text() {
+        let docs = parse("-0.: a\n0x1F: b\n1.0: c\n~: d\ntrue: e\n").expect("parses");
+        let keys: Vec<&str> = docs[0]
+            .items
+            .iter()
+            .filter_map(|i| match i {
+                Item::Pair(k, _) => Some(k.as_str()),
+                Item::Comment(_) => None,
+            })
+            .collect();
+        assert_eq!(keys, ["-0.", "0x1F", "1.0", "~", "true"]);
         assert_eq!(parse(&emit(&docs, None, 4)).expect("re-parses"), docs);
     }
 
