@@ -740,29 +740,39 @@ impl Emitter {
 
     fn value_after_key(&mut self, v: &Value, indent: usize, inline: Option<&Comment>) {
         match v {
-            Value::Map(items)
-                if items.iter().any(|i| matches!(i, Item::Pair(..))) || !items.is_empty() =>
-            {
+            Value::Map(items) if items.iter().any(|i| matches!(i, Item::Pair(..))) => {
                 let (head, rest) = split_leading_inline(items);
                 self.inline_comment(inline.or(head));
                 self.out.push('\n');
                 self.map(rest, indent + self.step, None);
             }
-            Value::Map(_) => {
-                self.out.push_str(" {}");
-                self.inline_comment(inline);
-                self.out.push('\n');
-            }
-            Value::List(values) if !values.is_empty() => {
+            Value::List(values) if values.iter().any(|v| !matches!(v, Value::Comment(_))) => {
                 let (head, rest) = split_leading_inline_list(values);
                 self.inline_comment(inline.or(head));
                 self.out.push('\n');
                 self.list(rest, indent + self.step);
             }
-            Value::List(_) => {
-                self.out.push_str(" []");
-                self.inline_comment(inline);
-                self.out.push('\n');
+            // Empty collections (perhaps holding only comments) are written in flow style; their
+            // comments follow on their own lines.
+            Value::Map(items) => {
+                let comments: Vec<&Comment> = items
+                    .iter()
+                    .filter_map(|i| match i {
+                        Item::Comment(c) => Some(c),
+                        Item::Pair(..) => None,
+                    })
+                    .collect();
+                self.empty_collection(" {}", inline, &comments, indent);
+            }
+            Value::List(values) => {
+                let comments: Vec<&Comment> = values
+                    .iter()
+                    .filter_map(|v| match v {
+                        Value::Comment(c) => Some(c),
+                        _ => None,
+                    })
+                    .collect();
+                self.empty_collection(" []", inline, &comments, indent);
             }
             scalar_value => {
                 self.out.push(' ');
@@ -770,6 +780,21 @@ impl Emitter {
                 self.inline_comment(inline);
                 self.out.push('\n');
             }
+        }
+    }
+
+    fn empty_collection(
+        &mut self,
+        flow: &str,
+        inline: Option<&Comment>,
+        comments: &[&Comment],
+        indent: usize,
+    ) {
+        self.out.push_str(flow);
+        self.inline_comment(inline);
+        self.out.push('\n');
+        for c in comments {
+            self.comment_line(indent, c);
         }
     }
 
@@ -787,16 +812,37 @@ impl Emitter {
             };
             match &values[idx] {
                 Value::Comment(c) => self.comment_line(indent, c),
-                Value::Map(items) if !items.is_empty() => {
+                Value::Map(items) if items.iter().any(|i| matches!(i, Item::Pair(..))) => {
                     self.map(items, indent + 2, Some(format!("{pad}- ")));
                 }
-                Value::List(inner) if !inner.is_empty() => {
+                Value::List(inner) if inner.iter().any(|v| !matches!(v, Value::Comment(_))) => {
                     self.out.push_str(&pad);
                     self.out.push_str("-\n");
                     self.list(inner, indent + 2);
                 }
-                Value::Map(_) => self.out.push_str(&format!("{pad}- {{}}\n")),
-                Value::List(_) => self.out.push_str(&format!("{pad}- []\n")),
+                // Empty collections (perhaps holding only comments): flow style, comments after.
+                Value::Map(items) => {
+                    self.out.push_str(&format!("{pad}-"));
+                    let comments: Vec<&Comment> = items
+                        .iter()
+                        .filter_map(|i| match i {
+                            Item::Comment(c) => Some(c),
+                            Item::Pair(..) => None,
+                        })
+                        .collect();
+                    self.empty_collection(" {}", None, &comments, indent);
+                }
+                Value::List(inner) => {
+                    self.out.push_str(&format!("{pad}-"));
+                    let comments: Vec<&Comment> = inner
+                        .iter()
+                        .filter_map(|v| match v {
+                            Value::Comment(c) => Some(c),
+                            _ => None,
+                        })
+                        .collect();
+                    self.empty_collection(" []", None, &comments, indent);
+                }
                 v => {
                     self.out.push_str(&pad);
                     self.out.push_str("- ");
@@ -997,6 +1043,25 @@ mod tests {
             .collect();
         assert_eq!(keys, ["-0.", "0x1F", "1.0", "~", "true"]);
         assert_eq!(parse(&emit(&docs, None, 4)).expect("re-parses"), docs);
+    }
+
+    /// Found by fuzzing: an empty collection that holds only comments stays an empty collection.
+    #[test]
+    fn regression_empty_collections_with_comments_stay_collections() {
+        let docs = parse("s: # a\n  []\nl:\n  - # b\n    {}\n").expect("parses");
+        let out = emit(&docs, None, 4);
+        let again = parse(&out).expect("re-parses");
+        let kinds = |d: &[Document]| -> Vec<&'static str> {
+            d[0].items
+                .iter()
+                .filter_map(|i| match i {
+                    Item::Pair(_, v) => Some(v.kind()),
+                    Item::Comment(_) => None,
+                })
+                .collect()
+        };
+        assert_eq!(kinds(&again), kinds(&docs), "{out}");
+        assert_eq!(kinds(&docs), ["list", "list"]);
     }
 
     /// Found by fuzzing: a comment after a tag on the first line has nothing to stand beside.
