@@ -644,7 +644,7 @@ pub fn decrypt(args: &DecryptArgs, env: &Env<'_>, stdout: &mut dyn Write) -> Res
                 node = match (step, node) {
                     (Step::Key(k), v) => v.get(k),
                     (Step::Index(i), Value::List(l)) => {
-                        l.iter().filter(|v| !matches!(v, Value::Comment(_))).nth(*i)
+                        crate::sops::tree::element_index(l, *i).map(|p| &l[p])
                     }
                     _ => None,
                 }

@@ -341,14 +341,8 @@ fn set_in(node: &mut Value, steps: &[Step], value: Value) -> Result<(), String> 
                     node.kind()
                 ));
             };
-            let positions: Vec<usize> = values
-                .iter()
-                .enumerate()
-                .filter(|(_, v)| !matches!(v, Value::Comment(_)))
-                .map(|(n, _)| n)
-                .collect();
-            match positions.get(*i) {
-                Some(&p) => set_in(&mut values[p], rest, value),
+            match crate::sops::tree::element_index(values, *i) {
+                Some(p) => set_in(&mut values[p], rest, value),
                 None => {
                     values.push(Value::Null);
                     let last = values.len() - 1;
@@ -371,21 +365,13 @@ fn unset_in(node: &mut Value, steps: &[Step]) -> bool {
             _ => false,
         },
         [Step::Index(i)] => match node {
-            Value::List(values) => {
-                let positions: Vec<usize> = values
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, v)| !matches!(v, Value::Comment(_)))
-                    .map(|(n, _)| n)
-                    .collect();
-                match positions.get(*i) {
-                    Some(&p) => {
-                        values.remove(p);
-                        true
-                    }
-                    None => false,
+            Value::List(values) => match crate::sops::tree::element_index(values, *i) {
+                Some(p) => {
+                    values.remove(p);
+                    true
                 }
-            }
+                None => false,
+            },
             _ => false,
         },
         [head, rest @ ..] => {
@@ -394,10 +380,9 @@ fn unset_in(node: &mut Value, steps: &[Step]) -> bool {
                     Item::Pair(ik, v) if ik == k => Some(v),
                     _ => None,
                 }),
-                (Step::Index(i), Value::List(values)) => values
-                    .iter_mut()
-                    .filter(|v| !matches!(v, Value::Comment(_)))
-                    .nth(*i),
+                (Step::Index(i), Value::List(values)) => {
+                    crate::sops::tree::element_index(values, *i).map(|p| &mut values[p])
+                }
                 _ => None,
             };
             child.is_some_and(|c| unset_in(c, rest))

@@ -134,6 +134,16 @@ pub fn entry<'a>(items: &'a mut Vec<Item>, key: &str) -> &'a mut Value {
     }
 }
 
+/// Where the `i`-th element of a list sits, counting values only (sops paths do not count comments).
+pub fn element_index(values: &[Value], i: usize) -> Option<usize> {
+    values
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| !matches!(v, Value::Comment(_)))
+        .nth(i)
+        .map(|(n, _)| n)
+}
+
 /// One document of a file: a top-level mapping. Strings are wiped when it is dropped.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Document {

@@ -754,26 +754,7 @@ impl Emitter {
             }
             // Empty collections (perhaps holding only comments) are written in flow style; their
             // comments follow on their own lines.
-            Value::Map(items) => {
-                let comments: Vec<&Comment> = items
-                    .iter()
-                    .filter_map(|i| match i {
-                        Item::Comment(c) => Some(c),
-                        Item::Pair(..) => None,
-                    })
-                    .collect();
-                self.empty_collection(" {}", inline, &comments, indent);
-            }
-            Value::List(values) => {
-                let comments: Vec<&Comment> = values
-                    .iter()
-                    .filter_map(|v| match v {
-                        Value::Comment(c) => Some(c),
-                        _ => None,
-                    })
-                    .collect();
-                self.empty_collection(" []", inline, &comments, indent);
-            }
+            Value::Map(_) | Value::List(_) => self.empty_collection(v, inline, indent),
             scalar_value => {
                 self.out.push(' ');
                 self.out.push_str(&scalar(scalar_value, indent + self.step));
@@ -783,13 +764,32 @@ impl Emitter {
         }
     }
 
-    fn empty_collection(
-        &mut self,
-        flow: &str,
-        inline: Option<&Comment>,
-        comments: &[&Comment],
-        indent: usize,
-    ) {
+    /// Writes an empty mapping or list (it may hold comments) as ` {}` / ` []`, then its comments on
+    /// their own lines at `indent`.
+    fn empty_collection(&mut self, v: &Value, inline: Option<&Comment>, indent: usize) {
+        let (flow, comments): (&str, Vec<&Comment>) = match v {
+            Value::Map(items) => (
+                " {}",
+                items
+                    .iter()
+                    .filter_map(|i| match i {
+                        Item::Comment(c) => Some(c),
+                        Item::Pair(..) => None,
+                    })
+                    .collect(),
+            ),
+            Value::List(values) => (
+                " []",
+                values
+                    .iter()
+                    .filter_map(|v| match v {
+                        Value::Comment(c) => Some(c),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+            _ => return,
+        };
         self.out.push_str(flow);
         self.inline_comment(inline);
         self.out.push('\n');
@@ -821,27 +821,9 @@ impl Emitter {
                     self.list(inner, indent + 2);
                 }
                 // Empty collections (perhaps holding only comments): flow style, comments after.
-                Value::Map(items) => {
+                empty @ (Value::Map(_) | Value::List(_)) => {
                     self.out.push_str(&format!("{pad}-"));
-                    let comments: Vec<&Comment> = items
-                        .iter()
-                        .filter_map(|i| match i {
-                            Item::Comment(c) => Some(c),
-                            Item::Pair(..) => None,
-                        })
-                        .collect();
-                    self.empty_collection(" {}", None, &comments, indent);
-                }
-                Value::List(inner) => {
-                    self.out.push_str(&format!("{pad}-"));
-                    let comments: Vec<&Comment> = inner
-                        .iter()
-                        .filter_map(|v| match v {
-                            Value::Comment(c) => Some(c),
-                            _ => None,
-                        })
-                        .collect();
-                    self.empty_collection(" []", None, &comments, indent);
+                    self.empty_collection(empty, None, indent);
                 }
                 v => {
                     self.out.push_str(&pad);
