@@ -6,11 +6,14 @@
 //! keys → sops format → render → decrypt → apply → sync
 //! ```
 //!
-//! Only the command-line surface exists so far ([`cli`]); each stage lands as its own module and the
-//! commands that need it report themselves as not implemented (exit code 2) until then.
+//! Built so far: [`keys`] and [`sops`] (encrypt before commit), [`source`] and [`render`] (manifests
+//! per environment, secrets sealed), and the command-line edge [`cli`]. Commands whose stage is not
+//! built yet report themselves as not implemented (exit code 2).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod cli;
 pub mod keys;
+pub mod render;
 pub mod sops;
+pub mod source;

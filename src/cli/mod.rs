@@ -14,6 +14,7 @@ pub mod crypt;
 pub mod edit;
 pub mod keysources;
 pub mod rekey;
+pub mod render;
 
 /// Exit codes of the `lockstep` binary.
 ///
@@ -87,7 +88,7 @@ pub enum Command {
     /// Scaffold a lockstep repository.
     Init(Planned),
     /// Render the manifests of one environment, secrets sealed.
-    Render(Planned),
+    Render(render::RenderArgs),
     /// Show what `apply` would change: server-side dry run against the live objects.
     Diff(Planned),
     /// Decrypt in memory and server-side apply one environment, with pruning and health waiting.
@@ -144,6 +145,7 @@ pub fn run(
         Command::Filestatus(args) => check::filestatus(args, stdout),
         Command::Set(args) => edit::set(args, env),
         Command::Unset(args) => edit::unset(args, env),
+        Command::Render(args) => render::run(args, stdout, stderr),
         other => {
             // Every stage still to be built answers the same way: clearly, and without touching anything.
             let name = other.name();
@@ -192,7 +194,7 @@ mod tests {
 
     #[test]
     fn every_planned_command_parses_with_arbitrary_flags_and_exits_2() {
-        for name in ["init", "render", "diff", "apply", "controller", "sync"] {
+        for name in ["init", "diff", "apply", "controller", "sync"] {
             let cli = Cli::try_parse_from(["lockstep", name, "--env", "prod", "x.yaml"])
                 .unwrap_or_else(|e| panic!("{name} should parse: {e}"));
             let mut err = Vec::new();

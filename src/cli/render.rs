@@ -1,0 +1,222 @@
+//! `lockstep render`: print (or write) the manifests of one environment, secrets sealed.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use annotate_snippets::{AnnotationKind, Group, Level, Renderer, Snippet};
+use clap::Args;
+
+use crate::render::{self, Diagnostic, Diagnostics, Rendered, Request};
+use crate::source::Snapshot;
+
+use super::crypt::Failure;
+
+/// Exit code for a render that found problems in the project.
+pub const RENDER_FAILED: u8 = 2;
+
+/// Marker file that makes a directory safe for `render --out` to clear and rewrite.
+pub const OUT_MARKER: &str = ".lockstep-render";
+
+/// Arguments of `lockstep render`.
+#[derive(Debug, Clone, Args)]
+pub struct RenderArgs {
+    /// The environment to render (defined in lockstep.yaml).
+    #[arg(long, short = 'e')]
+    pub env: String,
+    /// The project directory (holding lockstep.yaml).
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+    /// Write one file per object under this directory (`<namespace>/<kind>-<name>.yaml`) instead of
+    /// one stream on stdout. The directory is cleared of earlier output first.
+    #[arg(long, value_name = "OUTDIR")]
+    pub out: Option<PathBuf>,
+    /// Override a value: `--set image.tag=1.2.3` (dot path; value read as a YAML scalar).
+    #[arg(long = "set", value_name = "PATH=VALUE")]
+    pub set: Vec<String>,
+    /// Like --set, but the value is always a string.
+    #[arg(long = "set-string", value_name = "PATH=VALUE")]
+    pub set_string: Vec<String>,
+    /// Extra values file, merged after the environment's values (repeatable, in order).
+    #[arg(long = "values", short = 'f', value_name = "FILE")]
+    pub values: Vec<PathBuf>,
+}
+
+impl RenderArgs {
+    /// The render request these arguments describe (reads `--values` files).
+    pub fn request(&self) -> Result<Request, Failure> {
+        let mut req = Request {
+            env: self.env.clone(),
+            ..Request::default()
+        };
+        for file in &self.values {
+            let text = std::fs::read_to_string(file).map_err(|e| {
+                Failure::new(RENDER_FAILED, format!("--values {}: {e}", file.display()))
+            })?;
+            req.values_files.push((file.display().to_string(), text));
+        }
+        for (list, string) in [(&self.set, false), (&self.set_string, true)] {
+            for arg in list {
+                let m = render::values::parse_set(arg, string)
+                    .map_err(|e| Failure::new(RENDER_FAILED, e))?;
+                req.sets.push(m);
+            }
+        }
+        Ok(req)
+    }
+}
+
+/// Draws diagnostics for a terminal or a log: message, `file:line`, a snippet, help.
+pub fn draw(diagnostics: &Diagnostics) -> String {
+    let renderer = Renderer::plain();
+    let mut out = String::new();
+    for d in &diagnostics.0 {
+        out.push_str(&draw_one(&renderer, d));
+        out.push('\n');
+    }
+    let n = diagnostics.0.len();
+    if n > 1 {
+        out.push_str(&format!("error: render found {n} problems\n"));
+    }
+    out
+}
+
+fn draw_one(renderer: &Renderer, d: &Diagnostic) -> String {
+    let title = Level::ERROR.primary_title(d.message.as_str());
+    let mut group = match (&d.snippet, &d.file) {
+        (Some(s), file) => {
+            let mut snippet = Snippet::source(&*s.source).line_start(1).fold(true);
+            let path = match (file, &s.origin) {
+                (Some(f), Some(o)) => Some(format!("{f} ({o})")),
+                (Some(f), None) => Some(f.clone()),
+                (None, _) => None,
+            };
+            if let Some(p) = path {
+                snippet = snippet.path(p);
+            }
+            title.element(
+                snippet.annotation(
+                    AnnotationKind::Primary
+                        .span(s.range.clone())
+                        .label(s.label.as_str()),
+                ),
+            )
+        }
+        (None, Some(_)) => {
+            let title = Level::ERROR.primary_title(format!("{}{}", d.location(), d.message));
+            Group::with_title(title)
+        }
+        (None, None) => Group::with_title(title),
+    };
+    if let Some(help) = &d.help {
+        group = group.element(Level::HELP.message(help.as_str()));
+    }
+    renderer.render(&[group])
+}
+
+/// Runs `lockstep render`.
+pub fn run(
+    args: &RenderArgs,
+    stdout: &mut dyn Write,
+    stderr: &mut dyn Write,
+) -> Result<(), Failure> {
+    let rendered = render_dir(&args.dir, &args.request()?, stderr)?;
+    match &args.out {
+        None => stdout
+            .write_all(rendered.to_yaml_stream().as_bytes())
+            .or_else(ignore_broken_pipe)
+            .map_err(|e| Failure::new(RENDER_FAILED, format!("writing output: {e}"))),
+        Some(out) => {
+            let n = write_out(out, &rendered)?;
+            let _ = writeln!(
+                stderr,
+                "lockstep: wrote {n} objects of {}/{} to {}",
+                rendered.project,
+                rendered.environment,
+                out.display()
+            );
+            Ok(())
+        }
+    }
+}
+
+fn ignore_broken_pipe(e: std::io::Error) -> std::io::Result<()> {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        Ok(())
+    } else {
+        Err(e)
+    }
+}
+
+/// Reads a project directory and renders one environment; problems are drawn on `stderr`.
+pub fn render_dir(dir: &Path, req: &Request, stderr: &mut dyn Write) -> Result<Rendered, Failure> {
+    let snapshot = Snapshot::read_dir(dir)
+        .map_err(|e| Failure::new(RENDER_FAILED, format!("reading project: {e}")))?;
+    render::render(&snapshot, req).map_err(|diagnostics| {
+        let _ = stderr.write_all(draw(&diagnostics).as_bytes());
+        let n = diagnostics.0.len();
+        Failure::new(
+            RENDER_FAILED,
+            format!(
+                "render of {} (environment {}) failed with {n} problem{}; nothing was written",
+                dir.display(),
+                req.env,
+                if n == 1 { "" } else { "s" }
+            ),
+        )
+    })
+}
+
+/// Writes one file per object under `out`, replacing earlier render output there.
+fn write_out(out: &Path, rendered: &Rendered) -> Result<usize, Failure> {
+    let fail = |what: &str, p: &Path, e: std::io::Error| {
+        Failure::new(RENDER_FAILED, format!("{what} {}: {e}", p.display()))
+    };
+    if out.exists() {
+        let is_empty = std::fs::read_dir(out)
+            .map_err(|e| fail("reading", out, e))?
+            .next()
+            .is_none();
+        if !is_empty && !out.join(OUT_MARKER).exists() {
+            return Err(Failure::new(
+                RENDER_FAILED,
+                format!(
+                    "--out {}: the directory is not empty and was not written by `lockstep render`; choose an empty or new directory",
+                    out.display()
+                ),
+            ));
+        }
+        // Earlier output goes, so objects that are no longer rendered disappear from the tree.
+        remove_yaml_files(out).map_err(|e| fail("clearing", out, e))?;
+    }
+    std::fs::create_dir_all(out).map_err(|e| fail("creating", out, e))?;
+    std::fs::write(
+        out.join(OUT_MARKER),
+        "Written by `lockstep render --out`; this directory is replaced on every run.\n",
+    )
+    .map_err(|e| fail("writing", out, e))?;
+    for m in &rendered.manifests {
+        let path = out.join(m.file_name());
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| fail("creating", parent, e))?;
+        }
+        let text = format!("# Source: {}\n{}", m.source, m.to_yaml());
+        std::fs::write(&path, text).map_err(|e| fail("writing", &path, e))?;
+    }
+    Ok(rendered.manifests.len())
+}
+
+fn remove_yaml_files(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            remove_yaml_files(&path)?;
+            if std::fs::read_dir(&path)?.next().is_none() {
+                std::fs::remove_dir(&path)?;
+            }
+        } else if path.extension().is_some_and(|e| e == "yaml") {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,349 @@
+//! Template helpers users of Helm expect, aware of sealed references.
+//!
+//! | helper | as in Helm | with a sealed reference |
+//! |---|---|---|
+//! | `toyaml`/`toYaml`, `tojson`/`toJson` | yes | placeholders are kept as strings |
+//! | `indent(n)` (every line), `nindent(n)` | yes | fine |
+//! | `b64encode`/`b64enc` | yes | a reference marked `|base64` (encoded at apply time) |
+//! | `b64decode`/`b64dec`, `sha256`/`sha256sum` | yes | an error: that would need the value |
+//! | `quote`, `squote` | yes | fine |
+//! | `required(msg)` filter, `required(msg, value)` function | yes | fine |
+//! | `default` (built in), `include(name, **vars)`, `fail(msg)`, `trunc(n)` | yes | fine |
+
+use std::cell::Cell;
+
+use base64::Engine as _;
+use minijinja::value::{Kwargs, ObjectRepr, Value, ValueKind};
+use minijinja::{Environment, Error, ErrorKind, State};
+use sha2::Digest as _;
+
+use super::sealed::{SealedRef, Transform};
+
+/// Deepest `include()` nesting allowed (templates come from Git; a self-include must not overflow the stack).
+pub const MAX_INCLUDE_DEPTH: usize = 16;
+
+fn invalid(msg: impl Into<String>) -> Error {
+    Error::new(ErrorKind::InvalidOperation, msg.into())
+}
+
+fn sealed(v: &Value) -> Option<&SealedRef> {
+    v.downcast_object_ref::<SealedRef>()
+}
+
+fn refuse_sealed(helper: &str, v: &Value, text: &str) -> Result<(), Error> {
+    if let Some(r) = sealed(v) {
+        return Err(invalid(format!(
+            "{helper} cannot be applied to the sealed secret {}: it would need the plaintext, which render never has",
+            r.display_path()
+        )));
+    }
+    if SealedRef::mentioned_in(text) {
+        return Err(invalid(format!(
+            "{helper} cannot be applied to text that embeds a sealed secret: it would need the plaintext, which render never has"
+        )));
+    }
+    Ok(())
+}
+
+/// Converts a template value into a YAML value; sealed references become their placeholders.
+pub fn to_yaml_value(v: &Value) -> Result<yaml_serde::Value, Error> {
+    use yaml_serde::Value as Y;
+    if let Some(r) = sealed(v) {
+        return Ok(Y::String(r.placeholder()));
+    }
+    Ok(match v.kind() {
+        ValueKind::Undefined => {
+            return Err(Error::new(
+                ErrorKind::UndefinedError,
+                "cannot serialize an undefined value",
+            ));
+        }
+        ValueKind::None => Y::Null,
+        ValueKind::Bool => Y::Bool(v.is_true()),
+        ValueKind::Number => {
+            if let Some(i) = v.as_i64() {
+                Y::Number(i.into())
+            } else if let Ok(u) = u64::try_from(v.clone()) {
+                Y::Number(u.into())
+            } else {
+                let f = f64::try_from(v.clone())?;
+                Y::Number(f.into())
+            }
+        }
+        ValueKind::String => Y::String(v.as_str().unwrap_or_default().to_string()),
+        ValueKind::Bytes => {
+            Y::String(String::from_utf8_lossy(v.as_bytes().unwrap_or_default()).into())
+        }
+        ValueKind::Seq | ValueKind::Iterable => {
+            let mut seq = Vec::new();
+            for item in v.try_iter()? {
+                seq.push(to_yaml_value(&item)?);
+            }
+            Y::Sequence(seq)
+        }
+        ValueKind::Map => {
+            let mut map = yaml_serde::Mapping::new();
+            for key in v.try_iter()? {
+                let item = v.get_item(&key)?;
+                map.insert(to_yaml_value(&key)?, to_yaml_value(&item)?);
+            }
+            Y::Mapping(map)
+        }
+        ValueKind::Plain => Y::String(v.to_string()),
+        ValueKind::Invalid => {
+            // Using the value surfaces the error it carries.
+            v.try_iter()?;
+            return Err(invalid("invalid value"));
+        }
+        _ => Y::String(v.to_string()),
+    })
+}
+
+fn to_json_value(v: &Value) -> Result<serde_json::Value, Error> {
+    let y = to_yaml_value(v)?;
+    serde_json::to_value(&y).map_err(|e| invalid(format!("cannot convert to JSON: {e}")))
+}
+
+fn toyaml(v: &Value) -> Result<String, Error> {
+    let y = to_yaml_value(v)?;
+    let text = yaml_serde::to_string(&y).map_err(|e| invalid(format!("toyaml: {e}")))?;
+    Ok(text.trim_end_matches('\n').to_string())
+}
+
+fn tojson(v: &Value, kwargs: Kwargs) -> Result<String, Error> {
+    let pretty: Option<bool> = kwargs.get("pretty")?;
+    kwargs.assert_all_used()?;
+    let j = to_json_value(v)?;
+    let out = if pretty.unwrap_or(false) {
+        serde_json::to_string_pretty(&j)
+    } else {
+        serde_json::to_string(&j)
+    };
+    out.map_err(|e| invalid(format!("tojson: {e}")))
+}
+
+fn text_of(v: &Value) -> String {
+    match v.as_bytes() {
+        Some(b) if v.kind() == ValueKind::Bytes => String::from_utf8_lossy(b).into_owned(),
+        _ => v.to_string(),
+    }
+}
+
+fn b64encode(v: &Value) -> Result<Value, Error> {
+    if let Some(r) = sealed(v) {
+        if r.transform == Transform::Base64 {
+            return Err(invalid(format!(
+                "{} is already base64-encoded; apply b64encode once",
+                r.display_path()
+            )));
+        }
+        let mut r = r.clone();
+        r.transform = Transform::Base64;
+        return Ok(Value::from_object(r));
+    }
+    let text = text_of(v);
+    if SealedRef::mentioned_in(&text) {
+        return Err(invalid(
+            "b64encode cannot encode text that embeds a sealed secret; put the text in the Secret's stringData instead (the API server encodes it)",
+        ));
+    }
+    Ok(Value::from(
+        base64::engine::general_purpose::STANDARD.encode(text.as_bytes()),
+    ))
+}
+
+fn b64decode(v: &Value) -> Result<String, Error> {
+    let text = text_of(v);
+    refuse_sealed("b64decode", v, &text)?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.trim().as_bytes())
+        .map_err(|e| invalid(format!("b64decode: not valid base64: {e}")))?;
+    String::from_utf8(bytes).map_err(|_| invalid("b64decode: the decoded bytes are not UTF-8 text"))
+}
+
+fn sha256(v: &Value) -> Result<String, Error> {
+    let text = if v.kind() == ValueKind::Map || v.kind() == ValueKind::Seq {
+        toyaml(v)?
+    } else {
+        text_of(v)
+    };
+    refuse_sealed("sha256", v, &text)?;
+    Ok(hex::encode(sha2::Sha256::digest(text.as_bytes())))
+}
+
+fn quote_with(v: &Value, single: bool) -> Result<String, Error> {
+    if v.is_undefined() {
+        return Err(Error::new(
+            ErrorKind::UndefinedError,
+            "quote of an undefined value",
+        ));
+    }
+    let text = if v.is_none() {
+        String::new()
+    } else {
+        text_of(v)
+    };
+    if single {
+        Ok(format!("'{}'", text.replace('\'', "''")))
+    } else {
+        serde_json::to_string(&text).map_err(|e| invalid(format!("quote: {e}")))
+    }
+}
+
+fn indent_lines(text: &str, width: usize) -> String {
+    let pad = " ".repeat(width);
+    let mut out = String::with_capacity(text.len() + width * 4);
+    for (i, line) in text.split('\n').enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        if !line.is_empty() {
+            out.push_str(&pad);
+            out.push_str(line);
+        }
+    }
+    out
+}
+
+fn is_missing(v: &Value) -> bool {
+    v.is_undefined() || v.is_none() || (v.kind() == ValueKind::String && v.as_str() == Some(""))
+}
+
+thread_local! {
+    static INCLUDE_DEPTH: Cell<usize> = const { Cell::new(0) };
+}
+
+struct DepthGuard;
+
+impl DepthGuard {
+    fn enter(name: &str) -> Result<DepthGuard, Error> {
+        let depth = INCLUDE_DEPTH.with(|d| d.get());
+        if depth >= MAX_INCLUDE_DEPTH {
+            return Err(invalid(format!(
+                "include({name:?}): more than {MAX_INCLUDE_DEPTH} nested includes (does a template include itself?)"
+            )));
+        }
+        INCLUDE_DEPTH.with(|d| d.set(depth + 1));
+        Ok(DepthGuard)
+    }
+}
+
+impl Drop for DepthGuard {
+    fn drop(&mut self) {
+        INCLUDE_DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
+    }
+}
+
+fn include(state: &State, name: &str, kwargs: Kwargs) -> Result<String, Error> {
+    let _guard = DepthGuard::enter(name)?;
+    let template = state.env().get_template(name)?;
+    let captured = template.render_captured(Value::from(kwargs))?;
+    // The included render had its own fuel; charge what it used to the caller so nesting cannot
+    // multiply the budget.
+    if let Some((consumed, _)) = captured.state().fuel_levels() {
+        state.consume_fuel(consumed)?;
+    }
+    Ok(captured.into_output())
+}
+
+/// Registers every helper on a template environment.
+pub fn register(env: &mut Environment<'_>) {
+    env.add_filter("toyaml", toyaml);
+    env.add_filter("toYaml", toyaml);
+    env.add_filter("to_yaml", toyaml);
+    env.add_filter("tojson", tojson);
+    env.add_filter("toJson", tojson);
+    env.add_filter("to_json", tojson);
+    env.add_filter("b64encode", b64encode);
+    env.add_filter("b64enc", b64encode);
+    env.add_filter("b64decode", b64decode);
+    env.add_filter("b64dec", b64decode);
+    env.add_filter("sha256", sha256);
+    env.add_filter("sha256sum", sha256);
+    env.add_filter("quote", |v: &Value| quote_with(v, false));
+    env.add_filter("squote", |v: &Value| quote_with(v, true));
+    env.add_filter("indent", |v: &Value, width: usize| {
+        Ok::<_, Error>(indent_lines(&text_of(v), width))
+    });
+    env.add_filter("nindent", |v: &Value, width: usize| {
+        Ok::<_, Error>(format!("\n{}", indent_lines(&text_of(v), width)))
+    });
+    env.add_filter("trunc", |v: &Value, n: usize| {
+        let text = text_of(v);
+        Ok::<_, Error>(text.chars().take(n).collect::<String>())
+    });
+    env.add_filter(
+        "required",
+        |v: &Value, message: Option<&str>| -> Result<Value, Error> {
+            if is_missing(v) {
+                return Err(Error::new(
+                    ErrorKind::UndefinedError,
+                    message.unwrap_or("a required value is missing").to_string(),
+                ));
+            }
+            Ok(v.clone())
+        },
+    );
+    env.add_function(
+        "required",
+        |message: &str, v: &Value| -> Result<Value, Error> {
+            if is_missing(v) {
+                return Err(Error::new(ErrorKind::UndefinedError, message.to_string()));
+            }
+            Ok(v.clone())
+        },
+    );
+    env.add_function("fail", |message: &str| -> Result<Value, Error> {
+        Err(invalid(message.to_string()))
+    });
+    env.add_function("include", include);
+}
+
+/// The output formatter: YAML spellings for `none` and booleans, no escaping.
+pub fn format_value(
+    out: &mut minijinja::Output<'_>,
+    state: &mut State<'_, '_>,
+    v: &Value,
+) -> Result<(), Error> {
+    if v.is_none() {
+        out.write_str("null")?;
+        return Ok(());
+    }
+    if v.kind() == ValueKind::Bool {
+        out.write_str(if v.is_true() { "true" } else { "false" })?;
+        return Ok(());
+    }
+    if let Some(obj) = v.as_object()
+        && obj.repr() == ObjectRepr::Map
+        && sealed(v).is_none()
+    {
+        // A whole mapping printed inline (e.g. `{{ values.labels }}`) is written as flow YAML.
+        let text = serde_json::to_string(&to_json_value(v)?)
+            .map_err(|e| invalid(format!("cannot print mapping: {e}")))?;
+        out.write_str(&text)?;
+        return Ok(());
+    }
+    minijinja::escape_formatter(out, state, v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn indent_pads_every_non_empty_line() {
+        assert_eq!(indent_lines("a: 1\n\nb: 2", 2), "  a: 1\n\n  b: 2");
+    }
+
+    #[test]
+    fn quote_escapes_for_yaml() {
+        assert_eq!(
+            quote_with(&Value::from("a\"b"), false).expect("quote"),
+            r#""a\"b""#
+        );
+        assert_eq!(
+            quote_with(&Value::from("it's"), true).expect("squote"),
+            "'it''s'"
+        );
+    }
+}

@@ -1,0 +1,593 @@
+//! Render: templates + layered values → the manifests of one environment, secrets sealed.
+//!
+//! Input is a [`Snapshot`] of a project (see the repository layout in the README):
+//!
+//! ```text
+//! lockstep.yaml                        project name, environments and their namespaces
+//! values.yaml                          base values
+//! environments/<env>/values.yaml       per-environment values
+//! environments/<env>/secrets.<ext>     per-environment secrets, SOPS-encrypted (yaml, json, env, ini)
+//! templates/**/*.yaml[.j2]             minijinja templates (paths with a `_` segment are helpers)
+//! manifests/, environments/<env>/manifests/   plain or whole-file SOPS manifests, included as they are
+//! ```
+//!
+//! Render never needs or sees a key: `secrets` in templates exposes the secrets file's key
+//! structure, whose leaves print as [`sealed`] placeholders. The result is a sorted list of
+//! [`Manifest`]s, deterministic for the same inputs.
+
+pub mod diagnostic;
+pub mod helpers;
+pub mod manifest;
+pub mod project;
+pub mod sealed;
+pub mod values;
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+use std::sync::Arc;
+
+use minijinja::syntax::SyntaxConfig;
+use minijinja::value::Serde;
+use minijinja::{AutoEscape, Environment, UndefinedBehavior, context};
+use yaml_serde::{Mapping, Value};
+
+use crate::source::Snapshot;
+
+pub use diagnostic::{Diagnostic, Diagnostics};
+pub use manifest::{Body, Manifest, ObjectId};
+pub use project::{PROJECT_FILE, Project};
+pub use sealed::{SealedRef, SecretsFile, Transform};
+
+/// Steps one template render may take (minijinja fuel): bounds runaway loops in templates from Git.
+pub const FUEL: u64 = 20_000_000;
+
+/// Deepest nesting of blocks, macros and includes in one render.
+pub const RECURSION_LIMIT: usize = 64;
+
+/// What to render.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    /// The environment's name (a key of `environments:` in `lockstep.yaml`).
+    pub env: String,
+    /// Extra values files (`--values`), as (name for messages, text), applied in order.
+    pub values_files: Vec<(String, String)>,
+    /// `--set` overrides, applied last, in order.
+    pub sets: Vec<Mapping>,
+}
+
+/// The rendered environment.
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    /// Project name.
+    pub project: String,
+    /// Environment name.
+    pub environment: String,
+    /// The environment's default namespace.
+    pub namespace: String,
+    /// The environment's secrets file, if it has one.
+    pub secrets_file: Option<String>,
+    /// Every object, in apply order.
+    pub manifests: Vec<Manifest>,
+}
+
+impl Rendered {
+    /// One multi-document YAML stream; each document says which project file produced it.
+    pub fn to_yaml_stream(&self) -> String {
+        let mut out = String::new();
+        for m in &self.manifests {
+            out.push_str("---\n# Source: ");
+            out.push_str(&m.source);
+            out.push('\n');
+            out.push_str(&m.to_yaml());
+        }
+        out
+    }
+
+    /// Every distinct sealed reference, sorted.
+    pub fn refs(&self) -> Vec<&SealedRef> {
+        let mut all: Vec<&SealedRef> = self.manifests.iter().flat_map(|m| &m.refs).collect();
+        all.sort();
+        all.dedup();
+        all
+    }
+}
+
+/// Whether a path under `templates/` is rendered (rather than only included): a `.yaml`, `.yml`,
+/// `.yaml.j2` or `.yml.j2` file with no path segment starting with `_`.
+pub fn is_rendered_template(name: &str) -> bool {
+    let manifest_ext = [".yaml", ".yml", ".yaml.j2", ".yml.j2"]
+        .iter()
+        .any(|ext| name.ends_with(ext));
+    manifest_ext && !name.split('/').any(|seg| seg.starts_with('_'))
+}
+
+fn utf8<'a>(file: &str, bytes: &'a [u8]) -> Result<&'a str, Diagnostic> {
+    std::str::from_utf8(bytes).map_err(|e| {
+        Diagnostic::new("the file is not valid UTF-8")
+            .in_file(file)
+            .at_line(diagnostic::line_of(
+                &String::from_utf8_lossy(&bytes[..e.valid_up_to()]),
+                e.valid_up_to(),
+            ))
+    })
+}
+
+/// Where a rendered document came from, to point errors at the right file and line.
+enum Origin<'a> {
+    Template {
+        name: &'a str,
+        output: &'a str,
+        doc_offset: usize,
+    },
+    File {
+        path: &'a str,
+        text: &'a str,
+        doc_offset: usize,
+    },
+}
+
+struct Engine<'s> {
+    env: Environment<'s>,
+    templates: Arc<BTreeMap<String, Arc<str>>>,
+    env_name: String,
+}
+
+impl Engine<'_> {
+    /// A diagnostic for a range of a document, pointing into the template that produced it.
+    fn locate(&self, origin: &Origin<'_>, range: Range<usize>, message: &str) -> Diagnostic {
+        match origin {
+            Origin::File {
+                path,
+                text,
+                doc_offset,
+            } => Diagnostic::new(message).in_file(*path).with_snippet(
+                Arc::from(*text),
+                doc_offset + range.start..doc_offset + range.end,
+                "here",
+            ),
+            Origin::Template {
+                name,
+                output,
+                doc_offset,
+            } => {
+                let at = doc_offset + range.start;
+                if let Some(d) = self.locate_in_template(name, at, message) {
+                    return d;
+                }
+                Diagnostic::new(message)
+                    .in_file(format!("templates/{name}"))
+                    .with_snippet(
+                        Arc::from(*output),
+                        at..doc_offset + range.end,
+                        "in the rendered output",
+                    )
+                    .snippet_origin("rendered output")
+            }
+        }
+    }
+
+    /// Re-renders a template recording output spans and maps an output offset to its source.
+    fn locate_in_template(&self, name: &str, at: usize, message: &str) -> Option<Diagnostic> {
+        let template = self.env.get_template(name).ok()?;
+        let (_, spans) = template.render_with_spans(()).ok()?;
+        let span = spans
+            .iter()
+            .find(|s| s.output_range().contains(&at))
+            .or_else(|| spans.iter().rev().find(|s| s.output_range().start <= at))?;
+        let source = self.templates.get(span.name())?.clone();
+        let src = span.source_range();
+        let range = match span.kind() {
+            minijinja::OutputSpanKind::Raw => {
+                let pos = (src.start + (at - span.output_range().start)).min(src.end);
+                let line = diagnostic::line_range(&source, diagnostic::line_of(&source, pos));
+                pos..line.end.max(pos)
+            }
+            _ => src,
+        };
+        Some(
+            Diagnostic::new(message)
+                .in_file(format!("templates/{}", span.name()))
+                .with_snippet(source, range, "here"),
+        )
+    }
+
+    fn template_error(&self, err: &minijinja::Error) -> Diagnostic {
+        // The innermost error with a location is where the problem is (e.g. inside an include).
+        let mut best = err;
+        let mut cur: &dyn std::error::Error = err;
+        while let Some(next) = cur.source() {
+            if let Some(e) = next.downcast_ref::<minijinja::Error>()
+                && e.line().is_some()
+            {
+                best = e;
+            }
+            cur = next;
+        }
+        let e = best;
+        let kind = e.kind();
+        let message = match e.detail() {
+            Some(d) => d.to_string(),
+            None => kind.to_string(),
+        };
+        let help = match kind {
+            minijinja::ErrorKind::UndefinedError if e.detail().is_none() => Some(format!(
+                "the expression uses a value that is not set: add it to values.yaml or environments/{}/values.yaml, or give a fallback with `| default(...)`",
+                self.env_name
+            )),
+            minijinja::ErrorKind::OutOfFuel => Some(format!(
+                "a template may take at most {FUEL} steps; look for a runaway loop"
+            )),
+            minijinja::ErrorKind::TemplateNotFound => {
+                Some("include names are paths relative to templates/".to_string())
+            }
+            _ => None,
+        };
+        let mut d = Diagnostic::new(message);
+        if let Some(name) = e.name() {
+            d = d.in_file(format!("templates/{name}"));
+            let source = self.templates.get(name).cloned();
+            match (source, e.range(), e.line()) {
+                (Some(src), Some(range), _) => d = d.with_snippet(src, range, "here"),
+                (Some(src), None, Some(line)) => {
+                    let range = diagnostic::line_range(&src, line);
+                    d = d.at_line(line).with_snippet(src, range, "here");
+                }
+                (_, _, Some(line)) => d = d.at_line(line),
+                _ => {}
+            }
+        }
+        if let Some(h) = help {
+            d = d.with_help(h);
+        }
+        d
+    }
+}
+
+/// A document parsed but not yet finished (namespace defaulting needs every CRD first).
+struct Pending<'a> {
+    origin: Origin<'a>,
+    doc_text: &'a str,
+    value: Value,
+    id: ObjectId,
+}
+
+/// Renders one environment of a project.
+pub fn render(snapshot: &Snapshot, req: &Request) -> Result<Rendered, Diagnostics> {
+    let Some(project_bytes) = snapshot.get(PROJECT_FILE) else {
+        return Err(Diagnostic::new("no lockstep.yaml at the project root")
+            .with_help("run `lockstep init` to create a project, or pass the directory that holds lockstep.yaml")
+            .into());
+    };
+    let project = Project::parse(utf8(PROJECT_FILE, project_bytes)?)?;
+    let environment = project.environment(&req.env)?.clone();
+    let env_name = req.env.as_str();
+
+    // Values, layered.
+    let mut merged = Mapping::new();
+    for file in [
+        "values.yaml".to_string(),
+        format!("environments/{env_name}/values.yaml"),
+    ] {
+        if let Some(bytes) = snapshot.get(&file) {
+            values::merge(&mut merged, values::parse(&file, utf8(&file, bytes)?)?);
+        }
+    }
+    for (name, text) in &req.values_files {
+        values::merge(&mut merged, values::parse(name, text)?);
+    }
+    for set in &req.sets {
+        values::merge(&mut merged, set.clone());
+    }
+
+    // The environment's secrets file: its key structure only.
+    let found: Vec<String> = sealed::candidates(env_name)
+        .into_iter()
+        .filter(|c| snapshot.contains(c))
+        .collect();
+    if found.len() > 1 {
+        return Err(Diagnostic::new(format!(
+            "environment {env_name} has more than one secrets file: {}",
+            found.join(", ")
+        ))
+        .with_help("keep one secrets file per environment")
+        .into());
+    }
+    let secrets = match found.first() {
+        Some(file) => SecretsFile::parse(file, snapshot.get(file).unwrap_or_default())?,
+        None => SecretsFile::default(),
+    };
+
+    // Templates.
+    let mut templates = BTreeMap::new();
+    for (path, bytes) in snapshot.under("templates/") {
+        let name = &path["templates/".len()..];
+        templates.insert(name.to_string(), Arc::<str>::from(utf8(path, bytes)?));
+    }
+    let templates = Arc::new(templates);
+    let mut env = Environment::new();
+    let loader_templates = templates.clone();
+    env.set_loader(move |name| Ok(loader_templates.get(name).map(|s| s.to_string())));
+    env.set_undefined_behavior(UndefinedBehavior::SemiStrict);
+    env.set_auto_escape_callback(|_| AutoEscape::None);
+    env.set_formatter(helpers::format_value);
+    env.set_fuel(Some(FUEL));
+    env.set_recursion_limit(RECURSION_LIMIT);
+    env.set_debug(false);
+    let syntax = SyntaxConfig::builder()
+        .trim_blocks(true)
+        .lstrip_blocks(true)
+        .keep_trailing_newline(true)
+        .build()
+        .map_err(|e| Diagnostic::new(format!("template syntax configuration: {e}")))?;
+    env.set_syntax(syntax);
+    helpers::register(&mut env);
+    env.add_global("values", minijinja::Value::from(Serde(&merged)));
+    env.add_global(
+        "env",
+        context! { name => env_name, namespace => environment.namespace.as_str() },
+    );
+    env.add_global("project", context! { name => project.project.as_str() });
+    env.add_global("secrets", secrets.to_value(env_name));
+    let engine = Engine {
+        env,
+        templates: templates.clone(),
+        env_name: env_name.to_string(),
+    };
+
+    let mut problems: Vec<Diagnostic> = Vec::new();
+    let mut outputs: Vec<(&str, String)> = Vec::new();
+    for name in templates.keys().filter(|n| is_rendered_template(n)) {
+        let result = engine.env.get_template(name).and_then(|t| t.render(()));
+        match result {
+            Ok(text) => outputs.push((name.as_str(), text)),
+            Err(e) => problems.push(engine.template_error(&e)),
+        }
+    }
+
+    // Plain and whole-file SOPS manifests.
+    let mut sops_manifests: Vec<Manifest> = Vec::new();
+    let mut files: Vec<(&str, &str)> = Vec::new();
+    let env_manifests = format!("environments/{env_name}/manifests/");
+    for prefix in ["manifests/", env_manifests.as_str()] {
+        for (path, bytes) in snapshot.under(prefix) {
+            if !(path.ends_with(".yaml") || path.ends_with(".yml")) {
+                continue;
+            }
+            match utf8(path, bytes) {
+                Ok(text) => files.push((path, text)),
+                Err(d) => problems.push(d),
+            }
+        }
+    }
+
+    let mut pending: Vec<Pending<'_>> = Vec::new();
+    let mut parse_doc = |origin: Origin<'_>, doc_text: &'_ str| -> Option<(Value, ObjectId)> {
+        let value: Value = match yaml_serde::from_str(doc_text) {
+            Ok(v) => v,
+            Err(e) => {
+                let offset = e
+                    .location()
+                    .map(|l| {
+                        let r = diagnostic::line_range(doc_text, l.line());
+                        (r.start + l.column().saturating_sub(1)).min(r.end)
+                    })
+                    .unwrap_or(0);
+                let end =
+                    diagnostic::line_range(doc_text, diagnostic::line_of(doc_text, offset)).end;
+                let mut message = e.to_string();
+                if let Some(i) = message.find(" at line ") {
+                    message.truncate(i);
+                }
+                problems.push(
+                    engine
+                        .locate(&origin, offset..end.max(offset), &format!("rendered YAML does not parse: {message}"))
+                        .with_help("check indentation around the expression; `| toyaml | nindent(N)` inserts structures safely"),
+                );
+                return None;
+            }
+        };
+        match manifest::identify(&value, doc_text) {
+            Ok(id) => Some((value, id)),
+            Err(p) => {
+                let mut d = engine.locate(&origin, p.range.clone(), &p.message);
+                if let Some(h) = p.help {
+                    d = d.with_help(h);
+                }
+                problems.push(d);
+                None
+            }
+        }
+    };
+    for (name, output) in &outputs {
+        for doc in manifest::split_documents(output) {
+            let origin = Origin::Template {
+                name,
+                output,
+                doc_offset: doc.offset,
+            };
+            if let Some((value, id)) = parse_doc(
+                Origin::Template {
+                    name,
+                    output,
+                    doc_offset: doc.offset,
+                },
+                doc.text,
+            ) {
+                pending.push(Pending {
+                    origin,
+                    doc_text: doc.text,
+                    value,
+                    id,
+                });
+            }
+        }
+    }
+    for (path, text) in &files {
+        if crate::sops::is_encrypted(text.as_bytes(), crate::sops::store::Format::Yaml) {
+            sops_manifests.push(sops_manifest(path, text, &environment.namespace));
+            continue;
+        }
+        for doc in manifest::split_documents(text) {
+            let origin = || Origin::File {
+                path,
+                text,
+                doc_offset: doc.offset,
+            };
+            if let Some((value, id)) = parse_doc(origin(), doc.text) {
+                pending.push(Pending {
+                    origin: origin(),
+                    doc_text: doc.text,
+                    value,
+                    id,
+                });
+            }
+        }
+    }
+
+    // Namespaces: defaulted for namespaced kinds (CRDs in the set tell which custom kinds are not).
+    let mut scopes = manifest::Scopes::default();
+    for p in &pending {
+        if p.id.kind == "CustomResourceDefinition" && p.id.group == "apiextensions.k8s.io" {
+            scopes.learn(&p.value);
+        }
+    }
+    let mut manifests: Vec<Manifest> = Vec::new();
+    for mut p in pending {
+        if scopes.is_cluster_scoped(&p.id.group, &p.id.kind) {
+            p.id.namespace = None;
+        } else if p.id.namespace.is_none() {
+            manifest::default_namespace(&mut p.value, &environment.namespace);
+            p.id.namespace = Some(environment.namespace.clone());
+        }
+        // Sealed references: allowed places only, and only to values of this environment's file.
+        let mut refs = Vec::new();
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for f in manifest::find_refs(&p.value, &p.id) {
+            let nth = seen.entry(f.text.clone()).or_insert(0);
+            let occurrence = *nth;
+            *nth += 1;
+            let range = nth_range(p.doc_text, &f.text, occurrence);
+            let problem = match (&f.refused, &f.reference) {
+                (Some(why), _) => Some((why.clone(), None)),
+                (None, Some(r)) if !secrets.resolves(r) => Some((
+                    format!(
+                        "{} names {} in {}, which is not a value of this environment's secrets file",
+                        f.at,
+                        r.display_path(),
+                        r.file
+                    ),
+                    Some(match &secrets.file {
+                        Some(file) => {
+                            format!("use {{{{ secrets.… }}}} to refer to values of {file}")
+                        }
+                        None => format!("environment {env_name} has no secrets file"),
+                    }),
+                )),
+                _ => None,
+            };
+            match problem {
+                Some((message, help)) => {
+                    let mut d = engine.locate(&p.origin, range, &format!("{}: {message}", p.id));
+                    if let Some(h) = help {
+                        d = d.with_help(h);
+                    }
+                    problems.push(d);
+                }
+                None => {
+                    if let Some(r) = f.reference {
+                        refs.push(r);
+                    }
+                }
+            }
+        }
+        refs.sort();
+        refs.dedup();
+        let source = match &p.origin {
+            Origin::Template { name, .. } => format!("templates/{name}"),
+            Origin::File { path, .. } => path.to_string(),
+        };
+        manifests.push(Manifest {
+            source,
+            id: Some(p.id),
+            body: Body::Object(p.value),
+            refs,
+        });
+    }
+    manifests.extend(sops_manifests);
+
+    // Two objects with the same identity.
+    let mut first: HashMap<&ObjectId, &str> = HashMap::new();
+    for m in &manifests {
+        if let Some(id) = &m.id {
+            if let Some(other) = first.get(id) {
+                problems.push(
+                    Diagnostic::new(format!("{id} is defined twice: in {other} and in {}", m.source))
+                        .in_file(m.source.clone())
+                        .with_help("each object may come from one template or manifest only; rename one or guard it with {% if %}"),
+                );
+            } else {
+                first.insert(id, &m.source);
+            }
+        }
+    }
+
+    if !problems.is_empty() {
+        return Err(Diagnostics(problems));
+    }
+    manifests.sort_by(Manifest::order);
+    Ok(Rendered {
+        project: project.project.clone(),
+        environment: env_name.to_string(),
+        namespace: environment.namespace.clone(),
+        secrets_file: secrets.file.clone(),
+        manifests,
+    })
+}
+
+fn nth_range(text: &str, needle: &str, n: usize) -> Range<usize> {
+    text.match_indices(needle)
+        .nth(n)
+        .or_else(|| text.match_indices(needle).next())
+        .map_or(0..0, |(i, s)| i..i + s.len())
+}
+
+/// A whole-file SOPS manifest: kept as text; identity from its clear-text fields when they are.
+fn sops_manifest(path: &str, text: &str, namespace: &str) -> Manifest {
+    let first = manifest::split_documents(text)
+        .first()
+        .and_then(|d| yaml_serde::from_str::<Value>(d.text).ok());
+    let clear = |v: &Value| {
+        v.as_str()
+            .filter(|s| !s.starts_with("ENC["))
+            .map(str::to_string)
+    };
+    let id = first.as_ref().and_then(|v| {
+        let api_version = clear(&v["apiVersion"])?;
+        let kind = clear(&v["kind"])?;
+        let name = clear(&v["metadata"]["name"])?;
+        let group = manifest::group_of(&api_version).to_string();
+        let ns = match &v["metadata"]["namespace"] {
+            Value::Null => None,
+            other => Some(clear(other)?),
+        };
+        let namespace = if manifest::is_builtin_cluster_scoped(&group, &kind) {
+            None
+        } else {
+            Some(ns.unwrap_or_else(|| namespace.to_string()))
+        };
+        Some(ObjectId {
+            group,
+            kind,
+            namespace,
+            name,
+        })
+    });
+    Manifest {
+        source: path.to_string(),
+        id,
+        body: Body::Sops {
+            text: text.to_string(),
+        },
+        refs: Vec::new(),
+    }
+}

@@ -1,0 +1,186 @@
+//! `lockstep.yaml`: the project name and its environments.
+//!
+//! ```yaml
+//! project: shop
+//! environments:
+//!   dev:
+//!     namespace: shop-dev
+//!   prod:
+//!     namespace: shop
+//! ```
+//!
+//! Unknown keys are errors (a typo such as `namepsace` must not silently fall back to a default).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use super::diagnostic::{Diagnostic, line_range};
+
+/// The project file's name at the root of a project.
+pub const PROJECT_FILE: &str = "lockstep.yaml";
+
+/// A parsed and validated `lockstep.yaml`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Project {
+    /// Project name (a DNS label); labels every applied object and names the inventory.
+    pub project: String,
+    /// Environments by name, in file order of their names (sorted).
+    pub environments: BTreeMap<String, Environment>,
+}
+
+/// One environment of a project.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Environment {
+    /// Namespace given to namespaced objects that do not name one.
+    pub namespace: String,
+}
+
+/// Whether `s` is a DNS-1123 label: 1–63 of `a-z`, `0-9`, `-`, starting and ending alphanumeric.
+pub fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// A YAML syntax or shape error as a diagnostic pointing at its line.
+pub fn yaml_diagnostic(file: &str, text: &str, err: &yaml_serde::Error) -> Diagnostic {
+    let message = err.to_string();
+    // yaml_serde appends " at line L column C"; the snippet says that already.
+    let message = match message.find(" at line ") {
+        Some(i) => message[..i].to_string(),
+        None => message,
+    };
+    let d = Diagnostic::new(message).in_file(file);
+    match err.location() {
+        Some(loc) => {
+            let source: Arc<str> = Arc::from(text);
+            let range = line_range(text, loc.line());
+            let start = (range.start + loc.column().saturating_sub(1)).min(range.end);
+            let end = if start < range.end { range.end } else { start };
+            d.at_line(loc.line())
+                .with_snippet(source, start..end, "here")
+        }
+        None => d,
+    }
+}
+
+impl Project {
+    /// Parses and validates `lockstep.yaml`.
+    pub fn parse(text: &str) -> Result<Project, Diagnostic> {
+        let project: Project =
+            yaml_serde::from_str(text).map_err(|e| yaml_diagnostic(PROJECT_FILE, text, &e))?;
+        let at = |needle: &str, message: String, help: &str| {
+            let d = Diagnostic::new(message)
+                .in_file(PROJECT_FILE)
+                .with_help(help.to_string());
+            match find_line(text, needle) {
+                Some(range) => d.with_snippet(Arc::from(text), range, "here"),
+                None => d,
+            }
+        };
+        if !is_dns_label(&project.project) {
+            return Err(at(
+                "project:",
+                format!("project name {:?} is not a DNS label", project.project),
+                "use 1-63 lowercase letters, digits and '-', starting and ending with a letter or digit",
+            ));
+        }
+        if project.environments.is_empty() {
+            return Err(at(
+                "environments:",
+                "no environments are defined".into(),
+                "add at least one, e.g. `environments: {dev: {namespace: myapp-dev}}`",
+            ));
+        }
+        for (name, env) in &project.environments {
+            if !is_dns_label(name) {
+                return Err(at(
+                    &format!("{name}:"),
+                    format!("environment name {name:?} is not a DNS label"),
+                    "use 1-63 lowercase letters, digits and '-'",
+                ));
+            }
+            if !is_dns_label(&env.namespace) {
+                return Err(at(
+                    &format!("namespace: {}", env.namespace),
+                    format!(
+                        "environment {name}: namespace {:?} is not a valid namespace name",
+                        env.namespace
+                    ),
+                    "use 1-63 lowercase letters, digits and '-'",
+                ));
+            }
+        }
+        Ok(project)
+    }
+
+    /// The environment called `name`, or an error listing the defined ones.
+    pub fn environment(&self, name: &str) -> Result<&Environment, Diagnostic> {
+        self.environments.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self.environments.keys().map(String::as_str).collect();
+            Diagnostic::new(format!("environment {name:?} is not defined"))
+                .in_file(PROJECT_FILE)
+                .with_help(format!(
+                    "defined environments: {}; add it under `environments:`",
+                    known.join(", ")
+                ))
+        })
+    }
+}
+
+/// The range of the first line containing `needle` (trimmed), for pointing at a key.
+fn find_line(text: &str, needle: &str) -> Option<std::ops::Range<usize>> {
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        if let Some(i) = line.find(needle) {
+            return Some(offset + i..offset + line.trim_end().len());
+        }
+        offset += line.len();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_valid_project_parses() {
+        let p = Project::parse("project: shop\nenvironments:\n  dev: {namespace: shop-dev}\n  prod:\n    namespace: shop\n")
+            .expect("valid");
+        assert_eq!(p.project, "shop");
+        assert_eq!(p.environment("prod").expect("prod").namespace, "shop");
+        let err = p.environment("qa").expect_err("undefined");
+        assert!(
+            err.to_string().contains("dev, prod"),
+            "lists known envs: {err}"
+        );
+    }
+
+    #[test]
+    fn a_typo_in_a_key_is_an_error_on_its_line() {
+        let text = "project: shop\nenvironments:\n  dev:\n    namepsace: shop-dev\n";
+        let err = Project::parse(text).expect_err("unknown field");
+        assert_eq!(err.line, Some(4), "{err:?}");
+        assert!(err.message.contains("namepsace"), "{}", err.message);
+    }
+
+    #[test]
+    fn names_must_be_dns_labels() {
+        let err = Project::parse("project: My_Shop\nenvironments: {dev: {namespace: a}}\n")
+            .expect_err("bad name");
+        assert!(err.message.contains("My_Shop"));
+        assert_eq!(err.line, Some(1));
+        let err = Project::parse("project: shop\nenvironments:\n  dev:\n    namespace: Shop\n")
+            .expect_err("bad namespace");
+        assert_eq!(err.line, Some(4), "{err:?}");
+        assert!(Project::parse("project: shop\nenvironments: {}\n").is_err());
+    }
+}

@@ -1,0 +1,444 @@
+//! Sealed secret references: what `{{ secrets.db.password }}` yields instead of a value.
+//!
+//! SOPS keeps key names in clear, so the structure of an environment's secrets file is readable
+//! without a key. Templates see that structure as `secrets`; each leaf is a [`SealedRef`] that
+//! prints as a placeholder naming the file and key path:
+//!
+//! ```text
+//! <sealed:environments/prod/secrets.yaml#/db/password>
+//! <sealed:environments/prod/secrets.yaml#/db/password|base64>     (after `| b64encode`)
+//! ```
+//!
+//! The placeholder carries neither the value nor anything derived from it (no hash), so rendered
+//! output can be reviewed and diffed. `apply` replaces placeholders with the decrypted values in
+//! memory, only inside a `v1/Secret`'s `data`/`stringData`.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::sync::{Arc, LazyLock};
+
+use minijinja::value::{Enumerator, Object, ObjectRepr, Value as JValue};
+use minijinja::{Error, ErrorKind};
+use regex::Regex;
+
+use crate::sops::store::{self, Format};
+use crate::sops::tree::{Item, Value as TreeValue};
+
+use super::diagnostic::Diagnostic;
+
+/// The text every placeholder starts with.
+pub const PLACEHOLDER_PREFIX: &str = "<sealed:";
+
+/// What `apply` does to the plaintext before putting it in place of the placeholder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Transform {
+    /// The value as it is.
+    Plain,
+    /// The value base64-encoded (standard alphabet, padded), for a Secret's `data`.
+    Base64,
+}
+
+/// A reference to one value of a SOPS file, by file and key path.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SealedRef {
+    /// The SOPS file, relative to the project root.
+    pub file: String,
+    /// Keys from the root (list elements by decimal index).
+    pub path: Vec<String>,
+    /// What to do to the value.
+    pub transform: Transform,
+}
+
+static PLACEHOLDER: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"<sealed:([A-Za-z0-9._~/%-]+)#((?:/[A-Za-z0-9._~%-]*)+)(\|base64)?>")
+        .expect("the placeholder pattern is a valid regex")
+});
+
+fn encode(s: &str, keep_slash: bool) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        let plain = b.is_ascii_alphanumeric()
+            || matches!(b, b'.' | b'_' | b'~' | b'-')
+            || (keep_slash && b == b'/');
+        if plain {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+impl SealedRef {
+    /// The placeholder text for this reference.
+    pub fn placeholder(&self) -> String {
+        let mut s = format!("{PLACEHOLDER_PREFIX}{}#", encode(&self.file, true));
+        for key in &self.path {
+            s.push('/');
+            s.push_str(&encode(key, false));
+        }
+        if self.transform == Transform::Base64 {
+            s.push_str("|base64");
+        }
+        s.push('>');
+        s
+    }
+
+    /// The key path as templates write it: `secrets.db.password`, `secrets.list[0]`.
+    pub fn display_path(&self) -> String {
+        display_path(&self.path)
+    }
+
+    /// Every placeholder in `text`, with its byte range.
+    pub fn find_all(text: &str) -> Vec<(std::ops::Range<usize>, SealedRef)> {
+        if !text.contains(PLACEHOLDER_PREFIX) {
+            return Vec::new();
+        }
+        PLACEHOLDER
+            .captures_iter(text)
+            .filter_map(|c| {
+                let whole = c.get(0)?;
+                let file = decode(c.get(1)?.as_str())?;
+                let path = c.get(2)?.as_str()[1..]
+                    .split('/')
+                    .map(decode)
+                    .collect::<Option<Vec<_>>>()?;
+                let transform = if c.get(3).is_some() {
+                    Transform::Base64
+                } else {
+                    Transform::Plain
+                };
+                Some((
+                    whole.range(),
+                    SealedRef {
+                        file,
+                        path,
+                        transform,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// Whether `text` contains anything that looks like a placeholder (well-formed or not).
+    pub fn mentioned_in(text: &str) -> bool {
+        text.contains(PLACEHOLDER_PREFIX)
+    }
+}
+
+/// `secrets.a.b[0]` for a key path.
+pub fn display_path(path: &[String]) -> String {
+    let mut s = String::from("secrets");
+    for key in path {
+        let simple = !key.is_empty()
+            && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && !key.as_bytes()[0].is_ascii_digit();
+        if simple {
+            s.push('.');
+            s.push_str(key);
+        } else if key.bytes().all(|b| b.is_ascii_digit()) && !key.is_empty() {
+            s.push_str(&format!("[{key}]"));
+        } else {
+            s.push_str(&format!("[{key:?}]"));
+        }
+    }
+    s
+}
+
+impl Object for SealedRef {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        ObjectRepr::Plain
+    }
+
+    fn is_true(self: &Arc<Self>) -> bool {
+        true
+    }
+
+    fn render(self: &Arc<Self>, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.placeholder())
+    }
+}
+
+/// The readable structure of an environment's secrets file.
+#[derive(Debug, Clone, Default)]
+pub struct SecretsFile {
+    /// The file, relative to the project root (`None` when the environment has none).
+    pub file: Option<String>,
+    /// Every leaf key path, for checking placeholders found in output.
+    pub leaves: BTreeSet<Vec<String>>,
+    root: Node,
+}
+
+#[derive(Debug, Clone, Default)]
+enum Node {
+    #[default]
+    Leaf,
+    Map(Vec<(String, Node)>),
+    List(Vec<Node>),
+}
+
+fn node_of(value: &TreeValue) -> Node {
+    match value {
+        TreeValue::Map(items) => Node::Map(
+            items
+                .iter()
+                .filter_map(|i| match i {
+                    Item::Pair(k, v) => Some((k.clone(), node_of(v))),
+                    Item::Comment(_) => None,
+                })
+                .collect(),
+        ),
+        TreeValue::List(values) => Node::List(
+            values
+                .iter()
+                .filter(|v| !matches!(v, TreeValue::Comment(_)))
+                .map(node_of)
+                .collect(),
+        ),
+        _ => Node::Leaf,
+    }
+}
+
+fn collect_leaves(node: &Node, path: &mut Vec<String>, out: &mut BTreeSet<Vec<String>>) {
+    match node {
+        Node::Leaf => {
+            out.insert(path.clone());
+        }
+        Node::Map(entries) => {
+            for (k, v) in entries {
+                path.push(k.clone());
+                collect_leaves(v, path, out);
+                path.pop();
+            }
+        }
+        Node::List(items) => {
+            for (i, v) in items.iter().enumerate() {
+                path.push(i.to_string());
+                collect_leaves(v, path, out);
+                path.pop();
+            }
+        }
+    }
+}
+
+/// The candidate names of an environment's secrets file, in the order they are looked for.
+pub fn candidates(env: &str) -> Vec<String> {
+    ["yaml", "yml", "json", "env", "ini"]
+        .iter()
+        .map(|ext| format!("environments/{env}/secrets.{ext}"))
+        .collect()
+}
+
+impl SecretsFile {
+    /// Reads the key structure of an encrypted SOPS file (no key is needed or used).
+    pub fn parse(file: &str, bytes: &[u8]) -> Result<SecretsFile, Diagnostic> {
+        let format = Format::from_path(std::path::Path::new(file));
+        let loaded = store::load_encrypted(format, bytes).map_err(|e| {
+            let d = Diagnostic::new(format!("not a valid SOPS file: {}", e.message)).in_file(file);
+            match e.line {
+                Some(l) => d.at_line(l),
+                None => d,
+            }
+        })?;
+        if loaded.metadata.is_none() {
+            return Err(Diagnostic::new(
+                "this secrets file is not encrypted (it has no `sops` metadata)",
+            )
+            .in_file(file)
+            .with_help(format!(
+                "encrypt it before committing: lockstep encrypt -i {file}"
+            )));
+        }
+        let mut entries = Vec::new();
+        for doc in &loaded.docs {
+            if let Node::Map(e) = node_of(&TreeValue::Map(doc.items.clone())) {
+                entries.extend(e);
+            }
+        }
+        let root = Node::Map(entries);
+        let mut leaves = BTreeSet::new();
+        collect_leaves(&root, &mut Vec::new(), &mut leaves);
+        Ok(SecretsFile {
+            file: Some(file.to_string()),
+            leaves,
+            root,
+        })
+    }
+
+    /// The `secrets` value templates see.
+    pub fn to_value(&self, env: &str) -> JValue {
+        let file: Arc<str> = Arc::from(self.file.as_deref().unwrap_or(""));
+        node_value(
+            &Arc::new(Shared {
+                file,
+                env: env.to_string(),
+                present: self.file.is_some(),
+            }),
+            &self.root,
+            Vec::new(),
+        )
+    }
+
+    /// Whether a placeholder found in rendered output names a value of this file.
+    pub fn resolves(&self, r: &SealedRef) -> bool {
+        self.file.as_deref() == Some(r.file.as_str()) && self.leaves.contains(&r.path)
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    file: Arc<str>,
+    env: String,
+    present: bool,
+}
+
+fn node_value(shared: &Arc<Shared>, node: &Node, path: Vec<String>) -> JValue {
+    match node {
+        Node::Leaf => JValue::from_object(SealedRef {
+            file: shared.file.to_string(),
+            path,
+            transform: Transform::Plain,
+        }),
+        Node::Map(entries) => JValue::from_object(SecretMap {
+            shared: shared.clone(),
+            path,
+            entries: entries.clone(),
+        }),
+        Node::List(items) => JValue::from_object(SecretList {
+            shared: shared.clone(),
+            path,
+            items: items.clone(),
+        }),
+    }
+}
+
+/// A mapping of the secrets file: keys are readable, leaves are sealed.
+#[derive(Debug)]
+struct SecretMap {
+    shared: Arc<Shared>,
+    path: Vec<String>,
+    entries: Vec<(String, Node)>,
+}
+
+impl Object for SecretMap {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        ObjectRepr::Map
+    }
+
+    fn get_value(self: &Arc<Self>, key: &JValue) -> Option<JValue> {
+        let name = key.as_str()?;
+        if let Some((_, node)) = self.entries.iter().find(|(k, _)| k == name) {
+            let mut path = self.path.clone();
+            path.push(name.to_string());
+            return Some(node_value(&self.shared, node, path));
+        }
+        let mut wanted = self.path.clone();
+        wanted.push(name.to_string());
+        let message = if !self.shared.present {
+            format!(
+                "{} is used, but environment {:?} has no secrets file; create environments/{}/secrets.yaml and encrypt it",
+                display_path(&wanted),
+                self.shared.env,
+                self.shared.env
+            )
+        } else {
+            let keys: Vec<&str> = self.entries.iter().map(|(k, _)| k.as_str()).collect();
+            format!(
+                "{} does not exist in {}; keys available at {}: {}",
+                display_path(&wanted),
+                self.shared.file,
+                display_path(&self.path),
+                if keys.is_empty() {
+                    "(none)".to_string()
+                } else {
+                    keys.join(", ")
+                }
+            )
+        };
+        Some(JValue::from(Error::new(ErrorKind::UndefinedError, message)))
+    }
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        let keys: Vec<JValue> = self
+            .entries
+            .iter()
+            .map(|(k, _)| JValue::from(k.as_str()))
+            .collect();
+        Enumerator::Values(keys)
+    }
+}
+
+/// A list of the secrets file: indexable, leaves sealed.
+#[derive(Debug)]
+struct SecretList {
+    shared: Arc<Shared>,
+    path: Vec<String>,
+    items: Vec<Node>,
+}
+
+impl Object for SecretList {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        ObjectRepr::Seq
+    }
+
+    fn get_value(self: &Arc<Self>, key: &JValue) -> Option<JValue> {
+        let index = key.as_usize()?;
+        let node = self.items.get(index)?;
+        let mut path = self.path.clone();
+        path.push(index.to_string());
+        Some(node_value(&self.shared, node, path))
+    }
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        Enumerator::Seq(self.items.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_round_trip_through_text_with_odd_keys() {
+        let r = SealedRef {
+            file: "environments/prod env/secrets.yaml".into(),
+            path: vec!["db".into(), "pass word/x>y|z%".into(), "0".into()],
+            transform: Transform::Base64,
+        };
+        let text = format!("url: postgres://app:{}@db:5432/x", r.placeholder());
+        let found = SealedRef::find_all(&text);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].1, r);
+        assert_eq!(&text[found[0].0.clone()], r.placeholder());
+        assert!(!r.placeholder().contains(' '));
+    }
+
+    #[test]
+    fn display_paths_read_like_template_expressions() {
+        assert_eq!(
+            display_path(&["db".into(), "password".into()]),
+            "secrets.db.password"
+        );
+        assert_eq!(
+            display_path(&["list".into(), "0".into(), "a-b".into()]),
+            "secrets.list[0][\"a-b\"]"
+        );
+    }
+}

@@ -1,0 +1,197 @@
+//! Where a project comes from: an in-memory [`Snapshot`] of the files `render` reads.
+//!
+//! Rendering never reads the filesystem itself; the CLI builds a snapshot from a directory and the
+//! controller will build one from a Git tree, so both render exactly the same bytes. Only the files a
+//! project consists of are read (`lockstep.yaml`, values, environments, templates, manifests).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Largest single file a snapshot accepts (templates, values and manifests are small; a bigger file
+/// is almost certainly a mistake such as a committed archive).
+pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// The top-level entries of a project that a snapshot reads.
+pub const PROJECT_ENTRIES: [&str; 5] = [
+    "lockstep.yaml",
+    "values.yaml",
+    "templates",
+    "environments",
+    "manifests",
+];
+
+/// The files of a project, by path relative to its root with `/` separators, in sorted order.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    files: BTreeMap<String, Vec<u8>>,
+}
+
+/// A project directory that could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// An I/O error on one path.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The path that failed.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A file over [`MAX_FILE_BYTES`].
+    #[error("{}: {size} bytes is more than the {MAX_FILE_BYTES} a project file may have", path.display())]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+    },
+    /// A path that is not valid UTF-8 (templates are named by their path).
+    #[error("{}: file names in a project must be valid UTF-8", path.display())]
+    NotUtf8 {
+        /// The path.
+        path: PathBuf,
+    },
+}
+
+impl Snapshot {
+    /// An empty snapshot.
+    pub fn new() -> Self {
+        Snapshot::default()
+    }
+
+    /// Adds (or replaces) a file.
+    pub fn insert(&mut self, path: impl Into<String>, bytes: impl Into<Vec<u8>>) {
+        self.files.insert(path.into(), bytes.into());
+    }
+
+    /// The bytes of a file, if present.
+    pub fn get(&self, path: &str) -> Option<&[u8]> {
+        self.files.get(path).map(Vec::as_slice)
+    }
+
+    /// Whether a file exists.
+    pub fn contains(&self, path: &str) -> bool {
+        self.files.contains_key(path)
+    }
+
+    /// Files whose path starts with `prefix` (use a trailing `/` for a directory), sorted by path.
+    pub fn under<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (&'a str, &'a [u8])> + 'a {
+        self.files
+            .range(prefix.to_string()..)
+            .take_while(move |(p, _)| p.starts_with(prefix))
+            .map(|(p, b)| (p.as_str(), b.as_slice()))
+    }
+
+    /// Number of files.
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    /// Whether the snapshot holds no file.
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    /// Reads the project files under `root`: the entries of [`PROJECT_ENTRIES`], recursively, skipping
+    /// hidden files and directories (`.git`, editor swap files). Symbolic links are followed only
+    /// when they stay inside `root`.
+    pub fn read_dir(root: &Path) -> Result<Snapshot, SourceError> {
+        let mut snapshot = Snapshot::new();
+        let canonical_root = root.canonicalize().map_err(|source| SourceError::Io {
+            path: root.to_path_buf(),
+            source,
+        })?;
+        for entry in PROJECT_ENTRIES {
+            let path = root.join(entry);
+            if path.exists() {
+                read_into(&mut snapshot, &canonical_root, &path, entry)?;
+            }
+        }
+        Ok(snapshot)
+    }
+}
+
+fn read_into(
+    snapshot: &mut Snapshot,
+    root: &Path,
+    path: &Path,
+    rel: &str,
+) -> Result<(), SourceError> {
+    let io = |source| SourceError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let canonical = path.canonicalize().map_err(io)?;
+    if !canonical.starts_with(root) {
+        // A link out of the project: a Git checkout would not carry its target either.
+        return Ok(());
+    }
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if meta.is_dir() {
+        let mut children = Vec::new();
+        for child in std::fs::read_dir(path).map_err(io)? {
+            let child = child.map_err(io)?;
+            let name = child.file_name();
+            let Some(name) = name.to_str() else {
+                return Err(SourceError::NotUtf8 { path: child.path() });
+            };
+            if name.starts_with('.') {
+                continue;
+            }
+            children.push(name.to_string());
+        }
+        children.sort();
+        for name in children {
+            read_into(snapshot, root, &path.join(&name), &format!("{rel}/{name}"))?;
+        }
+    } else if meta.is_file() {
+        if meta.len() > MAX_FILE_BYTES {
+            return Err(SourceError::TooLarge {
+                path: path.to_path_buf(),
+                size: meta.len(),
+            });
+        }
+        snapshot.insert(rel, std::fs::read(path).map_err(io)?);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn under_lists_a_directory_in_order_and_nothing_beside_it() {
+        let mut s = Snapshot::new();
+        s.insert("templates/b.yaml", "b");
+        s.insert("templates/a.yaml", "a");
+        s.insert("templates2/x.yaml", "x");
+        s.insert("values.yaml", "v");
+        let got: Vec<_> = s.under("templates/").map(|(p, _)| p).collect();
+        assert_eq!(got, ["templates/a.yaml", "templates/b.yaml"]);
+    }
+
+    #[test]
+    fn read_dir_reads_project_entries_and_skips_hidden_and_unrelated_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("templates/_helpers")).expect("mkdir");
+        std::fs::create_dir_all(root.join(".git")).expect("mkdir");
+        std::fs::write(root.join("lockstep.yaml"), "project: x\n").expect("write");
+        std::fs::write(root.join("templates/a.yaml"), "a").expect("write");
+        std::fs::write(root.join("templates/.a.yaml.swp"), "swap").expect("write");
+        std::fs::write(root.join("templates/_helpers/h.j2"), "h").expect("write");
+        std::fs::write(root.join(".git/config"), "c").expect("write");
+        std::fs::write(root.join("notes.txt"), "n").expect("write");
+        let s = Snapshot::read_dir(root).expect("read");
+        let paths: Vec<_> = s.under("").map(|(p, _)| p.to_string()).collect();
+        assert_eq!(
+            paths,
+            [
+                "lockstep.yaml",
+                "templates/_helpers/h.j2",
+                "templates/a.yaml"
+            ]
+        );
+    }
+}
