@@ -178,10 +178,17 @@ const HOOK_MARK: &str = "# installed by `lockstep hook install`";
 /// `lockstep hook install`
 pub fn hook(args: &HookArgs, stdout: &mut dyn Write) -> Result<(), Failure> {
     let HookAction::Install { force } = args.action;
-    let hooks = String::from_utf8_lossy(&git(&["rev-parse", "--git-path", "hooks"])?)
-        .trim()
-        .to_string();
-    let path = PathBuf::from(hooks).join("pre-commit");
+    install_hook(Path::new("."), force, stdout)
+}
+
+/// Installs the pre-commit hook of the Git repository that holds `dir`.
+pub fn install_hook(dir: &Path, force: bool, stdout: &mut dyn Write) -> Result<(), Failure> {
+    let dir_arg = dir.to_string_lossy();
+    let hooks =
+        String::from_utf8_lossy(&git(&["-C", &dir_arg, "rev-parse", "--git-path", "hooks"])?)
+            .trim()
+            .to_string();
+    let path = dir.join(hooks).join("pre-commit");
     if let Ok(existing) = std::fs::read_to_string(&path)
         && !existing.contains(HOOK_MARK)
         && !force

@@ -72,7 +72,7 @@ pub struct EncryptArgs {
 }
 
 /// How a new file is encrypted: recipients and options, from flags or `.sops.yaml`.
-#[derive(Debug, Args)]
+#[derive(Debug, Default, Args)]
 pub struct NewFileArgs {
     /// age recipients (age1…, or SSH public keys), comma-separated; overrides .sops.yaml. Also SOPS_AGE_RECIPIENTS.
     #[arg(long, value_name = "RECIPIENTS")]

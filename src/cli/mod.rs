@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 pub mod check;
 pub mod crypt;
 pub mod edit;
+pub mod init;
 pub mod keysources;
 pub mod rekey;
 pub mod render;
@@ -86,7 +87,7 @@ pub enum Command {
     /// Print whether a file is encrypted, as `sops filestatus`: {"encrypted":true}.
     Filestatus(check::FilestatusArgs),
     /// Scaffold a lockstep repository.
-    Init(Planned),
+    Init(init::InitArgs),
     /// Render the manifests of one environment, secrets sealed.
     Render(render::RenderArgs),
     /// Show what `apply` would change: server-side dry run against the live objects.
@@ -146,6 +147,7 @@ pub fn run(
         Command::Set(args) => edit::set(args, env),
         Command::Unset(args) => edit::unset(args, env),
         Command::Render(args) => render::run(args, stdout, stderr),
+        Command::Init(args) => init::run(args, env, stdout, stderr),
         other => {
             // Every stage still to be built answers the same way: clearly, and without touching anything.
             let name = other.name();
@@ -194,7 +196,7 @@ mod tests {
 
     #[test]
     fn every_planned_command_parses_with_arbitrary_flags_and_exits_2() {
-        for name in ["init", "diff", "apply", "controller", "sync"] {
+        for name in ["diff", "apply", "controller", "sync"] {
             let cli = Cli::try_parse_from(["lockstep", name, "--env", "prod", "x.yaml"])
                 .unwrap_or_else(|e| panic!("{name} should parse: {e}"));
             let mut err = Vec::new();

@@ -222,6 +222,17 @@ impl Engine<'_> {
             }
             _ => None,
         };
+        let expression = e
+            .name()
+            .and_then(|n| self.templates.get(n))
+            .zip(e.range())
+            .and_then(|(src, r)| src.get(r).map(str::to_string));
+        let message = match (kind, e.detail(), expression) {
+            (minijinja::ErrorKind::UndefinedError, None, Some(expr)) => {
+                format!("`{expr}` is undefined")
+            }
+            _ => message,
+        };
         let mut d = Diagnostic::new(message);
         if let Some(name) = e.name() {
             d = d.in_file(format!("templates/{name}"));
