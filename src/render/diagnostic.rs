@@ -18,7 +18,7 @@ pub struct Diagnostic {
     /// 1-based line in `file`.
     pub line: Option<usize>,
     /// Text to show around the problem and the byte range in it to underline.
-    pub snippet: Option<Snippet>,
+    pub snippet: Option<Box<Snippet>>,
     /// What to do about it.
     pub help: Option<String>,
 }
@@ -72,12 +72,12 @@ impl Diagnostic {
             self.line = Some(line_of(&source, start));
         }
         let end = range.end.clamp(start, source.len());
-        self.snippet = Some(Snippet {
+        self.snippet = Some(Box::new(Snippet {
             source,
             range: start..end,
             label: label.into(),
             origin: None,
-        });
+        }));
         self
     }
 

@@ -123,6 +123,9 @@ fn tojson(v: &Value, kwargs: Kwargs) -> Result<String, Error> {
 }
 
 fn text_of(v: &Value) -> String {
+    if v.kind() == ValueKind::Bool {
+        return if v.is_true() { "true" } else { "false" }.to_string();
+    }
     match v.as_bytes() {
         Some(b) if v.kind() == ValueKind::Bytes => String::from_utf8_lossy(b).into_owned(),
         _ => v.to_string(),

@@ -186,25 +186,26 @@ pub struct SecretsFile {
     root: Node,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 enum Node {
-    #[default]
     Leaf,
     Map(Vec<(String, Node)>),
     List(Vec<Node>),
 }
 
+fn map_entries(items: &[Item]) -> Vec<(String, Node)> {
+    items
+        .iter()
+        .filter_map(|i| match i {
+            Item::Pair(k, v) => Some((k.clone(), node_of(v))),
+            Item::Comment(_) => None,
+        })
+        .collect()
+}
+
 fn node_of(value: &TreeValue) -> Node {
     match value {
-        TreeValue::Map(items) => Node::Map(
-            items
-                .iter()
-                .filter_map(|i| match i {
-                    Item::Pair(k, v) => Some((k.clone(), node_of(v))),
-                    Item::Comment(_) => None,
-                })
-                .collect(),
-        ),
+        TreeValue::Map(items) => Node::Map(map_entries(items)),
         TreeValue::List(values) => Node::List(
             values
                 .iter()
@@ -246,6 +247,13 @@ pub fn candidates(env: &str) -> Vec<String> {
         .collect()
 }
 
+impl Default for Node {
+    fn default() -> Self {
+        // No secrets file: an empty mapping, whose lookups explain that the file is missing.
+        Node::Map(Vec::new())
+    }
+}
+
 impl SecretsFile {
     /// Reads the key structure of an encrypted SOPS file (no key is needed or used).
     pub fn parse(file: &str, bytes: &[u8]) -> Result<SecretsFile, Diagnostic> {
@@ -268,9 +276,7 @@ impl SecretsFile {
         }
         let mut entries = Vec::new();
         for doc in &loaded.docs {
-            if let Node::Map(e) = node_of(&TreeValue::Map(doc.items.clone())) {
-                entries.extend(e);
-            }
+            entries.extend(map_entries(&doc.items));
         }
         let root = Node::Map(entries);
         let mut leaves = BTreeSet::new();

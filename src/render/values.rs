@@ -46,7 +46,10 @@ pub fn merge(base: &mut Mapping, over: Mapping) {
     for (key, value) in over {
         match value {
             Value::Null => {
-                base.shift_remove(&key);
+                // A later layer's null removes a default; with nothing to remove it stays a null.
+                if base.shift_remove(&key).is_none() {
+                    base.insert(key, Value::Null);
+                }
             }
             Value::Mapping(over_map) => match base.get_mut(&key) {
                 Some(Value::Mapping(base_map)) => merge(base_map, over_map),
@@ -133,11 +136,14 @@ mod tests {
     #[test]
     fn maps_merge_deeply_lists_and_scalars_replace_null_removes() {
         let mut base = map("a: {b: 1, c: [1, 2], d: x}\ne: keep\nf: gone\n");
-        merge(&mut base, map("a: {c: [3], d: y, n: {m: 1}}\nf: null\n"));
+        merge(
+            &mut base,
+            map("a: {c: [3], d: y, n: {m: 1}}\nf: null\ng: null\n"),
+        );
         let got = yaml_serde::to_string(&base).expect("emit");
         assert_eq!(
             got,
-            "a:\n  b: 1\n  c:\n  - 3\n  d: y\n  n:\n    m: 1\ne: keep\n"
+            "a:\n  b: 1\n  c:\n  - 3\n  d: y\n  n:\n    m: 1\ne: keep\ng: null\n"
         );
     }
 
