@@ -222,10 +222,7 @@ impl Manifest {
     /// The YAML text of this object (without a leading `---`).
     pub fn to_yaml(&self) -> String {
         match &self.body {
-            Body::Object(v) => yaml_serde::to_string(v).unwrap_or_else(|e| {
-                // Values parsed from YAML always serialize; say so rather than panic if not.
-                format!("# lockstep: this object could not be written as YAML: {e}\n")
-            }),
+            Body::Object(v) => super::emit::to_yaml(v),
             Body::Sops { text } => {
                 let t = text.strip_prefix("---\n").unwrap_or(text);
                 if t.ends_with('\n') {

@@ -16,6 +16,7 @@
 //! [`Manifest`]s, deterministic for the same inputs.
 
 pub mod diagnostic;
+pub mod emit;
 pub mod helpers;
 pub mod manifest;
 pub mod project;
@@ -73,14 +74,10 @@ pub struct Rendered {
 impl Rendered {
     /// One multi-document YAML stream; each document says which project file produced it.
     pub fn to_yaml_stream(&self) -> String {
-        let mut out = String::new();
-        for m in &self.manifests {
-            out.push_str("---\n# Source: ");
-            out.push_str(&m.source);
-            out.push('\n');
-            out.push_str(&m.to_yaml());
-        }
-        out
+        let parts = par_map(&self.manifests, 16, |m| {
+            format!("---\n# Source: {}\n{}", m.source, m.to_yaml())
+        });
+        parts.concat()
     }
 
     /// Every distinct sealed reference, sorted.
@@ -346,9 +343,15 @@ pub fn render(snapshot: &Snapshot, req: &Request) -> Result<Rendered, Diagnostic
     };
 
     let mut problems: Vec<Diagnostic> = Vec::new();
+    let names: Vec<&String> = templates
+        .keys()
+        .filter(|n| is_rendered_template(n))
+        .collect();
+    let results = par_map(&names, 1, |name| {
+        engine.env.get_template(name).and_then(|t| t.render(()))
+    });
     let mut outputs: Vec<(&str, String)> = Vec::new();
-    for name in templates.keys().filter(|n| is_rendered_template(n)) {
-        let result = engine.env.get_template(name).and_then(|t| t.render(()));
+    for (name, result) in names.iter().zip(results) {
         match result {
             Ok(text) => outputs.push((name.as_str(), text)),
             Err(e) => problems.push(engine.template_error(&e)),
@@ -371,44 +374,8 @@ pub fn render(snapshot: &Snapshot, req: &Request) -> Result<Rendered, Diagnostic
         }
     }
 
-    let mut pending: Vec<Pending<'_>> = Vec::new();
-    let mut parse_doc = |origin: Origin<'_>, doc_text: &'_ str| -> Option<(Value, ObjectId)> {
-        let value: Value = match yaml_serde::from_str(doc_text) {
-            Ok(v) => v,
-            Err(e) => {
-                let offset = e
-                    .location()
-                    .map(|l| {
-                        let r = diagnostic::line_range(doc_text, l.line());
-                        (r.start + l.column().saturating_sub(1)).min(r.end)
-                    })
-                    .unwrap_or(0);
-                let end =
-                    diagnostic::line_range(doc_text, diagnostic::line_of(doc_text, offset)).end;
-                let mut message = e.to_string();
-                if let Some(i) = message.find(" at line ") {
-                    message.truncate(i);
-                }
-                problems.push(
-                    engine
-                        .locate(&origin, offset..end.max(offset), &format!("rendered YAML does not parse: {message}"))
-                        .with_help("check indentation around the expression; `| toyaml | nindent(N)` inserts structures safely"),
-                );
-                return None;
-            }
-        };
-        match manifest::identify(&value, doc_text) {
-            Ok(id) => Some((value, id)),
-            Err(p) => {
-                let mut d = engine.locate(&origin, p.range.clone(), &p.message);
-                if let Some(h) = p.help {
-                    d = d.with_help(h);
-                }
-                problems.push(d);
-                None
-            }
-        }
-    };
+    // Every document, parsed and identified in parallel (parsing dominates render time).
+    let mut docs: Vec<(Origin<'_>, &str)> = Vec::new();
     for (name, output) in &outputs {
         for doc in manifest::split_documents(output) {
             let origin = Origin::Template {
@@ -416,21 +383,7 @@ pub fn render(snapshot: &Snapshot, req: &Request) -> Result<Rendered, Diagnostic
                 output,
                 doc_offset: doc.offset,
             };
-            if let Some((value, id)) = parse_doc(
-                Origin::Template {
-                    name,
-                    output,
-                    doc_offset: doc.offset,
-                },
-                doc.text,
-            ) {
-                pending.push(Pending {
-                    origin,
-                    doc_text: doc.text,
-                    value,
-                    id,
-                });
-            }
+            docs.push((origin, doc.text));
         }
     }
     for (path, text) in &files {
@@ -439,18 +392,30 @@ pub fn render(snapshot: &Snapshot, req: &Request) -> Result<Rendered, Diagnostic
             continue;
         }
         for doc in manifest::split_documents(text) {
-            let origin = || Origin::File {
+            let origin = Origin::File {
                 path,
                 text,
                 doc_offset: doc.offset,
             };
-            if let Some((value, id)) = parse_doc(origin(), doc.text) {
-                pending.push(Pending {
-                    origin: origin(),
-                    doc_text: doc.text,
-                    value,
-                    id,
-                });
+            docs.push((origin, doc.text));
+        }
+    }
+    let parsed = par_map(&docs, 16, |(_, text)| parse_document(text));
+    let mut pending: Vec<Pending<'_>> = Vec::new();
+    for ((origin, doc_text), result) in docs.into_iter().zip(parsed) {
+        match result {
+            Ok((value, id)) => pending.push(Pending {
+                origin,
+                doc_text,
+                value,
+                id,
+            }),
+            Err(p) => {
+                let mut d = engine.locate(&origin, p.range.clone(), &p.message);
+                if let Some(h) = p.help {
+                    d = d.with_help(h);
+                }
+                problems.push(d);
             }
         }
     }
@@ -473,7 +438,15 @@ pub fn render(snapshot: &Snapshot, req: &Request) -> Result<Rendered, Diagnostic
         // Sealed references: allowed places only, and only to values of this environment's file.
         let mut refs = Vec::new();
         let mut seen: HashMap<String, usize> = HashMap::new();
-        for f in manifest::find_refs(&p.value, &p.id) {
+        // A placeholder is spelled out in the text, or hidden in a double-quoted escape.
+        let may_hold_refs =
+            p.doc_text.contains(sealed::PLACEHOLDER_PREFIX) || p.doc_text.contains('\\');
+        let found = if may_hold_refs {
+            manifest::find_refs(&p.value, &p.id)
+        } else {
+            Vec::new()
+        };
+        for f in found {
             let nth = seen.entry(f.text.clone()).or_insert(0);
             let occurrence = *nth;
             *nth += 1;
@@ -555,6 +528,72 @@ pub fn render(snapshot: &Snapshot, req: &Request) -> Result<Rendered, Diagnostic
     })
 }
 
+/// Parses one document and reads its identity.
+fn parse_document(doc_text: &str) -> Result<(Value, ObjectId), manifest::Problem> {
+    let value: Value = yaml_serde::from_str(doc_text).map_err(|e| {
+        let offset = e
+            .location()
+            .map(|l| {
+                let r = diagnostic::line_range(doc_text, l.line());
+                (r.start + l.column().saturating_sub(1)).min(r.end)
+            })
+            .unwrap_or(0);
+        let end = diagnostic::line_range(doc_text, diagnostic::line_of(doc_text, offset)).end;
+        let mut message = e.to_string();
+        if let Some(i) = message.find(" at line ") {
+            message.truncate(i);
+        }
+        manifest::Problem {
+            message: format!("rendered YAML does not parse: {message}"),
+            range: offset..end.max(offset),
+            help: Some(
+                "check indentation around the expression; `| toyaml | nindent(N)` inserts structures safely"
+                    .into(),
+            ),
+        }
+    })?;
+    let id = manifest::identify(&value, doc_text)?;
+    Ok((value, id))
+}
+
+/// Maps `f` over `items` on up to [`std::thread::available_parallelism`] threads, results in input
+/// order. Items are dealt round-robin (neighbours often differ in size, e.g. one template's large
+/// Deployments next to another's small Services); at least `min_chunk` items go to each thread.
+pub fn par_map<T: Sync, R: Send>(
+    items: &[T],
+    min_chunk: usize,
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(8)
+        .min(items.len().div_ceil(min_chunk.max(1)).max(1));
+    if threads <= 1 {
+        return items.iter().map(&f).collect();
+    }
+    let f = &f;
+    let parts: Vec<Vec<R>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| scope.spawn(move || items.iter().skip(t).step_by(threads).map(f).collect()))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| match h.join() {
+                Ok(v) => v,
+                Err(panic) => std::panic::resume_unwind(panic),
+            })
+            .collect()
+    });
+    let mut iters: Vec<_> = parts.into_iter().map(Vec::into_iter).collect();
+    let mut out = Vec::with_capacity(items.len());
+    for i in 0..items.len() {
+        if let Some(r) = iters[i % threads].next() {
+            out.push(r);
+        }
+    }
+    out
+}
+
 fn nth_range(text: &str, needle: &str, n: usize) -> Range<usize> {
     text.match_indices(needle)
         .nth(n)
@@ -600,5 +639,31 @@ fn sops_manifest(path: &str, text: &str, namespace: &str) -> Manifest {
             text: text.to_string(),
         },
         refs: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn par_map_keeps_input_order_for_any_length() {
+        for n in [0, 1, 2, 3, 17, 100, 1001] {
+            let items: Vec<usize> = (0..n).collect();
+            assert_eq!(
+                par_map(&items, 1, |x| x * 2),
+                (0..n).map(|x| x * 2).collect::<Vec<_>>()
+            );
+            assert_eq!(par_map(&items, 16, |x| x + 1), (1..=n).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn only_manifest_files_outside_helper_paths_are_rendered() {
+        assert!(is_rendered_template("web.yaml"));
+        assert!(is_rendered_template("apps/web.yml.j2"));
+        assert!(!is_rendered_template("_helpers/labels.yaml"));
+        assert!(!is_rendered_template("apps/_partial.yaml"));
+        assert!(!is_rendered_template("README.md"));
     }
 }

@@ -189,8 +189,8 @@ pub struct SecretsFile {
 #[derive(Debug, Clone)]
 enum Node {
     Leaf,
-    Map(Vec<(String, Node)>),
-    List(Vec<Node>),
+    Map(Arc<[(String, Node)]>),
+    List(Arc<[Node]>),
 }
 
 fn map_entries(items: &[Item]) -> Vec<(String, Node)> {
@@ -205,13 +205,14 @@ fn map_entries(items: &[Item]) -> Vec<(String, Node)> {
 
 fn node_of(value: &TreeValue) -> Node {
     match value {
-        TreeValue::Map(items) => Node::Map(map_entries(items)),
+        TreeValue::Map(items) => Node::Map(Arc::from(map_entries(items))),
         TreeValue::List(values) => Node::List(
             values
                 .iter()
                 .filter(|v| !matches!(v, TreeValue::Comment(_)))
                 .map(node_of)
-                .collect(),
+                .collect::<Vec<_>>()
+                .into(),
         ),
         _ => Node::Leaf,
     }
@@ -223,7 +224,7 @@ fn collect_leaves(node: &Node, path: &mut Vec<String>, out: &mut BTreeSet<Vec<St
             out.insert(path.clone());
         }
         Node::Map(entries) => {
-            for (k, v) in entries {
+            for (k, v) in entries.iter() {
                 path.push(k.clone());
                 collect_leaves(v, path, out);
                 path.pop();
@@ -250,7 +251,7 @@ pub fn candidates(env: &str) -> Vec<String> {
 impl Default for Node {
     fn default() -> Self {
         // No secrets file: an empty mapping, whose lookups explain that the file is missing.
-        Node::Map(Vec::new())
+        Node::Map(Arc::from(Vec::new()))
     }
 }
 
@@ -278,7 +279,7 @@ impl SecretsFile {
         for doc in &loaded.docs {
             entries.extend(map_entries(&doc.items));
         }
-        let root = Node::Map(entries);
+        let root = Node::Map(Arc::from(entries));
         let mut leaves = BTreeSet::new();
         collect_leaves(&root, &mut Vec::new(), &mut leaves);
         Ok(SecretsFile {
@@ -340,7 +341,7 @@ fn node_value(shared: &Arc<Shared>, node: &Node, path: Vec<String>) -> JValue {
 struct SecretMap {
     shared: Arc<Shared>,
     path: Vec<String>,
-    entries: Vec<(String, Node)>,
+    entries: Arc<[(String, Node)]>,
 }
 
 impl Object for SecretMap {
@@ -396,7 +397,7 @@ impl Object for SecretMap {
 struct SecretList {
     shared: Arc<Shared>,
     path: Vec<String>,
-    items: Vec<Node>,
+    items: Arc<[Node]>,
 }
 
 impl Object for SecretList {

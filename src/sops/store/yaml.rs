@@ -121,6 +121,11 @@ fn is_float(s: &str) -> bool {
 
 /// A YAML timestamp as Go's RFC3339Nano text, or `None` when `s` is not one.
 fn parse_timestamp(s: &str) -> Option<String> {
+    // Cheap shape check first: most scalars are not dates, and the regex costs its compile.
+    let b = s.as_bytes();
+    if b.len() < 8 || !b[..4].iter().all(u8::is_ascii_digit) || b[4] != b'-' {
+        return None;
+    }
     static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
     let re = RE.get_or_init(|| {
         regex::Regex::new(
