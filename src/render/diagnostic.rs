@@ -67,11 +67,11 @@ impl Diagnostic {
         range: Range<usize>,
         label: impl Into<String>,
     ) -> Self {
-        let start = range.start.min(source.len());
+        let start = floor_boundary(&source, range.start);
         if self.line.is_none() {
             self.line = Some(line_of(&source, start));
         }
-        let end = range.end.clamp(start, source.len());
+        let end = floor_boundary(&source, range.end.max(start));
         self.snippet = Some(Box::new(Snippet {
             source,
             range: start..end,
@@ -115,9 +115,18 @@ impl fmt::Display for Diagnostic {
     }
 }
 
+/// The largest char boundary of `text` at or before `offset` (clamped to the text).
+pub fn floor_boundary(text: &str, offset: usize) -> usize {
+    let mut i = offset.min(text.len());
+    while !text.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
 /// 1-based line number of a byte offset.
 pub fn line_of(text: &str, offset: usize) -> usize {
-    let offset = offset.min(text.len());
+    let offset = floor_boundary(text, offset);
     text.as_bytes()[..offset]
         .iter()
         .filter(|&&b| b == b'\n')
@@ -175,5 +184,9 @@ mod tests {
         assert_eq!(&t[line_range(t, 3)], "");
         assert_eq!(&t[line_range(t, 4)], "c: 3");
         assert_eq!(line_range(t, 9), t.len()..t.len());
+        let u = "é: x";
+        assert_eq!(floor_boundary(u, 1), 0);
+        let d = Diagnostic::new("m").with_snippet(Arc::from(u), 1..2, "here");
+        assert_eq!(d.snippet.expect("snippet").range, 0..2);
     }
 }
