@@ -722,3 +722,38 @@ fn init_uses_an_existing_identity_and_real_sops_decrypts_its_secrets() {
     assert!(d.status.success(), "{}", stderr(&d));
     assert!(stdout(&d).starts_with("api:\n    token: "));
 }
+
+#[test]
+fn shop_example_secrets_are_encrypted_and_open_with_the_demo_key_in_real_sops() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let shop = shop();
+    let check = support::run_isolated(
+        Path::new(BIN),
+        &["check", &shop.to_string_lossy()],
+        &[],
+        home.path(),
+    );
+    assert!(
+        check.status.success(),
+        "{}{}",
+        stdout(&check),
+        stderr(&check)
+    );
+    assert!(stdout(&check).contains("4 file(s) matching creation rules, all encrypted"));
+    let sops = need!("sops", support::peer("sops"));
+    let key = support::repo_root().join("keys-example/age.key");
+    for file in [
+        "environments/dev/secrets.yaml",
+        "environments/staging/secrets.yaml",
+        "environments/prod/secrets.yaml",
+        "manifests/payment-webhook.sops.yaml",
+    ] {
+        let out = support::run_isolated(
+            &sops,
+            &["-d", &shop.join(file).to_string_lossy()],
+            &[("SOPS_AGE_KEY_FILE", &key.to_string_lossy())],
+            home.path(),
+        );
+        assert!(out.status.success(), "{file}: {}", stderr(&out));
+    }
+}

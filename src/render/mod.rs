@@ -428,6 +428,8 @@ pub fn render(snapshot: &Snapshot, req: &Request) -> Result<Rendered, Diagnostic
         }
     }
     let mut manifests: Vec<Manifest> = Vec::new();
+    // Two objects with the same identity: the second is reported where it is defined.
+    let mut defined: HashMap<ObjectId, String> = HashMap::new();
     for mut p in pending {
         if scopes.is_cluster_scoped(&p.id.group, &p.id.kind) {
             p.id.namespace = None;
@@ -490,6 +492,23 @@ pub fn render(snapshot: &Snapshot, req: &Request) -> Result<Rendered, Diagnostic
             Origin::Template { name, .. } => format!("templates/{name}"),
             Origin::File { path, .. } => path.to_string(),
         };
+        if let Some(other) = defined.get(&p.id) {
+            let name_at = p
+                .doc_text
+                .find("name:")
+                .map_or(0..0, |i| i..i + "name:".len());
+            problems.push(
+                engine
+                    .locate(
+                        &p.origin,
+                        name_at,
+                        &format!("{} is defined twice: in {other} and in {source}", p.id),
+                    )
+                    .with_help("each object may come from one template or manifest only; rename one or guard it with {% if %}"),
+            );
+            continue;
+        }
+        defined.insert(p.id.clone(), source.clone());
         manifests.push(Manifest {
             source,
             id: Some(p.id),
@@ -497,22 +516,24 @@ pub fn render(snapshot: &Snapshot, req: &Request) -> Result<Rendered, Diagnostic
             refs,
         });
     }
-    manifests.extend(sops_manifests);
 
-    // Two objects with the same identity.
-    let mut first: HashMap<&ObjectId, &str> = HashMap::new();
-    for m in &manifests {
+    // Whole-file SOPS manifests whose identity is readable take part in the same check.
+    for m in sops_manifests {
         if let Some(id) = &m.id {
-            if let Some(other) = first.get(id) {
+            if let Some(other) = defined.get(id) {
                 problems.push(
-                    Diagnostic::new(format!("{id} is defined twice: in {other} and in {}", m.source))
-                        .in_file(m.source.clone())
-                        .with_help("each object may come from one template or manifest only; rename one or guard it with {% if %}"),
+                    Diagnostic::new(format!(
+                        "{id} is defined twice: in {other} and in {}",
+                        m.source
+                    ))
+                    .in_file(m.source.clone())
+                    .with_help("each object may come from one template or manifest only"),
                 );
-            } else {
-                first.insert(id, &m.source);
+                continue;
             }
+            defined.insert(id.clone(), m.source.clone());
         }
+        manifests.push(m);
     }
 
     if !problems.is_empty() {

@@ -100,7 +100,7 @@ pub fn parse_set(arg: &str, string: bool) -> Result<Mapping, String> {
             "--set {arg:?}: empty key in path {path:?}; write it as a.b.c=value"
         ));
     }
-    let mut value = if string {
+    let value = if string {
         Value::String(raw.to_string())
     } else {
         match yaml_serde::from_str::<Value>(raw) {
@@ -109,15 +109,17 @@ pub fn parse_set(arg: &str, string: bool) -> Result<Mapping, String> {
             _ => Value::String(raw.to_string()),
         }
     };
-    for key in keys.into_iter().rev() {
-        let mut m = Mapping::new();
-        m.insert(Value::String(key), value);
-        value = Value::Mapping(m);
+    let mut keys = keys.into_iter().rev();
+    let mut map = Mapping::new();
+    if let Some(last) = keys.next() {
+        map.insert(Value::String(last), value);
     }
-    match value {
-        Value::Mapping(m) => Ok(m),
-        _ => unreachable!("the path has at least one key, so the value is wrapped in a mapping"),
+    for key in keys {
+        let mut outer = Mapping::new();
+        outer.insert(Value::String(key), Value::Mapping(map));
+        map = outer;
     }
+    Ok(map)
 }
 
 fn split_unescaped(s: &str, sep: char) -> Option<(&str, &str)> {
