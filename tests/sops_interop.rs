@@ -622,6 +622,12 @@ fn real_sops_vectors_open_and_match_sops() {
             None,
         ),
         (
+            "flux/algorithms_age-pq.yaml",
+            "flux/keys_age-pq.txt",
+            "SOPS_AGE_KEY_FILE",
+            None,
+        ),
+        (
             "flux/global_secret.yaml",
             "flux/keys_age-global.txt",
             "SOPS_AGE_KEY_FILE",
@@ -702,4 +708,154 @@ fn real_sops_vectors_open_and_match_sops() {
             }
         }
     }
+}
+
+/// age v1.3's post-quantum hybrid keys (`age-keygen -pq`, `age1pq1…`) work both ways with sops, and
+/// lockstep derives the same recipient from the identity as `age-keygen -y`.
+#[test]
+fn post_quantum_recipients_interoperate_with_sops_and_age() {
+    let Some(keygen) = need_peer("age-keygen") else {
+        return;
+    };
+    let Some(sops) = need_peer("sops") else {
+        return;
+    };
+    let Some(age) = need_peer("age") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("pq.txt");
+    ok(
+        Command::new(&keygen)
+            .args(["-pq", "-o"])
+            .arg(&key)
+            .output()
+            .expect("age-keygen -pq"),
+        "age-keygen -pq",
+    );
+    let recipient = String::from_utf8(ok(
+        Command::new(&keygen)
+            .arg("-y")
+            .arg(&key)
+            .output()
+            .expect("age-keygen -y"),
+        "age-keygen -y",
+    ))
+    .expect("utf-8")
+    .trim()
+    .to_string();
+    assert!(recipient.starts_with("age1pq1"), "{recipient}");
+    let key_env = [("SOPS_AGE_KEY_FILE", key.to_str().expect("utf-8"))];
+    let plain = dir.path().join("plain.yaml");
+    std::fs::write(&plain, YAML).expect("write");
+    let plain_arg = plain.to_str().expect("utf-8");
+
+    // lockstep encrypts to the PQ recipient → sops decrypts.
+    let ours = ok(
+        run(
+            Path::new(LOCKSTEP),
+            &["encrypt", "--age", &recipient, plain_arg],
+            &[],
+            dir.path(),
+        ),
+        "lockstep encrypt --age age1pq1…",
+    );
+    assert!(String::from_utf8_lossy(&ours).contains(&format!("recipient: {recipient}")));
+    let ours_path = dir.path().join("ours.yaml");
+    std::fs::write(&ours_path, &ours).expect("write");
+    let by_sops = ok(
+        run(
+            &sops,
+            &["-d", ours_path.to_str().expect("utf-8")],
+            &key_env,
+            dir.path(),
+        ),
+        "sops -d (lockstep PQ file)",
+    );
+    assert_eq!(
+        data(Format::Yaml, &by_sops),
+        data(Format::Yaml, YAML.as_bytes())
+    );
+
+    // sops encrypts to it → lockstep decrypts.
+    let theirs = ok(
+        run(
+            &sops,
+            &["-e", "--age", &recipient, plain_arg],
+            &[],
+            dir.path(),
+        ),
+        "sops -e --age age1pq1…",
+    );
+    let theirs_path = dir.path().join("theirs.yaml");
+    std::fs::write(&theirs_path, &theirs).expect("write");
+    let by_us = ok(
+        run(
+            Path::new(LOCKSTEP),
+            &["decrypt", theirs_path.to_str().expect("utf-8")],
+            &key_env,
+            dir.path(),
+        ),
+        "lockstep decrypt (sops PQ file)",
+    );
+    assert_eq!(
+        data(Format::Yaml, &by_us),
+        data(Format::Yaml, YAML.as_bytes())
+    );
+
+    // The data key wrapped by lockstep is a valid age file for the real age CLI.
+    let text = String::from_utf8(ours).expect("utf-8");
+    let armored: String = text
+        .split("enc: |")
+        .nth(1)
+        .expect("an age stanza")
+        .lines()
+        .skip(1)
+        .map(str::trim)
+        .take_while(|l| !l.is_empty() && !l.starts_with("recipient:"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let armored_path = dir.path().join("key.age");
+    std::fs::write(&armored_path, format!("{armored}\n")).expect("write");
+    let out = Command::new(&age)
+        .arg("-d")
+        .arg("-i")
+        .arg(&key)
+        .arg(&armored_path)
+        .output()
+        .expect("age -d");
+    assert!(
+        out.status.success(),
+        "age -d: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout.len(), 32, "the data key is 32 bytes");
+
+    // `lockstep keygen --pq` makes identities the real age-keygen reads the same recipient from.
+    let ours_key = dir.path().join("ours-pq.txt");
+    let made = run(
+        Path::new(LOCKSTEP),
+        &["keygen", "--pq", "-o", ours_key.to_str().expect("utf-8")],
+        &[],
+        dir.path(),
+    );
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let text = std::fs::read_to_string(&ours_key).expect("key");
+    let public = text
+        .lines()
+        .find_map(|l| l.strip_prefix("# public key: "))
+        .expect("public key line");
+    let derived = ok(
+        Command::new(&keygen)
+            .arg("-y")
+            .arg(&ours_key)
+            .output()
+            .expect("age-keygen -y"),
+        "age-keygen -y (lockstep PQ key)",
+    );
+    assert_eq!(String::from_utf8_lossy(&derived).trim(), public);
 }

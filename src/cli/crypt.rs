@@ -38,6 +38,9 @@ pub struct KeygenArgs {
     /// Write the identity to FILE (created with mode 0600; never overwritten) instead of stdout.
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// A post-quantum hybrid identity (ML-KEM-768 + X25519, `age1pq1…`), as `age-keygen -pq`.
+    #[arg(long)]
+    pub pq: bool,
 }
 
 /// Options shared by `encrypt` and `decrypt`.
@@ -420,7 +423,11 @@ pub fn keygen(
     let created = jiff::Timestamp::now()
         .strftime("%Y-%m-%dT%H:%M:%SZ")
         .to_string();
-    let (text, public) = crate::keys::generate(&created);
+    let (text, public) = if args.pq {
+        crate::keys::generate_pq(&created)
+    } else {
+        crate::keys::generate(&created)
+    };
     match &args.output {
         Some(path) => {
             use std::os::unix::fs::OpenOptionsExt;

@@ -1,4 +1,4 @@
-//! age identities and recipients (X25519 and SSH), parsed from bytes, and the wrapping of a data key
+//! age identities and recipients (X25519, post-quantum hybrid and SSH), parsed from bytes, and the wrapping of a data key
 //! to a recipient the way sops does it: one ASCII-armored age file per recipient.
 //!
 //! This module never reads environment variables or files; the CLI edge gathers key material and hands
@@ -10,10 +10,15 @@ use std::str::FromStr;
 use age::secrecy::ExposeSecret;
 use zeroize::Zeroizing;
 
+mod bech32;
+pub mod pq;
+
 /// A recipient a data key can be wrapped to.
 pub enum Recipient {
     /// `age1…`
     X25519(age::x25519::Recipient),
+    /// `age1pq1…` (ML-KEM-768 + X25519)
+    PostQuantum(Box<pq::PqRecipient>),
     /// `ssh-ed25519 …` / `ssh-rsa …`
     Ssh(Box<age::ssh::Recipient>),
 }
@@ -21,7 +26,7 @@ pub enum Recipient {
 /// A recipient string that is not an age or SSH public key.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "{recipient:?} is not an age recipient (age1…) or an SSH public key (ssh-ed25519 …, ssh-rsa …)"
+    "{recipient:?} is not an age recipient (age1…, age1pq1…) or an SSH public key (ssh-ed25519 …, ssh-rsa …)"
 )]
 pub struct RecipientError {
     /// The text given (a public key, safe to print).
@@ -32,7 +37,13 @@ impl Recipient {
     /// Parses `age1…` or an OpenSSH public key line.
     pub fn parse(s: &str) -> Result<Recipient, RecipientError> {
         let s = s.trim();
-        if s.starts_with("age1") {
+        if s.starts_with("age1pq1") {
+            pq::PqRecipient::parse(s)
+                .map(|r| Recipient::PostQuantum(Box::new(r)))
+                .ok_or_else(|| RecipientError {
+                    recipient: s.to_string(),
+                })
+        } else if s.starts_with("age1") {
             age::x25519::Recipient::from_str(s)
                 .map(Recipient::X25519)
                 .map_err(|_| RecipientError {
@@ -54,6 +65,7 @@ impl Recipient {
     fn as_dyn(&self) -> &dyn age::Recipient {
         match self {
             Recipient::X25519(r) => r,
+            Recipient::PostQuantum(r) => r.as_ref(),
             Recipient::Ssh(r) => r.as_ref(),
         }
     }
@@ -166,10 +178,23 @@ impl KeyRing {
                         source: source.into(),
                     });
                     added += 1;
-                } else if word.starts_with("AGE-SECRET-KEY-PQ-1") || word.starts_with("AGE-PLUGIN-")
-                {
+                } else if word.starts_with("AGE-SECRET-KEY-PQ-1") {
+                    let id = pq::PqIdentity::parse(word).ok_or_else(|| {
+                        err(&format!(
+                            "line {}: malformed AGE-SECRET-KEY-PQ-1 identity",
+                            n + 1
+                        ))
+                    })?;
+                    let public = id.public.clone();
+                    self.identities.push(Identity {
+                        inner: Box::new(id),
+                        public,
+                        source: source.into(),
+                    });
+                    added += 1;
+                } else if word.starts_with("AGE-PLUGIN-") {
                     return Err(err(&format!(
-                        "line {}: post-quantum and plugin identities are not supported yet",
+                        "line {}: age plugin identities are not supported yet",
                         n + 1
                     )));
                 } else {
@@ -213,6 +238,16 @@ pub fn generate(created: &str) -> (Zeroizing<String>, String) {
     let text = Zeroizing::new(format!(
         "# created: {created}\n# public key: {public}\n{}\n",
         id.to_string().expose_secret()
+    ));
+    (text, public)
+}
+
+/// A new post-quantum hybrid identity in `age-keygen -pq`'s file format, and its recipient.
+pub fn generate_pq(created: &str) -> (Zeroizing<String>, String) {
+    let (secret, public) = pq::generate();
+    let text = Zeroizing::new(format!(
+        "# created: {created}\n# public key: {public}\n{}\n",
+        *secret
     ));
     (text, public)
 }
