@@ -13,6 +13,7 @@
 #![warn(missing_docs)]
 
 pub mod cli;
+pub mod decrypt;
 pub mod keys;
 pub mod render;
 pub mod sops;

@@ -1,0 +1,564 @@
+//! Decrypt: the only stage that produces plaintext. It turns a [`Rendered`] set into an
+//! [`ApplySet`] — the objects exactly as they will be sent — in memory.
+//!
+//! - The environment's secrets file is opened whole from its original bytes (MAC verified) and
+//!   every sealed reference inside a Secret is replaced by its value (base64-encoded for `data`).
+//!   A Secret's `stringData` is folded into `data`, so what is sent is what the API server stores.
+//! - Whole-file SOPS manifests are decrypted (MAC verified) and get the environment's namespace.
+//! - Anything still carrying `ENC[…]` or a `<sealed:…>` placeholder is refused, naming the object.
+//!
+//! Plaintext lives in [`SecretJson`] (wiped on drop, never printed) until the caller sends it.
+//! Nothing here logs, prints or stores anything; errors name files, objects and key paths only.
+
+use std::collections::BTreeSet;
+
+use base64::Engine as _;
+use serde_json::{Map, Value as Json};
+use zeroize::{Zeroize, Zeroizing};
+
+use crate::keys::KeyRing;
+use crate::render::manifest::{self, ObjectId, Scopes};
+use crate::render::sealed::{SealedRef, Transform};
+use crate::render::{Body, Rendered};
+use crate::sops::store::Format;
+use crate::sops::tree::{Item, Value as Tree};
+use crate::sops::{self, SopsError};
+use crate::source::Snapshot;
+
+/// Why an apply set could not be built. Never carries a secret value.
+#[derive(Debug, thiserror::Error)]
+pub enum DecryptError {
+    /// A SOPS file did not open (no identity, MAC mismatch, damaged value…).
+    #[error("{file}: {source}")]
+    Sops {
+        /// The file.
+        file: String,
+        /// What went wrong.
+        source: SopsError,
+    },
+    /// A file named by the rendered set is not in the project.
+    #[error("{file}: not found in the project")]
+    Missing {
+        /// The file.
+        file: String,
+    },
+    /// A sealed reference that does not resolve to a usable value.
+    #[error("{object} ({source_file}): {at}: {message}")]
+    Reference {
+        /// The object.
+        object: String,
+        /// Where it was rendered from.
+        source_file: String,
+        /// The field.
+        at: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A decrypted SOPS manifest that is not a valid object.
+    #[error("{file}: {message}")]
+    Manifest {
+        /// The file.
+        file: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Ciphertext or a placeholder would reach the cluster.
+    #[error(
+        "{object} ({source_file}): `{at}` still holds {what}; refusing to send it to the cluster"
+    )]
+    Leftover {
+        /// The object.
+        object: String,
+        /// Where it was rendered from.
+        source_file: String,
+        /// The field.
+        at: String,
+        /// `ENC[…] ciphertext` or `a sealed placeholder`.
+        what: &'static str,
+    },
+}
+
+/// A JSON object holding plaintext: no `Debug`, no `Clone`, every string wiped on drop.
+pub struct SecretJson(Json);
+
+impl SecretJson {
+    /// The object, to serialise into a request body.
+    pub fn expose(&self) -> &Json {
+        &self.0
+    }
+
+    /// Mutable access, for adding labels before sending.
+    pub fn expose_mut(&mut self) -> &mut Json {
+        &mut self.0
+    }
+}
+
+fn wipe(v: &mut Json) {
+    match v {
+        Json::String(s) => s.zeroize(),
+        Json::Array(items) => items.iter_mut().for_each(wipe),
+        Json::Object(map) => {
+            for (_, v) in map.iter_mut() {
+                wipe(v);
+            }
+        }
+        _ => {}
+    }
+}
+
+impl Drop for SecretJson {
+    fn drop(&mut self) {
+        wipe(&mut self.0);
+    }
+}
+
+/// One object ready to send.
+pub struct ApplyObject {
+    /// Its identity (namespace defaulted).
+    pub id: ObjectId,
+    /// `apiVersion`.
+    pub api_version: String,
+    /// The project file it came from.
+    pub source: String,
+    /// The object, with secrets in place.
+    pub object: SecretJson,
+    /// Whether it holds decrypted values (a Secret with references, or a SOPS manifest).
+    pub has_secrets: bool,
+}
+
+/// The decrypted set of one environment, in apply order.
+pub struct ApplySet {
+    /// Project name.
+    pub project: String,
+    /// Environment name.
+    pub environment: String,
+    /// The environment's namespace.
+    pub namespace: String,
+    /// The objects.
+    pub objects: Vec<ApplyObject>,
+}
+
+/// Converts a YAML value to JSON (tags dropped, non-string keys as their YAML text).
+pub fn yaml_to_json(v: &yaml_serde::Value) -> Json {
+    use yaml_serde::Value as Y;
+    match v {
+        Y::Null => Json::Null,
+        Y::Bool(b) => Json::Bool(*b),
+        Y::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                Json::from(i)
+            } else if let Some(u) = n.as_u64() {
+                Json::from(u)
+            } else {
+                n.as_f64()
+                    .and_then(serde_json::Number::from_f64)
+                    .map_or(Json::Null, Json::Number)
+            }
+        }
+        Y::String(s) => Json::String(s.clone()),
+        Y::Sequence(items) => Json::Array(items.iter().map(yaml_to_json).collect()),
+        Y::Mapping(m) => Json::Object(
+            m.iter()
+                .map(|(k, v)| {
+                    let key = match k {
+                        Y::String(s) => s.clone(),
+                        other => yaml_serde::to_string(other)
+                            .unwrap_or_default()
+                            .trim_end()
+                            .to_string(),
+                    };
+                    (key, yaml_to_json(v))
+                })
+                .collect(),
+        ),
+        Y::Tagged(t) => yaml_to_json(&t.value),
+    }
+}
+
+fn tree_to_json(v: &Tree) -> Json {
+    match v {
+        Tree::Map(items) => Json::Object(
+            items
+                .iter()
+                .filter_map(|i| match i {
+                    Item::Pair(k, v) => Some((k.clone(), tree_to_json(v))),
+                    Item::Comment(_) => None,
+                })
+                .collect(),
+        ),
+        Tree::List(values) => Json::Array(
+            values
+                .iter()
+                .filter(|v| !matches!(v, Tree::Comment(_)))
+                .map(tree_to_json)
+                .collect(),
+        ),
+        Tree::Str(s) | Tree::Time(s) => Json::String(s.clone()),
+        Tree::Int(i) => Json::from(*i),
+        Tree::Float(f) => serde_json::Number::from_f64(*f).map_or(Json::Null, Json::Number),
+        Tree::Bool(b) => Json::Bool(*b),
+        Tree::Bytes(b) => Json::String(String::from_utf8_lossy(b).into_owned()),
+        Tree::Null | Tree::Comment(_) => Json::Null,
+    }
+}
+
+/// The bytes of a decrypted leaf (scalars as sops writes them in flat formats).
+fn leaf_bytes(v: &Tree) -> Option<Zeroizing<Vec<u8>>> {
+    Some(Zeroizing::new(match v {
+        Tree::Bytes(b) => b.clone(),
+        Tree::Map(_) | Tree::List(_) | Tree::Comment(_) => return None,
+        other => other.scalar_text()?.into_bytes(),
+    }))
+}
+
+/// Looks a key path up in decrypted documents.
+fn lookup<'a>(docs: &'a [crate::sops::tree::Document], path: &[String]) -> Option<&'a Tree> {
+    let (first, rest) = path.split_first()?;
+    let mut cur = docs.iter().find_map(|d| {
+        d.items.iter().find_map(|i| match i {
+            Item::Pair(k, v) if k == first => Some(v),
+            _ => None,
+        })
+    })?;
+    for key in rest {
+        cur = match cur {
+            Tree::Map(_) => cur.get(key)?,
+            Tree::List(values) => {
+                let i: usize = key.parse().ok()?;
+                let idx = crate::sops::tree::element_index(values, i)?;
+                &values[idx]
+            }
+            _ => return None,
+        };
+    }
+    Some(cur)
+}
+
+/// Where a field is, for messages: `data.password`.
+fn field(section: &str, key: &str) -> String {
+    format!("{section}.{key}")
+}
+
+/// Builds the apply set: decrypts what the rendered set refers to, with the identities in `ring`.
+pub fn decrypt(
+    rendered: &Rendered,
+    snapshot: &Snapshot,
+    ring: &KeyRing,
+) -> Result<ApplySet, DecryptError> {
+    let needs_secrets = rendered.manifests.iter().any(|m| !m.refs.is_empty());
+    let secrets = match (&rendered.secrets_file, needs_secrets) {
+        (Some(file), true) => {
+            let bytes = snapshot
+                .get(file)
+                .ok_or_else(|| DecryptError::Missing { file: file.clone() })?;
+            let format = Format::from_path(std::path::Path::new(file));
+            Some(sops::decrypt(bytes, format, ring, false).map_err(|source| {
+                DecryptError::Sops {
+                    file: file.clone(),
+                    source,
+                }
+            })?)
+        }
+        _ => None,
+    };
+
+    // Custom kinds declared cluster-scoped by CRDs in the set (for SOPS manifests' namespaces).
+    let mut scopes = Scopes::default();
+    for m in &rendered.manifests {
+        if let (Body::Object(v), Some(id)) = (&m.body, &m.id)
+            && id.kind == "CustomResourceDefinition"
+        {
+            scopes.learn(v);
+        }
+    }
+
+    let mut objects = Vec::with_capacity(rendered.manifests.len());
+    for m in &rendered.manifests {
+        match &m.body {
+            Body::Object(v) => {
+                let Some(id) = m.id.clone() else { continue };
+                let mut json = SecretJson(yaml_to_json(v));
+                let has_secrets = !m.refs.is_empty();
+                if has_secrets {
+                    let docs = secrets.as_ref().map(|d| d.docs.as_slice()).unwrap_or(&[]);
+                    fill_secret(&mut json, docs, &id, &m.source)?;
+                }
+                let api_version = json.0["apiVersion"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                objects.push(ApplyObject {
+                    id,
+                    api_version,
+                    source: m.source.clone(),
+                    object: json,
+                    has_secrets,
+                });
+            }
+            Body::Sops { text } => {
+                for obj in open_sops_manifest(&m.source, text, ring, &rendered.namespace, &scopes)?
+                {
+                    objects.push(obj);
+                }
+            }
+        }
+    }
+    for o in &objects {
+        check_leftovers(o)?;
+    }
+    Ok(ApplySet {
+        project: rendered.project.clone(),
+        environment: rendered.environment.clone(),
+        namespace: rendered.namespace.clone(),
+        objects,
+    })
+}
+
+/// Replaces placeholders in a Secret and folds `stringData` into `data`.
+fn fill_secret(
+    json: &mut SecretJson,
+    docs: &[crate::sops::tree::Document],
+    id: &ObjectId,
+    source: &str,
+) -> Result<(), DecryptError> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let err = |at: String, message: String| DecryptError::Reference {
+        object: id.to_string(),
+        source_file: source.to_string(),
+        at,
+        message,
+    };
+    let resolve = |r: &SealedRef, at: &str| -> Result<Zeroizing<Vec<u8>>, DecryptError> {
+        let leaf = lookup(docs, &r.path).ok_or_else(|| {
+            err(
+                at.to_string(),
+                format!("{} is not in {}", r.display_path(), r.file),
+            )
+        })?;
+        leaf_bytes(leaf).ok_or_else(|| {
+            err(
+                at.to_string(),
+                format!(
+                    "{} is a {}, not a single value",
+                    r.display_path(),
+                    leaf.kind()
+                ),
+            )
+        })
+    };
+    let Some(obj) = json.0.as_object_mut() else {
+        return Ok(());
+    };
+    let mut data: Map<String, Json> = match obj.remove("data") {
+        Some(Json::Object(m)) => m,
+        _ => Map::new(),
+    };
+    // data: each value is exactly one reference (or plain base64 text).
+    for (key, value) in data.iter_mut() {
+        let Json::String(text) = value else { continue };
+        let found = SealedRef::find_all(text);
+        let Some((_, r)) = found.first() else {
+            continue;
+        };
+        let at = field("data", key);
+        let plain = resolve(r, &at)?;
+        let encoded = Zeroizing::new(match r.transform {
+            Transform::Base64 => b64.encode(&*plain),
+            Transform::Plain => {
+                let s = std::str::from_utf8(&plain).map_err(|_| {
+                    err(
+                        at.clone(),
+                        format!("{} is not text; use | b64encode", r.display_path()),
+                    )
+                })?;
+                if b64.decode(s.trim()).is_err() {
+                    return Err(err(
+                        at,
+                        format!(
+                            "{} is not base64, which a Secret's data needs; write `{{{{ {} | b64encode }}}}` or move it to stringData",
+                            r.display_path(),
+                            r.display_path()
+                        ),
+                    ));
+                }
+                s.trim().to_string()
+            }
+        });
+        text.zeroize();
+        *text = encoded.to_string();
+    }
+    // stringData: references anywhere in the text; folded into data (base64), as the API server would.
+    if let Some(Json::Object(string_data)) = obj.remove("stringData") {
+        let mut string_data = SecretJson(Json::Object(string_data));
+        if let Json::Object(sd) = &mut string_data.0 {
+            for (key, value) in sd.iter_mut() {
+                let Json::String(text) = value else { continue };
+                let at = field("stringData", key);
+                let mut out = Zeroizing::new(String::with_capacity(text.len()));
+                let mut last = 0;
+                for (range, r) in SealedRef::find_all(text) {
+                    out.push_str(&text[last..range.start]);
+                    let plain = resolve(&r, &at)?;
+                    match r.transform {
+                        Transform::Plain => out.push_str(&String::from_utf8_lossy(&plain)),
+                        Transform::Base64 => out.push_str(&b64.encode(&*plain)),
+                    }
+                    last = range.end;
+                }
+                out.push_str(&text[last..]);
+                data.insert(key.clone(), Json::String(b64.encode(out.as_bytes())));
+            }
+        }
+    }
+    if !data.is_empty() {
+        obj.insert("data".into(), Json::Object(data));
+    }
+    Ok(())
+}
+
+/// Decrypts a whole-file SOPS manifest into its objects.
+fn open_sops_manifest(
+    file: &str,
+    text: &str,
+    ring: &KeyRing,
+    namespace: &str,
+    scopes: &Scopes,
+) -> Result<Vec<ApplyObject>, DecryptError> {
+    let opened = sops::decrypt(text.as_bytes(), Format::Yaml, ring, false).map_err(|source| {
+        DecryptError::Sops {
+            file: file.to_string(),
+            source,
+        }
+    })?;
+    let mut out = Vec::new();
+    for doc in &opened.docs {
+        let mut json = SecretJson(tree_to_json(&Tree::Map(doc.items.clone())));
+        let bad = |message: String| DecryptError::Manifest {
+            file: file.to_string(),
+            message,
+        };
+        let text_of = |v: &Json| v.as_str().map(str::to_string);
+        let api_version = text_of(&json.0["apiVersion"])
+            .ok_or_else(|| bad("the decrypted document has no apiVersion".into()))?;
+        let kind = text_of(&json.0["kind"])
+            .ok_or_else(|| bad("the decrypted document has no kind".into()))?;
+        let name = text_of(&json.0["metadata"]["name"])
+            .ok_or_else(|| bad("the decrypted document has no metadata.name".into()))?;
+        let group = manifest::group_of(&api_version).to_string();
+        let namespace = if scopes.is_cluster_scoped(&group, &kind) {
+            None
+        } else {
+            let ns =
+                text_of(&json.0["metadata"]["namespace"]).unwrap_or_else(|| namespace.to_string());
+            if let Some(meta) = json.0["metadata"].as_object_mut() {
+                meta.insert("namespace".into(), Json::String(ns.clone()));
+            }
+            Some(ns)
+        };
+        // A Secret's stringData is folded into data here too.
+        if group.is_empty() && kind == "Secret" {
+            fold_string_data(&mut json);
+        }
+        out.push(ApplyObject {
+            id: ObjectId {
+                group,
+                kind,
+                namespace,
+                name,
+            },
+            api_version,
+            source: file.to_string(),
+            object: json,
+            has_secrets: true,
+        });
+    }
+    Ok(out)
+}
+
+fn fold_string_data(json: &mut SecretJson) {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let Some(obj) = json.0.as_object_mut() else {
+        return;
+    };
+    let Some(Json::Object(sd)) = obj.remove("stringData") else {
+        return;
+    };
+    let sd = SecretJson(Json::Object(sd));
+    let data = obj
+        .entry("data")
+        .or_insert_with(|| Json::Object(Map::new()));
+    if let (Json::Object(data), Json::Object(sd)) = (data, &sd.0) {
+        for (k, v) in sd {
+            let text = match v {
+                Json::String(s) => Zeroizing::new(s.clone()),
+                other => Zeroizing::new(other.to_string()),
+            };
+            data.insert(k.clone(), Json::String(b64.encode(text.as_bytes())));
+        }
+    }
+}
+
+/// Refuses objects that still carry ciphertext or placeholders anywhere.
+fn check_leftovers(o: &ApplyObject) -> Result<(), DecryptError> {
+    fn walk(v: &Json, path: &mut Vec<String>, found: &mut Option<(String, &'static str)>) {
+        if found.is_some() {
+            return;
+        }
+        match v {
+            Json::String(s) => {
+                if s.contains("ENC[AES256_GCM,") {
+                    *found = Some((path.join("."), "ENC[…] ciphertext"));
+                } else if SealedRef::mentioned_in(s) {
+                    *found = Some((path.join("."), "a sealed placeholder"));
+                }
+            }
+            Json::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    path.push(format!("[{i}]"));
+                    walk(item, path, found);
+                    path.pop();
+                }
+            }
+            Json::Object(map) => {
+                for (k, item) in map {
+                    if k.contains("ENC[AES256_GCM,") || SealedRef::mentioned_in(k) {
+                        *found = Some((
+                            path.join("."),
+                            "a sealed placeholder or ciphertext in a key",
+                        ));
+                        return;
+                    }
+                    path.push(k.clone());
+                    walk(item, path, found);
+                    path.pop();
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut found = None;
+    walk(o.object.expose(), &mut Vec::new(), &mut found);
+    match found {
+        Some((at, what)) => Err(DecryptError::Leftover {
+            object: o.id.to_string(),
+            source_file: o.source.clone(),
+            at: at.replace(".[", "["),
+            what,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Every distinct secrets file a rendered set needs a key for.
+pub fn files_needing_keys(rendered: &Rendered) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for m in &rendered.manifests {
+        for r in &m.refs {
+            out.insert(r.file.clone());
+        }
+        if matches!(m.body, Body::Sops { .. }) {
+            out.insert(m.source.clone());
+        }
+    }
+    out
+}
