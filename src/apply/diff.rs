@@ -1,0 +1,106 @@
+//! Diffs of what `apply` would change: the server's dry-run result against the live object, as a
+//! unified diff in YAML, with noise removed and Secret values masked (key names and whether a value
+//! was added, changed or removed — never a value, never a hash of one).
+
+use serde_json::{Map, Value as Json};
+
+use crate::render::emit;
+
+/// Removes fields that change on every write or are not the user's to set.
+fn clean(v: &Json) -> Json {
+    let mut v = v.clone();
+    if let Some(obj) = v.as_object_mut() {
+        obj.remove("status");
+        if let Some(meta) = obj.get_mut("metadata").and_then(Json::as_object_mut) {
+            for k in [
+                "managedFields",
+                "resourceVersion",
+                "generation",
+                "creationTimestamp",
+                "uid",
+            ] {
+                meta.remove(k);
+            }
+            if let Some(a) = meta.get_mut("annotations").and_then(Json::as_object_mut) {
+                a.remove("deprecated.daemonset.template.generation");
+                a.remove("deployment.kubernetes.io/revision");
+                if a.is_empty() {
+                    meta.remove("annotations");
+                }
+            }
+        }
+    }
+    v
+}
+
+const MASK: &str = "(hidden)";
+const MASK_CHANGED: &str = "(hidden, changed)";
+
+/// Masks the values of a Secret pair: equal values look equal, changed ones say so.
+fn mask_secret(live: &mut Json, new: &mut Json) {
+    for section in ["data", "stringData"] {
+        let old_map: Map<String, Json> = live
+            .get(section)
+            .and_then(Json::as_object)
+            .cloned()
+            .unwrap_or_default();
+        if let Some(m) = new.get_mut(section).and_then(Json::as_object_mut) {
+            for (k, v) in m.iter_mut() {
+                let changed = old_map.get(k).is_some_and(|o| o != v);
+                *v = Json::String(if changed { MASK_CHANGED } else { MASK }.into());
+            }
+        }
+        if let Some(m) = live.get_mut(section).and_then(Json::as_object_mut) {
+            for (_, v) in m.iter_mut() {
+                *v = Json::String(MASK.into());
+            }
+        }
+    }
+}
+
+fn yaml(v: &Json) -> String {
+    match yaml_serde::to_value(v) {
+        Ok(y) => emit::to_yaml(&y),
+        Err(_) => String::new(),
+    }
+}
+
+/// A unified diff from `live` (None when the object is new) to `new`, labelled with `name`.
+pub fn unified(name: &str, is_secret: bool, live: Option<&Json>, new: &Json) -> String {
+    let mut old = live.map(clean).unwrap_or(Json::Null);
+    let mut next = clean(new);
+    if is_secret {
+        mask_secret(&mut old, &mut next);
+    }
+    let old_text = if live.is_some() {
+        yaml(&old)
+    } else {
+        String::new()
+    };
+    let new_text = yaml(&next);
+    similar::TextDiff::from_lines(&old_text, &new_text)
+        .unified_diff()
+        .context_radius(3)
+        .header(&format!("live/{name}"), &format!("merged/{name}"))
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn secret_values_never_appear_in_a_diff() {
+        let live = json!({"kind": "Secret", "metadata": {"name": "s", "resourceVersion": "7"}, "data": {"a": "c2VjcmV0MQ==", "b": "a2VlcA==", "gone": "eA=="}});
+        let new = json!({"kind": "Secret", "metadata": {"name": "s"}, "data": {"a": "c2VjcmV0Mg==", "b": "a2VlcA==", "added": "eQ=="}});
+        let d = unified("v1/Secret/s", true, Some(&live), &new);
+        for secret in ["c2VjcmV0MQ==", "c2VjcmV0Mg==", "a2VlcA==", "eA==", "eQ=="] {
+            assert!(!d.contains(secret), "{d}");
+        }
+        assert!(d.contains("+  a: (hidden, changed)"), "{d}");
+        assert!(d.contains("-  gone: (hidden)"), "{d}");
+        assert!(d.contains("+  added: (hidden)"), "{d}");
+        assert!(!d.contains("resourceVersion"), "{d}");
+    }
+}

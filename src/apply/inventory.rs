@@ -1,0 +1,324 @@
+//! The inventory: which objects an environment applied, kept in the cluster so the next apply (from
+//! the CLI or the in-cluster controller) knows what to prune. Object references only, never data.
+//!
+//! It is a ConfigMap `lockstep-inventory-<project>-<environment>` in the environment's namespace:
+//! `data.objects` holds one `apiVersion kind namespace name` line per object (`-` for cluster-scoped),
+//! `data.revision` and `data.appliedAt` say what was applied when.
+
+use std::cmp::Ordering;
+use std::collections::BTreeSet;
+
+use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
+use kube::core::GroupVersionKind;
+use kube::discovery::{Discovery, Scope};
+use kube::{Api, Client};
+use serde_json::{Value as Json, json};
+
+use super::{
+    Action, ApplyError, ENVIRONMENT_LABEL, FIELD_MANAGER, MANAGED_BY, Options, PROJECT_LABEL,
+    PRUNE_ANNOTATION, delete_exact, reason,
+};
+use crate::decrypt::ApplySet;
+use crate::render::manifest::{ObjectId, group_of};
+
+/// One inventoried object. Equality and order ignore the API version: the same object under a
+/// newer version is the same object (and must not be pruned).
+#[derive(Debug, Clone)]
+pub struct InventoryEntry {
+    /// `apiVersion` it was applied with.
+    pub api_version: String,
+    /// Kind.
+    pub kind: String,
+    /// Namespace (`None` for cluster-scoped).
+    pub namespace: Option<String>,
+    /// Name.
+    pub name: String,
+}
+
+impl InventoryEntry {
+    /// The entry for an object.
+    pub fn of(id: &ObjectId, api_version: &str) -> InventoryEntry {
+        InventoryEntry {
+            api_version: api_version.to_string(),
+            kind: id.kind.clone(),
+            namespace: id.namespace.clone(),
+            name: id.name.clone(),
+        }
+    }
+
+    /// The object's identity.
+    pub fn id(&self) -> ObjectId {
+        ObjectId {
+            group: group_of(&self.api_version).to_string(),
+            kind: self.kind.clone(),
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+        }
+    }
+
+    fn key(&self) -> (&str, &str, Option<&str>, &str) {
+        (
+            group_of(&self.api_version),
+            self.kind.as_str(),
+            self.namespace.as_deref(),
+            self.name.as_str(),
+        )
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "{} {} {} {}",
+            self.api_version,
+            self.kind,
+            self.namespace.as_deref().unwrap_or("-"),
+            self.name
+        )
+    }
+
+    fn parse(line: &str) -> Option<InventoryEntry> {
+        let mut parts = line.split_whitespace();
+        let api_version = parts.next()?.to_string();
+        let kind = parts.next()?.to_string();
+        let namespace = match parts.next()? {
+            "-" => None,
+            ns => Some(ns.to_string()),
+        };
+        let name = parts.next()?.to_string();
+        Some(InventoryEntry {
+            api_version,
+            kind,
+            namespace,
+            name,
+        })
+    }
+}
+
+impl PartialEq for InventoryEntry {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for InventoryEntry {}
+
+impl PartialOrd for InventoryEntry {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for InventoryEntry {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.key().cmp(&other.key())
+    }
+}
+
+/// The recorded set of one project environment.
+#[derive(Debug, Clone, Default)]
+pub struct Inventory {
+    /// The objects.
+    pub entries: BTreeSet<InventoryEntry>,
+    /// The revision applied.
+    pub revision: String,
+}
+
+/// The inventory ConfigMap's name.
+pub fn name(project: &str, environment: &str) -> String {
+    format!("lockstep-inventory-{project}-{environment}")
+}
+
+/// The ConfigMap API of a namespace.
+pub fn api(client: &Client, namespace: &str) -> Api<DynamicObject> {
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("", "v1", "ConfigMap"),
+        "configmaps",
+    );
+    Api::namespaced_with(client.clone(), namespace, &ar)
+}
+
+impl Inventory {
+    /// Reads the inventory (empty when there is none yet).
+    pub async fn read(
+        api: &Api<DynamicObject>,
+        project: &str,
+        environment: &str,
+    ) -> Result<Inventory, ApplyError> {
+        let cm = match api.get_opt(&name(project, environment)).await {
+            Ok(cm) => cm,
+            Err(kube::Error::Api(s)) if s.code == 404 => None,
+            Err(e) => return Err(e.into()),
+        };
+        let Some(cm) = cm else {
+            return Ok(Inventory::default());
+        };
+        let entries = cm.data["data"]["objects"]
+            .as_str()
+            .unwrap_or_default()
+            .lines()
+            .filter_map(InventoryEntry::parse)
+            .collect();
+        Ok(Inventory {
+            entries,
+            revision: cm.data["data"]["revision"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        })
+    }
+
+    /// Writes the inventory (server-side apply).
+    pub async fn write(
+        &self,
+        api: &Api<DynamicObject>,
+        project: &str,
+        environment: &str,
+    ) -> Result<(), ApplyError> {
+        let objects: Vec<String> = self.entries.iter().map(InventoryEntry::line).collect();
+        let now = jiff::Timestamp::now()
+            .strftime("%Y-%m-%dT%H:%M:%SZ")
+            .to_string();
+        let body = json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": name(project, environment),
+                "labels": {
+                    MANAGED_BY.0: MANAGED_BY.1,
+                    PROJECT_LABEL: project,
+                    ENVIRONMENT_LABEL: environment,
+                    "lockstep.dev/inventory": "true",
+                },
+            },
+            "data": {
+                "objects": objects.join("\n"),
+                "revision": self.revision,
+                "appliedAt": now,
+            },
+        });
+        api.patch(
+            &name(project, environment),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+fn protected(kind: &str) -> bool {
+    matches!(
+        kind,
+        "CustomResourceDefinition" | "Namespace" | "PersistentVolumeClaim"
+    )
+}
+
+/// Prunes one stale object if it is safe: returns what happened, a note, and whether it stays in
+/// the inventory (a failed or refused delete is retried next time).
+pub(crate) async fn prune_one(
+    client: &Client,
+    discovery: &Discovery,
+    entry: &InventoryEntry,
+    set: &ApplySet,
+    opts: &Options,
+) -> (Action, Option<String>, bool) {
+    if protected(&entry.kind) && !opts.prune_protected {
+        return (
+            Action::Kept,
+            Some(format!(
+                "{} is only pruned with --prune-protected",
+                entry.kind
+            )),
+            true,
+        );
+    }
+    let version = entry
+        .api_version
+        .rsplit_once('/')
+        .map_or(entry.api_version.as_str(), |(_, v)| v);
+    let gvk = GroupVersionKind::gvk(group_of(&entry.api_version), version, &entry.kind);
+    let Some((ar, caps)) = discovery.resolve_gvk(&gvk) else {
+        return (
+            Action::Kept,
+            Some(format!(
+                "{} is no longer served; forgotten",
+                entry.api_version
+            )),
+            false,
+        );
+    };
+    let api: Api<DynamicObject> = match (caps.scope, &entry.namespace) {
+        (Scope::Namespaced, Some(ns)) => Api::namespaced_with(client.clone(), ns, &ar),
+        _ => Api::all_with(client.clone(), &ar),
+    };
+    let live = match api.get_opt(&entry.name).await {
+        Ok(Some(o)) => o,
+        Ok(None) => return (Action::Pruned, Some("already gone".into()), false),
+        Err(e) => {
+            return (
+                Action::Kept,
+                Some(format!("cannot read it: {}", reason(&e))),
+                true,
+            );
+        }
+    };
+    let labels = live.metadata.labels.clone().unwrap_or_default();
+    let ours = labels.get(MANAGED_BY.0).map(String::as_str) == Some(MANAGED_BY.1)
+        && labels.get(PROJECT_LABEL) == Some(&set.project)
+        && labels.get(ENVIRONMENT_LABEL) == Some(&set.environment);
+    if !ours {
+        return (
+            Action::Kept,
+            Some("not deleted: it does not carry this environment's lockstep labels".into()),
+            false,
+        );
+    }
+    let annotations = live.metadata.annotations.clone().unwrap_or_default();
+    if annotations.get(PRUNE_ANNOTATION).map(String::as_str) == Some("disabled") {
+        return (
+            Action::Kept,
+            Some(format!(
+                "not deleted: annotated {PRUNE_ANNOTATION}: disabled"
+            )),
+            false,
+        );
+    }
+    if opts.dry_run {
+        return (Action::Pruned, Some("would be pruned".into()), true);
+    }
+    let uid = live.metadata.uid.clone().unwrap_or_default();
+    match delete_exact(&api, &entry.name, &uid).await {
+        Ok(()) => (Action::Pruned, None, false),
+        Err(e) if matches!(&e, kube::Error::Api(s) if s.code == 404) => {
+            (Action::Pruned, Some("already gone".into()), false)
+        }
+        Err(e) => (
+            Action::Kept,
+            Some(format!(
+                "delete failed, kept for the next run: {}",
+                reason(&e)
+            )),
+            true,
+        ),
+    }
+}
+
+/// The inventory's objects as JSON lines (for `--output json`).
+pub fn to_json(inv: &Inventory) -> Json {
+    Json::Array(inv.entries.iter().map(|e| Json::String(e.line())).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_round_trip_and_ignore_the_version_when_compared() {
+        let e = InventoryEntry::parse("apps/v1 Deployment shop web").expect("parses");
+        assert_eq!(e.line(), "apps/v1 Deployment shop web");
+        let newer = InventoryEntry::parse("apps/v2 Deployment shop web").expect("parses");
+        assert_eq!(e, newer);
+        let cluster = InventoryEntry::parse("v1 Namespace - shop").expect("parses");
+        assert_eq!(cluster.namespace, None);
+        assert!(InventoryEntry::parse("v1 Namespace").is_none());
+    }
+}

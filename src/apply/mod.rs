@@ -1,0 +1,866 @@
+//! Apply: converge a cluster to an [`ApplySet`] with server-side apply, safely.
+//!
+//! Order of work (nothing is written until every object that can be checked has passed):
+//! 1. discovery: each object's resource and scope (kinds defined by CRDs in the same set are
+//!    understood from the CRD before it exists);
+//! 2. a server-side **dry-run** apply of every object; any failure (schema, admission, RBAC,
+//!    immutable field, field conflict) stops here with every failing object and the server's reason;
+//!    objects that need a Namespace or CRD of the set that does not exist yet are checked right after
+//!    stage 1 creates those, before anything else is written;
+//! 3. staged apply: CRDs (waited until Established) and Namespaces, then cluster RBAC and classes,
+//!    then the rest kind by kind, with bounded concurrency; an object whose dry-run result equals the
+//!    live object is not written;
+//! 4. prune from the inventory (see [`inventory`]) — never after an error, never a mass prune
+//!    without consent, never an object that is not ours;
+//! 5. the new inventory is recorded.
+//!
+//! Every object is labelled `app.kubernetes.io/managed-by: lockstep`, `lockstep.dev/project` and
+//! `lockstep.dev/environment`; the field manager is `lockstep`.
+
+pub mod diff;
+pub mod health;
+pub mod inventory;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::time::Duration;
+
+use futures::{StreamExt, stream};
+use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::core::GroupVersionKind;
+use kube::discovery::{Discovery, Scope};
+use kube::{Api, Client};
+use serde_json::{Value as Json, json};
+
+use crate::decrypt::{ApplyObject, ApplySet};
+use crate::render::manifest::{ObjectId, kind_rank};
+
+pub use inventory::{Inventory, InventoryEntry};
+
+/// The field manager lockstep applies with.
+pub const FIELD_MANAGER: &str = "lockstep";
+/// Label every applied object carries.
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "lockstep");
+/// Label naming the project.
+pub const PROJECT_LABEL: &str = "lockstep.dev/project";
+/// Label naming the environment.
+pub const ENVIRONMENT_LABEL: &str = "lockstep.dev/environment";
+/// Annotation that keeps an object from being pruned.
+pub const PRUNE_ANNOTATION: &str = "lockstep.dev/prune";
+
+/// How to apply.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Take over fields owned by other managers.
+    pub force_conflicts: bool,
+    /// Delete objects that left the set.
+    pub prune: bool,
+    /// Allow pruning everything or more than half of the inventory.
+    pub allow_mass_prune: bool,
+    /// Also prune CustomResourceDefinitions, Namespaces and PersistentVolumeClaims.
+    pub prune_protected: bool,
+    /// Wait for health after applying.
+    pub wait: bool,
+    /// How long to wait for health (and for CRDs to be established).
+    pub timeout: Duration,
+    /// Requests in flight at once.
+    pub concurrency: usize,
+    /// Only validate (dry-run) and report what would change; write nothing.
+    pub dry_run: bool,
+    /// A revision to record in the inventory (a Git commit, or empty).
+    pub revision: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            force_conflicts: false,
+            prune: true,
+            allow_mass_prune: false,
+            prune_protected: false,
+            wait: true,
+            timeout: Duration::from_secs(300),
+            concurrency: 16,
+            dry_run: false,
+            revision: String::new(),
+        }
+    }
+}
+
+/// What happened to one object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Action {
+    /// It did not exist and was created.
+    Created,
+    /// It existed and was changed.
+    Configured,
+    /// It already matched; nothing was sent.
+    Unchanged,
+    /// It was deleted (pruned).
+    Pruned,
+    /// It left the set but was kept (protected kind, annotation, or not ours).
+    Kept,
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Action::Created => "created",
+            Action::Configured => "configured",
+            Action::Unchanged => "unchanged",
+            Action::Pruned => "pruned",
+            Action::Kept => "kept",
+        })
+    }
+}
+
+/// Progress reported while applying.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A stage starts (`validate`, `apply crds+namespaces`, …) with the number of objects.
+    Stage(String, usize),
+    /// An object was handled.
+    Object(ObjectId, Action, Option<String>),
+}
+
+/// The outcome of an apply.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    /// Every object and what happened, in order.
+    pub objects: Vec<(ObjectId, Action, Option<String>)>,
+    /// Objects that did not become ready, with why.
+    pub not_ready: Vec<(ObjectId, String)>,
+    /// With [`Options::dry_run`]: a unified diff per object that would change.
+    pub diffs: Vec<(ObjectId, String)>,
+}
+
+impl Summary {
+    /// How many objects had this outcome.
+    pub fn count(&self, action: Action) -> usize {
+        self.objects.iter().filter(|(_, a, _)| *a == action).count()
+    }
+}
+
+/// One object the server refused, with its reason.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// The object.
+    pub id: ObjectId,
+    /// Where it was rendered from.
+    pub source: String,
+    /// The server's reason (or ours).
+    pub reason: String,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({}): {}", self.id, self.source, self.reason)
+    }
+}
+
+/// Why an apply stopped. Never holds secret values (server messages about Secrets name fields, not
+/// values).
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// Talking to the cluster failed.
+    #[error("cluster: {0}")]
+    Kube(#[from] kube::Error),
+    /// A kind the cluster does not serve and no CRD in the set defines.
+    #[error("{0}")]
+    UnknownKind(String),
+    /// Objects failed the dry run; nothing was written (or only stage 1, as `written` says).
+    #[error("{} object(s) failed validation; {}:\n  {}", .refusals.len(), if *.written { "only CRDs and Namespaces were written" } else { "nothing was written" }, .refusals.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
+    Validation {
+        /// Each failing object.
+        refusals: Vec<Refusal>,
+        /// Whether stage 1 had already been applied.
+        written: bool,
+    },
+    /// Objects failed to apply after validation passed.
+    #[error("{} object(s) failed to apply (nothing was pruned):\n  {}", .0.len(), .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
+    Apply(Vec<Refusal>),
+    /// Pruning would delete too much.
+    #[error("prune refused: {stale} of {total} inventoried object(s) would be deleted{}; nothing was applied. If this is intended, pass --allow-mass-prune", if *.everything { " (everything)" } else { " (more than half)" })]
+    MassPrune {
+        /// Objects that would go.
+        stale: usize,
+        /// Objects in the inventory.
+        total: usize,
+        /// Whether the new set is empty.
+        everything: bool,
+    },
+    /// A CRD did not become Established in time.
+    #[error("CustomResourceDefinition {0} was not Established within the timeout")]
+    CrdTimeout(String),
+}
+
+/// A JSON body whose `Debug` never shows its content (kube requires `Debug` on patch bodies).
+struct Redacted<'a>(&'a Json);
+
+impl fmt::Debug for Redacted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<object>")
+    }
+}
+
+impl serde::Serialize for Redacted<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+/// Where an object goes: its resource and whether it is namespaced.
+#[derive(Clone)]
+struct Target {
+    ar: ApiResource,
+    namespaced: bool,
+}
+
+fn version_of(api_version: &str) -> &str {
+    api_version.rsplit_once('/').map_or(api_version, |(_, v)| v)
+}
+
+fn api(client: &Client, t: &Target, ns: Option<&str>) -> Api<DynamicObject> {
+    match (t.namespaced, ns) {
+        (true, Some(ns)) => Api::namespaced_with(client.clone(), ns, &t.ar),
+        _ => Api::all_with(client.clone(), &t.ar),
+    }
+}
+
+/// The server's message for an error, without the Rust wrapping.
+pub fn reason(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(status) => {
+            let mut s = status.message.clone();
+            if s.is_empty() {
+                s = format!("{status:?}");
+            }
+            s
+        }
+        other => other.to_string(),
+    }
+}
+
+fn status_code(e: &kube::Error) -> Option<u16> {
+    match e {
+        kube::Error::Api(status) => Some(status.code),
+        _ => None,
+    }
+}
+
+/// Adds lockstep's ownership labels to an object.
+pub fn label(object: &mut Json, project: &str, environment: &str) {
+    let Some(obj) = object.as_object_mut() else {
+        return;
+    };
+    let meta = obj.entry("metadata").or_insert_with(|| json!({}));
+    let Some(meta) = meta.as_object_mut() else {
+        return;
+    };
+    let labels = meta.entry("labels").or_insert_with(|| json!({}));
+    if !labels.is_object() {
+        *labels = json!({});
+    }
+    if let Some(labels) = labels.as_object_mut() {
+        labels.insert(MANAGED_BY.0.into(), Json::String(MANAGED_BY.1.into()));
+        labels.insert(PROJECT_LABEL.into(), Json::String(project.into()));
+        labels.insert(ENVIRONMENT_LABEL.into(), Json::String(environment.into()));
+    }
+}
+
+/// The label selector matching objects of one project environment.
+pub fn selector(project: &str, environment: &str) -> String {
+    format!(
+        "{}={},{PROJECT_LABEL}={project},{ENVIRONMENT_LABEL}={environment}",
+        MANAGED_BY.0, MANAGED_BY.1
+    )
+}
+
+/// Removes what the server adds or changes on every write (and the type fields list items lack),
+/// for comparing objects.
+pub fn strip_noise(v: &mut Json) {
+    if let Some(obj) = v.as_object_mut() {
+        obj.remove("apiVersion");
+        obj.remove("kind");
+    }
+    if let Some(meta) = v.get_mut("metadata").and_then(Json::as_object_mut) {
+        for k in [
+            "managedFields",
+            "resourceVersion",
+            "generation",
+            "creationTimestamp",
+            "uid",
+        ] {
+            meta.remove(k);
+        }
+    }
+}
+
+/// Discovery plus what the set's own CRDs define.
+struct Resolver {
+    discovery: Discovery,
+    /// (group, kind) → (plural, namespaced) from CRDs in the set.
+    from_crds: HashMap<(String, String), (String, bool)>,
+}
+
+impl Resolver {
+    async fn new(client: &Client, set: &ApplySet) -> Result<Resolver, ApplyError> {
+        let discovery = Discovery::new(client.clone()).run_aggregated().await?;
+        let mut from_crds = HashMap::new();
+        for o in &set.objects {
+            if o.id.kind == "CustomResourceDefinition" {
+                let spec = &o.object.expose()["spec"];
+                if let (Some(g), Some(k), Some(p)) = (
+                    spec["group"].as_str(),
+                    spec["names"]["kind"].as_str(),
+                    spec["names"]["plural"].as_str(),
+                ) {
+                    let namespaced = spec["scope"].as_str() != Some("Cluster");
+                    from_crds.insert((g.to_string(), k.to_string()), (p.to_string(), namespaced));
+                }
+            }
+        }
+        Ok(Resolver {
+            discovery,
+            from_crds,
+        })
+    }
+
+    /// The target of a kind; `deferred` when only a CRD of the set defines it (not served yet).
+    fn resolve(&self, api_version: &str, id: &ObjectId) -> Option<(Target, bool)> {
+        let gvk = GroupVersionKind::gvk(&id.group, version_of(api_version), &id.kind);
+        if let Some((ar, caps)) = self.discovery.resolve_gvk(&gvk) {
+            return Some((
+                Target {
+                    ar,
+                    namespaced: caps.scope == Scope::Namespaced,
+                },
+                false,
+            ));
+        }
+        let (plural, namespaced) = self.from_crds.get(&(id.group.clone(), id.kind.clone()))?;
+        Some((
+            Target {
+                ar: ApiResource::from_gvk_with_plural(&gvk, plural),
+                namespaced: *namespaced,
+            },
+            true,
+        ))
+    }
+}
+
+/// The result of a dry run of one object.
+enum Checked {
+    /// The server accepted it; this is what it would store.
+    Accepted(Box<Json>),
+    /// The server refused it.
+    Refused(String),
+}
+
+/// One object of the set on its way to the cluster.
+struct Item<'a> {
+    obj: &'a ApplyObject,
+    target: Target,
+    deferred: bool,
+    body: Json,
+}
+
+async fn dry_run(client: &Client, item: &Item<'_>, pp: &PatchParams) -> Checked {
+    let api = api(client, &item.target, item.obj.id.namespace.as_deref());
+    match api
+        .patch(&item.obj.id.name, pp, &Patch::Apply(Redacted(&item.body)))
+        .await
+    {
+        Ok(o) => match serde_json::to_value(&o) {
+            Ok(v) => Checked::Accepted(Box::new(v)),
+            Err(e) => Checked::Refused(format!("unreadable dry-run result: {e}")),
+        },
+        Err(e) => Checked::Refused(reason(&e)),
+    }
+}
+
+async fn dry_run_all(client: &Client, items: &[&Item<'_>], opts: &Options) -> Vec<Checked> {
+    let mut pp = PatchParams::apply(FIELD_MANAGER).dry_run();
+    if opts.force_conflicts {
+        pp = pp.force();
+    }
+    let pp = &pp;
+    stream::iter(items.iter().map(|item| dry_run(client, item, pp)))
+        .buffered(opts.concurrency.max(1))
+        .collect()
+        .await
+}
+
+/// Lists the live objects of the set's resources that carry our labels, by (resource, ns, name).
+async fn live_objects(
+    client: &Client,
+    items: &[Item<'_>],
+    sel: &str,
+) -> Result<HashMap<(String, Option<String>, String), Json>, ApplyError> {
+    let mut groups: BTreeMap<(String, Option<String>), Target> = BTreeMap::new();
+    for i in items {
+        let ns = if i.target.namespaced {
+            i.obj.id.namespace.clone()
+        } else {
+            None
+        };
+        groups
+            .entry((
+                i.target.ar.api_version.clone() + "/" + &i.target.ar.plural,
+                ns,
+            ))
+            .or_insert_with(|| i.target.clone());
+    }
+    let mut live = HashMap::new();
+    let lp = ListParams::default().labels(sel);
+    for ((key, ns), target) in groups {
+        let list = match api(client, &target, ns.as_deref()).list(&lp).await {
+            Ok(l) => l,
+            // A namespace or CRD that does not exist yet has nothing live.
+            Err(e) if status_code(&e) == Some(404) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        for o in list.items {
+            let name = o.metadata.name.clone().unwrap_or_default();
+            let v = serde_json::to_value(&o).unwrap_or(Json::Null);
+            live.insert((key.clone(), ns.clone(), name), v);
+        }
+    }
+    Ok(live)
+}
+
+fn live_key(item: &Item<'_>) -> (String, Option<String>, String) {
+    let ns = if item.target.namespaced {
+        item.obj.id.namespace.clone()
+    } else {
+        None
+    };
+    (
+        item.target.ar.api_version.clone() + "/" + &item.target.ar.plural,
+        ns,
+        item.obj.id.name.clone(),
+    )
+}
+
+/// Whether a dry-run result equals the live object (so nothing needs to be sent).
+fn same(dry: &Json, live: Option<&Json>) -> bool {
+    let Some(live) = live else {
+        return false;
+    };
+    let mut a = dry.clone();
+    let mut b = live.clone();
+    strip_noise(&mut a);
+    strip_noise(&mut b);
+    a == b
+}
+
+async fn wait_crd_established(
+    client: &Client,
+    name: &str,
+    timeout: Duration,
+) -> Result<(), ApplyError> {
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("apiextensions.k8s.io", "v1", "CustomResourceDefinition"),
+        "customresourcedefinitions",
+    );
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(crd) = api.get_opt(name).await? {
+            let established = crd.data["status"]["conditions"]
+                .as_array()
+                .is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c["type"] == "Established" && c["status"] == "True")
+                });
+            if established {
+                return Ok(());
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ApplyError::CrdTimeout(name.to_string()));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Stage of an object: 0 = CRDs and Namespaces, 1 = cluster RBAC and classes, 2 = the rest.
+fn stage_of(id: &ObjectId) -> usize {
+    match id.kind.as_str() {
+        "CustomResourceDefinition" | "Namespace" => 0,
+        "ClusterRole" | "ClusterRoleBinding" => 1,
+        k if k.ends_with("Class") && id.namespace.is_none() => 1,
+        _ => 2,
+    }
+}
+
+/// Applies the set. `progress` sees each stage and object as it happens.
+pub async fn apply(
+    client: &Client,
+    set: &ApplySet,
+    opts: &Options,
+    progress: &mut dyn FnMut(&Event),
+) -> Result<Summary, ApplyError> {
+    let resolver = Resolver::new(client, set).await?;
+    let sel = selector(&set.project, &set.environment);
+
+    // Resolve every object; label it.
+    let mut unknown = Vec::new();
+    let mut items: Vec<Item<'_>> = Vec::new();
+    for obj in &set.objects {
+        match resolver.resolve(&obj.api_version, &obj.id) {
+            Some((target, deferred)) => {
+                let mut body = obj.object.expose().clone();
+                label(&mut body, &set.project, &set.environment);
+                if !target.namespaced
+                    && let Some(meta) = body.get_mut("metadata").and_then(Json::as_object_mut)
+                {
+                    meta.remove("namespace");
+                }
+                items.push(Item {
+                    obj,
+                    target,
+                    deferred,
+                    body,
+                });
+            }
+            None => unknown.push(format!(
+                "{} ({}): the cluster does not serve {} {} and no CustomResourceDefinition in the set defines it",
+                obj.id, obj.source, obj.api_version, obj.id.kind
+            )),
+        }
+    }
+    if !unknown.is_empty() {
+        return Err(ApplyError::UnknownKind(unknown.join("\n")));
+    }
+
+    // Objects in a Namespace of the set that does not exist yet are checked after stage 1.
+    let ns_api: Api<DynamicObject> = Api::all_with(
+        client.clone(),
+        &ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("", "v1", "Namespace"),
+            "namespaces",
+        ),
+    );
+    let existing_ns: BTreeSet<String> = ns_api
+        .list_metadata(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|n| n.metadata.name)
+        .collect();
+    for item in items.iter_mut() {
+        if item.target.namespaced
+            && let Some(ns) = &item.obj.id.namespace
+            && !existing_ns.contains(ns)
+        {
+            item.deferred = true;
+        }
+    }
+
+    // The inventory, and the prune plan: refuse a mass prune before writing anything.
+    let inv_api = inventory::api(client, &set.namespace);
+    let previous = Inventory::read(&inv_api, &set.project, &set.environment).await?;
+    let current: BTreeSet<InventoryEntry> = items
+        .iter()
+        .map(|i| InventoryEntry::of(&i.obj.id, &i.obj.api_version))
+        .collect();
+    let stale: Vec<InventoryEntry> = previous
+        .entries
+        .iter()
+        .filter(|e| !current.contains(*e))
+        .cloned()
+        .collect();
+    if opts.prune && !stale.is_empty() && !opts.allow_mass_prune {
+        let everything = current.is_empty();
+        if everything || stale.len() * 2 > previous.entries.len() {
+            return Err(ApplyError::MassPrune {
+                stale: stale.len(),
+                total: previous.entries.len(),
+                everything,
+            });
+        }
+    }
+
+    // Validate: dry-run everything that can be checked now.
+    let now: Vec<&Item<'_>> = items.iter().filter(|i| !i.deferred).collect();
+    progress(&Event::Stage(
+        "validate (server-side dry run)".into(),
+        now.len(),
+    ));
+    let mut results: HashMap<usize, Checked> = HashMap::new();
+    let checked = dry_run_all(client, &now, opts).await;
+    let mut refusals = Vec::new();
+    for (item, c) in now.iter().zip(checked) {
+        let index = items
+            .iter()
+            .position(|i| std::ptr::eq(i, *item))
+            .unwrap_or_default();
+        if let Checked::Refused(r) = &c {
+            refusals.push(Refusal {
+                id: item.obj.id.clone(),
+                source: item.obj.source.clone(),
+                reason: r.clone(),
+            });
+        }
+        results.insert(index, c);
+    }
+    if !refusals.is_empty() {
+        return Err(ApplyError::Validation {
+            refusals,
+            written: false,
+        });
+    }
+
+    let live = live_objects(client, &items, &sel).await?;
+    let mut summary = Summary::default();
+    let mut pp = PatchParams::apply(FIELD_MANAGER);
+    if opts.force_conflicts {
+        pp = pp.force();
+    }
+
+    // Stage by stage; within a stage, kind by kind in order, objects concurrently.
+    let mut deferred_checked = false;
+    let mut failures = Vec::new();
+    for stage in 0..3 {
+        if stage == 1 && !deferred_checked {
+            deferred_checked = true;
+            // Stage 1 exists now: check what waited for it, before anything else is written.
+            let later: Vec<(usize, &Item<'_>)> = items
+                .iter()
+                .enumerate()
+                .filter(|(_, i)| i.deferred)
+                .collect();
+            if !later.is_empty() && !opts.dry_run {
+                progress(&Event::Stage(
+                    "validate objects of new namespaces and CRDs".into(),
+                    later.len(),
+                ));
+                let refs: Vec<&Item<'_>> = later.iter().map(|(_, i)| *i).collect();
+                let checked = dry_run_all(client, &refs, opts).await;
+                let mut refusals = Vec::new();
+                for ((index, item), c) in later.iter().zip(checked) {
+                    if let Checked::Refused(r) = &c {
+                        refusals.push(Refusal {
+                            id: item.obj.id.clone(),
+                            source: item.obj.source.clone(),
+                            reason: r.clone(),
+                        });
+                    }
+                    results.insert(*index, c);
+                }
+                if !refusals.is_empty() {
+                    return Err(ApplyError::Validation {
+                        refusals,
+                        written: true,
+                    });
+                }
+            }
+        }
+        let in_stage: Vec<usize> = (0..items.len())
+            .filter(|&i| stage_of(&items[i].obj.id) == stage)
+            .collect();
+        if in_stage.is_empty() {
+            continue;
+        }
+        let label = match stage {
+            0 => "apply CRDs and Namespaces",
+            1 => "apply cluster RBAC and classes",
+            _ => "apply",
+        };
+        progress(&Event::Stage(label.into(), in_stage.len()));
+        let mut by_rank: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        for i in in_stage {
+            by_rank
+                .entry(kind_rank(&items[i].obj.id.kind))
+                .or_default()
+                .push(i);
+        }
+        for (_, group) in by_rank {
+            let work = group.iter().map(|&i| {
+                let item = &items[i];
+                let unchanged = match results.get(&i) {
+                    Some(Checked::Accepted(dry)) => same(dry, live.get(&live_key(item))),
+                    _ => false,
+                };
+                let existed = live.contains_key(&live_key(item));
+                let pp = &pp;
+                async move {
+                    if unchanged {
+                        return (i, Ok(Action::Unchanged));
+                    }
+                    if opts.dry_run {
+                        return (
+                            i,
+                            Ok(if existed {
+                                Action::Configured
+                            } else {
+                                Action::Created
+                            }),
+                        );
+                    }
+                    let api = api(client, &item.target, item.obj.id.namespace.as_deref());
+                    match api
+                        .patch(&item.obj.id.name, pp, &Patch::Apply(Redacted(&item.body)))
+                        .await
+                    {
+                        Ok(_) => (
+                            i,
+                            Ok(if existed {
+                                Action::Configured
+                            } else {
+                                Action::Created
+                            }),
+                        ),
+                        Err(e) => (i, Err(reason(&e))),
+                    }
+                }
+            });
+            let done: Vec<(usize, Result<Action, String>)> = stream::iter(work)
+                .buffered(opts.concurrency.max(1))
+                .collect()
+                .await;
+            for (i, r) in done {
+                let id = items[i].obj.id.clone();
+                if opts.dry_run
+                    && let Ok(Action::Created | Action::Configured) = r
+                {
+                    let item = &items[i];
+                    let merged = match results.get(&i) {
+                        Some(Checked::Accepted(dry)) => dry.as_ref().clone(),
+                        _ => item.body.clone(),
+                    };
+                    let name = format!("{}/{}", item.obj.api_version, id);
+                    let is_secret = id.group.is_empty() && id.kind == "Secret";
+                    let text = diff::unified(&name, is_secret, live.get(&live_key(item)), &merged);
+                    summary.diffs.push((id.clone(), text));
+                }
+                match r {
+                    Ok(action) => {
+                        progress(&Event::Object(id.clone(), action, None));
+                        summary.objects.push((id, action, None));
+                    }
+                    Err(reason) => failures.push(Refusal {
+                        id,
+                        source: items[i].obj.source.clone(),
+                        reason,
+                    }),
+                }
+            }
+            if !failures.is_empty() {
+                return Err(ApplyError::Apply(failures));
+            }
+        }
+        if stage == 0 && !opts.dry_run {
+            for item in items
+                .iter()
+                .filter(|i| i.obj.id.kind == "CustomResourceDefinition")
+            {
+                wait_crd_established(client, &item.obj.id.name, opts.timeout).await?;
+            }
+        }
+    }
+
+    // Prune (only after everything applied), newest kinds first.
+    let mut kept_in_inventory: Vec<InventoryEntry> = Vec::new();
+    if !stale.is_empty() {
+        progress(&Event::Stage("prune".into(), stale.len()));
+        let mut order = stale.clone();
+        order.sort_by_key(|e| std::cmp::Reverse(kind_rank(&e.kind)));
+        for entry in order {
+            let (action, note, keep) = if !opts.prune {
+                (Action::Kept, Some("pruning is off".to_string()), true)
+            } else {
+                inventory::prune_one(client, &resolver.discovery, &entry, set, opts).await
+            };
+            if keep {
+                kept_in_inventory.push(entry.clone());
+            }
+            if !opts.dry_run || action != Action::Pruned {
+                let id = entry.id();
+                progress(&Event::Object(id.clone(), action, note.clone()));
+                summary.objects.push((id, action, note));
+            }
+        }
+    }
+
+    // Record the new inventory.
+    if !opts.dry_run {
+        let mut entries: BTreeSet<InventoryEntry> = current;
+        entries.extend(kept_in_inventory);
+        Inventory {
+            entries,
+            revision: opts.revision.clone(),
+        }
+        .write(&inv_api, &set.project, &set.environment)
+        .await?;
+    }
+
+    // Health.
+    if opts.wait && !opts.dry_run {
+        let watched: Vec<(ObjectId, Target)> = items
+            .iter()
+            .filter(|i| health::has_rule(&i.obj.id))
+            .map(|i| (i.obj.id.clone(), i.target.clone()))
+            .collect();
+        if !watched.is_empty() {
+            progress(&Event::Stage("wait for health".into(), watched.len()));
+            let pairs: Vec<(ObjectId, Api<DynamicObject>)> = watched
+                .iter()
+                .map(|(id, t)| (id.clone(), api(client, t, id.namespace.as_deref())))
+                .collect();
+            summary.not_ready = health::wait(&pairs, opts.timeout).await?;
+        }
+    }
+    Ok(summary)
+}
+
+/// Deletes one object with a precondition on its UID.
+pub(crate) async fn delete_exact(
+    api: &Api<DynamicObject>,
+    name: &str,
+    uid: &str,
+) -> Result<(), kube::Error> {
+    let dp = DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            uid: Some(uid.to_string()),
+            resource_version: None,
+        }),
+        propagation_policy: Some(kube::api::PropagationPolicy::Background),
+        ..DeleteParams::default()
+    };
+    api.delete(name, &dp).await.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_added_without_losing_existing_ones() {
+        let mut o = json!({"metadata": {"name": "a", "labels": {"x": "y"}}});
+        label(&mut o, "shop", "dev");
+        assert_eq!(o["metadata"]["labels"]["x"], "y");
+        assert_eq!(
+            o["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+            "lockstep"
+        );
+        assert_eq!(o["metadata"]["labels"]["lockstep.dev/project"], "shop");
+        assert_eq!(o["metadata"]["labels"]["lockstep.dev/environment"], "dev");
+    }
+
+    #[test]
+    fn stages_put_definitions_first() {
+        let id = |kind: &str, ns: Option<&str>| ObjectId {
+            group: String::new(),
+            kind: kind.into(),
+            namespace: ns.map(str::to_string),
+            name: "x".into(),
+        };
+        assert_eq!(stage_of(&id("Namespace", None)), 0);
+        assert_eq!(stage_of(&id("CustomResourceDefinition", None)), 0);
+        assert_eq!(stage_of(&id("StorageClass", None)), 1);
+        assert_eq!(stage_of(&id("ClusterRole", None)), 1);
+        assert_eq!(stage_of(&id("Deployment", Some("a"))), 2);
+    }
+}
