@@ -11,6 +11,9 @@ fn clean(v: &Json) -> Json {
     let mut v = v.clone();
     if let Some(obj) = v.as_object_mut() {
         obj.remove("status");
+        // List items carry no type fields; the header names the type instead.
+        obj.remove("apiVersion");
+        obj.remove("kind");
         if let Some(meta) = obj.get_mut("metadata").and_then(Json::as_object_mut) {
             for k in [
                 "managedFields",

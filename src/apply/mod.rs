@@ -542,14 +542,23 @@ pub async fn apply(
             "namespaces",
         ),
     );
-    let existing_ns: BTreeSet<String> = ns_api
-        .list_metadata(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .filter_map(|n| n.metadata.name)
-        .collect();
+    // A client that may not list namespaces (a namespace-bound ServiceAccount) cannot create them
+    // either: then every namespace the set uses must already exist, and nothing is deferred.
+    let existing_ns: Option<BTreeSet<String>> =
+        match ns_api.list_metadata(&ListParams::default()).await {
+            Ok(list) => Some(
+                list.items
+                    .into_iter()
+                    .filter_map(|n| n.metadata.name)
+                    .collect(),
+            ),
+            Err(e) if status_code(&e) == Some(403) => None,
+            Err(e) => return Err(e.into()),
+        };
     for item in items.iter_mut() {
+        let Some(existing_ns) = &existing_ns else {
+            break;
+        };
         if item.target.namespaced
             && let Some(ns) = &item.obj.id.namespace
             && !existing_ns.contains(ns)
@@ -663,10 +672,13 @@ pub async fn apply(
         if in_stage.is_empty() {
             continue;
         }
-        let label = match stage {
-            0 => "apply CRDs and Namespaces",
-            1 => "apply cluster RBAC and classes",
-            _ => "apply",
+        let label = match (stage, opts.dry_run) {
+            (0, false) => "apply CRDs and Namespaces",
+            (1, false) => "apply cluster RBAC and classes",
+            (_, false) => "apply",
+            (0, true) => "compare CRDs and Namespaces",
+            (1, true) => "compare cluster RBAC and classes",
+            (_, true) => "compare",
         };
         progress(&Event::Stage(label.into(), in_stage.len()));
         let mut by_rank: BTreeMap<usize, Vec<usize>> = BTreeMap::new();

@@ -1,0 +1,596 @@
+//! `lockstep apply` and `lockstep diff` against the real control plane from `scripts/cluster`
+//! (kube-apiserver + etcd + controller-manager + scheduler + kwok), through the real binary.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use base64::Engine as _;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::{Api, Patch, PatchParams};
+
+const BIN: &str = env!("CARGO_BIN_EXE_lockstep");
+const DEMO_RECIPIENT: &str = "age1cunssxzmelyguczf39cjyuztac9mh3wlk6hgqv0s8m7khtfyw47qxrz3zg";
+
+fn demo_key() -> PathBuf {
+    support::repo_root().join("keys-example/age.key")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A project in a temp dir whose one environment `dev` renders into `namespace`.
+struct Project {
+    dir: tempfile::TempDir,
+    home: tempfile::TempDir,
+    kubeconfig: PathBuf,
+}
+
+impl Project {
+    fn new(cluster: &support::Cluster, name: &str, namespace: &str) -> Project {
+        let p = Project {
+            dir: tempfile::tempdir().expect("tempdir"),
+            home: tempfile::tempdir().expect("tempdir"),
+            kubeconfig: cluster.kubeconfig.clone(),
+        };
+        p.write(
+            "lockstep.yaml",
+            &format!("project: {name}\nenvironments:\n  dev: {{namespace: {namespace}}}\n"),
+        );
+        p
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn write(&self, rel: &str, content: &str) {
+        let path = self.path().join(rel);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(path, content).expect("write");
+    }
+
+    fn remove(&self, rel: &str) {
+        std::fs::remove_file(self.path().join(rel)).expect("remove");
+    }
+
+    fn run_with(&self, args: &[&str], kubeconfig: &Path) -> Output {
+        let dir = self.path().to_string_lossy().into_owned();
+        let kc = kubeconfig.to_string_lossy().into_owned();
+        let key = demo_key().to_string_lossy().into_owned();
+        let mut full: Vec<&str> = args.to_vec();
+        full.extend([
+            "--env",
+            "dev",
+            "--kubeconfig",
+            &kc,
+            "--identity",
+            &key,
+            &dir,
+        ]);
+        support::run_isolated(Path::new(BIN), &full, &[], self.home.path())
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.run_with(args, &self.kubeconfig.clone())
+    }
+
+    fn apply(&self, extra: &[&str]) -> Output {
+        let mut args = vec!["apply", "--wait=false"];
+        args.extend_from_slice(extra);
+        self.run(&args)
+    }
+}
+
+fn cm_template(name: &str, value: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  key: {{{{ values.{value} | default(\"v\") }}}}\n"
+    )
+}
+
+async fn versions(api: &Api<ConfigMap>) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = api
+        .list(&Default::default())
+        .await
+        .expect("list")
+        .items
+        .into_iter()
+        .map(|c| {
+            (
+                c.metadata.name.unwrap_or_default(),
+                c.metadata.resource_version.unwrap_or_default(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn the_shop_applies_with_secrets_decrypted_in_the_cluster_only_and_reapplies_without_writes()
+{
+    let cluster = need!("control plane", support::cluster());
+    let client = cluster.admin().await;
+    let ns = format!("shop-{}", std::process::id());
+    let p = Project::new(&cluster, "shop", &ns);
+    // The bundled example, pointed at a namespace of its own.
+    let shop = support::repo_root().join("examples/shop");
+    for entry in [
+        "values.yaml",
+        "templates",
+        "environments",
+        "manifests",
+        ".sops.yaml",
+    ] {
+        let status = std::process::Command::new("cp")
+            .arg("-r")
+            .arg(shop.join(entry))
+            .arg(p.path())
+            .status()
+            .expect("cp");
+        assert!(status.success());
+    }
+    let out = p.apply(&[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // The CRD is cluster-scoped and may exist from an earlier run; everything else is new.
+    assert!(stdout(&out).contains(" 0 configured"), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("created    Secret"),
+        "{}",
+        stderr(&out)
+    );
+
+    // The Secret holds the decrypted value; the custom resource of the set's CRD exists.
+    let decrypted = support::run_isolated(
+        Path::new(BIN),
+        &[
+            "decrypt",
+            "--extract",
+            "[\"web\"][\"session_key\"]",
+            &p.path()
+                .join("environments/dev/secrets.yaml")
+                .to_string_lossy(),
+        ],
+        &[("SOPS_AGE_KEY_FILE", &demo_key().to_string_lossy())],
+        p.home.path(),
+    );
+    assert!(decrypted.status.success(), "{}", stderr(&decrypted));
+    let session_key = stdout(&decrypted).trim().to_string();
+    assert!(session_key.len() > 20);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let app = secrets.get("shop-app").await.expect("shop-app");
+    let data = app.data.expect("data");
+    assert_eq!(data["SESSION_KEY"].0, session_key.as_bytes());
+    let labels = app.metadata.labels.expect("labels");
+    assert_eq!(labels["app.kubernetes.io/managed-by"], "lockstep");
+    assert_eq!(labels["lockstep.dev/project"], "shop");
+    let backups: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &ns,
+        &kube::api::ApiResource::from_gvk_with_plural(
+            &kube::core::GroupVersionKind::gvk("shop.example.com", "v1", "Backup"),
+            "backups",
+        ),
+    );
+    assert!(
+        backups
+            .get_opt("postgres-nightly")
+            .await
+            .expect("get")
+            .is_some()
+    );
+
+    // No plaintext on the terminal or on disk (project, home).
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&session_key);
+    let seen = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(
+        !seen.contains(&session_key) && !seen.contains(&b64),
+        "secret printed"
+    );
+    for root in [p.path(), p.home.path()] {
+        for file in walk(root) {
+            let bytes = std::fs::read(&file).unwrap_or_default();
+            let text = String::from_utf8_lossy(&bytes);
+            assert!(
+                !text.contains(&session_key),
+                "plaintext in {}",
+                file.display()
+            );
+        }
+    }
+
+    // A second apply writes nothing: every resourceVersion stays.
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let before = versions(&cms).await;
+    let secret_rv = secrets
+        .get("shop-app")
+        .await
+        .expect("get")
+        .metadata
+        .resource_version;
+    let again = p.apply(&[]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert!(
+        stdout(&again).contains("0 created, 0 configured, 14 unchanged"),
+        "{}",
+        stdout(&again)
+    );
+    assert_eq!(versions(&cms).await, before);
+    assert_eq!(
+        secrets
+            .get("shop-app")
+            .await
+            .expect("get")
+            .metadata
+            .resource_version,
+        secret_rv
+    );
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn only_changed_objects_are_written_removed_ones_are_pruned_and_foreign_ones_are_kept() {
+    let cluster = need!("control plane", support::cluster());
+    let client = cluster.admin().await;
+    let ns = cluster.namespace(&client, "prune").await;
+    let p = Project::new(&cluster, "prune", &ns);
+    for n in ["a", "b", "c", "d", "e"] {
+        p.write(&format!("templates/{n}.yaml"), &cm_template(n, n));
+    }
+    let out = p.apply(&[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let before = versions(&cms).await;
+
+    // One value changes: one object is configured, the others keep their resourceVersion.
+    let out = p.apply(&["--set", "a=changed"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("0 created, 1 configured, 4 unchanged"),
+        "{}",
+        stdout(&out)
+    );
+    let after = versions(&cms).await;
+    let changed: Vec<&String> = before
+        .iter()
+        .zip(&after)
+        .filter(|(x, y)| x.1 != y.1)
+        .map(|(x, _)| &x.0)
+        .collect();
+    assert_eq!(changed, ["a"]);
+
+    // Someone takes over `e` (drops our labels); then `d` and `e` leave the set.
+    cms.patch(
+        "e",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"metadata": {"labels": null}})),
+    )
+    .await
+    .expect("relabel");
+    p.remove("templates/d.yaml");
+    p.remove("templates/e.yaml");
+    let out = p.apply(&["--set", "a=changed"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("pruned     ConfigMap"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("does not carry this environment's lockstep labels"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        cms.get_opt("d").await.expect("get").is_none(),
+        "d is pruned"
+    );
+    assert!(
+        cms.get_opt("e").await.expect("get").is_some(),
+        "the foreign e stays"
+    );
+
+    // Everything leaves the set: refused without --allow-mass-prune, nothing changes.
+    for n in ["a", "b", "c"] {
+        p.remove(&format!("templates/{n}.yaml"));
+    }
+    let out = p.apply(&[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("prune refused: 3 of 3"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(cms.get_opt("a").await.expect("get").is_some());
+    let out = p.apply(&["--allow-mass-prune"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(cms.get_opt("a").await.expect("get").is_none());
+}
+
+#[tokio::test]
+async fn one_invalid_object_means_nothing_is_written() {
+    let cluster = need!("control plane", support::cluster());
+    let client = cluster.admin().await;
+    let ns = cluster.namespace(&client, "invalid").await;
+    let p = Project::new(&cluster, "invalid", &ns);
+    p.write("templates/good.yaml", &cm_template("good", "x"));
+    p.write(
+        "templates/bad.yaml",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: bad\nspec:\n  replicas: \"three\"\n",
+    );
+    let out = p.apply(&[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("failed validation; nothing was written"),
+        "{err}"
+    );
+    assert!(err.contains("Deployment.apps"), "{err}");
+    assert!(err.contains("templates/bad.yaml"), "{err}");
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    assert!(
+        cms.get_opt("good").await.expect("get").is_none(),
+        "nothing may be written"
+    );
+}
+
+#[tokio::test]
+async fn field_conflicts_are_reported_and_force_conflicts_takes_them() {
+    let cluster = need!("control plane", support::cluster());
+    let client = cluster.admin().await;
+    let ns = cluster.namespace(&client, "conflict").await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    cms.patch(
+        "shared",
+        &PatchParams::apply("other-tool"),
+        &Patch::Apply(serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "shared"}, "data": {"key": "theirs"}
+        })),
+    )
+    .await
+    .expect("other manager");
+    let p = Project::new(&cluster, "conflict", &ns);
+    p.write("templates/shared.yaml", &cm_template("shared", "k"));
+    let out = p.apply(&[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("conflict") && err.contains("other-tool") && err.contains(".data.key"),
+        "{err}"
+    );
+    assert_eq!(
+        cms.get("shared").await.expect("get").data.expect("data")["key"],
+        "theirs"
+    );
+    let out = p.apply(&["--force-conflicts"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        cms.get("shared").await.expect("get").data.expect("data")["key"],
+        "v"
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_key_applies_nothing_and_says_which_recipients_would_do() {
+    let cluster = need!("control plane", support::cluster());
+    let client = cluster.admin().await;
+    let ns = cluster.namespace(&client, "wrongkey").await;
+    let p = Project::new(&cluster, "wrongkey", &ns);
+    p.write("templates/cm.yaml", &cm_template("plain", "x"));
+    p.write(
+        "templates/s.yaml",
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\nstringData:\n  p: {{ secrets.db.password }}\n",
+    );
+    // Encrypted to a fresh key that is not the one apply is given.
+    let other = tempfile::tempdir().expect("tempdir");
+    let key = other.path().join("other.txt");
+    let made = support::run_isolated(
+        Path::new(BIN),
+        &["keygen", "-o", &key.to_string_lossy()],
+        &[],
+        other.path(),
+    );
+    assert!(made.status.success());
+    let public = std::fs::read_to_string(&key)
+        .expect("key")
+        .lines()
+        .find_map(|l| l.strip_prefix("# public key: ").map(str::to_string))
+        .expect("public");
+    p.write("plain.yaml", "db:\n  password: not-for-this-key\n");
+    let enc = support::run_isolated(
+        Path::new(BIN),
+        &[
+            "encrypt",
+            "--age",
+            &public,
+            &p.path().join("plain.yaml").to_string_lossy(),
+        ],
+        &[],
+        p.home.path(),
+    );
+    assert!(enc.status.success(), "{}", stderr(&enc));
+    p.remove("plain.yaml");
+    p.write("environments/dev/secrets.yaml", &stdout(&enc));
+    let out = p.apply(&[]);
+    assert_eq!(out.status.code(), Some(128), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("environments/dev/secrets.yaml") && err.contains(&public),
+        "{err}"
+    );
+    assert!(
+        err.contains(DEMO_RECIPIENT),
+        "names the identity tried: {err}"
+    );
+    assert!(err.contains("nothing was applied"), "{err}");
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    assert!(cms.get_opt("plain").await.expect("get").is_none());
+}
+
+#[tokio::test]
+async fn a_namespace_bound_service_account_applies_there_and_is_told_what_it_may_not_do() {
+    let cluster = need!("control plane", support::cluster());
+    let admin = cluster.admin().await;
+    let ns = cluster.namespace(&admin, "tenant").await;
+    let other = cluster.namespace(&admin, "tenant-other").await;
+    let roles: Api<k8s_openapi::api::rbac::v1::Role> = Api::namespaced(admin.clone(), &ns);
+    roles
+        .patch(
+            "deployer",
+            &PatchParams::apply("test"),
+            &Patch::Apply(serde_json::json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "deployer"},
+                "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "patch", "create", "delete"]}]
+            })),
+        )
+        .await
+        .expect("role");
+    let bindings: Api<k8s_openapi::api::rbac::v1::RoleBinding> =
+        Api::namespaced(admin.clone(), &ns);
+    bindings
+        .patch(
+            "deployer",
+            &PatchParams::apply("test"),
+            &Patch::Apply(serde_json::json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "deployer"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "deployer"},
+                "subjects": [{"kind": "ServiceAccount", "name": "deployer", "namespace": ns}]
+            })),
+        )
+        .await
+        .expect("binding");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sa = cluster
+        .service_account_kubeconfig(&admin, &ns, "deployer", dir.path())
+        .await;
+    let p = Project::new(&cluster, "tenant", &ns);
+    p.write("templates/cm.yaml", &cm_template("mine", "x"));
+    let out = p.run_with(&["apply", "--wait=false"], &sa);
+    assert!(out.status.success(), "{}", stderr(&out));
+    p.write(
+        "templates/elsewhere.yaml",
+        &format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: theirs\n  namespace: {other}\n"
+        ),
+    );
+    let out = p.run_with(&["apply", "--wait=false"], &sa);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("forbidden"), "{err}");
+    assert!(
+        err.contains(&format!("system:serviceaccount:{ns}:deployer")),
+        "{err}"
+    );
+    assert!(err.contains("configmaps") && err.contains(&other), "{err}");
+}
+
+#[tokio::test]
+async fn wait_reports_available_deployments_and_the_reason_one_cannot_progress() {
+    let cluster = need!("control plane", support::cluster());
+    let client = cluster.admin().await;
+    let ns = cluster.namespace(&client, "health").await;
+    let p = Project::new(&cluster, "health", &ns);
+    let deployment = |name: &str, extra: &str| {
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {name}\nspec:\n  replicas: 1\n  progressDeadlineSeconds: 2\n  selector:\n    matchLabels: {{app: {name}}}\n  template:\n    metadata:\n      labels: {{app: {name}}}\n    spec:\n{extra}      containers:\n        - name: c\n          image: example.com/app:1\n"
+        )
+    };
+    p.write("templates/ok.yaml", &deployment("ok", ""));
+    let out = p.run(&["apply", "--timeout", "60s"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("0 not ready"), "{}", stdout(&out));
+    p.write(
+        "templates/stuck.yaml",
+        &deployment("stuck", "      nodeSelector: {no-such-label: \"true\"}\n"),
+    );
+    let out = p.run(&["apply", "--timeout", "60s"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("stuck") && err.contains("ProgressDeadlineExceeded"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn diff_exits_0_without_changes_1_with_them_and_never_shows_secret_values() {
+    let cluster = need!("control plane", support::cluster());
+    let client = cluster.admin().await;
+    let ns = cluster.namespace(&client, "diff").await;
+    let p = Project::new(&cluster, "diff", &ns);
+    p.write("templates/cm.yaml", &cm_template("cm", "x"));
+    p.write(
+        "templates/s.yaml",
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\nstringData:\n  p: {{ secrets.db.password }}\n",
+    );
+    p.write("plain.yaml", "db:\n  password: first-Secret-Value\n");
+    let encrypt = |p: &Project| {
+        let enc = support::run_isolated(
+            Path::new(BIN),
+            &[
+                "encrypt",
+                "--age",
+                DEMO_RECIPIENT,
+                &p.path().join("plain.yaml").to_string_lossy(),
+            ],
+            &[],
+            p.home.path(),
+        );
+        assert!(enc.status.success(), "{}", stderr(&enc));
+        p.write("environments/dev/secrets.yaml", &stdout(&enc));
+    };
+    encrypt(&p);
+    let out = p.run(&["diff"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "new objects are changes: {}",
+        stderr(&out)
+    );
+    let out = p.apply(&[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = p.run(&["diff"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(stdout(&out).is_empty());
+    p.write("plain.yaml", "db:\n  password: second-Secret-Value\n");
+    encrypt(&p);
+    p.remove("plain.yaml");
+    let out = p.run(&["diff", "--set", "x=new"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(text.contains("+  key: new"), "{text}");
+    assert!(text.contains("p: (hidden, changed)"), "{text}");
+    let b64 = base64::engine::general_purpose::STANDARD;
+    for secret in ["first-Secret-Value", "second-Secret-Value"] {
+        assert!(
+            !text.contains(secret) && !text.contains(&b64.encode(secret)),
+            "{text}"
+        );
+    }
+}
