@@ -445,6 +445,38 @@ async fn a_wrong_key_applies_nothing_and_says_which_recipients_would_do() {
     assert!(err.contains("nothing was applied"), "{err}");
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     assert!(cms.get_opt("plain").await.expect("get").is_none());
+
+    // Encrypted to the right key but changed by hand afterwards: the MAC refuses it.
+    p.write("plain.yaml", "db:\n  password: right-key\n");
+    let enc = support::run_isolated(
+        Path::new(BIN),
+        &[
+            "encrypt",
+            "--age",
+            DEMO_RECIPIENT,
+            &p.path().join("plain.yaml").to_string_lossy(),
+        ],
+        &[],
+        p.home.path(),
+    );
+    assert!(enc.status.success(), "{}", stderr(&enc));
+    p.remove("plain.yaml");
+    let text = stdout(&enc);
+    let at = text.find("data:").expect("a value") + 6;
+    let mut bytes = text.into_bytes();
+    bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
+    p.write(
+        "environments/dev/secrets.yaml",
+        &String::from_utf8(bytes).expect("utf-8"),
+    );
+    let out = p.apply(&[]);
+    assert_ne!(out.status.code(), Some(0));
+    let err = stderr(&out);
+    assert!(
+        err.contains("environments/dev/secrets.yaml") && err.contains("nothing was applied"),
+        "{err}"
+    );
+    assert!(cms.get_opt("plain").await.expect("get").is_none());
 }
 
 #[tokio::test]
@@ -516,9 +548,12 @@ async fn wait_reports_available_deployments_and_the_reason_one_cannot_progress()
         )
     };
     p.write("templates/ok.yaml", &deployment("ok", ""));
-    let out = p.run(&["apply", "--timeout", "60s"]);
+    let out = p.run(&["apply", "--timeout", "60s", "--output", "json"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stdout(&out).contains("0 not ready"), "{}", stdout(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json output");
+    assert_eq!(doc["counts"]["created"], 1, "{doc}");
+    assert_eq!(doc["counts"]["notReady"], 0, "{doc}");
+    assert_eq!(doc["objects"][0]["kind"], "Deployment", "{doc}");
     p.write(
         "templates/stuck.yaml",
         &deployment("stuck", "      nodeSelector: {no-such-label: \"true\"}\n"),

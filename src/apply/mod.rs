@@ -32,7 +32,7 @@ use kube::discovery::{Discovery, Scope};
 use kube::{Api, Client};
 use serde_json::{Value as Json, json};
 
-use crate::decrypt::{ApplyObject, ApplySet};
+use crate::decrypt::{ApplyObject, ApplySet, SecretJson};
 use crate::render::manifest::{ObjectId, kind_rank};
 
 pub use inventory::{Inventory, InventoryEntry};
@@ -352,7 +352,7 @@ impl Resolver {
 /// The result of a dry run of one object.
 enum Checked {
     /// The server accepted it; this is what it would store.
-    Accepted(Box<Json>),
+    Accepted(SecretJson),
     /// The server refused it.
     Refused(String),
 }
@@ -362,17 +362,21 @@ struct Item<'a> {
     obj: &'a ApplyObject,
     target: Target,
     deferred: bool,
-    body: Json,
+    body: SecretJson,
 }
 
 async fn dry_run(client: &Client, item: &Item<'_>, pp: &PatchParams) -> Checked {
     let api = api(client, &item.target, item.obj.id.namespace.as_deref());
     match api
-        .patch(&item.obj.id.name, pp, &Patch::Apply(Redacted(&item.body)))
+        .patch(
+            &item.obj.id.name,
+            pp,
+            &Patch::Apply(Redacted(item.body.expose())),
+        )
         .await
     {
         Ok(o) => match serde_json::to_value(&o) {
-            Ok(v) => Checked::Accepted(Box::new(v)),
+            Ok(v) => Checked::Accepted(SecretJson::wrap(v)),
             Err(e) => Checked::Refused(format!("unreadable dry-run result: {e}")),
         },
         Err(e) => Checked::Refused(reason(&e)),
@@ -396,7 +400,7 @@ async fn live_objects(
     client: &Client,
     items: &[Item<'_>],
     sel: &str,
-) -> Result<HashMap<(String, Option<String>, String), Json>, ApplyError> {
+) -> Result<HashMap<(String, Option<String>, String), SecretJson>, ApplyError> {
     let mut groups: BTreeMap<(String, Option<String>), Target> = BTreeMap::new();
     for i in items {
         let ns = if i.target.namespaced {
@@ -422,7 +426,7 @@ async fn live_objects(
         };
         for o in list.items {
             let name = o.metadata.name.clone().unwrap_or_default();
-            let v = serde_json::to_value(&o).unwrap_or(Json::Null);
+            let v = SecretJson::wrap(serde_json::to_value(&o).unwrap_or(Json::Null));
             live.insert((key.clone(), ns.clone(), name), v);
         }
     }
@@ -447,11 +451,11 @@ fn same(dry: &Json, live: Option<&Json>) -> bool {
     let Some(live) = live else {
         return false;
     };
-    let mut a = dry.clone();
-    let mut b = live.clone();
-    strip_noise(&mut a);
-    strip_noise(&mut b);
-    a == b
+    let mut a = SecretJson::wrap(dry.clone());
+    let mut b = SecretJson::wrap(live.clone());
+    strip_noise(a.expose_mut());
+    strip_noise(b.expose_mut());
+    a.expose() == b.expose()
 }
 
 async fn wait_crd_established(
@@ -510,10 +514,13 @@ pub async fn apply(
     for obj in &set.objects {
         match resolver.resolve(&obj.api_version, &obj.id) {
             Some((target, deferred)) => {
-                let mut body = obj.object.expose().clone();
-                label(&mut body, &set.project, &set.environment);
+                let mut body = obj.object.duplicate();
+                label(body.expose_mut(), &set.project, &set.environment);
                 if !target.namespaced
-                    && let Some(meta) = body.get_mut("metadata").and_then(Json::as_object_mut)
+                    && let Some(meta) = body
+                        .expose_mut()
+                        .get_mut("metadata")
+                        .and_then(Json::as_object_mut)
                 {
                     meta.remove("namespace");
                 }
@@ -692,7 +699,10 @@ pub async fn apply(
             let work = group.iter().map(|&i| {
                 let item = &items[i];
                 let unchanged = match results.get(&i) {
-                    Some(Checked::Accepted(dry)) => same(dry, live.get(&live_key(item))),
+                    Some(Checked::Accepted(dry)) => same(
+                        dry.expose(),
+                        live.get(&live_key(item)).map(SecretJson::expose),
+                    ),
                     _ => false,
                 };
                 let existed = live.contains_key(&live_key(item));
@@ -713,7 +723,11 @@ pub async fn apply(
                     }
                     let api = api(client, &item.target, item.obj.id.namespace.as_deref());
                     match api
-                        .patch(&item.obj.id.name, pp, &Patch::Apply(Redacted(&item.body)))
+                        .patch(
+                            &item.obj.id.name,
+                            pp,
+                            &Patch::Apply(Redacted(item.body.expose())),
+                        )
                         .await
                     {
                         Ok(_) => (
@@ -739,12 +753,17 @@ pub async fn apply(
                 {
                     let item = &items[i];
                     let merged = match results.get(&i) {
-                        Some(Checked::Accepted(dry)) => dry.as_ref().clone(),
-                        _ => item.body.clone(),
+                        Some(Checked::Accepted(dry)) => dry.duplicate(),
+                        _ => item.body.duplicate(),
                     };
                     let name = format!("{}/{}", item.obj.api_version, id);
                     let is_secret = id.group.is_empty() && id.kind == "Secret";
-                    let text = diff::unified(&name, is_secret, live.get(&live_key(item)), &merged);
+                    let text = diff::unified(
+                        &name,
+                        is_secret,
+                        live.get(&live_key(item)).map(SecretJson::expose),
+                        merged.expose(),
+                    );
                     summary.diffs.push((id.clone(), text));
                 }
                 match r {

@@ -202,6 +202,27 @@ async fn pipeline(
     Ok((summary, format!("{}/{}", set.project, set.environment)))
 }
 
+/// The project's Git commit (with `-dirty` when the work tree has changes), or empty.
+fn git_revision(dir: &Path) -> String {
+    let run = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    match run(&["rev-parse", "HEAD"]) {
+        Some(head) => match run(&["status", "--porcelain", "--", "."]) {
+            Some(s) if !s.is_empty() => format!("{head}-dirty"),
+            _ => head,
+        },
+        None => String::new(),
+    }
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -250,7 +271,7 @@ pub fn run_apply(
         timeout: args.timeout,
         concurrency: args.pipeline.concurrency,
         dry_run: false,
-        revision: String::new(),
+        revision: git_revision(&args.pipeline.render.dir),
     };
     let rt = runtime()?;
     let (summary, what) = rt.block_on(pipeline(&args.pipeline, opts, env, stderr))?;

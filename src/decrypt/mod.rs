@@ -82,6 +82,16 @@ pub enum DecryptError {
 pub struct SecretJson(Json);
 
 impl SecretJson {
+    /// Takes ownership of a JSON value that may hold plaintext (a server response, a copy).
+    pub fn wrap(value: Json) -> SecretJson {
+        SecretJson(value)
+    }
+
+    /// A copy in its own wiping container.
+    pub fn duplicate(&self) -> SecretJson {
+        SecretJson(self.0.clone())
+    }
+
     /// The object, to serialise into a request body.
     pub fn expose(&self) -> &Json {
         &self.0
