@@ -137,6 +137,17 @@ pub fn api(client: &Client, namespace: &str) -> Api<DynamicObject> {
 }
 
 impl Inventory {
+    /// Whether two inventories record the same objects (with the same API versions) and revision.
+    pub fn same_as(&self, other: &Inventory) -> bool {
+        self.revision == other.revision
+            && self.entries.len() == other.entries.len()
+            && self
+                .entries
+                .iter()
+                .zip(&other.entries)
+                .all(|(a, b)| a.line() == b.line())
+    }
+
     /// Reads the inventory (empty when there is none yet).
     pub async fn read(
         api: &Api<DynamicObject>,

@@ -47,6 +47,9 @@ pub const PROJECT_LABEL: &str = "lockstep.dev/project";
 pub const ENVIRONMENT_LABEL: &str = "lockstep.dev/environment";
 /// Annotation that keeps an object from being pruned.
 pub const PRUNE_ANNOTATION: &str = "lockstep.dev/prune";
+/// Annotation holding a digest of what lockstep last applied (Secret values left out of it), so an
+/// unchanged object can be recognised without a request.
+pub const APPLIED_ANNOTATION: &str = "lockstep.dev/applied";
 
 /// How to apply.
 #[derive(Debug, Clone)]
@@ -296,6 +299,81 @@ pub fn strip_noise(v: &mut Json) {
     }
 }
 
+/// A digest of the object lockstep sends, without its own annotation. A Secret's values are left
+/// out (only its key names count): values are compared in memory against the live object instead,
+/// so no digest of a secret is ever stored.
+pub fn applied_digest(body: &Json, is_secret: bool) -> String {
+    use sha2::Digest as _;
+    let mut copy = SecretJson::wrap(body.clone());
+    let v = copy.expose_mut();
+    if let Some(a) = v
+        .get_mut("metadata")
+        .and_then(|m| m.get_mut("annotations"))
+        .and_then(Json::as_object_mut)
+    {
+        a.remove(APPLIED_ANNOTATION);
+    }
+    if let Some(meta) = v.get_mut("metadata").and_then(Json::as_object_mut)
+        && meta
+            .get("annotations")
+            .and_then(Json::as_object)
+            .is_some_and(|a| a.is_empty())
+    {
+        meta.remove("annotations");
+    }
+    if is_secret {
+        for section in ["data", "stringData"] {
+            if let Some(m) = v.get_mut(section).and_then(Json::as_object_mut) {
+                for (_, value) in m.iter_mut() {
+                    *value = Json::String(String::new());
+                }
+            }
+        }
+    }
+    let text = serde_json::to_vec(v).unwrap_or_default();
+    hex::encode(&sha2::Sha256::digest(&text)[..16])
+}
+
+fn annotate(body: &mut Json, digest: &str) {
+    let Some(meta) = body.get_mut("metadata").and_then(Json::as_object_mut) else {
+        return;
+    };
+    let annotations = meta.entry("annotations").or_insert_with(|| json!({}));
+    if !annotations.is_object() {
+        *annotations = json!({});
+    }
+    if let Some(a) = annotations.as_object_mut() {
+        a.insert(APPLIED_ANNOTATION.into(), Json::String(digest.into()));
+    }
+}
+
+/// Whether every field of `desired` is in `live` with the same value (lists element by element).
+pub fn is_subset(desired: &Json, live: &Json) -> bool {
+    match (desired, live) {
+        (Json::Object(d), Json::Object(l)) => d
+            .iter()
+            .all(|(k, v)| l.get(k).is_some_and(|lv| is_subset(v, lv))),
+        (Json::Array(d), Json::Array(l)) => {
+            d.len() == l.len() && d.iter().zip(l).all(|(a, b)| is_subset(a, b))
+        }
+        (a, b) => a == b,
+    }
+}
+
+/// Whether a live object is exactly what lockstep last applied and still holds every field of it.
+fn untouched(body: &Json, digest: &str, live: Option<&SecretJson>) -> bool {
+    let Some(live) = live.map(SecretJson::expose) else {
+        return false;
+    };
+    // List items carry no apiVersion/kind; everything else must be there as sent.
+    let fields_match = body.as_object().is_some_and(|b| {
+        b.iter()
+            .filter(|(k, _)| *k != "apiVersion" && *k != "kind")
+            .all(|(k, v)| live.get(k).is_some_and(|lv| is_subset(v, lv)))
+    });
+    live["metadata"]["annotations"][APPLIED_ANNOTATION].as_str() == Some(digest) && fields_match
+}
+
 /// Discovery plus what the set's own CRDs define.
 struct Resolver {
     discovery: Discovery,
@@ -363,6 +441,10 @@ struct Item<'a> {
     target: Target,
     deferred: bool,
     body: SecretJson,
+    /// [`applied_digest`] of `body`.
+    digest: String,
+    /// The live object is what was last applied: no request needed.
+    untouched: bool,
 }
 
 async fn dry_run(client: &Client, item: &Item<'_>, pp: &PatchParams) -> Checked {
@@ -524,11 +606,16 @@ pub async fn apply(
                 {
                     meta.remove("namespace");
                 }
+                let is_secret = obj.id.group.is_empty() && obj.id.kind == "Secret";
+                let digest = applied_digest(body.expose(), is_secret);
+                annotate(body.expose_mut(), &digest);
                 items.push(Item {
                     obj,
                     target,
                     deferred,
                     body,
+                    digest,
+                    untouched: false,
                 });
             }
             None => unknown.push(format!(
@@ -598,8 +685,18 @@ pub async fn apply(
         }
     }
 
-    // Validate: dry-run everything that can be checked now.
-    let now: Vec<&Item<'_>> = items.iter().filter(|i| !i.deferred).collect();
+    // Live objects of ours; those exactly as last applied need no request at all.
+    let live = live_objects(client, &items, &sel).await?;
+    for item in items.iter_mut() {
+        let key = live_key(item);
+        item.untouched = untouched(item.body.expose(), &item.digest, live.get(&key));
+    }
+
+    // Validate: dry-run everything else that can be checked now.
+    let now: Vec<&Item<'_>> = items
+        .iter()
+        .filter(|i| !i.deferred && !i.untouched)
+        .collect();
     progress(&Event::Stage(
         "validate (server-side dry run)".into(),
         now.len(),
@@ -628,7 +725,6 @@ pub async fn apply(
         });
     }
 
-    let live = live_objects(client, &items, &sel).await?;
     let mut summary = Summary::default();
     let mut pp = PatchParams::apply(FIELD_MANAGER);
     if opts.force_conflicts {
@@ -645,7 +741,7 @@ pub async fn apply(
             let later: Vec<(usize, &Item<'_>)> = items
                 .iter()
                 .enumerate()
-                .filter(|(_, i)| i.deferred)
+                .filter(|(_, i)| i.deferred && !i.untouched)
                 .collect();
             if !later.is_empty() && !opts.dry_run {
                 progress(&Event::Stage(
@@ -698,13 +794,14 @@ pub async fn apply(
         for (_, group) in by_rank {
             let work = group.iter().map(|&i| {
                 let item = &items[i];
-                let unchanged = match results.get(&i) {
-                    Some(Checked::Accepted(dry)) => same(
-                        dry.expose(),
-                        live.get(&live_key(item)).map(SecretJson::expose),
-                    ),
-                    _ => false,
-                };
+                let unchanged = item.untouched
+                    || match results.get(&i) {
+                        Some(Checked::Accepted(dry)) => same(
+                            dry.expose(),
+                            live.get(&live_key(item)).map(SecretJson::expose),
+                        ),
+                        _ => false,
+                    };
                 let existed = live.contains_key(&live_key(item));
                 let pp = &pp;
                 async move {
@@ -819,12 +916,14 @@ pub async fn apply(
     if !opts.dry_run {
         let mut entries: BTreeSet<InventoryEntry> = current;
         entries.extend(kept_in_inventory);
-        Inventory {
+        let next = Inventory {
             entries,
             revision: opts.revision.clone(),
+        };
+        // Unchanged inventory, unchanged cluster: a no-op apply writes nothing at all.
+        if !next.same_as(&previous) {
+            next.write(&inv_api, &set.project, &set.environment).await?;
         }
-        .write(&inv_api, &set.project, &set.environment)
-        .await?;
     }
 
     // Health.
@@ -893,5 +992,32 @@ mod tests {
         assert_eq!(stage_of(&id("StorageClass", None)), 1);
         assert_eq!(stage_of(&id("ClusterRole", None)), 1);
         assert_eq!(stage_of(&id("Deployment", Some("a"))), 2);
+    }
+}
+
+#[cfg(test)]
+mod fast_path_tests {
+    use super::*;
+
+    #[test]
+    fn subset_needs_every_desired_field_and_whole_lists() {
+        let live = json!({"a": {"b": 1, "c": [1, {"x": 1, "y": 2}]}, "extra": true});
+        assert!(is_subset(&json!({"a": {"c": [1, {"x": 1}]}}), &live));
+        assert!(!is_subset(&json!({"a": {"b": 2}}), &live));
+        assert!(
+            !is_subset(&json!({"a": {"c": [1]}}), &live),
+            "a shorter list is a change"
+        );
+        assert!(!is_subset(&json!({"missing": 1}), &live));
+    }
+
+    #[test]
+    fn the_applied_digest_ignores_secret_values_but_not_their_keys() {
+        let a = json!({"kind": "Secret", "metadata": {"name": "s"}, "data": {"k": "c2VjcmV0"}});
+        let b = json!({"kind": "Secret", "metadata": {"name": "s", "annotations": {APPLIED_ANNOTATION: "x"}}, "data": {"k": "b3RoZXI="}});
+        let c = json!({"kind": "Secret", "metadata": {"name": "s"}, "data": {"other": "c2VjcmV0"}});
+        assert_eq!(applied_digest(&a, true), applied_digest(&b, true));
+        assert_ne!(applied_digest(&a, true), applied_digest(&c, true));
+        assert_ne!(applied_digest(&a, false), applied_digest(&b, false));
     }
 }

@@ -135,7 +135,23 @@ async fn client(args: &ClusterArgs) -> Result<kube::Client, Failure> {
             })?,
         },
     };
-    kube::Client::try_from(config).map_err(|e| fail(e.to_string()))
+    let counter = REQUESTS.clone();
+    let count = tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        req
+    });
+    Ok(kube::client::ClientBuilder::try_from(config)
+        .map_err(|e| fail(e.to_string()))?
+        .with_layer(&count)
+        .build())
+}
+
+/// API requests this process made (reported by `--output json`, for comparisons with kubectl).
+static REQUESTS: std::sync::LazyLock<std::sync::Arc<std::sync::atomic::AtomicUsize>> =
+    std::sync::LazyLock::new(Default::default);
+
+fn requests_made() -> usize {
+    REQUESTS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 fn decrypt_failure(dir: &Path, e: &DecryptError, searched: &[String]) -> Failure {
@@ -280,6 +296,7 @@ pub fn run_apply(
             let doc = json!({
                 "applied": what,
                 "counts": counts(&summary),
+                "requests": requests_made(),
                 "objects": objects_json(&summary),
                 "notReady": summary.not_ready.iter().map(|(id, why)| json!({"object": id.to_string(), "reason": why})).collect::<Vec<_>>(),
             });
@@ -338,6 +355,7 @@ pub fn run_diff(
             let doc = json!({
                 "diff": what,
                 "counts": counts(&summary),
+                "requests": requests_made(),
                 "objects": objects_json(&summary),
                 "diffs": summary.diffs.iter().map(|(id, d)| json!({"object": id.to_string(), "diff": d})).collect::<Vec<_>>(),
             });
