@@ -196,25 +196,50 @@ async fn pipeline(
     drop(ring);
     let client = client(&args.cluster).await?;
     let text = args.output == OutputFormat::Text;
+    // On a terminal the current stage shows a counter updated in place; in a log, plain lines.
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut stage: Option<(String, usize, usize)> = None;
     let mut progress = |e: &Event| {
         if !text {
             return;
         }
         match e {
             Event::Stage(name, n) => {
-                let _ = writeln!(stderr, "lockstep: {name}: {n} object(s)");
+                if terminal && stage.is_some() {
+                    let _ = writeln!(stderr);
+                }
+                if terminal {
+                    let _ = write!(stderr, "\r\x1b[2Klockstep: {name}: 0/{n}");
+                    let _ = stderr.flush();
+                } else {
+                    let _ = writeln!(stderr, "lockstep: {name}: {n} object(s)");
+                }
+                stage = Some((name.clone(), 0, *n));
             }
-            Event::Object(id, action, note) if *action != Action::Unchanged => {
-                let note = note.as_ref().map(|n| format!(" ({n})")).unwrap_or_default();
-                let action = action.to_string();
-                let _ = writeln!(stderr, "  {action:<10} {id}{note}");
+            Event::Object(id, action, note) => {
+                if *action != Action::Unchanged {
+                    let note = note.as_ref().map(|n| format!(" ({n})")).unwrap_or_default();
+                    let action = action.to_string();
+                    if terminal {
+                        let _ = write!(stderr, "\r\x1b[2K");
+                    }
+                    let _ = writeln!(stderr, "  {action:<10} {id}{note}");
+                }
+                if let Some((name, done, total)) = stage.as_mut() {
+                    *done += 1;
+                    if terminal {
+                        let _ = write!(stderr, "\r\x1b[2Klockstep: {name}: {done}/{total}");
+                        let _ = stderr.flush();
+                    }
+                }
             }
-            Event::Object(..) => {}
         }
     };
-    let summary = apply::apply(&client, &set, &opts, &mut progress)
-        .await
-        .map_err(|e| apply_failure(&e))?;
+    let result = apply::apply(&client, &set, &opts, &mut progress).await;
+    if terminal && text {
+        let _ = writeln!(stderr);
+    }
+    let summary = result.map_err(|e| apply_failure(&e))?;
     Ok((summary, format!("{}/{}", set.project, set.environment)))
 }
 
