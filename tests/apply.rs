@@ -194,7 +194,7 @@ async fn the_shop_applies_with_secrets_decrypted_in_the_cluster_only_and_reappli
         "secret printed"
     );
     for root in [p.path(), p.home.path()] {
-        for file in walk(root) {
+        for file in support::files_under(root) {
             let bytes = std::fs::read(&file).unwrap_or_default();
             let text = String::from_utf8_lossy(&bytes);
             assert!(
@@ -231,21 +231,6 @@ async fn the_shop_applies_with_secrets_decrypted_in_the_cluster_only_and_reappli
             .resource_version,
         secret_rv
     );
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
 }
 
 #[tokio::test]

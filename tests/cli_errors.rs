@@ -296,7 +296,7 @@ fn plaintext_reaches_disk_only_where_asked() {
     assert!(!stderr(&out).contains(MARKER));
     // Nothing on disk holds the marker after encrypt -i and decrypt to stdout.
     let mut hits = Vec::new();
-    for entry in walk(dir.path()) {
+    for entry in support::files_under(dir.path()) {
         if std::fs::read(&entry)
             .is_ok_and(|b| b.windows(MARKER.len()).any(|w| w == MARKER.as_bytes()))
         {
@@ -329,22 +329,9 @@ fn plaintext_reaches_disk_only_where_asked() {
             .expect("read")
             .contains(MARKER)
     );
-    let leftovers: Vec<_> = walk(dir.path())
+    let leftovers: Vec<_> = support::files_under(dir.path())
         .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e == "tmp"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
-}
-
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).expect("read_dir").flatten() {
-        let p = entry.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }

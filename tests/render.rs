@@ -584,7 +584,7 @@ fn render_never_reveals_a_secret_and_needs_no_key() {
         seen.extend_from_slice(&o.stdout);
         seen.extend_from_slice(&o.stderr);
     }
-    for entry in walk(&out_dir) {
+    for entry in support::files_under(&out_dir) {
         seen.extend(std::fs::read(entry).expect("read"));
     }
     let seen = String::from_utf8_lossy(&seen);
@@ -605,21 +605,6 @@ fn render_never_reveals_a_secret_and_needs_no_key() {
         );
     }
     assert!(stdout(&ok).contains("<sealed:environments/dev/secrets.yaml#/db/password>"));
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
 }
 
 #[test]

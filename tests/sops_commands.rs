@@ -38,21 +38,12 @@ fn key(dir: &Path, name: &str) -> (String, String) {
 }
 
 fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
-    let mut hits = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return hits;
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            hits.extend(files_containing(&p, needle));
-        } else if std::fs::read(&p)
-            .is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
-        {
-            hits.push(p);
-        }
-    }
-    hits
+    support::files_under(dir)
+        .into_iter()
+        .filter(|p| {
+            std::fs::read(p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
+        })
+        .collect()
 }
 
 fn editor(dir: &Path, body: &str) -> String {

@@ -552,21 +552,10 @@ pub fn render(snapshot: &Snapshot, req: &Request) -> Result<Rendered, Diagnostic
 /// Parses one document and reads its identity.
 fn parse_document(doc_text: &str) -> Result<(Value, ObjectId), manifest::Problem> {
     let value: Value = yaml_serde::from_str(doc_text).map_err(|e| {
-        let offset = e
-            .location()
-            .map(|l| {
-                let r = diagnostic::line_range(doc_text, l.line());
-                (r.start + l.column().saturating_sub(1)).min(r.end)
-            })
-            .unwrap_or(0);
-        let end = diagnostic::line_range(doc_text, diagnostic::line_of(doc_text, offset)).end;
-        let mut message = e.to_string();
-        if let Some(i) = message.find(" at line ") {
-            message.truncate(i);
-        }
+        let (message, range) = project::yaml_error_at(doc_text, &e);
         manifest::Problem {
             message: format!("rendered YAML does not parse: {message}"),
-            range: offset..end.max(offset),
+            range,
             help: Some(
                 "check indentation around the expression; `| toyaml | nindent(N)` inserts structures safely"
                     .into(),

@@ -49,24 +49,32 @@ pub fn is_dns_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
+/// A YAML error's message (without yaml_serde's " at line L column C", which a snippet shows) and the
+/// byte range from where it points to the end of that line.
+pub fn yaml_error_at(text: &str, err: &yaml_serde::Error) -> (String, std::ops::Range<usize>) {
+    let mut message = err.to_string();
+    if let Some(i) = message.find(" at line ") {
+        message.truncate(i);
+    }
+    let range = match err.location() {
+        Some(loc) => {
+            let line = line_range(text, loc.line());
+            let start = (line.start + loc.column().saturating_sub(1)).min(line.end);
+            start..line.end
+        }
+        None => 0..0,
+    };
+    (message, range)
+}
+
 /// A YAML syntax or shape error as a diagnostic pointing at its line.
 pub fn yaml_diagnostic(file: &str, text: &str, err: &yaml_serde::Error) -> Diagnostic {
-    let message = err.to_string();
-    // yaml_serde appends " at line L column C"; the snippet says that already.
-    let message = match message.find(" at line ") {
-        Some(i) => message[..i].to_string(),
-        None => message,
-    };
+    let (message, range) = yaml_error_at(text, err);
     let d = Diagnostic::new(message).in_file(file);
     match err.location() {
-        Some(loc) => {
-            let source: Arc<str> = Arc::from(text);
-            let range = line_range(text, loc.line());
-            let start = (range.start + loc.column().saturating_sub(1)).min(range.end);
-            let end = if start < range.end { range.end } else { start };
-            d.at_line(loc.line())
-                .with_snippet(source, start..end, "here")
-        }
+        Some(loc) => d
+            .at_line(loc.line())
+            .with_snippet(Arc::from(text), range, "here"),
         None => d,
     }
 }

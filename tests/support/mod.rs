@@ -123,6 +123,22 @@ pub fn run_isolated(
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()))
 }
 
+/// Every file under `dir`, recursively (empty when `dir` does not exist); for marker searches.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(files_under(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
 // ------------------------------------------------------------------------------------------ cluster
 
 /// A running control plane the tests may use.
