@@ -14,6 +14,7 @@
 
 pub mod apply;
 pub mod cli;
+pub mod controller;
 pub mod decrypt;
 pub mod keys;
 pub mod render;

@@ -111,7 +111,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 const FAILED: u8 = 2;
 
-async fn client(args: &ClusterArgs) -> Result<kube::Client, Failure> {
+/// A client for the cluster the arguments name (counting its requests for `--output json`).
+pub async fn client(args: &ClusterArgs) -> Result<kube::Client, Failure> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let fail = |e: String| Failure::new(FAILED, format!("cluster connection: {e}"));
     let options = kube::config::KubeConfigOptions {

@@ -1,4 +1,5 @@
-//! Where a project comes from: an in-memory [`Snapshot`] of the files `render` reads.
+//! Where a project comes from: an in-memory [`Snapshot`] of the files `render` reads, from a
+//! directory ([`Snapshot::read_dir`]) or a Git commit ([`git::fetch`]).
 //!
 //! Rendering never reads the filesystem itself; the CLI builds a snapshot from a directory and the
 //! controller will build one from a Git tree, so both render exactly the same bytes. Only the files a
@@ -6,6 +7,8 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+pub mod git;
 
 /// Largest single file a snapshot accepts (templates, values and manifests are small; a bigger file
 /// is almost certainly a mistake such as a committed archive).

@@ -1,0 +1,448 @@
+//! The in-cluster controller: the `Sync` custom resource and its reconcile, which runs the same
+//! pipeline stages as `lockstep apply` — fetch (Git, [`crate::source::git`]) → render → decrypt (with
+//! identities from a Kubernetes Secret) → apply/prune — and reports the outcome on the resource's
+//! status, with a Reason per step.
+
+use std::path::Path;
+use std::time::Instant;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams};
+use kube::{Client, CustomResource, CustomResourceExt, ResourceExt};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::apply::{self, Action, Options};
+use crate::keys::KeyRing;
+use crate::render::{self, Request};
+use crate::source::git::{self, Revision};
+
+/// What a `Sync` follows and applies.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "lockstep.dev",
+    version = "v1alpha1",
+    kind = "Sync",
+    namespaced,
+    status = "SyncStatus",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Revision","type":"string","jsonPath":".status.lastAppliedRevision"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncSpec {
+    /// The Git repository and the directory holding `lockstep.yaml`.
+    pub source: SourceSpec,
+    /// The environment to render (a key of `environments:` in `lockstep.yaml`).
+    pub environment: String,
+    /// How often to sync (e.g. `5m`); default 5m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    /// Delete objects that left the set (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prune: Option<bool>,
+    /// Do nothing while true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspend: Option<bool>,
+    /// Where the age/SSH identities that open the secrets are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decryption: Option<Decryption>,
+}
+
+/// A Git source.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceSpec {
+    /// Repository URL (https, ssh or file).
+    pub url: String,
+    /// Branch, tag or commit (default: the remote's default branch).
+    #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub git_ref: Option<GitRef>,
+    /// Directory of the project in the repository (default: the root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+/// One of branch, tag or commit.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GitRef {
+    /// A branch name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    /// A tag name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// A full commit id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+}
+
+/// Decryption settings.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Decryption {
+    /// A Secret in the Sync's namespace holding identities under any key names.
+    pub secret_ref: LocalRef,
+}
+
+/// A reference to an object in the same namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct LocalRef {
+    /// Its name.
+    pub name: String,
+}
+
+/// What the controller last did.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncStatus {
+    /// `Ready`, `Reconciling`, `Stalled`.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// The generation the status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The last commit applied successfully.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_applied_revision: Option<String>,
+    /// The last commit tried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_attempted_revision: Option<String>,
+    /// Objects in the applied set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub objects: Option<i64>,
+    /// The inventory ConfigMap (`namespace/name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inventory: Option<String>,
+    /// How long the last sync took, e.g. `1.2s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync_duration: Option<String>,
+}
+
+/// A status condition (the `metav1.Condition` shape).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// `Ready`, `Reconciling` or `Stalled`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// A CamelCase reason naming the pipeline step (e.g. `RenderFailed`, `Succeeded`).
+    pub reason: String,
+    /// What happened, for people. Never holds a secret value.
+    pub message: String,
+    /// When the status last changed (RFC 3339).
+    pub last_transition_time: String,
+    /// The generation this condition describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// The `Sync` CRD as YAML (the committed `templates/crds/sync.yaml` must equal this).
+pub fn crd_yaml() -> String {
+    let crd = Sync::crd();
+    let value = serde_json::to_value(&crd).unwrap_or_default();
+    let yaml = yaml_serde::to_value(&value).unwrap_or(yaml_serde::Value::Null);
+    format!(
+        "# Generated by `lockstep controller --print-crd` from the Rust types; do not edit.\n{}",
+        crate::render::emit::to_yaml(&yaml)
+    )
+}
+
+/// How a reconcile ended, as the Ready condition's reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// Everything applied.
+    Succeeded,
+    /// The Git fetch failed.
+    FetchFailed,
+    /// Render found problems.
+    RenderFailed,
+    /// The decryption Secret or the secrets did not open.
+    DecryptFailed,
+    /// The dry run refused objects.
+    ValidationFailed,
+    /// Applying failed.
+    ApplyFailed,
+    /// Pruning was refused or failed.
+    PruneFailed,
+    /// Suspended.
+    Suspended,
+}
+
+impl Reason {
+    fn as_str(self) -> &'static str {
+        match self {
+            Reason::Succeeded => "Succeeded",
+            Reason::FetchFailed => "FetchFailed",
+            Reason::RenderFailed => "RenderFailed",
+            Reason::DecryptFailed => "DecryptFailed",
+            Reason::ValidationFailed => "ValidationFailed",
+            Reason::ApplyFailed => "ApplyFailed",
+            Reason::PruneFailed => "PruneFailed",
+            Reason::Suspended => "Suspended",
+        }
+    }
+}
+
+/// Loads identities from every value of a Secret (any key name; detected by content).
+fn identities(secret: &Secret) -> (KeyRing, Vec<String>) {
+    let mut ring = KeyRing::default();
+    let mut notes = Vec::new();
+    for (key, value) in secret.data.iter().flatten() {
+        match ring.add_text(&value.0, &format!("secret key {key}")) {
+            Ok(0) => notes.push(format!("{key}: no identity")),
+            Ok(_) => {}
+            Err(_) => notes.push(format!("{key}: not an identity")),
+        }
+    }
+    (ring, notes)
+}
+
+/// The outcome of one reconcile.
+struct Outcome {
+    reason: Reason,
+    message: String,
+    revision: Option<String>,
+    objects: Option<usize>,
+    inventory: Option<String>,
+}
+
+async fn run_pipeline(client: &Client, sync: &Sync, cache: &Path) -> Outcome {
+    let fail = |reason, message: String, revision: Option<String>| Outcome {
+        reason,
+        message,
+        revision,
+        objects: None,
+        inventory: None,
+    };
+    let spec = &sync.spec;
+    let ns = sync.namespace().unwrap_or_else(|| "default".into());
+    let rev = match &spec.source.git_ref {
+        Some(GitRef {
+            commit: Some(c), ..
+        }) => Revision::Commit(c.clone()),
+        Some(GitRef { tag: Some(t), .. }) => Revision::Tag(t.clone()),
+        Some(GitRef {
+            branch: Some(b), ..
+        }) => Revision::Branch(b.clone()),
+        _ => Revision::Default,
+    };
+    let url = spec.source.url.clone();
+    let path = spec.source.path.clone().unwrap_or_default();
+    let dir = cache.join(format!("{ns}.{}", sync.name_any()));
+    let fetched = tokio::task::spawn_blocking(move || git::fetch(&url, &rev, &path, &dir)).await;
+    let fetched = match fetched {
+        Ok(Ok(f)) => f,
+        Ok(Err(e)) => return fail(Reason::FetchFailed, e.to_string(), None),
+        Err(e) => return fail(Reason::FetchFailed, e.to_string(), None),
+    };
+    let revision = Some(fetched.revision.clone());
+    let rendered = match render::render(
+        &fetched.snapshot,
+        &Request {
+            env: spec.environment.clone(),
+            ..Request::default()
+        },
+    ) {
+        Ok(r) => r,
+        Err(d) => return fail(Reason::RenderFailed, d.to_string(), revision),
+    };
+    let ring = match &spec.decryption {
+        Some(d) => {
+            let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+            match secrets.get_opt(&d.secret_ref.name).await {
+                Ok(Some(s)) => identities(&s).0,
+                Ok(None) => {
+                    return fail(
+                        Reason::DecryptFailed,
+                        format!(
+                            "decryption Secret {ns}/{} does not exist",
+                            d.secret_ref.name
+                        ),
+                        revision,
+                    );
+                }
+                Err(e) => return fail(Reason::DecryptFailed, apply::reason(&e), revision),
+            }
+        }
+        None => KeyRing::default(),
+    };
+    let set = match crate::decrypt::decrypt(&rendered, &fetched.snapshot, &ring) {
+        Ok(s) => s,
+        Err(e) => {
+            let message = match &e {
+                crate::decrypt::DecryptError::Sops {
+                    file,
+                    source:
+                        crate::sops::SopsError::NoMatchingIdentity {
+                            recipients, tried, ..
+                        },
+                } => format!(
+                    "{file}: no identity in the decryption Secret opens it; it is encrypted to {}; the Secret holds {}",
+                    recipients.join(", "),
+                    if tried.is_empty() {
+                        "no identities".to_string()
+                    } else {
+                        tried
+                            .iter()
+                            .map(|(p, _)| p.clone())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    }
+                ),
+                other => other.to_string(),
+            };
+            return fail(Reason::DecryptFailed, message, revision);
+        }
+    };
+    drop(ring);
+    let opts = Options {
+        prune: spec.prune.unwrap_or(true),
+        wait: false,
+        revision: fetched.revision.clone(),
+        ..Options::default()
+    };
+    match apply::apply(client, &set, &opts, &mut |_| {}).await {
+        Ok(summary) => {
+            let changed = summary
+                .objects
+                .iter()
+                .filter(|(_, a, _)| {
+                    matches!(a, Action::Created | Action::Configured | Action::Pruned)
+                })
+                .count();
+            Outcome {
+                reason: Reason::Succeeded,
+                message: format!(
+                    "applied revision {}: {} object(s), {changed} changed",
+                    fetched.revision,
+                    set.objects.len()
+                ),
+                revision,
+                objects: Some(set.objects.len()),
+                inventory: Some(format!(
+                    "{}/{}",
+                    set.namespace,
+                    apply::inventory::name(&set.project, &set.environment)
+                )),
+            }
+        }
+        Err(e) => {
+            let reason = match &e {
+                apply::ApplyError::Validation { .. } | apply::ApplyError::UnknownKind(_) => {
+                    Reason::ValidationFailed
+                }
+                apply::ApplyError::MassPrune { .. } => Reason::PruneFailed,
+                _ => Reason::ApplyFailed,
+            };
+            fail(reason, e.to_string(), revision)
+        }
+    }
+}
+
+/// Reconciles one `Sync` now and writes its status. Returns whether it succeeded.
+pub async fn reconcile(client: &Client, sync: &Sync, cache: &Path) -> Result<bool, kube::Error> {
+    let ns = sync.namespace().unwrap_or_else(|| "default".into());
+    let api: Api<Sync> = Api::namespaced(client.clone(), &ns);
+    let started = Instant::now();
+    let outcome = if sync.spec.suspend == Some(true) {
+        Outcome {
+            reason: Reason::Suspended,
+            message: "suspended".into(),
+            revision: None,
+            objects: None,
+            inventory: None,
+        }
+    } else {
+        run_pipeline(client, sync, cache).await
+    };
+    let ok = outcome.reason == Reason::Succeeded;
+    let now = jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let generation = sync.metadata.generation;
+    let previous = sync.status.clone().unwrap_or_default();
+    let ready_status = if ok { "True" } else { "False" };
+    let transition = previous
+        .conditions
+        .iter()
+        .find(|c| {
+            c.type_ == "Ready" && c.status == ready_status && c.reason == outcome.reason.as_str()
+        })
+        .map_or(now.clone(), |c| c.last_transition_time.clone());
+    let status = SyncStatus {
+        conditions: vec![Condition {
+            type_: "Ready".into(),
+            status: ready_status.into(),
+            reason: outcome.reason.as_str().into(),
+            message: outcome.message,
+            last_transition_time: transition,
+            observed_generation: generation,
+        }],
+        observed_generation: generation,
+        last_applied_revision: if ok {
+            outcome.revision.clone()
+        } else {
+            previous.last_applied_revision
+        },
+        last_attempted_revision: outcome.revision.or(previous.last_attempted_revision),
+        objects: outcome.objects.map(|n| n as i64).or(previous.objects),
+        inventory: outcome.inventory.or(previous.inventory),
+        last_sync_duration: Some(format!("{:.1}s", started.elapsed().as_secs_f64())),
+    };
+    api.patch_status(
+        &sync.name_any(),
+        &PatchParams::apply(apply::FIELD_MANAGER).force(),
+        &Patch::Apply(json!({
+            "apiVersion": "lockstep.dev/v1alpha1",
+            "kind": "Sync",
+            "status": status,
+        })),
+    )
+    .await?;
+    Ok(ok)
+}
+
+/// Reconciles every `Sync` (in `namespace`, or all namespaces) once; returns (succeeded, failed).
+pub async fn reconcile_all(
+    client: &Client,
+    namespace: Option<&str>,
+    cache: &Path,
+) -> Result<(usize, usize), kube::Error> {
+    let api: Api<Sync> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let mut ok = 0;
+    let mut failed = 0;
+    for sync in api.list(&Default::default()).await?.items {
+        if reconcile(client, &sync, cache).await? {
+            ok += 1;
+        } else {
+            failed += 1;
+        }
+    }
+    Ok((ok, failed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_committed_crd_is_what_the_types_generate() {
+        let committed = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("templates/crds/sync.yaml"),
+        )
+        .expect("templates/crds/sync.yaml is committed");
+        assert_eq!(
+            committed,
+            crd_yaml(),
+            "regenerate with `lockstep controller --print-crd > templates/crds/sync.yaml`"
+        );
+    }
+}

@@ -1,0 +1,329 @@
+//! The controller against the real control plane and a real Git repository (served over `file://`):
+//! a `Sync` converges, a broken commit leaves the cluster as it was and says why, a removed template is
+//! pruned, and a wrong decryption key is named on the status.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
+use kube::core::GroupVersionKind;
+
+const BIN: &str = env!("CARGO_BIN_EXE_lockstep");
+
+fn git(dir: &Path, args: &[&str]) {
+    let out = Command::new("git")
+        .args([
+            "-c",
+            "user.name=test",
+            "-c",
+            "user.email=test@example.com",
+            "-c",
+            "commit.gpgsign=false",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn head(dir: &Path) -> String {
+    let out = Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(dir)
+        .output()
+        .expect("git");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A Git repository holding the shop example, rendering `dev` into `namespace`.
+fn shop_repo(namespace: &str) -> tempfile::TempDir {
+    let repo = tempfile::tempdir().expect("tempdir");
+    let shop = support::repo_root().join("examples/shop");
+    for entry in [
+        "values.yaml",
+        "templates",
+        "environments",
+        "manifests",
+        ".sops.yaml",
+    ] {
+        let ok = Command::new("cp")
+            .arg("-r")
+            .arg(shop.join(entry))
+            .arg(repo.path())
+            .status()
+            .expect("cp")
+            .success();
+        assert!(ok);
+    }
+    std::fs::write(
+        repo.path().join("lockstep.yaml"),
+        format!("project: shop\nenvironments:\n  dev: {{namespace: {namespace}}}\n"),
+    )
+    .expect("write");
+    git(repo.path(), &["init", "-q", "-b", "main"]);
+    git(repo.path(), &["add", "-A"]);
+    git(repo.path(), &["commit", "-q", "-m", "shop"]);
+    repo
+}
+
+fn syncs(client: &kube::Client, ns: &str) -> Api<DynamicObject> {
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("lockstep.dev", "v1alpha1", "Sync"),
+        "syncs",
+    );
+    Api::namespaced_with(client.clone(), ns, &ar)
+}
+
+async fn install_crd(client: &kube::Client) {
+    let text = std::fs::read_to_string(support::repo_root().join("templates/crds/sync.yaml"))
+        .expect("crd");
+    let crd: serde_json::Value = yaml_serde::from_str(&text).expect("yaml");
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("apiextensions.k8s.io", "v1", "CustomResourceDefinition"),
+        "customresourcedefinitions",
+    );
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+    api.patch(
+        "syncs.lockstep.dev",
+        &PatchParams::apply("test").force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .expect("install CRD");
+    for _ in 0..50 {
+        if let Ok(Some(c)) = api.get_opt("syncs.lockstep.dev").await
+            && c.data["status"]["conditions"].as_array().is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c["type"] == "Established" && c["status"] == "True")
+            })
+        {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the Sync CRD was not established");
+}
+
+fn controller(kubeconfig: &Path, ns: &str, cache: &Path, home: &Path) -> Output {
+    support::run_isolated(
+        Path::new(BIN),
+        &[
+            "controller",
+            "--once",
+            "-n",
+            ns,
+            "--kubeconfig",
+            &kubeconfig.to_string_lossy(),
+            "--cache",
+            &cache.to_string_lossy(),
+        ],
+        &[],
+        home,
+    )
+}
+
+fn ready(sync: &DynamicObject) -> (String, String, String) {
+    let c = sync.data["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+        .cloned()
+        .unwrap_or_default();
+    (
+        c["status"].as_str().unwrap_or_default().to_string(),
+        c["reason"].as_str().unwrap_or_default().to_string(),
+        c["message"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+#[tokio::test]
+async fn a_sync_converges_refuses_a_broken_commit_prunes_and_names_a_wrong_key() {
+    let cluster = need!("control plane", support::cluster());
+    let client = cluster.admin().await;
+    install_crd(&client).await;
+    let sync_ns = cluster.namespace(&client, "sync").await;
+    let target = format!("shop-sync-{}", std::process::id());
+    let repo = shop_repo(&target);
+    let home = tempfile::tempdir().expect("tempdir");
+    let cache: PathBuf = home.path().join("git-cache");
+
+    // The decryption Secret: the demo key under an arbitrary key name.
+    let key =
+        std::fs::read_to_string(support::repo_root().join("keys-example/age.key")).expect("key");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &sync_ns);
+    secrets
+        .patch(
+            "age-key",
+            &PatchParams::apply("test"),
+            &Patch::Apply(serde_json::json!({
+                "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "age-key"},
+                "stringData": {"whatever.agekey": key}
+            })),
+        )
+        .await
+        .expect("secret");
+    let api = syncs(&client, &sync_ns);
+    api.patch(
+        "shop",
+        &PatchParams::apply("test"),
+        &Patch::Apply(serde_json::json!({
+            "apiVersion": "lockstep.dev/v1alpha1", "kind": "Sync", "metadata": {"name": "shop"},
+            "spec": {
+                "source": {"url": format!("file://{}", repo.path().display()), "ref": {"branch": "main"}},
+                "environment": "dev",
+                "decryption": {"secretRef": {"name": "age-key"}}
+            }
+        })),
+    )
+    .await
+    .expect("sync");
+
+    // Converge.
+    let out = controller(&cluster.kubeconfig, &sync_ns, &cache, home.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sync = api.get("shop").await.expect("get");
+    let (status, reason, message) = ready(&sync);
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("True", "Succeeded"),
+        "{message}"
+    );
+    let first = head(repo.path());
+    assert_eq!(sync.data["status"]["lastAppliedRevision"], first.as_str());
+    assert_eq!(sync.data["status"]["objects"], 14);
+    let shop_secrets: Api<Secret> = Api::namespaced(client.clone(), &target);
+    let app = shop_secrets
+        .get("shop-app")
+        .await
+        .expect("shop-app applied");
+    let session = app.data.expect("data")["SESSION_KEY"].0.clone();
+    let session = String::from_utf8(session).expect("utf-8");
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &target);
+    // The generation only moves when the spec changes (status updates by the controllers do not count).
+    let web_generation = deployments
+        .get("web")
+        .await
+        .expect("web")
+        .metadata
+        .generation;
+
+    // A broken template: Ready=False with the reason, the cluster untouched, the old revision kept.
+    std::fs::write(
+        repo.path().join("templates/broken.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: b}\ndata:\n  x: {{ values.nope }}\n",
+    )
+    .expect("write");
+    git(repo.path(), &["add", "-A"]);
+    git(repo.path(), &["commit", "-q", "-m", "broken"]);
+    let out = controller(&cluster.kubeconfig, &sync_ns, &cache, home.path());
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sync = api.get("shop").await.expect("get");
+    let (status, reason, message) = ready(&sync);
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "RenderFailed")
+    );
+    assert!(message.contains("templates/broken.yaml"), "{message}");
+    assert_eq!(sync.data["status"]["lastAppliedRevision"], first.as_str());
+    assert_eq!(
+        sync.data["status"]["lastAttemptedRevision"],
+        head(repo.path()).as_str()
+    );
+    assert_eq!(
+        deployments
+            .get("web")
+            .await
+            .expect("web")
+            .metadata
+            .generation,
+        web_generation
+    );
+
+    // Fixed, and the Ingress template removed: converged again, the Ingress pruned.
+    std::fs::remove_file(repo.path().join("templates/broken.yaml")).expect("rm");
+    std::fs::remove_file(repo.path().join("templates/ingress.yaml")).expect("rm");
+    git(repo.path(), &["add", "-A"]);
+    git(repo.path(), &["commit", "-q", "-m", "no ingress"]);
+    let out = controller(&cluster.kubeconfig, &sync_ns, &cache, home.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ingresses: Api<Ingress> = Api::namespaced(client.clone(), &target);
+    assert!(
+        ingresses.get_opt("web").await.expect("get").is_none(),
+        "the Ingress is pruned"
+    );
+    let sync = api.get("shop").await.expect("get");
+    assert_eq!(ready(&sync).0, "True");
+    assert_eq!(
+        sync.data["status"]["lastAppliedRevision"],
+        head(repo.path()).as_str()
+    );
+
+    // A decryption Secret holding another key: DecryptFailed naming recipients and identities.
+    let (other, other_public) = lockstep::keys::generate("2026-01-01T00:00:00Z");
+    secrets
+        .patch(
+            "age-key",
+            &PatchParams::apply("test").force(),
+            &Patch::Apply(serde_json::json!({
+                "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "age-key"},
+                "stringData": {"whatever.agekey": other.as_str()}
+            })),
+        )
+        .await
+        .expect("secret");
+    let out = controller(&cluster.kubeconfig, &sync_ns, &cache, home.path());
+    assert_eq!(out.status.code(), Some(1));
+    let sync = api.get("shop").await.expect("get");
+    let (status, reason, message) = ready(&sync);
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "DecryptFailed")
+    );
+    assert!(
+        message.contains("age1cunssxzmelyguczf39cjyuztac9mh3wlk6hgqv0s8m7khtfyw47qxrz3zg"),
+        "{message}"
+    );
+    assert!(message.contains(&other_public), "{message}");
+
+    // The decrypted value is nowhere in the status or the controller's output.
+    let status_text = sync.data["status"].to_string();
+    assert!(!status_text.contains(&session), "secret in status");
+    let output = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!output.contains(&session), "secret in output");
+    for file in support::files_under(home.path()) {
+        let bytes = std::fs::read(&file).unwrap_or_default();
+        assert!(
+            !bytes
+                .windows(session.len())
+                .any(|w| w == session.as_bytes()),
+            "plaintext on disk: {}",
+            file.display()
+        );
+    }
+}
