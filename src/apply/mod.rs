@@ -465,6 +465,29 @@ async fn dry_run(client: &Client, item: &Item<'_>, pp: &PatchParams) -> Checked 
     }
 }
 
+/// Dry-runs a batch of items (by index into the set), records each result, and returns the refusals.
+async fn validate(
+    client: &Client,
+    batch: &[(usize, &Item<'_>)],
+    opts: &Options,
+    results: &mut HashMap<usize, Checked>,
+) -> Vec<Refusal> {
+    let items: Vec<&Item<'_>> = batch.iter().map(|(_, i)| *i).collect();
+    let checked = dry_run_all(client, &items, opts).await;
+    let mut refusals = Vec::new();
+    for ((index, item), c) in batch.iter().zip(checked) {
+        if let Checked::Refused(r) = &c {
+            refusals.push(Refusal {
+                id: item.obj.id.clone(),
+                source: item.obj.source.clone(),
+                reason: r.clone(),
+            });
+        }
+        results.insert(*index, c);
+    }
+    refusals
+}
+
 async fn dry_run_all(client: &Client, items: &[&Item<'_>], opts: &Options) -> Vec<Checked> {
     let mut pp = PatchParams::apply(FIELD_MANAGER).dry_run();
     if opts.force_conflicts {
@@ -693,31 +716,17 @@ pub async fn apply(
     }
 
     // Validate: dry-run everything else that can be checked now.
-    let now: Vec<&Item<'_>> = items
+    let now: Vec<(usize, &Item<'_>)> = items
         .iter()
-        .filter(|i| !i.deferred && !i.untouched)
+        .enumerate()
+        .filter(|(_, i)| !i.deferred && !i.untouched)
         .collect();
     progress(&Event::Stage(
         "validate (server-side dry run)".into(),
         now.len(),
     ));
     let mut results: HashMap<usize, Checked> = HashMap::new();
-    let checked = dry_run_all(client, &now, opts).await;
-    let mut refusals = Vec::new();
-    for (item, c) in now.iter().zip(checked) {
-        let index = items
-            .iter()
-            .position(|i| std::ptr::eq(i, *item))
-            .unwrap_or_default();
-        if let Checked::Refused(r) = &c {
-            refusals.push(Refusal {
-                id: item.obj.id.clone(),
-                source: item.obj.source.clone(),
-                reason: r.clone(),
-            });
-        }
-        results.insert(index, c);
-    }
+    let refusals = validate(client, &now, opts, &mut results).await;
     if !refusals.is_empty() {
         return Err(ApplyError::Validation {
             refusals,
@@ -732,11 +741,9 @@ pub async fn apply(
     }
 
     // Stage by stage; within a stage, kind by kind in order, objects concurrently.
-    let mut deferred_checked = false;
     let mut failures = Vec::new();
     for stage in 0..3 {
-        if stage == 1 && !deferred_checked {
-            deferred_checked = true;
+        if stage == 1 {
             // Stage 1 exists now: check what waited for it, before anything else is written.
             let later: Vec<(usize, &Item<'_>)> = items
                 .iter()
@@ -748,19 +755,7 @@ pub async fn apply(
                     "validate objects of new namespaces and CRDs".into(),
                     later.len(),
                 ));
-                let refs: Vec<&Item<'_>> = later.iter().map(|(_, i)| *i).collect();
-                let checked = dry_run_all(client, &refs, opts).await;
-                let mut refusals = Vec::new();
-                for ((index, item), c) in later.iter().zip(checked) {
-                    if let Checked::Refused(r) = &c {
-                        refusals.push(Refusal {
-                            id: item.obj.id.clone(),
-                            source: item.obj.source.clone(),
-                            reason: r.clone(),
-                        });
-                    }
-                    results.insert(*index, c);
-                }
+                let refusals = validate(client, &later, opts, &mut results).await;
                 if !refusals.is_empty() {
                     return Err(ApplyError::Validation {
                         refusals,
