@@ -6,9 +6,16 @@
 //! keys → sops format → render → decrypt → apply → sync
 //! ```
 //!
-//! Built so far: [`keys`] and [`sops`] (encrypt before commit), [`source`] and [`render`] (manifests
-//! per environment, secrets sealed), and the command-line edge [`cli`]. Commands whose stage is not
-//! built yet report themselves as not implemented (exit code 2).
+//! | stage | module |
+//! |---|---|
+//! | age keys | [`keys`] |
+//! | the SOPS file format | [`sops`] |
+//! | where a project comes from (directory, Git commit) | [`source`] |
+//! | templates + values → manifests, secrets sealed | [`render`] |
+//! | the only place plaintext is produced | [`decrypt`] |
+//! | dry run, server-side apply, inventory, prune, health, diff | [`apply`] |
+//! | the `Sync` resource and its reconcile | [`controller`] |
+//! | arguments, environment, exit codes, human output | [`cli`] |
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -327,3 +327,127 @@ async fn a_sync_converges_refuses_a_broken_commit_prunes_and_names_a_wrong_key()
         );
     }
 }
+
+/// Kills the controller process when the test ends, however it ends.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    for _ in 0..100 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test]
+async fn the_loop_syncs_new_syncs_at_once_waits_for_the_interval_and_obeys_lockstep_sync() {
+    let cluster = need!("control plane", support::cluster());
+    let client = cluster.admin().await;
+    install_crd(&client).await;
+    let sync_ns = cluster.namespace(&client, "loop").await;
+    let target = format!("shop-loop-{}", std::process::id());
+    let repo = shop_repo(&target);
+    let home = tempfile::tempdir().expect("tempdir");
+    let key =
+        std::fs::read_to_string(support::repo_root().join("keys-example/age.key")).expect("key");
+    Api::<Secret>::namespaced(client.clone(), &sync_ns)
+        .patch(
+            "age-key",
+            &PatchParams::apply("test"),
+            &Patch::Apply(serde_json::json!({
+                "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "age-key"},
+                "stringData": {"keys.txt": key}
+            })),
+        )
+        .await
+        .expect("secret");
+    let api = syncs(&client, &sync_ns);
+    api.patch(
+        "shop",
+        &PatchParams::apply("test"),
+        &Patch::Apply(serde_json::json!({
+            "apiVersion": "lockstep.dev/v1alpha1", "kind": "Sync", "metadata": {"name": "shop"},
+            "spec": {
+                "source": {"url": format!("file://{}", repo.path().display())},
+                "environment": "dev",
+                "interval": "1h",
+                "decryption": {"secretRef": {"name": "age-key"}}
+            }
+        })),
+    )
+    .await
+    .expect("sync");
+    let kubeconfig = cluster.kubeconfig.to_string_lossy().into_owned();
+    let _controller = Running(
+        Command::new(BIN)
+            .args([
+                "controller",
+                "--poll",
+                "1s",
+                "-n",
+                &sync_ns,
+                "--kubeconfig",
+                &kubeconfig,
+            ])
+            .args(["--cache", &home.path().join("cache").to_string_lossy()])
+            .env("HOME", home.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the controller"),
+    );
+    let first = head(repo.path());
+    wait_for("the first sync", async || {
+        api.get("shop")
+            .await
+            .is_ok_and(|s| s.data["status"]["lastAppliedRevision"] == first.as_str())
+    })
+    .await;
+
+    // A new commit is not picked up before the interval (1h)…
+    std::fs::remove_file(repo.path().join("templates/ingress.yaml")).expect("rm");
+    git(repo.path(), &["add", "-A"]);
+    git(repo.path(), &["commit", "-q", "-m", "no ingress"]);
+    let second = head(repo.path());
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let status = api.get("shop").await.expect("get").data["status"].clone();
+    assert_eq!(
+        status["lastAppliedRevision"],
+        first.as_str(),
+        "synced before its interval"
+    );
+
+    // …but at once when asked.
+    let out = support::run_isolated(
+        Path::new(BIN),
+        &["sync", "shop", "-n", &sync_ns, "--kubeconfig", &kubeconfig],
+        &[],
+        home.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("requested"));
+    wait_for("the requested sync", async || {
+        api.get("shop")
+            .await
+            .is_ok_and(|s| s.data["status"]["lastAppliedRevision"] == second.as_str())
+    })
+    .await;
+    let ingresses: Api<Ingress> = Api::namespaced(client.clone(), &target);
+    assert!(
+        ingresses.get_opt("web").await.expect("get").is_none(),
+        "pruned by the loop"
+    );
+}

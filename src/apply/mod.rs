@@ -197,6 +197,24 @@ pub enum ApplyError {
     CrdTimeout(String),
 }
 
+/// Parses `90s`, `5m`, `1h` or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, "s"), |i| (&s[..i], &s[i..]));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a duration such as 90s, 5m or 1h"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("{s:?}: units are s, m or h")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
 /// A JSON body whose `Debug` never shows its content (kube requires `Debug` on patch bodies).
 struct Redacted<'a>(&'a Json);
 

@@ -21,9 +21,9 @@ pub struct ControllerArgs {
     /// Reconcile every Sync once and exit (non-zero when any failed).
     #[arg(long)]
     pub once: bool,
-    /// Time between reconciles of all Syncs, e.g. 30s, 5m.
-    #[arg(long, default_value = "1m", value_parser = parse_duration)]
-    pub resync: Duration,
+    /// How often to look for Syncs that are due (new, changed, requested, or past their interval).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub poll: Duration,
     /// Where fetched Git objects are kept (only what is in Git: secrets stay encrypted).
     #[arg(long, value_name = "DIR")]
     pub cache: Option<PathBuf>,
@@ -53,35 +53,76 @@ pub fn run(
         .map_err(|e| Failure::new(2, format!("cannot start the async runtime: {e}")))?;
     rt.block_on(async {
         let client = super::apply::client(&args.cluster).await?;
-        loop {
-            match crate::controller::reconcile_all(&client, args.namespace.as_deref(), &cache).await
-            {
-                Ok((ok, failed)) => {
-                    let _ = writeln!(
-                        stderr,
-                        "lockstep controller: {ok} Sync(s) ready, {failed} failed"
-                    );
-                    if args.once {
-                        return if failed == 0 {
-                            Ok(())
-                        } else {
-                            Err(Failure::new(
-                                1,
-                                format!("{failed} Sync(s) failed; see their status"),
-                            ))
-                        };
-                    }
-                }
-                Err(e) => {
-                    let message =
-                        format!("listing or updating Syncs: {}", crate::apply::reason(&e));
-                    if args.once {
-                        return Err(Failure::new(2, message));
-                    }
-                    let _ = writeln!(stderr, "lockstep controller: {message}");
-                }
-            }
-            tokio::time::sleep(args.resync).await;
+        if !args.once {
+            let mut log = |line: &str| {
+                let _ = writeln!(stderr, "lockstep controller: {line}");
+            };
+            crate::controller::run_loop(
+                &client,
+                args.namespace.as_deref(),
+                &cache,
+                args.poll,
+                &mut log,
+            )
+            .await;
+            return Ok(());
         }
+        match crate::controller::reconcile_all(&client, args.namespace.as_deref(), &cache).await {
+            Ok((ok, 0)) => {
+                let _ = writeln!(stderr, "lockstep controller: {ok} Sync(s) ready");
+                Ok(())
+            }
+            Ok((ok, failed)) => Err(Failure::new(
+                1,
+                format!("{ok} Sync(s) ready, {failed} failed; see their status"),
+            )),
+            Err(e) => Err(Failure::new(
+                2,
+                format!("listing or updating Syncs: {}", crate::apply::reason(&e)),
+            )),
+        }
+    })
+}
+
+/// Arguments of `lockstep sync`.
+#[derive(Debug, Clone, Args)]
+pub struct SyncArgs {
+    /// The Sync's name.
+    pub name: String,
+    /// Its namespace.
+    #[arg(long, short = 'n', default_value = "default")]
+    pub namespace: String,
+    /// The cluster.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+/// Runs `lockstep sync`: asks the controller to sync now.
+pub fn request(args: &SyncArgs, stdout: &mut dyn Write) -> Result<(), Failure> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::new(2, format!("cannot start the async runtime: {e}")))?;
+    rt.block_on(async {
+        let client = super::apply::client(&args.cluster).await?;
+        let at = crate::controller::request_sync(&client, &args.namespace, &args.name)
+            .await
+            .map_err(|e| {
+                Failure::new(
+                    2,
+                    format!(
+                        "Sync {}/{}: {}",
+                        args.namespace,
+                        args.name,
+                        crate::apply::reason(&e)
+                    ),
+                )
+            })?;
+        let _ = writeln!(
+            stdout,
+            "sync of {}/{} requested at {at}",
+            args.namespace, args.name
+        );
+        Ok(())
     })
 }

@@ -1,13 +1,12 @@
 //! The command-line edge: argument parsing, exit codes and human output.
 //!
 //! Parsing is pure ([`Cli::try_parse_from`] over any argument list), so it is unit-tested without a
-//! process. Commands whose pipeline stage has not been built yet say so on stderr and exit with
-//! [`Exit::Error`]; none of them pretends to have done anything.
+//! process; discovering the environment (variables, terminal, kubeconfig) happens afterwards, at the
+//! start of each command.
 
-use std::ffi::OsString;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 
 pub mod apply;
 pub mod check;
@@ -52,15 +51,6 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Arguments of a command that is planned but not built yet; accepted as they are so the command
-/// can explain itself instead of failing on an unknown flag.
-#[derive(Debug, Clone, Default, Args)]
-pub struct Planned {
-    /// Arguments, kept for the message only.
-    #[arg(hide = true, trailing_var_arg = true, allow_hyphen_values = true)]
-    pub args: Vec<OsString>,
-}
-
 /// The commands of `lockstep`, in pipeline order.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -99,7 +89,7 @@ pub enum Command {
     /// Run the in-cluster controller that syncs `Sync` resources from Git.
     Controller(controller::ControllerArgs),
     /// Ask the controller to sync a `Sync` resource now.
-    Sync(Planned),
+    Sync(controller::SyncArgs),
 }
 
 impl Command {
@@ -152,20 +142,12 @@ pub fn run(
         Command::Init(args) => init::run(args, env, stdout, stderr),
         Command::Apply(args) => apply::run_apply(args, env, stdout, stderr),
         Command::Controller(args) => controller::run(args, stdout, stderr),
+        Command::Sync(args) => controller::request(args, stdout),
         Command::Diff(args) => match apply::run_diff(args, env, stdout, stderr) {
             Ok(false) => Ok(()),
             Ok(true) => return Exit::Changes.into(),
             Err(e) => Err(e),
         },
-        other => {
-            // Every stage still to be built answers the same way: clearly, and without touching anything.
-            let name = other.name();
-            let _ = writeln!(
-                stderr,
-                "lockstep: `{name}` is not implemented in this build yet; nothing was read or written"
-            );
-            return Exit::Error.into();
-        }
     };
     match result {
         Ok(()) => Exit::Success.into(),
@@ -202,20 +184,6 @@ pub fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_planned_sync_command_parses_with_arbitrary_flags_and_exits_2() {
-        let cli = Cli::try_parse_from(["lockstep", "sync", "--env", "prod", "x.yaml"])
-            .unwrap_or_else(|e| panic!("sync should parse: {e}"));
-        let mut err = Vec::new();
-        let env = keysources::Env {
-            var: &|_| None,
-            home: None,
-        };
-        assert_eq!(run(cli, &env, &mut Vec::new(), &mut err), ExitCode::from(2));
-        let msg = String::from_utf8(err).expect("utf-8 message");
-        assert!(msg.contains("not implemented"), "{msg}");
-    }
 
     #[test]
     fn command_names_round_trip() {

@@ -3,8 +3,9 @@
 //! identities from a Kubernetes Secret) → apply/prune — and reports the outcome on the resource's
 //! status, with a Reason per step.
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
@@ -407,6 +408,145 @@ pub async fn reconcile(client: &Client, sync: &Sync, cache: &Path) -> Result<boo
     Ok(ok)
 }
 
+/// Annotation that asks for a sync now (`lockstep sync NAME` sets it to the time of asking).
+pub const SYNC_REQUESTED: &str = "lockstep.dev/sync-requested";
+
+/// The default interval between syncs of one `Sync`.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(300);
+
+/// First retry delay after a failed sync; doubles with each failure, up to the interval.
+pub const RETRY_BASE: Duration = Duration::from_secs(5);
+
+/// What the loop remembers about one `Sync` between polls.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    last_run: Instant,
+    generation: Option<i64>,
+    requested: Option<String>,
+    failures: u32,
+}
+
+/// The interval of a Sync, spread by up to ±10 % (the same for a Sync every time, different between
+/// Syncs) so many Syncs do not fetch at once.
+pub fn interval_of(sync: &Sync) -> Duration {
+    let base = sync
+        .spec
+        .interval
+        .as_deref()
+        .and_then(|s| apply::parse_duration(s).ok())
+        .filter(|d| !d.is_zero())
+        .unwrap_or(DEFAULT_INTERVAL);
+    let uid = sync.metadata.uid.clone().unwrap_or_default();
+    let spread = uid
+        .bytes()
+        .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)))
+        % 21;
+    base.mul_f64(0.9 + spread as f64 / 100.0)
+}
+
+fn requested(sync: &Sync) -> Option<String> {
+    sync.annotations().get(SYNC_REQUESTED).cloned()
+}
+
+/// Whether a Sync should be reconciled now: never seen, its spec changed, a sync was requested, or
+/// its interval (after a failure: the back-off) has passed.
+pub fn due(sync: &Sync, schedule: Option<&Schedule>, now: Instant) -> bool {
+    let Some(s) = schedule else {
+        return true;
+    };
+    if s.generation != sync.metadata.generation || s.requested != requested(sync) {
+        return true;
+    }
+    let wait = if s.failures > 0 {
+        RETRY_BASE
+            .saturating_mul(1 << s.failures.min(16))
+            .min(interval_of(sync))
+    } else {
+        interval_of(sync)
+    };
+    now.duration_since(s.last_run) >= wait
+}
+
+/// Runs forever: every `poll`, lists the Syncs and reconciles those that are [`due`].
+pub async fn run_loop(
+    client: &Client,
+    namespace: Option<&str>,
+    cache: &Path,
+    poll: Duration,
+    log: &mut dyn FnMut(&str),
+) {
+    let api: Api<Sync> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let mut schedules: HashMap<String, Schedule> = HashMap::new();
+    loop {
+        match api.list(&Default::default()).await {
+            Ok(list) => {
+                for sync in list.items {
+                    let key = sync.metadata.uid.clone().unwrap_or_else(|| sync.name_any());
+                    if !due(&sync, schedules.get(&key), Instant::now()) {
+                        continue;
+                    }
+                    let name = format!(
+                        "{}/{}",
+                        sync.namespace().unwrap_or_default(),
+                        sync.name_any()
+                    );
+                    let failures = schedules.get(&key).map_or(0, |s| s.failures);
+                    let failures = match reconcile(client, &sync, cache).await {
+                        Ok(true) => {
+                            log(&format!("{name}: ready"));
+                            0
+                        }
+                        Ok(false) => {
+                            log(&format!(
+                                "{name}: failed (see its status); retrying with back-off"
+                            ));
+                            failures + 1
+                        }
+                        Err(e) => {
+                            log(&format!(
+                                "{name}: cannot update status: {}",
+                                apply::reason(&e)
+                            ));
+                            failures + 1
+                        }
+                    };
+                    schedules.insert(
+                        key,
+                        Schedule {
+                            last_run: Instant::now(),
+                            generation: sync.metadata.generation,
+                            requested: requested(&sync),
+                            failures,
+                        },
+                    );
+                }
+            }
+            Err(e) => log(&format!("listing Syncs: {}", apply::reason(&e))),
+        }
+        tokio::time::sleep(poll).await;
+    }
+}
+
+/// Asks the controller to sync a `Sync` now (sets [`SYNC_REQUESTED`] to the current time).
+pub async fn request_sync(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Result<String, kube::Error> {
+    let api: Api<Sync> = Api::namespaced(client.clone(), namespace);
+    let now = jiff::Timestamp::now().to_string();
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {SYNC_REQUESTED: now}}})),
+    )
+    .await?;
+    Ok(now)
+}
+
 /// Reconciles every `Sync` (in `namespace`, or all namespaces) once; returns (succeeded, failed).
 pub async fn reconcile_all(
     client: &Client,
@@ -432,6 +572,76 @@ pub async fn reconcile_all(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sync(interval: Option<&str>, generation: i64, requested: Option<&str>) -> Sync {
+        let mut s = Sync::new(
+            "shop",
+            SyncSpec {
+                source: SourceSpec {
+                    url: "file:///x".into(),
+                    git_ref: None,
+                    path: None,
+                },
+                environment: "dev".into(),
+                interval: interval.map(str::to_string),
+                prune: None,
+                suspend: None,
+                decryption: None,
+            },
+        );
+        s.metadata.generation = Some(generation);
+        s.metadata.uid = Some("0b5e7c1e".into());
+        if let Some(r) = requested {
+            s.metadata.annotations = Some([(SYNC_REQUESTED.to_string(), r.to_string())].into());
+        }
+        s
+    }
+
+    #[test]
+    fn syncs_are_due_when_new_changed_requested_or_their_interval_passed() {
+        let now = Instant::now();
+        let s = sync(Some("10m"), 1, None);
+        assert!(due(&s, None, now), "never seen");
+        let schedule = Schedule {
+            last_run: now,
+            generation: Some(1),
+            requested: None,
+            failures: 0,
+        };
+        assert!(!due(&s, Some(&schedule), now + Duration::from_secs(60)));
+        assert!(due(&s, Some(&schedule), now + Duration::from_secs(700)));
+        assert!(
+            due(&sync(Some("10m"), 2, None), Some(&schedule), now),
+            "spec changed"
+        );
+        assert!(
+            due(&sync(Some("10m"), 1, Some("t1")), Some(&schedule), now),
+            "requested"
+        );
+        let failed = Schedule {
+            failures: 2,
+            ..schedule
+        };
+        assert!(!due(&s, Some(&failed), now + Duration::from_secs(19)));
+        assert!(
+            due(&s, Some(&failed), now + Duration::from_secs(20)),
+            "5s x 2^2 back-off"
+        );
+    }
+
+    #[test]
+    fn intervals_are_spread_by_at_most_ten_percent() {
+        let d = interval_of(&sync(Some("10m"), 1, None));
+        assert!(
+            d >= Duration::from_secs(540) && d <= Duration::from_secs(660),
+            "{d:?}"
+        );
+        let default = interval_of(&sync(None, 1, None));
+        assert!(
+            default >= Duration::from_secs(270) && default <= Duration::from_secs(330),
+            "{default:?}"
+        );
+    }
 
     #[test]
     fn the_committed_crd_is_what_the_types_generate() {
