@@ -338,6 +338,48 @@ impl Drop for Running {
     }
 }
 
+/// One HTTP/1.1 request to the controller on loopback: (status code, body).
+fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    stream.write_all(req.as_bytes()).expect("write");
+    stream.write_all(body).expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
 async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
     for _ in 0..100 {
         if check().await {
@@ -349,7 +391,8 @@ async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
 }
 
 #[tokio::test]
-async fn the_loop_syncs_new_syncs_at_once_waits_for_the_interval_and_obeys_lockstep_sync() {
+async fn the_loop_syncs_new_syncs_at_once_waits_for_the_interval_and_obeys_lockstep_sync_and_the_webhook()
+ {
     let cluster = need!("control plane", support::cluster());
     let client = cluster.admin().await;
     install_crd(&client).await;
@@ -370,6 +413,17 @@ async fn the_loop_syncs_new_syncs_at_once_waits_for_the_interval_and_obeys_locks
         )
         .await
         .expect("secret");
+    Api::<Secret>::namespaced(client.clone(), &sync_ns)
+        .patch(
+            "hook",
+            &PatchParams::apply("test"),
+            &Patch::Apply(serde_json::json!({
+                "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hook"},
+                "stringData": {"token": "hook-s3cret"}
+            })),
+        )
+        .await
+        .expect("webhook secret");
     let api = syncs(&client, &sync_ns);
     api.patch(
         "shop",
@@ -380,13 +434,16 @@ async fn the_loop_syncs_new_syncs_at_once_waits_for_the_interval_and_obeys_locks
                 "source": {"url": format!("file://{}", repo.path().display())},
                 "environment": "dev",
                 "interval": "1h",
-                "decryption": {"secretRef": {"name": "age-key"}}
+                "decryption": {"secretRef": {"name": "age-key"}},
+                "webhook": {"secretRef": {"name": "hook"}}
             }
         })),
     )
     .await
     .expect("sync");
     let kubeconfig = cluster.kubeconfig.to_string_lossy().into_owned();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
     let _controller = Running(
         Command::new(BIN)
             .args([
@@ -398,6 +455,7 @@ async fn the_loop_syncs_new_syncs_at_once_waits_for_the_interval_and_obeys_locks
                 "--kubeconfig",
                 &kubeconfig,
             ])
+            .args(["--listen", &listen])
             .args(["--cache", &home.path().join("cache").to_string_lossy()])
             .env("HOME", home.path())
             .stdout(std::process::Stdio::null())
@@ -450,4 +508,64 @@ async fn the_loop_syncs_new_syncs_at_once_waits_for_the_interval_and_obeys_locks
         ingresses.get_opt("web").await.expect("get").is_none(),
         "pruned by the loop"
     );
+
+    // Health and metrics.
+    assert_eq!(http(port, "GET", "/healthz", &[], b"").0, 200);
+    assert_eq!(http(port, "GET", "/readyz", &[], b"").0, 200);
+    let (code, metrics) = http(port, "GET", "/metrics", &[], b"");
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("lockstep_syncs_total{result=\"success\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!("revision=\"{second}\"")),
+        "{metrics}"
+    );
+    assert!(metrics.contains("lockstep_objects_managed{"), "{metrics}");
+
+    // The webhook: a bad signature is refused and changes nothing; a good one syncs at once.
+    std::fs::remove_file(repo.path().join("templates/backup.yaml")).expect("rm");
+    git(repo.path(), &["add", "-A"]);
+    git(repo.path(), &["commit", "-q", "-m", "no backup"]);
+    let third = head(repo.path());
+    let body = br#"{"ref":"refs/heads/main"}"#;
+    let path = format!("/hook/{sync_ns}/shop");
+    let (code, _) = http(
+        port,
+        "POST",
+        &path,
+        &[("X-Hub-Signature-256", "sha256=00")],
+        body,
+    );
+    assert_eq!(code, 401);
+    let (code, _) = http(port, "POST", &path, &[("X-Gitlab-Token", "wrong")], body);
+    assert_eq!(code, 401);
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let status = api.get("shop").await.expect("get").data["status"].clone();
+    assert_eq!(
+        status["lastAppliedRevision"],
+        second.as_str(),
+        "a refused hook must not sync"
+    );
+    let signature = {
+        use hmac::Mac as _;
+        let mut mac = hmac::Hmac::<sha2_10::Sha256>::new_from_slice(b"hook-s3cret").expect("key");
+        mac.update(body);
+        format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    };
+    let (code, _) = http(
+        port,
+        "POST",
+        &path,
+        &[("X-Hub-Signature-256", &signature)],
+        body,
+    );
+    assert_eq!(code, 202);
+    wait_for("the webhook sync", async || {
+        api.get("shop")
+            .await
+            .is_ok_and(|s| s.data["status"]["lastAppliedRevision"] == third.as_str())
+    })
+    .await;
 }

@@ -27,6 +27,10 @@ pub struct ControllerArgs {
     /// Where fetched Git objects are kept (only what is in Git: secrets stay encrypted).
     #[arg(long, value_name = "DIR")]
     pub cache: Option<PathBuf>,
+    /// Address of the health, metrics and webhook server (`/healthz`, `/readyz`, `/metrics`,
+    /// `POST /hook/<namespace>/<name>`); not started with `--once`.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub listen: String,
     /// Print the Sync CustomResourceDefinition and exit.
     #[arg(long)]
     pub print_crd: bool,
@@ -54,6 +58,20 @@ pub fn run(
     rt.block_on(async {
         let client = super::apply::client(&args.cluster).await?;
         if !args.once {
+            let hub = std::sync::Arc::new(crate::controller::server::Hub::default());
+            let listener = tokio::net::TcpListener::bind(&args.listen)
+                .await
+                .map_err(|e| Failure::new(2, format!("--listen {}: {e}", args.listen)))?;
+            let server = tokio::spawn(crate::controller::server::serve(
+                listener,
+                hub.clone(),
+                client.clone(),
+            ));
+            let _ = writeln!(
+                stderr,
+                "lockstep controller: serving /healthz /readyz /metrics /hook on {}",
+                args.listen
+            );
             let mut log = |line: &str| {
                 let _ = writeln!(stderr, "lockstep controller: {line}");
             };
@@ -62,9 +80,11 @@ pub fn run(
                 args.namespace.as_deref(),
                 &cache,
                 args.poll,
+                &hub,
                 &mut log,
             )
             .await;
+            server.abort();
             return Ok(());
         }
         match crate::controller::reconcile_all(&client, args.namespace.as_deref(), &cache).await {

@@ -14,6 +14,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+pub mod server;
+
 use crate::apply::{self, Action, Options};
 use crate::keys::KeyRing;
 use crate::render::{self, Request};
@@ -49,6 +51,18 @@ pub struct SyncSpec {
     /// Where the age/SSH identities that open the secrets are.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decryption: Option<Decryption>,
+    /// A webhook that triggers a sync: a Secret with key `token`, used as the GitHub HMAC-SHA256
+    /// key (`X-Hub-Signature-256`) or compared with GitLab's `X-Gitlab-Token`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<Webhook>,
+}
+
+/// Webhook settings.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Webhook {
+    /// A Secret in the Sync's namespace with the key `token`.
+    pub secret_ref: LocalRef,
 }
 
 /// A Git source.
@@ -345,8 +359,21 @@ async fn run_pipeline(client: &Client, sync: &Sync, cache: &Path) -> Outcome {
     }
 }
 
-/// Reconciles one `Sync` now and writes its status. Returns whether it succeeded.
-pub async fn reconcile(client: &Client, sync: &Sync, cache: &Path) -> Result<bool, kube::Error> {
+/// What one reconcile did, for logs and metrics.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// Whether it succeeded.
+    pub ok: bool,
+    /// How long it took.
+    pub duration: Duration,
+    /// Objects in the applied set (when known).
+    pub objects: Option<usize>,
+    /// The last applied revision.
+    pub revision: Option<String>,
+}
+
+/// Reconciles one `Sync` now and writes its status.
+pub async fn reconcile(client: &Client, sync: &Sync, cache: &Path) -> Result<Report, kube::Error> {
     let ns = sync.namespace().unwrap_or_else(|| "default".into());
     let api: Api<Sync> = Api::namespaced(client.clone(), &ns);
     let started = Instant::now();
@@ -401,11 +428,16 @@ pub async fn reconcile(client: &Client, sync: &Sync, cache: &Path) -> Result<boo
         &Patch::Apply(json!({
             "apiVersion": "lockstep.dev/v1alpha1",
             "kind": "Sync",
-            "status": status,
+            "status": &status,
         })),
     )
     .await?;
-    Ok(ok)
+    Ok(Report {
+        ok,
+        duration: started.elapsed(),
+        objects: status.objects.map(|n| n as usize),
+        revision: status.last_applied_revision.clone(),
+    })
 }
 
 /// Annotation that asks for a sync now (`lockstep sync NAME` sets it to the time of asking).
@@ -467,12 +499,14 @@ pub fn due(sync: &Sync, schedule: Option<&Schedule>, now: Instant) -> bool {
     now.duration_since(s.last_run) >= wait
 }
 
-/// Runs forever: every `poll`, lists the Syncs and reconciles those that are [`due`].
+/// Runs forever: every `poll` (or at once when the webhook asks), lists the Syncs and reconciles
+/// those that are [`due`] or requested; records each outcome in `hub`.
 pub async fn run_loop(
     client: &Client,
     namespace: Option<&str>,
     cache: &Path,
     poll: Duration,
+    hub: &server::Hub,
     log: &mut dyn FnMut(&str),
 ) {
     let api: Api<Sync> = match namespace {
@@ -483,27 +517,28 @@ pub async fn run_loop(
     loop {
         match api.list(&Default::default()).await {
             Ok(list) => {
+                hub.set_ready(true);
                 for sync in list.items {
                     let key = sync.metadata.uid.clone().unwrap_or_else(|| sync.name_any());
-                    if !due(&sync, schedules.get(&key), Instant::now()) {
+                    let ns = sync.namespace().unwrap_or_default();
+                    let hooked = hub.take_request(&ns, &sync.name_any());
+                    if !hooked && !due(&sync, schedules.get(&key), Instant::now()) {
                         continue;
                     }
-                    let name = format!(
-                        "{}/{}",
-                        sync.namespace().unwrap_or_default(),
-                        sync.name_any()
-                    );
+                    let name = format!("{ns}/{}", sync.name_any());
                     let failures = schedules.get(&key).map_or(0, |s| s.failures);
                     let failures = match reconcile(client, &sync, cache).await {
-                        Ok(true) => {
-                            log(&format!("{name}: ready"));
-                            0
-                        }
-                        Ok(false) => {
-                            log(&format!(
-                                "{name}: failed (see its status); retrying with back-off"
-                            ));
-                            failures + 1
+                        Ok(report) => {
+                            hub.record(&ns, &sync.name_any(), &report);
+                            if report.ok {
+                                log(&format!("{name}: ready"));
+                                0
+                            } else {
+                                log(&format!(
+                                    "{name}: failed (see its status); retrying with back-off"
+                                ));
+                                failures + 1
+                            }
                         }
                         Err(e) => {
                             log(&format!(
@@ -524,9 +559,12 @@ pub async fn run_loop(
                     );
                 }
             }
-            Err(e) => log(&format!("listing Syncs: {}", apply::reason(&e))),
+            Err(e) => {
+                hub.set_ready(false);
+                log(&format!("listing Syncs: {}", apply::reason(&e)));
+            }
         }
-        tokio::time::sleep(poll).await;
+        hub.wait(poll).await;
     }
 }
 
@@ -560,7 +598,7 @@ pub async fn reconcile_all(
     let mut ok = 0;
     let mut failed = 0;
     for sync in api.list(&Default::default()).await?.items {
-        if reconcile(client, &sync, cache).await? {
+        if reconcile(client, &sync, cache).await?.ok {
             ok += 1;
         } else {
             failed += 1;
@@ -587,6 +625,7 @@ mod tests {
                 prune: None,
                 suspend: None,
                 decryption: None,
+                webhook: None,
             },
         );
         s.metadata.generation = Some(generation);

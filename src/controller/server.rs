@@ -1,0 +1,301 @@
+//! The controller's HTTP side: `/healthz`, `/readyz`, `/metrics` (Prometheus text) and the webhook
+//! receiver `POST /hook/<namespace>/<name>`, which checks a GitHub-style HMAC-SHA256 signature
+//! (`X-Hub-Signature-256`) or a GitLab token (`X-Gitlab-Token`) against the Sync's webhook Secret
+//! and asks the loop to sync at once. The payload is otherwise ignored. Nothing here sees plaintext.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use hmac::{Hmac, Mac};
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, Client};
+use tokio::sync::Notify;
+
+use super::{Report, Sync};
+
+/// Upper bounds (seconds) of the sync duration histogram.
+const BUCKETS: [f64; 8] = [0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+#[derive(Default)]
+struct Metrics {
+    /// Count per bucket (cumulative when written), sum, count.
+    buckets: [u64; BUCKETS.len()],
+    sum: f64,
+    count: u64,
+    success: u64,
+    failure: u64,
+    /// (namespace, name) → (objects, revision).
+    syncs: BTreeMap<(String, String), (Option<usize>, Option<String>)>,
+}
+
+/// State shared by the loop and the HTTP server.
+#[derive(Default)]
+pub struct Hub {
+    requested: Mutex<HashSet<(String, String)>>,
+    notify: Notify,
+    ready: AtomicBool,
+    metrics: Mutex<Metrics>,
+}
+
+impl Hub {
+    /// Marks the controller ready (it can list Syncs) or not.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// Asks the loop to sync a Sync at once.
+    pub fn request(&self, namespace: &str, name: &str) {
+        if let Ok(mut r) = self.requested.lock() {
+            r.insert((namespace.to_string(), name.to_string()));
+        }
+        self.notify.notify_one();
+    }
+
+    /// Whether a sync was asked for (and forgets the request).
+    pub fn take_request(&self, namespace: &str, name: &str) -> bool {
+        self.requested
+            .lock()
+            .map(|mut r| r.remove(&(namespace.to_string(), name.to_string())))
+            .unwrap_or(false)
+    }
+
+    /// Sleeps for `poll`, or less when a sync is asked for.
+    pub async fn wait(&self, poll: Duration) {
+        let _ = tokio::time::timeout(poll, self.notify.notified()).await;
+    }
+
+    /// Records one reconcile.
+    pub fn record(&self, namespace: &str, name: &str, report: &Report) {
+        let Ok(mut m) = self.metrics.lock() else {
+            return;
+        };
+        let secs = report.duration.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            m.buckets[i] += 1;
+        }
+        m.sum += secs;
+        m.count += 1;
+        if report.ok {
+            m.success += 1;
+        } else {
+            m.failure += 1;
+        }
+        m.syncs.insert(
+            (namespace.to_string(), name.to_string()),
+            (report.objects, report.revision.clone()),
+        );
+    }
+
+    /// The metrics in Prometheus text format.
+    pub fn render_metrics(&self) -> String {
+        let Ok(m) = self.metrics.lock() else {
+            return String::new();
+        };
+        let mut out = String::new();
+        out.push_str("# HELP lockstep_sync_duration_seconds Time one reconcile of a Sync took.\n");
+        out.push_str("# TYPE lockstep_sync_duration_seconds histogram\n");
+        let mut cumulative = 0;
+        for (b, n) in BUCKETS.iter().zip(m.buckets) {
+            cumulative += n;
+            out.push_str(&format!(
+                "lockstep_sync_duration_seconds_bucket{{le=\"{b}\"}} {cumulative}\n"
+            ));
+        }
+        out.push_str(&format!(
+            "lockstep_sync_duration_seconds_bucket{{le=\"+Inf\"}} {}\n",
+            m.count
+        ));
+        out.push_str(&format!("lockstep_sync_duration_seconds_sum {}\n", m.sum));
+        out.push_str(&format!(
+            "lockstep_sync_duration_seconds_count {}\n",
+            m.count
+        ));
+        out.push_str("# HELP lockstep_syncs_total Reconciles by result.\n");
+        out.push_str("# TYPE lockstep_syncs_total counter\n");
+        out.push_str(&format!(
+            "lockstep_syncs_total{{result=\"success\"}} {}\n",
+            m.success
+        ));
+        out.push_str(&format!(
+            "lockstep_syncs_total{{result=\"failure\"}} {}\n",
+            m.failure
+        ));
+        out.push_str("# HELP lockstep_objects_managed Objects in a Sync's applied set.\n");
+        out.push_str("# TYPE lockstep_objects_managed gauge\n");
+        for ((ns, name), (objects, _)) in &m.syncs {
+            if let Some(n) = objects {
+                out.push_str(&format!(
+                    "lockstep_objects_managed{{namespace=\"{ns}\",name=\"{name}\"}} {n}\n"
+                ));
+            }
+        }
+        out.push_str(
+            "# HELP lockstep_last_applied_revision_info The revision a Sync last applied.\n",
+        );
+        out.push_str("# TYPE lockstep_last_applied_revision_info gauge\n");
+        for ((ns, name), (_, revision)) in &m.syncs {
+            if let Some(r) = revision {
+                out.push_str(&format!(
+                    "lockstep_last_applied_revision_info{{namespace=\"{ns}\",name=\"{name}\",revision=\"{r}\"}} 1\n"
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// Whether a webhook request carries a valid GitHub signature or GitLab token for `token`.
+pub fn authentic(headers: &HeaderMap, body: &[u8], token: &[u8]) -> bool {
+    if let Some(sig) = headers
+        .get("x-hub-signature-256")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("sha256="))
+        && let Ok(expected) = hex::decode(sig)
+        && let Ok(mut mac) = Hmac::<sha2_10::Sha256>::new_from_slice(token)
+    {
+        mac.update(body);
+        return mac.verify_slice(&expected).is_ok();
+    }
+    if let Some(given) = headers.get("x-gitlab-token").map(|v| v.as_bytes()) {
+        // Compare in constant time (through the MAC of both values).
+        let digest = |v: &[u8]| {
+            let mut mac = Hmac::<sha2_10::Sha256>::new_from_slice(b"lockstep-webhook")
+                .expect("HMAC accepts any key length");
+            mac.update(v);
+            mac.finalize().into_bytes()
+        };
+        return digest(given) == digest(token);
+    }
+    false
+}
+
+#[derive(Clone)]
+struct AppState {
+    hub: Arc<Hub>,
+    client: Client,
+}
+
+async fn hook(
+    State(state): State<AppState>,
+    Path((namespace, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, &'static str) {
+    let syncs: Api<Sync> = Api::namespaced(state.client.clone(), &namespace);
+    let Ok(Some(sync)) = syncs.get_opt(&name).await else {
+        return (StatusCode::NOT_FOUND, "no such Sync\n");
+    };
+    let Some(webhook) = &sync.spec.webhook else {
+        return (StatusCode::NOT_FOUND, "this Sync has no webhook\n");
+    };
+    let secrets: Api<Secret> = Api::namespaced(state.client.clone(), &namespace);
+    let token = match secrets.get_opt(&webhook.secret_ref.name).await {
+        Ok(Some(s)) => s.data.and_then(|d| d.get("token").map(|t| t.0.clone())),
+        _ => None,
+    };
+    let Some(token) = token.map(zeroize::Zeroizing::new) else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the webhook Secret has no token\n",
+        );
+    };
+    if !authentic(&headers, &body, &token) {
+        return (StatusCode::UNAUTHORIZED, "bad signature\n");
+    }
+    state.hub.request(&namespace, &name);
+    (StatusCode::ACCEPTED, "sync requested\n")
+}
+
+/// Serves health, metrics and the webhook on `listener` until the process ends.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    hub: Arc<Hub>,
+    client: Client,
+) -> std::io::Result<()> {
+    let state = AppState { hub, client };
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(|State(s): State<AppState>| async move {
+                if s.hub.ready.load(Ordering::Relaxed) {
+                    (StatusCode::OK, "ready\n")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(|State(s): State<AppState>| async move { s.hub.render_metrics() }),
+        )
+        .route("/hook/{namespace}/{name}", post(hook))
+        .with_state(state);
+    axum::serve(listener, app).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn github_signatures_and_gitlab_tokens_are_checked() {
+        let body = b"{\"ref\":\"refs/heads/main\"}";
+        let mut mac = Hmac::<sha2_10::Sha256>::new_from_slice(b"s3cret").expect("key");
+        mac.update(body);
+        let good = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+        let mut h = HeaderMap::new();
+        h.insert("x-hub-signature-256", good.parse().expect("header"));
+        assert!(authentic(&h, body, b"s3cret"));
+        assert!(!authentic(&h, b"{}", b"s3cret"), "another body");
+        assert!(!authentic(&h, body, b"other"), "another key");
+        let mut g = HeaderMap::new();
+        g.insert("x-gitlab-token", "s3cret".parse().expect("header"));
+        assert!(authentic(&g, body, b"s3cret"));
+        assert!(!authentic(&g, body, b"other"));
+        assert!(
+            !authentic(&HeaderMap::new(), body, b"s3cret"),
+            "no credentials"
+        );
+    }
+
+    #[test]
+    fn metrics_count_outcomes_and_name_revisions() {
+        let hub = Hub::default();
+        hub.record(
+            "ns",
+            "shop",
+            &Report {
+                ok: true,
+                duration: Duration::from_millis(300),
+                objects: Some(14),
+                revision: Some("abc".into()),
+            },
+        );
+        let text = hub.render_metrics();
+        assert!(
+            text.contains("lockstep_syncs_total{result=\"success\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lockstep_sync_duration_seconds_bucket{le=\"0.5\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lockstep_sync_duration_seconds_bucket{le=\"0.25\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lockstep_objects_managed{namespace=\"ns\",name=\"shop\"} 14"),
+            "{text}"
+        );
+        assert!(text.contains("revision=\"abc\"} 1"), "{text}");
+    }
+}
