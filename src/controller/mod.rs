@@ -203,18 +203,14 @@ impl Reason {
     }
 }
 
-/// Loads identities from every value of a Secret (any key name; detected by content).
-fn identities(secret: &Secret) -> (KeyRing, Vec<String>) {
+/// Loads identities from every value of a Secret (any key name; detected by content: values that
+/// are not identities are skipped).
+fn identities(secret: &Secret) -> KeyRing {
     let mut ring = KeyRing::default();
-    let mut notes = Vec::new();
     for (key, value) in secret.data.iter().flatten() {
-        match ring.add_text(&value.0, &format!("secret key {key}")) {
-            Ok(0) => notes.push(format!("{key}: no identity")),
-            Ok(_) => {}
-            Err(_) => notes.push(format!("{key}: not an identity")),
-        }
+        let _ = ring.add_text(&value.0, &format!("secret key {key}"));
     }
-    (ring, notes)
+    ring
 }
 
 /// The outcome of one reconcile.
@@ -270,7 +266,7 @@ async fn run_pipeline(client: &Client, sync: &Sync, cache: &Path) -> Outcome {
         Some(d) => {
             let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
             match secrets.get_opt(&d.secret_ref.name).await {
-                Ok(Some(s)) => identities(&s).0,
+                Ok(Some(s)) => identities(&s),
                 Ok(None) => {
                     return fail(
                         Reason::DecryptFailed,
