@@ -120,22 +120,7 @@ async fn the_shop_applies_with_secrets_decrypted_in_the_cluster_only_and_reappli
     let ns = format!("shop-{}", std::process::id());
     let p = Project::new(&cluster, "shop", &ns);
     // The bundled example, pointed at a namespace of its own.
-    let shop = support::repo_root().join("examples/shop");
-    for entry in [
-        "values.yaml",
-        "templates",
-        "environments",
-        "manifests",
-        ".sops.yaml",
-    ] {
-        let status = std::process::Command::new("cp")
-            .arg("-r")
-            .arg(shop.join(entry))
-            .arg(p.path())
-            .status()
-            .expect("cp");
-        assert!(status.success());
-    }
+    support::copy_shop(p.path());
     let out = p.apply(&[]);
     assert!(out.status.success(), "{}", stderr(&out));
     // The CRD is cluster-scoped and may exist from an earlier run; everything else is new.

@@ -48,23 +48,7 @@ fn head(dir: &Path) -> String {
 /// A Git repository holding the shop example, rendering `dev` into `namespace`.
 fn shop_repo(namespace: &str) -> tempfile::TempDir {
     let repo = tempfile::tempdir().expect("tempdir");
-    let shop = support::repo_root().join("examples/shop");
-    for entry in [
-        "values.yaml",
-        "templates",
-        "environments",
-        "manifests",
-        ".sops.yaml",
-    ] {
-        let ok = Command::new("cp")
-            .arg("-r")
-            .arg(shop.join(entry))
-            .arg(repo.path())
-            .status()
-            .expect("cp")
-            .success();
-        assert!(ok);
-    }
+    support::copy_shop(repo.path());
     std::fs::write(
         repo.path().join("lockstep.yaml"),
         format!("project: shop\nenvironments:\n  dev: {{namespace: {namespace}}}\n"),

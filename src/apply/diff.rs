@@ -9,27 +9,18 @@ use crate::render::emit;
 /// Removes fields that change on every write or are not the user's to set.
 fn clean(v: &Json) -> Json {
     let mut v = v.clone();
+    // Type fields (list items carry none; the header names the type) and server bookkeeping.
+    super::strip_noise(&mut v);
     if let Some(obj) = v.as_object_mut() {
         obj.remove("status");
-        // List items carry no type fields; the header names the type instead.
-        obj.remove("apiVersion");
-        obj.remove("kind");
-        if let Some(meta) = obj.get_mut("metadata").and_then(Json::as_object_mut) {
-            for k in [
-                "managedFields",
-                "resourceVersion",
-                "generation",
-                "creationTimestamp",
-                "uid",
-            ] {
-                meta.remove(k);
-            }
-            if let Some(a) = meta.get_mut("annotations").and_then(Json::as_object_mut) {
-                a.remove("deprecated.daemonset.template.generation");
-                a.remove("deployment.kubernetes.io/revision");
-                if a.is_empty() {
-                    meta.remove("annotations");
-                }
+        if let Some(meta) = obj.get_mut("metadata").and_then(Json::as_object_mut)
+            && let Some(a) = meta.get_mut("annotations").and_then(Json::as_object_mut)
+        {
+            a.remove(super::APPLIED_ANNOTATION);
+            a.remove("deprecated.daemonset.template.generation");
+            a.remove("deployment.kubernetes.io/revision");
+            if a.is_empty() {
+                meta.remove("annotations");
             }
         }
     }

@@ -465,16 +465,23 @@ struct Item<'a> {
     untouched: bool,
 }
 
-async fn dry_run(client: &Client, item: &Item<'_>, pp: &PatchParams) -> Checked {
-    let api = api(client, &item.target, item.obj.id.namespace.as_deref());
-    match api
+/// Server-side applies one item with `pp` (a dry run when `pp` says so).
+async fn send(
+    client: &Client,
+    item: &Item<'_>,
+    pp: &PatchParams,
+) -> Result<DynamicObject, kube::Error> {
+    api(client, &item.target, item.obj.id.namespace.as_deref())
         .patch(
             &item.obj.id.name,
             pp,
             &Patch::Apply(Redacted(item.body.expose())),
         )
         .await
-    {
+}
+
+async fn dry_run(client: &Client, item: &Item<'_>, pp: &PatchParams) -> Checked {
+    match send(client, item, pp).await {
         Ok(o) => match serde_json::to_value(&o) {
             Ok(v) => Checked::Accepted(SecretJson::wrap(v)),
             Err(e) => Checked::Refused(format!("unreadable dry-run result: {e}")),
@@ -831,15 +838,7 @@ pub async fn apply(
                             }),
                         );
                     }
-                    let api = api(client, &item.target, item.obj.id.namespace.as_deref());
-                    match api
-                        .patch(
-                            &item.obj.id.name,
-                            pp,
-                            &Patch::Apply(Redacted(item.body.expose())),
-                        )
-                        .await
-                    {
+                    match send(client, item, pp).await {
                         Ok(_) => (
                             i,
                             Ok(if existed {

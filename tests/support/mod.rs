@@ -123,6 +123,27 @@ pub fn run_isolated(
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()))
 }
 
+/// Copies the bundled `examples/shop` project (everything but `lockstep.yaml`) into `dest`.
+pub fn copy_shop(dest: &Path) {
+    let shop = repo_root().join("examples/shop");
+    for entry in [
+        "values.yaml",
+        "templates",
+        "environments",
+        "manifests",
+        ".sops.yaml",
+    ] {
+        let ok = Command::new("cp")
+            .arg("-r")
+            .arg(shop.join(entry))
+            .arg(dest)
+            .status()
+            .expect("cp")
+            .success();
+        assert!(ok, "copying {entry} of examples/shop");
+    }
+}
+
 /// Every file under `dir`, recursively (empty when `dir` does not exist); for marker searches.
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
