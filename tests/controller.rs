@@ -240,6 +240,26 @@ async fn a_sync_converges_refuses_a_broken_commit_prunes_and_names_a_wrong_key()
             .generation,
         web_generation
     );
+    // …and says so in a Warning Event on the Sync.
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(client.clone(), &sync_ns);
+    let list = events.list(&Default::default()).await.expect("events");
+    let failed = list
+        .items
+        .iter()
+        .find(|e| e.reason.as_deref() == Some("RenderFailed"))
+        .expect("a RenderFailed event");
+    assert_eq!(failed.type_.as_deref(), Some("Warning"));
+    assert_eq!(
+        failed.regarding.as_ref().and_then(|r| r.name.as_deref()),
+        Some("shop")
+    );
+    assert!(
+        list.items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("Succeeded")),
+        "the first sync changed objects, so it has an Event"
+    );
 
     // Fixed, and the Ingress template removed: converged again, the Ingress pruned.
     std::fs::remove_file(repo.path().join("templates/broken.yaml")).expect("rm");
@@ -291,7 +311,16 @@ async fn a_sync_converges_refuses_a_broken_commit_prunes_and_names_a_wrong_key()
     );
     assert!(message.contains(&other_public), "{message}");
 
-    // The decrypted value is nowhere in the status or the controller's output.
+    // The decrypted value is nowhere in the status, the Events or the controller's output.
+    let all_events = serde_json::to_string(
+        &events
+            .list(&Default::default())
+            .await
+            .expect("events")
+            .items,
+    )
+    .expect("json");
+    assert!(!all_events.contains(&session), "secret in an event");
     let status_text = sync.data["status"].to_string();
     assert!(!status_text.contains(&session), "secret in status");
     let output = format!(

@@ -220,6 +220,8 @@ struct Outcome {
     revision: Option<String>,
     objects: Option<usize>,
     inventory: Option<String>,
+    /// Objects created, configured or pruned.
+    changed: usize,
 }
 
 async fn run_pipeline(client: &Client, sync: &Sync, cache: &Path) -> Outcome {
@@ -229,6 +231,7 @@ async fn run_pipeline(client: &Client, sync: &Sync, cache: &Path) -> Outcome {
         revision,
         objects: None,
         inventory: None,
+        changed: 0,
     };
     let spec = &sync.spec;
     let ns = sync.namespace().unwrap_or_else(|| "default".into());
@@ -340,6 +343,7 @@ async fn run_pipeline(client: &Client, sync: &Sync, cache: &Path) -> Outcome {
                     set.namespace,
                     apply::inventory::name(&set.project, &set.environment)
                 )),
+                changed,
             }
         }
         Err(e) => {
@@ -380,11 +384,16 @@ pub async fn reconcile(client: &Client, sync: &Sync, cache: &Path) -> Result<Rep
             revision: None,
             objects: None,
             inventory: None,
+            changed: 0,
         }
     } else {
         run_pipeline(client, sync, cache).await
     };
     let ok = outcome.reason == Reason::Succeeded;
+    // An Event when something changed or failed (repeats fold into one series).
+    if !ok || outcome.changed > 0 {
+        publish_event(client, sync, outcome.reason, &outcome.message).await;
+    }
     let now = jiff::Timestamp::now()
         .strftime("%Y-%m-%dT%H:%M:%SZ")
         .to_string();
@@ -579,6 +588,36 @@ pub async fn request_sync(
     )
     .await?;
     Ok(now)
+}
+
+/// Publishes a Kubernetes Event about a Sync (failures to publish are not errors of the sync).
+async fn publish_event(client: &Client, sync: &Sync, reason: Reason, message: &str) {
+    use kube::Resource as _;
+    use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "lockstep-controller".into(),
+            instance: std::env::var("HOSTNAME").ok(),
+        },
+    );
+    // An Event note holds at most 1 kB.
+    let mut note: String = message.chars().take(1000).collect();
+    if note.len() < message.len() {
+        note.push('…');
+    }
+    let event = Event {
+        type_: if reason == Reason::Succeeded {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        },
+        reason: reason.as_str().into(),
+        note: Some(note),
+        action: "Sync".into(),
+        secondary: None,
+    };
+    let _ = recorder.publish(&event, &sync.object_ref(&())).await;
 }
 
 /// Reconciles every `Sync` (in `namespace`, or all namespaces) once; returns (succeeded, failed).
