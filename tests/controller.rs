@@ -195,6 +195,67 @@ async fn a_sync_converges_refuses_a_broken_commit_prunes_and_names_a_wrong_key()
         .expect("shop-app applied");
     let session = app.data.expect("data")["SESSION_KEY"].0.clone();
     let session = String::from_utf8(session).expect("utf-8");
+    // A hand edit is corrected on the next sync (driftMode: correct is the default)…
+    let config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(client.clone(), &target);
+    let log_level = |cm: k8s_openapi::api::core::v1::ConfigMap| {
+        cm.data
+            .unwrap_or_default()
+            .get("LOG_LEVEL")
+            .cloned()
+            .unwrap_or_default()
+    };
+    let edit = serde_json::json!({"data": {"LOG_LEVEL": "trace"}});
+    config_maps
+        .patch("shop-config", &PatchParams::default(), &Patch::Merge(&edit))
+        .await
+        .expect("hand edit");
+    let out = controller(&cluster.kubeconfig, &sync_ns, &cache, home.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        log_level(config_maps.get("shop-config").await.expect("cm")),
+        "debug"
+    );
+    // …or only reported with driftMode: warn.
+    api.patch(
+        "shop",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"driftMode": "warn"}})),
+    )
+    .await
+    .expect("warn mode");
+    config_maps
+        .patch("shop-config", &PatchParams::default(), &Patch::Merge(&edit))
+        .await
+        .expect("hand edit");
+    let out = controller(&cluster.kubeconfig, &sync_ns, &cache, home.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        log_level(config_maps.get("shop-config").await.expect("cm")),
+        "trace"
+    );
+    let (status, reason, message) = ready(&api.get("shop").await.expect("get"));
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "DriftDetected"),
+        "{message}"
+    );
+    assert!(
+        message.contains("ConfigMap") && message.contains("shop-config"),
+        "{message}"
+    );
+    api.patch(
+        "shop",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"driftMode": "correct"}})),
+    )
+    .await
+    .expect("correct mode");
+
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &target);
     // The generation only moves when the spec changes (status updates by the controllers do not count).
     let web_generation = deployments

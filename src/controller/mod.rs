@@ -55,6 +55,20 @@ pub struct SyncSpec {
     /// key (`X-Hub-Signature-256`) or compared with GitLab's `X-Gitlab-Token`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<Webhook>,
+    /// Between commits: `correct` (default) re-applies objects changed by hand, taking fields back
+    /// from other managers; `warn` only reports them (new commits are still applied).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift_mode: Option<DriftMode>,
+}
+
+/// What to do about objects changed by hand.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum DriftMode {
+    /// Re-apply them.
+    Correct,
+    /// Report them on the status and in an Event; change nothing.
+    Warn,
 }
 
 /// Webhook settings.
@@ -186,6 +200,8 @@ pub enum Reason {
     PruneFailed,
     /// Suspended.
     Suspended,
+    /// `driftMode: warn` found objects changed by hand (nothing was written).
+    DriftDetected,
 }
 
 impl Reason {
@@ -199,6 +215,7 @@ impl Reason {
             Reason::ApplyFailed => "ApplyFailed",
             Reason::PruneFailed => "PruneFailed",
             Reason::Suspended => "Suspended",
+            Reason::DriftDetected => "DriftDetected",
         }
     }
 }
@@ -314,12 +331,72 @@ async fn run_pipeline(client: &Client, sync: &Sync, cache: &Path) -> Outcome {
         }
     };
     drop(ring);
+    // Between commits in warn mode, only look: a dry run reports what differs from Git.
+    let already_applied = sync
+        .status
+        .as_ref()
+        .and_then(|s| s.last_applied_revision.as_deref())
+        == Some(fetched.revision.as_str());
+    let warn_only = already_applied && spec.drift_mode == Some(DriftMode::Warn);
     let opts = Options {
         prune: spec.prune.unwrap_or(true),
         wait: false,
         revision: fetched.revision.clone(),
+        // GitOps: Git wins over hand edits, including fields another manager took over.
+        force_conflicts: true,
+        dry_run: warn_only,
         ..Options::default()
     };
+    if warn_only {
+        return match apply::apply(client, &set, &opts, &mut |_| {}).await {
+            Ok(summary) => {
+                let drifted: Vec<String> = summary
+                    .objects
+                    .iter()
+                    .filter(|(_, a, _)| {
+                        matches!(a, Action::Created | Action::Configured | Action::Pruned)
+                    })
+                    .map(|(id, a, _)| {
+                        format!(
+                            "{id} ({})",
+                            if *a == Action::Configured {
+                                "changed"
+                            } else if *a == Action::Created {
+                                "missing"
+                            } else {
+                                "left the set"
+                            }
+                        )
+                    })
+                    .collect();
+                if drifted.is_empty() {
+                    Outcome {
+                        reason: Reason::Succeeded,
+                        message: format!("revision {} is applied; no drift", fetched.revision),
+                        revision,
+                        objects: Some(set.objects.len()),
+                        inventory: None,
+                        changed: 0,
+                    }
+                } else {
+                    let n = drifted.len();
+                    Outcome {
+                        reason: Reason::DriftDetected,
+                        message: format!(
+                            "{n} object(s) differ from revision {} (driftMode: warn, nothing changed): {}",
+                            fetched.revision,
+                            drifted.join(", ")
+                        ),
+                        revision,
+                        objects: Some(set.objects.len()),
+                        inventory: None,
+                        changed: 0,
+                    }
+                }
+            }
+            Err(e) => fail(Reason::ValidationFailed, e.to_string(), revision),
+        };
+    }
     match apply::apply(client, &set, &opts, &mut |_| {}).await {
         Ok(summary) => {
             let changed = summary
@@ -661,6 +738,7 @@ mod tests {
                 suspend: None,
                 decryption: None,
                 webhook: None,
+                drift_mode: None,
             },
         );
         s.metadata.generation = Some(generation);
