@@ -56,6 +56,16 @@ impl Project {
         std::fs::write(path, content).expect("write");
     }
 
+    /// Encrypts `plain` to `recipient` as the environment's secrets file (plaintext only on stdin);
+    /// returns the encrypted text.
+    fn secrets(&self, recipient: &str, plain: &str) -> String {
+        const FILE: &str = "environments/dev/secrets.yaml";
+        let sealed = support::encrypt_stdin(Path::new(BIN), recipient, FILE, plain);
+        let text = String::from_utf8(sealed).expect("utf-8");
+        self.write(FILE, &text);
+        text
+    }
+
     fn remove(&self, rel: &str) {
         std::fs::remove_file(self.path().join(rel)).expect("remove");
     }
@@ -386,21 +396,7 @@ async fn a_wrong_key_applies_nothing_and_says_which_recipients_would_do() {
         .lines()
         .find_map(|l| l.strip_prefix("# public key: ").map(str::to_string))
         .expect("public");
-    p.write("plain.yaml", "db:\n  password: not-for-this-key\n");
-    let enc = support::run_isolated(
-        Path::new(BIN),
-        &[
-            "encrypt",
-            "--age",
-            &public,
-            &p.path().join("plain.yaml").to_string_lossy(),
-        ],
-        &[],
-        p.home.path(),
-    );
-    assert!(enc.status.success(), "{}", stderr(&enc));
-    p.remove("plain.yaml");
-    p.write("environments/dev/secrets.yaml", &stdout(&enc));
+    p.secrets(&public, "db:\n  password: not-for-this-key\n");
     let out = p.apply(&[]);
     assert_eq!(out.status.code(), Some(128), "{}", stderr(&out));
     let err = stderr(&out);
@@ -417,21 +413,7 @@ async fn a_wrong_key_applies_nothing_and_says_which_recipients_would_do() {
     assert!(cms.get_opt("plain").await.expect("get").is_none());
 
     // Encrypted to the right key but changed by hand afterwards: the MAC refuses it.
-    p.write("plain.yaml", "db:\n  password: right-key\n");
-    let enc = support::run_isolated(
-        Path::new(BIN),
-        &[
-            "encrypt",
-            "--age",
-            DEMO_RECIPIENT,
-            &p.path().join("plain.yaml").to_string_lossy(),
-        ],
-        &[],
-        p.home.path(),
-    );
-    assert!(enc.status.success(), "{}", stderr(&enc));
-    p.remove("plain.yaml");
-    let text = stdout(&enc);
+    let text = p.secrets(DEMO_RECIPIENT, "db:\n  password: right-key\n");
     let at = text.find("data:").expect("a value") + 6;
     let mut bytes = text.into_bytes();
     bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
@@ -548,23 +530,7 @@ async fn diff_exits_0_without_changes_1_with_them_and_never_shows_secret_values(
         "templates/s.yaml",
         "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\nstringData:\n  p: {{ secrets.db.password }}\n",
     );
-    p.write("plain.yaml", "db:\n  password: first-Secret-Value\n");
-    let encrypt = |p: &Project| {
-        let enc = support::run_isolated(
-            Path::new(BIN),
-            &[
-                "encrypt",
-                "--age",
-                DEMO_RECIPIENT,
-                &p.path().join("plain.yaml").to_string_lossy(),
-            ],
-            &[],
-            p.home.path(),
-        );
-        assert!(enc.status.success(), "{}", stderr(&enc));
-        p.write("environments/dev/secrets.yaml", &stdout(&enc));
-    };
-    encrypt(&p);
+    p.secrets(DEMO_RECIPIENT, "db:\n  password: first-Secret-Value\n");
     let out = p.run(&["diff"]);
     assert_eq!(
         out.status.code(),
@@ -583,9 +549,7 @@ async fn diff_exits_0_without_changes_1_with_them_and_never_shows_secret_values(
         stderr(&out)
     );
     assert!(stdout(&out).is_empty());
-    p.write("plain.yaml", "db:\n  password: second-Secret-Value\n");
-    encrypt(&p);
-    p.remove("plain.yaml");
+    p.secrets(DEMO_RECIPIENT, "db:\n  password: second-Secret-Value\n");
     let out = p.run(&["diff", "--set", "x=new"]);
     assert_eq!(out.status.code(), Some(1));
     let text = format!("{}{}", stdout(&out), stderr(&out));

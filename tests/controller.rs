@@ -60,6 +60,25 @@ fn shop_repo(namespace: &str) -> tempfile::TempDir {
     repo
 }
 
+/// Creates or replaces Secret `name` in `ns` holding one `key: value`.
+async fn put_secret(client: &kube::Client, ns: &str, name: &str, key: &str, value: &str) {
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .patch(
+            name,
+            &PatchParams::apply("test").force(),
+            &Patch::Apply(serde_json::json!({
+                "apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
+                "stringData": {key: value}
+            })),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("Secret {ns}/{name}: {e}"));
+}
+
+fn demo_key() -> String {
+    std::fs::read_to_string(support::repo_root().join("keys-example/age.key")).expect("key")
+}
+
 fn syncs(client: &kube::Client, ns: &str) -> Api<DynamicObject> {
     let ar = ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk("lockstep.dev", "v1alpha1", "Sync"),
@@ -141,20 +160,7 @@ async fn a_sync_converges_refuses_a_broken_commit_prunes_and_names_a_wrong_key()
     let cache: PathBuf = home.path().join("git-cache");
 
     // The decryption Secret: the demo key under an arbitrary key name.
-    let key =
-        std::fs::read_to_string(support::repo_root().join("keys-example/age.key")).expect("key");
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &sync_ns);
-    secrets
-        .patch(
-            "age-key",
-            &PatchParams::apply("test"),
-            &Patch::Apply(serde_json::json!({
-                "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "age-key"},
-                "stringData": {"whatever.agekey": key}
-            })),
-        )
-        .await
-        .expect("secret");
+    put_secret(&client, &sync_ns, "age-key", "whatever.agekey", &demo_key()).await;
     let api = syncs(&client, &sync_ns);
     api.patch(
         "shop",
@@ -347,17 +353,7 @@ async fn a_sync_converges_refuses_a_broken_commit_prunes_and_names_a_wrong_key()
 
     // A decryption Secret holding another key: DecryptFailed naming recipients and identities.
     let (other, other_public) = lockstep::keys::generate("2026-01-01T00:00:00Z");
-    secrets
-        .patch(
-            "age-key",
-            &PatchParams::apply("test").force(),
-            &Patch::Apply(serde_json::json!({
-                "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "age-key"},
-                "stringData": {"whatever.agekey": other.as_str()}
-            })),
-        )
-        .await
-        .expect("secret");
+    put_secret(&client, &sync_ns, "age-key", "whatever.agekey", &other).await;
     let out = controller(&cluster.kubeconfig, &sync_ns, &cache, home.path());
     assert_eq!(out.status.code(), Some(1));
     let sync = api.get("shop").await.expect("get");
@@ -474,30 +470,8 @@ async fn the_loop_syncs_new_syncs_at_once_waits_for_the_interval_and_obeys_locks
     let target = format!("shop-loop-{}", std::process::id());
     let repo = shop_repo(&target);
     let home = tempfile::tempdir().expect("tempdir");
-    let key =
-        std::fs::read_to_string(support::repo_root().join("keys-example/age.key")).expect("key");
-    Api::<Secret>::namespaced(client.clone(), &sync_ns)
-        .patch(
-            "age-key",
-            &PatchParams::apply("test"),
-            &Patch::Apply(serde_json::json!({
-                "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "age-key"},
-                "stringData": {"keys.txt": key}
-            })),
-        )
-        .await
-        .expect("secret");
-    Api::<Secret>::namespaced(client.clone(), &sync_ns)
-        .patch(
-            "hook",
-            &PatchParams::apply("test"),
-            &Patch::Apply(serde_json::json!({
-                "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hook"},
-                "stringData": {"token": "hook-s3cret"}
-            })),
-        )
-        .await
-        .expect("webhook secret");
+    put_secret(&client, &sync_ns, "age-key", "keys.txt", &demo_key()).await;
+    put_secret(&client, &sync_ns, "hook", "token", "hook-s3cret").await;
     let api = syncs(&client, &sync_ns);
     api.patch(
         "shop",

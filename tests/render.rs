@@ -3,9 +3,8 @@
 
 mod support;
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use base64::Engine as _;
 
@@ -43,36 +42,10 @@ impl Project {
 
     /// Encrypts `plain` (never written in clear) to the demo recipient as `rel`.
     fn secrets(self, rel: &str, plain: &str) -> Project {
-        let mut child = Command::new(BIN)
-            .args([
-                "encrypt",
-                "--age",
-                DEMO_RECIPIENT,
-                "--filename-override",
-                rel,
-                "-",
-            ])
-            .current_dir(self.path())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn encrypt");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(plain.as_bytes())
-            .expect("write stdin");
-        let out = child.wait_with_output().expect("encrypt");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let sealed = support::encrypt_stdin(Path::new(BIN), DEMO_RECIPIENT, rel, plain);
         let path = self.path().join(rel);
         std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-        std::fs::write(path, out.stdout).expect("write");
+        std::fs::write(path, sealed).expect("write");
         self
     }
 

@@ -212,6 +212,14 @@ fn is_missing(v: &Value) -> bool {
     v.is_undefined() || v.is_none() || (v.kind() == ValueKind::String && v.as_str() == Some(""))
 }
 
+/// `v`, or an error with `message` when it is undefined, none or empty (as Helm's `required`).
+fn require(v: &Value, message: &str) -> Result<Value, Error> {
+    if is_missing(v) {
+        return Err(Error::new(ErrorKind::UndefinedError, message.to_string()));
+    }
+    Ok(v.clone())
+}
+
 thread_local! {
     static INCLUDE_DEPTH: Cell<usize> = const { Cell::new(0) };
 }
@@ -275,27 +283,11 @@ pub fn register(env: &mut Environment<'_>) {
         let text = text_of(v);
         Ok::<_, Error>(text.chars().take(n).collect::<String>())
     });
-    env.add_filter(
-        "required",
-        |v: &Value, message: Option<&str>| -> Result<Value, Error> {
-            if is_missing(v) {
-                return Err(Error::new(
-                    ErrorKind::UndefinedError,
-                    message.unwrap_or("a required value is missing").to_string(),
-                ));
-            }
-            Ok(v.clone())
-        },
-    );
-    env.add_function(
-        "required",
-        |message: &str, v: &Value| -> Result<Value, Error> {
-            if is_missing(v) {
-                return Err(Error::new(ErrorKind::UndefinedError, message.to_string()));
-            }
-            Ok(v.clone())
-        },
-    );
+    env.add_filter("required", |v: &Value, message: Option<&str>| {
+        require(v, message.unwrap_or("a required value is missing"))
+    });
+    // Helm's argument order: required "message" value.
+    env.add_function("required", |message: &str, v: &Value| require(v, message));
     env.add_function("fail", |message: &str| -> Result<Value, Error> {
         Err(invalid(message.to_string()))
     });

@@ -123,6 +123,41 @@ pub fn run_isolated(
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()))
 }
 
+/// Encrypts `plain` with the `lockstep` binary `bin` to `recipient` as if it were the file `rel`,
+/// feeding the plaintext through stdin (it is never written in clear); returns the encrypted file.
+pub fn encrypt_stdin(bin: &Path, recipient: &str, rel: &str, plain: &str) -> Vec<u8> {
+    use std::io::Write as _;
+    use std::process::Stdio;
+    let mut child = Command::new(bin)
+        .args([
+            "encrypt",
+            "--age",
+            recipient,
+            "--filename-override",
+            rel,
+            "-",
+        ])
+        .env_remove("SOPS_CONFIG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn encrypt");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(plain.as_bytes())
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("encrypt");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 /// Copies the bundled `examples/shop` project (everything but `lockstep.yaml`) into `dest`.
 pub fn copy_shop(dest: &Path) {
     let shop = repo_root().join("examples/shop");
