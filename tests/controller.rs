@@ -87,34 +87,40 @@ fn syncs(client: &kube::Client, ns: &str) -> Api<DynamicObject> {
     Api::namespaced_with(client.clone(), ns, &ar)
 }
 
-async fn install_crd(client: &kube::Client) {
-    let text = std::fs::read_to_string(support::repo_root().join("templates/crds/sync.yaml"))
-        .expect("crd");
-    let crd: serde_json::Value = yaml_serde::from_str(&text).expect("yaml");
-    let ar = ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("apiextensions.k8s.io", "v1", "CustomResourceDefinition"),
-        "customresourcedefinitions",
-    );
-    let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
-    api.patch(
-        "syncs.lockstep.dev",
-        &PatchParams::apply("test").force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .expect("install CRD");
-    for _ in 0..50 {
-        if let Ok(Some(c)) = api.get_opt("syncs.lockstep.dev").await
-            && c.data["status"]["conditions"].as_array().is_some_and(|cs| {
-                cs.iter()
-                    .any(|c| c["type"] == "Established" && c["status"] == "True")
-            })
-        {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    panic!("the Sync CRD was not established");
+/// Installs the controller with `lockstep install --apply` (the shipped CRD, ServiceAccount and
+/// RBAC; once per test binary) and returns a kubeconfig for its ServiceAccount, so the controller
+/// runs with exactly the rights the install manifests give it.
+async fn install_controller(
+    cluster: &support::Cluster,
+    admin: &kube::Client,
+    dir: &Path,
+) -> PathBuf {
+    static INSTALLED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    INSTALLED
+        .get_or_init(|| async {
+            let home = tempfile::tempdir().expect("tempdir");
+            let out = support::run_isolated(
+                Path::new(BIN),
+                &[
+                    "install",
+                    "--apply",
+                    "--wait=false",
+                    "--kubeconfig",
+                    &cluster.kubeconfig.to_string_lossy(),
+                ],
+                &[],
+                home.path(),
+            );
+            assert!(
+                out.status.success(),
+                "lockstep install --apply: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        })
+        .await;
+    cluster
+        .service_account_kubeconfig(admin, "lockstep-system", "lockstep-controller", dir)
+        .await
 }
 
 fn controller(kubeconfig: &Path, ns: &str, cache: &Path, home: &Path) -> Output {
@@ -152,7 +158,8 @@ fn ready(sync: &DynamicObject) -> (String, String, String) {
 async fn a_sync_converges_refuses_a_broken_commit_prunes_and_names_a_wrong_key() {
     let cluster = need!("control plane", support::cluster());
     let client = cluster.admin().await;
-    install_crd(&client).await;
+    let creds = tempfile::tempdir().expect("tempdir");
+    let controller_kubeconfig = install_controller(&cluster, &client, creds.path()).await;
     let sync_ns = cluster.namespace(&client, "sync").await;
     let target = format!("shop-sync-{}", std::process::id());
     let repo = shop_repo(&target);
@@ -178,7 +185,7 @@ async fn a_sync_converges_refuses_a_broken_commit_prunes_and_names_a_wrong_key()
     .expect("sync");
 
     // Converge.
-    let out = controller(&cluster.kubeconfig, &sync_ns, &cache, home.path());
+    let out = controller(&controller_kubeconfig, &sync_ns, &cache, home.path());
     assert!(
         out.status.success(),
         "{}",
@@ -216,7 +223,7 @@ async fn a_sync_converges_refuses_a_broken_commit_prunes_and_names_a_wrong_key()
         .patch("shop-config", &PatchParams::default(), &Patch::Merge(&edit))
         .await
         .expect("hand edit");
-    let out = controller(&cluster.kubeconfig, &sync_ns, &cache, home.path());
+    let out = controller(&controller_kubeconfig, &sync_ns, &cache, home.path());
     assert!(
         out.status.success(),
         "{}",
@@ -238,7 +245,7 @@ async fn a_sync_converges_refuses_a_broken_commit_prunes_and_names_a_wrong_key()
         .patch("shop-config", &PatchParams::default(), &Patch::Merge(&edit))
         .await
         .expect("hand edit");
-    let out = controller(&cluster.kubeconfig, &sync_ns, &cache, home.path());
+    let out = controller(&controller_kubeconfig, &sync_ns, &cache, home.path());
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         log_level(config_maps.get("shop-config").await.expect("cm")),
@@ -279,7 +286,7 @@ async fn a_sync_converges_refuses_a_broken_commit_prunes_and_names_a_wrong_key()
     .expect("write");
     git(repo.path(), &["add", "-A"]);
     git(repo.path(), &["commit", "-q", "-m", "broken"]);
-    let out = controller(&cluster.kubeconfig, &sync_ns, &cache, home.path());
+    let out = controller(&controller_kubeconfig, &sync_ns, &cache, home.path());
     assert_eq!(
         out.status.code(),
         Some(1),
@@ -333,7 +340,7 @@ async fn a_sync_converges_refuses_a_broken_commit_prunes_and_names_a_wrong_key()
     std::fs::remove_file(repo.path().join("templates/ingress.yaml")).expect("rm");
     git(repo.path(), &["add", "-A"]);
     git(repo.path(), &["commit", "-q", "-m", "no ingress"]);
-    let out = controller(&cluster.kubeconfig, &sync_ns, &cache, home.path());
+    let out = controller(&controller_kubeconfig, &sync_ns, &cache, home.path());
     assert!(
         out.status.success(),
         "{}",
@@ -354,7 +361,7 @@ async fn a_sync_converges_refuses_a_broken_commit_prunes_and_names_a_wrong_key()
     // A decryption Secret holding another key: DecryptFailed naming recipients and identities.
     let (other, other_public) = lockstep::keys::generate("2026-01-01T00:00:00Z");
     put_secret(&client, &sync_ns, "age-key", "whatever.agekey", &other).await;
-    let out = controller(&cluster.kubeconfig, &sync_ns, &cache, home.path());
+    let out = controller(&controller_kubeconfig, &sync_ns, &cache, home.path());
     assert_eq!(out.status.code(), Some(1));
     let sync = api.get("shop").await.expect("get");
     let (status, reason, message) = ready(&sync);
@@ -465,7 +472,8 @@ async fn the_loop_syncs_new_syncs_at_once_waits_for_the_interval_and_obeys_locks
  {
     let cluster = need!("control plane", support::cluster());
     let client = cluster.admin().await;
-    install_crd(&client).await;
+    let creds = tempfile::tempdir().expect("tempdir");
+    let controller_kubeconfig = install_controller(&cluster, &client, creds.path()).await;
     let sync_ns = cluster.namespace(&client, "loop").await;
     let target = format!("shop-loop-{}", std::process::id());
     let repo = shop_repo(&target);
@@ -489,7 +497,7 @@ async fn the_loop_syncs_new_syncs_at_once_waits_for_the_interval_and_obeys_locks
     )
     .await
     .expect("sync");
-    let kubeconfig = cluster.kubeconfig.to_string_lossy().into_owned();
+    let kubeconfig = controller_kubeconfig.to_string_lossy().into_owned();
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let _controller = Running(
@@ -535,7 +543,14 @@ async fn the_loop_syncs_new_syncs_at_once_waits_for_the_interval_and_obeys_locks
     // …but at once when asked.
     let out = support::run_isolated(
         Path::new(BIN),
-        &["sync", "shop", "-n", &sync_ns, "--kubeconfig", &kubeconfig],
+        &[
+            "sync",
+            "shop",
+            "-n",
+            &sync_ns,
+            "--kubeconfig",
+            &cluster.kubeconfig.to_string_lossy(),
+        ],
         &[],
         home.path(),
     );

@@ -97,13 +97,19 @@ const FAILED: u8 = 2;
 
 /// A client for the cluster the arguments name (counting its requests for `--output json`).
 pub async fn client(args: &ClusterArgs) -> Result<kube::Client, Failure> {
+    client_for(config(args).await?)
+}
+
+/// The cluster configuration the arguments name: `--kubeconfig`, else $KUBECONFIG or
+/// ~/.kube/config, else the in-cluster ServiceAccount.
+pub async fn config(args: &ClusterArgs) -> Result<kube::Config, Failure> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let fail = |e: String| Failure::new(FAILED, format!("cluster connection: {e}"));
     let options = kube::config::KubeConfigOptions {
         context: args.context.clone(),
         ..Default::default()
     };
-    let config = match &args.kubeconfig {
+    Ok(match &args.kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
                 .map_err(|e| fail(format!("{}: {e}", path.display())))?;
@@ -119,14 +125,18 @@ pub async fn client(args: &ClusterArgs) -> Result<kube::Client, Failure> {
                 ))
             })?,
         },
-    };
+    })
+}
+
+/// A client for `config`, counting its requests.
+pub fn client_for(config: kube::Config) -> Result<kube::Client, Failure> {
     let counter = REQUESTS.clone();
     let count = tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
         counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         req
     });
     Ok(kube::client::ClientBuilder::try_from(config)
-        .map_err(|e| fail(e.to_string()))?
+        .map_err(|e| Failure::new(FAILED, format!("cluster connection: {e}")))?
         .with_layer(&count)
         .build())
 }
@@ -163,11 +173,23 @@ async fn pipeline(
     env: &Env<'_>,
     stderr: &mut dyn Write,
 ) -> Result<(Summary, String), Failure> {
-    let dir = &args.render.dir;
     let req = args.render.request()?;
-    let snapshot = Snapshot::read_dir(dir)
+    let snapshot = Snapshot::read_dir(&args.render.dir)
         .map_err(|e| Failure::new(FAILED, format!("reading project: {e}")))?;
-    let rendered = crate::render::render(&snapshot, &req).map_err(|d| {
+    pipeline_of(&snapshot, &req, args, opts, env, stderr).await
+}
+
+/// [`pipeline`] for a project already in memory (`args.render.dir` only names it in messages).
+pub(crate) async fn pipeline_of(
+    snapshot: &Snapshot,
+    req: &crate::render::Request,
+    args: &PipelineArgs,
+    opts: Options,
+    env: &Env<'_>,
+    stderr: &mut dyn Write,
+) -> Result<(Summary, String), Failure> {
+    let dir = &args.render.dir;
+    let rendered = crate::render::render(snapshot, req).map_err(|d| {
         let _ = stderr.write_all(draw(&d).as_bytes());
         Failure::new(
             FAILED,
@@ -176,7 +198,7 @@ async fn pipeline(
     })?;
     let ring = keysources::load(env, &args.identity)
         .map_err(|e| Failure::new(FAILED, format!("{e}\n  nothing was applied")))?;
-    let set = decrypt::decrypt(&rendered, &snapshot, &ring)
+    let set = decrypt::decrypt(&rendered, snapshot, &ring)
         .map_err(|e| decrypt_failure(dir, &e, &ring.searched))?;
     drop(ring);
     let client = client(&args.cluster).await?;
@@ -249,7 +271,7 @@ fn git_revision(dir: &Path) -> String {
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -301,13 +323,24 @@ pub fn run_apply(
     };
     let rt = runtime()?;
     let (summary, what) = rt.block_on(pipeline(&args.pipeline, opts, env, stderr))?;
-    match args.pipeline.output {
+    report_apply(&summary, &what, args.pipeline.output, stdout, stderr)
+}
+
+/// Prints what an apply did; exit 1 when objects are not ready.
+pub(crate) fn report_apply(
+    summary: &Summary,
+    what: &str,
+    output: OutputFormat,
+    stdout: &mut dyn Write,
+    stderr: &mut dyn Write,
+) -> Result<(), Failure> {
+    match output {
         OutputFormat::Json => {
             let doc = json!({
                 "applied": what,
-                "counts": counts(&summary),
+                "counts": counts(summary),
                 "requests": requests_made(),
-                "objects": objects_json(&summary),
+                "objects": objects_json(summary),
                 "notReady": summary.not_ready.iter().map(|(id, why)| json!({"object": id.to_string(), "reason": why})).collect::<Vec<_>>(),
             });
             let _ = writeln!(stdout, "{doc}");

@@ -31,6 +31,22 @@ pub struct ControllerArgs {
     /// `POST /hook/<namespace>/<name>`); not started with `--once`.
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub listen: String,
+    /// Syncs reconciled at the same time.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    /// Reconcile only while holding a Lease, so several replicas are safe (the install manifests
+    /// turn this on).
+    #[arg(long)]
+    pub leader_elect: bool,
+    /// Namespace of the Lease (default: $POD_NAMESPACE, else lockstep-system).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "lockstep-system")]
+    pub lease_namespace: String,
+    /// Name of the Lease.
+    #[arg(long, default_value = "lockstep-controller")]
+    pub lease_name: String,
+    /// This replica's name in the Lease (default: $POD_NAME, else the host name and process id).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
     /// Print the Sync CustomResourceDefinition and exit.
     #[arg(long)]
     pub print_crd: bool,
@@ -56,38 +72,13 @@ pub fn run(
         .build()
         .map_err(|e| Failure::new(2, format!("cannot start the async runtime: {e}")))?;
     rt.block_on(async {
-        let client = super::apply::client(&args.cluster).await?;
+        let config = super::apply::config(&args.cluster).await?;
+        let client = super::apply::client_for(config.clone())?;
+        let access = crate::controller::Access::new(client.clone(), Some(config));
         if !args.once {
-            let hub = std::sync::Arc::new(crate::controller::server::Hub::default());
-            let listener = tokio::net::TcpListener::bind(&args.listen)
-                .await
-                .map_err(|e| Failure::new(2, format!("--listen {}: {e}", args.listen)))?;
-            let server = tokio::spawn(crate::controller::server::serve(
-                listener,
-                hub.clone(),
-                client.clone(),
-            ));
-            let _ = writeln!(
-                stderr,
-                "lockstep controller: serving /healthz /readyz /metrics /hook on {}",
-                args.listen
-            );
-            let mut log = |line: &str| {
-                let _ = writeln!(stderr, "lockstep controller: {line}");
-            };
-            crate::controller::run_loop(
-                &client,
-                args.namespace.as_deref(),
-                &cache,
-                args.poll,
-                &hub,
-                &mut log,
-            )
-            .await;
-            server.abort();
-            return Ok(());
+            return serve(args, &access, &cache, stderr).await;
         }
-        match crate::controller::reconcile_all(&client, args.namespace.as_deref(), &cache).await {
+        match crate::controller::reconcile_all(&access, args.namespace.as_deref(), &cache).await {
             Ok((ok, 0)) => {
                 let _ = writeln!(stderr, "lockstep controller: {ok} Sync(s) ready");
                 Ok(())
@@ -102,6 +93,89 @@ pub fn run(
             )),
         }
     })
+}
+
+/// The long-running controller: HTTP server, optional leader election, the loop; on SIGTERM or
+/// Ctrl+C, finishes the reconciles in flight, gives up the Lease and returns.
+async fn serve(
+    args: &ControllerArgs,
+    access: &crate::controller::Access,
+    cache: &std::path::Path,
+    stderr: &mut dyn Write,
+) -> Result<(), Failure> {
+    use crate::controller::{leader, server};
+    let hub = std::sync::Arc::new(server::Hub::default());
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .map_err(|e| Failure::new(2, format!("--listen {}: {e}", args.listen)))?;
+    let server = tokio::spawn(server::serve(listener, hub.clone(), access.client.clone()));
+    let _ = writeln!(
+        stderr,
+        "lockstep controller: serving /healthz /readyz /metrics /hook on {}",
+        args.listen
+    );
+    let signals = {
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async {
+                    match term.as_mut() {
+                        Some(t) => { t.recv().await; }
+                        None => std::future::pending::<()>().await,
+                    }
+                } => {}
+            }
+            hub.stop();
+        })
+    };
+    let election = if args.leader_elect {
+        let identity = args.identity.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "lockstep".into());
+            format!("{host}-{}", std::process::id())
+        });
+        let _ = writeln!(
+            stderr,
+            "lockstep controller: leader election on Lease {}/{} as {identity}",
+            args.lease_namespace, args.lease_name
+        );
+        let elector = leader::Elector::new(
+            access.client.clone(),
+            &args.lease_namespace,
+            &args.lease_name,
+            &identity,
+        );
+        let hub = hub.clone();
+        Some(tokio::spawn(async move {
+            let mut log = |line: &str| eprintln!("lockstep controller: {line}");
+            crate::controller::run_election(elector, &hub, &mut log).await;
+        }))
+    } else {
+        hub.set_leading(true);
+        None
+    };
+    let opts = crate::controller::LoopOptions {
+        namespace: args.namespace.clone(),
+        poll: args.poll,
+        concurrency: args.concurrency,
+    };
+    {
+        let mut log = |line: &str| {
+            let _ = writeln!(stderr, "lockstep controller: {line}");
+        };
+        crate::controller::run_loop(access, &opts, cache, &hub, &mut log).await;
+    }
+    if let Some(e) = election {
+        let _ = e.await;
+    }
+    signals.abort();
+    server.abort();
+    let _ = writeln!(stderr, "lockstep controller: stopped");
+    Ok(())
 }
 
 /// Arguments of `lockstep sync`.

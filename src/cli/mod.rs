@@ -14,6 +14,7 @@ pub mod controller;
 pub mod crypt;
 pub mod edit;
 pub mod init;
+pub mod install;
 pub mod keysources;
 pub mod rekey;
 pub mod render;
@@ -90,6 +91,8 @@ pub enum Command {
     Controller(controller::ControllerArgs),
     /// Ask the controller to sync a `Sync` resource now.
     Sync(controller::SyncArgs),
+    /// Print (or `--apply`) the controller's install manifests: CRD, RBAC, Deployment.
+    Install(install::InstallArgs),
 }
 
 impl Command {
@@ -114,6 +117,7 @@ impl Command {
             Command::Apply(_) => "apply",
             Command::Controller(_) => "controller",
             Command::Sync(_) => "sync",
+            Command::Install(_) => "install",
         }
     }
 }
@@ -143,6 +147,7 @@ pub fn run(
         Command::Apply(args) => apply::run_apply(args, env, stdout, stderr),
         Command::Controller(args) => controller::run(args, stdout, stderr),
         Command::Sync(args) => controller::request(args, stdout),
+        Command::Install(args) => install::run(args, env, stdout, stderr),
         Command::Diff(args) => match apply::run_diff(args, env, stdout, stderr) {
             Ok(false) => Ok(()),
             Ok(true) => return Exit::Changes.into(),

@@ -4,6 +4,8 @@
 //! status, with a Reason per step.
 
 use std::collections::HashMap;
+
+use futures::{StreamExt, stream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -14,12 +16,15 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+pub mod install;
+pub mod leader;
 pub mod server;
 
 use crate::apply::{self, Action, Options};
 use crate::keys::KeyRing;
 use crate::render::{self, Request};
 use crate::source::git::{self, Revision};
+use crate::source::verify;
 
 /// What a `Sync` follows and applies.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -59,6 +64,21 @@ pub struct SyncSpec {
     /// from other managers; `warn` only reports them (new commits are still applied).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drift_mode: Option<DriftMode>,
+    /// After a failure, retry after this long (e.g. `30s`); default: 5s doubling with each failure,
+    /// up to the interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_interval: Option<String>,
+    /// How long the fetch and the health wait may take (e.g. `3m`); default: the interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// Wait until the applied objects are healthy before reporting Ready (default false: Ready
+    /// once applied, as Flux's `wait`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait: Option<bool>,
+    /// Apply while impersonating this ServiceAccount of the Sync's namespace (multi-tenancy: the
+    /// Sync can do only what that ServiceAccount may do).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
 }
 
 /// What to do about objects changed by hand.
@@ -91,6 +111,22 @@ pub struct SourceSpec {
     /// Directory of the project in the repository (default: the root).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// Credentials, a Secret in the Sync's namespace: `username` + `password` (or `token`) for
+    /// HTTPS; `identity` (or `ssh-privatekey`) + `known_hosts` for SSH.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<LocalRef>,
+    /// Only apply commits signed by a trusted SSH key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<Verify>,
+}
+
+/// Commit signature verification.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Verify {
+    /// A Secret in the Sync's namespace whose values are `allowed_signers` lines
+    /// (`principal ssh-ed25519 AAAA…`, as `git config gpg.ssh.allowedSignersFile`).
+    pub secret_ref: LocalRef,
 }
 
 /// One of branch, tag or commit.
@@ -170,7 +206,7 @@ pub struct Condition {
     pub observed_generation: Option<i64>,
 }
 
-/// The `Sync` CRD as YAML (the committed `templates/crds/sync.yaml` must equal this).
+/// The `Sync` CRD as YAML (the committed `templates/manifests/crd-sync.yaml` must equal this).
 pub fn crd_yaml() -> String {
     let crd = Sync::crd();
     let value = serde_json::to_value(&crd).unwrap_or_default();
@@ -186,8 +222,10 @@ pub fn crd_yaml() -> String {
 pub enum Reason {
     /// Everything applied.
     Succeeded,
-    /// The Git fetch failed.
+    /// The Git fetch failed (or its credentials Secret is missing or unusable).
     FetchFailed,
+    /// The commit's signature is missing, bad, or not from a trusted key.
+    VerifyFailed,
     /// Render found problems.
     RenderFailed,
     /// The decryption Secret or the secrets did not open.
@@ -198,6 +236,8 @@ pub enum Reason {
     ApplyFailed,
     /// Pruning was refused or failed.
     PruneFailed,
+    /// Applied objects did not become healthy in time (`wait: true`).
+    HealthCheckFailed,
     /// Suspended.
     Suspended,
     /// `driftMode: warn` found objects changed by hand (nothing was written).
@@ -205,18 +245,30 @@ pub enum Reason {
 }
 
 impl Reason {
-    fn as_str(self) -> &'static str {
+    /// The CamelCase reason string.
+    pub fn as_str(self) -> &'static str {
         match self {
             Reason::Succeeded => "Succeeded",
             Reason::FetchFailed => "FetchFailed",
+            Reason::VerifyFailed => "VerifyFailed",
             Reason::RenderFailed => "RenderFailed",
             Reason::DecryptFailed => "DecryptFailed",
             Reason::ValidationFailed => "ValidationFailed",
             Reason::ApplyFailed => "ApplyFailed",
             Reason::PruneFailed => "PruneFailed",
+            Reason::HealthCheckFailed => "HealthCheckFailed",
             Reason::Suspended => "Suspended",
             Reason::DriftDetected => "DriftDetected",
         }
+    }
+
+    /// Whether the commit itself is at fault, so retrying the same commit cannot help (the Sync
+    /// is `Stalled` until a new commit or a spec change).
+    pub fn stalls(self) -> bool {
+        matches!(
+            self,
+            Reason::VerifyFailed | Reason::RenderFailed | Reason::ValidationFailed
+        )
     }
 }
 
@@ -230,6 +282,35 @@ fn identities(secret: &Secret) -> KeyRing {
     ring
 }
 
+/// Git credentials from a Secret: SSH (`identity` or `ssh-privatekey`, with `known_hosts`) or
+/// HTTPS basic auth (`username` + `password`, or `token`).
+pub fn git_auth(secret: &Secret, what: &str) -> Result<git::Auth, String> {
+    let data = secret.data.clone().unwrap_or_default();
+    let text = |key: &str| {
+        data.get(key)
+            .map(|v| zeroize::Zeroizing::new(String::from_utf8_lossy(&v.0).into_owned()))
+    };
+    if let Some(key) = text("identity").or_else(|| text("ssh-privatekey")) {
+        return Ok(git::Auth::Ssh {
+            key,
+            known_hosts: text("known_hosts")
+                .map(|k| k.to_string())
+                .unwrap_or_default(),
+        });
+    }
+    if let Some(password) = text("password").or_else(|| text("token")) {
+        return Ok(git::Auth::Basic {
+            username: text("username")
+                .map(|u| u.trim().to_string())
+                .unwrap_or_else(|| "git".into()),
+            password,
+        });
+    }
+    Err(format!(
+        "{what} has none of the keys identity / ssh-privatekey (SSH, with known_hosts) or password / token (HTTPS, with username)"
+    ))
+}
+
 /// The outcome of one reconcile.
 struct Outcome {
     reason: Reason,
@@ -241,7 +322,50 @@ struct Outcome {
     changed: usize,
 }
 
-async fn run_pipeline(client: &Client, sync: &Sync, cache: &Path) -> Outcome {
+/// The controller's access to the cluster: its own client, and the configuration from which
+/// clients that impersonate a Sync's `serviceAccountName` are made.
+#[derive(Clone)]
+pub struct Access {
+    /// The controller's own client.
+    pub client: Client,
+    config: Option<kube::Config>,
+}
+
+impl Access {
+    /// Access with `client`; `config` (the client's configuration) enables `serviceAccountName`.
+    pub fn new(client: Client, config: Option<kube::Config>) -> Access {
+        Access { client, config }
+    }
+
+    /// The client a Sync applies with.
+    fn for_sync(&self, sync: &Sync, ns: &str) -> Result<Client, String> {
+        let Some(sa) = &sync.spec.service_account_name else {
+            return Ok(self.client.clone());
+        };
+        let mut config = self.config.clone().ok_or_else(|| {
+            "serviceAccountName needs the controller's cluster configuration".to_string()
+        })?;
+        config.auth_info.impersonate = Some(format!("system:serviceaccount:{ns}:{sa}"));
+        Client::try_from(config).map_err(|e| format!("impersonating {ns}/{sa}: {e}"))
+    }
+}
+
+fn duration_field(value: Option<&str>, field: &str) -> Result<Option<Duration>, String> {
+    value
+        .map(|v| apply::parse_duration(v).map_err(|e| format!("spec.{field}: {e}")))
+        .transpose()
+}
+
+async fn read_secret(client: &Client, ns: &str, name: &str, role: &str) -> Result<Secret, String> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    match secrets.get_opt(name).await {
+        Ok(Some(s)) => Ok(s),
+        Ok(None) => Err(format!("{role} Secret {ns}/{name} does not exist")),
+        Err(e) => Err(format!("{role} Secret {ns}/{name}: {}", apply::reason(&e))),
+    }
+}
+
+async fn run_pipeline(access: &Access, sync: &Sync, cache: &Path) -> Outcome {
     let fail = |reason, message: String, revision: Option<String>| Outcome {
         reason,
         message,
@@ -250,8 +374,14 @@ async fn run_pipeline(client: &Client, sync: &Sync, cache: &Path) -> Outcome {
         inventory: None,
         changed: 0,
     };
+    let client = &access.client;
     let spec = &sync.spec;
     let ns = sync.namespace().unwrap_or_else(|| "default".into());
+    let timeout = match duration_field(spec.timeout.as_deref(), "timeout") {
+        Ok(t) => t.unwrap_or_else(|| interval_of(sync)),
+        Err(e) => return fail(Reason::FetchFailed, e, None),
+    };
+    // Fetch.
     let rev = match &spec.source.git_ref {
         Some(GitRef {
             commit: Some(c), ..
@@ -262,16 +392,71 @@ async fn run_pipeline(client: &Client, sync: &Sync, cache: &Path) -> Outcome {
         }) => Revision::Branch(b.clone()),
         _ => Revision::Default,
     };
+    let auth = match &spec.source.secret_ref {
+        Some(r) => match read_secret(client, &ns, &r.name, "credentials").await {
+            Ok(s) => match git_auth(&s, &format!("credentials Secret {ns}/{}", r.name)) {
+                Ok(a) => a,
+                Err(e) => return fail(Reason::FetchFailed, e, None),
+            },
+            Err(e) => return fail(Reason::FetchFailed, e, None),
+        },
+        None => git::Auth::None,
+    };
     let url = spec.source.url.clone();
     let path = spec.source.path.clone().unwrap_or_default();
     let dir = cache.join(format!("{ns}.{}", sync.name_any()));
-    let fetched = tokio::task::spawn_blocking(move || git::fetch(&url, &rev, &path, &dir)).await;
-    let fetched = match fetched {
-        Ok(Ok(f)) => f,
+    let fetch = tokio::task::spawn_blocking(move || git::fetch(&url, &rev, &path, &auth, &dir));
+    let fetched = match tokio::time::timeout(timeout, fetch).await {
+        Ok(Ok(Ok(f))) => f,
+        Ok(Ok(Err(e))) => return fail(Reason::FetchFailed, e.to_string(), None),
         Ok(Err(e)) => return fail(Reason::FetchFailed, e.to_string(), None),
-        Err(e) => return fail(Reason::FetchFailed, e.to_string(), None),
+        Err(_) => {
+            return fail(
+                Reason::FetchFailed,
+                format!(
+                    "fetching {} took longer than the timeout ({}s)",
+                    spec.source.url,
+                    timeout.as_secs()
+                ),
+                None,
+            );
+        }
     };
     let revision = Some(fetched.revision.clone());
+    // Verify.
+    if let Some(v) = &spec.source.verify {
+        let what = format!("signers Secret {ns}/{}", v.secret_ref.name);
+        let signers = match read_secret(client, &ns, &v.secret_ref.name, "signers").await {
+            Ok(s) => {
+                let text: String = s
+                    .data
+                    .iter()
+                    .flatten()
+                    .map(|(_, v)| String::from_utf8_lossy(&v.0).into_owned() + "\n")
+                    .collect();
+                match verify::AllowedSigners::parse(&text, &what) {
+                    Ok(a) if !a.is_empty() => a,
+                    Ok(_) => {
+                        return fail(
+                            Reason::VerifyFailed,
+                            format!("{what} lists no signing keys (allowed_signers lines)"),
+                            revision,
+                        );
+                    }
+                    Err(e) => return fail(Reason::VerifyFailed, e.to_string(), revision),
+                }
+            }
+            Err(e) => return fail(Reason::VerifyFailed, e, revision),
+        };
+        if let Err(e) = verify::verify_commit(&fetched.commit, &signers) {
+            return fail(
+                Reason::VerifyFailed,
+                format!("commit {}: {e}", fetched.revision),
+                revision,
+            );
+        }
+    }
+    // Render.
     let rendered = match render::render(
         &fetched.snapshot,
         &Request {
@@ -282,24 +467,12 @@ async fn run_pipeline(client: &Client, sync: &Sync, cache: &Path) -> Outcome {
         Ok(r) => r,
         Err(d) => return fail(Reason::RenderFailed, d.to_string(), revision),
     };
+    // Decrypt, with identities read fresh from the Secret.
     let ring = match &spec.decryption {
-        Some(d) => {
-            let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-            match secrets.get_opt(&d.secret_ref.name).await {
-                Ok(Some(s)) => identities(&s),
-                Ok(None) => {
-                    return fail(
-                        Reason::DecryptFailed,
-                        format!(
-                            "decryption Secret {ns}/{} does not exist",
-                            d.secret_ref.name
-                        ),
-                        revision,
-                    );
-                }
-                Err(e) => return fail(Reason::DecryptFailed, apply::reason(&e), revision),
-            }
-        }
+        Some(d) => match read_secret(client, &ns, &d.secret_ref.name, "decryption").await {
+            Ok(s) => identities(&s),
+            Err(e) => return fail(Reason::DecryptFailed, e, revision),
+        },
         None => KeyRing::default(),
     };
     let set = match crate::decrypt::decrypt(&rendered, &fetched.snapshot, &ring) {
@@ -331,6 +504,11 @@ async fn run_pipeline(client: &Client, sync: &Sync, cache: &Path) -> Outcome {
         }
     };
     drop(ring);
+    let client = match access.for_sync(sync, &ns) {
+        Ok(c) => c,
+        Err(e) => return fail(Reason::ApplyFailed, e, revision),
+    };
+    let client = &client;
     // Between commits in warn mode, only look: a dry run reports what differs from Git.
     let already_applied = sync
         .status
@@ -340,7 +518,8 @@ async fn run_pipeline(client: &Client, sync: &Sync, cache: &Path) -> Outcome {
     let warn_only = already_applied && spec.drift_mode == Some(DriftMode::Warn);
     let opts = Options {
         prune: spec.prune.unwrap_or(true),
-        wait: false,
+        wait: spec.wait.unwrap_or(false) && !warn_only,
+        timeout,
         revision: fetched.revision.clone(),
         // GitOps: Git wins over hand edits, including fields another manager took over.
         force_conflicts: true,
@@ -406,13 +585,35 @@ async fn run_pipeline(client: &Client, sync: &Sync, cache: &Path) -> Outcome {
                     matches!(a, Action::Created | Action::Configured | Action::Pruned)
                 })
                 .count();
+            let (reason, message) = if summary.not_ready.is_empty() {
+                (
+                    Reason::Succeeded,
+                    format!(
+                        "applied revision {}: {} object(s), {changed} changed",
+                        fetched.revision,
+                        set.objects.len()
+                    ),
+                )
+            } else {
+                (
+                    Reason::HealthCheckFailed,
+                    format!(
+                        "applied revision {}, but {} object(s) are not ready after {}s: {}",
+                        fetched.revision,
+                        summary.not_ready.len(),
+                        timeout.as_secs(),
+                        summary
+                            .not_ready
+                            .iter()
+                            .map(|(id, why)| format!("{id}: {why}"))
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    ),
+                )
+            };
             Outcome {
-                reason: Reason::Succeeded,
-                message: format!(
-                    "applied revision {}: {} object(s), {changed} changed",
-                    fetched.revision,
-                    set.objects.len()
-                ),
+                reason,
+                message,
                 revision,
                 objects: Some(set.objects.len()),
                 inventory: Some(format!(
@@ -447,14 +648,62 @@ pub struct Report {
     pub objects: Option<usize>,
     /// The last applied revision.
     pub revision: Option<String>,
+    /// The Ready condition's reason.
+    pub reason: Reason,
+    /// Objects created, configured or pruned.
+    pub changed: usize,
+    /// Objects re-applied because they had been changed by hand (same revision as last time).
+    pub drift_corrected: usize,
 }
 
-/// Reconciles one `Sync` now and writes its status.
-pub async fn reconcile(client: &Client, sync: &Sync, cache: &Path) -> Result<Report, kube::Error> {
+/// Reconciles one `Sync` now and writes its status: `Reconciling` while it runs, then `Ready`
+/// (with the step's Reason) and `Stalled` when only a new commit or spec can help.
+pub async fn reconcile(access: &Access, sync: &Sync, cache: &Path) -> Result<Report, kube::Error> {
+    let client = &access.client;
     let ns = sync.namespace().unwrap_or_else(|| "default".into());
     let api: Api<Sync> = Api::namespaced(client.clone(), &ns);
     let started = Instant::now();
-    let outcome = if sync.spec.suspend == Some(true) {
+    let now = || {
+        jiff::Timestamp::now()
+            .strftime("%Y-%m-%dT%H:%M:%SZ")
+            .to_string()
+    };
+    let generation = sync.metadata.generation;
+    let previous = sync.status.clone().unwrap_or_default();
+    let write = |status: SyncStatus| {
+        let api = api.clone();
+        let name = sync.name_any();
+        async move {
+            api.patch_status(
+                &name,
+                &PatchParams::apply(apply::FIELD_MANAGER).force(),
+                &Patch::Apply(json!({
+                    "apiVersion": "lockstep.dev/v1alpha1",
+                    "kind": "Sync",
+                    "status": &status,
+                })),
+            )
+            .await
+            .map(|_| ())
+        }
+    };
+    let suspended = sync.spec.suspend == Some(true);
+    if !suspended {
+        let mut status = previous.clone();
+        status
+            .conditions
+            .retain(|c| c.type_ != "Reconciling" && c.type_ != "Stalled");
+        status.conditions.push(Condition {
+            type_: "Reconciling".into(),
+            status: "True".into(),
+            reason: "Progressing".into(),
+            message: format!("syncing {}", sync.spec.source.url),
+            last_transition_time: now(),
+            observed_generation: generation,
+        });
+        write(status).await?;
+    }
+    let outcome = if suspended {
         Outcome {
             reason: Reason::Suspended,
             message: "suspended".into(),
@@ -464,35 +713,43 @@ pub async fn reconcile(client: &Client, sync: &Sync, cache: &Path) -> Result<Rep
             changed: 0,
         }
     } else {
-        run_pipeline(client, sync, cache).await
+        run_pipeline(access, sync, cache).await
     };
     let ok = outcome.reason == Reason::Succeeded;
     // An Event when something changed or failed (repeats fold into one series).
     if !ok || outcome.changed > 0 {
         publish_event(client, sync, outcome.reason, &outcome.message).await;
     }
-    let now = jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string();
-    let generation = sync.metadata.generation;
-    let previous = sync.status.clone().unwrap_or_default();
     let ready_status = if ok { "True" } else { "False" };
+    let same_revision =
+        outcome.revision.is_some() && previous.last_applied_revision == outcome.revision;
     let transition = previous
         .conditions
         .iter()
         .find(|c| {
             c.type_ == "Ready" && c.status == ready_status && c.reason == outcome.reason.as_str()
         })
-        .map_or(now.clone(), |c| c.last_transition_time.clone());
-    let status = SyncStatus {
-        conditions: vec![Condition {
-            type_: "Ready".into(),
-            status: ready_status.into(),
+        .map_or_else(now, |c| c.last_transition_time.clone());
+    let mut conditions = vec![Condition {
+        type_: "Ready".into(),
+        status: ready_status.into(),
+        reason: outcome.reason.as_str().into(),
+        message: outcome.message.clone(),
+        last_transition_time: transition.clone(),
+        observed_generation: generation,
+    }];
+    if outcome.reason.stalls() {
+        conditions.push(Condition {
+            type_: "Stalled".into(),
+            status: "True".into(),
             reason: outcome.reason.as_str().into(),
             message: outcome.message,
             last_transition_time: transition,
             observed_generation: generation,
-        }],
+        });
+    }
+    let status = SyncStatus {
+        conditions,
         observed_generation: generation,
         last_applied_revision: if ok {
             outcome.revision.clone()
@@ -504,22 +761,21 @@ pub async fn reconcile(client: &Client, sync: &Sync, cache: &Path) -> Result<Rep
         inventory: outcome.inventory.or(previous.inventory),
         last_sync_duration: Some(format!("{:.1}s", started.elapsed().as_secs_f64())),
     };
-    api.patch_status(
-        &sync.name_any(),
-        &PatchParams::apply(apply::FIELD_MANAGER).force(),
-        &Patch::Apply(json!({
-            "apiVersion": "lockstep.dev/v1alpha1",
-            "kind": "Sync",
-            "status": &status,
-        })),
-    )
-    .await?;
-    Ok(Report {
+    let report = Report {
         ok,
+        reason: outcome.reason,
         duration: started.elapsed(),
         objects: status.objects.map(|n| n as usize),
         revision: status.last_applied_revision.clone(),
-    })
+        changed: outcome.changed,
+        drift_corrected: if ok && same_revision {
+            outcome.changed
+        } else {
+            0
+        },
+    };
+    write(status).await?;
+    Ok(report)
 }
 
 /// Annotation that asks for a sync now (`lockstep sync NAME` sets it to the time of asking).
@@ -571,53 +827,110 @@ pub fn due(sync: &Sync, schedule: Option<&Schedule>, now: Instant) -> bool {
     if s.generation != sync.metadata.generation || s.requested != requested(sync) {
         return true;
     }
+    let retry = sync
+        .spec
+        .retry_interval
+        .as_deref()
+        .and_then(|r| apply::parse_duration(r).ok())
+        .filter(|d| !d.is_zero());
     let wait = if s.failures > 0 {
-        RETRY_BASE
-            .saturating_mul(1 << s.failures.min(16))
-            .min(interval_of(sync))
+        retry.unwrap_or_else(|| {
+            RETRY_BASE
+                .saturating_mul(1 << s.failures.min(16))
+                .min(interval_of(sync))
+        })
     } else {
         interval_of(sync)
     };
     now.duration_since(s.last_run) >= wait
 }
 
-/// Runs forever: every `poll` (or at once when the webhook asks), lists the Syncs and reconciles
-/// those that are [`due`] or requested; records each outcome in `hub`.
+/// How the loop runs.
+#[derive(Debug, Clone)]
+pub struct LoopOptions {
+    /// Only this namespace's Syncs (default: all).
+    pub namespace: Option<String>,
+    /// How often to look for Syncs that are due.
+    pub poll: Duration,
+    /// Syncs reconciled at the same time.
+    pub concurrency: usize,
+}
+
+/// Runs until `hub` is stopped: every `poll` (or at once when the webhook asks), while this replica
+/// leads, lists the Syncs and reconciles those that are [`due`] or requested, up to
+/// `concurrency` at a time; records each outcome in `hub`. A reconcile in flight when the stop
+/// comes is finished first.
 pub async fn run_loop(
-    client: &Client,
-    namespace: Option<&str>,
+    access: &Access,
+    opts: &LoopOptions,
     cache: &Path,
-    poll: Duration,
     hub: &server::Hub,
     log: &mut dyn FnMut(&str),
 ) {
-    let api: Api<Sync> = match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
+    let api: Api<Sync> = match &opts.namespace {
+        Some(ns) => Api::namespaced(access.client.clone(), ns),
+        None => Api::all(access.client.clone()),
     };
     let mut schedules: HashMap<String, Schedule> = HashMap::new();
-    loop {
+    let mut was_leading = false;
+    while !hub.is_stopping() {
+        let leading = hub.is_leading();
+        if leading != was_leading {
+            log(if leading {
+                "leading: reconciling Syncs"
+            } else {
+                "not leading: waiting for the Lease"
+            });
+            // A new term starts from scratch: every Sync is synced at once.
+            schedules.clear();
+            was_leading = leading;
+        }
+        if !leading {
+            hub.set_ready(true);
+            hub.wait(opts.poll).await;
+            continue;
+        }
         match api.list(&Default::default()).await {
             Ok(list) => {
                 hub.set_ready(true);
-                for sync in list.items {
+                let now = Instant::now();
+                let due: Vec<Sync> = list
+                    .items
+                    .into_iter()
+                    .filter(|sync| {
+                        let key = sync.metadata.uid.clone().unwrap_or_else(|| sync.name_any());
+                        let ns = sync.namespace().unwrap_or_default();
+                        let hooked = hub.take_request(&ns, &sync.name_any());
+                        hooked || due(sync, schedules.get(&key), now)
+                    })
+                    .collect();
+                let done: Vec<(Sync, Result<Report, kube::Error>)> = stream::iter(due)
+                    .map(|sync| async move {
+                        let result = reconcile(access, &sync, cache).await;
+                        (sync, result)
+                    })
+                    .buffer_unordered(opts.concurrency.max(1))
+                    .collect()
+                    .await;
+                for (sync, result) in done {
                     let key = sync.metadata.uid.clone().unwrap_or_else(|| sync.name_any());
                     let ns = sync.namespace().unwrap_or_default();
-                    let hooked = hub.take_request(&ns, &sync.name_any());
-                    if !hooked && !due(&sync, schedules.get(&key), Instant::now()) {
-                        continue;
-                    }
                     let name = format!("{ns}/{}", sync.name_any());
                     let failures = schedules.get(&key).map_or(0, |s| s.failures);
-                    let failures = match reconcile(client, &sync, cache).await {
+                    let failures = match result {
                         Ok(report) => {
                             hub.record(&ns, &sync.name_any(), &report);
                             if report.ok {
-                                log(&format!("{name}: ready"));
+                                log(&format!(
+                                    "{name}: ready ({} changed, {:.1}s)",
+                                    report.changed,
+                                    report.duration.as_secs_f64()
+                                ));
                                 0
                             } else {
                                 log(&format!(
-                                    "{name}: failed (see its status); retrying with back-off"
+                                    "{name}: {} (see its status); retrying with back-off",
+                                    report.reason.as_str()
                                 ));
                                 failures + 1
                             }
@@ -646,7 +959,48 @@ pub async fn run_loop(
                 log(&format!("listing Syncs: {}", apply::reason(&e)));
             }
         }
-        hub.wait(poll).await;
+        hub.wait(opts.poll).await;
+    }
+}
+
+/// Keeps `hub`'s leadership flag current by competing for the Lease every
+/// [`leader::RENEW_EVERY`] until `hub` is stopped, then gives the Lease up. Leadership counts as
+/// lost when the Lease could not be renewed for [`leader::LEASE_DURATION`] minus one renewal
+/// period (before another replica may take it over).
+pub async fn run_election(
+    elector: leader::Elector,
+    hub: &server::Hub,
+    log: &mut (dyn FnMut(&str) + Send),
+) {
+    let mut last_renewal: Option<Instant> = None;
+    while !hub.is_stopping() {
+        match elector.try_acquire().await {
+            Ok(leader::Round::Leading) => {
+                last_renewal = Some(Instant::now());
+                if !hub.is_leading() {
+                    hub.set_leading(true);
+                    hub.wake();
+                }
+            }
+            Ok(leader::Round::Following(_)) => {
+                last_renewal = None;
+                hub.set_leading(false);
+            }
+            Err(e) => {
+                log(&format!("renewing the Lease: {}", apply::reason(&e)));
+                let valid = last_renewal.is_some_and(|t| {
+                    t.elapsed() < leader::LEASE_DURATION.saturating_sub(leader::RENEW_EVERY)
+                });
+                if !valid {
+                    hub.set_leading(false);
+                }
+            }
+        }
+        hub.sleep_unless_stopped(leader::RENEW_EVERY).await;
+    }
+    hub.set_leading(false);
+    if let Err(e) = elector.release().await {
+        log(&format!("releasing the Lease: {}", apply::reason(&e)));
     }
 }
 
@@ -699,18 +1053,18 @@ async fn publish_event(client: &Client, sync: &Sync, reason: Reason, message: &s
 
 /// Reconciles every `Sync` (in `namespace`, or all namespaces) once; returns (succeeded, failed).
 pub async fn reconcile_all(
-    client: &Client,
+    access: &Access,
     namespace: Option<&str>,
     cache: &Path,
 ) -> Result<(usize, usize), kube::Error> {
     let api: Api<Sync> = match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
+        Some(ns) => Api::namespaced(access.client.clone(), ns),
+        None => Api::all(access.client.clone()),
     };
     let mut ok = 0;
     let mut failed = 0;
     for sync in api.list(&Default::default()).await?.items {
-        if reconcile(client, &sync, cache).await?.ok {
+        if reconcile(access, &sync, cache).await?.ok {
             ok += 1;
         } else {
             failed += 1;
@@ -731,6 +1085,8 @@ mod tests {
                     url: "file:///x".into(),
                     git_ref: None,
                     path: None,
+                    secret_ref: None,
+                    verify: None,
                 },
                 environment: "dev".into(),
                 interval: interval.map(str::to_string),
@@ -739,6 +1095,10 @@ mod tests {
                 decryption: None,
                 webhook: None,
                 drift_mode: None,
+                retry_interval: None,
+                timeout: None,
+                wait: None,
+                service_account_name: None,
             },
         );
         s.metadata.generation = Some(generation);
@@ -779,6 +1139,13 @@ mod tests {
             due(&s, Some(&failed), now + Duration::from_secs(20)),
             "5s x 2^2 back-off"
         );
+        let mut fixed = sync(Some("10m"), 1, None);
+        fixed.spec.retry_interval = Some("45s".into());
+        assert!(!due(&fixed, Some(&failed), now + Duration::from_secs(44)));
+        assert!(
+            due(&fixed, Some(&failed), now + Duration::from_secs(45)),
+            "retryInterval replaces the back-off"
+        );
     }
 
     #[test]
@@ -798,13 +1165,13 @@ mod tests {
     #[test]
     fn the_committed_crd_is_what_the_types_generate() {
         let committed = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("templates/crds/sync.yaml"),
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("templates/manifests/crd-sync.yaml"),
         )
-        .expect("templates/crds/sync.yaml is committed");
+        .expect("templates/manifests/crd-sync.yaml is committed");
         assert_eq!(
             committed,
             crd_yaml(),
-            "regenerate with `lockstep controller --print-crd > templates/crds/sync.yaml`"
+            "regenerate with `lockstep controller --print-crd > templates/manifests/crd-sync.yaml`"
         );
     }
 }

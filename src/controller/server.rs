@@ -31,6 +31,8 @@ struct Metrics {
     count: u64,
     success: u64,
     failure: u64,
+    /// Objects re-applied because they were changed by hand.
+    drift_corrections: u64,
     /// (namespace, name) → (objects, revision).
     syncs: BTreeMap<(String, String), (Option<usize>, Option<String>)>,
 }
@@ -41,6 +43,9 @@ pub struct Hub {
     requested: Mutex<HashSet<(String, String)>>,
     notify: Notify,
     ready: AtomicBool,
+    leading: AtomicBool,
+    stopping: AtomicBool,
+    stopped: Notify,
     metrics: Mutex<Metrics>,
 }
 
@@ -48,6 +53,16 @@ impl Hub {
     /// Marks the controller ready (it can list Syncs) or not.
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// Records whether this replica leads (it alone reconciles); without leader election, always.
+    pub fn set_leading(&self, leading: bool) {
+        self.leading.store(leading, Ordering::Relaxed);
+    }
+
+    /// Whether this replica leads.
+    pub fn is_leading(&self) -> bool {
+        self.leading.load(Ordering::Relaxed)
     }
 
     /// Asks the loop to sync a Sync at once.
@@ -66,9 +81,37 @@ impl Hub {
             .unwrap_or(false)
     }
 
-    /// Sleeps for `poll`, or less when a sync is asked for.
+    /// Sleeps for `poll`, or less when a sync is asked for or the controller stops.
     pub async fn wait(&self, poll: Duration) {
+        if self.is_stopping() {
+            return;
+        }
         let _ = tokio::time::timeout(poll, self.notify.notified()).await;
+    }
+
+    /// Wakes the loop.
+    pub fn wake(&self) {
+        self.notify.notify_one();
+    }
+
+    /// Asks the loop and the election to finish (graceful shutdown).
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.notify.notify_one();
+        self.stopped.notify_waiters();
+    }
+
+    /// Whether [`Hub::stop`] was called.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Sleeps for `d`, returning early when the controller stops.
+    pub async fn sleep_unless_stopped(&self, d: Duration) {
+        if self.is_stopping() {
+            return;
+        }
+        let _ = tokio::time::timeout(d, self.stopped.notified()).await;
     }
 
     /// Records one reconcile.
@@ -87,6 +130,7 @@ impl Hub {
         } else {
             m.failure += 1;
         }
+        m.drift_corrections += report.drift_corrected as u64;
         m.syncs.insert(
             (namespace.to_string(), name.to_string()),
             (report.objects, report.revision.clone()),
@@ -126,6 +170,14 @@ impl Hub {
         out.push_str(&format!(
             "lockstep_syncs_total{{result=\"failure\"}} {}\n",
             m.failure
+        ));
+        out.push_str(
+            "# HELP lockstep_drift_corrections_total Objects re-applied because they were changed by hand.\n",
+        );
+        out.push_str("# TYPE lockstep_drift_corrections_total counter\n");
+        out.push_str(&format!(
+            "lockstep_drift_corrections_total {}\n",
+            m.drift_corrections
         ));
         out.push_str("# HELP lockstep_objects_managed Objects in a Sync's applied set.\n");
         out.push_str("# TYPE lockstep_objects_managed gauge\n");
@@ -209,7 +261,18 @@ async fn hook(
     if !authentic(&headers, &body, &token) {
         return (StatusCode::UNAUTHORIZED, "bad signature\n");
     }
-    state.hub.request(&namespace, &name);
+    if state.hub.is_leading() {
+        state.hub.request(&namespace, &name);
+    } else if super::request_sync(&state.client, &namespace, &name)
+        .await
+        .is_err()
+    {
+        // Not the leader: the annotation hands the request to the replica that is.
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "cannot hand the request to the leader\n",
+        );
+    }
     (StatusCode::ACCEPTED, "sync requested\n")
 }
 
@@ -277,9 +340,16 @@ mod tests {
                 duration: Duration::from_millis(300),
                 objects: Some(14),
                 revision: Some("abc".into()),
+                reason: super::super::Reason::Succeeded,
+                changed: 2,
+                drift_corrected: 2,
             },
         );
         let text = hub.render_metrics();
+        assert!(
+            text.contains("lockstep_drift_corrections_total 2"),
+            "{text}"
+        );
         assert!(
             text.contains("lockstep_syncs_total{result=\"success\"} 1"),
             "{text}"

@@ -21,12 +21,112 @@ pub enum Revision {
     Commit(String),
 }
 
+/// How to authenticate to the remote.
+#[derive(Default)]
+pub enum Auth {
+    /// Anonymous.
+    #[default]
+    None,
+    /// HTTP(S) basic authentication (a token goes in `password`).
+    Basic {
+        /// The user name.
+        username: String,
+        /// The password or token.
+        password: zeroize::Zeroizing<String>,
+    },
+    /// An SSH private key, and the `known_hosts` lines the server's host key must match.
+    Ssh {
+        /// The private key (OpenSSH or PEM format, not passphrase-protected).
+        key: zeroize::Zeroizing<String>,
+        /// `known_hosts` lines.
+        known_hosts: String,
+    },
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Auth::None => "Auth::None",
+            Auth::Basic { .. } => "Auth::Basic",
+            Auth::Ssh { .. } => "Auth::Ssh",
+        })
+    }
+}
+
 /// What a fetch produced.
 pub struct Fetched {
     /// The commit id (hex).
     pub revision: String,
+    /// The raw commit object (headers incl. any signature, then the message), for signature checks.
+    pub commit: Vec<u8>,
     /// The project files at that commit.
     pub snapshot: Snapshot,
+}
+
+/// An SSH key written for the `ssh` program for the length of one fetch, in a private directory
+/// of the temporary directory (memory-backed in the install manifests); removed on drop.
+struct SshFiles {
+    dir: std::path::PathBuf,
+}
+
+impl SshFiles {
+    fn write(key: &str, known_hosts: &str) -> Result<SshFiles, GitError> {
+        use std::io::Write as _;
+        use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+        let mut suffix = [0u8; 8];
+        getrandom::fill(&mut suffix).map_err(|e| err("random name", e))?;
+        let dir = std::env::temp_dir().join(format!("lockstep-ssh-{}", hex::encode(suffix)));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| err(&format!("creating {}", dir.display()), e))?;
+        let files = SshFiles { dir };
+        let write = |name: &str, text: &str| -> Result<(), GitError> {
+            let path = files.dir.join(name);
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| err(&format!("writing {}", path.display()), e))?;
+            f.write_all(text.as_bytes())
+                .and_then(|_| {
+                    if text.ends_with('\n') {
+                        Ok(())
+                    } else {
+                        f.write_all(b"\n")
+                    }
+                })
+                .map_err(|e| err(&format!("writing {}", path.display()), e))
+        };
+        write("identity", key)?;
+        write("known_hosts", known_hosts)?;
+        Ok(files)
+    }
+
+    fn command(&self) -> String {
+        let q = |name: &str| format!("'{}'", self.dir.join(name).display());
+        format!(
+            "ssh -F /dev/null -i {} -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes -o IdentitiesOnly=yes -o BatchMode=yes",
+            q("identity"),
+            q("known_hosts")
+        )
+    }
+}
+
+impl Drop for SshFiles {
+    fn drop(&mut self) {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .write(true)
+            .open(self.dir.join("identity"))
+        {
+            use std::io::Write as _;
+            let len = f.metadata().map(|m| m.len()).unwrap_or(0) as usize;
+            let _ = f.write_all(&vec![0u8; len]);
+            let _ = f.sync_all();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// A fetch or read that failed. Never holds file contents.
@@ -38,8 +138,15 @@ fn err(what: &str, e: impl std::fmt::Display) -> GitError {
     GitError(format!("{what}: {e}"))
 }
 
-/// Fetches `url` at `rev` into `cache` (replaced on every call) and reads the project under `path`.
-pub fn fetch(url: &str, rev: &Revision, path: &str, cache: &Path) -> Result<Fetched, GitError> {
+/// Fetches `url` at `rev` into `cache` (replaced on every call; only the one commit for a branch or
+/// tag, shallow) and reads the project under `path`.
+pub fn fetch(
+    url: &str,
+    rev: &Revision,
+    path: &str,
+    auth: &Auth,
+    cache: &Path,
+) -> Result<Fetched, GitError> {
     if cache.exists() {
         std::fs::remove_dir_all(cache)
             .map_err(|e| err(&format!("clearing {}", cache.display()), e))?;
@@ -55,6 +162,48 @@ pub fn fetch(url: &str, rev: &Revision, path: &str, cache: &Path) -> Result<Fetc
         prepare = prepare
             .with_ref_name(Some(name.as_str()))
             .map_err(|e| err(&format!("ref {name}"), e))?;
+    }
+    if !matches!(rev, Revision::Commit(_)) {
+        prepare = prepare.with_shallow(gix::remote::fetch::Shallow::DepthAtRemote(
+            std::num::NonZeroU32::MIN,
+        ));
+    }
+    let _ssh_files = match auth {
+        Auth::Ssh { key, known_hosts } => {
+            if known_hosts.trim().is_empty() {
+                return Err(GitError(
+                    "the SSH credentials have no known_hosts: add the server's host key (ssh-keyscan HOST) under the key known_hosts".into(),
+                ));
+            }
+            let files = SshFiles::write(key, known_hosts)?;
+            prepare = prepare
+                .with_in_memory_config_overrides([format!("core.sshCommand={}", files.command())]);
+            Some(files)
+        }
+        _ => None,
+    };
+    if let Auth::Basic { username, password } = auth {
+        let (username, password) = (
+            username.clone(),
+            zeroize::Zeroizing::new(password.to_string()),
+        );
+        prepare = prepare.configure_connection(move |conn| {
+            let (username, password) = (username.clone(), password.clone());
+            conn.set_credentials(move |action| match action {
+                gix::credentials::helper::Action::Get(ctx) => {
+                    Ok(Some(gix::credentials::protocol::Outcome {
+                        identity: gix::sec::identity::Account {
+                            username: username.clone(),
+                            password: password.to_string(),
+                            oauth_refresh_token: None,
+                        },
+                        next: ctx.into(),
+                    }))
+                }
+                _ => Ok(None),
+            });
+            Ok(())
+        });
     }
     let interrupt = AtomicBool::new(false);
     let (repo, _outcome) = prepare
@@ -72,6 +221,7 @@ pub fn fetch(url: &str, rev: &Revision, path: &str, cache: &Path) -> Result<Fetc
             .map_err(|e| err("reading the fetched ref", e))?,
     };
     let revision = commit.id.to_hex().to_string();
+    let raw_commit = commit.data.clone();
     let mut tree = commit
         .tree()
         .map_err(|e| err("reading the commit's tree", e))?;
@@ -111,5 +261,9 @@ pub fn fetch(url: &str, rev: &Revision, path: &str, cache: &Path) -> Result<Fetc
         }
         snapshot.insert(file, blob.data.clone());
     }
-    Ok(Fetched { revision, snapshot })
+    Ok(Fetched {
+        revision,
+        commit: raw_commit,
+        snapshot,
+    })
 }

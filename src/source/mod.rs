@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub mod git;
+pub mod verify;
 
 /// Largest single file a snapshot accepts (templates, values and manifests are small; a bigger file
 /// is almost certainly a mistake such as a committed archive).

@@ -20,6 +20,8 @@ use kube::api::{Api, PostParams};
 use kube::config::{AuthInfo, KubeConfigOptions, Kubeconfig, NamedAuthInfo};
 use kube::{Client, Config};
 
+pub mod gitserver;
+
 /// The repository root (where `scripts/` lives).
 pub fn repo_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))

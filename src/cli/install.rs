@@ -1,0 +1,96 @@
+//! `lockstep install`: render (or apply) the controller's own install manifests — the built-in
+//! lockstep project from `templates/` of the source tree — with the same pipeline as any project.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::apply::Options;
+use crate::controller::install;
+
+use super::apply::{
+    ClusterArgs, OutputFormat, PipelineArgs, parse_duration, pipeline_of, report_apply, runtime,
+};
+use super::crypt::Failure;
+use super::keysources::Env;
+use super::render::{RenderArgs, draw};
+
+/// Arguments of `lockstep install`.
+#[derive(Debug, Clone, Args)]
+pub struct InstallArgs {
+    /// Apply the manifests to the cluster (default: print them).
+    #[arg(long)]
+    pub apply: bool,
+    /// Override a value of `templates/values.yaml`, e.g. `--set replicas=2`,
+    /// `--set image.repository=registry.local/lockstep`, `--set applyAs=impersonate`.
+    #[arg(long = "set", value_name = "PATH=VALUE")]
+    pub set: Vec<String>,
+    /// Like --set, but the value is always a string.
+    #[arg(long = "set-string", value_name = "PATH=VALUE")]
+    pub set_string: Vec<String>,
+    /// Extra values file (repeatable, in order).
+    #[arg(long = "values", short = 'f', value_name = "FILE")]
+    pub values: Vec<PathBuf>,
+    /// The cluster (with --apply).
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// With --apply: wait until the controller is available.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub wait: bool,
+    /// How long to wait, e.g. 90s, 5m.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Output format of --apply.
+    #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+}
+
+/// Runs `lockstep install`.
+pub fn run(
+    args: &InstallArgs,
+    env: &Env<'_>,
+    stdout: &mut dyn Write,
+    stderr: &mut dyn Write,
+) -> Result<(), Failure> {
+    let render = RenderArgs {
+        env: install::ENVIRONMENT.into(),
+        dir: PathBuf::from("<built-in install project>"),
+        out: None,
+        // The image defaults to this binary's version; the user's --set comes after and wins.
+        set: std::iter::once(format!("image.tag={}", env!("CARGO_PKG_VERSION")))
+            .chain(args.set.iter().cloned())
+            .collect(),
+        set_string: args.set_string.clone(),
+        values: args.values.clone(),
+    };
+    let req = render.request()?;
+    let snapshot = install::snapshot();
+    if !args.apply {
+        let rendered = crate::render::render(&snapshot, &req).map_err(|d| {
+            let _ = stderr.write_all(draw(&d).as_bytes());
+            Failure::new(2, "the install manifests did not render")
+        })?;
+        let _ = stdout.write_all(rendered.to_yaml_stream().as_bytes());
+        return Ok(());
+    }
+    let pipeline = PipelineArgs {
+        render,
+        cluster: args.cluster.clone(),
+        identity: Vec::new(),
+        force_conflicts: false,
+        concurrency: 16,
+        output: args.output,
+    };
+    let opts = Options {
+        wait: args.wait,
+        timeout: args.timeout,
+        revision: format!("lockstep {}", env!("CARGO_PKG_VERSION")),
+        ..Options::default()
+    };
+    let rt = runtime()?;
+    let (summary, what) =
+        rt.block_on(pipeline_of(&snapshot, &req, &pipeline, opts, env, stderr))?;
+    report_apply(&summary, &what, args.output, stdout, stderr)
+}

@@ -1,0 +1,1379 @@
+//! Commit signature verification: checks that a Git commit carries a valid SSH signature
+//! (`gpg.format=ssh`) made by one of a set of trusted keys, given in OpenSSH `allowed_signers` form
+//! (the file `gpg.ssh.allowedSignersFile` names).
+//!
+//! The signed payload is rebuilt from the raw commit exactly as Git does, the armored SSHSIG block
+//! is parsed and checked in the `git` namespace, and the signing key must be listed. Supported keys:
+//! `ssh-ed25519`, `ssh-rsa` (with `rsa-sha2-256`/`rsa-sha2-512` signatures, 2048 to 4096 bits),
+//! `ecdsa-sha2-nistp256` and the FIDO variants `sk-ssh-ed25519@openssh.com` and
+//! `sk-ecdsa-sha2-nistp256@openssh.com`.
+
+use std::fmt;
+
+use base64::Engine as _;
+use ssh_key::public::KeyData;
+use ssh_key::{Algorithm, EcdsaCurve, HashAlg, PublicKey, SshSig};
+
+/// The SSHSIG namespace Git signs commits and tags in.
+pub const GIT_NAMESPACE: &str = "git";
+
+const SSH_BEGIN: &[u8] = b"-----BEGIN SSH SIGNATURE-----";
+const SSH_END: &[u8] = b"-----END SSH SIGNATURE-----";
+/// Armor lines of the signature formats Git knows besides SSH (OpenPGP and X.509/gpgsm).
+const OTHER_FORMATS: [&[u8]; 3] = [
+    b"-----BEGIN PGP SIGNATURE-----",
+    b"-----BEGIN PGP MESSAGE-----",
+    b"-----BEGIN SIGNED MESSAGE-----",
+];
+const SSHSIG_MAGIC: &[u8] = b"SSHSIG";
+const SSHSIG_VERSION: u32 = 1;
+/// Key types an `allowed_signers` line may name (certificate types are recognised to be refused).
+const KEY_TYPES: [&str; 7] = [
+    "ssh-ed25519",
+    "ssh-rsa",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+];
+const CERT_SUFFIX: &str = "-cert-v01@openssh.com";
+const RSA_MIN_BYTES: usize = 2048 / 8;
+const RSA_MAX_BYTES: usize = 4096 / 8;
+
+/// Why a commit's signature was not accepted, or why `allowed_signers` text could not be read.
+/// Messages name keys only by fingerprint and never repeat commit or file contents.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    /// The commit has no signature.
+    #[error(
+        "commit is not signed; sign it with `git commit -S` (with gpg.format=ssh) using an SSH key \
+         listed in the allowed signers"
+    )]
+    Unsigned,
+    /// The commit has an OpenPGP or X.509 signature.
+    #[error(
+        "commit has a GPG (OpenPGP or X.509) signature, but only SSH signatures are supported; \
+         sign it with an SSH key (`git config gpg.format ssh`, `git config user.signingkey <key>`)"
+    )]
+    GpgNotSupported,
+    /// The signature or the commit could not be parsed.
+    #[error("commit signature is malformed: {0}")]
+    Malformed(String),
+    /// The signature does not match the commit content.
+    #[error(
+        "signature does not match the commit content: the commit was changed after it was signed \
+         or the signature is forged"
+    )]
+    BadSignature,
+    /// The signing key is not one of the allowed signers.
+    #[error(
+        "commit is signed by {fingerprint}, which is not in the allowed signers; add that public \
+         key to the allowed signers or sign with a listed key"
+    )]
+    UnknownKey {
+        /// The signing key's fingerprint (`SHA256:…`).
+        fingerprint: String,
+    },
+    /// The signature was made for another SSHSIG namespace than `git`.
+    #[error(
+        "the signature was made for another namespace than \"git\" (ssh-keygen -Y sign -n …); \
+         sign commits with `git commit -S`"
+    )]
+    WrongNamespace,
+    /// The signing key is listed, but its entry's `namespaces=` option does not include `git`.
+    #[error(
+        "commit is signed by {fingerprint}, whose allowed signers entry does not allow the \"git\" \
+         namespace; add git to its namespaces=\"…\" option"
+    )]
+    NamespaceNotAllowed {
+        /// The signing key's fingerprint (`SHA256:…`).
+        fingerprint: String,
+    },
+    /// The signing key is listed, but not valid at the commit's committer time
+    /// (`valid-after=`/`valid-before=`).
+    #[error("commit is signed by {fingerprint}, which is not valid at the commit's time: {detail}")]
+    KeyNotValid {
+        /// The signing key's fingerprint (`SHA256:…`).
+        fingerprint: String,
+        /// Which entry and which bound.
+        detail: String,
+    },
+    /// A key type, signature algorithm or SSHSIG hash that is not supported.
+    #[error(
+        "unsupported signature algorithm: {0}; sign with an ssh-ed25519, ecdsa-sha2-nistp256 or RSA \
+         (rsa-sha2-256/rsa-sha2-512) key"
+    )]
+    UnsupportedAlgorithm(String),
+    /// A line of `allowed_signers` text that could not be used.
+    #[error("{origin}, line {line}: {message}")]
+    AllowedSigners {
+        /// Where the text came from.
+        origin: String,
+        /// The 1-based line number.
+        line: usize,
+        /// What is wrong with the line.
+        message: String,
+    },
+}
+
+/// Trusted signers parsed from allowed_signers text.
+#[derive(Clone)]
+pub struct AllowedSigners {
+    origin: String,
+    entries: Vec<Entry>,
+}
+
+/// One `allowed_signers` line.
+#[derive(Clone)]
+struct Entry {
+    line: usize,
+    principals: String,
+    key: KeyData,
+    namespaces: Option<String>,
+    valid_after: Option<i64>,
+    valid_before: Option<i64>,
+}
+
+impl fmt::Debug for AllowedSigners {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AllowedSigners")
+            .field("origin", &self.origin)
+            .field("entries", &self.entries.len())
+            .finish()
+    }
+}
+
+impl AllowedSigners {
+    /// Parses allowed_signers text: lines `principals [options] keytype base64 [comment]`, with `#`
+    /// comment lines and blank lines skipped. Principals may be double-quoted. Options are
+    /// `namespaces="…"` (a pattern list the signature namespace must match), `valid-after="…"` and
+    /// `valid-before="…"` (`YYYYMMDD[HHMM[SS]]`, read as UTC, an optional `Z`/`UTC` suffix
+    /// allowed) checked against the commit's committer time as Git does; `cert-authority` lines,
+    /// certificate key types and RSA keys outside 2048–4096 bits are refused (`ecdsa-sha2-nistp384`
+    /// and `-nistp521` keys are accepted, but their signatures are reported as unsupported).
+    /// `origin` names the source in error messages, which also give the line number.
+    pub fn parse(text: &str, origin: &str) -> Result<AllowedSigners, VerifyError> {
+        let mut entries = Vec::new();
+        for (index, line) in text.lines().enumerate() {
+            let trimmed = line.trim();
+            if trimmed.is_empty() || trimmed.starts_with('#') {
+                continue;
+            }
+            let entry =
+                parse_line(trimmed, index + 1).map_err(|message| VerifyError::AllowedSigners {
+                    origin: origin.to_string(),
+                    line: index + 1,
+                    message,
+                })?;
+            entries.push(entry);
+        }
+        Ok(AllowedSigners {
+            origin: origin.to_string(),
+            entries,
+        })
+    }
+
+    /// Whether no signer is listed (then every commit is refused).
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Number of listed entries.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Where the text came from, as given to [`AllowedSigners::parse`].
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+}
+
+/// Who signed, when verification succeeds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signer {
+    /// The principals field of the matching `allowed_signers` line, as written there.
+    pub principal: String,
+    /// The signing key's fingerprint, `SHA256:…` as `ssh-keygen -l` prints it.
+    pub fingerprint: String,
+}
+
+/// Verifies the raw commit object bytes (as stored in Git: headers, blank line, message; the
+/// `gpgsig` header possibly multi-line with continuation lines starting with a space). Removes the
+/// gpgsig header to get the signed payload exactly as Git does, parses the armored
+/// `-----BEGIN SSH SIGNATURE-----` block (SSHSIG format, namespace must be `git`), checks the
+/// signature with the embedded public key, and requires that key to be one of the allowed signers.
+///
+/// `raw_commit` is the object's content without the loose-object `commit <size>\0` prefix. In a
+/// SHA-256 repository (a 64-digit `tree` id) the signature header is `gpgsig-sha256`. Validity
+/// bounds in `allowed_signers` are checked against the committer time, as `git verify-commit` does.
+pub fn verify_commit(raw_commit: &[u8], signers: &AllowedSigners) -> Result<Signer, VerifyError> {
+    let (payload, signature) = split_signed_commit(raw_commit)?;
+    let Some(signature) = signature else {
+        return Err(VerifyError::Unsigned);
+    };
+    if OTHER_FORMATS
+        .iter()
+        .any(|begin| signature.starts_with(begin))
+    {
+        return Err(VerifyError::GpgNotSupported);
+    }
+    if !signature.starts_with(SSH_BEGIN) {
+        return Err(VerifyError::Malformed(
+            "the gpgsig header holds no SSH, OpenPGP or X.509 signature".into(),
+        ));
+    }
+    let time = committer_time(&payload).unwrap_or_else(|| jiff::Timestamp::now().as_second());
+    verify_armored(&payload, &signature, signers, time)
+}
+
+/// Splits a raw commit into the signed payload and the signature, following Git's
+/// `parse_buffer_signed_by_header`: the signature header's lines and their continuation lines
+/// (leading space removed) form the signature; every other header starting with `gpgsig` (the
+/// other hash algorithm's signature) is left out of the payload too; the rest is the payload.
+fn split_signed_commit(raw: &[u8]) -> Result<(Vec<u8>, Option<Vec<u8>>), VerifyError> {
+    let header: &[u8] = if is_sha256_commit(raw) {
+        b"gpgsig-sha256"
+    } else {
+        b"gpgsig"
+    };
+    let mut payload = Vec::with_capacity(raw.len());
+    let mut signature = Vec::new();
+    let (mut saw_signature, mut in_signature, mut other_signature) = (false, false, false);
+    let mut rest = raw;
+    while !rest.is_empty() {
+        let end = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(rest.len(), |i| i + 1);
+        let (line, next) = rest.split_at(end);
+        let continuation = if in_signature {
+            line.strip_prefix(b" ")
+        } else {
+            None
+        };
+        let own_header = line
+            .strip_prefix(header)
+            .and_then(|after| after.strip_prefix(b" "));
+        let sig_part = if continuation.is_some() {
+            continuation
+        } else if own_header.is_some() {
+            other_signature = false;
+            own_header
+        } else {
+            if line.starts_with(b"gpgsig") {
+                other_signature = true;
+            } else if other_signature && !line.starts_with(b" ") {
+                other_signature = false;
+            }
+            None
+        };
+        if let Some(part) = sig_part {
+            signature.extend_from_slice(part);
+            saw_signature = true;
+            in_signature = true;
+        } else {
+            if line.first() == Some(&b'\n') {
+                // The blank line ending the headers: the message follows, all of it signed.
+                payload.extend_from_slice(rest);
+                break;
+            }
+            if line.contains(&0) {
+                // Git stops reading at a NUL here, which would leave the rest unsigned.
+                return Err(VerifyError::Malformed(
+                    "the commit headers contain a NUL byte".into(),
+                ));
+            }
+            if !other_signature {
+                payload.extend_from_slice(line);
+            }
+            in_signature = false;
+        }
+        rest = next;
+    }
+    Ok((payload, saw_signature.then_some(signature)))
+}
+
+/// Whether the commit names its tree with a SHA-256 id (64 hex digits).
+fn is_sha256_commit(raw: &[u8]) -> bool {
+    raw.strip_prefix(b"tree ")
+        .map(|rest| rest.iter().take_while(|b| b.is_ascii_hexdigit()).count() == 64)
+        .unwrap_or(false)
+}
+
+/// The committer timestamp (seconds since the epoch) from the payload's headers.
+fn committer_time(payload: &[u8]) -> Option<i64> {
+    for line in payload.split(|&b| b == b'\n') {
+        if line.is_empty() {
+            break;
+        }
+        if let Some(ident) = line.strip_prefix(b"committer ") {
+            let close = ident.iter().rposition(|&b| b == b'>')?;
+            let after = std::str::from_utf8(ident.get(close + 1..)?).ok()?;
+            return after.split_whitespace().next()?.parse().ok();
+        }
+    }
+    None
+}
+
+/// Verifies an armored SSH signature (`-----BEGIN SSH SIGNATURE-----` … as `ssh-keygen -Y sign`
+/// writes it) over `message` in the `git` namespace, requiring the key to be an allowed signer at
+/// `time` (seconds since the epoch).
+fn verify_armored(
+    message: &[u8],
+    armored: &[u8],
+    signers: &AllowedSigners,
+    time: i64,
+) -> Result<Signer, VerifyError> {
+    let blob = dearmor(armored)?;
+    let sig = parse_sshsig(&blob)?;
+    if sig.namespace != GIT_NAMESPACE.as_bytes() {
+        return Err(VerifyError::WrongNamespace);
+    }
+    let key = PublicKey::from_bytes(sig.public_key)
+        .map_err(|_| malformed("the signature's public key could not be decoded"))?;
+    let key_data = key.key_data();
+    check_key_supported(key_data).map_err(VerifyError::UnsupportedAlgorithm)?;
+    let fingerprint = key_data.fingerprint(HashAlg::Sha256).to_string();
+    let hash_alg = match sig.hash_alg {
+        b"sha256" => HashAlg::Sha256,
+        b"sha512" => HashAlg::Sha512,
+        other => {
+            return Err(VerifyError::UnsupportedAlgorithm(format!(
+                "SSHSIG hash {}",
+                printable(other)
+            )));
+        }
+    };
+    let signature = parse_signature(sig.signature, key_data)?;
+
+    let matching: Vec<&Entry> = signers
+        .entries
+        .iter()
+        .filter(|e| &e.key == key_data)
+        .collect();
+    if matching.is_empty() {
+        return Err(VerifyError::UnknownKey { fingerprint });
+    }
+
+    // As OpenSSH verifies: the signed data uses the expected namespace and an empty reserved field.
+    let sshsig = SshSig::new(key_data.clone(), GIT_NAMESPACE, hash_alg, signature)
+        .map_err(|_| malformed("the signature could not be assembled"))?;
+    key.verify(GIT_NAMESPACE, message, &sshsig)
+        .map_err(|_| VerifyError::BadSignature)?;
+
+    let mut first_refusal = None;
+    for entry in matching {
+        match entry.allows(GIT_NAMESPACE, time, &signers.origin, &fingerprint) {
+            Ok(()) => {
+                return Ok(Signer {
+                    principal: entry.principals.clone(),
+                    fingerprint,
+                });
+            }
+            Err(e) => {
+                first_refusal.get_or_insert(e);
+            }
+        }
+    }
+    Err(first_refusal.unwrap_or(VerifyError::UnknownKey { fingerprint }))
+}
+
+fn malformed(what: &str) -> VerifyError {
+    VerifyError::Malformed(what.to_string())
+}
+
+/// The binary SSHSIG blob inside the armor.
+fn dearmor(armored: &[u8]) -> Result<Vec<u8>, VerifyError> {
+    let body = armored
+        .strip_prefix(SSH_BEGIN)
+        .ok_or_else(|| malformed("the SSH signature has no BEGIN SSH SIGNATURE line"))?;
+    let end = body
+        .windows(SSH_END.len())
+        .position(|w| w == SSH_END)
+        .ok_or_else(|| malformed("the SSH signature has no END SSH SIGNATURE line"))?;
+    let (base64_text, after) = body.split_at(end);
+    let trailing = after.get(SSH_END.len()..).unwrap_or_default();
+    if !trailing.iter().all(u8::is_ascii_whitespace) {
+        return Err(malformed(
+            "the SSH signature has data after its END SSH SIGNATURE line",
+        ));
+    }
+    let compact: Vec<u8> = base64_text
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
+    let engine = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    );
+    engine
+        .decode(&compact)
+        .map_err(|_| malformed("the SSH signature is not valid base64"))
+}
+
+/// The fields of an SSHSIG blob (PROTOCOL.sshsig).
+struct RawSshSig<'a> {
+    public_key: &'a [u8],
+    namespace: &'a [u8],
+    hash_alg: &'a [u8],
+    signature: &'a [u8],
+}
+
+fn parse_sshsig(blob: &[u8]) -> Result<RawSshSig<'_>, VerifyError> {
+    let truncated = || malformed("the SSH signature is truncated");
+    let mut r = Reader(blob);
+    if r.take(SSHSIG_MAGIC.len()) != Some(SSHSIG_MAGIC) {
+        return Err(malformed("the SSH signature does not start with SSHSIG"));
+    }
+    let version = r.u32().ok_or_else(truncated)?;
+    if version != SSHSIG_VERSION {
+        return Err(VerifyError::Malformed(format!(
+            "SSHSIG version {version} is not supported (expected {SSHSIG_VERSION})"
+        )));
+    }
+    let public_key = r.string().ok_or_else(truncated)?;
+    let namespace = r.string().ok_or_else(truncated)?;
+    let _reserved = r.string().ok_or_else(truncated)?;
+    let hash_alg = r.string().ok_or_else(truncated)?;
+    let signature = r.string().ok_or_else(truncated)?;
+    if !r.0.is_empty() {
+        return Err(malformed("the SSH signature has trailing data"));
+    }
+    Ok(RawSshSig {
+        public_key,
+        namespace,
+        hash_alg,
+        signature,
+    })
+}
+
+/// An SSH wire-format signature (`string algorithm, string data`), checked against the key type.
+fn parse_signature(blob: &[u8], key: &KeyData) -> Result<ssh_key::Signature, VerifyError> {
+    let truncated = || malformed("the signature blob is truncated");
+    let mut r = Reader(blob);
+    let name = r.string().ok_or_else(truncated)?;
+    let data = r.string().ok_or_else(truncated)?;
+    if !r.0.is_empty() {
+        return Err(malformed("the signature blob has trailing data"));
+    }
+    let unsupported =
+        || VerifyError::UnsupportedAlgorithm(format!("signature {}", printable(name)));
+    let name_str = std::str::from_utf8(name).map_err(|_| unsupported())?;
+    let algorithm = Algorithm::new(name_str).map_err(|_| unsupported())?;
+    let compatible = match (&key.algorithm(), &algorithm) {
+        (_, Algorithm::Rsa { hash: None }) => {
+            return Err(VerifyError::UnsupportedAlgorithm(
+                "ssh-rsa signatures (RSA with SHA-1)".into(),
+            ));
+        }
+        (Algorithm::Rsa { .. }, Algorithm::Rsa { hash: Some(_) }) => true,
+        (k, s) => k == s,
+    };
+    if !compatible {
+        return Err(malformed(
+            "the signature algorithm does not match the signing key's type",
+        ));
+    }
+    ssh_key::Signature::new(algorithm, data)
+        .map_err(|_| malformed("the signature has a bad length"))
+}
+
+/// Whether signatures by this key type can be verified; the error names the type.
+fn check_key_supported(key: &KeyData) -> Result<(), String> {
+    let algorithm = key.algorithm();
+    let supported = match &algorithm {
+        Algorithm::Ed25519 | Algorithm::SkEd25519 | Algorithm::SkEcdsaSha2NistP256 => true,
+        Algorithm::Ecdsa { curve } => *curve == EcdsaCurve::NistP256,
+        Algorithm::Rsa { .. } => key
+            .rsa()
+            .and_then(|rsa| rsa.n.as_positive_bytes())
+            .is_some_and(|n| (RSA_MIN_BYTES..=RSA_MAX_BYTES).contains(&n.len())),
+        _ => false,
+    };
+    if supported {
+        return Ok(());
+    }
+    let name = printable(algorithm.as_str().as_bytes());
+    Err(match algorithm {
+        Algorithm::Rsa { .. } => "RSA keys must have 2048 to 4096 bits".to_string(),
+        _ if name.ends_with(CERT_SUFFIX) => format!("{name} (SSH certificates are not supported)"),
+        _ => format!("{name} keys"),
+    })
+}
+
+/// A name from input, shown only when it is short printable ASCII.
+fn printable(name: &[u8]) -> String {
+    if !name.is_empty()
+        && name.len() <= 64
+        && name.iter().all(|b| b.is_ascii_graphic())
+        && let Ok(s) = std::str::from_utf8(name)
+    {
+        return s.to_string();
+    }
+    "(unrecognised)".to_string()
+}
+
+/// Reads SSH wire-format fields.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Some(head)
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        let bytes: [u8; 4] = self.take(4)?.try_into().ok()?;
+        Some(u32::from_be_bytes(bytes))
+    }
+
+    fn string(&mut self) -> Option<&'a [u8]> {
+        let len = usize::try_from(self.u32()?).ok()?;
+        self.take(len)
+    }
+}
+
+impl Entry {
+    /// Whether this entry allows a signature in `namespace` made at `time`.
+    fn allows(
+        &self,
+        namespace: &str,
+        time: i64,
+        origin: &str,
+        fingerprint: &str,
+    ) -> Result<(), VerifyError> {
+        if let Some(patterns) = &self.namespaces
+            && !match_pattern_list(namespace, patterns)
+        {
+            return Err(VerifyError::NamespaceNotAllowed {
+                fingerprint: fingerprint.to_string(),
+            });
+        }
+        let not_valid = |bound: &str| VerifyError::KeyNotValid {
+            fingerprint: fingerprint.to_string(),
+            detail: format!(
+                "{origin}, line {}: its {bound} bound excludes the commit's committer time",
+                self.line
+            ),
+        };
+        if self.valid_after.is_some_and(|after| time < after) {
+            return Err(not_valid("valid-after"));
+        }
+        if self.valid_before.is_some_and(|before| time > before) {
+            return Err(not_valid("valid-before"));
+        }
+        Ok(())
+    }
+}
+
+/// Parses one non-blank, non-comment line (already trimmed).
+fn parse_line(line: &str, number: usize) -> Result<Entry, String> {
+    let (principals, rest) = if let Some(quoted) = line.strip_prefix('"') {
+        let close = quoted
+            .find('"')
+            .ok_or("the quoted principals have no closing quote")?;
+        let (inside, after) = quoted.split_at(close);
+        let after = after.get(1..).unwrap_or_default();
+        if !after.is_empty() && !after.starts_with([' ', '\t']) {
+            return Err("the quoted principals must be followed by a space".into());
+        }
+        (inside, after)
+    } else {
+        split_token(line)
+    };
+    if principals.is_empty() {
+        return Err("the principals field is empty".into());
+    }
+    let after_principals = rest.trim_start();
+    let (token, after_token) = split_token(after_principals);
+    if token.is_empty() {
+        return Err("missing key (expected `principals [options] keytype base64`)".into());
+    }
+    let (options, key_type, rest) = if is_key_type(token) || token.ends_with(CERT_SUFFIX) {
+        (None, token, after_token)
+    } else {
+        // Options may hold quoted blanks, so the field is re-read with quote handling.
+        let (options, rest) = split_options(after_principals);
+        let (key_type, rest) = split_token(rest.trim_start());
+        (Some(options), key_type, rest)
+    };
+    if key_type.is_empty() {
+        return Err("missing key after the options".into());
+    }
+    if key_type.ends_with(CERT_SUFFIX) {
+        return Err(
+            "certificate key types are not supported; list the signer's plain public key".into(),
+        );
+    }
+    if !is_key_type(key_type) {
+        return Err(format!(
+            "unknown option or key type (key types: {})",
+            KEY_TYPES.join(", ")
+        ));
+    }
+    let (data, _comment) = split_token(rest.trim_start());
+    if data.is_empty() {
+        return Err("missing base64 key data after the key type".into());
+    }
+    let blob = base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .map_err(|_| "the key data is not valid base64".to_string())?;
+    let key = PublicKey::from_bytes(&blob)
+        .map_err(|_| "the key data could not be decoded as an SSH public key".to_string())?;
+    if key.algorithm().as_str() != key_type {
+        return Err("the key data is of another type than the line names".into());
+    }
+    if key.key_data().is_rsa() {
+        check_key_supported(key.key_data())?;
+    }
+    let mut entry = Entry {
+        line: number,
+        principals: principals.to_string(),
+        key: key.key_data().clone(),
+        namespaces: None,
+        valid_after: None,
+        valid_before: None,
+    };
+    if let Some(options) = options {
+        parse_options(options, &mut entry)?;
+    }
+    Ok(entry)
+}
+
+fn is_key_type(token: &str) -> bool {
+    KEY_TYPES.contains(&token)
+}
+
+/// The text up to the first space or tab, and the remainder (starting at that blank).
+fn split_token(s: &str) -> (&str, &str) {
+    let end = s.find([' ', '\t']).unwrap_or(s.len());
+    s.split_at(end)
+}
+
+/// The options field (up to the first blank outside double quotes) and the remainder.
+fn split_options(s: &str) -> (&str, &str) {
+    let mut in_quotes = false;
+    let mut escaped = false;
+    for (i, c) in s.char_indices() {
+        match c {
+            '\\' if in_quotes && !escaped => {
+                escaped = true;
+                continue;
+            }
+            '"' if !escaped => in_quotes = !in_quotes,
+            ' ' | '\t' if !in_quotes => return s.split_at(i),
+            _ => {}
+        }
+        escaped = false;
+    }
+    (s, "")
+}
+
+/// Parses `opt[,opt…]` as OpenSSH's `sshsigopt_parse` does.
+fn parse_options(options: &str, entry: &mut Entry) -> Result<(), String> {
+    let mut rest = options;
+    loop {
+        let name_end = rest.find(['=', ',']).unwrap_or(rest.len());
+        let (name, after) = rest.split_at(name_end);
+        match name {
+            "cert-authority" if !after.starts_with('=') => {
+                return Err(
+                    "cert-authority entries (trusting SSH certificates) are not supported; list \
+                     each signer's own public key"
+                        .into(),
+                );
+            }
+            "namespaces" | "valid-after" | "valid-before" => {
+                let value_text = after
+                    .strip_prefix('=')
+                    .ok_or_else(|| format!("the {name} option needs a value"))?;
+                let (value, remaining) = option_value(value_text)
+                    .ok_or_else(|| format!("the {name} option's value has no closing quote"))?;
+                rest = remaining;
+                match name {
+                    "namespaces" => {
+                        if entry.namespaces.replace(value).is_some() {
+                            return Err("the namespaces option is given twice".into());
+                        }
+                    }
+                    _ => {
+                        let time = parse_time(&value).ok_or_else(|| {
+                            format!("the {name} time is not YYYYMMDD[HHMM[SS]][Z]")
+                        })?;
+                        let slot = if name == "valid-after" {
+                            &mut entry.valid_after
+                        } else {
+                            &mut entry.valid_before
+                        };
+                        if slot.replace(time).is_some() {
+                            return Err(format!("the {name} option is given twice"));
+                        }
+                    }
+                }
+            }
+            _ => {
+                return Err(
+                    "unknown option or key type (options: namespaces=\"…\", valid-after=\"…\", \
+                     valid-before=\"…\")"
+                        .into(),
+                );
+            }
+        }
+        if rest.is_empty() {
+            break;
+        }
+        rest = rest
+            .strip_prefix(',')
+            .ok_or("options must be separated by commas")?;
+        if rest.is_empty() {
+            return Err("the options end with a comma".into());
+        }
+    }
+    if let (Some(after), Some(before)) = (entry.valid_after, entry.valid_before)
+        && before <= after
+    {
+        return Err("valid-before is not later than valid-after".into());
+    }
+    Ok(())
+}
+
+/// An option value: `"…"` (with `\"` for a quote) or, leniently, unquoted up to the next comma.
+/// Returns the value and the text after it.
+fn option_value(s: &str) -> Option<(String, &str)> {
+    let Some(quoted) = s.strip_prefix('"') else {
+        let end = s.find(',').unwrap_or(s.len());
+        let (value, rest) = s.split_at(end);
+        return Some((value.to_string(), rest));
+    };
+    let mut value = String::new();
+    let mut chars = quoted.char_indices();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '"' => return Some((value, quoted.get(i + 1..).unwrap_or_default())),
+            '\\' if quoted.get(i + 1..).is_some_and(|r| r.starts_with('"')) => {
+                value.push('"');
+                chars.next();
+            }
+            _ => value.push(c),
+        }
+    }
+    None
+}
+
+/// `YYYYMMDD`, `YYYYMMDDHHMM` or `YYYYMMDDHHMMSS`, optionally followed by `Z` or `UTC`, as seconds
+/// since the epoch (UTC).
+fn parse_time(value: &str) -> Option<i64> {
+    let digits = value
+        .strip_suffix('Z')
+        .or_else(|| value.strip_suffix("UTC"))
+        .unwrap_or(value);
+    if !digits.bytes().all(|b| b.is_ascii_digit()) || ![8, 12, 14].contains(&digits.len()) {
+        return None;
+    }
+    let field = |range: std::ops::Range<usize>| -> Option<i64> {
+        digits.get(range).map_or(Some(0), |s| s.parse().ok())
+    };
+    let year = i16::try_from(field(0..4)?).ok()?;
+    let month = i8::try_from(field(4..6)?).ok()?;
+    let day = i8::try_from(field(6..8)?).ok()?;
+    let hour = i8::try_from(field(8..10)?).ok()?;
+    let minute = i8::try_from(field(10..12)?).ok()?;
+    let second = i8::try_from(field(12..14)?).ok()?;
+    let datetime = jiff::civil::DateTime::new(year, month, day, hour, minute, second, 0).ok()?;
+    let zoned = datetime.to_zoned(jiff::tz::TimeZone::UTC).ok()?;
+    Some(zoned.timestamp().as_second())
+}
+
+/// OpenSSH's `match_pattern_list`: comma-separated `*`/`?` patterns, `!` negating; a matching
+/// negated pattern refuses, otherwise any matching pattern accepts.
+fn match_pattern_list(value: &str, list: &str) -> bool {
+    let mut matched = false;
+    for pattern in list.split(',') {
+        let (negated, pattern) = match pattern.strip_prefix('!') {
+            Some(p) => (true, p),
+            None => (false, pattern),
+        };
+        if wildcard_match(value.as_bytes(), pattern.as_bytes()) {
+            if negated {
+                return false;
+            }
+            matched = true;
+        }
+    }
+    matched
+}
+
+/// Glob match with `*` (any run) and `?` (any one byte).
+fn wildcard_match(value: &[u8], pattern: &[u8]) -> bool {
+    let (mut v, mut p) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while v < value.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                star = Some((p, v));
+                p += 1;
+            }
+            Some(&c) if c == b'?' || Some(&c) == value.get(v) => {
+                p += 1;
+                v += 1;
+            }
+            _ => match star {
+                Some((sp, sv)) => {
+                    p = sp + 1;
+                    v = sv + 1;
+                    star = Some((sp, sv + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern
+        .get(p..)
+        .unwrap_or_default()
+        .iter()
+        .all(|&c| c == b'*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+
+    const ORIGIN: &str = "test allowed_signers";
+
+    fn run(cmd: &mut Command) -> Vec<u8> {
+        let out = cmd
+            .output()
+            .expect("running a tool (are git and ssh-keygen installed?)");
+        assert!(
+            out.status.success(),
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
+    /// A key made by `ssh-keygen`: private key path, public key line, `ssh-keygen -lf` fingerprint.
+    struct Key {
+        path: PathBuf,
+        public: String,
+        fingerprint: String,
+    }
+
+    fn keygen(dir: &Path, name: &str, kind: &[&str]) -> Key {
+        let path = dir.join(name);
+        run(Command::new("ssh-keygen")
+            .args(["-q", "-N", "", "-C", name, "-f"])
+            .arg(&path)
+            .args(kind));
+        let public = std::fs::read_to_string(path.with_extension("pub")).expect("public key");
+        let listing = run(Command::new("ssh-keygen")
+            .arg("-lf")
+            .arg(path.with_extension("pub")));
+        let fingerprint = String::from_utf8(listing)
+            .expect("utf-8")
+            .split_whitespace()
+            .nth(1)
+            .expect("fingerprint field")
+            .to_string();
+        assert!(fingerprint.starts_with("SHA256:"), "{fingerprint}");
+        Key {
+            path,
+            public: public.trim().to_string(),
+            fingerprint,
+        }
+    }
+
+    /// The `keytype base64` part of a public key line (without its comment).
+    fn key_part(key: &Key) -> String {
+        key.public
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    fn signers(text: &str) -> AllowedSigners {
+        AllowedSigners::parse(text, ORIGIN).expect("allowed signers parse")
+    }
+
+    struct Repo {
+        dir: tempfile::TempDir,
+    }
+
+    impl Repo {
+        fn new() -> Repo {
+            let repo = Repo {
+                dir: tempfile::tempdir().expect("tempdir"),
+            };
+            repo.git(&["init", "-q", "-b", "main"]);
+            repo
+        }
+
+        fn command(&self) -> Command {
+            let mut cmd = Command::new("git");
+            cmd.current_dir(self.dir.path())
+                .env("GIT_CONFIG_NOSYSTEM", "1")
+                .env("GIT_CONFIG_GLOBAL", "/dev/null")
+                .env("HOME", self.dir.path())
+                .env_remove("SSH_AUTH_SOCK")
+                .env_remove("GIT_DIR")
+                .env_remove("GIT_WORK_TREE")
+                .args(["-c", "user.name=Test", "-c", "user.email=test@example.com"])
+                .args(["-c", "commit.gpgSign=false", "-c", "tag.gpgSign=false"]);
+            cmd
+        }
+
+        fn git(&self, args: &[&str]) -> Vec<u8> {
+            run(self.command().args(args))
+        }
+
+        fn signing(&self, key: &Key, args: &[&str]) -> Vec<u8> {
+            run(self
+                .command()
+                .args(["-c", "gpg.format=ssh", "-c"])
+                .arg(format!("user.signingkey={}", key.path.display()))
+                .args(args))
+        }
+
+        fn write(&self, name: &str, text: &str) {
+            std::fs::write(self.dir.path().join(name), text).expect("write");
+            self.git(&["add", name]);
+        }
+
+        /// Commits a change signed with `key` (unsigned if `None`) and returns the raw commit.
+        fn commit(&self, key: Option<&Key>, message: &str) -> Vec<u8> {
+            self.write("file.txt", message);
+            match key {
+                Some(key) => self.signing(key, &["commit", "-q", "-S", "-m", message]),
+                None => self.git(&["commit", "-q", "-m", message]),
+            };
+            self.git(&["cat-file", "commit", "HEAD"])
+        }
+    }
+
+    fn replace(haystack: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+        let at = haystack
+            .windows(from.len())
+            .position(|w| w == from)
+            .expect("bytes to replace");
+        let mut out = haystack[..at].to_vec();
+        out.extend_from_slice(to);
+        out.extend_from_slice(&haystack[at + from.len()..]);
+        out
+    }
+
+    #[test]
+    fn ed25519_signed_commit_by_listed_key_verifies_and_git_agrees() {
+        let repo = Repo::new();
+        let alice = keygen(repo.dir.path(), "alice", &["-t", "ed25519"]);
+        let raw = repo.commit(Some(&alice), "first\n\nbody line\n");
+        assert!(raw.windows(7).any(|w| w == b"gpgsig "), "commit is signed");
+        let text = format!(
+            "# trusted\n\nalice@example.com {} alice laptop\n",
+            key_part(&alice)
+        );
+        let signer = verify_commit(&raw, &signers(&text)).expect("verifies");
+        assert_eq!(
+            signer,
+            Signer {
+                principal: "alice@example.com".into(),
+                fingerprint: alice.fingerprint.clone(),
+            }
+        );
+
+        // Git itself accepts the same commit with the same allowed_signers text.
+        let file = repo.dir.path().join("allowed_signers");
+        std::fs::write(&file, &text).expect("write");
+        let out = repo
+            .command()
+            .args(["-c", "gpg.format=ssh", "-c"])
+            .arg(format!("gpg.ssh.allowedSignersFile={}", file.display()))
+            .args(["verify-commit", "HEAD"])
+            .output()
+            .expect("git verify-commit");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[test]
+    fn rsa_and_ecdsa_signed_commits_verify() {
+        let repo = Repo::new();
+        let rsa = keygen(repo.dir.path(), "rsa", &["-t", "rsa", "-b", "3072"]);
+        let ecdsa = keygen(repo.dir.path(), "ecdsa", &["-t", "ecdsa", "-b", "256"]);
+        let list = signers(&format!(
+            "rsa@example.com {}\necdsa@example.com {}\n",
+            key_part(&rsa),
+            key_part(&ecdsa)
+        ));
+        let raw = repo.commit(Some(&rsa), "by rsa\n");
+        let signer = verify_commit(&raw, &list).expect("rsa verifies");
+        assert_eq!(signer.principal, "rsa@example.com");
+        assert_eq!(signer.fingerprint, rsa.fingerprint);
+        let raw = repo.commit(Some(&ecdsa), "by ecdsa\n");
+        let signer = verify_commit(&raw, &list).expect("ecdsa verifies");
+        assert_eq!(signer.principal, "ecdsa@example.com");
+        assert_eq!(signer.fingerprint, ecdsa.fingerprint);
+    }
+
+    #[test]
+    fn commit_signed_by_unlisted_key_is_unknown_key() {
+        let repo = Repo::new();
+        let alice = keygen(repo.dir.path(), "alice", &["-t", "ed25519"]);
+        let mallory = keygen(repo.dir.path(), "mallory", &["-t", "ed25519"]);
+        let raw = repo.commit(Some(&mallory), "sneaky\n");
+        let list = signers(&format!("alice@example.com {}\n", key_part(&alice)));
+        let err = verify_commit(&raw, &list).expect_err("refused");
+        assert_eq!(
+            err,
+            VerifyError::UnknownKey {
+                fingerprint: mallory.fingerprint.clone()
+            }
+        );
+        assert!(err.to_string().contains(&mallory.fingerprint));
+        // An empty list trusts nobody.
+        let empty = signers("# nobody yet\n");
+        assert!(empty.is_empty());
+        assert!(matches!(
+            verify_commit(&raw, &empty),
+            Err(VerifyError::UnknownKey { .. })
+        ));
+    }
+
+    #[test]
+    fn unsigned_commit_is_unsigned() {
+        let repo = Repo::new();
+        let alice = keygen(repo.dir.path(), "alice", &["-t", "ed25519"]);
+        let raw = repo.commit(None, "plain\n");
+        let list = signers(&format!("alice@example.com {}\n", key_part(&alice)));
+        let err = verify_commit(&raw, &list).expect_err("refused");
+        assert_eq!(err, VerifyError::Unsigned);
+        assert!(err.to_string().contains("git commit -S"));
+    }
+
+    #[test]
+    fn commit_altered_after_signing_is_bad_signature() {
+        let repo = Repo::new();
+        let alice = keygen(repo.dir.path(), "alice", &["-t", "ed25519"]);
+        let raw = repo.commit(Some(&alice), "deploy version 1\n");
+        let list = signers(&format!("alice@example.com {}\n", key_part(&alice)));
+        verify_commit(&raw, &list).expect("original verifies");
+
+        let message_changed = replace(&raw, b"deploy version 1\n", b"deploy version 2\n");
+        assert_eq!(
+            verify_commit(&message_changed, &list),
+            Err(VerifyError::BadSignature)
+        );
+        let author_changed = replace(&raw, b"author Test", b"author Evil");
+        assert_eq!(
+            verify_commit(&author_changed, &list),
+            Err(VerifyError::BadSignature)
+        );
+        let appended = [raw.as_slice(), b"extra\n"].concat();
+        assert_eq!(
+            verify_commit(&appended, &list),
+            Err(VerifyError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn namespaces_option_must_allow_git() {
+        let repo = Repo::new();
+        let alice = keygen(repo.dir.path(), "alice", &["-t", "ed25519"]);
+        let raw = repo.commit(Some(&alice), "namespaced\n");
+        let key = key_part(&alice);
+        for refused in [r#"namespaces="file""#, r#"namespaces="*,!git""#] {
+            let list = signers(&format!("alice@example.com {refused} {key}\n"));
+            assert_eq!(
+                verify_commit(&raw, &list),
+                Err(VerifyError::NamespaceNotAllowed {
+                    fingerprint: alice.fingerprint.clone()
+                }),
+                "{refused}"
+            );
+        }
+        for allowed in [r#"namespaces="file,git""#, r#"namespaces="g*""#] {
+            let list = signers(&format!("alice@example.com {allowed} {key}\n"));
+            verify_commit(&raw, &list).expect(allowed);
+        }
+        // A second line for the same key that allows git is enough.
+        let list = signers(&format!(
+            "ci namespaces=\"file\" {key}\nalice@example.com namespaces=\"git\" {key}\n"
+        ));
+        assert_eq!(
+            verify_commit(&raw, &list).expect("second line").principal,
+            "alice@example.com"
+        );
+    }
+
+    #[test]
+    fn validity_bounds_are_checked_against_the_committer_time() {
+        let repo = Repo::new();
+        let alice = keygen(repo.dir.path(), "alice", &["-t", "ed25519"]);
+        std::fs::write(repo.dir.path().join("file.txt"), "dated").expect("write");
+        repo.git(&["add", "file.txt"]);
+        run(repo
+            .command()
+            .env("GIT_COMMITTER_DATE", "2024-06-01T12:00:00Z")
+            .args(["-c", "gpg.format=ssh", "-c"])
+            .arg(format!("user.signingkey={}", alice.path.display()))
+            .args(["commit", "-q", "-S", "-m", "dated"]));
+        let raw = repo.git(&["cat-file", "commit", "HEAD"]);
+        let key = key_part(&alice);
+        let check =
+            |options: &str| verify_commit(&raw, &signers(&format!("alice {options} {key}")));
+        check(r#"valid-after="20240101",valid-before="20250101Z""#).expect("inside");
+        check(r#"valid-after="202406011100""#).expect("after");
+        assert!(matches!(
+            check(r#"valid-before="20240601115959""#),
+            Err(VerifyError::KeyNotValid { .. })
+        ));
+        let err = check(r#"valid-after="20240602""#).expect_err("not yet valid");
+        assert!(err.to_string().contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn sha256_repository_commits_use_the_gpgsig_sha256_header() {
+        let repo = Repo {
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        repo.git(&["init", "-q", "-b", "main", "--object-format=sha256"]);
+        let alice = keygen(repo.dir.path(), "alice", &["-t", "ed25519"]);
+        let raw = repo.commit(Some(&alice), "in a sha256 repository\n");
+        assert!(is_sha256_commit(&raw));
+        assert!(raw.windows(14).any(|w| w == b"\ngpgsig-sha256"));
+        let list = signers(&format!("alice@example.com {}\n", key_part(&alice)));
+        assert_eq!(
+            verify_commit(&raw, &list).expect("verifies").fingerprint,
+            alice.fingerprint
+        );
+    }
+
+    #[test]
+    fn signed_merge_of_a_signed_tag_keeps_the_mergetag_in_the_payload() {
+        let repo = Repo::new();
+        let alice = keygen(repo.dir.path(), "alice", &["-t", "ed25519"]);
+        repo.commit(Some(&alice), "base\n");
+        repo.git(&["checkout", "-q", "-b", "side"]);
+        repo.write("side.txt", "side");
+        repo.git(&["commit", "-q", "-m", "side"]);
+        repo.signing(&alice, &["tag", "-s", "-m", "release", "v1"]);
+        repo.git(&["checkout", "-q", "main"]);
+        repo.write("main.txt", "main");
+        repo.git(&["commit", "-q", "-m", "main"]);
+        repo.signing(
+            &alice,
+            &["merge", "-q", "--no-ff", "-S", "-m", "merge v1", "v1"],
+        );
+        let raw = repo.git(&["cat-file", "commit", "HEAD"]);
+        assert!(raw.starts_with(b"tree "));
+        assert!(
+            raw.windows(9).any(|w| w == b"mergetag "),
+            "the merge records the tag"
+        );
+        let list = signers(&format!("alice@example.com {}\n", key_part(&alice)));
+        verify_commit(&raw, &list).expect("merge verifies");
+        // The embedded tag (and its signature) is signed content of the merge.
+        let tampered = replace(&raw, b"\n release", b"\n Release");
+        assert_eq!(
+            verify_commit(&tampered, &list),
+            Err(VerifyError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn ssh_keygen_signatures_verify_through_the_sshsig_helper() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let alice = keygen(dir.path(), "alice", &["-t", "ed25519"]);
+        let rsa = keygen(dir.path(), "rsa", &["-t", "rsa", "-b", "2048"]);
+        let list = signers(&format!(
+            "alice {}\nrsa {}\n",
+            key_part(&alice),
+            key_part(&rsa)
+        ));
+        let message: &[u8] = b"arbitrary bytes \x00\xff\n";
+        let data = dir.path().join("data");
+        std::fs::write(&data, message).expect("write");
+        let sign = |key: &Key, extra: &[&str]| -> Vec<u8> {
+            // ssh-keygen asks before overwriting a signature file.
+            let _ = std::fs::remove_file(data.with_extension("sig"));
+            run(Command::new("ssh-keygen")
+                .stdin(std::process::Stdio::null())
+                .args(["-Y", "sign", "-f"])
+                .arg(&key.path)
+                .args(extra)
+                .arg(&data));
+            std::fs::read(data.with_extension("sig")).expect("signature file")
+        };
+        let now = jiff::Timestamp::now().as_second();
+
+        for (key, extra, hash) in [
+            (&alice, &["-n", "git"][..], &b"sha512"[..]),
+            (
+                &alice,
+                &["-n", "git", "-O", "hashalg=sha256"][..],
+                b"sha256",
+            ),
+            (&rsa, &["-n", "git"][..], b"sha512"),
+            (&rsa, &["-n", "git", "-O", "hashalg=sha256"][..], b"sha256"),
+        ] {
+            let armored = sign(key, extra);
+            let blob = dearmor(&armored).expect("armor");
+            assert_eq!(parse_sshsig(&blob).expect("sshsig").hash_alg, hash);
+            let signer = verify_armored(message, &armored, &list, now).expect("verifies");
+            assert_eq!(signer.fingerprint, key.fingerprint, "{extra:?}");
+            assert_eq!(
+                verify_armored(b"other bytes", &armored, &list, now),
+                Err(VerifyError::BadSignature)
+            );
+        }
+
+        let file_namespace = sign(&alice, &["-n", "file"]);
+        assert_eq!(
+            verify_armored(message, &file_namespace, &list, now),
+            Err(VerifyError::WrongNamespace)
+        );
+
+        let armored = sign(&alice, &["-n", "git"]);
+        let garbled = replace(&armored, b"\n", b"\n!!");
+        assert!(matches!(
+            verify_armored(message, &garbled, &list, now),
+            Err(VerifyError::Malformed(_))
+        ));
+        let truncated = &armored[..armored.len() / 2];
+        assert!(matches!(
+            verify_armored(message, truncated, &list, now),
+            Err(VerifyError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn a_pgp_signature_is_reported_as_not_supported() {
+        let raw = b"tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\n\
+            author A <a@example.com> 1700000000 +0000\n\
+            committer A <a@example.com> 1700000000 +0000\n\
+            gpgsig -----BEGIN PGP SIGNATURE-----\n \n iQEzBAABCAAdFiEE\n -----END PGP SIGNATURE-----\n\
+            \n\
+            message\n";
+        assert_eq!(
+            verify_commit(raw, &signers("")),
+            Err(VerifyError::GpgNotSupported)
+        );
+    }
+
+    #[test]
+    fn payload_split_follows_git() {
+        let raw = b"tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\n\
+            author A <a@example.com> 1700000000 +0000\n\
+            committer A <a@example.com> 1700000001 +0000\n\
+            gpgsig -----BEGIN SSH SIGNATURE-----\n U1NI\n -----END SSH SIGNATURE-----\n\
+            gpgsig-sha256 other\n continued\n\
+            extra value\n more\n\
+            \n\
+            message\ngpgsig not a header\n";
+        let (payload, signature) = split_signed_commit(raw).expect("split");
+        assert_eq!(
+            signature.as_deref(),
+            Some(&b"-----BEGIN SSH SIGNATURE-----\nU1NI\n-----END SSH SIGNATURE-----\n"[..])
+        );
+        assert_eq!(
+            payload,
+            b"tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\n\
+            author A <a@example.com> 1700000000 +0000\n\
+            committer A <a@example.com> 1700000001 +0000\n\
+            extra value\n more\n\
+            \n\
+            message\ngpgsig not a header\n"
+        );
+        assert_eq!(committer_time(&payload), Some(1_700_000_001));
+        assert!(matches!(
+            split_signed_commit(b"tree 00\nfoo\0bar\n\nmsg"),
+            Err(VerifyError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn malformed_allowed_signers_lines_are_named_by_number() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let alice = keygen(dir.path(), "alice", &["-t", "ed25519"]);
+        let key = key_part(&alice);
+        let base64 = key.split_whitespace().nth(1).expect("base64").to_string();
+        let cases = [
+            "alice@example.com\n".to_string(),
+            "alice@example.com ssh-ed25519\n".to_string(),
+            "alice@example.com ssh-ed25519 not*base64\n".to_string(),
+            format!("alice@example.com ssh-rsa {base64}\n"),
+            format!("alice@example.com frobnicate {key}\n"),
+            format!("alice@example.com namespaces=\"git {key}\n"),
+            format!("alice@example.com valid-after=\"yesterday\" {key}\n"),
+            format!("alice@example.com valid-after=\"20250101\",valid-before=\"20240101\" {key}\n"),
+            format!("alice@example.com namespaces=\"git\",namespaces=\"file\" {key}\n"),
+            format!("\"alice@example.com {key}\n"),
+            format!("alice@example.com ssh-ed25519-cert-v01@openssh.com {base64}\n"),
+        ];
+        for case in cases {
+            let text = format!("# header\n\n{case}");
+            let err = AllowedSigners::parse(&text, ORIGIN).expect_err(&case);
+            let VerifyError::AllowedSigners { origin, line, .. } = &err else {
+                panic!("{case}: {err:?}");
+            };
+            assert_eq!((origin.as_str(), *line), (ORIGIN, 3), "{case}");
+            let shown = err.to_string();
+            assert!(shown.starts_with(&format!("{ORIGIN}, line 3: ")), "{shown}");
+            assert!(!shown.contains(&base64), "no key data in {shown}");
+        }
+    }
+
+    #[test]
+    fn cert_authority_lines_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = keygen(dir.path(), "ca", &["-t", "ed25519"]);
+        let text = format!("*@example.com cert-authority {}\n", key_part(&ca));
+        let err = AllowedSigners::parse(&text, ORIGIN).expect_err("refused");
+        assert!(err.to_string().contains("cert-authority"), "{err}");
+    }
+
+    #[test]
+    fn allowed_signers_accepts_quoted_principals_options_and_comments() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let alice = keygen(dir.path(), "alice", &["-t", "ed25519"]);
+        let key = key_part(&alice);
+        let text = format!(
+            "  # indented comment\r\n\
+             \"alice example\" {key} trailing comment\r\n\
+             carol namespaces=\"git,file\",valid-after=\"20200101UTC\" {key}\n\
+             dave namespaces=git {key}\n"
+        );
+        let list = signers(&text);
+        assert_eq!(list.len(), 3);
+        assert_eq!(list.origin(), ORIGIN);
+        assert_eq!(list.entries[0].principals, "alice example");
+        assert_eq!(list.entries[1].namespaces.as_deref(), Some("git,file"));
+        assert_eq!(list.entries[1].valid_after, Some(1_577_836_800));
+        assert_eq!(list.entries[2].namespaces.as_deref(), Some("git"));
+    }
+
+    #[test]
+    fn pattern_lists_match_like_openssh() {
+        assert!(match_pattern_list("git", "git"));
+        assert!(match_pattern_list("git", "file,git"));
+        assert!(match_pattern_list("git", "g?t"));
+        assert!(match_pattern_list("git", "*"));
+        assert!(!match_pattern_list("git", "*,!git"));
+        assert!(!match_pattern_list("git", "file"));
+        assert!(!match_pattern_list("git", "gi"));
+        assert!(!match_pattern_list("git", ""));
+    }
+}

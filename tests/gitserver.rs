@@ -1,0 +1,355 @@
+//! The loopback Git servers of the test harness, checked with the real `git` CLI: clone and push over
+//! smart HTTP (with and without Basic auth, protocol v0 and v2, chunked pushes) and clone over SSH.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use support::gitserver::{GitHttp, GitSsh, ssh_keypair};
+
+/// Runs `git` in `dir` with an isolated configuration and no prompts; `env` adds variables.
+fn git_env(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
+    let home = dir.join(".git-home");
+    let mut cmd = Command::new("git");
+    cmd.current_dir(dir)
+        .args(args)
+        .env("HOME", &home)
+        .env("XDG_CONFIG_HOME", home.join(".config"))
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_ASKPASS", "")
+        .env("SSH_ASKPASS", "")
+        .env("GIT_AUTHOR_NAME", "Test")
+        .env("GIT_AUTHOR_EMAIL", "test@example.com")
+        .env("GIT_COMMITTER_NAME", "Test")
+        .env("GIT_COMMITTER_EMAIL", "test@example.com");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run git")
+}
+
+/// Runs `git` and panics with its stderr when it fails.
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = git_env(dir, &[], args);
+    assert!(
+        out.status.success(),
+        "git {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A temp dir with `served/shop.git`, a bare repository with one commit (`app.yaml`) that accepts pushes
+/// over HTTP, and a `work` directory for clones.
+struct Fixture {
+    tmp: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let tmp = tempfile::tempdir().unwrap();
+        let seed = tmp.path().join("seed");
+        std::fs::create_dir_all(&seed).unwrap();
+        std::fs::create_dir_all(tmp.path().join("served")).unwrap();
+        std::fs::create_dir_all(tmp.path().join("work")).unwrap();
+        git(&seed, &["init", "-q", "-b", "main"]);
+        std::fs::write(seed.join("app.yaml"), "replicas: 1\n").unwrap();
+        git(&seed, &["add", "."]);
+        git(&seed, &["commit", "-q", "-m", "first"]);
+        let bare = tmp.path().join("served/shop.git");
+        git(
+            tmp.path(),
+            &["clone", "-q", "--bare", "seed", bare.to_str().unwrap()],
+        );
+        git(&bare, &["config", "http.receivepack", "true"]);
+        Fixture { tmp }
+    }
+
+    fn served(&self) -> PathBuf {
+        self.tmp.path().join("served")
+    }
+
+    fn work(&self) -> PathBuf {
+        self.tmp.path().join("work")
+    }
+
+    fn head(&self) -> String {
+        git(&self.served().join("shop.git"), &["rev-parse", "main"])
+    }
+}
+
+/// Whether the server answered in protocol v2, from the `GIT_TRACE_PACKET` trace of a git command.
+fn spoke_v2(out: &Output) -> bool {
+    String::from_utf8_lossy(&out.stderr).contains("< version 2")
+}
+
+fn with_credentials(url: &str, user: &str, password: &str) -> String {
+    url.replacen("http://", &format!("http://{user}:{password}@"), 1)
+}
+
+#[test]
+fn http_clone_with_protocol_v0_and_v2() {
+    let fx = Fixture::new();
+    let server = GitHttp::start(&fx.served(), None);
+    let url = server.url("shop.git");
+    assert!(url.starts_with("http://127.0.0.1:") && url.ends_with("/shop.git"));
+
+    for version in ["0", "2"] {
+        let dest = format!("v{version}");
+        let proto = format!("protocol.version={version}");
+        let out = git_env(
+            &fx.work(),
+            &[("GIT_TRACE_PACKET", "1")],
+            &["-c", &proto, "clone", "-q", &url, &dest],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(spoke_v2(&out), version == "2");
+        let cloned = std::fs::read_to_string(fx.work().join(&dest).join("app.yaml")).unwrap();
+        assert_eq!(cloned, "replicas: 1\n");
+        assert_eq!(
+            git(&fx.work().join(&dest), &["rev-parse", "HEAD"]),
+            fx.head()
+        );
+    }
+
+    let requests = server.requests();
+    assert_eq!(requests.len(), server.request_count());
+    assert!(requests.iter().all(|r| r.status == 200), "{requests:#?}");
+    let v2: Vec<_> = requests
+        .iter()
+        .filter(|r| r.git_protocol.as_deref() == Some("version=2"))
+        .collect();
+    assert!(
+        v2.iter()
+            .any(|r| r.method == "POST" && r.path == "/shop.git/git-upload-pack"),
+        "{requests:#?}"
+    );
+    assert!(
+        requests.iter().any(|r| r.method == "GET"
+            && r.path == "/shop.git/info/refs?service=git-upload-pack"
+            && r.git_protocol.is_none()),
+        "the v0 clone sends no Git-Protocol header: {requests:#?}"
+    );
+
+    // A repository that does not exist is a 404 and a failed clone.
+    let out = git_env(
+        &fx.work(),
+        &[],
+        &["clone", "-q", &server.url("missing.git"), "missing"],
+    );
+    assert!(!out.status.success());
+    assert_eq!(server.requests().last().unwrap().status, 404);
+}
+
+#[test]
+fn http_basic_auth() {
+    let fx = Fixture::new();
+    let server = GitHttp::start(&fx.served(), Some(("deploy", "s3cret")));
+    let url = server.url("shop.git");
+
+    for (name, url) in [
+        ("anonymous", url.clone()),
+        ("wrong", with_credentials(&url, "deploy", "nope")),
+        ("wronguser", with_credentials(&url, "other", "s3cret")),
+    ] {
+        let out = git_env(&fx.work(), &[], &["clone", "-q", &url, name]);
+        assert!(!out.status.success(), "{name} clone must fail");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("Authentication failed") || stderr.contains("could not read"),
+            "{name}: {stderr}"
+        );
+    }
+    let requests = server.requests();
+    assert!(!requests.is_empty() && requests.iter().all(|r| r.status == 401));
+
+    server.clear_requests();
+    git(
+        &fx.work(),
+        &[
+            "clone",
+            "-q",
+            &with_credentials(&url, "deploy", "s3cret"),
+            "right",
+        ],
+    );
+    assert_eq!(
+        git(&fx.work().join("right"), &["rev-parse", "HEAD"]),
+        fx.head()
+    );
+    assert!(server.requests().iter().any(|r| r.status == 200));
+}
+
+#[test]
+fn http_push_small_and_chunked() {
+    let fx = Fixture::new();
+    let server = GitHttp::start(&fx.served(), Some(("deploy", "s3cret")));
+    let url = with_credentials(&server.url("shop.git"), "deploy", "s3cret");
+    git(&fx.work(), &["clone", "-q", &url, "clone"]);
+    let clone = fx.work().join("clone");
+
+    std::fs::write(clone.join("app.yaml"), "replicas: 2\n").unwrap();
+    git(&clone, &["commit", "-q", "-am", "two replicas"]);
+    git(&clone, &["push", "-q", "origin", "main"]);
+    assert_eq!(fx.head(), git(&clone, &["rev-parse", "HEAD"]));
+
+    // A pack larger than http.postBuffer (1 MiB) goes out as a chunked POST.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let noise: Vec<u8> = (0..3 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(clone.join("blob.bin"), noise).unwrap();
+    git(&clone, &["add", "blob.bin"]);
+    git(&clone, &["commit", "-q", "-m", "a large blob"]);
+    git(&clone, &["push", "-q", "origin", "main"]);
+    assert_eq!(fx.head(), git(&clone, &["rev-parse", "HEAD"]));
+
+    let requests = server.requests();
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.method == "POST" && r.path == "/shop.git/git-receive-pack" && r.chunked),
+        "{requests:#?}"
+    );
+    assert!(
+        requests
+            .iter()
+            .filter(|r| r.path.contains("receive-pack"))
+            .all(|r| r.status == 200 || r.status == 401),
+        "{requests:#?}"
+    );
+}
+
+/// Writes `text` to `path` with mode 0600 (ssh refuses readable private keys).
+fn write_private(path: &Path, text: &str) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+}
+
+fn ssh_command(key: &Path, known_hosts: &Path) -> String {
+    format!(
+        "ssh -F /dev/null -i {} -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes \
+         -o IdentitiesOnly=yes -o BatchMode=yes",
+        key.display(),
+        known_hosts.display()
+    )
+}
+
+#[test]
+fn ssh_clone_and_push() {
+    let sshd = std::path::Path::new("/usr/sbin/sshd");
+    need!(
+        "sshd (openssh-server)",
+        if sshd.is_file() {
+            Ok(())
+        } else {
+            Err("/usr/sbin/sshd is missing".to_string())
+        }
+    );
+    let fx = Fixture::new();
+    let keys = fx.tmp.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let (private, public) = ssh_keypair(&keys);
+    assert!(private.contains("OPENSSH PRIVATE KEY"));
+    assert!(public.starts_with("ssh-ed25519 "));
+    let (other_private, _) = ssh_keypair(&keys);
+    assert_ne!(private, other_private);
+    write_private(&keys.join("right"), &private);
+    write_private(&keys.join("wrong"), &other_private);
+
+    let server = GitSsh::start(&fx.served(), &public);
+    let known_hosts = keys.join("known_hosts");
+    std::fs::write(&known_hosts, format!("{}\n", server.known_hosts())).unwrap();
+    assert!(
+        server
+            .known_hosts()
+            .starts_with(&format!("[127.0.0.1]:{} ssh-ed25519 ", server.port()))
+    );
+    let url = server.url("shop.git");
+    assert!(url.starts_with(&format!("ssh://{}@127.0.0.1:", server.user())));
+    assert!(url.ends_with("/served/shop.git"));
+
+    let wrong = ssh_command(&keys.join("wrong"), &known_hosts);
+    let out = git_env(
+        &fx.work(),
+        &[("GIT_SSH_COMMAND", &wrong)],
+        &["clone", "-q", &url, "wrong"],
+    );
+    assert!(
+        !out.status.success(),
+        "a clone with the wrong key must fail"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // An unknown host key is refused too.
+    let empty_known_hosts = keys.join("empty_known_hosts");
+    std::fs::write(&empty_known_hosts, "").unwrap();
+    let unknown = ssh_command(&keys.join("right"), &empty_known_hosts);
+    let out = git_env(
+        &fx.work(),
+        &[("GIT_SSH_COMMAND", &unknown)],
+        &["clone", "-q", &url, "unknown"],
+    );
+    assert!(!out.status.success(), "an unknown host key must fail");
+
+    let right = ssh_command(&keys.join("right"), &known_hosts);
+    let env = [("GIT_SSH_COMMAND", right.as_str())];
+    for version in ["0", "2"] {
+        let dest = format!("v{version}");
+        let proto = format!("protocol.version={version}");
+        let out = git_env(
+            &fx.work(),
+            &[env[0], ("GIT_TRACE_PACKET", "1")],
+            &["-c", &proto, "clone", "-q", &url, &dest],
+        );
+        assert!(
+            out.status.success(),
+            "ssh clone (v{version}) failed: {}\nsshd log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            server.log()
+        );
+        assert_eq!(spoke_v2(&out), version == "2");
+        assert_eq!(
+            git(&fx.work().join(&dest), &["rev-parse", "HEAD"]),
+            fx.head()
+        );
+    }
+
+    let clone = fx.work().join("v2");
+    std::fs::write(clone.join("app.yaml"), "replicas: 3\n").unwrap();
+    git(&clone, &["commit", "-q", "-am", "three replicas"]);
+    let out = git_env(&clone, &env, &["push", "-q", "origin", "main"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fx.head(), git(&clone, &["rev-parse", "HEAD"]));
+    assert!(
+        server.log().contains("Accepted publickey"),
+        "{}",
+        server.log()
+    );
+}
