@@ -632,3 +632,696 @@ async fn the_loop_syncs_new_syncs_at_once_waits_for_the_interval_and_obeys_locks
     })
     .await;
 }
+
+/// Writes `text` to a new file readable only by its owner (ssh refuses keys others can read).
+fn write_private(path: &Path, text: &str) {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .expect("create private file");
+    f.write_all(text.as_bytes()).expect("write private file");
+}
+
+/// Puts a Secret with several keys (`stringData`).
+async fn put_secret_data(client: &kube::Client, ns: &str, name: &str, data: serde_json::Value) {
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .patch(
+            name,
+            &PatchParams::apply("test").force(),
+            &Patch::Apply(serde_json::json!({
+                "apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
+                "stringData": data
+            })),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("Secret {ns}/{name}: {e}"));
+}
+
+async fn create_sync(api: &Api<DynamicObject>, name: &str, spec: serde_json::Value) {
+    api.patch(
+        name,
+        &PatchParams::apply("test").force(),
+        &Patch::Apply(serde_json::json!({
+            "apiVersion": "lockstep.dev/v1alpha1", "kind": "Sync", "metadata": {"name": name},
+            "spec": spec
+        })),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("Sync {name}: {e}"));
+}
+
+#[tokio::test]
+async fn private_repositories_over_https_auth_and_ssh_and_signed_commits_only() {
+    use support::gitserver::{GitHttp, GitSsh, ssh_keypair};
+    let cluster = need!("control plane", support::cluster());
+    let client = cluster.admin().await;
+    let creds = tempfile::tempdir().expect("tempdir");
+    let controller_kubeconfig = install_controller(&cluster, &client, creds.path()).await;
+    let sync_ns = cluster.namespace(&client, "private").await;
+    let home = tempfile::tempdir().expect("tempdir");
+    let cache = home.path().join("git-cache");
+    let served = tempfile::tempdir().expect("tempdir");
+    put_secret(&client, &sync_ns, "age-key", "key", &demo_key()).await;
+    let api = syncs(&client, &sync_ns);
+
+    // Three repositories, each rendering into its own namespace, served from one directory.
+    let pid = std::process::id();
+    let mut work = Vec::new();
+    for name in ["https", "ssh", "signed"] {
+        let repo = shop_repo(&format!("shop-{name}-{pid}"));
+        git(
+            served.path(),
+            &[
+                "clone",
+                "-q",
+                "--bare",
+                &repo.path().to_string_lossy(),
+                &format!("{name}.git"),
+            ],
+        );
+        git(
+            &served.path().join(format!("{name}.git")),
+            &["config", "http.receivepack", "true"],
+        );
+        work.push(repo);
+    }
+
+    // HTTPS with basic auth (the server's CA handed to the controller as SSL_CERT_FILE): a wrong
+    // password is a FetchFailed naming nothing secret…
+    let http = GitHttp::start_tls(served.path(), Some(("deploy", "t0ken-4f9a")));
+    let ca = http.ca_file().expect("a CA").to_string_lossy().into_owned();
+    let run = || {
+        support::run_isolated(
+            Path::new(BIN),
+            &[
+                "controller",
+                "--once",
+                "-n",
+                &sync_ns,
+                "--kubeconfig",
+                &controller_kubeconfig.to_string_lossy(),
+                "--cache",
+                &cache.to_string_lossy(),
+            ],
+            &[("SSL_CERT_FILE", ca.as_str())],
+            home.path(),
+        )
+    };
+    put_secret_data(
+        &client,
+        &sync_ns,
+        "https-creds",
+        serde_json::json!({"username": "deploy", "password": "wrong"}),
+    )
+    .await;
+    create_sync(
+        &api,
+        "https",
+        serde_json::json!({
+            "source": {"url": http.url("https.git"), "ref": {"branch": "main"},
+                       "secretRef": {"name": "https-creds"}},
+            "environment": "dev",
+            "decryption": {"secretRef": {"name": "age-key"}}
+        }),
+    )
+    .await;
+    // SSH with a deploy key and the server's host key.
+    let (key, public) = ssh_keypair(home.path());
+    let ssh = GitSsh::start(served.path(), &public);
+    put_secret_data(
+        &client,
+        &sync_ns,
+        "ssh-creds",
+        serde_json::json!({"identity": key, "known_hosts": ssh.known_hosts()}),
+    )
+    .await;
+    create_sync(
+        &api,
+        "ssh",
+        serde_json::json!({
+            "source": {"url": ssh.url("ssh.git"), "secretRef": {"name": "ssh-creds"}},
+            "environment": "dev",
+            "decryption": {"secretRef": {"name": "age-key"}}
+        }),
+    )
+    .await;
+    let out = run();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (status, reason, message) = ready(&api.get("https").await.expect("get"));
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "FetchFailed"));
+    assert!(!message.contains("wrong"), "{message}");
+    assert!(
+        http.requests().iter().any(|r| r.status == 401),
+        "the server was asked and refused"
+    );
+    let (status, reason, message) = ready(&api.get("ssh").await.expect("get"));
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("True", "Succeeded"),
+        "{message}\n{}",
+        ssh.log()
+    );
+    // …and the right one converges.
+    put_secret_data(
+        &client,
+        &sync_ns,
+        "https-creds",
+        serde_json::json!({"username": "deploy", "password": "t0ken-4f9a"}),
+    )
+    .await;
+    let out = run();
+    assert!(
+        out.status.success(),
+        "{}\nhttps: {:?}\nssh: {:?}",
+        String::from_utf8_lossy(&out.stderr),
+        ready(&api.get("https").await.expect("get")),
+        ready(&api.get("ssh").await.expect("get")),
+    );
+    let sync = api.get("https").await.expect("get");
+    assert_eq!(ready(&sync).0, "True", "{:?}", ready(&sync));
+    assert_eq!(
+        sync.data["status"]["lastAppliedRevision"],
+        head(work[0].path()).as_str()
+    );
+    // SSH without known_hosts is refused before connecting.
+    put_secret_data(
+        &client,
+        &sync_ns,
+        "ssh-creds",
+        serde_json::json!({"identity": key, "known_hosts": ""}),
+    )
+    .await;
+    let out = run();
+    assert_eq!(out.status.code(), Some(1));
+    let (_, reason, message) = ready(&api.get("ssh").await.expect("get"));
+    assert_eq!(reason, "FetchFailed");
+    assert!(message.contains("known_hosts"), "{message}");
+    api.delete("https", &Default::default())
+        .await
+        .expect("delete");
+    api.delete("ssh", &Default::default())
+        .await
+        .expect("delete");
+
+    // Signed commits only: the trusted signer's key in allowed_signers form.
+    let (signing_key, signing_public) = ssh_keypair(home.path());
+    let key_file = home.path().join("signing-key");
+    write_private(&key_file, &signing_key);
+    put_secret_data(
+        &client,
+        &sync_ns,
+        "signers",
+        serde_json::json!({"allowed_signers": format!("release@example.com {signing_public}\n")}),
+    )
+    .await;
+    create_sync(
+        &api,
+        "signed",
+        serde_json::json!({
+            "source": {"url": http.url("signed.git"), "secretRef": {"name": "https-creds"},
+                       "verify": {"secretRef": {"name": "signers"}}},
+            "environment": "dev",
+            "decryption": {"secretRef": {"name": "age-key"}}
+        }),
+    )
+    .await;
+    let target = format!("shop-signed-{pid}");
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &target);
+    // The repository's only commit is unsigned: VerifyFailed, Stalled, nothing applied.
+    let out = run();
+    assert_eq!(out.status.code(), Some(1));
+    let sync = api.get("signed").await.expect("get");
+    let (status, reason, message) = ready(&sync);
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "VerifyFailed")
+    );
+    assert!(message.contains("not signed"), "{message}");
+    assert!(
+        sync.data["status"]["conditions"]
+            .as_array()
+            .is_some_and(|cs| cs
+                .iter()
+                .any(|c| c["type"] == "Stalled" && c["status"] == "True")),
+        "{}",
+        sync.data["status"]
+    );
+    assert!(deployments.get_opt("web").await.expect("get").is_none());
+    // A commit signed by the trusted key is applied.
+    let repo = work[2].path();
+    git(repo, &["remote", "add", "origin", &http.url("signed.git")]);
+    let push = |repo: &Path| {
+        let url = http
+            .url("signed.git")
+            .replace("https://", "https://deploy:t0ken-4f9a@");
+        let out = Command::new("git")
+            .args(["push", "-q", &url, "main"])
+            .current_dir(repo)
+            .env("GIT_SSL_CAINFO", &ca)
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .output()
+            .expect("git push");
+        assert!(
+            out.status.success(),
+            "git push: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let commit_signed = |repo: &Path, key: &Path, message: &str| {
+        git(
+            repo,
+            &[
+                "-c",
+                "gpg.format=ssh",
+                "-c",
+                &format!("user.signingkey={}", key.display()),
+                "commit",
+                "-q",
+                "-S",
+                "--allow-empty",
+                "-m",
+                message,
+            ],
+        );
+    };
+    commit_signed(repo, &key_file, "signed release");
+    push(repo);
+    let signed = head(repo);
+    let out = run();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sync = api.get("signed").await.expect("get");
+    assert_eq!(sync.data["status"]["lastAppliedRevision"], signed.as_str());
+    assert!(
+        !sync.data["status"]["conditions"]
+            .as_array()
+            .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Stalled")),
+        "{}",
+        sync.data["status"]
+    );
+    let web_generation = deployments
+        .get("web")
+        .await
+        .expect("web")
+        .metadata
+        .generation;
+    // A commit signed by another key, changing the web Deployment: refused, the cluster unchanged.
+    let (other_key, _) = ssh_keypair(home.path());
+    let other_file = home.path().join("other-key");
+    write_private(&other_file, &other_key);
+    let values = repo.join("values.yaml");
+    let text = std::fs::read_to_string(&values).expect("values");
+    std::fs::write(&values, text.replacen("replicas: 1", "replicas: 4", 1)).expect("write");
+    git(repo, &["add", "-A"]);
+    commit_signed(repo, &other_file, "not trusted");
+    push(repo);
+    let out = run();
+    assert_eq!(out.status.code(), Some(1));
+    let sync = api.get("signed").await.expect("get");
+    let (status, reason, message) = ready(&sync);
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "VerifyFailed")
+    );
+    assert!(message.contains("not in the allowed signers"), "{message}");
+    assert_eq!(sync.data["status"]["lastAppliedRevision"], signed.as_str());
+    assert_eq!(
+        deployments
+            .get("web")
+            .await
+            .expect("web")
+            .metadata
+            .generation,
+        web_generation,
+        "a refused commit changes nothing"
+    );
+}
+
+/// A one-ConfigMap project rendering into `namespace`, as a Git repository.
+fn tiny_repo(namespace: &str) -> tempfile::TempDir {
+    let repo = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(repo.path().join("templates")).expect("mkdir");
+    std::fs::write(
+        repo.path().join("lockstep.yaml"),
+        format!("project: tiny\nenvironments:\n  dev: {{namespace: {namespace}}}\n"),
+    )
+    .expect("write");
+    std::fs::write(
+        repo.path().join("templates/settings.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {mode: one}\n",
+    )
+    .expect("write");
+    git(repo.path(), &["init", "-q", "-b", "main"]);
+    git(repo.path(), &["add", "-A"]);
+    git(repo.path(), &["commit", "-q", "-m", "tiny"]);
+    repo
+}
+
+#[tokio::test]
+async fn a_sync_with_a_service_account_can_do_only_what_that_account_may() {
+    let cluster = need!("control plane", support::cluster());
+    let client = cluster.admin().await;
+    let creds = tempfile::tempdir().expect("tempdir");
+    let controller_kubeconfig = install_controller(&cluster, &client, creds.path()).await;
+    let sync_ns = cluster.namespace(&client, "tenant-syncs").await;
+    let target = cluster.namespace(&client, "tenant-apps").await;
+    let repo = tiny_repo(&target);
+    let home = tempfile::tempdir().expect("tempdir");
+    let cache = home.path().join("git-cache");
+    // The tenant's ServiceAccount may manage ConfigMaps in its own namespace and nothing else.
+    let sa: k8s_openapi::api::core::v1::ServiceAccount = serde_json::from_value(
+        serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "tenant"}}),
+    )
+    .expect("sa");
+    Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), &sync_ns)
+        .create(&Default::default(), &sa)
+        .await
+        .expect("create sa");
+    let role: k8s_openapi::api::rbac::v1::Role = serde_json::from_value(serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": {"name": "tenant-admin"},
+        "rules": [{"apiGroups": [""], "resources": ["configmaps"],
+                   "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]}]
+    }))
+    .expect("role");
+    Api::<k8s_openapi::api::rbac::v1::Role>::namespaced(client.clone(), &target)
+        .create(&Default::default(), &role)
+        .await
+        .expect("create role");
+    let binding: k8s_openapi::api::rbac::v1::RoleBinding =
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": "tenant-admin"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "tenant-admin"},
+            "subjects": [{"kind": "ServiceAccount", "name": "tenant", "namespace": sync_ns}]
+        }))
+        .expect("binding");
+    Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(client.clone(), &target)
+        .create(&Default::default(), &binding)
+        .await
+        .expect("create binding");
+    // RBAC takes effect asynchronously: wait until the API server agrees.
+    let reviews: Api<k8s_openapi::api::authorization::v1::SubjectAccessReview> =
+        Api::all(client.clone());
+    let review: k8s_openapi::api::authorization::v1::SubjectAccessReview =
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+            "spec": {
+                "user": format!("system:serviceaccount:{sync_ns}:tenant"),
+                "resourceAttributes": {"verb": "patch", "resource": "configmaps", "namespace": target}
+            }
+        }))
+        .expect("review");
+    wait_for("the tenant's RoleBinding", async || {
+        reviews
+            .create(&Default::default(), &review)
+            .await
+            .is_ok_and(|r| r.status.is_some_and(|s| s.allowed))
+    })
+    .await;
+    let api = syncs(&client, &sync_ns);
+    create_sync(
+        &api,
+        "tiny",
+        serde_json::json!({
+            "source": {"url": format!("file://{}", repo.path().display())},
+            "environment": "dev",
+            "serviceAccountName": "tenant"
+        }),
+    )
+    .await;
+    let out = controller(&controller_kubeconfig, &sync_ns, &cache, home.path());
+    assert!(
+        out.status.success(),
+        "{}\n{:?}",
+        String::from_utf8_lossy(&out.stderr),
+        ready(&api.get("tiny").await.expect("get"))
+    );
+    let config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(client.clone(), &target);
+    let settings = config_maps.get("settings").await.expect("applied");
+    // The object was written by the impersonated ServiceAccount, as field manager lockstep.
+    assert!(
+        settings
+            .metadata
+            .managed_fields
+            .unwrap_or_default()
+            .iter()
+            .any(|m| m.manager.as_deref() == Some("lockstep")),
+    );
+
+    // A commit reaching into another namespace: refused by the API server for that account, with
+    // verb, resource and namespace named; nothing changes.
+    std::fs::write(
+        repo.path().join("templates/settings.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {mode: two}\n",
+    )
+    .expect("write");
+    std::fs::write(
+        repo.path().join("templates/escape.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: escape, namespace: default}\ndata: {x: y}\n",
+    )
+    .expect("write");
+    git(repo.path(), &["add", "-A"]);
+    git(repo.path(), &["commit", "-q", "-m", "escape"]);
+    let out = controller(&controller_kubeconfig, &sync_ns, &cache, home.path());
+    assert_eq!(out.status.code(), Some(1));
+    let (status, reason, message) = ready(&api.get("tiny").await.expect("get"));
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "ValidationFailed"),
+        "{message}"
+    );
+    assert!(
+        message.contains("forbidden")
+            && message.contains(&format!("system:serviceaccount:{sync_ns}:tenant"))
+            && message.contains("configmaps")
+            && message.contains("\"default\""),
+        "{message}"
+    );
+    assert_eq!(
+        config_maps
+            .get("settings")
+            .await
+            .expect("cm")
+            .data
+            .unwrap_or_default()["mode"],
+        "one",
+        "nothing was applied"
+    );
+    let defaults: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(client.clone(), "default");
+    assert!(defaults.get_opt("escape").await.expect("get").is_none());
+}
+
+/// The controller's log so far.
+fn log_of(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+fn start_replica(
+    kubeconfig: &Path,
+    ns: &str,
+    lease: &str,
+    identity: &str,
+    port: u16,
+    home: &Path,
+) -> Running {
+    let log = std::fs::File::create(home.join(format!("{identity}.log"))).expect("log file");
+    Running(
+        Command::new(BIN)
+            .args([
+                "controller",
+                "--leader-elect",
+                "--lease-namespace",
+                "lockstep-system",
+            ])
+            .args([
+                "--lease-name",
+                lease,
+                "--identity",
+                identity,
+                "--poll",
+                "1s",
+                "-n",
+                ns,
+            ])
+            .args(["--kubeconfig", &kubeconfig.to_string_lossy()])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--cache", &home.join(identity).to_string_lossy()])
+            .env("HOME", home)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start a replica"),
+    )
+}
+
+fn metric(port: u16, name: &str) -> f64 {
+    let (_, text) = http(port, "GET", "/metrics", &[], b"");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn two_replicas_only_the_leader_syncs_and_a_stopped_leader_hands_over() {
+    let cluster = need!("control plane", support::cluster());
+    let client = cluster.admin().await;
+    let creds = tempfile::tempdir().expect("tempdir");
+    let controller_kubeconfig = install_controller(&cluster, &client, creds.path()).await;
+    let sync_ns = cluster.namespace(&client, "replicas").await;
+    let target = cluster.namespace(&client, "replicas-apps").await;
+    let repo = tiny_repo(&target);
+    let home = tempfile::tempdir().expect("tempdir");
+    put_secret(&client, &sync_ns, "hook", "token", "hook-s3cret").await;
+    let api = syncs(&client, &sync_ns);
+    create_sync(
+        &api,
+        "tiny",
+        serde_json::json!({
+            "source": {"url": format!("file://{}", repo.path().display())},
+            "environment": "dev",
+            "interval": "1h",
+            "webhook": {"secretRef": {"name": "hook"}}
+        }),
+    )
+    .await;
+    let lease = format!("test-{}", std::process::id());
+    let ports = [free_port(), free_port()];
+    let mut replicas = vec![
+        Some(start_replica(
+            &controller_kubeconfig,
+            &sync_ns,
+            &lease,
+            "replica-a",
+            ports[0],
+            home.path(),
+        )),
+        Some(start_replica(
+            &controller_kubeconfig,
+            &sync_ns,
+            &lease,
+            "replica-b",
+            ports[1],
+            home.path(),
+        )),
+    ];
+    let first = head(repo.path());
+    wait_for("the first sync", async || {
+        api.get("tiny")
+            .await
+            .is_ok_and(|s| s.data["status"]["lastAppliedRevision"] == first.as_str())
+    })
+    .await;
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), "lockstep-system");
+    let holder = leases
+        .get(&lease)
+        .await
+        .expect("lease")
+        .spec
+        .unwrap_or_default()
+        .holder_identity;
+    let leader = match holder.as_deref() {
+        Some("replica-a") => 0,
+        Some("replica-b") => 1,
+        other => panic!("unexpected holder {other:?}"),
+    };
+    let follower = 1 - leader;
+    let success = "lockstep_syncs_total{result=\"success\"}";
+    assert_eq!(metric(ports[leader], success), 1.0);
+    assert_eq!(
+        metric(ports[follower], success),
+        0.0,
+        "the follower never syncs"
+    );
+
+    // A webhook that reaches the follower is handed to the leader.
+    std::fs::write(
+        repo.path().join("templates/settings.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {mode: two}\n",
+    )
+    .expect("write");
+    git(repo.path(), &["commit", "-q", "-am", "two"]);
+    let second = head(repo.path());
+    let body = br#"{}"#;
+    let signature = {
+        use hmac::Mac as _;
+        let mut mac = hmac::Hmac::<sha2_10::Sha256>::new_from_slice(b"hook-s3cret").expect("key");
+        mac.update(body);
+        format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    };
+    let (code, _) = http(
+        ports[follower],
+        "POST",
+        &format!("/hook/{sync_ns}/tiny"),
+        &[("X-Hub-Signature-256", &signature)],
+        body,
+    );
+    assert_eq!(code, 202);
+    wait_for("the hooked sync", async || {
+        api.get("tiny")
+            .await
+            .is_ok_and(|s| s.data["status"]["lastAppliedRevision"] == second.as_str())
+    })
+    .await;
+    assert_eq!(
+        metric(ports[follower], success),
+        0.0,
+        "the follower still never syncs"
+    );
+
+    // SIGTERM: the leader finishes, gives the Lease up and exits 0; the follower takes over.
+    let mut stopping = replicas[leader].take().expect("leader");
+    let child = &mut stopping.0;
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let status = child.wait().expect("wait");
+    let names = ["replica-a", "replica-b"];
+    let leader_log = log_of(&home.path().join(format!("{}.log", names[leader])));
+    assert!(status.success(), "{status:?}\n{leader_log}");
+    assert!(leader_log.contains("stopped"), "{leader_log}");
+    std::fs::write(
+        repo.path().join("templates/settings.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {mode: three}\n",
+    )
+    .expect("write");
+    git(repo.path(), &["commit", "-q", "-am", "three"]);
+    let third = head(repo.path());
+    // The new leader starts its term with a sync of every Sync.
+    wait_for("the new leader's sync", async || {
+        api.get("tiny")
+            .await
+            .is_ok_and(|s| s.data["status"]["lastAppliedRevision"] == third.as_str())
+    })
+    .await;
+    let holder = leases
+        .get(&lease)
+        .await
+        .expect("lease")
+        .spec
+        .unwrap_or_default()
+        .holder_identity;
+    assert_eq!(holder.as_deref(), Some(names[follower]));
+    assert!(metric(ports[follower], success) >= 1.0);
+    drop(replicas);
+}

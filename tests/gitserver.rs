@@ -1,5 +1,6 @@
 //! The loopback Git servers of the test harness, checked with the real `git` CLI: clone and push over
-//! smart HTTP (with and without Basic auth, protocol v0 and v2, chunked pushes) and clone over SSH.
+//! smart HTTP and HTTPS (with and without Basic auth, protocol v0 and v2, chunked pushes) and clone
+//! over SSH.
 
 mod support;
 
@@ -24,6 +25,16 @@ fn git_env(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
         .env("GIT_AUTHOR_EMAIL", "test@example.com")
         .env("GIT_COMMITTER_NAME", "Test")
         .env("GIT_COMMITTER_EMAIL", "test@example.com");
+    // Trust only what a test hands over explicitly.
+    for var in [
+        "GIT_SSL_NO_VERIFY",
+        "GIT_SSL_CAINFO",
+        "GIT_SSL_CAPATH",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+    ] {
+        cmd.env_remove(var);
+    }
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -86,7 +97,7 @@ fn spoke_v2(out: &Output) -> bool {
 }
 
 fn with_credentials(url: &str, user: &str, password: &str) -> String {
-    url.replacen("http://", &format!("http://{user}:{password}@"), 1)
+    url.replacen("://", &format!("://{user}:{password}@"), 1)
 }
 
 #[test]
@@ -352,4 +363,157 @@ fn ssh_clone_and_push() {
         "{}",
         server.log()
     );
+}
+
+#[test]
+fn https_clone_and_push_with_basic_auth() {
+    let fx = Fixture::new();
+    let server = GitHttp::start_tls(&fx.served(), Some(("deploy", "s3cret")));
+    let url = server.url("shop.git");
+    assert!(
+        url.starts_with(&format!("https://127.0.0.1:{}/", server.port()))
+            && url.ends_with("/shop.git"),
+        "{url}"
+    );
+    let ca = server.ca_file().expect("an HTTPS server has a CA file");
+    assert!(
+        std::fs::read_to_string(ca)
+            .unwrap()
+            .starts_with("-----BEGIN CERTIFICATE-----")
+    );
+    let ca_info = format!("http.sslCAInfo={}", ca.display());
+    let right = with_credentials(&url, "deploy", "s3cret");
+
+    // Without the CA the handshake fails before any request is answered.
+    let out = git_env(&fx.work(), &[], &["clone", "-q", &right, "untrusted"]);
+    assert!(!out.status.success(), "a clone without the CA must fail");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.to_ascii_lowercase().contains("certificate"),
+        "{stderr}"
+    );
+    assert_eq!(server.request_count(), 0, "{:#?}", server.requests());
+
+    for (name, url) in [
+        ("anonymous", url.clone()),
+        ("wrong", with_credentials(&url, "deploy", "nope")),
+    ] {
+        let out = git_env(
+            &fx.work(),
+            &[],
+            &["-c", &ca_info, "clone", "-q", &url, name],
+        );
+        assert!(!out.status.success(), "{name} clone must fail");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("Authentication failed") || stderr.contains("could not read"),
+            "{name}: {stderr}"
+        );
+    }
+    let requests = server.requests();
+    assert!(!requests.is_empty() && requests.iter().all(|r| r.status == 401));
+    server.clear_requests();
+
+    // The right credentials, with the CA from the configuration and then from the environment.
+    for version in ["0", "2"] {
+        let dest = format!("v{version}");
+        let proto = format!("protocol.version={version}");
+        let out = git_env(
+            &fx.work(),
+            &[("GIT_TRACE_PACKET", "1")],
+            &["-c", &ca_info, "-c", &proto, "clone", "-q", &right, &dest],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(spoke_v2(&out), version == "2");
+        assert_eq!(
+            git(&fx.work().join(&dest), &["rev-parse", "HEAD"]),
+            fx.head()
+        );
+    }
+    let ca_env = [("GIT_SSL_CAINFO", ca.to_str().unwrap())];
+    let out = git_env(&fx.work(), &ca_env, &["clone", "-q", &right, "env"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let clone = fx.work().join("env");
+    std::fs::write(clone.join("app.yaml"), "replicas: 4\n").unwrap();
+    git(&clone, &["commit", "-q", "-am", "four replicas"]);
+    let out = git_env(&clone, &ca_env, &["push", "-q", "origin", "main"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fx.head(), git(&clone, &["rev-parse", "HEAD"]));
+    let requests = server.requests();
+    assert!(
+        requests.iter().any(|r| r.method == "POST"
+            && r.path == "/shop.git/git-receive-pack"
+            && r.status == 200),
+        "{requests:#?}"
+    );
+}
+
+/// What a rustls client that trusts only `ca` (through the webpki verifier, as
+/// rustls-platform-verifier does on Linux) gets for `GET /shop.git/info/refs` from `server_name`.
+fn rustls_get_refs(server: &GitHttp, ca: &Path, server_name: &str, auth: &str) -> String {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    use std::io::{Read as _, Write as _};
+    use std::sync::Arc;
+
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = ServerName::try_from(server_name.to_string()).unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", server.port())).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let encoded = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, auth);
+    write!(
+        tls,
+        "GET /shop.git/info/refs?service=git-upload-pack HTTP/1.1\r\nHost: {server_name}\r\n\
+         Authorization: Basic {encoded}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = Vec::new();
+    tls.read_to_end(&mut answer)
+        .expect("the server ends the TLS stream with close_notify");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[test]
+fn https_certificate_satisfies_webpki() {
+    let fx = Fixture::new();
+    let server = GitHttp::start_tls(&fx.served(), Some(("deploy", "s3cret")));
+    let ca = server.ca_file().unwrap();
+    for name in ["127.0.0.1", "localhost"] {
+        let answer = rustls_get_refs(&server, ca, name, "deploy:s3cret");
+        assert!(
+            answer.starts_with("HTTP/1.1 200 OK\r\n"),
+            "{name}: {answer}"
+        );
+        assert!(answer.contains("refs/heads/main"), "{name}: {answer}");
+    }
+    let answer = rustls_get_refs(&server, ca, "127.0.0.1", "deploy:nope");
+    assert!(answer.starts_with("HTTP/1.1 401 "), "{answer}");
+
+    // A plain-HTTP server has no CA and keeps its http:// URL.
+    let plain = GitHttp::start(&fx.served(), None);
+    assert!(plain.ca_file().is_none());
+    assert!(plain.url("shop.git").starts_with("http://127.0.0.1:"));
 }

@@ -166,7 +166,7 @@ impl fmt::Display for Refusal {
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
     /// Talking to the cluster failed.
-    #[error("cluster: {0}")]
+    #[error("cluster: {}", reason(.0))]
     Kube(#[from] kube::Error),
     /// A kind the cluster does not serve and no CRD in the set defines.
     #[error("{0}")]
@@ -195,6 +195,27 @@ pub enum ApplyError {
     /// A CRD did not become Established in time.
     #[error("CustomResourceDefinition {0} was not Established within the timeout")]
     CrdTimeout(String),
+}
+
+/// API requests made by clients from [`counting_client`] in this process.
+static REQUESTS: std::sync::LazyLock<std::sync::Arc<std::sync::atomic::AtomicUsize>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// How many API requests this process has made (for `--output json` and the controller's metrics).
+pub fn requests_made() -> usize {
+    REQUESTS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A client for `config` that counts its requests in [`requests_made`].
+pub fn counting_client(config: kube::Config) -> Result<Client, kube::Error> {
+    let counter = REQUESTS.clone();
+    let count = tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        req
+    });
+    Ok(kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&count)
+        .build())
 }
 
 /// Parses `90s`, `5m`, `1h` or plain seconds.
@@ -480,6 +501,41 @@ async fn send(
         .await
 }
 
+/// Like [`send`] when the response is not needed: asks for Protobuf (far cheaper for the API server
+/// to encode than JSON; custom resources fall back to JSON) and discards the body. On failure the
+/// request is repeated with JSON, so the error carries the server's message (server-side apply is
+/// idempotent).
+async fn send_quiet(client: &Client, item: &Item<'_>, pp: &PatchParams) -> Result<(), kube::Error> {
+    use kube::Resource as _;
+    let ns = if item.target.namespaced {
+        item.obj.id.namespace.as_deref()
+    } else {
+        None
+    };
+    let url = DynamicObject::url_path(&item.target.ar, ns);
+    let mut req = kube::core::Request::new(url)
+        .patch(
+            &item.obj.id.name,
+            pp,
+            &Patch::Apply(Redacted(item.body.expose())),
+        )
+        .map_err(kube::Error::BuildRequest)?;
+    req.headers_mut().insert(
+        http::header::ACCEPT,
+        http::HeaderValue::from_static(
+            "application/vnd.kubernetes.protobuf;q=1, application/json;q=0.9",
+        ),
+    );
+    let response = client.send(req.map(kube::client::Body::from)).await?;
+    let ok = response.status().is_success();
+    let _ = response.into_body().collect_bytes().await;
+    if ok {
+        Ok(())
+    } else {
+        send(client, item, pp).await.map(|_| ())
+    }
+}
+
 async fn dry_run(client: &Client, item: &Item<'_>, pp: &PatchParams) -> Checked {
     match send(client, item, pp).await {
         Ok(o) => match serde_json::to_value(&o) {
@@ -514,7 +570,10 @@ async fn validate(
 }
 
 async fn dry_run_all(client: &Client, items: &[&Item<'_>], opts: &Options) -> Vec<Checked> {
-    let mut pp = PatchParams::apply(FIELD_MANAGER).dry_run();
+    // Strict: an unknown or duplicated field is an error naming it, as `kubectl apply` does.
+    let mut pp = PatchParams::apply(FIELD_MANAGER)
+        .dry_run()
+        .validation(kube::api::ValidationDirective::Strict);
     if opts.force_conflicts {
         pp = pp.force();
     }
@@ -552,6 +611,8 @@ async fn live_objects(
             Ok(l) => l,
             // A namespace or CRD that does not exist yet has nothing live.
             Err(e) if status_code(&e) == Some(404) => continue,
+            // Not allowed to list: the dry run of each object reports what is forbidden, per object.
+            Err(e) if status_code(&e) == Some(403) => continue,
             Err(e) => return Err(e.into()),
         };
         for o in list.items {
@@ -760,7 +821,9 @@ pub async fn apply(
     }
 
     let mut summary = Summary::default();
-    let mut pp = PatchParams::apply(FIELD_MANAGER);
+    // The dry run checked every field (strictly); the write itself need not check again.
+    let mut pp =
+        PatchParams::apply(FIELD_MANAGER).validation(kube::api::ValidationDirective::Ignore);
     if opts.force_conflicts {
         pp = pp.force();
     }
@@ -838,8 +901,8 @@ pub async fn apply(
                             }),
                         );
                     }
-                    match send(client, item, pp).await {
-                        Ok(_) => (
+                    match send_quiet(client, item, pp).await {
+                        Ok(()) => (
                             i,
                             Ok(if existed {
                                 Action::Configured

@@ -130,23 +130,12 @@ pub async fn config(args: &ClusterArgs) -> Result<kube::Config, Failure> {
 
 /// A client for `config`, counting its requests.
 pub fn client_for(config: kube::Config) -> Result<kube::Client, Failure> {
-    let counter = REQUESTS.clone();
-    let count = tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
-        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        req
-    });
-    Ok(kube::client::ClientBuilder::try_from(config)
-        .map_err(|e| Failure::new(FAILED, format!("cluster connection: {e}")))?
-        .with_layer(&count)
-        .build())
+    apply::counting_client(config)
+        .map_err(|e| Failure::new(FAILED, format!("cluster connection: {e}")))
 }
 
-/// API requests this process made (reported by `--output json`, for comparisons with kubectl).
-static REQUESTS: std::sync::LazyLock<std::sync::Arc<std::sync::atomic::AtomicUsize>> =
-    std::sync::LazyLock::new(Default::default);
-
 fn requests_made() -> usize {
-    REQUESTS.load(std::sync::atomic::Ordering::Relaxed)
+    apply::requests_made()
 }
 
 fn decrypt_failure(dir: &Path, e: &DecryptError, searched: &[String]) -> Failure {

@@ -346,7 +346,7 @@ impl Access {
             "serviceAccountName needs the controller's cluster configuration".to_string()
         })?;
         config.auth_info.impersonate = Some(format!("system:serviceaccount:{ns}:{sa}"));
-        Client::try_from(config).map_err(|e| format!("impersonating {ns}/{sa}: {e}"))
+        apply::counting_client(config).map_err(|e| format!("impersonating {ns}/{sa}: {e}"))
     }
 }
 

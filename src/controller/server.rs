@@ -179,6 +179,14 @@ impl Hub {
             "lockstep_drift_corrections_total {}\n",
             m.drift_corrections
         ));
+        out.push_str(
+            "# HELP lockstep_api_requests_total Kubernetes API requests this process made.\n",
+        );
+        out.push_str("# TYPE lockstep_api_requests_total counter\n");
+        out.push_str(&format!(
+            "lockstep_api_requests_total {}\n",
+            crate::apply::requests_made()
+        ));
         out.push_str("# HELP lockstep_objects_managed Objects in a Sync's applied set.\n");
         out.push_str("# TYPE lockstep_objects_managed gauge\n");
         for ((ns, name), (objects, _)) in &m.syncs {

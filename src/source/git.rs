@@ -138,6 +138,21 @@ fn err(what: &str, e: impl std::fmt::Display) -> GitError {
     GitError(format!("{what}: {e}"))
 }
 
+/// Like [`err`], with the error's causes (the transport's own words are usually in a source).
+fn err_chain(what: &str, e: &(dyn std::error::Error + 'static)) -> GitError {
+    let mut text = format!("{what}: {e}");
+    let mut source = e.source();
+    while let Some(s) = source {
+        let line = s.to_string();
+        if !text.ends_with(&line) {
+            text.push_str(": ");
+            text.push_str(&line);
+        }
+        source = s.source();
+    }
+    GitError(text)
+}
+
 /// Fetches `url` at `rev` into `cache` (replaced on every call; only the one commit for a branch or
 /// tag, shallow) and reads the project under `path`.
 pub fn fetch(
@@ -208,7 +223,7 @@ pub fn fetch(
     let interrupt = AtomicBool::new(false);
     let (repo, _outcome) = prepare
         .fetch_only(gix::progress::Discard, &interrupt)
-        .map_err(|e| err(&format!("fetching {url}"), e))?;
+        .map_err(|e| err_chain(&format!("fetching {url}"), &e))?;
     let commit = match rev {
         Revision::Commit(id) => {
             let oid = gix::ObjectId::from_hex(id.as_bytes())

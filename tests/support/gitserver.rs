@@ -1,10 +1,11 @@
-//! Real Git servers on loopback for integration tests: [`GitHttp`] (smart HTTP through the real
-//! `git http-backend` CGI, optionally behind Basic auth) and [`GitSsh`] (a real OpenSSH `sshd` running
-//! as the current user). Both serve the bare repositories under a directory and stop when dropped.
+//! Real Git servers on loopback for integration tests: [`GitHttp`] (smart HTTP or HTTPS through the
+//! real `git http-backend` CGI, optionally behind Basic auth) and [`GitSsh`] (a real OpenSSH `sshd`
+//! running as the current user). Both serve the bare repositories under a directory and stop when
+//! dropped.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -15,6 +16,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use base64::Engine as _;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ServerConfig, ServerConnection, StreamOwned};
 
 // -------------------------------------------------------------------------------------------- HTTP
 
@@ -39,14 +43,17 @@ struct HttpShared {
     stop: AtomicBool,
     log: Mutex<Vec<Request>>,
     conns: Mutex<HashMap<u64, TcpStream>>,
+    tls: Option<Arc<ServerConfig>>,
 }
 
 /// A smart-HTTP Git server on `127.0.0.1` serving the bare repositories under a directory through the
-/// real `git http-backend` (protocol v0, v1 and v2; fetch and push). Stops when dropped.
+/// real `git http-backend` (protocol v0, v1 and v2; fetch and push), over plain HTTP or over TLS with
+/// a throwaway CA. Stops when dropped.
 pub struct GitHttp {
     addr: SocketAddr,
     shared: Arc<HttpShared>,
     acceptor: Option<JoinHandle<()>>,
+    tls: Option<TestPki>,
 }
 
 impl GitHttp {
@@ -55,6 +62,21 @@ impl GitHttp {
     ///
     /// Pushing needs `http.receivepack = true` in the bare repository.
     pub fn start(root: &Path, auth: Option<(&str, &str)>) -> GitHttp {
+        GitHttp::launch(root, auth, None)
+    }
+
+    /// Like [`GitHttp::start`], but over HTTPS: the server presents a certificate for `127.0.0.1` and
+    /// `localhost` signed by a fresh CA, whose certificate [`GitHttp::ca_file`] names. Needs the
+    /// `openssl` CLI.
+    pub fn start_tls(root: &Path, auth: Option<(&str, &str)>) -> GitHttp {
+        let pki = TestPki::generate();
+        let config = pki.server_config();
+        let mut server = GitHttp::launch(root, auth, Some(config));
+        server.tls = Some(pki);
+        server
+    }
+
+    fn launch(root: &Path, auth: Option<(&str, &str)>, tls: Option<Arc<ServerConfig>>) -> GitHttp {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local_addr");
         let shared = Arc::new(HttpShared {
@@ -63,6 +85,7 @@ impl GitHttp {
             stop: AtomicBool::new(false),
             log: Mutex::new(Vec::new()),
             conns: Mutex::new(HashMap::new()),
+            tls,
         });
         let acceptor = {
             let shared = Arc::clone(&shared);
@@ -72,12 +95,22 @@ impl GitHttp {
             addr,
             shared,
             acceptor: Some(acceptor),
+            tls: None,
         }
     }
 
-    /// URL of repository `repo` (a path under the root, e.g. `shop.git`).
+    /// URL of repository `repo` (a path under the root, e.g. `shop.git`):
+    /// `http://127.0.0.1:PORT/shop.git`, or `https://…` for a server from [`GitHttp::start_tls`].
     pub fn url(&self, repo: &str) -> String {
-        format!("http://{}/{}", self.addr, repo.trim_start_matches('/'))
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}/{}", self.addr, repo.trim_start_matches('/'))
+    }
+
+    /// The PEM file of the CA certificate that signed the server's certificate (for `SSL_CERT_FILE`,
+    /// `GIT_SSL_CAINFO` or `git -c http.sslCAInfo=…`); `None` for a plain-HTTP server. It lives as
+    /// long as the server.
+    pub fn ca_file(&self) -> Option<&Path> {
+        self.tls.as_ref().map(|pki| pki.ca.as_path())
     }
 
     /// The port the server listens on.
@@ -128,10 +161,25 @@ fn accept_loop(listener: TcpListener, shared: Arc<HttpShared>) {
         }
         let shared = Arc::clone(&shared);
         std::thread::spawn(move || {
-            let _ = serve_connection(conn, &shared);
+            let _ = handle_connection(conn, &shared);
             shared.conns.lock().unwrap().remove(&id);
         });
     }
+}
+
+/// Serves one accepted connection, in clear or behind a TLS handshake.
+fn handle_connection(conn: TcpStream, shared: &HttpShared) -> std::io::Result<()> {
+    conn.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let peer = conn.peer_addr()?;
+    let Some(config) = &shared.tls else {
+        let mut conn = conn;
+        return serve_connection(&mut conn, peer, shared);
+    };
+    let tls = ServerConnection::new(Arc::clone(config)).map_err(std::io::Error::other)?;
+    let mut stream = StreamOwned::new(tls, conn);
+    serve_connection(&mut stream, peer, shared)?;
+    stream.conn.send_close_notify();
+    stream.flush()
 }
 
 /// A parsed HTTP/1.x request with its body fully read (chunked bodies decoded).
@@ -153,12 +201,14 @@ impl HttpRequest {
     }
 }
 
-fn serve_connection(conn: TcpStream, shared: &HttpShared) -> std::io::Result<()> {
-    conn.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let peer = conn.peer_addr()?;
-    let mut writer = conn.try_clone()?;
-    let mut reader = BufReader::new(conn);
-    while let Some(req) = read_request(&mut reader, &mut writer)? {
+/// Answers the requests of one connection until the client closes it or asks to.
+fn serve_connection<S: Read + Write>(
+    stream: &mut S,
+    peer: SocketAddr,
+    shared: &HttpShared,
+) -> std::io::Result<()> {
+    let mut reader = BufReader::new(stream);
+    while let Some(req) = read_request(&mut reader)? {
         let (status, headers, body) = answer(&req, peer, shared);
         shared.log.lock().unwrap().push(Request {
             method: req.method.clone(),
@@ -176,6 +226,7 @@ fn serve_connection(conn: TcpStream, shared: &HttpShared) -> std::io::Result<()>
             head.push_str("Connection: close\r\n");
         }
         head.push_str("\r\n");
+        let writer = reader.get_mut();
         writer.write_all(head.as_bytes())?;
         writer.write_all(&body)?;
         writer.flush()?;
@@ -198,10 +249,10 @@ fn bad(what: &str) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string())
 }
 
-/// Reads one request; `None` when the client closed the connection between requests.
-fn read_request(
-    reader: &mut impl BufRead,
-    writer: &mut impl Write,
+/// Reads one request; `None` when the client closed the connection between requests. Answers
+/// `Expect: 100-continue` on the same stream.
+fn read_request<S: Read + Write>(
+    reader: &mut BufReader<S>,
 ) -> std::io::Result<Option<HttpRequest>> {
     let line = match read_line(reader)? {
         None => return Ok(None),
@@ -245,6 +296,7 @@ fn read_request(
         .header("Expect")
         .is_some_and(|e| e.eq_ignore_ascii_case("100-continue"))
     {
+        let writer = reader.get_mut();
         writer.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
         writer.flush()?;
     }
@@ -446,6 +498,95 @@ fn reason(status: u16) -> &'static str {
         500 => "Internal Server Error",
         _ => "Status",
     }
+}
+
+// --------------------------------------------------------------------------------------------- TLS
+
+/// A throwaway CA and a server certificate it signed for `127.0.0.1` and `localhost`, as PEM files in
+/// a temporary directory that lives as long as this value.
+struct TestPki {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl TestPki {
+    /// Generates the CA (P-256, `CA:TRUE`, `keyCertSign`) and the server certificate (a distinct
+    /// end-entity certificate: `CA:FALSE`, `serverAuth`) with the `openssl` CLI.
+    fn generate() -> TestPki {
+        let dir = tempfile::tempdir().expect("tempdir for the test CA");
+        let d = dir.path();
+        const EC: &str = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2";
+        openssl(
+            d,
+            &format!(
+                "req -x509 {EC} -subj /CN=lockstep-test-ca -keyout ca.key -out ca.pem \
+                 -addext basicConstraints=critical,CA:TRUE \
+                 -addext keyUsage=critical,keyCertSign,cRLSign \
+                 -addext subjectKeyIdentifier=hash"
+            ),
+        );
+        openssl(
+            d,
+            &format!("req -new {EC} -subj /CN=127.0.0.1 -keyout server.key -out server.csr"),
+        );
+        std::fs::write(
+            d.join("server.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\n\
+             basicConstraints=critical,CA:FALSE\n\
+             keyUsage=critical,digitalSignature\n\
+             extendedKeyUsage=serverAuth\n\
+             subjectKeyIdentifier=hash\n\
+             authorityKeyIdentifier=keyid\n",
+        )
+        .expect("write server.ext");
+        openssl(
+            d,
+            "x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -sha256 \
+             -extfile server.ext -out server.pem",
+        );
+        TestPki {
+            ca: d.join("ca.pem"),
+            cert: d.join("server.pem"),
+            key: d.join("server.key"),
+            _dir: dir,
+        }
+    }
+
+    /// A rustls server configuration (aws-lc-rs, TLS 1.2 and 1.3, ALPN `http/1.1`) presenting the
+    /// server certificate.
+    fn server_config(&self) -> Arc<ServerConfig> {
+        let chain = CertificateDer::pem_file_iter(&self.cert)
+            .expect("open server certificate PEM")
+            .collect::<Result<Vec<_>, _>>()
+            .expect("parse server certificate PEM");
+        let key = PrivateKeyDer::from_pem_file(&self.key).expect("parse server key PEM");
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS protocol versions")
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .expect("server certificate and key");
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(config)
+    }
+}
+
+/// Runs `openssl` in `dir` with the whitespace-separated `args`; panics with its stderr when it fails.
+fn openssl(dir: &Path, args: &str) {
+    let out = Command::new("openssl")
+        .args(args.split_whitespace())
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run openssl (is the openssl CLI installed?)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 // --------------------------------------------------------------------------------------------- SSH
