@@ -141,6 +141,40 @@ fn controller(kubeconfig: &Path, ns: &str, cache: &Path, home: &Path) -> Output 
     )
 }
 
+/// `Kind/name` → version (resourceVersion, or generation for workloads) of the shop's objects in `ns`.
+async fn versions(client: &kube::Client, ns: &str) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    for (group, version, kind, plural) in [
+        ("", "v1", "ConfigMap", "configmaps"),
+        ("", "v1", "Secret", "secrets"),
+        ("", "v1", "Service", "services"),
+        ("apps", "v1", "Deployment", "deployments"),
+        ("apps", "v1", "StatefulSet", "statefulsets"),
+        ("networking.k8s.io", "v1", "Ingress", "ingresses"),
+        ("shop.example.com", "v1", "Backup", "backups"),
+    ] {
+        let ar =
+            ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
+        for o in api.list(&Default::default()).await.expect("list").items {
+            let name = o.metadata.name.clone().unwrap_or_default();
+            // Objects of other writers (the token controller, the inventory) are not the shop's.
+            if name.starts_with("kube-root-ca") || name.starts_with("lockstep-inventory") {
+                continue;
+            }
+            // Workloads' status moves on its own (the fake node runs their pods): compare the
+            // generation, which only a spec change moves; everything else by resourceVersion.
+            let version = if group == "apps" {
+                format!("generation {:?}", o.metadata.generation)
+            } else {
+                o.metadata.resource_version.clone().unwrap_or_default()
+            };
+            out.insert(format!("{kind}/{name}"), version);
+        }
+    }
+    out
+}
+
 fn ready(sync: &DynamicObject) -> (String, String, String) {
     let c = sync.data["status"]["conditions"]
         .as_array()
@@ -208,6 +242,27 @@ async fn a_sync_converges_refuses_a_broken_commit_prunes_and_names_a_wrong_key()
         .expect("shop-app applied");
     let session = app.data.expect("data")["SESSION_KEY"].0.clone();
     let session = String::from_utf8(session).expect("utf-8");
+    // A commit that changes one value: only the object that uses it is written.
+    let before = versions(&client, &target).await;
+    let dev_values = repo.path().join("environments/dev/values.yaml");
+    let text = std::fs::read_to_string(&dev_values).expect("values");
+    std::fs::write(&dev_values, text.replace("shop.dev.", "shop2.dev.")).expect("write");
+    git(repo.path(), &["commit", "-q", "-am", "new host"]);
+    let out = controller(&controller_kubeconfig, &sync_ns, &cache, home.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = versions(&client, &target).await;
+    let changed: Vec<&String> = before
+        .iter()
+        .filter(|(k, v)| after.get(*k) != Some(v))
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(changed, ["Ingress/web"], "only the Ingress uses the host");
+    let first = head(repo.path());
+
     // A hand edit is corrected on the next sync (driftMode: correct is the default)…
     let config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
         Api::namespaced(client.clone(), &target);
@@ -356,6 +411,49 @@ async fn a_sync_converges_refuses_a_broken_commit_prunes_and_names_a_wrong_key()
     assert_eq!(
         sync.data["status"]["lastAppliedRevision"],
         head(repo.path()).as_str()
+    );
+
+    // A tampered secrets file (one ciphertext changed): DecryptFailed, the cluster as it was.
+    let before = versions(&client, &target).await;
+    let secrets_file = repo.path().join("environments/dev/secrets.yaml");
+    let text = std::fs::read_to_string(&secrets_file).expect("secrets");
+    let at = text.find("ENC[AES256_GCM,data:").expect("a value") + "ENC[AES256_GCM,data:".len();
+    let mut bytes = text.into_bytes();
+    bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
+    std::fs::write(&secrets_file, bytes).expect("write");
+    git(repo.path(), &["commit", "-q", "-am", "tampered"]);
+    let out = controller(&controller_kubeconfig, &sync_ns, &cache, home.path());
+    assert_eq!(out.status.code(), Some(1));
+    let (status, reason, message) = ready(&api.get("shop").await.expect("get"));
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "DecryptFailed"),
+        "{message}"
+    );
+    assert!(
+        message.contains("environments/dev/secrets.yaml"),
+        "{message}"
+    );
+    assert_eq!(
+        versions(&client, &target).await,
+        before,
+        "nothing written or pruned"
+    );
+    git(repo.path(), &["revert", "--no-edit", "HEAD"]);
+    // A missing decryption Secret is named.
+    Api::<Secret>::namespaced(client.clone(), &sync_ns)
+        .delete("age-key", &Default::default())
+        .await
+        .expect("delete");
+    let out = controller(&controller_kubeconfig, &sync_ns, &cache, home.path());
+    assert_eq!(out.status.code(), Some(1));
+    let (_, reason, message) = ready(&api.get("shop").await.expect("get"));
+    assert_eq!(reason, "DecryptFailed");
+    assert!(
+        message.contains(&format!(
+            "decryption Secret {sync_ns}/age-key does not exist"
+        )),
+        "{message}"
     );
 
     // A decryption Secret holding another key: DecryptFailed naming recipients and identities.
@@ -515,7 +613,7 @@ async fn the_loop_syncs_new_syncs_at_once_waits_for_the_interval_and_obeys_locks
             .args(["--cache", &home.path().join("cache").to_string_lossy()])
             .env("HOME", home.path())
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(std::fs::File::create(home.path().join("controller.log")).expect("log"))
             .spawn()
             .expect("start the controller"),
     );
@@ -631,6 +729,106 @@ async fn the_loop_syncs_new_syncs_at_once_waits_for_the_interval_and_obeys_locks
             .is_ok_and(|s| s.data["status"]["lastAppliedRevision"] == third.as_str())
     })
     .await;
+
+    // The decrypted values are nowhere in the metrics, the log, the status or the cache on disk.
+    let shop_secrets: Api<Secret> = Api::namespaced(client.clone(), &target);
+    let app = shop_secrets.get("shop-app").await.expect("shop-app");
+    let (_, metrics) = http(port, "GET", "/metrics", &[], b"");
+    let log = log_of(&home.path().join("controller.log"));
+    assert!(log.contains("ready"), "{log}");
+    let status = api.get("shop").await.expect("get").data["status"].to_string();
+    let files = support::files_under(home.path());
+    for (key, value) in app.data.unwrap_or_default() {
+        let value = String::from_utf8(value.0).expect("utf-8");
+        assert!(!metrics.contains(&value), "{key} in the metrics");
+        assert!(!log.contains(&value), "{key} in the log");
+        assert!(!status.contains(&value), "{key} in the status");
+        for file in &files {
+            let bytes = std::fs::read(file).unwrap_or_default();
+            assert!(
+                !bytes.windows(value.len()).any(|w| w == value.as_bytes()),
+                "{key} on disk: {}",
+                file.display()
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_loop_corrects_a_hand_edit_within_one_interval() {
+    let cluster = need!("control plane", support::cluster());
+    let client = cluster.admin().await;
+    let creds = tempfile::tempdir().expect("tempdir");
+    let controller_kubeconfig = install_controller(&cluster, &client, creds.path()).await;
+    let sync_ns = cluster.namespace(&client, "drift").await;
+    let target = cluster.namespace(&client, "drift-apps").await;
+    let repo = tiny_repo(&target);
+    let home = tempfile::tempdir().expect("tempdir");
+    let api = syncs(&client, &sync_ns);
+    create_sync(
+        &api,
+        "tiny",
+        serde_json::json!({
+            "source": {"url": format!("file://{}", repo.path().display())},
+            "environment": "dev",
+            "interval": "3s"
+        }),
+    )
+    .await;
+    let port = free_port();
+    let _controller = Running(
+        Command::new(BIN)
+            .args(["controller", "--poll", "1s", "-n", &sync_ns])
+            .args(["--kubeconfig", &controller_kubeconfig.to_string_lossy()])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--cache", &home.path().join("cache").to_string_lossy()])
+            .env("HOME", home.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the controller"),
+    );
+    let config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(client.clone(), &target);
+    let mode = async || {
+        config_maps
+            .get_opt("settings")
+            .await
+            .ok()
+            .flatten()
+            .and_then(|c| c.data)
+            .and_then(|d| d.get("mode").cloned())
+    };
+    wait_for("the first sync", async || {
+        mode().await.as_deref() == Some("one")
+    })
+    .await;
+    config_maps
+        .patch(
+            "settings",
+            &PatchParams::apply("kubectl-edit").force(),
+            &Patch::Apply(serde_json::json!({
+                "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings"},
+                "data": {"mode": "by hand"}
+            })),
+        )
+        .await
+        .expect("hand edit");
+    assert_eq!(mode().await.as_deref(), Some("by hand"));
+    let edited = std::time::Instant::now();
+    wait_for("the correction", async || {
+        mode().await.as_deref() == Some("one")
+    })
+    .await;
+    assert!(
+        edited.elapsed() < std::time::Duration::from_millis(3300 + 1000 + 1500),
+        "corrected after {:?}: more than one interval (3 s ± 10 %) plus a poll",
+        edited.elapsed()
+    );
+    assert!(
+        metric(port, "lockstep_drift_corrections_total") >= 1.0,
+        "the correction is counted"
+    );
 }
 
 /// Writes `text` to a new file readable only by its owner (ssh refuses keys others can read).
