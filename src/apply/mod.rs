@@ -414,15 +414,59 @@ fn untouched(body: &Json, digest: &str, live: Option<&SecretJson>) -> bool {
 }
 
 /// Discovery plus what the set's own CRDs define.
+/// How long a process reuses the API server's discovery (a long-running controller would otherwise
+/// fetch it on every sync); a kind it does not know triggers a fresh look at once.
+const DISCOVERY_TTL: Duration = Duration::from_secs(60);
+
+static DISCOVERY: std::sync::Mutex<Option<(std::time::Instant, std::sync::Arc<Discovery>)>> =
+    std::sync::Mutex::new(None);
+
+/// The cluster's discovery: the cached one when fresh enough (`true`), else fetched now.
+async fn discovery(
+    client: &Client,
+    fresh: bool,
+) -> Result<(std::sync::Arc<Discovery>, bool), ApplyError> {
+    if !fresh
+        && let Ok(guard) = DISCOVERY.lock()
+        && let Some((at, d)) = guard.as_ref()
+        && at.elapsed() < DISCOVERY_TTL
+    {
+        return Ok((d.clone(), true));
+    }
+    Ok((discovery_now(client).await?, false))
+}
+
+async fn discovery_now(client: &Client) -> Result<std::sync::Arc<Discovery>, ApplyError> {
+    let d = std::sync::Arc::new(Discovery::new(client.clone()).run_aggregated().await?);
+    if let Ok(mut guard) = DISCOVERY.lock() {
+        *guard = Some((std::time::Instant::now(), d.clone()));
+    }
+    Ok(d)
+}
+
 struct Resolver {
-    discovery: Discovery,
+    discovery: std::sync::Arc<Discovery>,
     /// (group, kind) → (plural, namespaced) from CRDs in the set.
     from_crds: HashMap<(String, String), (String, bool)>,
 }
 
 impl Resolver {
     async fn new(client: &Client, set: &ApplySet) -> Result<Resolver, ApplyError> {
-        let discovery = Discovery::new(client.clone()).run_aggregated().await?;
+        let (discovery, cached) = discovery(client, false).await?;
+        let mut resolver = Resolver::with(discovery, set);
+        // A kind that appeared since the cached discovery: look again before calling it unknown.
+        if cached
+            && set
+                .objects
+                .iter()
+                .any(|o| resolver.resolve(&o.api_version, &o.id).is_none())
+        {
+            resolver.discovery = discovery_now(client).await?;
+        }
+        Ok(resolver)
+    }
+
+    fn with(discovery: std::sync::Arc<Discovery>, set: &ApplySet) -> Resolver {
         let mut from_crds = HashMap::new();
         for o in &set.objects {
             if o.id.kind == "CustomResourceDefinition" {
@@ -437,10 +481,10 @@ impl Resolver {
                 }
             }
         }
-        Ok(Resolver {
+        Resolver {
             discovery,
             from_crds,
-        })
+        }
     }
 
     /// The target of a kind; `deferred` when only a CRD of the set defines it (not served yet).
@@ -745,26 +789,36 @@ pub async fn apply(
             "namespaces",
         ),
     );
-    // A client that may not list namespaces (a namespace-bound ServiceAccount) cannot create them
-    // either: then every namespace the set uses must already exist, and nothing is deferred.
-    let existing_ns: Option<BTreeSet<String>> =
-        match ns_api.list_metadata(&ListParams::default()).await {
-            Ok(list) => Some(
-                list.items
-                    .into_iter()
-                    .filter_map(|n| n.metadata.name)
-                    .collect(),
-            ),
-            Err(e) if status_code(&e) == Some(403) => None,
+    // One GET per namespace the set uses. A client that may not read a namespace (a
+    // namespace-bound ServiceAccount) cannot create it either: it must exist, nothing is deferred.
+    let used: BTreeSet<String> = items
+        .iter()
+        .filter(|i| i.target.namespaced)
+        .filter_map(|i| i.obj.id.namespace.clone())
+        .collect();
+    let lookups = used.iter().map(|ns| {
+        let ns_api = &ns_api;
+        async move { (ns.clone(), ns_api.get_metadata_opt(ns).await) }
+    });
+    let mut missing_ns: BTreeSet<String> = BTreeSet::new();
+    for (ns, found) in stream::iter(lookups)
+        .buffer_unordered(opts.concurrency.max(1))
+        .collect::<Vec<_>>()
+        .await
+    {
+        match found {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                missing_ns.insert(ns);
+            }
+            Err(e) if status_code(&e) == Some(403) => {}
             Err(e) => return Err(e.into()),
-        };
+        }
+    }
     for item in items.iter_mut() {
-        let Some(existing_ns) = &existing_ns else {
-            break;
-        };
         if item.target.namespaced
             && let Some(ns) = &item.obj.id.namespace
-            && !existing_ns.contains(ns)
+            && missing_ns.contains(ns)
         {
             item.deferred = true;
         }
