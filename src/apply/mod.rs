@@ -628,6 +628,9 @@ async fn dry_run_all(client: &Client, items: &[&Item<'_>], opts: &Options) -> Ve
         .await
 }
 
+/// Objects per page when listing live objects.
+const LIST_PAGE: u32 = 500;
+
 /// Lists the live objects of the set's resources that carry our labels, by (resource, ns, name).
 async fn live_objects(
     client: &Client,
@@ -649,20 +652,45 @@ async fn live_objects(
             .or_insert_with(|| i.target.clone());
     }
     let mut live = HashMap::new();
-    let lp = ListParams::default().labels(sel);
     for ((key, ns), target) in groups {
-        let list = match api(client, &target, ns.as_deref()).list(&lp).await {
-            Ok(l) => l,
-            // A namespace or CRD that does not exist yet has nothing live.
-            Err(e) if status_code(&e) == Some(404) => continue,
-            // Not allowed to list: the dry run of each object reports what is forbidden, per object.
-            Err(e) if status_code(&e) == Some(403) => continue,
-            Err(e) => return Err(e.into()),
-        };
-        for o in list.items {
-            let name = o.metadata.name.clone().unwrap_or_default();
-            let v = SecretJson::wrap(serde_json::to_value(&o).unwrap_or(Json::Null));
-            live.insert((key.clone(), ns.clone(), name), v);
+        use kube::Resource as _;
+        let url = DynamicObject::url_path(&target.ar, ns.as_deref());
+        let mut lp = ListParams::default().labels(sel).limit(LIST_PAGE);
+        loop {
+            let req = kube::core::Request::new(&url)
+                .list(&lp)
+                .map_err(kube::Error::BuildRequest)?;
+            // Read as plain JSON (no typed copy), one page at a time.
+            let mut page: Json = match client.request::<Json>(req).await {
+                Ok(p) => p,
+                // A namespace or CRD that does not exist yet has nothing live.
+                Err(e) if status_code(&e) == Some(404) => break,
+                // Not allowed to list: the dry run of each object reports what is forbidden.
+                Err(e) if status_code(&e) == Some(403) => break,
+                Err(e) => return Err(e.into()),
+            };
+            let next = page["metadata"]["continue"]
+                .as_str()
+                .filter(|c| !c.is_empty())
+                .map(str::to_string);
+            if let Some(items) = page.get_mut("items").and_then(Json::as_array_mut) {
+                for mut o in items.drain(..) {
+                    // Field ownership is the server's business; it is the bulk of a live object.
+                    if let Some(meta) = o.get_mut("metadata").and_then(Json::as_object_mut) {
+                        meta.remove("managedFields");
+                    }
+                    let name = o["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string();
+                    live.insert((key.clone(), ns.clone(), name), SecretJson::wrap(o));
+                }
+            }
+            drop(SecretJson::wrap(page));
+            match next {
+                Some(token) => lp.continue_token = Some(token),
+                None => break,
+            }
         }
     }
     Ok(live)
