@@ -528,6 +528,8 @@ struct Item<'a> {
     digest: String,
     /// The live object is what was last applied: no request needed.
     untouched: bool,
+    /// The object exists in the cluster (so its dry-run result is compared with it).
+    live: bool,
 }
 
 /// Server-side applies one item with `pp` (a dry run when `pp` says so).
@@ -622,10 +624,21 @@ async fn dry_run_all(client: &Client, items: &[&Item<'_>], opts: &Options) -> Ve
         pp = pp.force();
     }
     let pp = &pp;
-    stream::iter(items.iter().map(|item| dry_run(client, item, pp)))
-        .buffered(opts.concurrency.max(1))
-        .collect()
-        .await
+    // A new object's dry-run result is only shown by a diff; otherwise success is all that counts.
+    let keep = |item: &Item<'_>| opts.dry_run || item.live;
+    stream::iter(items.iter().map(|item| async move {
+        if keep(item) {
+            dry_run(client, item, pp).await
+        } else {
+            match send_quiet(client, item, pp).await {
+                Ok(()) => Checked::Accepted(SecretJson::wrap(Json::Null)),
+                Err(e) => Checked::Refused(reason(&e)),
+            }
+        }
+    }))
+    .buffered(opts.concurrency.max(1))
+    .collect()
+    .await
 }
 
 /// Objects per page when listing live objects.
@@ -797,6 +810,7 @@ pub async fn apply(
                     body,
                     digest,
                     untouched: false,
+                    live: false,
                 });
             }
             None => unknown.push(format!(
@@ -881,6 +895,7 @@ pub async fn apply(
     for item in items.iter_mut() {
         let key = live_key(item);
         item.untouched = untouched(item.body.expose(), &item.digest, live.get(&key));
+        item.live = live.contains_key(&key);
     }
 
     // Validate: dry-run everything else that can be checked now.
