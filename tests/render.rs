@@ -715,3 +715,77 @@ fn shop_example_secrets_are_encrypted_and_open_with_the_demo_key_in_real_sops() 
         assert!(out.status.success(), "{file}: {}", stderr(&out));
     }
 }
+
+#[test]
+fn install_renders_a_locked_down_controller_and_impersonate_drops_its_apply_rights() {
+    let run = |args: &[&str]| {
+        let home = tempfile::tempdir().expect("tempdir");
+        support::run_isolated(Path::new(BIN), args, &[], home.path())
+    };
+    let out = run(&["install"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let docs: Vec<yaml_serde::Value> = text
+        .split("\n---\n")
+        .map(|d| yaml_serde::from_str(d.trim_start_matches("---\n")).expect("yaml"))
+        .collect();
+    let find = |kind: &str, name: &str| {
+        docs.iter()
+            .find(|d| {
+                d["kind"].as_str() == Some(kind) && d["metadata"]["name"].as_str() == Some(name)
+            })
+            .unwrap_or_else(|| panic!("{kind} {name} in:\n{text}"))
+            .clone()
+    };
+    find("CustomResourceDefinition", "syncs.lockstep.dev");
+    find("Namespace", "lockstep-system");
+    find("ServiceAccount", "lockstep-controller");
+    find("ClusterRoleBinding", "lockstep-controller-apply");
+    let deployment = find("Deployment", "lockstep-controller");
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"].as_bool(), Some(true));
+    let container = &pod["containers"][0];
+    assert_eq!(
+        container["securityContext"]["readOnlyRootFilesystem"].as_bool(),
+        Some(true)
+    );
+    assert!(
+        container["resources"]["requests"]["memory"]
+            .as_str()
+            .is_some()
+    );
+    assert_eq!(
+        container["image"].as_str(),
+        Some(
+            format!(
+                "ghcr.io/lockstep-dev/lockstep:{}",
+                env!("CARGO_PKG_VERSION")
+            )
+            .as_str()
+        ),
+        "the image defaults to the binary's version"
+    );
+    assert!(text.contains("--leader-elect"));
+    // The controller's own role reads Secrets but never lists or writes them.
+    let role = find("ClusterRole", "lockstep-controller");
+    let secrets = role["rules"]
+        .as_sequence()
+        .expect("rules")
+        .iter()
+        .find(|r| r["resources"][0].as_str() == Some("secrets"))
+        .expect("a secrets rule");
+    assert_eq!(secrets["verbs"].as_sequence().map(Vec::len), Some(1));
+
+    let out = run(&[
+        "install",
+        "--set",
+        "applyAs=impersonate",
+        "--set",
+        "image.tag=9.9.9",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stdout(&out).contains("lockstep-controller-apply"));
+    assert!(stdout(&out).contains("lockstep:9.9.9"));
+    let out = run(&["install", "--set", "applyAs=root"]);
+    fails_with(&out, &["applyAs must be cluster-admin or impersonate"]);
+}
