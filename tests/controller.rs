@@ -1351,8 +1351,9 @@ fn start_replica(
                 lease,
                 "--identity",
                 identity,
+                // A long poll: a new Sync, a requested sync and a new term wake the loop at once.
                 "--poll",
-                "1s",
+                "60s",
                 "-n",
                 ns,
             ])

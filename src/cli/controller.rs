@@ -158,6 +158,14 @@ async fn serve(
         hub.set_leading(true);
         None
     };
+    let watch = {
+        let hub = hub.clone();
+        let client = access.client.clone();
+        let namespace = args.namespace.clone();
+        tokio::spawn(async move {
+            crate::controller::watch_triggers(client, namespace, &hub).await;
+        })
+    };
     let opts = crate::controller::LoopOptions {
         namespace: args.namespace.clone(),
         poll: args.poll,
@@ -173,6 +181,7 @@ async fn serve(
         let _ = e.await;
     }
     signals.abort();
+    watch.abort();
     server.abort();
     let _ = writeln!(stderr, "lockstep controller: stopped");
     Ok(())

@@ -963,6 +963,40 @@ pub async fn run_loop(
     }
 }
 
+/// Wakes the loop at once when a Sync is created, its spec changes or a sync is requested
+/// (annotation), instead of at the next poll; runs until `hub` is stopped. Status writes do not
+/// wake it.
+pub async fn watch_triggers(client: Client, namespace: Option<String>, hub: &server::Hub) {
+    use kube::runtime::{WatchStreamExt, watcher};
+    let api: Api<Sync> = match &namespace {
+        Some(ns) => Api::namespaced(client, ns),
+        None => Api::all(client),
+    };
+    let mut seen: HashMap<String, (Option<i64>, Option<String>)> = HashMap::new();
+    let events = watcher(api, watcher::Config::default()).default_backoff();
+    let mut events = std::pin::pin!(events);
+    while !hub.is_stopping() {
+        let next = tokio::select! {
+            e = events.next() => e,
+            _ = hub.sleep_unless_stopped(Duration::from_secs(3600)) => continue,
+        };
+        match next {
+            Some(Ok(watcher::Event::Apply(sync) | watcher::Event::InitApply(sync))) => {
+                let key = sync.metadata.uid.clone().unwrap_or_else(|| sync.name_any());
+                let now = (sync.metadata.generation, requested(&sync));
+                if seen.insert(key, now.clone()) != Some(now) {
+                    hub.wake();
+                }
+            }
+            Some(Ok(watcher::Event::Delete(sync))) => {
+                seen.remove(&sync.metadata.uid.clone().unwrap_or_else(|| sync.name_any()));
+            }
+            Some(_) => {}
+            None => break,
+        }
+    }
+}
+
 /// Keeps `hub`'s leadership flag current by competing for the Lease every
 /// [`leader::RENEW_EVERY`] until `hub` is stopped, then gives the Lease up. Leadership counts as
 /// lost when the Lease could not be renewed for [`leader::LEASE_DURATION`] minus one renewal
