@@ -72,6 +72,29 @@ pub struct Options {
     pub dry_run: bool,
     /// A revision to record in the inventory (a Git commit, or empty).
     pub revision: String,
+    /// Asked before every write step (each stage, kind, the prune and the inventory); when it says
+    /// no, the apply stops with [`ApplyError::Interrupted`] and prunes nothing. The controller
+    /// uses it to stop writing the moment it no longer holds its Lease.
+    pub gate: Option<Gate>,
+}
+
+/// A check that writing may go on (see [`Options::gate`]).
+#[derive(Clone)]
+pub struct Gate(pub std::sync::Arc<dyn Fn() -> bool + Send + Sync>);
+
+impl fmt::Debug for Gate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Gate")
+    }
+}
+
+impl Options {
+    fn may_write(&self) -> Result<(), ApplyError> {
+        match &self.gate {
+            Some(Gate(open)) if !open() => Err(ApplyError::Interrupted),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl Default for Options {
@@ -86,6 +109,7 @@ impl Default for Options {
             concurrency: 16,
             dry_run: false,
             revision: String::new(),
+            gate: None,
         }
     }
 }
@@ -168,6 +192,11 @@ pub enum ApplyError {
     /// Talking to the cluster failed.
     #[error("cluster: {}", reason(.0))]
     Kube(#[from] kube::Error),
+    /// [`Options::gate`] closed: the apply stopped between steps; nothing was pruned.
+    #[error(
+        "stopped before finishing: this process may no longer write (another replica holds the Lease); nothing was pruned"
+    )]
+    Interrupted,
     /// A kind the cluster does not serve and no CRD in the set defines.
     #[error("{0}")]
     UnknownKind(String),
@@ -228,13 +257,20 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .parse()
         .map_err(|_| format!("{s:?}: expected a duration such as 90s, 5m or 1h"))?;
     let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
+        "s" => Some(n),
+        "m" => n.checked_mul(60),
+        "h" => n.checked_mul(3600),
         _ => return Err(format!("{s:?}: units are s, m or h")),
     };
-    Ok(Duration::from_secs(secs))
+    match secs {
+        Some(secs) if secs <= MAX_DURATION.as_secs() => Ok(Duration::from_secs(secs)),
+        _ => Err(format!("{s:?}: at most {}h", MAX_DURATION.as_secs() / 3600)),
+    }
 }
+
+/// The longest duration [`parse_duration`] accepts (30 days): intervals and timeouts beyond it are
+/// mistakes, and would overflow clock arithmetic further on.
+pub const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// A JSON body whose `Debug` never shows its content (kube requires `Debug` on patch bodies).
 struct Redacted<'a>(&'a Json);
@@ -972,6 +1008,9 @@ pub async fn apply(
                 .push(i);
         }
         for (_, group) in by_rank {
+            if !opts.dry_run {
+                opts.may_write()?;
+            }
             let work = group.iter().map(|&i| {
                 let item = &items[i];
                 let unchanged = item.untouched
@@ -1062,12 +1101,18 @@ pub async fn apply(
     }
 
     // Prune (only after everything applied), newest kinds first.
+    if !opts.dry_run {
+        opts.may_write()?;
+    }
     let mut kept_in_inventory: Vec<InventoryEntry> = Vec::new();
     if !stale.is_empty() {
         progress(&Event::Stage("prune".into(), stale.len()));
         let mut order = stale.clone();
         order.sort_by_key(|e| std::cmp::Reverse(kind_rank(&e.kind)));
         for entry in order {
+            if !opts.dry_run {
+                opts.may_write()?;
+            }
             let (action, note, keep) = if !opts.prune {
                 (Action::Kept, Some("pruning is off".to_string()), true)
             } else {
@@ -1085,6 +1130,9 @@ pub async fn apply(
     }
 
     // Record the new inventory.
+    if !opts.dry_run {
+        opts.may_write()?;
+    }
     if !opts.dry_run {
         let mut entries: BTreeSet<InventoryEntry> = current;
         entries.extend(kept_in_inventory);
@@ -1149,6 +1197,25 @@ mod tests {
         );
         assert_eq!(o["metadata"]["labels"]["lockstep.dev/project"], "shop");
         assert_eq!(o["metadata"]["labels"]["lockstep.dev/environment"], "dev");
+    }
+
+    #[test]
+    fn durations_parse_with_units_and_refuse_what_would_overflow() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
+        assert!(parse_duration("720h").is_ok());
+        for bad in [
+            "721h",
+            "18446744073709551615s",
+            "18446744073709551615h",
+            "5d",
+            "m",
+            "",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -309,6 +309,7 @@ pub fn run_apply(
         concurrency: args.pipeline.concurrency,
         dry_run: false,
         revision: git_revision(&args.pipeline.render.dir),
+        gate: None,
     };
     let rt = runtime()?;
     let (summary, what) = rt.block_on(pipeline(&args.pipeline, opts, env, stderr))?;

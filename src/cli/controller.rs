@@ -76,7 +76,7 @@ pub fn run(
         let client = super::apply::client_for(config.clone())?;
         let access = crate::controller::Access::new(client.clone(), Some(config));
         if !args.once {
-            return serve(args, &access, &cache, stderr).await;
+            return serve(args, access, &cache, stderr).await;
         }
         match crate::controller::reconcile_all(&access, args.namespace.as_deref(), &cache).await {
             Ok((ok, 0)) => {
@@ -99,7 +99,7 @@ pub fn run(
 /// Ctrl+C, finishes the reconciles in flight, gives up the Lease and returns.
 async fn serve(
     args: &ControllerArgs,
-    access: &crate::controller::Access,
+    mut access: crate::controller::Access,
     cache: &std::path::Path,
     stderr: &mut dyn Write,
 ) -> Result<(), Failure> {
@@ -149,11 +149,14 @@ async fn serve(
             &args.lease_name,
             &identity,
         );
-        let hub = hub.clone();
-        Some(tokio::spawn(async move {
+        let election_hub = hub.clone();
+        let election = tokio::spawn(async move {
             let mut log = |line: &str| eprintln!("lockstep controller: {line}");
-            crate::controller::run_election(elector, &hub, &mut log).await;
-        }))
+            crate::controller::run_election(elector, &election_hub, &mut log).await;
+        });
+        let gate_hub = hub.clone();
+        access = access.with_gate(move || gate_hub.is_leading());
+        Some(election)
     } else {
         hub.set_leading(true);
         None
@@ -175,7 +178,7 @@ async fn serve(
         let mut log = |line: &str| {
             let _ = writeln!(stderr, "lockstep controller: {line}");
         };
-        crate::controller::run_loop(access, &opts, cache, &hub, &mut log).await;
+        crate::controller::run_loop(&access, &opts, cache, &hub, &mut log).await;
     }
     if let Some(e) = election {
         let _ = e.await;

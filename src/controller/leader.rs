@@ -3,7 +3,10 @@
 //! when the holder stops renewing.
 //!
 //! Every change of the Lease is a replace with the `resourceVersion` that was read, so when two
-//! replicas race for an expired Lease the API server lets exactly one of them win.
+//! replicas race for an expired Lease the API server lets exactly one of them win. Expiry is judged
+//! on this replica's monotonic clock (as client-go does): a Lease counts as expired when its
+//! `resourceVersion` has not changed for `leaseDurationSeconds` since this replica first saw it, so
+//! clocks that disagree between machines cannot make a live Lease look expired.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,6 +30,8 @@ pub struct Elector {
     name: String,
     identity: String,
     leading: Arc<AtomicBool>,
+    /// The Lease's last seen `resourceVersion`, and when this replica first saw it.
+    observed: Arc<std::sync::Mutex<Option<(String, std::time::Instant)>>>,
 }
 
 /// What a round of [`Elector::try_acquire`] found.
@@ -50,6 +55,7 @@ impl Elector {
             name: name.to_string(),
             identity: identity.to_string(),
             leading: Arc::new(AtomicBool::new(false)),
+            observed: Arc::new(std::sync::Mutex::new(None)),
         }
     }
 
@@ -98,12 +104,19 @@ impl Elector {
                         .unwrap_or(LEASE_DURATION.as_secs() as i32)
                         .max(1) as u64,
                 );
-                let expired = match &current.renew_time {
-                    Some(MicroTime(t)) => {
-                        jiff::Timestamp::now().duration_since(*t).unsigned_abs() > duration
-                    }
-                    None => true,
+                let version = lease.metadata.resource_version.clone().unwrap_or_default();
+                let seen_at = match self.observed.lock() {
+                    Ok(mut o) => match o.as_ref() {
+                        Some((v, at)) if *v == version => *at,
+                        _ => {
+                            let now = std::time::Instant::now();
+                            *o = Some((version, now));
+                            now
+                        }
+                    },
+                    Err(_) => std::time::Instant::now(),
                 };
+                let expired = current.renew_time.is_none() || seen_at.elapsed() > duration;
                 let transitions = current.lease_transitions.unwrap_or(0);
                 if holder == self.identity {
                     lease.spec = Some(spec(transitions, current.acquire_time.clone()));

@@ -46,6 +46,7 @@ pub struct SyncSpec {
     pub environment: String,
     /// How often to sync (e.g. `5m`); default 5m.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+[smh]?$"))]
     pub interval: Option<String>,
     /// Delete objects that left the set (default true).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -67,9 +68,11 @@ pub struct SyncSpec {
     /// After a failure, retry after this long (e.g. `30s`); default: 5s doubling with each failure,
     /// up to the interval.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+[smh]?$"))]
     pub retry_interval: Option<String>,
     /// How long the fetch and the health wait may take (e.g. `3m`); default: the interval.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+[smh]?$"))]
     pub timeout: Option<String>,
     /// Wait until the applied objects are healthy before reporting Ready (default false: Ready
     /// once applied, as Flux's `wait`).
@@ -329,12 +332,31 @@ pub struct Access {
     /// The controller's own client.
     pub client: Client,
     config: Option<kube::Config>,
+    gate: Option<apply::Gate>,
 }
 
 impl Access {
     /// Access with `client`; `config` (the client's configuration) enables `serviceAccountName`.
     pub fn new(client: Client, config: Option<kube::Config>) -> Access {
-        Access { client, config }
+        Access {
+            client,
+            config,
+            gate: None,
+        }
+    }
+
+    /// The same access, writing only while `may_write` says so (leadership): a reconcile checks
+    /// it before it starts, between apply steps and before writing the status.
+    pub fn with_gate(
+        mut self,
+        may_write: impl Fn() -> bool + Send + std::marker::Sync + 'static,
+    ) -> Access {
+        self.gate = Some(apply::Gate(std::sync::Arc::new(may_write)));
+        self
+    }
+
+    fn may_write(&self) -> bool {
+        self.gate.as_ref().is_none_or(|apply::Gate(open)| open())
     }
 
     /// The client a Sync applies with.
@@ -524,6 +546,7 @@ async fn run_pipeline(access: &Access, sync: &Sync, cache: &Path) -> Outcome {
         // GitOps: Git wins over hand edits, including fields another manager took over.
         force_conflicts: true,
         dry_run: warn_only,
+        gate: access.gate.clone(),
         ..Options::default()
     };
     if warn_only {
@@ -688,6 +711,11 @@ pub async fn reconcile(access: &Access, sync: &Sync, cache: &Path) -> Result<Rep
         }
     };
     let suspended = sync.spec.suspend == Some(true);
+    if !access.may_write() {
+        return Err(kube::Error::Service(
+            "this replica may no longer write (it does not hold the Lease)".into(),
+        ));
+    }
     if !suspended {
         let mut status = previous.clone();
         status
@@ -774,7 +802,10 @@ pub async fn reconcile(access: &Access, sync: &Sync, cache: &Path) -> Result<Rep
             0
         },
     };
-    write(status).await?;
+    // A replica that lost the Lease mid-sync leaves the status to the new leader.
+    if access.may_write() {
+        write(status).await?;
+    }
     Ok(report)
 }
 
@@ -856,10 +887,10 @@ pub struct LoopOptions {
     pub concurrency: usize,
 }
 
-/// Runs until `hub` is stopped: every `poll` (or at once when the webhook asks), while this replica
-/// leads, lists the Syncs and reconciles those that are [`due`] or requested, up to
-/// `concurrency` at a time; records each outcome in `hub`. A reconcile in flight when the stop
-/// comes is finished first.
+/// Runs until `hub` is stopped: every `poll` (or at once when woken), while this replica leads,
+/// lists the Syncs and reconciles those that are [`due`] or requested, up to `concurrency` at a
+/// time; records each outcome in `hub`. After a stop, no new reconcile starts; those in flight
+/// finish (they stop writing by themselves if leadership lapses), then the hub is marked drained.
 pub async fn run_loop(
     access: &Access,
     opts: &LoopOptions,
@@ -904,15 +935,22 @@ pub async fn run_loop(
                         hooked || due(sync, schedules.get(&key), now)
                     })
                     .collect();
-                let done: Vec<(Sync, Result<Report, kube::Error>)> = stream::iter(due)
+                // Each reconcile starts only while this replica leads and is not stopping.
+                let done: Vec<(Sync, Option<Result<Report, kube::Error>>)> = stream::iter(due)
                     .map(|sync| async move {
+                        if hub.is_stopping() || !hub.is_leading() {
+                            return (sync, None);
+                        }
                         let result = reconcile(access, &sync, cache).await;
-                        (sync, result)
+                        (sync, Some(result))
                     })
                     .buffer_unordered(opts.concurrency.max(1))
                     .collect()
                     .await;
                 for (sync, result) in done {
+                    let Some(result) = result else {
+                        continue;
+                    };
                     let key = sync.metadata.uid.clone().unwrap_or_else(|| sync.name_any());
                     let ns = sync.namespace().unwrap_or_default();
                     let name = format!("{ns}/{}", sync.name_any());
@@ -961,6 +999,7 @@ pub async fn run_loop(
         }
         hub.wait(opts.poll).await;
     }
+    hub.mark_drained();
 }
 
 /// Wakes the loop at once when a Sync is created, its spec changes or a sync is requested
@@ -997,43 +1036,39 @@ pub async fn watch_triggers(client: Client, namespace: Option<String>, hub: &ser
     }
 }
 
-/// Keeps `hub`'s leadership flag current by competing for the Lease every
-/// [`leader::RENEW_EVERY`] until `hub` is stopped, then gives the Lease up. Leadership counts as
-/// lost when the Lease could not be renewed for [`leader::LEASE_DURATION`] minus one renewal
-/// period (before another replica may take it over).
+/// Keeps `hub`'s leadership current by competing for the Lease every [`leader::RENEW_EVERY`]
+/// until the loop has drained after a stop, then gives the Lease up. Each successful round makes
+/// this replica the leader until [`leader::LEASE_DURATION`] minus one renewal period after the
+/// round *began* (on the local monotonic clock), so leadership lapses by itself — before another
+/// replica may take the Lease — when renewals fail or hang (each round times out after one period).
 pub async fn run_election(
     elector: leader::Elector,
     hub: &server::Hub,
     log: &mut (dyn FnMut(&str) + Send),
 ) {
-    let mut last_renewal: Option<Instant> = None;
-    while !hub.is_stopping() {
-        match elector.try_acquire().await {
-            Ok(leader::Round::Leading) => {
-                last_renewal = Some(Instant::now());
-                if !hub.is_leading() {
-                    hub.set_leading(true);
+    let valid_for = leader::LEASE_DURATION.saturating_sub(leader::RENEW_EVERY);
+    loop {
+        if hub.is_drained() || (hub.is_stopping() && !hub.is_leading()) {
+            break;
+        }
+        let began = Instant::now();
+        match tokio::time::timeout(leader::RENEW_EVERY, elector.try_acquire()).await {
+            Ok(Ok(leader::Round::Leading)) => {
+                let was = hub.is_leading();
+                hub.lead_until(Some(began + valid_for));
+                if !was {
                     hub.wake();
                 }
             }
-            Ok(leader::Round::Following(_)) => {
-                last_renewal = None;
-                hub.set_leading(false);
-            }
-            Err(e) => {
-                log(&format!("renewing the Lease: {}", apply::reason(&e)));
-                let valid = last_renewal.is_some_and(|t| {
-                    t.elapsed() < leader::LEASE_DURATION.saturating_sub(leader::RENEW_EVERY)
-                });
-                if !valid {
-                    hub.set_leading(false);
-                }
-            }
+            Ok(Ok(leader::Round::Following(_))) => hub.lead_until(None),
+            Ok(Err(e)) => log(&format!("renewing the Lease: {}", apply::reason(&e))),
+            Err(_) => log("renewing the Lease: no answer in time"),
         }
-        hub.sleep_unless_stopped(leader::RENEW_EVERY).await;
+        hub.sleep_unless_drained(leader::RENEW_EVERY).await;
     }
-    hub.set_leading(false);
-    if let Err(e) = elector.release().await {
+    let was_leading = hub.is_leading();
+    hub.lead_until(None);
+    if was_leading && let Err(e) = elector.release().await {
         log(&format!("releasing the Lease: {}", apply::reason(&e)));
     }
 }

@@ -43,10 +43,24 @@ pub struct Hub {
     requested: Mutex<HashSet<(String, String)>>,
     notify: Notify,
     ready: AtomicBool,
-    leading: AtomicBool,
+    leadership: Mutex<Leadership>,
     stopping: AtomicBool,
     stopped: Notify,
+    drained: AtomicBool,
+    drained_notify: Notify,
     metrics: Mutex<Metrics>,
+}
+
+/// Whether this replica may write.
+#[derive(Debug, Clone, Copy, Default)]
+enum Leadership {
+    /// Not elected.
+    #[default]
+    No,
+    /// No leader election: always.
+    Always,
+    /// Elected, until this moment of the local monotonic clock.
+    Until(std::time::Instant),
 }
 
 impl Hub {
@@ -55,14 +69,51 @@ impl Hub {
         self.ready.store(ready, Ordering::Relaxed);
     }
 
-    /// Records whether this replica leads (it alone reconciles); without leader election, always.
+    /// Records whether this replica leads for good (`true`: no leader election) or not at all.
     pub fn set_leading(&self, leading: bool) {
-        self.leading.store(leading, Ordering::Relaxed);
+        if let Ok(mut l) = self.leadership.lock() {
+            *l = if leading {
+                Leadership::Always
+            } else {
+                Leadership::No
+            };
+        }
     }
 
-    /// Whether this replica leads.
+    /// Records that this replica leads until `deadline` (a renewed Lease), or not (`None`).
+    pub fn lead_until(&self, deadline: Option<std::time::Instant>) {
+        if let Ok(mut l) = self.leadership.lock() {
+            *l = deadline.map_or(Leadership::No, Leadership::Until);
+        }
+    }
+
+    /// Whether this replica leads now (it alone reconciles and writes). An elected replica stops
+    /// leading by itself when its deadline passes without a renewal.
     pub fn is_leading(&self) -> bool {
-        self.leading.load(Ordering::Relaxed)
+        match self.leadership.lock().map(|l| *l) {
+            Ok(Leadership::Always) => true,
+            Ok(Leadership::Until(t)) => std::time::Instant::now() < t,
+            _ => false,
+        }
+    }
+
+    /// Records that the loop has finished its last reconcile (after [`Hub::stop`]).
+    pub fn mark_drained(&self) {
+        self.drained.store(true, Ordering::SeqCst);
+        self.drained_notify.notify_waiters();
+    }
+
+    /// Whether the loop has finished.
+    pub fn is_drained(&self) -> bool {
+        self.drained.load(Ordering::SeqCst)
+    }
+
+    /// Sleeps for `d`, returning early when the loop has finished.
+    pub async fn sleep_unless_drained(&self, d: Duration) {
+        if self.is_drained() {
+            return;
+        }
+        let _ = tokio::time::timeout(d, self.drained_notify.notified()).await;
     }
 
     /// Asks the loop to sync a Sync at once.
@@ -335,6 +386,21 @@ mod tests {
             !authentic(&HeaderMap::new(), body, b"s3cret"),
             "no credentials"
         );
+    }
+
+    #[test]
+    fn elected_leadership_lapses_by_itself_at_its_deadline() {
+        let hub = Hub::default();
+        assert!(!hub.is_leading(), "nobody leads before an election");
+        let now = std::time::Instant::now();
+        hub.lead_until(Some(now + Duration::from_secs(60)));
+        assert!(hub.is_leading());
+        hub.lead_until(Some(now - Duration::from_millis(1)));
+        assert!(!hub.is_leading(), "a deadline in the past is no leadership");
+        hub.set_leading(true);
+        assert!(hub.is_leading(), "without election: always");
+        hub.lead_until(None);
+        assert!(!hub.is_leading());
     }
 
     #[test]
