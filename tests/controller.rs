@@ -129,6 +129,7 @@ fn controller(kubeconfig: &Path, ns: &str, cache: &Path, home: &Path) -> Output 
         &[
             "controller",
             "--once",
+            "--allow-local-sources",
             "-n",
             ns,
             "--kubeconfig",
@@ -611,6 +612,7 @@ async fn the_loop_syncs_new_syncs_at_once_waits_for_the_interval_and_obeys_locks
             ])
             .args(["--listen", &listen])
             .args(["--cache", &home.path().join("cache").to_string_lossy()])
+            .arg("--allow-local-sources")
             .env("HOME", home.path())
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(home.path().join("controller.log")).expect("log"))
@@ -782,6 +784,7 @@ async fn the_loop_corrects_a_hand_edit_within_one_interval() {
             .args(["--kubeconfig", &controller_kubeconfig.to_string_lossy()])
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--cache", &home.path().join("cache").to_string_lossy()])
+            .arg("--allow-local-sources")
             .env("HOME", home.path())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -825,10 +828,11 @@ async fn the_loop_corrects_a_hand_edit_within_one_interval() {
         "corrected after {:?}: more than one interval (3 s ± 10 %) plus a poll",
         edited.elapsed()
     );
-    assert!(
-        metric(port, "lockstep_drift_corrections_total") >= 1.0,
-        "the correction is counted"
-    );
+    // Counted once the sync that corrected it has finished.
+    wait_for("the correction to be counted", async || {
+        metric(port, "lockstep_drift_corrections_total") >= 1.0
+    })
+    .await;
 }
 
 /// Writes `text` to a new file readable only by its owner (ssh refuses keys others can read).
@@ -967,6 +971,17 @@ async fn private_repositories_over_https_auth_and_ssh_and_signed_commits_only() 
         }),
     )
     .await;
+    // A local path is refused unless the controller allows local sources: another Sync's
+    // repository or fetch on the controller's disk is no one else's business.
+    create_sync(
+        &api,
+        "local",
+        serde_json::json!({
+            "source": {"url": format!("file://{}", served.path().join("ssh.git").display())},
+            "environment": "dev"
+        }),
+    )
+    .await;
     let out = run();
     assert_eq!(
         out.status.code(),
@@ -974,6 +989,12 @@ async fn private_repositories_over_https_auth_and_ssh_and_signed_commits_only() 
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let (status, reason, message) = ready(&api.get("local").await.expect("get"));
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "FetchFailed"));
+    assert!(message.contains("--allow-local-sources"), "{message}");
+    api.delete("local", &Default::default())
+        .await
+        .expect("delete");
     let (status, reason, message) = ready(&api.get("https").await.expect("get"));
     assert_eq!((status.as_str(), reason.as_str()), ("False", "FetchFailed"));
     assert!(!message.contains("wrong"), "{message}");
@@ -1360,6 +1381,7 @@ fn start_replica(
             .args(["--kubeconfig", &kubeconfig.to_string_lossy()])
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--cache", &home.join(identity).to_string_lossy()])
+            .arg("--allow-local-sources")
             .env("HOME", home)
             .stdout(std::process::Stdio::null())
             .stderr(log)

@@ -47,6 +47,10 @@ pub struct ControllerArgs {
     /// This replica's name in the Lease (default: $POD_NAME, else the host name and process id).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
+    /// Also accept `file://` and local-path sources (off by default: in a shared cluster a Sync
+    /// could otherwise read any repository on the controller's file system).
+    #[arg(long)]
+    pub allow_local_sources: bool,
     /// Print the Sync CustomResourceDefinition and exit.
     #[arg(long)]
     pub print_crd: bool,
@@ -74,7 +78,9 @@ pub fn run(
     rt.block_on(async {
         let config = super::apply::config(&args.cluster).await?;
         let client = super::apply::client_for(config.clone())?;
-        let access = crate::controller::Access::new(client.clone(), Some(config));
+        let access = crate::controller::Access::new(client.clone(), Some(config))
+            .with_local_sources(args.allow_local_sources);
+        crate::source::git::remove_leftovers();
         if !args.once {
             return serve(args, access, &cache, stderr).await;
         }

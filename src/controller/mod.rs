@@ -287,13 +287,15 @@ fn identities(secret: &Secret) -> KeyRing {
 
 /// Git credentials from a Secret: SSH (`identity` or `ssh-privatekey`, with `known_hosts`) or
 /// HTTPS basic auth (`username` + `password`, or `token`).
-pub fn git_auth(secret: &Secret, what: &str) -> Result<git::Auth, String> {
-    let data = secret.data.clone().unwrap_or_default();
+pub fn git_auth(secret: &Secret, what: &str, url: &str) -> Result<git::Auth, String> {
+    let empty = std::collections::BTreeMap::new();
+    let data = secret.data.as_ref().unwrap_or(&empty);
     let text = |key: &str| {
         data.get(key)
             .map(|v| zeroize::Zeroizing::new(String::from_utf8_lossy(&v.0).into_owned()))
     };
-    if let Some(key) = text("identity").or_else(|| text("ssh-privatekey")) {
+    let http = url.starts_with("https://") || url.starts_with("http://");
+    if !http && let Some(key) = text("identity").or_else(|| text("ssh-privatekey")) {
         return Ok(git::Auth::Ssh {
             key,
             known_hosts: text("known_hosts")
@@ -301,7 +303,7 @@ pub fn git_auth(secret: &Secret, what: &str) -> Result<git::Auth, String> {
                 .unwrap_or_default(),
         });
     }
-    if let Some(password) = text("password").or_else(|| text("token")) {
+    if http && let Some(password) = text("password").or_else(|| text("token")) {
         return Ok(git::Auth::Basic {
             username: text("username")
                 .map(|u| u.trim().to_string())
@@ -309,9 +311,32 @@ pub fn git_auth(secret: &Secret, what: &str) -> Result<git::Auth, String> {
             password,
         });
     }
-    Err(format!(
-        "{what} has none of the keys identity / ssh-privatekey (SSH, with known_hosts) or password / token (HTTPS, with username)"
-    ))
+    Err(if http {
+        format!("{what} has neither password nor token (with username) for an HTTPS source")
+    } else {
+        format!(
+            "{what} has neither identity nor ssh-privatekey (with known_hosts) for an SSH source"
+        )
+    })
+}
+
+/// Whether a source URL names a remote (HTTPS, HTTP, SSH, or scp-like `user@host:path`) rather
+/// than the controller's own file system.
+pub fn remote_url(url: &str) -> bool {
+    let lower = url.to_ascii_lowercase();
+    if ["https://", "http://", "ssh://", "git+ssh://", "ssh+git://"]
+        .iter()
+        .any(|p| lower.starts_with(p))
+    {
+        return true;
+    }
+    // scp-like: host:path with no scheme and no leading slash or dot.
+    !lower.contains("://")
+        && !lower.starts_with('/')
+        && !lower.starts_with('.')
+        && url
+            .split_once(':')
+            .is_some_and(|(host, _)| !host.is_empty() && !host.contains('/'))
 }
 
 /// The outcome of one reconcile.
@@ -333,16 +358,38 @@ pub struct Access {
     pub client: Client,
     config: Option<kube::Config>,
     gate: Option<apply::Gate>,
+    local_sources: bool,
+    /// One recorder for the process, so repeated Events fold into a series.
+    recorder: kube::runtime::events::Recorder,
 }
 
 impl Access {
     /// Access with `client`; `config` (the client's configuration) enables `serviceAccountName`.
     pub fn new(client: Client, config: Option<kube::Config>) -> Access {
+        let recorder = kube::runtime::events::Recorder::new(
+            client.clone(),
+            kube::runtime::events::Reporter {
+                controller: "lockstep-controller".into(),
+                instance: std::env::var("POD_NAME")
+                    .or_else(|_| std::env::var("HOSTNAME"))
+                    .ok(),
+            },
+        );
         Access {
             client,
             config,
             gate: None,
+            local_sources: false,
+            recorder,
         }
+    }
+
+    /// The same access, also accepting `file://` and plain-path sources. Off by default: in a
+    /// shared cluster a Sync could otherwise read any repository on the controller's file system
+    /// (another Sync's fetch included).
+    pub fn with_local_sources(mut self, allowed: bool) -> Access {
+        self.local_sources = allowed;
+        self
     }
 
     /// The same access, writing only while `may_write` says so (leadership): a reconcile checks
@@ -396,7 +443,6 @@ async fn run_pipeline(access: &Access, sync: &Sync, cache: &Path) -> Outcome {
         inventory: None,
         changed: 0,
     };
-    let client = &access.client;
     let spec = &sync.spec;
     let ns = sync.namespace().unwrap_or_else(|| "default".into());
     let timeout = match duration_field(spec.timeout.as_deref(), "timeout") {
@@ -414,9 +460,28 @@ async fn run_pipeline(access: &Access, sync: &Sync, cache: &Path) -> Outcome {
         }) => Revision::Branch(b.clone()),
         _ => Revision::Default,
     };
+    let shown_url = git::redact(&spec.source.url);
+    if !remote_url(&spec.source.url) && !access.local_sources {
+        return fail(
+            Reason::FetchFailed,
+            format!(
+                "source.url {shown_url}: only https://, http://, ssh:// and user@host:path sources are allowed (local paths need the controller's --allow-local-sources)"
+            ),
+            None,
+        );
+    }
+    // With a serviceAccountName, the Sync's Secrets are read with that account's rights too.
+    let tenant = match access.for_sync(sync, &ns) {
+        Ok(c) => c,
+        Err(e) => return fail(Reason::FetchFailed, e, None),
+    };
     let auth = match &spec.source.secret_ref {
-        Some(r) => match read_secret(client, &ns, &r.name, "credentials").await {
-            Ok(s) => match git_auth(&s, &format!("credentials Secret {ns}/{}", r.name)) {
+        Some(r) => match read_secret(&tenant, &ns, &r.name, "credentials").await {
+            Ok(s) => match git_auth(
+                &s,
+                &format!("credentials Secret {ns}/{}", r.name),
+                &spec.source.url,
+            ) {
                 Ok(a) => a,
                 Err(e) => return fail(Reason::FetchFailed, e, None),
             },
@@ -426,9 +491,19 @@ async fn run_pipeline(access: &Access, sync: &Sync, cache: &Path) -> Outcome {
     };
     let url = spec.source.url.clone();
     let path = spec.source.path.clone().unwrap_or_default();
-    let dir = cache.join(format!("{ns}.{}", sync.name_any()));
-    let fetch = tokio::task::spawn_blocking(move || git::fetch(&url, &rev, &path, &auth, &dir));
-    let fetched = match tokio::time::timeout(timeout, fetch).await {
+    // A scratch directory of this fetch alone (a timed-out fetch may still be winding down).
+    let mut suffix = [0u8; 6];
+    let _ = getrandom::fill(&mut suffix);
+    let dir = cache.join(format!("{ns}.{}.{}", sync.name_any(), hex::encode(suffix)));
+    let interrupt = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = interrupt.clone();
+    let fetch =
+        tokio::task::spawn_blocking(move || git::fetch(&url, &rev, &path, &auth, &dir, &stop));
+    let fetched = tokio::time::timeout(timeout, fetch).await;
+    if fetched.is_err() {
+        interrupt.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+    let fetched = match fetched {
         Ok(Ok(Ok(f))) => f,
         Ok(Ok(Err(e))) => return fail(Reason::FetchFailed, e.to_string(), None),
         Ok(Err(e)) => return fail(Reason::FetchFailed, e.to_string(), None),
@@ -436,8 +511,7 @@ async fn run_pipeline(access: &Access, sync: &Sync, cache: &Path) -> Outcome {
             return fail(
                 Reason::FetchFailed,
                 format!(
-                    "fetching {} took longer than the timeout ({}s)",
-                    spec.source.url,
+                    "fetching {shown_url} took longer than the timeout ({}s)",
                     timeout.as_secs()
                 ),
                 None,
@@ -448,7 +522,7 @@ async fn run_pipeline(access: &Access, sync: &Sync, cache: &Path) -> Outcome {
     // Verify.
     if let Some(v) = &spec.source.verify {
         let what = format!("signers Secret {ns}/{}", v.secret_ref.name);
-        let signers = match read_secret(client, &ns, &v.secret_ref.name, "signers").await {
+        let signers = match read_secret(&tenant, &ns, &v.secret_ref.name, "signers").await {
             Ok(s) => {
                 let text: String = s
                     .data
@@ -479,25 +553,30 @@ async fn run_pipeline(access: &Access, sync: &Sync, cache: &Path) -> Outcome {
         }
     }
     // Render.
-    let rendered = match render::render(
-        &fetched.snapshot,
-        &Request {
-            env: spec.environment.clone(),
-            ..Request::default()
-        },
-    ) {
+    // Rendering, decrypting and verifying are CPU work: off the async workers' hands.
+    let rendered = match tokio::task::block_in_place(|| {
+        render::render(
+            &fetched.snapshot,
+            &Request {
+                env: spec.environment.clone(),
+                ..Request::default()
+            },
+        )
+    }) {
         Ok(r) => r,
         Err(d) => return fail(Reason::RenderFailed, d.to_string(), revision),
     };
     // Decrypt, with identities read fresh from the Secret.
     let ring = match &spec.decryption {
-        Some(d) => match read_secret(client, &ns, &d.secret_ref.name, "decryption").await {
+        Some(d) => match read_secret(&tenant, &ns, &d.secret_ref.name, "decryption").await {
             Ok(s) => identities(&s),
             Err(e) => return fail(Reason::DecryptFailed, e, revision),
         },
         None => KeyRing::default(),
     };
-    let set = match crate::decrypt::decrypt(&rendered, &fetched.snapshot, &ring) {
+    let set = match tokio::task::block_in_place(|| {
+        crate::decrypt::decrypt(&rendered, &fetched.snapshot, &ring)
+    }) {
         Ok(s) => s,
         Err(e) => {
             let message = match &e {
@@ -526,11 +605,7 @@ async fn run_pipeline(access: &Access, sync: &Sync, cache: &Path) -> Outcome {
         }
     };
     drop(ring);
-    let client = match access.for_sync(sync, &ns) {
-        Ok(c) => c,
-        Err(e) => return fail(Reason::ApplyFailed, e, revision),
-    };
-    let client = &client;
+    let client = &tenant;
     // Between commits in warn mode, only look: a dry run reports what differs from Git.
     let already_applied = sync
         .status
@@ -725,7 +800,7 @@ pub async fn reconcile(access: &Access, sync: &Sync, cache: &Path) -> Result<Rep
             type_: "Reconciling".into(),
             status: "True".into(),
             reason: "Progressing".into(),
-            message: format!("syncing {}", sync.spec.source.url),
+            message: format!("syncing {}", git::redact(&sync.spec.source.url)),
             last_transition_time: now(),
             observed_generation: generation,
         });
@@ -746,7 +821,7 @@ pub async fn reconcile(access: &Access, sync: &Sync, cache: &Path) -> Result<Rep
     let ok = outcome.reason == Reason::Succeeded;
     // An Event when something changed or failed (repeats fold into one series).
     if !ok || outcome.changed > 0 {
-        publish_event(client, sync, outcome.reason, &outcome.message).await;
+        publish_event(&access.recorder, sync, outcome.reason, &outcome.message).await;
     }
     let ready_status = if ok { "True" } else { "False" };
     let same_revision =
@@ -1091,16 +1166,14 @@ pub async fn request_sync(
 }
 
 /// Publishes a Kubernetes Event about a Sync (failures to publish are not errors of the sync).
-async fn publish_event(client: &Client, sync: &Sync, reason: Reason, message: &str) {
+async fn publish_event(
+    recorder: &kube::runtime::events::Recorder,
+    sync: &Sync,
+    reason: Reason,
+    message: &str,
+) {
     use kube::Resource as _;
-    use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "lockstep-controller".into(),
-            instance: std::env::var("HOSTNAME").ok(),
-        },
-    );
+    use kube::runtime::events::{Event, EventType};
     // An Event note holds at most 1 kB.
     let mut note: String = message.chars().take(1000).collect();
     if note.len() < message.len() {
@@ -1215,6 +1288,68 @@ mod tests {
             due(&fixed, Some(&failed), now + Duration::from_secs(45)),
             "retryInterval replaces the back-off"
         );
+    }
+
+    #[test]
+    fn only_remote_sources_count_as_remote() {
+        for url in [
+            "https://git.example.com/shop.git",
+            "ssh://git@git.example.com/shop.git",
+            "git@github.com:org/shop.git",
+            "HTTP://host/x",
+        ] {
+            assert!(remote_url(url), "{url}");
+        }
+        for url in [
+            "file:///var/cache/lockstep/other.git",
+            "/srv/git/shop.git",
+            "./shop",
+            "../x:y",
+        ] {
+            assert!(!remote_url(url), "{url}");
+        }
+    }
+
+    #[test]
+    fn git_credentials_follow_the_source_scheme() {
+        let secret = |pairs: &[(&str, &str)]| Secret {
+            data: Some(
+                pairs
+                    .iter()
+                    .map(|(k, v)| {
+                        (
+                            k.to_string(),
+                            k8s_openapi::ByteString(v.as_bytes().to_vec()),
+                        )
+                    })
+                    .collect(),
+            ),
+            ..Secret::default()
+        };
+        let both = secret(&[
+            ("identity", "KEY"),
+            ("known_hosts", "host ssh-ed25519 AAAA"),
+            ("password", "pw"),
+        ]);
+        assert!(matches!(
+            git_auth(&both, "s", "https://h/r.git"),
+            Ok(git::Auth::Basic { ref username, .. }) if username == "git"
+        ));
+        assert!(matches!(
+            git_auth(&both, "s", "ssh://git@h/r.git"),
+            Ok(git::Auth::Ssh { .. })
+        ));
+        let token = secret(&[("username", "ci"), ("token", "s3cr3t-token")]);
+        assert!(matches!(
+            git_auth(&token, "s", "https://h/r.git"),
+            Ok(git::Auth::Basic { ref username, .. }) if username == "ci"
+        ));
+        let err = git_auth(&token, "Secret ns/creds", "git@h:r.git").expect_err("no SSH key");
+        assert!(
+            err.contains("Secret ns/creds") && err.contains("identity"),
+            "{err}"
+        );
+        assert!(!err.contains("s3cr3t-token"), "{err}");
     }
 
     #[test]

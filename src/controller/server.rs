@@ -311,10 +311,11 @@ async fn hook(
         Ok(Some(s)) => s.data.and_then(|d| d.get("token").map(|t| t.0.clone())),
         _ => None,
     };
-    let Some(token) = token.map(zeroize::Zeroizing::new) else {
+    // An empty token would make any request look signed.
+    let Some(token) = token.filter(|t| !t.is_empty()).map(zeroize::Zeroizing::new) else {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
-            "the webhook Secret has no token\n",
+            "the webhook Secret has no (non-empty) token\n",
         );
     };
     if !authentic(&headers, &body, &token) {

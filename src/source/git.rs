@@ -63,6 +63,28 @@ pub struct Fetched {
     pub snapshot: Snapshot,
 }
 
+/// Name prefix of the private directories [`SshFiles`] makes (see [`remove_leftovers`]).
+const SSH_DIR_PREFIX: &str = "lockstep-ssh-";
+
+/// Removes SSH key directories that processes no longer running left in the temporary directory
+/// (the controller calls this at start; directories are named after their process).
+pub fn remove_leftovers() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(SSH_DIR_PREFIX) else {
+            continue;
+        };
+        let pid = rest.split('-').next().unwrap_or_default();
+        let alive = !pid.is_empty() && Path::new("/proc").join(pid).exists();
+        if !alive {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 /// An SSH key written for the `ssh` program for the length of one fetch, in a private directory
 /// of the temporary directory (memory-backed in the install manifests); removed on drop.
 struct SshFiles {
@@ -75,7 +97,11 @@ impl SshFiles {
         use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
         let mut suffix = [0u8; 8];
         getrandom::fill(&mut suffix).map_err(|e| err("random name", e))?;
-        let dir = std::env::temp_dir().join(format!("lockstep-ssh-{}", hex::encode(suffix)));
+        let dir = std::env::temp_dir().join(format!(
+            "{SSH_DIR_PREFIX}{}-{}",
+            std::process::id(),
+            hex::encode(suffix)
+        ));
         std::fs::DirBuilder::new()
             .mode(0o700)
             .create(&dir)
@@ -107,7 +133,7 @@ impl SshFiles {
     fn command(&self) -> String {
         let q = |name: &str| format!("'{}'", self.dir.join(name).display());
         format!(
-            "ssh -F /dev/null -i {} -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes -o IdentitiesOnly=yes -o BatchMode=yes",
+            "ssh -F /dev/null -i {} -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes -o IdentitiesOnly=yes -o BatchMode=yes -o ConnectTimeout=30 -o ServerAliveInterval=15 -o ServerAliveCountMax=3",
             q("identity"),
             q("known_hosts")
         )
@@ -153,21 +179,46 @@ fn err_chain(what: &str, e: &(dyn std::error::Error + 'static)) -> GitError {
     GitError(text)
 }
 
-/// Fetches `url` at `rev` into `cache` (replaced on every call; only the one commit for a branch or
-/// tag, shallow) and reads the project under `path`.
+/// `url` without the password or token an `https://user:secret@host/…` URL may carry, for
+/// messages.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) if rest[..at].contains(':') => {
+            let user = &rest[..at].split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{}", &rest[at + 1..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Fetches `url` at `rev` into the scratch directory `dir` (created, and removed again before
+/// returning; only the one commit for a branch or tag, shallow) and reads the project under
+/// `path`. Setting `interrupt` makes a fetch in progress give up.
 pub fn fetch(
     url: &str,
     rev: &Revision,
     path: &str,
     auth: &Auth,
-    cache: &Path,
+    dir: &Path,
+    interrupt: &AtomicBool,
 ) -> Result<Fetched, GitError> {
-    if cache.exists() {
-        std::fs::remove_dir_all(cache)
-            .map_err(|e| err(&format!("clearing {}", cache.display()), e))?;
+    struct Scratch<'a>(&'a Path);
+    impl Drop for Scratch<'_> {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(self.0);
+        }
     }
-    std::fs::create_dir_all(cache).map_err(|e| err(&format!("creating {}", cache.display()), e))?;
-    let mut prepare = gix::prepare_clone_bare(url, cache).map_err(|e| err(url, e))?;
+    let shown = redact(url);
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|e| err(&format!("clearing {}", dir.display()), e))?;
+    }
+    std::fs::create_dir_all(dir).map_err(|e| err(&format!("creating {}", dir.display()), e))?;
+    let _scratch = Scratch(dir);
+    let mut prepare = gix::prepare_clone_bare(url, dir).map_err(|e| err(&shown, e))?;
     let ref_name = match rev {
         Revision::Branch(b) => Some(b.clone()),
         Revision::Tag(t) => Some(t.clone()),
@@ -220,10 +271,9 @@ pub fn fetch(
             Ok(())
         });
     }
-    let interrupt = AtomicBool::new(false);
     let (repo, _outcome) = prepare
-        .fetch_only(gix::progress::Discard, &interrupt)
-        .map_err(|e| err_chain(&format!("fetching {url}"), &e))?;
+        .fetch_only(gix::progress::Discard, interrupt)
+        .map_err(|e| err_chain(&format!("fetching {shown}"), &e))?;
     let commit = match rev {
         Revision::Commit(id) => {
             let oid = gix::ObjectId::from_hex(id.as_bytes())
@@ -281,4 +331,26 @@ pub fn fetch(
         commit: raw_commit,
         snapshot,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_in_urls_are_hidden_and_everything_else_is_kept() {
+        assert_eq!(
+            redact("https://deploy:t0ken@git.example.com/shop.git"),
+            "https://deploy:***@git.example.com/shop.git"
+        );
+        assert_eq!(
+            redact("https://git.example.com/a@b.git"),
+            "https://git.example.com/a@b.git"
+        );
+        assert_eq!(
+            redact("ssh://git@git.example.com/shop.git"),
+            "ssh://git@git.example.com/shop.git"
+        );
+        assert_eq!(redact("git@host:shop.git"), "git@host:shop.git");
+    }
 }
