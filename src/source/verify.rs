@@ -1377,3 +1377,44 @@ mod tests {
         assert!(!match_pattern_list("git", ""));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use base64::Engine as _;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Whatever a repository or a Secret holds, verification answers with an error, never a
+        /// panic: random allowed_signers text, random commit bytes, and commits whose signature
+        /// block is well-framed but holds random (base64) bytes.
+        #[test]
+        fn arbitrary_input_is_an_error_not_a_panic(
+            text in "[ -~\n]{0,300}",
+            raw in proptest::collection::vec(any::<u8>(), 0..600),
+            blob in proptest::collection::vec(any::<u8>(), 0..400),
+            prefix in proptest::collection::vec(any::<u8>(), 0..16),
+        ) {
+            let _ = AllowedSigners::parse(&text, "property");
+            let listed = "p ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKJ0b2zvTqnsJfvcWv8tbbJN4aWvQ2NrUCGd3hsQ9G0X\n";
+            let signers = AllowedSigners::parse(listed, "property").expect("a valid line");
+            let _ = verify_commit(&raw, &signers);
+            let mut sig = b"SSHSIG".to_vec();
+            sig.extend_from_slice(&prefix);
+            sig.extend_from_slice(&blob);
+            let b64 = base64::engine::general_purpose::STANDARD.encode(&sig);
+            let mut commit = String::from(
+                "tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\nauthor A <a@x> 1 +0000\ncommitter A <a@x> 1 +0000\ngpgsig -----BEGIN SSH SIGNATURE-----\n",
+            );
+            for chunk in b64.as_bytes().chunks(70) {
+                commit.push(' ');
+                commit.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+                commit.push('\n');
+            }
+            commit.push_str(" -----END SSH SIGNATURE-----\n\nmessage\n");
+            prop_assert!(verify_commit(commit.as_bytes(), &signers).is_err());
+        }
+    }
+}
