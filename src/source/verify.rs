@@ -1381,7 +1381,6 @@ mod tests {
 #[cfg(test)]
 mod properties {
     use super::*;
-    use base64::Engine as _;
     use proptest::prelude::*;
 
     proptest! {
