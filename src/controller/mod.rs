@@ -128,7 +128,8 @@ pub struct SourceSpec {
 #[serde(rename_all = "camelCase")]
 pub struct Verify {
     /// A Secret in the Sync's namespace whose values are `allowed_signers` lines
-    /// (`principal ssh-ed25519 AAAA…`, as `git config gpg.ssh.allowedSignersFile`).
+    /// (`principal ssh-ed25519 AAAA…`, as `git config gpg.ssh.allowedSignersFile`) and/or
+    /// armored OpenPGP public keys (`gpg --armor --export`).
     pub secret_ref: LocalRef,
 }
 
@@ -535,7 +536,9 @@ async fn run_pipeline(access: &Access, sync: &Sync, cache: &Path) -> Outcome {
                     Ok(_) => {
                         return fail(
                             Reason::VerifyFailed,
-                            format!("{what} lists no signing keys (allowed_signers lines)"),
+                            format!(
+                                "{what} lists no signing keys (allowed_signers lines or PGP public key blocks)"
+                            ),
                             revision,
                         );
                     }

@@ -1,16 +1,25 @@
 //! Commit signature verification: checks that a Git commit carries a valid SSH signature
-//! (`gpg.format=ssh`) made by one of a set of trusted keys, given in OpenSSH `allowed_signers` form
-//! (the file `gpg.ssh.allowedSignersFile` names).
+//! (`gpg.format=ssh`) or OpenPGP signature (`gpg.format=openpgp`, the default) made by one of a set
+//! of trusted keys: SSH keys in OpenSSH `allowed_signers` form (the file
+//! `gpg.ssh.allowedSignersFile` names) and ASCII-armored OpenPGP public keys (`gpg --armor
+//! --export`), possibly mixed in one text.
 //!
-//! The signed payload is rebuilt from the raw commit exactly as Git does, the armored SSHSIG block
-//! is parsed and checked in the `git` namespace, and the signing key must be listed. Supported keys:
-//! `ssh-ed25519`, `ssh-rsa` (with `rsa-sha2-256`/`rsa-sha2-512` signatures, 2048 to 4096 bits),
-//! `ecdsa-sha2-nistp256` and the FIDO variants `sk-ssh-ed25519@openssh.com` and
-//! `sk-ecdsa-sha2-nistp256@openssh.com`.
+//! The signed payload is rebuilt from the raw commit exactly as Git does. An SSH signature (an
+//! armored SSHSIG block) is checked in the `git` namespace and its key must be listed. Supported SSH
+//! keys: `ssh-ed25519`, `ssh-rsa` (with `rsa-sha2-256`/`rsa-sha2-512` signatures, 2048 to 4096
+//! bits), `ecdsa-sha2-nistp256` and the FIDO variants `sk-ssh-ed25519@openssh.com` and
+//! `sk-ecdsa-sha2-nistp256@openssh.com`. An OpenPGP signature must be made by the primary key or a
+//! signing subkey of a trusted OpenPGP key that is neither revoked nor expired when the signature
+//! was made; it must use SHA-256 or a stronger hash, and RSA and DSA keys need 2048 bits or more.
 
 use std::fmt;
 
 use base64::Engine as _;
+use pgp::composed::{Deserializable as _, DetachedSignature, SignedPublicKey, SignedPublicSubKey};
+use pgp::crypto::hash::HashAlgorithm;
+use pgp::packet::{RevocationCode, Signature, SignatureType, SubpacketData};
+use pgp::ser::Serialize as _;
+use pgp::types::{KeyDetails as _, PublicParams, Tag, Timestamp};
 use ssh_key::public::KeyData;
 use ssh_key::{Algorithm, EcdsaCurve, HashAlg, PublicKey, SshSig};
 
@@ -19,12 +28,25 @@ pub const GIT_NAMESPACE: &str = "git";
 
 const SSH_BEGIN: &[u8] = b"-----BEGIN SSH SIGNATURE-----";
 const SSH_END: &[u8] = b"-----END SSH SIGNATURE-----";
-/// Armor lines of the signature formats Git knows besides SSH (OpenPGP and X.509/gpgsm).
-const OTHER_FORMATS: [&[u8]; 3] = [
-    b"-----BEGIN PGP SIGNATURE-----",
-    b"-----BEGIN PGP MESSAGE-----",
-    b"-----BEGIN SIGNED MESSAGE-----",
+const PGP_SIGNATURE_BEGIN: &[u8] = b"-----BEGIN PGP SIGNATURE-----";
+/// Armor lines of the signature forms Git knows besides SSH and detached OpenPGP signatures.
+const OTHER_FORMATS: [(&[u8], &str); 2] = [
+    (
+        b"-----BEGIN PGP MESSAGE-----",
+        "an OpenPGP message (not a detached signature)",
+    ),
+    (
+        b"-----BEGIN SIGNED MESSAGE-----",
+        "an X.509 (gpgsm) signature",
+    ),
 ];
+/// How an armored OpenPGP block starts in allowed signers text.
+const PGP_ARMOR_PREFIX: &str = "-----BEGIN PGP ";
+const PGP_KEY_BEGIN: &str = "-----BEGIN PGP PUBLIC KEY BLOCK-----";
+const PGP_KEY_END: &str = "-----END PGP PUBLIC KEY BLOCK-----";
+const PGP_PRIVATE_KEY_BEGIN: &str = "-----BEGIN PGP PRIVATE KEY BLOCK-----";
+/// Smallest RSA or DSA OpenPGP key accepted, in bits.
+const PGP_MIN_BITS: u16 = 2048;
 const SSHSIG_MAGIC: &[u8] = b"SSHSIG";
 const SSHSIG_VERSION: u32 = 1;
 /// Key types an `allowed_signers` line may name (certificate types are recognised to be refused).
@@ -40,6 +62,9 @@ const KEY_TYPES: [&str; 7] = [
 const CERT_SUFFIX: &str = "-cert-v01@openssh.com";
 const RSA_MIN_BYTES: usize = 2048 / 8;
 const RSA_MAX_BYTES: usize = 4096 / 8;
+/// What to sign with instead, appended to SSH [`VerifyError::UnsupportedAlgorithm`] messages.
+const SSH_ADVICE: &str =
+    "sign with an ssh-ed25519, ecdsa-sha2-nistp256 or RSA (rsa-sha2-256/rsa-sha2-512) key";
 
 /// Why a commit's signature was not accepted, or why `allowed_signers` text could not be read.
 /// Messages name keys only by fingerprint and never repeat commit or file contents.
@@ -47,16 +72,24 @@ const RSA_MAX_BYTES: usize = 4096 / 8;
 pub enum VerifyError {
     /// The commit has no signature.
     #[error(
-        "commit is not signed; sign it with `git commit -S` (with gpg.format=ssh) using an SSH key \
-         listed in the allowed signers"
+        "commit is not signed; sign it with `git commit -S` using a trusted key: an SSH key listed \
+         in the allowed signers (with gpg.format=ssh) or a trusted OpenPGP key"
     )]
     Unsigned,
-    /// The commit has an OpenPGP or X.509 signature.
+    /// The commit has an OpenPGP signature, but no OpenPGP public key is trusted.
     #[error(
-        "commit has a GPG (OpenPGP or X.509) signature, but only SSH signatures are supported; \
-         sign it with an SSH key (`git config gpg.format ssh`, `git config user.signingkey <key>`)"
+        "commit has an OpenPGP (GPG) signature, but no OpenPGP public key is trusted; add the \
+         signer's armored public key block (`gpg --armor --export <key>`, starting with \
+         -----BEGIN PGP PUBLIC KEY BLOCK-----) to the signers"
     )]
-    GpgNotSupported,
+    NoPgpKeys,
+    /// The commit's signature is of a form that cannot be verified (X.509/gpgsm, or an OpenPGP
+    /// message instead of a detached signature); the text names it.
+    #[error(
+        "commit has {0}, which is not supported; sign it with an SSH key (gpg.format=ssh) or an \
+         OpenPGP key (gpg.format=openpgp)"
+    )]
+    UnsupportedFormat(String),
     /// The signature or the commit could not be parsed.
     #[error("commit signature is malformed: {0}")]
     Malformed(String),
@@ -72,7 +105,9 @@ pub enum VerifyError {
          key to the allowed signers or sign with a listed key"
     )]
     UnknownKey {
-        /// The signing key's fingerprint (`SHA256:…`).
+        /// The signing key's fingerprint: `SHA256:…` for SSH; for OpenPGP the issuer's
+        /// fingerprint in uppercase hex, or `key ID …` (16 hex digits) when the signature names
+        /// only a key ID.
         fingerprint: String,
     },
     /// The signature was made for another SSHSIG namespace than `git`.
@@ -91,19 +126,19 @@ pub enum VerifyError {
         fingerprint: String,
     },
     /// The signing key is listed, but not valid at the commit's committer time
-    /// (`valid-after=`/`valid-before=`).
+    /// (`valid-after=`/`valid-before=`), or, for OpenPGP, revoked, expired or not usable for
+    /// signing when the signature was made.
     #[error("commit is signed by {fingerprint}, which is not valid at the commit's time: {detail}")]
     KeyNotValid {
-        /// The signing key's fingerprint (`SHA256:…`).
+        /// The signing key's fingerprint (`SHA256:…`; for OpenPGP the primary key's, in
+        /// uppercase hex).
         fingerprint: String,
-        /// Which entry and which bound.
+        /// Which entry and which bound, or why the OpenPGP key is not valid.
         detail: String,
     },
-    /// A key type, signature algorithm or SSHSIG hash that is not supported.
-    #[error(
-        "unsupported signature algorithm: {0}; sign with an ssh-ed25519, ecdsa-sha2-nistp256 or RSA \
-         (rsa-sha2-256/rsa-sha2-512) key"
-    )]
+    /// A key type, key size, signature algorithm or hash that is not supported; the text says
+    /// what to use instead.
+    #[error("unsupported signature algorithm: {0}")]
     UnsupportedAlgorithm(String),
     /// A line of `allowed_signers` text that could not be used.
     #[error("{origin}, line {line}: {message}")]
@@ -117,11 +152,12 @@ pub enum VerifyError {
     },
 }
 
-/// Trusted signers parsed from allowed_signers text.
+/// Trusted signers parsed from allowed_signers text and armored OpenPGP public keys.
 #[derive(Clone)]
 pub struct AllowedSigners {
     origin: String,
     entries: Vec<Entry>,
+    pgp_keys: Vec<PgpKey>,
 }
 
 /// One `allowed_signers` line.
@@ -135,11 +171,28 @@ struct Entry {
     valid_before: Option<i64>,
 }
 
+/// One trusted OpenPGP public key (certificate), with what parsing learnt from its
+/// self-signatures.
+#[derive(Clone)]
+struct PgpKey {
+    key: SignedPublicKey,
+    /// The primary user ID, lossily decoded.
+    principal: String,
+    /// The primary key's fingerprint in uppercase hex.
+    fingerprint: String,
+    /// The newest valid self-signature of the primary key (on the primary user ID or a direct key
+    /// signature): its key flags and expiration apply to the primary key.
+    self_signature: Signature,
+    /// Valid key revocation signatures issued by the key itself.
+    revocations: Vec<Signature>,
+}
+
 impl fmt::Debug for AllowedSigners {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AllowedSigners")
             .field("origin", &self.origin)
             .field("entries", &self.entries.len())
+            .field("pgp_keys", &self.pgp_keys.len())
             .finish()
     }
 }
@@ -152,36 +205,53 @@ impl AllowedSigners {
     /// allowed) checked against the commit's committer time as Git does; `cert-authority` lines,
     /// certificate key types and RSA keys outside 2048–4096 bits are refused (`ecdsa-sha2-nistp384`
     /// and `-nistp521` keys are accepted, but their signatures are reported as unsupported).
-    /// `origin` names the source in error messages, which also give the line number.
+    ///
+    /// The text may also hold ASCII-armored OpenPGP public key blocks (`-----BEGIN PGP PUBLIC KEY
+    /// BLOCK-----` to `-----END PGP PUBLIC KEY BLOCK-----`, lines possibly indented), each with one
+    /// or more keys; every key needs a user ID with a valid self-signature. Other armored PGP
+    /// blocks (a private key, a signature) are refused.
+    ///
+    /// `origin` names the source in error messages, which also give the line number (for an
+    /// OpenPGP block, the line of its BEGIN line).
     pub fn parse(text: &str, origin: &str) -> Result<AllowedSigners, VerifyError> {
+        let error = |line: usize, message: String| VerifyError::AllowedSigners {
+            origin: origin.to_string(),
+            line,
+            message,
+        };
         let mut entries = Vec::new();
-        for (index, line) in text.lines().enumerate() {
+        let mut pgp_keys = Vec::new();
+        let mut lines = text.lines().enumerate();
+        while let Some((index, line)) = lines.next() {
+            let number = index + 1;
             let trimmed = line.trim();
             if trimmed.is_empty() || trimmed.starts_with('#') {
                 continue;
             }
-            let entry =
-                parse_line(trimmed, index + 1).map_err(|message| VerifyError::AllowedSigners {
-                    origin: origin.to_string(),
-                    line: index + 1,
-                    message,
-                })?;
+            if trimmed.starts_with(PGP_ARMOR_PREFIX) {
+                let block = pgp_block(trimmed, &mut lines).map_err(|m| error(number, m))?;
+                pgp_keys.extend(parse_pgp_block(&block).map_err(|m| error(number, m))?);
+                continue;
+            }
+            let entry = parse_line(trimmed, number).map_err(|m| error(number, m))?;
             entries.push(entry);
         }
         Ok(AllowedSigners {
             origin: origin.to_string(),
             entries,
+            pgp_keys,
         })
     }
 
-    /// Whether no signer is listed (then every commit is refused).
+    /// Whether no signer is listed, neither an allowed_signers line nor an OpenPGP key (then every
+    /// commit is refused).
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.entries.is_empty() && self.pgp_keys.is_empty()
     }
 
-    /// Number of listed entries.
+    /// Number of listed entries: allowed_signers lines plus OpenPGP public keys.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries.len() + self.pgp_keys.len()
     }
 
     /// Where the text came from, as given to [`AllowedSigners::parse`].
@@ -193,31 +263,41 @@ impl AllowedSigners {
 /// Who signed, when verification succeeds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Signer {
-    /// The principals field of the matching `allowed_signers` line, as written there.
+    /// The principals field of the matching `allowed_signers` line, as written there; for an
+    /// OpenPGP key, its primary user ID (`Name <email>`).
     pub principal: String,
-    /// The signing key's fingerprint, `SHA256:…` as `ssh-keygen -l` prints it.
+    /// The signing key's fingerprint: `SHA256:…` as `ssh-keygen -l` prints it; for OpenPGP the
+    /// primary key's fingerprint in uppercase hex (also when a subkey signed).
     pub fingerprint: String,
 }
 
 /// Verifies the raw commit object bytes (as stored in Git: headers, blank line, message; the
 /// `gpgsig` header possibly multi-line with continuation lines starting with a space). Removes the
-/// gpgsig header to get the signed payload exactly as Git does, parses the armored
-/// `-----BEGIN SSH SIGNATURE-----` block (SSHSIG format, namespace must be `git`), checks the
-/// signature with the embedded public key, and requires that key to be one of the allowed signers.
+/// gpgsig header to get the signed payload exactly as Git does, then checks the signature:
+///
+/// - `-----BEGIN SSH SIGNATURE-----` (SSHSIG format, namespace must be `git`): checked with the
+///   embedded public key, which must be one of the allowed_signers lines; validity bounds are
+///   checked against the committer time, as `git verify-commit` does.
+/// - `-----BEGIN PGP SIGNATURE-----` (a detached OpenPGP signature): the issuer must be the primary
+///   key or a subkey of a trusted OpenPGP key, and that (sub)key must be valid for signing when the
+///   signature was made (not revoked, not expired, a subkey bound with the signing flag and a
+///   valid back-signature).
 ///
 /// `raw_commit` is the object's content without the loose-object `commit <size>\0` prefix. In a
-/// SHA-256 repository (a 64-digit `tree` id) the signature header is `gpgsig-sha256`. Validity
-/// bounds in `allowed_signers` are checked against the committer time, as `git verify-commit` does.
+/// SHA-256 repository (a 64-digit `tree` id) the signature header is `gpgsig-sha256`.
 pub fn verify_commit(raw_commit: &[u8], signers: &AllowedSigners) -> Result<Signer, VerifyError> {
     let (payload, signature) = split_signed_commit(raw_commit)?;
     let Some(signature) = signature else {
         return Err(VerifyError::Unsigned);
     };
-    if OTHER_FORMATS
+    if let Some((_, what)) = OTHER_FORMATS
         .iter()
-        .any(|begin| signature.starts_with(begin))
+        .find(|(begin, _)| signature.starts_with(begin))
     {
-        return Err(VerifyError::GpgNotSupported);
+        return Err(VerifyError::UnsupportedFormat((*what).to_string()));
+    }
+    if signature.starts_with(PGP_SIGNATURE_BEGIN) {
+        return verify_pgp(&payload, &signature, signers);
     }
     if !signature.starts_with(SSH_BEGIN) {
         return Err(VerifyError::Malformed(
@@ -334,16 +414,13 @@ fn verify_armored(
     let key = PublicKey::from_bytes(sig.public_key)
         .map_err(|_| malformed("the signature's public key could not be decoded"))?;
     let key_data = key.key_data();
-    check_key_supported(key_data).map_err(VerifyError::UnsupportedAlgorithm)?;
+    check_key_supported(key_data).map_err(ssh_unsupported)?;
     let fingerprint = key_data.fingerprint(HashAlg::Sha256).to_string();
     let hash_alg = match sig.hash_alg {
         b"sha256" => HashAlg::Sha256,
         b"sha512" => HashAlg::Sha512,
         other => {
-            return Err(VerifyError::UnsupportedAlgorithm(format!(
-                "SSHSIG hash {}",
-                printable(other)
-            )));
+            return Err(ssh_unsupported(format!("SSHSIG hash {}", printable(other))));
         }
     };
     let signature = parse_signature(sig.signature, key_data)?;
@@ -382,6 +459,11 @@ fn verify_armored(
 
 fn malformed(what: &str) -> VerifyError {
     VerifyError::Malformed(what.to_string())
+}
+
+/// An SSH key type or algorithm that is not supported, with what to use instead.
+fn ssh_unsupported(what: String) -> VerifyError {
+    VerifyError::UnsupportedAlgorithm(format!("{what}; {SSH_ADVICE}"))
 }
 
 /// The binary SSHSIG blob inside the armor.
@@ -460,13 +542,12 @@ fn parse_signature(blob: &[u8], key: &KeyData) -> Result<ssh_key::Signature, Ver
     if !r.0.is_empty() {
         return Err(malformed("the signature blob has trailing data"));
     }
-    let unsupported =
-        || VerifyError::UnsupportedAlgorithm(format!("signature {}", printable(name)));
+    let unsupported = || ssh_unsupported(format!("signature {}", printable(name)));
     let name_str = std::str::from_utf8(name).map_err(|_| unsupported())?;
     let algorithm = Algorithm::new(name_str).map_err(|_| unsupported())?;
     let compatible = match (&key.algorithm(), &algorithm) {
         (_, Algorithm::Rsa { hash: None }) => {
-            return Err(VerifyError::UnsupportedAlgorithm(
+            return Err(ssh_unsupported(
                 "ssh-rsa signatures (RSA with SHA-1)".into(),
             ));
         }
@@ -539,6 +620,406 @@ impl<'a> Reader<'a> {
         let len = usize::try_from(self.u32()?).ok()?;
         self.take(len)
     }
+}
+
+/// Collects an armored OpenPGP block from its BEGIN line (`first`, trimmed) to its END line, the
+/// lines trimmed and joined with `\n`; `lines` is left after the END line.
+fn pgp_block<'a>(
+    first: &str,
+    lines: &mut impl Iterator<Item = (usize, &'a str)>,
+) -> Result<String, String> {
+    if first == PGP_PRIVATE_KEY_BEGIN {
+        return Err(
+            "this is an OpenPGP private key block; give the public key instead \
+             (`gpg --armor --export <key>`) and keep the private key out of the signers"
+                .into(),
+        );
+    }
+    if first != PGP_KEY_BEGIN {
+        return Err(format!(
+            "only OpenPGP public key blocks ({PGP_KEY_BEGIN}) are accepted here"
+        ));
+    }
+    let mut block = format!("{first}\n");
+    for (_, line) in lines {
+        let line = line.trim();
+        if line.starts_with("-----BEGIN ") {
+            break;
+        }
+        block.push_str(line);
+        block.push('\n');
+        if line == PGP_KEY_END {
+            return Ok(block);
+        }
+    }
+    Err(format!(
+        "the OpenPGP public key block has no {PGP_KEY_END} line (is it truncated?)"
+    ))
+}
+
+/// Parses one armored public key block (one or more keys).
+fn parse_pgp_block(block: &str) -> Result<Vec<PgpKey>, String> {
+    // The library's errors may quote the input, so they are not repeated.
+    let unreadable = |_| {
+        "the OpenPGP public key block could not be read (bad armor, checksum or key packets); \
+         export it again with `gpg --armor --export <key>`"
+            .to_string()
+    };
+    let (keys, _headers) = SignedPublicKey::from_string_many(block).map_err(unreadable)?;
+    let mut parsed = Vec::new();
+    for key in keys {
+        parsed.push(PgpKey::new(key.map_err(unreadable)?)?);
+    }
+    if parsed.is_empty() {
+        return Err("the OpenPGP public key block holds no public key".into());
+    }
+    Ok(parsed)
+}
+
+impl PgpKey {
+    /// Checks the key's self-signatures and picks its primary user ID: among the user IDs with a
+    /// valid self-certification that no later self-revocation withdraws, the one whose newest
+    /// self-certification has the primary flag (the newest such), else the first.
+    fn new(key: SignedPublicKey) -> Result<PgpKey, String> {
+        let primary = &key.primary_key;
+        let fingerprint = format!("{:X}", primary.fingerprint());
+        let mut users = Vec::new();
+        for user in &key.details.users {
+            let valid = |sig: &&Signature| {
+                sig.verify_certification(primary, Tag::UserId, &user.id)
+                    .is_ok()
+            };
+            let certification = newest(
+                user.signatures
+                    .iter()
+                    .filter(|sig| sig.typ() != Some(SignatureType::CertRevocation))
+                    .filter(valid),
+            );
+            let Some(certification) = certification else {
+                continue;
+            };
+            let revoked = user
+                .signatures
+                .iter()
+                .filter(|sig| sig.typ() == Some(SignatureType::CertRevocation))
+                .filter(valid)
+                .any(|sig| sig.created() >= certification.created());
+            if !revoked {
+                users.push((user, certification));
+            }
+        }
+        let chosen = users
+            .iter()
+            .filter(|(_, sig)| sig.is_primary())
+            .max_by_key(|(_, sig)| sig.created())
+            .or_else(|| users.first());
+        let Some((user, certification)) = chosen else {
+            return Err(format!(
+                "the OpenPGP key {fingerprint} has no user ID with a valid self-signature"
+            ));
+        };
+        let direct =
+            key.details.direct_signatures.iter().filter(|sig| {
+                sig.typ() == Some(SignatureType::Key) && sig.verify_key(primary).is_ok()
+            });
+        let self_signature = newest(direct.chain([*certification]))
+            .unwrap_or(certification)
+            .clone();
+        let revocations = key
+            .details
+            .revocation_signatures
+            .iter()
+            .filter(|sig| {
+                sig.typ() == Some(SignatureType::KeyRevocation) && sig.verify_key(primary).is_ok()
+            })
+            .cloned()
+            .collect();
+        Ok(PgpKey {
+            principal: String::from_utf8_lossy(user.id.id()).into_owned(),
+            fingerprint,
+            self_signature,
+            revocations,
+            key,
+        })
+    }
+}
+
+/// The signature with the latest creation time (the last of equals).
+fn newest<'a>(signatures: impl Iterator<Item = &'a Signature>) -> Option<&'a Signature> {
+    signatures.max_by_key(|sig| sig.created())
+}
+
+/// The key of a trusted OpenPGP certificate that made a signature.
+#[derive(Clone, Copy)]
+enum PgpSigner<'a> {
+    Primary,
+    Subkey(&'a SignedPublicSubKey),
+}
+
+/// Verifies an armored detached OpenPGP signature over `message` against the trusted OpenPGP
+/// keys.
+fn verify_pgp(
+    message: &[u8],
+    armored: &[u8],
+    signers: &AllowedSigners,
+) -> Result<Signer, VerifyError> {
+    if signers.pgp_keys.is_empty() {
+        return Err(VerifyError::NoPgpKeys);
+    }
+    let sig = parse_pgp_signature(armored)?;
+    let config = sig
+        .config()
+        .ok_or_else(|| malformed("the OpenPGP signature has an unsupported version"))?;
+    if !matches!(config.typ, SignatureType::Binary | SignatureType::Text) {
+        return Err(malformed(
+            "the OpenPGP signature is not a signature over data (binary or text)",
+        ));
+    }
+    let created = sig
+        .created()
+        .ok_or_else(|| malformed("the OpenPGP signature has no creation time"))?;
+    match config.hash_alg {
+        HashAlgorithm::Md5 | HashAlgorithm::Sha1 | HashAlgorithm::Ripemd160 => {
+            return Err(VerifyError::UnsupportedAlgorithm(format!(
+                "OpenPGP signatures with the {} hash; sign with SHA-256 or stronger (gpg \
+                 --personal-digest-preferences SHA512)",
+                config.hash_alg
+            )));
+        }
+        other if other.new_hasher().is_err() => {
+            return Err(VerifyError::UnsupportedAlgorithm(format!(
+                "OpenPGP signatures with the {other} hash; sign with SHA-256 or stronger"
+            )));
+        }
+        _ => {}
+    }
+
+    let fingerprints = sig.issuer_fingerprint();
+    let key_ids = sig.issuer_key_id();
+    let names = |key: &dyn pgp::types::KeyDetails| {
+        if !fingerprints.is_empty() {
+            fingerprints.iter().any(|fp| **fp == key.fingerprint())
+        } else if !key_ids.is_empty() {
+            key_ids.iter().any(|id| **id == key.legacy_key_id())
+        } else {
+            true
+        }
+    };
+    let mut candidates = Vec::new();
+    for trusted in &signers.pgp_keys {
+        if names(&trusted.key.primary_key) {
+            candidates.push((trusted, PgpSigner::Primary));
+        }
+        for subkey in &trusted.key.public_subkeys {
+            if names(&subkey.key) {
+                candidates.push((trusted, PgpSigner::Subkey(subkey)));
+            }
+        }
+    }
+    if candidates.is_empty() {
+        let fingerprint = match (fingerprints.first(), key_ids.first()) {
+            (Some(fp), _) => format!("{fp:X}"),
+            (None, Some(id)) => format!("key ID {}", hex::encode_upper(id)),
+            (None, None) => "an unnamed OpenPGP key".to_string(),
+        };
+        return Err(VerifyError::UnknownKey { fingerprint });
+    }
+
+    let mut first_refusal = None;
+    for (trusted, signer) in candidates {
+        let verified = match signer {
+            PgpSigner::Primary => sig.verify(&trusted.key.primary_key, message),
+            PgpSigner::Subkey(subkey) => sig.verify(&subkey.key, message),
+        };
+        if verified.is_err() {
+            continue;
+        }
+        let params = match signer {
+            PgpSigner::Primary => trusted.key.primary_key.public_params(),
+            PgpSigner::Subkey(subkey) => subkey.key.public_params(),
+        };
+        if let Some(bits) = pgp_key_bits(params)
+            && bits < PGP_MIN_BITS
+        {
+            return Err(VerifyError::UnsupportedAlgorithm(format!(
+                "OpenPGP {bits}-bit RSA/DSA keys; sign with a key of {PGP_MIN_BITS} bits or more, \
+                 or an ed25519 key"
+            )));
+        }
+        match pgp_key_valid(trusted, signer, created) {
+            Ok(()) => {
+                return Ok(Signer {
+                    principal: trusted.principal.clone(),
+                    fingerprint: trusted.fingerprint.clone(),
+                });
+            }
+            Err(detail) => {
+                first_refusal.get_or_insert(VerifyError::KeyNotValid {
+                    fingerprint: trusted.fingerprint.clone(),
+                    detail,
+                });
+            }
+        }
+    }
+    Err(first_refusal.unwrap_or(VerifyError::BadSignature))
+}
+
+/// The one signature packet of an armored `-----BEGIN PGP SIGNATURE-----` block.
+fn parse_pgp_signature(armored: &[u8]) -> Result<Signature, VerifyError> {
+    let unreadable = |_| malformed("the OpenPGP signature could not be read");
+    let text = std::str::from_utf8(armored)
+        .map_err(|_| malformed("the OpenPGP signature is not ASCII armor"))?;
+    let (mut signatures, _headers) =
+        DetachedSignature::from_string_many(text).map_err(unreadable)?;
+    let first = signatures
+        .next()
+        .ok_or_else(|| malformed("the OpenPGP signature block holds no signature"))?
+        .map_err(unreadable)?;
+    if signatures.next().is_some() {
+        return Err(malformed(
+            "the OpenPGP signature block holds more than one signature",
+        ));
+    }
+    Ok(first.signature)
+}
+
+/// The size in bits of an RSA modulus or a DSA prime (the first MPI of the public parameters);
+/// `None` for other algorithms.
+fn pgp_key_bits(params: &PublicParams) -> Option<u16> {
+    if !matches!(params, PublicParams::RSA(_) | PublicParams::DSA(_)) {
+        return None;
+    }
+    let mut encoded = Vec::new();
+    params.to_writer(&mut encoded).ok()?;
+    Some(u16::from_be_bytes([*encoded.first()?, *encoded.get(1)?]))
+}
+
+/// Whether `signer` of `trusted` could sign at `time`: the certificate not revoked and not expired
+/// (by its newest self-signature), created before `time`; the primary key, when it signed, not
+/// restricted by key flags to other uses; a subkey bound by a valid binding signature with the
+/// signing flag and a valid back-signature, not revoked and not expired. The error says why not.
+fn pgp_key_valid(trusted: &PgpKey, signer: PgpSigner<'_>, time: Timestamp) -> Result<(), String> {
+    let primary = &trusted.key.primary_key;
+    if trusted
+        .revocations
+        .iter()
+        .any(|rev| revocation_applies(rev, time))
+    {
+        return Err("the OpenPGP key has been revoked".into());
+    }
+    check_lifetime(
+        "the OpenPGP key",
+        primary.created_at(),
+        trusted.self_signature.key_expiration_time(),
+        time,
+    )?;
+    let subkey = match signer {
+        PgpSigner::Primary => {
+            if has_key_flags(&trusted.self_signature) && !trusted.self_signature.key_flags().sign()
+            {
+                return Err("the OpenPGP primary key is not marked for signing (key flags)".into());
+            }
+            return Ok(());
+        }
+        PgpSigner::Subkey(subkey) => subkey,
+    };
+    let what = format!("the OpenPGP subkey {:X}", subkey.key.fingerprint());
+    let by_primary = |typ: SignatureType| {
+        move |sig: &&Signature| {
+            sig.typ() == Some(typ) && sig.verify_subkey_binding(primary, &subkey.key).is_ok()
+        }
+    };
+    if subkey
+        .signatures
+        .iter()
+        .filter(by_primary(SignatureType::SubkeyRevocation))
+        .any(|rev| revocation_applies(rev, time))
+    {
+        return Err(format!("{what} has been revoked"));
+    }
+    let binding = newest(
+        subkey
+            .signatures
+            .iter()
+            .filter(by_primary(SignatureType::SubkeyBinding)),
+    )
+    .ok_or_else(|| format!("{what} has no valid binding signature from the primary key"))?;
+    if !binding.key_flags().sign() {
+        return Err(format!("{what} is not marked for signing (key flags)"));
+    }
+    let back_signed = binding.embedded_signature().is_some_and(|back| {
+        back.verify_primary_key_binding(&subkey.key, primary)
+            .is_ok()
+    });
+    if !back_signed {
+        return Err(format!(
+            "{what} has no valid primary key binding (back) signature"
+        ));
+    }
+    check_lifetime(
+        &what,
+        subkey.key.created_at(),
+        binding.key_expiration_time(),
+        time,
+    )
+}
+
+/// Whether a (valid) revocation signature revokes at `time`: a revocation saying the key was
+/// superseded or retired applies from its creation on, any other (compromised, no reason) always.
+fn revocation_applies(revocation: &Signature, time: Timestamp) -> bool {
+    let soft = matches!(
+        revocation.revocation_reason_code(),
+        Some(RevocationCode::KeySuperseded | RevocationCode::KeyRetired)
+    );
+    !soft || revocation.created().is_none_or(|created| created <= time)
+}
+
+/// Checks that a key created at `created`, expiring `expiration` after that (none or zero: never),
+/// was usable at `time`.
+fn check_lifetime(
+    what: &str,
+    created: Timestamp,
+    expiration: Option<pgp::types::Duration>,
+    time: Timestamp,
+) -> Result<(), String> {
+    if time < created {
+        return Err(format!(
+            "{what} was created ({}) after the signature was made ({})",
+            show_time(created.as_secs().into()),
+            show_time(time.as_secs().into())
+        ));
+    }
+    if let Some(expiration) = expiration.filter(|d| d.as_secs() > 0) {
+        let expiry = u64::from(created.as_secs()) + u64::from(expiration.as_secs());
+        if u64::from(time.as_secs()) >= expiry {
+            return Err(format!(
+                "{what} expired ({}) before the signature was made ({})",
+                show_time(expiry),
+                show_time(time.as_secs().into())
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether a signature's hashed area has a key flags subpacket.
+fn has_key_flags(sig: &Signature) -> bool {
+    sig.config().is_some_and(|config| {
+        config
+            .hashed_subpackets()
+            .any(|p| matches!(p.data, SubpacketData::KeyFlags(_)))
+    })
+}
+
+/// Seconds since the epoch as an RFC 3339 UTC time.
+fn show_time(seconds: u64) -> String {
+    i64::try_from(seconds)
+        .ok()
+        .and_then(|s| jiff::Timestamp::from_second(s).ok())
+        .map_or_else(
+            || format!("{seconds} seconds after 1970"),
+            |t| t.to_string(),
+        )
 }
 
 impl Entry {
@@ -961,6 +1442,104 @@ mod tests {
         }
     }
 
+    impl Repo {
+        /// Commits a change signed by GnuPG with `key` (a fingerprint, `!`-suffixed for a subkey)
+        /// from `gnupg`'s keyring and returns the raw commit.
+        fn gpg_commit(&self, gnupg: &Gnupg, key: &str, message: &str) -> Vec<u8> {
+            self.write("file.txt", message);
+            run(self
+                .command()
+                .env("GNUPGHOME", gnupg.dir.path())
+                .args(["-c", "gpg.format=openpgp", "-c", "gpg.program=gpg", "-c"])
+                .arg(format!("user.signingkey={key}"))
+                .args(["commit", "-q", "-S", "-m", message]));
+            self.git(&["cat-file", "commit", "HEAD"])
+        }
+    }
+
+    /// A GnuPG home in a temporary directory; its agent is stopped on drop.
+    struct Gnupg {
+        dir: tempfile::TempDir,
+    }
+
+    impl Gnupg {
+        fn new() -> Gnupg {
+            Gnupg {
+                dir: tempfile::tempdir().expect("tempdir"),
+            }
+        }
+
+        fn gpg(&self) -> Command {
+            let mut cmd = Command::new("gpg");
+            cmd.env("GNUPGHOME", self.dir.path())
+                .stdin(std::process::Stdio::null())
+                .args(["--batch", "--quiet", "--no-tty"]);
+            cmd
+        }
+
+        /// Generates a key without passphrase for signing and returns its fingerprint.
+        fn generate(&self, uid: &str, algorithm: &str) -> String {
+            run(self
+                .gpg()
+                .args(["--passphrase", "", "--quick-gen-key", uid, algorithm])
+                .args(["sign", "never"]));
+            self.fingerprints(uid)
+                .into_iter()
+                .next()
+                .expect("fingerprint")
+        }
+
+        /// Generates a key as if at `time` (`YYYYMMDDTHHMMSS`).
+        fn generate_at(&self, time: &str, uid: &str, algorithm: &str) -> String {
+            run(self
+                .gpg()
+                .args(["--faked-system-time", time, "--passphrase", ""])
+                .args(["--quick-gen-key", uid, algorithm, "sign", "never"]));
+            self.fingerprints(uid)
+                .into_iter()
+                .next()
+                .expect("fingerprint")
+        }
+
+        /// The fingerprints (primary key first, then subkeys) of the key `name` selects.
+        fn fingerprints(&self, name: &str) -> Vec<String> {
+            let listing = run(self.gpg().args(["--with-colons", "--list-keys", name]));
+            String::from_utf8(listing)
+                .expect("utf-8")
+                .lines()
+                .filter_map(|line| line.strip_prefix("fpr:"))
+                .filter_map(|rest| rest.split(':').nth(8))
+                .map(str::to_string)
+                .collect()
+        }
+
+        /// The armored public key block of `keys`.
+        fn export(&self, keys: &[&str]) -> String {
+            let block = run(self.gpg().args(["--armor", "--export"]).args(keys));
+            String::from_utf8(block).expect("armored")
+        }
+
+        /// A detached armored signature over `data` made as if at `time`.
+        fn sign_at(&self, time: &str, key: &str, data: &[u8]) -> Vec<u8> {
+            let file = self.dir.path().join("data");
+            std::fs::write(&file, data).expect("write");
+            run(self
+                .gpg()
+                .args(["--faked-system-time", time, "--local-user", key])
+                .args(["--armor", "--detach-sign", "--output", "-"])
+                .arg(&file))
+        }
+    }
+
+    impl Drop for Gnupg {
+        fn drop(&mut self) {
+            let _ = Command::new("gpgconf")
+                .env("GNUPGHOME", self.dir.path())
+                .args(["--kill", "gpg-agent"])
+                .status();
+        }
+    }
+
     fn replace(haystack: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
         let at = haystack
             .windows(from.len())
@@ -1260,16 +1839,317 @@ mod tests {
     }
 
     #[test]
-    fn a_pgp_signature_is_reported_as_not_supported() {
-        let raw = b"tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\n\
-            author A <a@example.com> 1700000000 +0000\n\
-            committer A <a@example.com> 1700000000 +0000\n\
-            gpgsig -----BEGIN PGP SIGNATURE-----\n \n iQEzBAABCAAdFiEE\n -----END PGP SIGNATURE-----\n\
-            \n\
-            message\n";
+    fn pgp_signature_without_trusted_pgp_keys_asks_for_the_public_key_block() {
+        let repo = Repo::new();
+        let gnupg = Gnupg::new();
+        let key = gnupg.generate("Ed Test <ed@example.com>", "ed25519");
+        let raw = repo.gpg_commit(&gnupg, &key, "gpg signed\n");
+        let alice = keygen(repo.dir.path(), "alice", &["-t", "ed25519"]);
+        let list = signers(&format!("alice@example.com {}\n", key_part(&alice)));
+        let err = verify_commit(&raw, &list).expect_err("no PGP key trusted");
+        assert_eq!(err, VerifyError::NoPgpKeys);
+        assert!(
+            err.to_string().contains("BEGIN PGP PUBLIC KEY BLOCK"),
+            "{err}"
+        );
         assert_eq!(
-            verify_commit(raw, &signers("")),
-            Err(VerifyError::GpgNotSupported)
+            verify_commit(&raw, &signers("")),
+            Err(VerifyError::NoPgpKeys)
+        );
+    }
+
+    #[test]
+    fn x509_signatures_and_pgp_messages_are_not_supported() {
+        for (armor, named) in [
+            ("SIGNED MESSAGE", "X.509"),
+            ("PGP MESSAGE", "OpenPGP message"),
+        ] {
+            let raw = format!(
+                "tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\n\
+                 author A <a@example.com> 1700000000 +0000\n\
+                 committer A <a@example.com> 1700000000 +0000\n\
+                 gpgsig -----BEGIN {armor}-----\n \n MIAGCSqGSIb3\n -----END {armor}-----\n\
+                 \n\
+                 message\n"
+            );
+            let err = verify_commit(raw.as_bytes(), &signers("")).expect_err(armor);
+            assert!(
+                matches!(&err, VerifyError::UnsupportedFormat(what) if what.contains(named)),
+                "{err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn gpg_ed25519_signed_commit_by_trusted_key_verifies() {
+        let repo = Repo::new();
+        let gnupg = Gnupg::new();
+        let key = gnupg.generate("Ed Test <ed@example.com>", "ed25519");
+        let raw = repo.gpg_commit(&gnupg, &key, "first\n\nbody line\n");
+        assert!(
+            raw.windows(36)
+                .any(|w| w == b"gpgsig -----BEGIN PGP SIGNATURE-----"),
+            "commit is GPG-signed"
+        );
+        let list = signers(&gnupg.export(&[&key]));
+        assert_eq!((list.len(), list.is_empty()), (1, false));
+        assert_eq!(
+            verify_commit(&raw, &list).expect("verifies"),
+            Signer {
+                principal: "Ed Test <ed@example.com>".into(),
+                fingerprint: key.clone(),
+            }
+        );
+    }
+
+    #[test]
+    fn gpg_rsa3072_signed_commit_by_trusted_key_verifies() {
+        let repo = Repo::new();
+        let gnupg = Gnupg::new();
+        let key = gnupg.generate("Rsa Test <rsa@example.com>", "rsa3072");
+        let raw = repo.gpg_commit(&gnupg, &key, "by rsa\n");
+        let list = signers(&gnupg.export(&[&key]));
+        let signer = verify_commit(&raw, &list).expect("verifies");
+        assert_eq!(signer.principal, "Rsa Test <rsa@example.com>");
+        assert_eq!(signer.fingerprint, key);
+        let changed = replace(&raw, b"by rsa\n", b"by RSA\n");
+        assert_eq!(
+            verify_commit(&changed, &list),
+            Err(VerifyError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn gpg_commit_by_untrusted_key_is_unknown_key() {
+        let repo = Repo::new();
+        let gnupg = Gnupg::new();
+        let alice = gnupg.generate("Alice <alice@example.com>", "ed25519");
+        let mallory = gnupg.generate("Mallory <mallory@example.com>", "ed25519");
+        let raw = repo.gpg_commit(&gnupg, &mallory, "sneaky\n");
+        let list = signers(&gnupg.export(&[&alice]));
+        let err = verify_commit(&raw, &list).expect_err("refused");
+        assert_eq!(
+            err,
+            VerifyError::UnknownKey {
+                fingerprint: mallory.clone()
+            }
+        );
+        assert!(err.to_string().contains(&mallory), "{err}");
+        // Trusting both keys (one block holding two keys) accepts it.
+        let both = signers(&gnupg.export(&[&alice, &mallory]));
+        assert_eq!(both.len(), 2);
+        assert_eq!(
+            verify_commit(&raw, &both).expect("trusted").principal,
+            "Mallory <mallory@example.com>"
+        );
+    }
+
+    #[test]
+    fn gpg_commit_altered_after_signing_is_bad_signature() {
+        let repo = Repo::new();
+        let gnupg = Gnupg::new();
+        let key = gnupg.generate("Ed Test <ed@example.com>", "ed25519");
+        let raw = repo.gpg_commit(&gnupg, &key, "deploy version 1\n");
+        let list = signers(&gnupg.export(&[&key]));
+        verify_commit(&raw, &list).expect("original verifies");
+        for altered in [
+            replace(&raw, b"deploy version 1\n", b"deploy version 2\n"),
+            replace(&raw, b"author Test", b"author Evil"),
+            [raw.as_slice(), b"extra\n"].concat(),
+        ] {
+            assert_eq!(
+                verify_commit(&altered, &list),
+                Err(VerifyError::BadSignature)
+            );
+        }
+    }
+
+    #[test]
+    fn gpg_signing_subkey_verifies_as_its_primary_key() {
+        let repo = Repo::new();
+        let gnupg = Gnupg::new();
+        let primary = gnupg.generate("Sub Test <sub@example.com>", "ed25519");
+        run(gnupg
+            .gpg()
+            .args(["--passphrase", "", "--quick-add-key", &primary])
+            .args(["ed25519", "sign", "never"]));
+        let subkey = gnupg
+            .fingerprints(&primary)
+            .into_iter()
+            .nth(1)
+            .expect("the subkey's fingerprint");
+        // `!` makes GnuPG sign with exactly that subkey.
+        let raw = repo.gpg_commit(&gnupg, &format!("{subkey}!"), "by a subkey\n");
+        let list = signers(&gnupg.export(&[&primary]));
+        assert_eq!(
+            verify_commit(&raw, &list).expect("verifies"),
+            Signer {
+                principal: "Sub Test <sub@example.com>".into(),
+                fingerprint: primary.clone(),
+            }
+        );
+        // Another key does not know the subkey: the error names the subkey that signed.
+        let other = gnupg.generate("Other <other@example.com>", "ed25519");
+        assert_eq!(
+            verify_commit(&raw, &signers(&gnupg.export(&[&other]))),
+            Err(VerifyError::UnknownKey {
+                fingerprint: subkey
+            })
+        );
+    }
+
+    #[test]
+    fn expired_and_revoked_pgp_keys_are_not_valid_at_signing_time() {
+        let gnupg = Gnupg::new();
+        let message: &[u8] = b"tree 0\n\nsigned payload\n";
+        let key = gnupg.generate_at("20200101T000000", "Old <old@example.com>", "ed25519");
+        let early = gnupg.sign_at("20200201T000000", &key, message);
+        let late = gnupg.sign_at("20210601T000000", &key, message);
+        let list = signers(&gnupg.export(&[&key]));
+        verify_pgp(message, &early, &list).expect("no expiry yet");
+        verify_pgp(message, &late, &list).expect("no expiry yet");
+
+        // Expiry set on 2020-07-01 for 180 days: the late signature was made after it.
+        run(gnupg
+            .gpg()
+            .args(["--faked-system-time", "20200701T000000"])
+            .args(["--quick-set-expire", &key, "180d"]));
+        let list = signers(&gnupg.export(&[&key]));
+        verify_pgp(message, &early, &list).expect("made before the expiry");
+        let err = verify_pgp(message, &late, &list).expect_err("expired");
+        assert!(
+            matches!(&err, VerifyError::KeyNotValid { fingerprint, detail }
+                if *fingerprint == key && detail.contains("expired")),
+            "{err:?}"
+        );
+
+        // The revocation certificate GnuPG made with the key (no reason given) revokes it for
+        // every signature.
+        let certificate = std::fs::read_to_string(
+            gnupg
+                .dir
+                .path()
+                .join("openpgp-revocs.d")
+                .join(format!("{key}.rev")),
+        )
+        .expect("revocation certificate");
+        let certificate = certificate.replace(":-----BEGIN", "-----BEGIN");
+        let file = gnupg.dir.path().join("revocation.asc");
+        std::fs::write(&file, certificate).expect("write");
+        run(gnupg.gpg().arg("--import").arg(&file));
+        let list = signers(&gnupg.export(&[&key]));
+        let err = verify_pgp(message, &early, &list).expect_err("revoked");
+        assert!(
+            matches!(&err, VerifyError::KeyNotValid { detail, .. } if detail.contains("revoked")),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains(&key), "{err}");
+    }
+
+    #[test]
+    fn one_secret_text_with_allowed_signers_lines_and_a_pgp_block_verifies_both() {
+        let repo = Repo::new();
+        let gnupg = Gnupg::new();
+        let alice = keygen(repo.dir.path(), "alice", &["-t", "ed25519"]);
+        let bob = keygen(repo.dir.path(), "bob", &["-t", "ed25519"]);
+        let gpg_key = gnupg.generate("Carol <carol@example.com>", "ed25519");
+        // As the controller joins a Secret's values: each value followed by a newline, a block
+        // possibly indented.
+        let block: String = gnupg
+            .export(&[&gpg_key])
+            .lines()
+            .map(|line| format!("    {line}\r\n"))
+            .collect();
+        let text = format!(
+            "# trusted\nalice@example.com {}\n\n{block}\nbob@example.com {}\n",
+            key_part(&alice),
+            key_part(&bob)
+        );
+        let list = signers(&text);
+        assert_eq!(list.len(), 3);
+
+        let ssh_signed = repo.commit(Some(&alice), "by ssh\n");
+        assert_eq!(
+            verify_commit(&ssh_signed, &list).expect("ssh verifies"),
+            Signer {
+                principal: "alice@example.com".into(),
+                fingerprint: alice.fingerprint.clone(),
+            }
+        );
+        let after_block = repo.commit(Some(&bob), "by bob\n");
+        assert_eq!(
+            verify_commit(&after_block, &list)
+                .expect("line after the block")
+                .principal,
+            "bob@example.com"
+        );
+        let gpg_signed = repo.gpg_commit(&gnupg, &gpg_key, "by gpg\n");
+        assert_eq!(
+            verify_commit(&gpg_signed, &list).expect("gpg verifies"),
+            Signer {
+                principal: "Carol <carol@example.com>".into(),
+                fingerprint: gpg_key.clone(),
+            }
+        );
+        // Only the PGP block: SSH signatures find no listed key, the GPG one still verifies.
+        let only_pgp = signers(&gnupg.export(&[&gpg_key]));
+        assert!(matches!(
+            verify_commit(&ssh_signed, &only_pgp),
+            Err(VerifyError::UnknownKey { .. })
+        ));
+        verify_commit(&gpg_signed, &only_pgp).expect("gpg verifies");
+    }
+
+    #[test]
+    fn malformed_pgp_blocks_are_named_by_their_begin_line() {
+        let gnupg = Gnupg::new();
+        let key = gnupg.generate("Ed Test <ed@example.com>", "ed25519");
+        let block = gnupg.export(&[&key]);
+        let lines: Vec<&str> = block.lines().collect();
+        let half = lines[..lines.len() / 2].join("\n");
+        // Body lines dropped, BEGIN and END kept (first body line after the blank line).
+        let gap = [&lines[..3], &lines[lines.len() - 3..]].concat().join("\n");
+        let garbled = block.replacen('A', "!", 3);
+        let secret = String::from_utf8(run(gnupg.gpg().args([
+            "--armor",
+            "--export-secret-keys",
+            &key,
+        ])))
+        .expect("utf-8");
+        let cases = [
+            ("truncated", half.clone()),
+            ("lines missing", gap),
+            ("garbled", garbled),
+            (
+                "a second block before the END line",
+                format!("{half}\n{block}"),
+            ),
+            ("private key", secret),
+            (
+                "a signature",
+                "-----BEGIN PGP SIGNATURE-----\n\niQ==\n-----END PGP SIGNATURE-----\n".into(),
+            ),
+            ("empty", format!("{PGP_KEY_BEGIN}\n\n{PGP_KEY_END}\n")),
+        ];
+        for (name, case) in cases {
+            let text = format!("# header\n\n{case}\nalice@example.com ssh-ed25519 AAAA\n");
+            let err = AllowedSigners::parse(&text, ORIGIN).expect_err(name);
+            let VerifyError::AllowedSigners { origin, line, .. } = &err else {
+                panic!("{name}: {err:?}");
+            };
+            assert_eq!((origin.as_str(), *line), (ORIGIN, 3), "{name}: {err}");
+            let shown = err.to_string();
+            assert!(shown.starts_with(&format!("{ORIGIN}, line 3: ")), "{shown}");
+            assert!(shown.contains("OpenPGP"), "{name}: {shown}");
+        }
+        // The block itself is fine: the error is then the (bad) line after it.
+        let text = format!("# header\n\n{block}\nalice@example.com ssh-ed25519 AAAA\n");
+        let err = AllowedSigners::parse(&text, ORIGIN).expect_err("bad ssh line");
+        // The block's lines, then a blank line, then the SSH line.
+        let after = 3 + lines.len() + 1;
+        assert!(
+            matches!(err, VerifyError::AllowedSigners { line, .. } if line == after),
+            "{err:?}"
         );
     }
 
@@ -1383,6 +2263,60 @@ mod properties {
     use super::*;
     use proptest::prelude::*;
 
+    /// An ed25519 key made by `gpg --quick-gen-key 'Property <property@example.com>' ed25519`.
+    const PGP_KEY: &str = "-----BEGIN PGP PUBLIC KEY BLOCK-----
+
+mDMEZZIAgBYJKwYBBAHaRw8BAQdAdLsDNYEMh2wzeK3wfTem2iNiI/fewk0ZtXJW
+rQRIV6u0H1Byb3BlcnR5IDxwcm9wZXJ0eUBleGFtcGxlLmNvbT6IkAQTFggAOBYh
+BLwUGiU8IgxsR++iJ16hG6ItDiwSBQJlkgCAAhsDBQsJCAcCBhUKCQgLAgQWAgMB
+Ah4BAheAAAoJEF6hG6ItDiwSyJsA/1aeOOSZ4DDZXArexRTfwIGqMZwbeE1eqt4T
+QH2BTXDZAQCIpYd7eQY+QZNqVhdpjOBaH2a/pU0TLU9ncGkBPMfFDg==
+=6pFE
+-----END PGP PUBLIC KEY BLOCK-----
+";
+    /// The body of a detached signature by [`PGP_KEY`] (over other data).
+    const PGP_SIGNATURE: &str = "iHUEABYIAB0WIQS8FBolPCIMbEfvoideoRuiLQ4sEgUCawkWnAAKCRBeoRuiLQ4s\
+        EmQHAQCQYPXGSlc5Niw5MyDx/vzqFQ0p9bV4SkP9Q89P4UQL5wEAqHQ4RSgblV+j\
+        Kfudb5ysAVsSJeDmC7Hh041YFN3HQg4=";
+
+    /// `bytes` in ASCII armor of the given kind (`PUBLIC KEY BLOCK`, `SIGNATURE`), no checksum.
+    fn armor(kind: &str, bytes: &[u8]) -> String {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+        let mut out = format!("-----BEGIN PGP {kind}-----\n\n");
+        for chunk in b64.as_bytes().chunks(64) {
+            out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+            out.push('\n');
+        }
+        out.push_str(&format!("-----END PGP {kind}-----\n"));
+        out
+    }
+
+    /// A commit whose gpgsig header holds `signature`.
+    fn commit_with(signature: &str) -> String {
+        let mut commit = String::from(
+            "tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\nauthor A <a@x> 1 +0000\ncommitter A <a@x> 1 +0000\ngpgsig",
+        );
+        for line in signature.lines() {
+            commit.push(' ');
+            commit.push_str(line);
+            commit.push('\n');
+        }
+        commit.push_str("\nmessage\n");
+        commit
+    }
+
+    /// `bytes` with each `(index, mask)` flip applied (index modulo the length, mask made nonzero).
+    fn flipped(bytes: &[u8], flips: &[(usize, u8)]) -> Vec<u8> {
+        let mut out = bytes.to_vec();
+        let len = out.len();
+        for &(index, mask) in flips {
+            if let Some(byte) = out.get_mut(index % len.max(1)) {
+                *byte ^= mask | 1;
+            }
+        }
+        out
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
 
@@ -1414,6 +2348,47 @@ mod properties {
             }
             commit.push_str(" -----END SSH SIGNATURE-----\n\nmessage\n");
             prop_assert!(verify_commit(commit.as_bytes(), &signers).is_err());
+        }
+
+        /// The same for OpenPGP: random or bit-flipped key blocks in the signers text, random or
+        /// bit-flipped signatures (a real signature, over other data) with a trusted key.
+        #[test]
+        fn arbitrary_pgp_input_is_an_error_not_a_panic(
+            blob in proptest::collection::vec(any::<u8>(), 0..400),
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..4),
+            text in "[ -~\n]{0,100}",
+        ) {
+            let _ = AllowedSigners::parse(&armor("PUBLIC KEY BLOCK", &blob), "property");
+            let _ = AllowedSigners::parse(&format!("{PGP_KEY_BEGIN}\n{text}"), "property");
+            let key_body: String = PGP_KEY
+                .lines()
+                .skip(2)
+                .take_while(|line| !line.starts_with('='))
+                .collect();
+            let key_bytes = base64::engine::general_purpose::STANDARD
+                .decode(key_body)
+                .expect("the constant key");
+            let mutated_key = armor("PUBLIC KEY BLOCK", &flipped(&key_bytes, &flips));
+            let _ = AllowedSigners::parse(&mutated_key, "property");
+
+            let signers = AllowedSigners::parse(PGP_KEY, "property").expect("a valid key");
+            prop_assert_eq!(signers.len(), 1);
+            let sig_bytes = base64::engine::general_purpose::STANDARD
+                .decode(PGP_SIGNATURE)
+                .expect("the constant signature");
+            for signature in [blob, flipped(&sig_bytes, &flips)] {
+                let commit = commit_with(&armor("SIGNATURE", &signature));
+                prop_assert!(verify_commit(commit.as_bytes(), &signers).is_err());
+            }
+            // Intact, the signature is read and checked, but made over other data.
+            let intact = commit_with(&armor("SIGNATURE", &sig_bytes));
+            prop_assert_eq!(
+                verify_commit(intact.as_bytes(), &signers),
+                Err(VerifyError::BadSignature)
+            );
+            if let Ok(mutated) = AllowedSigners::parse(&mutated_key, "property") {
+                prop_assert!(verify_commit(intact.as_bytes(), &mutated).is_err());
+            }
         }
     }
 }
