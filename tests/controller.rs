@@ -504,6 +504,40 @@ async fn a_sync_converges_refuses_a_broken_commit_prunes_and_names_a_wrong_key()
     }
 }
 
+/// Starts `lockstep controller` as a loop on `port` with the given kubeconfig, Syncs of `ns` only,
+/// its Git scratch space and log under `home/<name>`; `extra` adds arguments.
+fn spawn_loop(
+    kubeconfig: &Path,
+    ns: &str,
+    port: u16,
+    home: &Path,
+    name: &str,
+    extra: &[&str],
+) -> Running {
+    let log = std::fs::File::create(home.join(format!("{name}.log"))).expect("log file");
+    Running(
+        Command::new(BIN)
+            .args(["controller", "-n", ns, "--allow-local-sources"])
+            .args(["--kubeconfig", &kubeconfig.to_string_lossy()])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--cache", &home.join(name).to_string_lossy()])
+            .args(extra)
+            .env("HOME", home)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start the controller"),
+    )
+}
+
+/// A GitHub-style `X-Hub-Signature-256` value for `body`.
+fn hook_signature(body: &[u8], key: &[u8]) -> String {
+    use hmac::Mac as _;
+    let mut mac = hmac::Hmac::<sha2_10::Sha256>::new_from_slice(key).expect("key");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
 /// Kills the controller process when the test ends, however it ends.
 struct Running(std::process::Child);
 
@@ -596,28 +630,14 @@ async fn the_loop_syncs_new_syncs_at_once_waits_for_the_interval_and_obeys_locks
     )
     .await
     .expect("sync");
-    let kubeconfig = controller_kubeconfig.to_string_lossy().into_owned();
     let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let _controller = Running(
-        Command::new(BIN)
-            .args([
-                "controller",
-                "--poll",
-                "1s",
-                "-n",
-                &sync_ns,
-                "--kubeconfig",
-                &kubeconfig,
-            ])
-            .args(["--listen", &listen])
-            .args(["--cache", &home.path().join("cache").to_string_lossy()])
-            .arg("--allow-local-sources")
-            .env("HOME", home.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(home.path().join("controller.log")).expect("log"))
-            .spawn()
-            .expect("start the controller"),
+    let _controller = spawn_loop(
+        &controller_kubeconfig,
+        &sync_ns,
+        port,
+        home.path(),
+        "controller",
+        &["--poll", "1s"],
     );
     let first = head(repo.path());
     wait_for("the first sync", async || {
@@ -711,12 +731,7 @@ async fn the_loop_syncs_new_syncs_at_once_waits_for_the_interval_and_obeys_locks
         second.as_str(),
         "a refused hook must not sync"
     );
-    let signature = {
-        use hmac::Mac as _;
-        let mut mac = hmac::Hmac::<sha2_10::Sha256>::new_from_slice(b"hook-s3cret").expect("key");
-        mac.update(body);
-        format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-    };
+    let signature = hook_signature(body, b"hook-s3cret");
     let (code, _) = http(
         port,
         "POST",
@@ -778,18 +793,13 @@ async fn the_loop_corrects_a_hand_edit_within_one_interval() {
     )
     .await;
     let port = free_port();
-    let _controller = Running(
-        Command::new(BIN)
-            .args(["controller", "--poll", "1s", "-n", &sync_ns])
-            .args(["--kubeconfig", &controller_kubeconfig.to_string_lossy()])
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--cache", &home.path().join("cache").to_string_lossy()])
-            .arg("--allow-local-sources")
-            .env("HOME", home.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start the controller"),
+    let _controller = spawn_loop(
+        &controller_kubeconfig,
+        &sync_ns,
+        port,
+        home.path(),
+        "controller",
+        &["--poll", "1s"],
     );
     let config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
         Api::namespaced(client.clone(), &target);
@@ -833,19 +843,6 @@ async fn the_loop_corrects_a_hand_edit_within_one_interval() {
         metric(port, "lockstep_drift_corrections_total") >= 1.0
     })
     .await;
-}
-
-/// Writes `text` to a new file readable only by its owner (ssh refuses keys others can read).
-fn write_private(path: &Path, text: &str) {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .expect("create private file");
-    f.write_all(text.as_bytes()).expect("write private file");
 }
 
 /// Puts a Secret with several keys (`stringData`).
@@ -1054,7 +1051,7 @@ async fn private_repositories_over_https_auth_and_ssh_and_signed_commits_only() 
     // Signed commits only: the trusted signer's key in allowed_signers form.
     let (signing_key, signing_public) = ssh_keypair(home.path());
     let key_file = home.path().join("signing-key");
-    write_private(&key_file, &signing_key);
+    support::write_private(&key_file, &signing_key);
     put_secret_data(
         &client,
         &sync_ns,
@@ -1159,7 +1156,7 @@ async fn private_repositories_over_https_auth_and_ssh_and_signed_commits_only() 
     // A commit signed by another key, changing the web Deployment: refused, the cluster unchanged.
     let (other_key, _) = ssh_keypair(home.path());
     let other_file = home.path().join("other-key");
-    write_private(&other_file, &other_key);
+    support::write_private(&other_file, &other_key);
     let values = repo.join("values.yaml");
     let text = std::fs::read_to_string(&values).expect("values");
     std::fs::write(&values, text.replacen("replicas: 1", "replicas: 4", 1)).expect("write");
@@ -1358,35 +1355,24 @@ fn start_replica(
     port: u16,
     home: &Path,
 ) -> Running {
-    let log = std::fs::File::create(home.join(format!("{identity}.log"))).expect("log file");
-    Running(
-        Command::new(BIN)
-            .args([
-                "controller",
-                "--leader-elect",
-                "--lease-namespace",
-                "lockstep-system",
-            ])
-            .args([
-                "--lease-name",
-                lease,
-                "--identity",
-                identity,
-                // A long poll: a new Sync, a requested sync and a new term wake the loop at once.
-                "--poll",
-                "60s",
-                "-n",
-                ns,
-            ])
-            .args(["--kubeconfig", &kubeconfig.to_string_lossy()])
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--cache", &home.join(identity).to_string_lossy()])
-            .arg("--allow-local-sources")
-            .env("HOME", home)
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start a replica"),
+    spawn_loop(
+        kubeconfig,
+        ns,
+        port,
+        home,
+        identity,
+        &[
+            "--leader-elect",
+            "--lease-namespace",
+            "lockstep-system",
+            "--lease-name",
+            lease,
+            "--identity",
+            identity,
+            // A long poll: a new Sync, a requested sync and a new term wake the loop at once.
+            "--poll",
+            "60s",
+        ],
     )
 }
 
@@ -1479,12 +1465,7 @@ async fn two_replicas_only_the_leader_syncs_and_a_stopped_leader_hands_over() {
     git(repo.path(), &["commit", "-q", "-am", "two"]);
     let second = head(repo.path());
     let body = br#"{}"#;
-    let signature = {
-        use hmac::Mac as _;
-        let mut mac = hmac::Hmac::<sha2_10::Sha256>::new_from_slice(b"hook-s3cret").expect("key");
-        mac.update(body);
-        format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-    };
+    let signature = hook_signature(body, b"hook-s3cret");
     let (code, _) = http(
         ports[follower],
         "POST",

@@ -242,19 +242,6 @@ fn http_push_small_and_chunked() {
     );
 }
 
-/// Writes `text` to `path` with mode 0600 (ssh refuses readable private keys).
-fn write_private(path: &Path, text: &str) {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .unwrap();
-    f.write_all(text.as_bytes()).unwrap();
-}
-
 fn ssh_command(key: &Path, known_hosts: &Path) -> String {
     format!(
         "ssh -F /dev/null -i {} -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes \
@@ -283,8 +270,8 @@ fn ssh_clone_and_push() {
     assert!(public.starts_with("ssh-ed25519 "));
     let (other_private, _) = ssh_keypair(&keys);
     assert_ne!(private, other_private);
-    write_private(&keys.join("right"), &private);
-    write_private(&keys.join("wrong"), &other_private);
+    support::write_private(&keys.join("right"), &private);
+    support::write_private(&keys.join("wrong"), &other_private);
 
     let server = GitSsh::start(&fx.served(), &public);
     let known_hosts = keys.join("known_hosts");

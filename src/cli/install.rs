@@ -15,7 +15,7 @@ use super::apply::{
 };
 use super::crypt::Failure;
 use super::keysources::Env;
-use super::render::{RenderArgs, draw};
+use super::render::{RenderArgs, ValuesArgs, draw};
 
 /// Arguments of `lockstep install`.
 #[derive(Debug, Clone, Args)]
@@ -23,16 +23,10 @@ pub struct InstallArgs {
     /// Apply the manifests to the cluster (default: print them).
     #[arg(long)]
     pub apply: bool,
-    /// Override a value of `templates/values.yaml`, e.g. `--set replicas=2`,
+    /// Overrides of `templates/values.yaml`, e.g. `--set replicas=2`,
     /// `--set image.repository=registry.local/lockstep`, `--set applyAs=impersonate`.
-    #[arg(long = "set", value_name = "PATH=VALUE")]
-    pub set: Vec<String>,
-    /// Like --set, but the value is always a string.
-    #[arg(long = "set-string", value_name = "PATH=VALUE")]
-    pub set_string: Vec<String>,
-    /// Extra values file (repeatable, in order).
-    #[arg(long = "values", short = 'f', value_name = "FILE")]
-    pub values: Vec<PathBuf>,
+    #[command(flatten)]
+    pub values: ValuesArgs,
     /// The cluster (with --apply).
     #[command(flatten)]
     pub cluster: ClusterArgs,
@@ -59,11 +53,12 @@ pub fn run(
         dir: PathBuf::from("<built-in install project>"),
         out: None,
         // The image defaults to this binary's version; the user's --set comes after and wins.
-        set: std::iter::once(format!("image.tag={}", env!("CARGO_PKG_VERSION")))
-            .chain(args.set.iter().cloned())
-            .collect(),
-        set_string: args.set_string.clone(),
-        values: args.values.clone(),
+        values: ValuesArgs {
+            set: std::iter::once(format!("image.tag={}", env!("CARGO_PKG_VERSION")))
+                .chain(args.values.set.iter().cloned())
+                .collect(),
+            ..args.values.clone()
+        },
     };
     let req = render.request()?;
     let snapshot = install::snapshot();

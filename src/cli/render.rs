@@ -30,6 +30,14 @@ pub struct RenderArgs {
     /// one stream on stdout. The directory is cleared of earlier output first.
     #[arg(long, value_name = "OUTDIR")]
     pub out: Option<PathBuf>,
+    /// Value overrides.
+    #[command(flatten)]
+    pub values: ValuesArgs,
+}
+
+/// Value overrides, shared by every command that renders.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ValuesArgs {
     /// Override a value: `--set image.tag=1.2.3` (dot path; value read as a YAML scalar).
     #[arg(long = "set", value_name = "PATH=VALUE")]
     pub set: Vec<String>,
@@ -38,7 +46,7 @@ pub struct RenderArgs {
     pub set_string: Vec<String>,
     /// Extra values file, merged after the environment's values (repeatable, in order).
     #[arg(long = "values", short = 'f', value_name = "FILE")]
-    pub values: Vec<PathBuf>,
+    pub files: Vec<PathBuf>,
 }
 
 impl RenderArgs {
@@ -48,13 +56,13 @@ impl RenderArgs {
             env: self.env.clone(),
             ..Request::default()
         };
-        for file in &self.values {
+        for file in &self.values.files {
             let text = std::fs::read_to_string(file).map_err(|e| {
                 Failure::new(RENDER_FAILED, format!("--values {}: {e}", file.display()))
             })?;
             req.values_files.push((file.display().to_string(), text));
         }
-        for (list, string) in [(&self.set, false), (&self.set_string, true)] {
+        for (list, string) in [(&self.values.set, false), (&self.values.set_string, true)] {
             for arg in list {
                 let m = render::values::parse_set(arg, string)
                     .map_err(|e| Failure::new(RENDER_FAILED, e))?;
