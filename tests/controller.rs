@@ -782,14 +782,11 @@ async fn the_loop_corrects_a_hand_edit_within_one_interval() {
     let repo = tiny_repo(&target);
     let home = tempfile::tempdir().expect("tempdir");
     let api = syncs(&client, &sync_ns);
-    create_sync(
+    create_local_sync(
         &api,
         "tiny",
-        serde_json::json!({
-            "source": {"url": format!("file://{}", repo.path().display())},
-            "environment": "dev",
-            "interval": "3s"
-        }),
+        repo.path(),
+        serde_json::json!({"interval": "3s"}),
     )
     .await;
     let port = free_port();
@@ -1185,6 +1182,24 @@ async fn private_repositories_over_https_auth_and_ssh_and_signed_commits_only() 
     );
 }
 
+/// Creates Sync `name` of the `dev` environment of the repository at `repo` (file://), with the
+/// `extra` spec fields.
+async fn create_local_sync(
+    api: &Api<DynamicObject>,
+    name: &str,
+    repo: &Path,
+    extra: serde_json::Value,
+) {
+    let mut spec = serde_json::json!({
+        "source": {"url": format!("file://{}", repo.display())},
+        "environment": "dev"
+    });
+    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+        spec.extend(extra.clone());
+    }
+    create_sync(api, name, spec).await;
+}
+
 /// A one-ConfigMap project rendering into `namespace`, as a Git repository.
 fn tiny_repo(namespace: &str) -> tempfile::TempDir {
     let repo = tempfile::tempdir().expect("tempdir");
@@ -1268,14 +1283,11 @@ async fn a_sync_with_a_service_account_can_do_only_what_that_account_may() {
     })
     .await;
     let api = syncs(&client, &sync_ns);
-    create_sync(
+    create_local_sync(
         &api,
         "tiny",
-        serde_json::json!({
-            "source": {"url": format!("file://{}", repo.path().display())},
-            "environment": "dev",
-            "serviceAccountName": "tenant"
-        }),
+        repo.path(),
+        serde_json::json!({"serviceAccountName": "tenant"}),
     )
     .await;
     let out = controller(&controller_kubeconfig, &sync_ns, &cache, home.path());
@@ -1395,15 +1407,11 @@ async fn two_replicas_only_the_leader_syncs_and_a_stopped_leader_hands_over() {
     let home = tempfile::tempdir().expect("tempdir");
     put_secret(&client, &sync_ns, "hook", "token", "hook-s3cret").await;
     let api = syncs(&client, &sync_ns);
-    create_sync(
+    create_local_sync(
         &api,
         "tiny",
-        serde_json::json!({
-            "source": {"url": format!("file://{}", repo.path().display())},
-            "environment": "dev",
-            "interval": "1h",
-            "webhook": {"secretRef": {"name": "hook"}}
-        }),
+        repo.path(),
+        serde_json::json!({"interval": "1h", "webhook": {"secretRef": {"name": "hook"}}}),
     )
     .await;
     let lease = format!("test-{}", std::process::id());
