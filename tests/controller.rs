@@ -176,6 +176,24 @@ async fn versions(client: &kube::Client, ns: &str) -> std::collections::BTreeMap
     out
 }
 
+/// After a `--once` run that must have failed: the Sync's Ready condition is False with `reason`;
+/// returns its message.
+async fn failed_with(out: &Output, api: &Api<DynamicObject>, name: &str, reason: &str) -> String {
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (status, got, message) = ready(&api.get(name).await.expect("get"));
+    assert_eq!(
+        (status.as_str(), got.as_str()),
+        ("False", reason),
+        "{message}"
+    );
+    message
+}
+
 fn ready(sync: &DynamicObject) -> (String, String, String) {
     let c = sync.data["status"]["conditions"]
         .as_array()
@@ -221,11 +239,7 @@ async fn a_sync_converges_refuses_a_broken_commit_prunes_and_names_a_wrong_key()
 
     // Converge.
     let out = controller(&controller_kubeconfig, &sync_ns, &cache, home.path());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::assert_success(&out);
     let sync = api.get("shop").await.expect("get");
     let (status, reason, message) = ready(&sync);
     assert_eq!(
@@ -250,11 +264,7 @@ async fn a_sync_converges_refuses_a_broken_commit_prunes_and_names_a_wrong_key()
     std::fs::write(&dev_values, text.replace("shop.dev.", "shop2.dev.")).expect("write");
     git(repo.path(), &["commit", "-q", "-am", "new host"]);
     let out = controller(&controller_kubeconfig, &sync_ns, &cache, home.path());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::assert_success(&out);
     let after = versions(&client, &target).await;
     let changed: Vec<&String> = before
         .iter()
@@ -280,11 +290,7 @@ async fn a_sync_converges_refuses_a_broken_commit_prunes_and_names_a_wrong_key()
         .await
         .expect("hand edit");
     let out = controller(&controller_kubeconfig, &sync_ns, &cache, home.path());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::assert_success(&out);
     assert_eq!(
         log_level(config_maps.get("shop-config").await.expect("cm")),
         "debug"
@@ -397,11 +403,7 @@ async fn a_sync_converges_refuses_a_broken_commit_prunes_and_names_a_wrong_key()
     git(repo.path(), &["add", "-A"]);
     git(repo.path(), &["commit", "-q", "-m", "no ingress"]);
     let out = controller(&controller_kubeconfig, &sync_ns, &cache, home.path());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::assert_success(&out);
     let ingresses: Api<Ingress> = Api::namespaced(client.clone(), &target);
     assert!(
         ingresses.get_opt("web").await.expect("get").is_none(),
@@ -424,13 +426,7 @@ async fn a_sync_converges_refuses_a_broken_commit_prunes_and_names_a_wrong_key()
     std::fs::write(&secrets_file, bytes).expect("write");
     git(repo.path(), &["commit", "-q", "-am", "tampered"]);
     let out = controller(&controller_kubeconfig, &sync_ns, &cache, home.path());
-    assert_eq!(out.status.code(), Some(1));
-    let (status, reason, message) = ready(&api.get("shop").await.expect("get"));
-    assert_eq!(
-        (status.as_str(), reason.as_str()),
-        ("False", "DecryptFailed"),
-        "{message}"
-    );
+    let message = failed_with(&out, &api, "shop", "DecryptFailed").await;
     assert!(
         message.contains("environments/dev/secrets.yaml"),
         "{message}"
@@ -447,9 +443,7 @@ async fn a_sync_converges_refuses_a_broken_commit_prunes_and_names_a_wrong_key()
         .await
         .expect("delete");
     let out = controller(&controller_kubeconfig, &sync_ns, &cache, home.path());
-    assert_eq!(out.status.code(), Some(1));
-    let (_, reason, message) = ready(&api.get("shop").await.expect("get"));
-    assert_eq!(reason, "DecryptFailed");
+    let message = failed_with(&out, &api, "shop", "DecryptFailed").await;
     assert!(
         message.contains(&format!(
             "decryption Secret {sync_ns}/age-key does not exist"
@@ -461,13 +455,8 @@ async fn a_sync_converges_refuses_a_broken_commit_prunes_and_names_a_wrong_key()
     let (other, other_public) = lockstep::keys::generate("2026-01-01T00:00:00Z");
     put_secret(&client, &sync_ns, "age-key", "whatever.agekey", &other).await;
     let out = controller(&controller_kubeconfig, &sync_ns, &cache, home.path());
-    assert_eq!(out.status.code(), Some(1));
+    let message = failed_with(&out, &api, "shop", "DecryptFailed").await;
     let sync = api.get("shop").await.expect("get");
-    let (status, reason, message) = ready(&sync);
-    assert_eq!(
-        (status.as_str(), reason.as_str()),
-        ("False", "DecryptFailed")
-    );
     assert!(
         message.contains("age1cunssxzmelyguczf39cjyuztac9mh3wlk6hgqv0s8m7khtfyw47qxrz3zg"),
         "{message}"
@@ -674,11 +663,7 @@ async fn the_loop_syncs_new_syncs_at_once_waits_for_the_interval_and_obeys_locks
         &[],
         home.path(),
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::assert_success(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("requested"));
     wait_for("the requested sync", async || {
         api.get("shop")
@@ -1034,9 +1019,7 @@ async fn private_repositories_over_https_auth_and_ssh_and_signed_commits_only() 
     )
     .await;
     let out = run();
-    assert_eq!(out.status.code(), Some(1));
-    let (_, reason, message) = ready(&api.get("ssh").await.expect("get"));
-    assert_eq!(reason, "FetchFailed");
+    let message = failed_with(&out, &api, "ssh", "FetchFailed").await;
     assert!(message.contains("known_hosts"), "{message}");
     api.delete("https", &Default::default())
         .await
@@ -1071,13 +1054,8 @@ async fn private_repositories_over_https_auth_and_ssh_and_signed_commits_only() 
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &target);
     // The repository's only commit is unsigned: VerifyFailed, Stalled, nothing applied.
     let out = run();
-    assert_eq!(out.status.code(), Some(1));
+    let message = failed_with(&out, &api, "signed", "VerifyFailed").await;
     let sync = api.get("signed").await.expect("get");
-    let (status, reason, message) = ready(&sync);
-    assert_eq!(
-        (status.as_str(), reason.as_str()),
-        ("False", "VerifyFailed")
-    );
     assert!(message.contains("not signed"), "{message}");
     assert!(
         sync.data["status"]["conditions"]
@@ -1130,11 +1108,7 @@ async fn private_repositories_over_https_auth_and_ssh_and_signed_commits_only() 
     push(repo);
     let signed = head(repo);
     let out = run();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::assert_success(&out);
     let sync = api.get("signed").await.expect("get");
     assert_eq!(sync.data["status"]["lastAppliedRevision"], signed.as_str());
     assert!(
@@ -1161,13 +1135,8 @@ async fn private_repositories_over_https_auth_and_ssh_and_signed_commits_only() 
     commit_signed(repo, &other_file, "not trusted");
     push(repo);
     let out = run();
-    assert_eq!(out.status.code(), Some(1));
+    let message = failed_with(&out, &api, "signed", "VerifyFailed").await;
     let sync = api.get("signed").await.expect("get");
-    let (status, reason, message) = ready(&sync);
-    assert_eq!(
-        (status.as_str(), reason.as_str()),
-        ("False", "VerifyFailed")
-    );
     assert!(message.contains("not in the allowed signers"), "{message}");
     assert_eq!(sync.data["status"]["lastAppliedRevision"], signed.as_str());
     assert_eq!(
@@ -1325,13 +1294,7 @@ async fn a_sync_with_a_service_account_can_do_only_what_that_account_may() {
     git(repo.path(), &["add", "-A"]);
     git(repo.path(), &["commit", "-q", "-m", "escape"]);
     let out = controller(&controller_kubeconfig, &sync_ns, &cache, home.path());
-    assert_eq!(out.status.code(), Some(1));
-    let (status, reason, message) = ready(&api.get("tiny").await.expect("get"));
-    assert_eq!(
-        (status.as_str(), reason.as_str()),
-        ("False", "ValidationFailed"),
-        "{message}"
-    );
+    let message = failed_with(&out, &api, "tiny", "ValidationFailed").await;
     assert!(
         message.contains("forbidden")
             && message.contains(&format!("system:serviceaccount:{sync_ns}:tenant"))

@@ -405,3 +405,13 @@ pub fn write_private(path: &Path, text: &str) {
     f.write_all(text.as_bytes())
         .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
 }
+
+/// Panics with the process's stderr unless it exited 0.
+pub fn assert_success(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
