@@ -9,7 +9,6 @@
 //! clocks that disagree between machines cannot make a live Lease look expired.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -29,7 +28,6 @@ pub struct Elector {
     api: Api<Lease>,
     name: String,
     identity: String,
-    leading: Arc<AtomicBool>,
     /// The Lease's last seen `resourceVersion`, and when this replica first saw it.
     observed: Arc<std::sync::Mutex<Option<(String, std::time::Instant)>>>,
 }
@@ -54,19 +52,8 @@ impl Elector {
             api: Api::namespaced(client, namespace),
             name: name.to_string(),
             identity: identity.to_string(),
-            leading: Arc::new(AtomicBool::new(false)),
             observed: Arc::new(std::sync::Mutex::new(None)),
         }
-    }
-
-    /// Whether this replica held the Lease at its last successful round.
-    pub fn is_leading(&self) -> bool {
-        self.leading.load(Ordering::SeqCst)
-    }
-
-    /// This replica's identity.
-    pub fn identity(&self) -> &str {
-        &self.identity
     }
 
     /// One round: create the Lease, renew it, or take it over when it expired.
@@ -121,9 +108,8 @@ impl Elector {
                 if holder == self.identity {
                     lease.spec = Some(spec(transitions, current.acquire_time.clone()));
                 } else if holder.is_empty() || expired {
-                    lease.spec = Some(spec(transitions + 1, None));
+                    lease.spec = Some(spec(transitions.saturating_add(1), None));
                 } else {
-                    self.leading.store(false, Ordering::SeqCst);
                     return Ok(Round::Following(holder));
                 }
                 match self
@@ -138,14 +124,11 @@ impl Elector {
                 }
             }
         };
-        self.leading
-            .store(round == Round::Leading, Ordering::SeqCst);
         Ok(round)
     }
 
     /// Gives the Lease up (on shutdown) so another replica takes over at once.
     pub async fn release(&self) -> Result<(), Error> {
-        self.leading.store(false, Ordering::SeqCst);
         let Some(mut lease) = self.api.get_opt(&self.name).await? else {
             return Ok(());
         };
