@@ -176,6 +176,17 @@ async fn versions(client: &kube::Client, ns: &str) -> std::collections::BTreeMap
     out
 }
 
+/// Sets a Sync's `driftMode`.
+async fn set_drift_mode(api: &Api<DynamicObject>, name: &str, mode: &str) {
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"driftMode": mode}})),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("driftMode {mode}: {e}"));
+}
+
 /// After a `--once` run that must have failed: the Sync's Ready condition is False with `reason`;
 /// returns its message.
 async fn failed_with(out: &Output, api: &Api<DynamicObject>, name: &str, reason: &str) -> String {
@@ -296,40 +307,22 @@ async fn a_sync_converges_refuses_a_broken_commit_prunes_and_names_a_wrong_key()
         "debug"
     );
     // …or only reported with driftMode: warn.
-    api.patch(
-        "shop",
-        &PatchParams::default(),
-        &Patch::Merge(serde_json::json!({"spec": {"driftMode": "warn"}})),
-    )
-    .await
-    .expect("warn mode");
+    set_drift_mode(&api, "shop", "warn").await;
     config_maps
         .patch("shop-config", &PatchParams::default(), &Patch::Merge(&edit))
         .await
         .expect("hand edit");
     let out = controller(&controller_kubeconfig, &sync_ns, &cache, home.path());
-    assert_eq!(out.status.code(), Some(1));
+    let message = failed_with(&out, &api, "shop", "DriftDetected").await;
     assert_eq!(
         log_level(config_maps.get("shop-config").await.expect("cm")),
         "trace"
-    );
-    let (status, reason, message) = ready(&api.get("shop").await.expect("get"));
-    assert_eq!(
-        (status.as_str(), reason.as_str()),
-        ("False", "DriftDetected"),
-        "{message}"
     );
     assert!(
         message.contains("ConfigMap") && message.contains("shop-config"),
         "{message}"
     );
-    api.patch(
-        "shop",
-        &PatchParams::default(),
-        &Patch::Merge(serde_json::json!({"spec": {"driftMode": "correct"}})),
-    )
-    .await
-    .expect("correct mode");
+    set_drift_mode(&api, "shop", "correct").await;
 
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &target);
     // The generation only moves when the spec changes (status updates by the controllers do not count).
@@ -527,6 +520,16 @@ fn hook_signature(body: &[u8], key: &[u8]) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
+/// Waits until Sync `name` reports `revision` as applied.
+async fn wait_applied(api: &Api<DynamicObject>, name: &str, revision: &str, what: &str) {
+    wait_for(what, async || {
+        api.get(name)
+            .await
+            .is_ok_and(|s| s.data["status"]["lastAppliedRevision"] == revision)
+    })
+    .await;
+}
+
 /// Kills the controller process when the test ends, however it ends.
 struct Running(std::process::Child);
 
@@ -629,12 +632,7 @@ async fn the_loop_syncs_new_syncs_at_once_waits_for_the_interval_and_obeys_locks
         &["--poll", "1s"],
     );
     let first = head(repo.path());
-    wait_for("the first sync", async || {
-        api.get("shop")
-            .await
-            .is_ok_and(|s| s.data["status"]["lastAppliedRevision"] == first.as_str())
-    })
-    .await;
+    wait_applied(&api, "shop", &first, "the first sync").await;
 
     // A new commit is not picked up before the interval (1h)…
     std::fs::remove_file(repo.path().join("templates/ingress.yaml")).expect("rm");
@@ -665,12 +663,7 @@ async fn the_loop_syncs_new_syncs_at_once_waits_for_the_interval_and_obeys_locks
     );
     support::assert_success(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("requested"));
-    wait_for("the requested sync", async || {
-        api.get("shop")
-            .await
-            .is_ok_and(|s| s.data["status"]["lastAppliedRevision"] == second.as_str())
-    })
-    .await;
+    wait_applied(&api, "shop", &second, "the requested sync").await;
     let ingresses: Api<Ingress> = Api::namespaced(client.clone(), &target);
     assert!(
         ingresses.get_opt("web").await.expect("get").is_none(),
@@ -725,12 +718,7 @@ async fn the_loop_syncs_new_syncs_at_once_waits_for_the_interval_and_obeys_locks
         body,
     );
     assert_eq!(code, 202);
-    wait_for("the webhook sync", async || {
-        api.get("shop")
-            .await
-            .is_ok_and(|s| s.data["status"]["lastAppliedRevision"] == third.as_str())
-    })
-    .await;
+    wait_applied(&api, "shop", &third, "the webhook sync").await;
 
     // The decrypted values are nowhere in the metrics, the log, the status or the cache on disk.
     let shop_secrets: Api<Secret> = Api::namespaced(client.clone(), &target);
@@ -1398,12 +1386,7 @@ async fn two_replicas_only_the_leader_syncs_and_a_stopped_leader_hands_over() {
         )),
     ];
     let first = head(repo.path());
-    wait_for("the first sync", async || {
-        api.get("tiny")
-            .await
-            .is_ok_and(|s| s.data["status"]["lastAppliedRevision"] == first.as_str())
-    })
-    .await;
+    wait_applied(&api, "tiny", &first, "the first sync").await;
     let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
         Api::namespaced(client.clone(), "lockstep-system");
     let holder = leases
@@ -1445,12 +1428,7 @@ async fn two_replicas_only_the_leader_syncs_and_a_stopped_leader_hands_over() {
         body,
     );
     assert_eq!(code, 202);
-    wait_for("the hooked sync", async || {
-        api.get("tiny")
-            .await
-            .is_ok_and(|s| s.data["status"]["lastAppliedRevision"] == second.as_str())
-    })
-    .await;
+    wait_applied(&api, "tiny", &second, "the hooked sync").await;
     assert_eq!(
         metric(ports[follower], success),
         0.0,
@@ -1481,12 +1459,7 @@ async fn two_replicas_only_the_leader_syncs_and_a_stopped_leader_hands_over() {
     git(repo.path(), &["commit", "-q", "-am", "three"]);
     let third = head(repo.path());
     // The new leader starts its term with a sync of every Sync.
-    wait_for("the new leader's sync", async || {
-        api.get("tiny")
-            .await
-            .is_ok_and(|s| s.data["status"]["lastAppliedRevision"] == third.as_str())
-    })
-    .await;
+    wait_applied(&api, "tiny", &third, "the new leader's sync").await;
     let holder = leases
         .get(&lease)
         .await

@@ -115,11 +115,7 @@ fn http_clone_with_protocol_v0_and_v2() {
             &[("GIT_TRACE_PACKET", "1")],
             &["-c", &proto, "clone", "-q", &url, &dest],
         );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        support::assert_success(&out);
         assert_eq!(spoke_v2(&out), version == "2");
         let cloned = std::fs::read_to_string(fx.work().join(&dest).join("app.yaml")).unwrap();
         assert_eq!(cloned, "replicas: 1\n");
@@ -156,6 +152,18 @@ fn http_clone_with_protocol_v0_and_v2() {
     );
     assert!(!out.status.success());
     assert_eq!(server.requests().last().unwrap().status, 404);
+}
+
+/// Commits `replicas: N` in the clone, pushes it to origin with `env`, and checks the server has it.
+fn push_replicas(fx: &Fixture, clone: &Path, env: &[(&str, &str)], replicas: u32) {
+    std::fs::write(clone.join("app.yaml"), format!("replicas: {replicas}\n")).unwrap();
+    git(
+        clone,
+        &["commit", "-q", "-am", &format!("{replicas} replicas")],
+    );
+    let out = git_env(clone, env, &["push", "-q", "origin", "main"]);
+    support::assert_success(&out);
+    assert_eq!(fx.head(), git(clone, &["rev-parse", "HEAD"]));
 }
 
 /// Clones each (name, url) with `git [pre…] clone` and expects every one to be refused for its
@@ -218,10 +226,7 @@ fn http_push_small_and_chunked() {
     git(&fx.work(), &["clone", "-q", &url, "clone"]);
     let clone = fx.work().join("clone");
 
-    std::fs::write(clone.join("app.yaml"), "replicas: 2\n").unwrap();
-    git(&clone, &["commit", "-q", "-am", "two replicas"]);
-    git(&clone, &["push", "-q", "origin", "main"]);
-    assert_eq!(fx.head(), git(&clone, &["rev-parse", "HEAD"]));
+    push_replicas(&fx, &clone, &[], 2);
 
     // A pack larger than http.postBuffer (1 MiB) goes out as a chunked POST.
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -349,15 +354,7 @@ fn ssh_clone_and_push() {
     }
 
     let clone = fx.work().join("v2");
-    std::fs::write(clone.join("app.yaml"), "replicas: 3\n").unwrap();
-    git(&clone, &["commit", "-q", "-am", "three replicas"]);
-    let out = git_env(&clone, &env, &["push", "-q", "origin", "main"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(fx.head(), git(&clone, &["rev-parse", "HEAD"]));
+    push_replicas(&fx, &clone, &env, 3);
     assert!(
         server.log().contains("Accepted publickey"),
         "{}",
@@ -414,11 +411,7 @@ fn https_clone_and_push_with_basic_auth() {
             &[("GIT_TRACE_PACKET", "1")],
             &["-c", &ca_info, "-c", &proto, "clone", "-q", &right, &dest],
         );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        support::assert_success(&out);
         assert_eq!(spoke_v2(&out), version == "2");
         assert_eq!(
             git(&fx.work().join(&dest), &["rev-parse", "HEAD"]),
@@ -427,22 +420,10 @@ fn https_clone_and_push_with_basic_auth() {
     }
     let ca_env = [("GIT_SSL_CAINFO", ca.to_str().unwrap())];
     let out = git_env(&fx.work(), &ca_env, &["clone", "-q", &right, "env"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::assert_success(&out);
 
     let clone = fx.work().join("env");
-    std::fs::write(clone.join("app.yaml"), "replicas: 4\n").unwrap();
-    git(&clone, &["commit", "-q", "-am", "four replicas"]);
-    let out = git_env(&clone, &ca_env, &["push", "-q", "origin", "main"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(fx.head(), git(&clone, &["rev-parse", "HEAD"]));
+    push_replicas(&fx, &clone, &ca_env, 4);
     let requests = server.requests();
     assert!(
         requests.iter().any(|r| r.method == "POST"
