@@ -8,12 +8,14 @@
 //!
 //! | stage | module |
 //! |---|---|
+//! | the object vocabulary every stage shares (identity, scope, kind order) | [`objects`] |
 //! | age keys | [`keys`] |
 //! | the SOPS file format | [`sops`] |
 //! | where a project comes from (directory, Git commit) | [`source`] |
 //! | templates + values → manifests, secrets sealed | [`render`] |
 //! | the only place plaintext is produced | [`decrypt`] |
 //! | dry run, server-side apply, inventory, prune, health, diff | [`apply`] |
+//! | the one pipeline both edges run: fetch → verify → render → decrypt → validate → apply → prune → health | [`pipeline`] |
 //! | the `Sync` resource and its reconcile | [`controller`] |
 //! | arguments, environment, exit codes, human output | [`cli`] |
 #![forbid(unsafe_code)]
@@ -24,6 +26,8 @@ pub mod cli;
 pub mod controller;
 pub mod decrypt;
 pub mod keys;
+pub mod objects;
+pub mod pipeline;
 pub mod render;
 pub mod sops;
 pub mod source;

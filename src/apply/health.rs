@@ -13,7 +13,7 @@ use kube::api::DynamicObject;
 use serde_json::Value as Json;
 
 use super::ApplyError;
-use crate::render::manifest::{ObjectId, is_builtin_cluster_scoped};
+use crate::objects::{ObjectId, is_builtin_cluster_scoped};
 
 /// Whether an object's readiness is checked.
 pub fn has_rule(id: &ObjectId) -> bool {

@@ -19,7 +19,7 @@ use super::{
     PRUNE_ANNOTATION, delete_exact, reason,
 };
 use crate::decrypt::ApplySet;
-use crate::render::manifest::{ObjectId, group_of};
+use crate::objects::{ObjectId, group_of};
 
 /// One inventoried object. Equality and order ignore the API version: the same object under a
 /// newer version is the same object (and must not be pruned).

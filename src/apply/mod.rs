@@ -33,7 +33,7 @@ use kube::{Api, Client};
 use serde_json::{Value as Json, json};
 
 use crate::decrypt::{ApplyObject, ApplySet, SecretJson};
-use crate::render::manifest::{ObjectId, kind_rank};
+use crate::objects::{ObjectId, kind_rank};
 
 pub use inventory::{Inventory, InventoryEntry};
 
@@ -628,29 +628,6 @@ async fn dry_run(client: &Client, item: &Item<'_>, pp: &PatchParams) -> Checked 
     }
 }
 
-/// Dry-runs a batch of items (by index into the set), records each result, and returns the refusals.
-async fn validate(
-    client: &Client,
-    batch: &[(usize, &Item<'_>)],
-    opts: &Options,
-    results: &mut HashMap<usize, Checked>,
-) -> Vec<Refusal> {
-    let items: Vec<&Item<'_>> = batch.iter().map(|(_, i)| *i).collect();
-    let checked = dry_run_all(client, &items, opts).await;
-    let mut refusals = Vec::new();
-    for ((index, item), c) in batch.iter().zip(checked) {
-        if let Checked::Refused(r) = &c {
-            refusals.push(Refusal {
-                id: item.obj.id.clone(),
-                source: item.obj.source.clone(),
-                reason: r.clone(),
-            });
-        }
-        results.insert(*index, c);
-    }
-    refusals
-}
-
 async fn dry_run_all(client: &Client, items: &[&Item<'_>], opts: &Options) -> Vec<Checked> {
     // Strict: an unknown or duplicated field is an error naming it, as `kubectl apply` does.
     let mut pp = PatchParams::apply(FIELD_MANAGER)
@@ -685,7 +662,7 @@ async fn live_objects(
     client: &Client,
     items: &[Item<'_>],
     sel: &str,
-) -> Result<HashMap<(String, Option<String>, String), SecretJson>, ApplyError> {
+) -> Result<HashMap<LiveKey, SecretJson>, ApplyError> {
     let mut groups: BTreeMap<(String, Option<String>), Target> = BTreeMap::new();
     for i in items {
         let ns = if i.target.namespaced {
@@ -745,7 +722,7 @@ async fn live_objects(
     Ok(live)
 }
 
-fn live_key(item: &Item<'_>) -> (String, Option<String>, String) {
+fn live_key(item: &Item<'_>) -> LiveKey {
     let ns = if item.target.namespaced {
         item.obj.id.namespace.clone()
     } else {
@@ -810,56 +787,455 @@ fn stage_of(id: &ObjectId) -> usize {
     }
 }
 
-/// Applies the set. `progress` sees each stage and object as it happens.
-pub async fn apply(
-    client: &Client,
-    set: &ApplySet,
-    opts: &Options,
-    progress: &mut dyn FnMut(&Event),
-) -> Result<Summary, ApplyError> {
-    let resolver = Resolver::new(client, set).await?;
-    let sel = selector(&set.project, &set.environment);
+/// The number of [`stage_of`] stages.
+const STAGES: usize = 3;
 
-    // Resolve every object; label it.
-    let mut unknown = Vec::new();
-    let mut items: Vec<Item<'_>> = Vec::new();
-    for obj in &set.objects {
-        match resolver.resolve(&obj.api_version, &obj.id) {
-            Some((target, deferred)) => {
-                let mut body = obj.object.duplicate();
-                label(body.expose_mut(), &set.project, &set.environment);
-                if !target.namespaced
-                    && let Some(meta) = body
-                        .expose_mut()
-                        .get_mut("metadata")
-                        .and_then(Json::as_object_mut)
-                {
-                    meta.remove("namespace");
-                }
-                let is_secret = obj.id.group.is_empty() && obj.id.kind == "Secret";
-                let digest = applied_digest(body.expose(), is_secret);
-                annotate(body.expose_mut(), &digest);
-                items.push(Item {
-                    obj,
-                    target,
-                    deferred,
-                    body,
-                    digest,
-                    untouched: false,
-                    live: false,
-                });
-            }
-            None => unknown.push(format!(
-                "{} ({}): the cluster does not serve {} {} and no CustomResourceDefinition in the set defines it",
-                obj.id, obj.source, obj.api_version, obj.id.kind
-            )),
+/// Key of a live object: (resource, namespace, name).
+type LiveKey = (String, Option<String>, String);
+
+/// An apply in progress: the set resolved against the cluster, the inventory read, the prune
+/// planned and the live objects known — before anything is written. The pipeline drives it one
+/// step at a time: [`Plan::validate`] → [`Plan::apply`] → [`Plan::prune`] → [`Plan::health`], then
+/// [`Plan::finish`]. A step that fails leaves every later step undone (nothing pruned after an
+/// error).
+pub struct Plan<'a> {
+    client: &'a Client,
+    set: &'a ApplySet,
+    opts: &'a Options,
+    resolver: Resolver,
+    items: Vec<Item<'a>>,
+    inventory_api: Api<DynamicObject>,
+    previous: Inventory,
+    current: BTreeSet<InventoryEntry>,
+    stale: Vec<InventoryEntry>,
+    live: HashMap<LiveKey, SecretJson>,
+    results: HashMap<usize, Checked>,
+    summary: Summary,
+}
+
+impl<'a> Plan<'a> {
+    /// Resolves every object of `set` (labelled, annotated), finds namespaces that do not exist
+    /// yet, reads the inventory, refuses a mass prune and lists the live objects. Writes nothing.
+    pub async fn new(
+        client: &'a Client,
+        set: &'a ApplySet,
+        opts: &'a Options,
+    ) -> Result<Plan<'a>, ApplyError> {
+        let resolver = Resolver::new(client, set).await?;
+        let mut items = resolve_items(&resolver, set)?;
+        defer_missing_namespaces(client, &mut items, opts).await?;
+        let inventory_api = inventory::api(client, &set.namespace);
+        let previous = Inventory::read(&inventory_api, &set.project, &set.environment).await?;
+        let current: BTreeSet<InventoryEntry> = items
+            .iter()
+            .map(|i| InventoryEntry::of(&i.obj.id, &i.obj.api_version))
+            .collect();
+        let stale = stale_entries(&previous, &current, opts)?;
+        let live = live_objects(client, &items, &selector(&set.project, &set.environment)).await?;
+        for item in items.iter_mut() {
+            let key = live_key(item);
+            item.untouched = untouched(item.body.expose(), &item.digest, live.get(&key));
+            item.live = live.contains_key(&key);
+        }
+        Ok(Plan {
+            client,
+            set,
+            opts,
+            resolver,
+            items,
+            inventory_api,
+            previous,
+            current,
+            stale,
+            live,
+            results: HashMap::new(),
+            summary: Summary::default(),
+        })
+    }
+
+    /// Validate: a strict server-side dry run of every object that can be checked now (objects of
+    /// namespaces and CRDs the set creates are checked by [`Plan::apply`] once those exist).
+    pub async fn validate(&mut self, progress: &mut impl FnMut(&Event)) -> Result<(), ApplyError> {
+        let now: Vec<usize> = (0..self.items.len())
+            .filter(|&i| !self.items[i].deferred && !self.items[i].untouched)
+            .collect();
+        progress(&Event::Stage(
+            "validate (server-side dry run)".into(),
+            now.len(),
+        ));
+        let refusals = self.dry_run(&now).await;
+        if refusals.is_empty() {
+            Ok(())
+        } else {
+            Err(ApplyError::Validation {
+                refusals,
+                written: false,
+            })
         }
     }
-    if !unknown.is_empty() {
-        return Err(ApplyError::UnknownKind(unknown.join("\n")));
+
+    /// Apply: stage by stage (CRDs and Namespaces, waited Established; cluster RBAC and classes;
+    /// the rest), within a stage kind by kind, objects concurrently. With [`Options::dry_run`],
+    /// only compares and records a diff per object that would change.
+    pub async fn apply(&mut self, progress: &mut impl FnMut(&Event)) -> Result<(), ApplyError> {
+        for stage in 0..STAGES {
+            if stage == 1 {
+                self.validate_deferred(progress).await?;
+            }
+            self.apply_stage(stage, progress).await?;
+            if stage == 0 && !self.opts.dry_run {
+                self.wait_crds().await?;
+            }
+        }
+        Ok(())
     }
 
-    // Objects in a Namespace of the set that does not exist yet are checked after stage 1.
+    /// Prune: deletes what left the set (newest kinds first, only objects that are still ours),
+    /// then records the new inventory. With [`Options::dry_run`], reports what would be pruned.
+    pub async fn prune(&mut self, progress: &mut impl FnMut(&Event)) -> Result<(), ApplyError> {
+        self.may_write()?;
+        let kept = self.prune_stale(progress).await?;
+        self.record_inventory(kept).await
+    }
+
+    /// Health: with [`Options::wait`], waits until every object with a health rule is ready, fails,
+    /// or the timeout passes; the objects that are not ready go into the summary.
+    pub async fn health(&mut self, progress: &mut impl FnMut(&Event)) -> Result<(), ApplyError> {
+        if !self.opts.wait || self.opts.dry_run {
+            return Ok(());
+        }
+        let watched: Vec<(ObjectId, Api<DynamicObject>)> = self
+            .items
+            .iter()
+            .filter(|i| health::has_rule(&i.obj.id))
+            .map(|i| {
+                let id = i.obj.id.clone();
+                let api = api(self.client, &i.target, id.namespace.as_deref());
+                (id, api)
+            })
+            .collect();
+        if watched.is_empty() {
+            return Ok(());
+        }
+        progress(&Event::Stage("wait for health".into(), watched.len()));
+        self.summary.not_ready = health::wait(&watched, self.opts.timeout).await?;
+        Ok(())
+    }
+
+    /// What the apply did.
+    pub fn finish(self) -> Summary {
+        self.summary
+    }
+
+    fn may_write(&self) -> Result<(), ApplyError> {
+        if self.opts.dry_run {
+            Ok(())
+        } else {
+            self.opts.may_write()
+        }
+    }
+
+    /// Dry-runs the items at `indices`, keeps each result, and returns the refusals.
+    async fn dry_run(&mut self, indices: &[usize]) -> Vec<Refusal> {
+        let items: Vec<&Item<'_>> = indices.iter().map(|&i| &self.items[i]).collect();
+        let checked = dry_run_all(self.client, &items, self.opts).await;
+        let mut refusals = Vec::new();
+        for (&index, c) in indices.iter().zip(checked) {
+            if let Checked::Refused(r) = &c {
+                let item = &self.items[index];
+                refusals.push(Refusal {
+                    id: item.obj.id.clone(),
+                    source: item.obj.source.clone(),
+                    reason: r.clone(),
+                });
+            }
+            self.results.insert(index, c);
+        }
+        refusals
+    }
+
+    /// Checks what waited for stage 0 (objects of new namespaces and CRDs), now that it exists and
+    /// before anything else is written.
+    async fn validate_deferred(
+        &mut self,
+        progress: &mut impl FnMut(&Event),
+    ) -> Result<(), ApplyError> {
+        let later: Vec<usize> = (0..self.items.len())
+            .filter(|&i| self.items[i].deferred && !self.items[i].untouched)
+            .collect();
+        if later.is_empty() || self.opts.dry_run {
+            return Ok(());
+        }
+        progress(&Event::Stage(
+            "validate objects of new namespaces and CRDs".into(),
+            later.len(),
+        ));
+        let refusals = self.dry_run(&later).await;
+        if refusals.is_empty() {
+            Ok(())
+        } else {
+            Err(ApplyError::Validation {
+                refusals,
+                written: true,
+            })
+        }
+    }
+
+    /// Applies (or compares) one stage, kind by kind.
+    async fn apply_stage(
+        &mut self,
+        stage: usize,
+        progress: &mut impl FnMut(&Event),
+    ) -> Result<(), ApplyError> {
+        let in_stage: Vec<usize> = (0..self.items.len())
+            .filter(|&i| stage_of(&self.items[i].obj.id) == stage)
+            .collect();
+        if in_stage.is_empty() {
+            return Ok(());
+        }
+        let label = match (stage, self.opts.dry_run) {
+            (0, false) => "apply CRDs and Namespaces",
+            (1, false) => "apply cluster RBAC and classes",
+            (_, false) => "apply",
+            (0, true) => "compare CRDs and Namespaces",
+            (1, true) => "compare cluster RBAC and classes",
+            (_, true) => "compare",
+        };
+        progress(&Event::Stage(label.into(), in_stage.len()));
+        let mut by_rank: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        for i in in_stage {
+            by_rank
+                .entry(kind_rank(&self.items[i].obj.id.kind))
+                .or_default()
+                .push(i);
+        }
+        for group in by_rank.into_values() {
+            self.may_write()?;
+            let done = self.send_group(&group).await;
+            self.record_group(done, progress)?;
+        }
+        Ok(())
+    }
+
+    /// Sends one kind's objects concurrently (or, in a dry run, decides what would happen).
+    async fn send_group(&self, group: &[usize]) -> Vec<(usize, Result<Action, String>)> {
+        // The dry run checked every field (strictly); the write itself need not check again.
+        let mut pp =
+            PatchParams::apply(FIELD_MANAGER).validation(kube::api::ValidationDirective::Ignore);
+        if self.opts.force_conflicts {
+            pp = pp.force();
+        }
+        let pp = &pp;
+        let work = group.iter().map(|&i| {
+            let item = &self.items[i];
+            let unchanged = item.untouched
+                || match self.results.get(&i) {
+                    Some(Checked::Accepted(dry)) => same(
+                        dry.expose(),
+                        self.live.get(&live_key(item)).map(SecretJson::expose),
+                    ),
+                    _ => false,
+                };
+            let changed = if item.live {
+                Action::Configured
+            } else {
+                Action::Created
+            };
+            async move {
+                if unchanged {
+                    return (i, Ok(Action::Unchanged));
+                }
+                if self.opts.dry_run {
+                    return (i, Ok(changed));
+                }
+                match send_quiet(self.client, item, pp).await {
+                    Ok(()) => (i, Ok(changed)),
+                    Err(e) => (i, Err(reason(&e))),
+                }
+            }
+        });
+        stream::iter(work)
+            .buffered(self.opts.concurrency.max(1))
+            .collect()
+            .await
+    }
+
+    /// Records what happened to one kind's objects (a diff each in a dry run); fails when any
+    /// object failed.
+    fn record_group(
+        &mut self,
+        done: Vec<(usize, Result<Action, String>)>,
+        progress: &mut impl FnMut(&Event),
+    ) -> Result<(), ApplyError> {
+        let mut failures = Vec::new();
+        for (i, r) in done {
+            let id = self.items[i].obj.id.clone();
+            if self.opts.dry_run && matches!(r, Ok(Action::Created | Action::Configured)) {
+                let text = self.diff_of(i);
+                self.summary.diffs.push((id.clone(), text));
+            }
+            match r {
+                Ok(action) => {
+                    progress(&Event::Object(id.clone(), action, None));
+                    self.summary.objects.push((id, action, None));
+                }
+                Err(reason) => failures.push(Refusal {
+                    id,
+                    source: self.items[i].obj.source.clone(),
+                    reason,
+                }),
+            }
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(ApplyError::Apply(failures))
+        }
+    }
+
+    /// The unified diff of item `i`: the server's dry-run result against the live object.
+    fn diff_of(&self, i: usize) -> String {
+        let item = &self.items[i];
+        let id = &item.obj.id;
+        let merged = match self.results.get(&i) {
+            Some(Checked::Accepted(dry)) => dry.duplicate(),
+            _ => item.body.duplicate(),
+        };
+        let name = format!("{}/{}", item.obj.api_version, id);
+        let is_secret = id.group.is_empty() && id.kind == "Secret";
+        diff::unified(
+            &name,
+            is_secret,
+            self.live.get(&live_key(item)).map(SecretJson::expose),
+            merged.expose(),
+        )
+    }
+
+    /// Waits until every CRD of the set is Established.
+    async fn wait_crds(&self) -> Result<(), ApplyError> {
+        for item in self
+            .items
+            .iter()
+            .filter(|i| i.obj.id.kind == "CustomResourceDefinition")
+        {
+            wait_crd_established(self.client, &item.obj.id.name, self.opts.timeout).await?;
+        }
+        Ok(())
+    }
+
+    /// Prunes the stale entries, newest kinds first; returns those that stay in the inventory.
+    async fn prune_stale(
+        &mut self,
+        progress: &mut impl FnMut(&Event),
+    ) -> Result<Vec<InventoryEntry>, ApplyError> {
+        let mut kept = Vec::new();
+        if self.stale.is_empty() {
+            return Ok(kept);
+        }
+        progress(&Event::Stage("prune".into(), self.stale.len()));
+        let mut order = self.stale.clone();
+        order.sort_by_key(|e| std::cmp::Reverse(kind_rank(&e.kind)));
+        for entry in order {
+            self.may_write()?;
+            let (action, note, keep) = if !self.opts.prune {
+                (Action::Kept, Some("pruning is off".to_string()), true)
+            } else {
+                inventory::prune_one(
+                    self.client,
+                    &self.resolver.discovery,
+                    &entry,
+                    self.set,
+                    self.opts,
+                )
+                .await
+            };
+            if keep {
+                kept.push(entry.clone());
+            }
+            if !self.opts.dry_run || action != Action::Pruned {
+                let id = entry.id();
+                progress(&Event::Object(id.clone(), action, note.clone()));
+                self.summary.objects.push((id, action, note));
+            }
+        }
+        Ok(kept)
+    }
+
+    /// Writes the new inventory (the set plus what could not be pruned), unless it is unchanged.
+    async fn record_inventory(&mut self, kept: Vec<InventoryEntry>) -> Result<(), ApplyError> {
+        if self.opts.dry_run {
+            return Ok(());
+        }
+        self.may_write()?;
+        let mut entries = std::mem::take(&mut self.current);
+        entries.extend(kept);
+        let next = Inventory {
+            entries,
+            revision: self.opts.revision.clone(),
+        };
+        // Unchanged inventory, unchanged cluster: a no-op apply writes nothing at all.
+        if !next.same_as(&self.previous) {
+            next.write(
+                &self.inventory_api,
+                &self.set.project,
+                &self.set.environment,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Resolves, labels and annotates every object of the set; a kind nobody serves is an error.
+fn resolve_items<'a>(resolver: &Resolver, set: &'a ApplySet) -> Result<Vec<Item<'a>>, ApplyError> {
+    let mut unknown = Vec::new();
+    let mut items = Vec::new();
+    for obj in &set.objects {
+        let Some((target, deferred)) = resolver.resolve(&obj.api_version, &obj.id) else {
+            unknown.push(format!(
+                "{} ({}): the cluster does not serve {} {} and no CustomResourceDefinition in the set defines it",
+                obj.id, obj.source, obj.api_version, obj.id.kind
+            ));
+            continue;
+        };
+        let mut body = obj.object.duplicate();
+        label(body.expose_mut(), &set.project, &set.environment);
+        if !target.namespaced
+            && let Some(meta) = body
+                .expose_mut()
+                .get_mut("metadata")
+                .and_then(Json::as_object_mut)
+        {
+            meta.remove("namespace");
+        }
+        let is_secret = obj.id.group.is_empty() && obj.id.kind == "Secret";
+        let digest = applied_digest(body.expose(), is_secret);
+        annotate(body.expose_mut(), &digest);
+        items.push(Item {
+            obj,
+            target,
+            deferred,
+            body,
+            digest,
+            untouched: false,
+            live: false,
+        });
+    }
+    if unknown.is_empty() {
+        Ok(items)
+    } else {
+        Err(ApplyError::UnknownKind(unknown.join("\n")))
+    }
+}
+
+/// Marks objects of namespaces that do not exist yet as deferred (checked after stage 0 creates
+/// them). One GET per namespace the set uses; a client that may not read a namespace (a
+/// namespace-bound ServiceAccount) cannot create it either: it must exist, nothing is deferred.
+async fn defer_missing_namespaces(
+    client: &Client,
+    items: &mut [Item<'_>],
+    opts: &Options,
+) -> Result<(), ApplyError> {
     let ns_api: Api<DynamicObject> = Api::all_with(
         client.clone(),
         &ApiResource::from_gvk_with_plural(
@@ -867,8 +1243,6 @@ pub async fn apply(
             "namespaces",
         ),
     );
-    // One GET per namespace the set uses. A client that may not read a namespace (a
-    // namespace-bound ServiceAccount) cannot create it either: it must exist, nothing is deferred.
     let used: BTreeSet<String> = items
         .iter()
         .filter(|i| i.target.namespaced)
@@ -878,7 +1252,7 @@ pub async fn apply(
         let ns_api = &ns_api;
         async move { (ns.clone(), ns_api.get_metadata_opt(ns).await) }
     });
-    let mut missing_ns: BTreeSet<String> = BTreeSet::new();
+    let mut missing: BTreeSet<String> = BTreeSet::new();
     for (ns, found) in stream::iter(lookups)
         .buffer_unordered(opts.concurrency.max(1))
         .collect::<Vec<_>>()
@@ -887,7 +1261,7 @@ pub async fn apply(
         match found {
             Ok(Some(_)) => {}
             Ok(None) => {
-                missing_ns.insert(ns);
+                missing.insert(ns);
             }
             Err(e) if status_code(&e) == Some(403) => {}
             Err(e) => return Err(e.into()),
@@ -896,19 +1270,20 @@ pub async fn apply(
     for item in items.iter_mut() {
         if item.target.namespaced
             && let Some(ns) = &item.obj.id.namespace
-            && missing_ns.contains(ns)
+            && missing.contains(ns)
         {
             item.deferred = true;
         }
     }
+    Ok(())
+}
 
-    // The inventory, and the prune plan: refuse a mass prune before writing anything.
-    let inv_api = inventory::api(client, &set.namespace);
-    let previous = Inventory::read(&inv_api, &set.project, &set.environment).await?;
-    let current: BTreeSet<InventoryEntry> = items
-        .iter()
-        .map(|i| InventoryEntry::of(&i.obj.id, &i.obj.api_version))
-        .collect();
+/// The inventory entries that left the set; refuses a mass prune before anything is written.
+fn stale_entries(
+    previous: &Inventory,
+    current: &BTreeSet<InventoryEntry>,
+    opts: &Options,
+) -> Result<Vec<InventoryEntry>, ApplyError> {
     let stale: Vec<InventoryEntry> = previous
         .entries
         .iter()
@@ -925,244 +1300,7 @@ pub async fn apply(
             });
         }
     }
-
-    // Live objects of ours; those exactly as last applied need no request at all.
-    let live = live_objects(client, &items, &sel).await?;
-    for item in items.iter_mut() {
-        let key = live_key(item);
-        item.untouched = untouched(item.body.expose(), &item.digest, live.get(&key));
-        item.live = live.contains_key(&key);
-    }
-
-    // Validate: dry-run everything else that can be checked now.
-    let now: Vec<(usize, &Item<'_>)> = items
-        .iter()
-        .enumerate()
-        .filter(|(_, i)| !i.deferred && !i.untouched)
-        .collect();
-    progress(&Event::Stage(
-        "validate (server-side dry run)".into(),
-        now.len(),
-    ));
-    let mut results: HashMap<usize, Checked> = HashMap::new();
-    let refusals = validate(client, &now, opts, &mut results).await;
-    if !refusals.is_empty() {
-        return Err(ApplyError::Validation {
-            refusals,
-            written: false,
-        });
-    }
-
-    let mut summary = Summary::default();
-    // The dry run checked every field (strictly); the write itself need not check again.
-    let mut pp =
-        PatchParams::apply(FIELD_MANAGER).validation(kube::api::ValidationDirective::Ignore);
-    if opts.force_conflicts {
-        pp = pp.force();
-    }
-
-    // Stage by stage; within a stage, kind by kind in order, objects concurrently.
-    let mut failures = Vec::new();
-    for stage in 0..3 {
-        if stage == 1 {
-            // Stage 1 exists now: check what waited for it, before anything else is written.
-            let later: Vec<(usize, &Item<'_>)> = items
-                .iter()
-                .enumerate()
-                .filter(|(_, i)| i.deferred && !i.untouched)
-                .collect();
-            if !later.is_empty() && !opts.dry_run {
-                progress(&Event::Stage(
-                    "validate objects of new namespaces and CRDs".into(),
-                    later.len(),
-                ));
-                let refusals = validate(client, &later, opts, &mut results).await;
-                if !refusals.is_empty() {
-                    return Err(ApplyError::Validation {
-                        refusals,
-                        written: true,
-                    });
-                }
-            }
-        }
-        let in_stage: Vec<usize> = (0..items.len())
-            .filter(|&i| stage_of(&items[i].obj.id) == stage)
-            .collect();
-        if in_stage.is_empty() {
-            continue;
-        }
-        let label = match (stage, opts.dry_run) {
-            (0, false) => "apply CRDs and Namespaces",
-            (1, false) => "apply cluster RBAC and classes",
-            (_, false) => "apply",
-            (0, true) => "compare CRDs and Namespaces",
-            (1, true) => "compare cluster RBAC and classes",
-            (_, true) => "compare",
-        };
-        progress(&Event::Stage(label.into(), in_stage.len()));
-        let mut by_rank: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-        for i in in_stage {
-            by_rank
-                .entry(kind_rank(&items[i].obj.id.kind))
-                .or_default()
-                .push(i);
-        }
-        for (_, group) in by_rank {
-            if !opts.dry_run {
-                opts.may_write()?;
-            }
-            let work = group.iter().map(|&i| {
-                let item = &items[i];
-                let unchanged = item.untouched
-                    || match results.get(&i) {
-                        Some(Checked::Accepted(dry)) => same(
-                            dry.expose(),
-                            live.get(&live_key(item)).map(SecretJson::expose),
-                        ),
-                        _ => false,
-                    };
-                let existed = live.contains_key(&live_key(item));
-                let pp = &pp;
-                async move {
-                    if unchanged {
-                        return (i, Ok(Action::Unchanged));
-                    }
-                    if opts.dry_run {
-                        return (
-                            i,
-                            Ok(if existed {
-                                Action::Configured
-                            } else {
-                                Action::Created
-                            }),
-                        );
-                    }
-                    match send_quiet(client, item, pp).await {
-                        Ok(()) => (
-                            i,
-                            Ok(if existed {
-                                Action::Configured
-                            } else {
-                                Action::Created
-                            }),
-                        ),
-                        Err(e) => (i, Err(reason(&e))),
-                    }
-                }
-            });
-            let done: Vec<(usize, Result<Action, String>)> = stream::iter(work)
-                .buffered(opts.concurrency.max(1))
-                .collect()
-                .await;
-            for (i, r) in done {
-                let id = items[i].obj.id.clone();
-                if opts.dry_run
-                    && let Ok(Action::Created | Action::Configured) = r
-                {
-                    let item = &items[i];
-                    let merged = match results.get(&i) {
-                        Some(Checked::Accepted(dry)) => dry.duplicate(),
-                        _ => item.body.duplicate(),
-                    };
-                    let name = format!("{}/{}", item.obj.api_version, id);
-                    let is_secret = id.group.is_empty() && id.kind == "Secret";
-                    let text = diff::unified(
-                        &name,
-                        is_secret,
-                        live.get(&live_key(item)).map(SecretJson::expose),
-                        merged.expose(),
-                    );
-                    summary.diffs.push((id.clone(), text));
-                }
-                match r {
-                    Ok(action) => {
-                        progress(&Event::Object(id.clone(), action, None));
-                        summary.objects.push((id, action, None));
-                    }
-                    Err(reason) => failures.push(Refusal {
-                        id,
-                        source: items[i].obj.source.clone(),
-                        reason,
-                    }),
-                }
-            }
-            if !failures.is_empty() {
-                return Err(ApplyError::Apply(failures));
-            }
-        }
-        if stage == 0 && !opts.dry_run {
-            for item in items
-                .iter()
-                .filter(|i| i.obj.id.kind == "CustomResourceDefinition")
-            {
-                wait_crd_established(client, &item.obj.id.name, opts.timeout).await?;
-            }
-        }
-    }
-
-    // Prune (only after everything applied), newest kinds first.
-    if !opts.dry_run {
-        opts.may_write()?;
-    }
-    let mut kept_in_inventory: Vec<InventoryEntry> = Vec::new();
-    if !stale.is_empty() {
-        progress(&Event::Stage("prune".into(), stale.len()));
-        let mut order = stale.clone();
-        order.sort_by_key(|e| std::cmp::Reverse(kind_rank(&e.kind)));
-        for entry in order {
-            if !opts.dry_run {
-                opts.may_write()?;
-            }
-            let (action, note, keep) = if !opts.prune {
-                (Action::Kept, Some("pruning is off".to_string()), true)
-            } else {
-                inventory::prune_one(client, &resolver.discovery, &entry, set, opts).await
-            };
-            if keep {
-                kept_in_inventory.push(entry.clone());
-            }
-            if !opts.dry_run || action != Action::Pruned {
-                let id = entry.id();
-                progress(&Event::Object(id.clone(), action, note.clone()));
-                summary.objects.push((id, action, note));
-            }
-        }
-    }
-
-    // Record the new inventory.
-    if !opts.dry_run {
-        opts.may_write()?;
-    }
-    if !opts.dry_run {
-        let mut entries: BTreeSet<InventoryEntry> = current;
-        entries.extend(kept_in_inventory);
-        let next = Inventory {
-            entries,
-            revision: opts.revision.clone(),
-        };
-        // Unchanged inventory, unchanged cluster: a no-op apply writes nothing at all.
-        if !next.same_as(&previous) {
-            next.write(&inv_api, &set.project, &set.environment).await?;
-        }
-    }
-
-    // Health.
-    if opts.wait && !opts.dry_run {
-        let watched: Vec<(ObjectId, Target)> = items
-            .iter()
-            .filter(|i| health::has_rule(&i.obj.id))
-            .map(|i| (i.obj.id.clone(), i.target.clone()))
-            .collect();
-        if !watched.is_empty() {
-            progress(&Event::Stage("wait for health".into(), watched.len()));
-            let pairs: Vec<(ObjectId, Api<DynamicObject>)> = watched
-                .iter()
-                .map(|(id, t)| (id.clone(), api(client, t, id.namespace.as_deref())))
-                .collect();
-            summary.not_ready = health::wait(&pairs, opts.timeout).await?;
-        }
-    }
-    Ok(summary)
+    Ok(stale)
 }
 
 /// Deletes one object with a precondition on its UID.

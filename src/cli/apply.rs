@@ -8,11 +8,14 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use serde_json::json;
 
-use crate::apply::{self, Action, ApplyError, Event, Options, Summary};
-use crate::decrypt::{self, DecryptError};
+use crate::apply::{self, Action, Event, Options, Summary};
+use crate::decrypt;
+use crate::keys::KeyRing;
+use crate::pipeline::{self, Fetched, StageError};
 use crate::source::Snapshot;
+use kube::Client;
 
-use super::crypt::{Failure, explain};
+use super::crypt::Failure;
 use super::keysources::{self, Env};
 use super::render::{RenderArgs, draw};
 
@@ -138,21 +141,75 @@ fn requests_made() -> usize {
     apply::requests_made()
 }
 
-fn decrypt_failure(dir: &Path, e: &DecryptError, searched: &[String]) -> Failure {
-    match e {
-        DecryptError::Sops { file, source } => Failure::new(
-            source.exit_code(),
-            format!(
-                "{}\n  nothing was applied",
-                explain(&dir.join(file), source, searched)
-            ),
-        ),
-        other => Failure::new(FAILED, format!("{other}\n  nothing was applied")),
+/// The CLI's side of the pipeline: a project directory (or one already in memory), identities
+/// from sops's places and `--identity`, the options the flags give, and the cluster they name.
+struct Local<'a> {
+    dir: &'a Path,
+    snapshot: Option<Snapshot>,
+    env: &'a Env<'a>,
+    identity: &'a [PathBuf],
+    cluster: &'a ClusterArgs,
+    options: Options,
+}
+
+impl pipeline::Inputs for Local<'_> {
+    async fn fetch(&mut self) -> Result<Fetched, StageError> {
+        let snapshot = match self.snapshot.take() {
+            Some(s) => s,
+            None => Snapshot::read_dir(self.dir)
+                .map_err(|e| StageError::Fetch(format!("reading project: {e}")))?,
+        };
+        Ok(Fetched {
+            snapshot,
+            revision: self.options.revision.clone(),
+            commit: None,
+        })
+    }
+
+    async fn verify(&mut self, _: &Fetched) -> Result<(), StageError> {
+        Ok(())
+    }
+
+    async fn identities(&mut self) -> Result<KeyRing, StageError> {
+        keysources::load(self.env, self.identity).map_err(|e| StageError::Keys(e.to_string()))
+    }
+
+    fn key_hint(&self) -> String {
+        decrypt::LOCAL_KEY_HINT.into()
+    }
+
+    fn show_path(&self, file: &str) -> String {
+        self.dir.join(file).display().to_string()
+    }
+
+    fn options(&self, _: &Fetched) -> Options {
+        self.options.clone()
+    }
+
+    async fn client(&mut self) -> Result<Client, StageError> {
+        client(self.cluster)
+            .await
+            .map_err(|f| StageError::Cluster(f.message))
     }
 }
 
-fn apply_failure(e: &ApplyError) -> Failure {
-    Failure::new(FAILED, e.to_string())
+/// The CLI's message and exit code for a failed step.
+fn failure(dir: &Path, e: &StageError, stderr: &mut dyn Write) -> Failure {
+    let message = match e {
+        StageError::Render(d) => {
+            let _ = stderr.write_all(draw(d).as_bytes());
+            return Failure::new(
+                FAILED,
+                format!("render of {} failed; nothing was applied", dir.display()),
+            );
+        }
+        StageError::Keys(_) | StageError::Decrypt { .. } => e.to_string(),
+        _ => return Failure::new(FAILED, e.to_string()),
+    };
+    Failure::new(
+        e.sops_exit_code().unwrap_or(FAILED),
+        format!("{message}\n  nothing was applied"),
+    )
 }
 
 /// Runs the pipeline up to (and including) apply or diff.
@@ -163,14 +220,13 @@ async fn pipeline(
     stderr: &mut dyn Write,
 ) -> Result<(Summary, String), Failure> {
     let req = args.render.request()?;
-    let snapshot = Snapshot::read_dir(&args.render.dir)
-        .map_err(|e| Failure::new(FAILED, format!("reading project: {e}")))?;
-    pipeline_of(&snapshot, &req, args, opts, env, stderr).await
+    pipeline_of(None, &req, args, opts, env, stderr).await
 }
 
-/// [`pipeline`] for a project already in memory (`args.render.dir` only names it in messages).
+/// [`pipeline`] for a project already in memory (`args.render.dir` then only names it in
+/// messages), or read from `args.render.dir`.
 pub(crate) async fn pipeline_of(
-    snapshot: &Snapshot,
+    snapshot: Option<Snapshot>,
     req: &crate::render::Request,
     args: &PipelineArgs,
     opts: Options,
@@ -178,30 +234,48 @@ pub(crate) async fn pipeline_of(
     stderr: &mut dyn Write,
 ) -> Result<(Summary, String), Failure> {
     let dir = &args.render.dir;
-    let rendered = crate::render::render(snapshot, req).map_err(|d| {
-        let _ = stderr.write_all(draw(&d).as_bytes());
-        Failure::new(
-            FAILED,
-            format!("render of {} failed; nothing was applied", dir.display()),
-        )
-    })?;
-    let ring = keysources::load(env, &args.identity)
-        .map_err(|e| Failure::new(FAILED, format!("{e}\n  nothing was applied")))?;
-    let set = decrypt::decrypt(&rendered, snapshot, &ring)
-        .map_err(|e| decrypt_failure(dir, &e, &ring.searched))?;
-    drop(ring);
-    let client = client(&args.cluster).await?;
-    let text = args.output == OutputFormat::Text;
-    // On a terminal the current stage shows a counter updated in place; in a log, plain lines.
-    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let mut stage: Option<(String, usize, usize)> = None;
-    let mut progress = |e: &Event| {
-        if !text {
+    let mut inputs = Local {
+        dir,
+        snapshot,
+        env,
+        identity: &args.identity,
+        cluster: &args.cluster,
+        options: opts,
+    };
+    let mut progress = Progress::new(args.output == OutputFormat::Text);
+    let result = pipeline::run(&mut inputs, req, &mut |e| progress.show(e, stderr)).await;
+    progress.end(stderr);
+    match result {
+        Ok(done) => Ok((done.summary, done.target)),
+        Err(failed) => Err(failure(dir, &failed.error, stderr)),
+    }
+}
+
+/// Progress lines: on a terminal the current stage shows a counter updated in place; in a log,
+/// plain lines.
+struct Progress {
+    text: bool,
+    terminal: bool,
+    stage: Option<(String, usize, usize)>,
+}
+
+impl Progress {
+    fn new(text: bool) -> Progress {
+        Progress {
+            text,
+            terminal: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            stage: None,
+        }
+    }
+
+    fn show(&mut self, e: &Event, stderr: &mut dyn Write) {
+        if !self.text {
             return;
         }
+        let terminal = self.terminal;
         match e {
             Event::Stage(name, n) => {
-                if terminal && stage.is_some() {
+                if terminal && self.stage.is_some() {
                     let _ = writeln!(stderr);
                 }
                 if terminal {
@@ -210,7 +284,7 @@ pub(crate) async fn pipeline_of(
                 } else {
                     let _ = writeln!(stderr, "lockstep: {name}: {n} object(s)");
                 }
-                stage = Some((name.clone(), 0, *n));
+                self.stage = Some((name.clone(), 0, *n));
             }
             Event::Object(id, action, note) => {
                 if *action != Action::Unchanged {
@@ -221,7 +295,7 @@ pub(crate) async fn pipeline_of(
                     }
                     let _ = writeln!(stderr, "  {action:<10} {id}{note}");
                 }
-                if let Some((name, done, total)) = stage.as_mut() {
+                if let Some((name, done, total)) = self.stage.as_mut() {
                     *done += 1;
                     if terminal {
                         let _ = write!(stderr, "\r\x1b[2Klockstep: {name}: {done}/{total}");
@@ -230,13 +304,13 @@ pub(crate) async fn pipeline_of(
                 }
             }
         }
-    };
-    let result = apply::apply(&client, &set, &opts, &mut progress).await;
-    if terminal && text {
-        let _ = writeln!(stderr);
     }
-    let summary = result.map_err(|e| apply_failure(&e))?;
-    Ok((summary, format!("{}/{}", set.project, set.environment)))
+
+    fn end(&self, stderr: &mut dyn Write) {
+        if self.terminal && self.text && self.stage.is_some() {
+            let _ = writeln!(stderr);
+        }
+    }
 }
 
 /// The project's Git commit (with `-dirty` when the work tree has changes), or empty.

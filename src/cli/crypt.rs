@@ -509,44 +509,12 @@ pub fn encrypt(args: &EncryptArgs, env: &Env<'_>, stdout: &mut dyn Write) -> Res
 
 /// Renders a "no identity matched" error with everything needed to fix it (public halves only).
 pub fn explain(file: &Path, err: &SopsError, searched: &[String]) -> String {
-    match err {
-        SopsError::NoMatchingIdentity {
-            recipients,
-            foreign,
-            tried,
-        } => {
-            let mut m = format!(
-                "{}: no identity can decrypt this file's data key\n",
-                file.display()
-            );
-            if recipients.is_empty() {
-                m.push_str("  the file has no age recipients\n");
-            } else {
-                m.push_str("  the file is encrypted to:\n");
-                for r in recipients {
-                    m.push_str(&format!("    {r}\n"));
-                }
-            }
-            if !foreign.is_empty() {
-                m.push_str(&format!(
-                    "  it also has {} keys, which lockstep cannot use\n",
-                    foreign.join(", ")
-                ));
-            }
-            if tried.is_empty() {
-                m.push_str("  no identities were found\n");
-            } else {
-                m.push_str("  identities tried:\n");
-                for (public, source) in tried {
-                    m.push_str(&format!("    {public}  (from {source})\n"));
-                }
-            }
-            m.push_str(&format!("  looked in: {}\n", searched.join(", ")));
-            m.push_str("  fix: set SOPS_AGE_KEY_FILE to the key file of one of the recipients above, or pass --identity FILE");
-            m
-        }
-        other => format!("{}: {other}", file.display()),
-    }
+    crate::decrypt::explain_sops(
+        &file.display().to_string(),
+        err,
+        searched,
+        crate::decrypt::LOCAL_KEY_HINT,
+    )
 }
 
 /// One step of a sops path (`["key"]` or `[0]`).

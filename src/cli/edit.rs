@@ -284,7 +284,7 @@ pub fn edit(args: &EditArgs, env: &Env<'_>, stderr: &mut dyn Write) -> Result<()
 pub struct SetArgs {
     /// The encrypted file (changed in place).
     pub file: PathBuf,
-    /// Where to set, e.g. '["db"]["password"]'; missing mappings are created, an index past the end appends.
+    /// Where to set, e.g. `'["db"]["password"]'`; missing mappings are created, an index past the end appends.
     pub path: String,
     /// The value as JSON: '"text"', 5, true, {"a": 1}.
     pub value: String,
@@ -298,7 +298,7 @@ pub struct SetArgs {
 pub struct UnsetArgs {
     /// The encrypted file (changed in place).
     pub file: PathBuf,
-    /// What to remove, e.g. '["db"]["password"]'.
+    /// What to remove, e.g. `'["db"]["password"]'`.
     pub path: String,
     /// Succeed when the key is already absent.
     #[arg(long)]

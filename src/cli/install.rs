@@ -85,7 +85,13 @@ pub fn run(
         ..Options::default()
     };
     let rt = runtime()?;
-    let (summary, what) =
-        rt.block_on(pipeline_of(&snapshot, &req, &pipeline, opts, env, stderr))?;
+    let (summary, what) = rt.block_on(pipeline_of(
+        Some(snapshot),
+        &req,
+        &pipeline,
+        opts,
+        env,
+        stderr,
+    ))?;
     report_apply(&summary, &what, args.output, stdout, stderr)
 }

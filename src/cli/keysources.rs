@@ -11,7 +11,7 @@ use crate::keys::{IdentityError, KeyRing};
 /// Reads of the environment, injected so tests can run without touching the real one.
 pub struct Env<'a> {
     /// Looks up a variable.
-    pub var: &'a dyn Fn(&str) -> Option<String>,
+    pub var: &'a (dyn Fn(&str) -> Option<String> + Sync),
     /// The home directory.
     pub home: Option<PathBuf>,
 }

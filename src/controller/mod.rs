@@ -22,7 +22,9 @@ pub mod server;
 
 use crate::apply::{self, Action, Options};
 use crate::keys::KeyRing;
-use crate::render::{self, Request};
+use crate::objects::ObjectId;
+use crate::pipeline::{self, Fetched, StageError};
+use crate::render::Request;
 use crate::source::git::{self, Revision};
 use crate::source::verify;
 
@@ -221,60 +223,7 @@ pub fn crd_yaml() -> String {
     )
 }
 
-/// How a reconcile ended, as the Ready condition's reason.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
-    /// Everything applied.
-    Succeeded,
-    /// The Git fetch failed (or its credentials Secret is missing or unusable).
-    FetchFailed,
-    /// The commit's signature is missing, bad, or not from a trusted key.
-    VerifyFailed,
-    /// Render found problems.
-    RenderFailed,
-    /// The decryption Secret or the secrets did not open.
-    DecryptFailed,
-    /// The dry run refused objects.
-    ValidationFailed,
-    /// Applying failed.
-    ApplyFailed,
-    /// Pruning was refused or failed.
-    PruneFailed,
-    /// Applied objects did not become healthy in time (`wait: true`).
-    HealthCheckFailed,
-    /// Suspended.
-    Suspended,
-    /// `driftMode: warn` found objects changed by hand (nothing was written).
-    DriftDetected,
-}
-
-impl Reason {
-    /// The CamelCase reason string.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::Succeeded => "Succeeded",
-            Reason::FetchFailed => "FetchFailed",
-            Reason::VerifyFailed => "VerifyFailed",
-            Reason::RenderFailed => "RenderFailed",
-            Reason::DecryptFailed => "DecryptFailed",
-            Reason::ValidationFailed => "ValidationFailed",
-            Reason::ApplyFailed => "ApplyFailed",
-            Reason::PruneFailed => "PruneFailed",
-            Reason::HealthCheckFailed => "HealthCheckFailed",
-            Reason::Suspended => "Suspended",
-            Reason::DriftDetected => "DriftDetected",
-        }
-    }
-
-    /// Whether the commit itself is at fault, so retrying the same commit cannot help (the Sync
-    /// is `Stalled` until a new commit or a spec change).
-    pub fn stalls(self) -> bool {
-        matches!(
-            self,
-            Reason::VerifyFailed | Reason::RenderFailed | Reason::ValidationFailed
-        )
-    }
-}
+pub use crate::pipeline::Reason;
 
 /// Loads identities from every value of a Secret (any key name; detected by content: values that
 /// are not identities are skipped).
@@ -435,23 +384,90 @@ async fn read_secret(client: &Client, ns: &str, name: &str, role: &str) -> Resul
     }
 }
 
-async fn run_pipeline(access: &Access, sync: &Sync, cache: &Path) -> Outcome {
-    let fail = |reason, message: String, revision: Option<String>| Outcome {
-        reason,
-        message,
-        revision,
-        objects: None,
-        inventory: None,
-        changed: 0,
-    };
-    let spec = &sync.spec;
-    let ns = sync.namespace().unwrap_or_else(|| "default".into());
-    let timeout = match duration_field(spec.timeout.as_deref(), "timeout") {
-        Ok(t) => t.unwrap_or_else(|| interval_of(sync)),
-        Err(e) => return fail(Reason::FetchFailed, e, None),
-    };
-    // Fetch.
-    let rev = match &spec.source.git_ref {
+/// The controller's side of the pipeline for one Sync: its Git source (fetched with the
+/// credentials Secret), its signers, its decryption Secret, and a client that applies as its
+/// `serviceAccountName` (whose rights also read those Secrets).
+struct SyncInputs<'a> {
+    access: &'a Access,
+    sync: &'a Sync,
+    ns: String,
+    cache: &'a Path,
+    timeout: Result<Duration, String>,
+    tenant: Option<Client>,
+}
+
+impl<'a> SyncInputs<'a> {
+    fn new(access: &'a Access, sync: &'a Sync, cache: &'a Path) -> SyncInputs<'a> {
+        let timeout = duration_field(sync.spec.timeout.as_deref(), "timeout")
+            .map(|t| t.unwrap_or_else(|| interval_of(sync)));
+        SyncInputs {
+            access,
+            sync,
+            ns: sync.namespace().unwrap_or_else(|| "default".into()),
+            cache,
+            timeout,
+            tenant: None,
+        }
+    }
+
+    /// The client the Sync's Secrets are read and its objects applied with.
+    fn tenant(&mut self) -> Result<Client, String> {
+        if let Some(c) = &self.tenant {
+            return Ok(c.clone());
+        }
+        let c = self.access.for_sync(self.sync, &self.ns)?;
+        self.tenant = Some(c.clone());
+        Ok(c)
+    }
+
+    /// The Git credentials named by `source.secretRef`.
+    async fn credentials(&mut self) -> Result<git::Auth, String> {
+        let Some(r) = self.sync.spec.source.secret_ref.clone() else {
+            return Ok(git::Auth::None);
+        };
+        let tenant = self.tenant()?;
+        let secret = read_secret(&tenant, &self.ns, &r.name, "credentials").await?;
+        git_auth(
+            &secret,
+            &format!("credentials Secret {}/{}", self.ns, r.name),
+            &self.sync.spec.source.url,
+        )
+    }
+
+    /// The trusted signers named by `source.verify`.
+    async fn signers(&mut self, name: &str) -> Result<verify::AllowedSigners, String> {
+        let what = format!("signers Secret {}/{name}", self.ns);
+        let tenant = self.tenant()?;
+        let secret = read_secret(&tenant, &self.ns, name, "signers").await?;
+        let text: String = secret
+            .data
+            .iter()
+            .flatten()
+            .map(|(_, v)| String::from_utf8_lossy(&v.0).into_owned() + "\n")
+            .collect();
+        match verify::AllowedSigners::parse(&text, &what) {
+            Ok(a) if !a.is_empty() => Ok(a),
+            Ok(_) => Err(format!(
+                "{what} lists no signing keys (allowed_signers lines or PGP public key blocks)"
+            )),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Whether this run only looks for drift: the revision is already applied and `driftMode` is
+    /// `warn`.
+    fn warn_only(&self, revision: &str) -> bool {
+        let applied = self
+            .sync
+            .status
+            .as_ref()
+            .and_then(|s| s.last_applied_revision.as_deref());
+        applied == Some(revision) && self.sync.spec.drift_mode == Some(DriftMode::Warn)
+    }
+}
+
+fn revision_of(git_ref: Option<&GitRef>) -> Revision {
+    match git_ref {
         Some(GitRef {
             commit: Some(c), ..
         }) => Revision::Commit(c.clone()),
@@ -460,281 +476,221 @@ async fn run_pipeline(access: &Access, sync: &Sync, cache: &Path) -> Outcome {
             branch: Some(b), ..
         }) => Revision::Branch(b.clone()),
         _ => Revision::Default,
-    };
-    let shown_url = git::redact(&spec.source.url);
-    if !remote_url(&spec.source.url) && !access.local_sources {
-        return fail(
-            Reason::FetchFailed,
-            format!(
+    }
+}
+
+impl pipeline::Inputs for SyncInputs<'_> {
+    async fn fetch(&mut self) -> Result<Fetched, StageError> {
+        let spec = &self.sync.spec;
+        let timeout = self.timeout.clone().map_err(StageError::Fetch)?;
+        let shown_url = git::redact(&spec.source.url);
+        if !remote_url(&spec.source.url) && !self.access.local_sources {
+            return Err(StageError::Fetch(format!(
                 "source.url {shown_url}: only https://, http://, ssh:// and user@host:path sources are allowed (local paths need the controller's --allow-local-sources)"
-            ),
-            None,
-        );
-    }
-    // With a serviceAccountName, the Sync's Secrets are read with that account's rights too.
-    let tenant = match access.for_sync(sync, &ns) {
-        Ok(c) => c,
-        Err(e) => return fail(Reason::FetchFailed, e, None),
-    };
-    let auth = match &spec.source.secret_ref {
-        Some(r) => match read_secret(&tenant, &ns, &r.name, "credentials").await {
-            Ok(s) => match git_auth(
-                &s,
-                &format!("credentials Secret {ns}/{}", r.name),
-                &spec.source.url,
-            ) {
-                Ok(a) => a,
-                Err(e) => return fail(Reason::FetchFailed, e, None),
-            },
-            Err(e) => return fail(Reason::FetchFailed, e, None),
-        },
-        None => git::Auth::None,
-    };
-    let url = spec.source.url.clone();
-    let path = spec.source.path.clone().unwrap_or_default();
-    // A scratch directory of this fetch alone (a timed-out fetch may still be winding down).
-    let mut suffix = [0u8; 6];
-    let _ = getrandom::fill(&mut suffix);
-    let dir = cache.join(format!("{ns}.{}.{}", sync.name_any(), hex::encode(suffix)));
-    let interrupt = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stop = interrupt.clone();
-    let fetch =
-        tokio::task::spawn_blocking(move || git::fetch(&url, &rev, &path, &auth, &dir, &stop));
-    let fetched = tokio::time::timeout(timeout, fetch).await;
-    if fetched.is_err() {
-        interrupt.store(true, std::sync::atomic::Ordering::SeqCst);
-    }
-    let fetched = match fetched {
-        Ok(Ok(Ok(f))) => f,
-        Ok(Ok(Err(e))) => return fail(Reason::FetchFailed, e.to_string(), None),
-        Ok(Err(e)) => return fail(Reason::FetchFailed, e.to_string(), None),
-        Err(_) => {
-            return fail(
-                Reason::FetchFailed,
-                format!(
+            )));
+        }
+        let auth = self.credentials().await.map_err(StageError::Fetch)?;
+        let url = spec.source.url.clone();
+        let path = spec.source.path.clone().unwrap_or_default();
+        let rev = revision_of(spec.source.git_ref.as_ref());
+        // A scratch directory of this fetch alone (a timed-out fetch may still be winding down).
+        let mut suffix = [0u8; 6];
+        let _ = getrandom::fill(&mut suffix);
+        let dir = self.cache.join(format!(
+            "{}.{}.{}",
+            self.ns,
+            self.sync.name_any(),
+            hex::encode(suffix)
+        ));
+        let interrupt = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = interrupt.clone();
+        let fetch =
+            tokio::task::spawn_blocking(move || git::fetch(&url, &rev, &path, &auth, &dir, &stop));
+        let fetched = match tokio::time::timeout(timeout, fetch).await {
+            Ok(Ok(Ok(f))) => f,
+            Ok(Ok(Err(e))) => return Err(StageError::Fetch(e.to_string())),
+            Ok(Err(e)) => return Err(StageError::Fetch(e.to_string())),
+            Err(_) => {
+                interrupt.store(true, std::sync::atomic::Ordering::SeqCst);
+                return Err(StageError::Fetch(format!(
                     "fetching {shown_url} took longer than the timeout ({}s)",
                     timeout.as_secs()
-                ),
-                None,
-            );
-        }
-    };
-    let revision = Some(fetched.revision.clone());
-    // Verify.
-    if let Some(v) = &spec.source.verify {
-        let what = format!("signers Secret {ns}/{}", v.secret_ref.name);
-        let signers = match read_secret(&tenant, &ns, &v.secret_ref.name, "signers").await {
-            Ok(s) => {
-                let text: String = s
-                    .data
-                    .iter()
-                    .flatten()
-                    .map(|(_, v)| String::from_utf8_lossy(&v.0).into_owned() + "\n")
-                    .collect();
-                match verify::AllowedSigners::parse(&text, &what) {
-                    Ok(a) if !a.is_empty() => a,
-                    Ok(_) => {
-                        return fail(
-                            Reason::VerifyFailed,
-                            format!(
-                                "{what} lists no signing keys (allowed_signers lines or PGP public key blocks)"
-                            ),
-                            revision,
-                        );
-                    }
-                    Err(e) => return fail(Reason::VerifyFailed, e.to_string(), revision),
-                }
+                )));
             }
-            Err(e) => return fail(Reason::VerifyFailed, e, revision),
         };
-        if let Err(e) = verify::verify_commit(&fetched.commit, &signers) {
-            return fail(
-                Reason::VerifyFailed,
-                format!("commit {}: {e}", fetched.revision),
-                revision,
-            );
+        Ok(Fetched {
+            snapshot: fetched.snapshot,
+            revision: fetched.revision,
+            commit: Some(fetched.commit),
+        })
+    }
+
+    async fn verify(&mut self, fetched: &Fetched) -> Result<(), StageError> {
+        let Some(v) = self.sync.spec.source.verify.clone() else {
+            return Ok(());
+        };
+        let signers = self
+            .signers(&v.secret_ref.name)
+            .await
+            .map_err(StageError::Verify)?;
+        let commit = fetched.commit.as_deref().unwrap_or_default();
+        tokio::task::block_in_place(|| verify::verify_commit(commit, &signers))
+            .map(|_| ())
+            .map_err(|e| StageError::Verify(format!("commit {}: {e}", fetched.revision)))
+    }
+
+    async fn identities(&mut self) -> Result<KeyRing, StageError> {
+        let Some(d) = self.sync.spec.decryption.clone() else {
+            return Ok(KeyRing::default());
+        };
+        let tenant = self.tenant().map_err(StageError::Keys)?;
+        let secret = read_secret(&tenant, &self.ns, &d.secret_ref.name, "decryption")
+            .await
+            .map_err(StageError::Keys)?;
+        let mut ring = identities(&secret);
+        ring.searched.push(format!(
+            "decryption Secret {}/{} ({} identities)",
+            self.ns,
+            d.secret_ref.name,
+            ring.identities.len()
+        ));
+        Ok(ring)
+    }
+
+    fn key_hint(&self) -> String {
+        match &self.sync.spec.decryption {
+            Some(d) => format!(
+                "add the identity of one of the recipients above to the decryption Secret {}/{}",
+                self.ns, d.secret_ref.name
+            ),
+            None => "set spec.decryption.secretRef to a Secret holding the identity of one of the recipients above".into(),
         }
     }
-    // Render.
-    // Rendering, decrypting and verifying are CPU work: off the async workers' hands.
-    let rendered = match tokio::task::block_in_place(|| {
-        render::render(
-            &fetched.snapshot,
-            &Request {
-                env: spec.environment.clone(),
-                ..Request::default()
-            },
+
+    fn options(&self, fetched: &Fetched) -> Options {
+        let spec = &self.sync.spec;
+        let warn_only = self.warn_only(&fetched.revision);
+        Options {
+            prune: spec.prune.unwrap_or(true),
+            wait: spec.wait.unwrap_or(false) && !warn_only,
+            timeout: self.timeout.clone().unwrap_or(DEFAULT_INTERVAL),
+            revision: fetched.revision.clone(),
+            // GitOps: Git wins over hand edits, including fields another manager took over.
+            force_conflicts: true,
+            dry_run: warn_only,
+            gate: self.access.gate.clone(),
+            ..Options::default()
+        }
+    }
+
+    async fn client(&mut self) -> Result<Client, StageError> {
+        self.tenant().map_err(StageError::Cluster)
+    }
+}
+
+/// Objects created, configured or pruned (in a dry run: that would be).
+fn changes(summary: &apply::Summary) -> impl Iterator<Item = &(ObjectId, Action, Option<String>)> {
+    summary
+        .objects
+        .iter()
+        .filter(|(_, a, _)| matches!(a, Action::Created | Action::Configured | Action::Pruned))
+}
+
+/// The outcome of a `driftMode: warn` look at an applied revision.
+fn drift_outcome(done: &pipeline::Outcome) -> Outcome {
+    let drifted: Vec<String> = changes(&done.summary)
+        .map(|(id, a, _)| {
+            let what = match a {
+                Action::Configured => "changed",
+                Action::Created => "missing",
+                _ => "left the set",
+            };
+            format!("{id} ({what})")
+        })
+        .collect();
+    let (reason, message) = if drifted.is_empty() {
+        (
+            Reason::Succeeded,
+            format!("revision {} is applied; no drift", done.revision),
         )
-    }) {
-        Ok(r) => r,
-        Err(d) => return fail(Reason::RenderFailed, d.to_string(), revision),
+    } else {
+        (
+            Reason::DriftDetected,
+            format!(
+                "{} object(s) differ from revision {} (driftMode: warn, nothing changed): {}",
+                drifted.len(),
+                done.revision,
+                drifted.join(", ")
+            ),
+        )
     };
-    // Decrypt, with identities read fresh from the Secret.
-    let ring = match &spec.decryption {
-        Some(d) => match read_secret(&tenant, &ns, &d.secret_ref.name, "decryption").await {
-            Ok(s) => identities(&s),
-            Err(e) => return fail(Reason::DecryptFailed, e, revision),
-        },
-        None => KeyRing::default(),
-    };
-    let set = match tokio::task::block_in_place(|| {
-        crate::decrypt::decrypt(&rendered, &fetched.snapshot, &ring)
-    }) {
-        Ok(s) => s,
-        Err(e) => {
-            let message = match &e {
-                crate::decrypt::DecryptError::Sops {
-                    file,
-                    source:
-                        crate::sops::SopsError::NoMatchingIdentity {
-                            recipients, tried, ..
-                        },
-                } => format!(
-                    "{file}: no identity in the decryption Secret opens it; it is encrypted to {}; the Secret holds {}",
-                    recipients.join(", "),
-                    if tried.is_empty() {
-                        "no identities".to_string()
-                    } else {
-                        tried
-                            .iter()
-                            .map(|(p, _)| p.clone())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    }
-                ),
-                other => other.to_string(),
-            };
-            return fail(Reason::DecryptFailed, message, revision);
-        }
-    };
-    drop(ring);
-    let client = &tenant;
-    // Between commits in warn mode, only look: a dry run reports what differs from Git.
-    let already_applied = sync
-        .status
-        .as_ref()
-        .and_then(|s| s.last_applied_revision.as_deref())
-        == Some(fetched.revision.as_str());
-    let warn_only = already_applied && spec.drift_mode == Some(DriftMode::Warn);
-    let opts = Options {
-        prune: spec.prune.unwrap_or(true),
-        wait: spec.wait.unwrap_or(false) && !warn_only,
-        timeout,
-        revision: fetched.revision.clone(),
-        // GitOps: Git wins over hand edits, including fields another manager took over.
-        force_conflicts: true,
-        dry_run: warn_only,
-        gate: access.gate.clone(),
-        ..Options::default()
-    };
-    if warn_only {
-        return match apply::apply(client, &set, &opts, &mut |_| {}).await {
-            Ok(summary) => {
-                let drifted: Vec<String> = summary
-                    .objects
-                    .iter()
-                    .filter(|(_, a, _)| {
-                        matches!(a, Action::Created | Action::Configured | Action::Pruned)
-                    })
-                    .map(|(id, a, _)| {
-                        format!(
-                            "{id} ({})",
-                            if *a == Action::Configured {
-                                "changed"
-                            } else if *a == Action::Created {
-                                "missing"
-                            } else {
-                                "left the set"
-                            }
-                        )
-                    })
-                    .collect();
-                if drifted.is_empty() {
-                    Outcome {
-                        reason: Reason::Succeeded,
-                        message: format!("revision {} is applied; no drift", fetched.revision),
-                        revision,
-                        objects: Some(set.objects.len()),
-                        inventory: None,
-                        changed: 0,
-                    }
-                } else {
-                    let n = drifted.len();
-                    Outcome {
-                        reason: Reason::DriftDetected,
-                        message: format!(
-                            "{n} object(s) differ from revision {} (driftMode: warn, nothing changed): {}",
-                            fetched.revision,
-                            drifted.join(", ")
-                        ),
-                        revision,
-                        objects: Some(set.objects.len()),
-                        inventory: None,
-                        changed: 0,
-                    }
-                }
-            }
-            Err(e) => fail(Reason::ValidationFailed, e.to_string(), revision),
-        };
+    Outcome {
+        reason,
+        message,
+        revision: Some(done.revision.clone()),
+        objects: Some(done.objects),
+        inventory: None,
+        changed: 0,
     }
-    match apply::apply(client, &set, &opts, &mut |_| {}).await {
-        Ok(summary) => {
-            let changed = summary
-                .objects
-                .iter()
-                .filter(|(_, a, _)| {
-                    matches!(a, Action::Created | Action::Configured | Action::Pruned)
-                })
-                .count();
-            let (reason, message) = if summary.not_ready.is_empty() {
-                (
-                    Reason::Succeeded,
-                    format!(
-                        "applied revision {}: {} object(s), {changed} changed",
-                        fetched.revision,
-                        set.objects.len()
-                    ),
-                )
-            } else {
-                (
-                    Reason::HealthCheckFailed,
-                    format!(
-                        "applied revision {}, but {} object(s) are not ready after {}s: {}",
-                        fetched.revision,
-                        summary.not_ready.len(),
-                        timeout.as_secs(),
-                        summary
-                            .not_ready
-                            .iter()
-                            .map(|(id, why)| format!("{id}: {why}"))
-                            .collect::<Vec<_>>()
-                            .join("; ")
-                    ),
-                )
-            };
-            Outcome {
-                reason,
-                message,
-                revision,
-                objects: Some(set.objects.len()),
-                inventory: Some(format!(
-                    "{}/{}",
-                    set.namespace,
-                    apply::inventory::name(&set.project, &set.environment)
-                )),
-                changed,
-            }
-        }
-        Err(e) => {
-            let reason = match &e {
-                apply::ApplyError::Validation { .. } | apply::ApplyError::UnknownKind(_) => {
-                    Reason::ValidationFailed
-                }
-                apply::ApplyError::MassPrune { .. } => Reason::PruneFailed,
-                _ => Reason::ApplyFailed,
-            };
-            fail(reason, e.to_string(), revision)
-        }
+}
+
+/// The outcome of an apply.
+fn applied_outcome(done: &pipeline::Outcome, timeout: Duration) -> Outcome {
+    let summary = &done.summary;
+    let changed = changes(summary).count();
+    let (reason, message) = if summary.not_ready.is_empty() {
+        (
+            Reason::Succeeded,
+            format!(
+                "applied revision {}: {} object(s), {changed} changed",
+                done.revision, done.objects
+            ),
+        )
+    } else {
+        (
+            Reason::HealthCheckFailed,
+            format!(
+                "applied revision {}, but {} object(s) are not ready after {}s: {}",
+                done.revision,
+                summary.not_ready.len(),
+                timeout.as_secs(),
+                summary
+                    .not_ready
+                    .iter()
+                    .map(|(id, why)| format!("{id}: {why}"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+        )
+    };
+    Outcome {
+        reason,
+        message,
+        revision: Some(done.revision.clone()),
+        objects: Some(done.objects),
+        inventory: Some(format!("{}/{}", done.namespace, done.inventory)),
+        changed,
+    }
+}
+
+/// Runs the pipeline for one Sync.
+async fn run_pipeline(access: &Access, sync: &Sync, cache: &Path) -> Outcome {
+    let mut inputs = SyncInputs::new(access, sync, cache);
+    let request = Request {
+        env: sync.spec.environment.clone(),
+        ..Request::default()
+    };
+    match pipeline::run(&mut inputs, &request, &mut |_| {}).await {
+        Ok(done) if inputs.warn_only(&done.revision) => drift_outcome(&done),
+        Ok(done) => applied_outcome(&done, inputs.timeout.clone().unwrap_or(DEFAULT_INTERVAL)),
+        Err(failed) => Outcome {
+            reason: failed.error.reason(),
+            message: failed.error.to_string(),
+            revision: failed.revision,
+            objects: None,
+            inventory: None,
+            changed: 0,
+        },
     }
 }
 

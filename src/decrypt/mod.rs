@@ -17,7 +17,7 @@ use serde_json::{Map, Value as Json};
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::keys::KeyRing;
-use crate::render::manifest::{self, ObjectId, Scopes};
+use crate::objects::{self, ObjectId, Scopes};
 use crate::render::sealed::{SealedRef, Transform};
 use crate::render::{Body, Rendered};
 use crate::sops::store::Format;
@@ -76,6 +76,52 @@ pub enum DecryptError {
         /// `ENC[…] ciphertext` or `a sealed placeholder`.
         what: &'static str,
     },
+}
+
+/// What sops users are told to do when no identity opens a file (the CLI's key sources).
+pub const LOCAL_KEY_HINT: &str =
+    "set SOPS_AGE_KEY_FILE to the key file of one of the recipients above, or pass --identity FILE";
+
+/// Explains why `file` did not open: for "no identity", the file's recipients, the identities tried
+/// (public halves only) and where they were looked for (`searched`), then `hint`. The one
+/// explanation every edge gives.
+pub fn explain_sops(file: &str, err: &SopsError, searched: &[String], hint: &str) -> String {
+    let SopsError::NoMatchingIdentity {
+        recipients,
+        foreign,
+        tried,
+    } = err
+    else {
+        return format!("{file}: {err}");
+    };
+    let mut m = format!("{file}: no identity can decrypt this file's data key\n");
+    if recipients.is_empty() {
+        m.push_str("  the file has no age recipients\n");
+    } else {
+        m.push_str("  the file is encrypted to:\n");
+        for r in recipients {
+            m.push_str(&format!("    {r}\n"));
+        }
+    }
+    if !foreign.is_empty() {
+        m.push_str(&format!(
+            "  it also has {} keys, which lockstep cannot use\n",
+            foreign.join(", ")
+        ));
+    }
+    if tried.is_empty() {
+        m.push_str("  no identities were found\n");
+    } else {
+        m.push_str("  identities tried:\n");
+        for (public, source) in tried {
+            m.push_str(&format!("    {public}  (from {source})\n"));
+        }
+    }
+    if !searched.is_empty() {
+        m.push_str(&format!("  looked in: {}\n", searched.join(", ")));
+    }
+    m.push_str(&format!("  fix: {hint}"));
+    m
 }
 
 /// A JSON object holding plaintext: no `Debug`, no `Clone`, every string wiped on drop.
@@ -454,7 +500,7 @@ fn open_sops_manifest(
             .ok_or_else(|| bad("the decrypted document has no kind".into()))?;
         let name = text_of(&json.0["metadata"]["name"])
             .ok_or_else(|| bad("the decrypted document has no metadata.name".into()))?;
-        let group = manifest::group_of(&api_version).to_string();
+        let group = objects::group_of(&api_version).to_string();
         let namespace = if scopes.is_cluster_scoped(&group, &kind) {
             None
         } else {

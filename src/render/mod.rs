@@ -34,8 +34,9 @@ use yaml_serde::{Mapping, Value};
 
 use crate::source::Snapshot;
 
+pub use crate::objects::ObjectId;
 pub use diagnostic::{Diagnostic, Diagnostics};
-pub use manifest::{Body, Manifest, ObjectId};
+pub use manifest::{Body, Manifest};
 pub use project::{PROJECT_FILE, Project};
 pub use sealed::{SealedRef, SecretsFile, Transform};
 
@@ -421,7 +422,7 @@ pub fn render(snapshot: &Snapshot, req: &Request) -> Result<Rendered, Diagnostic
     }
 
     // Namespaces: defaulted for namespaced kinds (CRDs in the set tell which custom kinds are not).
-    let mut scopes = manifest::Scopes::default();
+    let mut scopes = crate::objects::Scopes::default();
     for p in &pending {
         if p.id.kind == "CustomResourceDefinition" && p.id.group == "apiextensions.k8s.io" {
             scopes.learn(&p.value);
@@ -625,12 +626,12 @@ fn sops_manifest(path: &str, text: &str, namespace: &str) -> Manifest {
         let api_version = clear(&v["apiVersion"])?;
         let kind = clear(&v["kind"])?;
         let name = clear(&v["metadata"]["name"])?;
-        let group = manifest::group_of(&api_version).to_string();
+        let group = crate::objects::group_of(&api_version).to_string();
         let ns = match &v["metadata"]["namespace"] {
             Value::Null => None,
             other => Some(clear(other)?),
         };
-        let namespace = if manifest::is_builtin_cluster_scoped(&group, &kind) {
+        let namespace = if crate::objects::is_builtin_cluster_scoped(&group, &kind) {
             None
         } else {
             Some(ns.unwrap_or_else(|| namespace.to_string()))

@@ -1,0 +1,387 @@
+//! The one pipeline both edges run — `lockstep apply`/`diff` and the controller's reconcile:
+//!
+//! ```text
+//! fetch → verify → render → decrypt → validate → apply → prune → health
+//! ```
+//!
+//! Each step is a function; what differs between the edges (where the project comes from, whether
+//! its commit is checked, where identities are, how to apply) is behind [`Inputs`]. A step that
+//! fails returns a [`StageError`] that knows its [`Step`], its status [`Reason`], whether only a new
+//! commit can help ([`StageError::stalls`]) and its metric label; every later step is skipped, so
+//! nothing is written after a failed check and nothing is pruned after an error.
+
+use std::future::Future;
+
+use kube::Client;
+
+use crate::apply::{self, ApplyError, Event, Options, Plan, Summary};
+use crate::decrypt::{self, ApplySet, DecryptError};
+use crate::keys::KeyRing;
+use crate::render::{self, Diagnostics, Rendered, Request};
+use crate::source::Snapshot;
+
+/// The steps, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Step {
+    /// Read the project (a directory, or a Git commit).
+    Fetch,
+    /// Check the commit's signature.
+    Verify,
+    /// Templates and values → manifests, secrets sealed.
+    Render,
+    /// Open the secrets, in memory.
+    Decrypt,
+    /// Server-side dry run of the whole set.
+    Validate,
+    /// Staged server-side apply.
+    Apply,
+    /// Delete what left the set; record the inventory.
+    Prune,
+    /// Wait until the applied objects are healthy.
+    Health,
+}
+
+impl Step {
+    /// The Reason a failure of this step reports.
+    pub fn failure(self) -> Reason {
+        match self {
+            Step::Fetch => Reason::FetchFailed,
+            Step::Verify => Reason::VerifyFailed,
+            Step::Render => Reason::RenderFailed,
+            Step::Decrypt => Reason::DecryptFailed,
+            Step::Validate => Reason::ValidationFailed,
+            Step::Apply => Reason::ApplyFailed,
+            Step::Prune => Reason::PruneFailed,
+            Step::Health => Reason::HealthCheckFailed,
+        }
+    }
+}
+
+/// How a sync ended, as a status condition's reason (and a metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// Everything applied.
+    Succeeded,
+    /// The Git fetch failed (or its credentials Secret is missing or unusable).
+    FetchFailed,
+    /// The commit's signature is missing, bad, or not from a trusted key.
+    VerifyFailed,
+    /// Render found problems.
+    RenderFailed,
+    /// The decryption Secret or the secrets did not open.
+    DecryptFailed,
+    /// The dry run refused objects.
+    ValidationFailed,
+    /// Applying failed.
+    ApplyFailed,
+    /// Pruning was refused or failed.
+    PruneFailed,
+    /// Applied objects did not become healthy in time (`wait: true`).
+    HealthCheckFailed,
+    /// Suspended.
+    Suspended,
+    /// `driftMode: warn` found objects changed by hand (nothing was written).
+    DriftDetected,
+}
+
+impl Reason {
+    /// The CamelCase reason string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Succeeded => "Succeeded",
+            Reason::FetchFailed => "FetchFailed",
+            Reason::VerifyFailed => "VerifyFailed",
+            Reason::RenderFailed => "RenderFailed",
+            Reason::DecryptFailed => "DecryptFailed",
+            Reason::ValidationFailed => "ValidationFailed",
+            Reason::ApplyFailed => "ApplyFailed",
+            Reason::PruneFailed => "PruneFailed",
+            Reason::HealthCheckFailed => "HealthCheckFailed",
+            Reason::Suspended => "Suspended",
+            Reason::DriftDetected => "DriftDetected",
+        }
+    }
+
+    /// Whether the commit itself is at fault, so retrying the same commit cannot help (the Sync
+    /// is `Stalled` until a new commit or a spec change).
+    pub fn stalls(self) -> bool {
+        matches!(
+            self,
+            Reason::VerifyFailed | Reason::RenderFailed | Reason::ValidationFailed
+        )
+    }
+
+    /// The `result` label of `lockstep_syncs_total`: `success` or `failure`.
+    pub fn metric_label(self) -> &'static str {
+        if self == Reason::Succeeded {
+            "success"
+        } else {
+            "failure"
+        }
+    }
+}
+
+/// Why a step failed. Never holds a secret value: messages name files, objects and key paths.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    /// The project could not be read or fetched.
+    #[error("{0}")]
+    Fetch(String),
+    /// The commit is not signed by a trusted key (or the signers are unusable).
+    #[error("{0}")]
+    Verify(String),
+    /// Render found problems (drawn with their source spans by the CLI).
+    #[error("{0}")]
+    Render(Diagnostics),
+    /// The identities could not be loaded.
+    #[error("{0}")]
+    Keys(String),
+    /// No connection to the cluster.
+    #[error("{0}")]
+    Cluster(String),
+    /// The secrets did not open; the message explains which identities were tried where.
+    #[error("{message}")]
+    Decrypt {
+        /// The explanation (see [`decrypt::explain_sops`]).
+        message: String,
+        /// What went wrong.
+        error: Box<DecryptError>,
+    },
+    /// A cluster step failed (its step follows from the error: see [`StageError::step`]).
+    #[error("{0}")]
+    Apply(ApplyError),
+}
+
+impl StageError {
+    /// The step that failed.
+    pub fn step(&self) -> Step {
+        match self {
+            StageError::Fetch(_) => Step::Fetch,
+            StageError::Verify(_) => Step::Verify,
+            StageError::Render(_) => Step::Render,
+            StageError::Keys(_) | StageError::Decrypt { .. } => Step::Decrypt,
+            StageError::Apply(e) => match e {
+                ApplyError::Validation { .. } | ApplyError::UnknownKind(_) => Step::Validate,
+                ApplyError::MassPrune { .. } => Step::Prune,
+                _ => Step::Apply,
+            },
+            StageError::Cluster(_) => Step::Apply,
+        }
+    }
+
+    /// The status Reason of this failure.
+    pub fn reason(&self) -> Reason {
+        self.step().failure()
+    }
+
+    /// Whether only a new commit or spec can help (see [`Reason::stalls`]).
+    pub fn stalls(&self) -> bool {
+        self.reason().stalls()
+    }
+
+    /// The metric label of this failure's Reason.
+    pub fn metric_label(&self) -> &'static str {
+        self.reason().metric_label()
+    }
+
+    /// sops's exit code for a key problem (128 no identity, 51 MAC mismatch…), if it is one.
+    pub fn sops_exit_code(&self) -> Option<u8> {
+        match self {
+            StageError::Decrypt { error, .. } => match error.as_ref() {
+                DecryptError::Sops { source, .. } => Some(source.exit_code()),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+}
+
+/// A project read by the fetch step.
+pub struct Fetched {
+    /// The project's files (ciphertext only).
+    pub snapshot: Snapshot,
+    /// The Git commit, or empty.
+    pub revision: String,
+    /// The raw commit object, for the verify step (Git sources only).
+    pub commit: Option<Vec<u8>>,
+}
+
+/// What differs between the edges. The futures are `Send` so a reconcile can run on its own task.
+pub trait Inputs: Send {
+    /// Fetch: the project's files.
+    fn fetch(&mut self) -> impl Future<Output = Result<Fetched, StageError>> + Send;
+
+    /// Verify: checks the fetched commit (nothing to check for a local directory).
+    fn verify(&mut self, fetched: &Fetched) -> impl Future<Output = Result<(), StageError>> + Send;
+
+    /// The identities to decrypt with, read fresh each run.
+    fn identities(&mut self) -> impl Future<Output = Result<KeyRing, StageError>> + Send;
+
+    /// What to tell a user whose identities open nothing.
+    fn key_hint(&self) -> String;
+
+    /// How to name a project file in messages (e.g. inside the project's directory).
+    fn show_path(&self, file: &str) -> String {
+        file.to_string()
+    }
+
+    /// How to apply the set rendered from `fetched`.
+    fn options(&self, fetched: &Fetched) -> Options;
+
+    /// The client to apply with (connected only once the set is built, so a broken project fails
+    /// without a cluster).
+    fn client(&mut self) -> impl Future<Output = Result<Client, StageError>> + Send;
+}
+
+/// What a successful run did.
+pub struct Outcome {
+    /// What was applied (or compared).
+    pub summary: Summary,
+    /// `project/environment`.
+    pub target: String,
+    /// The namespace holding the inventory.
+    pub namespace: String,
+    /// The inventory's name.
+    pub inventory: String,
+    /// Objects in the set.
+    pub objects: usize,
+    /// The revision applied.
+    pub revision: String,
+}
+
+/// A failed run: the step's error, and the revision when the fetch got that far.
+pub struct Failed {
+    /// What failed.
+    pub error: StageError,
+    /// The fetched revision, if any.
+    pub revision: Option<String>,
+}
+
+/// Runs every step in order; `progress` sees each apply stage and object.
+pub async fn run<I: Inputs>(
+    inputs: &mut I,
+    request: &Request,
+    progress: &mut impl FnMut(&Event),
+) -> Result<Outcome, Failed> {
+    let fetched = fetch(inputs).await.map_err(|error| Failed {
+        error,
+        revision: None,
+    })?;
+    let at = |error| Failed {
+        error,
+        revision: Some(fetched.revision.clone()),
+    };
+    verify(inputs, &fetched).await.map_err(at)?;
+    let rendered = render(&fetched.snapshot, request).map_err(at)?;
+    let set = decrypt(inputs, &rendered, &fetched.snapshot)
+        .await
+        .map_err(at)?;
+    let options = inputs.options(&fetched);
+    let client = inputs.client().await.map_err(at)?;
+    let summary = converge(&client, &set, &options, progress)
+        .await
+        .map_err(at)?;
+    Ok(Outcome {
+        summary,
+        target: format!("{}/{}", set.project, set.environment),
+        namespace: set.namespace.clone(),
+        inventory: apply::inventory::name(&set.project, &set.environment),
+        objects: set.objects.len(),
+        revision: fetched.revision.clone(),
+    })
+}
+
+/// Fetch step.
+pub async fn fetch(inputs: &mut impl Inputs) -> Result<Fetched, StageError> {
+    inputs.fetch().await
+}
+
+/// Verify step.
+pub async fn verify(inputs: &mut impl Inputs, fetched: &Fetched) -> Result<(), StageError> {
+    inputs.verify(fetched).await
+}
+
+/// Render step (CPU work: off the async workers' hands when there are several).
+pub fn render(snapshot: &Snapshot, request: &Request) -> Result<Rendered, StageError> {
+    cpu(|| render::render(snapshot, request)).map_err(StageError::Render)
+}
+
+/// Decrypt step: identities read fresh, dropped as soon as the set is built.
+pub async fn decrypt(
+    inputs: &mut impl Inputs,
+    rendered: &Rendered,
+    snapshot: &Snapshot,
+) -> Result<ApplySet, StageError> {
+    let ring = inputs.identities().await?;
+    cpu(|| decrypt::decrypt(rendered, snapshot, &ring)).map_err(|error| StageError::Decrypt {
+        message: match &error {
+            DecryptError::Sops { file, source } => decrypt::explain_sops(
+                &inputs.show_path(file),
+                source,
+                &ring.searched,
+                &inputs.key_hint(),
+            ),
+            other => other.to_string(),
+        },
+        error: Box::new(error),
+    })
+}
+
+/// Validate → apply → prune → health against the cluster.
+pub async fn converge(
+    client: &Client,
+    set: &ApplySet,
+    options: &Options,
+    progress: &mut impl FnMut(&Event),
+) -> Result<Summary, StageError> {
+    let mut plan = Plan::new(client, set, options)
+        .await
+        .map_err(StageError::Apply)?;
+    validate(&mut plan, progress).await?;
+    apply(&mut plan, progress).await?;
+    prune(&mut plan, progress).await?;
+    health(&mut plan, progress).await?;
+    Ok(plan.finish())
+}
+
+/// Validate step: a strict server-side dry run of the whole set; nothing is written on failure.
+pub async fn validate(
+    plan: &mut Plan<'_>,
+    progress: &mut impl FnMut(&Event),
+) -> Result<(), StageError> {
+    plan.validate(progress).await.map_err(StageError::Apply)
+}
+
+/// Apply step: staged server-side apply.
+pub async fn apply(
+    plan: &mut Plan<'_>,
+    progress: &mut impl FnMut(&Event),
+) -> Result<(), StageError> {
+    plan.apply(progress).await.map_err(StageError::Apply)
+}
+
+/// Prune step: deletes what left the set and records the inventory.
+pub async fn prune(
+    plan: &mut Plan<'_>,
+    progress: &mut impl FnMut(&Event),
+) -> Result<(), StageError> {
+    plan.prune(progress).await.map_err(StageError::Apply)
+}
+
+/// Health step: waits for the applied objects (when asked to).
+pub async fn health(
+    plan: &mut Plan<'_>,
+    progress: &mut impl FnMut(&Event),
+) -> Result<(), StageError> {
+    plan.health(progress).await.map_err(StageError::Apply)
+}
+
+/// Runs CPU-bound work so other tasks keep running on a multi-threaded runtime.
+fn cpu<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
