@@ -82,6 +82,8 @@ pub enum Reason {
     Suspended,
     /// `driftMode: warn` found objects changed by hand (nothing was written).
     DriftDetected,
+    /// The reconcile stopped unexpectedly (an internal error); retried with back-off.
+    ReconcileFailed,
 }
 
 impl Reason {
@@ -99,6 +101,7 @@ impl Reason {
             Reason::HealthCheckFailed => "HealthCheckFailed",
             Reason::Suspended => "Suspended",
             Reason::DriftDetected => "DriftDetected",
+            Reason::ReconcileFailed => "ReconcileFailed",
         }
     }
 

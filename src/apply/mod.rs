@@ -639,19 +639,25 @@ async fn dry_run_all(client: &Client, items: &[&Item<'_>], opts: &Options) -> Ve
     let pp = &pp;
     // A new object's dry-run result is only shown by a diff; otherwise success is all that counts.
     let keep = |item: &Item<'_>| opts.dry_run || item.live;
-    stream::iter(items.iter().map(|item| async move {
-        if keep(item) {
-            dry_run(client, item, pp).await
-        } else {
-            match send_quiet(client, item, pp).await {
-                Ok(()) => Checked::Accepted(SecretJson::wrap(Json::Null)),
-                Err(e) => Checked::Refused(reason(&e)),
+    // Collected first: a lazy iterator of closures held across `.await` makes the future lose
+    // `Send` (rust-lang/rust#102211), and the controller runs each reconcile on its own task.
+    let work: Vec<_> = items
+        .iter()
+        .map(|item| async move {
+            if keep(item) {
+                dry_run(client, item, pp).await
+            } else {
+                match send_quiet(client, item, pp).await {
+                    Ok(()) => Checked::Accepted(SecretJson::wrap(Json::Null)),
+                    Err(e) => Checked::Refused(reason(&e)),
+                }
             }
-        }
-    }))
-    .buffered(opts.concurrency.max(1))
-    .collect()
-    .await
+        })
+        .collect();
+    stream::iter(work)
+        .buffered(opts.concurrency.max(1))
+        .collect()
+        .await
 }
 
 /// Objects per page when listing live objects.
@@ -1026,34 +1032,38 @@ impl<'a> Plan<'a> {
             pp = pp.force();
         }
         let pp = &pp;
-        let work = group.iter().map(|&i| {
-            let item = &self.items[i];
-            let unchanged = item.untouched
-                || match self.results.get(&i) {
-                    Some(Checked::Accepted(dry)) => same(
-                        dry.expose(),
-                        self.live.get(&live_key(item)).map(SecretJson::expose),
-                    ),
-                    _ => false,
+        // Collected for `Send`, as in `dry_run_all`.
+        let work: Vec<_> = group
+            .iter()
+            .map(|&i| {
+                let item = &self.items[i];
+                let unchanged = item.untouched
+                    || match self.results.get(&i) {
+                        Some(Checked::Accepted(dry)) => same(
+                            dry.expose(),
+                            self.live.get(&live_key(item)).map(SecretJson::expose),
+                        ),
+                        _ => false,
+                    };
+                let changed = if item.live {
+                    Action::Configured
+                } else {
+                    Action::Created
                 };
-            let changed = if item.live {
-                Action::Configured
-            } else {
-                Action::Created
-            };
-            async move {
-                if unchanged {
-                    return (i, Ok(Action::Unchanged));
+                async move {
+                    if unchanged {
+                        return (i, Ok(Action::Unchanged));
+                    }
+                    if self.opts.dry_run {
+                        return (i, Ok(changed));
+                    }
+                    match send_quiet(self.client, item, pp).await {
+                        Ok(()) => (i, Ok(changed)),
+                        Err(e) => (i, Err(reason(&e))),
+                    }
                 }
-                if self.opts.dry_run {
-                    return (i, Ok(changed));
-                }
-                match send_quiet(self.client, item, pp).await {
-                    Ok(()) => (i, Ok(changed)),
-                    Err(e) => (i, Err(reason(&e))),
-                }
-            }
-        });
+            })
+            .collect();
         stream::iter(work)
             .buffered(self.opts.concurrency.max(1))
             .collect()
@@ -1248,10 +1258,13 @@ async fn defer_missing_namespaces(
         .filter(|i| i.target.namespaced)
         .filter_map(|i| i.obj.id.namespace.clone())
         .collect();
-    let lookups = used.iter().map(|ns| {
-        let ns_api = &ns_api;
-        async move { (ns.clone(), ns_api.get_metadata_opt(ns).await) }
-    });
+    let lookups: Vec<_> = used
+        .iter()
+        .map(|ns| {
+            let ns_api = &ns_api;
+            async move { (ns.clone(), ns_api.get_metadata_opt(ns).await) }
+        })
+        .collect();
     let mut missing: BTreeSet<String> = BTreeSet::new();
     for (ns, found) in stream::iter(lookups)
         .buffer_unordered(opts.concurrency.max(1))

@@ -18,10 +18,15 @@ pub struct ControllerArgs {
     /// Only this namespace's Syncs (default: all namespaces).
     #[arg(long, short = 'n')]
     pub namespace: Option<String>,
+    /// Only Syncs matching this label selector (e.g. `shard=a`; default: all), as Flux's
+    /// `--watch-label-selector`: split Syncs between controllers.
+    #[arg(long, value_name = "SELECTOR")]
+    pub watch_label_selector: Option<String>,
     /// Reconcile every Sync once and exit (non-zero when any failed).
     #[arg(long)]
     pub once: bool,
-    /// How often to look for Syncs that are due (new, changed, requested, or past their interval).
+    /// How often a replica that does not hold the Lease looks again (Syncs are watched: new ones,
+    /// spec changes and requests start a sync at once; each Sync requeues itself after its interval).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub poll: Duration,
     /// Where fetched Git objects are kept (only what is in Git: secrets stay encrypted).
@@ -84,7 +89,14 @@ pub fn run(
         if !args.once {
             return serve(args, access, &cache, stderr).await;
         }
-        match crate::controller::reconcile_all(&access, args.namespace.as_deref(), &cache).await {
+        match crate::controller::reconcile_all(
+            &access,
+            args.namespace.as_deref(),
+            args.watch_label_selector.as_deref(),
+            &cache,
+        )
+        .await
+        {
             Ok((ok, 0)) => {
                 let _ = writeln!(stderr, "lockstep controller: {ok} Sync(s) ready");
                 Ok(())
@@ -167,30 +179,19 @@ async fn serve(
         hub.set_leading(true);
         None
     };
-    let watch = {
-        let hub = hub.clone();
-        let client = access.client.clone();
-        let namespace = args.namespace.clone();
-        tokio::spawn(async move {
-            crate::controller::watch_triggers(client, namespace, &hub).await;
-        })
-    };
     let opts = crate::controller::LoopOptions {
         namespace: args.namespace.clone(),
+        selector: args.watch_label_selector.clone(),
         poll: args.poll,
         concurrency: args.concurrency,
     };
-    {
-        let mut log = |line: &str| {
-            let _ = writeln!(stderr, "lockstep controller: {line}");
-        };
-        crate::controller::run_loop(&access, &opts, cache, &hub, &mut log).await;
-    }
+    let log: crate::controller::Log =
+        std::sync::Arc::new(|line: &str| eprintln!("lockstep controller: {line}"));
+    crate::controller::run_loop(access, &opts, cache, hub.clone(), log).await;
     if let Some(e) = election {
         let _ = e.await;
     }
     signals.abort();
-    watch.abort();
     server.abort();
     let _ = writeln!(stderr, "lockstep controller: stopped");
     Ok(())

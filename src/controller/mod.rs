@@ -4,10 +4,12 @@
 //! status, with a Reason per step.
 
 use std::collections::HashMap;
-
-use futures::{StreamExt, stream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use kube::runtime::controller::Action as Requeue;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
@@ -387,24 +389,24 @@ async fn read_secret(client: &Client, ns: &str, name: &str, role: &str) -> Resul
 /// The controller's side of the pipeline for one Sync: its Git source (fetched with the
 /// credentials Secret), its signers, its decryption Secret, and a client that applies as its
 /// `serviceAccountName` (whose rights also read those Secrets).
-struct SyncInputs<'a> {
-    access: &'a Access,
-    sync: &'a Sync,
+struct SyncInputs {
+    access: Access,
+    sync: Sync,
     ns: String,
-    cache: &'a Path,
+    cache: PathBuf,
     timeout: Result<Duration, String>,
     tenant: Option<Client>,
 }
 
-impl<'a> SyncInputs<'a> {
-    fn new(access: &'a Access, sync: &'a Sync, cache: &'a Path) -> SyncInputs<'a> {
+impl SyncInputs {
+    fn new(access: &Access, sync: &Sync, cache: &Path) -> SyncInputs {
         let timeout = duration_field(sync.spec.timeout.as_deref(), "timeout")
             .map(|t| t.unwrap_or_else(|| interval_of(sync)));
         SyncInputs {
-            access,
-            sync,
+            access: access.clone(),
+            sync: sync.clone(),
             ns: sync.namespace().unwrap_or_else(|| "default".into()),
-            cache,
+            cache: cache.to_path_buf(),
             timeout,
             tenant: None,
         }
@@ -415,7 +417,7 @@ impl<'a> SyncInputs<'a> {
         if let Some(c) = &self.tenant {
             return Ok(c.clone());
         }
-        let c = self.access.for_sync(self.sync, &self.ns)?;
+        let c = self.access.for_sync(&self.sync, &self.ns)?;
         self.tenant = Some(c.clone());
         Ok(c)
     }
@@ -479,9 +481,9 @@ fn revision_of(git_ref: Option<&GitRef>) -> Revision {
     }
 }
 
-impl pipeline::Inputs for SyncInputs<'_> {
+impl pipeline::Inputs for SyncInputs {
     async fn fetch(&mut self) -> Result<Fetched, StageError> {
-        let spec = &self.sync.spec;
+        let spec = self.sync.spec.clone();
         let timeout = self.timeout.clone().map_err(StageError::Fetch)?;
         let shown_url = git::redact(&spec.source.url);
         if !remote_url(&spec.source.url) && !self.access.local_sources {
@@ -716,75 +718,67 @@ pub struct Report {
 /// Reconciles one `Sync` now and writes its status: `Reconciling` while it runs, then `Ready`
 /// (with the step's Reason) and `Stalled` when only a new commit or spec can help.
 pub async fn reconcile(access: &Access, sync: &Sync, cache: &Path) -> Result<Report, kube::Error> {
-    let client = &access.client;
-    let ns = sync.namespace().unwrap_or_else(|| "default".into());
-    let api: Api<Sync> = Api::namespaced(client.clone(), &ns);
     let started = Instant::now();
-    let now = || {
-        jiff::Timestamp::now()
-            .strftime("%Y-%m-%dT%H:%M:%SZ")
-            .to_string()
-    };
-    let generation = sync.metadata.generation;
-    let previous = sync.status.clone().unwrap_or_default();
-    let write = |status: SyncStatus| {
-        let api = api.clone();
-        let name = sync.name_any();
-        async move {
-            api.patch_status(
-                &name,
-                &PatchParams::apply(apply::FIELD_MANAGER).force(),
-                &Patch::Apply(json!({
-                    "apiVersion": "lockstep.dev/v1alpha1",
-                    "kind": "Sync",
-                    "status": &status,
-                })),
-            )
-            .await
-            .map(|_| ())
-        }
-    };
-    let suspended = sync.spec.suspend == Some(true);
     if !access.may_write() {
         return Err(kube::Error::Service(
             "this replica may no longer write (it does not hold the Lease)".into(),
         ));
     }
-    if !suspended {
-        let mut status = previous.clone();
-        status
-            .conditions
-            .retain(|c| c.type_ != "Reconciling" && c.type_ != "Stalled");
-        status.conditions.push(Condition {
-            type_: "Reconciling".into(),
-            status: "True".into(),
-            reason: "Progressing".into(),
-            message: format!("syncing {}", git::redact(&sync.spec.source.url)),
-            last_transition_time: now(),
-            observed_generation: generation,
-        });
-        write(status).await?;
+    if sync.spec.suspend == Some(true) {
+        let outcome = Outcome::failed(Reason::Suspended, "suspended".into());
+        return conclude(access, sync, outcome, started).await;
     }
-    let outcome = if suspended {
+    write_status(access, sync, &reconciling(sync)).await?;
+    let outcome = run_pipeline(access, sync, cache).await;
+    conclude(access, sync, outcome, started).await
+}
+
+impl Outcome {
+    /// An outcome without a revision or objects.
+    fn failed(reason: Reason, message: String) -> Outcome {
         Outcome {
-            reason: Reason::Suspended,
-            message: "suspended".into(),
+            reason,
+            message,
             revision: None,
             objects: None,
             inventory: None,
             changed: 0,
         }
-    } else {
-        run_pipeline(access, sync, cache).await
-    };
-    let ok = outcome.reason == Reason::Succeeded;
-    // An Event when something changed or failed (repeats fold into one series).
-    if !ok || outcome.changed > 0 {
-        publish_event(&access.recorder, sync, outcome.reason, &outcome.message).await;
     }
+}
+
+/// The time as a status writes it.
+fn now() -> String {
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+/// The status while a sync runs: the previous one with `Reconciling=True` (and no `Stalled`).
+fn reconciling(sync: &Sync) -> SyncStatus {
+    let mut status = sync.status.clone().unwrap_or_default();
+    status
+        .conditions
+        .retain(|c| c.type_ != "Reconciling" && c.type_ != "Stalled");
+    status.conditions.push(Condition {
+        type_: "Reconciling".into(),
+        status: "True".into(),
+        reason: "Progressing".into(),
+        message: format!("syncing {}", git::redact(&sync.spec.source.url)),
+        last_transition_time: now(),
+        observed_generation: sync.metadata.generation,
+    });
+    status
+}
+
+/// The status after a sync: `Ready` with the outcome's Reason (its transition time kept while the
+/// Reason stays), `Stalled` when only a new commit or spec helps; revisions, objects and inventory
+/// kept from before when this sync did not get that far.
+fn concluded(sync: &Sync, outcome: &Outcome, took: Duration) -> SyncStatus {
+    let previous = sync.status.clone().unwrap_or_default();
+    let generation = sync.metadata.generation;
+    let ok = outcome.reason == Reason::Succeeded;
     let ready_status = if ok { "True" } else { "False" };
-    let same_revision =
-        outcome.revision.is_some() && previous.last_applied_revision == outcome.revision;
     let transition = previous
         .conditions
         .iter()
@@ -792,25 +786,19 @@ pub async fn reconcile(access: &Access, sync: &Sync, cache: &Path) -> Result<Rep
             c.type_ == "Ready" && c.status == ready_status && c.reason == outcome.reason.as_str()
         })
         .map_or_else(now, |c| c.last_transition_time.clone());
-    let mut conditions = vec![Condition {
-        type_: "Ready".into(),
-        status: ready_status.into(),
+    let condition = |type_: &str, status: &str| Condition {
+        type_: type_.into(),
+        status: status.into(),
         reason: outcome.reason.as_str().into(),
         message: outcome.message.clone(),
         last_transition_time: transition.clone(),
         observed_generation: generation,
-    }];
+    };
+    let mut conditions = vec![condition("Ready", ready_status)];
     if outcome.reason.stalls() {
-        conditions.push(Condition {
-            type_: "Stalled".into(),
-            status: "True".into(),
-            reason: outcome.reason.as_str().into(),
-            message: outcome.message,
-            last_transition_time: transition,
-            observed_generation: generation,
-        });
+        conditions.push(condition("Stalled", "True"));
     }
-    let status = SyncStatus {
+    SyncStatus {
         conditions,
         observed_generation: generation,
         last_applied_revision: if ok {
@@ -818,11 +806,54 @@ pub async fn reconcile(access: &Access, sync: &Sync, cache: &Path) -> Result<Rep
         } else {
             previous.last_applied_revision
         },
-        last_attempted_revision: outcome.revision.or(previous.last_attempted_revision),
+        last_attempted_revision: outcome
+            .revision
+            .clone()
+            .or(previous.last_attempted_revision),
         objects: outcome.objects.map(|n| n as i64).or(previous.objects),
-        inventory: outcome.inventory.or(previous.inventory),
-        last_sync_duration: Some(format!("{:.1}s", started.elapsed().as_secs_f64())),
-    };
+        inventory: outcome.inventory.clone().or(previous.inventory),
+        last_sync_duration: Some(format!("{:.1}s", took.as_secs_f64())),
+    }
+}
+
+/// Server-side applies a Sync's status.
+async fn write_status(
+    access: &Access,
+    sync: &Sync,
+    status: &SyncStatus,
+) -> Result<(), kube::Error> {
+    let ns = sync.namespace().unwrap_or_else(|| "default".into());
+    let api: Api<Sync> = Api::namespaced(access.client.clone(), &ns);
+    api.patch_status(
+        &sync.name_any(),
+        &PatchParams::apply(apply::FIELD_MANAGER).force(),
+        &Patch::Apply(json!({
+            "apiVersion": "lockstep.dev/v1alpha1",
+            "kind": "Sync",
+            "status": status,
+        })),
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Ends a reconcile: an Event when something changed or failed (repeats fold into one series),
+/// the status (unless this replica lost the Lease mid-sync: the new leader writes it), and the
+/// report for logs and metrics.
+async fn conclude(
+    access: &Access,
+    sync: &Sync,
+    outcome: Outcome,
+    started: Instant,
+) -> Result<Report, kube::Error> {
+    let ok = outcome.reason == Reason::Succeeded;
+    if !ok || outcome.changed > 0 {
+        publish_event(&access.recorder, sync, outcome.reason, &outcome.message).await;
+    }
+    let previous = sync.status.clone().unwrap_or_default();
+    let same_revision =
+        outcome.revision.is_some() && previous.last_applied_revision == outcome.revision;
+    let status = concluded(sync, &outcome, started.elapsed());
     let report = Report {
         ok,
         reason: outcome.reason,
@@ -836,9 +867,8 @@ pub async fn reconcile(access: &Access, sync: &Sync, cache: &Path) -> Result<Rep
             0
         },
     };
-    // A replica that lost the Lease mid-sync leaves the status to the new leader.
     if access.may_write() {
-        write(status).await?;
+        write_status(access, sync, &status).await?;
     }
     Ok(report)
 }
@@ -886,11 +916,25 @@ fn requested(sync: &Sync) -> Option<String> {
 /// Whether a Sync should be reconciled now: never seen, its spec changed, a sync was requested, or
 /// its interval (after a failure: the back-off) has passed.
 pub fn due(sync: &Sync, schedule: Option<&Schedule>, now: Instant) -> bool {
+    due_in(sync, schedule, now).is_zero()
+}
+
+/// How long until a Sync is [`due`] (zero: now).
+pub fn due_in(sync: &Sync, schedule: Option<&Schedule>, now: Instant) -> Duration {
     let Some(s) = schedule else {
-        return true;
+        return Duration::ZERO;
     };
     if s.generation != sync.metadata.generation || s.requested != requested(sync) {
-        return true;
+        return Duration::ZERO;
+    }
+    wait_after(sync, s.failures).saturating_sub(now.duration_since(s.last_run))
+}
+
+/// How long to wait after a sync that ended the `failures`-th failure in a row (0: a success):
+/// the interval, or after a failure `retryInterval`, else 5 s doubling up to the interval.
+pub fn wait_after(sync: &Sync, failures: u32) -> Duration {
+    if failures == 0 {
+        return interval_of(sync);
     }
     let retry = sync
         .spec
@@ -898,16 +942,11 @@ pub fn due(sync: &Sync, schedule: Option<&Schedule>, now: Instant) -> bool {
         .as_deref()
         .and_then(|r| apply::parse_duration(r).ok())
         .filter(|d| !d.is_zero());
-    let wait = if s.failures > 0 {
-        retry.unwrap_or_else(|| {
-            RETRY_BASE
-                .saturating_mul(1 << s.failures.min(16))
-                .min(interval_of(sync))
-        })
-    } else {
-        interval_of(sync)
-    };
-    now.duration_since(s.last_run) >= wait
+    retry.unwrap_or_else(|| {
+        RETRY_BASE
+            .saturating_mul(1 << failures.min(16))
+            .min(interval_of(sync))
+    })
 }
 
 /// How the loop runs.
@@ -915,159 +954,257 @@ pub fn due(sync: &Sync, schedule: Option<&Schedule>, now: Instant) -> bool {
 pub struct LoopOptions {
     /// Only this namespace's Syncs (default: all).
     pub namespace: Option<String>,
-    /// How often to look for Syncs that are due.
+    /// Only Syncs matching this label selector (default: all), e.g. to split Syncs between
+    /// controllers.
+    pub selector: Option<String>,
+    /// How often a replica that does not lead looks again.
     pub poll: Duration,
     /// Syncs reconciled at the same time.
     pub concurrency: usize,
 }
 
-/// Runs until `hub` is stopped: every `poll` (or at once when woken), while this replica leads,
-/// lists the Syncs and reconciles those that are [`due`] or requested, up to `concurrency` at a
-/// time; records each outcome in `hub`. After a stop, no new reconcile starts; those in flight
-/// finish (they stop writing by themselves if leadership lapses), then the hub is marked drained.
+/// A line for the controller's log.
+pub type Log = Arc<dyn Fn(&str) + Send + std::marker::Sync>;
+
+/// What every reconcile of the loop shares.
+struct Context {
+    access: Access,
+    cache: PathBuf,
+    hub: Arc<server::Hub>,
+    poll: Duration,
+    /// By Sync UID: when it last ran, for which spec and request, and its failures in a row.
+    schedules: Mutex<HashMap<String, Schedule>>,
+    log: Log,
+}
+
+/// A reconcile that ended without `Ready=True`; the loop retries it after `retry`.
+#[derive(Debug, thiserror::Error)]
+#[error("{reason} (retrying in {}s)", retry.as_secs())]
+pub struct SyncFailed {
+    reason: String,
+    retry: Duration,
+}
+
+fn key_of(sync: &Sync) -> String {
+    sync.metadata.uid.clone().unwrap_or_else(|| sync.name_any())
+}
+
+/// One reconcile of the loop. Runs the Sync when it is due (or a webhook asked for it), isolated:
+/// a panic in any step ends this reconcile with a failed status, never the process or another
+/// Sync's reconcile. Requeues itself after the interval, or fails with the back-off.
+async fn reconcile_due(sync: Arc<Sync>, ctx: Arc<Context>) -> Result<Requeue, SyncFailed> {
+    if ctx.hub.is_stopping() {
+        return Ok(Requeue::await_change());
+    }
+    if !ctx.hub.is_leading() {
+        return Ok(Requeue::requeue(ctx.poll));
+    }
+    let ns = sync.namespace().unwrap_or_default();
+    let name = sync.name_any();
+    let key = key_of(&sync);
+    let schedule = lock(&ctx.schedules).get(&key).cloned();
+    let hooked = ctx.hub.take_request(&ns, &name);
+    let wait = due_in(&sync, schedule.as_ref(), Instant::now());
+    if !hooked && !wait.is_zero() {
+        return Ok(Requeue::requeue(wait));
+    }
+    let started = Instant::now();
+    let result = match isolated(reconcile(&ctx.access, &sync, &ctx.cache)).await {
+        Ok(r) => r,
+        Err(Panicked) => {
+            let outcome = Outcome::failed(
+                Reason::ReconcileFailed,
+                "the reconcile stopped unexpectedly (an internal error in lockstep; the controller \
+                 keeps running and retries with back-off)"
+                    .into(),
+            );
+            conclude(&ctx.access, &sync, outcome, started).await
+        }
+    };
+    let failures = schedule.map_or(0, |s| s.failures);
+    let label = format!("{ns}/{name}");
+    let failures = match &result {
+        Ok(report) if report.ok => {
+            (ctx.log)(&format!(
+                "{label}: ready ({} changed, {:.1}s)",
+                report.changed,
+                report.duration.as_secs_f64()
+            ));
+            0
+        }
+        Ok(report) => {
+            (ctx.log)(&format!(
+                "{label}: {} (see its status); retrying with back-off",
+                report.reason.as_str()
+            ));
+            failures + 1
+        }
+        Err(e) => {
+            (ctx.log)(&format!(
+                "{label}: cannot update status: {}",
+                apply::reason(e)
+            ));
+            failures + 1
+        }
+    };
+    if let Ok(report) = &result {
+        ctx.hub.record(&ns, &name, report);
+    }
+    lock(&ctx.schedules).insert(
+        key,
+        Schedule {
+            last_run: Instant::now(),
+            generation: sync.metadata.generation,
+            requested: requested(&sync),
+            failures,
+        },
+    );
+    let retry = wait_after(&sync, failures);
+    match result {
+        Ok(report) if report.ok => Ok(Requeue::requeue(retry)),
+        Ok(report) => Err(SyncFailed {
+            reason: report.reason.as_str().into(),
+            retry,
+        }),
+        Err(e) => Err(SyncFailed {
+            reason: apply::reason(&e),
+            retry,
+        }),
+    }
+}
+
+/// A reconcile that panicked (the panic itself went to the log through the panic hook).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Panicked;
+
+/// Runs `work`, turning a panic in it into [`Panicked`] instead of unwinding into the loop, so one
+/// Sync's fault ends only its own reconcile.
+pub async fn isolated<T>(work: impl std::future::Future<Output = T>) -> Result<T, Panicked> {
+    futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(work))
+        .await
+        .map_err(|_| Panicked)
+}
+
+/// The loop's back-off: what [`reconcile_due`] computed.
+fn error_policy(_: Arc<Sync>, failed: &SyncFailed, _: Arc<Context>) -> Requeue {
+    Requeue::requeue(failed.retry)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// What a watch event must change to start a reconcile: a new Sync, its spec (generation) or a
+/// `lockstep sync` request — never a status write.
+fn spec_or_request(sync: &Sync) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    sync.metadata.generation.hash(&mut h);
+    requested(sync).hash(&mut h);
+    Some(h.finish())
+}
+
+/// Yields once each time this replica starts leading (a new term starts from scratch: every Sync
+/// is synced at once), and logs each change of leadership.
+fn terms(ctx: Arc<Context>) -> impl futures::Stream<Item = ()> + Send {
+    futures::stream::unfold((ctx, false), |(ctx, mut was)| async move {
+        loop {
+            if ctx.hub.is_stopping() {
+                return None;
+            }
+            let leading = ctx.hub.is_leading();
+            if leading != was {
+                (ctx.log)(if leading {
+                    "leading: reconciling Syncs"
+                } else {
+                    "not leading: waiting for the Lease"
+                });
+                was = leading;
+                if leading {
+                    lock(&ctx.schedules).clear();
+                    return Some(((), (ctx, was)));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+}
+
+/// Resolves once [`server::Hub::stop`] was called.
+async fn stopped(hub: Arc<server::Hub>) {
+    while !hub.is_stopping() {
+        hub.sleep_unless_stopped(Duration::from_millis(500)).await;
+    }
+}
+
+/// Runs the controller until `hub` is stopped: kube-runtime's `Controller` over a watch of the
+/// Syncs (a reflector store, no repeated LISTs), reconciling each Sync on its own — when it is new,
+/// its spec changes or a sync is requested (annotation or webhook), and again after its interval
+/// (after a failure: the back-off) — up to `concurrency` at once, so one slow Sync holds one slot
+/// and never the others. Only while this replica leads. After a stop, no new reconcile starts;
+/// those in flight finish (they stop writing by themselves if leadership lapses), then the hub is
+/// marked drained.
 pub async fn run_loop(
-    access: &Access,
+    access: Access,
     opts: &LoopOptions,
     cache: &Path,
-    hub: &server::Hub,
-    log: &mut dyn FnMut(&str),
+    hub: Arc<server::Hub>,
+    log: Log,
 ) {
+    use kube::runtime::{Controller, WatchStreamExt, controller, reflector, watcher};
     let api: Api<Sync> = match &opts.namespace {
         Some(ns) => Api::namespaced(access.client.clone(), ns),
         None => Api::all(access.client.clone()),
     };
-    let mut schedules: HashMap<String, Schedule> = HashMap::new();
-    let mut was_leading = false;
-    while !hub.is_stopping() {
-        let leading = hub.is_leading();
-        if leading != was_leading {
-            log(if leading {
-                "leading: reconciling Syncs"
-            } else {
-                "not leading: waiting for the Lease"
-            });
-            // A new term starts from scratch: every Sync is synced at once.
-            schedules.clear();
-            was_leading = leading;
-        }
-        if !leading {
-            hub.set_ready(true);
-            hub.wait(opts.poll).await;
-            continue;
-        }
-        match api.list(&Default::default()).await {
-            Ok(list) => {
-                hub.set_ready(true);
-                let now = Instant::now();
-                let due: Vec<Sync> = list
-                    .items
-                    .into_iter()
-                    .filter(|sync| {
-                        let key = sync.metadata.uid.clone().unwrap_or_else(|| sync.name_any());
-                        let ns = sync.namespace().unwrap_or_default();
-                        let hooked = hub.take_request(&ns, &sync.name_any());
-                        hooked || due(sync, schedules.get(&key), now)
-                    })
-                    .collect();
-                // Each reconcile starts only while this replica leads and is not stopping.
-                let done: Vec<(Sync, Option<Result<Report, kube::Error>>)> = stream::iter(due)
-                    .map(|sync| async move {
-                        if hub.is_stopping() || !hub.is_leading() {
-                            return (sync, None);
-                        }
-                        let result = reconcile(access, &sync, cache).await;
-                        (sync, Some(result))
-                    })
-                    .buffer_unordered(opts.concurrency.max(1))
-                    .collect()
-                    .await;
-                for (sync, result) in done {
-                    let Some(result) = result else {
-                        continue;
-                    };
-                    let key = sync.metadata.uid.clone().unwrap_or_else(|| sync.name_any());
-                    let ns = sync.namespace().unwrap_or_default();
-                    let name = format!("{ns}/{}", sync.name_any());
-                    let failures = schedules.get(&key).map_or(0, |s| s.failures);
-                    let failures = match result {
-                        Ok(report) => {
-                            hub.record(&ns, &sync.name_any(), &report);
-                            if report.ok {
-                                log(&format!(
-                                    "{name}: ready ({} changed, {:.1}s)",
-                                    report.changed,
-                                    report.duration.as_secs_f64()
-                                ));
-                                0
-                            } else {
-                                log(&format!(
-                                    "{name}: {} (see its status); retrying with back-off",
-                                    report.reason.as_str()
-                                ));
-                                failures + 1
-                            }
-                        }
-                        Err(e) => {
-                            log(&format!(
-                                "{name}: cannot update status: {}",
-                                apply::reason(&e)
-                            ));
-                            failures + 1
-                        }
-                    };
-                    schedules.insert(
-                        key,
-                        Schedule {
-                            last_run: Instant::now(),
-                            generation: sync.metadata.generation,
-                            requested: requested(&sync),
-                            failures,
-                        },
-                    );
+    let ctx = Arc::new(Context {
+        access,
+        cache: cache.to_path_buf(),
+        hub: hub.clone(),
+        poll: opts.poll,
+        schedules: Mutex::new(HashMap::new()),
+        log: log.clone(),
+    });
+    let (reader, writer) = reflector::store();
+    let mut config = watcher::Config::default();
+    if let Some(selector) = &opts.selector {
+        config = config.labels(selector);
+    }
+    let syncs = watcher(api, config)
+        .default_backoff()
+        .reflect(writer)
+        // Ready once the first list is in the store. (Not `Store::wait_until_ready`: the
+        // controller waits on it too, and only one waiter is woken.)
+        .inspect({
+            let hub = hub.clone();
+            move |event| {
+                if let Ok(watcher::Event::InitDone) = event {
+                    hub.set_ready(true);
                 }
             }
-            Err(e) => {
-                hub.set_ready(false);
-                log(&format!("listing Syncs: {}", apply::reason(&e)));
+        })
+        .applied_objects()
+        .predicate_filter(spec_or_request, Default::default());
+    let hooks = hub
+        .requests()
+        .map(|(ns, name)| reflector::ObjectRef::<Sync>::new(&name).within(&ns));
+    let concurrency = u16::try_from(opts.concurrency.max(1)).unwrap_or(u16::MAX);
+    Controller::for_stream(syncs, reader)
+        .with_config(controller::Config::default().concurrency(concurrency))
+        .reconcile_on(hooks)
+        .reconcile_all_on(terms(ctx.clone()))
+        .graceful_shutdown_on(stopped(hub.clone()))
+        .run(reconcile_due, error_policy, ctx)
+        .for_each(|result| {
+            match result {
+                // Failed reconciles were logged by the reconcile itself.
+                Ok(_) | Err(controller::Error::ReconcilerFailed(..)) => {}
+                Err(controller::Error::ObjectNotFound(_)) => {}
+                Err(e) => log(&format!("watching Syncs: {e}")),
             }
-        }
-        hub.wait(opts.poll).await;
-    }
+            std::future::ready(())
+        })
+        .await;
     hub.mark_drained();
-}
-
-/// Wakes the loop at once when a Sync is created, its spec changes or a sync is requested
-/// (annotation), instead of at the next poll; runs until `hub` is stopped. Status writes do not
-/// wake it.
-pub async fn watch_triggers(client: Client, namespace: Option<String>, hub: &server::Hub) {
-    use kube::runtime::{WatchStreamExt, watcher};
-    let api: Api<Sync> = match &namespace {
-        Some(ns) => Api::namespaced(client, ns),
-        None => Api::all(client),
-    };
-    let mut seen: HashMap<String, (Option<i64>, Option<String>)> = HashMap::new();
-    let events = watcher(api, watcher::Config::default()).default_backoff();
-    let mut events = std::pin::pin!(events);
-    while !hub.is_stopping() {
-        let next = tokio::select! {
-            e = events.next() => e,
-            _ = hub.sleep_unless_stopped(Duration::from_secs(3600)) => continue,
-        };
-        match next {
-            Some(Ok(watcher::Event::Apply(sync) | watcher::Event::InitApply(sync))) => {
-                let key = sync.metadata.uid.clone().unwrap_or_else(|| sync.name_any());
-                let now = (sync.metadata.generation, requested(&sync));
-                if seen.insert(key, now.clone()) != Some(now) {
-                    hub.wake();
-                }
-            }
-            Some(Ok(watcher::Event::Delete(sync))) => {
-                seen.remove(&sync.metadata.uid.clone().unwrap_or_else(|| sync.name_any()));
-            }
-            Some(_) => {}
-            None => break,
-        }
-    }
 }
 
 /// Keeps `hub`'s leadership current by competing for the Lease every [`leader::RENEW_EVERY`]
@@ -1156,6 +1293,7 @@ async fn publish_event(
 pub async fn reconcile_all(
     access: &Access,
     namespace: Option<&str>,
+    selector: Option<&str>,
     cache: &Path,
 ) -> Result<(usize, usize), kube::Error> {
     let api: Api<Sync> = match namespace {
@@ -1164,7 +1302,11 @@ pub async fn reconcile_all(
     };
     let mut ok = 0;
     let mut failed = 0;
-    for sync in api.list(&Default::default()).await?.items {
+    let mut params = kube::api::ListParams::default();
+    if let Some(selector) = selector {
+        params = params.labels(selector);
+    }
+    for sync in api.list(&params).await?.items {
         if reconcile(access, &sync, cache).await?.ok {
             ok += 1;
         } else {
@@ -1247,6 +1389,17 @@ mod tests {
             due(&fixed, Some(&failed), now + Duration::from_secs(45)),
             "retryInterval replaces the back-off"
         );
+    }
+
+    #[tokio::test]
+    async fn a_panicking_reconcile_ends_only_itself() {
+        let panicking = isolated(async {
+            let width: usize = "18446744073709551615".parse().expect("a number");
+            " ".repeat(width).len()
+        })
+        .await;
+        assert_eq!(panicking, Err(Panicked));
+        assert_eq!(isolated(async { 7 }).await, Ok(7));
     }
 
     #[test]

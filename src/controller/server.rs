@@ -49,7 +49,13 @@ pub struct Hub {
     drained: AtomicBool,
     drained_notify: Notify,
     metrics: Mutex<Metrics>,
+    /// Feeds webhook requests to the controller as reconcile triggers.
+    triggers: Mutex<Option<tokio::sync::mpsc::Sender<(String, String)>>>,
 }
+
+/// Webhook requests waiting for the controller at most; more are still honoured at the Sync's
+/// next reconcile (the request is remembered), they only do not start one at once.
+const TRIGGER_QUEUE: usize = 1024;
 
 /// Whether this replica may write.
 #[derive(Debug, Clone, Copy, Default)]
@@ -121,7 +127,21 @@ impl Hub {
         if let Ok(mut r) = self.requested.lock() {
             r.insert((namespace.to_string(), name.to_string()));
         }
+        if let Ok(t) = self.triggers.lock()
+            && let Some(t) = t.as_ref()
+        {
+            let _ = t.try_send((namespace.to_string(), name.to_string()));
+        }
         self.notify.notify_one();
+    }
+
+    /// The requests made through [`Hub::request`] from now on, as (namespace, name).
+    pub fn requests(&self) -> impl futures::Stream<Item = (String, String)> + Send + 'static {
+        let (tx, rx) = tokio::sync::mpsc::channel(TRIGGER_QUEUE);
+        if let Ok(mut t) = self.triggers.lock() {
+            *t = Some(tx);
+        }
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) })
     }
 
     /// Whether a sync was asked for (and forgets the request).

@@ -193,6 +193,20 @@ fn quote_with(v: &Value, single: bool) -> Result<String, Error> {
     }
 }
 
+/// The widest `indent`/`nindent` accepted: a template from Git must not make the process allocate
+/// without bound (minijinja charges fuel only after a filter returns).
+pub const MAX_INDENT: usize = 1024;
+
+/// `text` with every non-empty line indented by `width` spaces (at most [`MAX_INDENT`]).
+fn indent(text: &str, width: usize, filter: &str) -> Result<String, Error> {
+    if width > MAX_INDENT {
+        return Err(invalid(format!(
+            "{filter}({width}): at most {MAX_INDENT} columns"
+        )));
+    }
+    Ok(indent_lines(text, width))
+}
+
 fn indent_lines(text: &str, width: usize) -> String {
     let pad = " ".repeat(width);
     let mut out = String::with_capacity(text.len() + width * 4);
@@ -274,10 +288,10 @@ pub fn register(env: &mut Environment<'_>) {
     env.add_filter("quote", |v: &Value| quote_with(v, false));
     env.add_filter("squote", |v: &Value| quote_with(v, true));
     env.add_filter("indent", |v: &Value, width: usize| {
-        Ok::<_, Error>(indent_lines(&text_of(v), width))
+        indent(&text_of(v), width, "indent")
     });
     env.add_filter("nindent", |v: &Value, width: usize| {
-        Ok::<_, Error>(format!("\n{}", indent_lines(&text_of(v), width)))
+        Ok::<_, Error>(format!("\n{}", indent(&text_of(v), width, "nindent")?))
     });
     env.add_filter("trunc", |v: &Value, n: usize| {
         let text = text_of(v);
@@ -328,6 +342,27 @@ mod tests {
     #[test]
     fn indent_pads_every_non_empty_line() {
         assert_eq!(indent_lines("a: 1\n\nb: 2", 2), "  a: 1\n\n  b: 2");
+    }
+
+    #[test]
+    fn indent_widths_are_bounded_so_a_template_cannot_exhaust_memory_or_panic() {
+        let mut env = Environment::new();
+        register(&mut env);
+        for width in ["100000000000", "18446744073709551615", "1025"] {
+            for filter in ["indent", "nindent"] {
+                let template = format!("{{{{ 'x' | {filter}({width}) }}}}");
+                let err = env
+                    .render_str(&template, ())
+                    .expect_err("an error, not an allocation");
+                assert!(err.to_string().contains("at most 1024 columns"), "{err}");
+            }
+        }
+        assert_eq!(
+            env.render_str("{{ 'x' | indent(1024) }}", ())
+                .expect("renders")
+                .len(),
+            1025
+        );
     }
 
     #[test]
