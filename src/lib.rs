@@ -21,13 +21,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod apply;
 pub mod cli;
 pub mod controller;
-pub mod decrypt;
-pub mod keys;
-pub mod objects;
-pub mod pipeline;
-pub mod render;
-pub mod sops;
-pub mod source;
+
+pub use lockstep_engine::{apply, decrypt, keys, objects, pipeline, render, sops, source};

@@ -2,7 +2,7 @@
 //! `;`/`#` comments; metadata lives in a `[sops]` section, flattened.
 
 use super::{StoreError, flatten, unflatten};
-use crate::sops::tree::{Comment, Document, Item, Value};
+use crate::tree::{Comment, Document, Item, Value};
 
 fn unquote(v: &str) -> String {
     let v = v.trim();

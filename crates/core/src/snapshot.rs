@@ -1,5 +1,5 @@
-//! Where a project comes from: an in-memory [`Snapshot`] of the files `render` reads, from a
-//! directory ([`Snapshot::read_dir`]) or a Git commit ([`git::fetch`]).
+//! A project in memory: a [`Snapshot`] of the files `render` reads, from a directory
+//! ([`Snapshot::read_dir`]) or, in the engine, from a Git commit.
 //!
 //! Rendering never reads the filesystem itself; the CLI builds a snapshot from a directory and the
 //! controller will build one from a Git tree, so both render exactly the same bytes. Only the files a
@@ -7,9 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-
-pub mod git;
-pub mod verify;
 
 /// Largest single file a snapshot accepts (templates, values and manifests are small; a bigger file
 /// is almost certainly a mistake such as a committed archive).

@@ -21,8 +21,8 @@ use minijinja::value::{Enumerator, Object, ObjectRepr, Value as JValue};
 use minijinja::{Error, ErrorKind};
 use regex::Regex;
 
-use crate::sops::store::{self, Format};
-use crate::sops::tree::{Item, Value as TreeValue};
+use lockstep_sops::store::{self, Format};
+use lockstep_sops::tree::{Item, Value as TreeValue};
 
 use super::diagnostic::Diagnostic;
 

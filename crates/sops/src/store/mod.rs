@@ -7,7 +7,7 @@ pub mod yaml;
 
 use std::path::Path;
 
-use crate::sops::tree::{Document, Item, Value};
+use crate::tree::{Document, Item, Value};
 
 /// The file formats sops (and lockstep) read and write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,7 +193,7 @@ pub fn flatten(v: &Value) -> Vec<(String, String)> {
             }
             Value::Str(s) | Value::Time(s) => out.push((prefix.to_string(), s.clone())),
             Value::Int(i) => out.push((prefix.to_string(), i.to_string())),
-            Value::Float(f) => out.push((prefix.to_string(), crate::sops::tree::format_float(*f))),
+            Value::Float(f) => out.push((prefix.to_string(), crate::tree::format_float(*f))),
             Value::Bool(b) => out.push((prefix.to_string(), b.to_string())),
             Value::Bytes(_) | Value::Null | Value::Comment(_) => {}
         }
@@ -259,7 +259,7 @@ pub fn unflatten(pairs: Vec<(String, String)>) -> Result<Value, String> {
                 let Value::Map(items) = node else {
                     unreachable!("just set")
                 };
-                let child = crate::sops::tree::entry(items, k);
+                let child = crate::tree::entry(items, k);
                 insert(child, tail, leaf, max)
             }
             Seg::Index(i) => {

@@ -32,10 +32,10 @@ use minijinja::value::Serde;
 use minijinja::{AutoEscape, Environment, UndefinedBehavior, context};
 use yaml_serde::{Mapping, Value};
 
-use crate::source::Snapshot;
+use lockstep_core::Snapshot;
 
-pub use crate::objects::ObjectId;
 pub use diagnostic::{Diagnostic, Diagnostics};
+pub use lockstep_core::objects::ObjectId;
 pub use manifest::{Body, Manifest};
 pub use project::{PROJECT_FILE, Project};
 pub use sealed::{SealedRef, SecretsFile, Transform};
@@ -388,7 +388,7 @@ pub fn render(snapshot: &Snapshot, req: &Request) -> Result<Rendered, Diagnostic
         }
     }
     for (path, text) in &files {
-        if crate::sops::is_encrypted(text.as_bytes(), crate::sops::store::Format::Yaml) {
+        if lockstep_sops::is_encrypted(text.as_bytes(), lockstep_sops::store::Format::Yaml) {
             sops_manifests.push(sops_manifest(path, text, &environment.namespace));
             continue;
         }
@@ -422,7 +422,7 @@ pub fn render(snapshot: &Snapshot, req: &Request) -> Result<Rendered, Diagnostic
     }
 
     // Namespaces: defaulted for namespaced kinds (CRDs in the set tell which custom kinds are not).
-    let mut scopes = crate::objects::Scopes::default();
+    let mut scopes = lockstep_core::objects::Scopes::default();
     for p in &pending {
         if p.id.kind == "CustomResourceDefinition" && p.id.group == "apiextensions.k8s.io" {
             scopes.learn(&p.value);
@@ -626,12 +626,12 @@ fn sops_manifest(path: &str, text: &str, namespace: &str) -> Manifest {
         let api_version = clear(&v["apiVersion"])?;
         let kind = clear(&v["kind"])?;
         let name = clear(&v["metadata"]["name"])?;
-        let group = crate::objects::group_of(&api_version).to_string();
+        let group = lockstep_core::objects::group_of(&api_version).to_string();
         let ns = match &v["metadata"]["namespace"] {
             Value::Null => None,
             other => Some(clear(other)?),
         };
-        let namespace = if crate::objects::is_builtin_cluster_scoped(&group, &kind) {
+        let namespace = if lockstep_core::objects::is_builtin_cluster_scoped(&group, &kind) {
             None
         } else {
             Some(ns.unwrap_or_else(|| namespace.to_string()))

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use granit_parser::{Event, Parser, Placement, ScalarStyle};
 
 use super::StoreError;
-use crate::sops::tree::{Comment, Document, Item, Value, format_float};
+use crate::tree::{Comment, Document, Item, Value, format_float};
 
 /// Resolves a plain (unquoted) scalar the way go-yaml v3 does.
 pub fn resolve_plain(s: &str) -> Value {

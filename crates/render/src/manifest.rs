@@ -7,7 +7,7 @@ use std::ops::Range;
 use yaml_serde::{Mapping, Value};
 
 use super::sealed::SealedRef;
-use crate::objects::{ObjectId, group_of, kind_rank};
+use lockstep_core::objects::{ObjectId, group_of, kind_rank};
 
 /// What a rendered object is.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,15 +1,13 @@
-//! The SOPS file format, bytes in and bytes out: stores (per file format), the value cipher, the MAC,
-//! metadata and key groups. Nothing here touches the filesystem, the clock or the RNG directly: the
-//! time and random bytes are passed in, so outputs can be golden-tested.
+//! SOPS files opened and sealed: the value cipher, the MAC walk and Shamir key groups over the format
+//! of `lockstep-sops` (re-exported here, so `sops::tree`, `sops::store`… name one thing). Nothing here
+//! touches the filesystem, the clock or the RNG directly: the time and random bytes are passed in, so
+//! outputs can be golden-tested.
 
 pub mod cipher;
-pub mod config;
-pub mod metadata;
-pub mod rules;
 pub mod shamir;
-pub mod store;
-pub mod tree;
 pub mod walk;
+
+pub use lockstep_sops::{config, is_encrypted, metadata, rules, store, tree};
 
 use zeroize::Zeroizing;
 
@@ -407,13 +405,4 @@ pub fn check_structure(bytes: &[u8], format: Format) -> Result<Metadata, SopsErr
     let mut docs = loaded.docs;
     walk::check(&mut docs, &meta.selection)?;
     Ok(meta)
-}
-
-/// True when the bytes carry sops metadata with a version and a MAC (`sops filestatus`).
-pub fn is_encrypted(bytes: &[u8], format: Format) -> bool {
-    store::load_encrypted(format, bytes)
-        .ok()
-        .and_then(|l| l.metadata)
-        .and_then(|m| Metadata::parse(&m).ok())
-        .is_some_and(|m| !m.mac.is_empty())
 }

@@ -2,7 +2,7 @@
 //! unquoting), `\n` in a value means a newline, as in sops. Metadata is flattened into `sops_…` keys.
 
 use super::{StoreError, flatten, unflatten};
-use crate::sops::tree::{Comment, Document, Item, Value};
+use crate::tree::{Comment, Document, Item, Value};
 
 /// Parses dotenv text into one document and the raw metadata (`sops_` keys), if any.
 pub fn parse(text: &str) -> Result<(Vec<Document>, Option<Value>), StoreError> {

@@ -2,7 +2,7 @@
 //! stay integers, output indented with a tab and escaped as Go's encoder does.
 
 use super::StoreError;
-use crate::sops::tree::{Document, Item, Value, format_float};
+use crate::tree::{Document, Item, Value, format_float};
 
 /// Converts a parsed JSON value to a tree value (integers that fit in 64 bits stay integers).
 pub fn from_json(v: serde_json::Value) -> Value {
