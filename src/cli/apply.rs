@@ -15,7 +15,7 @@ use crate::pipeline::{self, Fetched, StageError};
 use crate::source::Snapshot;
 use kube::Client;
 
-use super::crypt::Failure;
+use super::exit::{Code, Failure};
 use super::keysources::{self, Env};
 use super::render::{RenderArgs, draw};
 
@@ -96,8 +96,6 @@ pub struct DiffArgs {
 
 pub use crate::apply::parse_duration;
 
-const FAILED: u8 = 2;
-
 /// A client for the cluster the arguments name (counting its requests for `--output json`).
 pub async fn client(args: &ClusterArgs) -> Result<kube::Client, Failure> {
     client_for(config(args).await?)
@@ -107,7 +105,7 @@ pub async fn client(args: &ClusterArgs) -> Result<kube::Client, Failure> {
 /// ~/.kube/config, else the in-cluster ServiceAccount.
 pub async fn config(args: &ClusterArgs) -> Result<kube::Config, Failure> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let fail = |e: String| Failure::new(FAILED, format!("cluster connection: {e}"));
+    let fail = |e: String| Failure::new(Code::ERROR, format!("cluster connection: {e}"));
     let options = kube::config::KubeConfigOptions {
         context: args.context.clone(),
         ..Default::default()
@@ -134,7 +132,7 @@ pub async fn config(args: &ClusterArgs) -> Result<kube::Config, Failure> {
 /// A client for `config`, counting its requests.
 pub fn client_for(config: kube::Config) -> Result<kube::Client, Failure> {
     apply::counting_client(config)
-        .map_err(|e| Failure::new(FAILED, format!("cluster connection: {e}")))
+        .map_err(|e| Failure::new(Code::ERROR, format!("cluster connection: {e}")))
 }
 
 fn requests_made() -> usize {
@@ -199,15 +197,15 @@ fn failure(dir: &Path, e: &StageError, stderr: &mut dyn Write) -> Failure {
         StageError::Render(d) => {
             let _ = stderr.write_all(draw(d).as_bytes());
             return Failure::new(
-                FAILED,
+                Code::ERROR,
                 format!("render of {} failed; nothing was applied", dir.display()),
             );
         }
         StageError::Keys(_) | StageError::Decrypt { .. } => e.to_string(),
-        _ => return Failure::new(FAILED, e.to_string()),
+        _ => return Failure::new(Code::ERROR, e.to_string()),
     };
     Failure::new(
-        e.sops_exit_code().unwrap_or(FAILED),
+        e.sops_exit_code().map_or(Code::ERROR, Code::from_sops),
         format!("{message}\n  nothing was applied"),
     )
 }
@@ -339,7 +337,7 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(|e| Failure::new(FAILED, format!("cannot start the async runtime: {e}")))
+        .map_err(|e| Failure::new(Code::ERROR, format!("cannot start the async runtime: {e}")))
 }
 
 fn counts(summary: &Summary) -> serde_json::Value {
@@ -429,7 +427,7 @@ pub(crate) fn report_apply(
         Ok(())
     } else {
         Err(Failure::new(
-            1,
+            Code::NOT_READY,
             format!("{} object(s) did not become ready", summary.not_ready.len()),
         ))
     }

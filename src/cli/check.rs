@@ -6,7 +6,8 @@ use std::process::Command;
 
 use clap::{Args, Subcommand};
 
-use super::crypt::{self, Failure};
+use super::crypt;
+use super::exit::{Code, Failure};
 use super::keysources::{self, Env};
 use super::rekey::files_under;
 use crate::sops::store::Format;
@@ -81,10 +82,10 @@ fn git(args: &[&str]) -> Result<Vec<u8>, Failure> {
     let out = Command::new("git")
         .args(args)
         .output()
-        .map_err(|e| Failure::new(2, format!("cannot run git: {e}")))?;
+        .map_err(|e| Failure::new(Code::ERROR, format!("cannot run git: {e}")))?;
     if !out.status.success() {
         return Err(Failure::new(
-            2,
+            Code::ERROR,
             format!(
                 "git {} failed: {}",
                 args.join(" "),
@@ -163,7 +164,7 @@ pub fn check(args: &CheckArgs, env: &Env<'_>, stdout: &mut dyn Write) -> Result<
         Ok(())
     } else {
         Err(Failure::new(
-            1,
+            Code::GENERIC,
             format!(
                 "{} of {checked} file(s) matching creation rules are not safely encrypted:\n  {}\n  fix: `lockstep encrypt -i FILE` (or `lockstep edit FILE`), then stage the encrypted file",
                 offenders.len(),
@@ -194,7 +195,7 @@ pub fn install_hook(dir: &Path, force: bool, stdout: &mut dyn Write) -> Result<(
         && !force
     {
         return Err(Failure::new(
-            1,
+            Code::GENERIC,
             format!(
                 "{} exists and was not written by lockstep; add `lockstep check --staged` to it, or pass --force",
                 path.display()
@@ -208,14 +209,26 @@ pub fn install_hook(dir: &Path, force: bool, stdout: &mut dyn Write) -> Result<(
         "#!/bin/sh\n{HOOK_MARK}\n# Refuses a commit that stages a secrets file (per .sops.yaml creation rules) unencrypted.\nif command -v lockstep >/dev/null 2>&1; then exec lockstep check --staged; fi\nexec '{exe}' check --staged\n"
     );
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Failure::new(3, format!("{}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|e| {
+            Failure::new(
+                Code::COULD_NOT_WRITE_OUTPUT_FILE,
+                format!("{}: {e}", dir.display()),
+            )
+        })?;
     }
-    std::fs::write(&path, script)
-        .map_err(|e| Failure::new(3, format!("{}: cannot write: {e}", path.display())))?;
+    std::fs::write(&path, script).map_err(|e| {
+        Failure::new(
+            Code::COULD_NOT_WRITE_OUTPUT_FILE,
+            format!("{}: cannot write: {e}", path.display()),
+        )
+    })?;
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
-        .map_err(|e| Failure::new(3, format!("{}: {e}", path.display())))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).map_err(|e| {
+        Failure::new(
+            Code::COULD_NOT_WRITE_OUTPUT_FILE,
+            format!("{}: {e}", path.display()),
+        )
+    })?;
     let _ = writeln!(stdout, "installed {}", path.display());
     Ok(())
 }
@@ -223,11 +236,13 @@ pub fn install_hook(dir: &Path, force: bool, stdout: &mut dyn Write) -> Result<(
 /// `lockstep filestatus`: `{"encrypted":true}` or `{"encrypted":false}`, as sops prints it.
 pub fn filestatus(args: &FilestatusArgs, stdout: &mut dyn Write) -> Result<(), Failure> {
     let format = match &args.input_type {
-        Some(t) => Format::from_name(t)
-            .ok_or_else(|| Failure::new(1, format!("--input-type {t:?} is not a format")))?,
+        Some(t) => Format::from_name(t).ok_or_else(|| {
+            Failure::new(Code::GENERIC, format!("--input-type {t:?} is not a format"))
+        })?,
         None => Format::from_path(&args.file),
     };
     let bytes = crypt::read_input(&args.file)?;
     let encrypted = sops::is_encrypted(&bytes, format);
-    writeln!(stdout, "{{\"encrypted\":{encrypted}}}").map_err(|e| Failure::new(3, e.to_string()))
+    writeln!(stdout, "{{\"encrypted\":{encrypted}}}")
+        .map_err(|e| Failure::new(Code::COULD_NOT_WRITE_OUTPUT_FILE, e.to_string()))
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::apply::{ClusterArgs, parse_duration};
-use super::crypt::Failure;
+use super::exit::{Code, Failure};
 
 /// Arguments of `lockstep controller`.
 #[derive(Debug, Clone, Args)]
@@ -79,7 +79,7 @@ pub fn run(
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(|e| Failure::new(2, format!("cannot start the async runtime: {e}")))?;
+        .map_err(|e| Failure::new(Code::ERROR, format!("cannot start the async runtime: {e}")))?;
     rt.block_on(async {
         let config = super::apply::config(&args.cluster).await?;
         let client = super::apply::client_for(config.clone())?;
@@ -102,11 +102,11 @@ pub fn run(
                 Ok(())
             }
             Ok((ok, failed)) => Err(Failure::new(
-                1,
+                Code::NOT_READY,
                 format!("{ok} Sync(s) ready, {failed} failed; see their status"),
             )),
             Err(e) => Err(Failure::new(
-                2,
+                Code::ERROR,
                 format!("listing or updating Syncs: {}", crate::apply::reason(&e)),
             )),
         }
@@ -125,7 +125,7 @@ async fn serve(
     let hub = std::sync::Arc::new(server::Hub::default());
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
-        .map_err(|e| Failure::new(2, format!("--listen {}: {e}", args.listen)))?;
+        .map_err(|e| Failure::new(Code::ERROR, format!("--listen {}: {e}", args.listen)))?;
     let server = tokio::spawn(server::serve(listener, hub.clone(), access.client.clone()));
     let _ = writeln!(
         stderr,
@@ -215,14 +215,14 @@ pub fn request(args: &SyncArgs, stdout: &mut dyn Write) -> Result<(), Failure> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| Failure::new(2, format!("cannot start the async runtime: {e}")))?;
+        .map_err(|e| Failure::new(Code::ERROR, format!("cannot start the async runtime: {e}")))?;
     rt.block_on(async {
         let client = super::apply::client(&args.cluster).await?;
         let at = crate::controller::request_sync(&client, &args.namespace, &args.name)
             .await
             .map_err(|e| {
                 Failure::new(
-                    2,
+                    Code::ERROR,
                     format!(
                         "Sync {}/{}: {}",
                         args.namespace,

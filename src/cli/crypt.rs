@@ -14,23 +14,7 @@ use crate::sops::store::{self, FORMAT_NAMES, Format};
 use crate::sops::tree::{Item, Value};
 use crate::sops::{self, EncryptOptions, SopsError};
 
-/// A failed command: what to print and the exit code.
-pub struct Failure {
-    /// The message (already names the file).
-    pub message: String,
-    /// Process exit code.
-    pub code: u8,
-}
-
-impl Failure {
-    /// A failure with an exit code and a message.
-    pub fn new(code: u8, message: impl Into<String>) -> Self {
-        Failure {
-            message: message.into(),
-            code,
-        }
-    }
-}
+pub use super::exit::{Code, Failure};
 
 /// `lockstep keygen`
 #[derive(Debug, Args)]
@@ -144,9 +128,9 @@ pub fn parse_groups(
         .map(|g| {
             g.iter()
                 .map(|r| {
-                    Recipient::parse(r)
-                        .map(|p| (r.clone(), p))
-                        .map_err(|e| Failure::new(1, format!("{}: {e}", file.display())))
+                    Recipient::parse(r).map(|p| (r.clone(), p)).map_err(|e| {
+                        Failure::new(Code::GENERIC, format!("{}: {e}", file.display()))
+                    })
                 })
                 .collect()
         })
@@ -172,7 +156,7 @@ pub fn rule_recipients<'c>(
             }
         };
         return Err(Failure::new(
-            1,
+            Code::GENERIC,
             format!("{fname}: no recipients: {hint}; pass --age age1… or add a creation rule"),
         ));
     };
@@ -186,7 +170,7 @@ pub fn rule_recipients<'c>(
             )
         };
         return Err(Failure::new(
-            1,
+            Code::GENERIC,
             format!(
                 "{fname}: the matching creation rule has no age recipients{extra}; pass --age age1…"
             ),
@@ -229,7 +213,7 @@ impl NewFileArgs {
         .filter_map(|(f, v)| v.as_deref().map(|v| (f, v)))
         .collect();
         let selection = match Selection::from_fields(cli_selection)
-            .map_err(|e| Failure::new(8, e.to_string()))?
+            .map_err(|e| Failure::new(Code::CONFLICTING_PARAMETERS, e.to_string()))?
         {
             Some(s) => s,
             None => rule.and_then(|r| r.selection.clone()).unwrap_or_default(),
@@ -273,7 +257,7 @@ pub fn encrypt_new(
             rng: &mut rng,
         },
     )
-    .map_err(|e| Failure::new(e.exit_code(), format!("{}: {e}", file.display())))
+    .map_err(|e| Failure::new(Code::of(&e), format!("{}: {e}", file.display())))
 }
 
 /// `lockstep decrypt`
@@ -306,13 +290,13 @@ impl IoArgs {
     fn formats(&self) -> Result<(Format, Format), Failure> {
         if self.is_stdin() && self.input_type.is_none() && self.filename_override.is_none() {
             return Err(Failure::new(
-                1,
+                Code::GENERIC,
                 "reading standard input needs --input-type or --filename-override to know the format",
             ));
         }
         if self.is_stdin() && self.in_place {
             return Err(Failure::new(
-                8,
+                Code::CONFLICTING_PARAMETERS,
                 "-i cannot write back to standard input; use --output FILE",
             ));
         }
@@ -329,8 +313,12 @@ impl IoArgs {
     fn read(&self) -> Result<Zeroizing<Vec<u8>>, Failure> {
         if self.is_stdin() {
             let mut buf = Zeroizing::new(Vec::new());
-            std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut buf)
-                .map_err(|e| Failure::new(2, format!("cannot read standard input: {e}")))?;
+            std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut buf).map_err(|e| {
+                Failure::new(
+                    Code::COULD_NOT_READ_INPUT_FILE,
+                    format!("cannot read standard input: {e}"),
+                )
+            })?;
             Ok(buf)
         } else {
             read_input(&self.file)
@@ -343,7 +331,7 @@ fn format_of(name: Option<&str>, path: &Path, flag: &str) -> Result<Format, Fail
         None => Ok(Format::from_path(path)),
         Some(n) => Format::from_name(n).ok_or_else(|| {
             Failure::new(
-                1,
+                Code::GENERIC,
                 format!("{flag} {n:?} is not a format; use one of: {FORMAT_NAMES}"),
             )
         }),
@@ -355,9 +343,9 @@ pub fn read_input(path: &Path) -> Result<Zeroizing<Vec<u8>>, Failure> {
     std::fs::read(path).map(Zeroizing::new).map_err(|e| {
         Failure::new(
             if e.kind() == std::io::ErrorKind::NotFound {
-                100
+                Code::NO_FILE_SPECIFIED
             } else {
-                2
+                Code::COULD_NOT_READ_INPUT_FILE
             },
             format!("{}: cannot read: {e}", path.display()),
         )
@@ -403,13 +391,20 @@ pub fn write_output(io: &IoArgs, bytes: &[u8], stdout: &mut dyn Write) -> Result
         io.output.as_ref()
     };
     match target {
-        Some(path) => write_atomic(path, bytes)
-            .map_err(|e| Failure::new(3, format!("{}: cannot write: {e}", path.display()))),
+        Some(path) => write_atomic(path, bytes).map_err(|e| {
+            Failure::new(
+                Code::COULD_NOT_WRITE_OUTPUT_FILE,
+                format!("{}: cannot write: {e}", path.display()),
+            )
+        }),
         None => match stdout.write_all(bytes).and_then(|_| stdout.flush()) {
             Ok(()) => Ok(()),
             // A closed pipe (e.g. `| head`) is not an error.
             Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-            Err(e) => Err(Failure::new(3, format!("cannot write to stdout: {e}"))),
+            Err(e) => Err(Failure::new(
+                Code::COULD_NOT_WRITE_OUTPUT_FILE,
+                format!("cannot write to stdout: {e}"),
+            )),
         },
     }
 }
@@ -439,25 +434,36 @@ pub fn keygen(
                 .map_err(|e| {
                     if e.kind() == std::io::ErrorKind::AlreadyExists {
                         Failure::new(
-                            1,
+                            Code::GENERIC,
                             format!(
                                 "{}: already exists; refusing to overwrite an identity",
                                 path.display()
                             ),
                         )
                     } else {
-                        Failure::new(3, format!("{}: cannot create: {e}", path.display()))
+                        Failure::new(
+                            Code::COULD_NOT_WRITE_OUTPUT_FILE,
+                            format!("{}: cannot create: {e}", path.display()),
+                        )
                     }
                 })?;
             f.write_all(text.as_bytes())
                 .and_then(|_| f.sync_all())
-                .map_err(|e| Failure::new(3, format!("{}: cannot write: {e}", path.display())))?;
+                .map_err(|e| {
+                    Failure::new(
+                        Code::COULD_NOT_WRITE_OUTPUT_FILE,
+                        format!("{}: cannot write: {e}", path.display()),
+                    )
+                })?;
             let _ = writeln!(stderr, "Public key: {public}");
         }
         None => {
-            stdout
-                .write_all(text.as_bytes())
-                .map_err(|e| Failure::new(3, format!("cannot write to stdout: {e}")))?;
+            stdout.write_all(text.as_bytes()).map_err(|e| {
+                Failure::new(
+                    Code::COULD_NOT_WRITE_OUTPUT_FILE,
+                    format!("cannot write to stdout: {e}"),
+                )
+            })?;
         }
     }
     Ok(())
@@ -471,10 +477,11 @@ pub fn find_config(
     file: &Path,
 ) -> Result<Option<(PathBuf, Config)>, Failure> {
     let load = |p: &Path| -> Result<Option<(PathBuf, Config)>, Failure> {
-        let text = std::fs::read_to_string(p)
-            .map_err(|e| Failure::new(1, format!("{}: cannot read: {e}", p.display())))?;
-        let config =
-            Config::parse(&text).map_err(|e| Failure::new(1, format!("{}: {e}", p.display())))?;
+        let text = std::fs::read_to_string(p).map_err(|e| {
+            Failure::new(Code::GENERIC, format!("{}: cannot read: {e}", p.display()))
+        })?;
+        let config = Config::parse(&text)
+            .map_err(|e| Failure::new(Code::GENERIC, format!("{}: {e}", p.display())))?;
         let dir = p.parent().map(Path::to_path_buf).unwrap_or_default();
         Ok(Some((dir, config)))
     };
@@ -568,10 +575,14 @@ pub fn open_bytes(
     env: &Env<'_>,
     ignore_mac: bool,
 ) -> Result<sops::Decrypted, Failure> {
-    let ring = keysources::load(env, identity_files)
-        .map_err(|e| Failure::new(128, format!("{}: {e}", name.display())))?;
+    let ring = keysources::load(env, identity_files).map_err(|e| {
+        Failure::new(
+            Code::COULD_NOT_RETRIEVE_KEY,
+            format!("{}: {e}", name.display()),
+        )
+    })?;
     sops::decrypt(bytes, format, &ring, ignore_mac)
-        .map_err(|e| Failure::new(e.exit_code(), explain(name, &e, &ring.searched)))
+        .map_err(|e| Failure::new(Code::of(&e), explain(name, &e, &ring.searched)))
 }
 
 /// The operating system's random source, as the format code's injected RNG.
@@ -597,13 +608,16 @@ pub fn decrypt(args: &DecryptArgs, env: &Env<'_>, stdout: &mut dyn Write) -> Res
     let out: Zeroizing<Vec<u8>> = match &args.extract {
         None => Zeroizing::new(
             store::emit_plain(out_format, &decrypted.docs, indent).map_err(|e| {
-                Failure::new(4, format!("{fname}: cannot write as {out_format:?}: {e}"))
+                Failure::new(
+                    Code::ERROR_DUMPING_TREE,
+                    format!("{fname}: cannot write as {out_format:?}: {e}"),
+                )
             })?,
         ),
         Some(path) => {
             let steps = parse_extract(path).ok_or_else(|| {
                 Failure::new(
-                    91,
+                    Code::INVALID_TREE_PATH_FORMAT,
                     format!("--extract {path:?}: expected a path like '[\"key\"][0][\"other\"]'"),
                 )
             })?;
@@ -625,7 +639,7 @@ pub fn decrypt(args: &DecryptArgs, env: &Env<'_>, stdout: &mut dyn Write) -> Res
                 }
                 .ok_or_else(|| {
                     Failure::new(
-                        91,
+                        Code::INVALID_TREE_PATH_FORMAT,
                         format!("{fname}: --extract {path}: no such key or index"),
                     )
                 })?;
@@ -642,14 +656,14 @@ pub fn decrypt(args: &DecryptArgs, env: &Env<'_>, stdout: &mut dyn Write) -> Res
                     &[crate::sops::tree::Document::new(items.clone())],
                     indent,
                 )
-                .map_err(|e| Failure::new(4, e.to_string()))?,
+                .map_err(|e| Failure::new(Code::ERROR_DUMPING_TREE, e.to_string()))?,
                 Value::List(_) => {
                     let doc = crate::sops::tree::Document::new(vec![Item::Pair(
                         "value".into(),
                         node.clone(),
                     )]);
                     store::emit_plain(Format::Yaml, &[doc], indent)
-                        .map_err(|e| Failure::new(4, e.to_string()))?
+                        .map_err(|e| Failure::new(Code::ERROR_DUMPING_TREE, e.to_string()))?
                 }
                 Value::Comment(_) => vec![],
             };

@@ -12,7 +12,8 @@ use clap::Args;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use super::crypt::{self, Failure, NewFileArgs};
+use super::crypt::{self, NewFileArgs};
+use super::exit::{Code, Failure};
 use super::keysources::Env;
 use crate::sops::store::{self, Format};
 
@@ -59,7 +60,7 @@ impl ScratchFile {
         use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
         if !is_tmpfs(SHM) {
             return Err(Failure::new(
-                1,
+                Code::GENERIC,
                 format!(
                     "{SHM} is not a memory-backed (tmpfs) filesystem; refusing to write plaintext to disk for editing"
                 ),
@@ -71,7 +72,12 @@ impl ScratchFile {
         std::fs::DirBuilder::new()
             .mode(0o700)
             .create(&dir)
-            .map_err(|e| Failure::new(1, format!("{}: cannot create: {e}", dir.display())))?;
+            .map_err(|e| {
+                Failure::new(
+                    Code::GENERIC,
+                    format!("{}: cannot create: {e}", dir.display()),
+                )
+            })?;
         let scratch = ScratchFile {
             path: dir.join(name),
             dir,
@@ -82,10 +88,16 @@ impl ScratchFile {
             .mode(0o600)
             .open(&scratch.path)
             .map_err(|e| {
-                Failure::new(1, format!("{}: cannot create: {e}", scratch.path.display()))
+                Failure::new(
+                    Code::GENERIC,
+                    format!("{}: cannot create: {e}", scratch.path.display()),
+                )
             })?;
         f.write_all(contents).map_err(|e| {
-            Failure::new(1, format!("{}: cannot write: {e}", scratch.path.display()))
+            Failure::new(
+                Code::GENERIC,
+                format!("{}: cannot write: {e}", scratch.path.display()),
+            )
         })?;
         Ok(scratch)
     }
@@ -93,7 +105,7 @@ impl ScratchFile {
     fn read(&self) -> Result<Zeroizing<Vec<u8>>, Failure> {
         std::fs::read(&self.path).map(Zeroizing::new).map_err(|e| {
             Failure::new(
-                1,
+                Code::GENERIC,
                 format!("{}: cannot read the edited file: {e}", self.path.display()),
             )
         })
@@ -132,12 +144,17 @@ fn run_editor(env: &Env<'_>, path: &Path) -> Result<(), Failure> {
         .arg("lockstep-editor")
         .arg(path)
         .status()
-        .map_err(|e| Failure::new(201, format!("cannot run the editor {editor:?}: {e}")))?;
+        .map_err(|e| {
+            Failure::new(
+                Code::NO_EDITOR_FOUND,
+                format!("cannot run the editor {editor:?}: {e}"),
+            )
+        })?;
     if status.success() {
         Ok(())
     } else {
         Err(Failure::new(
-            1,
+            Code::GENERIC,
             format!("the editor {editor:?} exited with {status}; nothing was changed"),
         ))
     }
@@ -162,7 +179,7 @@ pub fn edit(args: &EditArgs, env: &Env<'_>, stderr: &mut dyn Write) -> Result<()
     let format = match &args.input_type {
         Some(t) => Format::from_name(t).ok_or_else(|| {
             Failure::new(
-                1,
+                Code::GENERIC,
                 format!(
                     "--input-type {t:?} is not a format; use one of: {}",
                     store::FORMAT_NAMES
@@ -176,7 +193,7 @@ pub fn edit(args: &EditArgs, env: &Env<'_>, stderr: &mut dyn Write) -> Result<()
         let decrypted = crypt::open(file, format, &args.identity, env, false)?;
         let plain = Zeroizing::new(
             store::emit_plain(format, &decrypted.docs, 4)
-                .map_err(|e| Failure::new(4, format!("{fname}: {e}")))?,
+                .map_err(|e| Failure::new(Code::ERROR_DUMPING_TREE, format!("{fname}: {e}")))?,
         );
         (plain, Some(decrypted))
     } else {
@@ -216,14 +233,14 @@ pub fn edit(args: &EditArgs, env: &Env<'_>, stderr: &mut dyn Write) -> Result<()
         run_editor(env, &scratch.path)?;
         if interrupted.load(Ordering::SeqCst) {
             return Err(Failure::new(
-                130,
+                Code::INTERRUPTED,
                 format!("{fname}: interrupted; nothing was changed"),
             ));
         }
         let edited = scratch.read()?;
         if exists && Sha256::digest(edited.as_slice()) == original {
             return Err(Failure::new(
-                200,
+                Code::FILE_HAS_NOT_BEEN_MODIFIED,
                 format!("{fname}: file not modified; nothing was changed"),
             ));
         }
@@ -245,13 +262,13 @@ pub fn edit(args: &EditArgs, env: &Env<'_>, stderr: &mut dyn Write) -> Result<()
                     let _ = std::io::stdin().lock().read_line(&mut answer);
                     if answer.trim() == "q" {
                         return Err(Failure::new(
-                            1,
+                            Code::GENERIC,
                             format!("{fname}: edit abandoned; nothing was changed"),
                         ));
                     }
                 } else if attempts >= NON_INTERACTIVE_RETRIES {
                     return Err(Failure::new(
-                        2,
+                        Code::ERROR,
                         format!(
                             "{fname}: still not valid after {attempts} attempts ({why}); nothing was changed"
                         ),
@@ -275,8 +292,12 @@ pub fn edit(args: &EditArgs, env: &Env<'_>, stderr: &mut dyn Write) -> Result<()
             crypt::encrypt_new(file, format, format, &edited, plan)?
         }
     };
-    crypt::write_atomic(file, &out)
-        .map_err(|e| Failure::new(3, format!("{fname}: cannot write: {e}")))
+    crypt::write_atomic(file, &out).map_err(|e| {
+        Failure::new(
+            Code::COULD_NOT_WRITE_OUTPUT_FILE,
+            format!("{fname}: cannot write: {e}"),
+        )
+    })
 }
 
 /// `lockstep set`
@@ -404,7 +425,7 @@ fn change_in_place(
     let mut docs = decrypted.docs.clone();
     let first = docs
         .first_mut()
-        .ok_or_else(|| Failure::new(1, format!("{fname}: the file has no document")))?;
+        .ok_or_else(|| Failure::new(Code::GENERIC, format!("{fname}: the file has no document")))?;
     let mut root = Value::Map(std::mem::take(&mut first.items));
     let result = change(&mut root);
     if let Value::Map(items) = root {
@@ -412,8 +433,12 @@ fn change_in_place(
     }
     result?;
     let out = reencrypt(file, &decrypted, &mut docs, format)?;
-    crypt::write_atomic(file, &out)
-        .map_err(|e| Failure::new(3, format!("{fname}: cannot write: {e}")))
+    crypt::write_atomic(file, &out).map_err(|e| {
+        Failure::new(
+            Code::COULD_NOT_WRITE_OUTPUT_FILE,
+            format!("{fname}: cannot write: {e}"),
+        )
+    })
 }
 
 /// Re-encrypts changed documents with the file's own data key and metadata; unchanged values reuse
@@ -436,14 +461,19 @@ fn reencrypt(
         4,
         &mut rng,
     )
-    .map_err(|e| Failure::new(e.exit_code(), format!("{}: {e}", file.display())))
+    .map_err(|e| Failure::new(Code::of(&e), format!("{}: {e}", file.display())))
 }
 
 /// A non-empty sops path (`["a"][0]`), or exit 7 as in sops.
 fn parse_path(path: &str) -> Result<Vec<Step>, Failure> {
     crypt::parse_extract(path)
         .filter(|s| !s.is_empty())
-        .ok_or_else(|| Failure::new(7, format!("{path:?} is not a path like '[\"key\"][0]'")))
+        .ok_or_else(|| {
+            Failure::new(
+                Code::INVALID_SET_FORMAT,
+                format!("{path:?} is not a path like '[\"key\"][0]'"),
+            )
+        })
 }
 
 /// `lockstep set`
@@ -451,14 +481,18 @@ pub fn set(args: &SetArgs, env: &Env<'_>) -> Result<(), Failure> {
     let steps = parse_path(&args.path)?;
     let json: serde_json::Value = serde_json::from_str(&args.value).map_err(|e| {
         Failure::new(
-            7,
+            Code::INVALID_SET_FORMAT,
             format!("the value is not JSON ({e}); quote strings: '\"text\"'"),
         )
     })?;
     let value = store::json::from_json(json);
     change_in_place(&args.file, &args.identity, env, |root| {
-        set_in(root, &steps, value)
-            .map_err(|e| Failure::new(7, format!("{}: {}: {e}", args.file.display(), args.path)))
+        set_in(root, &steps, value).map_err(|e| {
+            Failure::new(
+                Code::INVALID_SET_FORMAT,
+                format!("{}: {}: {e}", args.file.display(), args.path),
+            )
+        })
     })
 }
 
@@ -472,7 +506,10 @@ pub fn unset(args: &UnsetArgs, env: &Env<'_>) -> Result<(), Failure> {
         if unset_in(root, &steps) || idempotent {
             Ok(())
         } else {
-            Err(Failure::new(1, format!("{file}: {path}: no such key")))
+            Err(Failure::new(
+                Code::GENERIC,
+                format!("{file}: {path}: no such key"),
+            ))
         }
     })
 }

@@ -17,7 +17,8 @@ use zeroize::Zeroizing;
 use crate::render::project::is_dns_label;
 use crate::sops::store::Format;
 
-use super::crypt::{Failure, NewFileArgs, encrypt_new};
+use super::crypt::{NewFileArgs, encrypt_new};
+use super::exit::{Code, Failure};
 use super::keysources::{self, Env};
 
 /// Arguments of `lockstep init`.
@@ -42,7 +43,10 @@ pub struct InitArgs {
 }
 
 fn io_fail(path: &Path, e: std::io::Error) -> Failure {
-    Failure::new(3, format!("{}: {e}", path.display()))
+    Failure::new(
+        Code::COULD_NOT_WRITE_OUTPUT_FILE,
+        format!("{}: {e}", path.display()),
+    )
 }
 
 /// A DNS label made from a directory name (`My Shop` → `my-shop`).
@@ -72,7 +76,8 @@ pub fn project_name_from(dir: &Path) -> String {
 /// Picks the recipient: `--age`, else the first identity found, else a new key (written 0600).
 fn recipient(args: &InitArgs, env: &Env<'_>, stderr: &mut dyn Write) -> Result<String, Failure> {
     if let Some(r) = &args.age {
-        crate::keys::Recipient::parse(r).map_err(|e| Failure::new(1, format!("--age {r}: {e}")))?;
+        crate::keys::Recipient::parse(r)
+            .map_err(|e| Failure::new(Code::GENERIC, format!("--age {r}: {e}")))?;
         return Ok(r.clone());
     }
     if args.key_file.is_none()
@@ -93,14 +98,14 @@ fn recipient(args: &InitArgs, env: &Env<'_>, stderr: &mut dyn Write) -> Result<S
         Some(p) => p.clone(),
         None => keysources::default_key_file(env).ok_or_else(|| {
             Failure::new(
-                1,
+                Code::GENERIC,
                 "no HOME or XDG_CONFIG_HOME to put a new key in; pass --key-file FILE or --age RECIPIENT",
             )
         })?,
     };
     if path.exists() {
         return Err(Failure::new(
-            1,
+            Code::GENERIC,
             format!(
                 "{} exists but holds no age identity lockstep can read; pass --age RECIPIENT",
                 path.display()
@@ -198,7 +203,7 @@ pub fn run(
     let dir = &args.dir;
     if dir.join("lockstep.yaml").exists() {
         return Err(Failure::new(
-            1,
+            Code::GENERIC,
             format!(
                 "{}: lockstep.yaml already exists; init does not overwrite a project",
                 dir.display()
@@ -210,7 +215,7 @@ pub fn run(
         Some(p) if is_dns_label(p) => p.clone(),
         Some(p) => {
             return Err(Failure::new(
-                1,
+                Code::GENERIC,
                 format!(
                     "--project {p:?}: use 1-63 lowercase letters, digits and '-', starting and ending with a letter or digit"
                 ),
@@ -222,7 +227,7 @@ pub fn run(
     for (path, _) in &files {
         if dir.join(path).exists() {
             return Err(Failure::new(
-                1,
+                Code::GENERIC,
                 format!(
                     "{}: already exists; init writes a new project and does not overwrite files",
                     dir.join(path).display()

@@ -13,7 +13,7 @@ use crate::controller::install;
 use super::apply::{
     ClusterArgs, OutputFormat, PipelineArgs, parse_duration, pipeline_of, report_apply, runtime,
 };
-use super::crypt::Failure;
+use super::exit::{Code, Failure};
 use super::keysources::Env;
 use super::render::{RenderArgs, ValuesArgs, draw};
 
@@ -65,7 +65,7 @@ pub fn run(
     if !args.apply {
         let rendered = crate::render::render(&snapshot, &req).map_err(|d| {
             let _ = stderr.write_all(draw(&d).as_bytes());
-            Failure::new(2, "the install manifests did not render")
+            Failure::new(Code::ERROR, "the install manifests did not render")
         })?;
         let _ = stdout.write_all(rendered.to_yaml_stream().as_bytes());
         return Ok(());

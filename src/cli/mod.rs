@@ -13,30 +13,12 @@ pub mod check;
 pub mod controller;
 pub mod crypt;
 pub mod edit;
+pub mod exit;
 pub mod init;
 pub mod install;
 pub mod keysources;
 pub mod rekey;
 pub mod render;
-
-/// Exit codes of the `lockstep` binary.
-///
-/// `diff` follows `kubectl diff`: 0 means no changes, 1 means changes, 2 means an error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exit {
-    /// The command did what was asked.
-    Success = 0,
-    /// `diff` found changes, `check` found a problem.
-    Changes = 1,
-    /// Bad input, a failed step, or a command that is not available in this build.
-    Error = 2,
-}
-
-impl From<Exit> for ExitCode {
-    fn from(exit: Exit) -> Self {
-        ExitCode::from(exit as u8)
-    }
-}
 
 /// GitOps with secrets kept encrypted in Git.
 ///
@@ -150,15 +132,15 @@ pub fn run(
         Command::Install(args) => install::run(args, env, stdout, stderr),
         Command::Diff(args) => match apply::run_diff(args, env, stdout, stderr) {
             Ok(false) => Ok(()),
-            Ok(true) => return Exit::Changes.into(),
+            Ok(true) => return exit::Code::CHANGES.into(),
             Err(e) => Err(e),
         },
     };
     match result {
-        Ok(()) => Exit::Success.into(),
+        Ok(()) => exit::Code::SUCCESS.into(),
         Err(failure) => {
             let _ = writeln!(stderr, "lockstep: {}", failure.message);
-            ExitCode::from(failure.code)
+            failure.code.into()
         }
     }
 }
@@ -171,9 +153,9 @@ pub fn main() -> ExitCode {
             // --help and --version are "errors" to clap; print them and exit 0 like any CLI.
             let _ = err.print();
             return if err.use_stderr() {
-                Exit::Error.into()
+                exit::Code::ERROR.into()
             } else {
-                Exit::Success.into()
+                exit::Code::SUCCESS.into()
             };
         }
     };

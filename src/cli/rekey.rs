@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 
-use super::crypt::{self, Failure};
+use super::crypt;
+use super::exit::{Code, Failure};
 use super::keysources::{self, Env};
 use crate::sops::cipher::DataKey;
 use crate::sops::metadata::Metadata;
@@ -71,7 +72,7 @@ fn split(list: &[String]) -> Vec<String> {
 }
 
 fn fail(file: &Path, e: SopsError) -> Failure {
-    Failure::new(e.exit_code(), format!("{}: {e}", file.display()))
+    Failure::new(Code::of(&e), format!("{}: {e}", file.display()))
 }
 
 /// Files below `paths` (directories walked; `.git`, `target` and `node_modules` skipped), sorted.
@@ -170,7 +171,7 @@ pub fn rotate(args: &RotateArgs, env: &Env<'_>, stdout: &mut dyn Write) -> Resul
     }
     if groups.iter().any(|g| g.is_empty()) {
         return Err(Failure::new(
-            1,
+            Code::GENERIC,
             format!(
                 "{}: a key group would have no recipients left",
                 file.display()
@@ -181,12 +182,19 @@ pub fn rotate(args: &RotateArgs, env: &Env<'_>, stdout: &mut dyn Write) -> Resul
     let threshold = decrypted.metadata.shamir_threshold;
     let out = rekey(file, format, decrypted, &parsed, threshold)?;
     if args.in_place {
-        crypt::write_atomic(file, &out)
-            .map_err(|e| Failure::new(3, format!("{}: cannot write: {e}", file.display())))
+        crypt::write_atomic(file, &out).map_err(|e| {
+            Failure::new(
+                Code::COULD_NOT_WRITE_OUTPUT_FILE,
+                format!("{}: cannot write: {e}", file.display()),
+            )
+        })
     } else {
-        stdout
-            .write_all(&out)
-            .map_err(|e| Failure::new(3, format!("cannot write to stdout: {e}")))
+        stdout.write_all(&out).map_err(|e| {
+            Failure::new(
+                Code::COULD_NOT_WRITE_OUTPUT_FILE,
+                format!("cannot write to stdout: {e}"),
+            )
+        })
     }
 }
 
@@ -198,8 +206,8 @@ pub fn updatekeys(
     env: &Env<'_>,
     stdout: &mut dyn Write,
 ) -> Result<(), Failure> {
-    let ring =
-        keysources::load(env, &args.identity).map_err(|e| Failure::new(128, e.to_string()))?;
+    let ring = keysources::load(env, &args.identity)
+        .map_err(|e| Failure::new(Code::COULD_NOT_RETRIEVE_KEY, e.to_string()))?;
     for file in &args.files {
         let format = Format::from_path(file);
         let bytes = crypt::read_input(file)?;
@@ -222,7 +230,7 @@ pub fn updatekeys(
         }
         sops::ensure_age_only(&meta).map_err(|e| fail(file, e))?;
         let key = sops::data_key(&meta, &ring)
-            .map_err(|e| Failure::new(e.exit_code(), crypt::explain(file, &e, &ring.searched)))?;
+            .map_err(|e| Failure::new(Code::of(&e), crypt::explain(file, &e, &ring.searched)))?;
         let parsed = crypt::parse_groups(file, &groups)?;
         let mut random = crypt::random;
         let mut rng: Rng = &mut random;
@@ -238,8 +246,12 @@ pub fn updatekeys(
         new_meta.shamir_threshold = threshold;
         let out = store::emit_encrypted(format, &loaded.docs, &new_meta.to_value(), 4)
             .map_err(|source| fail(file, SopsError::Emit { format, source }))?;
-        crypt::write_atomic(file, &out)
-            .map_err(|e| Failure::new(3, format!("{}: cannot write: {e}", file.display())))?;
+        crypt::write_atomic(file, &out).map_err(|e| {
+            Failure::new(
+                Code::COULD_NOT_WRITE_OUTPUT_FILE,
+                format!("{}: cannot write: {e}", file.display()),
+            )
+        })?;
         report(
             stdout,
             file,
@@ -319,8 +331,12 @@ pub fn reseal(args: &ResealArgs, env: &Env<'_>, stdout: &mut dyn Write) -> Resul
             sops::ensure_age_only(&decrypted.metadata).map_err(|e| fail(&file, e))?;
             let parsed = crypt::parse_groups(&file, &groups)?;
             let out = rekey(&file, format, decrypted, &parsed, rule.shamir_threshold)?;
-            crypt::write_atomic(&file, &out)
-                .map_err(|e| Failure::new(3, format!("{}: cannot write: {e}", file.display())))?;
+            crypt::write_atomic(&file, &out).map_err(|e| {
+                Failure::new(
+                    Code::COULD_NOT_WRITE_OUTPUT_FILE,
+                    format!("{}: cannot write: {e}", file.display()),
+                )
+            })?;
             report(stdout, &file, &before, &now, "new data key");
             Ok(())
         })();
@@ -342,7 +358,7 @@ pub fn reseal(args: &ResealArgs, env: &Env<'_>, stdout: &mut dyn Write) -> Resul
         Ok(())
     } else {
         Err(Failure::new(
-            1,
+            Code::GENERIC,
             format!(
                 "{done} file(s) resealed; {} could not be:\n  {}",
                 failures.len(),

@@ -9,10 +9,7 @@ use clap::Args;
 use crate::render::{self, Diagnostic, Diagnostics, Rendered, Request};
 use crate::source::Snapshot;
 
-use super::crypt::Failure;
-
-/// Exit code for a render that found problems in the project.
-pub const RENDER_FAILED: u8 = 2;
+use super::exit::{Code, Failure};
 
 /// Marker file that makes a directory safe for `render --out` to clear and rewrite.
 pub const OUT_MARKER: &str = ".lockstep-render";
@@ -58,14 +55,14 @@ impl RenderArgs {
         };
         for file in &self.values.files {
             let text = std::fs::read_to_string(file).map_err(|e| {
-                Failure::new(RENDER_FAILED, format!("--values {}: {e}", file.display()))
+                Failure::new(Code::ERROR, format!("--values {}: {e}", file.display()))
             })?;
             req.values_files.push((file.display().to_string(), text));
         }
         for (list, string) in [(&self.values.set, false), (&self.values.set_string, true)] {
             for arg in list {
                 let m = render::values::parse_set(arg, string)
-                    .map_err(|e| Failure::new(RENDER_FAILED, e))?;
+                    .map_err(|e| Failure::new(Code::ERROR, e))?;
                 req.sets.push(m);
             }
         }
@@ -145,7 +142,7 @@ fn write_rendered(
         None => stdout
             .write_all(rendered.to_yaml_stream().as_bytes())
             .or_else(ignore_broken_pipe)
-            .map_err(|e| Failure::new(RENDER_FAILED, format!("writing output: {e}"))),
+            .map_err(|e| Failure::new(Code::ERROR, format!("writing output: {e}"))),
         Some(out) => {
             let n = write_out(out, rendered)?;
             let _ = writeln!(
@@ -171,12 +168,12 @@ fn ignore_broken_pipe(e: std::io::Error) -> std::io::Result<()> {
 /// Reads a project directory and renders one environment; problems are drawn on `stderr`.
 pub fn render_dir(dir: &Path, req: &Request, stderr: &mut dyn Write) -> Result<Rendered, Failure> {
     let snapshot = Snapshot::read_dir(dir)
-        .map_err(|e| Failure::new(RENDER_FAILED, format!("reading project: {e}")))?;
+        .map_err(|e| Failure::new(Code::ERROR, format!("reading project: {e}")))?;
     render::render(&snapshot, req).map_err(|diagnostics| {
         let _ = stderr.write_all(draw(&diagnostics).as_bytes());
         let n = diagnostics.0.len();
         Failure::new(
-            RENDER_FAILED,
+            Code::ERROR,
             format!(
                 "render of {} (environment {}) failed with {n} problem{}; nothing was written",
                 dir.display(),
@@ -190,7 +187,7 @@ pub fn render_dir(dir: &Path, req: &Request, stderr: &mut dyn Write) -> Result<R
 /// Writes one file per object under `out`, replacing earlier render output there.
 fn write_out(out: &Path, rendered: &Rendered) -> Result<usize, Failure> {
     let fail = |what: &str, p: &Path, e: std::io::Error| {
-        Failure::new(RENDER_FAILED, format!("{what} {}: {e}", p.display()))
+        Failure::new(Code::ERROR, format!("{what} {}: {e}", p.display()))
     };
     if out.exists() {
         let is_empty = std::fs::read_dir(out)
@@ -199,7 +196,7 @@ fn write_out(out: &Path, rendered: &Rendered) -> Result<usize, Failure> {
             .is_none();
         if !is_empty && !out.join(OUT_MARKER).exists() {
             return Err(Failure::new(
-                RENDER_FAILED,
+                Code::ERROR,
                 format!(
                     "--out {}: the directory is not empty and was not written by `lockstep render`; choose an empty or new directory",
                     out.display()

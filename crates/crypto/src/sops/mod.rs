@@ -100,22 +100,59 @@ pub enum SopsError {
     KeyGroups(String),
 }
 
+/// sops's exit codes, by their names in getsops/sops `cmd/sops/codes`.
+pub mod codes {
+    /// A failure without a more specific code.
+    pub const ERROR_GENERIC: u8 = 1;
+    /// The input could not be read or parsed.
+    pub const COULD_NOT_READ_INPUT_FILE: u8 = 2;
+    /// The output could not be written.
+    pub const COULD_NOT_WRITE_OUTPUT_FILE: u8 = 3;
+    /// The tree could not be written in the output format.
+    pub const ERROR_DUMPING_TREE: u8 = 4;
+    /// A `set` value that does not parse.
+    pub const ERROR_INVALID_SET_FORMAT: u8 = 7;
+    /// Options that cannot go together.
+    pub const ERROR_CONFLICTING_PARAMETERS: u8 = 8;
+    /// A value could not be decrypted.
+    pub const ERROR_DECRYPTING_TREE: u8 = 25;
+    /// The MAC does not match (or is missing).
+    pub const MAC_MISMATCH: u8 = 51;
+    /// A tree path that does not parse.
+    pub const INVALID_TREE_PATH_FORMAT: u8 = 91;
+    /// Nothing to encrypt.
+    pub const NEED_AT_LEAST_ONE_DOCUMENT: u8 = 92;
+    /// The input file does not exist.
+    pub const NO_FILE_SPECIFIED: u8 = 100;
+    /// No identity could open the data key.
+    pub const COULD_NOT_RETRIEVE_KEY: u8 = 128;
+    /// `edit` left the file as it was.
+    pub const FILE_HAS_NOT_BEEN_MODIFIED: u8 = 200;
+    /// The editor could not be started.
+    pub const NO_EDITOR_FOUND: u8 = 201;
+    /// The file already has sops metadata.
+    pub const FILE_ALREADY_ENCRYPTED: u8 = 203;
+}
+
 impl SopsError {
     /// The exit code sops uses for the same failure.
     pub fn exit_code(&self) -> u8 {
+        use codes::*;
         match self {
-            SopsError::Parse { .. } => 2,
-            SopsError::Emit { .. } => 4,
-            SopsError::AlreadyEncrypted => 203,
-            SopsError::Empty => 92,
-            SopsError::NoMatchingIdentity { .. } | SopsError::BadStanza { .. } => 128,
-            SopsError::Walk(_) => 25,
-            SopsError::MacMismatch | SopsError::NoMac | SopsError::BadMac(_) => 51,
+            SopsError::Parse { .. } => COULD_NOT_READ_INPUT_FILE,
+            SopsError::Emit { .. } => ERROR_DUMPING_TREE,
+            SopsError::AlreadyEncrypted => FILE_ALREADY_ENCRYPTED,
+            SopsError::Empty => NEED_AT_LEAST_ONE_DOCUMENT,
+            SopsError::NoMatchingIdentity { .. } | SopsError::BadStanza { .. } => {
+                COULD_NOT_RETRIEVE_KEY
+            }
+            SopsError::Walk(_) => ERROR_DECRYPTING_TREE,
+            SopsError::MacMismatch | SopsError::NoMac | SopsError::BadMac(_) => MAC_MISMATCH,
             SopsError::NotEncrypted
             | SopsError::Metadata(_)
             | SopsError::NoRecipients
             | SopsError::Wrap { .. }
-            | SopsError::KeyGroups(_) => 1,
+            | SopsError::KeyGroups(_) => ERROR_GENERIC,
         }
     }
 }
