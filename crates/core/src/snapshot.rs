@@ -76,10 +76,11 @@ impl Snapshot {
     }
 
     /// Files whose path starts with `prefix` (use a trailing `/` for a directory), sorted by path.
-    pub fn under<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (&'a str, &'a [u8])> + 'a {
+    pub fn under<'a>(&'a self, prefix: &str) -> impl Iterator<Item = (&'a str, &'a [u8])> + 'a {
+        let prefix = prefix.to_string();
         self.files
-            .range(prefix.to_string()..)
-            .take_while(move |(p, _)| p.starts_with(prefix))
+            .range(prefix.clone()..)
+            .take_while(move |(p, _)| p.starts_with(&prefix))
             .map(|(p, b)| (p.as_str(), b.as_slice()))
     }
 

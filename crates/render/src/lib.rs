@@ -37,6 +37,7 @@ use lockstep_core::Snapshot;
 pub use diagnostic::{Diagnostic, Diagnostics};
 pub use lockstep_core::objects::ObjectId;
 pub use manifest::{Body, Manifest};
+use project::Environment as EnvironmentSpec;
 pub use project::{PROJECT_FILE, Project};
 pub use sealed::{SealedRef, SecretsFile, Transform};
 
@@ -260,22 +261,73 @@ struct Pending<'a> {
     id: ObjectId,
 }
 
-/// Renders one environment of a project.
+/// Renders one environment of a project: project and environment → layered values → the secrets
+/// file's key structure → templates → manifest files → documents parsed → objects placed (namespace,
+/// sealed references checked, duplicates refused). Every problem is collected, so one render reports
+/// all of them.
 pub fn render(snapshot: &Snapshot, req: &Request) -> Result<Rendered, Diagnostics> {
+    let (project, environment) = load_project(snapshot, &req.env)?;
+    let env_name = req.env.as_str();
+    let values = layered_values(snapshot, req)?;
+    let secrets = secrets_file(snapshot, env_name)?;
+    let engine = template_engine(
+        snapshot,
+        &project,
+        &environment,
+        env_name,
+        &values,
+        &secrets,
+    )?;
+    let mut problems: Vec<Diagnostic> = Vec::new();
+    let outputs = render_templates(&engine, &mut problems);
+    let files = manifest_files(snapshot, env_name, &mut problems);
+    let (pending, sops_manifests) = parse_documents(
+        &engine,
+        &outputs,
+        &files,
+        &environment.namespace,
+        &mut problems,
+    );
+    let manifests = place_objects(
+        &engine,
+        pending,
+        sops_manifests,
+        &environment.namespace,
+        &secrets,
+        &mut problems,
+    );
+    if !problems.is_empty() {
+        return Err(Diagnostics(problems));
+    }
+    let mut manifests = manifests;
+    manifests.sort_by(Manifest::order);
+    Ok(Rendered {
+        project: project.project.clone(),
+        environment: env_name.to_string(),
+        namespace: environment.namespace.clone(),
+        secrets_file: secrets.file.clone(),
+        manifests,
+    })
+}
+
+/// `lockstep.yaml` and the requested environment.
+fn load_project(snapshot: &Snapshot, env: &str) -> Result<(Project, EnvironmentSpec), Diagnostics> {
     let Some(project_bytes) = snapshot.get(PROJECT_FILE) else {
         return Err(Diagnostic::new("no lockstep.yaml at the project root")
             .with_help("run `lockstep init` to create a project, or pass the directory that holds lockstep.yaml")
             .into());
     };
     let project = Project::parse(utf8(PROJECT_FILE, project_bytes)?)?;
-    let environment = project.environment(&req.env)?.clone();
-    let env_name = req.env.as_str();
+    let environment = project.environment(env)?.clone();
+    Ok((project, environment))
+}
 
-    // Values, layered.
+/// Values, layered: `values.yaml`, the environment's `values.yaml`, `--values` files, `--set`s.
+fn layered_values(snapshot: &Snapshot, req: &Request) -> Result<Mapping, Diagnostics> {
     let mut merged = Mapping::new();
     for file in [
         "values.yaml".to_string(),
-        format!("environments/{env_name}/values.yaml"),
+        format!("environments/{}/values.yaml", req.env),
     ] {
         if let Some(bytes) = snapshot.get(&file) {
             values::merge(&mut merged, values::parse(&file, utf8(&file, bytes)?)?);
@@ -287,8 +339,11 @@ pub fn render(snapshot: &Snapshot, req: &Request) -> Result<Rendered, Diagnostic
     for set in &req.sets {
         values::merge(&mut merged, set.clone());
     }
+    Ok(merged)
+}
 
-    // The environment's secrets file: its key structure only.
+/// The environment's secrets file: its key structure only (at most one per environment).
+fn secrets_file(snapshot: &Snapshot, env_name: &str) -> Result<SecretsFile, Diagnostics> {
     let found: Vec<String> = sealed::candidates(env_name)
         .into_iter()
         .filter(|c| snapshot.contains(c))
@@ -301,12 +356,22 @@ pub fn render(snapshot: &Snapshot, req: &Request) -> Result<Rendered, Diagnostic
         .with_help("keep one secrets file per environment")
         .into());
     }
-    let secrets = match found.first() {
+    Ok(match found.first() {
         Some(file) => SecretsFile::parse(file, snapshot.get(file).unwrap_or_default())?,
         None => SecretsFile::default(),
-    };
+    })
+}
 
-    // Templates.
+/// The template environment: every file under `templates/`, strict undefined, fuel and recursion
+/// limits, lockstep's helpers, and the globals `values`, `env`, `project`, `secrets`.
+fn template_engine<'s>(
+    snapshot: &Snapshot,
+    project: &Project,
+    environment: &EnvironmentSpec,
+    env_name: &str,
+    values: &Mapping,
+    secrets: &SecretsFile,
+) -> Result<Engine<'s>, Diagnostics> {
     let mut templates = BTreeMap::new();
     for (path, bytes) in snapshot.under("templates/") {
         let name = &path["templates/".len()..];
@@ -330,38 +395,47 @@ pub fn render(snapshot: &Snapshot, req: &Request) -> Result<Rendered, Diagnostic
         .map_err(|e| Diagnostic::new(format!("template syntax configuration: {e}")))?;
     env.set_syntax(syntax);
     helpers::register(&mut env);
-    env.add_global("values", minijinja::Value::from(Serde(&merged)));
+    env.add_global("values", minijinja::Value::from(Serde(values)));
     env.add_global(
         "env",
         context! { name => env_name, namespace => environment.namespace.as_str() },
     );
     env.add_global("project", context! { name => project.project.as_str() });
     env.add_global("secrets", secrets.to_value(env_name));
-    let engine = Engine {
+    Ok(Engine {
         env,
-        templates: templates.clone(),
+        templates,
         env_name: env_name.to_string(),
-    };
+    })
+}
 
-    let mut problems: Vec<Diagnostic> = Vec::new();
-    let names: Vec<&String> = templates
+/// Renders every template that is not a helper, in parallel; failures become problems.
+fn render_templates(engine: &Engine<'_>, problems: &mut Vec<Diagnostic>) -> Vec<(String, String)> {
+    let names: Vec<&String> = engine
+        .templates
         .keys()
         .filter(|n| is_rendered_template(n))
         .collect();
     let results = par_map(&names, 1, |name| {
         engine.env.get_template(name).and_then(|t| t.render(()))
     });
-    let mut outputs: Vec<(&str, String)> = Vec::new();
+    let mut outputs = Vec::new();
     for (name, result) in names.iter().zip(results) {
         match result {
-            Ok(text) => outputs.push((name.as_str(), text)),
+            Ok(text) => outputs.push((name.to_string(), text)),
             Err(e) => problems.push(engine.template_error(&e)),
         }
     }
+    outputs
+}
 
-    // Plain and whole-file SOPS manifests.
-    let mut sops_manifests: Vec<Manifest> = Vec::new();
-    let mut files: Vec<(&str, &str)> = Vec::new();
+/// Plain and whole-file SOPS manifests: `manifests/` and the environment's `manifests/`.
+fn manifest_files<'a>(
+    snapshot: &'a Snapshot,
+    env_name: &str,
+    problems: &mut Vec<Diagnostic>,
+) -> Vec<(&'a str, &'a str)> {
+    let mut files = Vec::new();
     let env_manifests = format!("environments/{env_name}/manifests/");
     for prefix in ["manifests/", env_manifests.as_str()] {
         for (path, bytes) in snapshot.under(prefix) {
@@ -374,10 +448,21 @@ pub fn render(snapshot: &Snapshot, req: &Request) -> Result<Rendered, Diagnostic
             }
         }
     }
+    files
+}
 
-    // Every document, parsed and identified in parallel (parsing dominates render time).
-    let mut docs: Vec<(Origin<'_>, &str)> = Vec::new();
-    for (name, output) in &outputs {
+/// Every document of the template outputs and manifest files, parsed and identified in parallel
+/// (parsing dominates render time); whole-file SOPS manifests are kept as they are.
+fn parse_documents<'a>(
+    engine: &Engine<'_>,
+    outputs: &'a [(String, String)],
+    files: &[(&'a str, &'a str)],
+    namespace: &str,
+    problems: &mut Vec<Diagnostic>,
+) -> (Vec<Pending<'a>>, Vec<Manifest>) {
+    let mut sops_manifests = Vec::new();
+    let mut docs: Vec<(Origin<'a>, &'a str)> = Vec::new();
+    for (name, output) in outputs {
         for doc in manifest::split_documents(output) {
             let origin = Origin::Template {
                 name,
@@ -387,9 +472,9 @@ pub fn render(snapshot: &Snapshot, req: &Request) -> Result<Rendered, Diagnostic
             docs.push((origin, doc.text));
         }
     }
-    for (path, text) in &files {
+    for &(path, text) in files {
         if lockstep_sops::is_encrypted(text.as_bytes(), lockstep_sops::store::Format::Yaml) {
-            sops_manifests.push(sops_manifest(path, text, &environment.namespace));
+            sops_manifests.push(sops_manifest(path, text, namespace));
             continue;
         }
         for doc in manifest::split_documents(text) {
@@ -402,7 +487,7 @@ pub fn render(snapshot: &Snapshot, req: &Request) -> Result<Rendered, Diagnostic
         }
     }
     let parsed = par_map(&docs, 16, |(_, text)| parse_document(text));
-    let mut pending: Vec<Pending<'_>> = Vec::new();
+    let mut pending = Vec::new();
     for ((origin, doc_text), result) in docs.into_iter().zip(parsed) {
         match result {
             Ok((value, id)) => pending.push(Pending {
@@ -420,8 +505,19 @@ pub fn render(snapshot: &Snapshot, req: &Request) -> Result<Rendered, Diagnostic
             }
         }
     }
+    (pending, sops_manifests)
+}
 
-    // Namespaces: defaulted for namespaced kinds (CRDs in the set tell which custom kinds are not).
+/// Places every object: its namespace (defaulted for namespaced kinds; CRDs in the set tell which
+/// custom kinds are not), its sealed references (checked), and one definition per identity.
+fn place_objects(
+    engine: &Engine<'_>,
+    pending: Vec<Pending<'_>>,
+    sops_manifests: Vec<Manifest>,
+    namespace: &str,
+    secrets: &SecretsFile,
+    problems: &mut Vec<Diagnostic>,
+) -> Vec<Manifest> {
     let mut scopes = lockstep_core::objects::Scopes::default();
     for p in &pending {
         if p.id.kind == "CustomResourceDefinition" && p.id.group == "apiextensions.k8s.io" {
@@ -435,60 +531,10 @@ pub fn render(snapshot: &Snapshot, req: &Request) -> Result<Rendered, Diagnostic
         if scopes.is_cluster_scoped(&p.id.group, &p.id.kind) {
             p.id.namespace = None;
         } else if p.id.namespace.is_none() {
-            manifest::default_namespace(&mut p.value, &environment.namespace);
-            p.id.namespace = Some(environment.namespace.clone());
+            manifest::default_namespace(&mut p.value, namespace);
+            p.id.namespace = Some(namespace.to_string());
         }
-        // Sealed references: allowed places only, and only to values of this environment's file.
-        let mut refs = Vec::new();
-        let mut seen: HashMap<String, usize> = HashMap::new();
-        // A placeholder is spelled out in the text, or hidden in a double-quoted escape.
-        let may_hold_refs =
-            p.doc_text.contains(sealed::PLACEHOLDER_PREFIX) || p.doc_text.contains('\\');
-        let found = if may_hold_refs {
-            manifest::find_refs(&p.value, &p.id)
-        } else {
-            Vec::new()
-        };
-        for f in found {
-            let nth = seen.entry(f.text.clone()).or_insert(0);
-            let occurrence = *nth;
-            *nth += 1;
-            let range = nth_range(p.doc_text, &f.text, occurrence);
-            let problem = match (&f.refused, &f.reference) {
-                (Some(why), _) => Some((why.clone(), None)),
-                (None, Some(r)) if !secrets.resolves(r) => Some((
-                    format!(
-                        "{} names {} in {}, which is not a value of this environment's secrets file",
-                        f.at,
-                        r.display_path(),
-                        r.file
-                    ),
-                    Some(match &secrets.file {
-                        Some(file) => {
-                            format!("use {{{{ secrets.… }}}} to refer to values of {file}")
-                        }
-                        None => format!("environment {env_name} has no secrets file"),
-                    }),
-                )),
-                _ => None,
-            };
-            match problem {
-                Some((message, help)) => {
-                    let mut d = engine.locate(&p.origin, range, &format!("{}: {message}", p.id));
-                    if let Some(h) = help {
-                        d = d.with_help(h);
-                    }
-                    problems.push(d);
-                }
-                None => {
-                    if let Some(r) = f.reference {
-                        refs.push(r);
-                    }
-                }
-            }
-        }
-        refs.sort();
-        refs.dedup();
+        let refs = sealed_refs(engine, &p, secrets, problems);
         let source = match &p.origin {
             Origin::Template { name, .. } => format!("templates/{name}"),
             Origin::File { path, .. } => path.to_string(),
@@ -517,7 +563,6 @@ pub fn render(snapshot: &Snapshot, req: &Request) -> Result<Rendered, Diagnostic
             refs,
         });
     }
-
     // Whole-file SOPS manifests whose identity is readable take part in the same check.
     for m in sops_manifests {
         if let Some(id) = &m.id {
@@ -536,18 +581,64 @@ pub fn render(snapshot: &Snapshot, req: &Request) -> Result<Rendered, Diagnostic
         }
         manifests.push(m);
     }
+    manifests
+}
 
-    if !problems.is_empty() {
-        return Err(Diagnostics(problems));
+/// An object's sealed references: in allowed places only, and only to values of this environment's
+/// secrets file; each refusal is a problem located where the placeholder is.
+fn sealed_refs(
+    engine: &Engine<'_>,
+    p: &Pending<'_>,
+    secrets: &SecretsFile,
+    problems: &mut Vec<Diagnostic>,
+) -> Vec<SealedRef> {
+    // A placeholder is spelled out in the text, or hidden in a double-quoted escape.
+    let may_hold_refs =
+        p.doc_text.contains(sealed::PLACEHOLDER_PREFIX) || p.doc_text.contains('\\');
+    if !may_hold_refs {
+        return Vec::new();
     }
-    manifests.sort_by(Manifest::order);
-    Ok(Rendered {
-        project: project.project.clone(),
-        environment: env_name.to_string(),
-        namespace: environment.namespace.clone(),
-        secrets_file: secrets.file.clone(),
-        manifests,
-    })
+    let mut refs = Vec::new();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for f in manifest::find_refs(&p.value, &p.id) {
+        let nth = seen.entry(f.text.clone()).or_insert(0);
+        let occurrence = *nth;
+        *nth += 1;
+        let range = nth_range(p.doc_text, &f.text, occurrence);
+        let problem = match (&f.refused, &f.reference) {
+            (Some(why), _) => Some((why.clone(), None)),
+            (None, Some(r)) if !secrets.resolves(r) => Some((
+                format!(
+                    "{} names {} in {}, which is not a value of this environment's secrets file",
+                    f.at,
+                    r.display_path(),
+                    r.file
+                ),
+                Some(match &secrets.file {
+                    Some(file) => format!("use {{{{ secrets.… }}}} to refer to values of {file}"),
+                    None => format!("environment {} has no secrets file", engine.env_name),
+                }),
+            )),
+            _ => None,
+        };
+        match problem {
+            Some((message, help)) => {
+                let mut d = engine.locate(&p.origin, range, &format!("{}: {message}", p.id));
+                if let Some(h) = help {
+                    d = d.with_help(h);
+                }
+                problems.push(d);
+            }
+            None => {
+                if let Some(r) = f.reference {
+                    refs.push(r);
+                }
+            }
+        }
+    }
+    refs.sort();
+    refs.dedup();
+    refs
 }
 
 /// Parses one document and reads its identity.

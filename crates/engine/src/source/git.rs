@@ -218,7 +218,28 @@ pub fn fetch(
     }
     std::fs::create_dir_all(dir).map_err(|e| err(&format!("creating {}", dir.display()), e))?;
     let _scratch = Scratch(dir);
-    let mut prepare = gix::prepare_clone_bare(url, dir).map_err(|e| err(&shown, e))?;
+    let prepare = prepare_clone(url, rev, dir)?;
+    let (mut prepare, _ssh_files) = with_credentials(prepare, auth)?;
+    let (repo, _outcome) = prepare
+        .fetch_only(gix::progress::Discard, interrupt)
+        .map_err(|e| err_chain(&format!("fetching {shown}"), &e))?;
+    let commit = commit_of(&repo, rev)?;
+    let revision = commit.id.to_hex().to_string();
+    let snapshot = read_project(&repo, &commit, path, &revision)?;
+    Ok(Fetched {
+        revision,
+        commit: commit.data.clone(),
+        snapshot,
+    })
+}
+
+/// A bare clone of only the ref (shallow, depth 1, for a branch or tag; a commit needs history).
+fn prepare_clone(
+    url: &str,
+    rev: &Revision,
+    dir: &Path,
+) -> Result<gix::clone::PrepareFetch, GitError> {
+    let mut prepare = gix::prepare_clone_bare(url, dir).map_err(|e| err(&redact(url), e))?;
     let ref_name = match rev {
         Revision::Branch(b) => Some(b.clone()),
         Revision::Tag(t) => Some(t.clone()),
@@ -234,7 +255,16 @@ pub fn fetch(
             std::num::NonZeroU32::MIN,
         ));
     }
-    let _ssh_files = match auth {
+    Ok(prepare)
+}
+
+/// The clone with its credentials: an `ssh` command with the key and `known_hosts` (the files live
+/// as long as the returned guard), or basic auth answered from memory.
+fn with_credentials(
+    mut prepare: gix::clone::PrepareFetch,
+    auth: &Auth,
+) -> Result<(gix::clone::PrepareFetch, Option<SshFiles>), GitError> {
+    match auth {
         Auth::Ssh { key, known_hosts } => {
             if known_hosts.trim().is_empty() {
                 return Err(GitError(
@@ -244,49 +274,59 @@ pub fn fetch(
             let files = SshFiles::write(key, known_hosts)?;
             prepare = prepare
                 .with_in_memory_config_overrides([format!("core.sshCommand={}", files.command())]);
-            Some(files)
+            Ok((prepare, Some(files)))
         }
-        _ => None,
-    };
-    if let Auth::Basic { username, password } = auth {
-        let (username, password) = (
-            username.clone(),
-            zeroize::Zeroizing::new(password.to_string()),
-        );
-        prepare = prepare.configure_connection(move |conn| {
-            let (username, password) = (username.clone(), password.clone());
-            conn.set_credentials(move |action| match action {
-                gix::credentials::helper::Action::Get(ctx) => {
-                    Ok(Some(gix::credentials::protocol::Outcome {
-                        identity: gix::sec::identity::Account {
-                            username: username.clone(),
-                            password: password.to_string(),
-                            oauth_refresh_token: None,
-                        },
-                        next: ctx.into(),
-                    }))
-                }
-                _ => Ok(None),
+        Auth::Basic { username, password } => {
+            let (username, password) = (
+                username.clone(),
+                zeroize::Zeroizing::new(password.to_string()),
+            );
+            prepare = prepare.configure_connection(move |conn| {
+                let (username, password) = (username.clone(), password.clone());
+                conn.set_credentials(move |action| match action {
+                    gix::credentials::helper::Action::Get(ctx) => {
+                        Ok(Some(gix::credentials::protocol::Outcome {
+                            identity: gix::sec::identity::Account {
+                                username: username.clone(),
+                                password: password.to_string(),
+                                oauth_refresh_token: None,
+                            },
+                            next: ctx.into(),
+                        }))
+                    }
+                    _ => Ok(None),
+                });
+                Ok(())
             });
-            Ok(())
-        });
+            Ok((prepare, None))
+        }
+        Auth::None => Ok((prepare, None)),
     }
-    let (repo, _outcome) = prepare
-        .fetch_only(gix::progress::Discard, interrupt)
-        .map_err(|e| err_chain(&format!("fetching {shown}"), &e))?;
-    let commit = match rev {
+}
+
+/// The commit to read: the pinned one, or the fetched ref's tip.
+fn commit_of<'r>(repo: &'r gix::Repository, rev: &Revision) -> Result<gix::Commit<'r>, GitError> {
+    match rev {
         Revision::Commit(id) => {
             let oid = gix::ObjectId::from_hex(id.as_bytes())
                 .map_err(|e| err(&format!("commit {id}"), e))?;
             repo.find_commit(oid)
-                .map_err(|e| err(&format!("commit {id} is not on the default branch"), e))?
+                .map_err(|e| err(&format!("commit {id} is not on the default branch"), e))
         }
         _ => repo
             .head_commit()
-            .map_err(|e| err("reading the fetched ref", e))?,
-    };
-    let revision = commit.id.to_hex().to_string();
-    let raw_commit = commit.data.clone();
+            .map_err(|e| err("reading the fetched ref", e)),
+    }
+}
+
+/// The project at `path` of the commit's tree, straight from the object database: only project
+/// entries, no hidden files, no file over [`MAX_FILE_BYTES`].
+fn read_project(
+    repo: &gix::Repository,
+    commit: &gix::Commit<'_>,
+    path: &str,
+    revision: &str,
+) -> Result<Snapshot, GitError> {
     let mut tree = commit
         .tree()
         .map_err(|e| err("reading the commit's tree", e))?;
@@ -326,11 +366,7 @@ pub fn fetch(
         }
         snapshot.insert(file, blob.data.clone());
     }
-    Ok(Fetched {
-        revision,
-        commit: raw_commit,
-        snapshot,
-    })
+    Ok(snapshot)
 }
 
 #[cfg(test)]
