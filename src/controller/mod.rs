@@ -1391,6 +1391,261 @@ mod tests {
         );
     }
 
+    /// An outcome as `run_pipeline` makes it: the set's size only when the set was built and sent.
+    fn outcome(reason: Reason, revision: Option<&str>) -> Outcome {
+        let applied = matches!(
+            reason,
+            Reason::Succeeded | Reason::HealthCheckFailed | Reason::DriftDetected
+        );
+        Outcome {
+            reason,
+            message: format!("{} happened", reason.as_str()),
+            revision: revision.map(str::to_string),
+            objects: applied.then_some(14),
+            inventory: applied.then(|| "shop/lockstep-inventory-shop-dev".to_string()),
+            changed: 0,
+        }
+    }
+
+    fn with_status(mut sync: Sync, ready: (&str, &str), applied: Option<&str>) -> Sync {
+        sync.status = Some(SyncStatus {
+            conditions: vec![Condition {
+                type_: "Ready".into(),
+                status: ready.0.into(),
+                reason: ready.1.into(),
+                message: String::new(),
+                last_transition_time: "2026-01-01T00:00:00Z".into(),
+                observed_generation: Some(1),
+            }],
+            observed_generation: Some(1),
+            last_applied_revision: applied.map(str::to_string),
+            last_attempted_revision: applied.map(str::to_string),
+            objects: Some(3),
+            inventory: Some("shop/old".into()),
+            last_sync_duration: None,
+        });
+        sync
+    }
+
+    #[test]
+    fn status_transitions_follow_the_outcome() {
+        let fresh = sync(None, 2, None);
+        let failing = with_status(sync(None, 2, None), ("False", "RenderFailed"), Some("aaa"));
+        let ready = with_status(sync(None, 2, None), ("True", "Succeeded"), Some("aaa"));
+        // (previous, outcome) → (Ready, reason, Stalled, lastApplied, lastAttempted, objects,
+        //  transition time kept)
+        type Expected<'a> = (
+            &'a str,
+            &'a str,
+            bool,
+            Option<&'a str>,
+            Option<&'a str>,
+            Option<i64>,
+            bool,
+        );
+        let cases: Vec<(&Sync, Outcome, Expected<'_>)> = vec![
+            (
+                &fresh,
+                outcome(Reason::Succeeded, Some("bbb")),
+                (
+                    "True",
+                    "Succeeded",
+                    false,
+                    Some("bbb"),
+                    Some("bbb"),
+                    Some(14),
+                    false,
+                ),
+            ),
+            (
+                &failing,
+                outcome(Reason::Succeeded, Some("bbb")),
+                (
+                    "True",
+                    "Succeeded",
+                    false,
+                    Some("bbb"),
+                    Some("bbb"),
+                    Some(14),
+                    false,
+                ),
+            ),
+            // A broken commit stalls and keeps what was applied.
+            (
+                &ready,
+                outcome(Reason::RenderFailed, Some("ccc")),
+                (
+                    "False",
+                    "RenderFailed",
+                    true,
+                    Some("aaa"),
+                    Some("ccc"),
+                    Some(3),
+                    false,
+                ),
+            ),
+            (
+                &ready,
+                outcome(Reason::VerifyFailed, Some("ccc")),
+                (
+                    "False",
+                    "VerifyFailed",
+                    true,
+                    Some("aaa"),
+                    Some("ccc"),
+                    Some(3),
+                    false,
+                ),
+            ),
+            (
+                &ready,
+                outcome(Reason::ValidationFailed, Some("ccc")),
+                (
+                    "False",
+                    "ValidationFailed",
+                    true,
+                    Some("aaa"),
+                    Some("ccc"),
+                    Some(3),
+                    false,
+                ),
+            ),
+            // Failures a retry can fix do not stall; before the fetch there is no revision.
+            (
+                &ready,
+                outcome(Reason::FetchFailed, None),
+                (
+                    "False",
+                    "FetchFailed",
+                    false,
+                    Some("aaa"),
+                    Some("aaa"),
+                    Some(3),
+                    false,
+                ),
+            ),
+            (
+                &ready,
+                outcome(Reason::ApplyFailed, Some("ccc")),
+                (
+                    "False",
+                    "ApplyFailed",
+                    false,
+                    Some("aaa"),
+                    Some("ccc"),
+                    Some(3),
+                    false,
+                ),
+            ),
+            (
+                &ready,
+                outcome(Reason::HealthCheckFailed, Some("ccc")),
+                (
+                    "False",
+                    "HealthCheckFailed",
+                    false,
+                    Some("aaa"),
+                    Some("ccc"),
+                    Some(14),
+                    false,
+                ),
+            ),
+            (
+                &ready,
+                outcome(Reason::DriftDetected, Some("aaa")),
+                (
+                    "False",
+                    "DriftDetected",
+                    false,
+                    Some("aaa"),
+                    Some("aaa"),
+                    Some(14),
+                    false,
+                ),
+            ),
+            (
+                &ready,
+                outcome(Reason::ReconcileFailed, None),
+                (
+                    "False",
+                    "ReconcileFailed",
+                    false,
+                    Some("aaa"),
+                    Some("aaa"),
+                    Some(3),
+                    false,
+                ),
+            ),
+            (
+                &ready,
+                outcome(Reason::Suspended, None),
+                (
+                    "False",
+                    "Suspended",
+                    false,
+                    Some("aaa"),
+                    Some("aaa"),
+                    Some(3),
+                    false,
+                ),
+            ),
+            // The same Ready status and reason again: the transition time stays.
+            (
+                &ready,
+                outcome(Reason::Succeeded, Some("aaa")),
+                (
+                    "True",
+                    "Succeeded",
+                    false,
+                    Some("aaa"),
+                    Some("aaa"),
+                    Some(14),
+                    true,
+                ),
+            ),
+            (
+                &failing,
+                outcome(Reason::RenderFailed, Some("ccc")),
+                (
+                    "False",
+                    "RenderFailed",
+                    true,
+                    Some("aaa"),
+                    Some("ccc"),
+                    Some(3),
+                    true,
+                ),
+            ),
+        ];
+        for (previous, outcome, expected) in cases {
+            let status = concluded(previous, &outcome, Duration::from_millis(1500));
+            let ready = status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "Ready")
+                .expect("Ready");
+            let stalled = status.conditions.iter().any(|c| c.type_ == "Stalled");
+            let kept = ready.last_transition_time == "2026-01-01T00:00:00Z";
+            let got = (
+                ready.status.as_str(),
+                ready.reason.as_str(),
+                stalled,
+                status.last_applied_revision.as_deref(),
+                status.last_attempted_revision.as_deref(),
+                status.objects,
+                kept,
+            );
+            assert_eq!(
+                got, expected,
+                "{:?} after {:?}",
+                outcome.reason, previous.status
+            );
+            assert_eq!(ready.message, outcome.message);
+            assert_eq!(status.observed_generation, Some(2));
+            assert_eq!(status.last_sync_duration.as_deref(), Some("1.5s"));
+        }
+    }
+
     #[tokio::test]
     async fn a_panicking_reconcile_ends_only_itself() {
         let panicking = isolated(async {

@@ -405,12 +405,16 @@ fn fill_secret(
     let Some(obj) = json.0.as_object_mut() else {
         return Ok(());
     };
-    let mut data: Map<String, Json> = match obj.remove("data") {
-        Some(Json::Object(m)) => m,
-        _ => Map::new(),
+    // In a wiping container from here on: an error below must not leave decrypted values behind.
+    let mut data = SecretJson(match obj.remove("data") {
+        Some(Json::Object(m)) => Json::Object(m),
+        _ => Json::Object(Map::new()),
+    });
+    let Json::Object(entries) = &mut data.0 else {
+        return Ok(());
     };
     // data: each value is exactly one reference (or plain base64 text).
-    for (key, value) in data.iter_mut() {
+    for (key, value) in entries.iter_mut() {
         let Json::String(text) = value else { continue };
         let found = SealedRef::find_all(text);
         let Some((_, r)) = found.first() else {
@@ -455,19 +459,20 @@ fn fill_secret(
                 for (range, r) in SealedRef::find_all(text) {
                     out.push_str(&text[last..range.start]);
                     let plain = resolve(&r, &at)?;
-                    match r.transform {
-                        Transform::Plain => out.push_str(&String::from_utf8_lossy(&plain)),
-                        Transform::Base64 => out.push_str(&b64.encode(&*plain)),
-                    }
+                    let piece = Zeroizing::new(match r.transform {
+                        Transform::Plain => String::from_utf8_lossy(&plain).into_owned(),
+                        Transform::Base64 => b64.encode(&*plain),
+                    });
+                    out.push_str(&piece);
                     last = range.end;
                 }
                 out.push_str(&text[last..]);
-                data.insert(key.clone(), Json::String(b64.encode(out.as_bytes())));
+                entries.insert(key.clone(), Json::String(b64.encode(out.as_bytes())));
             }
         }
     }
-    if !data.is_empty() {
-        obj.insert("data".into(), Json::Object(data));
+    if !entries.is_empty() {
+        obj.insert("data".into(), std::mem::take(&mut data.0));
     }
     Ok(())
 }
@@ -617,4 +622,148 @@ pub fn files_needing_keys(rendered: &Rendered) -> BTreeSet<String> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn object(body: Json) -> ApplyObject {
+        ApplyObject {
+            id: ObjectId {
+                group: String::new(),
+                kind: "Secret".into(),
+                namespace: Some("shop".into()),
+                name: "db".into(),
+            },
+            api_version: "v1".into(),
+            source: "templates/db.yaml".into(),
+            object: SecretJson::wrap(body),
+            has_secrets: true,
+        }
+    }
+
+    const FILE: &str = "environments/dev/secrets.yaml";
+
+    #[test]
+    fn ciphertext_or_placeholders_left_anywhere_are_refused_naming_the_field() {
+        let placeholder = format!("<sealed:{FILE}#/db/password>");
+        let cases = [
+            (
+                json!({"data": {"a": "ENC[AES256_GCM,data:eA==,iv:eA==,tag:eA==,type:str]"}}),
+                Some(("data.a", "ENC[…] ciphertext")),
+            ),
+            (
+                json!({"spec": {"env": [{"value": "x"}, {"value": placeholder}]}}),
+                Some(("spec.env[1].value", "a sealed placeholder")),
+            ),
+            (
+                json!({"metadata": {"annotations": {placeholder.clone(): "x"}}}),
+                Some((
+                    "metadata.annotations",
+                    "a sealed placeholder or ciphertext in a key",
+                )),
+            ),
+            (
+                json!({"data": {"a": "c2VjcmV0"}, "note": "ENC is fine as a word"}),
+                None,
+            ),
+        ];
+        for (body, expected) in cases {
+            let shown = body.to_string();
+            match (check_leftovers(&object(body)), expected) {
+                (Ok(()), None) => {}
+                (Err(DecryptError::Leftover { at, what, .. }), Some((want_at, want_what))) => {
+                    assert_eq!((at.as_str(), what), (want_at, want_what), "{shown}");
+                }
+                (got, want) => panic!("{shown}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    fn secrets() -> Vec<crate::sops::tree::Document> {
+        crate::sops::store::load_plain(
+            crate::sops::store::Format::Yaml,
+            b"db:\n  password: hunter2\n  token: c2VjcmV0\n",
+        )
+        .expect("parses")
+        .docs
+    }
+
+    #[test]
+    fn secret_data_takes_only_base64_and_single_values() {
+        let reference = |path: &str, base64: bool| {
+            format!(
+                "<sealed:{FILE}#{path}{}>",
+                if base64 { "|base64" } else { "" }
+            )
+        };
+        let cases: [(Json, Result<&str, &str>); 5] = [
+            // Already base64 in the secrets file: sent as it is.
+            (
+                json!({"data": {"t": reference("/db/token", false)}}),
+                Ok("c2VjcmV0"),
+            ),
+            // Encoded on the way.
+            (
+                json!({"data": {"p": reference("/db/password", true)}}),
+                Ok("aHVudGVyMg=="),
+            ),
+            // Plain text in data: refused, with the way out.
+            (
+                json!({"data": {"p": reference("/db/password", false)}}),
+                Err("is not base64"),
+            ),
+            (
+                json!({"data": {"p": reference("/db/missing", true)}}),
+                Err("is not in"),
+            ),
+            (
+                json!({"data": {"p": reference("/db", true)}}),
+                Err("not a single value"),
+            ),
+        ];
+        let docs = secrets();
+        for (body, expected) in cases {
+            let shown = body.to_string();
+            let mut json = SecretJson::wrap(body);
+            let id = object(Json::Null).id;
+            let result = fill_secret(&mut json, &docs, &id, "templates/db.yaml");
+            match (result, expected) {
+                (Ok(()), Ok(value)) => {
+                    let data = &json.expose()["data"];
+                    let sent: Vec<&str> = data
+                        .as_object()
+                        .expect("data")
+                        .values()
+                        .filter_map(Json::as_str)
+                        .collect();
+                    assert_eq!(sent, [value], "{shown}");
+                }
+                (Err(e), Err(message)) => {
+                    let text = e.to_string();
+                    assert!(text.contains(message), "{shown}: {text}");
+                    assert!(!text.contains("hunter2"), "no value in errors: {text}");
+                }
+                (got, want) => panic!("{shown}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn string_data_is_folded_into_data_with_references_filled_in() {
+        let mut json = SecretJson::wrap(json!({
+            "stringData": {"url": format!("postgres://app:<sealed:{FILE}#/db/password>@db/shop")}
+        }));
+        let id = object(Json::Null).id;
+        fill_secret(&mut json, &secrets(), &id, "templates/db.yaml").expect("fills");
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let sent = json.expose()["data"]["url"].as_str().expect("in data");
+        assert_eq!(
+            b64.decode(sent).expect("base64"),
+            b"postgres://app:hunter2@db/shop"
+        );
+        assert!(json.expose().get("stringData").is_none());
+    }
 }
