@@ -2,7 +2,7 @@
 //! a real controller-manager + scheduler + kwok (a Deployment becomes Available), and the real `sops`
 //! and `age-keygen` CLIs (a round trip).
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! `lockstep render` and `lockstep init`, through the real binary: snapshots of the bundled example,
 //! every error path (file, line and snippet), determinism, and proof that no plaintext escapes.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -1,7 +1,7 @@
 //! `lockstep apply` and `lockstep diff` against the real control plane from `scripts/cluster`
 //! (kube-apiserver + etcd + controller-manager + scheduler + kwok), through the real binary.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;

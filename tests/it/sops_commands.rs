@@ -1,7 +1,7 @@
 //! The commands that change encrypted files — edit, set, unset, rotate, updatekeys, reseal — and the
 //! pre-commit guard, through the real binary, with the real `sops` reading the results.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -2,7 +2,7 @@
 //! decrypts to the same data; what sops encrypts, lockstep decrypts to the same data. Also the real
 //! sops-written vectors in `tests/vectors/`.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

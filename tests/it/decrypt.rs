@@ -2,7 +2,7 @@
 //! against an independent decryption of the secrets file), SOPS manifests open, and a wrong key or a
 //! tampered file stops everything with a message that names the file and no value.
 
-mod support;
+use crate::support;
 
 use base64::Engine as _;
 use lockstep::decrypt::{self, DecryptError};

@@ -1,7 +1,7 @@
 //! The error paths a user meets, through the real binary: exit codes (sops's where it has one) and
 //! messages that name the file, the key path or line, and what to do — never a secret value.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::Output;

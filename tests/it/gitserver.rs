@@ -2,7 +2,7 @@
 //! smart HTTP and HTTPS (with and without Basic auth, protocol v0 and v2, chunked pushes) and clone
 //! over SSH.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

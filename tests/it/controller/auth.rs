@@ -1,0 +1,299 @@
+//! Private repositories over HTTPS (basic auth) and SSH (deploy keys), and signed commits only.
+
+use super::*;
+
+#[tokio::test]
+async fn private_repositories_over_https_auth_and_ssh_and_signed_commits_only() {
+    use support::gitserver::{GitHttp, GitSsh, ssh_keypair};
+    let cluster = need!("control plane", support::cluster());
+    let client = cluster.admin().await;
+    let creds = tempfile::tempdir().expect("tempdir");
+    let controller_kubeconfig = install_controller(&cluster, &client, creds.path()).await;
+    let sync_ns = cluster.namespace(&client, "private").await;
+    let home = tempfile::tempdir().expect("tempdir");
+    let cache = home.path().join("git-cache");
+    let served = tempfile::tempdir().expect("tempdir");
+    put_secret(&client, &sync_ns, "age-key", "key", &demo_key()).await;
+    let api = syncs(&client, &sync_ns);
+
+    // Three repositories, each rendering into its own namespace, served from one directory.
+    let pid = std::process::id();
+    let mut work = Vec::new();
+    for name in ["https", "ssh", "signed"] {
+        let repo = shop_repo(&format!("shop-{name}-{pid}"));
+        git(
+            served.path(),
+            &[
+                "clone",
+                "-q",
+                "--bare",
+                &repo.path().to_string_lossy(),
+                &format!("{name}.git"),
+            ],
+        );
+        git(
+            &served.path().join(format!("{name}.git")),
+            &["config", "http.receivepack", "true"],
+        );
+        work.push(repo);
+    }
+
+    // HTTPS with basic auth (the server's CA handed to the controller as SSL_CERT_FILE): a wrong
+    // password is a FetchFailed naming nothing secret…
+    let http = GitHttp::start_tls(served.path(), Some(("deploy", "t0ken-4f9a")));
+    let ca = http.ca_file().expect("a CA").to_string_lossy().into_owned();
+    let run = || {
+        support::run_isolated(
+            Path::new(BIN),
+            &[
+                "controller",
+                "--once",
+                "-n",
+                &sync_ns,
+                "--kubeconfig",
+                &controller_kubeconfig.to_string_lossy(),
+                "--cache",
+                &cache.to_string_lossy(),
+            ],
+            &[("SSL_CERT_FILE", ca.as_str())],
+            home.path(),
+        )
+    };
+    put_secret_data(
+        &client,
+        &sync_ns,
+        "https-creds",
+        serde_json::json!({"username": "deploy", "password": "wrong"}),
+    )
+    .await;
+    create_sync(
+        &api,
+        "https",
+        serde_json::json!({
+            "source": {"url": http.url("https.git"), "ref": {"branch": "main"},
+                       "secretRef": {"name": "https-creds"}},
+            "environment": "dev",
+            "decryption": {"secretRef": {"name": "age-key"}}
+        }),
+    )
+    .await;
+    // SSH with a deploy key and the server's host key.
+    let (key, public) = ssh_keypair(home.path());
+    let ssh = GitSsh::start(served.path(), &public);
+    put_secret_data(
+        &client,
+        &sync_ns,
+        "ssh-creds",
+        serde_json::json!({"identity": key, "known_hosts": ssh.known_hosts()}),
+    )
+    .await;
+    create_sync(
+        &api,
+        "ssh",
+        serde_json::json!({
+            "source": {"url": ssh.url("ssh.git"), "secretRef": {"name": "ssh-creds"}},
+            "environment": "dev",
+            "decryption": {"secretRef": {"name": "age-key"}}
+        }),
+    )
+    .await;
+    // A local path is refused unless the controller allows local sources: another Sync's
+    // repository or fetch on the controller's disk is no one else's business.
+    create_sync(
+        &api,
+        "local",
+        serde_json::json!({
+            "source": {"url": format!("file://{}", served.path().join("ssh.git").display())},
+            "environment": "dev"
+        }),
+    )
+    .await;
+    let out = run();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (status, reason, message) = ready(&api.get("local").await.expect("get"));
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "FetchFailed"));
+    assert!(message.contains("--allow-local-sources"), "{message}");
+    api.delete("local", &Default::default())
+        .await
+        .expect("delete");
+    let (status, reason, message) = ready(&api.get("https").await.expect("get"));
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "FetchFailed"));
+    assert!(!message.contains("wrong"), "{message}");
+    assert!(
+        http.requests().iter().any(|r| r.status == 401),
+        "the server was asked and refused"
+    );
+    let (status, reason, message) = ready(&api.get("ssh").await.expect("get"));
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("True", "Succeeded"),
+        "{message}\n{}",
+        ssh.log()
+    );
+    // …and the right one converges.
+    put_secret_data(
+        &client,
+        &sync_ns,
+        "https-creds",
+        serde_json::json!({"username": "deploy", "password": "t0ken-4f9a"}),
+    )
+    .await;
+    let out = run();
+    assert!(
+        out.status.success(),
+        "{}\nhttps: {:?}\nssh: {:?}",
+        String::from_utf8_lossy(&out.stderr),
+        ready(&api.get("https").await.expect("get")),
+        ready(&api.get("ssh").await.expect("get")),
+    );
+    let sync = api.get("https").await.expect("get");
+    assert_eq!(ready(&sync).0, "True", "{:?}", ready(&sync));
+    assert_eq!(
+        sync.data["status"]["lastAppliedRevision"],
+        head(work[0].path()).as_str()
+    );
+    // SSH without known_hosts is refused before connecting.
+    put_secret_data(
+        &client,
+        &sync_ns,
+        "ssh-creds",
+        serde_json::json!({"identity": key, "known_hosts": ""}),
+    )
+    .await;
+    let out = run();
+    let message = failed_with(&out, &api, "ssh", "FetchFailed").await;
+    assert!(message.contains("known_hosts"), "{message}");
+    api.delete("https", &Default::default())
+        .await
+        .expect("delete");
+    api.delete("ssh", &Default::default())
+        .await
+        .expect("delete");
+
+    // Signed commits only: the trusted signer's key in allowed_signers form.
+    let (signing_key, signing_public) = ssh_keypair(home.path());
+    let key_file = home.path().join("signing-key");
+    support::write_private(&key_file, &signing_key);
+    put_secret_data(
+        &client,
+        &sync_ns,
+        "signers",
+        serde_json::json!({"allowed_signers": format!("release@example.com {signing_public}\n")}),
+    )
+    .await;
+    create_sync(
+        &api,
+        "signed",
+        serde_json::json!({
+            "source": {"url": http.url("signed.git"), "secretRef": {"name": "https-creds"},
+                       "verify": {"secretRef": {"name": "signers"}}},
+            "environment": "dev",
+            "decryption": {"secretRef": {"name": "age-key"}}
+        }),
+    )
+    .await;
+    let target = format!("shop-signed-{pid}");
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &target);
+    // The repository's only commit is unsigned: VerifyFailed, Stalled, nothing applied.
+    let out = run();
+    let message = failed_with(&out, &api, "signed", "VerifyFailed").await;
+    let sync = api.get("signed").await.expect("get");
+    assert!(message.contains("not signed"), "{message}");
+    assert!(
+        sync.data["status"]["conditions"]
+            .as_array()
+            .is_some_and(|cs| cs
+                .iter()
+                .any(|c| c["type"] == "Stalled" && c["status"] == "True")),
+        "{}",
+        sync.data["status"]
+    );
+    assert!(deployments.get_opt("web").await.expect("get").is_none());
+    // A commit signed by the trusted key is applied.
+    let repo = work[2].path();
+    git(repo, &["remote", "add", "origin", &http.url("signed.git")]);
+    let push = |repo: &Path| {
+        let url = http
+            .url("signed.git")
+            .replace("https://", "https://deploy:t0ken-4f9a@");
+        let out = Command::new("git")
+            .args(["push", "-q", &url, "main"])
+            .current_dir(repo)
+            .env("GIT_SSL_CAINFO", &ca)
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .output()
+            .expect("git push");
+        assert!(
+            out.status.success(),
+            "git push: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let commit_signed = |repo: &Path, key: &Path, message: &str| {
+        git(
+            repo,
+            &[
+                "-c",
+                "gpg.format=ssh",
+                "-c",
+                &format!("user.signingkey={}", key.display()),
+                "commit",
+                "-q",
+                "-S",
+                "--allow-empty",
+                "-m",
+                message,
+            ],
+        );
+    };
+    commit_signed(repo, &key_file, "signed release");
+    push(repo);
+    let signed = head(repo);
+    let out = run();
+    support::assert_success(&out);
+    let sync = api.get("signed").await.expect("get");
+    assert_eq!(sync.data["status"]["lastAppliedRevision"], signed.as_str());
+    assert!(
+        !sync.data["status"]["conditions"]
+            .as_array()
+            .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Stalled")),
+        "{}",
+        sync.data["status"]
+    );
+    let web_generation = deployments
+        .get("web")
+        .await
+        .expect("web")
+        .metadata
+        .generation;
+    // A commit signed by another key, changing the web Deployment: refused, the cluster unchanged.
+    let (other_key, _) = ssh_keypair(home.path());
+    let other_file = home.path().join("other-key");
+    support::write_private(&other_file, &other_key);
+    let values = repo.join("values.yaml");
+    let text = std::fs::read_to_string(&values).expect("values");
+    std::fs::write(&values, text.replacen("replicas: 1", "replicas: 4", 1)).expect("write");
+    git(repo, &["add", "-A"]);
+    commit_signed(repo, &other_file, "not trusted");
+    push(repo);
+    let out = run();
+    let message = failed_with(&out, &api, "signed", "VerifyFailed").await;
+    let sync = api.get("signed").await.expect("get");
+    assert!(message.contains("not in the allowed signers"), "{message}");
+    assert_eq!(sync.data["status"]["lastAppliedRevision"], signed.as_str());
+    assert_eq!(
+        deployments
+            .get("web")
+            .await
+            .expect("web")
+            .metadata
+            .generation,
+        web_generation,
+        "a refused commit changes nothing"
+    );
+}

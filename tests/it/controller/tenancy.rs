@@ -1,0 +1,131 @@
+//! A Sync with a ServiceAccount can do only what that account may.
+
+use super::*;
+
+#[tokio::test]
+async fn a_sync_with_a_service_account_can_do_only_what_that_account_may() {
+    let cluster = need!("control plane", support::cluster());
+    let client = cluster.admin().await;
+    let creds = tempfile::tempdir().expect("tempdir");
+    let controller_kubeconfig = install_controller(&cluster, &client, creds.path()).await;
+    let sync_ns = cluster.namespace(&client, "tenant-syncs").await;
+    let target = cluster.namespace(&client, "tenant-apps").await;
+    let repo = tiny_repo(&target);
+    let home = tempfile::tempdir().expect("tempdir");
+    let cache = home.path().join("git-cache");
+    // The tenant's ServiceAccount may manage ConfigMaps in its own namespace and nothing else.
+    let sa: k8s_openapi::api::core::v1::ServiceAccount = serde_json::from_value(
+        serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "tenant"}}),
+    )
+    .expect("sa");
+    Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), &sync_ns)
+        .create(&Default::default(), &sa)
+        .await
+        .expect("create sa");
+    let role: k8s_openapi::api::rbac::v1::Role = serde_json::from_value(serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": {"name": "tenant-admin"},
+        "rules": [{"apiGroups": [""], "resources": ["configmaps"],
+                   "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]}]
+    }))
+    .expect("role");
+    Api::<k8s_openapi::api::rbac::v1::Role>::namespaced(client.clone(), &target)
+        .create(&Default::default(), &role)
+        .await
+        .expect("create role");
+    let binding: k8s_openapi::api::rbac::v1::RoleBinding =
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": "tenant-admin"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "tenant-admin"},
+            "subjects": [{"kind": "ServiceAccount", "name": "tenant", "namespace": sync_ns}]
+        }))
+        .expect("binding");
+    Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(client.clone(), &target)
+        .create(&Default::default(), &binding)
+        .await
+        .expect("create binding");
+    // RBAC takes effect asynchronously: wait until the API server agrees.
+    let reviews: Api<k8s_openapi::api::authorization::v1::SubjectAccessReview> =
+        Api::all(client.clone());
+    let review: k8s_openapi::api::authorization::v1::SubjectAccessReview =
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+            "spec": {
+                "user": format!("system:serviceaccount:{sync_ns}:tenant"),
+                "resourceAttributes": {"verb": "patch", "resource": "configmaps", "namespace": target}
+            }
+        }))
+        .expect("review");
+    wait_for("the tenant's RoleBinding", async || {
+        reviews
+            .create(&Default::default(), &review)
+            .await
+            .is_ok_and(|r| r.status.is_some_and(|s| s.allowed))
+    })
+    .await;
+    let api = syncs(&client, &sync_ns);
+    create_local_sync(
+        &api,
+        "tiny",
+        repo.path(),
+        serde_json::json!({"serviceAccountName": "tenant"}),
+    )
+    .await;
+    let out = controller(&controller_kubeconfig, &sync_ns, &cache, home.path());
+    assert!(
+        out.status.success(),
+        "{}\n{:?}",
+        String::from_utf8_lossy(&out.stderr),
+        ready(&api.get("tiny").await.expect("get"))
+    );
+    let config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(client.clone(), &target);
+    let settings = config_maps.get("settings").await.expect("applied");
+    // The object was written by the impersonated ServiceAccount, as field manager lockstep.
+    assert!(
+        settings
+            .metadata
+            .managed_fields
+            .unwrap_or_default()
+            .iter()
+            .any(|m| m.manager.as_deref() == Some("lockstep")),
+    );
+
+    // A commit reaching into another namespace: refused by the API server for that account, with
+    // verb, resource and namespace named; nothing changes.
+    std::fs::write(
+        repo.path().join("templates/settings.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {mode: two}\n",
+    )
+    .expect("write");
+    std::fs::write(
+        repo.path().join("templates/escape.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: escape, namespace: default}\ndata: {x: y}\n",
+    )
+    .expect("write");
+    git(repo.path(), &["add", "-A"]);
+    git(repo.path(), &["commit", "-q", "-m", "escape"]);
+    let out = controller(&controller_kubeconfig, &sync_ns, &cache, home.path());
+    let message = failed_with(&out, &api, "tiny", "ValidationFailed").await;
+    assert!(
+        message.contains("forbidden")
+            && message.contains(&format!("system:serviceaccount:{sync_ns}:tenant"))
+            && message.contains("configmaps")
+            && message.contains("\"default\""),
+        "{message}"
+    );
+    assert_eq!(
+        config_maps
+            .get("settings")
+            .await
+            .expect("cm")
+            .data
+            .unwrap_or_default()["mode"],
+        "one",
+        "nothing was applied"
+    );
+    let defaults: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(client.clone(), "default");
+    assert!(defaults.get_opt("escape").await.expect("get").is_none());
+}

@@ -1,0 +1,17 @@
+//! The integration tests, in one binary (on a 2-core machine each test binary would link the whole
+//! dependency graph again), a module per area; `support` is the harness: peers, control plane,
+//! namespaces, ServiceAccount kubeconfigs, loopback Git servers.
+
+#[macro_use]
+mod support;
+
+mod apply;
+mod cli_errors;
+mod controller;
+mod decrypt;
+mod gitserver;
+mod peers_smoke;
+mod render;
+mod sops_commands;
+mod sops_interop;
+mod sops_properties;
