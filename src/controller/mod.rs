@@ -20,6 +20,7 @@ use serde_json::json;
 
 pub mod install;
 pub mod leader;
+pub mod metrics;
 pub mod server;
 
 use crate::apply::{self, Action, Options};

@@ -3,7 +3,7 @@
 //! (`X-Hub-Signature-256`) or a GitLab token (`X-Gitlab-Token`) against the Sync's webhook Secret
 //! and asks the loop to sync at once. The payload is otherwise ignored. Nothing here sees plaintext.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,23 +20,6 @@ use tokio::sync::Notify;
 
 use super::{Report, Sync};
 
-/// Upper bounds (seconds) of the sync duration histogram.
-const BUCKETS: [f64; 8] = [0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
-
-#[derive(Default)]
-struct Metrics {
-    /// Count per bucket (cumulative when written), sum, count.
-    buckets: [u64; BUCKETS.len()],
-    sum: f64,
-    count: u64,
-    success: u64,
-    failure: u64,
-    /// Objects re-applied because they were changed by hand.
-    drift_corrections: u64,
-    /// (namespace, name) → (objects, revision).
-    syncs: BTreeMap<(String, String), (Option<usize>, Option<String>)>,
-}
-
 /// State shared by the loop and the HTTP server.
 #[derive(Default)]
 pub struct Hub {
@@ -48,7 +31,8 @@ pub struct Hub {
     stopped: Notify,
     drained: AtomicBool,
     drained_notify: Notify,
-    metrics: Mutex<Metrics>,
+    /// What the controller exports on `/metrics`.
+    pub metrics: super::metrics::Metrics,
     /// Feeds webhook requests to the controller as reconcile triggers.
     triggers: Mutex<Option<tokio::sync::mpsc::Sender<(String, String)>>>,
 }
@@ -185,100 +169,9 @@ impl Hub {
         let _ = tokio::time::timeout(d, self.stopped.notified()).await;
     }
 
-    /// Records one reconcile.
+    /// Records one reconcile (in the metrics).
     pub fn record(&self, namespace: &str, name: &str, report: &Report) {
-        let Ok(mut m) = self.metrics.lock() else {
-            return;
-        };
-        let secs = report.duration.as_secs_f64();
-        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
-            m.buckets[i] += 1;
-        }
-        m.sum += secs;
-        m.count += 1;
-        if report.ok {
-            m.success += 1;
-        } else {
-            m.failure += 1;
-        }
-        m.drift_corrections += report.drift_corrected as u64;
-        m.syncs.insert(
-            (namespace.to_string(), name.to_string()),
-            (report.objects, report.revision.clone()),
-        );
-    }
-
-    /// The metrics in Prometheus text format.
-    pub fn render_metrics(&self) -> String {
-        let Ok(m) = self.metrics.lock() else {
-            return String::new();
-        };
-        let mut out = String::new();
-        out.push_str("# HELP lockstep_sync_duration_seconds Time one reconcile of a Sync took.\n");
-        out.push_str("# TYPE lockstep_sync_duration_seconds histogram\n");
-        let mut cumulative = 0;
-        for (b, n) in BUCKETS.iter().zip(m.buckets) {
-            cumulative += n;
-            out.push_str(&format!(
-                "lockstep_sync_duration_seconds_bucket{{le=\"{b}\"}} {cumulative}\n"
-            ));
-        }
-        out.push_str(&format!(
-            "lockstep_sync_duration_seconds_bucket{{le=\"+Inf\"}} {}\n",
-            m.count
-        ));
-        out.push_str(&format!("lockstep_sync_duration_seconds_sum {}\n", m.sum));
-        out.push_str(&format!(
-            "lockstep_sync_duration_seconds_count {}\n",
-            m.count
-        ));
-        out.push_str("# HELP lockstep_syncs_total Reconciles by result.\n");
-        out.push_str("# TYPE lockstep_syncs_total counter\n");
-        out.push_str(&format!(
-            "lockstep_syncs_total{{result=\"success\"}} {}\n",
-            m.success
-        ));
-        out.push_str(&format!(
-            "lockstep_syncs_total{{result=\"failure\"}} {}\n",
-            m.failure
-        ));
-        out.push_str(
-            "# HELP lockstep_drift_corrections_total Objects re-applied because they were changed by hand.\n",
-        );
-        out.push_str("# TYPE lockstep_drift_corrections_total counter\n");
-        out.push_str(&format!(
-            "lockstep_drift_corrections_total {}\n",
-            m.drift_corrections
-        ));
-        out.push_str(
-            "# HELP lockstep_api_requests_total Kubernetes API requests this process made.\n",
-        );
-        out.push_str("# TYPE lockstep_api_requests_total counter\n");
-        out.push_str(&format!(
-            "lockstep_api_requests_total {}\n",
-            crate::apply::requests_made()
-        ));
-        out.push_str("# HELP lockstep_objects_managed Objects in a Sync's applied set.\n");
-        out.push_str("# TYPE lockstep_objects_managed gauge\n");
-        for ((ns, name), (objects, _)) in &m.syncs {
-            if let Some(n) = objects {
-                out.push_str(&format!(
-                    "lockstep_objects_managed{{namespace=\"{ns}\",name=\"{name}\"}} {n}\n"
-                ));
-            }
-        }
-        out.push_str(
-            "# HELP lockstep_last_applied_revision_info The revision a Sync last applied.\n",
-        );
-        out.push_str("# TYPE lockstep_last_applied_revision_info gauge\n");
-        for ((ns, name), (_, revision)) in &m.syncs {
-            if let Some(r) = revision {
-                out.push_str(&format!(
-                    "lockstep_last_applied_revision_info{{namespace=\"{ns}\",name=\"{name}\",revision=\"{r}\"}} 1\n"
-                ));
-            }
-        }
-        out
+        self.metrics.record(namespace, name, report);
     }
 }
 
@@ -377,7 +270,15 @@ pub async fn serve(
         )
         .route(
             "/metrics",
-            get(|State(s): State<AppState>| async move { s.hub.render_metrics() }),
+            get(|State(s): State<AppState>| async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        super::metrics::CONTENT_TYPE,
+                    )],
+                    s.hub.metrics.render(),
+                )
+            }),
         )
         .route("/hook/{namespace}/{name}", post(hook))
         .with_state(state);
@@ -422,45 +323,5 @@ mod tests {
         assert!(hub.is_leading(), "without election: always");
         hub.lead_until(None);
         assert!(!hub.is_leading());
-    }
-
-    #[test]
-    fn metrics_count_outcomes_and_name_revisions() {
-        let hub = Hub::default();
-        hub.record(
-            "ns",
-            "shop",
-            &Report {
-                ok: true,
-                duration: Duration::from_millis(300),
-                objects: Some(14),
-                revision: Some("abc".into()),
-                reason: super::super::Reason::Succeeded,
-                changed: 2,
-                drift_corrected: 2,
-            },
-        );
-        let text = hub.render_metrics();
-        assert!(
-            text.contains("lockstep_drift_corrections_total 2"),
-            "{text}"
-        );
-        assert!(
-            text.contains("lockstep_syncs_total{result=\"success\"} 1"),
-            "{text}"
-        );
-        assert!(
-            text.contains("lockstep_sync_duration_seconds_bucket{le=\"0.5\"} 1"),
-            "{text}"
-        );
-        assert!(
-            text.contains("lockstep_sync_duration_seconds_bucket{le=\"0.25\"} 0"),
-            "{text}"
-        );
-        assert!(
-            text.contains("lockstep_objects_managed{namespace=\"ns\",name=\"shop\"} 14"),
-            "{text}"
-        );
-        assert!(text.contains("revision=\"abc\"} 1"), "{text}");
     }
 }
