@@ -338,6 +338,15 @@ fn format_of(name: Option<&str>, path: &Path, flag: &str) -> Result<Format, Fail
     }
 }
 
+/// A plaintext value, wiped when dropped on any path (early returns included).
+struct Wiped(Value);
+
+impl Drop for Wiped {
+    fn drop(&mut self) {
+        self.0.wipe();
+    }
+}
+
 /// Reads a file into a wiped-on-drop buffer; a missing file is exit 100 as in sops.
 pub fn read_input(path: &Path) -> Result<Zeroizing<Vec<u8>>, Failure> {
     std::fs::read(path).map(Zeroizing::new).map_err(|e| {
@@ -621,14 +630,15 @@ pub fn decrypt(args: &DecryptArgs, env: &Env<'_>, stdout: &mut dyn Write) -> Res
                     format!("--extract {path:?}: expected a path like '[\"key\"][0][\"other\"]'"),
                 )
             })?;
-            let root = Value::Map(
+            // A copy of the first document, wiped however this arm ends.
+            let root = Wiped(Value::Map(
                 decrypted
                     .docs
                     .first()
                     .map(|d| d.items.clone())
                     .unwrap_or_default(),
-            );
-            let mut node = &root;
+            ));
+            let mut node = &root.0;
             for step in &steps {
                 node = match (step, node) {
                     (Step::Key(k), v) => v.get(k),
@@ -644,7 +654,7 @@ pub fn decrypt(args: &DecryptArgs, env: &Env<'_>, stdout: &mut dyn Write) -> Res
                     )
                 })?;
             }
-            let bytes = match node {
+            Zeroizing::new(match node {
                 Value::Str(s) | Value::Time(s) => s.clone().into_bytes(),
                 Value::Bytes(b) => b.clone(),
                 Value::Int(i) => i.to_string().into_bytes(),
@@ -666,12 +676,7 @@ pub fn decrypt(args: &DecryptArgs, env: &Env<'_>, stdout: &mut dyn Write) -> Res
                         .map_err(|e| Failure::new(Code::ERROR_DUMPING_TREE, e.to_string()))?
                 }
                 Value::Comment(_) => vec![],
-            };
-            drop(crate::sops::tree::Document::new(match root {
-                Value::Map(items) => items,
-                _ => vec![],
-            }));
-            Zeroizing::new(bytes)
+            })
         }
     };
     write_output(&args.io, &out, stdout)

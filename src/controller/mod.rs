@@ -228,24 +228,51 @@ pub fn crd_yaml() -> String {
 
 pub use crate::pipeline::Reason;
 
+/// A Secret's values, moved out of the API object into wiping buffers: identities, Git credentials
+/// and webhook tokens never sit in plain `ByteString`s once read. Not printable, not clonable.
+pub struct SecretData(std::collections::BTreeMap<String, zeroize::Zeroizing<Vec<u8>>>);
+
+impl SecretData {
+    /// Takes the values out of `secret` (moved, not copied).
+    pub fn take(secret: Secret) -> SecretData {
+        SecretData(
+            secret
+                .data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, zeroize::Zeroizing::new(v.0)))
+                .collect(),
+        )
+    }
+
+    /// The value under `key`.
+    pub fn get(&self, key: &str) -> Option<&[u8]> {
+        self.0.get(key).map(|v| v.as_slice())
+    }
+
+    /// Every (key, value).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_slice()))
+    }
+}
+
 /// Loads identities from every value of a Secret (any key name; detected by content: values that
 /// are not identities are skipped).
-fn identities(secret: &Secret) -> KeyRing {
+fn identities(secret: &SecretData) -> KeyRing {
     let mut ring = KeyRing::default();
-    for (key, value) in secret.data.iter().flatten() {
-        let _ = ring.add_text(&value.0, &format!("secret key {key}"));
+    for (key, value) in secret.iter() {
+        let _ = ring.add_text(value, &format!("secret key {key}"));
     }
     ring
 }
 
 /// Git credentials from a Secret: SSH (`identity` or `ssh-privatekey`, with `known_hosts`) or
 /// HTTPS basic auth (`username` + `password`, or `token`).
-pub fn git_auth(secret: &Secret, what: &str, url: &str) -> Result<git::Auth, String> {
-    let empty = std::collections::BTreeMap::new();
-    let data = secret.data.as_ref().unwrap_or(&empty);
+pub fn git_auth(secret: &SecretData, what: &str, url: &str) -> Result<git::Auth, String> {
     let text = |key: &str| {
-        data.get(key)
-            .map(|v| zeroize::Zeroizing::new(String::from_utf8_lossy(&v.0).into_owned()))
+        secret
+            .get(key)
+            .map(|v| zeroize::Zeroizing::new(String::from_utf8_lossy(v).into_owned()))
     };
     let http = url.starts_with("https://") || url.starts_with("http://");
     if !http && let Some(key) = text("identity").or_else(|| text("ssh-privatekey")) {
@@ -378,10 +405,16 @@ fn duration_field(value: Option<&str>, field: &str) -> Result<Option<Duration>, 
         .transpose()
 }
 
-async fn read_secret(client: &Client, ns: &str, name: &str, role: &str) -> Result<Secret, String> {
+/// Reads Secret `ns/name` (its `role` names it in messages) straight into [`SecretData`].
+pub async fn read_secret(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    role: &str,
+) -> Result<SecretData, String> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     match secrets.get_opt(name).await {
-        Ok(Some(s)) => Ok(s),
+        Ok(Some(s)) => Ok(SecretData::take(s)),
         Ok(None) => Err(format!("{role} Secret {ns}/{name} does not exist")),
         Err(e) => Err(format!("{role} Secret {ns}/{name}: {}", apply::reason(&e))),
     }
@@ -443,10 +476,8 @@ impl SyncInputs {
         let tenant = self.tenant()?;
         let secret = read_secret(&tenant, &self.ns, name, "signers").await?;
         let text: String = secret
-            .data
             .iter()
-            .flatten()
-            .map(|(_, v)| String::from_utf8_lossy(&v.0).into_owned() + "\n")
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned() + "\n")
             .collect();
         match verify::AllowedSigners::parse(&text, &what) {
             Ok(a) if !a.is_empty() => Ok(a),
@@ -1680,19 +1711,21 @@ mod tests {
 
     #[test]
     fn git_credentials_follow_the_source_scheme() {
-        let secret = |pairs: &[(&str, &str)]| Secret {
-            data: Some(
-                pairs
-                    .iter()
-                    .map(|(k, v)| {
-                        (
-                            k.to_string(),
-                            k8s_openapi::ByteString(v.as_bytes().to_vec()),
-                        )
-                    })
-                    .collect(),
-            ),
-            ..Secret::default()
+        let secret = |pairs: &[(&str, &str)]| {
+            SecretData::take(Secret {
+                data: Some(
+                    pairs
+                        .iter()
+                        .map(|(k, v)| {
+                            (
+                                k.to_string(),
+                                k8s_openapi::ByteString(v.as_bytes().to_vec()),
+                            )
+                        })
+                        .collect(),
+                ),
+                ..Secret::default()
+            })
         };
         let both = secret(&[
             ("identity", "KEY"),

@@ -14,7 +14,6 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use hmac::{Hmac, Mac};
-use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
 use tokio::sync::Notify;
 
@@ -219,19 +218,26 @@ async fn hook(
     let Some(webhook) = &sync.spec.webhook else {
         return (StatusCode::NOT_FOUND, "this Sync has no webhook\n");
     };
-    let secrets: Api<Secret> = Api::namespaced(state.client.clone(), &namespace);
-    let token = match secrets.get_opt(&webhook.secret_ref.name).await {
-        Ok(Some(s)) => s.data.and_then(|d| d.get("token").map(|t| t.0.clone())),
-        _ => None,
-    };
+    let secret = super::read_secret(
+        &state.client,
+        &namespace,
+        &webhook.secret_ref.name,
+        "webhook",
+    )
+    .await
+    .ok();
     // An empty token would make any request look signed.
-    let Some(token) = token.filter(|t| !t.is_empty()).map(zeroize::Zeroizing::new) else {
+    let Some(token) = secret
+        .as_ref()
+        .and_then(|s| s.get("token"))
+        .filter(|t| !t.is_empty())
+    else {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "the webhook Secret has no (non-empty) token\n",
         );
     };
-    if !authentic(&headers, &body, &token) {
+    if !authentic(&headers, &body, token) {
         return (StatusCode::UNAUTHORIZED, "bad signature\n");
     }
     if state.hub.is_leading() {

@@ -231,17 +231,22 @@ pub fn yaml_to_json(v: &yaml_serde::Value) -> Json {
     }
 }
 
+/// A mapping's items as a JSON object (read in place: no copy of the plaintext tree).
+fn items_to_json(items: &[Item]) -> Json {
+    Json::Object(
+        items
+            .iter()
+            .filter_map(|i| match i {
+                Item::Pair(k, v) => Some((k.clone(), tree_to_json(v))),
+                Item::Comment(_) => None,
+            })
+            .collect(),
+    )
+}
+
 fn tree_to_json(v: &Tree) -> Json {
     match v {
-        Tree::Map(items) => Json::Object(
-            items
-                .iter()
-                .filter_map(|i| match i {
-                    Item::Pair(k, v) => Some((k.clone(), tree_to_json(v))),
-                    Item::Comment(_) => None,
-                })
-                .collect(),
-        ),
+        Tree::Map(items) => items_to_json(items),
         Tree::List(values) => Json::Array(
             values
                 .iter()
@@ -493,7 +498,7 @@ fn open_sops_manifest(
     })?;
     let mut out = Vec::new();
     for doc in &opened.docs {
-        let mut json = SecretJson(tree_to_json(&Tree::Map(doc.items.clone())));
+        let mut json = SecretJson(items_to_json(&doc.items));
         let bad = |message: String| DecryptError::Manifest {
             file: file.to_string(),
             message,

@@ -91,7 +91,8 @@ impl Value {
         }
     }
 
-    fn wipe(&mut self) {
+    /// Zeroes every string and byte string this value holds (what a plaintext copy needs on drop).
+    pub fn wipe(&mut self) {
         match self {
             Value::Map(items) => {
                 for item in items.iter_mut() {

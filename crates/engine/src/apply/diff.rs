@@ -4,13 +4,16 @@
 
 use serde_json::{Map, Value as Json};
 
+use crate::decrypt::SecretJson;
 use crate::render::emit;
 
-/// Removes fields that change on every write or are not the user's to set.
-fn clean(v: &Json) -> Json {
-    let mut v = v.clone();
+/// A copy without the fields that change on every write or are not the user's to set (in a wiping
+/// container: a Secret's copy holds its values until they are masked).
+fn clean(v: &Json) -> SecretJson {
+    let mut copy = SecretJson::wrap(v.clone());
+    let v = copy.expose_mut();
     // Type fields (list items carry none; the header names the type) and server bookkeeping.
-    super::strip_noise(&mut v);
+    super::strip_noise(v);
     if let Some(obj) = v.as_object_mut() {
         obj.remove("status");
         if let Some(meta) = obj.get_mut("metadata").and_then(Json::as_object_mut)
@@ -24,7 +27,7 @@ fn clean(v: &Json) -> Json {
             }
         }
     }
-    v
+    copy
 }
 
 const MASK: &str = "(hidden)";
@@ -33,14 +36,16 @@ const MASK_CHANGED: &str = "(hidden, changed)";
 /// Masks the values of a Secret pair: equal values look equal, changed ones say so.
 fn mask_secret(live: &mut Json, new: &mut Json) {
     for section in ["data", "stringData"] {
-        let old_map: Map<String, Json> = live
-            .get(section)
-            .and_then(Json::as_object)
-            .cloned()
-            .unwrap_or_default();
+        let old = SecretJson::wrap(Json::Object(
+            live.get(section)
+                .and_then(Json::as_object)
+                .cloned()
+                .unwrap_or_default(),
+        ));
+        let old_map: Option<&Map<String, Json>> = old.expose().as_object();
         if let Some(m) = new.get_mut(section).and_then(Json::as_object_mut) {
             for (k, v) in m.iter_mut() {
-                let changed = old_map.get(k).is_some_and(|o| o != v);
+                let changed = old_map.and_then(|o| o.get(k)).is_some_and(|o| o != v);
                 *v = Json::String(if changed { MASK_CHANGED } else { MASK }.into());
             }
         }
@@ -61,17 +66,17 @@ fn yaml(v: &Json) -> String {
 
 /// A unified diff from `live` (None when the object is new) to `new`, labelled with `name`.
 pub fn unified(name: &str, is_secret: bool, live: Option<&Json>, new: &Json) -> String {
-    let mut old = live.map(clean).unwrap_or(Json::Null);
+    let mut old = live.map_or_else(|| SecretJson::wrap(Json::Null), clean);
     let mut next = clean(new);
     if is_secret {
-        mask_secret(&mut old, &mut next);
+        mask_secret(old.expose_mut(), next.expose_mut());
     }
     let old_text = if live.is_some() {
-        yaml(&old)
+        yaml(old.expose())
     } else {
         String::new()
     };
-    let new_text = yaml(&next);
+    let new_text = yaml(next.expose());
     similar::TextDiff::from_lines(&old_text, &new_text)
         .unified_diff()
         .context_radius(3)
