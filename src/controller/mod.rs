@@ -1460,6 +1460,7 @@ mod tests {
     }
 
     #[test]
+    #[rustfmt::skip]
     fn status_transitions_follow_the_outcome() {
         let fresh = sync(None, 2, None);
         let failing = with_status(sync(None, 2, None), ("False", "RenderFailed"), Some("aaa"));
@@ -1476,178 +1477,35 @@ mod tests {
             bool,
         );
         let cases: Vec<(&Sync, Outcome, Expected<'_>)> = vec![
-            (
-                &fresh,
-                outcome(Reason::Succeeded, Some("bbb")),
-                (
-                    "True",
-                    "Succeeded",
-                    false,
-                    Some("bbb"),
-                    Some("bbb"),
-                    Some(14),
-                    false,
-                ),
-            ),
-            (
-                &failing,
-                outcome(Reason::Succeeded, Some("bbb")),
-                (
-                    "True",
-                    "Succeeded",
-                    false,
-                    Some("bbb"),
-                    Some("bbb"),
-                    Some(14),
-                    false,
-                ),
-            ),
+            (&fresh, outcome(Reason::Succeeded, Some("bbb")),
+             ("True", "Succeeded", false, Some("bbb"), Some("bbb"), Some(14), false)),
+            (&failing, outcome(Reason::Succeeded, Some("bbb")),
+             ("True", "Succeeded", false, Some("bbb"), Some("bbb"), Some(14), false)),
             // A broken commit stalls and keeps what was applied.
-            (
-                &ready,
-                outcome(Reason::RenderFailed, Some("ccc")),
-                (
-                    "False",
-                    "RenderFailed",
-                    true,
-                    Some("aaa"),
-                    Some("ccc"),
-                    Some(3),
-                    false,
-                ),
-            ),
-            (
-                &ready,
-                outcome(Reason::VerifyFailed, Some("ccc")),
-                (
-                    "False",
-                    "VerifyFailed",
-                    true,
-                    Some("aaa"),
-                    Some("ccc"),
-                    Some(3),
-                    false,
-                ),
-            ),
-            (
-                &ready,
-                outcome(Reason::ValidationFailed, Some("ccc")),
-                (
-                    "False",
-                    "ValidationFailed",
-                    true,
-                    Some("aaa"),
-                    Some("ccc"),
-                    Some(3),
-                    false,
-                ),
-            ),
+            (&ready, outcome(Reason::RenderFailed, Some("ccc")),
+             ("False", "RenderFailed", true, Some("aaa"), Some("ccc"), Some(3), false)),
+            (&ready, outcome(Reason::VerifyFailed, Some("ccc")),
+             ("False", "VerifyFailed", true, Some("aaa"), Some("ccc"), Some(3), false)),
+            (&ready, outcome(Reason::ValidationFailed, Some("ccc")),
+             ("False", "ValidationFailed", true, Some("aaa"), Some("ccc"), Some(3), false)),
             // Failures a retry can fix do not stall; before the fetch there is no revision.
-            (
-                &ready,
-                outcome(Reason::FetchFailed, None),
-                (
-                    "False",
-                    "FetchFailed",
-                    false,
-                    Some("aaa"),
-                    Some("aaa"),
-                    Some(3),
-                    false,
-                ),
-            ),
-            (
-                &ready,
-                outcome(Reason::ApplyFailed, Some("ccc")),
-                (
-                    "False",
-                    "ApplyFailed",
-                    false,
-                    Some("aaa"),
-                    Some("ccc"),
-                    Some(3),
-                    false,
-                ),
-            ),
-            (
-                &ready,
-                outcome(Reason::HealthCheckFailed, Some("ccc")),
-                (
-                    "False",
-                    "HealthCheckFailed",
-                    false,
-                    Some("aaa"),
-                    Some("ccc"),
-                    Some(14),
-                    false,
-                ),
-            ),
-            (
-                &ready,
-                outcome(Reason::DriftDetected, Some("aaa")),
-                (
-                    "False",
-                    "DriftDetected",
-                    false,
-                    Some("aaa"),
-                    Some("aaa"),
-                    Some(14),
-                    false,
-                ),
-            ),
-            (
-                &ready,
-                outcome(Reason::ReconcileFailed, None),
-                (
-                    "False",
-                    "ReconcileFailed",
-                    false,
-                    Some("aaa"),
-                    Some("aaa"),
-                    Some(3),
-                    false,
-                ),
-            ),
-            (
-                &ready,
-                outcome(Reason::Suspended, None),
-                (
-                    "False",
-                    "Suspended",
-                    false,
-                    Some("aaa"),
-                    Some("aaa"),
-                    Some(3),
-                    false,
-                ),
-            ),
+            (&ready, outcome(Reason::FetchFailed, None),
+             ("False", "FetchFailed", false, Some("aaa"), Some("aaa"), Some(3), false)),
+            (&ready, outcome(Reason::ApplyFailed, Some("ccc")),
+             ("False", "ApplyFailed", false, Some("aaa"), Some("ccc"), Some(3), false)),
+            (&ready, outcome(Reason::HealthCheckFailed, Some("ccc")),
+             ("False", "HealthCheckFailed", false, Some("aaa"), Some("ccc"), Some(14), false)),
+            (&ready, outcome(Reason::DriftDetected, Some("aaa")),
+             ("False", "DriftDetected", false, Some("aaa"), Some("aaa"), Some(14), false)),
+            (&ready, outcome(Reason::ReconcileFailed, None),
+             ("False", "ReconcileFailed", false, Some("aaa"), Some("aaa"), Some(3), false)),
+            (&ready, outcome(Reason::Suspended, None),
+             ("False", "Suspended", false, Some("aaa"), Some("aaa"), Some(3), false)),
             // The same Ready status and reason again: the transition time stays.
-            (
-                &ready,
-                outcome(Reason::Succeeded, Some("aaa")),
-                (
-                    "True",
-                    "Succeeded",
-                    false,
-                    Some("aaa"),
-                    Some("aaa"),
-                    Some(14),
-                    true,
-                ),
-            ),
-            (
-                &failing,
-                outcome(Reason::RenderFailed, Some("ccc")),
-                (
-                    "False",
-                    "RenderFailed",
-                    true,
-                    Some("aaa"),
-                    Some("ccc"),
-                    Some(3),
-                    true,
-                ),
-            ),
+            (&ready, outcome(Reason::Succeeded, Some("aaa")),
+             ("True", "Succeeded", false, Some("aaa"), Some("aaa"), Some(14), true)),
+            (&failing, outcome(Reason::RenderFailed, Some("ccc")),
+             ("False", "RenderFailed", true, Some("aaa"), Some("ccc"), Some(3), true)),
         ];
         for (previous, outcome, expected) in cases {
             let status = concluded(previous, &outcome, Duration::from_millis(1500));

@@ -125,13 +125,10 @@ async fn one_slow_or_broken_sync_never_holds_back_another() {
         ("hungry", "100000000000"),
         ("overflow", "18446744073709551615"),
     ] {
-        let repo = tiny_repo(&target_a);
-        std::fs::write(
-            repo.path().join("templates/settings.yaml"),
-            format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}}}\ndata:\n  text: |\n{{{{ 'x' | indent({width}) }}}}\n"),
-        )
-        .expect("write");
-        git(repo.path(), &["commit", "-q", "-am", name]);
+        let template = format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}}}\ndata:\n  text: |\n{{{{ 'x' | indent({width}) }}}}\n"
+        );
+        let repo = project_repo(name, &target_a, &[("settings.yaml", &template)]);
         put(&api_a, sync(name, repo.path(), serde_json::json!({}))).await;
         wait_for(&format!("{name} to fail"), async || {
             api_a.get(name).await.is_ok_and(|s| {

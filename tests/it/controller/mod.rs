@@ -379,24 +379,34 @@ async fn create_local_sync(
     create_sync(api, name, spec).await;
 }
 
-/// A one-ConfigMap project rendering into `namespace`, as a Git repository.
-fn tiny_repo(namespace: &str) -> tempfile::TempDir {
+/// A Git repository of a project `project` rendering into `namespace`, with these templates.
+fn project_repo(project: &str, namespace: &str, templates: &[(&str, &str)]) -> tempfile::TempDir {
     let repo = tempfile::tempdir().expect("tempdir");
     std::fs::create_dir_all(repo.path().join("templates")).expect("mkdir");
     std::fs::write(
         repo.path().join("lockstep.yaml"),
-        format!("project: tiny\nenvironments:\n  dev: {{namespace: {namespace}}}\n"),
+        format!("project: {project}\nenvironments:\n  dev: {{namespace: {namespace}}}\n"),
     )
     .expect("write");
-    std::fs::write(
-        repo.path().join("templates/settings.yaml"),
-        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {mode: one}\n",
-    )
-    .expect("write");
+    for (name, text) in templates {
+        std::fs::write(repo.path().join("templates").join(name), text).expect("write");
+    }
     git(repo.path(), &["init", "-q", "-b", "main"]);
     git(repo.path(), &["add", "-A"]);
-    git(repo.path(), &["commit", "-q", "-m", "tiny"]);
+    git(repo.path(), &["commit", "-q", "-m", project]);
     repo
+}
+
+/// A one-ConfigMap project rendering into `namespace`, as a Git repository.
+fn tiny_repo(namespace: &str) -> tempfile::TempDir {
+    project_repo(
+        "tiny",
+        namespace,
+        &[(
+            "settings.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {mode: one}\n",
+        )],
+    )
 }
 
 /// The controller's log so far.
@@ -443,22 +453,14 @@ fn metric(port: u16, name: &str) -> f64 {
 /// A project in `namespace` with one PersistentVolumeClaim of a storage class nobody provides: it
 /// never binds, so a `wait: true` Sync of it waits for its whole timeout.
 fn unbindable_repo(namespace: &str) -> tempfile::TempDir {
-    let repo = tempfile::tempdir().expect("tempdir");
-    std::fs::create_dir_all(repo.path().join("templates")).expect("mkdir");
-    std::fs::write(
-        repo.path().join("lockstep.yaml"),
-        format!("project: slow\nenvironments:\n  dev: {{namespace: {namespace}}}\n"),
+    project_repo(
+        "slow",
+        namespace,
+        &[(
+            "data.yaml",
+            "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: data}\nspec:\n  storageClassName: nobody-provides-this\n  accessModes: [ReadWriteOnce]\n  resources: {requests: {storage: 1Gi}}\n",
+        )],
     )
-    .expect("write");
-    std::fs::write(
-        repo.path().join("templates/data.yaml"),
-        "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: data}\nspec:\n  storageClassName: nobody-provides-this\n  accessModes: [ReadWriteOnce]\n  resources: {requests: {storage: 1Gi}}\n",
-    )
-    .expect("write");
-    git(repo.path(), &["init", "-q", "-b", "main"]);
-    git(repo.path(), &["add", "-A"]);
-    git(repo.path(), &["commit", "-q", "-m", "slow"]);
-    repo
 }
 
 /// Replaces `templates/settings.yaml` of a [`tiny_repo`] and commits; returns the new commit.

@@ -639,11 +639,13 @@ async fn dry_run_all(client: &Client, items: &[&Item<'_>], opts: &Options) -> Ve
     let pp = &pp;
     // A new object's dry-run result is only shown by a diff; otherwise success is all that counts.
     let keep = |item: &Item<'_>| opts.dry_run || item.live;
-    // Collected first: a lazy iterator of closures held across `.await` makes the future lose
-    // `Send` (rust-lang/rust#102211), and the controller runs each reconcile on its own task.
-    let work: Vec<_> = items
-        .iter()
-        .map(|item| async move {
+    // Made lazily, so only `concurrency` requests exist at once (each future is the size of a
+    // whole request). The closure takes an index, not a reference: a closure over references in a
+    // stream held across `.await` makes the caller's future lose `Send` (rust-lang/rust#102211), and
+    // the controller runs each reconcile on its own task.
+    let work = (0..items.len()).map(|n| {
+        let item = items[n];
+        async move {
             if keep(item) {
                 dry_run(client, item, pp).await
             } else {
@@ -652,8 +654,8 @@ async fn dry_run_all(client: &Client, items: &[&Item<'_>], opts: &Options) -> Ve
                     Err(e) => Checked::Refused(reason(&e)),
                 }
             }
-        })
-        .collect();
+        }
+    });
     stream::iter(work)
         .buffered(opts.concurrency.max(1))
         .collect()
@@ -869,15 +871,7 @@ impl<'a> Plan<'a> {
             "validate (server-side dry run)".into(),
             now.len(),
         ));
-        let refusals = self.dry_run(&now).await;
-        if refusals.is_empty() {
-            Ok(())
-        } else {
-            Err(ApplyError::Validation {
-                refusals,
-                written: false,
-            })
-        }
+        self.dry_run(&now, false).await
     }
 
     /// Apply: stage by stage (CRDs and Namespaces, waited Established; cluster RBAC and classes;
@@ -941,8 +935,9 @@ impl<'a> Plan<'a> {
         }
     }
 
-    /// Dry-runs the items at `indices`, keeps each result, and returns the refusals.
-    async fn dry_run(&mut self, indices: &[usize]) -> Vec<Refusal> {
+    /// Dry-runs the items at `indices` and keeps each result; any refusal fails validation (after
+    /// stage 0 was `written`, or before anything was).
+    async fn dry_run(&mut self, indices: &[usize], written: bool) -> Result<(), ApplyError> {
         let items: Vec<&Item<'_>> = indices.iter().map(|&i| &self.items[i]).collect();
         let checked = dry_run_all(self.client, &items, self.opts).await;
         let mut refusals = Vec::new();
@@ -957,7 +952,11 @@ impl<'a> Plan<'a> {
             }
             self.results.insert(index, c);
         }
-        refusals
+        if refusals.is_empty() {
+            Ok(())
+        } else {
+            Err(ApplyError::Validation { refusals, written })
+        }
     }
 
     /// Checks what waited for stage 0 (objects of new namespaces and CRDs), now that it exists and
@@ -976,15 +975,7 @@ impl<'a> Plan<'a> {
             "validate objects of new namespaces and CRDs".into(),
             later.len(),
         ));
-        let refusals = self.dry_run(&later).await;
-        if refusals.is_empty() {
-            Ok(())
-        } else {
-            Err(ApplyError::Validation {
-                refusals,
-                written: true,
-            })
-        }
+        self.dry_run(&later, true).await
     }
 
     /// Applies (or compares) one stage, kind by kind.
@@ -1032,38 +1023,35 @@ impl<'a> Plan<'a> {
             pp = pp.force();
         }
         let pp = &pp;
-        // Collected for `Send`, as in `dry_run_all`.
-        let work: Vec<_> = group
-            .iter()
-            .map(|&i| {
-                let item = &self.items[i];
-                let unchanged = item.untouched
-                    || match self.results.get(&i) {
-                        Some(Checked::Accepted(dry)) => same(
-                            dry.expose(),
-                            self.live.get(&live_key(item)).map(SecretJson::expose),
-                        ),
-                        _ => false,
-                    };
-                let changed = if item.live {
-                    Action::Configured
-                } else {
-                    Action::Created
+        // Lazy, over indices, as in `dry_run_all`.
+        let work = group.iter().copied().map(|i| {
+            let item = &self.items[i];
+            let unchanged = item.untouched
+                || match self.results.get(&i) {
+                    Some(Checked::Accepted(dry)) => same(
+                        dry.expose(),
+                        self.live.get(&live_key(item)).map(SecretJson::expose),
+                    ),
+                    _ => false,
                 };
-                async move {
-                    if unchanged {
-                        return (i, Ok(Action::Unchanged));
-                    }
-                    if self.opts.dry_run {
-                        return (i, Ok(changed));
-                    }
-                    match send_quiet(self.client, item, pp).await {
-                        Ok(()) => (i, Ok(changed)),
-                        Err(e) => (i, Err(reason(&e))),
-                    }
+            let changed = if item.live {
+                Action::Configured
+            } else {
+                Action::Created
+            };
+            async move {
+                if unchanged {
+                    return (i, Ok(Action::Unchanged));
                 }
-            })
-            .collect();
+                if self.opts.dry_run {
+                    return (i, Ok(changed));
+                }
+                match send_quiet(self.client, item, pp).await {
+                    Ok(()) => (i, Ok(changed)),
+                    Err(e) => (i, Err(reason(&e))),
+                }
+            }
+        });
         stream::iter(work)
             .buffered(self.opts.concurrency.max(1))
             .collect()
