@@ -61,6 +61,19 @@ pub struct ControllerArgs {
     pub print_crd: bool,
 }
 
+/// Logs to standard error through `tracing` (kube-rs's own events included), filtered by
+/// `LOCKSTEP_LOG` (e.g. `debug`, `info,kube=debug`; default `info`).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LOCKSTEP_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .try_init();
+}
+
 /// Runs the controller.
 pub fn run(
     args: &ControllerArgs,
@@ -71,6 +84,7 @@ pub fn run(
         let _ = stdout.write_all(crate::controller::crd_yaml().as_bytes());
         return Ok(());
     }
+    init_logging();
     let cache = args
         .cache
         .clone()
@@ -87,7 +101,7 @@ pub fn run(
             .with_local_sources(args.allow_local_sources);
         crate::source::git::remove_leftovers();
         if !args.once {
-            return serve(args, access, &cache, stderr).await;
+            return serve(args, access, &cache).await;
         }
         match crate::controller::reconcile_all(
             &access,
@@ -119,7 +133,6 @@ async fn serve(
     args: &ControllerArgs,
     mut access: crate::controller::Access,
     cache: &std::path::Path,
-    stderr: &mut dyn Write,
 ) -> Result<(), Failure> {
     use crate::controller::{leader, server};
     let hub = std::sync::Arc::new(server::Hub::default());
@@ -127,11 +140,7 @@ async fn serve(
         .await
         .map_err(|e| Failure::new(Code::ERROR, format!("--listen {}: {e}", args.listen)))?;
     let server = tokio::spawn(server::serve(listener, hub.clone(), access.client.clone()));
-    let _ = writeln!(
-        stderr,
-        "lockstep controller: serving /healthz /readyz /metrics /hook on {}",
-        args.listen
-    );
+    tracing::info!(listen = %args.listen, "serving /healthz /readyz /metrics /hook");
     let signals = {
         let hub = hub.clone();
         tokio::spawn(async move {
@@ -156,10 +165,10 @@ async fn serve(
                 .unwrap_or_else(|_| "lockstep".into());
             format!("{host}-{}", std::process::id())
         });
-        let _ = writeln!(
-            stderr,
-            "lockstep controller: leader election on Lease {}/{} as {identity}",
-            args.lease_namespace, args.lease_name
+        tracing::info!(
+            lease = %format!("{}/{}", args.lease_namespace, args.lease_name),
+            identity = %identity,
+            "leader election"
         );
         let elector = leader::Elector::new(
             access.client.clone(),
@@ -169,8 +178,7 @@ async fn serve(
         );
         let election_hub = hub.clone();
         let election = tokio::spawn(async move {
-            let mut log = |line: &str| eprintln!("lockstep controller: {line}");
-            crate::controller::run_election(elector, &election_hub, &mut log).await;
+            crate::controller::run_election(elector, &election_hub).await;
         });
         let gate_hub = hub.clone();
         access = access.with_gate(move || gate_hub.is_leading());
@@ -185,15 +193,13 @@ async fn serve(
         poll: args.poll,
         concurrency: args.concurrency,
     };
-    let log: crate::controller::Log =
-        std::sync::Arc::new(|line: &str| eprintln!("lockstep controller: {line}"));
-    crate::controller::run_loop(access, &opts, cache, hub.clone(), log).await;
+    crate::controller::run_loop(access, &opts, cache, hub.clone()).await;
     if let Some(e) = election {
         let _ = e.await;
     }
     signals.abort();
     server.abort();
-    let _ = writeln!(stderr, "lockstep controller: stopped");
+    tracing::info!("stopped");
     Ok(())
 }
 

@@ -995,9 +995,6 @@ pub struct LoopOptions {
     pub concurrency: usize,
 }
 
-/// A line for the controller's log.
-pub type Log = Arc<dyn Fn(&str) + Send + std::marker::Sync>;
-
 /// What every reconcile of the loop shares.
 struct Context {
     access: Access,
@@ -1006,7 +1003,6 @@ struct Context {
     poll: Duration,
     /// By Sync UID: when it last ran, for which spec and request, and its failures in a row.
     schedules: Mutex<HashMap<String, Schedule>>,
-    log: Log,
 }
 
 /// A reconcile that ended without `Ready=True`; the loop retries it after `retry`.
@@ -1057,25 +1053,24 @@ async fn reconcile_due(sync: Arc<Sync>, ctx: Arc<Context>) -> Result<Requeue, Sy
     let label = format!("{ns}/{name}");
     let failures = match &result {
         Ok(report) if report.ok => {
-            (ctx.log)(&format!(
-                "{label}: ready ({} changed, {:.1}s)",
-                report.changed,
-                report.duration.as_secs_f64()
-            ));
+            tracing::info!(
+                sync = %label,
+                changed = report.changed,
+                seconds = report.duration.as_secs_f64(),
+                "ready"
+            );
             0
         }
         Ok(report) => {
-            (ctx.log)(&format!(
-                "{label}: {} (see its status); retrying with back-off",
-                report.reason.as_str()
-            ));
+            tracing::warn!(
+                sync = %label,
+                reason = report.reason.as_str(),
+                "sync failed (see its status); retrying with back-off"
+            );
             failures + 1
         }
         Err(e) => {
-            (ctx.log)(&format!(
-                "{label}: cannot update status: {}",
-                apply::reason(e)
-            ));
+            tracing::warn!(sync = %label, error = %apply::reason(e), "cannot update status");
             failures + 1
         }
     };
@@ -1146,11 +1141,11 @@ fn terms(ctx: Arc<Context>) -> impl futures::Stream<Item = ()> + Send {
             }
             let leading = ctx.hub.is_leading();
             if leading != was {
-                (ctx.log)(if leading {
-                    "leading: reconciling Syncs"
+                if leading {
+                    tracing::info!("leading: reconciling Syncs");
                 } else {
-                    "not leading: waiting for the Lease"
-                });
+                    tracing::info!("not leading: waiting for the Lease");
+                }
                 was = leading;
                 if leading {
                     lock(&ctx.schedules).clear();
@@ -1176,13 +1171,7 @@ async fn stopped(hub: Arc<server::Hub>) {
 /// and never the others. Only while this replica leads. After a stop, no new reconcile starts;
 /// those in flight finish (they stop writing by themselves if leadership lapses), then the hub is
 /// marked drained.
-pub async fn run_loop(
-    access: Access,
-    opts: &LoopOptions,
-    cache: &Path,
-    hub: Arc<server::Hub>,
-    log: Log,
-) {
+pub async fn run_loop(access: Access, opts: &LoopOptions, cache: &Path, hub: Arc<server::Hub>) {
     use kube::runtime::{Controller, WatchStreamExt, controller, reflector, watcher};
     let api: Api<Sync> = match &opts.namespace {
         Some(ns) => Api::namespaced(access.client.clone(), ns),
@@ -1194,7 +1183,6 @@ pub async fn run_loop(
         hub: hub.clone(),
         poll: opts.poll,
         schedules: Mutex::new(HashMap::new()),
-        log: log.clone(),
     });
     let (reader, writer) = reflector::store();
     let mut config = watcher::Config::default();
@@ -1231,7 +1219,7 @@ pub async fn run_loop(
                 // Failed reconciles were logged by the reconcile itself.
                 Ok(_) | Err(controller::Error::ReconcilerFailed(..)) => {}
                 Err(controller::Error::ObjectNotFound(_)) => {}
-                Err(e) => log(&format!("watching Syncs: {e}")),
+                Err(e) => tracing::warn!(error = %e, "watching Syncs"),
             }
             std::future::ready(())
         })
@@ -1244,11 +1232,7 @@ pub async fn run_loop(
 /// this replica the leader until [`leader::LEASE_DURATION`] minus one renewal period after the
 /// round *began* (on the local monotonic clock), so leadership lapses by itself — before another
 /// replica may take the Lease — when renewals fail or hang (each round times out after one period).
-pub async fn run_election(
-    elector: leader::Elector,
-    hub: &server::Hub,
-    log: &mut (dyn FnMut(&str) + Send),
-) {
+pub async fn run_election(elector: leader::Elector, hub: &server::Hub) {
     let valid_for = leader::LEASE_DURATION.saturating_sub(leader::RENEW_EVERY);
     loop {
         if hub.is_drained() || (hub.is_stopping() && !hub.is_leading()) {
@@ -1264,15 +1248,15 @@ pub async fn run_election(
                 }
             }
             Ok(Ok(leader::Round::Following(_))) => hub.lead_until(None),
-            Ok(Err(e)) => log(&format!("renewing the Lease: {}", apply::reason(&e))),
-            Err(_) => log("renewing the Lease: no answer in time"),
+            Ok(Err(e)) => tracing::warn!(error = %apply::reason(&e), "renewing the Lease"),
+            Err(_) => tracing::warn!("renewing the Lease: no answer in time"),
         }
         hub.sleep_unless_drained(leader::RENEW_EVERY).await;
     }
     let was_leading = hub.is_leading();
     hub.lead_until(None);
     if was_leading && let Err(e) = elector.release().await {
-        log(&format!("releasing the Lease: {}", apply::reason(&e)));
+        tracing::warn!(error = %apply::reason(&e), "releasing the Lease");
     }
 }
 
