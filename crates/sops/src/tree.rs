@@ -2,12 +2,16 @@
 //!
 //! Key order, comments and value types survive a round trip, because the SOPS MAC hashes leaf values in
 //! document order and each value's type decides its `type:` tag. Decrypted trees hold plaintext, so
-//! [`Document`] wipes every string it owns when dropped.
+//! [`Document`] wipes every string it owns when dropped, and `Debug` never shows a value or a
+//! comment (only its kind and size): a tree in a log line, a panic message or a test failure cannot
+//! leak what it holds. Keys are shown: SOPS never encrypts them.
+
+use std::fmt;
 
 use zeroize::Zeroize;
 
 /// A node of a document.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub enum Value {
     /// An ordered mapping (comments are items of it).
     Map(Vec<Item>),
@@ -32,7 +36,7 @@ pub enum Value {
 }
 
 /// A comment: its text after `#` (or `;`), and whether it stood at the end of the previous line.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct Comment {
     /// Text after the comment marker, leading space kept.
     pub text: String,
@@ -47,6 +51,34 @@ pub enum Item {
     Pair(String, Value),
     /// A comment line (or inline comment) among the pairs.
     Comment(Comment),
+}
+
+impl fmt::Debug for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::Map(items) => f.debug_tuple("Map").field(items).finish(),
+            Value::List(values) => f.debug_tuple("List").field(values).finish(),
+            Value::Str(s) => write!(f, "Str(<{} bytes>)", s.len()),
+            Value::Time(s) => write!(f, "Time(<{} bytes>)", s.len()),
+            Value::Bytes(b) => write!(f, "Bytes(<{} bytes>)", b.len()),
+            Value::Int(_) => f.write_str("Int(<hidden>)"),
+            Value::Float(_) => f.write_str("Float(<hidden>)"),
+            Value::Bool(_) => f.write_str("Bool(<hidden>)"),
+            Value::Null => f.write_str("Null"),
+            Value::Comment(c) => f.debug_tuple("Comment").field(c).finish(),
+        }
+    }
+}
+
+impl fmt::Debug for Comment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Comment(<{} bytes>{})",
+            self.text.len(),
+            if self.inline { ", inline" } else { "" }
+        )
+    }
 }
 
 impl Value {
@@ -206,5 +238,39 @@ pub fn format_float(f: f64) -> String {
     } else {
         // Rust's Display is the shortest round-trip representation without exponent.
         format!("{f}")
+    }
+}
+
+#[cfg(test)]
+mod debug_tests {
+    use super::*;
+
+    #[test]
+    fn debug_shows_keys_and_kinds_but_never_a_value_or_comment() {
+        let doc = Document::new(vec![
+            Item::Pair("password".into(), Value::Str("hunter2".into())),
+            Item::Pair("port".into(), Value::Int(5432)),
+            Item::Pair(
+                "list".into(),
+                Value::List(vec![
+                    Value::Bool(true),
+                    Value::Float(1.5),
+                    Value::Time("2026-01-01T00:00:00Z".into()),
+                    Value::Bytes(b"raw".to_vec()),
+                    Value::Comment(Comment {
+                        text: " the old one was s3cret".into(),
+                        inline: false,
+                    }),
+                ]),
+            ),
+        ]);
+        let shown = format!("{doc:?} {doc:#?}");
+        for secret in ["hunter2", "5432", "true", "1.5", "2026", "raw", "s3cret"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(
+            shown.contains("password") && shown.contains("Str(<7 bytes>)"),
+            "{shown}"
+        );
     }
 }
