@@ -27,7 +27,6 @@ use ssh_key::{Algorithm, EcdsaCurve, HashAlg, PublicKey, SshSig};
 pub const GIT_NAMESPACE: &str = "git";
 
 const SSH_BEGIN: &[u8] = b"-----BEGIN SSH SIGNATURE-----";
-const SSH_END: &[u8] = b"-----END SSH SIGNATURE-----";
 const PGP_SIGNATURE_BEGIN: &[u8] = b"-----BEGIN PGP SIGNATURE-----";
 /// Armor lines of the signature forms Git knows besides SSH and detached OpenPGP signatures.
 const OTHER_FORMATS: [(&[u8], &str); 2] = [
@@ -47,8 +46,6 @@ const PGP_KEY_END: &str = "-----END PGP PUBLIC KEY BLOCK-----";
 const PGP_PRIVATE_KEY_BEGIN: &str = "-----BEGIN PGP PRIVATE KEY BLOCK-----";
 /// Smallest RSA or DSA OpenPGP key accepted, in bits.
 const PGP_MIN_BITS: u16 = 2048;
-const SSHSIG_MAGIC: &[u8] = b"SSHSIG";
-const SSHSIG_VERSION: u32 = 1;
 /// Key types an `allowed_signers` line may name (certificate types are recognised to be refused).
 const KEY_TYPES: [&str; 7] = [
     "ssh-ed25519",
@@ -406,24 +403,20 @@ fn verify_armored(
     signers: &AllowedSigners,
     time: i64,
 ) -> Result<Signer, VerifyError> {
-    let blob = dearmor(armored)?;
-    let sig = parse_sshsig(&blob)?;
-    if sig.namespace != GIT_NAMESPACE.as_bytes() {
+    let sig = SshSig::from_pem(armored)
+        .map_err(|e| VerifyError::Malformed(format!("the SSH signature does not parse ({e})")))?;
+    if sig.namespace() != GIT_NAMESPACE {
         return Err(VerifyError::WrongNamespace);
     }
-    let key = PublicKey::from_bytes(sig.public_key)
-        .map_err(|_| malformed("the signature's public key could not be decoded"))?;
-    let key_data = key.key_data();
+    let key_data = sig.public_key();
     check_key_supported(key_data).map_err(ssh_unsupported)?;
     let fingerprint = key_data.fingerprint(HashAlg::Sha256).to_string();
-    let hash_alg = match sig.hash_alg {
-        b"sha256" => HashAlg::Sha256,
-        b"sha512" => HashAlg::Sha512,
-        other => {
-            return Err(ssh_unsupported(format!("SSHSIG hash {}", printable(other))));
-        }
-    };
-    let signature = parse_signature(sig.signature, key_data)?;
+    if let Algorithm::Rsa { hash: None } = sig.signature().algorithm() {
+        return Err(ssh_unsupported(
+            "ssh-rsa signatures (RSA with SHA-1)".into(),
+        ));
+    }
+    let key = PublicKey::from(key_data.clone());
 
     let matching: Vec<&Entry> = signers
         .entries
@@ -434,10 +427,7 @@ fn verify_armored(
         return Err(VerifyError::UnknownKey { fingerprint });
     }
 
-    // As OpenSSH verifies: the signed data uses the expected namespace and an empty reserved field.
-    let sshsig = SshSig::new(key_data.clone(), GIT_NAMESPACE, hash_alg, signature)
-        .map_err(|_| malformed("the signature could not be assembled"))?;
-    key.verify(GIT_NAMESPACE, message, &sshsig)
+    key.verify(GIT_NAMESPACE, message, &sig)
         .map_err(|_| VerifyError::BadSignature)?;
 
     let mut first_refusal = None;
@@ -464,103 +454,6 @@ fn malformed(what: &str) -> VerifyError {
 /// An SSH key type or algorithm that is not supported, with what to use instead.
 fn ssh_unsupported(what: String) -> VerifyError {
     VerifyError::UnsupportedAlgorithm(format!("{what}; {SSH_ADVICE}"))
-}
-
-/// The binary SSHSIG blob inside the armor.
-fn dearmor(armored: &[u8]) -> Result<Vec<u8>, VerifyError> {
-    let body = armored
-        .strip_prefix(SSH_BEGIN)
-        .ok_or_else(|| malformed("the SSH signature has no BEGIN SSH SIGNATURE line"))?;
-    let end = body
-        .windows(SSH_END.len())
-        .position(|w| w == SSH_END)
-        .ok_or_else(|| malformed("the SSH signature has no END SSH SIGNATURE line"))?;
-    let (base64_text, after) = body.split_at(end);
-    let trailing = after.get(SSH_END.len()..).unwrap_or_default();
-    if !trailing.iter().all(u8::is_ascii_whitespace) {
-        return Err(malformed(
-            "the SSH signature has data after its END SSH SIGNATURE line",
-        ));
-    }
-    let compact: Vec<u8> = base64_text
-        .iter()
-        .copied()
-        .filter(|b| !b.is_ascii_whitespace())
-        .collect();
-    let engine = base64::engine::GeneralPurpose::new(
-        &base64::alphabet::STANDARD,
-        base64::engine::GeneralPurposeConfig::new()
-            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
-    );
-    engine
-        .decode(&compact)
-        .map_err(|_| malformed("the SSH signature is not valid base64"))
-}
-
-/// The fields of an SSHSIG blob (PROTOCOL.sshsig).
-struct RawSshSig<'a> {
-    public_key: &'a [u8],
-    namespace: &'a [u8],
-    hash_alg: &'a [u8],
-    signature: &'a [u8],
-}
-
-fn parse_sshsig(blob: &[u8]) -> Result<RawSshSig<'_>, VerifyError> {
-    let truncated = || malformed("the SSH signature is truncated");
-    let mut r = Reader(blob);
-    if r.take(SSHSIG_MAGIC.len()) != Some(SSHSIG_MAGIC) {
-        return Err(malformed("the SSH signature does not start with SSHSIG"));
-    }
-    let version = r.u32().ok_or_else(truncated)?;
-    if version != SSHSIG_VERSION {
-        return Err(VerifyError::Malformed(format!(
-            "SSHSIG version {version} is not supported (expected {SSHSIG_VERSION})"
-        )));
-    }
-    let public_key = r.string().ok_or_else(truncated)?;
-    let namespace = r.string().ok_or_else(truncated)?;
-    let _reserved = r.string().ok_or_else(truncated)?;
-    let hash_alg = r.string().ok_or_else(truncated)?;
-    let signature = r.string().ok_or_else(truncated)?;
-    if !r.0.is_empty() {
-        return Err(malformed("the SSH signature has trailing data"));
-    }
-    Ok(RawSshSig {
-        public_key,
-        namespace,
-        hash_alg,
-        signature,
-    })
-}
-
-/// An SSH wire-format signature (`string algorithm, string data`), checked against the key type.
-fn parse_signature(blob: &[u8], key: &KeyData) -> Result<ssh_key::Signature, VerifyError> {
-    let truncated = || malformed("the signature blob is truncated");
-    let mut r = Reader(blob);
-    let name = r.string().ok_or_else(truncated)?;
-    let data = r.string().ok_or_else(truncated)?;
-    if !r.0.is_empty() {
-        return Err(malformed("the signature blob has trailing data"));
-    }
-    let unsupported = || ssh_unsupported(format!("signature {}", printable(name)));
-    let name_str = std::str::from_utf8(name).map_err(|_| unsupported())?;
-    let algorithm = Algorithm::new(name_str).map_err(|_| unsupported())?;
-    let compatible = match (&key.algorithm(), &algorithm) {
-        (_, Algorithm::Rsa { hash: None }) => {
-            return Err(ssh_unsupported(
-                "ssh-rsa signatures (RSA with SHA-1)".into(),
-            ));
-        }
-        (Algorithm::Rsa { .. }, Algorithm::Rsa { hash: Some(_) }) => true,
-        (k, s) => k == s,
-    };
-    if !compatible {
-        return Err(malformed(
-            "the signature algorithm does not match the signing key's type",
-        ));
-    }
-    ssh_key::Signature::new(algorithm, data)
-        .map_err(|_| malformed("the signature has a bad length"))
 }
 
 /// Whether signatures by this key type can be verified; the error names the type.
@@ -596,30 +489,6 @@ fn printable(name: &[u8]) -> String {
         return s.to_string();
     }
     "(unrecognised)".to_string()
-}
-
-/// Reads SSH wire-format fields.
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.0.len() < n {
-            return None;
-        }
-        let (head, tail) = self.0.split_at(n);
-        self.0 = tail;
-        Some(head)
-    }
-
-    fn u32(&mut self) -> Option<u32> {
-        let bytes: [u8; 4] = self.take(4)?.try_into().ok()?;
-        Some(u32::from_be_bytes(bytes))
-    }
-
-    fn string(&mut self) -> Option<&'a [u8]> {
-        let len = usize::try_from(self.u32()?).ok()?;
-        self.take(len)
-    }
 }
 
 /// Collects an armored OpenPGP block from its BEGIN line (`first`, trimmed) to its END line, the
@@ -1809,8 +1678,11 @@ mod tests {
             (&rsa, &["-n", "git", "-O", "hashalg=sha256"][..], b"sha256"),
         ] {
             let armored = sign(key, extra);
-            let blob = dearmor(&armored).expect("armor");
-            assert_eq!(parse_sshsig(&blob).expect("sshsig").hash_alg, hash);
+            let parsed = SshSig::from_pem(&armored).expect("sshsig");
+            assert_eq!(
+                parsed.hash_alg().as_str(),
+                std::str::from_utf8(hash).expect("name")
+            );
             let signer = verify_armored(message, &armored, &list, now).expect("verifies");
             assert_eq!(signer.fingerprint, key.fingerprint, "{extra:?}");
             assert_eq!(
