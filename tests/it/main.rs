@@ -15,3 +15,4 @@ mod render;
 mod sops_commands;
 mod sops_interop;
 mod sops_properties;
+mod verify;
