@@ -195,25 +195,11 @@ pub struct SyncStatus {
     pub last_sync_duration: Option<String>,
 }
 
-/// A status condition (the `metav1.Condition` shape).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Condition {
-    /// `Ready`, `Reconciling` or `Stalled`.
-    #[serde(rename = "type")]
-    pub type_: String,
-    /// `True`, `False` or `Unknown`.
-    pub status: String,
-    /// A CamelCase reason naming the pipeline step (e.g. `RenderFailed`, `Succeeded`).
-    pub reason: String,
-    /// What happened, for people. Never holds a secret value.
-    pub message: String,
-    /// When the status last changed (RFC 3339).
-    pub last_transition_time: String,
-    /// The generation this condition describes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observed_generation: Option<i64>,
-}
+/// A status condition: Kubernetes' own `metav1.Condition` (type `Ready`, `Reconciling` or
+/// `Stalled`; a CamelCase reason naming the pipeline step; a message that never holds a value).
+pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 /// The `Sync` CRD as YAML (the committed `templates/manifests/crd-sync.yaml` must equal this).
 pub fn crd_yaml() -> String {
@@ -779,11 +765,9 @@ impl Outcome {
     }
 }
 
-/// The time as a status writes it.
-fn now() -> String {
-    jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
+/// The time as a status writes it (whole seconds, as `metav1.Time`).
+fn now() -> Time {
+    Time(jiff::Timestamp::from_second(jiff::Timestamp::now().as_second()).unwrap_or_default())
 }
 
 /// The status while a sync runs: the previous one with `Reconciling=True` (and no `Stalled`).
@@ -1423,6 +1407,11 @@ mod tests {
         }
     }
 
+    /// A transition time long before any test runs.
+    fn earlier() -> Time {
+        Time("2026-01-01T00:00:00Z".parse().expect("a timestamp"))
+    }
+
     fn with_status(mut sync: Sync, ready: (&str, &str), applied: Option<&str>) -> Sync {
         sync.status = Some(SyncStatus {
             conditions: vec![Condition {
@@ -1430,7 +1419,7 @@ mod tests {
                 status: ready.0.into(),
                 reason: ready.1.into(),
                 message: String::new(),
-                last_transition_time: "2026-01-01T00:00:00Z".into(),
+                last_transition_time: earlier(),
                 observed_generation: Some(1),
             }],
             observed_generation: Some(1),
@@ -1499,7 +1488,7 @@ mod tests {
                 .find(|c| c.type_ == "Ready")
                 .expect("Ready");
             let stalled = status.conditions.iter().any(|c| c.type_ == "Stalled");
-            let kept = ready.last_transition_time == "2026-01-01T00:00:00Z";
+            let kept = ready.last_transition_time == earlier();
             let got = (
                 ready.status.as_str(),
                 ready.reason.as_str(),
