@@ -5,11 +5,13 @@ use super::*;
 #[tokio::test]
 async fn private_repositories_over_https_auth_and_ssh_and_signed_commits_only() {
     use support::gitserver::{GitHttp, GitSsh, ssh_keypair};
-    let cluster = need!("control plane", support::cluster());
-    let client = cluster.admin().await;
-    let creds = tempfile::tempdir().expect("tempdir");
-    let controller_kubeconfig = install_controller(&cluster, &client, creds.path()).await;
-    let sync_ns = cluster.namespace(&client, "private").await;
+    let Fixture {
+        cluster: _,
+        client,
+        controller_kubeconfig,
+        sync_ns,
+        _creds,
+    } = need!("control plane", fixture("private").await);
     let home = tempfile::tempdir().expect("tempdir");
     let cache = home.path().join("git-cache");
     let served = tempfile::tempdir().expect("tempdir");

@@ -4,11 +4,13 @@ use super::*;
 
 #[tokio::test]
 async fn a_sync_converges_refuses_a_broken_commit_prunes_and_names_a_wrong_key() {
-    let cluster = need!("control plane", support::cluster());
-    let client = cluster.admin().await;
-    let creds = tempfile::tempdir().expect("tempdir");
-    let controller_kubeconfig = install_controller(&cluster, &client, creds.path()).await;
-    let sync_ns = cluster.namespace(&client, "sync").await;
+    let Fixture {
+        cluster: _,
+        client,
+        controller_kubeconfig,
+        sync_ns,
+        _creds,
+    } = need!("control plane", fixture("sync").await);
     let target = format!("shop-sync-{}", std::process::id());
     let repo = shop_repo(&target);
     let home = tempfile::tempdir().expect("tempdir");

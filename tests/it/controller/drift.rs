@@ -4,11 +4,13 @@ use super::*;
 
 #[tokio::test]
 async fn the_loop_corrects_a_hand_edit_within_one_interval() {
-    let cluster = need!("control plane", support::cluster());
-    let client = cluster.admin().await;
-    let creds = tempfile::tempdir().expect("tempdir");
-    let controller_kubeconfig = install_controller(&cluster, &client, creds.path()).await;
-    let sync_ns = cluster.namespace(&client, "drift").await;
+    let Fixture {
+        cluster,
+        client,
+        controller_kubeconfig,
+        sync_ns,
+        _creds,
+    } = need!("control plane", fixture("drift").await);
     let target = cluster.namespace(&client, "drift-apps").await;
     let repo = tiny_repo(&target);
     let home = tempfile::tempdir().expect("tempdir");

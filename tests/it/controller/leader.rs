@@ -4,11 +4,13 @@ use super::*;
 
 #[tokio::test]
 async fn two_replicas_only_the_leader_syncs_and_a_stopped_leader_hands_over() {
-    let cluster = need!("control plane", support::cluster());
-    let client = cluster.admin().await;
-    let creds = tempfile::tempdir().expect("tempdir");
-    let controller_kubeconfig = install_controller(&cluster, &client, creds.path()).await;
-    let sync_ns = cluster.namespace(&client, "replicas").await;
+    let Fixture {
+        cluster,
+        client,
+        controller_kubeconfig,
+        sync_ns,
+        _creds,
+    } = need!("control plane", fixture("replicas").await);
     let target = cluster.namespace(&client, "replicas-apps").await;
     let repo = tiny_repo(&target);
     let home = tempfile::tempdir().expect("tempdir");

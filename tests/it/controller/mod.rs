@@ -130,6 +130,32 @@ async fn install_controller(
         .await
 }
 
+/// What a controller test starts from: the control plane, an admin client, the installed
+/// controller's ServiceAccount kubeconfig and a fresh namespace for the Syncs (named from `prefix`).
+struct Fixture {
+    cluster: support::Cluster,
+    client: kube::Client,
+    controller_kubeconfig: PathBuf,
+    sync_ns: String,
+    /// Holds the ServiceAccount's token files.
+    _creds: tempfile::TempDir,
+}
+
+async fn fixture(prefix: &str) -> Result<Fixture, String> {
+    let cluster = support::cluster()?;
+    let client = cluster.admin().await;
+    let creds = tempfile::tempdir().expect("tempdir");
+    let controller_kubeconfig = install_controller(&cluster, &client, creds.path()).await;
+    let sync_ns = cluster.namespace(&client, prefix).await;
+    Ok(Fixture {
+        cluster,
+        client,
+        controller_kubeconfig,
+        sync_ns,
+        _creds: creds,
+    })
+}
+
 fn controller(kubeconfig: &Path, ns: &str, cache: &Path, home: &Path) -> Output {
     support::run_isolated(
         Path::new(BIN),

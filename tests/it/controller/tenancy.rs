@@ -4,11 +4,13 @@ use super::*;
 
 #[tokio::test]
 async fn a_sync_with_a_service_account_can_do_only_what_that_account_may() {
-    let cluster = need!("control plane", support::cluster());
-    let client = cluster.admin().await;
-    let creds = tempfile::tempdir().expect("tempdir");
-    let controller_kubeconfig = install_controller(&cluster, &client, creds.path()).await;
-    let sync_ns = cluster.namespace(&client, "tenant-syncs").await;
+    let Fixture {
+        cluster,
+        client,
+        controller_kubeconfig,
+        sync_ns,
+        _creds,
+    } = need!("control plane", fixture("tenant-syncs").await);
     let target = cluster.namespace(&client, "tenant-apps").await;
     let repo = tiny_repo(&target);
     let home = tempfile::tempdir().expect("tempdir");

@@ -5,11 +5,13 @@ use super::*;
 #[tokio::test]
 async fn the_loop_syncs_new_syncs_at_once_waits_for_the_interval_and_obeys_lockstep_sync_and_the_webhook()
  {
-    let cluster = need!("control plane", support::cluster());
-    let client = cluster.admin().await;
-    let creds = tempfile::tempdir().expect("tempdir");
-    let controller_kubeconfig = install_controller(&cluster, &client, creds.path()).await;
-    let sync_ns = cluster.namespace(&client, "loop").await;
+    let Fixture {
+        cluster,
+        client,
+        controller_kubeconfig,
+        sync_ns,
+        _creds,
+    } = need!("control plane", fixture("loop").await);
     let target = format!("shop-loop-{}", std::process::id());
     let repo = shop_repo(&target);
     let home = tempfile::tempdir().expect("tempdir");
