@@ -451,10 +451,7 @@ pub fn run_diff(
     };
     let rt = runtime()?;
     let (summary, what) = rt.block_on(pipeline(&args.pipeline, opts, env, stderr))?;
-    let changed = summary
-        .objects
-        .iter()
-        .any(|(_, a, _)| matches!(a, Action::Created | Action::Configured | Action::Pruned));
+    let changed = summary.changes().next().is_some();
     match args.pipeline.output {
         OutputFormat::Json => {
             let doc = json!({

@@ -25,7 +25,6 @@ pub mod server;
 
 use crate::apply::{self, Action, Options};
 use crate::keys::KeyRing;
-use crate::objects::ObjectId;
 use crate::pipeline::{self, Fetched, StageError};
 use crate::render::Request;
 use crate::source::git::{self, Revision};
@@ -608,17 +607,11 @@ impl pipeline::Inputs for SyncInputs {
     }
 }
 
-/// Objects created, configured or pruned (in a dry run: that would be).
-fn changes(summary: &apply::Summary) -> impl Iterator<Item = &(ObjectId, Action, Option<String>)> {
-    summary
-        .objects
-        .iter()
-        .filter(|(_, a, _)| matches!(a, Action::Created | Action::Configured | Action::Pruned))
-}
-
 /// The outcome of a `driftMode: warn` look at an applied revision.
 fn drift_outcome(done: &pipeline::Outcome) -> Outcome {
-    let drifted: Vec<String> = changes(&done.summary)
+    let drifted: Vec<String> = done
+        .summary
+        .changes()
         .map(|(id, a, _)| {
             let what = match a {
                 Action::Configured => "changed",
@@ -657,7 +650,7 @@ fn drift_outcome(done: &pipeline::Outcome) -> Outcome {
 /// The outcome of an apply.
 fn applied_outcome(done: &pipeline::Outcome, timeout: Duration) -> Outcome {
     let summary = &done.summary;
-    let changed = changes(summary).count();
+    let changed = summary.changes().count();
     let (reason, message) = if summary.not_ready.is_empty() {
         (
             Reason::Succeeded,

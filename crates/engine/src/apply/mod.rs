@@ -166,6 +166,13 @@ impl Summary {
     pub fn count(&self, action: Action) -> usize {
         self.objects.iter().filter(|(_, a, _)| *a == action).count()
     }
+
+    /// The objects created, configured or pruned (in a dry run: that would be).
+    pub fn changes(&self) -> impl Iterator<Item = &(ObjectId, Action, Option<String>)> {
+        self.objects
+            .iter()
+            .filter(|(_, a, _)| matches!(a, Action::Created | Action::Configured | Action::Pruned))
+    }
 }
 
 /// One object the server refused, with its reason.
