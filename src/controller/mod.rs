@@ -1217,13 +1217,8 @@ pub async fn run_election(elector: leader::Elector, hub: &server::Hub) {
         }
         let began = Instant::now();
         match tokio::time::timeout(leader::RENEW_EVERY, elector.try_acquire()).await {
-            Ok(Ok(leader::Round::Leading)) => {
-                let was = hub.is_leading();
-                hub.lead_until(Some(began + valid_for));
-                if !was {
-                    hub.wake();
-                }
-            }
+            // A new term is noticed by the loop (`terms`), which then syncs every Sync.
+            Ok(Ok(leader::Round::Leading)) => hub.lead_until(Some(began + valid_for)),
             Ok(Ok(leader::Round::Following(_))) => hub.lead_until(None),
             Ok(Err(e)) => tracing::warn!(error = %apply::reason(&e), "renewing the Lease"),
             Err(_) => tracing::warn!("renewing the Lease: no answer in time"),

@@ -23,7 +23,6 @@ use super::{Report, Sync};
 #[derive(Default)]
 pub struct Hub {
     requested: Mutex<HashSet<(String, String)>>,
-    notify: Notify,
     ready: AtomicBool,
     leadership: Mutex<Leadership>,
     stopping: AtomicBool,
@@ -115,7 +114,6 @@ impl Hub {
         {
             let _ = t.try_send((namespace.to_string(), name.to_string()));
         }
-        self.notify.notify_one();
     }
 
     /// The requests made through [`Hub::request`] from now on, as (namespace, name).
@@ -135,23 +133,9 @@ impl Hub {
             .unwrap_or(false)
     }
 
-    /// Sleeps for `poll`, or less when a sync is asked for or the controller stops.
-    pub async fn wait(&self, poll: Duration) {
-        if self.is_stopping() {
-            return;
-        }
-        let _ = tokio::time::timeout(poll, self.notify.notified()).await;
-    }
-
-    /// Wakes the loop.
-    pub fn wake(&self) {
-        self.notify.notify_one();
-    }
-
     /// Asks the loop and the election to finish (graceful shutdown).
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::SeqCst);
-        self.notify.notify_one();
         self.stopped.notify_waiters();
     }
 
