@@ -155,7 +155,7 @@ async fn serve(
                     }
                 } => {}
             }
-            hub.stop();
+            hub.lifecycle.stop();
         })
     };
     let election = if args.leader_elect {
@@ -181,10 +181,10 @@ async fn serve(
             crate::controller::run_election(elector, &election_hub).await;
         });
         let gate_hub = hub.clone();
-        access = access.with_gate(move || gate_hub.is_leading());
+        access = access.with_gate(move || gate_hub.leadership.is_leading());
         Some(election)
     } else {
-        hub.set_leading(true);
+        hub.leadership.set_leading(true);
         None
     };
     let opts = crate::controller::LoopOptions {

@@ -998,17 +998,17 @@ fn key_of(sync: &Sync) -> String {
 /// a panic in any step ends this reconcile with a failed status, never the process or another
 /// Sync's reconcile. Requeues itself after the interval, or fails with the back-off.
 async fn reconcile_due(sync: Arc<Sync>, ctx: Arc<Context>) -> Result<Requeue, SyncFailed> {
-    if ctx.hub.is_stopping() {
+    if ctx.hub.lifecycle.is_stopping() {
         return Ok(Requeue::await_change());
     }
-    if !ctx.hub.is_leading() {
+    if !ctx.hub.leadership.is_leading() {
         return Ok(Requeue::requeue(ctx.poll));
     }
     let ns = sync.namespace().unwrap_or_default();
     let name = sync.name_any();
     let key = key_of(&sync);
     let schedule = lock(&ctx.schedules).get(&key).cloned();
-    let hooked = ctx.hub.take_request(&ns, &name);
+    let hooked = ctx.hub.requests.take(&ns, &name);
     let wait = due_in(&sync, schedule.as_ref(), Instant::now());
     if !hooked && !wait.is_zero() {
         return Ok(Requeue::requeue(wait));
@@ -1052,7 +1052,7 @@ async fn reconcile_due(sync: Arc<Sync>, ctx: Arc<Context>) -> Result<Requeue, Sy
         }
     };
     if let Ok(report) = &result {
-        ctx.hub.record(&ns, &name, report);
+        ctx.hub.metrics.record(&ns, &name, report);
     }
     lock(&ctx.schedules).insert(
         key,
@@ -1113,10 +1113,10 @@ fn spec_or_request(sync: &Sync) -> Option<u64> {
 fn terms(ctx: Arc<Context>) -> impl futures::Stream<Item = ()> + Send {
     futures::stream::unfold((ctx, false), |(ctx, mut was)| async move {
         loop {
-            if ctx.hub.is_stopping() {
+            if ctx.hub.lifecycle.is_stopping() {
                 return None;
             }
-            let leading = ctx.hub.is_leading();
+            let leading = ctx.hub.leadership.is_leading();
             if leading != was {
                 if leading {
                     tracing::info!("leading: reconciling Syncs");
@@ -1134,10 +1134,12 @@ fn terms(ctx: Arc<Context>) -> impl futures::Stream<Item = ()> + Send {
     })
 }
 
-/// Resolves once [`server::Hub::stop`] was called.
+/// Resolves once [`server::Lifecycle::stop`] was called.
 async fn stopped(hub: Arc<server::Hub>) {
-    while !hub.is_stopping() {
-        hub.sleep_unless_stopped(Duration::from_millis(500)).await;
+    while !hub.lifecycle.is_stopping() {
+        hub.lifecycle
+            .sleep_unless_stopped(Duration::from_millis(500))
+            .await;
     }
 }
 
@@ -1182,7 +1184,8 @@ pub async fn run_loop(access: Access, opts: &LoopOptions, cache: &Path, hub: Arc
         .applied_objects()
         .predicate_filter(spec_or_request, Default::default());
     let hooks = hub
-        .requests()
+        .requests
+        .stream()
         .map(|(ns, name)| reflector::ObjectRef::<Sync>::new(&name).within(&ns));
     let concurrency = u16::try_from(opts.concurrency.max(1)).unwrap_or(u16::MAX);
     Controller::for_stream(syncs, reader)
@@ -1201,7 +1204,7 @@ pub async fn run_loop(access: Access, opts: &LoopOptions, cache: &Path, hub: Arc
             std::future::ready(())
         })
         .await;
-    hub.mark_drained();
+    hub.lifecycle.mark_drained();
 }
 
 /// Keeps `hub`'s leadership current by competing for the Lease every [`leader::RENEW_EVERY`]
@@ -1212,21 +1215,25 @@ pub async fn run_loop(access: Access, opts: &LoopOptions, cache: &Path, hub: Arc
 pub async fn run_election(elector: leader::Elector, hub: &server::Hub) {
     let valid_for = leader::LEASE_DURATION.saturating_sub(leader::RENEW_EVERY);
     loop {
-        if hub.is_drained() || (hub.is_stopping() && !hub.is_leading()) {
+        if hub.lifecycle.is_drained()
+            || (hub.lifecycle.is_stopping() && !hub.leadership.is_leading())
+        {
             break;
         }
         let began = Instant::now();
         match tokio::time::timeout(leader::RENEW_EVERY, elector.try_acquire()).await {
             // A new term is noticed by the loop (`terms`), which then syncs every Sync.
-            Ok(Ok(leader::Round::Leading)) => hub.lead_until(Some(began + valid_for)),
-            Ok(Ok(leader::Round::Following(_))) => hub.lead_until(None),
+            Ok(Ok(leader::Round::Leading)) => hub.leadership.lead_until(Some(began + valid_for)),
+            Ok(Ok(leader::Round::Following(_))) => hub.leadership.lead_until(None),
             Ok(Err(e)) => tracing::warn!(error = %apply::reason(&e), "renewing the Lease"),
             Err(_) => tracing::warn!("renewing the Lease: no answer in time"),
         }
-        hub.sleep_unless_drained(leader::RENEW_EVERY).await;
+        hub.lifecycle
+            .sleep_unless_drained(leader::RENEW_EVERY)
+            .await;
     }
-    let was_leading = hub.is_leading();
-    hub.lead_until(None);
+    let was_leading = hub.leadership.is_leading();
+    hub.leadership.lead_until(None);
     if was_leading && let Err(e) = elector.release().await {
         tracing::warn!(error = %apply::reason(&e), "releasing the Lease");
     }

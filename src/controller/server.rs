@@ -17,31 +17,81 @@ use hmac::{Hmac, Mac};
 use kube::{Api, Client};
 use tokio::sync::Notify;
 
-use super::{Report, Sync};
+use super::Sync;
 
-/// State shared by the loop and the HTTP server.
+/// State shared by the loop, the election and the HTTP server, one part per concern.
 #[derive(Default)]
 pub struct Hub {
-    requested: Mutex<HashSet<(String, String)>>,
+    /// Whether the controller has its first list of Syncs (`/readyz`).
     ready: AtomicBool,
-    leadership: Mutex<Leadership>,
-    stopping: AtomicBool,
-    stopped: Notify,
-    drained: AtomicBool,
-    drained_notify: Notify,
+    /// Whether this replica may reconcile and write.
+    pub leadership: Leadership,
+    /// Stop and drain.
+    pub lifecycle: Lifecycle,
+    /// Syncs asked for by webhooks.
+    pub requests: Requests,
     /// What the controller exports on `/metrics`.
     pub metrics: super::metrics::Metrics,
-    /// Feeds webhook requests to the controller as reconcile triggers.
-    triggers: Mutex<Option<tokio::sync::mpsc::Sender<(String, String)>>>,
+}
+
+impl Hub {
+    /// Marks the controller ready (it has listed its Syncs) or not.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// Whether the controller is ready.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
 }
 
 /// Webhook requests waiting for the controller at most; more are still honoured at the Sync's
 /// next reconcile (the request is remembered), they only do not start one at once.
 const TRIGGER_QUEUE: usize = 1024;
 
+/// Syncs a webhook asked for: remembered until their reconcile takes them, and fed to the
+/// controller as reconcile triggers.
+#[derive(Default)]
+pub struct Requests {
+    requested: Mutex<HashSet<(String, String)>>,
+    triggers: Mutex<Option<tokio::sync::mpsc::Sender<(String, String)>>>,
+}
+
+impl Requests {
+    /// Asks for a sync of `namespace/name` at once.
+    pub fn ask(&self, namespace: &str, name: &str) {
+        if let Ok(mut r) = self.requested.lock() {
+            r.insert((namespace.to_string(), name.to_string()));
+        }
+        if let Ok(t) = self.triggers.lock()
+            && let Some(t) = t.as_ref()
+        {
+            let _ = t.try_send((namespace.to_string(), name.to_string()));
+        }
+    }
+
+    /// The requests made through [`Requests::ask`] from now on, as (namespace, name).
+    pub fn stream(&self) -> impl futures::Stream<Item = (String, String)> + Send + 'static {
+        let (tx, rx) = tokio::sync::mpsc::channel(TRIGGER_QUEUE);
+        if let Ok(mut t) = self.triggers.lock() {
+            *t = Some(tx);
+        }
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) })
+    }
+
+    /// Whether a sync of `namespace/name` was asked for (and forgets the request).
+    pub fn take(&self, namespace: &str, name: &str) -> bool {
+        self.requested
+            .lock()
+            .map(|mut r| r.remove(&(namespace.to_string(), name.to_string())))
+            .unwrap_or(false)
+    }
+}
+
 /// Whether this replica may write.
 #[derive(Debug, Clone, Copy, Default)]
-enum Leadership {
+enum Term {
     /// Not elected.
     #[default]
     No,
@@ -51,41 +101,67 @@ enum Leadership {
     Until(std::time::Instant),
 }
 
-impl Hub {
-    /// Marks the controller ready (it can list Syncs) or not.
-    pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::Relaxed);
-    }
+/// This replica's leadership: a deadline on the local monotonic clock, renewed by the election.
+#[derive(Default)]
+pub struct Leadership(Mutex<Term>);
 
+impl Leadership {
     /// Records whether this replica leads for good (`true`: no leader election) or not at all.
     pub fn set_leading(&self, leading: bool) {
-        if let Ok(mut l) = self.leadership.lock() {
-            *l = if leading {
-                Leadership::Always
-            } else {
-                Leadership::No
-            };
+        if let Ok(mut l) = self.0.lock() {
+            *l = if leading { Term::Always } else { Term::No };
         }
     }
 
     /// Records that this replica leads until `deadline` (a renewed Lease), or not (`None`).
     pub fn lead_until(&self, deadline: Option<std::time::Instant>) {
-        if let Ok(mut l) = self.leadership.lock() {
-            *l = deadline.map_or(Leadership::No, Leadership::Until);
+        if let Ok(mut l) = self.0.lock() {
+            *l = deadline.map_or(Term::No, Term::Until);
         }
     }
 
     /// Whether this replica leads now (it alone reconciles and writes). An elected replica stops
     /// leading by itself when its deadline passes without a renewal.
     pub fn is_leading(&self) -> bool {
-        match self.leadership.lock().map(|l| *l) {
-            Ok(Leadership::Always) => true,
-            Ok(Leadership::Until(t)) => std::time::Instant::now() < t,
+        match self.0.lock().map(|l| *l) {
+            Ok(Term::Always) => true,
+            Ok(Term::Until(t)) => std::time::Instant::now() < t,
             _ => false,
         }
     }
+}
 
-    /// Records that the loop has finished its last reconcile (after [`Hub::stop`]).
+/// Graceful shutdown: a stop asked for (no new reconcile starts), then the loop drained (the last
+/// reconcile finished, so the Lease may be given up).
+#[derive(Default)]
+pub struct Lifecycle {
+    stopping: AtomicBool,
+    stopped: Notify,
+    drained: AtomicBool,
+    drained_notify: Notify,
+}
+
+impl Lifecycle {
+    /// Asks the loop and the election to finish.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.stopped.notify_waiters();
+    }
+
+    /// Whether [`Lifecycle::stop`] was called.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Sleeps for `d`, returning early when the controller stops.
+    pub async fn sleep_unless_stopped(&self, d: Duration) {
+        if self.is_stopping() {
+            return;
+        }
+        let _ = tokio::time::timeout(d, self.stopped.notified()).await;
+    }
+
+    /// Records that the loop has finished its last reconcile (after [`Lifecycle::stop`]).
     pub fn mark_drained(&self) {
         self.drained.store(true, Ordering::SeqCst);
         self.drained_notify.notify_waiters();
@@ -102,59 +178,6 @@ impl Hub {
             return;
         }
         let _ = tokio::time::timeout(d, self.drained_notify.notified()).await;
-    }
-
-    /// Asks the loop to sync a Sync at once.
-    pub fn request(&self, namespace: &str, name: &str) {
-        if let Ok(mut r) = self.requested.lock() {
-            r.insert((namespace.to_string(), name.to_string()));
-        }
-        if let Ok(t) = self.triggers.lock()
-            && let Some(t) = t.as_ref()
-        {
-            let _ = t.try_send((namespace.to_string(), name.to_string()));
-        }
-    }
-
-    /// The requests made through [`Hub::request`] from now on, as (namespace, name).
-    pub fn requests(&self) -> impl futures::Stream<Item = (String, String)> + Send + 'static {
-        let (tx, rx) = tokio::sync::mpsc::channel(TRIGGER_QUEUE);
-        if let Ok(mut t) = self.triggers.lock() {
-            *t = Some(tx);
-        }
-        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) })
-    }
-
-    /// Whether a sync was asked for (and forgets the request).
-    pub fn take_request(&self, namespace: &str, name: &str) -> bool {
-        self.requested
-            .lock()
-            .map(|mut r| r.remove(&(namespace.to_string(), name.to_string())))
-            .unwrap_or(false)
-    }
-
-    /// Asks the loop and the election to finish (graceful shutdown).
-    pub fn stop(&self) {
-        self.stopping.store(true, Ordering::SeqCst);
-        self.stopped.notify_waiters();
-    }
-
-    /// Whether [`Hub::stop`] was called.
-    pub fn is_stopping(&self) -> bool {
-        self.stopping.load(Ordering::SeqCst)
-    }
-
-    /// Sleeps for `d`, returning early when the controller stops.
-    pub async fn sleep_unless_stopped(&self, d: Duration) {
-        if self.is_stopping() {
-            return;
-        }
-        let _ = tokio::time::timeout(d, self.stopped.notified()).await;
-    }
-
-    /// Records one reconcile (in the metrics).
-    pub fn record(&self, namespace: &str, name: &str, report: &Report) {
-        self.metrics.record(namespace, name, report);
     }
 }
 
@@ -224,8 +247,8 @@ async fn hook(
     if !authentic(&headers, &body, token) {
         return (StatusCode::UNAUTHORIZED, "bad signature\n");
     }
-    if state.hub.is_leading() {
-        state.hub.request(&namespace, &name);
+    if state.hub.leadership.is_leading() {
+        state.hub.requests.ask(&namespace, &name);
     } else if super::request_sync(&state.client, &namespace, &name)
         .await
         .is_err()
@@ -251,7 +274,7 @@ pub async fn serve(
         .route(
             "/readyz",
             get(|State(s): State<AppState>| async move {
-                if s.hub.ready.load(Ordering::Relaxed) {
+                if s.hub.is_ready() {
                     (StatusCode::OK, "ready\n")
                 } else {
                     (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
@@ -303,15 +326,23 @@ mod tests {
     #[test]
     fn elected_leadership_lapses_by_itself_at_its_deadline() {
         let hub = Hub::default();
-        assert!(!hub.is_leading(), "nobody leads before an election");
+        assert!(
+            !hub.leadership.is_leading(),
+            "nobody leads before an election"
+        );
         let now = std::time::Instant::now();
-        hub.lead_until(Some(now + Duration::from_secs(60)));
-        assert!(hub.is_leading());
-        hub.lead_until(Some(now - Duration::from_millis(1)));
-        assert!(!hub.is_leading(), "a deadline in the past is no leadership");
-        hub.set_leading(true);
-        assert!(hub.is_leading(), "without election: always");
-        hub.lead_until(None);
-        assert!(!hub.is_leading());
+        hub.leadership
+            .lead_until(Some(now + Duration::from_secs(60)));
+        assert!(hub.leadership.is_leading());
+        hub.leadership
+            .lead_until(Some(now - Duration::from_millis(1)));
+        assert!(
+            !hub.leadership.is_leading(),
+            "a deadline in the past is no leadership"
+        );
+        hub.leadership.set_leading(true);
+        assert!(hub.leadership.is_leading(), "without election: always");
+        hub.leadership.lead_until(None);
+        assert!(!hub.leadership.is_leading());
     }
 }
