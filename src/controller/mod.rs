@@ -431,6 +431,11 @@ impl SyncInputs {
         }
     }
 
+    /// How long the health wait may take (a bad `spec.timeout` already failed the fetch).
+    fn health_timeout(&self) -> Duration {
+        self.timeout.clone().unwrap_or(DEFAULT_INTERVAL)
+    }
+
     /// The client the Sync's Secrets are read and its objects applied with.
     fn tenant(&mut self) -> Result<Client, String> {
         if let Some(c) = &self.tenant {
@@ -553,7 +558,7 @@ impl pipeline::Inputs for SyncInputs {
             .await
             .map_err(StageError::Verify)?;
         let commit = fetched.commit.as_deref().unwrap_or_default();
-        tokio::task::block_in_place(|| verify::verify_commit(commit, &signers))
+        pipeline::cpu(|| verify::verify_commit(commit, &signers))
             .map(|_| ())
             .map_err(|e| StageError::Verify(format!("commit {}: {e}", fetched.revision)))
     }
@@ -592,7 +597,7 @@ impl pipeline::Inputs for SyncInputs {
         Options {
             prune: spec.prune.unwrap_or(true),
             wait: spec.wait.unwrap_or(false) && !warn_only,
-            timeout: self.timeout.clone().unwrap_or(DEFAULT_INTERVAL),
+            timeout: self.health_timeout(),
             revision: fetched.revision.clone(),
             // GitOps: Git wins over hand edits, including fields another manager took over.
             force_conflicts: true,
@@ -695,7 +700,7 @@ async fn run_pipeline(access: &Access, sync: &Sync, cache: &Path) -> Outcome {
     };
     match pipeline::run(&mut inputs, &request, &mut |_| {}).await {
         Ok(done) if inputs.warn_only(&done.revision) => drift_outcome(&done),
-        Ok(done) => applied_outcome(&done, inputs.timeout.clone().unwrap_or(DEFAULT_INTERVAL)),
+        Ok(done) => applied_outcome(&done, inputs.health_timeout()),
         Err(failed) => Outcome {
             reason: failed.error.reason(),
             message: failed.error.to_string(),

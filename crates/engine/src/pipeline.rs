@@ -379,8 +379,9 @@ pub async fn health(
     plan.health(progress).await.map_err(StageError::Apply)
 }
 
-/// Runs CPU-bound work so other tasks keep running on a multi-threaded runtime.
-fn cpu<R>(f: impl FnOnce() -> R) -> R {
+/// Runs CPU-bound work (render, decrypt, signature checks) so other tasks keep running on a
+/// multi-threaded runtime; on any other runtime, in place.
+pub fn cpu<R>(f: impl FnOnce() -> R) -> R {
     match tokio::runtime::Handle::try_current() {
         Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
             tokio::task::block_in_place(f)
