@@ -9,36 +9,41 @@ use lockstep::sops::tree::{Document, Item, Value};
 
 /// The data without comments, and the comment texts in document order.
 fn split(docs: &[Document]) -> (String, Vec<String>) {
+    fn walk_items(items: &[Item], comments: &mut Vec<String>) -> String {
+        let mut out = String::from("{");
+        for i in items {
+            match i {
+                Item::Pair(k, v) => out.push_str(&format!("{k:?}:{},", walk(v, comments))),
+                Item::Comment(c) => comments.push(c.text.expose().to_string()),
+            }
+        }
+        out + "}"
+    }
     fn walk(v: &Value, comments: &mut Vec<String>) -> String {
         match v {
-            Value::Map(items) => {
-                let mut out = String::from("{");
-                for i in items {
-                    match i {
-                        Item::Pair(k, v) => out.push_str(&format!("{k:?}:{},", walk(v, comments))),
-                        Item::Comment(c) => comments.push(c.text.clone()),
-                    }
-                }
-                out + "}"
-            }
+            Value::Map(items) => walk_items(items, comments),
             Value::List(values) => {
                 let mut out = String::from("[");
                 for v in values {
                     match v {
-                        Value::Comment(c) => comments.push(c.text.clone()),
+                        Value::Comment(c) => comments.push(c.text.expose().to_string()),
                         other => out.push_str(&format!("{},", walk(other, comments))),
                     }
                 }
                 out + "]"
             }
-            // Compared as text: NaN is not equal to itself, but prints the same.
-            other => format!("{other:?}"),
+            // Compared as kind and text: NaN is not equal to itself, but prints the same.
+            other => format!(
+                "{}:{:?}",
+                other.kind(),
+                other.scalar_text().as_ref().map(|t| t.expose().as_str())
+            ),
         }
     }
     let mut comments = Vec::new();
     let data = docs
         .iter()
-        .map(|d| walk(&Value::Map(d.items.clone()), &mut comments))
+        .map(|d| walk_items(&d.items, &mut comments))
         .collect::<Vec<_>>()
         .join("---");
     (data, comments)

@@ -11,7 +11,7 @@ use crate::keys::Recipient;
 use crate::sops::config::Config;
 use crate::sops::rules::Selection;
 use crate::sops::store::{self, FORMAT_NAMES, Format};
-use crate::sops::tree::{Item, Value};
+use crate::sops::tree::{Document, Item, Value};
 use crate::sops::{self, EncryptOptions, SopsError};
 
 pub use super::exit::{Code, Failure};
@@ -338,13 +338,24 @@ fn format_of(name: Option<&str>, path: &Path, flag: &str) -> Result<Format, Fail
     }
 }
 
-/// A plaintext value, wiped when dropped on any path (early returns included).
-struct Wiped(Value);
-
-impl Drop for Wiped {
-    fn drop(&mut self) {
-        self.0.wipe();
+/// The value at `steps` in the first document (read in place: no copy of the plaintext).
+fn extract<'a>(docs: &'a [Document], steps: &[Step]) -> Option<&'a Value> {
+    let first = docs.first()?;
+    let (Step::Key(k), rest) = steps.split_first()? else {
+        return None;
+    };
+    let mut node = first.items.iter().find_map(|i| match i {
+        Item::Pair(key, v) if key == k => Some(v),
+        _ => None,
+    })?;
+    for step in rest {
+        node = match (step, node) {
+            (Step::Key(k), v) => v.get(k)?,
+            (Step::Index(i), Value::List(l)) => &l[crate::sops::tree::element_index(l, *i)?],
+            _ => return None,
+        };
     }
+    Some(node)
 }
 
 /// Reads a file into a wiped-on-drop buffer; a missing file is exit 100 as in sops.
@@ -615,14 +626,12 @@ pub fn decrypt(args: &DecryptArgs, env: &Env<'_>, stdout: &mut dyn Write) -> Res
     )?;
     let indent = 4;
     let out: Zeroizing<Vec<u8>> = match &args.extract {
-        None => Zeroizing::new(
-            store::emit_plain(out_format, &decrypted.docs, indent).map_err(|e| {
-                Failure::new(
-                    Code::ERROR_DUMPING_TREE,
-                    format!("{fname}: cannot write as {out_format:?}: {e}"),
-                )
-            })?,
-        ),
+        None => store::emit_plain(out_format, &decrypted.docs, indent).map_err(|e| {
+            Failure::new(
+                Code::ERROR_DUMPING_TREE,
+                format!("{fname}: cannot write as {out_format:?}: {e}"),
+            )
+        })?,
         Some(path) => {
             let steps = parse_extract(path).ok_or_else(|| {
                 Failure::new(
@@ -630,53 +639,13 @@ pub fn decrypt(args: &DecryptArgs, env: &Env<'_>, stdout: &mut dyn Write) -> Res
                     format!("--extract {path:?}: expected a path like '[\"key\"][0][\"other\"]'"),
                 )
             })?;
-            // A copy of the first document, wiped however this arm ends.
-            let root = Wiped(Value::Map(
-                decrypted
-                    .docs
-                    .first()
-                    .map(|d| d.items.clone())
-                    .unwrap_or_default(),
-            ));
-            let mut node = &root.0;
-            for step in &steps {
-                node = match (step, node) {
-                    (Step::Key(k), v) => v.get(k),
-                    (Step::Index(i), Value::List(l)) => {
-                        crate::sops::tree::element_index(l, *i).map(|p| &l[p])
-                    }
-                    _ => None,
-                }
-                .ok_or_else(|| {
-                    Failure::new(
-                        Code::INVALID_TREE_PATH_FORMAT,
-                        format!("{fname}: --extract {path}: no such key or index"),
-                    )
-                })?;
-            }
-            Zeroizing::new(match node {
-                Value::Str(s) | Value::Time(s) => s.clone().into_bytes(),
-                Value::Bytes(b) => b.clone(),
-                Value::Int(i) => i.to_string().into_bytes(),
-                Value::Float(f) => crate::sops::tree::format_float(*f).into_bytes(),
-                Value::Bool(b) => b.to_string().into_bytes(),
-                Value::Null => b"null".to_vec(),
-                Value::Map(items) => store::emit_plain(
-                    Format::Yaml,
-                    &[crate::sops::tree::Document::new(items.clone())],
-                    indent,
+            let node = extract(&decrypted.docs, &steps).ok_or_else(|| {
+                Failure::new(
+                    Code::INVALID_TREE_PATH_FORMAT,
+                    format!("{fname}: --extract {path}: no such key or index"),
                 )
-                .map_err(|e| Failure::new(Code::ERROR_DUMPING_TREE, e.to_string()))?,
-                Value::List(_) => {
-                    let doc = crate::sops::tree::Document::new(vec![Item::Pair(
-                        "value".into(),
-                        node.clone(),
-                    )]);
-                    store::emit_plain(Format::Yaml, &[doc], indent)
-                        .map_err(|e| Failure::new(Code::ERROR_DUMPING_TREE, e.to_string()))?
-                }
-                Value::Comment(_) => vec![],
-            })
+            })?;
+            store::emit_plain_value(node, indent)
         }
     };
     write_output(&args.io, &out, stdout)

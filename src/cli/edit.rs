@@ -191,10 +191,8 @@ pub fn edit(args: &EditArgs, env: &Env<'_>, stderr: &mut dyn Write) -> Result<()
     let exists = file.exists();
     let (plain, existing) = if exists {
         let decrypted = crypt::open(file, format, &args.identity, env, false)?;
-        let plain = Zeroizing::new(
-            store::emit_plain(format, &decrypted.docs, 4)
-                .map_err(|e| Failure::new(Code::ERROR_DUMPING_TREE, format!("{fname}: {e}")))?,
-        );
+        let plain = store::emit_plain(format, &decrypted.docs, 4)
+            .map_err(|e| Failure::new(Code::ERROR_DUMPING_TREE, format!("{fname}: {e}")))?;
         (plain, Some(decrypted))
     } else {
         let example: &[u8] = match format {
@@ -421,8 +419,8 @@ fn change_in_place(
 ) -> Result<(), Failure> {
     let fname = file.display();
     let format = Format::from_path(file);
-    let decrypted = crypt::open(file, format, identity, env, false)?;
-    let mut docs = decrypted.docs.clone();
+    let mut decrypted = crypt::open(file, format, identity, env, false)?;
+    let mut docs = std::mem::take(&mut decrypted.docs);
     let first = docs
         .first_mut()
         .ok_or_else(|| Failure::new(Code::GENERIC, format!("{fname}: the file has no document")))?;

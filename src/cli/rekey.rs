@@ -116,7 +116,7 @@ fn recipients(meta: &Metadata) -> BTreeSet<String> {
 fn rekey(
     file: &Path,
     format: Format,
-    decrypted: sops::Decrypted,
+    mut decrypted: sops::Decrypted,
     groups: &[Vec<(String, crate::keys::Recipient)>],
     threshold: Option<usize>,
 ) -> Result<Vec<u8>, Failure> {
@@ -132,7 +132,7 @@ fn rekey(
     meta.key_groups =
         sops::wrap_groups(&key, groups, threshold, &mut rng).map_err(|e| fail(file, e))?;
     meta.shamir_threshold = threshold;
-    let mut docs = decrypted.docs.clone();
+    let mut docs = std::mem::take(&mut decrypted.docs);
     sops::seal(
         &mut docs,
         meta,

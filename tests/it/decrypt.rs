@@ -46,14 +46,14 @@ fn secret_value(snapshot: &Snapshot, file: &str, path: &[&str]) -> String {
         .items
         .iter()
         .find_map(|i| match i {
-            lockstep::sops::tree::Item::Pair(k, v) if k == path[0] => Some(v.clone()),
+            lockstep::sops::tree::Item::Pair(k, v) if k == path[0] => Some(v),
             _ => None,
         })
         .expect("first key");
     for k in &path[1..] {
-        v = v.get(k).expect("key").clone();
+        v = v.get(k).expect("key");
     }
-    v.scalar_text().expect("scalar")
+    v.scalar_text().expect("scalar").expose().to_string()
 }
 
 #[test]

@@ -33,31 +33,31 @@ fn ok(out: Output, what: &str) -> Vec<u8> {
 
 /// Data of a decrypted file without comments, for comparing two tools' outputs.
 fn data(format: Format, bytes: &[u8]) -> Vec<Value> {
-    fn strip(v: &Value) -> Value {
+    fn strip(v: Value) -> Value {
         match v {
             Value::Map(items) => Value::Map(
                 items
-                    .iter()
+                    .into_iter()
                     .filter_map(|i| match i {
-                        Item::Pair(k, v) => Some(Item::Pair(k.clone(), strip(v))),
+                        Item::Pair(k, v) => Some(Item::Pair(k, strip(v))),
                         Item::Comment(_) => None,
                     })
                     .collect(),
             ),
             Value::List(l) => Value::List(
-                l.iter()
+                l.into_iter()
                     .filter(|v| !matches!(v, Value::Comment(_)))
                     .map(strip)
                     .collect(),
             ),
-            other => other.clone(),
+            other => other,
         }
     }
     let loaded = store::load_plain(format, bytes).expect("decrypted output parses");
     loaded
         .docs
-        .iter()
-        .map(|d| strip(&Value::Map(d.items.clone())))
+        .into_iter()
+        .map(|d| strip(Value::Map(d.items)))
         .collect()
 }
 

@@ -254,11 +254,13 @@ fn tree_to_json(v: &Tree) -> Json {
                 .map(tree_to_json)
                 .collect(),
         ),
-        Tree::Str(s) | Tree::Time(s) => Json::String(s.clone()),
-        Tree::Int(i) => Json::from(*i),
-        Tree::Float(f) => serde_json::Number::from_f64(*f).map_or(Json::Null, Json::Number),
-        Tree::Bool(b) => Json::Bool(*b),
-        Tree::Bytes(b) => Json::String(String::from_utf8_lossy(b).into_owned()),
+        Tree::Str(s) | Tree::Time(s) => Json::String(s.expose().to_string()),
+        Tree::Int(i) => Json::from(*i.expose()),
+        Tree::Float(f) => {
+            serde_json::Number::from_f64(*f.expose()).map_or(Json::Null, Json::Number)
+        }
+        Tree::Bool(b) => Json::Bool(*b.expose()),
+        Tree::Bytes(b) => Json::String(String::from_utf8_lossy(b.expose()).into_owned()),
         Tree::Null | Tree::Comment(_) => Json::Null,
     }
 }
@@ -266,9 +268,9 @@ fn tree_to_json(v: &Tree) -> Json {
 /// The bytes of a decrypted leaf (scalars as sops writes them in flat formats).
 fn leaf_bytes(v: &Tree) -> Option<Zeroizing<Vec<u8>>> {
     Some(Zeroizing::new(match v {
-        Tree::Bytes(b) => b.clone(),
+        Tree::Bytes(b) => b.expose().to_vec(),
         Tree::Map(_) | Tree::List(_) | Tree::Comment(_) => return None,
-        other => other.scalar_text()?.into_bytes(),
+        other => other.scalar_text()?.expose().as_bytes().to_vec(),
     }))
 }
 

@@ -45,6 +45,7 @@ pub struct ConfigError(pub String);
 fn strings(v: &Value, what: &str) -> Result<Vec<String>, ConfigError> {
     let out: Vec<String> = match v {
         Value::Str(s) => s
+            .expose()
             .split(',')
             .map(|r| r.trim().to_string())
             .filter(|r| !r.is_empty())
@@ -54,7 +55,8 @@ fn strings(v: &Value, what: &str) -> Result<Vec<String>, ConfigError> {
             for i in items {
                 match i {
                     Value::Str(s) => out.extend(
-                        s.split(',')
+                        s.expose()
+                            .split(',')
                             .map(|r| r.trim().to_string())
                             .filter(|r| !r.is_empty()),
                     ),
@@ -90,9 +92,14 @@ const FOREIGN: [&str; 7] = [
     "hckms",
 ];
 
+/// A scalar's text as a configuration field (`.sops.yaml` is never plaintext).
+fn text_of(v: &Value) -> Option<String> {
+    v.scalar_text().map(|t| t.expose().to_string())
+}
+
 fn parse_rule(v: &Value, n: usize) -> Result<CreationRule, ConfigError> {
     let ctx = |field: &str| format!("creation_rules[{n}].{field}");
-    let path_regex = match v.get("path_regex").and_then(Value::scalar_text) {
+    let path_regex = match v.get("path_regex").and_then(text_of) {
         Some(r) => {
             Some(Regex::new(&r).map_err(|e| ConfigError(format!("{}: {e}", ctx("path_regex"))))?)
         }
@@ -132,7 +139,7 @@ fn parse_rule(v: &Value, n: usize) -> Result<CreationRule, ConfigError> {
             }]
         }
     };
-    let shamir_threshold = match v.get("shamir_threshold").and_then(Value::scalar_text) {
+    let shamir_threshold = match v.get("shamir_threshold").and_then(text_of) {
         Some(t) => Some(t.parse().map_err(|_| {
             ConfigError(format!(
                 "{}: {t:?} is not a number",
@@ -143,11 +150,12 @@ fn parse_rule(v: &Value, n: usize) -> Result<CreationRule, ConfigError> {
     };
     let fields: Vec<(&str, String)> = SELECTION_FIELDS
         .iter()
-        .filter_map(|f| v.get(f).and_then(Value::scalar_text).map(|s| (*f, s)))
+        .filter_map(|f| v.get(f).and_then(text_of).map(|s| (*f, s)))
         .collect();
     let selection = Selection::from_fields(fields.iter().map(|(f, s)| (*f, s.as_str())))
         .map_err(|e| ConfigError(format!("creation_rules[{n}]: {e}")))?;
-    let mac_only_encrypted = matches!(v.get("mac_only_encrypted"), Some(Value::Bool(true)));
+    let mac_only_encrypted =
+        matches!(v.get("mac_only_encrypted"), Some(Value::Bool(b)) if *b.expose());
     Ok(CreationRule {
         path_regex,
         key_groups,
@@ -162,10 +170,10 @@ impl Config {
     /// Parses `.sops.yaml` text.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let docs = yaml::parse(text).map_err(|e| ConfigError(e.to_string()))?;
-        let Some(doc) = docs.first() else {
+        let Some(doc) = docs.into_iter().next() else {
             return Ok(Config::default());
         };
-        let root = Value::Map(doc.items.clone());
+        let root = Value::Map(doc.items);
         let mut config = Config::default();
         if let Some(Value::List(rules)) = root.get("creation_rules") {
             for (n, rule) in rules
@@ -181,7 +189,7 @@ impl Config {
             .and_then(|s| s.get("yaml"))
             .and_then(|y| y.get("indent"))
         {
-            config.yaml_indent = usize::try_from(*i).ok();
+            config.yaml_indent = usize::try_from(*i.expose()).ok();
         }
         Ok(config)
     }

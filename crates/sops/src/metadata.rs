@@ -19,12 +19,31 @@ pub struct AgeEntry {
 }
 
 /// A key group: every key in it can recover the group's share of the data key.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, PartialEq, Default)]
 pub struct KeyGroup {
     /// age recipients.
     pub age: Vec<AgeEntry>,
     /// Other key types, verbatim: `(type, list)` e.g. `("pgp", [...])`.
     pub others: Vec<(String, Value)>,
+}
+
+/// Metadata holds no plaintext, so its tree parts may be copied (trees are not `Clone` in general).
+impl Clone for KeyGroup {
+    fn clone(&self) -> Self {
+        KeyGroup {
+            age: self.age.clone(),
+            others: self
+                .others
+                .iter()
+                .map(|(k, v)| (k.clone(), v.duplicate()))
+                .collect(),
+        }
+    }
+}
+
+/// A scalar's text as a metadata field (metadata is never plaintext).
+fn field_text(v: &Value) -> Option<String> {
+    v.scalar_text().map(|t| t.expose().to_string())
 }
 
 impl KeyGroup {
@@ -91,7 +110,7 @@ fn parse_group(v: &Value) -> Result<KeyGroup, MetadataError> {
                 _ => return Err(MetadataError::Invalid("age must be a list".into())),
             };
             for entry in list {
-                let field = |name: &str| entry.get(name).and_then(Value::scalar_text);
+                let field = |name: &str| entry.get(name).and_then(field_text);
                 let recipient = field("recipient")
                     .ok_or_else(|| MetadataError::Invalid("age entry without recipient".into()))?;
                 let enc = field("enc")
@@ -102,7 +121,7 @@ fn parse_group(v: &Value) -> Result<KeyGroup, MetadataError> {
                 });
             }
         } else if KEY_TYPES.contains(&k.as_str()) {
-            group.others.push((k.clone(), val.clone()));
+            group.others.push((k.clone(), val.duplicate()));
         }
     }
     Ok(group)
@@ -116,7 +135,7 @@ impl Metadata {
                 "the sops key is not a mapping".into(),
             ));
         }
-        let text = |name: &str| v.get(name).and_then(Value::scalar_text);
+        let text = |name: &str| v.get(name).and_then(field_text);
         let key_groups = match v.get("key_groups") {
             Some(Value::List(groups)) if !groups.is_empty() => groups
                 .iter()
@@ -173,15 +192,19 @@ impl Metadata {
     /// The block as a tree, keys in alphabetical order as sops 3.13 writes them.
     pub fn to_value(&self) -> Value {
         fn group_items(g: &KeyGroup, in_group: bool) -> Vec<(String, Value)> {
-            let mut out: Vec<(String, Value)> = g.others.clone();
+            let mut out: Vec<(String, Value)> = g
+                .others
+                .iter()
+                .map(|(k, v)| (k.clone(), v.duplicate()))
+                .collect();
             if !g.age.is_empty() || in_group {
                 let list = g
                     .age
                     .iter()
                     .map(|e| {
                         Value::Map(vec![
-                            Item::Pair("enc".into(), Value::Str(e.enc.clone())),
-                            Item::Pair("recipient".into(), Value::Str(e.recipient.clone())),
+                            Item::Pair("enc".into(), Value::Str(e.enc.as_str().into())),
+                            Item::Pair("recipient".into(), Value::Str(e.recipient.as_str().into())),
                         ])
                     })
                     .collect();
@@ -205,16 +228,19 @@ impl Metadata {
             fields.push(("key_groups".into(), Value::List(groups)));
         }
         if let Some(t) = self.shamir_threshold {
-            fields.push(("shamir_threshold".into(), Value::Int(t as i64)));
+            fields.push(("shamir_threshold".into(), Value::Int((t as i64).into())));
         }
-        fields.push(("lastmodified".into(), Value::Str(self.lastmodified.clone())));
-        fields.push(("mac".into(), Value::Str(self.mac.clone())));
+        fields.push((
+            "lastmodified".into(),
+            Value::Str(self.lastmodified.as_str().into()),
+        ));
+        fields.push(("mac".into(), Value::Str(self.mac.as_str().into())));
         let (sel_field, sel_value) = self.selection.field();
-        fields.push((sel_field.into(), Value::Str(sel_value)));
+        fields.push((sel_field.into(), Value::Str(sel_value.into())));
         if self.mac_only_encrypted {
-            fields.push(("mac_only_encrypted".into(), Value::Bool(true)));
+            fields.push(("mac_only_encrypted".into(), Value::Bool(true.into())));
         }
-        fields.push(("version".into(), Value::Str(self.version.clone())));
+        fields.push(("version".into(), Value::Str(self.version.as_str().into())));
         fields.sort_by(|a, b| a.0.cmp(&b.0));
         Value::Map(fields.into_iter().map(|(k, v)| Item::Pair(k, v)).collect())
     }

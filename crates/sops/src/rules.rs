@@ -100,14 +100,16 @@ impl Selection {
     }
 
     /// Whether a value at `path` (keys from the root), under the given active comments, is encrypted.
-    pub fn encrypts(&self, path: &[String], comments: &[String]) -> bool {
+    pub fn encrypts<C: AsRef<str>>(&self, path: &[String], comments: &[C]) -> bool {
         match self {
             Selection::UnencryptedSuffix(s) => !path.iter().any(|k| k.ends_with(s.as_str())),
             Selection::EncryptedSuffix(s) => path.iter().any(|k| k.ends_with(s.as_str())),
             Selection::UnencryptedRegex(r) => !path.iter().any(|k| r.is_match(k)),
             Selection::EncryptedRegex(r) => path.iter().any(|k| r.is_match(k)),
-            Selection::UnencryptedCommentRegex(r) => !comments.iter().any(|c| r.is_match(c)),
-            Selection::EncryptedCommentRegex(r) => comments.iter().any(|c| r.is_match(c)),
+            Selection::UnencryptedCommentRegex(r) => {
+                !comments.iter().any(|c| r.is_match(c.as_ref()))
+            }
+            Selection::EncryptedCommentRegex(r) => comments.iter().any(|c| r.is_match(c.as_ref())),
         }
     }
 

@@ -8,7 +8,7 @@ use zeroize::Zeroizing;
 
 use super::cipher::{self, CipherError, DataKey, ValueType};
 use super::rules::Selection;
-use super::tree::{Comment, Document, Item, Value, format_float};
+use super::tree::{Comment, Document, Item, Plain, Value, format_float};
 
 /// A value that could not be encrypted or decrypted, named by its key path (never its value).
 #[derive(Debug, thiserror::Error)]
@@ -65,15 +65,17 @@ impl Mac {
 /// Canonical plaintext bytes of a leaf, as sops hashes and encrypts them.
 fn canonical(v: &Value) -> Option<(Zeroizing<Vec<u8>>, ValueType)> {
     let (bytes, ty) = match v {
-        Value::Str(s) => (s.as_bytes().to_vec(), ValueType::Str),
-        Value::Int(i) => (i.to_string().into_bytes(), ValueType::Int),
-        Value::Float(f) => (format_float(*f).into_bytes(), ValueType::Float),
+        Value::Str(s) => (s.expose().as_bytes().to_vec(), ValueType::Str),
+        Value::Int(i) => (i.expose().to_string().into_bytes(), ValueType::Int),
+        Value::Float(f) => (format_float(*f.expose()).into_bytes(), ValueType::Float),
         Value::Bool(b) => (
-            (if *b { "True" } else { "False" }).as_bytes().to_vec(),
+            (if *b.expose() { "True" } else { "False" })
+                .as_bytes()
+                .to_vec(),
             ValueType::Bool,
         ),
-        Value::Time(t) => (t.as_bytes().to_vec(), ValueType::Time),
-        Value::Bytes(b) => (b.clone(), ValueType::Str),
+        Value::Time(t) => (t.expose().as_bytes().to_vec(), ValueType::Time),
+        Value::Bytes(b) => (b.expose().to_vec(), ValueType::Str),
         Value::Null | Value::Map(_) | Value::List(_) | Value::Comment(_) => return None,
     };
     Some((Zeroizing::new(bytes), ty))
@@ -94,23 +96,27 @@ fn retype(bytes: Zeroizing<Vec<u8>>, ty: ValueType, binary: bool) -> Result<Valu
         std::str::from_utf8(&bytes).map_err(|_| format!("decrypted {} is not UTF-8", ty.as_str()))
     };
     Ok(match ty {
-        ValueType::Str if binary => Value::Bytes(bytes.to_vec()),
-        ValueType::Str | ValueType::Comment => Value::Str(text()?.to_string()),
-        ValueType::Bytes => Value::Bytes(bytes.to_vec()),
-        ValueType::Int => Value::Int(
+        ValueType::Str if binary => Value::Bytes(bytes.as_slice().into()),
+        ValueType::Str | ValueType::Comment => Value::Str(text()?.into()),
+        ValueType::Bytes => Value::Bytes(bytes.as_slice().into()),
+        ValueType::Int => Value::Int(Plain::new(
             text()?
                 .parse()
                 .map_err(|_| "decrypted int does not parse".to_string())?,
-        ),
-        ValueType::Float => Value::Float(match text()? {
+        )),
+        ValueType::Float => Value::Float(Plain::new(match text()? {
             "+Inf" | "Inf" => f64::INFINITY,
             "-Inf" => f64::NEG_INFINITY,
             t => t
                 .parse()
                 .map_err(|_| "decrypted float does not parse".to_string())?,
-        }),
-        ValueType::Bool => Value::Bool(parse_bool(text()?).ok_or("decrypted bool does not parse")?),
-        ValueType::Time => Value::Time(text()?.to_string()),
+        })),
+        ValueType::Bool => Value::Bool(
+            parse_bool(text()?)
+                .ok_or("decrypted bool does not parse")?
+                .into(),
+        ),
+        ValueType::Time => Value::Time(text()?.into()),
     })
 }
 
@@ -215,7 +221,8 @@ struct State<'w, 'r, 'a> {
     mac: Mac,
     path: Vec<String>,
     indices: Vec<(usize, usize)>,
-    comments: Vec<String>,
+    /// The plaintext of the comments above the current value (the comment-regex options).
+    comments: Vec<Plain<String>>,
 }
 
 impl<'w, 'r, 'a> State<'w, 'r, 'a> {
@@ -247,39 +254,45 @@ impl<'w, 'r, 'a> State<'w, 'r, 'a> {
     }
 
     /// Encrypts or decrypts a comment; returns its plaintext (for the comment-regex options).
-    fn comment(&mut self, c: &mut Comment) -> Result<String, WalkError> {
-        let before = c.text.clone();
-        let marker = self.walk.selection.is_marker(&c.text);
+    fn comment(&mut self, c: &mut Comment) -> Result<Plain<String>, WalkError> {
+        let before = Plain::from(c.text.expose().as_str());
+        let marker = self.walk.selection.is_marker(c.text.expose());
         let selected = !marker && self.walk.selection.encrypts(&self.path, &self.comments);
         match &mut self.mode {
             Mode::Encrypt { rng, stash } => {
-                if selected && !c.text.is_empty() {
+                if selected && !c.text.expose().is_empty() {
                     let aad = aad(&self.path);
-                    let iv = iv_for(rng, *stash, &aad, ValueType::Comment, c.text.as_bytes());
+                    let iv = iv_for(
+                        rng,
+                        *stash,
+                        &aad,
+                        ValueType::Comment,
+                        c.text.expose().as_bytes(),
+                    );
                     let enc = cipher::seal(
                         self.walk.key,
-                        c.text.as_bytes(),
+                        c.text.expose().as_bytes(),
                         &iv,
                         &aad,
                         ValueType::Comment,
                     );
-                    c.text = enc;
+                    c.text = enc.into();
                 }
                 Ok(before)
             }
             Mode::Decrypt { stash, .. } => {
-                if cipher::is_encrypted(&c.text) {
+                if cipher::is_encrypted(c.text.expose()) {
                     // Like sops: a comment that does not decrypt is kept as it is.
                     let aad = aad(&self.path);
-                    if let Ok(sealed) = cipher::parse(&c.text)
+                    if let Ok(sealed) = cipher::parse(c.text.expose())
                         && let Ok(plain) = cipher::open(self.walk.key, &sealed, &aad)
                         && let Ok(text) = std::str::from_utf8(&plain)
                     {
                         stash.remember(&aad, ValueType::Comment, &plain, &sealed.iv);
-                        c.text = text.to_string();
+                        c.text = text.into();
                     }
                 }
-                Ok(c.text.clone())
+                Ok(Plain::from(c.text.expose().as_str()))
             }
             Mode::Check => Ok(before),
         }
@@ -291,9 +304,9 @@ impl<'w, 'r, 'a> State<'w, 'r, 'a> {
             Mode::Check => match v {
                 _ if !selected => {}
                 Value::Null => {}
-                Value::Str(s) if s.is_empty() => {}
+                Value::Str(s) if s.expose().is_empty() => {}
                 Value::Str(s) => {
-                    cipher::parse(s).map_err(|e| self.err(e.to_string()))?;
+                    cipher::parse(s.expose()).map_err(|e| self.err(e.to_string()))?;
                 }
                 other => {
                     return Err(self.err(format!(
@@ -310,9 +323,9 @@ impl<'w, 'r, 'a> State<'w, 'r, 'a> {
                 if selected && !bytes.is_empty() {
                     let aad = aad(&self.path);
                     let iv = iv_for(rng, *stash, &aad, ty, &bytes);
-                    *v = Value::Str(cipher::seal(self.walk.key, &bytes, &iv, &aad, ty));
+                    *v = Value::Str(cipher::seal(self.walk.key, &bytes, &iv, &aad, ty).into());
                 } else if selected {
-                    *v = Value::Str(String::new());
+                    *v = Value::Str(String::new().into());
                 }
             }
             Mode::Decrypt { binary, .. } => {
@@ -325,9 +338,10 @@ impl<'w, 'r, 'a> State<'w, 'r, 'a> {
                 }
                 match v {
                     Value::Null => {}
-                    Value::Str(s) if s.is_empty() => {}
+                    Value::Str(s) if s.expose().is_empty() => {}
                     Value::Str(s) => {
-                        let sealed = cipher::parse(s).map_err(|e| self.err(e.to_string()))?;
+                        let sealed =
+                            cipher::parse(s.expose()).map_err(|e| self.err(e.to_string()))?;
                         let plain = cipher::open(self.walk.key, &sealed, &aad(&self.path)).map_err(|e| match e {
                             CipherError::Auth => self.err(
                                 "value does not decrypt with this file's data key (modified outside lockstep/sops, or moved to another key path)",

@@ -14,7 +14,7 @@ pub fn parse(text: &str) -> Result<(Vec<Document>, Option<Value>), StoreError> {
         }
         if let Some(c) = line.strip_prefix('#') {
             items.push(Item::Comment(Comment {
-                text: c.to_string(),
+                text: c.into(),
                 inline: false,
             }));
             continue;
@@ -29,7 +29,7 @@ pub fn parse(text: &str) -> Result<(Vec<Document>, Option<Value>), StoreError> {
         if let Some(mk) = k.strip_prefix("sops_") {
             meta.push((mk.to_string(), v));
         } else {
-            items.push(Item::Pair(k.to_string(), Value::Str(v)));
+            items.push(Item::Pair(k.to_string(), Value::Str(v.into())));
         }
     }
     let metadata = if meta.is_empty() {
@@ -51,7 +51,7 @@ pub fn emit(docs: &[Document], metadata: Option<&Value>) -> Result<String, Store
             match item {
                 Item::Comment(c) => {
                     out.push('#');
-                    out.push_str(&c.text);
+                    out.push_str(c.text.expose());
                     out.push('\n');
                 }
                 Item::Pair(k, v) => {
@@ -66,7 +66,12 @@ pub fn emit(docs: &[Document], metadata: Option<&Value>) -> Result<String, Store
                     }
                     out.push_str(k);
                     out.push('=');
-                    out.push_str(&v.scalar_text().unwrap_or_default().replace('\n', "\\n"));
+                    out.push_str(
+                        &v.scalar_text()
+                            .unwrap_or_default()
+                            .expose()
+                            .replace('\n', "\\n"),
+                    );
                     out.push('\n');
                 }
             }

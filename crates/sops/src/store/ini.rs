@@ -26,7 +26,7 @@ pub fn parse(text: &str) -> Result<(Vec<Document>, Option<Value>), StoreError> {
         let current = &mut sections.last_mut().expect("DEFAULT section exists").1;
         if let Some(c) = line.strip_prefix(';').or_else(|| line.strip_prefix('#')) {
             current.push(Item::Comment(Comment {
-                text: c.trim_start().to_string(),
+                text: c.trim_start().into(),
                 inline: false,
             }));
             continue;
@@ -77,7 +77,7 @@ pub fn parse(text: &str) -> Result<(Vec<Document>, Option<Value>), StoreError> {
         } else {
             value = unquote(&value);
         }
-        current.push(Item::Pair(k.trim().to_string(), Value::Str(value)));
+        current.push(Item::Pair(k.trim().to_string(), Value::Str(value.into())));
     }
     let mut metadata = None;
     let mut items = Vec::new();
@@ -86,7 +86,7 @@ pub fn parse(text: &str) -> Result<(Vec<Document>, Option<Value>), StoreError> {
             let pairs = section
                 .into_iter()
                 .filter_map(|i| match i {
-                    Item::Pair(k, Value::Str(v)) => Some((k, v.replace("\\n", "\n"))),
+                    Item::Pair(k, Value::Str(v)) => Some((k, v.expose().replace("\\n", "\n"))),
                     _ => None,
                 })
                 .collect();
@@ -106,7 +106,7 @@ fn reads_back(raw: &str) -> Option<String> {
     let (docs, _) = parse(&format!("[s]\nk = {raw}\n")).ok()?;
     match docs.first()?.items.first()? {
         Item::Pair(_, Value::Map(items)) if items.len() == 1 => match &items[0] {
-            Item::Pair(_, Value::Str(s)) => Some(s.clone()),
+            Item::Pair(_, Value::Str(s)) => Some(s.expose().to_string()),
             _ => None,
         },
         _ => None,
@@ -159,7 +159,7 @@ pub fn emit(docs: &[Document], metadata: Option<&Value>) -> Result<String, Store
             match item {
                 Item::Comment(c) => {
                     out.push_str("; ");
-                    out.push_str(&c.text);
+                    out.push_str(c.text.expose());
                     out.push('\n');
                 }
                 Item::Pair(section, Value::Map(items)) => {
@@ -171,7 +171,7 @@ pub fn emit(docs: &[Document], metadata: Option<&Value>) -> Result<String, Store
                         match item {
                             Item::Comment(c) => {
                                 out.push_str("; ");
-                                out.push_str(&c.text);
+                                out.push_str(c.text.expose());
                                 out.push('\n');
                             }
                             Item::Pair(k, v) => {
@@ -182,7 +182,7 @@ pub fn emit(docs: &[Document], metadata: Option<&Value>) -> Result<String, Store
                                         v.kind()
                                     ),
                                 })?;
-                                write_value(&mut out, k, &t)?;
+                                write_value(&mut out, k, t.expose())?;
                             }
                         }
                     }

@@ -8,12 +8,12 @@ use crate::tree::{Document, Item, Value, format_float};
 pub fn from_json(v: serde_json::Value) -> Value {
     match v {
         serde_json::Value::Null => Value::Null,
-        serde_json::Value::Bool(b) => Value::Bool(b),
+        serde_json::Value::Bool(b) => Value::Bool(b.into()),
         serde_json::Value::Number(n) => match n.as_i64() {
-            Some(i) => Value::Int(i),
-            None => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+            Some(i) => Value::Int(i.into()),
+            None => Value::Float(n.as_f64().unwrap_or(f64::NAN).into()),
         },
-        serde_json::Value::String(s) => Value::Str(s),
+        serde_json::Value::String(s) => Value::Str(s.into()),
         serde_json::Value::Array(a) => Value::List(a.into_iter().map(from_json).collect()),
         serde_json::Value::Object(o) => Value::Map(
             o.into_iter()
@@ -60,35 +60,41 @@ fn string(out: &mut String, s: &str) {
     out.push('"');
 }
 
+/// The key–value pairs of a mapping's items (JSON drops comments).
+fn pairs_of(items: &[Item]) -> Vec<(&str, &Value)> {
+    items
+        .iter()
+        .filter_map(|i| match i {
+            Item::Pair(k, v) => Some((k.as_str(), v)),
+            Item::Comment(_) => None,
+        })
+        .collect()
+}
+
+fn map(out: &mut String, pairs: &[(&str, &Value)], depth: usize, indent: &str) {
+    if pairs.is_empty() {
+        out.push_str("{}");
+        return;
+    }
+    out.push_str("{\n");
+    for (n, (k, v)) in pairs.iter().enumerate() {
+        out.push_str(&indent.repeat(depth + 1));
+        string(out, k);
+        out.push_str(": ");
+        value(out, v, depth + 1, indent);
+        if n + 1 < pairs.len() {
+            out.push(',');
+        }
+        out.push('\n');
+    }
+    out.push_str(&indent.repeat(depth));
+    out.push('}');
+}
+
 fn value(out: &mut String, v: &Value, depth: usize, indent: &str) {
     let pad = |n: usize| indent.repeat(n);
     match v {
-        Value::Map(items) => {
-            let pairs: Vec<_> = items
-                .iter()
-                .filter_map(|i| match i {
-                    Item::Pair(k, v) => Some((k, v)),
-                    Item::Comment(_) => None,
-                })
-                .collect();
-            if pairs.is_empty() {
-                out.push_str("{}");
-                return;
-            }
-            out.push_str("{\n");
-            for (n, (k, v)) in pairs.iter().enumerate() {
-                out.push_str(&pad(depth + 1));
-                string(out, k);
-                out.push_str(": ");
-                value(out, v, depth + 1, indent);
-                if n + 1 < pairs.len() {
-                    out.push(',');
-                }
-                out.push('\n');
-            }
-            out.push_str(&pad(depth));
-            out.push('}');
-        }
+        Value::Map(items) => map(out, &pairs_of(items), depth, indent),
         Value::List(values) => {
             let values: Vec<_> = values
                 .iter()
@@ -110,20 +116,20 @@ fn value(out: &mut String, v: &Value, depth: usize, indent: &str) {
             out.push_str(&pad(depth));
             out.push(']');
         }
-        Value::Str(s) | Value::Time(s) => string(out, s),
-        Value::Bytes(b) => string(out, &String::from_utf8_lossy(b)),
-        Value::Int(i) => out.push_str(&i.to_string()),
-        Value::Float(f) if f.is_finite() => {
+        Value::Str(s) | Value::Time(s) => string(out, s.expose()),
+        Value::Bytes(b) => string(out, &String::from_utf8_lossy(b.expose())),
+        Value::Int(i) => out.push_str(&i.expose().to_string()),
+        Value::Float(f) if f.expose().is_finite() => {
             // Keep integral floats recognisable as floats (`1.0`), so the type survives a round trip.
-            let text = format_float(*f);
+            let text = format_float(*f.expose());
             out.push_str(&text);
             if !text.contains('.') {
                 out.push_str(".0");
             }
         }
         // JSON has no NaN/Inf; keep them as strings rather than writing invalid JSON.
-        Value::Float(f) => string(out, &format_float(*f)),
-        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Float(f) => string(out, &format_float(*f.expose())),
+        Value::Bool(b) => out.push_str(if *b.expose() { "true" } else { "false" }),
         Value::Null => out.push_str("null"),
         Value::Comment(_) => {}
     }
@@ -131,17 +137,12 @@ fn value(out: &mut String, v: &Value, depth: usize, indent: &str) {
 
 /// Emits one document (JSON has no multi-document form) with `metadata` as the last key `sops`.
 pub fn emit(docs: &[Document], metadata: Option<&Value>, indent: &str) -> String {
-    let mut items: Vec<Item> = docs.first().map(|d| d.items.clone()).unwrap_or_default();
+    let mut pairs = docs.first().map(|d| pairs_of(&d.items)).unwrap_or_default();
     if let Some(m) = metadata {
-        items.push(Item::Pair("sops".into(), m.clone()));
+        pairs.push(("sops", m));
     }
     let mut out = String::new();
-    let doc = Value::Map(items);
-    value(&mut out, &doc, 0, indent);
+    map(&mut out, &pairs, 0, indent);
     out.push('\n');
-    drop(Document::new(match doc {
-        Value::Map(items) => items,
-        _ => vec![],
-    }));
     out
 }

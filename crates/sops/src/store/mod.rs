@@ -7,6 +7,8 @@ pub mod yaml;
 
 use std::path::Path;
 
+use zeroize::Zeroizing;
+
 use crate::tree::{Document, Item, Value};
 
 /// The file formats sops (and lockstep) read and write.
@@ -87,7 +89,7 @@ pub fn load_plain(format: Format, bytes: &[u8]) -> Result<Loaded, StoreError> {
         Format::Binary => Ok(Loaded {
             docs: vec![Document::new(vec![Item::Pair(
                 "data".into(),
-                Value::Bytes(bytes.to_vec()),
+                Value::Bytes(bytes.into()),
             )])],
             metadata: None,
         }),
@@ -148,8 +150,8 @@ pub fn emit_plain(
     format: Format,
     docs: &[Document],
     yaml_indent: usize,
-) -> Result<Vec<u8>, StoreError> {
-    Ok(match format {
+) -> Result<Zeroizing<Vec<u8>>, StoreError> {
+    Ok(Zeroizing::new(match format {
         Format::Yaml => {
             yaml::check_keys(docs)?;
             yaml::emit(docs, None, yaml_indent).into_bytes()
@@ -158,8 +160,8 @@ pub fn emit_plain(
         Format::Dotenv => dotenv::emit(docs, None)?.into_bytes(),
         Format::Ini => ini::emit(docs, None)?.into_bytes(),
         Format::Binary => match docs.first().and_then(|d| d.items.first()) {
-            Some(Item::Pair(k, Value::Bytes(b))) if k == "data" => b.clone(),
-            Some(Item::Pair(k, Value::Str(s))) if k == "data" => s.clone().into_bytes(),
+            Some(Item::Pair(k, Value::Bytes(b))) if k == "data" => b.expose().to_vec(),
+            Some(Item::Pair(k, Value::Str(s))) if k == "data" => s.expose().as_bytes().to_vec(),
             _ => {
                 return Err(StoreError {
                     line: None,
@@ -167,6 +169,22 @@ pub fn emit_plain(
                 });
             }
         },
+    }))
+}
+
+/// Emits one decrypted value on its own (`decrypt --extract`): a scalar as its text, a mapping as a
+/// YAML document, a list as a YAML document with the single key `value`.
+pub fn emit_plain_value(v: &Value, yaml_indent: usize) -> Zeroizing<Vec<u8>> {
+    Zeroizing::new(match v {
+        Value::Str(s) | Value::Time(s) => s.expose().as_bytes().to_vec(),
+        Value::Bytes(b) => b.expose().to_vec(),
+        Value::Null => b"null".to_vec(),
+        Value::Comment(_) => Vec::new(),
+        Value::Map(_) | Value::List(_) => yaml::emit_value(v, yaml_indent).into_bytes(),
+        scalar => scalar
+            .scalar_text()
+            .map(|t| t.expose().as_bytes().to_vec())
+            .unwrap_or_default(),
     })
 }
 
@@ -191,10 +209,14 @@ pub fn flatten(v: &Value) -> Vec<(String, String)> {
                     walk(&format!("{prefix}__list_{i}"), child, out);
                 }
             }
-            Value::Str(s) | Value::Time(s) => out.push((prefix.to_string(), s.clone())),
-            Value::Int(i) => out.push((prefix.to_string(), i.to_string())),
-            Value::Float(f) => out.push((prefix.to_string(), crate::tree::format_float(*f))),
-            Value::Bool(b) => out.push((prefix.to_string(), b.to_string())),
+            Value::Str(s) | Value::Time(s) => {
+                out.push((prefix.to_string(), s.expose().to_string()))
+            }
+            Value::Int(i) => out.push((prefix.to_string(), i.expose().to_string())),
+            Value::Float(f) => {
+                out.push((prefix.to_string(), crate::tree::format_float(*f.expose())))
+            }
+            Value::Bool(b) => out.push((prefix.to_string(), b.expose().to_string())),
             Value::Bytes(_) | Value::Null | Value::Comment(_) => {}
         }
     }
@@ -248,7 +270,7 @@ pub fn unflatten(pairs: Vec<(String, String)>) -> Result<Value, String> {
     }
     fn insert(node: &mut Value, segs: &[Seg], leaf: String, max: usize) -> Result<(), String> {
         let Some((head, tail)) = segs.split_first() else {
-            *node = Value::Str(leaf);
+            *node = Value::Str(leaf.into());
             return Ok(());
         };
         match head {

@@ -15,30 +15,30 @@ use crate::tree::{Comment, Document, Item, Value, format_float};
 pub fn resolve_plain(s: &str) -> Value {
     match s {
         "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
-        "true" | "True" | "TRUE" => return Value::Bool(true),
-        "false" | "False" | "FALSE" => return Value::Bool(false),
+        "true" | "True" | "TRUE" => return Value::Bool(true.into()),
+        "false" | "False" | "FALSE" => return Value::Bool(false.into()),
         ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" => {
-            return Value::Float(f64::INFINITY);
+            return Value::Float(f64::INFINITY.into());
         }
-        "-.inf" | "-.Inf" | "-.INF" => return Value::Float(f64::NEG_INFINITY),
-        ".nan" | ".NaN" | ".NAN" => return Value::Float(f64::NAN),
+        "-.inf" | "-.Inf" | "-.INF" => return Value::Float(f64::NEG_INFINITY.into()),
+        ".nan" | ".NaN" | ".NAN" => return Value::Float(f64::NAN.into()),
         _ => {}
     }
     let first = s.as_bytes()[0];
     if first.is_ascii_digit() || first == b'-' || first == b'+' || first == b'.' {
         if let Some(i) = parse_int(s) {
-            return Value::Int(i);
+            return Value::Int(i.into());
         }
         if is_float(s)
             && let Ok(f) = s.parse::<f64>()
         {
-            return Value::Float(f);
+            return Value::Float(f.into());
         }
         if let Some(t) = parse_timestamp(s) {
-            return Value::Time(t);
+            return Value::Time(t.into());
         }
     }
-    Value::Str(s.to_string())
+    Value::Str(s.into())
 }
 
 /// Go `strconv.ParseInt(s, 0, 64)` after removing `_` (go-yaml v3's int rule).
@@ -232,7 +232,7 @@ fn hoist_final_comments(items: &mut Vec<Item>) {
 /// A value written on one line, which an inline comment can follow.
 fn one_line(v: &Value) -> bool {
     match v {
-        Value::Str(s) | Value::Time(s) => !s.contains('\n'),
+        Value::Str(s) | Value::Time(s) => !s.expose().contains('\n'),
         Value::Map(_) | Value::List(_) | Value::Comment(_) | Value::Bytes(_) => false,
         Value::Int(_) | Value::Float(_) | Value::Bool(_) | Value::Null => true,
     }
@@ -247,28 +247,35 @@ fn opening_comments(pending: &mut Vec<Comment>) -> impl Iterator<Item = Comment>
     })
 }
 
+/// How many nodes aliases may copy in one stream: past this an alias is refused, so a small file of
+/// nested aliases (a "billion laughs") cannot make the parser exhaust memory.
+pub const MAX_ALIAS_NODES: usize = 100_000;
+
 /// A copy of a value without its comments: an alias repeats the anchored data, not the comments written
-/// around the anchor.
-fn without_comments(v: &Value) -> Value {
-    match v {
+/// around the anchor. Counts the nodes it makes into `budget`; `None` when the budget runs out.
+fn without_comments(v: &Value, budget: &mut usize) -> Option<Value> {
+    *budget = budget.checked_sub(1)?;
+    Some(match v {
         Value::Map(items) => Value::Map(
             items
                 .iter()
                 .filter_map(|i| match i {
-                    Item::Pair(k, v) => Some(Item::Pair(k.clone(), without_comments(v))),
+                    Item::Pair(k, v) => {
+                        Some(without_comments(v, budget).map(|v| Item::Pair(k.clone(), v)))
+                    }
                     Item::Comment(_) => None,
                 })
-                .collect(),
+                .collect::<Option<_>>()?,
         ),
         Value::List(values) => Value::List(
             values
                 .iter()
                 .filter(|v| !matches!(v, Value::Comment(_)))
-                .map(without_comments)
-                .collect(),
+                .map(|v| without_comments(v, budget))
+                .collect::<Option<_>>()?,
         ),
-        other => other.clone(),
-    }
+        other => other.duplicate(),
+    })
 }
 
 enum Frame {
@@ -293,65 +300,255 @@ fn err(line: usize, message: impl Into<String>) -> StoreError {
 
 /// Parses a YAML stream into documents (each a top-level mapping; empty documents are skipped).
 pub fn parse(text: &str) -> Result<Vec<Document>, StoreError> {
-    let mut docs: Vec<Document> = Vec::new();
-    let mut stack: Vec<Frame> = Vec::new();
-    let mut anchors: HashMap<usize, Value> = HashMap::new();
-    let mut doc_comments: Vec<Item> = Vec::new();
-    let mut pending: Vec<Comment> = Vec::new();
-    // Per open collection: its block indentation (when known) and comments to attach after it closes.
-    let mut indents: Vec<Option<usize>> = Vec::new();
-    let mut trailing: Vec<Vec<Comment>> = Vec::new();
+    let mut parse = Parse::default();
+    for event in Parser::new_from_str(text) {
+        let (event, span) = event.map_err(|e| err(e.marker().line(), e.info()))?;
+        parse.event(event, span.start.line(), span.start.col())?;
+    }
+    Ok(parse.docs)
+}
 
-    // Attach a finished node to its parent (or make it the document).
-    fn attach(
-        stack: &mut [Frame],
-        docs: &mut Vec<Document>,
-        doc_comments: &mut Vec<Item>,
-        pending: &mut Vec<Comment>,
+/// The state of a parse: the documents so far, the open collections and the comments waiting for a
+/// place.
+#[derive(Default)]
+struct Parse {
+    docs: Vec<Document>,
+    stack: Vec<Frame>,
+    anchors: HashMap<usize, Value>,
+    /// Nodes aliases have copied so far (at most [`MAX_ALIAS_NODES`]).
+    alias_copied: usize,
+    /// Comments before the first key of a document.
+    doc_comments: Vec<Item>,
+    /// Comments between a key and its value.
+    pending: Vec<Comment>,
+    /// Per open collection: its block indentation, once known.
+    indents: Vec<Option<usize>>,
+    /// Per open collection: comments to attach after it closes, at its parent's level.
+    trailing: Vec<Vec<Comment>>,
+}
+
+impl Parse {
+    /// Takes one parser event at `line`/`col`.
+    fn event(&mut self, event: Event<'_>, line: usize, col: usize) -> Result<(), StoreError> {
+        self.note_indent(&event, col);
+        let closed = match event {
+            Event::DocumentEnd => {
+                self.document_end();
+                None
+            }
+            Event::Comment(text, placement) => {
+                self.comment(text.into_owned(), placement == Placement::Right, col);
+                None
+            }
+            Event::Scalar(text, style, anchor, tag) => Some((
+                self.scalar(&text, style, tag.as_deref()),
+                anchor,
+                Vec::new(),
+            )),
+            Event::Alias(id) => Some((self.alias(id, line)?, 0, Vec::new())),
+            Event::MappingStart(_, anchor, _) => {
+                self.mapping_start(anchor, line);
+                None
+            }
+            Event::SequenceStart(style, anchor, _) => {
+                let block = matches!(style, granit_parser::StructureStyle::Block);
+                self.sequence_start(anchor, block.then_some(col));
+                None
+            }
+            Event::MappingEnd => Some(self.mapping_end(line)?),
+            Event::SequenceEnd => Some(self.sequence_end(line)?),
+            _ => None,
+        };
+        match closed {
+            Some((value, anchor, carry)) => self.closed(value, anchor, carry, line),
+            None => Ok(()),
+        }
+    }
+
+    /// The first node of a block mapping tells its indentation.
+    fn note_indent(&mut self, event: &Event<'_>, col: usize) {
+        if let (
+            Some(Frame::Map {
+                items, key: None, ..
+            }),
+            Some(ind @ None),
+        ) = (self.stack.last(), self.indents.last_mut())
+            && !items.iter().any(|i| matches!(i, Item::Pair(..)))
+            && event.is_node()
+        {
+            *ind = Some(col);
+        }
+    }
+
+    /// Comments after the last key belong to the last document.
+    fn document_end(&mut self) {
+        if let Some(doc) = self.docs.last_mut() {
+            doc.items.append(&mut self.doc_comments);
+            doc.items.extend(self.pending.drain(..).map(Item::Comment));
+        }
+        self.doc_comments.clear();
+        self.pending.clear();
+    }
+
+    /// Places a comment. An own-line comment left of a nested block's indentation belongs to an outer
+    /// block; it is attached there once the nested block closes.
+    fn comment(&mut self, text: String, inline: bool, col: usize) {
+        let mut c = Comment {
+            text: text.into(),
+            inline,
+        };
+        let mut target = self.stack.len();
+        if !c.inline {
+            while target > 1 && self.indents[target - 1].is_some_and(|ind| col < ind) {
+                target -= 1;
+            }
+        }
+        if target < self.stack.len() {
+            self.trailing[target].push(c);
+            return;
+        }
+        match self.stack.last_mut() {
+            None => self
+                .doc_comments
+                .push(Item::Comment(Comment { inline: false, ..c })),
+            Some(Frame::Map { key: Some(_), .. }) => self.pending.push(c),
+            Some(Frame::Map { items, .. }) => {
+                // Inline only after a one-line value; else it stands on its own line.
+                c.inline &= matches!(items.last(), Some(Item::Pair(_, v)) if one_line(v));
+                items.push(Item::Comment(c));
+            }
+            Some(Frame::List { values, .. }) => {
+                c.inline &= values.last().is_some_and(one_line);
+                values.push(Value::Comment(c));
+            }
+        }
+    }
+
+    /// A scalar's value. Keys keep their text as written (`0x1F`, `1.0`, `~`): they name values, they
+    /// are not values, and resolving them would rename them on the next write.
+    fn scalar(&self, text: &str, style: ScalarStyle, tag: Option<&granit_parser::Tag>) -> Value {
+        let is_key = matches!(self.stack.last(), Some(Frame::Map { key: None, .. }));
+        let core =
+            |suffix: &str| tag.is_some_and(|t| t.is_yaml_core_schema() && t.suffix() == suffix);
+        if is_key || core("str") || core("binary") || !matches!(style, ScalarStyle::Plain) {
+            Value::Str(text.into())
+        } else {
+            resolve_plain(text)
+        }
+    }
+
+    /// A copy of the anchored value, within the alias budget.
+    fn alias(&mut self, id: usize, line: usize) -> Result<Value, StoreError> {
+        let anchored = self
+            .anchors
+            .get(&id)
+            .ok_or_else(|| err(line, "alias to an unknown anchor"))?;
+        let mut budget = MAX_ALIAS_NODES - self.alias_copied;
+        let copy = without_comments(anchored, &mut budget).ok_or_else(|| {
+            err(
+                line,
+                format!(
+                    "aliases expand to more than {MAX_ALIAS_NODES} values; write the values out or \
+                     use fewer nested aliases"
+                ),
+            )
+        })?;
+        self.alias_copied = MAX_ALIAS_NODES - budget;
+        Ok(copy)
+    }
+
+    fn mapping_start(&mut self, anchor: usize, line: usize) {
+        let mut items = Vec::new();
+        if matches!(self.stack.last(), Some(Frame::Map { key: Some(_), .. })) {
+            items.extend(opening_comments(&mut self.pending).map(Item::Comment));
+        }
+        self.stack.push(Frame::Map {
+            items,
+            key: None,
+            anchor,
+            line,
+        });
+        self.indents.push(None);
+        self.trailing.push(Vec::new());
+    }
+
+    fn sequence_start(&mut self, anchor: usize, block_indent: Option<usize>) {
+        let mut values = Vec::new();
+        if matches!(self.stack.last(), Some(Frame::Map { key: Some(_), .. })) {
+            values.extend(opening_comments(&mut self.pending).map(Value::Comment));
+        }
+        self.stack.push(Frame::List { values, anchor });
+        self.indents.push(block_indent);
+        self.trailing.push(Vec::new());
+    }
+
+    /// Closes a mapping: its value, anchor and the comments that follow it.
+    fn mapping_end(&mut self, line: usize) -> Result<(Value, usize, Vec<Comment>), StoreError> {
+        let Some(Frame::Map {
+            mut items,
+            key,
+            anchor,
+            line: start,
+        }) = self.stack.pop()
+        else {
+            return Err(err(line, "unbalanced mapping"));
+        };
+        self.indents.pop();
+        let carry = self.trailing.pop().unwrap_or_default();
+        if key.is_some() {
+            return Err(err(start, "mapping key without a value"));
+        }
+        if self.stack.is_empty() {
+            // Comments at the end of the document's top-level mapping.
+            items.extend(self.pending.drain(..).map(Item::Comment));
+        }
+        Ok((Value::Map(items), anchor, carry))
+    }
+
+    /// Closes a sequence: its value, anchor and the comments that follow it.
+    fn sequence_end(&mut self, line: usize) -> Result<(Value, usize, Vec<Comment>), StoreError> {
+        let Some(Frame::List { values, anchor }) = self.stack.pop() else {
+            return Err(err(line, "unbalanced sequence"));
+        };
+        self.indents.pop();
+        let carry = self.trailing.pop().unwrap_or_default();
+        Ok((Value::List(values), anchor, carry))
+    }
+
+    /// A finished node: remembered for aliases, attached to its parent, followed by the comments that
+    /// belong after it at its parent's level.
+    fn closed(
+        &mut self,
         value: Value,
+        anchor: usize,
+        carry: Vec<Comment>,
         line: usize,
     ) -> Result<(), StoreError> {
-        match stack.last_mut() {
-            None => match value {
-                Value::Map(mut items) => {
-                    let mut all = std::mem::take(doc_comments);
-                    all.append(&mut items);
-                    all.extend(pending.drain(..).map(Item::Comment));
-                    hoist_final_comments(&mut all);
-                    docs.push(Document::new(all));
-                    Ok(())
+        if anchor != 0 {
+            self.anchors.insert(anchor, value.duplicate());
+        }
+        self.attach(value, line)?;
+        match self.stack.last_mut() {
+            Some(Frame::Map { items, .. }) => items.extend(carry.into_iter().map(Item::Comment)),
+            Some(Frame::List { values, .. }) => {
+                values.extend(carry.into_iter().map(Value::Comment))
+            }
+            None => {
+                if let Some(doc) = self.docs.last_mut() {
+                    doc.items.extend(carry.into_iter().map(Item::Comment));
                 }
-                Value::Null => Ok(()),
-                other => Err(err(
-                    line,
-                    format!(
-                        "the top level of a document must be a mapping, found a {}",
-                        other.kind()
-                    ),
-                )),
-            },
+            }
+        }
+        Ok(())
+    }
+
+    /// Attaches a finished node to its parent, or makes it the document.
+    fn attach(&mut self, value: Value, line: usize) -> Result<(), StoreError> {
+        match self.stack.last_mut() {
+            None => self.document(value, line),
             Some(Frame::Map { items, key, .. }) => match key.take() {
                 None => {
-                    let k = match value {
-                        Value::Str(s) | Value::Time(s) => s,
-                        Value::Int(i) => i.to_string(),
-                        Value::Bool(b) => b.to_string(),
-                        Value::Float(f) => format_float(f),
-                        Value::Null => "null".into(),
-                        other => {
-                            return Err(err(
-                                line,
-                                format!("a {} cannot be a mapping key", other.kind()),
-                            ));
-                        }
-                    };
-                    if items
-                        .iter()
-                        .any(|i| matches!(i, Item::Pair(existing, _) if *existing == k))
-                    {
-                        return Err(err(line, format!("duplicate key {k:?}")));
-                    }
-                    *key = Some(k);
+                    *key = Some(key_of(items, value, line)?);
                     Ok(())
                 }
                 Some(k) => {
@@ -360,7 +557,7 @@ pub fn parse(text: &str) -> Result<Vec<Document>, StoreError> {
                     items.push(Item::Pair(k, value));
                     if is_scalar {
                         // As after a key: at most the first comment rides on the value's line.
-                        items.extend(opening_comments(pending).map(|c| {
+                        items.extend(opening_comments(&mut self.pending).map(|c| {
                             Item::Comment(Comment {
                                 inline: c.inline && can_follow,
                                 ..c
@@ -373,7 +570,7 @@ pub fn parse(text: &str) -> Result<Vec<Document>, StoreError> {
             Some(Frame::List { values, .. }) => {
                 let can_follow = one_line(&value);
                 values.push(value);
-                values.extend(opening_comments(pending).map(|c| {
+                values.extend(opening_comments(&mut self.pending).map(|c| {
                     Value::Comment(Comment {
                         inline: c.inline && can_follow,
                         ..c
@@ -384,178 +581,51 @@ pub fn parse(text: &str) -> Result<Vec<Document>, StoreError> {
         }
     }
 
-    for event in Parser::new_from_str(text) {
-        let (event, span) = event.map_err(|e| err(e.marker().line(), e.info()))?;
-        let line = span.start.line();
-        let mut finished: Option<(Value, usize)> = None;
-        let mut carry: Vec<Comment> = Vec::new();
-        if let (
-            Some(Frame::Map {
-                items, key: None, ..
-            }),
-            Some(ind @ None),
-        ) = (stack.last(), indents.last_mut())
-            && !items.iter().any(|i| matches!(i, Item::Pair(..)))
-            && event.is_node()
-        {
-            *ind = Some(span.start.col());
-        }
-        match event {
-            Event::StreamStart | Event::StreamEnd | Event::DocumentStart(..) => {}
-            Event::DocumentEnd if !pending.is_empty() || !doc_comments.is_empty() => {
-                // Comments after the last key belong to the last document.
-                if let Some(doc) = docs.last_mut() {
-                    doc.items.append(&mut doc_comments);
-                    doc.items.extend(pending.drain(..).map(Item::Comment));
-                }
-                doc_comments.clear();
-                pending.clear();
+    /// A finished top-level node: a mapping becomes a document, with the comments around it.
+    fn document(&mut self, value: Value, line: usize) -> Result<(), StoreError> {
+        match value {
+            Value::Map(mut items) => {
+                let mut all = std::mem::take(&mut self.doc_comments);
+                all.append(&mut items);
+                all.extend(self.pending.drain(..).map(Item::Comment));
+                hoist_final_comments(&mut all);
+                self.docs.push(Document::new(all));
+                Ok(())
             }
-            Event::DocumentEnd => {}
-            Event::Comment(text, placement) => {
-                let mut c = Comment {
-                    text: text.into_owned(),
-                    inline: placement == Placement::Right,
-                };
-                // An own-line comment left of a nested block's indentation belongs to an outer block; it
-                // is attached there once the nested block closes.
-                let mut target = stack.len();
-                if !c.inline {
-                    let col = span.start.col();
-                    while target > 1 && indents[target - 1].is_some_and(|ind| col < ind) {
-                        target -= 1;
-                    }
-                }
-                if target < stack.len() {
-                    trailing[target].push(c);
-                } else {
-                    match stack.last_mut() {
-                        None => doc_comments.push(Item::Comment(Comment { inline: false, ..c })),
-                        Some(Frame::Map { key: Some(_), .. }) => pending.push(c),
-                        Some(Frame::Map { items, .. }) => {
-                            // Inline only after a one-line value; else it stands on its own line.
-                            c.inline &=
-                                matches!(items.last(), Some(Item::Pair(_, v)) if one_line(v));
-                            items.push(Item::Comment(c));
-                        }
-                        Some(Frame::List { values, .. }) => {
-                            c.inline &= values.last().is_some_and(one_line);
-                            values.push(Value::Comment(c));
-                        }
-                    }
-                }
-            }
-            Event::Scalar(text, style, anchor, tag) => {
-                // Keys keep their text as written (`0x1F`, `1.0`, `~`): they name values, they are not
-                // values, and resolving them would rename them on the next write.
-                let is_key = matches!(stack.last(), Some(Frame::Map { key: None, .. }));
-                let value = match (style, tag.as_deref()) {
-                    _ if is_key => Value::Str(text.into_owned()),
-                    (_, Some(t)) if t.is_yaml_core_schema() && t.suffix() == "str" => {
-                        Value::Str(text.into_owned())
-                    }
-                    (_, Some(t)) if t.is_yaml_core_schema() && t.suffix() == "binary" => {
-                        Value::Str(text.into_owned())
-                    }
-                    (ScalarStyle::Plain, Some(t)) if t.is_yaml_core_schema() => {
-                        resolve_plain(&text)
-                    }
-                    (ScalarStyle::Plain, _) => resolve_plain(&text),
-                    _ => Value::Str(text.into_owned()),
-                };
-                finished = Some((value, anchor));
-            }
-            Event::Alias(id) => {
-                let value = anchors
-                    .get(&id)
-                    .map(without_comments)
-                    .ok_or_else(|| err(line, "alias to an unknown anchor"))?;
-                finished = Some((value, 0));
-            }
-            Event::MappingStart(_, anchor, _) => {
-                let mut items = Vec::new();
-                if matches!(stack.last(), Some(Frame::Map { key: Some(_), .. })) {
-                    items.extend(opening_comments(&mut pending).map(Item::Comment));
-                }
-                stack.push(Frame::Map {
-                    items,
-                    key: None,
-                    anchor,
-                    line,
-                });
-                indents.push(None);
-                trailing.push(Vec::new());
-            }
-            Event::SequenceStart(style, anchor, _) => {
-                let mut values = Vec::new();
-                if matches!(stack.last(), Some(Frame::Map { key: Some(_), .. })) {
-                    values.extend(opening_comments(&mut pending).map(Value::Comment));
-                }
-                stack.push(Frame::List { values, anchor });
-                indents.push(
-                    matches!(style, granit_parser::StructureStyle::Block).then(|| span.start.col()),
-                );
-                trailing.push(Vec::new());
-            }
-            Event::MappingEnd => {
-                let Some(Frame::Map {
-                    mut items,
-                    key,
-                    anchor,
-                    line: start,
-                }) = stack.pop()
-                else {
-                    return Err(err(line, "unbalanced mapping"));
-                };
-                indents.pop();
-                carry = trailing.pop().unwrap_or_default();
-                if key.is_some() {
-                    return Err(err(start, "mapping key without a value"));
-                }
-                if stack.is_empty() {
-                    // Comments at the end of the document's top-level mapping.
-                    items.extend(pending.drain(..).map(Item::Comment));
-                }
-                finished = Some((Value::Map(items), anchor));
-            }
-            Event::SequenceEnd => {
-                let Some(Frame::List { values, anchor }) = stack.pop() else {
-                    return Err(err(line, "unbalanced sequence"));
-                };
-                indents.pop();
-                carry = trailing.pop().unwrap_or_default();
-                finished = Some((Value::List(values), anchor));
-            }
-            _ => {}
-        }
-        // A closed collection: remember it for aliases, then attach it to its parent.
-        if let Some((value, anchor)) = finished {
-            if anchor != 0 {
-                anchors.insert(anchor, value.clone());
-            }
-            attach(
-                &mut stack,
-                &mut docs,
-                &mut doc_comments,
-                &mut pending,
-                value,
+            Value::Null => Ok(()),
+            other => Err(err(
                 line,
-            )?;
-            // Comments that belong after the block just closed, at its parent's level.
-            match stack.last_mut() {
-                Some(Frame::Map { items, .. }) => items.extend(carry.drain(..).map(Item::Comment)),
-                Some(Frame::List { values, .. }) => {
-                    values.extend(carry.drain(..).map(Value::Comment))
-                }
-                None => {
-                    if let Some(doc) = docs.last_mut() {
-                        doc.items.extend(carry.drain(..).map(Item::Comment));
-                    }
-                }
-            }
+                format!(
+                    "the top level of a document must be a mapping, found a {}",
+                    other.kind()
+                ),
+            )),
         }
     }
-    Ok(docs)
+}
+
+/// A scalar used as a mapping key, refused when it is a collection or repeats a key of `items`.
+fn key_of(items: &[Item], value: Value, line: usize) -> Result<String, StoreError> {
+    let k = match &value {
+        Value::Str(s) | Value::Time(s) => s.expose().to_string(),
+        Value::Int(i) => i.expose().to_string(),
+        Value::Bool(b) => b.expose().to_string(),
+        Value::Float(f) => format_float(*f.expose()),
+        Value::Null => "null".into(),
+        other => {
+            return Err(err(
+                line,
+                format!("a {} cannot be a mapping key", other.kind()),
+            ));
+        }
+    };
+    if items
+        .iter()
+        .any(|i| matches!(i, Item::Pair(existing, _) if *existing == k))
+    {
+        return Err(err(line, format!("duplicate key {k:?}")));
+    }
+    Ok(k)
 }
 
 // ------------------------------------------------------------------------------------------ emitter
@@ -616,11 +686,11 @@ fn literal_ok(s: &str) -> bool {
 fn scalar(v: &Value, indent: usize) -> String {
     match v {
         Value::Str(s) => {
-            if plain_safe(s) {
-                s.clone()
-            } else if literal_ok(s) {
-                let body = s.trim_end_matches('\n');
-                let trailing = s.len() - body.len();
+            if plain_safe(s.expose()) {
+                s.expose().to_string()
+            } else if literal_ok(s.expose()) {
+                let body = s.expose().trim_end_matches('\n');
+                let trailing = s.expose().len() - body.len();
                 let chomp = match trailing {
                     0 => "-",
                     1 => "",
@@ -628,7 +698,12 @@ fn scalar(v: &Value, indent: usize) -> String {
                 };
                 let pad = " ".repeat(indent);
                 let mut out = format!("|{chomp}");
-                for line in s.strip_suffix('\n').unwrap_or(s).split('\n') {
+                for line in s
+                    .expose()
+                    .strip_suffix('\n')
+                    .unwrap_or(s.expose())
+                    .split('\n')
+                {
                     out.push('\n');
                     if !line.is_empty() {
                         out.push_str(&pad);
@@ -637,20 +712,25 @@ fn scalar(v: &Value, indent: usize) -> String {
                 }
                 out
             } else {
-                double_quoted(s)
+                double_quoted(s.expose())
             }
         }
-        Value::Int(i) => i.to_string(),
-        Value::Float(f) if f.is_nan() => ".nan".into(),
-        Value::Float(f) if f.is_infinite() => (if *f > 0.0 { ".inf" } else { "-.inf" }).into(),
+        Value::Int(i) => i.expose().to_string(),
+        Value::Float(f) if f.expose().is_nan() => ".nan".into(),
+        Value::Float(f) if f.expose().is_infinite() => {
+            (if *f.expose() > 0.0 { ".inf" } else { "-.inf" }).into()
+        }
         Value::Float(f) => {
-            let s = format_float(*f);
+            let s = format_float(*f.expose());
             if s.contains('.') { s } else { format!("{s}.0") }
         }
-        Value::Bool(b) => b.to_string(),
-        Value::Time(t) => t.clone(),
+        Value::Bool(b) => b.expose().to_string(),
+        Value::Time(t) => t.expose().to_string(),
         Value::Null => "null".into(),
-        Value::Bytes(b) => scalar(&Value::Str(String::from_utf8_lossy(b).into_owned()), indent),
+        Value::Bytes(b) => scalar(
+            &Value::Str(String::from_utf8_lossy(b.expose()).into_owned().into()),
+            indent,
+        ),
         Value::Map(_) | Value::List(_) | Value::Comment(_) => String::new(),
     }
 }
@@ -701,8 +781,16 @@ impl Emitter {
     fn comment_line(&mut self, indent: usize, c: &Comment) {
         self.out.push_str(&" ".repeat(indent));
         self.out.push('#');
-        self.out.push_str(&c.text);
+        self.out.push_str(c.text.expose());
         self.out.push('\n');
+    }
+
+    /// Writes `key: value` after `lead`.
+    fn pair(&mut self, lead: &str, k: &str, v: &Value, indent: usize, inline: Option<&Comment>) {
+        self.out.push_str(lead);
+        self.out.push_str(&key_text(k));
+        self.out.push(':');
+        self.value_after_key(v, indent, inline);
     }
 
     /// Writes the items of a mapping, each line starting at `indent` (the first after `first_prefix`).
@@ -714,22 +802,19 @@ impl Emitter {
                 Item::Comment(c) => {
                     self.out.push_str(&lead);
                     self.out.push('#');
-                    self.out.push_str(&c.text);
+                    self.out.push_str(c.text.expose());
                     self.out.push('\n');
                 }
                 Item::Pair(k, v) => {
-                    self.out.push_str(&lead);
-                    self.out.push_str(&key_text(k));
-                    self.out.push(':');
                     // An inline comment right after the pair stays on its line.
                     let inline = match items.get(idx + 1) {
                         Some(Item::Comment(c)) if c.inline => {
                             idx += 1;
-                            Some(c.clone())
+                            Some(c)
                         }
                         _ => None,
                     };
-                    self.value_after_key(v, indent, inline.as_ref());
+                    self.pair(&lead, k, v, indent, inline);
                 }
             }
             idx += 1;
@@ -739,7 +824,7 @@ impl Emitter {
     fn inline_comment(&mut self, c: Option<&Comment>) {
         if let Some(c) = c {
             self.out.push_str(" #");
-            self.out.push_str(&c.text);
+            self.out.push_str(c.text.expose());
         }
     }
 
@@ -811,7 +896,7 @@ impl Emitter {
                 Some(Value::Comment(c))
                     if c.inline && !matches!(values[idx], Value::Comment(_)) =>
                 {
-                    Some(c.clone())
+                    Some(c)
                 }
                 _ => None,
             };
@@ -834,7 +919,7 @@ impl Emitter {
                     self.out.push_str(&pad);
                     self.out.push_str("- ");
                     self.out.push_str(&scalar(v, indent + 2));
-                    self.inline_comment(inline.as_ref());
+                    self.inline_comment(inline);
                     self.out.push('\n');
                 }
             }
@@ -870,17 +955,34 @@ pub fn emit(docs: &[Document], metadata: Option<&Value>, indent: usize) -> Strin
         if i > 0 {
             e.out.push_str("---\n");
         }
-        let mut items = doc.items.clone();
-        if let Some(meta) = metadata {
-            items.push(Item::Pair("sops".into(), meta.clone()));
-        }
-        e.map(&items, 0, None);
-        if !items.iter().any(|i| matches!(i, Item::Pair(..))) {
+        e.map(&doc.items, 0, None);
+        match metadata {
+            Some(meta) => e.pair("", "sops", meta, 0, None),
             // A document without keys is still a (empty) mapping, not just comments.
+            None if !doc.items.iter().any(|i| matches!(i, Item::Pair(..))) => {
+                e.out.push_str("{}\n")
+            }
+            None => {}
+        }
+    }
+    e.out
+}
+
+/// Emits a mapping as a document of its items, anything else as a document `value: <v>`.
+pub fn emit_value(v: &Value, indent: usize) -> String {
+    let mut e = Emitter {
+        out: String::new(),
+        step: indent.clamp(2, 9),
+    };
+    match v {
+        Value::Map(items) if items.iter().any(|i| matches!(i, Item::Pair(..))) => {
+            e.map(items, 0, None)
+        }
+        Value::Map(items) => {
+            e.map(items, 0, None);
             e.out.push_str("{}\n");
         }
-        // `items` holds copies of document strings: wipe them with the copy.
-        drop(Document::new(items));
+        other => e.pair("", "value", other, 0, None),
     }
     e.out
 }
@@ -891,15 +993,15 @@ mod tests {
 
     #[test]
     fn plain_scalars_resolve_like_go_yaml_v3() {
-        assert_eq!(resolve_plain("42"), Value::Int(42));
-        assert_eq!(resolve_plain("0x1F"), Value::Int(31));
-        assert_eq!(resolve_plain("017"), Value::Int(15));
-        assert_eq!(resolve_plain("1_000"), Value::Int(1000));
-        assert_eq!(resolve_plain("-7"), Value::Int(-7));
-        assert_eq!(resolve_plain("1.5"), Value::Float(1.5));
-        assert_eq!(resolve_plain("1e3"), Value::Float(1000.0));
+        assert_eq!(resolve_plain("42"), Value::Int(42.into()));
+        assert_eq!(resolve_plain("0x1F"), Value::Int(31.into()));
+        assert_eq!(resolve_plain("017"), Value::Int(15.into()));
+        assert_eq!(resolve_plain("1_000"), Value::Int(1000.into()));
+        assert_eq!(resolve_plain("-7"), Value::Int((-7).into()));
+        assert_eq!(resolve_plain("1.5"), Value::Float(1.5.into()));
+        assert_eq!(resolve_plain("1e3"), Value::Float(1000.0.into()));
         assert_eq!(resolve_plain("yes"), Value::Str("yes".into()));
-        assert_eq!(resolve_plain("True"), Value::Bool(true));
+        assert_eq!(resolve_plain("True"), Value::Bool(true.into()));
         assert_eq!(resolve_plain("~"), Value::Null);
         assert_eq!(
             resolve_plain("2024-01-01"),
@@ -944,13 +1046,13 @@ mod tests {
             vec![
                 Item::Pair(
                     "d".into(),
-                    Value::Map(vec![Item::Pair("e".into(), Value::Int(1))])
+                    Value::Map(vec![Item::Pair("e".into(), Value::Int(1.into()))])
                 ),
                 Item::Comment(Comment {
                     text: " after".into(),
                     inline: false
                 }),
-                Item::Pair("f".into(), Value::Int(2)),
+                Item::Pair("f".into(), Value::Int(2.into())),
             ]
         );
         let out = emit(&docs, None, 4);
@@ -1063,6 +1165,22 @@ mod tests {
             })
         );
         assert_eq!(parse(&emit(&docs, None, 4)).expect("re-parses"), docs);
+    }
+
+    #[test]
+    fn nested_aliases_are_refused_past_the_budget_naming_the_line() {
+        // Nine levels of ten aliases each: 10^9 nodes if expanded.
+        let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for n in 1..10 {
+            let refs = vec![format!("*a{}", n - 1); 10].join(", ");
+            text.push_str(&format!("a{n}: &a{n} [{refs}]\n"));
+        }
+        let e = parse(&text).expect_err("an alias bomb is refused");
+        assert!(e.message.contains("aliases expand to more than"), "{e}");
+        assert!(matches!(e.line, Some(l) if (4..=10).contains(&l)), "{e:?}");
+        // Within the budget, aliases still expand (and drop their comments).
+        let docs = parse("a: &x {k: v} # c\nb: *x\n").expect("parses");
+        assert_eq!(docs[0].items.len(), 3, "{:?}", docs[0].items);
     }
 
     #[test]
