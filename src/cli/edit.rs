@@ -172,6 +172,104 @@ fn check_edit(format: Format, bytes: &[u8]) -> Result<Vec<crate::sops::tree::Doc
 /// How many times a non-interactive session reopens the editor on invalid content before giving up.
 const NON_INTERACTIVE_RETRIES: usize = 3;
 
+/// Where an edit goes: back into the file it came from, or into a new file for planned recipients.
+enum Target {
+    Existing(Box<crate::sops::Decrypted>),
+    New(crypt::NewFile),
+}
+
+/// What the editor opens with: the decrypted file (and what re-encrypting needs), or an example
+/// for a new file.
+fn starting_text(
+    args: &EditArgs,
+    format: Format,
+    env: &Env<'_>,
+) -> Result<(Zeroizing<Vec<u8>>, Option<crate::sops::Decrypted>), Failure> {
+    let file = &args.file;
+    if file.exists() {
+        let decrypted = crypt::open(file, format, &args.identity, env, false)?;
+        let plain = store::emit_plain(format, &decrypted.docs, 4).map_err(|e| {
+            Failure::new(Code::ERROR_DUMPING_TREE, format!("{}: {e}", file.display()))
+        })?;
+        return Ok((plain, Some(decrypted)));
+    }
+    let example: &[u8] = match format {
+        Format::Yaml => {
+            b"# New secrets file: add keys and values, save and quit.\nexample_key: example_value\n"
+        }
+        Format::Json => b"{\n\t\"example_key\": \"example_value\"\n}\n",
+        Format::Dotenv => b"EXAMPLE_KEY=example_value\n",
+        Format::Ini => b"[section]\nexample_key = example_value\n",
+        Format::Binary => b"",
+    };
+    Ok((Zeroizing::new(example.to_vec()), None))
+}
+
+/// Runs the editor until the scratch file holds a valid edit: the parsed documents and the text.
+/// Unchanged (same digest as `unchanged`), interrupted or abandoned edits end with nothing changed.
+fn edit_until_valid(
+    file: &Path,
+    format: Format,
+    env: &Env<'_>,
+    scratch: &ScratchFile,
+    unchanged: Option<&[u8]>,
+    interrupted: &AtomicBool,
+    stderr: &mut dyn Write,
+) -> Result<(Vec<crate::sops::tree::Document>, Zeroizing<Vec<u8>>), Failure> {
+    let fname = file.display();
+    let interactive = std::io::stdin().is_terminal();
+    let mut attempts = 0;
+    loop {
+        run_editor(env, &scratch.path)?;
+        if interrupted.load(Ordering::SeqCst) {
+            return Err(Failure::new(
+                Code::INTERRUPTED,
+                format!("{fname}: interrupted; nothing was changed"),
+            ));
+        }
+        let edited = scratch.read()?;
+        if unchanged.is_some_and(|d| Sha256::digest(edited.as_slice()).as_slice() == d) {
+            return Err(Failure::new(
+                Code::FILE_HAS_NOT_BEEN_MODIFIED,
+                format!("{fname}: file not modified; nothing was changed"),
+            ));
+        }
+        let why = match check_edit(format, &edited) {
+            Ok(docs) => return Ok((docs, edited)),
+            Err(why) => why,
+        };
+        attempts += 1;
+        let _ = writeln!(
+            stderr,
+            "lockstep: {fname}: the edited file is not valid: {why}"
+        );
+        if interactive {
+            let _ = write!(
+                stderr,
+                "Press Enter to fix it in the editor (your edit is kept), or type q and Enter to abandon it: "
+            );
+            let _ = stderr.flush();
+            let mut answer = String::new();
+            let _ = std::io::stdin().lock().read_line(&mut answer);
+            if answer.trim() == "q" {
+                return Err(Failure::new(
+                    Code::GENERIC,
+                    format!("{fname}: edit abandoned; nothing was changed"),
+                ));
+            }
+        } else if attempts >= NON_INTERACTIVE_RETRIES {
+            return Err(Failure::new(
+                Code::ERROR,
+                format!(
+                    "{fname}: still not valid after {attempts} attempts ({why}); nothing was changed"
+                ),
+            ));
+        } else {
+            let _ = writeln!(stderr, "lockstep: reopening the editor with your edit");
+        }
+    }
+}
+
 /// `lockstep edit`
 pub fn edit(args: &EditArgs, env: &Env<'_>, stderr: &mut dyn Write) -> Result<(), Failure> {
     let file = &args.file;
@@ -188,27 +286,11 @@ pub fn edit(args: &EditArgs, env: &Env<'_>, stderr: &mut dyn Write) -> Result<()
         })?,
         None => Format::from_path(file),
     };
-    let exists = file.exists();
-    let (plain, existing) = if exists {
-        let decrypted = crypt::open(file, format, &args.identity, env, false)?;
-        let plain = store::emit_plain(format, &decrypted.docs, 4)
-            .map_err(|e| Failure::new(Code::ERROR_DUMPING_TREE, format!("{fname}: {e}")))?;
-        (plain, Some(decrypted))
-    } else {
-        let example: &[u8] = match format {
-            Format::Yaml => b"# New secrets file: add keys and values, save and quit.\nexample_key: example_value\n",
-            Format::Json => b"{\n\t\"example_key\": \"example_value\"\n}\n",
-            Format::Dotenv => b"EXAMPLE_KEY=example_value\n",
-            Format::Ini => b"[section]\nexample_key = example_value\n",
-            Format::Binary => b"",
-        };
-        (Zeroizing::new(example.to_vec()), None)
-    };
+    let (plain, existing) = starting_text(args, format, env)?;
     // For a new file, settle the recipients before anyone types a secret.
-    let new_plan = if exists {
-        None
-    } else {
-        Some(args.new.plan(file, env)?)
+    let target = match existing {
+        Some(decrypted) => Target::Existing(Box::new(decrypted)),
+        None => Target::New(args.new.plan(file, env)?),
     };
 
     // Keep running when the terminal's Ctrl+C reaches us too: the editor handles it, and we must live
@@ -224,69 +306,25 @@ pub fn edit(args: &EditArgs, env: &Env<'_>, stderr: &mut dyn Write) -> Result<()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "secrets".into());
     let scratch = ScratchFile::create(&name, &plain)?;
-    let original = Sha256::digest(plain.as_slice());
-    let interactive = std::io::stdin().is_terminal();
-    let mut attempts = 0;
-    let (docs, edited) = loop {
-        run_editor(env, &scratch.path)?;
-        if interrupted.load(Ordering::SeqCst) {
-            return Err(Failure::new(
-                Code::INTERRUPTED,
-                format!("{fname}: interrupted; nothing was changed"),
-            ));
-        }
-        let edited = scratch.read()?;
-        if exists && Sha256::digest(edited.as_slice()) == original {
-            return Err(Failure::new(
-                Code::FILE_HAS_NOT_BEEN_MODIFIED,
-                format!("{fname}: file not modified; nothing was changed"),
-            ));
-        }
-        match check_edit(format, &edited) {
-            Ok(docs) => break (docs, edited),
-            Err(why) => {
-                attempts += 1;
-                let _ = writeln!(
-                    stderr,
-                    "lockstep: {fname}: the edited file is not valid: {why}"
-                );
-                if interactive {
-                    let _ = write!(
-                        stderr,
-                        "Press Enter to fix it in the editor (your edit is kept), or type q and Enter to abandon it: "
-                    );
-                    let _ = stderr.flush();
-                    let mut answer = String::new();
-                    let _ = std::io::stdin().lock().read_line(&mut answer);
-                    if answer.trim() == "q" {
-                        return Err(Failure::new(
-                            Code::GENERIC,
-                            format!("{fname}: edit abandoned; nothing was changed"),
-                        ));
-                    }
-                } else if attempts >= NON_INTERACTIVE_RETRIES {
-                    return Err(Failure::new(
-                        Code::ERROR,
-                        format!(
-                            "{fname}: still not valid after {attempts} attempts ({why}); nothing was changed"
-                        ),
-                    ));
-                } else {
-                    let _ = writeln!(stderr, "lockstep: reopening the editor with your edit");
-                }
-            }
-        }
-    };
+    let unchanged = matches!(target, Target::Existing(_)).then(|| Sha256::digest(plain.as_slice()));
+    let (docs, edited) = edit_until_valid(
+        file,
+        format,
+        env,
+        &scratch,
+        unchanged.as_ref().map(|d| d.as_slice()),
+        &interrupted,
+        stderr,
+    )?;
     drop(scratch);
 
-    let out = match existing {
-        Some(decrypted) => {
+    let out = match target {
+        Target::Existing(decrypted) => {
             let mut docs = docs;
             reencrypt(file, &decrypted, &mut docs, format)?
         }
-        None => {
+        Target::New(plan) => {
             drop(docs);
-            let plan = new_plan.expect("planned for new files");
             crypt::encrypt_new(file, format, format, &edited, plan)?
         }
     };
