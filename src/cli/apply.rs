@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use serde_json::json;
 
-use crate::apply::{self, Action, Event, Options, Summary};
+use crate::apply::{self, ADOPTED, Action, Event, Options, Summary};
 use crate::decrypt;
 use crate::keys::KeyRing;
 use crate::pipeline::{self, Fetched, StageError};
@@ -110,6 +110,9 @@ pub async fn config(args: &ClusterArgs) -> Result<kube::Config, Failure> {
         context: args.context.clone(),
         ..Default::default()
     };
+    if let Some(context) = &args.context {
+        check_context(args.kubeconfig.as_deref(), context)?;
+    }
     Ok(match &args.kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
@@ -127,6 +130,40 @@ pub async fn config(args: &ClusterArgs) -> Result<kube::Config, Failure> {
             })?,
         },
     })
+}
+
+/// `--context NAME` must name a context of the kubeconfig in use (`--kubeconfig`, else
+/// $KUBECONFIG, else ~/.kube/config); the error lists the ones there are.
+fn check_context(kubeconfig: Option<&Path>, context: &str) -> Result<(), Failure> {
+    let (read, file) = match kubeconfig {
+        Some(path) => (
+            kube::config::Kubeconfig::read_from(path),
+            path.display().to_string(),
+        ),
+        None => (
+            kube::config::Kubeconfig::read(),
+            std::env::var("KUBECONFIG").unwrap_or_else(|_| "~/.kube/config".into()),
+        ),
+    };
+    let Ok(kc) = read else {
+        // Unreadable: the connection reports why.
+        return Ok(());
+    };
+    if kc.contexts.iter().any(|c| c.name == context) {
+        return Ok(());
+    }
+    let known: Vec<&str> = kc.contexts.iter().map(|c| c.name.as_str()).collect();
+    Err(Failure::new(
+        Code::ERROR,
+        format!(
+            "context {context:?} does not exist in {file}; its contexts: {}",
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
+        ),
+    ))
 }
 
 /// A client for `config`, counting its requests.
@@ -191,23 +228,48 @@ impl pipeline::Inputs for Local<'_> {
     }
 }
 
-/// The CLI's message and exit code for a failed step.
-fn failure(dir: &Path, e: &StageError, stderr: &mut dyn Write) -> Failure {
+/// The CLI's message and exit code for a failed step (`preview`: of `diff`, which applies nothing
+/// anyway).
+fn failure(dir: &Path, e: &StageError, preview: bool, stderr: &mut dyn Write) -> Failure {
+    let stopped = if preview {
+        "no diff was made"
+    } else {
+        "nothing was applied"
+    };
     let message = match e {
         StageError::Render(d) => {
             let _ = stderr.write_all(draw(d).as_bytes());
             return Failure::new(
                 Code::ERROR,
-                format!("render of {} failed; nothing was applied", dir.display()),
+                format!("render of {} failed; {stopped}", dir.display()),
             );
         }
         StageError::Keys(_) | StageError::Decrypt { .. } => e.to_string(),
+        StageError::Apply(a) if has_conflicts(a) => {
+            return Failure::new(
+                Code::ERROR,
+                format!(
+                    "{e}\n  other field managers own these fields: pass --force-conflicts to take them over (as `kubectl apply --server-side --force-conflicts` does)"
+                ),
+            );
+        }
         _ => return Failure::new(Code::ERROR, e.to_string()),
     };
     Failure::new(
         e.sops_exit_code().map_or(Code::ERROR, Code::from_sops),
-        format!("{message}\n  nothing was applied"),
+        format!("{message}\n  {stopped}"),
     )
+}
+
+/// Whether the server refused objects for field-manager conflicts.
+fn has_conflicts(e: &apply::ApplyError) -> bool {
+    let refusals = match e {
+        apply::ApplyError::Validation { refusals, .. } | apply::ApplyError::Apply(refusals) => {
+            refusals
+        }
+        _ => return false,
+    };
+    refusals.iter().any(|r| r.reason.contains("conflict with"))
 }
 
 /// Runs the pipeline up to (and including) apply or diff.
@@ -232,6 +294,7 @@ pub(crate) async fn pipeline_of(
     stderr: &mut dyn Write,
 ) -> Result<(Summary, String), Failure> {
     let dir = &args.render.dir;
+    let preview = opts.dry_run;
     let mut inputs = Local {
         dir,
         snapshot,
@@ -245,7 +308,7 @@ pub(crate) async fn pipeline_of(
     progress.end(stderr);
     match result {
         Ok(done) => Ok((done.summary, done.target)),
-        Err(failed) => Err(failure(dir, &failed.error, stderr)),
+        Err(failed) => Err(failure(dir, &failed.error, preview, stderr)),
     }
 }
 
@@ -467,9 +530,15 @@ pub fn run_diff(
             for (_, d) in &summary.diffs {
                 let _ = stdout.write_all(d.as_bytes());
             }
-            for (id, action, _) in &summary.objects {
-                if *action == Action::Pruned {
-                    let _ = writeln!(stdout, "would prune {id}");
+            for (id, action, note) in &summary.objects {
+                match (action, note) {
+                    (Action::Pruned, _) => {
+                        let _ = writeln!(stdout, "would prune {id}");
+                    }
+                    (Action::Created | Action::Configured, Some(note)) if note == ADOPTED => {
+                        let _ = writeln!(stdout, "would adopt {id}: {ADOPTED}");
+                    }
+                    _ => {}
                 }
             }
         }

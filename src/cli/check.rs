@@ -157,10 +157,13 @@ pub fn check(args: &CheckArgs, env: &Env<'_>, stdout: &mut dyn Write) -> Result<
         }
     }
     if offenders.is_empty() {
-        let _ = writeln!(
-            stdout,
-            "{checked} file(s) matching creation rules, all encrypted"
-        );
+        // A pre-commit hook (`--staged`) is quiet on success, as hooks are.
+        if !args.staged {
+            let _ = writeln!(
+                stdout,
+                "{checked} file(s) matching creation rules, all encrypted"
+            );
+        }
         Ok(())
     } else {
         Err(Failure::new(
@@ -195,7 +198,7 @@ pub fn install_hook(dir: &Path, force: bool, stdout: &mut dyn Write) -> Result<(
         && !force
     {
         return Err(Failure::new(
-            Code::GENERIC,
+            Code::ERROR,
             format!(
                 "{} exists and was not written by lockstep; add `lockstep check --staged` to it, or pass --force",
                 path.display()

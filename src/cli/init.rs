@@ -77,7 +77,7 @@ pub fn project_name_from(dir: &Path) -> String {
 fn recipient(args: &InitArgs, env: &Env<'_>, stderr: &mut dyn Write) -> Result<String, Failure> {
     if let Some(r) = &args.age {
         crate::keys::Recipient::parse(r)
-            .map_err(|e| Failure::new(Code::GENERIC, format!("--age {r}: {e}")))?;
+            .map_err(|e| Failure::new(Code::ERROR, format!("--age {r}: {e}")))?;
         return Ok(r.clone());
     }
     if args.key_file.is_none()
@@ -98,14 +98,14 @@ fn recipient(args: &InitArgs, env: &Env<'_>, stderr: &mut dyn Write) -> Result<S
         Some(p) => p.clone(),
         None => keysources::default_key_file(env).ok_or_else(|| {
             Failure::new(
-                Code::GENERIC,
+                Code::ERROR,
                 "no HOME or XDG_CONFIG_HOME to put a new key in; pass --key-file FILE or --age RECIPIENT",
             )
         })?,
     };
     if path.exists() {
         return Err(Failure::new(
-            Code::GENERIC,
+            Code::ERROR,
             format!(
                 "{} exists but holds no age identity lockstep can read; pass --age RECIPIENT",
                 path.display()
@@ -151,7 +151,7 @@ fn files(project: &str, recipient: &str) -> Vec<(String, String)> {
         (
             "lockstep.yaml".to_string(),
             format!(
-                "# Project name and environments; each environment renders into its namespace.\nproject: {project}\nenvironments:\n  dev:\n    namespace: {project}-dev\n  prod:\n    namespace: {project}\n"
+                "# Project name and environments; each environment renders into its namespace\n# (createNamespace: the Namespace is part of the set unless a template defines it).\nproject: {project}\nenvironments:\n  dev:\n    namespace: {project}-dev\n    createNamespace: true\n  prod:\n    namespace: {project}\n    createNamespace: true\n"
             ),
         ),
         (
@@ -203,7 +203,7 @@ pub fn run(
     let dir = &args.dir;
     if dir.join("lockstep.yaml").exists() {
         return Err(Failure::new(
-            Code::GENERIC,
+            Code::ERROR,
             format!(
                 "{}: lockstep.yaml already exists; init does not overwrite a project",
                 dir.display()
@@ -215,7 +215,7 @@ pub fn run(
         Some(p) if is_dns_label(p) => p.clone(),
         Some(p) => {
             return Err(Failure::new(
-                Code::GENERIC,
+                Code::ERROR,
                 format!(
                     "--project {p:?}: use 1-63 lowercase letters, digits and '-', starting and ending with a letter or digit"
                 ),
@@ -227,7 +227,7 @@ pub fn run(
     for (path, _) in &files {
         if dir.join(path).exists() {
             return Err(Failure::new(
-                Code::GENERIC,
+                Code::ERROR,
                 format!(
                     "{}: already exists; init writes a new project and does not overwrite files",
                     dir.join(path).display()
@@ -254,10 +254,16 @@ pub fn run(
     if !args.no_git {
         git_and_hook(dir, stderr);
     }
-    let shown = dir.display();
+    let quote = |p: &Path| {
+        let text = p.display().to_string();
+        shlex::try_quote(&text).map_or(text.clone(), |q| q.into_owned())
+    };
+    let shown = quote(dir);
+    let secrets = quote(&dir.join("environments/dev/secrets.yaml"));
     let _ = writeln!(
         stdout,
-        "created project {project} in {shown}\n  render:   lockstep render --env dev {shown}\n  secrets:  lockstep edit {shown}/environments/dev/secrets.yaml"
+        "created project {project} in {}\n  render:   lockstep render --env dev {shown}\n  apply:    lockstep apply --env dev {shown}\n  secrets:  lockstep edit {secrets}",
+        dir.display()
     );
     Ok(())
 }

@@ -51,7 +51,6 @@ pub fn run(
     let render = RenderArgs {
         env: install::ENVIRONMENT.into(),
         dir: PathBuf::from("<built-in install project>"),
-        out: None,
         // The image defaults to this binary's version; the user's --set comes after and wins.
         values: ValuesArgs {
             set: std::iter::once(format!("image.tag={}", env!("CARGO_PKG_VERSION")))

@@ -64,7 +64,7 @@ pub enum Command {
     /// Scaffold a lockstep repository.
     Init(init::InitArgs),
     /// Render the manifests of one environment, secrets sealed.
-    Render(render::RenderArgs),
+    Render(render::RenderCommandArgs),
     /// Show what `apply` would change: server-side dry run against the live objects.
     Diff(apply::DiffArgs),
     /// Decrypt in memory and server-side apply one environment, with pruning and health waiting.

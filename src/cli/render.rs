@@ -14,7 +14,7 @@ use super::exit::{Code, Failure};
 /// Marker file that makes a directory safe for `render --out` to clear and rewrite.
 pub const OUT_MARKER: &str = ".lockstep-render";
 
-/// Arguments of `lockstep render`.
+/// What to render: shared by `render`, `apply` and `diff`.
 #[derive(Debug, Clone, Args)]
 pub struct RenderArgs {
     /// The environment to render (defined in lockstep.yaml).
@@ -23,13 +23,22 @@ pub struct RenderArgs {
     /// The project directory (holding lockstep.yaml).
     #[arg(default_value = ".")]
     pub dir: PathBuf,
-    /// Write one file per object under this directory (`<namespace>/<kind>-<name>.yaml`) instead of
-    /// one stream on stdout. The directory is cleared of earlier output first.
-    #[arg(long, value_name = "OUTDIR")]
-    pub out: Option<PathBuf>,
     /// Value overrides.
     #[command(flatten)]
     pub values: ValuesArgs,
+}
+
+/// Arguments of `lockstep render`.
+#[derive(Debug, Clone, Args)]
+pub struct RenderCommandArgs {
+    /// What to render.
+    #[command(flatten)]
+    pub render: RenderArgs,
+    /// Write one file per object under this directory instead of one stream on stdout:
+    /// `<namespace>/<kind>[.<group>]-<name>.yaml` (`_cluster/` for cluster-scoped objects,
+    /// `_encrypted/` for SOPS manifests whose identity is encrypted). Earlier output is replaced.
+    #[arg(long, value_name = "OUTDIR")]
+    pub out: Option<PathBuf>,
 }
 
 /// Value overrides, shared by every command that renders.
@@ -120,11 +129,11 @@ fn draw_one(renderer: &Renderer, d: &Diagnostic) -> String {
 
 /// Runs `lockstep render`.
 pub fn run(
-    args: &RenderArgs,
+    args: &RenderCommandArgs,
     stdout: &mut dyn Write,
     stderr: &mut dyn Write,
 ) -> Result<(), Failure> {
-    let rendered = render_dir(&args.dir, &args.request()?, stderr)?;
+    let rendered = render_dir(&args.render.dir, &args.render.request()?, stderr)?;
     let result = write_rendered(args, &rendered, stdout, stderr);
     // The process ends right after; freeing a thousand small objects one by one is wasted time
     // (the rendered set holds no secret, so nothing needs wiping).
@@ -133,7 +142,7 @@ pub fn run(
 }
 
 fn write_rendered(
-    args: &RenderArgs,
+    args: &RenderCommandArgs,
     rendered: &Rendered,
     stdout: &mut dyn Write,
     stderr: &mut dyn Write,

@@ -563,3 +563,113 @@ async fn diff_exits_0_without_changes_1_with_them_and_never_shows_secret_values(
         );
     }
 }
+
+/// The lines a unified diff adds or removes (headers excluded).
+fn changed_lines(diff: &str) -> Vec<&str> {
+    diff.lines()
+        .filter(|l| {
+            (l.starts_with('+') || l.starts_with('-'))
+                && !l.starts_with("+++")
+                && !l.starts_with("---")
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn diff_reports_what_it_would_prune_and_adopt_and_shows_only_changed_lines() {
+    let cluster = need!("control plane", support::cluster());
+    let client = cluster.admin().await;
+    let ns = cluster.namespace(&client, "diffprune").await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let p = Project::new(&cluster, "diffprune", &ns);
+    p.write("templates/keep.yaml", &cm_template("keep", "x"));
+    p.write("templates/gone.yaml", &cm_template("gone", "y"));
+    let out = p.apply(&[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // A deletion from Git is a change: previewed as a prune, exit 1 (it was exit 0, silent).
+    p.remove("templates/gone.yaml");
+    let out = p.run(&["diff"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert_eq!(
+        stdout(&out),
+        format!("would prune ConfigMap {ns}/gone\n"),
+        "{}",
+        stderr(&out)
+    );
+    let out = p.run(&["diff", "-o", "json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(doc["counts"]["pruned"], 1, "{doc}");
+    assert!(
+        cms.get_opt("gone").await.expect("get").is_some(),
+        "a preview deletes nothing"
+    );
+    let out = p.apply(&[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        cms.get_opt("gone").await.expect("get").is_none(),
+        "the apply prunes it"
+    );
+
+    // A one-value change shows exactly that value, whatever order the server returns fields in.
+    let out = p.run(&["diff", "--set", "x=changed"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(
+        changed_lines(&stdout(&out)),
+        ["-  key: v", "+  key: changed"],
+        "{}",
+        stdout(&out)
+    );
+
+    // An object made by hand is compared with what is there, and said to be adopted.
+    let hand: ConfigMap = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "byhand"},
+        "data": {"key": "typed-by-hand"}
+    }))
+    .expect("configmap");
+    cms.create(&Default::default(), &hand)
+        .await
+        .expect("create by hand");
+    p.write("templates/byhand.yaml", &cm_template("byhand", "z"));
+    // The field is owned by whoever made it: the refusal names the way out, and is a preview's.
+    let out = p.run(&["diff"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("conflict"), "{err}");
+    assert!(
+        err.contains(
+            "other field managers own these fields: pass --force-conflicts to take them over"
+        ),
+        "{err}"
+    );
+    assert!(
+        !err.contains("nothing was written"),
+        "a diff writes nothing anyway: {err}"
+    );
+    let out = p.run(&["diff", "--force-conflicts"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("-  key: typed-by-hand\n+  key: v\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "would adopt ConfigMap {ns}/byhand: it exists without this environment's lockstep labels"
+        )),
+        "{text}"
+    );
+    let out = p.run(&["diff", "--force-conflicts", "-o", "json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        doc["counts"]["configured"], 1,
+        "adopting configures, not creates: {doc}"
+    );
+    assert_eq!(doc["counts"]["created"], 0, "{doc}");
+}

@@ -300,6 +300,9 @@ pub fn render(snapshot: &Snapshot, req: &Request) -> Result<Rendered, Diagnostic
         return Err(Diagnostics(problems));
     }
     let mut manifests = manifests;
+    if environment.create_namespace {
+        add_namespace(&mut manifests, &environment.namespace);
+    }
     manifests.sort_by(Manifest::order);
     Ok(Rendered {
         project: project.project.clone(),
@@ -308,6 +311,32 @@ pub fn render(snapshot: &Snapshot, req: &Request) -> Result<Rendered, Diagnostic
         secrets_file: secrets.file.clone(),
         manifests,
     })
+}
+
+/// `createNamespace: true`: the environment's Namespace joins the set, unless a template or manifest
+/// already defines it.
+fn add_namespace(manifests: &mut Vec<Manifest>, namespace: &str) {
+    let id = ObjectId {
+        group: String::new(),
+        kind: "Namespace".into(),
+        namespace: None,
+        name: namespace.to_string(),
+    };
+    if manifests.iter().any(|m| m.id.as_ref() == Some(&id)) {
+        return;
+    }
+    let mut meta = Mapping::new();
+    meta.insert("name".into(), namespace.into());
+    let mut body = Mapping::new();
+    body.insert("apiVersion".into(), "v1".into());
+    body.insert("kind".into(), "Namespace".into());
+    body.insert("metadata".into(), Value::Mapping(meta));
+    manifests.push(Manifest {
+        source: format!("{PROJECT_FILE} (createNamespace)"),
+        id: Some(id),
+        body: Body::Object(Value::Mapping(body)),
+        refs: Vec::new(),
+    });
 }
 
 /// `lockstep.yaml` and the requested environment.

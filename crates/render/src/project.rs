@@ -5,6 +5,7 @@
 //! environments:
 //!   dev:
 //!     namespace: shop-dev
+//!     createNamespace: true   # add the Namespace unless a template defines it
 //!   prod:
 //!     namespace: shop
 //! ```
@@ -37,6 +38,11 @@ pub struct Project {
 pub struct Environment {
     /// Namespace given to namespaced objects that do not name one.
     pub namespace: String,
+    /// Adds the namespace to the set when no template defines it (Helm's `--create-namespace`,
+    /// Argo CD's `CreateNamespace=true`). Like any Namespace, it is only pruned with
+    /// `--prune-protected`.
+    #[serde(default, rename = "createNamespace")]
+    pub create_namespace: bool,
 }
 
 /// Whether `s` is a DNS-1123 label: 1–63 of `a-z`, `0-9`, `-`, starting and ending alphanumeric.

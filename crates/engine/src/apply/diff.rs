@@ -27,7 +27,21 @@ fn clean(v: &Json) -> SecretJson {
             }
         }
     }
+    sort_keys(v);
     copy
+}
+
+/// Orders every mapping's keys, so both sides of a diff list fields the same way and only changed
+/// lines differ (the server returns live and dry-run objects in different key orders).
+fn sort_keys(v: &mut Json) {
+    match v {
+        Json::Object(m) => {
+            m.sort_keys();
+            m.values_mut().for_each(sort_keys);
+        }
+        Json::Array(a) => a.iter_mut().for_each(sort_keys),
+        _ => {}
+    }
 }
 
 const MASK: &str = "(hidden)";
@@ -101,5 +115,21 @@ mod tests {
         assert!(d.contains("-  gone: (hidden)"), "{d}");
         assert!(d.contains("+  added: (hidden)"), "{d}");
         assert!(!d.contains("resourceVersion"), "{d}");
+    }
+
+    #[test]
+    fn key_order_does_not_show_as_a_change() {
+        let live = json!({"kind": "Deployment", "metadata": {"namespace": "n", "name": "d", "labels": {"b": "1", "a": "2"}}, "spec": {"template": {"x": 1}, "replicas": 1}});
+        let new = json!({"spec": {"replicas": 2, "template": {"x": 1}}, "metadata": {"labels": {"a": "2", "b": "1"}, "name": "d", "namespace": "n"}, "kind": "Deployment"});
+        let d = unified("apps/v1/Deployment/n/d", false, Some(&live), &new);
+        let changed: Vec<&str> = d
+            .lines()
+            .filter(|l| {
+                (l.starts_with('+') || l.starts_with('-'))
+                    && !l.starts_with("+++")
+                    && !l.starts_with("---")
+            })
+            .collect();
+        assert_eq!(changed, ["-  replicas: 1", "+  replicas: 2"], "{d}");
     }
 }

@@ -263,7 +263,15 @@ pub(crate) async fn prune_one(
     };
     let live = match api.get_opt(&entry.name).await {
         Ok(Some(o)) => o,
-        Ok(None) => return (Action::Pruned, Some("already gone".into()), false),
+        // Already deleted: a real run forgets it (pruned); a preview has nothing to change.
+        Ok(None) => {
+            let action = if opts.dry_run {
+                Action::Unchanged
+            } else {
+                Action::Pruned
+            };
+            return (action, Some("already gone".into()), false);
+        }
         Err(e) => {
             return (
                 Action::Kept,

@@ -114,6 +114,9 @@ impl Default for Options {
     }
 }
 
+/// The note on an object a preview found without this environment's labels (applying adopts it).
+pub const ADOPTED: &str = "it exists without this environment's lockstep labels";
+
 /// What happened to one object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Action {
@@ -207,13 +210,13 @@ pub enum ApplyError {
     /// A kind the cluster does not serve and no CRD in the set defines.
     #[error("{0}")]
     UnknownKind(String),
-    /// Objects failed the dry run; nothing was written (or only stage 1, as `written` says).
-    #[error("{} object(s) failed validation; {}:\n  {}", .refusals.len(), if *.written { "only CRDs and Namespaces were written" } else { "nothing was written" }, .refusals.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
+    /// Objects failed the dry run; what had been written by then is in `written`.
+    #[error("{} object(s) failed validation{}:\n  {}", .refusals.len(), .written, .refusals.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
     Validation {
         /// Each failing object.
         refusals: Vec<Refusal>,
-        /// Whether stage 1 had already been applied.
-        written: bool,
+        /// What had been written when validation failed.
+        written: Written,
     },
     /// Objects failed to apply after validation passed.
     #[error("{} object(s) failed to apply (nothing was pruned):\n  {}", .0.len(), .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
@@ -228,9 +231,35 @@ pub enum ApplyError {
         /// Whether the new set is empty.
         everything: bool,
     },
+    /// Objects go into namespaces that neither exist nor are in the set.
+    #[error(
+        "namespace {} does not exist and is not in the set; nothing was written. Add `createNamespace: true` to the environment in lockstep.yaml, add a Namespace to the templates, or create it", .0.join(", ")
+    )]
+    MissingNamespace(Vec<String>),
     /// A CRD did not become Established in time.
     #[error("CustomResourceDefinition {0} was not Established within the timeout")]
     CrdTimeout(String),
+}
+
+/// What an apply had written when it stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// Nothing.
+    Nothing,
+    /// Stage 0 (CRDs and Namespaces the later objects need) changed the cluster.
+    CrdsAndNamespaces,
+    /// A preview ([`Options::dry_run`]): nothing is ever written.
+    Preview,
+}
+
+impl fmt::Display for Written {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Written::Nothing => "; nothing was written",
+            Written::CrdsAndNamespaces => "; only CRDs and Namespaces were written",
+            Written::Preview => "",
+        })
+    }
 }
 
 /// API requests made by clients from [`counting_client`] in this process.
@@ -573,6 +602,8 @@ struct Item<'a> {
     untouched: bool,
     /// The object exists in the cluster (so its dry-run result is compared with it).
     live: bool,
+    /// It exists without this environment's labels: applying takes it over.
+    adopted: bool,
 }
 
 /// Server-side applies one item with `pp` (a dry run when `pp` says so).
@@ -737,6 +768,66 @@ async fn live_objects(
     Ok(live)
 }
 
+/// For a preview: finds the objects of the set that exist without this environment's labels (made
+/// by hand, by another tool or another environment), so the diff compares with what is really there
+/// and says the object will be adopted. One GET per object the labelled lists did not find.
+async fn find_unlabelled(
+    client: &Client,
+    items: &mut [Item<'_>],
+    live: &mut HashMap<LiveKey, SecretJson>,
+    opts: &Options,
+) -> Result<(), ApplyError> {
+    let unseen: Vec<usize> = (0..items.len())
+        .filter(|&i| !items[i].deferred && !live.contains_key(&live_key(&items[i])))
+        .collect();
+    let shared: &[Item<'_>] = items;
+    // Lazy, over indices, as in `dry_run_all`.
+    let work = unseen.iter().copied().map(|i| {
+        use kube::Resource as _;
+        let item = &shared[i];
+        let ns = item
+            .obj
+            .id
+            .namespace
+            .as_deref()
+            .filter(|_| item.target.namespaced);
+        let url = DynamicObject::url_path(&item.target.ar, ns);
+        async move {
+            // Read as plain JSON straight into a wiping container (a Secret holds values).
+            let req = kube::core::Request::new(url)
+                .get(&item.obj.id.name, &Default::default())
+                .map_err(kube::Error::BuildRequest);
+            let got = match req {
+                Ok(req) => client.request::<Json>(req).await.map(SecretJson::wrap),
+                Err(e) => Err(e),
+            };
+            (i, got)
+        }
+    });
+    let found: Vec<_> = stream::iter(work)
+        .buffered(opts.concurrency.max(1))
+        .collect()
+        .await;
+    for (i, got) in found {
+        let mut json = match got {
+            Ok(o) => o,
+            // Not there (a new object), or not allowed to read it (the dry run reports that).
+            Err(e) if matches!(status_code(&e), Some(403 | 404)) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(meta) = json
+            .expose_mut()
+            .get_mut("metadata")
+            .and_then(Json::as_object_mut)
+        {
+            meta.remove("managedFields");
+        }
+        items[i].adopted = true;
+        live.insert(live_key(&items[i]), json);
+    }
+    Ok(())
+}
+
 fn live_key(item: &Item<'_>) -> LiveKey {
     let ns = if item.target.namespaced {
         item.obj.id.namespace.clone()
@@ -846,7 +937,11 @@ impl<'a> Plan<'a> {
             .map(|i| InventoryEntry::of(&i.obj.id, &i.obj.api_version))
             .collect();
         let stale = stale_entries(&previous, &current, opts)?;
-        let live = live_objects(client, &items, &selector(&set.project, &set.environment)).await?;
+        let mut live =
+            live_objects(client, &items, &selector(&set.project, &set.environment)).await?;
+        if opts.dry_run {
+            find_unlabelled(client, &mut items, &mut live, opts).await?;
+        }
         for item in items.iter_mut() {
             let key = live_key(item);
             item.untouched = untouched(item.body.expose(), &item.digest, live.get(&key));
@@ -878,7 +973,12 @@ impl<'a> Plan<'a> {
             "validate (server-side dry run)".into(),
             now.len(),
         ));
-        self.dry_run(&now, false).await
+        let written = if self.opts.dry_run {
+            Written::Preview
+        } else {
+            Written::Nothing
+        };
+        self.dry_run(&now, written).await
     }
 
     /// Apply: stage by stage (CRDs and Namespaces, waited Established; cluster RBAC and classes;
@@ -944,7 +1044,7 @@ impl<'a> Plan<'a> {
 
     /// Dry-runs the items at `indices` and keeps each result; any refusal fails validation (after
     /// stage 0 was `written`, or before anything was).
-    async fn dry_run(&mut self, indices: &[usize], written: bool) -> Result<(), ApplyError> {
+    async fn dry_run(&mut self, indices: &[usize], written: Written) -> Result<(), ApplyError> {
         let items: Vec<&Item<'_>> = indices.iter().map(|&i| &self.items[i]).collect();
         let checked = dry_run_all(self.client, &items, self.opts).await;
         let mut refusals = Vec::new();
@@ -982,7 +1082,18 @@ impl<'a> Plan<'a> {
             "validate objects of new namespaces and CRDs".into(),
             later.len(),
         ));
-        self.dry_run(&later, true).await
+        // Stage 0 ran: it wrote something unless every CRD and Namespace was already as planned.
+        let wrote = self
+            .summary
+            .objects
+            .iter()
+            .any(|(_, a, _)| matches!(a, Action::Created | Action::Configured));
+        let written = if wrote {
+            Written::CrdsAndNamespaces
+        } else {
+            Written::Nothing
+        };
+        self.dry_run(&later, written).await
     }
 
     /// Applies (or compares) one stage, kind by kind.
@@ -1081,8 +1192,10 @@ impl<'a> Plan<'a> {
             }
             match r {
                 Ok(action) => {
-                    progress(&Event::Object(id.clone(), action, None));
-                    self.summary.objects.push((id, action, None));
+                    let note = (self.items[i].adopted && action != Action::Unchanged)
+                        .then(|| ADOPTED.to_string());
+                    progress(&Event::Object(id.clone(), action, note.clone()));
+                    self.summary.objects.push((id, action, note));
                 }
                 Err(reason) => failures.push(Refusal {
                     id,
@@ -1157,11 +1270,10 @@ impl<'a> Plan<'a> {
             if keep {
                 kept.push(entry.clone());
             }
-            if !self.opts.dry_run || action != Action::Pruned {
-                let id = entry.id();
-                progress(&Event::Object(id.clone(), action, note.clone()));
-                self.summary.objects.push((id, action, note));
-            }
+            // In a preview, `Pruned` means "would be pruned": reported like any other change.
+            let id = entry.id();
+            progress(&Event::Object(id.clone(), action, note.clone()));
+            self.summary.objects.push((id, action, note));
         }
         Ok(kept)
     }
@@ -1224,6 +1336,7 @@ fn resolve_items<'a>(resolver: &Resolver, set: &'a ApplySet) -> Result<Vec<Item<
             digest,
             untouched: false,
             live: false,
+            adopted: false,
         });
     }
     if unknown.is_empty() {
@@ -1274,6 +1387,15 @@ async fn defer_missing_namespaces(
             Err(e) if status_code(&e) == Some(403) => {}
             Err(e) => return Err(e.into()),
         }
+    }
+    let created = |ns: &str| {
+        items.iter().any(|i| {
+            i.obj.id.kind == "Namespace" && i.obj.id.group.is_empty() && i.obj.id.name == ns
+        })
+    };
+    let absent: Vec<String> = missing.iter().filter(|ns| !created(ns)).cloned().collect();
+    if !absent.is_empty() {
+        return Err(ApplyError::MissingNamespace(absent));
     }
     for item in items.iter_mut() {
         if item.target.namespaced
