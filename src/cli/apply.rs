@@ -19,13 +19,14 @@ use super::exit::{Code, Failure};
 use super::keysources::{self, Env};
 use super::render::{RenderArgs, draw};
 
-/// Output format.
+/// Output format (its help lives on the flags, so help stays compact like every other command's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+#[allow(missing_docs)]
 pub enum OutputFormat {
-    /// Lines for people.
+    // Lines for people.
     #[default]
     Text,
-    /// One JSON document for machines.
+    // One JSON document for machines.
     Json,
 }
 
@@ -58,8 +59,8 @@ pub struct PipelineArgs {
     /// Requests in flight at once.
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
-    /// Output format.
-    #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Text)]
+    /// Output format: text (lines for people) or json (one JSON document for machines).
+    #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Text, hide_possible_values = true)]
     pub output: OutputFormat,
 }
 

@@ -29,7 +29,8 @@ pub struct ControllerArgs {
     /// spec changes and requests start a sync at once; each Sync requeues itself after its interval).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub poll: Duration,
-    /// Where fetched Git objects are kept (only what is in Git: secrets stay encrypted).
+    /// Where fetched Git objects are kept (only what is in Git: secrets stay encrypted)
+    /// [default: $TMPDIR/lockstep-git].
     #[arg(long, value_name = "DIR")]
     pub cache: Option<PathBuf>,
     /// Address of the health, metrics and webhook server (`/healthz`, `/readyz`, `/metrics`,
@@ -43,15 +44,20 @@ pub struct ControllerArgs {
     /// turn this on).
     #[arg(long)]
     pub leader_elect: bool,
-    /// Namespace of the Lease (default: $POD_NAMESPACE, else lockstep-system).
-    #[arg(long, env = "POD_NAMESPACE", default_value = "lockstep-system")]
+    /// Namespace of the Lease.
+    #[arg(
+        long,
+        env = "POD_NAMESPACE",
+        hide_env_values = true,
+        default_value = "lockstep-system"
+    )]
     pub lease_namespace: String,
     /// Name of the Lease.
     #[arg(long, default_value = "lockstep-controller")]
     pub lease_name: String,
-    /// This replica's name in the Lease (default: $POD_NAME, else the host name and process id).
-    #[arg(long, env = "POD_NAME")]
-    pub identity: Option<String>,
+    /// This replica's name in the Lease (default: the host name and process id).
+    #[arg(long, env = "POD_NAME", hide_env_values = true)]
+    pub lease_identity: Option<String>,
     /// Also accept `file://` and local-path sources (off by default: in a shared cluster a Sync
     /// could otherwise read any repository on the controller's file system).
     #[arg(long)]
@@ -159,7 +165,7 @@ async fn serve(
         })
     };
     let election = if args.leader_elect {
-        let identity = args.identity.clone().unwrap_or_else(|| {
+        let identity = args.lease_identity.clone().unwrap_or_else(|| {
             let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .map(|h| h.trim().to_string())
                 .unwrap_or_else(|_| "lockstep".into());

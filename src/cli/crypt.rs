@@ -89,7 +89,7 @@ pub struct NewFileArgs {
     #[arg(long)]
     mac_only_encrypted: bool,
     /// Shares needed to recover the data key when .sops.yaml names several key groups.
-    #[arg(long)]
+    #[arg(long, visible_alias = "shamir-secret-sharing-threshold")]
     shamir_threshold: Option<usize>,
     /// Indentation of YAML output (default: .sops.yaml stores.yaml.indent, else 4).
     #[arg(long)]

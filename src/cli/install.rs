@@ -17,8 +17,21 @@ use super::exit::{Code, Failure};
 use super::keysources::Env;
 use super::render::{RenderArgs, ValuesArgs, draw};
 
+/// The values `lockstep install --set` takes (those of `templates/values.yaml`).
+const SETTABLE: &str = "Values (--set PATH=VALUE, --set-string, -f FILE):
+  image.repository   ghcr.io/lockstep-dev/lockstep (build and push it: see the Dockerfile)
+  image.tag          its tag (default: this binary's version)
+  image.pullPolicy   IfNotPresent
+  replicas           1; more are safe (leader election on a Lease)
+  controller.poll    5s; how often due Syncs are looked for
+  controller.concurrency  4; Syncs reconciled at once
+  controller.port    8080; /healthz, /readyz, /metrics and POST /hook/<namespace>/<name>
+  applyAs            cluster-admin, or impersonate (every Sync applies as its serviceAccountName)
+  resources.requests.cpu, resources.requests.memory, resources.limits.memory";
+
 /// Arguments of `lockstep install`.
 #[derive(Debug, Clone, Args)]
+#[command(after_help = SETTABLE)]
 pub struct InstallArgs {
     /// Apply the manifests to the cluster (default: print them).
     #[arg(long)]
@@ -36,8 +49,8 @@ pub struct InstallArgs {
     /// How long to wait, e.g. 90s, 5m.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub timeout: Duration,
-    /// Output format of --apply.
-    #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Text)]
+    /// Output format of --apply: text or json.
+    #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Text, hide_possible_values = true)]
     pub output: OutputFormat,
 }
 

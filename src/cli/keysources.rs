@@ -44,6 +44,7 @@ pub fn default_key_file(env: &Env<'_>) -> Option<PathBuf> {
 /// Runs the shell command in variable `var` (if set) and adds the identities it prints.
 fn key_cmd(env: &Env<'_>, ring: &mut KeyRing, var: &str) -> Result<(), IdentityError> {
     let Some(cmd) = (env.var)(var) else {
+        ring.searched.push(format!("{var} (unset)"));
         return Ok(());
     };
     let err = |reason: String| IdentityError {
@@ -113,10 +114,14 @@ pub fn load(env: &Env<'_>, identity_files: &[PathBuf]) -> Result<KeyRing, Identi
             false,
         )?,
         None => {
+            ring.searched
+                .push("SOPS_AGE_SSH_PRIVATE_KEY_FILE (unset)".into());
             if let Some(home) = &env.home {
                 for name in ["id_ed25519", "id_rsa"] {
                     let p = home.join(".ssh").join(name);
-                    if p.is_file() {
+                    if !p.is_file() {
+                        ring.searched.push(format!("~/.ssh/{name} (not found)"));
+                    } else {
                         // An unusable default SSH key (e.g. passphrase-protected) is skipped, as sops does.
                         if let Err(e) = file(&mut ring, &p, format!("~/.ssh/{name}"), true) {
                             ring.searched

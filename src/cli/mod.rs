@@ -6,7 +6,7 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 pub mod apply;
 pub mod check;
@@ -145,9 +145,39 @@ pub fn run(
     }
 }
 
+/// sops's older command line, as sops still accepts it: `-d FILE` (decrypt), `-e FILE` (encrypt),
+/// `-r FILE` (rotate) and a bare `FILE` (edit) become the lockstep command. Anything else is left
+/// as it is. `is_file` says whether a bare first argument names an existing file.
+pub fn sops_style(
+    mut args: Vec<std::ffi::OsString>,
+    is_file: impl Fn(&std::ffi::OsStr) -> bool,
+) -> Vec<std::ffi::OsString> {
+    let Some(first) = args.get(1).and_then(|a| a.to_str()) else {
+        return args;
+    };
+    let command = match first {
+        "-d" | "--decrypt" => "decrypt",
+        "-e" | "--encrypt" => "encrypt",
+        "-r" | "--rotate" => "rotate",
+        _ if !first.starts_with('-')
+            && Cli::command().find_subcommand(first).is_none()
+            && is_file(args[1].as_os_str()) =>
+        {
+            args.insert(1, "edit".into());
+            return args;
+        }
+        _ => return args,
+    };
+    args[1] = command.into();
+    args
+}
+
 /// Entry point of the binary: parse `std::env::args_os`, run, map to a process exit code.
 pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let args = sops_style(std::env::args_os().collect(), |a| {
+        std::path::Path::new(a).is_file()
+    });
+    let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(err) => {
             // --help and --version are "errors" to clap; print them and exit 0 like any CLI.
@@ -182,6 +212,40 @@ mod tests {
             };
             let cli = Cli::try_parse_from(args).expect("parses");
             assert_eq!(cli.command.name(), name);
+        }
+    }
+
+    #[test]
+    fn sops_style_command_lines_become_lockstep_commands() {
+        let args = |list: &[&str]| {
+            list.iter()
+                .map(std::ffi::OsString::from)
+                .collect::<Vec<_>>()
+        };
+        let file = |a: &std::ffi::OsStr| a == "secrets.yaml";
+        for (given, expected) in [
+            (
+                &["lockstep", "-d", "secrets.yaml"][..],
+                &["lockstep", "decrypt", "secrets.yaml"][..],
+            ),
+            (
+                &["lockstep", "--encrypt", "-i", "f"],
+                &["lockstep", "encrypt", "-i", "f"],
+            ),
+            (&["lockstep", "-r", "f"], &["lockstep", "rotate", "f"]),
+            (
+                &["lockstep", "secrets.yaml"],
+                &["lockstep", "edit", "secrets.yaml"],
+            ),
+            // A command, a missing file and flags stay as they are.
+            (
+                &["lockstep", "render", "--env", "dev"],
+                &["lockstep", "render", "--env", "dev"],
+            ),
+            (&["lockstep", "missing.yaml"], &["lockstep", "missing.yaml"]),
+            (&["lockstep", "--version"], &["lockstep", "--version"]),
+        ] {
+            assert_eq!(sops_style(args(given), file), args(expected), "{given:?}");
         }
     }
 

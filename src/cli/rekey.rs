@@ -58,6 +58,10 @@ pub struct ResealArgs {
     /// Report what would change; write nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Check only (for CI): exit 1 when a file's recipients differ from what the creation rules
+    /// name today, else say it is up to date; write nothing.
+    #[arg(long, conflicts_with = "dry_run")]
+    pub check: bool,
     /// Also try the identities in FILE; repeatable.
     #[arg(long, value_name = "FILE")]
     pub identity: Vec<PathBuf>,
@@ -252,13 +256,13 @@ pub fn updatekeys(
                 format!("{}: cannot write: {e}", file.display()),
             )
         })?;
-        report(
-            stdout,
-            file,
-            &before,
-            &now,
-            "data key kept; run `lockstep rotate -i` (or `reseal`) so removed recipients cannot read new versions",
-        );
+        // Only a removed recipient holds a data key it should no longer have.
+        let tail = if before.difference(&now).next().is_some() {
+            "data key kept; run `lockstep rotate -i` (or `reseal`) so removed recipients cannot read new versions"
+        } else {
+            "data key kept"
+        };
+        report(stdout, file, &before, &now, tail);
     }
     Ok(())
 }
@@ -286,6 +290,7 @@ fn report(
 pub fn reseal(args: &ResealArgs, env: &Env<'_>, stdout: &mut dyn Write) -> Result<(), Failure> {
     let mut failures = Vec::new();
     let mut done = 0;
+    let mut differ = 0;
     for file in files_under(&args.paths) {
         if file.file_name().is_some_and(|n| n == ".sops.yaml") {
             continue;
@@ -323,8 +328,29 @@ pub fn reseal(args: &ResealArgs, env: &Env<'_>, stdout: &mut dyn Write) -> Resul
             .map_err(|e| fail(&file, e.into()))?;
             let before = recipients(&meta);
             let now: BTreeSet<String> = groups.iter().flatten().cloned().collect();
+            let current = now == before && groups.len() == meta.key_groups.len();
+            if args.check {
+                if current {
+                    let _ = writeln!(stdout, "{}: up to date", file.display());
+                } else {
+                    report(
+                        stdout,
+                        &file,
+                        &before,
+                        &now,
+                        "recipients differ from the creation rules",
+                    );
+                    differ += 1;
+                }
+                return Ok(());
+            }
             if args.dry_run {
-                report(stdout, &file, &before, &now, "would get a new data key");
+                let tail = if current {
+                    "recipients up to date; would get a new data key"
+                } else {
+                    "would get a new data key"
+                };
+                report(stdout, &file, &before, &now, tail);
                 return Ok(());
             }
             let decrypted = crypt::open(&file, format, &args.identity, env, false)?;
@@ -344,6 +370,18 @@ pub fn reseal(args: &ResealArgs, env: &Env<'_>, stdout: &mut dyn Write) -> Resul
             Ok(()) => done += 1,
             Err(f) => failures.push(f.message),
         }
+    }
+    if failures.is_empty() && args.check {
+        if differ == 0 {
+            let _ = writeln!(stdout, "{done} file(s) up to date");
+            return Ok(());
+        }
+        return Err(Failure::new(
+            Code::CHANGES,
+            format!(
+                "{differ} of {done} file(s) have recipients that differ from the creation rules; run `lockstep reseal`"
+            ),
+        ));
     }
     if failures.is_empty() {
         let _ = writeln!(

@@ -50,7 +50,7 @@ pub struct ValuesArgs {
     /// Like --set, but the value is always a string.
     #[arg(long = "set-string", value_name = "PATH=VALUE")]
     pub set_string: Vec<String>,
-    /// Extra values file, merged after the environment's values (repeatable, in order).
+    /// Extra values file, merged after the project's own values (repeatable, in order).
     #[arg(long = "values", short = 'f', value_name = "FILE")]
     pub files: Vec<PathBuf>,
 }

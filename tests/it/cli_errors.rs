@@ -73,10 +73,12 @@ fn no_matching_identity_names_recipients_identities_and_where_it_looked() {
         )),
         "{e}"
     );
+    // Every place decrypt reads, in the order it reads them (sops's order).
     assert!(
-        e.contains("looked in: SOPS_AGE_KEY (unset), SOPS_AGE_KEY_FILE="),
+        e.contains("looked in: SOPS_AGE_SSH_PRIVATE_KEY_CMD (unset), SOPS_AGE_SSH_PRIVATE_KEY_FILE (unset), ~/.ssh/id_ed25519 (not found), ~/.ssh/id_rsa (not found), SOPS_AGE_KEY (unset), SOPS_AGE_KEY_FILE="),
         "{e}"
     );
+    assert!(e.contains("SOPS_AGE_KEY_CMD (unset), "), "{e}");
     assert!(e.contains("sops/age/keys.txt (not found)"), "{e}");
     assert!(e.contains("fix: set SOPS_AGE_KEY_FILE"), "{e}");
     assert!(!e.contains("AGE-SECRET-KEY") && !e.contains(MARKER), "{e}");

@@ -228,3 +228,15 @@ fn the_pre_commit_check_is_quiet_on_success_and_hook_install_refusals_exit_2() {
         stderr(&out)
     );
 }
+
+#[test]
+fn help_is_compact_everywhere_and_lists_what_install_can_set() {
+    let home = tempfile::tempdir().expect("tempdir");
+    for cmd in ["apply", "diff", "install", "controller", "render"] {
+        let long = run(home.path(), &[cmd, "--help"]);
+        let short = run(home.path(), &[cmd, "-h"]);
+        assert!(long.status.success(), "{cmd}: {}", stderr(&long));
+        assert_eq!(stdout(&long), stdout(&short), "{cmd}: --help and -h differ");
+        insta::assert_snapshot!(format!("help_{cmd}"), stdout(&long));
+    }
+}

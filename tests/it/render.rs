@@ -648,7 +648,11 @@ fn init_scaffolds_a_project_that_renders_and_whose_secrets_decrypt() {
         &[],
         home.path(),
     );
-    assert_eq!(again.status.code(), Some(1));
+    assert_eq!(
+        again.status.code(),
+        Some(2),
+        "an error, not 'changes found'"
+    );
     assert!(stderr(&again).contains("already exists"));
 }
 

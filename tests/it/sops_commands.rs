@@ -316,11 +316,37 @@ fn rotate_updatekeys_and_reseal_follow_the_rules_and_sops_reads_the_results() {
         std::fs::read_to_string(d.join("secrets/one.yaml")).expect("read"),
         before
     );
+    // The CI check: recipients differ from the rules → exit 1, nothing written, no key needed.
+    let out = ls(d, &["reseal", "--check", "secrets"], &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("recipients differ from the creation rules"),
+        "{text}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("2 of 2 file(s) have recipients that differ"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report = ok(
         ls(d, &["reseal", "secrets"], &[("SOPS_AGE_KEY_FILE", &ka)]),
         "reseal",
     );
     assert!(report.contains("2 file(s) resealed"), "{report}");
+    let report = ok(
+        ls(d, &["reseal", "--check", "secrets"], &[]),
+        "check after reseal",
+    );
+    assert!(
+        report.contains("secrets/one.yaml: up to date") && report.contains("2 file(s) up to date"),
+        "{report}"
+    );
     let after = std::fs::read_to_string(d.join("secrets/one.yaml")).expect("read");
     assert_ne!(
         data_key_line(&before),
@@ -352,7 +378,7 @@ fn rotate_updatekeys_and_reseal_follow_the_rules_and_sops_reads_the_results() {
     // updatekeys: same data key, recipients from the rules (a and b now); values untouched.
     std::fs::write(d.join(".sops.yaml"), rules(&format!("{a},{b}"))).expect("cfg");
     let before = std::fs::read_to_string(d.join("secrets/one.yaml")).expect("read");
-    ok(
+    let report = ok(
         ls(
             d,
             &["updatekeys", "-y", "secrets/one.yaml"],
@@ -360,6 +386,12 @@ fn rotate_updatekeys_and_reseal_follow_the_rules_and_sops_reads_the_results() {
         ),
         "updatekeys",
     );
+    // Only a recipient was added: no advice about removed ones.
+    assert!(
+        report.contains(&format!("+ {a}")) && report.contains("data key kept"),
+        "{report}"
+    );
+    assert!(!report.contains("removed recipients"), "{report}");
     let after = std::fs::read_to_string(d.join("secrets/one.yaml")).expect("read");
     assert_eq!(data_key_line(&before), data_key_line(&after));
     assert_eq!(line_of(&before, "mac:"), line_of(&after, "mac:"));
@@ -614,5 +646,59 @@ fn standard_input_format_conversion_and_key_commands() {
     assert_eq!(out.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("needs --input-type or --filename-override")
+    );
+}
+
+#[test]
+fn sops_habits_work_the_old_command_line_and_sops_flag_spellings() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let (k1, r1) = key(d, "1.txt");
+    let (_, r2) = key(d, "2.txt");
+    std::fs::write(
+        d.join(".sops.yaml"),
+        format!(
+            "creation_rules:\n  - path_regex: s\\.yaml$\n    key_groups:\n      - age: [{r1}]\n      - age: [{r2}]\n"
+        ),
+    )
+    .expect("cfg");
+    std::fs::write(d.join("s.yaml"), format!("k: {MARKER}\n")).expect("write");
+    // sops's spelling of the threshold flag, and `-e` for encrypt.
+    ok(
+        ls(
+            d,
+            &[
+                "-e",
+                "-i",
+                "--shamir-secret-sharing-threshold",
+                "1",
+                "s.yaml",
+            ],
+            &[],
+        ),
+        "-e with sops's flag",
+    );
+    let text = std::fs::read_to_string(d.join("s.yaml")).expect("read");
+    assert!(
+        text.contains("shamir_threshold: 1") && !text.contains(MARKER),
+        "{text}"
+    );
+    // `-d FILE` decrypts, as `sops -d FILE` does; one group's key is enough with threshold 1.
+    let out = ok(
+        ls(d, &["-d", "s.yaml"], &[("SOPS_AGE_KEY_FILE", &k1)]),
+        "-d",
+    );
+    assert_eq!(out, format!("k: {MARKER}\n"));
+    // A bare FILE opens the editor, as `sops FILE` does (here: an editor that changes nothing).
+    let out = ls(
+        d,
+        &["s.yaml"],
+        &[("SOPS_AGE_KEY_FILE", &k1), ("EDITOR", "true")],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(200),
+        "unchanged, as sops: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }

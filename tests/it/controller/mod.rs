@@ -460,7 +460,7 @@ fn start_replica(
             "lockstep-system",
             "--lease-name",
             lease,
-            "--identity",
+            "--lease-identity",
             identity,
             // A long poll: a new Sync, a requested sync and a new term wake the loop at once.
             "--poll",
