@@ -65,19 +65,38 @@ pub struct ControllerArgs {
     /// Print the Sync CustomResourceDefinition and exit.
     #[arg(long)]
     pub print_crd: bool,
+    /// Log lines as text, or as one JSON object each (for log collectors).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How the controller writes its log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[allow(missing_docs)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// Logs to standard error through `tracing` (kube-rs's own events included), filtered by
 /// `LOCKSTEP_LOG` (e.g. `debug`, `info,kube=debug`; default `info`).
-fn init_logging() {
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LOCKSTEP_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+    };
 }
 
 /// Runs the controller.
@@ -90,7 +109,7 @@ pub fn run(
         let _ = stdout.write_all(crate::controller::crd_yaml().as_bytes());
         return Ok(());
     }
-    init_logging();
+    init_logging(args.log_format);
     let cache = args
         .cache
         .clone()
@@ -214,40 +233,68 @@ async fn serve(
 pub struct SyncArgs {
     /// The Sync's name.
     pub name: String,
-    /// Its namespace.
-    #[arg(long, short = 'n', default_value = "default")]
-    pub namespace: String,
+    /// Its namespace (default: the kubeconfig context's namespace, else `default`).
+    #[arg(long, short = 'n')]
+    pub namespace: Option<String>,
+    /// Wait until the controller has handled the request, print the outcome, and exit 1 when
+    /// the Sync is not Ready (as `flux reconcile`); `--wait=false` only asks.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub wait: bool,
+    /// How long to wait, e.g. 90s, 5m.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub timeout: Duration,
     /// The cluster.
     #[command(flatten)]
     pub cluster: ClusterArgs,
 }
 
-/// Runs `lockstep sync`: asks the controller to sync now.
+/// Runs `lockstep sync`: asks the controller to sync now and (by default) waits for the outcome.
 pub fn request(args: &SyncArgs, stdout: &mut dyn Write) -> Result<(), Failure> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Failure::new(Code::ERROR, format!("cannot start the async runtime: {e}")))?;
     rt.block_on(async {
-        let client = super::apply::client(&args.cluster).await?;
-        let at = crate::controller::request_sync(&client, &args.namespace, &args.name)
+        let config = super::apply::config(&args.cluster).await?;
+        let namespace = args
+            .namespace
+            .clone()
+            .unwrap_or_else(|| config.default_namespace.clone());
+        let client = super::apply::client_for(config)?;
+        let name = &args.name;
+        let fail = |e: kube::Error| {
+            Failure::new(
+                Code::ERROR,
+                format!("Sync {namespace}/{name}: {}", crate::apply::reason(&e)),
+            )
+        };
+        let at = crate::controller::request_sync(&client, &namespace, name)
             .await
-            .map_err(|e| {
-                Failure::new(
-                    Code::ERROR,
-                    format!(
-                        "Sync {}/{}: {}",
-                        args.namespace,
-                        args.name,
-                        crate::apply::reason(&e)
-                    ),
-                )
-            })?;
-        let _ = writeln!(
-            stdout,
-            "sync of {}/{} requested at {at}",
-            args.namespace, args.name
-        );
-        Ok(())
+            .map_err(fail)?;
+        let _ = writeln!(stdout, "sync of {namespace}/{name} requested at {at}");
+        if !args.wait {
+            return Ok(());
+        }
+        let handled = crate::controller::wait_handled(&client, &namespace, name, &at, args.timeout)
+            .await
+            .map_err(fail)?;
+        let Some((ready, reason, message)) = handled else {
+            return Err(Failure::new(
+                Code::ERROR,
+                format!(
+                    "Sync {namespace}/{name}: not handled within {}s; is the controller running? (`kubectl -n lockstep-system get pods`)",
+                    args.timeout.as_secs()
+                ),
+            ));
+        };
+        if ready {
+            let _ = writeln!(stdout, "{namespace}/{name}: Ready ({reason}): {message}");
+            Ok(())
+        } else {
+            Err(Failure::new(
+                Code::NOT_READY,
+                format!("{namespace}/{name}: not Ready ({reason}): {message}"),
+            ))
+        }
     })
 }

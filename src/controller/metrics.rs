@@ -186,6 +186,8 @@ mod tests {
             },
             changed: 2,
             drift_corrected: 2,
+            attempted: Some(revision.into()),
+            message: "applied".into(),
         }
     }
 

@@ -194,6 +194,10 @@ pub struct SyncStatus {
     /// How long the last sync took, e.g. `1.2s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sync_duration: Option<String>,
+    /// The last `lockstep sync` request (the `lockstep.dev/sync-requested` annotation's value)
+    /// this status answers, as Flux's `lastHandledReconcileAt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handled_sync_at: Option<String>,
 }
 
 /// A status condition: Kubernetes' own `metav1.Condition` (type `Ready`, `Reconciling` or
@@ -755,6 +759,10 @@ pub struct Report {
     pub changed: usize,
     /// Objects re-applied because they had been changed by hand (same revision as last time).
     pub drift_corrected: usize,
+    /// The revision this sync looked at (applied or not).
+    pub attempted: Option<String>,
+    /// The Ready condition's message (names files, objects and steps, never a value).
+    pub message: String,
 }
 
 /// Reconciles one `Sync` now and writes its status: `Reconciling` while it runs, then `Ready`
@@ -853,6 +861,7 @@ fn concluded(sync: &Sync, outcome: &Outcome, took: Duration) -> SyncStatus {
         objects: outcome.objects.map(|n| n as i64).or(previous.objects),
         inventory: outcome.inventory.clone().or(previous.inventory),
         last_sync_duration: Some(format!("{:.1}s", took.as_secs_f64())),
+        last_handled_sync_at: requested(sync).or(previous.last_handled_sync_at),
     }
 }
 
@@ -906,6 +915,8 @@ async fn conclude(
         } else {
             0
         },
+        attempted: outcome.revision.clone(),
+        message: outcome.message.clone(),
     };
     if access.may_write() {
         write_status(access, sync, &status).await?;
@@ -1060,28 +1071,10 @@ async fn reconcile_due(sync: Arc<Sync>, ctx: Arc<Context>) -> Result<Requeue, Sy
     let failures = schedule.map_or(0, |s| s.failures);
     let label = format!("{ns}/{name}");
     let failures = match &result {
-        Ok(report) if report.ok => {
-            tracing::info!(
-                sync = %label,
-                changed = report.changed,
-                seconds = report.duration.as_secs_f64(),
-                "ready"
-            );
-            0
-        }
-        Ok(report) => {
-            tracing::warn!(
-                sync = %label,
-                reason = report.reason.as_str(),
-                "sync failed (see its status); retrying with back-off"
-            );
-            failures + 1
-        }
-        Err(e) => {
-            tracing::warn!(sync = %label, error = %apply::reason(e), "cannot update status");
-            failures + 1
-        }
+        Ok(report) if report.ok => 0,
+        _ => failures + 1,
     };
+    log_report(&label, &result, Some(wait_after(&sync, failures)));
     if let Ok(report) = &result {
         ctx.hub.metrics.record(&ns, &name, report);
     }
@@ -1105,6 +1098,51 @@ async fn reconcile_due(sync: Arc<Sync>, ctx: Arc<Context>) -> Result<Requeue, Sy
             reason: apply::reason(&e),
             retry,
         }),
+    }
+}
+
+/// One log line per reconcile: the Sync, the revision, how long it took, and on failure the step's
+/// Reason, its message (which never holds a value) and when it is tried again.
+fn log_report(label: &str, result: &Result<Report, kube::Error>, retry: Option<Duration>) {
+    let retry_in_seconds = retry.map(|d| d.as_secs());
+    let revision = |r: &Report| {
+        r.attempted
+            .clone()
+            .or(r.revision.clone())
+            .unwrap_or_default()
+    };
+    match result {
+        Ok(report) if report.ok => tracing::info!(
+            sync = %label,
+            revision = %revision(report),
+            objects = report.objects.unwrap_or(0),
+            changed = report.changed,
+            seconds = report.duration.as_secs_f64(),
+            "ready: {}",
+            report.message
+        ),
+        Ok(report) => {
+            let next = if report.reason.stalls() {
+                "stalled: only a new commit or spec change helps"
+            } else {
+                "retrying"
+            };
+            tracing::warn!(
+                sync = %label,
+                revision = %revision(report),
+                reason = report.reason.as_str(),
+                seconds = report.duration.as_secs_f64(),
+                retry_in_seconds,
+                "{next}: {}",
+                report.message
+            );
+        }
+        Err(e) => tracing::warn!(
+            sync = %label,
+            error = %apply::reason(e),
+            retry_in_seconds,
+            "cannot update status"
+        ),
     }
 }
 
@@ -1287,6 +1325,47 @@ pub async fn request_sync(
     Ok(now)
 }
 
+/// Waits until the controller has handled the sync request made `at` (its status names it and it
+/// is not reconciling any more); returns (Ready, reason, message), or `None` after `timeout`.
+pub async fn wait_handled(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    at: &str,
+    timeout: Duration,
+) -> Result<Option<(bool, String, String)>, kube::Error> {
+    let api: Api<Sync> = Api::namespaced(client.clone(), namespace);
+    let deadline = Instant::now() + timeout;
+    loop {
+        let sync = api.get(name).await?;
+        if let Some(status) = &sync.status
+            && status.last_handled_sync_at.as_deref() == Some(at)
+            && !status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Reconciling" && c.status == "True")
+            && let Some(ready) = status.conditions.iter().find(|c| c.type_ == "Ready")
+        {
+            return Ok(Some((
+                ready.status == "True",
+                ready.reason.clone(),
+                ready.message.clone(),
+            )));
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// An Event's action: `Sync`, and a short digest of its note (see [`publish_event`]).
+fn event_action(note: &str) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(note.as_bytes());
+    format!("Sync-{}", hex::encode(&digest[..6]))
+}
+
 /// Publishes a Kubernetes Event about a Sync (failures to publish are not errors of the sync).
 async fn publish_event(
     recorder: &kube::runtime::events::Recorder,
@@ -1308,8 +1387,11 @@ async fn publish_event(
             EventType::Warning
         },
         reason: reason.as_str().into(),
+        // The Recorder folds repeats by (type, reason, action), not by note: a digest of the note in
+        // the action makes each distinct message (each revision, each new failure) its own Event,
+        // while the same message repeated still folds into one series.
+        action: event_action(&note),
         note: Some(note),
-        action: "Sync".into(),
         secondary: None,
     };
     let _ = recorder.publish(&event, &sync.object_ref(&())).await;
@@ -1333,7 +1415,15 @@ pub async fn reconcile_all(
         params = params.labels(selector);
     }
     for sync in api.list(&params).await?.items {
-        if reconcile(access, &sync, cache).await?.ok {
+        use kube::ResourceExt as _;
+        let label = format!(
+            "{}/{}",
+            sync.namespace().unwrap_or_default(),
+            sync.name_any()
+        );
+        let result = reconcile(access, &sync, cache).await;
+        log_report(&label, &result, None);
+        if result?.ok {
             ok += 1;
         } else {
             failed += 1;
@@ -1454,6 +1544,7 @@ mod tests {
             objects: Some(3),
             inventory: Some("shop/old".into()),
             last_sync_duration: None,
+            last_handled_sync_at: None,
         });
         sync
     }

@@ -134,6 +134,54 @@ async fn a_sync_converges_refuses_a_broken_commit_prunes_and_names_a_wrong_key()
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The log line says which Sync, which revision, what failed and that only a commit helps.
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    let line = log
+        .lines()
+        .find(|l| l.contains("RenderFailed"))
+        .unwrap_or_else(|| panic!("a log line for the failure: {log}"));
+    assert!(
+        line.contains("stalled: only a new commit or spec change helps")
+            && line.contains("templates/broken.yaml")
+            && line.contains(&format!("sync={sync_ns}/shop"))
+            && line.contains(&head(repo.path())),
+        "{line}"
+    );
+    // The same as JSON, one object per line, for log collectors.
+    let out = support::run_isolated(
+        Path::new(BIN),
+        &[
+            "controller",
+            "--once",
+            "--allow-local-sources",
+            "--log-format",
+            "json",
+            "-n",
+            &sync_ns,
+            "--kubeconfig",
+            &controller_kubeconfig.to_string_lossy(),
+            "--cache",
+            &cache.to_string_lossy(),
+        ],
+        &[],
+        home.path(),
+    );
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    let entry: serde_json::Value = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["reason"] == "RenderFailed")
+        .unwrap_or_else(|| panic!("a JSON log line for the failure: {log}"));
+    assert_eq!(entry["sync"], format!("{sync_ns}/shop"), "{entry}");
+    assert_eq!(entry["revision"], head(repo.path()).as_str(), "{entry}");
+    assert_eq!(entry["level"], "WARN", "{entry}");
+    assert!(entry["timestamp"].is_string(), "{entry}");
+    assert!(
+        entry["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("templates/broken.yaml")),
+        "{entry}"
+    );
     let sync = api.get("shop").await.expect("get");
     let (status, reason, message) = ready(&sync);
     assert_eq!(
@@ -169,11 +217,18 @@ async fn a_sync_converges_refuses_a_broken_commit_prunes_and_names_a_wrong_key()
         failed.regarding.as_ref().and_then(|r| r.name.as_deref()),
         Some("shop")
     );
+    // Both syncs that changed objects have an Event of their own (a different message each), not
+    // one folded series showing the first revision's text.
+    let succeeded: std::collections::BTreeSet<&str> = list
+        .items
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("Succeeded"))
+        .filter_map(|e| e.note.as_deref())
+        .collect();
+    assert!(succeeded.len() >= 2, "{succeeded:#?}");
     assert!(
-        list.items
-            .iter()
-            .any(|e| e.reason.as_deref() == Some("Succeeded")),
-        "the first sync changed objects, so it has an Event"
+        succeeded.iter().any(|n| n.contains(&first)),
+        "the second revision's own message: {succeeded:#?}"
     );
 
     // Fixed, and the Ingress template removed: converged again, the Ingress pruned.

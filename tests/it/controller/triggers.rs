@@ -59,22 +59,34 @@ async fn the_loop_syncs_new_syncs_at_once_waits_for_the_interval_and_obeys_locks
         "synced before its interval"
     );
 
-    // …but at once when asked.
+    // …but at once when asked; `lockstep sync` waits for the outcome (as `flux reconcile`), in
+    // the kubeconfig context's namespace when -n is not given.
+    let kubeconfig = std::fs::read_to_string(&cluster.kubeconfig).expect("kubeconfig");
+    let mut kc: serde_json::Value = yaml_serde::from_str(&kubeconfig).expect("kubeconfig yaml");
+    kc["contexts"][0]["context"]["namespace"] = serde_json::Value::String(sync_ns.clone());
+    let in_ns = home.path().join("kubeconfig-in-namespace");
+    std::fs::write(&in_ns, serde_json::to_string(&kc).expect("json")).expect("write");
     let out = support::run_isolated(
         Path::new(BIN),
-        &[
-            "sync",
-            "shop",
-            "-n",
-            &sync_ns,
-            "--kubeconfig",
-            &cluster.kubeconfig.to_string_lossy(),
-        ],
+        &["sync", "shop", "--kubeconfig", &in_ns.to_string_lossy()],
         &[],
         home.path(),
     );
     support::assert_success(&out);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("requested"));
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(said.contains("requested"), "{said}");
+    assert!(
+        said.contains(&format!(
+            "{sync_ns}/shop: Ready (Succeeded): applied revision {second}"
+        )),
+        "{said}"
+    );
+    let status = api.get("shop").await.expect("get").data["status"].clone();
+    assert_eq!(
+        status["lastAppliedRevision"],
+        second.as_str(),
+        "done when it returns"
+    );
     wait_applied(&api, "shop", &second, "the requested sync").await;
     let ingresses: Api<Ingress> = Api::namespaced(client.clone(), &target);
     assert!(
@@ -154,4 +166,38 @@ async fn the_loop_syncs_new_syncs_at_once_waits_for_the_interval_and_obeys_locks
             );
         }
     }
+
+    // A requested sync that fails: `lockstep sync` says why and exits 1.
+    std::fs::write(
+        repo.path().join("templates/broken.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: b}\ndata:\n  x: {{ values.nope }}\n",
+    )
+    .expect("write");
+    git(repo.path(), &["add", "-A"]);
+    git(repo.path(), &["commit", "-q", "-m", "broken"]);
+    let out = support::run_isolated(
+        Path::new(BIN),
+        &[
+            "sync",
+            "shop",
+            "-n",
+            &sync_ns,
+            "--kubeconfig",
+            &cluster.kubeconfig.to_string_lossy(),
+        ],
+        &[],
+        home.path(),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        err.contains(&format!("{sync_ns}/shop: not Ready (RenderFailed):"))
+            && err.contains("templates/broken.yaml"),
+        "{err}"
+    );
 }
