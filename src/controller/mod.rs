@@ -57,6 +57,10 @@ pub struct SyncSpec {
     /// Delete objects that left the set (default true).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prune: Option<bool>,
+    /// Also delete CustomResourceDefinitions, Namespaces and PersistentVolumeClaims that left the
+    /// set (default false: they are kept and listed in `status.kept`), as `--prune-protected`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prune_protected: Option<bool>,
     /// Do nothing while true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suspend: Option<bool>,
@@ -194,6 +198,10 @@ pub struct SyncStatus {
     /// How long the last sync took, e.g. `1.2s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sync_duration: Option<String>,
+    /// Objects that left the set but were not deleted, and why (a protected kind without
+    /// `pruneProtected`, an object another owner took over, a failed delete retried next time).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kept: Vec<String>,
     /// The last `lockstep sync` request (the `lockstep.dev/sync-requested` annotation's value)
     /// this status answers, as Flux's `lastHandledReconcileAt`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -343,6 +351,8 @@ struct Outcome {
     inventory: Option<String>,
     /// Objects created, configured or pruned.
     changed: usize,
+    /// Objects that left the set and were kept, with why (`None`: the sync did not get to prune).
+    kept: Option<Vec<String>>,
 }
 
 /// The controller's access to the cluster: its own client, and the configuration from which
@@ -626,6 +636,7 @@ impl pipeline::Inputs for SyncInputs {
         let warn_only = self.warn_only(&fetched.revision);
         Options {
             prune: spec.prune.unwrap_or(true),
+            prune_protected: spec.prune_protected.unwrap_or(false),
             wait: spec.wait.unwrap_or(false) && !warn_only,
             timeout: self.health_timeout(),
             revision: fetched.revision.clone(),
@@ -679,6 +690,7 @@ fn drift_outcome(done: &pipeline::Outcome) -> Outcome {
         objects: Some(done.objects),
         inventory: None,
         changed: 0,
+        kept: None,
     }
 }
 
@@ -686,11 +698,28 @@ fn drift_outcome(done: &pipeline::Outcome) -> Outcome {
 fn applied_outcome(done: &pipeline::Outcome, timeout: Duration) -> Outcome {
     let summary = &done.summary;
     let changed = summary.changes().count();
+    let kept: Vec<String> = summary
+        .objects
+        .iter()
+        .filter(|(_, a, _)| *a == Action::Kept)
+        .map(|(id, _, note)| match note {
+            Some(why) => format!("{id}: {why}"),
+            None => id.to_string(),
+        })
+        .collect();
+    let kept_note = if kept.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; {} object(s) left the set but were kept (see status.kept)",
+            kept.len()
+        )
+    };
     let (reason, message) = if summary.not_ready.is_empty() {
         (
             Reason::Succeeded,
             format!(
-                "applied revision {}: {} object(s), {changed} changed",
+                "applied revision {}: {} object(s), {changed} changed{kept_note}",
                 done.revision, done.objects
             ),
         )
@@ -718,6 +747,7 @@ fn applied_outcome(done: &pipeline::Outcome, timeout: Duration) -> Outcome {
         objects: Some(done.objects),
         inventory: Some(format!("{}/{}", done.namespace, done.inventory)),
         changed,
+        kept: Some(kept),
     }
 }
 
@@ -738,6 +768,7 @@ async fn run_pipeline(access: &Access, sync: &Sync, cache: &Path) -> Outcome {
             objects: None,
             inventory: None,
             changed: 0,
+            kept: None,
         },
     }
 }
@@ -793,6 +824,7 @@ impl Outcome {
             objects: None,
             inventory: None,
             changed: 0,
+            kept: None,
         }
     }
 }
@@ -861,6 +893,7 @@ fn concluded(sync: &Sync, outcome: &Outcome, took: Duration) -> SyncStatus {
         objects: outcome.objects.map(|n| n as i64).or(previous.objects),
         inventory: outcome.inventory.clone().or(previous.inventory),
         last_sync_duration: Some(format!("{:.1}s", took.as_secs_f64())),
+        kept: outcome.kept.clone().unwrap_or(previous.kept),
         last_handled_sync_at: requested(sync).or(previous.last_handled_sync_at),
     }
 }
@@ -1450,6 +1483,7 @@ mod tests {
                 environment: "dev".into(),
                 interval: interval.map(str::to_string),
                 prune: None,
+                prune_protected: None,
                 suspend: None,
                 decryption: None,
                 webhook: None,
@@ -1520,6 +1554,7 @@ mod tests {
             objects: applied.then_some(14),
             inventory: applied.then(|| "shop/lockstep-inventory-shop-dev".to_string()),
             changed: 0,
+            kept: None,
         }
     }
 
@@ -1544,6 +1579,7 @@ mod tests {
             objects: Some(3),
             inventory: Some("shop/old".into()),
             last_sync_duration: None,
+            kept: Vec::new(),
             last_handled_sync_at: None,
         });
         sync

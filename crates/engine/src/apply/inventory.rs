@@ -236,7 +236,7 @@ pub(crate) async fn prune_one(
         return (
             Action::Kept,
             Some(format!(
-                "{} is only pruned with --prune-protected",
+                "{} is protected: pruned only with consent (--prune-protected; a Sync: spec.pruneProtected: true)",
                 entry.kind
             )),
             true,
