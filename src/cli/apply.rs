@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use serde_json::json;
 
-use crate::apply::{self, ADOPTED, Action, Event, Options, Summary};
+use crate::apply::{self, ADOPTED, Action, Event, Options, SealedPreview, Summary};
 use crate::decrypt;
 use crate::keys::KeyRing;
 use crate::pipeline::{self, Fetched, StageError};
@@ -93,6 +93,10 @@ pub struct DiffArgs {
     /// Render, cluster and key options.
     #[command(flatten)]
     pub pipeline: PipelineArgs,
+    /// Compare Secrets and SOPS manifests by the digest of their rendered form and ciphertexts,
+    /// without decrypting (as happens anyway when no identity opens the secrets).
+    #[arg(long)]
+    pub sealed: bool,
 }
 
 pub use crate::apply::parse_duration;
@@ -279,10 +283,14 @@ async fn pipeline(
     opts: Options,
     env: &Env<'_>,
     stderr: &mut dyn Write,
-) -> Result<(Summary, String), Failure> {
+) -> Result<Previewed, Failure> {
     let req = args.render.request()?;
     pipeline_of(None, &req, args, opts, env, stderr).await
 }
+
+/// What a pipeline run gives the commands: the summary, `project/environment`, and whether (and
+/// why) secret-bearing objects stayed sealed.
+pub(crate) type Previewed = (Summary, String, Option<pipeline::SealedNote>);
 
 /// [`pipeline`] for a project already in memory (`args.render.dir` then only names it in
 /// messages), or read from `args.render.dir`.
@@ -293,7 +301,7 @@ pub(crate) async fn pipeline_of(
     opts: Options,
     env: &Env<'_>,
     stderr: &mut dyn Write,
-) -> Result<(Summary, String), Failure> {
+) -> Result<Previewed, Failure> {
     let dir = &args.render.dir;
     let preview = opts.dry_run;
     let mut inputs = Local {
@@ -308,7 +316,7 @@ pub(crate) async fn pipeline_of(
     let result = pipeline::run(&mut inputs, req, &mut |e| progress.show(e, stderr)).await;
     progress.end(stderr);
     match result {
-        Ok(done) => Ok((done.summary, done.target)),
+        Ok(done) => Ok((done.summary, done.target, done.sealed)),
         Err(failed) => Err(failure(dir, &failed.error, preview, stderr)),
     }
 }
@@ -444,11 +452,12 @@ pub fn run_apply(
         timeout: args.timeout,
         concurrency: args.pipeline.concurrency,
         dry_run: false,
+        sealed: SealedPreview::Never,
         revision: git_revision(&args.pipeline.render.dir),
         gate: None,
     };
     let rt = runtime()?;
-    let (summary, what) = rt.block_on(pipeline(&args.pipeline, opts, env, stderr))?;
+    let (summary, what, _) = rt.block_on(pipeline(&args.pipeline, opts, env, stderr))?;
     report_apply(&summary, &what, args.pipeline.output, stdout, stderr)
 }
 
@@ -511,11 +520,30 @@ pub fn run_diff(
         wait: false,
         concurrency: args.pipeline.concurrency,
         dry_run: true,
+        sealed: if args.sealed {
+            SealedPreview::Always
+        } else {
+            SealedPreview::WithoutKeys
+        },
         ..Options::default()
     };
     let rt = runtime()?;
-    let (summary, what) = rt.block_on(pipeline(&args.pipeline, opts, env, stderr))?;
-    let changed = summary.changes().next().is_some();
+    let (summary, what, sealed) = rt.block_on(pipeline(&args.pipeline, opts, env, stderr))?;
+    if let Some(note) = &sealed {
+        let _ = writeln!(
+            stderr,
+            "lockstep: secret-bearing objects compared sealed ({}): by the digest of their rendered form and ciphertexts; no value was read",
+            note.why
+        );
+        for source in &note.unreadable {
+            let _ = writeln!(
+                stderr,
+                "lockstep: {source}: not compared (a SOPS manifest whose kind and name are encrypted too)"
+            );
+        }
+    }
+    let changed = summary.changes().next().is_some()
+        || sealed.as_ref().is_some_and(|n| !n.unreadable.is_empty());
     match args.pipeline.output {
         OutputFormat::Json => {
             let doc = json!({
@@ -538,6 +566,11 @@ pub fn run_diff(
                     }
                     (Action::Created | Action::Configured, Some(note)) if note == ADOPTED => {
                         let _ = writeln!(stdout, "would adopt {id}: {ADOPTED}");
+                    }
+                    (Action::Created | Action::Configured, Some(note))
+                        if note.starts_with("(sealed") =>
+                    {
+                        let _ = writeln!(stdout, "{id}: {note}");
                     }
                     _ => {}
                 }

@@ -97,7 +97,7 @@ pub fn run(
         ..Options::default()
     };
     let rt = runtime()?;
-    let (summary, what) = rt.block_on(pipeline_of(
+    let (summary, what, _) = rt.block_on(pipeline_of(
         Some(snapshot),
         &req,
         &pipeline,

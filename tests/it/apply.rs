@@ -91,6 +91,15 @@ impl Project {
         self.run_with(args, &self.kubeconfig.clone())
     }
 
+    /// Runs without any identity (a reviewer without the key).
+    fn run_keyless(&self, args: &[&str]) -> Output {
+        let dir = self.path().to_string_lossy().into_owned();
+        let kc = self.kubeconfig.to_string_lossy().into_owned();
+        let mut full: Vec<&str> = args.to_vec();
+        full.extend(["--env", "dev", "--kubeconfig", &kc, &dir]);
+        support::run_isolated(Path::new(BIN), &full, &[], self.home.path())
+    }
+
     fn apply(&self, extra: &[&str]) -> Output {
         let mut args = vec!["apply", "--wait=false"];
         args.extend_from_slice(extra);
@@ -672,4 +681,71 @@ async fn diff_reports_what_it_would_prune_and_adopt_and_shows_only_changed_lines
         "adopting configures, not creates: {doc}"
     );
     assert_eq!(doc["counts"]["created"], 0, "{doc}");
+}
+
+#[tokio::test]
+async fn a_reviewer_without_the_key_previews_with_secrets_compared_sealed() {
+    let cluster = need!("control plane", support::cluster());
+    let client = cluster.admin().await;
+    let ns = cluster.namespace(&client, "keyless").await;
+    let p = Project::new(&cluster, "keyless", &ns);
+    p.write("templates/cm.yaml", &cm_template("cm", "x"));
+    p.write(
+        "templates/s.yaml",
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\nstringData:\n  p: {{ secrets.db.password }}\n",
+    );
+    p.secrets(DEMO_RECIPIENT, "db:\n  password: first-Keyless-Value\n");
+    let out = p.apply(&[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // Nothing changed: exit 0 without any key, and it says how Secrets were compared.
+    let out = p.run_keyless(&["diff"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert_eq!(stdout(&out), "");
+    assert!(
+        stderr(&out).contains("compared sealed (no identity at hand opens")
+            && stderr(&out).contains("environments/dev/secrets.yaml"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A new secret value and a new plain value: both show, the Secret as sealed and changed.
+    p.secrets(DEMO_RECIPIENT, "db:\n  password: second-Keyless-Value\n");
+    let out = p.run_keyless(&["diff", "--set", "x=new"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("+  key: new"), "{text}");
+    assert!(
+        text.contains(&format!("Secret {ns}/s: (sealed, changed)\n")),
+        "{text}"
+    );
+    // The same preview with the key at hand, when asked for.
+    let out = p.run(&["diff", "--sealed", "--set", "x=new"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(stdout(&out), text);
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let all = format!("{text}{}", stderr(&out));
+    for secret in ["first-Keyless-Value", "second-Keyless-Value"] {
+        assert!(
+            !all.contains(secret) && !all.contains(&b64.encode(secret)),
+            "{all}"
+        );
+    }
+    // Applied (with the key), the new digest is recorded: the keyless preview is clean again.
+    let out = p.apply(&["--set", "x=new"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = p.run_keyless(&["diff", "--set", "x=new"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
 }

@@ -192,6 +192,9 @@ pub struct ApplySet {
     pub namespace: String,
     /// The objects.
     pub objects: Vec<ApplyObject>,
+    /// In a keyless preview: the secret-bearing objects, compared by their sealed digest instead
+    /// of being sent (empty otherwise).
+    pub sealed: Vec<crate::sealed::SealedObject>,
 }
 
 /// Converts a YAML value to JSON (tags dropped, non-string keys as their YAML text).
@@ -336,7 +339,9 @@ pub fn decrypt(
     }
 
     let mut objects = Vec::with_capacity(rendered.manifests.len());
+    let mut texts = crate::sealed::Ciphertexts::default();
     for m in &rendered.manifests {
+        let digest = crate::sealed::digest_of(m, snapshot, &mut texts);
         match &m.body {
             Body::Object(v) => {
                 let Some(id) = m.id.clone() else { continue };
@@ -345,6 +350,9 @@ pub fn decrypt(
                 if has_secrets {
                     let docs = secrets.as_ref().map(|d| d.docs.as_slice()).unwrap_or(&[]);
                     fill_secret(&mut json, docs, &id, &m.source)?;
+                }
+                if let Some(digest) = &digest {
+                    crate::sealed::annotate(&mut json, digest);
                 }
                 let api_version = json.0["apiVersion"]
                     .as_str()
@@ -359,8 +367,12 @@ pub fn decrypt(
                 });
             }
             Body::Sops { text } => {
-                for obj in open_sops_manifest(&m.source, text, ring, &rendered.namespace, &scopes)?
+                for mut obj in
+                    open_sops_manifest(&m.source, text, ring, &rendered.namespace, &scopes)?
                 {
+                    if let Some(digest) = &digest {
+                        crate::sealed::annotate(&mut obj.object, digest);
+                    }
                     objects.push(obj);
                 }
             }
@@ -374,6 +386,7 @@ pub fn decrypt(
         environment: rendered.environment.clone(),
         namespace: rendered.namespace.clone(),
         objects,
+        sealed: Vec::new(),
     })
 }
 

@@ -9,6 +9,7 @@
 pub mod apply;
 pub mod decrypt;
 pub mod pipeline;
+pub mod sealed;
 pub mod source;
 
 pub use lockstep_core::objects;

@@ -14,7 +14,7 @@ use std::future::Future;
 
 use kube::Client;
 
-use crate::apply::{self, ApplyError, Event, Options, Plan, Summary};
+use crate::apply::{self, ApplyError, Event, Options, Plan, SealedPreview, Summary};
 use crate::decrypt::{self, ApplySet, DecryptError};
 use crate::keys::KeyRing;
 use crate::render::{self, Diagnostics, Rendered, Request};
@@ -250,6 +250,18 @@ pub struct Outcome {
     pub objects: usize,
     /// The revision applied.
     pub revision: String,
+    /// When secret-bearing objects were compared sealed (no key): why, and the SOPS manifests
+    /// whose identity is encrypted too, which could not be compared at all.
+    pub sealed: Option<SealedNote>,
+}
+
+/// Why a preview compared secret-bearing objects by their sealed digest.
+#[derive(Debug, Clone)]
+pub struct SealedNote {
+    /// `no identity opens …`, or that it was asked for.
+    pub why: String,
+    /// SOPS manifests that could not be compared.
+    pub unreadable: Vec<String>,
 }
 
 /// A failed run: the step's error, and the revision when the fetch got that far.
@@ -276,10 +288,10 @@ pub async fn run<I: Inputs>(
     };
     verify(inputs, &fetched).await.map_err(at)?;
     let rendered = render(&fetched.snapshot, request).map_err(at)?;
-    let set = decrypt(inputs, &rendered, &fetched.snapshot)
+    let options = inputs.options(&fetched);
+    let (set, sealed) = decrypt_or_seal(inputs, &rendered, &fetched.snapshot, &options)
         .await
         .map_err(at)?;
-    let options = inputs.options(&fetched);
     let client = inputs.client().await.map_err(at)?;
     let summary = converge(&client, &set, &options, progress)
         .await
@@ -289,9 +301,49 @@ pub async fn run<I: Inputs>(
         target: format!("{}/{}", set.project, set.environment),
         namespace: set.namespace.clone(),
         inventory: apply::inventory::name(&set.project, &set.environment),
-        objects: set.objects.len(),
+        objects: set.objects.len() + set.sealed.len(),
         revision: fetched.revision.clone(),
+        sealed,
     })
+}
+
+/// Decrypt step, or for a preview that may or must do without keys, the sealed set.
+async fn decrypt_or_seal(
+    inputs: &mut impl Inputs,
+    rendered: &Rendered,
+    snapshot: &Snapshot,
+    options: &Options,
+) -> Result<(ApplySet, Option<SealedNote>), StageError> {
+    let sealed = |why: String| {
+        let keyless = cpu(|| crate::sealed::keyless(rendered, snapshot));
+        let note = SealedNote {
+            why,
+            unreadable: keyless.unreadable,
+        };
+        (keyless.set, Some(note))
+    };
+    if !options.dry_run || options.sealed == SealedPreview::Never {
+        return Ok((decrypt(inputs, rendered, snapshot).await?, None));
+    }
+    if options.sealed == SealedPreview::Always {
+        return Ok(sealed("asked for (--sealed)".into()));
+    }
+    match decrypt(inputs, rendered, snapshot).await {
+        Ok(set) => Ok((set, None)),
+        Err(StageError::Decrypt { error, .. }) if no_identity(&error) => {
+            let file = match error.as_ref() {
+                DecryptError::Sops { file, .. } => inputs.show_path(file),
+                _ => String::new(),
+            };
+            Ok(sealed(format!("no identity at hand opens {file}")))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether a decrypt failed only for want of a key (sops's exit code 128).
+fn no_identity(error: &DecryptError) -> bool {
+    matches!(error, DecryptError::Sops { source, .. } if source.exit_code() == 128)
 }
 
 /// Fetch step.

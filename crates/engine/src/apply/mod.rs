@@ -20,6 +20,7 @@
 pub mod diff;
 pub mod health;
 pub mod inventory;
+pub mod sealed;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -70,12 +71,26 @@ pub struct Options {
     pub concurrency: usize,
     /// Only validate (dry-run) and report what would change; write nothing.
     pub dry_run: bool,
+    /// With `dry_run`: when to compare secret-bearing objects by their sealed digest instead of
+    /// decrypting them.
+    pub sealed: SealedPreview,
     /// A revision to record in the inventory (a Git commit, or empty).
     pub revision: String,
     /// Asked before every write step (each stage, kind, the prune and the inventory); when it says
     /// no, the apply stops with [`ApplyError::Interrupted`] and prunes nothing. The controller
     /// uses it to stop writing the moment it no longer holds its Lease.
     pub gate: Option<Gate>,
+}
+
+/// When a preview leaves secret-bearing objects sealed (see [`crate::sealed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SealedPreview {
+    /// Always decrypt (a real apply; the controller).
+    Never,
+    /// When no identity opens the secrets (a reviewer without the key).
+    WithoutKeys,
+    /// Always, even with keys at hand (the same preview a keyless CI job makes).
+    Always,
 }
 
 /// A check that writing may go on (see [`Options::gate`]).
@@ -108,6 +123,7 @@ impl Default for Options {
             timeout: Duration::from_secs(300),
             concurrency: 16,
             dry_run: false,
+            sealed: SealedPreview::Never,
             revision: String::new(),
             gate: None,
         }
@@ -236,6 +252,9 @@ pub enum ApplyError {
         "namespace {} does not exist and is not in the set; nothing was written. Add `createNamespace: true` to the environment in lockstep.yaml, add a Namespace to the templates, or create it", .0.join(", ")
     )]
     MissingNamespace(Vec<String>),
+    /// A keyless set (secret-bearing objects left sealed) was given to a real apply.
+    #[error("a set with sealed objects can only be previewed (diff), never applied")]
+    SealedApply,
     /// A CRD did not become Established in time.
     #[error("CustomResourceDefinition {0} was not Established within the timeout")]
     CrdTimeout(String),
@@ -783,49 +802,53 @@ async fn find_unlabelled(
     let shared: &[Item<'_>] = items;
     // Lazy, over indices, as in `dry_run_all`.
     let work = unseen.iter().copied().map(|i| {
-        use kube::Resource as _;
         let item = &shared[i];
-        let ns = item
-            .obj
-            .id
-            .namespace
-            .as_deref()
-            .filter(|_| item.target.namespaced);
-        let url = DynamicObject::url_path(&item.target.ar, ns);
-        async move {
-            // Read as plain JSON straight into a wiping container (a Secret holds values).
-            let req = kube::core::Request::new(url)
-                .get(&item.obj.id.name, &Default::default())
-                .map_err(kube::Error::BuildRequest);
-            let got = match req {
-                Ok(req) => client.request::<Json>(req).await.map(SecretJson::wrap),
-                Err(e) => Err(e),
-            };
-            (i, got)
-        }
+        async move { (i, get_live(client, &item.target, &item.obj.id).await) }
     });
     let found: Vec<_> = stream::iter(work)
         .buffered(opts.concurrency.max(1))
         .collect()
         .await;
     for (i, got) in found {
-        let mut json = match got {
-            Ok(o) => o,
+        let json = match got {
+            Ok(Some(o)) => o,
             // Not there (a new object), or not allowed to read it (the dry run reports that).
-            Err(e) if matches!(status_code(&e), Some(403 | 404)) => continue,
+            Ok(None) => continue,
+            Err(e) if status_code(&e) == Some(403) => continue,
             Err(e) => return Err(e.into()),
         };
-        if let Some(meta) = json
-            .expose_mut()
-            .get_mut("metadata")
-            .and_then(Json::as_object_mut)
-        {
-            meta.remove("managedFields");
-        }
         items[i].adopted = true;
         live.insert(live_key(&items[i]), json);
     }
     Ok(())
+}
+
+/// Reads one live object as plain JSON straight into a wiping container (a Secret holds values),
+/// without its managed fields; `None` when it does not exist.
+async fn get_live(
+    client: &Client,
+    target: &Target,
+    id: &ObjectId,
+) -> Result<Option<SecretJson>, kube::Error> {
+    use kube::Resource as _;
+    let ns = id.namespace.as_deref().filter(|_| target.namespaced);
+    let url = DynamicObject::url_path(&target.ar, ns);
+    let req = kube::core::Request::new(url)
+        .get(&id.name, &Default::default())
+        .map_err(kube::Error::BuildRequest)?;
+    let mut json = match client.request::<Json>(req).await {
+        Ok(o) => SecretJson::wrap(o),
+        Err(e) if status_code(&e) == Some(404) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if let Some(meta) = json
+        .expose_mut()
+        .get_mut("metadata")
+        .and_then(Json::as_object_mut)
+    {
+        meta.remove("managedFields");
+    }
+    Ok(Some(json))
 }
 
 fn live_key(item: &Item<'_>) -> LiveKey {
@@ -932,9 +955,18 @@ impl<'a> Plan<'a> {
         defer_missing_namespaces(client, &mut items, opts).await?;
         let inventory_api = inventory::api(client, &set.namespace);
         let previous = Inventory::read(&inventory_api, &set.project, &set.environment).await?;
+        if !set.sealed.is_empty() && !opts.dry_run {
+            return Err(ApplyError::SealedApply);
+        }
+        // A keyless preview's sealed objects are part of the set: they are compared, not stale.
         let current: BTreeSet<InventoryEntry> = items
             .iter()
             .map(|i| InventoryEntry::of(&i.obj.id, &i.obj.api_version))
+            .chain(
+                set.sealed
+                    .iter()
+                    .map(|s| InventoryEntry::of(&s.id, &s.api_version)),
+            )
             .collect();
         let stale = stale_entries(&previous, &current, opts)?;
         let mut live =
@@ -993,6 +1025,36 @@ impl<'a> Plan<'a> {
             if stage == 0 && !self.opts.dry_run {
                 self.wait_crds().await?;
             }
+        }
+        self.compare_sealed(progress).await
+    }
+
+    /// A keyless preview: each sealed object's digest against its live object's annotation.
+    async fn compare_sealed(
+        &mut self,
+        progress: &mut impl FnMut(&Event),
+    ) -> Result<(), ApplyError> {
+        if self.set.sealed.is_empty() {
+            return Ok(());
+        }
+        progress(&Event::Stage(
+            "compare sealed objects (no key)".into(),
+            self.set.sealed.len(),
+        ));
+        for s in &self.set.sealed {
+            let verdict = match self.resolver.resolve(&s.api_version, &s.id) {
+                None => sealed::Verdict::Unserved,
+                Some((target, _)) => match get_live(self.client, &target, &s.id).await {
+                    Ok(live) => sealed::verdict(live.as_ref().map(SecretJson::expose), &s.digest),
+                    Err(e) if status_code(&e) == Some(403) => sealed::Verdict::Forbidden,
+                    Err(e) => return Err(e.into()),
+                },
+            };
+            let (action, note) = verdict.report();
+            progress(&Event::Object(s.id.clone(), action, Some(note.into())));
+            self.summary
+                .objects
+                .push((s.id.clone(), action, Some(note.into())));
         }
         Ok(())
     }
