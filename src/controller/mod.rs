@@ -805,6 +805,13 @@ pub async fn reconcile(access: &Access, sync: &Sync, cache: &Path) -> Result<Rep
             "this replica may no longer write (it does not hold the Lease)".into(),
         ));
     }
+    if sync.metadata.deletion_timestamp.is_some() {
+        finalize(access, sync)
+            .await
+            .map_err(|why| kube::Error::Service(why.into()))?;
+        return Ok(Report::deleted());
+    }
+    keep_finalizer(access, sync).await?;
     if sync.spec.suspend == Some(true) {
         let outcome = Outcome::failed(Reason::Suspended, "suspended".into());
         return conclude(access, sync, outcome, started).await;
@@ -957,6 +964,118 @@ async fn conclude(
     Ok(report)
 }
 
+impl Report {
+    /// The report of a Sync whose deletion was handled (no sync ran).
+    fn deleted() -> Report {
+        Report {
+            ok: true,
+            duration: Duration::ZERO,
+            objects: None,
+            revision: None,
+            reason: Reason::Succeeded,
+            changed: 0,
+            drift_corrected: 0,
+            attempted: None,
+            message: "deleted".into(),
+        }
+    }
+}
+
+/// The finalizer through which deleting a Sync with `prune` on (the default) deletes what it
+/// applied, as Flux's Kustomization does.
+pub const FINALIZER: &str = "lockstep.dev/prune";
+
+fn has_finalizer(sync: &Sync) -> bool {
+    sync.finalizers().iter().any(|f| f == FINALIZER)
+}
+
+/// Writes `finalizers` (the rest of the list kept as it is); the resourceVersion makes it fail
+/// rather than overwrite a change made meanwhile.
+async fn set_finalizers(
+    access: &Access,
+    sync: &Sync,
+    list: Vec<String>,
+) -> Result<(), kube::Error> {
+    let api: Api<Sync> =
+        Api::namespaced(access.client.clone(), &sync.namespace().unwrap_or_default());
+    api.patch(
+        &sync.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {
+            "finalizers": list,
+            "resourceVersion": sync.resource_version(),
+        }})),
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Keeps [`FINALIZER`] in step with `spec.prune`: there when deleting the Sync should delete its
+/// objects, gone when it should leave them.
+async fn keep_finalizer(access: &Access, sync: &Sync) -> Result<(), kube::Error> {
+    let wanted = sync.spec.prune.unwrap_or(true);
+    if wanted == has_finalizer(sync) {
+        return Ok(());
+    }
+    let mut list: Vec<String> = sync
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .cloned()
+        .collect();
+    if wanted {
+        list.push(FINALIZER.into());
+    }
+    set_finalizers(access, sync, list).await
+}
+
+/// A Sync being deleted: with [`FINALIZER`] (and not suspended), deletes what its inventory
+/// records — as the Sync's ServiceAccount, with the guards of any prune — then lets it go. An
+/// Event says what was deleted and what was kept. Errors name what failed, never a value.
+async fn finalize(access: &Access, sync: &Sync) -> Result<(), String> {
+    if !has_finalizer(sync) {
+        return Ok(());
+    }
+    let ns = sync.namespace().unwrap_or_default();
+    let inventory = sync.status.as_ref().and_then(|s| s.inventory.clone());
+    if sync.spec.suspend != Some(true)
+        && let Some((inv_ns, inv_name)) = inventory.as_deref().and_then(|i| i.split_once('/'))
+    {
+        let client = access.for_sync(sync, &ns)?;
+        let opts = Options {
+            prune_protected: sync.spec.prune_protected.unwrap_or(false),
+            gate: access.gate.clone(),
+            ..Options::default()
+        };
+        let summary = apply::prune_everything(&client, inv_ns, inv_name, &opts)
+            .await
+            .map_err(|e| format!("pruning what it applied: {e}"))?;
+        let kept: Vec<String> = summary
+            .objects
+            .iter()
+            .filter(|(_, a, _)| *a == Action::Kept)
+            .map(|(id, _, note)| format!("{id}: {}", note.clone().unwrap_or_default()))
+            .collect();
+        let mut message = format!(
+            "deleted: pruned {} object(s) it had applied",
+            summary.count(Action::Pruned)
+        );
+        if !kept.is_empty() {
+            message.push_str(&format!("; kept {}: {}", kept.len(), kept.join("; ")));
+        }
+        publish_event(&access.recorder, sync, Reason::Succeeded, &message).await;
+    }
+    let rest: Vec<String> = sync
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .cloned()
+        .collect();
+    set_finalizers(access, sync, rest)
+        .await
+        .map_err(|e| format!("removing its finalizer: {}", apply::reason(&e)))
+}
+
 /// Annotation that asks for a sync now (`lockstep sync NAME` sets it to the time of asking).
 pub const SYNC_REQUESTED: &str = "lockstep.dev/sync-requested";
 
@@ -1081,6 +1200,22 @@ async fn reconcile_due(sync: Arc<Sync>, ctx: Arc<Context>) -> Result<Requeue, Sy
     }
     let ns = sync.namespace().unwrap_or_default();
     let name = sync.name_any();
+    if sync.metadata.deletion_timestamp.is_some() {
+        return match isolated(finalize(&ctx.access, &sync)).await {
+            Ok(Ok(())) => Ok(Requeue::await_change()),
+            Ok(Err(why)) => {
+                tracing::warn!(sync = %format!("{ns}/{name}"), "deleting: {why}");
+                Err(SyncFailed {
+                    reason: why,
+                    retry: RETRY_BASE,
+                })
+            }
+            Err(Panicked) => Err(SyncFailed {
+                reason: "the clean-up stopped unexpectedly".into(),
+                retry: RETRY_BASE,
+            }),
+        };
+    }
     let key = key_of(&sync);
     let schedule = lock(&ctx.schedules).get(&key).cloned();
     let hooked = ctx.hub.requests.take(&ns, &name);
@@ -1207,6 +1342,7 @@ fn spec_or_request(sync: &Sync) -> Option<u64> {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     sync.metadata.generation.hash(&mut h);
     requested(sync).hash(&mut h);
+    sync.metadata.deletion_timestamp.is_some().hash(&mut h);
     Some(h.finish())
 }
 

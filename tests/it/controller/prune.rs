@@ -1,10 +1,11 @@
 //! What a Sync prunes: a protected object that left Git is kept and listed in the status, and is
-//! deleted once the Sync consents (`pruneProtected`).
+//! deleted once the Sync consents (`pruneProtected`); deleting a Sync deletes what it applied
+//! (`prune: true`, through its finalizer) or leaves it (`prune: false`).
 
 use super::*;
 
 #[tokio::test]
-async fn a_protected_object_that_left_git_is_listed_as_kept_until_the_sync_consents() {
+async fn protected_objects_are_kept_and_listed_until_consent_and_deleting_a_sync_prunes_what_it_applied() {
     let Fixture {
         cluster,
         client,
@@ -87,5 +88,110 @@ async fn a_protected_object_that_left_git_is_listed_as_kept_until_the_sync_conse
         sync.data["status"].get("kept").is_none(),
         "{}",
         sync.data["status"]
+    );
+
+    // Deleting the Sync (prune on, the default) deletes what it applied, then the Sync goes.
+    let config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(client.clone(), &target);
+    assert!(
+        config_maps
+            .get_opt("settings")
+            .await
+            .expect("get")
+            .is_some()
+    );
+    let inventory = sync.data["status"]["inventory"]
+        .as_str()
+        .expect("inventory")
+        .to_string();
+    assert_eq!(
+        sync.metadata.finalizers.as_deref(),
+        Some(&["lockstep.dev/prune".to_string()][..]),
+        "a Sync that prunes carries the finalizer"
+    );
+    api.delete("slow", &Default::default())
+        .await
+        .expect("delete");
+    assert!(
+        api.get_opt("slow").await.expect("get").is_some(),
+        "held by the finalizer"
+    );
+    support::assert_success(&controller(
+        &controller_kubeconfig,
+        &sync_ns,
+        &cache,
+        home.path(),
+    ));
+    assert!(
+        config_maps
+            .get_opt("settings")
+            .await
+            .expect("get")
+            .is_none(),
+        "pruned on delete"
+    );
+    let (inv_ns, inv_name) = inventory.split_once('/').expect("ns/name");
+    let inventories: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(client.clone(), inv_ns);
+    assert!(
+        inventories.get_opt(inv_name).await.expect("get").is_none(),
+        "inventory gone"
+    );
+    assert!(
+        api.get_opt("slow").await.expect("get").is_none(),
+        "the Sync is gone"
+    );
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(client.clone(), &sync_ns);
+    let list = events.list(&Default::default()).await.expect("events");
+    assert!(
+        list.items
+            .iter()
+            .filter_map(|e| e.note.as_deref())
+            .any(|n| n.starts_with("deleted: pruned 1 object(s)")),
+        "{:#?}",
+        list.items
+            .iter()
+            .map(|e| e.note.clone())
+            .collect::<Vec<_>>()
+    );
+
+    // With prune: false the finalizer goes, and deleting the Sync leaves its objects.
+    create_local_sync(
+        &api,
+        "keep",
+        repo.path(),
+        serde_json::json!({"prune": false}),
+    )
+    .await;
+    support::assert_success(&controller(
+        &controller_kubeconfig,
+        &sync_ns,
+        &cache,
+        home.path(),
+    ));
+    assert!(
+        config_maps
+            .get_opt("settings")
+            .await
+            .expect("get")
+            .is_some()
+    );
+    let sync = api.get("keep").await.expect("get");
+    assert!(sync.metadata.finalizers.unwrap_or_default().is_empty());
+    api.delete("keep", &Default::default())
+        .await
+        .expect("delete");
+    assert!(
+        api.get_opt("keep").await.expect("get").is_none(),
+        "nothing holds it"
+    );
+    assert!(
+        config_maps
+            .get_opt("settings")
+            .await
+            .expect("get")
+            .is_some(),
+        "left as it is"
     );
 }

@@ -1365,6 +1365,54 @@ impl<'a> Plan<'a> {
     }
 }
 
+/// Deletes everything the inventory `namespace/inventory` records, with the guards of any prune
+/// (only objects still carrying the environment's labels, protected kinds only with
+/// `prune_protected`, `lockstep.dev/prune: disabled` respected); the inventory goes too, unless
+/// something was kept (it then lists only what was kept). What a deleted `Sync` does with
+/// `prune: true`, as Flux's Kustomization. No inventory: nothing to do.
+pub async fn prune_everything(
+    client: &Client,
+    namespace: &str,
+    inventory: &str,
+    opts: &Options,
+) -> Result<Summary, ApplyError> {
+    let configmaps = inventory::api(client, namespace);
+    let Some(cm) = configmaps.get_opt(inventory).await? else {
+        return Ok(Summary::default());
+    };
+    let label = |k: &str| cm.metadata.labels.as_ref().and_then(|l| l.get(k)).cloned();
+    let (Some(project), Some(environment)) = (label(PROJECT_LABEL), label(ENVIRONMENT_LABEL))
+    else {
+        return Ok(Summary::default());
+    };
+    let nothing = ApplySet {
+        project,
+        environment,
+        namespace: namespace.to_string(),
+        objects: Vec::new(),
+        sealed: Vec::new(),
+    };
+    let opts = Options {
+        prune: true,
+        allow_mass_prune: true,
+        dry_run: false,
+        ..opts.clone()
+    };
+    let mut plan = Plan::new(client, &nothing, &opts).await?;
+    plan.prune(&mut |_| {}).await?;
+    let summary = plan.finish();
+    let left = Inventory::read(&configmaps, &nothing.project, &nothing.environment).await?;
+    if left.entries.is_empty() {
+        opts.may_write()?;
+        match configmaps.delete(inventory, &Default::default()).await {
+            Ok(_) => {}
+            Err(e) if status_code(&e) == Some(404) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(summary)
+}
+
 /// Resolves, labels and annotates every object of the set; a kind nobody serves is an error.
 fn resolve_items<'a>(resolver: &Resolver, set: &'a ApplySet) -> Result<Vec<Item<'a>>, ApplyError> {
     let mut unknown = Vec::new();
