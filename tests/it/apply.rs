@@ -526,6 +526,67 @@ async fn wait_reports_available_deployments_and_the_reason_one_cannot_progress()
         err.contains("stuck") && err.contains("ProgressDeadlineExceeded"),
         "{err}"
     );
+
+    // A pod that cannot pull its image fails the wait at once, not after the timeout. (No node
+    // runs this pod; its container status is set as the kubelet would report it.)
+    p.remove("templates/stuck.yaml");
+    let pull = deployment("pull", "      nodeSelector: {no-such-label: \"true\"}\n")
+        .replace("progressDeadlineSeconds: 2", "progressDeadlineSeconds: 600");
+    p.write("templates/pull.yaml", &pull);
+    let started = std::time::Instant::now();
+    let dir = p.path().to_string_lossy().into_owned();
+    let kc = p.kubeconfig.to_string_lossy().into_owned();
+    let key = demo_key().to_string_lossy().into_owned();
+    let child = std::process::Command::new(BIN)
+        .args([
+            "apply",
+            "--timeout",
+            "300s",
+            "--env",
+            "dev",
+            "--kubeconfig",
+            &kc,
+            "--identity",
+            &key,
+            &dir,
+        ])
+        .env("HOME", p.home.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn apply");
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &ns);
+    let lp = kube::api::ListParams::default().labels("app=pull");
+    let pod = loop {
+        if let Some(pod) = pods.list(&lp).await.expect("pods").items.into_iter().next() {
+            break pod;
+        }
+        assert!(
+            started.elapsed().as_secs() < 60,
+            "no pod for the Deployment"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let name = pod.metadata.name.clone().expect("pod name");
+    let status = serde_json::json!({"status": {"containerStatuses": [{
+        "name": "c", "image": "example.com/app:1", "imageID": "", "ready": false, "restartCount": 0,
+        "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image \"example.com/app:1\""}}
+    }]}});
+    pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .expect("set the container status");
+    let out = child.wait_with_output().expect("apply ends");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("container c: ImagePullBackOff: Back-off pulling image"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed().as_secs() < 60,
+        "failed fast, not after the 300 s timeout: {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@
 use super::*;
 
 #[tokio::test]
-async fn protected_objects_are_kept_and_listed_until_consent_and_deleting_a_sync_prunes_what_it_applied() {
+async fn protected_objects_wait_for_consent_and_deleting_a_sync_prunes_what_it_applied() {
     let Fixture {
         cluster,
         client,

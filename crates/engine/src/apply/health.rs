@@ -4,12 +4,15 @@
 //! and every replica is updated and available (a Deployment whose `Progressing` condition says
 //! `ProgressDeadlineExceeded` has failed). Jobs: `Complete` (`Failed` fails). PersistentVolumeClaims:
 //! `Bound`. CRDs: `Established`. Services of type LoadBalancer: an ingress address. Custom resources:
-//! a `Ready` condition, when they have one, must be `True`.
+//! a `Ready` condition, when they have one, must be `True`. A workload whose pods are stuck in a way
+//! only a change can fix (`ImagePullBackOff`, `ErrImagePull`, `InvalidImageName`,
+//! `CreateContainerConfigError`, `CrashLoopBackOff`) fails at once instead of waiting out the
+//! timeout.
 
 use std::time::Duration;
 
-use kube::Api;
-use kube::api::DynamicObject;
+use kube::api::{DynamicObject, ListParams};
+use kube::{Api, Client};
 use serde_json::Value as Json;
 
 use super::ApplyError;
@@ -168,9 +171,68 @@ pub fn check(id: &ObjectId, obj: &Json) -> Health {
     }
 }
 
+/// Container states that do not clear up by waiting.
+const STUCK: [&str; 5] = [
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CrashLoopBackOff",
+];
+
+/// Why a pod will not become ready without a change, if it is stuck so.
+pub fn pod_stuck(pod: &Json) -> Option<String> {
+    let statuses = ["initContainerStatuses", "containerStatuses"]
+        .iter()
+        .filter_map(|k| pod["status"][k].as_array())
+        .flatten();
+    for c in statuses {
+        let waiting = &c["state"]["waiting"];
+        if let Some(reason) = waiting["reason"].as_str()
+            && STUCK.contains(&reason)
+        {
+            return Some(format!(
+                "pod {} container {}: {reason}: {}",
+                pod["metadata"]["name"].as_str().unwrap_or_default(),
+                c["name"].as_str().unwrap_or_default(),
+                waiting["message"].as_str().unwrap_or_default()
+            ));
+        }
+    }
+    None
+}
+
+/// For a workload still progressing: the first of its pods that is stuck (pods matched by its
+/// `spec.selector.matchLabels` in its namespace).
+async fn stuck_pod(client: &Client, id: &ObjectId, obj: &Json) -> Option<String> {
+    if !matches!(
+        id.kind.as_str(),
+        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet"
+    ) {
+        return None;
+    }
+    let labels = obj["spec"]["selector"]["matchLabels"].as_object()?;
+    let selector = labels
+        .iter()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+        .collect::<Vec<_>>()
+        .join(",");
+    let pods: Api<k8s_openapi::api::core::v1::Pod> =
+        Api::namespaced(client.clone(), id.namespace.as_deref()?);
+    let list = pods
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .ok()?;
+    list.items
+        .iter()
+        .filter_map(|p| serde_json::to_value(p).ok())
+        .find_map(|p| pod_stuck(&p))
+}
+
 /// Polls every object until all are ready, one fails, or the timeout passes; returns the objects
 /// that are not ready with why.
 pub async fn wait(
+    client: &Client,
     objects: &[(ObjectId, Api<DynamicObject>)],
     timeout: Duration,
 ) -> Result<Vec<(ObjectId, String)>, ApplyError> {
@@ -186,7 +248,13 @@ pub async fn wait(
             let health = match api.get_opt(&id.name).await? {
                 Some(o) => {
                     let v = serde_json::to_value(&o).unwrap_or(Json::Null);
-                    check(id, &v)
+                    match check(id, &v) {
+                        Health::Progressing(why) => match stuck_pod(client, id, &v).await {
+                            Some(stuck) => Health::Failed(stuck),
+                            None => Health::Progressing(why),
+                        },
+                        other => other,
+                    }
                 }
                 None => Health::Progressing("not found".into()),
             };
@@ -247,6 +315,23 @@ mod tests {
         assert!(
             matches!(check(&id("Deployment"), &stuck), Health::Failed(m) if m.contains("ProgressDeadlineExceeded"))
         );
+    }
+
+    #[test]
+    fn pods_stuck_on_their_image_or_config_fail_at_once() {
+        let pod = |reason: &str| {
+            json!({"metadata": {"name": "web-1"}, "status": {"containerStatuses": [
+                {"name": "ok", "state": {"running": {}}},
+                {"name": "app", "state": {"waiting": {"reason": reason, "message": "Back-off pulling image \"nope:1\""}}}
+            ]}})
+        };
+        assert_eq!(
+            pod_stuck(&pod("ImagePullBackOff")).as_deref(),
+            Some("pod web-1 container app: ImagePullBackOff: Back-off pulling image \"nope:1\"")
+        );
+        assert!(pod_stuck(&pod("CrashLoopBackOff")).is_some());
+        assert_eq!(pod_stuck(&pod("ContainerCreating")), None, "still starting");
+        assert_eq!(pod_stuck(&json!({"status": {}})), None);
     }
 
     #[test]

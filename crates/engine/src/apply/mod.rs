@@ -1087,7 +1087,7 @@ impl<'a> Plan<'a> {
             return Ok(());
         }
         progress(&Event::Stage("wait for health".into(), watched.len()));
-        self.summary.not_ready = health::wait(&watched, self.opts.timeout).await?;
+        self.summary.not_ready = health::wait(self.client, &watched, self.opts.timeout).await?;
         Ok(())
     }
 
