@@ -43,52 +43,73 @@ async fn the_quick_start_init_apply_change_diff_apply_runs_as_written() {
     let client = cluster.admin().await;
     let home = tempfile::tempdir().expect("tempdir");
     let h = home.path();
+    // As after `eval "export $(scripts/cluster up | tail -n1)"`: KUBECONFIG names the cluster.
     let kc = cluster.kubeconfig.to_string_lossy().into_owned();
+    let sh = |args: &[&str]| support::run_isolated(Path::new(BIN), args, &[("KUBECONFIG", &kc)], h);
     let name = format!("day-{}", std::process::id());
     let ns = format!("{name}-dev");
 
-    // lockstep init myapp
-    let out = run(h, &["init", &name]);
+    // The README's quick start, step by step (`myapp` is `name` here).
+    let out = sh(&["init", &name]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         stdout(&out).contains(&format!("lockstep apply --env dev {name}")),
         "{}",
         stdout(&out)
     );
-    // lockstep apply --env dev myapp: the scaffold's namespace comes with it (createNamespace).
-    let out = run(h, &["apply", "--env", "dev", &name, "--kubeconfig", &kc]);
+    let out = sh(&["apply", "--env", "dev", &name]);
     assert!(out.status.success(), "{}", stderr(&out));
     let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> =
         kube::Api::all(client.clone());
     assert!(namespaces.get_opt(&ns).await.expect("get").is_some());
-    // Change a value and delete the Service: diff shows the one line and the prune, exit 1.
     let dir = h.join(&name);
     std::fs::write(
         dir.join("environments/dev/values.yaml"),
-        "message: Hello again from dev\n",
+        "message: Hello again\n",
     )
-    .expect("write");
+    .expect("echo 'message: Hello again' > myapp/environments/dev/values.yaml");
+    let out = sh(&["diff", "--env", "dev", &name]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    // Only the changed value and the checksum annotation that rolls the pods on a config change.
+    let text = stdout(&out);
+    let changed: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            (l.starts_with('+') || l.starts_with('-'))
+                && !l.starts_with("+++")
+                && !l.starts_with("---")
+        })
+        .collect();
+    assert!(
+        changed.contains(&"+  PODINFO_UI_MESSAGE: Hello again"),
+        "{text}"
+    );
+    assert!(
+        changed
+            .iter()
+            .all(|l| l.contains("PODINFO_UI_MESSAGE: Hello") || l.contains("checksum/config:")),
+        "{text}"
+    );
+    let out = sh(&["apply", "--env", "dev", &name]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // Beyond the README: deleting the Service shows as a prune, and the next apply prunes it.
     let app = std::fs::read_to_string(dir.join("templates/app.yaml")).expect("read");
     let without_service = app.split("\n---\n").next().expect("deployment").to_string() + "\n";
     std::fs::write(dir.join("templates/app.yaml"), without_service).expect("write");
-    let out = run(h, &["diff", "--env", "dev", &name, "--kubeconfig", &kc]);
+    let out = sh(&["diff", "--env", "dev", &name]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    let text = stdout(&out);
     assert!(
-        text.contains("+  PODINFO_UI_MESSAGE: Hello again from dev"),
-        "{text}"
+        stdout(&out).contains(&format!("would prune Service {ns}/app\n")),
+        "{}",
+        stdout(&out)
     );
-    assert!(
-        text.contains(&format!("would prune Service {ns}/app\n")),
-        "{text}"
-    );
-    // lockstep apply again: the change lands, the Service goes, and diff is clean.
-    let out = run(h, &["apply", "--env", "dev", &name, "--kubeconfig", &kc]);
+    let out = sh(&["apply", "--env", "dev", &name]);
     assert!(out.status.success(), "{}", stderr(&out));
     let services: kube::Api<k8s_openapi::api::core::v1::Service> =
         kube::Api::namespaced(client.clone(), &ns);
     assert!(services.get_opt("app").await.expect("get").is_none());
-    let out = run(h, &["diff", "--env", "dev", &name, "--kubeconfig", &kc]);
+    let out = sh(&["diff", "--env", "dev", &name]);
     assert_eq!(
         out.status.code(),
         Some(0),

@@ -1,5 +1,5 @@
 //! A keyless preview's comparison of secret-bearing objects: the sealed digest of what would be
-//! applied against the [`SEALED_DIGEST`](crate::sealed::SEALED_DIGEST) annotation of the live
+//! applied against the [`SEALED_DIGEST`] annotation of the live
 //! object (no value is read, compared or shown).
 
 use serde_json::Value as Json;
