@@ -70,20 +70,24 @@ impl Project {
         std::fs::remove_file(self.path().join(rel)).expect("remove");
     }
 
-    fn run_with(&self, args: &[&str], kubeconfig: &Path) -> Output {
-        let dir = self.path().to_string_lossy().into_owned();
-        let kc = kubeconfig.to_string_lossy().into_owned();
-        let key = demo_key().to_string_lossy().into_owned();
-        let mut full: Vec<&str> = args.to_vec();
+    /// `args` and the environment, cluster, key and project options every run here takes.
+    fn full_args(&self, args: &[&str], kubeconfig: &Path) -> Vec<String> {
+        let mut full: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         full.extend([
-            "--env",
-            "dev",
-            "--kubeconfig",
-            &kc,
-            "--identity",
-            &key,
-            &dir,
+            "--env".into(),
+            "dev".into(),
+            "--kubeconfig".into(),
+            kubeconfig.to_string_lossy().into_owned(),
+            "--identity".into(),
+            demo_key().to_string_lossy().into_owned(),
+            self.path().to_string_lossy().into_owned(),
         ]);
+        full
+    }
+
+    fn run_with(&self, args: &[&str], kubeconfig: &Path) -> Output {
+        let full = self.full_args(args, kubeconfig);
+        let full: Vec<&str> = full.iter().map(String::as_str).collect();
         support::run_isolated(Path::new(BIN), &full, &[], self.home.path())
     }
 
@@ -534,22 +538,8 @@ async fn wait_reports_available_deployments_and_the_reason_one_cannot_progress()
         .replace("progressDeadlineSeconds: 2", "progressDeadlineSeconds: 600");
     p.write("templates/pull.yaml", &pull);
     let started = std::time::Instant::now();
-    let dir = p.path().to_string_lossy().into_owned();
-    let kc = p.kubeconfig.to_string_lossy().into_owned();
-    let key = demo_key().to_string_lossy().into_owned();
     let child = std::process::Command::new(BIN)
-        .args([
-            "apply",
-            "--timeout",
-            "300s",
-            "--env",
-            "dev",
-            "--kubeconfig",
-            &kc,
-            "--identity",
-            &key,
-            &dir,
-        ])
+        .args(p.full_args(&["apply", "--timeout", "300s"], &p.kubeconfig))
         .env("HOME", p.home.path())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -589,18 +579,30 @@ async fn wait_reports_available_deployments_and_the_reason_one_cannot_progress()
     );
 }
 
-#[tokio::test]
-async fn diff_exits_0_without_changes_1_with_them_and_never_shows_secret_values() {
-    let cluster = need!("control plane", support::cluster());
-    let client = cluster.admin().await;
-    let ns = cluster.namespace(&client, "diff").await;
-    let p = Project::new(&cluster, "diff", &ns);
+/// A project in a new namespace (`name-…`) with a ConfigMap `cm` (value `x`) and a Secret `s`
+/// whose `p` is the secret `db.password`, set to `password`; returns the namespace and the project.
+async fn cm_and_secret(
+    cluster: &support::Cluster,
+    client: &kube::Client,
+    name: &str,
+    password: &str,
+) -> (String, Project) {
+    let ns = cluster.namespace(client, name).await;
+    let p = Project::new(cluster, name, &ns);
     p.write("templates/cm.yaml", &cm_template("cm", "x"));
     p.write(
         "templates/s.yaml",
         "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\nstringData:\n  p: {{ secrets.db.password }}\n",
     );
-    p.secrets(DEMO_RECIPIENT, "db:\n  password: first-Secret-Value\n");
+    p.secrets(DEMO_RECIPIENT, &format!("db:\n  password: {password}\n"));
+    (ns, p)
+}
+
+#[tokio::test]
+async fn diff_exits_0_without_changes_1_with_them_and_never_shows_secret_values() {
+    let cluster = need!("control plane", support::cluster());
+    let client = cluster.admin().await;
+    let (_, p) = cm_and_secret(&cluster, &client, "diff", "first-Secret-Value").await;
     let out = p.run(&["diff"]);
     assert_eq!(
         out.status.code(),
@@ -611,14 +613,7 @@ async fn diff_exits_0_without_changes_1_with_them_and_never_shows_secret_values(
     let out = p.apply(&[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let out = p.run(&["diff"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
-    assert!(stdout(&out).is_empty());
+    support::assert_no_changes(&out);
     p.secrets(DEMO_RECIPIENT, "db:\n  password: second-Secret-Value\n");
     let out = p.run(&["diff", "--set", "x=new"]);
     assert_eq!(out.status.code(), Some(1));
@@ -632,17 +627,6 @@ async fn diff_exits_0_without_changes_1_with_them_and_never_shows_secret_values(
             "{text}"
         );
     }
-}
-
-/// The lines a unified diff adds or removes (headers excluded).
-fn changed_lines(diff: &str) -> Vec<&str> {
-    diff.lines()
-        .filter(|l| {
-            (l.starts_with('+') || l.starts_with('-'))
-                && !l.starts_with("+++")
-                && !l.starts_with("---")
-        })
-        .collect()
 }
 
 #[tokio::test]
@@ -691,7 +675,7 @@ async fn diff_reports_what_it_would_prune_and_adopt_and_shows_only_changed_lines
     let out = p.run(&["diff", "--set", "x=changed"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert_eq!(
-        changed_lines(&stdout(&out)),
+        support::changed_lines(&stdout(&out)),
         ["-  key: v", "+  key: changed"],
         "{}",
         stdout(&out)
@@ -748,27 +732,13 @@ async fn diff_reports_what_it_would_prune_and_adopt_and_shows_only_changed_lines
 async fn a_reviewer_without_the_key_previews_with_secrets_compared_sealed() {
     let cluster = need!("control plane", support::cluster());
     let client = cluster.admin().await;
-    let ns = cluster.namespace(&client, "keyless").await;
-    let p = Project::new(&cluster, "keyless", &ns);
-    p.write("templates/cm.yaml", &cm_template("cm", "x"));
-    p.write(
-        "templates/s.yaml",
-        "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\nstringData:\n  p: {{ secrets.db.password }}\n",
-    );
-    p.secrets(DEMO_RECIPIENT, "db:\n  password: first-Keyless-Value\n");
+    let (ns, p) = cm_and_secret(&cluster, &client, "keyless", "first-Keyless-Value").await;
     let out = p.apply(&[]);
     assert!(out.status.success(), "{}", stderr(&out));
 
     // Nothing changed: exit 0 without any key, and it says how Secrets were compared.
     let out = p.run_keyless(&["diff"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
-    assert_eq!(stdout(&out), "");
+    support::assert_no_changes(&out);
     assert!(
         stderr(&out).contains("compared sealed (no identity at hand opens")
             && stderr(&out).contains("environments/dev/secrets.yaml"),
@@ -802,11 +772,5 @@ async fn a_reviewer_without_the_key_previews_with_secrets_compared_sealed() {
     let out = p.apply(&["--set", "x=new"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let out = p.run_keyless(&["diff", "--set", "x=new"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    support::assert_no_changes(&out);
 }

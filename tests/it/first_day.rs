@@ -72,14 +72,7 @@ async fn the_quick_start_init_apply_change_diff_apply_runs_as_written() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     // Only the changed value and the checksum annotation that rolls the pods on a config change.
     let text = stdout(&out);
-    let changed: Vec<&str> = text
-        .lines()
-        .filter(|l| {
-            (l.starts_with('+') || l.starts_with('-'))
-                && !l.starts_with("+++")
-                && !l.starts_with("---")
-        })
-        .collect();
+    let changed = support::changed_lines(&text);
     assert!(
         changed.contains(&"+  PODINFO_UI_MESSAGE: Hello again"),
         "{text}"
@@ -110,14 +103,7 @@ async fn the_quick_start_init_apply_change_diff_apply_runs_as_written() {
         kube::Api::namespaced(client.clone(), &ns);
     assert!(services.get_opt("app").await.expect("get").is_none());
     let out = sh(&["diff", "--env", "dev", &name]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
-    assert_eq!(stdout(&out), "");
+    support::assert_no_changes(&out);
 }
 
 #[tokio::test]

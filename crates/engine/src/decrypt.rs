@@ -278,7 +278,10 @@ fn leaf_bytes(v: &Tree) -> Option<Zeroizing<Vec<u8>>> {
 }
 
 /// Looks a key path up in decrypted documents.
-fn lookup<'a>(docs: &'a [crate::sops::tree::Document], path: &[String]) -> Option<&'a Tree> {
+pub(crate) fn lookup<'a>(
+    docs: &'a [crate::sops::tree::Document],
+    path: &[String],
+) -> Option<&'a Tree> {
     let (first, rest) = path.split_first()?;
     let mut cur = docs.iter().find_map(|d| {
         d.items.iter().find_map(|i| match i {

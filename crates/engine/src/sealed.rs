@@ -18,7 +18,7 @@ use crate::decrypt::{ApplyObject, ApplySet, SecretJson, yaml_to_json};
 use crate::objects::ObjectId;
 use crate::render::{Body, Manifest, Rendered};
 use crate::sops::store::{self, Format};
-use crate::sops::tree::{Document, Item, Value as Tree};
+use crate::sops::tree::Document;
 use crate::source::Snapshot;
 
 /// The annotation holding an object's sealed digest (`sha256:<hex>`).
@@ -53,22 +53,7 @@ impl Ciphertexts {
                 store::load_encrypted(format, bytes).ok().map(|l| l.docs)
             })
             .as_ref()?;
-        let (first, rest) = path.split_first()?;
-        let mut cur = docs.iter().find_map(|d| {
-            d.items.iter().find_map(|i| match i {
-                Item::Pair(k, v) if k == first => Some(v),
-                _ => None,
-            })
-        })?;
-        for key in rest {
-            cur = match cur {
-                Tree::List(values) => {
-                    let i: usize = key.parse().ok()?;
-                    &values[crate::sops::tree::element_index(values, i)?]
-                }
-                other => other.get(key)?,
-            };
-        }
+        let cur = crate::decrypt::lookup(docs, path)?;
         cur.scalar_text().map(|t| t.expose().clone())
     }
 }

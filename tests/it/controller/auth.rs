@@ -45,20 +45,13 @@ async fn private_repositories_over_https_auth_and_ssh_and_signed_commits_only() 
     let http = GitHttp::start_tls(served.path(), Some(("deploy", "t0ken-4f9a")));
     let ca = http.ca_file().expect("a CA").to_string_lossy().into_owned();
     let run = || {
-        support::run_isolated(
-            Path::new(BIN),
-            &[
-                "controller",
-                "--once",
-                "-n",
-                &sync_ns,
-                "--kubeconfig",
-                &controller_kubeconfig.to_string_lossy(),
-                "--cache",
-                &cache.to_string_lossy(),
-            ],
-            &[("SSL_CERT_FILE", ca.as_str())],
+        controller_with(
+            &controller_kubeconfig,
+            &sync_ns,
+            &cache,
             home.path(),
+            &[],
+            &[("SSL_CERT_FILE", ca.as_str())],
         )
     };
     put_secret_data(

@@ -120,13 +120,7 @@ async fn a_sync_converges_refuses_a_broken_commit_prunes_and_names_a_wrong_key()
         .generation;
 
     // A broken template: Ready=False with the reason, the cluster untouched, the old revision kept.
-    std::fs::write(
-        repo.path().join("templates/broken.yaml"),
-        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: b}\ndata:\n  x: {{ values.nope }}\n",
-    )
-    .expect("write");
-    git(repo.path(), &["add", "-A"]);
-    git(repo.path(), &["commit", "-q", "-m", "broken"]);
+    commit_template(repo.path(), "broken.yaml", BROKEN);
     let out = controller(&controller_kubeconfig, &sync_ns, &cache, home.path());
     assert_eq!(
         out.status.code(),
@@ -148,23 +142,13 @@ async fn a_sync_converges_refuses_a_broken_commit_prunes_and_names_a_wrong_key()
         "{line}"
     );
     // The same as JSON, one object per line, for log collectors.
-    let out = support::run_isolated(
-        Path::new(BIN),
-        &[
-            "controller",
-            "--once",
-            "--allow-local-sources",
-            "--log-format",
-            "json",
-            "-n",
-            &sync_ns,
-            "--kubeconfig",
-            &controller_kubeconfig.to_string_lossy(),
-            "--cache",
-            &cache.to_string_lossy(),
-        ],
-        &[],
+    let out = controller_with(
+        &controller_kubeconfig,
+        &sync_ns,
+        &cache,
         home.path(),
+        &["--allow-local-sources", "--log-format", "json"],
+        &[],
     );
     let log = String::from_utf8_lossy(&out.stderr).into_owned();
     let entry: serde_json::Value = log

@@ -158,23 +158,44 @@ async fn fixture(prefix: &str) -> Result<Fixture, String> {
 }
 
 fn controller(kubeconfig: &Path, ns: &str, cache: &Path, home: &Path) -> Output {
-    support::run_isolated(
-        Path::new(BIN),
-        &[
-            "controller",
-            "--once",
-            "--allow-local-sources",
-            "-n",
-            ns,
-            "--kubeconfig",
-            &kubeconfig.to_string_lossy(),
-            "--cache",
-            &cache.to_string_lossy(),
-        ],
-        &[],
-        home,
-    )
+    controller_with(kubeconfig, ns, cache, home, &["--allow-local-sources"], &[])
 }
+
+/// `lockstep controller --once` for the Syncs of `ns`, with `extra` flags and environment.
+fn controller_with(
+    kubeconfig: &Path,
+    ns: &str,
+    cache: &Path,
+    home: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Output {
+    let kubeconfig = kubeconfig.to_string_lossy();
+    let cache = cache.to_string_lossy();
+    let mut args = vec![
+        "controller",
+        "--once",
+        "-n",
+        ns,
+        "--kubeconfig",
+        &kubeconfig,
+        "--cache",
+        &cache,
+    ];
+    args.extend_from_slice(extra);
+    support::run_isolated(Path::new(BIN), &args, env, home)
+}
+
+/// Writes `templates/<name>` in `repo` and commits it.
+fn commit_template(repo: &Path, name: &str, text: &str) {
+    std::fs::write(repo.join("templates").join(name), text).expect("write");
+    git(repo, &["add", "-A"]);
+    git(repo, &["commit", "-q", "-m", name]);
+}
+
+/// A template that does not render (`values.nope` is undefined).
+const BROKEN: &str =
+    "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: b}\ndata:\n  x: {{ values.nope }}\n";
 
 /// `Kind/name` → version (resourceVersion, or generation for workloads) of the shop's objects in `ns`.
 async fn versions(client: &kube::Client, ns: &str) -> std::collections::BTreeMap<String, String> {

@@ -15,23 +15,24 @@ async fn protected_objects_wait_for_consent_and_deleting_a_sync_prunes_what_it_a
     } = need!("control plane", fixture("prune").await);
     let target = cluster.namespace(&client, "prune-apps").await;
     let repo = unbindable_repo(&target);
-    std::fs::write(
-        repo.path().join("templates/settings.yaml"),
+    commit_template(
+        repo.path(),
+        "settings.yaml",
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {mode: one}\n",
-    )
-    .expect("write");
-    git(repo.path(), &["add", "-A"]);
-    git(repo.path(), &["commit", "-q", "-m", "settings"]);
+    );
     let home = tempfile::tempdir().expect("tempdir");
     let cache = home.path().join("git-cache");
     let api = syncs(&client, &sync_ns);
+    let sync_once = || {
+        support::assert_success(&controller(
+            &controller_kubeconfig,
+            &sync_ns,
+            &cache,
+            home.path(),
+        ))
+    };
     create_local_sync(&api, "slow", repo.path(), serde_json::json!({})).await;
-    support::assert_success(&controller(
-        &controller_kubeconfig,
-        &sync_ns,
-        &cache,
-        home.path(),
-    ));
+    sync_once();
     let claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
         Api::namespaced(client.clone(), &target);
     assert!(claims.get_opt("data").await.expect("get").is_some());
@@ -40,12 +41,7 @@ async fn protected_objects_wait_for_consent_and_deleting_a_sync_prunes_what_it_a
     std::fs::remove_file(repo.path().join("templates/data.yaml")).expect("rm");
     git(repo.path(), &["add", "-A"]);
     git(repo.path(), &["commit", "-q", "-m", "no claim"]);
-    support::assert_success(&controller(
-        &controller_kubeconfig,
-        &sync_ns,
-        &cache,
-        home.path(),
-    ));
+    sync_once();
     assert!(claims.get_opt("data").await.expect("get").is_some(), "kept");
     let sync = api.get("slow").await.expect("get");
     let kept = &sync.data["status"]["kept"];
@@ -72,12 +68,7 @@ async fn protected_objects_wait_for_consent_and_deleting_a_sync_prunes_what_it_a
         serde_json::json!({"pruneProtected": true}),
     )
     .await;
-    support::assert_success(&controller(
-        &controller_kubeconfig,
-        &sync_ns,
-        &cache,
-        home.path(),
-    ));
+    sync_once();
     let gone = claims.get_opt("data").await.expect("get");
     assert!(
         gone.is_none() || gone.is_some_and(|c| c.metadata.deletion_timestamp.is_some()),
@@ -116,12 +107,7 @@ async fn protected_objects_wait_for_consent_and_deleting_a_sync_prunes_what_it_a
         api.get_opt("slow").await.expect("get").is_some(),
         "held by the finalizer"
     );
-    support::assert_success(&controller(
-        &controller_kubeconfig,
-        &sync_ns,
-        &cache,
-        home.path(),
-    ));
+    sync_once();
     assert!(
         config_maps
             .get_opt("settings")
@@ -164,12 +150,7 @@ async fn protected_objects_wait_for_consent_and_deleting_a_sync_prunes_what_it_a
         serde_json::json!({"prune": false}),
     )
     .await;
-    support::assert_success(&controller(
-        &controller_kubeconfig,
-        &sync_ns,
-        &cache,
-        home.path(),
-    ));
+    sync_once();
     assert!(
         config_maps
             .get_opt("settings")

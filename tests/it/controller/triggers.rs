@@ -168,13 +168,7 @@ async fn the_loop_syncs_new_syncs_at_once_waits_for_the_interval_and_obeys_locks
     }
 
     // A requested sync that fails: `lockstep sync` says why and exits 1.
-    std::fs::write(
-        repo.path().join("templates/broken.yaml"),
-        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: b}\ndata:\n  x: {{ values.nope }}\n",
-    )
-    .expect("write");
-    git(repo.path(), &["add", "-A"]);
-    git(repo.path(), &["commit", "-q", "-m", "broken"]);
+    commit_template(repo.path(), "broken.yaml", BROKEN);
     let out = support::run_isolated(
         Path::new(BIN),
         &[

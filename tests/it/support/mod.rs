@@ -406,6 +406,33 @@ pub fn write_private(path: &Path, text: &str) {
         .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
 }
 
+/// The lines a unified diff adds or removes (its `+++`/`---` headers excluded).
+pub fn changed_lines(diff: &str) -> Vec<&str> {
+    diff.lines()
+        .filter(|l| {
+            (l.starts_with('+') || l.starts_with('-'))
+                && !l.starts_with("+++")
+                && !l.starts_with("---")
+        })
+        .collect()
+}
+
+/// Panics unless a `lockstep diff` found nothing to change: exit 0 and nothing on stdout.
+pub fn assert_no_changes(out: &std::process::Output) {
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
 /// Panics with the process's stderr unless it exited 0.
 pub fn assert_success(out: &std::process::Output) {
     assert!(
