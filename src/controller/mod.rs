@@ -1494,8 +1494,28 @@ pub async fn request_sync(
     Ok(now)
 }
 
-/// Waits until the controller has handled the sync request made `at` (its status names it and it
-/// is not reconciling any more); returns (Ready, reason, message), or `None` after `timeout`.
+/// The outcome of the sync request made `at`, once the status answers it and no sync is running:
+/// (Ready, reason, message).
+fn handled(sync: &Sync, at: &str) -> Option<(bool, String, String)> {
+    let status = sync.status.as_ref()?;
+    if status.last_handled_sync_at.as_deref() != Some(at)
+        || status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Reconciling" && c.status == "True")
+    {
+        return None;
+    }
+    let ready = status.conditions.iter().find(|c| c.type_ == "Ready")?;
+    Some((
+        ready.status == "True",
+        ready.reason.clone(),
+        ready.message.clone(),
+    ))
+}
+
+/// Waits until the controller has handled the sync request made `at` (watching the Sync; polling
+/// when this client may not watch); `None` after `timeout` or when the Sync was deleted.
 pub async fn wait_handled(
     client: &Client,
     namespace: &str,
@@ -1505,21 +1525,21 @@ pub async fn wait_handled(
 ) -> Result<Option<(bool, String, String)>, kube::Error> {
     let api: Api<Sync> = Api::namespaced(client.clone(), namespace);
     let deadline = Instant::now() + timeout;
+    let done = |s: Option<&Sync>| s.is_some_and(|s| handled(s, at).is_some());
+    match tokio::time::timeout(
+        timeout,
+        kube::runtime::wait::await_condition(api.clone(), name, done),
+    )
+    .await
+    {
+        Err(_) => return Ok(None),
+        Ok(Ok(found)) => return Ok(found.and_then(|s| handled(&s, at))),
+        // Not allowed to watch: ask every half second instead.
+        Ok(Err(_)) => {}
+    }
     loop {
-        let sync = api.get(name).await?;
-        if let Some(status) = &sync.status
-            && status.last_handled_sync_at.as_deref() == Some(at)
-            && !status
-                .conditions
-                .iter()
-                .any(|c| c.type_ == "Reconciling" && c.status == "True")
-            && let Some(ready) = status.conditions.iter().find(|c| c.type_ == "Ready")
-        {
-            return Ok(Some((
-                ready.status == "True",
-                ready.reason.clone(),
-                ready.message.clone(),
-            )));
+        if let Some(outcome) = handled(&api.get(name).await?, at) {
+            return Ok(Some(outcome));
         }
         if Instant::now() >= deadline {
             return Ok(None);
