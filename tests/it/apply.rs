@@ -725,6 +725,36 @@ async fn diff_reports_what_it_would_prune_and_adopt_and_shows_only_changed_lines
         doc["counts"]["configured"], 1,
         "adopting configures, not creates: {doc}"
     );
+
+    // A Secret once made with client-side `kubectl apply` keeps its values in an annotation: an
+    // adopting diff must not print them (on either side).
+    let value = "S3CR3T-by-kubectl";
+    let b64 = base64::engine::general_purpose::STANDARD.encode(value);
+    let last = serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "kubectl-made", "namespace": ns}, "data": {"k": b64}});
+    let made: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "kubectl-made", "annotations": {
+            "kubectl.kubernetes.io/last-applied-configuration": last.to_string()}},
+        "data": {"k": b64}
+    }))
+    .expect("secret");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    secrets
+        .create(&Default::default(), &made)
+        .await
+        .expect("create by hand");
+    p.write(
+        "templates/kubectl-made.yaml",
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: kubectl-made, labels: {team: a}}\ndata: {k: bmV3}\n",
+    );
+    let out = p.run(&["diff", "--force-conflicts"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let all = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(
+        all.contains(&format!("would adopt Secret {ns}/kubectl-made")),
+        "{all}"
+    );
+    assert!(!all.contains(value) && !all.contains(&b64), "{all}");
+    assert!(!all.contains("last-applied-configuration"), "{all}");
     assert_eq!(doc["counts"]["created"], 0, "{doc}");
 }
 

@@ -489,3 +489,58 @@ fn https_certificate_satisfies_webpki() {
     assert!(plain.ca_file().is_none());
     assert!(plain.url("shop.git").starts_with("http://127.0.0.1:"));
 }
+
+/// A tag and a branch of the same name on different commits: each ref kind fetches its own commit,
+/// over the real `git http-backend` (a branch must never stand in for a protected tag).
+#[test]
+fn a_tag_and_a_same_named_branch_each_fetch_their_own_commit() {
+    use lockstep::source::git::{self, Auth, Revision};
+    let tmp = tempfile::tempdir().unwrap();
+    let seed = tmp.path().join("seed");
+    std::fs::create_dir_all(&seed).unwrap();
+    git(&seed, &["init", "-q", "-b", "main"]);
+    std::fs::write(seed.join("lockstep.yaml"), "project: p\n").unwrap();
+    git(&seed, &["add", "."]);
+    git(&seed, &["commit", "-q", "-m", "tagged"]);
+    git(&seed, &["tag", "v1"]);
+    let tagged = git(&seed, &["rev-parse", "HEAD"]);
+    git(&seed, &["checkout", "-q", "-b", "v1"]);
+    std::fs::write(seed.join("lockstep.yaml"), "project: pushed-to-a-branch\n").unwrap();
+    git(&seed, &["commit", "-q", "-am", "branch"]);
+    let branch = git(&seed, &["rev-parse", "HEAD"]);
+    std::fs::create_dir_all(tmp.path().join("served")).unwrap();
+    git(
+        tmp.path(),
+        &["clone", "-q", "--bare", "seed", "served/shop.git"],
+    );
+    let server = GitHttp::start(&tmp.path().join("served"), None);
+    let fetch = |rev: Revision| {
+        git::fetch(
+            &server.url("shop.git"),
+            &rev,
+            ".",
+            &Auth::None,
+            &tmp.path().join("scratch"),
+            &std::sync::atomic::AtomicBool::new(false),
+        )
+    };
+    let got = fetch(Revision::Tag("v1".into())).expect("the tag");
+    assert_eq!(got.revision, tagged, "tag: v1 is the tag, not the branch");
+    let got = fetch(Revision::Branch("v1".into())).expect("the branch");
+    assert_eq!(got.revision, branch);
+    // A name that is only a branch is no tag, and the other way round.
+    git(&seed, &["branch", "only-branch", "main"]);
+    git(&seed, &["tag", "only-tag", &tagged]);
+    git(
+        &tmp.path().join("served/shop.git"),
+        &[
+            "fetch",
+            "-q",
+            "../../seed",
+            "+refs/heads/*:refs/heads/*",
+            "+refs/tags/*:refs/tags/*",
+        ],
+    );
+    assert!(fetch(Revision::Tag("only-branch".into())).is_err());
+    assert!(fetch(Revision::Branch("only-tag".into())).is_err());
+}

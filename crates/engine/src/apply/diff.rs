@@ -20,6 +20,9 @@ fn clean(v: &Json) -> SecretJson {
             && let Some(a) = meta.get_mut("annotations").and_then(Json::as_object_mut)
         {
             a.remove(super::APPLIED_ANNOTATION);
+            // Client-side `kubectl apply` keeps the whole object here — a Secret's values
+            // included — so it is never shown, on any kind (it fails closed).
+            a.remove("kubectl.kubernetes.io/last-applied-configuration");
             a.remove("deprecated.daemonset.template.generation");
             a.remove("deployment.kubernetes.io/revision");
             if a.is_empty() {
@@ -115,6 +118,34 @@ mod tests {
         assert!(d.contains("-  gone: (hidden)"), "{d}");
         assert!(d.contains("+  added: (hidden)"), "{d}");
         assert!(!d.contains("resourceVersion"), "{d}");
+    }
+
+    #[test]
+    fn last_applied_configuration_never_appears() {
+        let last = r#"{"apiVersion":"v1","data":{"k":"UzNDUjNU"},"kind":"Secret","metadata":{"name":"s"}}"#;
+        let annotated = |kind: &str, labels: Json| {
+            json!({"kind": kind, "metadata": {"name": "s", "labels": labels, "annotations": {
+                "kubectl.kubernetes.io/last-applied-configuration": last}}, "data": {"k": "UzNDUjNU"}})
+        };
+        // A Secret: masked values, and the annotation (which repeats them) gone.
+        let d = unified(
+            "v1/Secret/s",
+            true,
+            Some(&annotated("Secret", json!({}))),
+            &annotated("Secret", json!({"a": "b"})),
+        );
+        assert!(
+            !d.contains("UzNDUjNU") && !d.contains("last-applied"),
+            "{d}"
+        );
+        // Any other kind: the annotation is never shown either.
+        let d = unified(
+            "v1/ConfigMap/s",
+            false,
+            Some(&annotated("ConfigMap", json!({}))),
+            &annotated("ConfigMap", json!({"a": "b"})),
+        );
+        assert!(!d.contains("last-applied"), "{d}");
     }
 
     #[test]

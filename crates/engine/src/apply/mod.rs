@@ -1282,7 +1282,8 @@ impl<'a> Plan<'a> {
             _ => item.body.duplicate(),
         };
         let name = format!("{}/{}", item.obj.api_version, id);
-        let is_secret = id.group.is_empty() && id.kind == "Secret";
+        // Secrets, and any object that carries decrypted values (a whole-file SOPS manifest).
+        let is_secret = (id.group.is_empty() && id.kind == "Secret") || item.obj.has_secrets;
         diff::unified(
             &name,
             is_secret,

@@ -240,9 +240,11 @@ fn prepare_clone(
     dir: &Path,
 ) -> Result<gix::clone::PrepareFetch, GitError> {
     let mut prepare = gix::prepare_clone_bare(url, dir).map_err(|e| err(&redact(url), e))?;
+    // Full names: a partial `v1` would match a branch before a tag (gix prefers heads), so anyone
+    // who may push a branch could stand in for a protected tag, and the other way round.
     let ref_name = match rev {
-        Revision::Branch(b) => Some(b.clone()),
-        Revision::Tag(t) => Some(t.clone()),
+        Revision::Branch(b) => Some(full_ref("refs/heads/", b)),
+        Revision::Tag(t) => Some(full_ref("refs/tags/", t)),
         Revision::Default | Revision::Commit(_) => None,
     };
     if let Some(name) = &ref_name {
@@ -256,6 +258,15 @@ fn prepare_clone(
         ));
     }
     Ok(prepare)
+}
+
+/// `name` under `prefix`, unless it already is a full name there.
+fn full_ref(prefix: &str, name: &str) -> String {
+    if name.starts_with(prefix) {
+        name.to_string()
+    } else {
+        format!("{prefix}{name}")
+    }
 }
 
 /// The clone with its credentials: an `ssh` command with the key and `known_hosts` (the files live
