@@ -217,6 +217,22 @@ fn values_layer_base_then_environment_then_values_files_then_set() {
 }
 
 #[test]
+fn out_never_writes_outside_its_directory_whatever_the_names() {
+    let p = Project::new().file(
+        "templates/escape.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: escape, namespace: ..}\n",
+    );
+    let out_dir = p.path().join("nested/out");
+    let out = p.render("dev", &["--out", &out_dir.to_string_lossy()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out_dir.join("___/configmap-escape.yaml").exists());
+    assert!(
+        !p.path().join("nested/configmap-escape.yaml").exists(),
+        "a namespace of `..` wrote beside the output directory"
+    );
+}
+
+#[test]
 fn out_writes_one_file_per_object_and_replaces_earlier_output() {
     let p = Project::new()
         .file("templates/a.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: r}\n")

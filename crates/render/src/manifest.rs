@@ -82,8 +82,8 @@ impl Manifest {
                 };
                 format!(
                     "{}/{}{}-{}.yaml",
-                    sanitize(&dir),
-                    sanitize(&kind),
+                    component(&dir),
+                    component(&kind),
                     sanitize(&group),
                     sanitize(&id.name)
                 )
@@ -93,8 +93,11 @@ impl Manifest {
     }
 }
 
+/// A name made safe inside one path component: `[A-Za-z0-9._-]` only, and never `.` or `..` (a
+/// `metadata.namespace: ".."` must not write outside `render --out`'s directory).
 fn sanitize(s: &str) -> String {
-    s.chars()
+    let out: String = s
+        .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
                 c
@@ -102,7 +105,39 @@ fn sanitize(s: &str) -> String {
                 '_'
             }
         })
-        .collect()
+        .collect();
+    if !out.is_empty() && out.chars().all(|c| c == '.') {
+        out.replace('.', "_") + "_"
+    } else {
+        out
+    }
+}
+
+/// [`sanitize`]d, and never empty (an empty component would make the path absolute).
+fn component(s: &str) -> String {
+    match sanitize(s) {
+        empty if empty.is_empty() => "_".into(),
+        safe => safe,
+    }
+}
+
+#[cfg(test)]
+mod path_tests {
+    use super::sanitize;
+
+    #[test]
+    fn names_never_leave_the_output_directory() {
+        for (name, safe) in [
+            ("..", "___"),
+            (".", "__"),
+            ("", "_"),
+            ("a/../b", "a_.._b"),
+            ("web-1.x", "web-1.x"),
+        ] {
+            assert_eq!(super::component(name), safe, "{name:?}");
+            assert!(!sanitize(name).contains('/'));
+        }
+    }
 }
 
 /// One YAML document of a stream: its text and where it starts.
