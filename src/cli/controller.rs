@@ -62,6 +62,10 @@ pub struct ControllerArgs {
     /// could otherwise read any repository on the controller's file system).
     #[arg(long)]
     pub allow_local_sources: bool,
+    /// Also send Git credentials over plain `http://` (off by default: they would cross the
+    /// network in clear).
+    #[arg(long)]
+    pub allow_insecure_http: bool,
     /// Print the Sync CustomResourceDefinition and exit.
     #[arg(long)]
     pub print_crd: bool,
@@ -123,7 +127,8 @@ pub fn run(
         let config = super::apply::config(&args.cluster).await?;
         let client = super::apply::client_for(config.clone())?;
         let access = crate::controller::Access::new(client.clone(), Some(config))
-            .with_local_sources(args.allow_local_sources);
+            .with_local_sources(args.allow_local_sources)
+            .with_insecure_http(args.allow_insecure_http);
         crate::source::git::remove_leftovers();
         if !args.once {
             return serve(args, access, &cache).await;

@@ -291,7 +291,12 @@ fn identities(secret: &SecretData) -> KeyRing {
 
 /// Git credentials from a Secret: SSH (`identity` or `ssh-privatekey`, with `known_hosts`) or
 /// HTTPS basic auth (`username` + `password`, or `token`).
-pub fn git_auth(secret: &SecretData, what: &str, url: &str) -> Result<git::Auth, String> {
+pub fn git_auth(
+    secret: &SecretData,
+    what: &str,
+    url: &str,
+    insecure_http: bool,
+) -> Result<git::Auth, String> {
     let text = |key: &str| {
         secret
             .get(key)
@@ -307,6 +312,11 @@ pub fn git_auth(secret: &SecretData, what: &str, url: &str) -> Result<git::Auth,
         });
     }
     if http && let Some(password) = text("password").or_else(|| text("token")) {
+        if url.starts_with("http://") && !insecure_http {
+            return Err(format!(
+                "{what}: refusing to send a password or token in clear over http://; use an https:// URL (or start the controller with --allow-insecure-http)"
+            ));
+        }
         return Ok(git::Auth::Basic {
             username: text("username")
                 .map(|u| u.trim().to_string())
@@ -364,6 +374,8 @@ pub struct Access {
     config: Option<kube::Config>,
     gate: Option<apply::Gate>,
     local_sources: bool,
+    /// Whether Git credentials may go over plain `http://`.
+    insecure_http: bool,
     /// One recorder for the process, so repeated Events fold into a series.
     recorder: kube::runtime::events::Recorder,
 }
@@ -385,8 +397,16 @@ impl Access {
             config,
             gate: None,
             local_sources: false,
+            insecure_http: false,
             recorder,
         }
+    }
+
+    /// The same access, also sending Git credentials over plain `http://` (off by default: they
+    /// would cross the network in clear).
+    pub fn with_insecure_http(mut self, allowed: bool) -> Access {
+        self.insecure_http = allowed;
+        self
     }
 
     /// The same access, also accepting `file://` and plain-path sources. Off by default: in a
@@ -497,6 +517,7 @@ impl SyncInputs {
             &secret,
             &format!("credentials Secret {}/{}", self.ns, r.name),
             &self.sync.spec.source.url,
+            self.access.insecure_http,
         )
     }
 
@@ -1873,19 +1894,31 @@ mod tests {
             ("password", "pw"),
         ]);
         assert!(matches!(
-            git_auth(&both, "s", "https://h/r.git"),
+            git_auth(&both, "s", "https://h/r.git", false),
             Ok(git::Auth::Basic { ref username, .. }) if username == "git"
         ));
         assert!(matches!(
-            git_auth(&both, "s", "ssh://git@h/r.git"),
+            git_auth(&both, "s", "ssh://git@h/r.git", false),
             Ok(git::Auth::Ssh { .. })
         ));
         let token = secret(&[("username", "ci"), ("token", "s3cr3t-token")]);
         assert!(matches!(
-            git_auth(&token, "s", "https://h/r.git"),
+            git_auth(&token, "s", "https://h/r.git", false),
             Ok(git::Auth::Basic { ref username, .. }) if username == "ci"
         ));
-        let err = git_auth(&token, "Secret ns/creds", "git@h:r.git").expect_err("no SSH key");
+        // Never in clear over http://, unless the platform allowed it.
+        let err = git_auth(&token, "Secret ns/creds", "http://h/r.git", false)
+            .expect_err("clear-text credentials");
+        assert!(
+            err.contains("https://") && err.contains("--allow-insecure-http"),
+            "{err}"
+        );
+        assert!(matches!(
+            git_auth(&token, "s", "http://h/r.git", true),
+            Ok(git::Auth::Basic { .. })
+        ));
+        let err =
+            git_auth(&token, "Secret ns/creds", "git@h:r.git", false).expect_err("no SSH key");
         assert!(
             err.contains("Secret ns/creds") && err.contains("identity"),
             "{err}"

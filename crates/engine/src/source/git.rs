@@ -219,7 +219,7 @@ pub fn fetch(
     std::fs::create_dir_all(dir).map_err(|e| err(&format!("creating {}", dir.display()), e))?;
     let _scratch = Scratch(dir);
     let prepare = prepare_clone(url, rev, dir)?;
-    let (mut prepare, _ssh_files) = with_credentials(prepare, auth)?;
+    let (mut prepare, _ssh_files) = with_credentials(prepare, auth, url)?;
     let (repo, _outcome) = prepare
         .fetch_only(gix::progress::Discard, interrupt)
         .map_err(|e| err_chain(&format!("fetching {shown}"), &e))?;
@@ -260,6 +260,14 @@ fn prepare_clone(
     Ok(prepare)
 }
 
+/// The `host[:port]` of an HTTP(S) URL, as Git's credential protocol names it.
+fn host_of(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split('/').next()?;
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    Some(host.to_string())
+}
+
 /// `name` under `prefix`, unless it already is a full name there.
 fn full_ref(prefix: &str, name: &str) -> String {
     if name.starts_with(prefix) {
@@ -274,6 +282,7 @@ fn full_ref(prefix: &str, name: &str) -> String {
 fn with_credentials(
     mut prepare: gix::clone::PrepareFetch,
     auth: &Auth,
+    url: &str,
 ) -> Result<(gix::clone::PrepareFetch, Option<SshFiles>), GitError> {
     match auth {
         Auth::Ssh { key, known_hosts } => {
@@ -292,9 +301,16 @@ fn with_credentials(
                 username.clone(),
                 zeroize::Zeroizing::new(password.to_string()),
             );
+            let host = host_of(url);
             prepare = prepare.configure_connection(move |conn| {
-                let (username, password) = (username.clone(), password.clone());
+                let (username, password, host) = (username.clone(), password.clone(), host.clone());
                 conn.set_credentials(move |action| match action {
+                    // Only to the source's own host: a redirect elsewhere gets nothing.
+                    gix::credentials::helper::Action::Get(ctx)
+                        if ctx.host.is_some() && ctx.host != host =>
+                    {
+                        Ok(None)
+                    }
                     gix::credentials::helper::Action::Get(ctx) => {
                         Ok(Some(gix::credentials::protocol::Outcome {
                             identity: gix::sec::identity::Account {
@@ -383,6 +399,19 @@ fn read_project(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_go_to_the_sources_own_host() {
+        assert_eq!(
+            host_of("https://git.example.com/shop.git").as_deref(),
+            Some("git.example.com")
+        );
+        assert_eq!(
+            host_of("https://deploy:t@127.0.0.1:8443/a/b.git").as_deref(),
+            Some("127.0.0.1:8443")
+        );
+        assert_eq!(host_of("git@host:shop.git"), None);
+    }
 
     #[test]
     fn passwords_in_urls_are_hidden_and_everything_else_is_kept() {
