@@ -2,6 +2,11 @@
 //! receiver `POST /hook/<namespace>/<name>`, which checks a GitHub-style HMAC-SHA256 signature
 //! (`X-Hub-Signature-256`) or a GitLab token (`X-Gitlab-Token`) against the Sync's webhook Secret
 //! and asks the loop to sync at once. The payload is otherwise ignored. Nothing here sees plaintext.
+//!
+//! The receiver is reachable by anyone, so it gives nothing away and holds little: every refusal
+//! (no such Sync, no webhook, no token, a bad signature) is the same `401`, a body is read only up to
+//! [`MAX_HOOK_BODY`] within [`HOOK_READ_TIMEOUT`], and at most [`HOOK_CONCURRENCY`] requests are
+//! handled at once (`429` beyond).
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,8 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use hmac::{Hmac, Mac};
@@ -206,24 +210,49 @@ pub fn authentic(headers: &HeaderMap, body: &[u8], token: &[u8]) -> bool {
     false
 }
 
+/// The largest webhook body read (a push event of many commits fits; more is refused with `413`).
+pub const MAX_HOOK_BODY: usize = 1024 * 1024;
+
+/// How long a webhook body may take to arrive.
+pub const HOOK_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Webhook requests handled at once.
+pub const HOOK_CONCURRENCY: usize = 16;
+
+/// The one answer to every refused webhook: which Syncs exist is nobody's business.
+const REFUSED: (StatusCode, &str) = (StatusCode::UNAUTHORIZED, "not accepted\n");
+
 #[derive(Clone)]
 struct AppState {
     hub: Arc<Hub>,
     client: Client,
+    hooks: Arc<tokio::sync::Semaphore>,
 }
 
 async fn hook(
     State(state): State<AppState>,
     Path((namespace, name)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
+    request: Request,
 ) -> (StatusCode, &'static str) {
+    let Ok(_permit) = state.hooks.clone().try_acquire_owned() else {
+        return (StatusCode::TOO_MANY_REQUESTS, "busy; try again\n");
+    };
+    let (parts, body) = request.into_parts();
+    let body =
+        match tokio::time::timeout(HOOK_READ_TIMEOUT, axum::body::to_bytes(body, MAX_HOOK_BODY))
+            .await
+        {
+            Ok(Ok(b)) => b,
+            Ok(Err(_)) => return (StatusCode::PAYLOAD_TOO_LARGE, "body too large\n"),
+            Err(_) => return (StatusCode::REQUEST_TIMEOUT, "body too slow\n"),
+        };
+    let headers = parts.headers;
     let syncs: Api<Sync> = Api::namespaced(state.client.clone(), &namespace);
     let Ok(Some(sync)) = syncs.get_opt(&name).await else {
-        return (StatusCode::NOT_FOUND, "no such Sync\n");
+        return REFUSED;
     };
     let Some(webhook) = &sync.spec.webhook else {
-        return (StatusCode::NOT_FOUND, "this Sync has no webhook\n");
+        return REFUSED;
     };
     let secret = super::read_secret(
         &state.client,
@@ -239,13 +268,10 @@ async fn hook(
         .and_then(|s| s.get("token"))
         .filter(|t| !t.is_empty())
     else {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the webhook Secret has no (non-empty) token\n",
-        );
+        return REFUSED;
     };
     if !authentic(&headers, &body, token) {
-        return (StatusCode::UNAUTHORIZED, "bad signature\n");
+        return REFUSED;
     }
     if state.hub.leadership.is_leading() {
         state.hub.requests.ask(&namespace, &name);
@@ -268,7 +294,11 @@ pub async fn serve(
     hub: Arc<Hub>,
     client: Client,
 ) -> std::io::Result<()> {
-    let state = AppState { hub, client };
+    let state = AppState {
+        hub,
+        client,
+        hooks: Arc::new(tokio::sync::Semaphore::new(HOOK_CONCURRENCY)),
+    };
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
@@ -293,7 +323,11 @@ pub async fn serve(
                 )
             }),
         )
-        .route("/hook/{namespace}/{name}", post(hook))
+        .route(
+            "/hook/{namespace}/{name}",
+            // The body is read by the handler itself, within its own limit and time.
+            post(hook).layer(axum::extract::DefaultBodyLimit::disable()),
+        )
         .with_state(state);
     axum::serve(listener, app).await
 }

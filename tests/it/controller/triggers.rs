@@ -124,8 +124,22 @@ async fn the_loop_syncs_new_syncs_at_once_waits_for_the_interval_and_obeys_locks
         body,
     );
     assert_eq!(code, 401);
-    let (code, _) = http(port, "POST", &path, &[("X-Gitlab-Token", "wrong")], body);
+    let (code, wrong) = http(port, "POST", &path, &[("X-Gitlab-Token", "wrong")], body);
     assert_eq!(code, 401);
+    // An unknown Sync gets the very same answer as a wrong signature: the receiver tells nobody
+    // which Syncs exist.
+    let (code, unknown) = http(
+        port,
+        "POST",
+        &format!("/hook/{sync_ns}/no-such-sync"),
+        &[("X-Gitlab-Token", "wrong")],
+        body,
+    );
+    assert_eq!((code, unknown.as_str()), (401, wrong.as_str()));
+    // A body over the limit is refused before anything is looked up.
+    let big = vec![b'x'; 2 * 1024 * 1024];
+    let (code, _) = http(port, "POST", &path, &[("X-Gitlab-Token", "wrong")], &big);
+    assert_eq!(code, 413);
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     let status = api.get("shop").await.expect("get").data["status"].clone();
     assert_eq!(
