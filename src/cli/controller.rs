@@ -62,6 +62,10 @@ pub struct ControllerArgs {
     /// could otherwise read any repository on the controller's file system).
     #[arg(long)]
     pub allow_local_sources: bool,
+    /// The ServiceAccount (in each Sync's own namespace) that Syncs without `serviceAccountName` act
+    /// as, instead of the controller's own rights; its Secrets are read with its rights too.
+    #[arg(long, value_name = "NAME")]
+    pub default_service_account: Option<String>,
     /// Also send Git credentials over plain `http://` (off by default: they would cross the
     /// network in clear).
     #[arg(long)]
@@ -128,7 +132,8 @@ pub fn run(
         let client = super::apply::client_for(config.clone())?;
         let access = crate::controller::Access::new(client.clone(), Some(config))
             .with_local_sources(args.allow_local_sources)
-            .with_insecure_http(args.allow_insecure_http);
+            .with_insecure_http(args.allow_insecure_http)
+            .with_default_service_account(args.default_service_account.clone());
         crate::source::git::remove_leftovers();
         if !args.once {
             return serve(args, access, &cache).await;

@@ -376,6 +376,8 @@ pub struct Access {
     local_sources: bool,
     /// Whether Git credentials may go over plain `http://`.
     insecure_http: bool,
+    /// The ServiceAccount (in the Sync's namespace) a Sync without `serviceAccountName` acts as.
+    default_service_account: Option<String>,
     /// One recorder for the process, so repeated Events fold into a series.
     recorder: kube::runtime::events::Recorder,
 }
@@ -398,8 +400,16 @@ impl Access {
             gate: None,
             local_sources: false,
             insecure_http: false,
+            default_service_account: None,
             recorder,
         }
+    }
+
+    /// The same access, with Syncs that name no `serviceAccountName` acting as `name` in their own
+    /// namespace instead of as the controller (Flux's `--default-service-account`).
+    pub fn with_default_service_account(mut self, name: Option<String>) -> Access {
+        self.default_service_account = name.filter(|n| !n.is_empty());
+        self
     }
 
     /// The same access, also sending Git credentials over plain `http://` (off by default: they
@@ -433,7 +443,12 @@ impl Access {
 
     /// The client a Sync applies with.
     fn for_sync(&self, sync: &Sync, ns: &str) -> Result<Client, String> {
-        let Some(sa) = &sync.spec.service_account_name else {
+        let Some(sa) = sync
+            .spec
+            .service_account_name
+            .as_ref()
+            .or(self.default_service_account.as_ref())
+        else {
             return Ok(self.client.clone());
         };
         let mut config = self.config.clone().ok_or_else(|| {

@@ -130,4 +130,27 @@ async fn a_sync_with_a_service_account_can_do_only_what_that_account_may() {
     let defaults: Api<k8s_openapi::api::core::v1::ConfigMap> =
         Api::namespaced(client.clone(), "default");
     assert!(defaults.get_opt("escape").await.expect("get").is_none());
+
+    // With --default-service-account, a Sync that names no account acts as that one in its own
+    // namespace, not as the controller: the same commit is refused the same way.
+    create_local_sync(&api, "plain", repo.path(), serde_json::json!({})).await;
+    let out = controller_with(
+        &controller_kubeconfig,
+        &sync_ns,
+        &cache,
+        home.path(),
+        &[
+            "--allow-local-sources",
+            "--default-service-account",
+            "tenant",
+        ],
+        &[],
+    );
+    let message = failed_with(&out, &api, "plain", "ValidationFailed").await;
+    assert!(
+        message.contains("forbidden")
+            && message.contains(&format!("system:serviceaccount:{sync_ns}:tenant")),
+        "{message}"
+    );
+    assert!(defaults.get_opt("escape").await.expect("get").is_none());
 }
