@@ -61,6 +61,10 @@ pub struct SyncSpec {
     /// set (default false: they are kept and listed in `status.kept`), as `--prune-protected`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prune_protected: Option<bool>,
+    /// Allow a commit to prune everything or more than half of what was applied (default false:
+    /// such a sync fails with PruneFailed and deletes nothing), as `--allow-mass-prune`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_mass_prune: Option<bool>,
     /// Do nothing while true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suspend: Option<bool>,
@@ -673,6 +677,7 @@ impl pipeline::Inputs for SyncInputs {
         Options {
             prune: spec.prune.unwrap_or(true),
             prune_protected: spec.prune_protected.unwrap_or(false),
+            allow_mass_prune: spec.allow_mass_prune.unwrap_or(false),
             wait: spec.wait.unwrap_or(false) && !warn_only,
             timeout: self.health_timeout(),
             revision: fetched.revision.clone(),
@@ -872,6 +877,26 @@ impl Outcome {
     }
 }
 
+/// The most of a message a status condition carries (a render with thousands of problems must
+/// not make the status too big to write, which would leave the Sync at `Reconciling`).
+pub const MAX_STATUS_MESSAGE: usize = 32 * 1024;
+
+/// `message`, cut at [`MAX_STATUS_MESSAGE`] bytes (on a character boundary) with how much was left out.
+fn capped(message: &str) -> String {
+    if message.len() <= MAX_STATUS_MESSAGE {
+        return message.to_string();
+    }
+    let mut end = MAX_STATUS_MESSAGE;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(
+        "{}… ({} more bytes; `lockstep render` or `lockstep diff` of the commit shows everything)",
+        &message[..end],
+        message.len() - end
+    )
+}
+
 /// The time as a status writes it (whole seconds, as `metav1.Time`).
 fn now() -> Time {
     Time(jiff::Timestamp::from_second(jiff::Timestamp::now().as_second()).unwrap_or_default())
@@ -909,11 +934,12 @@ fn concluded(sync: &Sync, outcome: &Outcome, took: Duration) -> SyncStatus {
             c.type_ == "Ready" && c.status == ready_status && c.reason == outcome.reason.as_str()
         })
         .map_or_else(now, |c| c.last_transition_time.clone());
+    let message = capped(&outcome.message);
     let condition = |type_: &str, status: &str| Condition {
         type_: type_.into(),
         status: status.into(),
         reason: outcome.reason.as_str().into(),
-        message: outcome.message.clone(),
+        message: message.clone(),
         last_transition_time: transition.clone(),
         observed_generation: generation,
     };
@@ -1676,6 +1702,7 @@ mod tests {
                 interval: interval.map(str::to_string),
                 prune: None,
                 prune_protected: None,
+                allow_mass_prune: None,
                 suspend: None,
                 decryption: None,
                 webhook: None,
@@ -1986,6 +2013,25 @@ mod tests {
         let mut wrapped = Vec::new();
         walk(&crd, &mut wrapped);
         assert!(wrapped.is_empty(), "{wrapped:#?}");
+    }
+
+    #[test]
+    fn status_messages_are_capped_on_a_character_boundary() {
+        assert_eq!(capped("short"), "short");
+        let long = "€".repeat(MAX_STATUS_MESSAGE); // 3 bytes each: the cut must move back
+        let cut = capped(&long);
+        assert!(cut.len() < MAX_STATUS_MESSAGE + 200, "{}", cut.len());
+        assert!(
+            cut.ends_with("shows everything)"),
+            "{}",
+            &cut[cut.len() - 80..]
+        );
+        let kept = MAX_STATUS_MESSAGE - MAX_STATUS_MESSAGE % 3;
+        assert!(
+            cut.contains(&format!("({} more bytes;", long.len() - kept)),
+            "{}",
+            &cut[kept..]
+        );
     }
 
     #[test]

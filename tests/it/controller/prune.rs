@@ -176,3 +176,58 @@ async fn protected_objects_wait_for_consent_and_deleting_a_sync_prunes_what_it_a
         "left as it is"
     );
 }
+
+#[tokio::test]
+async fn a_commit_that_would_prune_everything_waits_for_the_syncs_consent() {
+    let Fixture {
+        cluster,
+        client,
+        controller_kubeconfig,
+        sync_ns,
+        _creds,
+    } = need!("control plane", fixture("massprune").await);
+    let target = cluster.namespace(&client, "massprune-apps").await;
+    let repo = tiny_repo(&target);
+    let home = tempfile::tempdir().expect("tempdir");
+    let cache = home.path().join("git-cache");
+    let api = syncs(&client, &sync_ns);
+    create_local_sync(&api, "tiny", repo.path(), serde_json::json!({})).await;
+    let run = || controller(&controller_kubeconfig, &sync_ns, &cache, home.path());
+    support::assert_success(&run());
+    let config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(client.clone(), &target);
+    // A commit that empties the project: refused, nothing deleted, the way out named.
+    std::fs::remove_file(repo.path().join("templates/settings.yaml")).expect("rm");
+    std::fs::write(repo.path().join("templates/.keep"), "").expect("write");
+    git(repo.path(), &["add", "-A"]);
+    git(repo.path(), &["commit", "-q", "-m", "empty"]);
+    let message = failed_with(&run(), &api, "tiny", "PruneFailed").await;
+    assert!(
+        message.contains("would be deleted (everything)")
+            && message.contains("spec.allowMassPrune: true"),
+        "{message}"
+    );
+    assert!(
+        config_maps
+            .get_opt("settings")
+            .await
+            .expect("get")
+            .is_some()
+    );
+    // With the Sync's consent, it goes.
+    create_local_sync(
+        &api,
+        "tiny",
+        repo.path(),
+        serde_json::json!({"allowMassPrune": true}),
+    )
+    .await;
+    support::assert_success(&run());
+    assert!(
+        config_maps
+            .get_opt("settings")
+            .await
+            .expect("get")
+            .is_none()
+    );
+}

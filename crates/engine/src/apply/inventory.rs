@@ -247,14 +247,24 @@ pub(crate) async fn prune_one(
         .rsplit_once('/')
         .map_or(entry.api_version.as_str(), |(_, v)| v);
     let gvk = GroupVersionKind::gvk(group_of(&entry.api_version), version, &entry.kind);
-    let Some((ar, caps)) = discovery.resolve_gvk(&gvk) else {
+    // The version it was applied with, else the one the cluster recommends now (an upgrade may
+    // have retired the old version; the object is still there).
+    let group = group_of(&entry.api_version);
+    let found = discovery.resolve_gvk(&gvk).or_else(|| {
+        discovery
+            .get(group)
+            .and_then(|g| g.recommended_kind(&entry.kind))
+    });
+    let Some((ar, caps)) = found else {
+        // Not served at all right now (a CRD being reinstalled, discovery briefly incomplete):
+        // kept in the inventory, so it is still pruned once it is served again.
         return (
             Action::Kept,
             Some(format!(
-                "{} is no longer served; forgotten",
-                entry.api_version
+                "{} {} is not served right now; kept in the inventory for the next run",
+                entry.api_version, entry.kind
             )),
-            false,
+            true,
         );
     };
     let api: Api<DynamicObject> = match (caps.scope, &entry.namespace) {

@@ -238,7 +238,7 @@ pub enum ApplyError {
     #[error("{} object(s) failed to apply (nothing was pruned):\n  {}", .0.len(), .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
     Apply(Vec<Refusal>),
     /// Pruning would delete too much.
-    #[error("prune refused: {stale} of {total} inventoried object(s) would be deleted{}; nothing was applied. If this is intended, pass --allow-mass-prune", if *.everything { " (everything)" } else { " (more than half)" })]
+    #[error("prune refused: {stale} of {total} inventoried object(s) would be deleted{}; nothing was applied. If this is intended, pass --allow-mass-prune (a Sync: spec.allowMassPrune: true)", if *.everything { " (everything)" } else { " (more than half)" })]
     MassPrune {
         /// Objects that would go.
         stale: usize,
