@@ -544,3 +544,49 @@ fn a_tag_and_a_same_named_branch_each_fetch_their_own_commit() {
     assert!(fetch(Revision::Tag("only-branch".into())).is_err());
     assert!(fetch(Revision::Branch("only-tag".into())).is_err());
 }
+
+/// A tree that points 80 times at one 1 MiB blob packs to almost nothing; reading it must stop at
+/// the project budget instead of expanding it in memory (a "Git bomb").
+#[test]
+fn a_tree_of_many_entries_for_one_big_blob_is_refused_at_the_project_budget() {
+    use lockstep::source::git::{self, Auth, Revision};
+    let tmp = tempfile::tempdir().unwrap();
+    let seed = tmp.path().join("seed");
+    std::fs::create_dir_all(&seed).unwrap();
+    git(&seed, &["init", "-q", "-b", "main"]);
+    std::fs::write(tmp.path().join("zeros"), vec![0u8; 1024 * 1024]).unwrap();
+    let zeros = tmp.path().join("zeros").to_string_lossy().into_owned();
+    let oid = git(&seed, &["hash-object", "-w", &zeros]);
+    for i in 0..80 {
+        git(
+            &seed,
+            &[
+                "update-index",
+                "--add",
+                "--cacheinfo",
+                &format!("100644,{oid},templates/f{i}.yaml"),
+            ],
+        );
+    }
+    git(&seed, &["commit", "-q", "-m", "bomb"]);
+    std::fs::create_dir_all(tmp.path().join("served")).unwrap();
+    git(
+        tmp.path(),
+        &["clone", "-q", "--bare", "seed", "served/bomb.git"],
+    );
+    let server = GitHttp::start(&tmp.path().join("served"), None);
+    let got = git::fetch(
+        &server.url("bomb.git"),
+        &Revision::Default,
+        ".",
+        &Auth::None,
+        &tmp.path().join("scratch"),
+        &std::sync::atomic::AtomicBool::new(false),
+    );
+    let e = got.err().expect("refused");
+    assert!(
+        e.to_string()
+            .contains("the project is bigger than lockstep reads"),
+        "{e}"
+    );
+}

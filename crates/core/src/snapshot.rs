@@ -12,6 +12,13 @@ use std::path::{Path, PathBuf};
 /// is almost certainly a mistake such as a committed archive).
 pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
 
+/// Largest project a snapshot accepts, all files together: a repository whose tree points a
+/// thousand times at one big blob (a few kilobytes packed) must not become gigabytes in memory.
+pub const MAX_PROJECT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Most files a project may have.
+pub const MAX_PROJECT_FILES: usize = 10_000;
+
 /// The top-level entries of a project that a snapshot reads.
 pub const PROJECT_ENTRIES: [&str; 5] = [
     "lockstep.yaml",
@@ -25,6 +32,8 @@ pub const PROJECT_ENTRIES: [&str; 5] = [
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     files: BTreeMap<String, Vec<u8>>,
+    /// All files' bytes together.
+    bytes: u64,
 }
 
 /// A project directory that could not be read.
@@ -46,6 +55,12 @@ pub enum SourceError {
         /// Its size.
         size: u64,
     },
+    /// More than [`MAX_PROJECT_BYTES`] or [`MAX_PROJECT_FILES`] in all.
+    #[error("the project is bigger than lockstep reads ({MAX_PROJECT_FILES} files, {MAX_PROJECT_BYTES} bytes in all), reached at {}", path.display())]
+    ProjectTooLarge {
+        /// The file at which the limit was reached.
+        path: PathBuf,
+    },
     /// A path that is not valid UTF-8 (templates are named by their path).
     #[error("{}: file names in a project must be valid UTF-8", path.display())]
     NotUtf8 {
@@ -62,7 +77,17 @@ impl Snapshot {
 
     /// Adds (or replaces) a file.
     pub fn insert(&mut self, path: impl Into<String>, bytes: impl Into<Vec<u8>>) {
-        self.files.insert(path.into(), bytes.into());
+        let bytes = bytes.into();
+        self.bytes += bytes.len() as u64;
+        if let Some(old) = self.files.insert(path.into(), bytes) {
+            self.bytes -= old.len() as u64;
+        }
+    }
+
+    /// Whether one more file of `size` bytes would stay within [`MAX_PROJECT_FILES`] and
+    /// [`MAX_PROJECT_BYTES`].
+    pub fn has_room_for(&self, size: u64) -> bool {
+        self.files.len() < MAX_PROJECT_FILES && self.bytes.saturating_add(size) <= MAX_PROJECT_BYTES
     }
 
     /// The bytes of a file, if present.
@@ -153,6 +178,11 @@ fn read_into(
                 size: meta.len(),
             });
         }
+        if !snapshot.has_room_for(meta.len()) {
+            return Err(SourceError::ProjectTooLarge {
+                path: path.to_path_buf(),
+            });
+        }
         snapshot.insert(rel, std::fs::read(path).map_err(io)?);
     }
     Ok(())
@@ -161,6 +191,15 @@ fn read_into(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_project_budget_counts_replaced_files_once() {
+        let mut s = Snapshot::new();
+        s.insert("a", vec![0u8; 1024]);
+        s.insert("a", vec![0u8; 10]);
+        assert!(s.has_room_for(MAX_PROJECT_BYTES - 10));
+        assert!(!s.has_room_for(MAX_PROJECT_BYTES - 9));
+    }
 
     #[test]
     fn under_lists_a_directory_in_order_and_nothing_beside_it() {

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
-use super::{MAX_FILE_BYTES, PROJECT_ENTRIES, Snapshot};
+use super::{MAX_FILE_BYTES, MAX_PROJECT_BYTES, MAX_PROJECT_FILES, PROJECT_ENTRIES, Snapshot};
 
 /// Which revision to read.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -382,15 +382,25 @@ fn read_project(
         if hidden || !PROJECT_ENTRIES.contains(&top) {
             continue;
         }
+        // Sizes from the object header, before anything is read: a tree may point many times at
+        // one big blob that packs to almost nothing.
+        let size = repo
+            .find_header(entry.oid)
+            .map_err(|e| err(&format!("reading {file}"), e))?
+            .size();
+        if size > MAX_FILE_BYTES {
+            return Err(GitError(format!(
+                "{file}: {size} bytes is more than the {MAX_FILE_BYTES} a project file may have"
+            )));
+        }
+        if !snapshot.has_room_for(size) {
+            return Err(GitError(format!(
+                "the project is bigger than lockstep reads ({MAX_PROJECT_FILES} files, {MAX_PROJECT_BYTES} bytes in all), reached at {file}"
+            )));
+        }
         let blob = repo
             .find_blob(entry.oid)
             .map_err(|e| err(&format!("reading {file}"), e))?;
-        if blob.data.len() as u64 > MAX_FILE_BYTES {
-            return Err(GitError(format!(
-                "{file}: {} bytes is more than the {MAX_FILE_BYTES} a project file may have",
-                blob.data.len()
-            )));
-        }
         snapshot.insert(file, blob.data.clone());
     }
     Ok(snapshot)
