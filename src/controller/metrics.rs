@@ -159,6 +159,27 @@ impl Metrics {
             .set(1);
     }
 
+    /// Drops the series of a Sync that is gone (its object count and revision).
+    pub fn forget(&self, namespace: &str, name: &str) {
+        let sync = SyncLabels {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        };
+        self.objects.remove(&sync);
+        let old = self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&(sync.namespace.clone(), sync.name.clone()));
+        if let Some(revision) = old {
+            self.revisions.remove(&RevisionLabels {
+                namespace: sync.namespace,
+                name: sync.name,
+                revision,
+            });
+        }
+    }
+
     /// The metrics as OpenMetrics text.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -189,6 +210,17 @@ mod tests {
             attempted: Some(revision.into()),
             message: "applied".into(),
         }
+    }
+
+    #[test]
+    fn a_deleted_syncs_series_go_with_it() {
+        let metrics = Metrics::default();
+        metrics.record("shop", "web", &report(true, "abc"));
+        metrics.record("shop", "api", &report(true, "def"));
+        metrics.forget("shop", "web");
+        let text = metrics.render();
+        assert!(!text.contains("name=\"web\""), "{text}");
+        assert!(text.contains("name=\"api\""), "{text}");
     }
 
     #[test]

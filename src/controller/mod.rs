@@ -1264,7 +1264,12 @@ async fn reconcile_due(sync: Arc<Sync>, ctx: Arc<Context>) -> Result<Requeue, Sy
     let name = sync.name_any();
     if sync.metadata.deletion_timestamp.is_some() {
         return match isolated(finalize(&ctx.access, &sync)).await {
-            Ok(Ok(())) => Ok(Requeue::await_change()),
+            Ok(Ok(())) => {
+                // Gone for good: nothing of it stays in the loop's memory or the metrics.
+                lock(&ctx.schedules).remove(&key_of(&sync));
+                ctx.hub.metrics.forget(&ns, &name);
+                Ok(Requeue::await_change())
+            }
             Ok(Err(why)) => {
                 tracing::warn!(sync = %format!("{ns}/{name}"), "deleting: {why}");
                 Err(SyncFailed {
