@@ -292,3 +292,37 @@ async fn private_repositories_over_https_auth_and_ssh_and_signed_commits_only() 
         "a refused commit changes nothing"
     );
 }
+
+#[tokio::test]
+async fn the_hosts_git_configuration_plays_no_part_in_a_fetch() {
+    let Fixture {
+        cluster,
+        client,
+        controller_kubeconfig,
+        sync_ns,
+        _creds,
+    } = need!("control plane", fixture("isolated-git").await);
+    let target = cluster.namespace(&client, "isolated-git-apps").await;
+    let repo = tiny_repo(&target);
+    let home = tempfile::tempdir().expect("tempdir");
+    // A ~/.gitconfig that would send every fetch somewhere else.
+    std::fs::write(
+        home.path().join(".gitconfig"),
+        "[url \"file:///nonexistent/\"]\n\tinsteadOf = file:///\n",
+    )
+    .expect("write");
+    let api = syncs(&client, &sync_ns);
+    create_local_sync(&api, "tiny", repo.path(), serde_json::json!({})).await;
+    let out = controller(
+        &controller_kubeconfig,
+        &sync_ns,
+        &home.path().join("git-cache"),
+        home.path(),
+    );
+    support::assert_success(&out);
+    let sync = api.get("tiny").await.expect("get");
+    assert_eq!(
+        sync.data["status"]["lastAppliedRevision"],
+        head(repo.path()).as_str()
+    );
+}

@@ -239,7 +239,16 @@ fn prepare_clone(
     rev: &Revision,
     dir: &Path,
 ) -> Result<gix::clone::PrepareFetch, GitError> {
-    let mut prepare = gix::prepare_clone_bare(url, dir).map_err(|e| err(&redact(url), e))?;
+    // Isolated: the host's Git configuration (`insteadOf` rewrites, credential helpers, proxies)
+    // and its environment play no part; what the fetch uses is what this function sets.
+    let mut prepare = gix::clone::PrepareFetch::new(
+        url,
+        dir,
+        gix::create::Kind::Bare,
+        gix::create::Options::default(),
+        gix::open::Options::isolated(),
+    )
+    .map_err(|e| err(&redact(url), e))?;
     // Full names: a partial `v1` would match a branch before a tag (gix prefers heads), so anyone
     // who may push a branch could stand in for a protected tag, and the other way round.
     let ref_name = match rev {
