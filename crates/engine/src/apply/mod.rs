@@ -429,10 +429,22 @@ pub fn strip_noise(v: &mut Json) {
     }
 }
 
-/// A digest of the object lockstep sends, without its own annotation. A Secret's values are left
-/// out (only its key names count): values are compared in memory against the live object instead,
-/// so no digest of a secret is ever stored.
-pub fn applied_digest(body: &Json, is_secret: bool) -> String {
+/// What of an object's content its applied digest may cover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Digestible {
+    /// Everything (no decrypted value in it).
+    All,
+    /// A Secret: everything but its values (only their key names count).
+    SecretKeys,
+    /// An object from a whole-file SOPS manifest: plaintext may be anywhere in it, so only its
+    /// identity and metadata count — including its sealed digest, which changes with its ciphertext.
+    MetadataOnly,
+}
+
+/// A digest of the object lockstep sends, without its own annotation. Decrypted values are left
+/// out ([`Digestible`]): they are compared in memory against the live object instead, so no digest
+/// of a secret is ever stored.
+pub fn applied_digest(body: &Json, digestible: Digestible) -> String {
     use sha2::Digest as _;
     let mut copy = SecretJson::wrap(body.clone());
     let v = copy.expose_mut();
@@ -451,12 +463,20 @@ pub fn applied_digest(body: &Json, is_secret: bool) -> String {
     {
         meta.remove("annotations");
     }
-    if is_secret {
-        for section in ["data", "stringData"] {
-            if let Some(m) = v.get_mut(section).and_then(Json::as_object_mut) {
-                for (_, value) in m.iter_mut() {
-                    *value = Json::String(String::new());
+    match digestible {
+        Digestible::All => {}
+        Digestible::SecretKeys => {
+            for section in ["data", "stringData"] {
+                if let Some(m) = v.get_mut(section).and_then(Json::as_object_mut) {
+                    for (_, value) in m.iter_mut() {
+                        *value = Json::String(String::new());
+                    }
                 }
+            }
+        }
+        Digestible::MetadataOnly => {
+            if let Some(obj) = v.as_object_mut() {
+                obj.retain(|k, _| matches!(k.as_str(), "apiVersion" | "kind" | "metadata"));
             }
         }
     }
@@ -1437,7 +1457,12 @@ fn resolve_items<'a>(resolver: &Resolver, set: &'a ApplySet) -> Result<Vec<Item<
             meta.remove("namespace");
         }
         let is_secret = obj.id.group.is_empty() && obj.id.kind == "Secret";
-        let digest = applied_digest(body.expose(), is_secret);
+        let digestible = match (is_secret, obj.has_secrets) {
+            (true, _) => Digestible::SecretKeys,
+            (false, true) => Digestible::MetadataOnly,
+            (false, false) => Digestible::All,
+        };
+        let digest = applied_digest(body.expose(), digestible);
         annotate(body.expose_mut(), &digest);
         items.push(Item {
             obj,
@@ -1634,8 +1659,32 @@ mod fast_path_tests {
         let a = json!({"kind": "Secret", "metadata": {"name": "s"}, "data": {"k": "c2VjcmV0"}});
         let b = json!({"kind": "Secret", "metadata": {"name": "s", "annotations": {APPLIED_ANNOTATION: "x"}}, "data": {"k": "b3RoZXI="}});
         let c = json!({"kind": "Secret", "metadata": {"name": "s"}, "data": {"other": "c2VjcmV0"}});
-        assert_eq!(applied_digest(&a, true), applied_digest(&b, true));
-        assert_ne!(applied_digest(&a, true), applied_digest(&c, true));
-        assert_ne!(applied_digest(&a, false), applied_digest(&b, false));
+        let keys = Digestible::SecretKeys;
+        assert_eq!(applied_digest(&a, keys), applied_digest(&b, keys));
+        assert_ne!(applied_digest(&a, keys), applied_digest(&c, keys));
+        assert_ne!(
+            applied_digest(&a, Digestible::All),
+            applied_digest(&b, Digestible::All)
+        );
+    }
+
+    #[test]
+    fn a_sops_manifests_digest_depends_on_its_metadata_never_on_its_plaintext() {
+        let object = |value: &str, sealed: &str| {
+            json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                   "metadata": {"name": "d", "annotations": {crate::sealed::SEALED_DIGEST: sealed}},
+                   "spec": {"template": {"spec": {"containers": [{"env": [{"name": "K", "value": value}]}]}}}})
+        };
+        let only = Digestible::MetadataOnly;
+        assert_eq!(
+            applied_digest(&object("plain-1", "sha256:a"), only),
+            applied_digest(&object("plain-2", "sha256:a"), only),
+            "the plaintext must not move the digest"
+        );
+        assert_ne!(
+            applied_digest(&object("plain-1", "sha256:a"), only),
+            applied_digest(&object("plain-1", "sha256:b"), only),
+            "a new ciphertext (sealed digest) must"
+        );
     }
 }
