@@ -590,3 +590,63 @@ fn a_tree_of_many_entries_for_one_big_blob_is_refused_at_the_project_budget() {
         "{e}"
     );
 }
+
+/// Symbolic links inside the project are followed the same way by the Git reader (the controller)
+/// and the directory reader (the CLI), and links out of the project by neither: the same commit
+/// renders the same everywhere.
+#[test]
+fn symlinks_read_the_same_from_git_as_from_a_checkout() {
+    use lockstep::source::Snapshot;
+    use lockstep::source::git::{self, Auth, Revision};
+    let tmp = tempfile::tempdir().unwrap();
+    let seed = tmp.path().join("seed");
+    for dir in [
+        "environments/dev",
+        "environments/prod",
+        "templates",
+        "shared",
+    ] {
+        std::fs::create_dir_all(seed.join(dir)).unwrap();
+    }
+    std::fs::write(seed.join("lockstep.yaml"), "project: p\n").unwrap();
+    std::fs::write(seed.join("environments/dev/values.yaml"), "replicas: 2\n").unwrap();
+    std::fs::write(seed.join("shared/cm.yaml"), "kind: ConfigMap\n").unwrap();
+    std::fs::write(tmp.path().join("outside.yaml"), "secret: elsewhere\n").unwrap();
+    let link = |target: &str, at: &str| std::os::unix::fs::symlink(target, seed.join(at)).unwrap();
+    link("../dev/values.yaml", "environments/prod/values.yaml");
+    link("../shared", "templates/shared");
+    link("../../outside.yaml", "templates/outside.yaml");
+    git(&seed, &["init", "-q", "-b", "main"]);
+    git(&seed, &["add", "-A"]);
+    git(&seed, &["commit", "-q", "-m", "links"]);
+    std::fs::create_dir_all(tmp.path().join("served")).unwrap();
+    git(
+        tmp.path(),
+        &["clone", "-q", "--bare", "seed", "served/links.git"],
+    );
+    let server = GitHttp::start(&tmp.path().join("served"), None);
+    let fetched = git::fetch(
+        &server.url("links.git"),
+        &Revision::Default,
+        ".",
+        &Auth::None,
+        &tmp.path().join("scratch"),
+        &std::sync::atomic::AtomicBool::new(false),
+    )
+    .expect("fetch");
+    let files = |s: &Snapshot| {
+        s.under("")
+            .map(|(p, b)| (p.to_string(), b.to_vec()))
+            .collect::<Vec<_>>()
+    };
+    let from_git = files(&fetched.snapshot);
+    let from_dir = files(&Snapshot::read_dir(&seed).expect("read the checkout"));
+    assert_eq!(from_git, from_dir);
+    let paths: Vec<&str> = from_git.iter().map(|(p, _)| p.as_str()).collect();
+    assert!(
+        paths.contains(&"environments/prod/values.yaml"),
+        "{paths:?}"
+    );
+    assert!(paths.contains(&"templates/shared/cm.yaml"), "{paths:?}");
+    assert!(!paths.iter().any(|p| p.contains("outside")), "{paths:?}");
+}

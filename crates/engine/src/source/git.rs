@@ -277,6 +277,26 @@ fn host_of(url: &str) -> Option<String> {
     Some(host.to_string())
 }
 
+/// Where a symbolic link at `link` (a project path) points, as a project path; `None` when the
+/// target is absolute or leaves the project.
+fn link_target(link: &str, target: &str) -> Option<String> {
+    if target.starts_with('/') {
+        return None;
+    }
+    let mut parts: Vec<&str> = link.split('/').collect();
+    parts.pop();
+    for seg in target.trim_end_matches('/').split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            other => parts.push(other),
+        }
+    }
+    (!parts.is_empty()).then(|| parts.join("/"))
+}
+
 /// `name` under `prefix`, unless it already is a full name there.
 fn full_ref(prefix: &str, name: &str) -> String {
     if name.starts_with(prefix) {
@@ -380,21 +400,52 @@ fn read_project(
     tree.traverse()
         .breadthfirst(&mut recorder)
         .map_err(|e| err("walking the tree", e))?;
-    let mut snapshot = Snapshot::new();
-    for entry in recorder.records {
-        if !entry.mode.is_blob() {
-            continue;
-        }
+    // Blobs by path, so symbolic links can be followed inside the project, as the CLI's directory
+    // reader follows them (the same commit renders the same everywhere).
+    let blobs: std::collections::BTreeMap<String, gix::ObjectId> = recorder
+        .records
+        .iter()
+        .filter(|e| e.mode.is_blob())
+        .map(|e| (e.filepath.to_string(), e.oid))
+        .collect();
+    let mut files: Vec<(String, gix::ObjectId)> = Vec::new();
+    for entry in &recorder.records {
         let file = entry.filepath.to_string();
         let top = file.split('/').next().unwrap_or_default();
         let hidden = file.split('/').any(|seg| seg.starts_with('.'));
         if hidden || !PROJECT_ENTRIES.contains(&top) {
             continue;
         }
+        if entry.mode.is_blob() {
+            files.push((file, entry.oid));
+        } else if entry.mode.is_link() {
+            let target = repo
+                .find_blob(entry.oid)
+                .map_err(|e| err(&format!("reading {file}"), e))?;
+            let Some(target) = link_target(&file, &String::from_utf8_lossy(&target.data)) else {
+                // Out of the project (or absolute): not part of it, as for a directory.
+                continue;
+            };
+            match blobs.get(&target) {
+                Some(oid) => files.push((file, *oid)),
+                None => {
+                    let prefix = format!("{target}/");
+                    for (path, oid) in blobs.range(prefix.clone()..) {
+                        let Some(rest) = path.strip_prefix(&prefix) else {
+                            break;
+                        };
+                        files.push((format!("{file}/{rest}"), *oid));
+                    }
+                }
+            }
+        }
+    }
+    let mut snapshot = Snapshot::new();
+    for (file, oid) in files {
         // Sizes from the object header, before anything is read: a tree may point many times at
         // one big blob that packs to almost nothing.
         let size = repo
-            .find_header(entry.oid)
+            .find_header(oid)
             .map_err(|e| err(&format!("reading {file}"), e))?
             .size();
         if size > MAX_FILE_BYTES {
@@ -408,7 +459,7 @@ fn read_project(
             )));
         }
         let blob = repo
-            .find_blob(entry.oid)
+            .find_blob(oid)
             .map_err(|e| err(&format!("reading {file}"), e))?;
         snapshot.insert(file, blob.data.clone());
     }
@@ -418,6 +469,32 @@ fn read_project(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn links_resolve_inside_the_project_only() {
+        let cases = [
+            (
+                "environments/prod/values.yaml",
+                "../dev/values.yaml",
+                Some("environments/dev/values.yaml"),
+            ),
+            (
+                "values.yaml",
+                "shared/values.yaml",
+                Some("shared/values.yaml"),
+            ),
+            ("templates/x", "./y/", Some("templates/y")),
+            ("values.yaml", "../outside.yaml", None),
+            ("templates/a.yaml", "/etc/passwd", None),
+        ];
+        for (link, target, expected) in cases {
+            assert_eq!(
+                link_target(link, target).as_deref(),
+                expected,
+                "{link} -> {target}"
+            );
+        }
+    }
 
     #[test]
     fn credentials_go_to_the_sources_own_host() {
