@@ -568,7 +568,7 @@ pub fn run_diff(
                         let _ = writeln!(stdout, "would adopt {id}: {ADOPTED}");
                     }
                     (Action::Created | Action::Configured, Some(note))
-                        if note.starts_with("(sealed") =>
+                        if apply::sealed::Verdict::is_report(note) =>
                     {
                         let _ = writeln!(stdout, "{id}: {note}");
                     }

@@ -1051,6 +1051,15 @@ fn has_finalizer(sync: &Sync) -> bool {
     sync.finalizers().iter().any(|f| f == FINALIZER)
 }
 
+/// The Sync's finalizers other than [`FINALIZER`] (someone else's: always kept).
+fn other_finalizers(sync: &Sync) -> Vec<String> {
+    sync.finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .cloned()
+        .collect()
+}
+
 /// Writes `finalizers` (the rest of the list kept as it is); the resourceVersion makes it fail
 /// rather than overwrite a change made meanwhile.
 async fn set_finalizers(
@@ -1079,12 +1088,7 @@ async fn keep_finalizer(access: &Access, sync: &Sync) -> Result<(), kube::Error>
     if wanted == has_finalizer(sync) {
         return Ok(());
     }
-    let mut list: Vec<String> = sync
-        .finalizers()
-        .iter()
-        .filter(|f| *f != FINALIZER)
-        .cloned()
-        .collect();
+    let mut list = other_finalizers(sync);
     if wanted {
         list.push(FINALIZER.into());
     }
@@ -1127,13 +1131,7 @@ async fn finalize(access: &Access, sync: &Sync) -> Result<(), String> {
         }
         publish_event(&access.recorder, sync, Reason::Succeeded, &message).await;
     }
-    let rest: Vec<String> = sync
-        .finalizers()
-        .iter()
-        .filter(|f| *f != FINALIZER)
-        .cloned()
-        .collect();
-    set_finalizers(access, sync, rest)
+    set_finalizers(access, sync, other_finalizers(sync))
         .await
         .map_err(|e| format!("removing its finalizer: {}", apply::reason(&e)))
 }

@@ -92,14 +92,9 @@ const FOREIGN: [&str; 7] = [
     "hckms",
 ];
 
-/// A scalar's text as a configuration field (`.sops.yaml` is never plaintext).
-fn text_of(v: &Value) -> Option<String> {
-    v.scalar_text().map(|t| t.expose().to_string())
-}
-
 fn parse_rule(v: &Value, n: usize) -> Result<CreationRule, ConfigError> {
     let ctx = |field: &str| format!("creation_rules[{n}].{field}");
-    let path_regex = match v.get("path_regex").and_then(text_of) {
+    let path_regex = match v.get("path_regex").and_then(Value::clear_text) {
         Some(r) => {
             Some(Regex::new(&r).map_err(|e| ConfigError(format!("{}: {e}", ctx("path_regex"))))?)
         }
@@ -139,7 +134,7 @@ fn parse_rule(v: &Value, n: usize) -> Result<CreationRule, ConfigError> {
             }]
         }
     };
-    let shamir_threshold = match v.get("shamir_threshold").and_then(text_of) {
+    let shamir_threshold = match v.get("shamir_threshold").and_then(Value::clear_text) {
         Some(t) => Some(t.parse().map_err(|_| {
             ConfigError(format!(
                 "{}: {t:?} is not a number",
@@ -150,7 +145,7 @@ fn parse_rule(v: &Value, n: usize) -> Result<CreationRule, ConfigError> {
     };
     let fields: Vec<(&str, String)> = SELECTION_FIELDS
         .iter()
-        .filter_map(|f| v.get(f).and_then(text_of).map(|s| (*f, s)))
+        .filter_map(|f| v.get(f).and_then(Value::clear_text).map(|s| (*f, s)))
         .collect();
     let selection = Selection::from_fields(fields.iter().map(|(f, s)| (*f, s.as_str())))
         .map_err(|e| ConfigError(format!("creation_rules[{n}]: {e}")))?;

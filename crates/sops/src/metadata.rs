@@ -41,11 +41,6 @@ impl Clone for KeyGroup {
     }
 }
 
-/// A scalar's text as a metadata field (metadata is never plaintext).
-fn field_text(v: &Value) -> Option<String> {
-    v.scalar_text().map(|t| t.expose().to_string())
-}
-
 impl KeyGroup {
     /// True when the group holds keys lockstep cannot use (pgp, kms…).
     pub fn has_foreign_keys(&self) -> bool {
@@ -110,7 +105,7 @@ fn parse_group(v: &Value) -> Result<KeyGroup, MetadataError> {
                 _ => return Err(MetadataError::Invalid("age must be a list".into())),
             };
             for entry in list {
-                let field = |name: &str| entry.get(name).and_then(field_text);
+                let field = |name: &str| entry.get(name).and_then(Value::clear_text);
                 let recipient = field("recipient")
                     .ok_or_else(|| MetadataError::Invalid("age entry without recipient".into()))?;
                 let enc = field("enc")
@@ -135,7 +130,7 @@ impl Metadata {
                 "the sops key is not a mapping".into(),
             ));
         }
-        let text = |name: &str| v.get(name).and_then(field_text);
+        let text = |name: &str| v.get(name).and_then(Value::clear_text);
         let key_groups = match v.get("key_groups") {
             Some(Value::List(groups)) if !groups.is_empty() => groups
                 .iter()

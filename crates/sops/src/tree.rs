@@ -196,6 +196,12 @@ impl Value {
         }))
     }
 
+    /// [`Value::scalar_text`] as a plain `String`, for the fields that never hold plaintext (the
+    /// `sops` metadata block, `.sops.yaml`). Not public: a decrypted value must stay a [`Plain`].
+    pub(crate) fn clear_text(&self) -> Option<String> {
+        self.scalar_text().map(|t| t.expose().to_string())
+    }
+
     /// A short name of the value's kind, for error messages.
     pub fn kind(&self) -> &'static str {
         match self {

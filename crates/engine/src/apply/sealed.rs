@@ -59,12 +59,18 @@ impl Verdict {
         }
     }
 
-    /// Whether the note says the object could not be compared.
-    pub fn uncompared(self) -> bool {
-        matches!(
-            self,
-            Verdict::NoDigest | Verdict::Unserved | Verdict::Forbidden
-        )
+    /// Whether `note` is the report of a sealed comparison.
+    pub fn is_report(note: &str) -> bool {
+        [
+            Verdict::New,
+            Verdict::Unchanged,
+            Verdict::Changed,
+            Verdict::NoDigest,
+            Verdict::Unserved,
+            Verdict::Forbidden,
+        ]
+        .iter()
+        .any(|v| v.report().1 == note)
     }
 }
 
@@ -93,6 +99,7 @@ mod tests {
             );
         }
         assert_eq!(Verdict::Unchanged.report().0, Action::Unchanged);
-        assert!(Verdict::NoDigest.uncompared() && !Verdict::Changed.uncompared());
+        assert!(Verdict::is_report(Verdict::Forbidden.report().1));
+        assert!(!Verdict::is_report("(sealed"));
     }
 }
