@@ -650,3 +650,69 @@ fn symlinks_read_the_same_from_git_as_from_a_checkout() {
     assert!(paths.contains(&"templates/shared/cm.yaml"), "{paths:?}");
     assert!(!paths.iter().any(|p| p.contains("outside")), "{paths:?}");
 }
+
+/// The walk enters only the project's own entries: a repository with 100,000 files elsewhere
+/// costs nothing, and directories nested past the walk's depth are refused, not followed.
+#[test]
+fn the_tree_walk_stays_inside_the_project_and_is_bounded() {
+    use lockstep::source::git::{self, Auth, MAX_TREE_DEPTH, Revision};
+    let tmp = tempfile::tempdir().unwrap();
+    let seed = tmp.path().join("seed");
+    std::fs::create_dir_all(&seed).unwrap();
+    git(&seed, &["init", "-q", "-b", "main"]);
+    std::fs::write(tmp.path().join("one"), "x\n").unwrap();
+    let one = tmp.path().join("one").to_string_lossy().into_owned();
+    let oid = git(&seed, &["hash-object", "-w", &one]);
+    let mut index: String = (0..100_000)
+        .map(|i| format!("100644 {oid}\tdocs/d{}/f{i}.md\n", i % 100))
+        .collect();
+    index.push_str(&format!("100644 {oid}\tlockstep.yaml\n"));
+    let deep: Vec<String> = (0..=MAX_TREE_DEPTH).map(|i| format!("d{i}")).collect();
+    let feed = |text: &str| {
+        let mut child = std::process::Command::new("git")
+            .args(["update-index", "--index-info"])
+            .current_dir(&seed)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        assert!(child.wait().unwrap().success());
+    };
+    feed(&index);
+    git(&seed, &["commit", "-q", "-m", "wide"]);
+    let wide = git(&seed, &["rev-parse", "HEAD"]);
+    feed(&format!(
+        "100644 {oid}\ttemplates/{}/f.yaml\n",
+        deep.join("/")
+    ));
+    git(&seed, &["commit", "-q", "-m", "deep"]);
+    std::fs::create_dir_all(tmp.path().join("served")).unwrap();
+    git(
+        tmp.path(),
+        &["clone", "-q", "--bare", "seed", "served/walk.git"],
+    );
+    let server = GitHttp::start(&tmp.path().join("served"), None);
+    let fetch = |rev: Revision| {
+        git::fetch(
+            &server.url("walk.git"),
+            &rev,
+            ".",
+            &Auth::None,
+            &tmp.path().join("scratch"),
+            &std::sync::atomic::AtomicBool::new(false),
+        )
+    };
+    let fetched = fetch(Revision::Commit(wide)).expect("the wide commit");
+    let paths: Vec<&str> = fetched.snapshot.under("").map(|(p, _)| p).collect();
+    assert_eq!(paths, ["lockstep.yaml"]);
+    let e = fetch(Revision::Default)
+        .err()
+        .expect("the deep commit is refused");
+    assert!(e.to_string().contains("nested more than 64 deep"), "{e}");
+}

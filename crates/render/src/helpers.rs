@@ -17,6 +17,7 @@ use minijinja::value::{Kwargs, ObjectRepr, Value, ValueKind};
 use minijinja::{Environment, Error, ErrorKind, State};
 use sha2::Digest as _;
 
+use super::budget;
 use super::sealed::{SealedRef, Transform};
 
 /// Deepest `include()` nesting allowed (templates come from Git; a self-include must not overflow the stack).
@@ -46,8 +47,40 @@ fn refuse_sealed(helper: &str, v: &Value, text: &str) -> Result<(), Error> {
 }
 
 /// Converts a template value into a YAML value; sealed references become their placeholders.
+/// What it builds is sized against the render's budget as it goes (a lazily repeated list of
+/// lists must fail, not fill memory).
 pub fn to_yaml_value(v: &Value) -> Result<yaml_serde::Value, Error> {
+    let mut left = budget::bytes_left();
+    yaml_within(v, &mut left, 0)
+}
+
+/// Deepest nesting of maps and lists a helper serializes (Kubernetes objects stay far below; a
+/// template-built list nested a million deep must not overflow the stack).
+pub const MAX_VALUE_DEPTH: usize = 128;
+
+fn over_budget(helper: &str) -> Error {
+    invalid(format!(
+        "{helper}: the value is larger than what is left of the render's output budget"
+    ))
+}
+
+/// Takes `n` from `left`, or fails naming the helper.
+fn spend(left: &mut usize, n: usize) -> Result<(), Error> {
+    *left = left
+        .checked_sub(n)
+        .ok_or_else(|| over_budget("serializing"))?;
+    Ok(())
+}
+
+fn yaml_within(v: &Value, left: &mut usize, depth: usize) -> Result<yaml_serde::Value, Error> {
     use yaml_serde::Value as Y;
+    // Each node costs what it takes in memory, not only what it prints.
+    spend(left, std::mem::size_of::<Y>())?;
+    if depth > MAX_VALUE_DEPTH {
+        return Err(invalid(format!(
+            "the value is nested more than {MAX_VALUE_DEPTH} levels deep"
+        )));
+    }
     if let Some(r) = sealed(v) {
         return Ok(Y::String(r.placeholder()));
     }
@@ -70,14 +103,20 @@ pub fn to_yaml_value(v: &Value) -> Result<yaml_serde::Value, Error> {
                 Y::Number(f.into())
             }
         }
-        ValueKind::String => Y::String(v.as_str().unwrap_or_default().to_string()),
+        ValueKind::String => {
+            let text = v.as_str().unwrap_or_default();
+            spend(left, text.len())?;
+            Y::String(text.to_string())
+        }
         ValueKind::Bytes => {
-            Y::String(String::from_utf8_lossy(v.as_bytes().unwrap_or_default()).into())
+            let bytes = v.as_bytes().unwrap_or_default();
+            spend(left, bytes.len())?;
+            Y::String(String::from_utf8_lossy(bytes).into())
         }
         ValueKind::Seq | ValueKind::Iterable => {
             let mut seq = Vec::new();
             for item in v.try_iter()? {
-                seq.push(to_yaml_value(&item)?);
+                seq.push(yaml_within(&item, left, depth + 1)?);
             }
             Y::Sequence(seq)
         }
@@ -85,18 +124,37 @@ pub fn to_yaml_value(v: &Value) -> Result<yaml_serde::Value, Error> {
             let mut map = yaml_serde::Mapping::new();
             for key in v.try_iter()? {
                 let item = v.get_item(&key)?;
-                map.insert(to_yaml_value(&key)?, to_yaml_value(&item)?);
+                map.insert(
+                    yaml_within(&key, left, depth + 1)?,
+                    yaml_within(&item, left, depth + 1)?,
+                );
             }
             Y::Mapping(map)
         }
-        ValueKind::Plain => Y::String(v.to_string()),
+        ValueKind::Plain => plain_within(v, left)?,
         ValueKind::Invalid => {
             // Using the value surfaces the error it carries.
             v.try_iter()?;
             return Err(invalid("invalid value"));
         }
-        _ => Y::String(v.to_string()),
+        _ => plain_within(v, left)?,
     })
+}
+
+/// An object without a map or sequence shape, as the string it prints.
+fn plain_within(v: &Value, left: &mut usize) -> Result<yaml_serde::Value, Error> {
+    let text = v.to_string();
+    spend(left, text.len())?;
+    Ok(yaml_serde::Value::String(text))
+}
+
+/// Charges a helper's result to the render's budget (it is charged again where it is printed;
+/// this stops one expression from building a huge value that is never printed).
+fn result_within(helper: &str, text: String) -> Result<String, Error> {
+    if text.len() > budget::bytes_left() {
+        return Err(over_budget(helper));
+    }
+    Ok(text)
 }
 
 fn to_json_value(v: &Value) -> Result<serde_json::Value, Error> {
@@ -107,7 +165,7 @@ fn to_json_value(v: &Value) -> Result<serde_json::Value, Error> {
 fn toyaml(v: &Value) -> Result<String, Error> {
     let y = to_yaml_value(v)?;
     let text = yaml_serde::to_string(&y).map_err(|e| invalid(format!("toyaml: {e}")))?;
-    Ok(text.trim_end_matches('\n').to_string())
+    result_within("toyaml", text.trim_end_matches('\n').to_string())
 }
 
 fn tojson(v: &Value, kwargs: Kwargs) -> Result<String, Error> {
@@ -119,7 +177,7 @@ fn tojson(v: &Value, kwargs: Kwargs) -> Result<String, Error> {
     } else {
         serde_json::to_string(&j)
     };
-    out.map_err(|e| invalid(format!("tojson: {e}")))
+    result_within("tojson", out.map_err(|e| invalid(format!("tojson: {e}")))?)
 }
 
 fn text_of(v: &Value) -> String {
@@ -204,6 +262,11 @@ fn indent(text: &str, width: usize, filter: &str) -> Result<String, Error> {
             "{filter}({width}): at most {MAX_INDENT} columns"
         )));
     }
+    let lines = text.bytes().filter(|&b| b == b'\n').count() + 1;
+    let size = lines.saturating_mul(width).saturating_add(text.len());
+    if size > budget::bytes_left() {
+        return Err(over_budget(filter));
+    }
     Ok(indent_lines(text, width))
 }
 
@@ -262,13 +325,27 @@ impl Drop for DepthGuard {
 fn include(state: &State, name: &str, kwargs: Kwargs) -> Result<String, Error> {
     let _guard = DepthGuard::enter(name)?;
     let template = state.env().get_template(name)?;
-    let captured = template.render_captured(Value::from(kwargs))?;
-    // The included render had its own fuel; charge what it used to the caller so nesting cannot
-    // multiply the budget.
+    let Some(budget) = budget::current() else {
+        let captured = template.render_captured(Value::from(kwargs))?;
+        charge_include_fuel(state, &captured)?;
+        return Ok(captured.into_output());
+    };
+    let mut sink = budget::Sink::new(budget.clone());
+    let captured = template.render_captured_to(Value::from(kwargs), &mut sink)?;
+    charge_include_fuel(state, &captured)?;
+    drop(captured);
+    // The caller charges these bytes again where it prints them.
+    budget.refund_bytes(sink.len());
+    Ok(sink.into_string())
+}
+
+/// The included render had its own fuel; charge what it used to the caller so nesting cannot
+/// multiply the budget.
+fn charge_include_fuel(state: &State, captured: &minijinja::Captured<'_>) -> Result<(), Error> {
     if let Some((consumed, _)) = captured.state().fuel_levels() {
         state.consume_fuel(consumed)?;
     }
-    Ok(captured.into_output())
+    Ok(())
 }
 
 /// Registers every helper on a template environment.
@@ -321,6 +398,17 @@ pub fn format_value(
     if v.kind() == ValueKind::Bool {
         out.write_str(if v.is_true() { "true" } else { "false" })?;
         return Ok(());
+    }
+    // Each item prints at least two bytes; a lazily repeated list too long for the budget is
+    // refused before minijinja walks it (its formatter keeps iterating after a write fails).
+    if let Some(len) = v.len()
+        && matches!(
+            v.kind(),
+            ValueKind::Seq | ValueKind::Iterable | ValueKind::Map
+        )
+        && len.saturating_mul(2) > budget::bytes_left()
+    {
+        return Err(over_budget("printing"));
     }
     if let Some(obj) = v.as_object()
         && obj.repr() == ObjectRepr::Map

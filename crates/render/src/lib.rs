@@ -15,6 +15,7 @@
 //! structure, whose leaves print as [`sealed`] placeholders. The result is a sorted list of
 //! [`Manifest`]s, deterministic for the same inputs.
 
+pub mod budget;
 pub mod diagnostic;
 pub mod emit;
 pub mod helpers;
@@ -41,8 +42,10 @@ use project::Environment as EnvironmentSpec;
 pub use project::{PROJECT_FILE, Project};
 pub use sealed::{SealedRef, SecretsFile, Transform};
 
-/// Steps one template render may take (minijinja fuel): bounds runaway loops in templates from Git.
-pub const FUEL: u64 = 20_000_000;
+/// Steps one template render may take (minijinja fuel): bounds runaway loops in templates from Git,
+/// and with them what a template can build (minijinja charges fuel for list items and string bytes).
+/// A template printing 250 Deployments takes about 27,000.
+pub const FUEL: u64 = 1_000_000;
 
 /// Deepest nesting of blocks, macros and includes in one render.
 pub const RECURSION_LIMIT: usize = 64;
@@ -56,6 +59,8 @@ pub struct Request {
     pub values_files: Vec<(String, String)>,
     /// `--set` overrides, applied last, in order.
     pub sets: Vec<Mapping>,
+    /// What the templates may use together: output bytes and steps.
+    pub limits: budget::Limits,
 }
 
 /// The rendered environment.
@@ -129,6 +134,10 @@ struct Engine<'s> {
     env: Environment<'s>,
     templates: Arc<BTreeMap<String, Arc<str>>>,
     env_name: String,
+    budget: Arc<budget::Budget>,
+    /// Output spans of templates re-rendered to locate a problem, so many problems in one template
+    /// cost one re-render.
+    spans: std::sync::Mutex<HashMap<String, Arc<Vec<minijinja::OutputSpan>>>>,
 }
 
 impl Engine<'_> {
@@ -167,8 +176,7 @@ impl Engine<'_> {
 
     /// Re-renders a template recording output spans and maps an output offset to its source.
     fn locate_in_template(&self, name: &str, at: usize, message: &str) -> Option<Diagnostic> {
-        let template = self.env.get_template(name).ok()?;
-        let (_, spans) = template.render_with_spans(()).ok()?;
+        let spans = self.output_spans(name)?;
         let span = spans
             .iter()
             .find(|s| s.output_range().contains(&at))
@@ -187,6 +195,62 @@ impl Engine<'_> {
             Diagnostic::new(message)
                 .in_file(format!("templates/{}", span.name()))
                 .with_snippet(source, range, "here"),
+        )
+    }
+
+    /// A rendered template's output spans (rendered again once, within the same budget).
+    fn output_spans(&self, name: &str) -> Option<Arc<Vec<minijinja::OutputSpan>>> {
+        let mut cache = self.spans.lock().ok()?;
+        if let Some(spans) = cache.get(name) {
+            return Some(spans.clone());
+        }
+        let template = self.env.get_template(name).ok()?;
+        let (output, spans) = budget::with(&self.budget, || template.render_with_spans(())).ok()?;
+        drop(output);
+        let spans = Arc::new(spans);
+        cache.insert(name.to_string(), spans.clone());
+        Some(spans)
+    }
+
+    /// Renders one template into a [`budget::Sink`], charging its fuel to the render's total.
+    fn render_one(&self, name: &str) -> Result<String, minijinja::Error> {
+        budget::with(&self.budget, || {
+            let template = self.env.get_template(name)?;
+            let mut sink = budget::Sink::new(self.budget.clone());
+            let captured = template.render_captured_to((), &mut sink)?;
+            if let Some((used, _)) = captured.state().fuel_levels() {
+                self.budget.charge_fuel(used);
+            }
+            drop(captured);
+            Ok(sink.into_string())
+        })
+    }
+
+    /// The problem a spent budget is reported as, pointing where the template stopped.
+    fn budget_problem(
+        &self,
+        name: &str,
+        err: &minijinja::Error,
+        spent: budget::Exhausted,
+    ) -> Diagnostic {
+        let limits = self.budget.limits();
+        let mut located = self.template_error(err);
+        if located.file.is_none() {
+            located = located.in_file(format!("templates/{name}"));
+        }
+        let message = match spent {
+            budget::Exhausted::Output => format!(
+                "the templates produce more than {} MiB of output together",
+                limits.output_bytes / (1024 * 1024)
+            ),
+            budget::Exhausted::Fuel => format!(
+                "the templates take more than {} steps together",
+                limits.fuel
+            ),
+        };
+        located.message = message;
+        located.with_help(
+            "a render is bounded so a template cannot take the process's memory or time; look for a runaway loop or repeat (`x * n`, `range`), or split the environment",
         )
     }
 
@@ -214,7 +278,8 @@ impl Engine<'_> {
                 self.env_name
             )),
             minijinja::ErrorKind::OutOfFuel => Some(format!(
-                "a template may take at most {FUEL} steps; look for a runaway loop"
+                "a template may take at most {} steps; look for a runaway loop, or split the template",
+                self.budget.limits().template_fuel
             )),
             minijinja::ErrorKind::TemplateNotFound => {
                 Some("include names are paths relative to templates/".to_string())
@@ -277,6 +342,7 @@ pub fn render(snapshot: &Snapshot, req: &Request) -> Result<Rendered, Diagnostic
         env_name,
         &values,
         &secrets,
+        budget::Budget::new(req.limits),
     )?;
     let mut problems: Vec<Diagnostic> = Vec::new();
     let outputs = render_templates(&engine, &mut problems);
@@ -400,6 +466,7 @@ fn template_engine<'s>(
     env_name: &str,
     values: &Mapping,
     secrets: &SecretsFile,
+    budget: Arc<budget::Budget>,
 ) -> Result<Engine<'s>, Diagnostics> {
     let mut templates = BTreeMap::new();
     for (path, bytes) in snapshot.under("templates/") {
@@ -413,7 +480,7 @@ fn template_engine<'s>(
     env.set_undefined_behavior(UndefinedBehavior::SemiStrict);
     env.set_auto_escape_callback(|_| AutoEscape::None);
     env.set_formatter(helpers::format_value);
-    env.set_fuel(Some(FUEL));
+    env.set_fuel(Some(budget.limits().template_fuel));
     env.set_recursion_limit(RECURSION_LIMIT);
     env.set_debug(false);
     let syntax = SyntaxConfig::builder()
@@ -435,6 +502,8 @@ fn template_engine<'s>(
         env,
         templates,
         env_name: env_name.to_string(),
+        budget,
+        spans: std::sync::Mutex::default(),
     })
 }
 
@@ -446,14 +515,45 @@ fn render_templates(engine: &Engine<'_>, problems: &mut Vec<Diagnostic>) -> Vec<
         .filter(|n| is_rendered_template(n))
         .collect();
     let results = par_map(&names, 1, |name| {
-        engine.env.get_template(name).and_then(|t| t.render(()))
+        (!engine.budget.fuel_spent()).then(|| engine.render_one(name))
     });
     let mut outputs = Vec::new();
+    let mut skipped = Vec::new();
+    let mut output_reported = false;
     for (name, result) in names.iter().zip(results) {
         match result {
-            Ok(text) => outputs.push((name.to_string(), text)),
-            Err(e) => problems.push(engine.template_error(&e)),
+            Some(Ok(text)) => outputs.push((name.to_string(), text)),
+            Some(Err(e)) if e.kind() == minijinja::ErrorKind::WriteFailure => {
+                if !output_reported {
+                    output_reported = true;
+                    problems.push(engine.budget_problem(name, &e, budget::Exhausted::Output));
+                } else {
+                    skipped.push(name.as_str());
+                }
+            }
+            Some(Err(e)) => problems.push(engine.template_error(&e)),
+            None => skipped.push(name.as_str()),
         }
+    }
+    if !skipped.is_empty() {
+        let why = match engine.budget.exhausted() {
+            Some(budget::Exhausted::Output) => format!(
+                "together they produce more than {} MiB of output",
+                engine.budget.limits().output_bytes / (1024 * 1024)
+            ),
+            _ => format!(
+                "together they take more than {} steps",
+                engine.budget.limits().fuel
+            ),
+        };
+        problems.push(
+            Diagnostic::new(format!(
+                "{} templates were not rendered (the first is templates/{}): {why}",
+                skipped.len(),
+                skipped[0]
+            ))
+            .with_help("a render is bounded so templates cannot take the process's memory or time; look for runaway loops, or split the project into more environments or projects"),
+        );
     }
     outputs
 }
@@ -796,5 +896,129 @@ mod tests {
         assert!(!is_rendered_template("_helpers/labels.yaml"));
         assert!(!is_rendered_template("apps/_partial.yaml"));
         assert!(!is_rendered_template("README.md"));
+    }
+
+    fn project(templates: &[(&str, String)]) -> Snapshot {
+        let mut snapshot = Snapshot::new();
+        snapshot.insert(
+            "lockstep.yaml",
+            "project: t\nenvironments:\n  dev: {namespace: t-dev}\n",
+        );
+        for (name, text) in templates {
+            snapshot.insert(format!("templates/{name}"), text.as_str());
+        }
+        snapshot
+    }
+
+    fn problems(snapshot: &Snapshot, limits: budget::Limits) -> Vec<String> {
+        let req = Request {
+            env: "dev".into(),
+            limits,
+            ..Request::default()
+        };
+        match render(snapshot, &req) {
+            Ok(r) => panic!("rendered {} objects", r.manifests.len()),
+            Err(d) => {
+                d.0.iter()
+                    .map(|d| format!("{}: {}", d.location(), d.message))
+                    .collect()
+            }
+        }
+    }
+
+    const CONFIG_MAP: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata:\n  a: ";
+
+    #[test]
+    fn output_past_the_budget_stops_the_render_naming_the_template() {
+        let loud = format!(
+            "{CONFIG_MAP}|\n{{% for i in range(1000) %}}    {{{{ 'x' * 100 }}}}\n{{% endfor %}}"
+        );
+        let found = problems(
+            &project(&[("loud.yaml", loud)]),
+            budget::Limits {
+                output_bytes: 10_000,
+                ..budget::Limits::default()
+            },
+        );
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].starts_with("templates/loud.yaml"), "{found:?}");
+        assert!(found[0].contains("more than 0 MiB of output"), "{found:?}");
+    }
+
+    #[test]
+    fn helpers_size_what_they_build_against_the_budget() {
+        for expression in [
+            "([range(10000)] * 100000000) | tojson",
+            "([range(10000)] * 100000000) | toyaml",
+            "[range(10000)] * 100000000",
+            "('x\\n' * 20000) | indent(1000)",
+        ] {
+            let t = format!("{CONFIG_MAP}{{{{ {expression} }}}}\n");
+            let found = problems(&project(&[("a.yaml", t)]), budget::Limits::default());
+            assert_eq!(found.len(), 1, "{expression}: {found:?}");
+            assert!(
+                found[0].contains("larger than what is left of the render's output budget"),
+                "{expression}: {found:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_fuel_of_all_templates_adds_up_to_one_budget() {
+        // Each template takes about 2,000 steps: fine alone, not forty of them within 10,000.
+        let busy = format!("{CONFIG_MAP}x\n{{% for i in range(1000) %}}{{% endfor %}}");
+        let templates: Vec<(String, String)> = (0..40)
+            .map(|i| {
+                (
+                    format!("t{i:02}.yaml"),
+                    busy.replace("name: c", &format!("name: c{i}")),
+                )
+            })
+            .collect();
+        let templates: Vec<(&str, String)> = templates
+            .iter()
+            .map(|(n, t)| (n.as_str(), t.clone()))
+            .collect();
+        let limits = budget::Limits {
+            fuel: 10_000,
+            ..budget::Limits::default()
+        };
+        let found = problems(&project(&templates), limits);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].contains("templates were not rendered"),
+            "{found:?}"
+        );
+        assert!(found[0].contains("more than 10000 steps"), "{found:?}");
+        // The same templates render under the default budget.
+        let req = Request {
+            env: "dev".into(),
+            ..Request::default()
+        };
+        assert_eq!(
+            render(&project(&templates), &req)
+                .map(|r| r.manifests.len())
+                .ok(),
+            Some(40)
+        );
+    }
+
+    #[test]
+    fn many_problems_in_one_template_are_located_with_one_re_render() {
+        // 2,000 documents without a kind: each problem is located in the template's source.
+        let t = "{% for i in range(2000) %}\n---\napiVersion: v1\nmetadata: {name: c{{ i }}}\n{% endfor %}\n".to_string();
+        let started = std::time::Instant::now();
+        let found = problems(&project(&[("many.yaml", t)]), budget::Limits::default());
+        assert_eq!(found.len(), 2000);
+        assert!(
+            found.iter().all(|p| p.starts_with("templates/many.yaml:")),
+            "{:?}",
+            &found[..2]
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "took {:?}",
+            started.elapsed()
+        );
     }
 }

@@ -121,12 +121,18 @@ async fn one_slow_or_broken_sync_never_holds_back_another() {
 
     // Templates that would exhaust memory or panic a helper, in A's namespace: each ends its own
     // reconcile with RenderFailed; the process keeps running and B keeps syncing.
-    for (name, width) in [
-        ("hungry", "100000000000"),
-        ("overflow", "18446744073709551615"),
+    for (name, expression) in [
+        ("hungry", "'x' | indent(100000000000)"),
+        ("overflow", "'x' | indent(18446744073709551615)"),
+        ("lazy", "([range(10000)] * 100000000) | tojson"),
+        ("printed", "[range(10000)] * 100000000"),
+        (
+            "endless",
+            "range(100000) | map('string') | join('x' * 10000)",
+        ),
     ] {
         let template = format!(
-            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}}}\ndata:\n  text: |\n{{{{ 'x' | indent({width}) }}}}\n"
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}}}\ndata:\n  text: |\n{{{{ {expression} }}}}\n"
         );
         let repo = project_repo(name, &target_a, &[("settings.yaml", &template)]);
         put(&api_a, sync(name, repo.path(), serde_json::json!({}))).await;

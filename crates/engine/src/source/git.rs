@@ -396,50 +396,14 @@ fn read_project(
             .find_tree(entry.object_id())
             .map_err(|e| err(&format!("path {path:?} is not a directory"), e))?;
     }
-    let mut recorder = gix::traverse::tree::Recorder::default();
-    tree.traverse()
-        .breadthfirst(&mut recorder)
-        .map_err(|e| err("walking the tree", e))?;
-    // Blobs by path, so symbolic links can be followed inside the project, as the CLI's directory
-    // reader follows them (the same commit renders the same everywhere).
-    let blobs: std::collections::BTreeMap<String, gix::ObjectId> = recorder
-        .records
-        .iter()
-        .filter(|e| e.mode.is_blob())
-        .map(|e| (e.filepath.to_string(), e.oid))
-        .collect();
-    let mut files: Vec<(String, gix::ObjectId)> = Vec::new();
-    for entry in &recorder.records {
-        let file = entry.filepath.to_string();
-        let top = file.split('/').next().unwrap_or_default();
-        let hidden = file.split('/').any(|seg| seg.starts_with('.'));
-        if hidden || !PROJECT_ENTRIES.contains(&top) {
-            continue;
-        }
-        if entry.mode.is_blob() {
-            files.push((file, entry.oid));
-        } else if entry.mode.is_link() {
-            let target = repo
-                .find_blob(entry.oid)
-                .map_err(|e| err(&format!("reading {file}"), e))?;
-            let Some(target) = link_target(&file, &String::from_utf8_lossy(&target.data)) else {
-                // Out of the project (or absolute): not part of it, as for a directory.
-                continue;
-            };
-            match blobs.get(&target) {
-                Some(oid) => files.push((file, *oid)),
-                None => {
-                    let prefix = format!("{target}/");
-                    for (path, oid) in blobs.range(prefix.clone()..) {
-                        let Some(rest) = path.strip_prefix(&prefix) else {
-                            break;
-                        };
-                        files.push((format!("{file}/{rest}"), *oid));
-                    }
-                }
-            }
-        }
-    }
+    let mut walk = Walk {
+        repo,
+        root: tree.clone(),
+        files: Vec::new(),
+        entries: 0,
+    };
+    walk.tree(tree, "", 0)?;
+    let files = walk.files;
     let mut snapshot = Snapshot::new();
     for (file, oid) in files {
         // Sizes from the object header, before anything is read: a tree may point many times at
@@ -464,6 +428,122 @@ fn read_project(
         snapshot.insert(file, blob.data.clone());
     }
     Ok(snapshot)
+}
+
+/// Tree entries a project walk may visit (files, directories and links, project entries only).
+pub const MAX_TREE_ENTRIES: usize = 2 * MAX_PROJECT_FILES;
+
+/// Deepest directory nesting a project walk descends.
+pub const MAX_TREE_DEPTH: usize = 64;
+
+/// Bytes of one tree object or symbolic link read during the walk (a tree of 100,000 entries is
+/// about 4 MB).
+const MAX_TREE_OBJECT_BYTES: u64 = 4 * 1024 * 1024;
+
+/// The walk over a project's tree: only the top-level entries lockstep reads are entered, hidden
+/// entries are skipped, and symbolic links are looked up where they point (inside the project) —
+/// so a huge repository around a small project costs only the project.
+struct Walk<'r> {
+    repo: &'r gix::Repository,
+    root: gix::Tree<'r>,
+    files: Vec<(String, gix::ObjectId)>,
+    entries: usize,
+}
+
+impl<'r> Walk<'r> {
+    /// Every file under `tree` (at project path `prefix`), links followed.
+    fn tree(&mut self, tree: gix::Tree<'r>, prefix: &str, depth: usize) -> Result<(), GitError> {
+        if depth > MAX_TREE_DEPTH {
+            return Err(GitError(format!(
+                "{prefix}: directories nested more than {MAX_TREE_DEPTH} deep"
+            )));
+        }
+        for entry in tree.iter() {
+            let entry = entry.map_err(|e| err(&format!("reading the tree at {prefix:?}"), e))?;
+            let name = entry.filename().to_string();
+            if name.starts_with('.')
+                || (prefix.is_empty() && !PROJECT_ENTRIES.contains(&name.as_str()))
+            {
+                continue;
+            }
+            self.entries += 1;
+            if self.entries > MAX_TREE_ENTRIES {
+                return Err(GitError(format!(
+                    "the project has more than {MAX_TREE_ENTRIES} files and directories (reached at {prefix}/{name})"
+                )));
+            }
+            let path = if prefix.is_empty() {
+                name
+            } else {
+                format!("{prefix}/{name}")
+            };
+            let mode = entry.mode();
+            if mode.is_tree() {
+                let sub = self.find_tree(entry.object_id(), &path)?;
+                self.tree(sub, &path, depth + 1)?;
+            } else if mode.is_blob() {
+                self.files.push((path, entry.object_id()));
+            } else if mode.is_link() {
+                self.link(&path, entry.object_id(), depth)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A symbolic link: the file or directory it points to inside the project, as if it were at
+    /// `path` (a link leaving the project, or to another link, is not part of it, as for a directory).
+    fn link(&mut self, path: &str, oid: gix::ObjectId, depth: usize) -> Result<(), GitError> {
+        let target = self.read_small(oid, path)?;
+        let Some(target) = link_target(path, &String::from_utf8_lossy(&target)) else {
+            return Ok(());
+        };
+        let Some(entry) = self
+            .root
+            .lookup_entry_by_path(&target)
+            .map_err(|e| err(&format!("following {path}"), e))?
+        else {
+            return Ok(());
+        };
+        let mode = entry.mode();
+        if mode.is_blob() {
+            self.files.push((path.to_string(), entry.object_id()));
+        } else if mode.is_tree() {
+            let sub = self.find_tree(entry.object_id(), path)?;
+            self.tree(sub, path, depth + 1)?;
+        }
+        Ok(())
+    }
+
+    fn find_tree(&self, oid: gix::ObjectId, path: &str) -> Result<gix::Tree<'r>, GitError> {
+        self.check_size(oid, path)?;
+        self.repo
+            .find_tree(oid)
+            .map_err(|e| err(&format!("reading {path}"), e))
+    }
+
+    fn read_small(&self, oid: gix::ObjectId, path: &str) -> Result<Vec<u8>, GitError> {
+        self.check_size(oid, path)?;
+        let blob = self
+            .repo
+            .find_blob(oid)
+            .map_err(|e| err(&format!("reading {path}"), e))?;
+        Ok(blob.data.clone())
+    }
+
+    /// Refuses an object too big for its role before it is read.
+    fn check_size(&self, oid: gix::ObjectId, path: &str) -> Result<(), GitError> {
+        let size = self
+            .repo
+            .find_header(oid)
+            .map_err(|e| err(&format!("reading {path}"), e))?
+            .size();
+        if size > MAX_TREE_OBJECT_BYTES {
+            return Err(GitError(format!(
+                "{path}: a directory or link of {size} bytes is more than lockstep reads ({MAX_TREE_OBJECT_BYTES})"
+            )));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
