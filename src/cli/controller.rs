@@ -37,6 +37,10 @@ pub struct ControllerArgs {
     /// `POST /hook/<namespace>/<name>`); not started with `--once`.
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub listen: String,
+    /// Serve `/metrics` (with `/healthz` and `/readyz`) on this address instead, apart from the
+    /// webhook receiver (the install does: its webhook Service does not expose metrics).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
     /// Syncs reconciled at the same time.
     #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
@@ -66,6 +70,11 @@ pub struct ControllerArgs {
     /// as, instead of the controller's own rights; its Secrets are read with its rights too.
     #[arg(long, value_name = "NAME")]
     pub default_service_account: Option<String>,
+    /// Refuse Syncs that would act with the controller's own rights: each must name a
+    /// `serviceAccountName` (or `--default-service-account` gives one). The install's
+    /// `applyAs: impersonate` turns this on.
+    #[arg(long)]
+    pub require_service_account: bool,
     /// Also send Git credentials over plain `http://` (off by default: they would cross the
     /// network in clear).
     #[arg(long)]
@@ -133,7 +142,8 @@ pub fn run(
         let access = crate::controller::Access::new(client.clone(), Some(config))
             .with_local_sources(args.allow_local_sources)
             .with_insecure_http(args.allow_insecure_http)
-            .with_default_service_account(args.default_service_account.clone());
+            .with_default_service_account(args.default_service_account.clone())
+            .with_required_service_account(args.require_service_account);
         crate::source::git::remove_leftovers();
         if !args.once {
             return serve(args, access, &cache).await;
@@ -174,8 +184,27 @@ async fn serve(
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .map_err(|e| Failure::new(Code::ERROR, format!("--listen {}: {e}", args.listen)))?;
-    let server = tokio::spawn(server::serve(listener, hub.clone(), access.client.clone()));
-    tracing::info!(listen = %args.listen, "serving /healthz /readyz /metrics /hook");
+    let metrics = match &args.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| Failure::new(Code::ERROR, format!("--metrics-listen {addr}: {e}")))?,
+        ),
+        None => None,
+    };
+    let server = tokio::spawn(server::serve(
+        listener,
+        metrics,
+        hub.clone(),
+        access.clone(),
+    ));
+    match &args.metrics_listen {
+        Some(addr) => {
+            tracing::info!(listen = %args.listen, "serving /healthz /readyz /hook");
+            tracing::info!(listen = %addr, "serving /healthz /readyz /metrics");
+        }
+        None => tracing::info!(listen = %args.listen, "serving /healthz /readyz /metrics /hook"),
+    }
     let signals = {
         let hub = hub.clone();
         tokio::spawn(async move {

@@ -25,8 +25,11 @@ const SETTABLE: &str = "Values (--set PATH=VALUE, --set-string, -f FILE):
   replicas           1; more are safe (leader election on a Lease)
   controller.poll    5s; how often due Syncs are looked for
   controller.concurrency  4; Syncs reconciled at once
-  controller.port    8080; /healthz, /readyz, /metrics and POST /hook/<namespace>/<name>
+  controller.port    8080; POST /hook/<namespace>/<name>, /healthz, /readyz (the Service's port)
+  controller.metricsPort  8081; /metrics, /healthz, /readyz (Service lockstep-controller-metrics)
+  controller.defaultServiceAccount  the account Syncs naming none act as (in their namespace)
   applyAs            cluster-admin, or impersonate (every Sync applies as its serviceAccountName)
+  networkPolicy      true; ingress only on the two ports
   resources.requests.cpu, resources.requests.memory, resources.limits.memory";
 
 /// Arguments of `lockstep install`.

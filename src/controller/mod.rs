@@ -382,6 +382,8 @@ pub struct Access {
     insecure_http: bool,
     /// The ServiceAccount (in the Sync's namespace) a Sync without `serviceAccountName` acts as.
     default_service_account: Option<String>,
+    /// Whether a Sync must act as a ServiceAccount (its own or the default): never as the controller.
+    require_service_account: bool,
     /// One recorder for the process, so repeated Events fold into a series.
     recorder: kube::runtime::events::Recorder,
 }
@@ -405,6 +407,7 @@ impl Access {
             local_sources: false,
             insecure_http: false,
             default_service_account: None,
+            require_service_account: false,
             recorder,
         }
     }
@@ -414,6 +417,24 @@ impl Access {
     pub fn with_default_service_account(mut self, name: Option<String>) -> Access {
         self.default_service_account = name.filter(|n| !n.is_empty());
         self
+    }
+
+    /// The same access, refusing Syncs that would act with the controller's own rights (no
+    /// `serviceAccountName` and no default): for installs where the controller may impersonate.
+    pub fn with_required_service_account(mut self, required: bool) -> Access {
+        self.require_service_account = required;
+        self
+    }
+
+    /// Why a Sync may not run under this access, if it may not.
+    fn refusal(&self, sync: &Sync, ns: &str) -> Option<String> {
+        let named =
+            sync.spec.service_account_name.is_some() || self.default_service_account.is_some();
+        (self.require_service_account && !named).then(|| {
+            format!(
+                "spec.serviceAccountName is required by this controller (--require-service-account): name a ServiceAccount of namespace {ns} that may apply the Sync's objects"
+            )
+        })
     }
 
     /// The same access, also sending Git credentials over plain `http://` (off by default: they
@@ -445,8 +466,11 @@ impl Access {
         self.gate.as_ref().is_none_or(|apply::Gate(open)| open())
     }
 
-    /// The client a Sync applies with.
-    fn for_sync(&self, sync: &Sync, ns: &str) -> Result<Client, String> {
+    /// The client a Sync applies with and reads its Secrets with.
+    pub(crate) fn for_sync(&self, sync: &Sync, ns: &str) -> Result<Client, String> {
+        if let Some(why) = self.refusal(sync, ns) {
+            return Err(why);
+        }
         let Some(sa) = sync
             .spec
             .service_account_name
@@ -587,6 +611,9 @@ impl pipeline::Inputs for SyncInputs {
     async fn fetch(&mut self) -> Result<Fetched, StageError> {
         let spec = self.sync.spec.clone();
         let timeout = self.timeout.clone().map_err(StageError::Fetch)?;
+        if let Some(why) = self.access.refusal(&self.sync, &self.ns) {
+            return Err(StageError::Fetch(why));
+        }
         let shown_url = git::redact(&spec.source.url);
         if !remote_url(&spec.source.url) && !self.access.local_sources {
             return Err(StageError::Fetch(format!(
@@ -1467,6 +1494,7 @@ pub async fn run_loop(access: Access, opts: &LoopOptions, cache: &Path, hub: Arc
         schedules: Mutex::new(HashMap::new()),
     });
     let (reader, writer) = reflector::store();
+    hub.set_syncs(reader.clone());
     let mut config = watcher::Config::default();
     if let Some(selector) = &opts.selector {
         config = config.labels(selector);

@@ -6,20 +6,24 @@
 //! The receiver is reachable by anyone, so it gives nothing away and holds little: every refusal
 //! (no such Sync, no webhook, no token, a bad signature) is the same `401`, a body is read only up to
 //! [`MAX_HOOK_BODY`] within [`HOOK_READ_TIMEOUT`], and at most [`HOOK_CONCURRENCY`] requests are
-//! handled at once (`429` beyond).
+//! handled at once (`429` beyond). Syncs are looked up in the loop's watch (no API request for an
+//! unknown name), webhook tokens are read with the Sync's own ServiceAccount and kept for
+//! [`TOKEN_TTL`], tokens shorter than [`MIN_TOKEN_BYTES`] are never accepted, and `/metrics` can be
+//! served on a port of its own (`--metrics-listen`) that the webhook's Service does not expose.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use hmac::{Hmac, Mac};
-use kube::{Api, Client};
+use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::sync::Notify;
+use zeroize::Zeroizing;
 
 use super::Sync;
 
@@ -36,6 +40,8 @@ pub struct Hub {
     pub requests: Requests,
     /// What the controller exports on `/metrics`.
     pub metrics: super::metrics::Metrics,
+    /// The loop's watch of the Syncs, once it runs.
+    syncs: OnceLock<Store<Sync>>,
 }
 
 impl Hub {
@@ -47,6 +53,22 @@ impl Hub {
     /// Whether the controller is ready.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Shares the loop's store of Syncs with the webhook receiver.
+    pub fn set_syncs(&self, store: Store<Sync>) {
+        let _ = self.syncs.set(store);
+    }
+
+    /// The Sync `namespace/name` as the loop's watch last saw it; `None` when it is unknown or the
+    /// watch has not listed yet.
+    pub fn sync(&self, namespace: &str, name: &str) -> Option<Arc<Sync>> {
+        if !self.is_ready() {
+            return None;
+        }
+        self.syncs
+            .get()?
+            .get(&ObjectRef::new(name).within(namespace))
     }
 }
 
@@ -219,14 +241,84 @@ pub const HOOK_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Webhook requests handled at once.
 pub const HOOK_CONCURRENCY: usize = 16;
 
+/// The shortest webhook token accepted (a short one could be guessed from outside).
+pub const MIN_TOKEN_BYTES: usize = 16;
+
+/// How long a webhook token read from its Secret is used before it is read again (a rotated token
+/// takes effect within this long).
+pub const TOKEN_TTL: Duration = Duration::from_secs(30);
+
+/// How long a token that could not be read (missing, unreadable, too short) stays unread: requests
+/// for its Sync cost at most one read per this long.
+pub const MISSING_TOKEN_TTL: Duration = Duration::from_secs(5);
+
 /// The one answer to every refused webhook: which Syncs exist is nobody's business.
 const REFUSED: (StatusCode, &str) = (StatusCode::UNAUTHORIZED, "not accepted\n");
+
+/// A webhook token as last read, and when.
+struct Token {
+    read: Instant,
+    secret: String,
+    value: Option<Zeroizing<Vec<u8>>>,
+}
 
 #[derive(Clone)]
 struct AppState {
     hub: Arc<Hub>,
-    client: Client,
+    access: super::Access,
     hooks: Arc<tokio::sync::Semaphore>,
+    /// Tokens by Sync (only Syncs that exist and have a webhook get an entry).
+    tokens: Arc<Mutex<HashMap<(String, String), Token>>>,
+}
+
+impl AppState {
+    /// The webhook token of `sync`, read with the Sync's own ServiceAccount at most once per
+    /// [`TOKEN_TTL`]; `None` when it is missing, unreadable or too short.
+    async fn token(&self, sync: &Sync, secret: &str) -> Option<Zeroizing<Vec<u8>>> {
+        let ns = sync.metadata.namespace.clone().unwrap_or_default();
+        let key = (ns.clone(), sync.metadata.name.clone().unwrap_or_default());
+        if let Ok(tokens) = self.tokens.lock()
+            && let Some(t) = tokens.get(&key)
+            && t.secret == secret
+            && t.read.elapsed()
+                < if t.value.is_some() {
+                    TOKEN_TTL
+                } else {
+                    MISSING_TOKEN_TTL
+                }
+        {
+            return t.value.clone();
+        }
+        let value = match self.access.for_sync(sync, &ns) {
+            Ok(client) => super::read_secret(&client, &ns, secret, "webhook")
+                .await
+                .ok()
+                .and_then(|s| s.get("token").map(|t| Zeroizing::new(t.to_vec()))),
+            Err(_) => None,
+        };
+        let value = value.filter(|t| {
+            let long_enough = t.len() >= MIN_TOKEN_BYTES;
+            if !long_enough {
+                tracing::warn!(
+                    namespace = %key.0,
+                    sync = %key.1,
+                    "webhook token is shorter than {MIN_TOKEN_BYTES} bytes; its requests are refused"
+                );
+            }
+            long_enough
+        });
+        if let Ok(mut tokens) = self.tokens.lock() {
+            tokens.insert(
+                key,
+                Token {
+                    read: Instant::now(),
+                    secret: secret.to_string(),
+                    value: value.clone(),
+                },
+            );
+        }
+        value
+    }
 }
 
 async fn hook(
@@ -247,35 +339,24 @@ async fn hook(
             Err(_) => return (StatusCode::REQUEST_TIMEOUT, "body too slow\n"),
         };
     let headers = parts.headers;
-    let syncs: Api<Sync> = Api::namespaced(state.client.clone(), &namespace);
-    let Ok(Some(sync)) = syncs.get_opt(&name).await else {
+    if !state.hub.is_ready() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready; try again\n");
+    }
+    let Some(sync) = state.hub.sync(&namespace, &name) else {
         return REFUSED;
     };
     let Some(webhook) = &sync.spec.webhook else {
         return REFUSED;
     };
-    let secret = super::read_secret(
-        &state.client,
-        &namespace,
-        &webhook.secret_ref.name,
-        "webhook",
-    )
-    .await
-    .ok();
-    // An empty token would make any request look signed.
-    let Some(token) = secret
-        .as_ref()
-        .and_then(|s| s.get("token"))
-        .filter(|t| !t.is_empty())
-    else {
+    let Some(token) = state.token(&sync, &webhook.secret_ref.name).await else {
         return REFUSED;
     };
-    if !authentic(&headers, &body, token) {
+    if !authentic(&headers, &body, &token) {
         return REFUSED;
     }
     if state.hub.leadership.is_leading() {
         state.hub.requests.ask(&namespace, &name);
-    } else if super::request_sync(&state.client, &namespace, &name)
+    } else if super::request_sync(&state.access.client, &namespace, &name)
         .await
         .is_err()
     {
@@ -288,18 +369,44 @@ async fn hook(
     (StatusCode::ACCEPTED, "sync requested\n")
 }
 
-/// Serves health, metrics and the webhook on `listener` until the process ends.
+/// Serves health, the webhook and (unless `metrics` has a listener of its own) metrics on
+/// `listener` until the process ends; `metrics` serves health and metrics.
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    metrics: Option<tokio::net::TcpListener>,
     hub: Arc<Hub>,
-    client: Client,
+    access: super::Access,
 ) -> std::io::Result<()> {
     let state = AppState {
         hub,
-        client,
+        access,
         hooks: Arc::new(tokio::sync::Semaphore::new(HOOK_CONCURRENCY)),
+        tokens: Arc::default(),
     };
-    let app = Router::new()
+    let hooks = health_routes().route(
+        "/hook/{namespace}/{name}",
+        // The body is read by the handler itself, within its own limit and time.
+        post(hook).layer(axum::extract::DefaultBodyLimit::disable()),
+    );
+    match metrics {
+        None => {
+            let app = hooks.merge(metrics_routes()).with_state(state);
+            axum::serve(listener, app).await
+        }
+        Some(metrics) => {
+            let hooks = axum::serve(listener, hooks.with_state(state.clone()));
+            let metrics = axum::serve(
+                metrics,
+                health_routes().merge(metrics_routes()).with_state(state),
+            );
+            tokio::try_join!(hooks.into_future(), metrics.into_future()).map(drop)
+        }
+    }
+}
+
+/// `/healthz` and `/readyz`.
+fn health_routes() -> Router<AppState> {
+    Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
             "/readyz",
@@ -311,25 +418,22 @@ pub async fn serve(
                 }
             }),
         )
-        .route(
-            "/metrics",
-            get(|State(s): State<AppState>| async move {
-                (
-                    [(
-                        axum::http::header::CONTENT_TYPE,
-                        super::metrics::CONTENT_TYPE,
-                    )],
-                    s.hub.metrics.render(),
-                )
-            }),
-        )
-        .route(
-            "/hook/{namespace}/{name}",
-            // The body is read by the handler itself, within its own limit and time.
-            post(hook).layer(axum::extract::DefaultBodyLimit::disable()),
-        )
-        .with_state(state);
-    axum::serve(listener, app).await
+}
+
+/// `/metrics`.
+fn metrics_routes() -> Router<AppState> {
+    Router::new().route(
+        "/metrics",
+        get(|State(s): State<AppState>| async move {
+            (
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    super::metrics::CONTENT_TYPE,
+                )],
+                s.hub.metrics.render(),
+            )
+        }),
+    )
 }
 
 #[cfg(test)]

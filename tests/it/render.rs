@@ -804,8 +804,37 @@ fn install_renders_a_locked_down_controller_and_impersonate_drops_its_apply_righ
         "image.tag=9.9.9",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(!stdout(&out).contains("lockstep-controller-apply"));
-    assert!(stdout(&out).contains("lockstep:9.9.9"));
+    let impersonating = stdout(&out);
+    assert!(!impersonating.contains("lockstep-controller-apply"));
+    assert!(impersonating.contains("lockstep:9.9.9"));
+    // Every Sync acts as a ServiceAccount, so the controller reads no Secret itself.
+    assert!(impersonating.contains("--require-service-account"));
+    assert!(
+        !impersonating.contains("resources: [secrets]") && !impersonating.contains("- secrets")
+    );
+    // Metrics on a port (and Service) of their own; ingress only on the two ports.
+    assert!(text.contains("--metrics-listen=0.0.0.0:8081"));
+    let service = find("Service", "lockstep-controller");
+    assert_eq!(
+        service["spec"]["ports"].as_sequence().map(Vec::len),
+        Some(1)
+    );
+    assert_eq!(
+        service["spec"]["ports"][0]["targetPort"].as_str(),
+        Some("http")
+    );
+    find("Service", "lockstep-controller-metrics");
+    find("NetworkPolicy", "lockstep-controller");
+    let out = run(&[
+        "install",
+        "--set",
+        "controller.defaultServiceAccount=tenant",
+    ]);
+    assert!(
+        stdout(&out).contains("--default-service-account=tenant"),
+        "{}",
+        stdout(&out)
+    );
     let out = run(&["install", "--set", "applyAs=root"]);
     fails_with(&out, &["applyAs must be cluster-admin or impersonate"]);
 }

@@ -82,7 +82,7 @@ async fn one_slow_or_broken_sync_never_holds_back_another() {
     let target_b = cluster.namespace(&client, "quick-target").await;
     let repo_b = tiny_repo(&target_b);
     let api_b = syncs(&client, &ns_b);
-    put_secret(&client, &ns_b, "hook", "token", "quick-s3cret").await;
+    put_secret(&client, &ns_b, "hook", "token", "quick-s3cret-of-b-tenant").await;
     let started = std::time::Instant::now();
     put(
         &api_b,
@@ -104,7 +104,7 @@ async fn one_slow_or_broken_sync_never_holds_back_another() {
     // A webhook for B during A's wait syncs B's new commit within 10 s.
     let second = commit_settings(repo_b.path(), "two");
     let started = std::time::Instant::now();
-    send_hook(port, &ns_b, "quick", "quick-s3cret");
+    send_hook(port, &ns_b, "quick", "quick-s3cret-of-b-tenant");
     wait_applied(&api_b, "quick", &second, "B's webhook sync").await;
     assert!(
         started.elapsed() < std::time::Duration::from_secs(10),
@@ -153,7 +153,7 @@ async fn one_slow_or_broken_sync_never_holds_back_another() {
         "the controller runs"
     );
     let third = commit_settings(repo_b.path(), "three");
-    send_hook(port, &ns_b, "quick", "quick-s3cret");
+    send_hook(port, &ns_b, "quick", "quick-s3cret-of-b-tenant");
     wait_applied(
         &api_b,
         "quick",

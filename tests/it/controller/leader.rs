@@ -14,7 +14,7 @@ async fn two_replicas_only_the_leader_syncs_and_a_stopped_leader_hands_over() {
     let target = cluster.namespace(&client, "replicas-apps").await;
     let repo = tiny_repo(&target);
     let home = tempfile::tempdir().expect("tempdir");
-    put_secret(&client, &sync_ns, "hook", "token", "hook-s3cret").await;
+    put_secret(&client, &sync_ns, "hook", "token", "hook-s3cret-0123456789").await;
     let api = syncs(&client, &sync_ns);
     create_local_sync(
         &api,
@@ -77,7 +77,7 @@ async fn two_replicas_only_the_leader_syncs_and_a_stopped_leader_hands_over() {
     git(repo.path(), &["commit", "-q", "-am", "two"]);
     let second = head(repo.path());
     let body = br#"{}"#;
-    let signature = hook_signature(body, b"hook-s3cret");
+    let signature = hook_signature(body, b"hook-s3cret-0123456789");
     let (code, _) = http(
         ports[follower],
         "POST",

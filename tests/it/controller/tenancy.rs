@@ -153,4 +153,153 @@ async fn a_sync_with_a_service_account_can_do_only_what_that_account_may() {
         "{message}"
     );
     assert!(defaults.get_opt("escape").await.expect("get").is_none());
+
+    // With --require-service-account, a Sync that would act as the controller is refused before
+    // anything is fetched, saying what to do.
+    let out = controller_with(
+        &controller_kubeconfig,
+        &sync_ns,
+        &cache,
+        home.path(),
+        &["--allow-local-sources", "--require-service-account"],
+        &[],
+    );
+    let message = failed_with(&out, &api, "plain", "FetchFailed").await;
+    assert!(
+        message.contains("spec.serviceAccountName is required by this controller")
+            && message.contains(&format!("namespace {sync_ns}")),
+        "{message}"
+    );
+}
+
+/// Creates ServiceAccount `name` in `ns` with no rights at all.
+async fn bare_service_account(client: &kube::Client, ns: &str, name: &str) {
+    let sa: k8s_openapi::api::core::v1::ServiceAccount = serde_json::from_value(
+        serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}}),
+    )
+    .expect("sa");
+    Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), ns)
+        .create(&Default::default(), &sa)
+        .await
+        .expect("create sa");
+}
+
+/// Lets ServiceAccount `sa` of `ns` read Secret `secret` there.
+async fn grant_secret(client: &kube::Client, ns: &str, sa: &str, secret: &str) {
+    let role: k8s_openapi::api::rbac::v1::Role = serde_json::from_value(serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": {"name": format!("read-{secret}")},
+        "rules": [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": [secret], "verbs": ["get"]}]
+    }))
+    .expect("role");
+    Api::<k8s_openapi::api::rbac::v1::Role>::namespaced(client.clone(), ns)
+        .create(&Default::default(), &role)
+        .await
+        .expect("create role");
+    let binding: k8s_openapi::api::rbac::v1::RoleBinding =
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": format!("read-{secret}")},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": format!("read-{secret}")},
+            "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns}]
+        }))
+        .expect("binding");
+    Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(client.clone(), ns)
+        .create(&Default::default(), &binding)
+        .await
+        .expect("create binding");
+}
+
+/// The webhook token is read with the Sync's ServiceAccount (a Sync cannot borrow a Secret its
+/// account may not read), a short token is never accepted, and with `--metrics-listen` the
+/// webhook's port serves no metrics.
+#[tokio::test]
+async fn webhook_tokens_are_read_as_the_sync_and_metrics_are_served_apart() {
+    let Fixture {
+        cluster,
+        client,
+        controller_kubeconfig,
+        sync_ns,
+        _creds,
+    } = need!("control plane", fixture("tenant-hooks").await);
+    let target = cluster.namespace(&client, "tenant-hook-apps").await;
+    let repo = tiny_repo(&target);
+    let home = tempfile::tempdir().expect("tempdir");
+    bare_service_account(&client, &sync_ns, "hooker").await;
+    let token = "hook-token-of-the-tenant-0123";
+    put_secret(&client, &sync_ns, "hook", "token", token).await;
+    put_secret(&client, &sync_ns, "short", "token", "short-tok").await;
+    let api = syncs(&client, &sync_ns);
+    for (name, secret) in [("hooked", "hook"), ("shorty", "short")] {
+        create_local_sync(
+            &api,
+            name,
+            repo.path(),
+            serde_json::json!({
+                "serviceAccountName": "hooker",
+                "interval": "1h",
+                "webhook": {"secretRef": {"name": secret}},
+            }),
+        )
+        .await;
+    }
+    let (port, metrics_port) = (free_port(), free_port());
+    let _controller = spawn_loop(
+        &controller_kubeconfig,
+        &["-n", &sync_ns],
+        port,
+        home.path(),
+        "controller",
+        &["--metrics-listen", &format!("127.0.0.1:{metrics_port}")],
+    );
+    wait_for("the controller to be ready", async || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            && http(port, "GET", "/readyz", &[], b"").0 == 200
+    })
+    .await;
+    let body = br#"{"ref":"refs/heads/main"}"#;
+    let post = |name: &str, key: &str| {
+        let signature = hook_signature(body, key.as_bytes());
+        http(
+            port,
+            "POST",
+            &format!("/hook/{sync_ns}/{name}"),
+            &[("X-Hub-Signature-256", signature.as_str())],
+            body,
+        )
+    };
+    // The account may not read the Secret: a correctly signed request is refused like any other.
+    assert_eq!(post("hooked", token).0, 401);
+    assert_eq!(post("shorty", "short-tok").0, 401, "a short token");
+    grant_secret(&client, &sync_ns, "hooker", "hook").await;
+    grant_secret(&client, &sync_ns, "hooker", "short").await;
+    let mut accepted = false;
+    for _ in 0..40 {
+        if post("hooked", token).0 == 202 {
+            accepted = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    assert!(
+        accepted,
+        "once the account may read its Secret, the hook is accepted"
+    );
+    assert_eq!(post("shorty", "short-tok").0, 401, "still too short");
+    assert_eq!(http(port, "GET", "/metrics", &[], b"").0, 404);
+    let (code, metrics) = http(metrics_port, "GET", "/metrics", &[], b"");
+    assert_eq!(code, 200);
+    assert!(metrics.contains("lockstep_"), "{metrics}");
+    assert!(!metrics.contains(token));
+    assert_eq!(
+        http(
+            metrics_port,
+            "POST",
+            &format!("/hook/{sync_ns}/hooked"),
+            &[],
+            body
+        )
+        .0,
+        404
+    );
 }

@@ -16,7 +16,7 @@ async fn the_loop_syncs_new_syncs_at_once_waits_for_the_interval_and_obeys_locks
     let repo = shop_repo(&target);
     let home = tempfile::tempdir().expect("tempdir");
     put_secret(&client, &sync_ns, "age-key", "keys.txt", &demo_key()).await;
-    put_secret(&client, &sync_ns, "hook", "token", "hook-s3cret").await;
+    put_secret(&client, &sync_ns, "hook", "token", "hook-s3cret-0123456789").await;
     let api = syncs(&client, &sync_ns);
     api.patch(
         "shop",
@@ -147,7 +147,7 @@ async fn the_loop_syncs_new_syncs_at_once_waits_for_the_interval_and_obeys_locks
         second.as_str(),
         "a refused hook must not sync"
     );
-    let signature = hook_signature(body, b"hook-s3cret");
+    let signature = hook_signature(body, b"hook-s3cret-0123456789");
     let (code, _) = http(
         port,
         "POST",
