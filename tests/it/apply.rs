@@ -347,6 +347,41 @@ async fn one_invalid_object_means_nothing_is_written() {
     );
 }
 
+/// The API server quotes an invalid value in its refusal; for an object carrying decrypted values
+/// (a whole-file SOPS manifest) the value must not reach the output, while the field stays named.
+#[tokio::test]
+async fn server_refusals_of_decrypted_objects_never_carry_their_values() {
+    let cluster = need!("control plane", support::cluster());
+    let client = cluster.admin().await;
+    let ns = cluster.namespace(&client, "redact").await;
+    let p = Project::new(&cluster, "redact", &ns);
+    let marker = "MARKER-Not_A-Host.example";
+    let plain = format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: upstream\nspec:\n  type: ExternalName\n  externalName: {marker}\n"
+    );
+    let sealed = support::encrypt_stdin(
+        Path::new(BIN),
+        DEMO_RECIPIENT,
+        "manifests/upstream.yaml",
+        &plain,
+    );
+    p.write(
+        "manifests/upstream.yaml",
+        &String::from_utf8(sealed).expect("utf-8"),
+    );
+    for command in [&["apply", "--wait=false"][..], &["diff"][..]] {
+        let out = p.run(command);
+        let err = stderr(&out);
+        assert_ne!(out.status.code(), Some(0), "{command:?}: {err}");
+        assert!(err.contains("spec.externalName"), "{command:?}: {err}");
+        assert!(err.contains("<hidden"), "{command:?}: {err}");
+        assert!(
+            !err.contains(marker) && !stdout(&out).contains(marker),
+            "{command:?} shows the decrypted value: {err}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn field_conflicts_are_reported_and_force_conflicts_takes_them() {
     let cluster = need!("control plane", support::cluster());

@@ -20,6 +20,7 @@
 pub mod diff;
 pub mod health;
 pub mod inventory;
+pub mod redact;
 pub mod sealed;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -645,6 +646,25 @@ struct Item<'a> {
     adopted: bool,
 }
 
+impl Item<'_> {
+    /// Secrets, and any object that carries decrypted values (a whole-file SOPS manifest).
+    fn carries_plaintext(&self) -> bool {
+        let id = &self.obj.id;
+        (id.group.is_empty() && id.kind == "Secret") || self.obj.has_secrets
+    }
+
+    /// The server's reason for refusing this item, with any value it quotes hidden when the item
+    /// carries decrypted values.
+    fn refused(&self, e: &kube::Error) -> String {
+        let message = reason(e);
+        if self.carries_plaintext() {
+            redact::hide_values(&message, self.body.expose())
+        } else {
+            message
+        }
+    }
+}
+
 /// Server-side applies one item with `pp` (a dry run when `pp` says so).
 async fn send(
     client: &Client,
@@ -701,7 +721,7 @@ async fn dry_run(client: &Client, item: &Item<'_>, pp: &PatchParams) -> Checked 
             Ok(v) => Checked::Accepted(SecretJson::wrap(v)),
             Err(e) => Checked::Refused(format!("unreadable dry-run result: {e}")),
         },
-        Err(e) => Checked::Refused(reason(&e)),
+        Err(e) => Checked::Refused(item.refused(&e)),
     }
 }
 
@@ -728,7 +748,7 @@ async fn dry_run_all(client: &Client, items: &[&Item<'_>], opts: &Options) -> Ve
             } else {
                 match send_quiet(client, item, pp).await {
                     Ok(()) => Checked::Accepted(SecretJson::wrap(Json::Null)),
-                    Err(e) => Checked::Refused(reason(&e)),
+                    Err(e) => Checked::Refused(item.refused(&e)),
                 }
             }
         }
@@ -1248,7 +1268,7 @@ impl<'a> Plan<'a> {
                 }
                 match send_quiet(self.client, item, pp).await {
                     Ok(()) => (i, Ok(changed)),
-                    Err(e) => (i, Err(reason(&e))),
+                    Err(e) => (i, Err(item.refused(&e))),
                 }
             }
         });
@@ -1302,11 +1322,9 @@ impl<'a> Plan<'a> {
             _ => item.body.duplicate(),
         };
         let name = format!("{}/{}", item.obj.api_version, id);
-        // Secrets, and any object that carries decrypted values (a whole-file SOPS manifest).
-        let is_secret = (id.group.is_empty() && id.kind == "Secret") || item.obj.has_secrets;
         diff::unified(
             &name,
-            is_secret,
+            item.carries_plaintext(),
             self.live.get(&live_key(item)).map(SecretJson::expose),
             merged.expose(),
         )
