@@ -454,6 +454,7 @@ pub fn run_apply(
         dry_run: false,
         sealed: SealedPreview::Never,
         revision: git_revision(&args.pipeline.render.dir),
+        owner: None,
         gate: None,
     };
     let rt = runtime()?;

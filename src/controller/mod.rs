@@ -487,6 +487,15 @@ impl Access {
     }
 }
 
+/// How a Sync names itself on what it applies ([`apply::OWNER_ANNOTATION`]) and its inventory.
+pub fn owner_of(sync: &Sync) -> String {
+    format!(
+        "Sync {}/{}",
+        sync.namespace().unwrap_or_default(),
+        sync.name_any()
+    )
+}
+
 fn duration_field(value: Option<&str>, field: &str) -> Result<Option<Duration>, String> {
     value
         .map(|v| apply::parse_duration(v).map_err(|e| format!("spec.{field}: {e}")))
@@ -711,6 +720,7 @@ impl pipeline::Inputs for SyncInputs {
             // GitOps: Git wins over hand edits, including fields another manager took over.
             force_conflicts: true,
             dry_run: warn_only,
+            owner: Some(owner_of(&self.sync)),
             gate: self.access.gate.clone(),
             ..Options::default()
         }
@@ -1137,6 +1147,7 @@ async fn finalize(access: &Access, sync: &Sync) -> Result<(), String> {
         let client = access.for_sync(sync, &ns)?;
         let opts = Options {
             prune_protected: sync.spec.prune_protected.unwrap_or(false),
+            owner: Some(owner_of(sync)),
             gate: access.gate.clone(),
             ..Options::default()
         };

@@ -164,7 +164,9 @@ impl StageError {
             StageError::Render(_) => Step::Render,
             StageError::Keys(_) | StageError::Decrypt { .. } => Step::Decrypt,
             StageError::Apply(e) => match e {
-                ApplyError::Validation { .. } | ApplyError::UnknownKind(_) => Step::Validate,
+                ApplyError::Validation { .. }
+                | ApplyError::UnknownKind(_)
+                | ApplyError::Owned { .. } => Step::Validate,
                 ApplyError::MassPrune { .. } => Step::Prune,
                 _ => Step::Apply,
             },

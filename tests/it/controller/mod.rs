@@ -6,6 +6,7 @@ mod converge;
 mod drift;
 mod isolation;
 mod leader;
+mod ownership;
 mod prune;
 mod tenancy;
 mod triggers;

@@ -133,7 +133,16 @@ async fn a_sync_with_a_service_account_can_do_only_what_that_account_may() {
 
     // With --default-service-account, a Sync that names no account acts as that one in its own
     // namespace, not as the controller: the same commit is refused the same way.
-    create_local_sync(&api, "plain", repo.path(), serde_json::json!({})).await;
+    // (A project of its own: one environment of one project belongs to one Sync.)
+    let plain_repo = project_repo(
+        "plain",
+        &target,
+        &[(
+            "escape.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: escape, namespace: default}\ndata: {x: y}\n",
+        )],
+    );
+    create_local_sync(&api, "plain", plain_repo.path(), serde_json::json!({})).await;
     let out = controller_with(
         &controller_kubeconfig,
         &sync_ns,

@@ -3,7 +3,9 @@
 //!
 //! It is a ConfigMap `lockstep-inventory-<project>-<environment>` in the environment's namespace:
 //! `data.objects` holds one `apiVersion kind namespace name` line per object (`-` for cluster-scoped),
-//! `data.revision` and `data.appliedAt` say what was applied when.
+//! `data.revision` and `data.appliedAt` say what was applied when, `data.owner` which Sync keeps it
+//! (none for the CLI). Writes carry the `resourceVersion` read as a precondition, so two applies
+//! of one environment at once cannot lose each other's entries: the later one fails and retries.
 
 use std::cmp::Ordering;
 use std::collections::BTreeSet;
@@ -15,8 +17,8 @@ use kube::{Api, Client};
 use serde_json::{Value as Json, json};
 
 use super::{
-    Action, ApplyError, ENVIRONMENT_LABEL, FIELD_MANAGER, MANAGED_BY, Options, PROJECT_LABEL,
-    PRUNE_ANNOTATION, delete_exact, reason,
+    Action, ApplyError, ENVIRONMENT_LABEL, FIELD_MANAGER, MANAGED_BY, OWNER_ANNOTATION, Options,
+    PROJECT_LABEL, PRUNE_ANNOTATION, delete_exact, reason,
 };
 use crate::decrypt::ApplySet;
 use crate::objects::{ObjectId, group_of};
@@ -120,6 +122,10 @@ pub struct Inventory {
     pub entries: BTreeSet<InventoryEntry>,
     /// The revision applied.
     pub revision: String,
+    /// The Sync that keeps it (`Sync <namespace>/<name>`); `None`: the CLI, or nobody yet.
+    pub owner: Option<String>,
+    /// The ConfigMap's `resourceVersion` when read or last written (`None`: there is none yet).
+    pub resource_version: Option<String>,
 }
 
 /// The inventory ConfigMap's name.
@@ -162,6 +168,10 @@ impl Inventory {
         let Some(cm) = cm else {
             return Ok(Inventory::default());
         };
+        let owner = cm.data["data"]["owner"]
+            .as_str()
+            .filter(|o| !o.is_empty())
+            .map(str::to_string);
         let entries = cm.data["data"]["objects"]
             .as_str()
             .unwrap_or_default()
@@ -174,21 +184,25 @@ impl Inventory {
                 .as_str()
                 .unwrap_or_default()
                 .to_string(),
+            owner,
+            resource_version: cm.metadata.resource_version.clone(),
         })
     }
 
-    /// Writes the inventory (server-side apply).
+    /// Writes the inventory (server-side apply) if the ConfigMap is still at `expected` (the
+    /// `resourceVersion` read; `None`: it must not exist); returns the new `resourceVersion`.
     pub async fn write(
         &self,
         api: &Api<DynamicObject>,
         project: &str,
         environment: &str,
-    ) -> Result<(), ApplyError> {
+        expected: Option<&str>,
+    ) -> Result<Option<String>, ApplyError> {
         let objects: Vec<String> = self.entries.iter().map(InventoryEntry::line).collect();
         let now = jiff::Timestamp::now()
             .strftime("%Y-%m-%dT%H:%M:%SZ")
             .to_string();
-        let body = json!({
+        let mut body = json!({
             "apiVersion": "v1",
             "kind": "ConfigMap",
             "metadata": {
@@ -204,15 +218,41 @@ impl Inventory {
                 "objects": objects.join("\n"),
                 "revision": self.revision,
                 "appliedAt": now,
+                "owner": self.owner.clone().unwrap_or_default(),
             },
         });
-        api.patch(
-            &name(project, environment),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&body),
-        )
-        .await?;
-        Ok(())
+        match expected {
+            // An apply with a resourceVersion is refused (409) when the object has changed since.
+            Some(rv) => body["metadata"]["resourceVersion"] = Json::String(rv.to_string()),
+            None => {
+                if api.get_opt(&name(project, environment)).await?.is_some() {
+                    return Err(ApplyError::InventoryChanged);
+                }
+            }
+        }
+        let written = api
+            .patch(
+                &name(project, environment),
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&body),
+            )
+            .await
+            .map_err(|e| match &e {
+                kube::Error::Api(s) if s.code == 409 => ApplyError::InventoryChanged,
+                _ => e.into(),
+            })?;
+        Ok(written.metadata.resource_version)
+    }
+
+    /// Refuses an inventory kept by another Sync than `owner` (the CLI, `None`, may take over any).
+    pub fn check_owner(&self, owner: Option<&str>, cm: &str) -> Result<(), ApplyError> {
+        match (self.owner.as_deref(), owner) {
+            (Some(theirs), Some(ours)) if theirs != ours => Err(ApplyError::Owned {
+                what: format!("the inventory {cm}"),
+                owner: theirs.to_string(),
+            }),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -290,6 +330,18 @@ pub(crate) async fn prune_one(
             );
         }
     };
+    let annotations = live.metadata.annotations.clone().unwrap_or_default();
+    if let (Some(theirs), Some(ours)) = (annotations.get(OWNER_ANNOTATION), &opts.owner)
+        && theirs != ours
+    {
+        return (
+            Action::Kept,
+            Some(format!(
+                "not deleted: it belongs to {theirs} ({OWNER_ANNOTATION})"
+            )),
+            false,
+        );
+    }
     let labels = live.metadata.labels.clone().unwrap_or_default();
     let ours = labels.get(MANAGED_BY.0).map(String::as_str) == Some(MANAGED_BY.1)
         && labels.get(PROJECT_LABEL) == Some(&set.project)
@@ -301,7 +353,6 @@ pub(crate) async fn prune_one(
             false,
         );
     }
-    let annotations = live.metadata.annotations.clone().unwrap_or_default();
     if annotations.get(PRUNE_ANNOTATION).map(String::as_str) == Some("disabled") {
         return (
             Action::Kept,

@@ -49,6 +49,9 @@ pub const PROJECT_LABEL: &str = "lockstep.dev/project";
 pub const ENVIRONMENT_LABEL: &str = "lockstep.dev/environment";
 /// Annotation that keeps an object from being pruned.
 pub const PRUNE_ANNOTATION: &str = "lockstep.dev/prune";
+/// Annotation naming the Sync that applied an object (`Sync <namespace>/<name>`; absent when the
+/// CLI did): another Sync neither applies over it nor prunes it.
+pub const OWNER_ANNOTATION: &str = "lockstep.dev/owner";
 /// Annotation holding a digest of what lockstep last applied (Secret values left out of it), so an
 /// unchanged object can be recognised without a request.
 pub const APPLIED_ANNOTATION: &str = "lockstep.dev/applied";
@@ -77,6 +80,9 @@ pub struct Options {
     pub sealed: SealedPreview,
     /// A revision to record in the inventory (a Git commit, or empty).
     pub revision: String,
+    /// Who applies (`Sync <namespace>/<name>`; `None`: the CLI). Recorded on every object and the
+    /// inventory; what another Sync owns is refused, never pruned.
+    pub owner: Option<String>,
     /// Asked before every write step (each stage, kind, the prune and the inventory); when it says
     /// no, the apply stops with [`ApplyError::Interrupted`] and prunes nothing. The controller
     /// uses it to stop writing the moment it no longer holds its Lease.
@@ -126,6 +132,7 @@ impl Default for Options {
             dry_run: false,
             sealed: SealedPreview::Never,
             revision: String::new(),
+            owner: None,
             gate: None,
         }
     }
@@ -253,6 +260,21 @@ pub enum ApplyError {
         "namespace {} does not exist and is not in the set; nothing was written. Add `createNamespace: true` to the environment in lockstep.yaml, add a Namespace to the templates, or create it", .0.join(", ")
     )]
     MissingNamespace(Vec<String>),
+    /// The object or inventory belongs to another Sync.
+    #[error(
+        "{what} belongs to {owner} ({OWNER_ANNOTATION}); two Syncs may not manage one object or environment: remove it from one of them, or delete the other Sync first; nothing was written"
+    )]
+    Owned {
+        /// What is owned.
+        what: String,
+        /// Its owner.
+        owner: String,
+    },
+    /// The inventory was written by another apply while this one ran.
+    #[error(
+        "the inventory changed while applying (another apply of this environment ran at the same time); run again"
+    )]
+    InventoryChanged,
     /// A keyless set (secret-bearing objects left sealed) was given to a real apply.
     #[error("a set with sealed objects can only be previewed (diff), never applied")]
     SealedApply,
@@ -991,10 +1013,18 @@ impl<'a> Plan<'a> {
         opts: &'a Options,
     ) -> Result<Plan<'a>, ApplyError> {
         let resolver = Resolver::new(client, set).await?;
-        let mut items = resolve_items(&resolver, set)?;
+        let mut items = resolve_items(&resolver, set, opts.owner.as_deref())?;
         defer_missing_namespaces(client, &mut items, opts).await?;
         let inventory_api = inventory::api(client, &set.namespace);
         let previous = Inventory::read(&inventory_api, &set.project, &set.environment).await?;
+        previous.check_owner(
+            opts.owner.as_deref(),
+            &format!(
+                "{}/{}",
+                set.namespace,
+                inventory::name(&set.project, &set.environment)
+            ),
+        )?;
         if !set.sealed.is_empty() && !opts.dry_run {
             return Err(ApplyError::SealedApply);
         }
@@ -1019,6 +1049,7 @@ impl<'a> Plan<'a> {
             item.untouched = untouched(item.body.expose(), &item.digest, live.get(&key));
             item.live = live.contains_key(&key);
         }
+        refuse_foreign(&items, &live, opts.owner.as_deref())?;
         Ok(Plan {
             client,
             set,
@@ -1060,6 +1091,8 @@ impl<'a> Plan<'a> {
         for stage in 0..STAGES {
             if stage == 1 {
                 self.validate_deferred(progress).await?;
+                // The inventory's namespace exists now (stage 0 may have created it).
+                self.record_pending().await?;
             }
             self.apply_stage(stage, progress).await?;
             if stage == 0 && !self.opts.dry_run {
@@ -1390,6 +1423,8 @@ impl<'a> Plan<'a> {
         let next = Inventory {
             entries,
             revision: self.opts.revision.clone(),
+            owner: self.opts.owner.clone(),
+            resource_version: None,
         };
         // Unchanged inventory, unchanged cluster: a no-op apply writes nothing at all.
         if !next.same_as(&self.previous) {
@@ -1397,9 +1432,44 @@ impl<'a> Plan<'a> {
                 &self.inventory_api,
                 &self.set.project,
                 &self.set.environment,
+                self.previous.resource_version.as_deref(),
             )
             .await?;
         }
+        Ok(())
+    }
+
+    /// Before the first object past CRDs and Namespaces is written: records every object of the set that the inventory
+    /// does not list yet (with what it lists), so an apply cut short — the API server gone, the
+    /// process killed — leaves nothing unrecorded to orphan. Fails, writing nothing, when another
+    /// apply changed the inventory since it was read.
+    async fn record_pending(&mut self) -> Result<(), ApplyError> {
+        let new = self
+            .current
+            .iter()
+            .any(|e| !self.previous.entries.contains(e));
+        let foreign = self.previous.owner != self.opts.owner;
+        if self.opts.dry_run || !(new || foreign) {
+            return Ok(());
+        }
+        self.may_write()?;
+        let mut pending = Inventory {
+            entries: self.previous.entries.clone(),
+            revision: self.previous.revision.clone(),
+            owner: self.opts.owner.clone(),
+            resource_version: None,
+        };
+        pending.entries.extend(self.current.iter().cloned());
+        let rv = pending
+            .write(
+                &self.inventory_api,
+                &self.set.project,
+                &self.set.environment,
+                self.previous.resource_version.as_deref(),
+            )
+            .await?;
+        pending.resource_version = rv;
+        self.previous = pending;
         Ok(())
     }
 }
@@ -1452,8 +1522,49 @@ pub async fn prune_everything(
     Ok(summary)
 }
 
+/// Records the applying Sync on an object.
+fn annotate_owner(object: &mut Json, owner: &str) {
+    if let Some(meta) = object.get_mut("metadata").and_then(Json::as_object_mut) {
+        let annotations = meta.entry("annotations").or_insert_with(|| json!({}));
+        if let Some(a) = annotations.as_object_mut() {
+            a.insert(OWNER_ANNOTATION.into(), Json::String(owner.into()));
+        }
+    }
+}
+
+/// Refuses the apply when a live namespaced object of the set belongs to another Sync.
+/// Cluster-scoped objects (a CRD two environments of one project both ship) are shared: the last
+/// Sync to apply one owns it, and only the owner prunes it.
+fn refuse_foreign(
+    items: &[Item<'_>],
+    live: &HashMap<LiveKey, SecretJson>,
+    owner: Option<&str>,
+) -> Result<(), ApplyError> {
+    let Some(owner) = owner else {
+        return Ok(());
+    };
+    for item in items.iter().filter(|i| i.target.namespaced) {
+        let theirs = live
+            .get(&live_key(item))
+            .and_then(|l| l.expose()["metadata"]["annotations"][OWNER_ANNOTATION].as_str());
+        if let Some(theirs) = theirs
+            && theirs != owner
+        {
+            return Err(ApplyError::Owned {
+                what: format!("{} ({})", item.obj.id, item.obj.source),
+                owner: theirs.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Resolves, labels and annotates every object of the set; a kind nobody serves is an error.
-fn resolve_items<'a>(resolver: &Resolver, set: &'a ApplySet) -> Result<Vec<Item<'a>>, ApplyError> {
+fn resolve_items<'a>(
+    resolver: &Resolver,
+    set: &'a ApplySet,
+    owner: Option<&str>,
+) -> Result<Vec<Item<'a>>, ApplyError> {
     let mut unknown = Vec::new();
     let mut items = Vec::new();
     for obj in &set.objects {
@@ -1466,6 +1577,9 @@ fn resolve_items<'a>(resolver: &Resolver, set: &'a ApplySet) -> Result<Vec<Item<
         };
         let mut body = obj.object.duplicate();
         label(body.expose_mut(), &set.project, &set.environment);
+        if let Some(owner) = owner {
+            annotate_owner(body.expose_mut(), owner);
+        }
         if !target.namespaced
             && let Some(meta) = body
                 .expose_mut()
