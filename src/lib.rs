@@ -24,4 +24,4 @@
 pub mod cli;
 pub mod controller;
 
-pub use lockstep_engine::{apply, decrypt, keys, objects, pipeline, render, sops, source};
+pub use lockstep_engine::{apply, decrypt, keys, objects, pipeline, probe, render, sops, source};

@@ -1,9 +1,13 @@
-//! Fuzzes the whole render path with helpers and built-ins at the extremes of their arguments
-//! (widths, counts, repeats, nesting): every input renders or fails with diagnostics, within the
-//! render's budget — never an abort, a panic, or memory past libFuzzer's `-rss_limit_mb`.
+//! Fuzzes the whole render path as the controller runs it, with helpers and built-ins at the
+//! extremes of their arguments (widths, counts, repeats, nesting): the render probe first (a
+//! `lockstep` child process with a memory limit and a deadline: `LOCKSTEP_PROBE_EXE`, default
+//! `target/release/lockstep`), then — only if the probe passed — the render in this process, which
+//! must render or fail with diagnostics within its budget: never an abort, a panic, or memory past
+//! libFuzzer's `-rss_limit_mb`.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use lockstep::probe::Probe;
 use lockstep::render::{self, Request};
 use lockstep::source::Snapshot;
 
@@ -150,6 +154,17 @@ fuzz_target!(|data: &[u8]| {
         env: "dev".into(),
         ..Request::default()
     };
+    let probe = Probe {
+        exe: std::env::var_os("LOCKSTEP_PROBE_EXE")
+            .map_or_else(|| "target/release/lockstep".into(), Into::into),
+        memory: 128 * 1024 * 1024,
+        time: std::time::Duration::from_secs(5),
+    };
+    if let Err(refused) = probe.check(&snapshot, &req) {
+        // The controller reports it as the render's problem; the process itself never renders it.
+        assert!(!refused.to_string().contains("cannot start"), "{refused}");
+        return;
+    }
     match render::render(&snapshot, &req) {
         Ok(rendered) => {
             let stream = rendered.to_yaml_stream();

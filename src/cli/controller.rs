@@ -75,6 +75,14 @@ pub struct ControllerArgs {
     /// `applyAs: impersonate` turns this on.
     #[arg(long)]
     pub require_service_account: bool,
+    /// Data a Sync's render may use, in MiB: each render runs first in a child process limited to
+    /// this (and to --render-timeout), so a hostile template stops there, not in the controller.
+    /// 0 renders in the controller's own process only.
+    #[arg(long, value_name = "MIB", default_value_t = 256)]
+    pub render_memory: u64,
+    /// How long a Sync's render may take in its child process.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub render_timeout: Duration,
     /// Also send Git credentials over plain `http://` (off by default: they would cross the
     /// network in clear).
     #[arg(long)]
@@ -143,7 +151,8 @@ pub fn run(
             .with_local_sources(args.allow_local_sources)
             .with_insecure_http(args.allow_insecure_http)
             .with_default_service_account(args.default_service_account.clone())
-            .with_required_service_account(args.require_service_account);
+            .with_required_service_account(args.require_service_account)
+            .with_render_probe(render_probe(args)?);
         crate::source::git::remove_leftovers();
         if !args.once {
             return serve(args, access, &cache).await;
@@ -170,6 +179,18 @@ pub fn run(
             )),
         }
     })
+}
+
+/// The render probe the flags ask for.
+fn render_probe(args: &ControllerArgs) -> Result<Option<crate::probe::Probe>, Failure> {
+    if args.render_memory == 0 {
+        return Ok(None);
+    }
+    let mut probe =
+        crate::probe::Probe::current().map_err(|e| Failure::new(Code::ERROR, e.to_string()))?;
+    probe.memory = args.render_memory.saturating_mul(1024 * 1024);
+    probe.time = args.render_timeout;
+    Ok(Some(probe))
 }
 
 /// The long-running controller: HTTP server, optional leader election, the loop; on SIGTERM or

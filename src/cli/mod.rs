@@ -174,6 +174,15 @@ pub fn sops_style(
 
 /// Entry point of the binary: parse `std::env::args_os`, run, map to a process exit code.
 pub fn main() -> ExitCode {
+    // A render probe child (see `lockstep::probe`): not a command anyone types.
+    let mut raw = std::env::args();
+    if raw.nth(1).as_deref() == Some(crate::probe::ARG) {
+        let memory = raw
+            .next()
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(crate::probe::DEFAULT_MEMORY);
+        return ExitCode::from(u8::try_from(crate::probe::serve(memory)).unwrap_or(1));
+    }
     let args = sops_style(std::env::args_os().collect(), |a| {
         std::path::Path::new(a).is_file()
     });

@@ -384,6 +384,8 @@ pub struct Access {
     default_service_account: Option<String>,
     /// Whether a Sync must act as a ServiceAccount (its own or the default): never as the controller.
     require_service_account: bool,
+    /// How renders are probed in a child process first (`None`: rendered in this process only).
+    probe: Option<crate::probe::Probe>,
     /// One recorder for the process, so repeated Events fold into a series.
     recorder: kube::runtime::events::Recorder,
 }
@@ -408,6 +410,7 @@ impl Access {
             insecure_http: false,
             default_service_account: None,
             require_service_account: false,
+            probe: None,
             recorder,
         }
     }
@@ -423,6 +426,12 @@ impl Access {
     /// `serviceAccountName` and no default): for installs where the controller may impersonate.
     pub fn with_required_service_account(mut self, required: bool) -> Access {
         self.require_service_account = required;
+        self
+    }
+
+    /// The same access, rendering every Sync first in a child process within `probe`'s limits.
+    pub fn with_render_probe(mut self, probe: Option<crate::probe::Probe>) -> Access {
+        self.probe = probe;
         self
     }
 
@@ -728,6 +737,10 @@ impl pipeline::Inputs for SyncInputs {
 
     async fn client(&mut self) -> Result<Client, StageError> {
         self.tenant().map_err(StageError::Cluster)
+    }
+
+    fn render_probe(&self) -> Option<&crate::probe::Probe> {
+        self.access.probe.as_ref()
     }
 }
 

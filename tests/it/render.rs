@@ -814,6 +814,7 @@ fn install_renders_a_locked_down_controller_and_impersonate_drops_its_apply_righ
     );
     // Metrics on a port (and Service) of their own; ingress only on the two ports.
     assert!(text.contains("--metrics-listen=0.0.0.0:8081"));
+    assert!(text.contains("--render-memory=64"));
     let service = find("Service", "lockstep-controller");
     assert_eq!(
         service["spec"]["ports"].as_sequence().map(Vec::len),
@@ -837,4 +838,64 @@ fn install_renders_a_locked_down_controller_and_impersonate_drops_its_apply_righ
     );
     let out = run(&["install", "--set", "applyAs=root"]);
     fails_with(&out, &["applyAs must be cluster-admin or impersonate"]);
+}
+
+/// The controller's render probe: the real binary as a child process with a data limit and a
+/// deadline. A template that builds an unbounded string through minijinja itself (`~` on a lazily
+/// repeated list) stops the child at its limit; one that runs too long is killed at the deadline;
+/// an ordinary project passes, with or without render problems.
+#[test]
+fn the_render_probe_stops_a_bomb_in_its_child_and_passes_an_ordinary_project() {
+    use lockstep::probe::{Probe, ProbeError};
+    use lockstep::render::Request;
+    use lockstep::source::Snapshot;
+    let project = |templates: &[(&str, String)]| {
+        let mut s = Snapshot::new();
+        s.insert(
+            "lockstep.yaml",
+            "project: p\nenvironments:\n  dev: {namespace: p-dev}\n",
+        );
+        for (name, text) in templates {
+            s.insert(format!("templates/{name}"), text.as_str());
+        }
+        s
+    };
+    let request = Request {
+        env: "dev".into(),
+        ..Request::default()
+    };
+    let probe = Probe {
+        exe: BIN.into(),
+        memory: 128 * 1024 * 1024,
+        time: std::time::Duration::from_secs(20),
+    };
+    let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata: {a: b}\n".to_string();
+    probe
+        .check(&project(&[("cm.yaml", cm)]), &request)
+        .expect("an ordinary project");
+    let broken = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata: {a: {{ nope }}}\n";
+    probe
+        .check(&project(&[("cm.yaml", broken.to_string())]), &request)
+        .expect("render problems are the render's to report");
+    let bomb = "x: {{ 'a' ~ ([range(10000)] * 100000000) }}\n".to_string();
+    let started = std::time::Instant::now();
+    let got = probe.check(&project(&[("bomb.yaml", bomb)]), &request);
+    assert!(matches!(got, Err(ProbeError::Memory(_))), "{got:?}");
+    assert!(
+        got.err()
+            .is_some_and(|e| e.to_string().contains("more than 128 MiB"))
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    // Forty templates near their fuel each take a while together; a deadline of 50 ms stops them.
+    let busy = "{% for i in range(1000) %}{% for j in range(250) %}{% endfor %}{% endfor %}\n".to_string();
+    let many: Vec<(String, String)> = (0..40)
+        .map(|i| (format!("t{i}.yaml"), busy.clone()))
+        .collect();
+    let many: Vec<(&str, String)> = many.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
+    let quick = Probe {
+        time: std::time::Duration::from_millis(50),
+        ..probe.clone()
+    };
+    let got = quick.check(&project(&many), &request);
+    assert!(matches!(got, Err(ProbeError::Time(_))), "{got:?}");
 }

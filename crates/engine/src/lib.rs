@@ -9,6 +9,7 @@
 pub mod apply;
 pub mod decrypt;
 pub mod pipeline;
+pub mod probe;
 pub mod sealed;
 pub mod source;
 

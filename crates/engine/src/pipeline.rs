@@ -236,6 +236,12 @@ pub trait Inputs: Send {
     /// The client to apply with (connected only once the set is built, so a broken project fails
     /// without a cluster).
     fn client(&mut self) -> impl Future<Output = Result<Client, StageError>> + Send;
+
+    /// How to probe the render in a child process first (see [`crate::probe`]); `None`: render
+    /// in this process only (the CLI, rendering its user's own templates).
+    fn render_probe(&self) -> Option<&crate::probe::Probe> {
+        None
+    }
 }
 
 /// What a successful run did.
@@ -289,6 +295,9 @@ pub async fn run<I: Inputs>(
         revision: Some(fetched.revision.clone()),
     };
     verify(inputs, &fetched).await.map_err(at)?;
+    if let Some(probe) = inputs.render_probe() {
+        probed(probe, &fetched.snapshot, request).map_err(at)?;
+    }
     let rendered = render(&fetched.snapshot, request).map_err(at)?;
     let options = inputs.options(&fetched);
     let (set, sealed) = decrypt_or_seal(inputs, &rendered, &fetched.snapshot, &options)
@@ -356,6 +365,16 @@ pub async fn fetch(inputs: &mut impl Inputs) -> Result<Fetched, StageError> {
 /// Verify step.
 pub async fn verify(inputs: &mut impl Inputs, fetched: &Fetched) -> Result<(), StageError> {
     inputs.verify(fetched).await
+}
+
+/// The render probe: the render in a child process within its limits, before it runs here.
+pub fn probed(
+    probe: &crate::probe::Probe,
+    snapshot: &Snapshot,
+    request: &Request,
+) -> Result<(), StageError> {
+    cpu(|| probe.check(snapshot, request))
+        .map_err(|e| StageError::Render(render::Diagnostic::new(e.to_string()).into()))
 }
 
 /// Render step (CPU work: off the async workers' hands when there are several).
