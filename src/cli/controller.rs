@@ -83,6 +83,10 @@ pub struct ControllerArgs {
     /// How long a Sync's render may take in its child process.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub render_timeout: Duration,
+    /// The longest a Sync's fetch or health wait may take, whatever its `spec.timeout` says: one
+    /// Sync holds one of the --concurrency slots that long at most.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub max_timeout: Duration,
     /// Also send Git credentials over plain `http://` (off by default: they would cross the
     /// network in clear).
     #[arg(long)]
@@ -152,7 +156,8 @@ pub fn run(
             .with_insecure_http(args.allow_insecure_http)
             .with_default_service_account(args.default_service_account.clone())
             .with_required_service_account(args.require_service_account)
-            .with_render_probe(render_probe(args)?);
+            .with_render_probe(render_probe(args)?)
+            .with_max_timeout(args.max_timeout);
         crate::source::git::remove_leftovers();
         if !args.once {
             return serve(args, access, &cache).await;

@@ -386,6 +386,9 @@ pub struct Access {
     require_service_account: bool,
     /// How renders are probed in a child process first (`None`: rendered in this process only).
     probe: Option<crate::probe::Probe>,
+    /// The longest a Sync's fetch or health wait may take, whatever its `spec.timeout` says (one
+    /// Sync holds one of the loop's slots that long at most).
+    max_timeout: Duration,
     /// One recorder for the process, so repeated Events fold into a series.
     recorder: kube::runtime::events::Recorder,
 }
@@ -411,6 +414,7 @@ impl Access {
             default_service_account: None,
             require_service_account: false,
             probe: None,
+            max_timeout: DEFAULT_MAX_TIMEOUT,
             recorder,
         }
     }
@@ -426,6 +430,12 @@ impl Access {
     /// `serviceAccountName` and no default): for installs where the controller may impersonate.
     pub fn with_required_service_account(mut self, required: bool) -> Access {
         self.require_service_account = required;
+        self
+    }
+
+    /// The same access, with no Sync waiting longer than `max` (see [`DEFAULT_MAX_TIMEOUT`]).
+    pub fn with_max_timeout(mut self, max: Duration) -> Access {
+        self.max_timeout = max;
         self
     }
 
@@ -496,6 +506,9 @@ impl Access {
     }
 }
 
+/// The longest fetch or health wait of any Sync unless `--max-timeout` says otherwise.
+pub const DEFAULT_MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+
 /// How a Sync names itself on what it applies ([`apply::OWNER_ANNOTATION`]) and its inventory.
 pub fn owner_of(sync: &Sync) -> String {
     format!(
@@ -540,8 +553,10 @@ struct SyncInputs {
 
 impl SyncInputs {
     fn new(access: &Access, sync: &Sync, cache: &Path) -> SyncInputs {
-        let timeout = duration_field(sync.spec.timeout.as_deref(), "timeout")
-            .map(|t| t.unwrap_or_else(|| interval_of(sync)));
+        let timeout = duration_field(sync.spec.timeout.as_deref(), "timeout").map(|t| {
+            t.unwrap_or_else(|| interval_of(sync))
+                .min(access.max_timeout)
+        });
         SyncInputs {
             access: access.clone(),
             sync: sync.clone(),

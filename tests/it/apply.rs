@@ -889,3 +889,38 @@ async fn an_inventory_write_from_a_stale_read_is_refused() {
     let now = Inventory::read(&api, "race", "dev").await.expect("read");
     assert!(now.entries.contains(&entry("two")));
 }
+
+/// A CRD whose kind another CRD already claims is never Established: the apply says so at once
+/// instead of waiting out its timeout (holding a controller slot all that while).
+#[tokio::test]
+async fn a_crd_whose_names_collide_fails_at_once() {
+    let cluster = need!("control plane", support::cluster());
+    let client = cluster.admin().await;
+    let ns = cluster.namespace(&client, "crd-collide").await;
+    let group = format!("collide{}.example.com", std::process::id());
+    let crd = |plural: &str, kind: &str| {
+        format!(
+            "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {{name: {plural}.{group}}}\nspec:\n  group: {group}\n  scope: Namespaced\n  names: {{plural: {plural}, singular: {}, kind: {kind}, listKind: {kind}List}}\n  versions:\n    - name: v1\n      served: true\n      storage: true\n      schema: {{openAPIV3Schema: {{type: object, x-kubernetes-preserve-unknown-fields: true}}}}\n",
+            plural.trim_end_matches('s')
+        )
+    };
+    let first = Project::new(&cluster, "first", &ns);
+    first.write("templates/crd.yaml", &crd("widgets", "Widget"));
+    let out = first.apply(&[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let second = Project::new(&cluster, "second", &ns);
+    second.write("templates/crd.yaml", &crd("gadgets", "Widget"));
+    let started = std::time::Instant::now();
+    let out = second.apply(&["--timeout", "5m"]);
+    let err = stderr(&out);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains(&format!("gadgets.{group} is not accepted")) && err.contains("Widget"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -887,7 +887,8 @@ fn the_render_probe_stops_a_bomb_in_its_child_and_passes_an_ordinary_project() {
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(20));
     // Forty templates near their fuel each take a while together; a deadline of 50 ms stops them.
-    let busy = "{% for i in range(1000) %}{% for j in range(250) %}{% endfor %}{% endfor %}\n".to_string();
+    let busy =
+        "{% for i in range(1000) %}{% for j in range(250) %}{% endfor %}{% endfor %}\n".to_string();
     let many: Vec<(String, String)> = (0..40)
         .map(|i| (format!("t{i}.yaml"), busy.clone()))
         .collect();

@@ -164,3 +164,43 @@ async fn one_slow_or_broken_sync_never_holds_back_another() {
     )
     .await;
 }
+
+/// A Sync asking to wait 30 days for health holds its slot only as long as the controller's
+/// --max-timeout allows.
+#[tokio::test]
+async fn no_sync_holds_a_slot_longer_than_the_controllers_max_timeout() {
+    let Fixture {
+        cluster,
+        client,
+        controller_kubeconfig,
+        sync_ns,
+        _creds,
+    } = need!("control plane", fixture("max-timeout").await);
+    let target = cluster.namespace(&client, "max-timeout-apps").await;
+    let repo = unbindable_repo(&target);
+    let home = tempfile::tempdir().expect("tempdir");
+    let api = syncs(&client, &sync_ns);
+    create_local_sync(
+        &api,
+        "patient",
+        repo.path(),
+        serde_json::json!({"wait": true, "timeout": "720h"}),
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let out = controller_with(
+        &controller_kubeconfig,
+        &sync_ns,
+        &home.path().join("git-cache"),
+        home.path(),
+        &["--allow-local-sources", "--max-timeout", "3s"],
+        &[],
+    );
+    let message = failed_with(&out, &api, "patient", "HealthCheckFailed").await;
+    assert!(message.contains("3s"), "{message}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -278,6 +278,16 @@ pub enum ApplyError {
     /// A keyless set (secret-bearing objects left sealed) was given to a real apply.
     #[error("a set with sealed objects can only be previewed (diff), never applied")]
     SealedApply,
+    /// The API server will not serve a CRD of the set: its names collide with another's.
+    #[error(
+        "CustomResourceDefinition {name} is not accepted: {message}; rename its kind, plural, singular or short names"
+    )]
+    CrdRejected {
+        /// The CRD.
+        name: String,
+        /// The server's NamesAccepted message.
+        message: String,
+    },
     /// A CRD did not become Established in time.
     #[error("CustomResourceDefinition {0} was not Established within the timeout")]
     CrdTimeout(String),
@@ -951,14 +961,24 @@ async fn wait_crd_established(
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         if let Some(crd) = api.get_opt(name).await? {
-            let established = crd.data["status"]["conditions"]
+            let conditions = crd.data["status"]["conditions"]
                 .as_array()
-                .is_some_and(|cs| {
-                    cs.iter()
-                        .any(|c| c["type"] == "Established" && c["status"] == "True")
-                });
-            if established {
+                .cloned()
+                .unwrap_or_default();
+            let holds = |t: &str, s: &str| {
+                conditions
+                    .iter()
+                    .find(|c| c["type"] == t && c["status"] == s)
+            };
+            if holds("Established", "True").is_some() {
                 return Ok(());
+            }
+            // Names another CRD already uses: it will never be Established; say so at once.
+            if let Some(c) = holds("NamesAccepted", "False") {
+                return Err(ApplyError::CrdRejected {
+                    name: name.to_string(),
+                    message: c["message"].as_str().unwrap_or_default().to_string(),
+                });
             }
         }
         if tokio::time::Instant::now() >= deadline {
