@@ -716,3 +716,26 @@ fn the_tree_walk_stays_inside_the_project_and_is_bounded() {
         .expect("the deep commit is refused");
     assert!(e.to_string().contains("nested more than 64 deep"), "{e}");
 }
+
+/// An SSH source without credentials is refused before `ssh` runs: the host's agent, keys and
+/// known_hosts play no part, and no unknown host key is ever trusted.
+#[test]
+fn anonymous_ssh_is_refused_before_connecting() {
+    use lockstep::source::git::{self, Auth, Revision};
+    let tmp = tempfile::tempdir().unwrap();
+    for url in ["ssh://git@127.0.0.1:9/r.git", "git@127.0.0.1:org/r.git"] {
+        let got = git::fetch(
+            url,
+            &Revision::Default,
+            ".",
+            &Auth::None,
+            &tmp.path().join("scratch"),
+            &std::sync::atomic::AtomicBool::new(false),
+        );
+        let e = got.err().expect("refused");
+        assert!(
+            e.to_string().contains("never trusts an unknown host key"),
+            "{url}: {e}"
+        );
+    }
+}

@@ -356,8 +356,31 @@ fn with_credentials(
             });
             Ok((prepare, None))
         }
+        // Without credentials, `ssh` would use the host's agent, keys and known_hosts (and could
+        // prompt): an SSH source must say which host key to trust.
+        Auth::None if is_ssh(url) => Err(GitError(format!(
+            "{}: an SSH source needs credentials with the server's host key (known_hosts, and an identity); lockstep never trusts an unknown host key",
+            redact(url)
+        ))),
         Auth::None => Ok((prepare, None)),
     }
+}
+
+/// Whether `url` is reached over SSH (`ssh://…` or scp-like `user@host:path`).
+fn is_ssh(url: &str) -> bool {
+    let lower = url.to_ascii_lowercase();
+    if ["ssh://", "git+ssh://", "ssh+git://"]
+        .iter()
+        .any(|p| lower.starts_with(p))
+    {
+        return true;
+    }
+    !lower.contains("://")
+        && !lower.starts_with('/')
+        && !lower.starts_with('.')
+        && url
+            .split_once(':')
+            .is_some_and(|(host, _)| !host.is_empty() && !host.contains('/'))
 }
 
 /// The commit to read: the pinned one, or the fetched ref's tip.
@@ -573,6 +596,20 @@ mod tests {
                 expected,
                 "{link} -> {target}"
             );
+        }
+    }
+
+    #[test]
+    fn ssh_urls_are_recognised() {
+        for url in [
+            "ssh://git@host/r.git",
+            "git@host:org/r.git",
+            "GIT+SSH://h/r",
+        ] {
+            assert!(is_ssh(url), "{url}");
+        }
+        for url in ["https://host/r.git", "file:///tmp/r", "/tmp/r", "./r", "C"] {
+            assert!(!is_ssh(url), "{url}");
         }
     }
 
