@@ -28,7 +28,7 @@ const SETTABLE: &str = "Values (--set PATH=VALUE, --set-string, -f FILE):
   controller.port    8080; POST /hook/<namespace>/<name>, /healthz, /readyz (the Service's port)
   controller.metricsPort  8081; /metrics, /healthz, /readyz (Service lockstep-controller-metrics)
   controller.defaultServiceAccount  the account Syncs naming none act as (in their namespace)
-  controller.renderMemory, controller.renderTimeout  64 (MiB), 60s; each render's child process
+  controller.renderMemory, controller.renderTimeout  48 (MiB), 60s; each render's child process
   applyAs            cluster-admin, or impersonate (every Sync applies as its serviceAccountName)
   networkPolicy      true; ingress only on the two ports
   resources.requests.cpu, resources.requests.memory, resources.limits.memory";

@@ -814,7 +814,7 @@ fn install_renders_a_locked_down_controller_and_impersonate_drops_its_apply_righ
     );
     // Metrics on a port (and Service) of their own; ingress only on the two ports.
     assert!(text.contains("--metrics-listen=0.0.0.0:8081"));
-    assert!(text.contains("--render-memory=64"));
+    assert!(text.contains("--render-memory=48"));
     let service = find("Service", "lockstep-controller");
     assert_eq!(
         service["spec"]["ports"].as_sequence().map(Vec::len),

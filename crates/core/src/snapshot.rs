@@ -14,7 +14,7 @@ pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Largest project a snapshot accepts, all files together: a repository whose tree points a
 /// thousand times at one big blob (a few kilobytes packed) must not become gigabytes in memory.
-pub const MAX_PROJECT_BYTES: u64 = 64 * 1024 * 1024;
+pub const MAX_PROJECT_BYTES: u64 = 32 * 1024 * 1024;
 
 /// Most files a project may have.
 pub const MAX_PROJECT_FILES: usize = 10_000;
