@@ -9,6 +9,7 @@ mod apply;
 mod cli_errors;
 mod controller;
 mod decrypt;
+mod faults;
 mod first_day;
 mod gitserver;
 mod peers_smoke;
