@@ -1,6 +1,7 @@
 //! Faults against the real control plane: the API server going away in the middle of an apply.
 //! The client reaches the API server through a loopback TCP proxy the test can cut (TLS passes
-//! through untouched), so the shared control plane keeps serving every other test.
+//! through untouched), so the shared control plane keeps serving every other test. The same proxy
+//! stands in front of the Git server for the controller's fault tests.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -17,34 +18,45 @@ const BIN: &str = env!("CARGO_BIN_EXE_lockstep");
 
 /// A TCP proxy to `upstream` that counts the bytes clients send and can be cut: every open
 /// connection is shut and new ones are closed at once, until it is restored.
-struct Proxy {
-    port: u16,
+pub(crate) struct Proxy {
+    /// The port clients connect to.
+    pub(crate) port: u16,
     sent: Arc<AtomicUsize>,
     down: Arc<AtomicBool>,
+    garbage: Arc<AtomicBool>,
     open: Arc<Mutex<Vec<TcpStream>>>,
     cut_at: Arc<AtomicUsize>,
 }
 
 impl Proxy {
-    fn start(upstream: u16) -> Proxy {
+    pub(crate) fn start(upstream: u16) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let proxy = Proxy {
             port,
             sent: Arc::default(),
             down: Arc::default(),
+            garbage: Arc::default(),
             open: Arc::default(),
             cut_at: Arc::new(AtomicUsize::new(usize::MAX)),
         };
-        let (sent, down, open, cut_at) = (
+        let (sent, down, open, cut_at, garbage) = (
             proxy.sent.clone(),
             proxy.down.clone(),
             proxy.open.clone(),
             proxy.cut_at.clone(),
+            proxy.garbage.clone(),
         );
         std::thread::spawn(move || {
-            for client in listener.incoming().flatten() {
+            for mut client in listener.incoming().flatten() {
                 if down.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
+                if garbage.load(Ordering::SeqCst) {
+                    let mut buf = [0u8; 4096];
+                    let _ = client.read(&mut buf);
+                    let _ = client.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 23\r\n\r\n\x00\x01not git at all\xff\xfe\x00\x07");
                     let _ = client.shutdown(Shutdown::Both);
                     continue;
                 }
@@ -86,13 +98,26 @@ impl Proxy {
     }
 
     /// Cuts every connection once clients have sent `bytes` more than so far.
-    fn cut_after(&self, bytes: usize) {
+    pub(crate) fn cut_after(&self, bytes: usize) {
         self.cut_at
             .store(self.sent.load(Ordering::SeqCst) + bytes, Ordering::SeqCst);
     }
 
-    fn restore(&self) {
+    /// Cuts every connection now and refuses new ones.
+    pub(crate) fn cut(&self) {
+        cut(&self.down, &self.open);
+    }
+
+    /// Answers every new connection with bytes that are not the protocol.
+    pub(crate) fn garble(&self) {
+        self.down.store(false, Ordering::SeqCst);
+        self.garbage.store(true, Ordering::SeqCst);
+    }
+
+    /// Forwards again.
+    pub(crate) fn restore(&self) {
         self.cut_at.store(usize::MAX, Ordering::SeqCst);
+        self.garbage.store(false, Ordering::SeqCst);
         self.down.store(false, Ordering::SeqCst);
     }
 

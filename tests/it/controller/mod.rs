@@ -4,6 +4,7 @@
 mod auth;
 mod converge;
 mod drift;
+mod faults;
 mod isolation;
 mod leader;
 mod ownership;

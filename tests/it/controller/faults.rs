@@ -1,0 +1,192 @@
+//! Faults around the controller: the Git server down or answering garbage, and the controller
+//! killed with SIGKILL in the middle of a sync.
+
+use super::*;
+use crate::faults::Proxy;
+use k8s_openapi::api::core::v1::ConfigMap;
+
+/// The Git server unreachable, then answering garbage: `FetchFailed`, the cluster untouched and the
+/// last applied revision kept; once it is back, the pending commit is applied.
+#[tokio::test]
+async fn a_git_server_down_or_garbled_leaves_the_cluster_untouched_and_recovery_follows() {
+    use support::gitserver::GitHttp;
+    let Fixture {
+        cluster,
+        client,
+        controller_kubeconfig,
+        sync_ns,
+        _creds,
+    } = need!("control plane", fixture("git-faults").await);
+    let target = cluster.namespace(&client, "git-faults-apps").await;
+    let repo = tiny_repo(&target);
+    let served = tempfile::tempdir().expect("tempdir");
+    git(
+        served.path(),
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            &repo.path().to_string_lossy(),
+            "tiny.git",
+        ],
+    );
+    let http = GitHttp::start(served.path(), None);
+    let proxy = Proxy::start(http.port());
+    let home = tempfile::tempdir().expect("tempdir");
+    let cache = home.path().join("git-cache");
+    let api = syncs(&client, &sync_ns);
+    create_sync(
+        &api,
+        "tiny",
+        serde_json::json!({
+            "source": {"url": format!("http://127.0.0.1:{}/tiny.git", proxy.port)},
+            "environment": "dev",
+        }),
+    )
+    .await;
+    let once = || {
+        controller_with(
+            &controller_kubeconfig,
+            &sync_ns,
+            &cache,
+            home.path(),
+            &[],
+            &[],
+        )
+    };
+    support::assert_success(&once());
+    let first = head(repo.path());
+    let settings = async || {
+        Api::<ConfigMap>::namespaced(client.clone(), &target)
+            .get("settings")
+            .await
+            .expect("settings")
+            .data
+            .unwrap_or_default()["mode"]
+            .clone()
+    };
+    assert_eq!(settings().await, "one");
+
+    // A new commit is pushed while the server is unreachable, then while it answers garbage.
+    commit_template(
+        repo.path(),
+        "settings.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {mode: two}\n",
+    );
+    git(
+        repo.path(),
+        &[
+            "push",
+            "-q",
+            &served.path().join("tiny.git").to_string_lossy(),
+            "main",
+        ],
+    );
+    for (fault, arm) in [
+        ("down", Proxy::cut as fn(&Proxy)),
+        ("garbage", Proxy::garble),
+    ] {
+        arm(&proxy);
+        let message = failed_with(&once(), &api, "tiny", "FetchFailed").await;
+        assert!(message.contains("127.0.0.1"), "{fault}: {message}");
+        assert_eq!(settings().await, "one", "{fault}: the cluster is untouched");
+        let status = api.get("tiny").await.expect("get").data["status"].clone();
+        assert_eq!(status["lastAppliedRevision"], first.as_str(), "{fault}");
+    }
+    proxy.restore();
+    support::assert_success(&once());
+    assert_eq!(settings().await, "two");
+    let status = api.get("tiny").await.expect("get").data["status"].clone();
+    assert_eq!(status["lastAppliedRevision"], head(repo.path()).as_str());
+}
+
+/// The controller killed with SIGKILL while it writes 200 objects: the restarted controller
+/// converges, and the inventory lists each object once — none lost, none twice.
+#[tokio::test]
+async fn a_controller_killed_mid_sync_converges_after_restart_with_a_complete_inventory() {
+    let Fixture {
+        cluster,
+        client,
+        controller_kubeconfig,
+        sync_ns,
+        _creds,
+    } = need!("control plane", fixture("kill").await);
+    let target = cluster.namespace(&client, "kill-apps").await;
+    let many = format!(
+        "{{% for i in range(200) %}}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cm-{{{{ i }}}}\ndata:\n  payload: \"{}\"\n{{% endfor %}}\n",
+        "x".repeat(2000)
+    );
+    let repo = project_repo("kill", &target, &[("many.yaml", &many)]);
+    let api = syncs(&client, &sync_ns);
+    create_local_sync(
+        &api,
+        "many",
+        repo.path(),
+        serde_json::json!({"interval": "1h"}),
+    )
+    .await;
+    let home = tempfile::tempdir().expect("tempdir");
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &target);
+    let count = async || {
+        cms.list(&Default::default())
+            .await
+            .expect("list")
+            .items
+            .iter()
+            .filter(|c| {
+                c.metadata
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with("cm-"))
+            })
+            .count()
+    };
+    let mut first = spawn_loop(
+        &controller_kubeconfig,
+        &["-n", &sync_ns],
+        free_port(),
+        home.path(),
+        "first",
+        &[],
+    );
+    let mut written = 0;
+    for _ in 0..2000 {
+        written = count().await;
+        if written > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let _ = first.0.kill(); // SIGKILL
+    let _ = first.0.wait();
+    assert!(
+        written > 0 && written < 200,
+        "killed after {written} of 200 were written"
+    );
+    let _second = spawn_loop(
+        &controller_kubeconfig,
+        &["-n", &sync_ns],
+        free_port(),
+        home.path(),
+        "second",
+        &[],
+    );
+    wait_applied(
+        &api,
+        "many",
+        &head(repo.path()),
+        "the sync after the restart",
+    )
+    .await;
+    assert_eq!(count().await, 200);
+    let inventory = cms
+        .get("lockstep-inventory-kill-dev")
+        .await
+        .expect("inventory")
+        .data
+        .unwrap_or_default()["objects"]
+        .clone();
+    let lines: Vec<&str> = inventory.lines().collect();
+    let unique: std::collections::BTreeSet<&str> = lines.iter().copied().collect();
+    assert_eq!((lines.len(), unique.len()), (200, 200), "{inventory}");
+}
