@@ -190,3 +190,87 @@ async fn a_controller_killed_mid_sync_converges_after_restart_with_a_complete_in
     let unique: std::collections::BTreeSet<&str> = lines.iter().copied().collect();
     assert_eq!((lines.len(), unique.len()), (200, 200), "{inventory}");
 }
+
+/// etcd paused for 20 s (SIGSTOP, on a control plane of this test's own): the controller neither
+/// crashes nor stalls; once etcd resumes it syncs the next commit.
+#[tokio::test]
+async fn an_etcd_pause_of_20_seconds_neither_crashes_nor_stalls_the_controller() {
+    let private = need!("control plane", support::PrivateCluster::start());
+    let cluster = &private.cluster;
+    let client = cluster.admin().await;
+    let home = tempfile::tempdir().expect("tempdir");
+    let install = support::run_isolated(
+        Path::new(BIN),
+        &[
+            "install",
+            "--apply",
+            "--wait=false",
+            "--kubeconfig",
+            &cluster.kubeconfig.to_string_lossy(),
+        ],
+        &[],
+        home.path(),
+    );
+    support::assert_success(&install);
+    let sync_ns = cluster.namespace(&client, "etcd-pause").await;
+    let target = cluster.namespace(&client, "etcd-pause-apps").await;
+    let repo = tiny_repo(&target);
+    let api = syncs(&client, &sync_ns);
+    create_local_sync(
+        &api,
+        "tiny",
+        repo.path(),
+        serde_json::json!({"interval": "1h"}),
+    )
+    .await;
+    let port = free_port();
+    let mut controller = spawn_loop(
+        &cluster.kubeconfig,
+        &["-n", &sync_ns],
+        port,
+        home.path(),
+        "controller",
+        &[],
+    );
+    wait_applied(&api, "tiny", &head(repo.path()), "the first sync").await;
+
+    let etcd = private.pid("etcd").to_string();
+    let signal = |sig: &str| {
+        assert!(
+            Command::new("kill")
+                .args([sig, &etcd])
+                .status()
+                .expect("kill")
+                .success()
+        );
+    };
+    signal("-STOP");
+    let second = commit_settings(repo.path(), "two");
+    tokio::time::sleep(std::time::Duration::from_secs(20)).await;
+    signal("-CONT");
+    assert!(
+        controller.0.try_wait().expect("wait").is_none(),
+        "the controller is running"
+    );
+    // A sync requested now (as `lockstep sync` does) is served once the API server answers again.
+    let requested = support::run_isolated(
+        Path::new(BIN),
+        &[
+            "sync",
+            "tiny",
+            "-n",
+            &sync_ns,
+            "--kubeconfig",
+            &cluster.kubeconfig.to_string_lossy(),
+        ],
+        &[],
+        home.path(),
+    );
+    support::assert_success(&requested);
+    wait_applied(&api, "tiny", &second, "the sync after etcd resumed").await;
+    assert_eq!(http(port, "GET", "/healthz", &[], b"").0, 200);
+    assert!(
+        controller.0.try_wait().expect("wait").is_none(),
+        "the controller is still running"
+    );
+}

@@ -442,3 +442,71 @@ pub fn assert_success(out: &std::process::Output) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A control plane of one test's own (for faults that would disturb the shared one): started with
+/// `scripts/cluster up`, stopped when dropped.
+pub struct PrivateCluster {
+    /// The cluster.
+    pub cluster: Cluster,
+    /// Its state directory (PIDs in `pids`).
+    pub state: PathBuf,
+}
+
+impl PrivateCluster {
+    /// Starts one; `Err` when the peers are not built.
+    pub fn start() -> Result<PrivateCluster, String> {
+        peer("etcd")?;
+        let state = std::env::temp_dir().join(format!(
+            "lockstep-private-cluster-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos())
+        ));
+        let out = Command::new(repo_root().join("scripts/cluster"))
+            .args(["up", "--watch-pid", &std::process::id().to_string()])
+            .env("LOCKSTEP_CLUSTER_DIR", &state)
+            .env("LOCKSTEP_PEERS_BIN", peers_bin()?)
+            .output()
+            .map_err(|e| format!("cannot run scripts/cluster: {e}"))?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let Some(path) = stdout
+            .lines()
+            .last()
+            .and_then(|l| l.strip_prefix("KUBECONFIG="))
+        else {
+            panic!(
+                "scripts/cluster up failed ({}):\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        Ok(PrivateCluster {
+            cluster: Cluster {
+                kubeconfig: PathBuf::from(path),
+            },
+            state,
+        })
+    }
+
+    /// The PID of one of its components (`etcd`, `kube-apiserver`, …).
+    pub fn pid(&self, component: &str) -> u32 {
+        std::fs::read_to_string(self.state.join("pids"))
+            .expect("pids")
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .filter(|(_, name)| *name == component)
+            .filter_map(|(pid, _)| pid.parse().ok())
+            .last()
+            .unwrap_or_else(|| panic!("no {component} in the pids file"))
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        let _ = Command::new(repo_root().join("scripts/cluster"))
+            .arg("down")
+            .env("LOCKSTEP_CLUSTER_DIR", &self.state)
+            .output();
+    }
+}
