@@ -1598,6 +1598,7 @@ pub async fn run_election(elector: leader::Elector, hub: &server::Hub) {
             Ok(Err(e)) => tracing::warn!(error = %apply::reason(&e), "renewing the Lease"),
             Err(_) => tracing::warn!("renewing the Lease: no answer in time"),
         }
+        note_lapse(hub);
         hub.lifecycle
             .sleep_unless_drained(leader::RENEW_EVERY)
             .await;
@@ -1607,6 +1608,29 @@ pub async fn run_election(elector: leader::Elector, hub: &server::Hub) {
     if was_leading && let Err(e) = elector.release().await {
         tracing::warn!(error = %apply::reason(&e), "releasing the Lease");
     }
+}
+
+/// Logs, once, that an elected term lapsed without renewal, with the wall-clock time of its
+/// deadline: the moment this replica stopped writing.
+fn note_lapse(hub: &server::Hub) {
+    let Some(deadline) = hub.leadership.deadline() else {
+        return;
+    };
+    let now = Instant::now();
+    if now < deadline {
+        return;
+    }
+    let ago = now.duration_since(deadline);
+    let stopped = std::time::SystemTime::now()
+        .checked_sub(ago)
+        .and_then(|t| jiff::Timestamp::try_from(t).ok())
+        .map(|t| t.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string())
+        .unwrap_or_default();
+    tracing::warn!(
+        stopped_at = %stopped,
+        "not leading: the Lease was not renewed in time; writing stopped at its deadline"
+    );
+    hub.leadership.lead_until(None);
 }
 
 /// Asks the controller to sync a `Sync` now (sets [`SYNC_REQUESTED`] to the current time).

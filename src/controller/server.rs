@@ -146,6 +146,14 @@ impl Leadership {
         }
     }
 
+    /// The moment an elected term ends unless it is renewed (`None`: not elected, or leading for good).
+    pub fn deadline(&self) -> Option<std::time::Instant> {
+        match self.0.lock().map(|l| *l) {
+            Ok(Term::Until(t)) => Some(t),
+            _ => None,
+        }
+    }
+
     /// Whether this replica leads now (it alone reconciles and writes). An elected replica stops
     /// leading by itself when its deadline passes without a renewal.
     pub fn is_leading(&self) -> bool {

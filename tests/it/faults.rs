@@ -126,7 +126,7 @@ impl Proxy {
     }
 
     /// A copy of `kubeconfig` whose server is this proxy.
-    fn kubeconfig(&self, kubeconfig: &Path, dir: &Path) -> PathBuf {
+    pub(crate) fn kubeconfig(&self, kubeconfig: &Path, dir: &Path) -> PathBuf {
         let text = std::fs::read_to_string(kubeconfig).expect("kubeconfig");
         let upstream = format!("{SERVER}{}", upstream_port(kubeconfig));
         let path = dir.join("proxied.kubeconfig");
@@ -145,10 +145,10 @@ fn cut(down: &AtomicBool, open: &Mutex<Vec<TcpStream>>) {
     }
 }
 
-/// How the test control plane's kubeconfig names its server, up to the port.
-const SERVER: &str = "server: https://127.0.0.1:";
+/// How the test control plane's kubeconfigs (YAML or JSON) name its server, up to the port.
+const SERVER: &str = "https://127.0.0.1:";
 
-fn upstream_port(kubeconfig: &Path) -> u16 {
+pub(crate) fn upstream_port(kubeconfig: &Path) -> u16 {
     let text = std::fs::read_to_string(kubeconfig).expect("kubeconfig");
     let at = text.find(SERVER).expect("a loopback server") + SERVER.len();
     let digits: String = text[at..]

@@ -274,3 +274,100 @@ async fn an_etcd_pause_of_20_seconds_neither_crashes_nor_stalls_the_controller()
         "the controller is still running"
     );
 }
+
+/// The leader's Lease renewals blocked (its connection to the API server cut): it stops leading
+/// by its own deadline before the other replica takes the Lease.
+#[tokio::test]
+async fn a_leader_that_cannot_renew_stops_before_another_replica_takes_over() {
+    let Fixture {
+        cluster: _,
+        client,
+        controller_kubeconfig,
+        sync_ns,
+        _creds,
+    } = need!("control plane", fixture("lease-cut").await);
+    let home = tempfile::tempdir().expect("tempdir");
+    let upstream = crate::faults::upstream_port(&controller_kubeconfig);
+    let proxy = Proxy::start(upstream);
+    let through_proxy = proxy.kubeconfig(&controller_kubeconfig, home.path());
+    let lease = format!("cut-{}", std::process::id());
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), "lockstep-system");
+    let holder = async || {
+        leases
+            .get_opt(&lease)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|l| l.spec)
+            .and_then(|s| s.holder_identity)
+    };
+    let _a = start_replica(
+        &through_proxy,
+        &sync_ns,
+        &lease,
+        "replica-a",
+        free_port(),
+        home.path(),
+    );
+    wait_for("replica-a to lead", async || {
+        holder().await.as_deref() == Some("replica-a")
+    })
+    .await;
+    let _b = start_replica(
+        &controller_kubeconfig,
+        &sync_ns,
+        &lease,
+        "replica-b",
+        free_port(),
+        home.path(),
+    );
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    proxy.cut();
+    for _ in 0..300 {
+        if holder().await.as_deref() == Some("replica-b") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        holder().await.as_deref(),
+        Some("replica-b"),
+        "replica-b took over"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // Log lines start with an RFC 3339 UTC timestamp of fixed width: they compare as text.
+    let at = |file: &str, what: &str| {
+        log_of(&home.path().join(file))
+            .lines()
+            .filter(|l| l.contains(what))
+            .map(|l| l.split_whitespace().next().unwrap_or_default().to_string())
+            .last()
+            .unwrap_or_else(|| {
+                panic!(
+                    "{file}: no {what:?} line in:\n{}",
+                    log_of(&home.path().join(file))
+                )
+            })
+    };
+    let a_stopped = log_of(&home.path().join("replica-a.log"))
+        .lines()
+        .find_map(|l| l.split("stopped_at=").nth(1))
+        .map(|rest| {
+            rest.split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "replica-a.log: no stopped_at in:\n{}",
+                log_of(&home.path().join("replica-a.log"))
+            )
+        });
+    let b_started = at("replica-b.log", "leading: reconciling Syncs");
+    assert!(
+        a_stopped < b_started,
+        "replica-a stopped at {a_stopped}, replica-b led from {b_started}"
+    );
+}

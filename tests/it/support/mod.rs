@@ -497,7 +497,7 @@ impl PrivateCluster {
             .filter_map(|l| l.split_once(' '))
             .filter(|(_, name)| *name == component)
             .filter_map(|(pid, _)| pid.parse().ok())
-            .last()
+            .next_back()
             .unwrap_or_else(|| panic!("no {component} in the pids file"))
     }
 }
