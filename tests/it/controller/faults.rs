@@ -342,7 +342,7 @@ async fn a_leader_that_cannot_renew_stops_before_another_replica_takes_over() {
             .lines()
             .filter(|l| l.contains(what))
             .map(|l| l.split_whitespace().next().unwrap_or_default().to_string())
-            .last()
+            .next_back()
             .unwrap_or_else(|| {
                 panic!(
                     "{file}: no {what:?} line in:\n{}",
