@@ -531,6 +531,9 @@ pub async fn read_secret(
     name: &str,
     role: &str,
 ) -> Result<SecretData, String> {
+    if let Some(why) = crate::objects::path_segment_problem(name) {
+        return Err(format!("{role} Secret name {name:?}: {why}"));
+    }
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     match secrets.get_opt(name).await {
         Ok(Some(s)) => Ok(SecretData::take(s)),

@@ -224,8 +224,9 @@ fn out_never_writes_outside_its_directory_whatever_the_names() {
     );
     let out_dir = p.path().join("nested/out");
     let out = p.render("dev", &["--out", &out_dir.to_string_lossy()]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(out_dir.join("___/configmap-escape.yaml").exists());
+    // Refused as a name at all (it would change API URLs too); nothing is written anywhere.
+    fails_with(&out, &["metadata.namespace"]);
+    assert!(!out_dir.join("___/configmap-escape.yaml").exists());
     assert!(
         !p.path().join("nested/configmap-escape.yaml").exists(),
         "a namespace of `..` wrote beside the output directory"
@@ -899,4 +900,26 @@ fn the_render_probe_stops_a_bomb_in_its_child_and_passes_an_ordinary_project() {
     };
     let got = quick.check(&project(&many), &request);
     assert!(matches!(got, Err(ProbeError::Time(_))), "{got:?}");
+}
+
+/// Names from Git go into API URLs: one that would change the URL (`..`, a `/`) is refused at
+/// render, naming the field.
+#[test]
+fn names_that_would_change_an_api_url_are_refused_at_render() {
+    for (field, manifest) in [
+        (
+            "name",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ../../secrets/x}\n",
+        ),
+        (
+            "namespace",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c, namespace: ..}\n",
+        ),
+    ] {
+        let p = Project::new().file("templates/c.yaml", manifest);
+        fails_with(
+            &p.render("dev", &[]),
+            &["templates/c.yaml", &format!("metadata.{field}")],
+        );
+    }
 }

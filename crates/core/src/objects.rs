@@ -7,6 +7,25 @@ use std::fmt;
 
 use yaml_serde::Value;
 
+/// Why `name` cannot be an object's name or namespace in an API URL, if it cannot: Kubernetes'
+/// own rule for path segments (not `.` or `..`, no `/` or `%`), plus a length bound. Names from
+/// Git, from a Sync's spec and from an inventory pass through it before they reach a URL.
+pub fn path_segment_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("it is empty")
+    } else if name == "." || name == ".." {
+        Some("`.` and `..` are not names")
+    } else if name.contains('/') || name.contains('%') {
+        Some("a name may not contain `/` or `%`")
+    } else if name.len() > 253 {
+        Some("a name has at most 253 characters")
+    } else if name.chars().any(char::is_control) {
+        Some("a name may not contain control characters")
+    } else {
+        None
+    }
+}
+
 /// The identity of a Kubernetes object: API group, kind, namespace (when namespaced) and name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ObjectId {
@@ -175,6 +194,16 @@ pub fn kind_rank(kind: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_that_would_change_an_api_url_are_refused() {
+        for bad in ["", ".", "..", "a/b", "../secrets", "a%2Fb", "a\nb"] {
+            assert!(path_segment_problem(bad).is_some(), "{bad:?}");
+        }
+        for good in ["web", "web.v1", "system:controller", "a..b"] {
+            assert!(path_segment_problem(good).is_none(), "{good}");
+        }
+    }
 
     #[test]
     fn kinds_sort_definitions_first_and_webhooks_last() {

@@ -280,6 +280,17 @@ pub fn identify(value: &Value, text: &str) -> Result<ObjectId, Problem> {
             ));
         }
     };
+    for (field, value) in [("name", Some(&name)), ("namespace", namespace.as_ref())] {
+        if let Some(why) = value.and_then(|v| lockstep_core::objects::path_segment_problem(v)) {
+            return Err(Problem::new(
+                format!(
+                    "`metadata.{field}` {value:?} cannot name an object: {why}",
+                    value = value.map_or("", String::as_str)
+                ),
+                range_of(text, &format!("{field}:")),
+            ));
+        }
+    }
     Ok(ObjectId {
         group: group_of(&api_version).to_string(),
         kind,

@@ -86,6 +86,12 @@ impl InventoryEntry {
             ns => Some(ns.to_string()),
         };
         let name = parts.next()?.to_string();
+        // An inventory can be edited by hand: a line whose names would change an API URL is no
+        // object lockstep applied.
+        let bad = |n: &str| crate::objects::path_segment_problem(n).is_some();
+        if bad(&name) || namespace.as_deref().is_some_and(bad) || bad(&kind) {
+            return None;
+        }
         Some(InventoryEntry {
             api_version,
             kind,
@@ -400,5 +406,7 @@ mod tests {
         let cluster = InventoryEntry::parse("v1 Namespace - shop").expect("parses");
         assert_eq!(cluster.namespace, None);
         assert!(InventoryEntry::parse("v1 Namespace").is_none());
+        assert!(InventoryEntry::parse("v1 Secret shop ../../other").is_none());
+        assert!(InventoryEntry::parse("v1 Secret .. x").is_none());
     }
 }
