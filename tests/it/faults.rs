@@ -206,7 +206,8 @@ async fn inventory_lines(client: &kube::Client, ns: &str) -> Vec<String> {
         .collect()
 }
 
-async fn config_maps(client: &kube::Client, ns: &str) -> usize {
+/// How many of the `cm-…` ConfigMaps a fault test writes exist in `ns`.
+pub(crate) async fn config_maps(client: &kube::Client, ns: &str) -> usize {
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     cms.list(&Default::default())
         .await

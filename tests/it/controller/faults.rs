@@ -126,21 +126,7 @@ async fn a_controller_killed_mid_sync_converges_after_restart_with_a_complete_in
     )
     .await;
     let home = tempfile::tempdir().expect("tempdir");
-    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &target);
-    let count = async || {
-        cms.list(&Default::default())
-            .await
-            .expect("list")
-            .items
-            .iter()
-            .filter(|c| {
-                c.metadata
-                    .name
-                    .as_deref()
-                    .is_some_and(|n| n.starts_with("cm-"))
-            })
-            .count()
-    };
+    let count = async || crate::faults::config_maps(&client, &target).await;
     let mut first = spawn_loop(
         &controller_kubeconfig,
         &["-n", &sync_ns],
@@ -179,7 +165,7 @@ async fn a_controller_killed_mid_sync_converges_after_restart_with_a_complete_in
     )
     .await;
     assert_eq!(count().await, 200);
-    let inventory = cms
+    let inventory = Api::<ConfigMap>::namespaced(client.clone(), &target)
         .get("lockstep-inventory-kill-dev")
         .await
         .expect("inventory")
@@ -199,19 +185,7 @@ async fn an_etcd_pause_of_20_seconds_neither_crashes_nor_stalls_the_controller()
     let cluster = &private.cluster;
     let client = cluster.admin().await;
     let home = tempfile::tempdir().expect("tempdir");
-    let install = support::run_isolated(
-        Path::new(BIN),
-        &[
-            "install",
-            "--apply",
-            "--wait=false",
-            "--kubeconfig",
-            &cluster.kubeconfig.to_string_lossy(),
-        ],
-        &[],
-        home.path(),
-    );
-    support::assert_success(&install);
+    install_manifests(cluster, home.path());
     let sync_ns = cluster.namespace(&client, "etcd-pause").await;
     let target = cluster.namespace(&client, "etcd-pause-apps").await;
     let repo = tiny_repo(&target);

@@ -109,28 +109,33 @@ async fn install_controller(
     INSTALLED
         .get_or_init(|| async {
             let home = tempfile::tempdir().expect("tempdir");
-            let out = support::run_isolated(
-                Path::new(BIN),
-                &[
-                    "install",
-                    "--apply",
-                    "--wait=false",
-                    "--kubeconfig",
-                    &cluster.kubeconfig.to_string_lossy(),
-                ],
-                &[],
-                home.path(),
-            );
-            assert!(
-                out.status.success(),
-                "lockstep install --apply: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            install_manifests(cluster, home.path());
         })
         .await;
     cluster
         .service_account_kubeconfig(admin, "lockstep-system", "lockstep-controller", dir)
         .await
+}
+
+/// `lockstep install --apply` on `cluster`: the CRD, RBAC and (unstarted) Deployment.
+fn install_manifests(cluster: &support::Cluster, home: &Path) {
+    let out = support::run_isolated(
+        Path::new(BIN),
+        &[
+            "install",
+            "--apply",
+            "--wait=false",
+            "--kubeconfig",
+            &cluster.kubeconfig.to_string_lossy(),
+        ],
+        &[],
+        home,
+    );
+    assert!(
+        out.status.success(),
+        "lockstep install --apply: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// What a controller test starts from: the control plane, an admin client, the installed
