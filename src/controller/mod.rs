@@ -341,19 +341,7 @@ pub fn git_auth(
 /// than the controller's own file system.
 pub fn remote_url(url: &str) -> bool {
     let lower = url.to_ascii_lowercase();
-    if ["https://", "http://", "ssh://", "git+ssh://", "ssh+git://"]
-        .iter()
-        .any(|p| lower.starts_with(p))
-    {
-        return true;
-    }
-    // scp-like: host:path with no scheme and no leading slash or dot.
-    !lower.contains("://")
-        && !lower.starts_with('/')
-        && !lower.starts_with('.')
-        && url
-            .split_once(':')
-            .is_some_and(|(host, _)| !host.is_empty() && !host.contains('/'))
+    lower.starts_with("https://") || lower.starts_with("http://") || git::is_ssh(url)
 }
 
 /// The outcome of one reconcile.

@@ -367,7 +367,7 @@ fn with_credentials(
 }
 
 /// Whether `url` is reached over SSH (`ssh://…` or scp-like `user@host:path`).
-fn is_ssh(url: &str) -> bool {
+pub fn is_ssh(url: &str) -> bool {
     let lower = url.to_ascii_lowercase();
     if ["ssh://", "git+ssh://", "ssh+git://"]
         .iter()
