@@ -312,3 +312,85 @@ async fn webhook_tokens_are_read_as_the_sync_and_metrics_are_served_apart() {
         404
     );
 }
+
+/// 100 concurrent slow 2 MB webhook POSTs: each is answered (413 past the body limit, 429 past the
+/// concurrency limit), `/healthz` answers throughout, and the process stays up.
+#[tokio::test]
+async fn a_flood_of_slow_large_webhook_posts_leaves_the_controller_answering() {
+    let Fixture {
+        cluster: _,
+        client: _,
+        controller_kubeconfig,
+        sync_ns,
+        _creds,
+    } = need!("control plane", fixture("hook-flood").await);
+    let home = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let mut controller = spawn_loop(
+        &controller_kubeconfig,
+        &["-n", &sync_ns],
+        port,
+        home.path(),
+        "controller",
+        &[],
+    );
+    wait_for("the controller to be ready", async || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            && http(port, "GET", "/readyz", &[], b"").0 == 200
+    })
+    .await;
+    let path = format!("/hook/{sync_ns}/nobody");
+    let flood: Vec<_> = (0..100)
+        .map(|_| {
+            let path = path.clone();
+            std::thread::spawn(move || -> String {
+                use std::io::{Read, Write};
+                let size = 2_000_000;
+                let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+                    return "refused".into();
+                };
+                let head = format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\nX-Gitlab-Token: wrong-token-0123456789\r\n\r\n");
+                let _ = s.write_all(head.as_bytes());
+                let piece = vec![b'x'; 65536];
+                let mut sent = 0;
+                while sent < size && s.write_all(&piece).is_ok() {
+                    sent += piece.len();
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                let mut answer = [0u8; 64];
+                let n = s.read(&mut answer).unwrap_or(0);
+                String::from_utf8_lossy(&answer[..n]).split_whitespace().nth(1).unwrap_or("closed").to_string()
+            })
+        })
+        .collect();
+    let mut healthy = true;
+    while flood.iter().any(|t| !t.is_finished()) {
+        healthy &= http(port, "GET", "/healthz", &[], b"").0 == 200;
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let answers: Vec<String> = flood
+        .into_iter()
+        .map(|t| t.join().expect("thread"))
+        .collect();
+    assert!(healthy, "/healthz stopped answering during the flood");
+    assert!(
+        answers.iter().all(|a| a == "413" || a == "429"),
+        "{answers:?}"
+    );
+    assert!(
+        controller.0.try_wait().expect("wait").is_none(),
+        "the controller is running"
+    );
+    // Afterwards an unknown Sync and a wrongly signed request get the same answer.
+    assert_eq!(
+        http(
+            port,
+            "POST",
+            &path,
+            &[("X-Gitlab-Token", "wrong-token-0123456789")],
+            b"{}"
+        )
+        .0,
+        401
+    );
+}
