@@ -1589,7 +1589,7 @@ pub async fn run_election(elector: leader::Elector, hub: &server::Hub) {
             Ok(Err(e)) => tracing::warn!(error = %apply::reason(&e), "renewing the Lease"),
             Err(_) => tracing::warn!("renewing the Lease: no answer in time"),
         }
-        note_lapse(hub);
+        end_lapsed_term(hub);
         hub.lifecycle
             .sleep_unless_drained(leader::RENEW_EVERY)
             .await;
@@ -1601,9 +1601,9 @@ pub async fn run_election(elector: leader::Elector, hub: &server::Hub) {
     }
 }
 
-/// Logs, once, that an elected term lapsed without renewal, with the wall-clock time of its
-/// deadline: the moment this replica stopped writing.
-fn note_lapse(hub: &server::Hub) {
+/// Ends an elected term whose deadline passed without renewal, logging the wall-clock time of that
+/// deadline: the moment this replica stopped writing (it already had: the deadline is the gate).
+fn end_lapsed_term(hub: &server::Hub) {
     let Some(deadline) = hub.leadership.deadline() else {
         return;
     };

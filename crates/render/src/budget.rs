@@ -58,6 +58,19 @@ pub enum Exhausted {
     Fuel,
 }
 
+impl Limits {
+    /// What a render did past `spent`, as a phrase: "produce more than 16 MiB of output".
+    pub fn passed(&self, spent: Exhausted) -> String {
+        match spent {
+            Exhausted::Output => format!(
+                "produce more than {} MiB of output",
+                self.output_bytes / (1024 * 1024)
+            ),
+            Exhausted::Fuel => format!("take more than {} steps", self.fuel),
+        }
+    }
+}
+
 impl Budget {
     /// A fresh budget.
     pub fn new(limits: Limits) -> Arc<Budget> {

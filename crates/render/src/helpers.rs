@@ -325,11 +325,8 @@ impl Drop for DepthGuard {
 fn include(state: &State, name: &str, kwargs: Kwargs) -> Result<String, Error> {
     let _guard = DepthGuard::enter(name)?;
     let template = state.env().get_template(name)?;
-    let Some(budget) = budget::current() else {
-        let captured = template.render_captured(Value::from(kwargs))?;
-        charge_include_fuel(state, &captured)?;
-        return Ok(captured.into_output());
-    };
+    // Outside a render (a helper used on its own) an include gets a budget of its own.
+    let budget = budget::current().unwrap_or_else(|| budget::Budget::new(Default::default()));
     let mut sink = budget::Sink::new(budget.clone());
     let captured = template.render_captured_to(Value::from(kwargs), &mut sink)?;
     charge_include_fuel(state, &captured)?;

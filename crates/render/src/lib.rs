@@ -205,8 +205,7 @@ impl Engine<'_> {
             return Some(spans.clone());
         }
         let template = self.env.get_template(name).ok()?;
-        let (output, spans) = budget::with(&self.budget, || template.render_with_spans(())).ok()?;
-        drop(output);
+        let (_, spans) = budget::with(&self.budget, || template.render_with_spans(())).ok()?;
         let spans = Arc::new(spans);
         cache.insert(name.to_string(), spans.clone());
         Some(spans)
@@ -226,29 +225,16 @@ impl Engine<'_> {
         })
     }
 
-    /// The problem a spent budget is reported as, pointing where the template stopped.
-    fn budget_problem(
-        &self,
-        name: &str,
-        err: &minijinja::Error,
-        spent: budget::Exhausted,
-    ) -> Diagnostic {
-        let limits = self.budget.limits();
+    /// The problem a spent output budget is reported as, pointing where the template stopped.
+    fn output_problem(&self, name: &str, err: &minijinja::Error) -> Diagnostic {
         let mut located = self.template_error(err);
         if located.file.is_none() {
             located = located.in_file(format!("templates/{name}"));
         }
-        let message = match spent {
-            budget::Exhausted::Output => format!(
-                "the templates produce more than {} MiB of output together",
-                limits.output_bytes / (1024 * 1024)
-            ),
-            budget::Exhausted::Fuel => format!(
-                "the templates take more than {} steps together",
-                limits.fuel
-            ),
-        };
-        located.message = message;
+        located.message = format!(
+            "the templates {} together",
+            self.budget.limits().passed(budget::Exhausted::Output)
+        );
         located.with_help(
             "a render is bounded so a template cannot take the process's memory or time; look for a runaway loop or repeat (`x * n`, `range`), or split the environment",
         )
@@ -526,7 +512,7 @@ fn render_templates(engine: &Engine<'_>, problems: &mut Vec<Diagnostic>) -> Vec<
             Some(Err(e)) if e.kind() == minijinja::ErrorKind::WriteFailure => {
                 if !output_reported {
                     output_reported = true;
-                    problems.push(engine.budget_problem(name, &e, budget::Exhausted::Output));
+                    problems.push(engine.output_problem(name, &e));
                 } else {
                     skipped.push(name.as_str());
                 }
@@ -536,16 +522,8 @@ fn render_templates(engine: &Engine<'_>, problems: &mut Vec<Diagnostic>) -> Vec<
         }
     }
     if !skipped.is_empty() {
-        let why = match engine.budget.exhausted() {
-            Some(budget::Exhausted::Output) => format!(
-                "together they produce more than {} MiB of output",
-                engine.budget.limits().output_bytes / (1024 * 1024)
-            ),
-            _ => format!(
-                "together they take more than {} steps",
-                engine.budget.limits().fuel
-            ),
-        };
+        let spent = engine.budget.exhausted().unwrap_or(budget::Exhausted::Fuel);
+        let why = format!("together they {}", engine.budget.limits().passed(spent));
         problems.push(
             Diagnostic::new(format!(
                 "{} templates were not rendered (the first is templates/{}): {why}",
