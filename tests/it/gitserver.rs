@@ -10,6 +10,22 @@ use std::process::{Command, Output};
 use support::gitserver::{GitHttp, GitSsh, ssh_keypair};
 
 /// Runs `git` in `dir` with an isolated configuration and no prompts; `env` adds variables.
+/// The project at the root of `url` at `rev`, fetched without credentials into `scratch`.
+fn fetch_anonymous(
+    url: &str,
+    rev: &lockstep::source::git::Revision,
+    scratch: &Path,
+) -> Result<lockstep::source::git::Fetched, lockstep::source::git::GitError> {
+    lockstep::source::git::fetch(
+        url,
+        rev,
+        ".",
+        &lockstep::source::git::Auth::None,
+        scratch,
+        &std::sync::atomic::AtomicBool::new(false),
+    )
+}
+
 fn git_env(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
     let home = dir.join(".git-home");
     let mut cmd = Command::new("git");
@@ -494,7 +510,7 @@ fn https_certificate_satisfies_webpki() {
 /// over the real `git http-backend` (a branch must never stand in for a protected tag).
 #[test]
 fn a_tag_and_a_same_named_branch_each_fetch_their_own_commit() {
-    use lockstep::source::git::{self, Auth, Revision};
+    use lockstep::source::git::Revision;
     let tmp = tempfile::tempdir().unwrap();
     let seed = tmp.path().join("seed");
     std::fs::create_dir_all(&seed).unwrap();
@@ -514,16 +530,8 @@ fn a_tag_and_a_same_named_branch_each_fetch_their_own_commit() {
         &["clone", "-q", "--bare", "seed", "served/shop.git"],
     );
     let server = GitHttp::start(&tmp.path().join("served"), None);
-    let fetch = |rev: Revision| {
-        git::fetch(
-            &server.url("shop.git"),
-            &rev,
-            ".",
-            &Auth::None,
-            &tmp.path().join("scratch"),
-            &std::sync::atomic::AtomicBool::new(false),
-        )
-    };
+    let fetch =
+        |rev: Revision| fetch_anonymous(&server.url("shop.git"), &rev, &tmp.path().join("scratch"));
     let got = fetch(Revision::Tag("v1".into())).expect("the tag");
     assert_eq!(got.revision, tagged, "tag: v1 is the tag, not the branch");
     let got = fetch(Revision::Branch("v1".into())).expect("the branch");
@@ -549,7 +557,7 @@ fn a_tag_and_a_same_named_branch_each_fetch_their_own_commit() {
 /// the project budget instead of expanding it in memory (a "Git bomb").
 #[test]
 fn a_tree_of_many_entries_for_one_big_blob_is_refused_at_the_project_budget() {
-    use lockstep::source::git::{self, Auth, Revision};
+    use lockstep::source::git::Revision;
     let tmp = tempfile::tempdir().unwrap();
     let seed = tmp.path().join("seed");
     std::fs::create_dir_all(&seed).unwrap();
@@ -575,13 +583,10 @@ fn a_tree_of_many_entries_for_one_big_blob_is_refused_at_the_project_budget() {
         &["clone", "-q", "--bare", "seed", "served/bomb.git"],
     );
     let server = GitHttp::start(&tmp.path().join("served"), None);
-    let got = git::fetch(
+    let got = fetch_anonymous(
         &server.url("bomb.git"),
         &Revision::Default,
-        ".",
-        &Auth::None,
         &tmp.path().join("scratch"),
-        &std::sync::atomic::AtomicBool::new(false),
     );
     let e = got.err().expect("refused");
     assert!(
@@ -597,7 +602,7 @@ fn a_tree_of_many_entries_for_one_big_blob_is_refused_at_the_project_budget() {
 #[test]
 fn symlinks_read_the_same_from_git_as_from_a_checkout() {
     use lockstep::source::Snapshot;
-    use lockstep::source::git::{self, Auth, Revision};
+    use lockstep::source::git::Revision;
     let tmp = tempfile::tempdir().unwrap();
     let seed = tmp.path().join("seed");
     for dir in [
@@ -625,13 +630,10 @@ fn symlinks_read_the_same_from_git_as_from_a_checkout() {
         &["clone", "-q", "--bare", "seed", "served/links.git"],
     );
     let server = GitHttp::start(&tmp.path().join("served"), None);
-    let fetched = git::fetch(
+    let fetched = fetch_anonymous(
         &server.url("links.git"),
         &Revision::Default,
-        ".",
-        &Auth::None,
         &tmp.path().join("scratch"),
-        &std::sync::atomic::AtomicBool::new(false),
     )
     .expect("fetch");
     let files = |s: &Snapshot| {
@@ -655,7 +657,7 @@ fn symlinks_read_the_same_from_git_as_from_a_checkout() {
 /// costs nothing, and directories nested past the walk's depth are refused, not followed.
 #[test]
 fn the_tree_walk_stays_inside_the_project_and_is_bounded() {
-    use lockstep::source::git::{self, Auth, MAX_TREE_DEPTH, Revision};
+    use lockstep::source::git::{MAX_TREE_DEPTH, Revision};
     let tmp = tempfile::tempdir().unwrap();
     let seed = tmp.path().join("seed");
     std::fs::create_dir_all(&seed).unwrap();
@@ -698,16 +700,8 @@ fn the_tree_walk_stays_inside_the_project_and_is_bounded() {
         &["clone", "-q", "--bare", "seed", "served/walk.git"],
     );
     let server = GitHttp::start(&tmp.path().join("served"), None);
-    let fetch = |rev: Revision| {
-        git::fetch(
-            &server.url("walk.git"),
-            &rev,
-            ".",
-            &Auth::None,
-            &tmp.path().join("scratch"),
-            &std::sync::atomic::AtomicBool::new(false),
-        )
-    };
+    let fetch =
+        |rev: Revision| fetch_anonymous(&server.url("walk.git"), &rev, &tmp.path().join("scratch"));
     let fetched = fetch(Revision::Commit(wide)).expect("the wide commit");
     let paths: Vec<&str> = fetched.snapshot.under("").map(|(p, _)| p).collect();
     assert_eq!(paths, ["lockstep.yaml"]);
@@ -721,17 +715,10 @@ fn the_tree_walk_stays_inside_the_project_and_is_bounded() {
 /// known_hosts play no part, and no unknown host key is ever trusted.
 #[test]
 fn anonymous_ssh_is_refused_before_connecting() {
-    use lockstep::source::git::{self, Auth, Revision};
+    use lockstep::source::git::Revision;
     let tmp = tempfile::tempdir().unwrap();
     for url in ["ssh://git@127.0.0.1:9/r.git", "git@127.0.0.1:org/r.git"] {
-        let got = git::fetch(
-            url,
-            &Revision::Default,
-            ".",
-            &Auth::None,
-            &tmp.path().join("scratch"),
-            &std::sync::atomic::AtomicBool::new(false),
-        );
+        let got = fetch_anonymous(url, &Revision::Default, &tmp.path().join("scratch"));
         let e = got.err().expect("refused");
         assert!(
             e.to_string().contains("never trusts an unknown host key"),
