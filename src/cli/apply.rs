@@ -203,6 +203,8 @@ impl pipeline::Inputs for Local<'_> {
             snapshot,
             revision: self.options.revision.clone(),
             commit: None,
+            tag: None,
+            descends: None,
         })
     }
 

@@ -145,6 +145,29 @@ pub struct Verify {
     /// (`principal ssh-ed25519 AAAA…`, as `git config gpg.ssh.allowedSignersFile`) and/or
     /// armored OpenPGP public keys (`gpg --armor --export`).
     pub secret_ref: LocalRef,
+    /// What must be signed: `HEAD` (default: the commit), `Tag` (the annotated tag named by
+    /// `ref.tag`) or `TagAndHEAD` (both), as Flux's `verify.mode`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<VerifyMode>,
+    /// Refuse a commit that does not descend from the last applied one (reason `RolledBack`):
+    /// someone who may move the branch or tag cannot bring back an older, once validly signed
+    /// commit. A `ref.commit` pin is exempt (the Sync's author chose that commit). Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_fast_forward: Option<bool>,
+}
+
+/// Which Git objects `verify` checks.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum VerifyMode {
+    /// The commit that is applied.
+    #[default]
+    #[serde(rename = "HEAD")]
+    Head,
+    /// The annotated tag `ref.tag` names (it must be signed; the commit need not be).
+    Tag,
+    /// Both the tag and the commit.
+    #[serde(rename = "TagAndHEAD")]
+    TagAndHead,
 }
 
 /// One of branch, tag or commit.
@@ -606,6 +629,25 @@ impl SyncInputs {
         }
     }
 
+    /// The commit a new one must descend from: the last applied one, when `verify.requireFastForward`
+    /// is on and the ref is a branch, a tag or the default branch (not a `commit` pin).
+    fn fast_forward_from(&self) -> Option<String> {
+        let spec = &self.sync.spec.source;
+        let on = spec
+            .verify
+            .as_ref()
+            .and_then(|v| v.require_fast_forward)
+            .unwrap_or(false);
+        if !on || matches!(revision_of(spec.git_ref.as_ref()), Revision::Commit(_)) {
+            return None;
+        }
+        self.sync
+            .status
+            .as_ref()
+            .and_then(|s| s.last_applied_revision.clone())
+            .filter(|r| r.len() == 40 || r.len() == 64)
+    }
+
     /// Whether this run only looks for drift: the revision is already applied and `driftMode` is
     /// `warn`.
     fn warn_only(&self, revision: &str) -> bool {
@@ -659,8 +701,18 @@ impl pipeline::Inputs for SyncInputs {
         ));
         let interrupt = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stop = interrupt.clone();
-        let fetch =
-            tokio::task::spawn_blocking(move || git::fetch(&url, &rev, &path, &auth, &dir, &stop));
+        let descends_from = self.fast_forward_from();
+        let fetch = tokio::task::spawn_blocking(move || {
+            git::fetch(
+                &url,
+                &rev,
+                &path,
+                &auth,
+                &dir,
+                descends_from.as_deref(),
+                &stop,
+            )
+        });
         let fetched = match tokio::time::timeout(timeout, fetch).await {
             Ok(Ok(Ok(f))) => f,
             Ok(Ok(Err(e))) => return Err(StageError::Fetch(e.to_string())),
@@ -677,6 +729,8 @@ impl pipeline::Inputs for SyncInputs {
             snapshot: fetched.snapshot,
             revision: fetched.revision,
             commit: Some(fetched.commit),
+            tag: fetched.tag,
+            descends: fetched.descends,
         })
     }
 
@@ -688,10 +742,41 @@ impl pipeline::Inputs for SyncInputs {
             .signers(&v.secret_ref.name)
             .await
             .map_err(StageError::Verify)?;
-        let commit = fetched.commit.as_deref().unwrap_or_default();
-        pipeline::cpu(|| verify::verify_commit(commit, &signers))
-            .map(|_| ())
-            .map_err(|e| StageError::Verify(format!("commit {}: {e}", fetched.revision)))
+        let mode = v.mode.unwrap_or_default();
+        if matches!(mode, VerifyMode::Tag | VerifyMode::TagAndHead) {
+            let Some(GitRef {
+                tag: Some(name), ..
+            }) = &self.sync.spec.source.git_ref
+            else {
+                return Err(StageError::Verify(
+                    "verify.mode Tag and TagAndHEAD check the tag named by source.ref.tag, and \
+                     this Sync names no tag: set ref.tag, or use verify.mode HEAD"
+                        .into(),
+                ));
+            };
+            let tag = fetched
+                .tag
+                .as_deref()
+                .ok_or(verify::VerifyError::LightweightTag);
+            pipeline::cpu(|| tag.and_then(|t| verify::verify_tag(t, &signers)))
+                .map_err(|e| StageError::Verify(format!("tag {name}: {e}")))?;
+        }
+        if matches!(mode, VerifyMode::Head | VerifyMode::TagAndHead) {
+            let commit = fetched.commit.as_deref().unwrap_or_default();
+            pipeline::cpu(|| verify::verify_commit(commit, &signers))
+                .map_err(|e| StageError::Verify(format!("commit {}: {e}", fetched.revision)))?;
+        }
+        if fetched.descends == Some(false)
+            && let Some(last) = self.fast_forward_from()
+        {
+            return Err(StageError::RolledBack(format!(
+                "commit {} does not descend from {last}, the last applied commit: the ref was \
+                 moved back or its history rewritten (verify.requireFastForward); push a new \
+                 commit on top of {last}, or, to go back on purpose, pin it with source.ref.commit",
+                fetched.revision
+            )));
+        }
+        Ok(())
     }
 
     async fn identities(&mut self) -> Result<KeyRing, StageError> {
@@ -914,8 +999,40 @@ pub async fn reconcile(access: &Access, sync: &Sync, cache: &Path) -> Result<Rep
         return conclude(access, sync, outcome, started).await;
     }
     write_status(access, sync, &reconciling(sync)).await?;
-    let outcome = run_pipeline(access, sync, cache).await;
+    let render = access.probe.as_ref().map_or(Duration::ZERO, |p| p.time);
+    let limit = pipeline_limit(sync, access.max_timeout, render);
+    let outcome = match tokio::time::timeout(limit, run_pipeline(access, sync, cache)).await {
+        Ok(outcome) => outcome,
+        Err(_) => Outcome::failed(
+            Reason::ReconcileFailed,
+            format!(
+                "the sync took longer than {}s, far beyond its timeout (a call that never \
+                 answered); it was stopped and is retried with back-off",
+                limit.as_secs()
+            ),
+        ),
+    };
     conclude(access, sync, outcome, started).await
+}
+
+/// Time a sync's steps may take together beyond their own bounds, for applying, pruning and
+/// status writes.
+pub const PIPELINE_SLACK: Duration = Duration::from_secs(600);
+
+/// The longest one run of the pipeline may take: its fetch and its health wait (each within the
+/// Sync's timeout, at most `max_timeout`), its render (`render`: the probe's time limit), and
+/// [`PIPELINE_SLACK`]. Every step is bounded on its own, so only a fault (a call that never
+/// answers) reaches this; the run is then stopped, freeing its slot of the loop.
+pub fn pipeline_limit(sync: &Sync, max_timeout: Duration, render: Duration) -> Duration {
+    let timeout = duration_field(sync.spec.timeout.as_deref(), "timeout")
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| interval_of(sync))
+        .min(max_timeout);
+    timeout
+        .saturating_mul(2)
+        .saturating_add(render)
+        .saturating_add(PIPELINE_SLACK)
 }
 
 impl Outcome {
@@ -1476,6 +1593,8 @@ fn terms(ctx: Arc<Context>) -> impl futures::Stream<Item = ()> + Send {
             if ctx.hub.lifecycle.is_stopping() {
                 return None;
             }
+            // The controller polls this stream as long as its scheduler runs: a sign of life.
+            ctx.hub.progress.beat();
             let leading = ctx.hub.leadership.is_leading();
             if leading != was {
                 if leading {
@@ -1565,6 +1684,7 @@ pub async fn run_loop(access: Access, opts: &LoopOptions, cache: &Path, hub: Arc
             std::future::ready(())
         })
         .await;
+    hub.progress.end();
     hub.lifecycle.mark_drained();
 }
 
@@ -1804,6 +1924,27 @@ mod tests {
             s.metadata.annotations = Some([(SYNC_REQUESTED.to_string(), r.to_string())].into());
         }
         s
+    }
+
+    #[test]
+    fn a_pipeline_run_is_bounded_by_its_steps_bounds_plus_slack() {
+        let mut s = sync(Some("5m"), 1, None);
+        let minute = Duration::from_secs(60);
+        // No timeout: the interval (5m, spread by up to ±10 %) bounds the fetch and the wait.
+        let limit = pipeline_limit(&s, 60 * minute, minute);
+        let spread = interval_of(&s);
+        assert_eq!(limit, spread * 2 + minute + PIPELINE_SLACK);
+        s.spec.timeout = Some("3m".into());
+        assert_eq!(
+            pipeline_limit(&s, 60 * minute, minute),
+            Duration::from_secs(2 * 180 + 60 + 600)
+        );
+        // A huge timeout is capped at the controller's maximum.
+        s.spec.timeout = Some("720h".into());
+        assert_eq!(
+            pipeline_limit(&s, 60 * minute, Duration::ZERO),
+            120 * minute + PIPELINE_SLACK
+        );
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub struct Hub {
     pub requests: Requests,
     /// What the controller exports on `/metrics`.
     pub metrics: super::metrics::Metrics,
+    /// The loop's signs of life (`/healthz`).
+    pub progress: Progress,
     /// The loop's watch of the Syncs, once it runs.
     syncs: OnceLock<Store<Sync>>,
 }
@@ -69,6 +71,55 @@ impl Hub {
         self.syncs
             .get()?
             .get(&ObjectRef::new(name).within(namespace))
+    }
+}
+
+/// How long the loop may show no sign of life before `/healthz` fails (it beats several times a
+/// second while it runs, leading or not).
+pub const STALL_AFTER: Duration = Duration::from_secs(60);
+
+/// The loop's signs of life, for `/healthz`: a process whose HTTP side still answers while its
+/// loop is wedged, or has ended, is not healthy and should be restarted.
+#[derive(Default)]
+pub struct Progress {
+    started: OnceLock<Instant>,
+    last_beat: Mutex<Option<Instant>>,
+    ended: AtomicBool,
+}
+
+impl Progress {
+    /// Records that the loop runs (called at its start and then several times a second).
+    pub fn beat(&self) {
+        let now = Instant::now();
+        let _ = self.started.set(now);
+        if let Ok(mut b) = self.last_beat.lock() {
+            *b = Some(now);
+        }
+    }
+
+    /// Records that the loop has returned.
+    pub fn end(&self) {
+        self.ended.store(true, Ordering::SeqCst);
+    }
+
+    /// What is wrong with the loop at `now`, unless `stopping` (a loop that ended after a stop
+    /// is fine): it ended, or its last sign of life is older than [`STALL_AFTER`]. A loop that has
+    /// not started yet is fine.
+    pub fn problem(&self, now: Instant, stopping: bool) -> Option<String> {
+        if stopping {
+            return None;
+        }
+        if self.ended.load(Ordering::SeqCst) {
+            return Some("the reconcile loop has ended".into());
+        }
+        let last = self.last_beat.lock().ok().and_then(|b| *b)?;
+        let quiet = now.saturating_duration_since(last);
+        (quiet > STALL_AFTER).then(|| {
+            format!(
+                "the reconcile loop has shown no progress for {}s",
+                quiet.as_secs()
+            )
+        })
     }
 }
 
@@ -415,7 +466,16 @@ pub async fn serve(
 /// `/healthz` and `/readyz`.
 fn health_routes() -> Router<AppState> {
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/healthz",
+            get(|State(s): State<AppState>| async move {
+                let stopping = s.hub.lifecycle.is_stopping();
+                match s.hub.progress.problem(Instant::now(), stopping) {
+                    None => (StatusCode::OK, "ok\n".to_string()),
+                    Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+                }
+            }),
+        )
         .route(
             "/readyz",
             get(|State(s): State<AppState>| async move {
@@ -467,6 +527,32 @@ mod tests {
             !authentic(&HeaderMap::new(), body, b"s3cret"),
             "no credentials"
         );
+    }
+
+    #[test]
+    fn health_follows_the_loops_signs_of_life() {
+        let progress = Progress::default();
+        let now = Instant::now();
+        assert_eq!(progress.problem(now, false), None, "not started yet");
+        progress.beat();
+        let beat = Instant::now();
+        assert_eq!(progress.problem(beat + Duration::from_secs(1), false), None);
+        let late = beat + STALL_AFTER + Duration::from_secs(5);
+        let why = progress.problem(late, false).expect("stalled");
+        assert!(why.contains("no progress for 65s"), "{why}");
+        assert_eq!(progress.problem(late, true), None, "stopping");
+        progress.beat();
+        assert_eq!(
+            progress.problem(Instant::now(), false),
+            None,
+            "beating again"
+        );
+        progress.end();
+        assert_eq!(
+            progress.problem(Instant::now(), false).as_deref(),
+            Some("the reconcile loop has ended")
+        );
+        assert_eq!(progress.problem(Instant::now(), true), None);
     }
 
     #[test]

@@ -9,7 +9,6 @@ use std::process::{Command, Output};
 
 use support::gitserver::{GitHttp, GitSsh, ssh_keypair};
 
-/// Runs `git` in `dir` with an isolated configuration and no prompts; `env` adds variables.
 /// The project at the root of `url` at `rev`, fetched without credentials into `scratch`.
 fn fetch_anonymous(
     url: &str,
@@ -22,10 +21,12 @@ fn fetch_anonymous(
         ".",
         &lockstep::source::git::Auth::None,
         scratch,
+        None,
         &std::sync::atomic::AtomicBool::new(false),
     )
 }
 
+/// Runs `git` in `dir` with an isolated configuration and no prompts; `env` adds variables.
 fn git_env(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
     let home = dir.join(".git-home");
     let mut cmd = Command::new("git");
@@ -725,4 +726,106 @@ fn anonymous_ssh_is_refused_before_connecting() {
             "{url}: {e}"
         );
     }
+}
+
+/// What `verify.mode: Tag` and `verify.requireFastForward` read from a fetch: the annotated tag
+/// object (checked to point at the commit read), and whether the commit descends from an earlier
+/// one — also when the earlier one lies deeper than the first, shallow fetch reaches.
+#[test]
+fn a_fetch_reports_the_tag_object_and_whether_the_commit_descends() {
+    use lockstep::source::git::{ANCESTRY_DEPTH, Auth, Revision, fetch};
+    let tmp = tempfile::tempdir().unwrap();
+    let seed = tmp.path().join("seed");
+    std::fs::create_dir_all(&seed).unwrap();
+    git(&seed, &["init", "-q", "-b", "main"]);
+    std::fs::write(seed.join("lockstep.yaml"), "project: p\n").unwrap();
+    git(&seed, &["add", "."]);
+    git(&seed, &["commit", "-q", "-m", "first"]);
+    let first = git(&seed, &["rev-parse", "HEAD"]);
+    // More commits on top than the first, shallow fetch brings.
+    let script: String = (0..ANCESTRY_DEPTH + 20)
+        .map(|i| {
+            format!(
+                "commit refs/heads/main\ncommitter T <t@example.com> {} +0000\ndata 2\n{}\n\n",
+                1_700_000_000 + i,
+                i % 10
+            )
+        })
+        .collect();
+    let mut import = Command::new("git")
+        .args(["fast-import", "--quiet"])
+        .current_dir(&seed)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("git fast-import");
+    use std::io::Write as _;
+    let mut stdin = import.stdin.take().unwrap();
+    stdin
+        .write_all(format!("reset refs/heads/main\nfrom {first}\n\n{script}").as_bytes())
+        .unwrap();
+    drop(stdin);
+    assert!(import.wait().unwrap().success());
+    git(&seed, &["reset", "-q", "--hard", "main"]);
+    let tip = git(&seed, &["rev-parse", "HEAD"]);
+    let middle = git(&seed, &["rev-parse", "HEAD~5"]);
+    git(&seed, &["tag", "-a", "-m", "annotated", "v1"]);
+    git(&seed, &["tag", "light"]);
+    git(&seed, &["checkout", "-q", "-b", "other", &first]);
+    std::fs::write(seed.join("lockstep.yaml"), "project: q\n").unwrap();
+    git(&seed, &["commit", "-q", "-am", "diverged"]);
+    std::fs::create_dir_all(tmp.path().join("served")).unwrap();
+    git(
+        tmp.path(),
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            "--mirror",
+            "seed",
+            "served/shop.git",
+        ],
+    );
+    let server = GitHttp::start(&tmp.path().join("served"), None);
+    let url = server.url("shop.git");
+    let scratch = tmp.path().join("scratch");
+    let got = |rev: Revision, from: Option<&str>| {
+        fetch(
+            &url,
+            &rev,
+            ".",
+            &Auth::None,
+            &scratch,
+            from,
+            &std::sync::atomic::AtomicBool::new(false),
+        )
+        .expect("fetch")
+    };
+    let main = || Revision::Branch("main".into());
+    assert_eq!(got(main(), None).descends, None, "not asked");
+    assert_eq!(
+        got(main(), Some(&tip)).descends,
+        Some(true),
+        "the same commit"
+    );
+    assert_eq!(
+        got(main(), Some(&middle)).descends,
+        Some(true),
+        "within the first fetch"
+    );
+    assert_eq!(
+        got(main(), Some(&first)).descends,
+        Some(true),
+        "deeper than {ANCESTRY_DEPTH}: found after fetching all history"
+    );
+    let other = got(Revision::Branch("other".into()), Some(&tip));
+    assert_eq!(other.descends, Some(false), "a diverged branch");
+    assert_eq!(got(main(), Some(&"0".repeat(40))).descends, Some(false));
+    // The annotated tag's object comes along; a lightweight tag has none.
+    let tagged = got(Revision::Tag("v1".into()), None);
+    assert_eq!(tagged.revision, tip);
+    let tag = tagged.tag.expect("a tag object");
+    assert!(tag.starts_with(format!("object {tip}\ntype commit\ntag v1\n").as_bytes()));
+    assert!(got(Revision::Tag("light".into()), None).tag.is_none());
+    assert!(got(main(), None).tag.is_none());
+    assert!(!scratch.exists(), "the scratch directory is removed");
 }

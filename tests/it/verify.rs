@@ -866,3 +866,85 @@ fn cert_authority_lines_are_refused() {
     let err = AllowedSigners::parse(&text, ORIGIN).expect_err("refused");
     assert!(err.to_string().contains("cert-authority"), "{err}");
 }
+
+#[test]
+fn signed_annotated_tags_verify_as_git_verify_tag_does() {
+    let repo = Repo::new();
+    let alice = keygen(repo.dir.path(), "alice", &["-t", "ed25519"]);
+    let mallory = keygen(repo.dir.path(), "mallory", &["-t", "ed25519"]);
+    repo.commit(None, "unsigned commit");
+    repo.signing(&alice, &["tag", "-s", "-m", "release 1\n\nnotes", "v1"]);
+    repo.signing(&mallory, &["tag", "-s", "-m", "release 2", "v2"]);
+    repo.git(&["tag", "-a", "-m", "annotated, unsigned", "v3"]);
+    let raw = |tag: &str| repo.git(&["cat-file", "tag", tag]);
+    let text = format!("alice@example.com {}\n", key_part(&alice));
+    let list = signers(&text);
+    let signer = verify_tag(&raw("v1"), &list).expect("v1 verifies");
+    assert_eq!(signer.fingerprint, alice.fingerprint);
+    // Git agrees.
+    let file = repo.dir.path().join("allowed_signers");
+    std::fs::write(&file, &text).expect("write");
+    let git_verify = |tag: &str| {
+        repo.command()
+            .args(["-c", "gpg.format=ssh", "-c"])
+            .arg(format!("gpg.ssh.allowedSignersFile={}", file.display()))
+            .args(["verify-tag", tag])
+            .output()
+            .expect("git verify-tag")
+            .status
+            .success()
+    };
+    assert!(git_verify("v1"));
+    assert!(!git_verify("v2"));
+    assert!(matches!(
+        verify_tag(&raw("v2"), &list),
+        Err(VerifyError::UnknownKey { fingerprint }) if fingerprint == mallory.fingerprint
+    ));
+    assert_eq!(verify_tag(&raw("v3"), &list), Err(VerifyError::UnsignedTag));
+    // A tag moved to another object, or its message changed, no longer matches its signature.
+    let moved = replace(&raw("v1"), b"release 1", b"release 9");
+    assert_eq!(verify_tag(&moved, &list), Err(VerifyError::BadSignature));
+    let commit = repo.git(&["rev-parse", "HEAD"]);
+    let commit = String::from_utf8_lossy(&commit).trim().to_string();
+    let retargeted = replace(&raw("v1"), commit.as_bytes(), &[b'0'; 40]);
+    assert_eq!(
+        verify_tag(&retargeted, &list),
+        Err(VerifyError::BadSignature)
+    );
+    // The signature's armor inside the message does not move the split: the last one counts.
+    repo.signing(
+        &alice,
+        &[
+            "tag",
+            "-s",
+            "-m",
+            "quoting\n-----BEGIN SSH SIGNATURE-----\nnot one",
+            "v4",
+        ],
+    );
+    verify_tag(&raw("v4"), &list).expect("v4 verifies");
+    assert!(git_verify("v4"));
+}
+
+#[test]
+fn openpgp_signed_tags_verify() {
+    let repo = Repo::new();
+    let gnupg = Gnupg::new();
+    let key = gnupg.generate("Release <release@example.com>", "ed25519");
+    repo.commit(None, "unsigned commit");
+    run(repo
+        .command()
+        .env("GNUPGHOME", gnupg.dir.path())
+        .args(["-c", "gpg.format=openpgp", "-c", "gpg.program=gpg", "-c"])
+        .arg(format!("user.signingkey={key}"))
+        .args(["tag", "-s", "-m", "release", "v1"]));
+    let raw = repo.git(&["cat-file", "tag", "v1"]);
+    assert!(
+        raw.windows(29)
+            .any(|w| w == b"-----BEGIN PGP SIGNATURE-----")
+    );
+    let list = signers(&gnupg.export(&[&key]));
+    let signer = verify_tag(&raw, &list).expect("verifies");
+    assert_eq!(signer.fingerprint, key.to_uppercase());
+    assert_eq!(verify_tag(&raw, &signers("")), Err(VerifyError::NoPgpKeys));
+}

@@ -66,6 +66,9 @@ pub enum Reason {
     FetchFailed,
     /// The commit's signature is missing, bad, or not from a trusted key.
     VerifyFailed,
+    /// The commit does not descend from the last applied one (`verify.requireFastForward`): the
+    /// ref was moved back to an older commit or its history rewritten.
+    RolledBack,
     /// Render found problems.
     RenderFailed,
     /// The decryption Secret or the secrets did not open.
@@ -93,6 +96,7 @@ impl Reason {
             Reason::Succeeded => "Succeeded",
             Reason::FetchFailed => "FetchFailed",
             Reason::VerifyFailed => "VerifyFailed",
+            Reason::RolledBack => "RolledBack",
             Reason::RenderFailed => "RenderFailed",
             Reason::DecryptFailed => "DecryptFailed",
             Reason::ValidationFailed => "ValidationFailed",
@@ -110,7 +114,10 @@ impl Reason {
     pub fn stalls(self) -> bool {
         matches!(
             self,
-            Reason::VerifyFailed | Reason::RenderFailed | Reason::ValidationFailed
+            Reason::VerifyFailed
+                | Reason::RolledBack
+                | Reason::RenderFailed
+                | Reason::ValidationFailed
         )
     }
 
@@ -133,6 +140,9 @@ pub enum StageError {
     /// The commit is not signed by a trusted key (or the signers are unusable).
     #[error("{0}")]
     Verify(String),
+    /// The commit does not descend from the last applied one.
+    #[error("{0}")]
+    RolledBack(String),
     /// Render found problems (drawn with their source spans by the CLI).
     #[error("{0}")]
     Render(Diagnostics),
@@ -160,7 +170,7 @@ impl StageError {
     pub fn step(&self) -> Step {
         match self {
             StageError::Fetch(_) => Step::Fetch,
-            StageError::Verify(_) => Step::Verify,
+            StageError::Verify(_) | StageError::RolledBack(_) => Step::Verify,
             StageError::Render(_) => Step::Render,
             StageError::Keys(_) | StageError::Decrypt { .. } => Step::Decrypt,
             StageError::Apply(e) => match e {
@@ -176,7 +186,10 @@ impl StageError {
 
     /// The status Reason of this failure.
     pub fn reason(&self) -> Reason {
-        self.step().failure()
+        match self {
+            StageError::RolledBack(_) => Reason::RolledBack,
+            _ => self.step().failure(),
+        }
     }
 
     /// Whether only a new commit or spec can help (see [`Reason::stalls`]).
@@ -209,6 +222,10 @@ pub struct Fetched {
     pub revision: String,
     /// The raw commit object, for the verify step (Git sources only).
     pub commit: Option<Vec<u8>>,
+    /// The raw annotated tag object the revision was read through, for the verify step.
+    pub tag: Option<Vec<u8>>,
+    /// Whether the commit descends from the one applied before (when that was asked).
+    pub descends: Option<bool>,
 }
 
 /// What differs between the edges. The futures are `Send` so a reconcile can run on its own task.

@@ -291,6 +291,154 @@ async fn private_repositories_over_https_auth_and_ssh_and_signed_commits_only() 
         web_generation,
         "a refused commit changes nothing"
     );
+
+    // Rewinds: with requireFastForward, a trusted commit on top is applied…
+    api.patch(
+        "signed",
+        &PatchParams::default(),
+        &Patch::Merge(
+            serde_json::json!({"spec": {"source": {"verify": {"requireFastForward": true}}}}),
+        ),
+    )
+    .await
+    .expect("requireFastForward");
+    commit_signed(repo, &key_file, "trusted, on top");
+    push(repo);
+    let on_top = head(repo);
+    support::assert_success(&run());
+    let sync = api.get("signed").await.expect("get");
+    assert_eq!(sync.data["status"]["lastAppliedRevision"], on_top.as_str());
+    let replicas = |d: Deployment| d.spec.and_then(|s| s.replicas);
+    assert_eq!(
+        replicas(deployments.get("web").await.expect("web")),
+        Some(4)
+    );
+    // …but moving the branch back to the older, validly signed release is RolledBack: Stalled,
+    // the cluster and lastAppliedRevision unchanged.
+    git(repo, &["reset", "-q", "--hard", &signed]);
+    let force = http
+        .url("signed.git")
+        .replace("https://", "https://deploy:t0ken-4f9a@");
+    let out = Command::new("git")
+        .args(["push", "-q", "--force", &force, "main"])
+        .current_dir(repo)
+        .env("GIT_SSL_CAINFO", &ca)
+        .output()
+        .expect("git push --force");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run();
+    let message = failed_with(&out, &api, "signed", "RolledBack").await;
+    assert!(
+        message.contains(&on_top) && message.contains(&signed),
+        "names both commits: {message}"
+    );
+    let sync = api.get("signed").await.expect("get");
+    assert_eq!(sync.data["status"]["lastAppliedRevision"], on_top.as_str());
+    assert_eq!(
+        sync.data["status"]["lastAttemptedRevision"],
+        signed.as_str()
+    );
+    assert!(
+        sync.data["status"]["conditions"]
+            .as_array()
+            .is_some_and(|cs| cs
+                .iter()
+                .any(|c| c["type"] == "Stalled" && c["status"] == "True")),
+        "{}",
+        sync.data["status"]
+    );
+    assert_eq!(
+        replicas(deployments.get("web").await.expect("web")),
+        Some(4),
+        "the rewind changed nothing"
+    );
+
+    // Tag verification: a lightweight tag is refused, an annotated tag signed by the trusted key
+    // is applied (its commit was signed by an untrusted key: verify.mode Tag checks the tag only).
+    git(repo, &["reset", "-q", "--hard", &on_top]);
+    let untrusted_commit = {
+        std::fs::write(&values, text.replacen("replicas: 1", "replicas: 2", 1)).expect("write");
+        git(repo, &["add", "-A"]);
+        commit_signed(repo, &other_file, "released by tag");
+        head(repo)
+    };
+    git(repo, &["tag", "light"]);
+    git(
+        repo,
+        &[
+            "-c",
+            "gpg.format=ssh",
+            "-c",
+            &format!("user.signingkey={}", key_file.display()),
+            "tag",
+            "-s",
+            "-m",
+            "release 2",
+            "v2",
+        ],
+    );
+    let out = Command::new("git")
+        .args(["push", "-q", "--force", &force, "main", "light", "v2"])
+        .current_dir(repo)
+        .env("GIT_SSL_CAINFO", &ca)
+        .output()
+        .expect("git push tags");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let by_tag = |tag: &str| {
+        serde_json::json!({"spec": {"source": {"ref": {"tag": tag},
+            "verify": {"mode": "Tag", "requireFastForward": true}}}})
+    };
+    api.patch(
+        "signed",
+        &PatchParams::default(),
+        &Patch::Merge(by_tag("light")),
+    )
+    .await
+    .expect("tag light");
+    let message = failed_with(&run(), &api, "signed", "VerifyFailed").await;
+    assert!(
+        message.contains("tag light") && message.contains("lightweight"),
+        "{message}"
+    );
+    api.patch(
+        "signed",
+        &PatchParams::default(),
+        &Patch::Merge(by_tag("v2")),
+    )
+    .await
+    .expect("tag v2");
+    support::assert_success(&run());
+    let sync = api.get("signed").await.expect("get");
+    assert_eq!(
+        sync.data["status"]["lastAppliedRevision"],
+        untrusted_commit.as_str()
+    );
+    assert_eq!(
+        replicas(deployments.get("web").await.expect("web")),
+        Some(2)
+    );
+    // TagAndHEAD also checks the commit, which the trusted key did not sign.
+    api.patch(
+        "signed",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"source": {"verify": {"mode": "TagAndHEAD"}}}})),
+    )
+    .await
+    .expect("TagAndHEAD");
+    let message = failed_with(&run(), &api, "signed", "VerifyFailed").await;
+    assert!(
+        message.contains(&format!("commit {untrusted_commit}"))
+            && message.contains("not in the allowed signers"),
+        "{message}"
+    );
 }
 
 #[tokio::test]

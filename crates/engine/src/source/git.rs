@@ -59,9 +59,20 @@ pub struct Fetched {
     pub revision: String,
     /// The raw commit object (headers incl. any signature, then the message), for signature checks.
     pub commit: Vec<u8>,
+    /// For a [`Revision::Tag`] that names an annotated tag: the raw tag object (headers, message,
+    /// any signature), for signature checks. `None` for a lightweight tag and other revisions.
+    pub tag: Option<Vec<u8>>,
+    /// Whether the commit is the `descends_from` commit [`fetch`] was given or one of its
+    /// descendants (`None` when none was given).
+    pub descends: Option<bool>,
     /// The project files at that commit.
     pub snapshot: Snapshot,
 }
+
+/// Commits fetched at first when [`fetch`] is to tell whether the new commit descends from an
+/// earlier one: a push rarely adds more; when the earlier commit is not among them, the whole
+/// history is fetched and searched.
+pub const ANCESTRY_DEPTH: u32 = 256;
 
 /// Name prefix of the private directories [`SshFiles`] makes (see [`remove_leftovers`]).
 const SSH_DIR_PREFIX: &str = "lockstep-ssh-";
@@ -197,13 +208,17 @@ pub fn redact(url: &str) -> String {
 
 /// Fetches `url` at `rev` into the scratch directory `dir` (created, and removed again before
 /// returning; only the one commit for a branch or tag, shallow) and reads the project under
-/// `path`. Setting `interrupt` makes a fetch in progress give up.
+/// `path`. With `descends_from` (a commit id), also finds out whether the fetched commit descends
+/// from that one ([`Fetched::descends`]): then [`ANCESTRY_DEPTH`] commits are fetched, and the
+/// whole history only when those do not settle it. Setting `interrupt` makes a fetch in progress
+/// give up.
 pub fn fetch(
     url: &str,
     rev: &Revision,
     path: &str,
     auth: &Auth,
     dir: &Path,
+    descends_from: Option<&str>,
     interrupt: &AtomicBool,
 ) -> Result<Fetched, GitError> {
     struct Scratch<'a>(&'a Path);
@@ -212,32 +227,166 @@ pub fn fetch(
             let _ = std::fs::remove_dir_all(self.0);
         }
     }
-    let shown = redact(url);
+    let earlier = descends_from
+        .map(|id| {
+            gix::ObjectId::from_hex(id.as_bytes())
+                .map_err(|e| err(&format!("the earlier commit {id}"), e))
+        })
+        .transpose()?;
+    let mut depth = match (earlier, rev) {
+        (_, Revision::Commit(_)) => None,
+        (Some(_), _) => std::num::NonZeroU32::new(ANCESTRY_DEPTH),
+        (None, _) => Some(std::num::NonZeroU32::MIN),
+    };
+    let _scratch = Scratch(dir);
+    loop {
+        let (repo, outcome, _ssh_files) = clone_into(url, rev, auth, dir, depth, interrupt)?;
+        let commit = commit_of(&repo, rev)?;
+        let descends = match earlier {
+            None => None,
+            Some(earlier) => match ancestry(&repo, commit.id, earlier, interrupt)? {
+                Ancestry::Found => Some(true),
+                Ancestry::NotFound => Some(false),
+                // Only part of the history is here: fetch all of it and look again.
+                Ancestry::Truncated if depth.is_some() => {
+                    depth = None;
+                    continue;
+                }
+                Ancestry::Truncated => Some(false),
+            },
+        };
+        let tag = match rev {
+            Revision::Tag(name) => annotated_tag(&repo, &outcome, name, commit.id)?,
+            _ => None,
+        };
+        let revision = commit.id.to_hex().to_string();
+        let snapshot = read_project(&repo, &commit, path, &revision)?;
+        return Ok(Fetched {
+            revision,
+            commit: commit.data.clone(),
+            tag,
+            descends,
+            snapshot,
+        });
+    }
+}
+
+/// A fresh bare clone of `url` at `rev` in `dir`, `depth` commits deep (`None`: all history),
+/// with the guard of its SSH key files.
+fn clone_into(
+    url: &str,
+    rev: &Revision,
+    auth: &Auth,
+    dir: &Path,
+    depth: Option<std::num::NonZeroU32>,
+    interrupt: &AtomicBool,
+) -> Result<
+    (
+        gix::Repository,
+        gix::remote::fetch::Outcome,
+        Option<SshFiles>,
+    ),
+    GitError,
+> {
     if dir.exists() {
         std::fs::remove_dir_all(dir).map_err(|e| err(&format!("clearing {}", dir.display()), e))?;
     }
     std::fs::create_dir_all(dir).map_err(|e| err(&format!("creating {}", dir.display()), e))?;
-    let _scratch = Scratch(dir);
-    let prepare = prepare_clone(url, rev, dir)?;
-    let (mut prepare, _ssh_files) = with_credentials(prepare, auth, url)?;
-    let (repo, _outcome) = prepare
+    let prepare = prepare_clone(url, rev, dir, depth)?;
+    let (mut prepare, ssh_files) = with_credentials(prepare, auth, url)?;
+    let (repo, outcome) = prepare
         .fetch_only(gix::progress::Discard, interrupt)
-        .map_err(|e| err_chain(&format!("fetching {shown}"), &e))?;
-    let commit = commit_of(&repo, rev)?;
-    let revision = commit.id.to_hex().to_string();
-    let snapshot = read_project(&repo, &commit, path, &revision)?;
-    Ok(Fetched {
-        revision,
-        commit: commit.data.clone(),
-        snapshot,
+        .map_err(|e| err_chain(&format!("fetching {}", redact(url)), &e))?;
+    Ok((repo, outcome, ssh_files))
+}
+
+/// What a search of a commit's history for an earlier commit found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ancestry {
+    /// The earlier commit is the commit or one of its ancestors.
+    Found,
+    /// The whole history was searched without finding it.
+    NotFound,
+    /// Not found in the part of the history that was fetched (a shallow clone).
+    Truncated,
+}
+
+/// Searches the history of `commit` for `earlier`.
+fn ancestry(
+    repo: &gix::Repository,
+    commit: gix::ObjectId,
+    earlier: gix::ObjectId,
+    interrupt: &AtomicBool,
+) -> Result<Ancestry, GitError> {
+    if commit == earlier {
+        return Ok(Ancestry::Found);
+    }
+    let walk = repo
+        .rev_walk([commit])
+        .all()
+        .map_err(|e| err("walking the history", e))?;
+    for info in walk {
+        if interrupt.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(GitError("walking the history: interrupted".into()));
+        }
+        let info = info.map_err(|e| err("walking the history", e))?;
+        if info.id == earlier {
+            return Ok(Ancestry::Found);
+        }
+    }
+    let shallow = repo
+        .is_shallow()
+        .map_err(|e| err("reading the shallow boundary", e))?;
+    Ok(if shallow {
+        Ancestry::Truncated
+    } else {
+        Ancestry::NotFound
     })
 }
 
-/// A bare clone of only the ref (shallow, depth 1, for a branch or tag; a commit needs history).
+/// The raw object of the annotated tag `refs/tags/<name>` as the fetch found it, checked to point
+/// at `commit` (so its signature vouches for what is read); `None` for a lightweight tag.
+fn annotated_tag(
+    repo: &gix::Repository,
+    outcome: &gix::remote::fetch::Outcome,
+    name: &str,
+    commit: gix::ObjectId,
+) -> Result<Option<Vec<u8>>, GitError> {
+    let full = full_ref("refs/tags/", name);
+    let tag_id = outcome.ref_map.remote_refs.iter().find_map(|r| match r {
+        gix::protocol::handshake::Ref::Peeled {
+            full_ref_name, tag, ..
+        } if full_ref_name == full.as_str() => Some(*tag),
+        _ => None,
+    });
+    let Some(tag_id) = tag_id else {
+        return Ok(None);
+    };
+    let object = repo
+        .find_object(tag_id)
+        .map_err(|e| err(&format!("reading tag {name}"), e))?;
+    if object.kind != gix::object::Kind::Tag {
+        return Ok(None);
+    }
+    let data = object.data.clone();
+    let target = data
+        .strip_prefix(b"object ")
+        .and_then(|rest| rest.split(|&b| b == b'\n').next())
+        .and_then(|hex| gix::ObjectId::from_hex(hex).ok());
+    if target != Some(commit) {
+        return Err(GitError(format!(
+            "tag {name} does not point at the commit {commit} it was read as (a nested tag, or the server's answer is inconsistent)"
+        )));
+    }
+    Ok(Some(data))
+}
+
+/// A bare clone of only the ref, `depth` commits deep (`None`: all history, which a commit needs).
 fn prepare_clone(
     url: &str,
     rev: &Revision,
     dir: &Path,
+    depth: Option<std::num::NonZeroU32>,
 ) -> Result<gix::clone::PrepareFetch, GitError> {
     // Isolated: the host's Git configuration (`insteadOf` rewrites, credential helpers, proxies)
     // and its environment play no part; what the fetch uses is what this function sets.
@@ -261,10 +410,8 @@ fn prepare_clone(
             .with_ref_name(Some(name.as_str()))
             .map_err(|e| err(&format!("ref {name}"), e))?;
     }
-    if !matches!(rev, Revision::Commit(_)) {
-        prepare = prepare.with_shallow(gix::remote::fetch::Shallow::DepthAtRemote(
-            std::num::NonZeroU32::MIN,
-        ));
+    if let Some(depth) = depth {
+        prepare = prepare.with_shallow(gix::remote::fetch::Shallow::DepthAtRemote(depth));
     }
     Ok(prepare)
 }

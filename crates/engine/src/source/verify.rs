@@ -69,13 +69,25 @@ const SSH_ADVICE: &str =
 pub enum VerifyError {
     /// The commit has no signature.
     #[error(
-        "commit is not signed; sign it with `git commit -S` using a trusted key: an SSH key listed \
-         in the allowed signers (with gpg.format=ssh) or a trusted OpenPGP key"
+        "not signed; sign it with `git commit -S` using a trusted key: an SSH key listed in the \
+         allowed signers (with gpg.format=ssh) or a trusted OpenPGP key"
     )]
     Unsigned,
+    /// The annotated tag has no signature.
+    #[error(
+        "the tag is not signed; sign it with `git tag -s` using a trusted key: an SSH key listed \
+         in the allowed signers (with gpg.format=ssh) or a trusted OpenPGP key"
+    )]
+    UnsignedTag,
+    /// The tag is lightweight (a bare ref, no tag object): it cannot carry a signature.
+    #[error(
+        "the tag is a lightweight tag, which cannot carry a signature; make it an annotated, \
+         signed tag (`git tag -s`), or verify the commit instead (verify.mode: HEAD)"
+    )]
+    LightweightTag,
     /// The commit has an OpenPGP signature, but no OpenPGP public key is trusted.
     #[error(
-        "commit has an OpenPGP (GPG) signature, but no OpenPGP public key is trusted; add the \
+        "the signature is OpenPGP (GPG), but no OpenPGP public key is trusted; add the \
          signer's armored public key block (`gpg --armor --export <key>`, starting with \
          -----BEGIN PGP PUBLIC KEY BLOCK-----) to the signers"
     )]
@@ -83,22 +95,22 @@ pub enum VerifyError {
     /// The commit's signature is of a form that cannot be verified (X.509/gpgsm, or an OpenPGP
     /// message instead of a detached signature); the text names it.
     #[error(
-        "commit has {0}, which is not supported; sign it with an SSH key (gpg.format=ssh) or an \
+        "the signature is {0}, which is not supported; sign with an SSH key (gpg.format=ssh) or an \
          OpenPGP key (gpg.format=openpgp)"
     )]
     UnsupportedFormat(String),
     /// The signature or the commit could not be parsed.
-    #[error("commit signature is malformed: {0}")]
+    #[error("the signature is malformed: {0}")]
     Malformed(String),
     /// The signature does not match the commit content.
     #[error(
-        "signature does not match the commit content: the commit was changed after it was signed \
-         or the signature is forged"
+        "the signature does not match the signed content: it was changed after it was signed or \
+         the signature is forged"
     )]
     BadSignature,
     /// The signing key is not one of the allowed signers.
     #[error(
-        "commit is signed by {fingerprint}, which is not in the allowed signers; add that public \
+        "signed by {fingerprint}, which is not in the allowed signers; add that public \
          key to the allowed signers or sign with a listed key"
     )]
     UnknownKey {
@@ -110,12 +122,12 @@ pub enum VerifyError {
     /// The signature was made for another SSHSIG namespace than `git`.
     #[error(
         "the signature was made for another namespace than \"git\" (ssh-keygen -Y sign -n …); \
-         sign commits with `git commit -S`"
+         sign with `git commit -S` or `git tag -s`"
     )]
     WrongNamespace,
     /// The signing key is listed, but its entry's `namespaces=` option does not include `git`.
     #[error(
-        "commit is signed by {fingerprint}, whose allowed signers entry does not allow the \"git\" \
+        "signed by {fingerprint}, whose allowed signers entry does not allow the \"git\" \
          namespace; add git to its namespaces=\"…\" option"
     )]
     NamespaceNotAllowed {
@@ -125,7 +137,7 @@ pub enum VerifyError {
     /// The signing key is listed, but not valid at the commit's committer time
     /// (`valid-after=`/`valid-before=`), or, for OpenPGP, revoked, expired or not usable for
     /// signing when the signature was made.
-    #[error("commit is signed by {fingerprint}, which is not valid at the commit's time: {detail}")]
+    #[error("signed by {fingerprint}, which is not valid at the time it was signed: {detail}")]
     KeyNotValid {
         /// The signing key's fingerprint (`SHA256:…`; for OpenPGP the primary key's, in
         /// uppercase hex).
@@ -287,6 +299,29 @@ pub fn verify_commit(raw_commit: &[u8], signers: &AllowedSigners) -> Result<Sign
     let Some(signature) = signature else {
         return Err(VerifyError::Unsigned);
     };
+    verify_signature(&payload, &signature, signers, "committer ")
+}
+
+/// Verifies the raw object of an annotated tag (headers, blank line, message, then the signature
+/// appended to the message, as `git tag -s` writes it) as `git verify-tag` does: the payload is
+/// everything before the last line that starts a signature, checked like a commit's (SSH
+/// validity bounds against the tagger time).
+pub fn verify_tag(raw_tag: &[u8], signers: &AllowedSigners) -> Result<Signer, VerifyError> {
+    let (payload, signature) = split_signed_tag(raw_tag);
+    let Some(signature) = signature else {
+        return Err(VerifyError::UnsignedTag);
+    };
+    verify_signature(payload, signature, signers, "tagger ")
+}
+
+/// Checks `signature` over `payload` by its form; SSH validity bounds use the time of the
+/// `time_header` identity (`committer `, `tagger `).
+fn verify_signature(
+    payload: &[u8],
+    signature: &[u8],
+    signers: &AllowedSigners,
+    time_header: &str,
+) -> Result<Signer, VerifyError> {
     if let Some((_, what)) = OTHER_FORMATS
         .iter()
         .find(|(begin, _)| signature.starts_with(begin))
@@ -294,15 +329,43 @@ pub fn verify_commit(raw_commit: &[u8], signers: &AllowedSigners) -> Result<Sign
         return Err(VerifyError::UnsupportedFormat((*what).to_string()));
     }
     if signature.starts_with(PGP_SIGNATURE_BEGIN) {
-        return verify_pgp_signature(&payload, &signature, signers);
+        return verify_pgp_signature(payload, signature, signers);
     }
     if !signature.starts_with(SSH_BEGIN) {
         return Err(VerifyError::Malformed(
-            "the gpgsig header holds no SSH, OpenPGP or X.509 signature".into(),
+            "it holds no SSH, OpenPGP or X.509 signature".into(),
         ));
     }
-    let time = committer_time(&payload).unwrap_or_else(|| jiff::Timestamp::now().as_second());
-    verify_ssh_signature(&payload, &signature, signers, time)
+    let time =
+        identity_time(payload, time_header).unwrap_or_else(|| jiff::Timestamp::now().as_second());
+    verify_ssh_signature(payload, signature, signers, time)
+}
+
+/// Splits a raw tag into the signed payload and the signature: Git's `parse_signed_buffer` takes
+/// the last line that begins with a signature's armor line as the signature's start.
+fn split_signed_tag(raw: &[u8]) -> (&[u8], Option<&[u8]>) {
+    let begins: [&[u8]; 4] = [
+        SSH_BEGIN,
+        PGP_SIGNATURE_BEGIN,
+        OTHER_FORMATS[0].0,
+        OTHER_FORMATS[1].0,
+    ];
+    let mut start = None;
+    let mut at = 0;
+    while at < raw.len() {
+        let line = &raw[at..];
+        if begins.iter().any(|b| line.starts_with(b)) {
+            start = Some(at);
+        }
+        at += line
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(line.len(), |i| i + 1);
+    }
+    match start {
+        Some(i) => (&raw[..i], Some(&raw[i..])),
+        None => (raw, None),
+    }
 }
 
 /// Splits a raw commit into the signed payload and the signature, following Git's
@@ -379,13 +442,14 @@ fn is_sha256_commit(raw: &[u8]) -> bool {
         .unwrap_or(false)
 }
 
-/// The committer timestamp (seconds since the epoch) from the payload's headers.
-fn committer_time(payload: &[u8]) -> Option<i64> {
+/// The timestamp (seconds since the epoch) of the `header` identity (`committer `, `tagger `) in
+/// the payload's headers.
+fn identity_time(payload: &[u8], header: &str) -> Option<i64> {
     for line in payload.split(|&b| b == b'\n') {
         if line.is_empty() {
             break;
         }
-        if let Some(ident) = line.strip_prefix(b"committer ") {
+        if let Some(ident) = line.strip_prefix(header.as_bytes()) {
             let close = ident.iter().rposition(|&b| b == b'>')?;
             let after = std::str::from_utf8(ident.get(close + 1..)?).ok()?;
             return after.split_whitespace().next()?.parse().ok();
@@ -394,9 +458,6 @@ fn committer_time(payload: &[u8]) -> Option<i64> {
     None
 }
 
-/// Verifies an armored SSH signature (`-----BEGIN SSH SIGNATURE-----` … as `ssh-keygen -Y sign`
-/// writes it) over `message` in the `git` namespace, requiring the key to be an allowed signer at
-/// `time` (seconds since the epoch).
 /// Verifies an armored SSH signature (`ssh-keygen -Y sign -n git`) over `message`, made at `time`
 /// (seconds since the epoch), against the trusted signers — what [`verify_commit`] does for a
 /// commit's payload.
@@ -1253,7 +1314,7 @@ mod tests {
             \n\
             message\ngpgsig not a header\n"
         );
-        assert_eq!(committer_time(&payload), Some(1_700_000_001));
+        assert_eq!(identity_time(&payload, "committer "), Some(1_700_000_001));
         assert!(matches!(
             split_signed_commit(b"tree 00\nfoo\0bar\n\nmsg"),
             Err(VerifyError::Malformed(_))
