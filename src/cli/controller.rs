@@ -75,6 +75,11 @@ pub struct ControllerArgs {
     /// `applyAs: impersonate` turns this on.
     #[arg(long)]
     pub require_service_account: bool,
+    /// Serve only Syncs in these namespaces (comma-separated; default: every namespace): a Sync
+    /// elsewhere is refused with FetchFailed before anything is read. The install's
+    /// `tenantNamespaces` sets this and grants impersonation in these namespaces only.
+    #[arg(long, value_name = "NS,…", value_delimiter = ',')]
+    pub tenant_namespaces: Vec<String>,
     /// Data a Sync's render may use, in MiB: each render runs first in a child process limited to
     /// this (and to --render-timeout), so a hostile template stops there, not in the controller.
     /// 0 renders in the controller's own process only.
@@ -156,6 +161,7 @@ pub fn run(
             .with_insecure_http(args.allow_insecure_http)
             .with_default_service_account(args.default_service_account.clone())
             .with_required_service_account(args.require_service_account)
+            .with_tenant_namespaces(&args.tenant_namespaces)
             .with_render_probe(render_probe(args)?)
             .with_max_timeout(args.max_timeout);
         crate::source::git::remove_leftovers();

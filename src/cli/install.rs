@@ -30,6 +30,7 @@ const SETTABLE: &str = "Values (--set PATH=VALUE, --set-string, -f FILE):
   controller.defaultServiceAccount  the account Syncs naming none act as (in their namespace)
   controller.renderMemory, controller.renderTimeout  48 (MiB), 60s; each render's child process
   applyAs            cluster-admin, or impersonate (every Sync applies as its serviceAccountName)
+  tenantNamespaces   \"a,b\": serve and impersonate only in these namespaces (default: all)
   networkPolicy      true; ingress only on the two ports
   resources.requests.cpu, resources.requests.memory, resources.limits.memory";
 

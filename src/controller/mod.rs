@@ -395,6 +395,8 @@ pub struct Access {
     default_service_account: Option<String>,
     /// Whether a Sync must act as a ServiceAccount (its own or the default): never as the controller.
     require_service_account: bool,
+    /// The only namespaces whose Syncs are served (`None`: all).
+    tenant_namespaces: Option<std::collections::BTreeSet<String>>,
     /// How renders are probed in a child process first (`None`: rendered in this process only).
     probe: Option<crate::probe::Probe>,
     /// The longest a Sync's fetch or health wait may take, whatever its `spec.timeout` says (one
@@ -424,6 +426,7 @@ impl Access {
             insecure_http: false,
             default_service_account: None,
             require_service_account: false,
+            tenant_namespaces: None,
             probe: None,
             max_timeout: DEFAULT_MAX_TIMEOUT,
             recorder,
@@ -458,6 +461,15 @@ impl Access {
 
     /// Why a Sync may not run under this access, if it may not.
     fn refusal(&self, sync: &Sync, ns: &str) -> Option<String> {
+        if let Some(tenants) = &self.tenant_namespaces
+            && !tenants.contains(ns)
+        {
+            let list: Vec<&str> = tenants.iter().map(String::as_str).collect();
+            return Some(format!(
+                "namespace {ns} is not one of this controller's tenant namespaces ({}; --tenant-namespaces): move the Sync to one of them, or add {ns} to the install's tenantNamespaces",
+                list.join(", ")
+            ));
+        }
         let named =
             sync.spec.service_account_name.is_some() || self.default_service_account.is_some();
         (self.require_service_account && !named).then(|| {
@@ -465,6 +477,18 @@ impl Access {
                 "spec.serviceAccountName is required by this controller (--require-service-account): name a ServiceAccount of namespace {ns} that may apply the Sync's objects"
             )
         })
+    }
+
+    /// The same access, serving only Syncs in `namespaces` (empty: every namespace); Syncs
+    /// elsewhere are refused before anything is read for them.
+    pub fn with_tenant_namespaces(mut self, namespaces: &[String]) -> Access {
+        let set: std::collections::BTreeSet<String> = namespaces
+            .iter()
+            .map(|n| n.trim().to_string())
+            .filter(|n| !n.is_empty())
+            .collect();
+        self.tenant_namespaces = (!set.is_empty()).then_some(set);
+        self
     }
 
     /// The same access, also sending Git credentials over plain `http://` (off by default: they

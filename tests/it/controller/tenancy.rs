@@ -394,3 +394,172 @@ async fn a_flood_of_slow_large_webhook_posts_leaves_the_controller_answering() {
         401
     );
 }
+
+/// With the install's `tenantNamespaces`, the controller may impersonate ServiceAccounts only in
+/// those namespaces (a Role in each, no cluster-wide `impersonate`: kube-system's accounts are out
+/// of its reach, as the API server's own access review confirms), and a Sync elsewhere is refused
+/// before anything is read for it.
+#[tokio::test]
+async fn tenant_namespaces_bound_whom_the_controller_may_impersonate() {
+    let private = need!("control plane", support::PrivateCluster::start());
+    let cluster = &private.cluster;
+    let client = cluster.admin().await;
+    let home = tempfile::tempdir().expect("tempdir");
+    let tenant = cluster.namespace(&client, "tenant").await;
+    let outsider = cluster.namespace(&client, "outsider").await;
+    let out = support::run_isolated(
+        Path::new(BIN),
+        &[
+            "install",
+            "--apply",
+            "--wait=false",
+            "--set",
+            "applyAs=impersonate",
+            "--set-string",
+            &format!("tenantNamespaces={tenant}"),
+            "--kubeconfig",
+            &cluster.kubeconfig.to_string_lossy(),
+        ],
+        &[],
+        home.path(),
+    );
+    support::assert_success(&out);
+    let deployment: Deployment = Api::namespaced(client.clone(), "lockstep-system")
+        .get("lockstep-controller")
+        .await
+        .expect("the installed Deployment");
+    let args = deployment
+        .spec
+        .and_then(|s| s.template.spec)
+        .and_then(|s| s.containers.into_iter().next())
+        .and_then(|c| c.args)
+        .unwrap_or_default();
+    let flag = format!("--tenant-namespaces={tenant}");
+    assert!(args.contains(&flag), "{args:?}");
+    let creds = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = cluster
+        .service_account_kubeconfig(
+            &client,
+            "lockstep-system",
+            "lockstep-controller",
+            creds.path(),
+        )
+        .await;
+
+    // Whom the controller may impersonate, in the API server's own words.
+    let reviews: Api<k8s_openapi::api::authorization::v1::SubjectAccessReview> =
+        Api::all(client.clone());
+    let may_impersonate = async |ns: &str| {
+        let review = serde_json::from_value(serde_json::json!({
+            "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+            "spec": {
+                "user": "system:serviceaccount:lockstep-system:lockstep-controller",
+                "resourceAttributes": {"verb": "impersonate", "resource": "serviceaccounts",
+                                       "namespace": ns, "name": "deployer"}
+            }
+        }))
+        .expect("review");
+        reviews
+            .create(&Default::default(), &review)
+            .await
+            .expect("review")
+            .status
+            .is_some_and(|s| s.allowed)
+    };
+    wait_for("the tenant's impersonation Role", async || {
+        may_impersonate(&tenant).await
+    })
+    .await;
+    assert!(
+        !may_impersonate("kube-system").await,
+        "kube-system is out of reach"
+    );
+    assert!(!may_impersonate(&outsider).await);
+
+    // A deployer that may manage ConfigMaps, in both namespaces.
+    for ns in [&tenant, &outsider] {
+        bare_service_account(&client, ns, "deployer").await;
+        let role: k8s_openapi::api::rbac::v1::Role = serde_json::from_value(serde_json::json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": "deployer"},
+            "rules": [{"apiGroups": [""], "resources": ["configmaps"],
+                       "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]}]
+        }))
+        .expect("role");
+        Api::<k8s_openapi::api::rbac::v1::Role>::namespaced(client.clone(), ns)
+            .create(&Default::default(), &role)
+            .await
+            .expect("create role");
+        let binding: k8s_openapi::api::rbac::v1::RoleBinding =
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                "metadata": {"name": "deployer"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "deployer"},
+                "subjects": [{"kind": "ServiceAccount", "name": "deployer", "namespace": ns}]
+            }))
+            .expect("binding");
+        Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(client.clone(), ns)
+            .create(&Default::default(), &binding)
+            .await
+            .expect("create binding");
+    }
+    let cache = home.path().join("git-cache");
+    let run = |ns: &str| {
+        controller_with(
+            &kubeconfig,
+            ns,
+            &cache,
+            home.path(),
+            &["--allow-local-sources", "--require-service-account", &flag],
+            &[],
+        )
+    };
+    // The tenant's Sync applies as its deployer…
+    let repo = tiny_repo(&tenant);
+    let api = syncs(&client, &tenant);
+    create_local_sync(
+        &api,
+        "tiny",
+        repo.path(),
+        serde_json::json!({"serviceAccountName": "deployer"}),
+    )
+    .await;
+    let out = run(&tenant);
+    support::assert_success(&out);
+    let config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(client.clone(), &tenant);
+    assert!(
+        config_maps
+            .get_opt("settings")
+            .await
+            .expect("get")
+            .is_some()
+    );
+    // …the outsider's is refused before anything is read, naming what to do.
+    let repo = tiny_repo(&outsider);
+    let api = syncs(&client, &outsider);
+    create_local_sync(
+        &api,
+        "tiny",
+        repo.path(),
+        serde_json::json!({"serviceAccountName": "deployer"}),
+    )
+    .await;
+    let out = run(&outsider);
+    let message = failed_with(&out, &api, "tiny", "FetchFailed").await;
+    assert!(
+        message.contains(&format!(
+            "namespace {outsider} is not one of this controller's tenant namespaces"
+        )) && message.contains("tenantNamespaces"),
+        "{message}"
+    );
+    let config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(client.clone(), &outsider);
+    assert!(
+        config_maps
+            .get_opt("settings")
+            .await
+            .expect("get")
+            .is_none()
+    );
+}
