@@ -888,6 +888,31 @@ async fn an_inventory_write_from_a_stale_read_is_refused() {
     ));
     let now = Inventory::read(&api, "race", "dev").await.expect("read");
     assert!(now.entries.contains(&entry("two")));
+    // Two first applies at once: exactly one creates the inventory, the other is told.
+    for round in 0..5 {
+        let environment = format!("first-{round}");
+        let (mut a, mut b) = (Inventory::default(), Inventory::default());
+        a.entries.insert(entry("a"));
+        b.entries.insert(entry("b"));
+        let (ra, rb) = tokio::join!(
+            a.write(&api, "race", &environment, None),
+            b.write(&api, "race", &environment, None)
+        );
+        let refused = [&ra, &rb]
+            .iter()
+            .filter(|r| matches!(r, Err(ApplyError::InventoryChanged)))
+            .count();
+        assert_eq!(
+            (ra.is_ok() as usize + rb.is_ok() as usize, refused),
+            (1, 1),
+            "round {round}: {ra:?} {rb:?}"
+        );
+        let kept = Inventory::read(&api, "race", &environment)
+            .await
+            .expect("read");
+        let winner = if ra.is_ok() { &a } else { &b };
+        assert_eq!(kept.entries, winner.entries, "round {round}");
+    }
 }
 
 /// A CRD whose kind another CRD already claims is never Established: the apply says so at once

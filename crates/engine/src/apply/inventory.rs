@@ -10,7 +10,7 @@
 use std::cmp::Ordering;
 use std::collections::BTreeSet;
 
-use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
+use kube::api::{ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::GroupVersionKind;
 use kube::discovery::{Discovery, Scope};
 use kube::{Api, Client};
@@ -227,26 +227,34 @@ impl Inventory {
                 "owner": self.owner.clone().unwrap_or_default(),
             },
         });
-        match expected {
+        let changed = |e: kube::Error| match &e {
+            kube::Error::Api(s) if s.code == 409 => ApplyError::InventoryChanged,
+            _ => e.into(),
+        };
+        let written = match expected {
             // An apply with a resourceVersion is refused (409) when the object has changed since.
-            Some(rv) => body["metadata"]["resourceVersion"] = Json::String(rv.to_string()),
-            None => {
-                if api.get_opt(&name(project, environment)).await?.is_some() {
-                    return Err(ApplyError::InventoryChanged);
-                }
+            Some(rv) => {
+                body["metadata"]["resourceVersion"] = Json::String(rv.to_string());
+                api.patch(
+                    &name(project, environment),
+                    &PatchParams::apply(FIELD_MANAGER).force(),
+                    &Patch::Apply(&body),
+                )
+                .await
+                .map_err(changed)?
             }
-        }
-        let written = api
-            .patch(
-                &name(project, environment),
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&body),
-            )
-            .await
-            .map_err(|e| match &e {
-                kube::Error::Api(s) if s.code == 409 => ApplyError::InventoryChanged,
-                _ => e.into(),
-            })?;
+            // A server-side apply would create or overwrite alike (it ignores a resourceVersion on
+            // create): a create is refused (409) when another apply made the inventory meanwhile.
+            None => {
+                let object: DynamicObject =
+                    serde_json::from_value(body).map_err(kube::Error::SerdeError)?;
+                let params = PostParams {
+                    field_manager: Some(FIELD_MANAGER.into()),
+                    ..PostParams::default()
+                };
+                api.create(&params, &object).await.map_err(changed)?
+            }
+        };
         Ok(written.metadata.resource_version)
     }
 
