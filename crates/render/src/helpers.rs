@@ -9,6 +9,7 @@
 //! | `quote`, `squote` | yes | fine |
 //! | `required(msg)` filter, `required(msg, value)` function | yes | fine |
 //! | `default` (built in), `include(name, **vars)`, `fail(msg)`, `trunc(n)` | yes | fine |
+//! | `string`/`toString`, `join` | yes: booleans as `true`/`false`, lists and maps as flow YAML | the reference |
 
 use std::cell::Cell;
 
@@ -380,6 +381,78 @@ pub fn register(env: &mut Environment<'_>) {
         Err(invalid(message.to_string()))
     });
     env.add_function("include", include);
+    env.add_filter("string", string);
+    env.add_filter("toString", string);
+    env.add_filter("join", join);
+}
+
+/// `string`: what `{{ v }}` prints, as a string — booleans `true`/`false` and `none` `null` as
+/// YAML and Helm's `toString` spell them (minijinja's own says `True`/`None`), lists and mappings
+/// as flow YAML; a sealed reference stays one.
+fn string(state: &State<'_, '_>, v: &Value) -> Result<Value, Error> {
+    if sealed(v).is_some() {
+        return minijinja::filters::string(state, v);
+    }
+    match v.kind() {
+        ValueKind::Bool => Ok(Value::from(if v.is_true() { "true" } else { "false" })),
+        ValueKind::None => Ok(Value::from("null")),
+        ValueKind::Seq | ValueKind::Map => {
+            check_printable(v)?;
+            let text = serde_json::to_string(&to_json_value(v)?)
+                .map_err(|e| invalid(format!("string: {e}")))?;
+            Ok(Value::from(result_within("string", text)?))
+        }
+        _ => minijinja::filters::string(state, v),
+    }
+}
+
+/// `join(joiner="", attribute=None)`: the items (or their dotted `attribute`) as text, booleans
+/// spelled `true`/`false`, `none` as an empty string, as Jinja's `join` otherwise.
+fn join(v: &Value, joiner: Option<&str>, attribute: Option<&str>) -> Result<Value, Error> {
+    check_printable(v)?;
+    let joiner = joiner.unwrap_or("");
+    let mut out = String::new();
+    let items: Vec<Value> = match v.as_str() {
+        Some(text) => text.chars().map(Value::from).collect(),
+        None => v.try_iter()?.collect(),
+    };
+    for (i, item) in items.into_iter().enumerate() {
+        let mut item = item;
+        for part in attribute
+            .unwrap_or_default()
+            .split('.')
+            .filter(|p| !p.is_empty())
+        {
+            item = item.get_attr(part)?;
+        }
+        if i > 0 {
+            out.push_str(joiner);
+        }
+        match item.kind() {
+            ValueKind::Bool => out.push_str(if item.is_true() { "true" } else { "false" }),
+            ValueKind::None | ValueKind::Undefined => {}
+            _ => out.push_str(&item.to_string()),
+        }
+        if out.len() > budget::bytes_left() {
+            return Err(over_budget("join"));
+        }
+    }
+    Ok(Value::from(out))
+}
+
+/// Refuses a list or mapping too long to print within what is left of the render's budget
+/// (each item prints at least two bytes), before anything walks it.
+fn check_printable(v: &Value) -> Result<(), Error> {
+    if let Some(len) = v.len()
+        && matches!(
+            v.kind(),
+            ValueKind::Seq | ValueKind::Iterable | ValueKind::Map
+        )
+        && len.saturating_mul(2) > budget::bytes_left()
+    {
+        return Err(over_budget("printing"));
+    }
+    Ok(())
 }
 
 /// The output formatter: YAML spellings for `none` and booleans, no escaping.
@@ -396,22 +469,15 @@ pub fn format_value(
         out.write_str(if v.is_true() { "true" } else { "false" })?;
         return Ok(());
     }
-    // Each item prints at least two bytes; a lazily repeated list too long for the budget is
-    // refused before minijinja walks it (its formatter keeps iterating after a write fails).
-    if let Some(len) = v.len()
-        && matches!(
-            v.kind(),
-            ValueKind::Seq | ValueKind::Iterable | ValueKind::Map
-        )
-        && len.saturating_mul(2) > budget::bytes_left()
-    {
-        return Err(over_budget("printing"));
-    }
+    // A lazily repeated list too long for the budget is refused before minijinja walks it (its
+    // formatter keeps iterating after a write fails).
+    check_printable(v)?;
     if let Some(obj) = v.as_object()
-        && obj.repr() == ObjectRepr::Map
+        && matches!(obj.repr(), ObjectRepr::Map | ObjectRepr::Seq)
         && sealed(v).is_none()
     {
-        // A whole mapping printed inline (e.g. `{{ values.labels }}`) is written as flow YAML.
+        // A whole mapping or list printed inline (e.g. `{{ values.labels }}`) is written as flow
+        // YAML, with YAML's `true`/`false`/`null`.
         let text = serde_json::to_string(&to_json_value(v)?)
             .map_err(|e| invalid(format!("cannot print mapping: {e}")))?;
         out.write_str(&text)?;
@@ -448,6 +514,30 @@ mod tests {
                 .len(),
             1025
         );
+    }
+
+    #[test]
+    fn booleans_and_none_turn_into_text_as_yaml_and_helm_spell_them() {
+        let mut env = Environment::new();
+        register(&mut env);
+        env.set_formatter(format_value);
+        let ctx = minijinja::context! { off => false, on => true, nothing => () };
+        let render = |t: &str| env.render_str(t, &ctx).expect("renders");
+        assert_eq!(render("{{ off | string }}"), "false");
+        assert_eq!(render("{{ on | toString | upper }}"), "TRUE");
+        assert_eq!(render("{{ (off | string) == 'false' }}"), "true");
+        assert_eq!(render("{{ nothing | string }}"), "null");
+        assert_eq!(
+            render("{{ [on, off, nothing] | join(',') }}"),
+            "true,false,"
+        );
+        assert_eq!(render("{{ 'abc' | join('-') }}"), "a-b-c");
+        assert_eq!(
+            render("{{ [on, nothing, 1, 'a'] }}"),
+            r#"[true,null,1,"a"]"#
+        );
+        assert_eq!(render("{{ [on, 'x'] | string }}"), r#"[true,"x"]"#);
+        assert_eq!(render("{{ 7 | string }}{{ 'text' | string }}"), "7text");
     }
 
     #[test]
