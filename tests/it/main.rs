@@ -6,6 +6,7 @@
 mod support;
 
 mod apply;
+mod charts;
 mod cli_errors;
 mod controller;
 mod decrypt;

@@ -20,12 +20,13 @@ pub const MAX_PROJECT_BYTES: u64 = 32 * 1024 * 1024;
 pub const MAX_PROJECT_FILES: usize = 10_000;
 
 /// The top-level entries of a project that a snapshot reads.
-pub const PROJECT_ENTRIES: [&str; 5] = [
+pub const PROJECT_ENTRIES: [&str; 6] = [
     "lockstep.yaml",
     "values.yaml",
     "templates",
     "environments",
     "manifests",
+    "charts",
 ];
 
 /// The files of a project, by path relative to its root with `/` separators, in sorted order.

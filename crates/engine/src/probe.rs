@@ -217,6 +217,9 @@ fn read_input(r: &mut impl Read) -> io::Result<(Snapshot, Request)> {
         values_files,
         sets,
         limits,
+        // Charts are rendered by Helm in a bounded process of its own; the probe checks their
+        // values templates.
+        charts: render::chart::Charts::ValuesOnly,
     };
     let mut snapshot = Snapshot::new();
     while let Some(path) = read_frame(r)? {
@@ -260,6 +263,7 @@ mod tests {
                 output_bytes: 7,
                 ..Limits::default()
             },
+            charts: render::chart::Charts::ValuesOnly,
         };
         let mut wire = Vec::new();
         write_input(&mut wire, &snapshot, &request).expect("written");

@@ -9,6 +9,7 @@
 //! environments/<env>/secrets.<ext>     per-environment secrets, SOPS-encrypted (yaml, json, env, ini)
 //! templates/**/*.yaml[.j2]             minijinja templates (paths with a `_` segment are helpers)
 //! manifests/, environments/<env>/manifests/   plain or whole-file SOPS manifests, included as they are
+//! charts/<chart>/, charts/*.values.yaml        Helm chart directories and their values templates
 //! ```
 //!
 //! Render never needs or sees a key: `secrets` in templates exposes the secrets file's key
@@ -16,6 +17,7 @@
 //! [`Manifest`]s, deterministic for the same inputs.
 
 pub mod budget;
+pub mod chart;
 pub mod diagnostic;
 pub mod emit;
 pub mod helpers;
@@ -61,6 +63,8 @@ pub struct Request {
     pub sets: Vec<Mapping>,
     /// What the templates may use together: output bytes and steps.
     pub limits: budget::Limits,
+    /// How the project's Helm charts are rendered.
+    pub charts: chart::Charts,
 }
 
 /// The rendered environment.
@@ -102,7 +106,16 @@ pub fn is_rendered_template(name: &str) -> bool {
     let manifest_ext = [".yaml", ".yml", ".yaml.j2", ".yml.j2"]
         .iter()
         .any(|ext| name.ends_with(ext));
-    manifest_ext && !name.split('/').any(|seg| seg.starts_with('_'))
+    manifest_ext && !name.starts_with('/') && !name.split('/').any(|seg| seg.starts_with('_'))
+}
+
+/// The project file a template name stands for: `templates/<name>`, or for a chart's values
+/// template (named by its project path after a `/`) that path.
+fn file_of(name: &str) -> String {
+    match name.strip_prefix('/') {
+        Some(path) => path.to_string(),
+        None => format!("templates/{name}"),
+    }
 }
 
 fn utf8<'a>(file: &str, bytes: &'a [u8]) -> Result<&'a str, Diagnostic> {
@@ -126,6 +139,12 @@ enum Origin<'a> {
     File {
         path: &'a str,
         text: &'a str,
+        doc_offset: usize,
+    },
+    /// A document of `helm template`'s output; `file` is the chart template it names.
+    Chart {
+        file: String,
+        output: &'a str,
         doc_offset: usize,
     },
 }
@@ -153,6 +172,18 @@ impl Engine<'_> {
                 doc_offset + range.start..doc_offset + range.end,
                 "here",
             ),
+            Origin::Chart {
+                file,
+                output,
+                doc_offset,
+            } => Diagnostic::new(message)
+                .in_file(file.clone())
+                .with_snippet(
+                    Arc::from(*output),
+                    doc_offset + range.start..doc_offset + range.end,
+                    "in Helm's output",
+                )
+                .snippet_origin("helm template output"),
             Origin::Template {
                 name,
                 output,
@@ -163,7 +194,7 @@ impl Engine<'_> {
                     return d;
                 }
                 Diagnostic::new(message)
-                    .in_file(format!("templates/{name}"))
+                    .in_file(file_of(name))
                     .with_snippet(
                         Arc::from(*output),
                         at..doc_offset + range.end,
@@ -193,7 +224,7 @@ impl Engine<'_> {
         };
         Some(
             Diagnostic::new(message)
-                .in_file(format!("templates/{}", span.name()))
+                .in_file(file_of(span.name()))
                 .with_snippet(source, range, "here"),
         )
     }
@@ -229,7 +260,7 @@ impl Engine<'_> {
     fn output_problem(&self, name: &str, err: &minijinja::Error) -> Diagnostic {
         let mut located = self.template_error(err);
         if located.file.is_none() {
-            located = located.in_file(format!("templates/{name}"));
+            located = located.in_file(file_of(name));
         }
         located.message = format!(
             "the templates {} together",
@@ -285,7 +316,7 @@ impl Engine<'_> {
         };
         let mut d = Diagnostic::new(message);
         if let Some(name) = e.name() {
-            d = d.in_file(format!("templates/{name}"));
+            d = d.in_file(file_of(name));
             let source = self.templates.get(name).cloned();
             match (source, e.range(), e.line()) {
                 (Some(src), Some(range), _) => d = d.with_snippet(src, range, "here"),
@@ -310,6 +341,10 @@ struct Pending<'a> {
     doc_text: &'a str,
     value: Value,
     id: ObjectId,
+    /// The chart release whose output it is (its namespace is the default one).
+    release: Option<&'a chart::Output>,
+    /// Whether placeholders were revealed from base64 (they are not in `doc_text` then).
+    revealed: bool,
 }
 
 /// Renders one environment of a project: project and environment → layered values → the secrets
@@ -332,11 +367,21 @@ pub fn render(snapshot: &Snapshot, req: &Request) -> Result<Rendered, Diagnostic
     )?;
     let mut problems: Vec<Diagnostic> = Vec::new();
     let outputs = render_templates(&engine, &mut problems);
+    let releases = render_charts(
+        &engine,
+        snapshot,
+        &project,
+        &environment,
+        env_name,
+        &req.charts,
+        &mut problems,
+    );
     let files = manifest_files(snapshot, env_name, &mut problems);
     let (pending, sops_manifests) = parse_documents(
         &engine,
         &outputs,
         &files,
+        &releases,
         &environment.namespace,
         &mut problems,
     );
@@ -348,6 +393,7 @@ pub fn render(snapshot: &Snapshot, req: &Request) -> Result<Rendered, Diagnostic
         &secrets,
         &mut problems,
     );
+    check_passed_secrets(&releases, &manifests, &mut problems);
     if !problems.is_empty() {
         return Err(Diagnostics(problems));
     }
@@ -459,6 +505,24 @@ fn template_engine<'s>(
         let name = &path["templates/".len()..];
         templates.insert(name.to_string(), Arc::<str>::from(utf8(path, bytes)?));
     }
+    // Charts' values templates, by their project path after a `/` (never rendered as manifests).
+    for (release, chart) in &project.charts {
+        let Some(path) = chart
+            .values
+            .as_deref()
+            .filter(|_| chart.applies_to(env_name))
+        else {
+            continue;
+        };
+        let bytes = snapshot.get(path).ok_or_else(|| {
+            Diagnostic::new(format!(
+                "chart {release}: the values template {path} does not exist"
+            ))
+            .in_file(PROJECT_FILE)
+            .with_help("create it, or remove `values:` from the chart")
+        })?;
+        templates.insert(format!("/{path}"), Arc::<str>::from(utf8(path, bytes)?));
+    }
     let templates = Arc::new(templates);
     let mut env = Environment::new();
     let loader_templates = templates.clone();
@@ -536,6 +600,105 @@ fn render_templates(engine: &Engine<'_>, problems: &mut Vec<Diagnostic>) -> Vec<
     outputs
 }
 
+/// The environment's chart releases: each values template rendered (problems collected), then
+/// `helm template` run for each (unless `charts` says only values), in order of release name.
+fn render_charts(
+    engine: &Engine<'_>,
+    snapshot: &Snapshot,
+    project: &Project,
+    environment: &EnvironmentSpec,
+    env_name: &str,
+    charts: &chart::Charts,
+    problems: &mut Vec<Diagnostic>,
+) -> Vec<chart::Output> {
+    let mut releases = Vec::new();
+    for (release, spec) in project
+        .charts
+        .iter()
+        .filter(|(_, c)| c.applies_to(env_name))
+    {
+        let values = match &spec.values {
+            None => chart::Values::parse(PROJECT_FILE, String::new()),
+            Some(path) => match engine.render_one(&format!("/{path}")) {
+                Ok(text) => chart::Values::parse(path, text),
+                Err(e) => Err(engine.template_error(&e)),
+            },
+        };
+        let values = match values {
+            Ok(v) => v,
+            Err(d) => {
+                problems.push(d);
+                continue;
+            }
+        };
+        let chart::Charts::Helm(helm) = charts else {
+            continue;
+        };
+        let namespace = spec
+            .namespace
+            .clone()
+            .unwrap_or_else(|| environment.namespace.clone());
+        let max_output = engine.budget.bytes_left();
+        let job = chart::Release {
+            name: release,
+            chart: spec,
+            namespace: &namespace,
+        };
+        match chart::template(helm, snapshot, &job, environment, &values, max_output) {
+            Ok(text) => {
+                // Read within what was left, so this cannot fail; later renders see less.
+                let _ = engine.budget.take_bytes(text.len());
+                releases.push(chart::Output {
+                    release: release.clone(),
+                    chart_dir: spec.chart.trim_end_matches('/').to_string(),
+                    namespace,
+                    text,
+                    passed: values.passed,
+                });
+            }
+            Err(d) => problems.push(d),
+        }
+    }
+    releases
+}
+
+/// Every sealed value passed to a chart must reach its output (in a Secret): one the chart hashed,
+/// trimmed or otherwise changed would become a wrong credential without a word.
+fn check_passed_secrets(
+    releases: &[chart::Output],
+    manifests: &[Manifest],
+    problems: &mut Vec<Diagnostic>,
+) {
+    for release in releases {
+        let prefix = format!("{}/", release.chart_dir);
+        let mut reached: std::collections::HashSet<(String, Vec<String>)> = Default::default();
+        for m in manifests
+            .iter()
+            .filter(|m| m.source.starts_with(&prefix) || m.source == release.chart_dir)
+        {
+            if let Body::Object(v) = &m.body {
+                for r in chart::refs_in(v) {
+                    reached.insert((r.file, r.path));
+                }
+            }
+        }
+        for (r, key) in &release.passed {
+            if reached.contains(&(r.file.clone(), r.path.clone())) {
+                continue;
+            }
+            problems.push(
+                Diagnostic::new(format!(
+                    "chart {}: the sealed secret {} passed in values key {key} appears nowhere in the chart's output: the chart transformed it (a hash such as sha256sum or htpasswd, trim, upper, …), which would apply a wrong value",
+                    release.release,
+                    r.display_path()
+                ))
+                .in_file(release.chart_dir.clone())
+                .with_help("pass the value the chart needs as it is (for a hash, store the hashed form in the secrets file), or point the chart at an existing Secret"),
+            );
+        }
+    }
+}
+
 /// Plain and whole-file SOPS manifests: `manifests/` and the environment's `manifests/`.
 fn manifest_files<'a>(
     snapshot: &'a Snapshot,
@@ -564,11 +727,31 @@ fn parse_documents<'a>(
     engine: &Engine<'_>,
     outputs: &'a [(String, String)],
     files: &[(&'a str, &'a str)],
+    releases: &'a [chart::Output],
     namespace: &str,
     problems: &mut Vec<Diagnostic>,
 ) -> (Vec<Pending<'a>>, Vec<Manifest>) {
     let mut sops_manifests = Vec::new();
     let mut docs: Vec<(Origin<'a>, &'a str)> = Vec::new();
+    let mut release_of: Vec<Option<&'a chart::Output>> = Vec::new();
+    for release in releases {
+        for doc in manifest::split_documents(&release.text) {
+            if doc
+                .text
+                .lines()
+                .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+            {
+                continue;
+            }
+            let origin = Origin::Chart {
+                file: chart::source_of(doc.text, &release.chart_dir),
+                output: &release.text,
+                doc_offset: doc.offset,
+            };
+            docs.push((origin, doc.text));
+            release_of.push(Some(release));
+        }
+    }
     for (name, output) in outputs {
         for doc in manifest::split_documents(output) {
             let origin = Origin::Template {
@@ -594,15 +777,21 @@ fn parse_documents<'a>(
         }
     }
     let parsed = par_map(&docs, 16, |(_, text)| parse_document(text));
+    release_of.resize(docs.len(), None);
     let mut pending = Vec::new();
-    for ((origin, doc_text), result) in docs.into_iter().zip(parsed) {
+    for (((origin, doc_text), result), release) in docs.into_iter().zip(parsed).zip(release_of) {
         match result {
-            Ok((value, id)) => pending.push(Pending {
-                origin,
-                doc_text,
-                value,
-                id,
-            }),
+            Ok((mut value, id)) => {
+                let revealed = release.is_some() && chart::reveal_encoded(&mut value);
+                pending.push(Pending {
+                    origin,
+                    doc_text,
+                    value,
+                    id,
+                    release,
+                    revealed,
+                })
+            }
             Err(p) => {
                 let mut d = engine.locate(&origin, p.range.clone(), &p.message);
                 if let Some(h) = p.help {
@@ -638,6 +827,7 @@ fn place_objects(
         if scopes.is_cluster_scoped(&p.id.group, &p.id.kind) {
             p.id.namespace = None;
         } else if p.id.namespace.is_none() {
+            let namespace = p.release.map_or(namespace, |r| r.namespace.as_str());
             manifest::default_namespace(&mut p.value, namespace);
             p.id.namespace = Some(namespace.to_string());
         }
@@ -645,8 +835,18 @@ fn place_objects(
         let source = match &p.origin {
             Origin::Template { name, .. } => format!("templates/{name}"),
             Origin::File { path, .. } => path.to_string(),
+            Origin::Chart { file, .. } => file.clone(),
         };
         if let Some(other) = defined.get(&p.id) {
+            // Two releases of one chart ship the same CRD (`crds/`): Helm installs it once.
+            let same = p.release.is_some()
+                && manifests.iter().any(|m| {
+                    m.id.as_ref() == Some(&p.id)
+                        && matches!(&m.body, Body::Object(v) if *v == p.value)
+                });
+            if same {
+                continue;
+            }
             let name_at = p
                 .doc_text
                 .find("name:")
@@ -701,7 +901,7 @@ fn sealed_refs(
 ) -> Vec<SealedRef> {
     // A placeholder is spelled out in the text, or hidden in a double-quoted escape.
     let may_hold_refs =
-        p.doc_text.contains(sealed::PLACEHOLDER_PREFIX) || p.doc_text.contains('\\');
+        p.revealed || p.doc_text.contains(sealed::PLACEHOLDER_PREFIX) || p.doc_text.contains('\\');
     if !may_hold_refs {
         return Vec::new();
     }
@@ -713,6 +913,22 @@ fn sealed_refs(
         *nth += 1;
         let range = nth_range(p.doc_text, &f.text, occurrence);
         let problem = match (&f.refused, &f.reference) {
+            (Some(why), reference) if p.release.is_some() => {
+                let key = reference.as_ref().and_then(|r| {
+                    p.release?
+                        .passed
+                        .iter()
+                        .find(|(passed, _)| passed.file == r.file && passed.path == r.path)
+                        .map(|(_, key)| key.clone())
+                });
+                Some((
+                    match key {
+                        Some(key) => format!("{why} (the chart put values key {key} there)"),
+                        None => why.clone(),
+                    },
+                    Some("a chart must keep secrets in a Secret: point it at an existing Secret instead (many charts take an `existingSecret` value naming one; create that Secret under templates/ with the sealed value), or use a chart option that reads the value from a Secret".to_string()),
+                ))
+            }
             (Some(why), _) => Some((why.clone(), None)),
             (None, Some(r)) if !secrets.resolves(r) => Some((
                 format!(

@@ -8,6 +8,14 @@
 //!     createNamespace: true   # add the Namespace unless a template defines it
 //!   prod:
 //!     namespace: shop
+//!     kubeVersion: v1.34.4    # what Helm charts see as .Capabilities (default: Helm's own)
+//!     apiVersions: [monitoring.coreos.com/v1]
+//! charts:
+//!   metrics:                  # the release name
+//!     chart: charts/metrics-server
+//!     namespace: kube-system  # default: the environment's namespace
+//!     values: charts/metrics.values.yaml   # a template, like those under templates/
+//!     environments: [prod]    # default: every environment
 //! ```
 //!
 //! Unknown keys are errors (a typo such as `namepsace` must not silently fall back to a default).
@@ -30,6 +38,45 @@ pub struct Project {
     pub project: String,
     /// Environments by name, in file order of their names (sorted).
     pub environments: BTreeMap<String, Environment>,
+    /// Helm charts by release name.
+    #[serde(default)]
+    pub charts: BTreeMap<String, Chart>,
+}
+
+/// Where chart directories and their values templates live in a project.
+pub const CHARTS_DIR: &str = "charts/";
+
+/// One Helm chart release of a project.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Chart {
+    /// The chart directory in the project, under `charts/` (e.g. `charts/metrics-server`).
+    pub chart: String,
+    /// The namespace of the release (default: the environment's).
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// A values template under `charts/` (rendered like `templates/`: it sees `values`, `env`,
+    /// `project` and `secrets`); its output is the chart's values.
+    #[serde(default)]
+    pub values: Option<String>,
+    /// The environments that get this release (default: every one).
+    #[serde(default)]
+    pub environments: Option<Vec<String>>,
+    /// A chart repository URL (not read yet: vendor the chart).
+    #[serde(default)]
+    pub repo: Option<String>,
+    /// The chart version of a repository chart.
+    #[serde(default)]
+    pub version: Option<String>,
+}
+
+impl Chart {
+    /// Whether environment `env` gets this release.
+    pub fn applies_to(&self, env: &str) -> bool {
+        self.environments
+            .as_ref()
+            .is_none_or(|list| list.iter().any(|e| e == env))
+    }
 }
 
 /// One environment of a project.
@@ -43,6 +90,13 @@ pub struct Environment {
     /// `--prune-protected`.
     #[serde(default, rename = "createNamespace")]
     pub create_namespace: bool,
+    /// The Kubernetes version charts see as `.Capabilities.KubeVersion` (`helm template
+    /// --kube-version`), so an offline render equals what the cluster would get.
+    #[serde(default, rename = "kubeVersion")]
+    pub kube_version: Option<String>,
+    /// Extra API versions charts see in `.Capabilities.APIVersions` (`--api-versions`).
+    #[serde(default, rename = "apiVersions")]
+    pub api_versions: Vec<String>,
 }
 
 /// Whether `s` is a DNS-1123 label: 1–63 of `a-z`, `0-9`, `-`, starting and ending alphanumeric.
@@ -132,6 +186,11 @@ impl Project {
                 ));
             }
         }
+        for (release, chart) in &project.charts {
+            check_chart(&project, release, chart).map_err(|(needle, message, help)| {
+                at(&needle, format!("chart {release}: {message}"), &help)
+            })?;
+        }
         Ok(project)
     }
 
@@ -147,6 +206,81 @@ impl Project {
                 ))
         })
     }
+}
+
+/// Checks one chart entry: a release name Helm accepts, a chart directory and values template
+/// under `charts/` inside the project, known environments. On error: the text to point at, the
+/// message and what to do.
+fn check_chart(
+    project: &Project,
+    release: &str,
+    chart: &Chart,
+) -> Result<(), (String, String, String)> {
+    if !is_dns_label(release) || release.len() > 53 {
+        return Err((
+            format!("{release}:"),
+            "the release name is not a DNS label of at most 53 characters (Helm's rule)".into(),
+            "use lowercase letters, digits and '-'".into(),
+        ));
+    }
+    if chart.repo.is_some() || chart.chart.starts_with("oci://") {
+        return Err((
+            format!("{release}:"),
+            "chart repositories and OCI registries are not read yet".into(),
+            format!(
+                "vendor the chart into the project (`helm pull REPO/CHART --version V --untar --untardir {CHARTS_DIR}`) and name its directory in chart:"
+            ),
+        ));
+    }
+    let inside = |path: &str| {
+        path.starts_with(CHARTS_DIR)
+            && path.len() > CHARTS_DIR.len()
+            && path
+                .split('/')
+                .all(|seg| !seg.is_empty() && seg != "." && seg != ".." && !seg.starts_with('.'))
+    };
+    if !inside(chart.chart.trim_end_matches('/')) {
+        return Err((
+            format!("chart: {}", chart.chart),
+            format!(
+                "chart {:?} is not a directory under {CHARTS_DIR}",
+                chart.chart
+            ),
+            format!(
+                "put the chart's directory under {CHARTS_DIR} (e.g. {CHARTS_DIR}{release}) and name it here"
+            ),
+        ));
+    }
+    if let Some(values) = &chart.values
+        && !inside(values)
+    {
+        return Err((
+            format!("values: {values}"),
+            format!("values {values:?} is not a file under {CHARTS_DIR}"),
+            format!(
+                "put the values template under {CHARTS_DIR} (e.g. {CHARTS_DIR}{release}.values.yaml)"
+            ),
+        ));
+    }
+    if let Some(ns) = &chart.namespace
+        && !is_dns_label(ns)
+    {
+        return Err((
+            format!("namespace: {ns}"),
+            format!("namespace {ns:?} is not a valid namespace name"),
+            "use 1-63 lowercase letters, digits and '-'".into(),
+        ));
+    }
+    for env in chart.environments.iter().flatten() {
+        if !project.environments.contains_key(env) {
+            return Err((
+                env.to_string(),
+                format!("environment {env:?} is not defined"),
+                "name environments defined under environments:".into(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The range of the first line containing `needle` (trimmed), for pointing at a key.

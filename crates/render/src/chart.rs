@@ -1,0 +1,489 @@
+//! Helm charts as a render source: every release of `lockstep.yaml`'s `charts:` for the
+//! environment is rendered by the real `helm template`. Its values come from a values template in
+//! which secrets are sealed placeholders, so Helm never receives a value; the values reach Helm on
+//! a pipe and the chart (which holds no secret) is copied into a private scratch directory that is
+//! removed afterwards. Helm stores nothing: no release Secret, no values file, no cache of ours.
+//!
+//! In the chart's output a placeholder may end up only in a Secret's `data`/`stringData`, as in
+//! templates. A chart that base64-encodes a value (`b64enc`) hides its placeholder: such `data`
+//! entries are decoded, and the placeholder is marked for base64 at apply time (or, inside a
+//! larger text, the entry moves to `stringData`, which apply encodes). A sealed value passed in
+//! that appears nowhere in the output (the chart hashed or changed it) is an error: it would
+//! otherwise be a silently wrong credential.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use yaml_serde::{Mapping, Value};
+
+use super::diagnostic::Diagnostic;
+use super::project::{Chart, Environment};
+use super::sealed::{self, SealedRef, Transform};
+use lockstep_core::snapshot::Snapshot;
+
+/// The environment variable naming the `helm` program (default: `helm` on `PATH`).
+pub const HELM_ENV: &str = "LOCKSTEP_HELM";
+
+/// How long one `helm template` may take.
+pub const HELM_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Data one `helm template` process may use (`RLIMIT_DATA`), in bytes.
+pub const HELM_MEMORY: u64 = 1024 * 1024 * 1024;
+
+/// Bytes of Helm's error output kept for a message.
+const MAX_STDERR: usize = 16 * 1024;
+
+/// How charts are rendered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Charts {
+    /// By running Helm.
+    Helm(Helm),
+    /// Not at all: only their values templates are rendered (the controller's render probe
+    /// checks those; the chart itself is rendered by Helm in its own bounded process).
+    ValuesOnly,
+}
+
+impl Default for Charts {
+    fn default() -> Charts {
+        Charts::Helm(Helm::from_env())
+    }
+}
+
+/// The `helm` program and its bounds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Helm {
+    /// The program (`$LOCKSTEP_HELM`, else `helm` on `PATH`).
+    pub program: PathBuf,
+    /// Wall-clock time before it is killed.
+    pub timeout: Duration,
+    /// Its `RLIMIT_DATA`, in bytes.
+    pub memory: u64,
+}
+
+impl Helm {
+    /// `$LOCKSTEP_HELM` or `helm`, with the default bounds.
+    pub fn from_env() -> Helm {
+        let program = std::env::var_os(HELM_ENV)
+            .filter(|p| !p.is_empty())
+            .map_or_else(|| PathBuf::from("helm"), PathBuf::from);
+        Helm {
+            program,
+            timeout: HELM_TIMEOUT,
+            memory: HELM_MEMORY,
+        }
+    }
+}
+
+/// One release's values, rendered from its values template.
+pub(crate) struct Values {
+    /// The values as YAML text (sealed placeholders for secrets).
+    pub text: String,
+    /// Each sealed reference passed in, with the values key it sits at (`db.password`).
+    pub passed: Vec<(SealedRef, String)>,
+}
+
+impl Values {
+    /// Parses a values template's output; `file` names it in messages.
+    pub(crate) fn parse(file: &str, text: String) -> Result<Values, Diagnostic> {
+        let value: Value = if text.trim().is_empty() {
+            Value::Mapping(Mapping::new())
+        } else {
+            yaml_serde::from_str(&text).map_err(|e| {
+                super::project::yaml_diagnostic(file, &text, &e).with_help(
+                    "the values template must produce a YAML mapping: the chart's values",
+                )
+            })?
+        };
+        if !matches!(value, Value::Mapping(_)) {
+            return Err(Diagnostic::new("the chart's values are not a mapping")
+                .in_file(file)
+                .with_help("write the values as `key: value` lines, as in a chart's values.yaml"));
+        }
+        let mut passed = Vec::new();
+        strings(&value, &mut Vec::new(), &mut |path, s| {
+            for (_, r) in SealedRef::find_all(s) {
+                passed.push((r, path.join(".")));
+            }
+        });
+        Ok(Values { text, passed })
+    }
+}
+
+/// What `helm template` printed for one release.
+pub(crate) struct Output {
+    /// The release name.
+    pub release: String,
+    /// The chart directory in the project.
+    pub chart_dir: String,
+    /// The release's namespace.
+    pub namespace: String,
+    /// Helm's standard output: the rendered manifests.
+    pub text: String,
+    /// The sealed references passed in.
+    pub passed: Vec<(SealedRef, String)>,
+}
+
+/// One release to render: its name, its chart and its namespace.
+#[derive(Clone, Copy)]
+pub(crate) struct Release<'a> {
+    /// The release name.
+    pub name: &'a str,
+    /// The chart entry of `lockstep.yaml`.
+    pub chart: &'a Chart,
+    /// The release's namespace.
+    pub namespace: &'a str,
+}
+
+/// Renders one release with Helm: the chart's files copied into a private scratch directory, the
+/// values on standard input, `.Capabilities` from the environment's profile; at most `max_output`
+/// bytes of output.
+pub(crate) fn template(
+    helm: &Helm,
+    snapshot: &Snapshot,
+    release: &Release<'_>,
+    environment: &Environment,
+    values: &Values,
+    max_output: usize,
+) -> Result<String, Diagnostic> {
+    let Release {
+        name: release,
+        chart,
+        namespace,
+    } = *release;
+    let chart_dir = chart.chart.trim_end_matches('/');
+    let fail =
+        |message: String| Diagnostic::new(format!("chart {release}: {message}")).in_file(chart_dir);
+    let prefix = format!("{chart_dir}/");
+    if snapshot.get(&format!("{prefix}Chart.yaml")).is_none() {
+        return Err(fail(format!("{chart_dir}/Chart.yaml does not exist"))
+            .with_help("name a chart directory (one holding Chart.yaml) under charts/"));
+    }
+    let scratch =
+        Scratch::new().map_err(|e| fail(format!("cannot make a scratch directory: {e}")))?;
+    let root = scratch.0.join("chart");
+    for (path, bytes) in snapshot.under(&prefix) {
+        let to = root.join(&path[prefix.len()..]);
+        let written = to
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(&to, bytes));
+        written.map_err(|e| fail(format!("cannot copy {path} for Helm: {e}")))?;
+    }
+    let home = scratch.0.join("helm");
+    let mut cmd = Command::new(&helm.program);
+    cmd.arg("template").arg(release).arg(&root).args([
+        "--namespace",
+        namespace,
+        "--values",
+        "-",
+        "--include-crds",
+    ]);
+    if let Some(v) = &environment.kube_version {
+        cmd.args(["--kube-version", v]);
+    }
+    for api in &environment.api_versions {
+        cmd.args(["--api-versions", api]);
+    }
+    // Nothing of the host's Helm setup (repositories, plugins, registry logins) plays a part.
+    cmd.env_clear()
+        .env("HOME", &home)
+        .env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_DATA_HOME", home.join("data"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => fail(format!(
+            "charts are rendered by the helm program (Helm v3 or v4), and {} was not found",
+            helm.program.display()
+        ))
+        .with_help(format!(
+            "install Helm, or set {HELM_ENV} to the helm program"
+        )),
+        _ => fail(format!("cannot run {}: {e}", helm.program.display())),
+    })?;
+    let _ = rlimit::prlimit(
+        child.id() as i32,
+        rlimit::Resource::DATA,
+        Some((helm.memory, helm.memory)),
+        None,
+    );
+    let stdin = child.stdin.take();
+    let text = values.text.clone();
+    let feeder = std::thread::spawn(move || {
+        if let Some(mut stdin) = stdin {
+            let _ = stdin.write_all(text.as_bytes());
+        }
+    });
+    let stdout = child.stdout.take();
+    let reader = std::thread::spawn(move || read_bounded(stdout, max_output));
+    let stderr = child.stderr.take();
+    let errors = std::thread::spawn(move || read_bounded(stderr, MAX_STDERR));
+    let deadline = Instant::now() + helm.timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => return Err(fail(format!("waiting for helm: {e}"))),
+        }
+    };
+    let _ = feeder.join();
+    let (out, too_long) = reader.join().unwrap_or_default();
+    let (err, _) = errors.join().unwrap_or_default();
+    let Some(status) = status else {
+        return Err(fail(format!(
+            "helm template took longer than {}s and was stopped",
+            helm.timeout.as_secs()
+        ))
+        .with_help("look for a runaway loop in the chart's templates"));
+    };
+    if too_long {
+        return Err(fail(format!(
+            "the chart's output is larger than the {max_output} bytes left for the render"
+        ))
+        .with_help(
+            "a render is bounded; split the environment, or look for a runaway loop in the chart",
+        ));
+    }
+    if !status.success() {
+        let said = String::from_utf8_lossy(&err);
+        let said = said.trim();
+        return Err(fail(format!(
+            "helm template failed ({status}): {}",
+            if said.is_empty() { "no message" } else { said }
+        ))
+        .with_help("the message above is Helm's; it names the chart file at fault"));
+    }
+    String::from_utf8(out).map_err(|_| fail("helm printed output that is not UTF-8".into()))
+}
+
+/// Reads at most `limit` bytes; the flag says whether there was more (the rest is drained).
+fn read_bounded(from: Option<impl Read>, limit: usize) -> (Vec<u8>, bool) {
+    let Some(mut from) = from else {
+        return (Vec::new(), false);
+    };
+    let mut out = Vec::new();
+    let mut buf = [0u8; 64 * 1024];
+    let mut over = false;
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) if out.len() + n > limit => {
+                over = true;
+                let room = limit.saturating_sub(out.len());
+                out.extend_from_slice(&buf[..room]);
+            }
+            Ok(n) if !over => out.extend_from_slice(&buf[..n]),
+            Ok(_) => {}
+        }
+    }
+    (out, over)
+}
+
+/// The project file a document of Helm's output came from: its `# Source: <chart>/templates/x`
+/// line, with the chart's name replaced by its directory.
+pub(crate) fn source_of(doc: &str, chart_dir: &str) -> String {
+    let named = doc
+        .lines()
+        .find_map(|l| l.strip_prefix("# Source: "))
+        .map(str::trim);
+    match named.and_then(|n| n.split_once('/')) {
+        Some((_, rest)) => format!("{chart_dir}/{rest}"),
+        None => chart_dir.to_string(),
+    }
+}
+
+/// In a v1 Secret of a chart's output, the `data` entries whose base64 hides a placeholder (the
+/// chart's `b64enc`): one whole placeholder is marked for base64 at apply; a placeholder inside a
+/// larger text moves, decoded, to `stringData` (which apply encodes). Returns whether anything
+/// changed.
+pub(crate) fn reveal_encoded(object: &mut Value) -> bool {
+    let is_secret = object.get("kind").and_then(Value::as_str) == Some("Secret")
+        && object.get("apiVersion").and_then(Value::as_str) == Some("v1");
+    if !is_secret {
+        return false;
+    }
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let Some(Value::Mapping(data)) = object.get_mut("data") else {
+        return false;
+    };
+    let mut moved = Vec::new();
+    let mut changed = false;
+    for (key, value) in data.iter_mut() {
+        let Some(text) = value.as_str() else { continue };
+        let Some(decoded) = b64
+            .decode(text.trim())
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+        else {
+            continue;
+        };
+        if !decoded.contains(sealed::PLACEHOLDER_PREFIX) {
+            continue;
+        }
+        let found = SealedRef::find_all(&decoded);
+        match found.as_slice() {
+            [(range, r)] if *range == (0..decoded.len()) && r.transform == Transform::Plain => {
+                let mut marked = r.clone();
+                marked.transform = Transform::Base64;
+                *value = Value::String(marked.placeholder());
+                changed = true;
+            }
+            _ => moved.push((key.clone(), decoded)),
+        }
+    }
+    if moved.is_empty() {
+        return changed;
+    }
+    for (key, _) in &moved {
+        data.remove(key);
+    }
+    let string_data = object.as_mapping_mut().map(|m| {
+        m.entry(Value::from("stringData"))
+            .or_insert_with(|| Value::Mapping(Mapping::new()))
+    });
+    if let Some(Value::Mapping(sd)) = string_data {
+        for (key, text) in moved {
+            sd.insert(key, Value::String(text));
+        }
+    }
+    true
+}
+
+/// Every sealed reference anywhere in `value`'s strings.
+pub(crate) fn refs_in(value: &Value) -> Vec<SealedRef> {
+    let mut out = Vec::new();
+    strings(value, &mut Vec::new(), &mut |_, s| {
+        out.extend(SealedRef::find_all(s).into_iter().map(|(_, r)| r));
+    });
+    out
+}
+
+/// Calls `f` with every string of `value` and its key path.
+fn strings(value: &Value, path: &mut Vec<String>, f: &mut dyn FnMut(&[String], &str)) {
+    match value {
+        Value::String(s) => f(path, s),
+        Value::Mapping(m) => {
+            for (k, v) in m {
+                path.push(k.as_str().map_or_else(|| format!("{k:?}"), str::to_string));
+                strings(v, path, f);
+                path.pop();
+            }
+        }
+        Value::Sequence(items) => {
+            for (i, v) in items.iter().enumerate() {
+                path.push(i.to_string());
+                strings(v, path, f);
+                path.pop();
+            }
+        }
+        Value::Tagged(t) => strings(&t.value, path, f),
+        _ => {}
+    }
+}
+
+/// A private directory for one Helm run (memory-backed `/dev/shm` when there is one), removed
+/// when dropped. It holds the chart, which holds no secret.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> std::io::Result<Scratch> {
+        let shm = Path::new("/dev/shm");
+        match Scratch::within(shm) {
+            Ok(s) => Ok(s),
+            Err(_) => Scratch::within(&std::env::temp_dir()),
+        }
+    }
+
+    fn within(base: &Path) -> std::io::Result<Scratch> {
+        use std::os::unix::fs::DirBuilderExt as _;
+        let mut suffix = [0u8; 8];
+        getrandom::fill(&mut suffix).map_err(|e| std::io::Error::other(e.to_string()))?;
+        let dir = base.join(format!(
+            "lockstep-chart-{}-{}",
+            std::process::id(),
+            hex::encode(suffix)
+        ));
+        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        Ok(Scratch(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encoded_placeholders_in_secret_data_are_revealed() {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let whole = "<sealed:environments/dev/secrets.yaml#/db/password>";
+        let inside = format!("{{\"auth\":\"{whole}\"}}");
+        let text = format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: s}}\ndata:\n  pw: {}\n  cfg: {}\n  plain: aGVsbG8=\n",
+            b64.encode(whole),
+            b64.encode(&inside)
+        );
+        let mut v: Value = yaml_serde::from_str(&text).expect("yaml");
+        assert!(reveal_encoded(&mut v));
+        assert_eq!(
+            v["data"]["pw"].as_str(),
+            Some("<sealed:environments/dev/secrets.yaml#/db/password|base64>")
+        );
+        assert_eq!(v["data"]["plain"].as_str(), Some("aGVsbG8="));
+        assert!(v["data"].get("cfg").is_none());
+        assert_eq!(v["stringData"]["cfg"].as_str(), Some(inside.as_str()));
+        // Not a Secret: nothing is decoded.
+        let mut cm: Value =
+            yaml_serde::from_str(&text.replace("kind: Secret", "kind: ConfigMap")).expect("yaml");
+        assert!(!reveal_encoded(&mut cm));
+    }
+
+    #[test]
+    fn sources_name_the_chart_directory() {
+        assert_eq!(
+            source_of(
+                "# Source: metrics-server/templates/svc.yaml\nkind: Service\n",
+                "charts/metrics"
+            ),
+            "charts/metrics/templates/svc.yaml"
+        );
+        assert_eq!(
+            source_of("# Source: app/charts/db/templates/a.yaml\n", "charts/app"),
+            "charts/app/charts/db/templates/a.yaml"
+        );
+        assert_eq!(source_of("kind: X\n", "charts/app"), "charts/app");
+    }
+
+    #[test]
+    fn values_record_where_each_sealed_value_was_passed() {
+        let v = Values::parse(
+            "charts/a.values.yaml",
+            "db:\n  password: <sealed:environments/dev/secrets.yaml#/db/pw>\nlist: [x, '<sealed:environments/dev/secrets.yaml#/t>']\n".into(),
+        )
+        .expect("parses");
+        let keys: Vec<&str> = v.passed.iter().map(|(_, k)| k.as_str()).collect();
+        assert_eq!(keys, ["db.password", "list.1"]);
+        assert!(Values::parse("charts/a.values.yaml", "- a\n".into()).is_err());
+        assert!(
+            Values::parse("charts/a.values.yaml", "".into())
+                .expect("empty")
+                .passed
+                .is_empty()
+        );
+    }
+}

@@ -1,0 +1,474 @@
+//! Helm charts as a render source, with the real `helm` (the pinned peer): a chart renders to what
+//! `helm template` prints, object by object; secret values reach Helm only sealed and the cluster
+//! only at apply (plain, `b64enc`, and inside a larger `b64enc` text), byte for byte what Helm
+//! would make of the real value; and the rules that keep a chart from misplacing or transforming
+//! a secret fail closed with the chart file and the values key.
+
+use crate::support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use base64::Engine as _;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+
+const BIN: &str = env!("CARGO_BIN_EXE_lockstep");
+const DEMO_RECIPIENT: &str = "age1cunssxzmelyguczf39cjyuztac9mh3wlk6hgqv0s8m7khtfyw47qxrz3zg";
+const MARKER: &str = "Chart-Marker-7f3a9c";
+
+fn write(root: &Path, rel: &str, text: &str) {
+    let path = root.join(rel);
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    std::fs::write(path, text).expect("write");
+}
+
+/// A chart with a helper, a Deployment, a Service, a CRD under `crds/` and a subchart: what real
+/// charts are made of.
+fn web_chart(root: &Path) {
+    write(
+        root,
+        "charts/web/Chart.yaml",
+        "apiVersion: v2\nname: web\nversion: 1.2.3\nappVersion: \"4.5\"\n",
+    );
+    write(
+        root,
+        "charts/web/values.yaml",
+        "replicas: 1\nimage: nginx:1.27\nport: 8080\nextraLabels: {}\ncache:\n  enabled: true\n",
+    );
+    write(
+        root,
+        "charts/web/templates/_helpers.tpl",
+        "{{- define \"web.labels\" -}}\napp.kubernetes.io/name: {{ .Chart.Name }}\napp.kubernetes.io/instance: {{ .Release.Name }}\nhelm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}\n{{- with .Values.extraLabels }}\n{{ toYaml . }}\n{{- end }}\n{{- end }}\n",
+    );
+    write(
+        root,
+        "charts/web/templates/deployment.yaml",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {{ .Release.Name }}\n  labels:\n    {{- include \"web.labels\" . | nindent 4 }}\nspec:\n  replicas: {{ .Values.replicas }}\n  selector:\n    matchLabels:\n      app.kubernetes.io/instance: {{ .Release.Name }}\n  template:\n    metadata:\n      labels:\n        {{- include \"web.labels\" . | nindent 8 }}\n    spec:\n      containers:\n        - name: web\n          image: {{ .Values.image | quote }}\n          ports:\n            - containerPort: {{ .Values.port }}\n",
+    );
+    write(
+        root,
+        "charts/web/templates/service.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {{ .Release.Name }}\n  namespace: {{ .Release.Namespace }}\nspec:\n  ports:\n    - port: 80\n      targetPort: {{ .Values.port }}\n  selector:\n    app.kubernetes.io/instance: {{ .Release.Name }}\n",
+    );
+    write(
+        root,
+        "charts/web/crds/widgets.yaml",
+        "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: widgets.charts.example.com\nspec:\n  group: charts.example.com\n  names: {kind: Widget, plural: widgets, singular: widget}\n  scope: Namespaced\n  versions:\n    - name: v1\n      served: true\n      storage: true\n      schema:\n        openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}\n",
+    );
+    write(
+        root,
+        "charts/web/charts/cache/Chart.yaml",
+        "apiVersion: v2\nname: cache\nversion: 0.1.0\n",
+    );
+    write(
+        root,
+        "charts/web/charts/cache/templates/cm.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-cache\ndata:\n  size: {{ .Values.size | default \"64Mi\" | quote }}\n",
+    );
+}
+
+/// The objects of a YAML stream by `Kind/name`, without `metadata.namespace` (lockstep gives
+/// namespaced objects the release's namespace, as `helm install -n` does).
+fn objects(stream: &str) -> BTreeMap<String, yaml_serde::Value> {
+    let mut out = BTreeMap::new();
+    for doc in stream.split("\n---") {
+        let Ok(mut v) = yaml_serde::from_str::<yaml_serde::Value>(doc) else {
+            continue;
+        };
+        let (Some(kind), Some(name)) = (
+            v["kind"].as_str().map(str::to_string),
+            v["metadata"]["name"].as_str().map(str::to_string),
+        ) else {
+            continue;
+        };
+        if let Some(meta) = v.get_mut("metadata").and_then(|m| m.as_mapping_mut()) {
+            meta.remove("namespace");
+        }
+        out.insert(format!("{kind}/{name}"), v);
+    }
+    out
+}
+
+fn helm_template(helm: &Path, chart: &Path, release: &str, ns: &str, values: &str) -> String {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let values_file = scratch.path().join("values.yaml");
+    std::fs::write(&values_file, values).expect("write values");
+    let out = Command::new(helm)
+        .args(["template", release])
+        .arg(chart)
+        .args(["--namespace", ns, "--include-crds", "--values"])
+        .arg(&values_file)
+        .env("HOME", scratch.path())
+        .env("HELM_CACHE_HOME", scratch.path().join("cache"))
+        .env("HELM_CONFIG_HOME", scratch.path().join("config"))
+        .env("HELM_DATA_HOME", scratch.path().join("data"))
+        .output()
+        .expect("helm template");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+fn lockstep(args: &[&str], helm: &Path, home: &Path) -> Output {
+    support::run_isolated(
+        Path::new(BIN),
+        args,
+        &[("LOCKSTEP_HELM", &helm.to_string_lossy())],
+        home,
+    )
+}
+
+#[test]
+fn a_local_chart_renders_to_what_helm_template_prints() {
+    let helm = need!("helm", support::peer("helm"));
+    let project = tempfile::tempdir().expect("tempdir");
+    let home = tempfile::tempdir().expect("tempdir");
+    let root = project.path();
+    write(
+        root,
+        "lockstep.yaml",
+        "project: site\nenvironments:\n  dev: {namespace: site-dev}\n  prod: {namespace: site}\ncharts:\n  front:\n    chart: charts/web\n    values: charts/front.values.yaml\n    namespace: web\n  other:\n    chart: charts/web\n    environments: [prod]\n",
+    );
+    write(root, "values.yaml", "replicas: 3\n");
+    write(
+        root,
+        "charts/front.values.yaml",
+        "replicas: {{ values.replicas }}\nextraLabels:\n  tier: {{ env.name }}\ncache:\n  enabled: {{ values.replicas > 1 }}\n",
+    );
+    web_chart(root);
+    let out = lockstep(
+        &["render", "--env", "dev", &root.to_string_lossy()],
+        &helm,
+        home.path(),
+    );
+    support::assert_success(&out);
+    let ours = String::from_utf8(out.stdout).expect("utf-8");
+    let theirs = helm_template(
+        &helm,
+        &root.join("charts/web"),
+        "front",
+        "web",
+        "replicas: 3\nextraLabels:\n  tier: dev\ncache:\n  enabled: true\n",
+    );
+    let (ours_objects, helm_objects) = (objects(&ours), objects(&theirs));
+    assert_eq!(
+        ours_objects.keys().collect::<Vec<_>>(),
+        helm_objects.keys().collect::<Vec<_>>()
+    );
+    assert_eq!(ours_objects, helm_objects, "object by object");
+    assert!(helm_objects.contains_key("CustomResourceDefinition/widgets.charts.example.com"));
+    assert!(
+        helm_objects.contains_key("ConfigMap/front-cache"),
+        "the subchart"
+    );
+    // Each object names the chart file it came from, and lands in the release's namespace.
+    assert!(
+        ours.contains("# Source: charts/web/templates/deployment.yaml\n"),
+        "{ours}"
+    );
+    assert!(
+        ours.contains("# Source: charts/web/charts/cache/templates/cm.yaml\n"),
+        "{ours}"
+    );
+    assert!(ours.contains("  namespace: web\n"), "{ours}");
+    assert!(
+        !ours.contains("other"),
+        "the prod-only release is not in dev"
+    );
+    // prod gets both releases; the second with the chart's own values.
+    let out = lockstep(
+        &["render", "--env", "prod", &root.to_string_lossy()],
+        &helm,
+        home.path(),
+    );
+    support::assert_success(&out);
+    let prod = objects(&String::from_utf8(out.stdout).expect("utf-8"));
+    assert_eq!(
+        prod["Deployment/other"]["spec"]["replicas"].as_u64(),
+        Some(1)
+    );
+    assert_eq!(
+        prod["Deployment/front"]["spec"]["replicas"].as_u64(),
+        Some(3)
+    );
+    // Nothing of the run stays behind in the memory-backed scratch place.
+    let left: Vec<_> = std::fs::read_dir("/dev/shm")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("lockstep-chart-")
+        })
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// A project whose `dev` environment has a secrets file (the demo key's) and a chart taking the
+/// secret through three paths into one Secret.
+fn secret_chart_project(root: &Path, namespace: &str, password: &str) {
+    write(
+        root,
+        "lockstep.yaml",
+        &format!(
+            "project: vault\nenvironments:\n  dev: {{namespace: {namespace}}}\ncharts:\n  db:\n    chart: charts/db\n    values: charts/db.values.yaml\n"
+        ),
+    );
+    let sealed = support::encrypt_stdin(
+        Path::new(BIN),
+        DEMO_RECIPIENT,
+        "environments/dev/secrets.yaml",
+        &format!("db:\n  password: {password}\n"),
+    );
+    write(
+        root,
+        "environments/dev/secrets.yaml",
+        &String::from_utf8(sealed).expect("utf-8"),
+    );
+    write(
+        root,
+        "charts/db/Chart.yaml",
+        "apiVersion: v2\nname: db\nversion: 0.1.0\n",
+    );
+    write(root, "charts/db/values.yaml", "password: \"\"\nuser: app\n");
+    write(
+        root,
+        "charts/db/templates/secret.yaml",
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {{ .Release.Name }}-auth\ntype: Opaque\ndata:\n  password: {{ .Values.password | b64enc | quote }}\n  dsn: {{ printf \"postgres://%s:%s@db:5432/app\" .Values.user .Values.password | b64enc | quote }}\nstringData:\n  plain: {{ .Values.password | quote }}\n",
+    );
+    write(
+        root,
+        "charts/db.values.yaml",
+        "password: {{ secrets.db.password }}\n",
+    );
+}
+
+#[tokio::test]
+async fn chart_secrets_stay_sealed_in_render_and_are_applied_as_helm_would_make_them() {
+    let helm = need!("helm", support::peer("helm"));
+    let cluster = need!("control plane", support::cluster());
+    let client = cluster.admin().await;
+    let ns = cluster.namespace(&client, "chart-secrets").await;
+    let project = tempfile::tempdir().expect("tempdir");
+    let home = tempfile::tempdir().expect("tempdir");
+    let root = project.path();
+    let password = format!("{MARKER}-pw");
+    secret_chart_project(root, &ns, &password);
+    let dir = root.to_string_lossy().into_owned();
+
+    // Render, without any key: the placeholders, marked for base64 where the chart encoded.
+    let out = lockstep(&["render", "--env", "dev", &dir], &helm, home.path());
+    support::assert_success(&out);
+    let rendered = String::from_utf8(out.stdout.clone()).expect("utf-8");
+    assert!(
+        rendered.contains("password: <sealed:environments/dev/secrets.yaml#/db/password|base64>"),
+        "{rendered}"
+    );
+    assert!(
+        rendered.contains(
+            "dsn: postgres://app:<sealed:environments/dev/secrets.yaml#/db/password>@db:5432/app"
+        ),
+        "{rendered}"
+    );
+    // Apply, with the key: the Secret's bytes are those Helm makes of the real value.
+    let kubeconfig = cluster.kubeconfig.to_string_lossy().into_owned();
+    let key = support::repo_root().join("keys-example/age.key");
+    let applied = lockstep(
+        &[
+            "apply",
+            "--wait=false",
+            "--env",
+            "dev",
+            "--kubeconfig",
+            &kubeconfig,
+            "--identity",
+            &key.to_string_lossy(),
+            &dir,
+        ],
+        &helm,
+        home.path(),
+    );
+    support::assert_success(&applied);
+    let live = Api::<Secret>::namespaced(client.clone(), &ns)
+        .get("db-auth")
+        .await
+        .expect("the chart's Secret");
+    let live: BTreeMap<String, Vec<u8>> = live
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect();
+    let by_helm = helm_template(
+        &helm,
+        &root.join("charts/db"),
+        "db",
+        &ns,
+        &format!("password: {password}\n"),
+    );
+    let by_helm = &objects(&by_helm)["Secret/db-auth"];
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut expected: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for (k, v) in by_helm["data"].as_mapping().expect("data") {
+        expected.insert(
+            k.as_str().expect("key").into(),
+            b64.decode(v.as_str().expect("b64")).expect("b64"),
+        );
+    }
+    for (k, v) in by_helm["stringData"].as_mapping().expect("stringData") {
+        expected.insert(
+            k.as_str().expect("key").into(),
+            v.as_str().expect("text").as_bytes().to_vec(),
+        );
+    }
+    assert_eq!(live, expected, "byte for byte what Helm makes of the value");
+
+    // The value is nowhere but in the cluster: not in any output, nor any file written.
+    let said = [&out, &applied]
+        .iter()
+        .map(|o| {
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            )
+        })
+        .collect::<String>();
+    assert!(
+        !said.contains(MARKER) && !said.contains(&b64.encode(&password)),
+        "{said}"
+    );
+    let scratch_left: Vec<PathBuf> = std::fs::read_dir(std::env::temp_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("lockstep-chart-")
+        })
+        .map(|e| e.path())
+        .collect();
+    let mut places = vec![
+        home.path().to_path_buf(),
+        root.to_path_buf(),
+        PathBuf::from("/dev/shm"),
+    ];
+    places.extend(scratch_left);
+    for dir in &places {
+        for file in files_under(dir) {
+            let bytes = std::fs::read(&file).unwrap_or_default();
+            assert!(
+                !bytes.windows(MARKER.len()).any(|w| w == MARKER.as_bytes()),
+                "{} holds the secret",
+                file.display()
+            );
+        }
+    }
+}
+
+/// Every regular file under `dir` (not following links; unreadable parts are skipped).
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(e.path()),
+                Ok(t) if t.is_file() => out.push(e.path()),
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn charts_that_misplace_or_transform_a_secret_or_fail_are_refused_naming_file_and_key() {
+    let helm = need!("helm", support::peer("helm"));
+    let project = tempfile::tempdir().expect("tempdir");
+    let home = tempfile::tempdir().expect("tempdir");
+    let root = project.path();
+    secret_chart_project(root, "vault-dev", "not-read");
+    let dir = root.to_string_lossy().into_owned();
+    let render = |helm: &Path| {
+        let out = lockstep(&["render", "--env", "dev", &dir], helm, home.path());
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.stdout.is_empty(), "nothing printed on error");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // Into a ConfigMap: refused, naming the chart file, the field and the values key.
+    write(
+        root,
+        "charts/db/templates/leak.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: leak\ndata:\n  DB_PASSWORD: {{ .Values.password | quote }}\n",
+    );
+    let err = render(&helm);
+    assert!(err.contains("charts/db/templates/leak.yaml"), "{err}");
+    assert!(
+        err.contains("ConfigMap `data.DB_PASSWORD`") && err.contains("values key password"),
+        "{err}"
+    );
+    assert!(err.contains("existingSecret"), "says what to do: {err}");
+    std::fs::remove_file(root.join("charts/db/templates/leak.yaml")).expect("rm");
+    // Hashed: the value would be wrong, so the key is named.
+    write(
+        root,
+        "charts/db/templates/secret.yaml",
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: auth\nstringData:\n  digest: {{ .Values.password | sha256sum }}\n",
+    );
+    let err = render(&helm);
+    assert!(
+        err.contains("chart db: the sealed secret secrets.db.password passed in values key password appears nowhere"),
+        "{err}"
+    );
+    // A chart Helm cannot render: Helm's own message, with the chart.
+    write(
+        root,
+        "charts/db/templates/secret.yaml",
+        "{{ .Values.nope.deeper }}\n",
+    );
+    let err = render(&helm);
+    assert!(
+        err.contains("helm template failed") && err.contains("db/templates/secret.yaml"),
+        "{err}"
+    );
+    // No helm: said so, with what to do.
+    let err = render(Path::new("/nonexistent/helm"));
+    assert!(
+        err.contains("/nonexistent/helm was not found") && err.contains("LOCKSTEP_HELM"),
+        "{err}"
+    );
+    // A chart outside charts/, or from a repository (not read yet), is refused in lockstep.yaml.
+    write(
+        root,
+        "lockstep.yaml",
+        "project: vault\nenvironments:\n  dev: {namespace: vault-dev}\ncharts:\n  db:\n    chart: ../elsewhere\n",
+    );
+    let err = render(&helm);
+    assert!(
+        err.contains("lockstep.yaml") && err.contains("not a directory under charts/"),
+        "{err}"
+    );
+    write(
+        root,
+        "lockstep.yaml",
+        "project: vault\nenvironments:\n  dev: {namespace: vault-dev}\ncharts:\n  db:\n    chart: metrics-server\n    repo: https://charts.example.org\n    version: 3.12.2\n",
+    );
+    let err = render(&helm);
+    assert!(
+        err.contains("not read yet") && err.contains("helm pull"),
+        "{err}"
+    );
+}
