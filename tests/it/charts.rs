@@ -1,4 +1,4 @@
-//! Helm charts as a render source, with the real `helm` (the pinned peer): a chart renders to what
+//! Helm charts as a render source, with the real `helm` v3 and v4 (the pinned peers): a chart renders to what
 //! `helm template` prints, object by object; secret values reach Helm only sealed and the cluster
 //! only at apply (plain, `b64enc`, and inside a larger `b64enc` text), byte for byte what Helm
 //! would make of the real value; and the rules that keep a chart from misplacing or transforming
@@ -114,6 +114,11 @@ fn helm_template(helm: &Path, chart: &Path, release: &str, ns: &str, values: &st
     String::from_utf8(out.stdout).expect("utf-8")
 }
 
+/// Helm v3 and Helm v4 (`helm4`), or why not.
+fn helms() -> Result<Vec<PathBuf>, String> {
+    Ok(vec![support::peer("helm")?, support::peer("helm4")?])
+}
+
 fn lockstep(args: &[&str], helm: &Path, home: &Path) -> Output {
     support::run_isolated(
         Path::new(BIN),
@@ -125,7 +130,12 @@ fn lockstep(args: &[&str], helm: &Path, home: &Path) -> Output {
 
 #[test]
 fn a_local_chart_renders_to_what_helm_template_prints() {
-    let helm = need!("helm", support::peer("helm"));
+    for helm in need!("helm v3 and v4", helms()) {
+        renders_as_helm_does(&helm);
+    }
+}
+
+fn renders_as_helm_does(helm: &Path) {
     let project = tempfile::tempdir().expect("tempdir");
     let home = tempfile::tempdir().expect("tempdir");
     let root = project.path();
@@ -143,13 +153,13 @@ fn a_local_chart_renders_to_what_helm_template_prints() {
     web_chart(root);
     let out = lockstep(
         &["render", "--env", "dev", &root.to_string_lossy()],
-        &helm,
+        helm,
         home.path(),
     );
     support::assert_success(&out);
     let ours = String::from_utf8(out.stdout).expect("utf-8");
     let theirs = helm_template(
-        &helm,
+        helm,
         &root.join("charts/web"),
         "front",
         "web",
@@ -183,7 +193,7 @@ fn a_local_chart_renders_to_what_helm_template_prints() {
     // prod gets both releases; the second with the chart's own values.
     let out = lockstep(
         &["render", "--env", "prod", &root.to_string_lossy()],
-        &helm,
+        helm,
         home.path(),
     );
     support::assert_success(&out);
@@ -251,8 +261,14 @@ fn secret_chart_project(root: &Path, namespace: &str, password: &str) {
 
 #[tokio::test]
 async fn chart_secrets_stay_sealed_in_render_and_are_applied_as_helm_would_make_them() {
-    let helm = need!("helm", support::peer("helm"));
+    let helms = need!("helm v3 and v4", helms());
     let cluster = need!("control plane", support::cluster());
+    for helm in helms {
+        applies_as_helm_makes_it(&cluster, &helm).await;
+    }
+}
+
+async fn applies_as_helm_makes_it(cluster: &support::Cluster, helm: &Path) {
     let client = cluster.admin().await;
     let ns = cluster.namespace(&client, "chart-secrets").await;
     let project = tempfile::tempdir().expect("tempdir");
@@ -263,7 +279,7 @@ async fn chart_secrets_stay_sealed_in_render_and_are_applied_as_helm_would_make_
     let dir = root.to_string_lossy().into_owned();
 
     // Render, without any key: the placeholders, marked for base64 where the chart encoded.
-    let out = lockstep(&["render", "--env", "dev", &dir], &helm, home.path());
+    let out = lockstep(&["render", "--env", "dev", &dir], helm, home.path());
     support::assert_success(&out);
     let rendered = String::from_utf8(out.stdout.clone()).expect("utf-8");
     assert!(
@@ -291,7 +307,7 @@ async fn chart_secrets_stay_sealed_in_render_and_are_applied_as_helm_would_make_
             &key.to_string_lossy(),
             &dir,
         ],
-        &helm,
+        helm,
         home.path(),
     );
     support::assert_success(&applied);
@@ -306,7 +322,7 @@ async fn chart_secrets_stay_sealed_in_render_and_are_applied_as_helm_would_make_
         .map(|(k, v)| (k, v.0))
         .collect();
     let by_helm = helm_template(
-        &helm,
+        helm,
         &root.join("charts/db"),
         "db",
         &ns,
@@ -391,7 +407,12 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn charts_that_misplace_or_transform_a_secret_or_fail_are_refused_naming_file_and_key() {
-    let helm = need!("helm", support::peer("helm"));
+    for helm in need!("helm v3 and v4", helms()) {
+        refuses_misplaced_secrets(&helm);
+    }
+}
+
+fn refuses_misplaced_secrets(helm: &Path) {
     let project = tempfile::tempdir().expect("tempdir");
     let home = tempfile::tempdir().expect("tempdir");
     let root = project.path();
@@ -414,7 +435,7 @@ fn charts_that_misplace_or_transform_a_secret_or_fail_are_refused_naming_file_an
         "charts/db/templates/leak.yaml",
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: leak\ndata:\n  DB_PASSWORD: {{ .Values.password | quote }}\n",
     );
-    let err = render(&helm);
+    let err = render(helm);
     assert!(err.contains("charts/db/templates/leak.yaml"), "{err}");
     assert!(
         err.contains("ConfigMap `data.DB_PASSWORD`") && err.contains("values key password"),
@@ -428,7 +449,7 @@ fn charts_that_misplace_or_transform_a_secret_or_fail_are_refused_naming_file_an
         "charts/db/templates/secret.yaml",
         "apiVersion: v1\nkind: Secret\nmetadata:\n  name: auth\nstringData:\n  digest: {{ .Values.password | sha256sum }}\n",
     );
-    let err = render(&helm);
+    let err = render(helm);
     assert!(
         err.contains("chart db: the sealed secret secrets.db.password passed in values key password appears nowhere"),
         "{err}"
@@ -439,7 +460,7 @@ fn charts_that_misplace_or_transform_a_secret_or_fail_are_refused_naming_file_an
         "charts/db/templates/secret.yaml",
         "{{ .Values.nope.deeper }}\n",
     );
-    let err = render(&helm);
+    let err = render(helm);
     assert!(
         err.contains("helm template failed") && err.contains("db/templates/secret.yaml"),
         "{err}"
@@ -456,7 +477,7 @@ fn charts_that_misplace_or_transform_a_secret_or_fail_are_refused_naming_file_an
         "lockstep.yaml",
         "project: vault\nenvironments:\n  dev: {namespace: vault-dev}\ncharts:\n  db:\n    chart: ../elsewhere\n",
     );
-    let err = render(&helm);
+    let err = render(helm);
     assert!(
         err.contains("lockstep.yaml") && err.contains("not a directory under charts/"),
         "{err}"
@@ -466,7 +487,7 @@ fn charts_that_misplace_or_transform_a_secret_or_fail_are_refused_naming_file_an
         "lockstep.yaml",
         "project: vault\nenvironments:\n  dev: {namespace: vault-dev}\ncharts:\n  db:\n    chart: metrics-server\n    repo: https://charts.example.org\n    version: 3.12.2\n",
     );
-    let err = render(&helm);
+    let err = render(helm);
     assert!(
         err.contains("not read yet") && err.contains("helm pull"),
         "{err}"
