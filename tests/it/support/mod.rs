@@ -94,6 +94,24 @@ pub fn peer(name: &str) -> Result<PathBuf, String> {
     }
 }
 
+/// A real Helm chart that `scripts/peers` unpacked from the Go module shipping it
+/// (`metrics-server`, `external-dns`).
+pub fn chart(name: &str) -> Result<PathBuf, String> {
+    let bin = peers_bin()?;
+    let path = bin
+        .parent()
+        .map(|root| root.join("charts").join(name))
+        .unwrap_or_default();
+    if path.join("Chart.yaml").is_file() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "{} does not exist; fetch it with scripts/peers charts",
+            path.display()
+        ))
+    }
+}
+
 /// Runs `bin` in `home` (also its HOME and XDG_CONFIG_HOME) with no sops/age key variables from the
 /// caller's environment, plus `env`. Both lockstep and sops then see only what the test set up; running
 /// in `home` matters because sops looks for `.sops.yaml` from the working directory.
