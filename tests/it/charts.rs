@@ -299,6 +299,7 @@ async fn applies_as_helm_makes_it(cluster: &support::Cluster, helm: &Path) {
     // Apply, with the key: the Secret's bytes are those Helm makes of the real value.
     let kubeconfig = cluster.kubeconfig.to_string_lossy().into_owned();
     let key = support::repo_root().join("keys-example/age.key");
+    let key_file = key.to_string_lossy().into_owned();
     let applied = lockstep(
         &[
             "apply",
@@ -391,6 +392,54 @@ async fn applies_as_helm_makes_it(cluster: &support::Cluster, helm: &Path) {
             );
         }
     }
+
+    // Render twice, apply what was reviewed: a chart that changes a value (upper) or makes one
+    // (randAlphaNum) renders otherwise with the real values; the apply fails naming the field,
+    // and the Secret stays as it was.
+    let secret_template =
+        std::fs::read_to_string(root.join("charts/db/templates/secret.yaml")).expect("read");
+    for (key, expression) in [
+        ("shout", ".Values.password | upper"),
+        ("nonce", "randAlphaNum 12"),
+    ] {
+        write(
+            root,
+            "charts/db/templates/secret.yaml",
+            &format!("{secret_template}  {key}: {{{{ {expression} | quote }}}}\n"),
+        );
+        let refused = lockstep(
+            &[
+                "apply",
+                "--wait=false",
+                "--env",
+                "dev",
+                "--kubeconfig",
+                &kubeconfig,
+                "--identity",
+                &key_file,
+                &dir,
+            ],
+            helm,
+            home.path(),
+        );
+        let err = String::from_utf8_lossy(&refused.stderr).into_owned();
+        assert_ne!(refused.status.code(), Some(0), "{err}");
+        assert!(
+            err.contains("chart db: Secret/db-auth differs at `data.")
+                && err.contains("nothing was applied"),
+            "{key}: {err}"
+        );
+        assert!(!err.contains(MARKER), "{err}");
+        let now = Api::<Secret>::namespaced(client.clone(), &ns)
+            .get("db-auth")
+            .await
+            .expect("the Secret");
+        assert!(
+            !now.data.unwrap_or_default().contains_key(key),
+            "{key} was not applied"
+        );
+    }
+    write(root, "charts/db/templates/secret.yaml", &secret_template);
 }
 
 /// Every regular file under `dir` (not following links; unreadable parts are skipped).

@@ -62,6 +62,15 @@ pub enum DecryptError {
         /// What is wrong.
         message: String,
     },
+    /// A chart release whose render with the real values does not match the reviewed, sealed
+    /// render (or could not be made); the message names the object and field, never a value.
+    #[error("chart {release}: {message}")]
+    Chart {
+        /// The release.
+        release: String,
+        /// What differs or failed.
+        message: String,
+    },
     /// Ciphertext or a placeholder would reach the cluster.
     #[error(
         "{object} ({source_file}): `{at}` still holds {what}; refusing to send it to the cluster"
@@ -76,6 +85,16 @@ pub enum DecryptError {
         /// `ENC[…] ciphertext` or `a sealed placeholder`.
         what: &'static str,
     },
+}
+
+impl DecryptError {
+    /// A chart release that could not be rendered again, or rendered differently, at apply.
+    fn chart(release: &str, message: String) -> DecryptError {
+        DecryptError::Chart {
+            release: release.to_string(),
+            message,
+        }
+    }
 }
 
 /// What sops users are told to do when no identity opens a file (the CLI's key sources).
@@ -269,7 +288,7 @@ fn tree_to_json(v: &Tree) -> Json {
 }
 
 /// The bytes of a decrypted leaf (scalars as sops writes them in flat formats).
-fn leaf_bytes(v: &Tree) -> Option<Zeroizing<Vec<u8>>> {
+pub(crate) fn leaf_bytes(v: &Tree) -> Option<Zeroizing<Vec<u8>>> {
     Some(Zeroizing::new(match v {
         Tree::Bytes(b) => b.expose().to_vec(),
         Tree::Map(_) | Tree::List(_) | Tree::Comment(_) => return None,
@@ -383,6 +402,11 @@ pub fn decrypt(
     }
     for o in &objects {
         check_leftovers(o)?;
+    }
+    for rerun in &rendered.reruns {
+        let docs = secrets.as_ref().map(|d| d.docs.as_slice()).unwrap_or(&[]);
+        crate::rerun::check(rerun, snapshot, docs, &objects)
+            .map_err(|m| DecryptError::chart(&rerun.release, m))?;
     }
     Ok(ApplySet {
         project: rendered.project.clone(),
@@ -559,7 +583,7 @@ fn open_sops_manifest(
     Ok(out)
 }
 
-fn fold_string_data(json: &mut SecretJson) {
+pub(crate) fn fold_string_data(json: &mut SecretJson) {
     let b64 = base64::engine::general_purpose::STANDARD;
     let Some(obj) = json.0.as_object_mut() else {
         return;

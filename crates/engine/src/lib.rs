@@ -10,6 +10,7 @@ pub mod apply;
 pub mod decrypt;
 pub mod pipeline;
 pub mod probe;
+pub mod rerun;
 pub mod sealed;
 pub mod source;
 

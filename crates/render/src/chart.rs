@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use yaml_serde::{Mapping, Value};
+use zeroize::Zeroizing;
 
 use super::diagnostic::Diagnostic;
 use super::project::{Chart, Environment};
@@ -112,6 +113,40 @@ impl Values {
     }
 }
 
+/// A release that received sealed values, as apply renders it once more with the real ones (on a
+/// pipe) to prove the reviewed render faithful.
+#[derive(Debug, Clone)]
+pub struct Rerun {
+    /// The release name.
+    pub release: String,
+    /// Its chart entry.
+    pub chart: Chart,
+    /// Its namespace.
+    pub namespace: String,
+    /// The environment's profile (`kubeVersion`, `apiVersions`).
+    pub environment: Environment,
+    /// The sealed values Helm rendered.
+    pub values: String,
+    /// The Helm that rendered them.
+    pub helm: Helm,
+}
+
+impl Rerun {
+    /// The release, for [`run`].
+    pub fn release(&self) -> Release<'_> {
+        Release {
+            name: &self.release,
+            chart: &self.chart,
+            namespace: &self.namespace,
+        }
+    }
+
+    /// The chart directory its objects' sources start with.
+    pub fn chart_dir(&self) -> &str {
+        self.chart.chart.trim_end_matches('/')
+    }
+}
+
 /// What `helm template` printed for one release.
 pub(crate) struct Output {
     /// The release name.
@@ -124,11 +159,13 @@ pub(crate) struct Output {
     pub text: String,
     /// The sealed references passed in.
     pub passed: Vec<(SealedRef, String)>,
+    /// How to render it again at apply (when sealed values were passed in).
+    pub rerun: Option<Rerun>,
 }
 
 /// One release to render: its name, its chart and its namespace.
 #[derive(Clone, Copy)]
-pub(crate) struct Release<'a> {
+pub struct Release<'a> {
     /// The release name.
     pub name: &'a str,
     /// The chart entry of `lockstep.yaml`.
@@ -137,22 +174,32 @@ pub(crate) struct Release<'a> {
     pub namespace: &'a str,
 }
 
+/// What `helm template` reads on standard input.
+pub enum Feed<'a> {
+    /// The sealed values of a render (Helm's error output is passed on in messages).
+    Sealed(&'a str),
+    /// Values holding plaintext, for the apply-time check: Helm's output is returned in a wiping
+    /// buffer, and its error output (which could quote a value) is never passed on.
+    Real(&'a [u8]),
+}
+
 /// Renders one release with Helm: the chart's files copied into a private scratch directory, the
 /// values on standard input, `.Capabilities` from the environment's profile; at most `max_output`
 /// bytes of output.
-pub(crate) fn template(
+pub fn run(
     helm: &Helm,
     snapshot: &Snapshot,
     release: &Release<'_>,
     environment: &Environment,
-    values: &Values,
+    feed: Feed<'_>,
     max_output: usize,
-) -> Result<String, Diagnostic> {
+) -> Result<Zeroizing<Vec<u8>>, Diagnostic> {
     let Release {
         name: release,
         chart,
         namespace,
     } = *release;
+    let real = matches!(feed, Feed::Real(_));
     let chart_dir = chart.chart.trim_end_matches('/');
     let fail =
         |message: String| Diagnostic::new(format!("chart {release}: {message}")).in_file(chart_dir);
@@ -212,33 +259,42 @@ pub(crate) fn template(
         Some((helm.memory, helm.memory)),
         None,
     );
-    let stdin = child.stdin.take();
-    let text = values.text.clone();
-    let feeder = std::thread::spawn(move || {
-        if let Some(mut stdin) = stdin {
-            let _ = stdin.write_all(text.as_bytes());
-        }
-    });
-    let stdout = child.stdout.take();
-    let reader = std::thread::spawn(move || read_bounded(stdout, max_output));
-    let stderr = child.stderr.take();
-    let errors = std::thread::spawn(move || read_bounded(stderr, MAX_STDERR));
-    let deadline = Instant::now() + helm.timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break Some(status),
-            Ok(None) if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
+    let (out, too_long, err, status) = std::thread::scope(|scope| {
+        let stdin = child.stdin.take();
+        let input: &[u8] = match feed {
+            Feed::Sealed(text) => text.as_bytes(),
+            Feed::Real(bytes) => bytes,
+        };
+        scope.spawn(move || {
+            if let Some(mut stdin) = stdin {
+                let _ = stdin.write_all(input);
             }
-            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-            Err(e) => return Err(fail(format!("waiting for helm: {e}"))),
-        }
-    };
-    let _ = feeder.join();
-    let (out, too_long) = reader.join().unwrap_or_default();
-    let (err, _) = errors.join().unwrap_or_default();
+        });
+        let stdout = child.stdout.take();
+        let reader = scope.spawn(move || read_bounded(stdout, max_output, real));
+        let stderr = child.stderr.take();
+        let errors = scope.spawn(move || read_bounded(stderr, MAX_STDERR, false));
+        let deadline = Instant::now() + helm.timeout;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break Some(status),
+                Ok(None) if Instant::now() >= deadline => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break None;
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break None;
+                }
+            }
+        };
+        let (out, too_long) = reader.join().unwrap_or_default();
+        let (err, _) = errors.join().unwrap_or_default();
+        (out, too_long, err, status)
+    });
     let Some(status) = status else {
         return Err(fail(format!(
             "helm template took longer than {}s and was stopped",
@@ -255,6 +311,12 @@ pub(crate) fn template(
         ));
     }
     if !status.success() {
+        if real {
+            return Err(fail(format!(
+                "helm template failed ({status}) with the real values, though it rendered the sealed ones"
+            ))
+            .with_help("the chart checks or transforms a secret value (its length, its form) in a way its placeholder passed: Helm's message is not shown, as it could quote the value"));
+        }
         let said = String::from_utf8_lossy(&err);
         let said = said.trim();
         return Err(fail(format!(
@@ -263,19 +325,50 @@ pub(crate) fn template(
         ))
         .with_help("the message above is Helm's; it names the chart file at fault"));
     }
-    String::from_utf8(out).map_err(|_| fail("helm printed output that is not UTF-8".into()))
+    Ok(out)
 }
 
-/// Reads at most `limit` bytes; the flag says whether there was more (the rest is drained).
-fn read_bounded(from: Option<impl Read>, limit: usize) -> (Vec<u8>, bool) {
+/// [`run`] with sealed values, as text.
+pub(crate) fn template(
+    helm: &Helm,
+    snapshot: &Snapshot,
+    release: &Release<'_>,
+    environment: &Environment,
+    values: &Values,
+    max_output: usize,
+) -> Result<String, Diagnostic> {
+    let out = run(
+        helm,
+        snapshot,
+        release,
+        environment,
+        Feed::Sealed(&values.text),
+        max_output,
+    )?;
+    String::from_utf8(out.to_vec()).map_err(|_| {
+        Diagnostic::new(format!(
+            "chart {}: helm printed output that is not UTF-8",
+            release.name
+        ))
+        .in_file(release.chart.chart.clone())
+    })
+}
+
+/// Reads at most `limit` bytes into a wiping buffer (with `reserve`, allocated whole up front, so
+/// growing leaves no copies behind); the flag says whether there was more (the rest is drained).
+fn read_bounded(
+    from: Option<impl Read>,
+    limit: usize,
+    reserve: bool,
+) -> (Zeroizing<Vec<u8>>, bool) {
+    let mut out = Zeroizing::new(Vec::with_capacity(if reserve { limit } else { 0 }));
     let Some(mut from) = from else {
-        return (Vec::new(), false);
+        return (out, false);
     };
-    let mut out = Vec::new();
-    let mut buf = [0u8; 64 * 1024];
+    let mut buf = Zeroizing::new([0u8; 64 * 1024]);
     let mut over = false;
     loop {
-        match from.read(&mut buf) {
+        match from.read(&mut buf[..]) {
             Ok(0) | Err(_) => break,
             Ok(n) if out.len() + n > limit => {
                 over = true;

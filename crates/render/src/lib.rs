@@ -80,6 +80,9 @@ pub struct Rendered {
     pub secrets_file: Option<String>,
     /// Every object, in apply order.
     pub manifests: Vec<Manifest>,
+    /// Chart releases that received sealed values: apply renders each once more with the real
+    /// values and must get the same objects.
+    pub reruns: Vec<chart::Rerun>,
 }
 
 impl Rendered {
@@ -408,6 +411,7 @@ pub fn render(snapshot: &Snapshot, req: &Request) -> Result<Rendered, Diagnostic
         namespace: environment.namespace.clone(),
         secrets_file: secrets.file.clone(),
         manifests,
+        reruns: releases.into_iter().filter_map(|r| r.rerun).collect(),
     })
 }
 
@@ -648,12 +652,21 @@ fn render_charts(
             Ok(text) => {
                 // Read within what was left, so this cannot fail; later renders see less.
                 let _ = engine.budget.take_bytes(text.len());
+                let rerun = (!values.passed.is_empty()).then(|| chart::Rerun {
+                    release: release.clone(),
+                    chart: spec.clone(),
+                    namespace: namespace.clone(),
+                    environment: environment.clone(),
+                    values: values.text.clone(),
+                    helm: helm.clone(),
+                });
                 releases.push(chart::Output {
                     release: release.clone(),
                     chart_dir: spec.chart.trim_end_matches('/').to_string(),
                     namespace,
                     text,
                     passed: values.passed,
+                    rerun,
                 });
             }
             Err(d) => problems.push(d),
