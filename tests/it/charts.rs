@@ -285,7 +285,7 @@ async fn applies_as_helm_makes_it(cluster: &support::Cluster, helm: &Path) {
     // Render, without any key: the placeholders, marked for base64 where the chart encoded.
     let out = lockstep(&["render", "--env", "dev", &dir], helm, home.path());
     support::assert_success(&out);
-    let rendered = String::from_utf8(out.stdout.clone()).expect("utf-8");
+    let rendered = support::without_digests(&String::from_utf8(out.stdout.clone()).expect("utf-8"));
     assert!(
         rendered.contains("password: <sealed:environments/dev/secrets.yaml#/db/password|base64>"),
         "{rendered}"
@@ -652,7 +652,7 @@ async fn the_external_dns_chart_takes_a_sealed_credential_through_tpl_and_b64enc
             Path::new(BIN),
             DEMO_RECIPIENT,
             "environments/dev/secrets.yaml",
-            &format!("dns:\n  token: {token}\n"),
+            &format!("dns:\n  token: {token}\n  other: unrelated\n"),
         );
         write(
             root,
@@ -682,7 +682,7 @@ async fn the_external_dns_chart_takes_a_sealed_credential_through_tpl_and_b64enc
         );
         let out = lockstep(&["render", "--env", "dev", &dir], &helm, home.path());
         support::assert_success(&out);
-        let rendered = String::from_utf8(out.stdout).expect("utf-8");
+        let rendered = support::without_digests(&String::from_utf8(out.stdout).expect("utf-8"));
         assert!(
             rendered.contains("token: <sealed:environments/dev/secrets.yaml#/dns/token|base64>"),
             "{rendered}"
@@ -728,5 +728,41 @@ async fn the_external_dns_chart_takes_a_sealed_credential_through_tpl_and_b64enc
             .expect("token")
             .0;
         assert_eq!(live_token, expected, "{}", helm.display());
+
+        // The chart's checksum/secret annotation (a hash of its rendered Secret, placeholders and
+        // all) changes when, and only when, the token's ciphertext does: pods roll on a new
+        // secret value, with no key at render time.
+        let checksum = || {
+            let out = lockstep(&["render", "--env", "dev", &dir], &helm, home.path());
+            support::assert_success(&out);
+            let objects = objects(&String::from_utf8(out.stdout).expect("utf-8"));
+            objects["Deployment/dns-external-dns"]["spec"]["template"]["metadata"]["annotations"]
+                ["checksum/secret"]
+                .as_str()
+                .expect("a checksum/secret annotation")
+                .to_string()
+        };
+        let set = |path: &str, value: &str| {
+            let out = support::run_isolated(
+                Path::new(BIN),
+                &[
+                    "set",
+                    "--identity",
+                    &key.to_string_lossy(),
+                    &root.join("environments/dev/secrets.yaml").to_string_lossy(),
+                    path,
+                    value,
+                ],
+                &[],
+                home.path(),
+            );
+            support::assert_success(&out);
+        };
+        let first = checksum();
+        assert_eq!(checksum(), first, "the same inputs, the same checksum");
+        set(r#"["dns"]["other"]"#, r#""changed""#);
+        assert_eq!(checksum(), first, "another value changed: no rollout");
+        set(r#"["dns"]["token"]"#, &format!("\"{MARKER}-rotated\""));
+        assert_ne!(checksum(), first, "the token changed: a rollout");
     }
 }

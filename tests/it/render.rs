@@ -379,11 +379,56 @@ fn a_secret_embedded_in_longer_data_text_is_refused_but_string_data_is_fine() {
     let p = with_secrets().file("templates/s.yaml", SECRET_TEMPLATE);
     let out = p.render("dev", &[]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let text = stdout(&out);
+    let text = support::without_digests(&stdout(&out));
     assert!(text.contains(
         "url: postgres://app:<sealed:environments/dev/secrets.yaml#/db/password>@db/app"
     ));
     assert!(text.contains("token: <sealed:environments/dev/secrets.yaml#/api/token|base64>"));
+}
+
+/// `checksum/secret: {{ include("_secret.yaml") | sha256 }}` changes when, and only when, a value
+/// the included Secret uses is re-encrypted: placeholders carry their ciphertext's digest.
+#[test]
+fn a_checksum_of_an_included_secret_follows_its_values_ciphertexts() {
+    let p = with_secrets()
+        .file(
+            "templates/_secret.yaml",
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: db}\nstringData:\n  password: {{ secrets.db.password }}\n",
+        )
+        .file("templates/secret.yaml", "{% include \"_secret.yaml\" %}")
+        .file(
+            "templates/deploy.yaml",
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata:\n      labels: {app: web}\n      annotations:\n        checksum/secret: {{ include(\"_secret.yaml\") | sha256 }}\n    spec:\n      containers: [{name: web, image: nginx}]\n",
+        );
+    let checksum = || {
+        let out = p.render("dev", &[]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let text = stdout(&out);
+        text.lines()
+            .find(|l| l.contains("checksum/secret:"))
+            .expect("the annotation")
+            .trim()
+            .to_string()
+    };
+    let set = |path: &str, value: &str| {
+        let file = p.path().join("environments/dev/secrets.yaml");
+        let key = support::repo_root().join("keys-example/age.key");
+        let out = p.run(&[
+            "set",
+            "--identity",
+            &key.to_string_lossy(),
+            &file.to_string_lossy(),
+            path,
+            value,
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    };
+    let first = checksum();
+    assert_eq!(checksum(), first);
+    set(r#"["api"]["token"]"#, r#""another""#);
+    assert_eq!(checksum(), first, "a value the Secret does not use");
+    set(r#"["db"]["password"]"#, r#""rotated""#);
+    assert_ne!(checksum(), first, "the Secret's value was re-encrypted");
 }
 
 #[test]
@@ -594,7 +639,10 @@ fn render_never_reveals_a_secret_and_needs_no_key() {
             "a base64 form of the marker leaked"
         );
     }
-    assert!(stdout(&ok).contains("<sealed:environments/dev/secrets.yaml#/db/password>"));
+    assert!(
+        support::without_digests(&stdout(&ok))
+            .contains("<sealed:environments/dev/secrets.yaml#/db/password>")
+    );
 }
 
 #[test]
@@ -638,7 +686,7 @@ fn init_scaffolds_a_project_that_renders_and_whose_secrets_decrypt() {
             home.path(),
         );
         assert!(r.status.success(), "{env}: {}", stderr(&r));
-        assert!(stdout(&r).contains(&format!(
+        assert!(support::without_digests(&stdout(&r)).contains(&format!(
             "<sealed:environments/{env}/secrets.yaml#/api/token>"
         )));
         assert!(stdout(&r).contains("namespace: my-shop"));

@@ -5,7 +5,8 @@
 //! | `toyaml`/`toYaml`, `tojson`/`toJson` | yes | placeholders are kept as strings |
 //! | `indent(n)` (every line), `nindent(n)` | yes | fine |
 //! | `b64encode`/`b64enc` | yes | a reference marked `|base64` (encoded at apply time) |
-//! | `b64decode`/`b64dec`, `sha256`/`sha256sum` | yes | an error: that would need the value |
+//! | `b64decode`/`b64dec` | yes | an error: that would need the value |
+//! | `sha256`/`sha256sum` | yes | of a reference: an error; of text holding placeholders (an `include`d Secret): a checksum that follows the ciphertexts |
 //! | `quote`, `squote` | yes | fine |
 //! | `required(msg)` filter, `required(msg, value)` function | yes | fine |
 //! | `default` (built in), `include(name, **vars)`, `fail(msg)`, `trunc(n)` | yes | fine |
@@ -229,7 +230,15 @@ fn sha256(v: &Value) -> Result<String, Error> {
     } else {
         text_of(v)
     };
-    refuse_sealed("sha256", v, &text)?;
+    // A checksum of rendered text that holds placeholders (`include("secret.yaml") | sha256`)
+    // is fine: placeholders carry their ciphertext's digest, so it changes when a value does. A
+    // reference itself is refused: its hash would be taken for the value's.
+    if let Some(r) = sealed(v) {
+        return Err(invalid(format!(
+            "sha256 cannot be applied to the sealed secret {}: it would need the plaintext, which render never has (for a checksum that rolls pods on a new value, hash the rendered Secret: include(\"secret.yaml\") | sha256)",
+            r.display_path()
+        )));
+    }
     Ok(hex::encode(sha2::Sha256::digest(text.as_bytes())))
 }
 

@@ -498,6 +498,7 @@ mod tests {
             file: "environments/dev/secrets.yaml".into(),
             path: vec!["db".into(), "password".into()],
             transform: super::super::sealed::Transform::Plain,
+            digest: Some("0a1b2c3d".into()),
         };
         let p = r.placeholder();
         let secret = parse(&format!(

@@ -5,13 +5,16 @@
 //! prints as a placeholder naming the file and key path:
 //!
 //! ```text
-//! <sealed:environments/prod/secrets.yaml#/db/password>
-//! <sealed:environments/prod/secrets.yaml#/db/password|base64>     (after `| b64encode`)
+//! <sealed:environments/prod/secrets.yaml#/db/password@3f9a1c2e>
+//! <sealed:environments/prod/secrets.yaml#/db/password@3f9a1c2e|base64>     (after `| b64encode`)
 //! ```
 //!
-//! The placeholder carries neither the value nor anything derived from it (no hash), so rendered
-//! output can be reviewed and diffed. `apply` replaces placeholders with the decrypted values in
-//! memory, only inside a `v1/Secret`'s `data`/`stringData`.
+//! The placeholder carries nothing derived from the value. Its `@…` part is a short digest of the
+//! value's *ciphertext* (public, in Git): it changes exactly when the value is re-encrypted, so a
+//! checksum of rendered output that holds placeholders (Helm's `checksum/secret` annotations, an
+//! `include(…) | sha256`) changes when a secret does, and pods roll — with no key at render time.
+//! `apply` replaces placeholders with the decrypted values in memory, only inside a `v1/Secret`'s
+//! `data`/`stringData`.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -47,11 +50,28 @@ pub struct SealedRef {
     pub path: Vec<String>,
     /// What to do to the value.
     pub transform: Transform,
+    /// [`DIGEST_LEN`] hex digits of the SHA-256 of the value's ciphertext (`None` in placeholders
+    /// written without one).
+    pub digest: Option<String>,
+}
+
+/// Hex digits of the ciphertext digest a placeholder carries.
+pub const DIGEST_LEN: usize = 8;
+
+/// The digest a placeholder carries for a value whose ciphertext (as stored in the SOPS file) is
+/// `ciphertext`.
+pub fn ciphertext_digest(ciphertext: &[u8]) -> String {
+    use sha2::Digest as _;
+    let mut hex = hex::encode(sha2::Sha256::digest(ciphertext));
+    hex.truncate(DIGEST_LEN);
+    hex
 }
 
 static PLACEHOLDER: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"<sealed:([A-Za-z0-9._~/%-]+)#((?:/[A-Za-z0-9._~%-]*)+)(\|base64)?>")
-        .expect("the placeholder pattern is a valid regex")
+    Regex::new(
+        r"<sealed:([A-Za-z0-9._~/%-]+)#((?:/[A-Za-z0-9._~%-]*)+)(?:@([0-9a-f]{8}))?(\|base64)?>",
+    )
+    .expect("the placeholder pattern is a valid regex")
 });
 
 fn encode(s: &str, keep_slash: bool) -> String {
@@ -94,6 +114,10 @@ impl SealedRef {
             s.push('/');
             s.push_str(&encode(key, false));
         }
+        if let Some(d) = &self.digest {
+            s.push('@');
+            s.push_str(d);
+        }
         if self.transform == Transform::Base64 {
             s.push_str("|base64");
         }
@@ -120,7 +144,7 @@ impl SealedRef {
                     .split('/')
                     .map(decode)
                     .collect::<Option<Vec<_>>>()?;
-                let transform = if c.get(3).is_some() {
+                let transform = if c.get(4).is_some() {
                     Transform::Base64
                 } else {
                     Transform::Plain
@@ -131,6 +155,7 @@ impl SealedRef {
                         file,
                         path,
                         transform,
+                        digest: c.get(3).map(|d| d.as_str().to_string()),
                     },
                 ))
             })
@@ -188,7 +213,8 @@ pub struct SecretsFile {
 
 #[derive(Debug, Clone)]
 enum Node {
-    Leaf,
+    /// A value, with the digest of its ciphertext.
+    Leaf(Arc<str>),
     Map(Arc<[(String, Node)]>),
     List(Arc<[Node]>),
 }
@@ -214,13 +240,19 @@ fn node_of(value: &TreeValue) -> Node {
                 .collect::<Vec<_>>()
                 .into(),
         ),
-        _ => Node::Leaf,
+        other => Node::Leaf(Arc::from(ciphertext_digest(
+            other
+                .scalar_text()
+                .map(|t| t.expose().clone())
+                .unwrap_or_default()
+                .as_bytes(),
+        ))),
     }
 }
 
 fn collect_leaves(node: &Node, path: &mut Vec<String>, out: &mut BTreeSet<Vec<String>>) {
     match node {
-        Node::Leaf => {
+        Node::Leaf(_) => {
             out.insert(path.clone());
         }
         Node::Map(entries) => {
@@ -318,10 +350,11 @@ struct Shared {
 
 fn node_value(shared: &Arc<Shared>, node: &Node, path: Vec<String>) -> JValue {
     match node {
-        Node::Leaf => JValue::from_object(SealedRef {
+        Node::Leaf(digest) => JValue::from_object(SealedRef {
             file: shared.file.to_string(),
             path,
             transform: Transform::Plain,
+            digest: Some(digest.to_string()),
         }),
         Node::Map(entries) => JValue::from_object(SecretMap {
             shared: shared.clone(),
@@ -428,6 +461,7 @@ mod tests {
             file: "environments/prod env/secrets.yaml".into(),
             path: vec!["db".into(), "pass word/x>y|z%".into(), "0".into()],
             transform: Transform::Base64,
+            digest: Some(ciphertext_digest(b"ENC[AES256_GCM,data:x]")),
         };
         let text = format!("url: postgres://app:{}@db:5432/x", r.placeholder());
         let found = SealedRef::find_all(&text);
@@ -435,6 +469,49 @@ mod tests {
         assert_eq!(found[0].1, r);
         assert_eq!(&text[found[0].0.clone()], r.placeholder());
         assert!(!r.placeholder().contains(' '));
+        assert!(r.placeholder().ends_with(&format!(
+            "@{}|base64>",
+            r.digest.as_deref().unwrap_or_default()
+        )));
+        // Without a digest, as placeholders were written before.
+        let bare = SealedRef {
+            digest: None,
+            ..r.clone()
+        };
+        assert_eq!(SealedRef::find_all(&bare.placeholder())[0].1, bare);
+    }
+
+    #[test]
+    fn the_digest_follows_the_ciphertext() {
+        let yaml = |pw: &str| {
+            format!(
+                "db:\n    password: ENC[AES256_GCM,data:{pw},iv:aXY=,tag:dGFn,type:str]\n    user: ENC[AES256_GCM,data:dXNlcg==,iv:aXY=,tag:dGFn,type:str]\nsops:\n    age: []\n    lastmodified: \"2024-01-01T00:00:00Z\"\n    mac: ENC[AES256_GCM,data:bWFj,iv:aXY=,tag:dGFn,type:str]\n    version: 3.9.0\n"
+            )
+        };
+        let digest_of = |text: &str, key: &str| {
+            let file = SecretsFile::parse("environments/dev/secrets.yaml", text.as_bytes())
+                .expect("parses");
+            let v = file.to_value("dev");
+            let leaf = v
+                .get_attr("db")
+                .and_then(|db| db.get_attr(key))
+                .expect("leaf");
+            leaf.downcast_object_ref::<SealedRef>()
+                .and_then(|r| r.digest.clone())
+                .expect("digest")
+        };
+        let (one, two) = (yaml("b25l"), yaml("dHdv"));
+        assert_ne!(
+            digest_of(&one, "password"),
+            digest_of(&two, "password"),
+            "a new value, a new digest"
+        );
+        assert_eq!(
+            digest_of(&one, "user"),
+            digest_of(&two, "user"),
+            "an unchanged value keeps its digest"
+        );
+        assert_eq!(digest_of(&one, "password").len(), DIGEST_LEN);
     }
 
     #[test]

@@ -94,6 +94,34 @@ pub fn peer(name: &str) -> Result<PathBuf, String> {
     }
 }
 
+/// `text` with the ciphertext digests (`@0a1b2c3d`) of its sealed placeholders removed, for
+/// comparing with placeholders written out in a test.
+pub fn without_digests(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("<sealed:") {
+        out.push_str(&rest[..start]);
+        rest = &rest[start..];
+        let end = rest.find('>').map_or(rest.len(), |i| i + 1);
+        let placeholder = &rest[..end];
+        match placeholder.find('@') {
+            Some(at)
+                if placeholder.len() >= at + 9
+                    && placeholder[at + 1..at + 9]
+                        .bytes()
+                        .all(|b| b.is_ascii_hexdigit()) =>
+            {
+                out.push_str(&placeholder[..at]);
+                out.push_str(&placeholder[at + 9..]);
+            }
+            _ => out.push_str(placeholder),
+        }
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// A real Helm chart that `scripts/peers` unpacked from the Go module shipping it
 /// (`metrics-server`, `external-dns`).
 pub fn chart(name: &str) -> Result<PathBuf, String> {
