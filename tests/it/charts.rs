@@ -489,10 +489,10 @@ fn refuses_misplaced_secrets(helm: &Path) {
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: leak\ndata:\n  DB_PASSWORD: {{ .Values.password | quote }}\n",
     );
     let err = render(helm);
-    assert!(err.contains("charts/db/templates/leak.yaml"), "{err}");
-    assert!(
-        err.contains("ConfigMap `data.DB_PASSWORD`") && err.contains("values key password"),
-        "{err}"
+    says(&err, &["charts/db/templates/leak.yaml"]);
+    says(
+        &err,
+        &["ConfigMap `data.DB_PASSWORD`", "values key password"],
     );
     assert!(err.contains("existingSecret"), "says what to do: {err}");
     std::fs::remove_file(root.join("charts/db/templates/leak.yaml")).expect("rm");
@@ -503,9 +503,11 @@ fn refuses_misplaced_secrets(helm: &Path) {
         "apiVersion: v1\nkind: Secret\nmetadata:\n  name: auth\nstringData:\n  digest: {{ .Values.password | sha256sum }}\n",
     );
     let err = render(helm);
-    assert!(
-        err.contains("chart db: the sealed secret secrets.db.password passed in values key password appears nowhere"),
-        "{err}"
+    says(
+        &err,
+        &[
+            "chart db: the sealed secret secrets.db.password passed in values key password appears nowhere",
+        ],
     );
     // A chart Helm cannot render: Helm's own message, with the chart.
     write(
@@ -514,16 +516,10 @@ fn refuses_misplaced_secrets(helm: &Path) {
         "{{ .Values.nope.deeper }}\n",
     );
     let err = render(helm);
-    assert!(
-        err.contains("helm template failed") && err.contains("db/templates/secret.yaml"),
-        "{err}"
-    );
+    says(&err, &["helm template failed", "db/templates/secret.yaml"]);
     // No helm: said so, with what to do.
     let err = render(Path::new("/nonexistent/helm"));
-    assert!(
-        err.contains("/nonexistent/helm was not found") && err.contains("LOCKSTEP_HELM"),
-        "{err}"
-    );
+    says(&err, &["/nonexistent/helm was not found", "LOCKSTEP_HELM"]);
     // A chart outside charts/, or from a repository (not read yet), is refused in lockstep.yaml.
     write(
         root,
@@ -531,20 +527,21 @@ fn refuses_misplaced_secrets(helm: &Path) {
         "project: vault\nenvironments:\n  dev: {namespace: vault-dev}\ncharts:\n  db:\n    chart: ../elsewhere\n",
     );
     let err = render(helm);
-    assert!(
-        err.contains("lockstep.yaml") && err.contains("not a directory under charts/"),
-        "{err}"
-    );
+    says(&err, &["lockstep.yaml", "not a directory under charts/"]);
     write(
         root,
         "lockstep.yaml",
         "project: vault\nenvironments:\n  dev: {namespace: vault-dev}\ncharts:\n  db:\n    chart: metrics-server\n    repo: https://charts.example.org\n    version: 3.12.2\n",
     );
     let err = render(helm);
-    assert!(
-        err.contains("not read yet") && err.contains("helm pull"),
-        "{err}"
-    );
+    says(&err, &["not read yet", "helm pull"]);
+}
+
+/// Asserts that the error output `err` says each of `needles`.
+fn says(err: &str, needles: &[&str]) {
+    for needle in needles {
+        assert!(err.contains(needle), "{needle:?} in: {err}");
+    }
 }
 
 /// Copies directory `from` to `to`.
@@ -674,7 +671,7 @@ async fn the_external_dns_chart_takes_a_sealed_credential_through_tpl_and_b64enc
         let out = lockstep(&["render", "--env", "dev", &dir], &helm, home.path());
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
         assert_eq!(out.status.code(), Some(2), "{err}");
-        assert!(err.contains("schema") && err.contains("policy"), "{err}");
+        says(&err, &["schema", "policy"]);
         write(
             root,
             "charts/dns.values.yaml",

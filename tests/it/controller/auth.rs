@@ -212,12 +212,16 @@ async fn private_repositories_over_https_auth_and_ssh_and_signed_commits_only() 
     // A commit signed by the trusted key is applied.
     let repo = work[2].path();
     git(repo, &["remote", "add", "origin", &http.url("signed.git")]);
-    let push = |repo: &Path| {
+    // `git push -q [extra…] URL main [refs…]` to the signed repository.
+    let push_with = |repo: &Path, extra: &[&str], refs: &[&str]| {
         let url = http
             .url("signed.git")
             .replace("https://", "https://deploy:t0ken-4f9a@");
         let out = Command::new("git")
-            .args(["push", "-q", &url, "main"])
+            .args(["push", "-q"])
+            .args(extra)
+            .args([url.as_str(), "main"])
+            .args(refs)
             .current_dir(repo)
             .env("GIT_SSL_CAINFO", &ca)
             .env("GIT_TERMINAL_PROMPT", "0")
@@ -229,6 +233,7 @@ async fn private_repositories_over_https_auth_and_ssh_and_signed_commits_only() 
             String::from_utf8_lossy(&out.stderr)
         );
     };
+    let push = |repo: &Path| push_with(repo, &[], &[]);
     let commit_signed = |repo: &Path, key: &Path, message: &str| {
         git(
             repo,
@@ -316,20 +321,7 @@ async fn private_repositories_over_https_auth_and_ssh_and_signed_commits_only() 
     // …but moving the branch back to the older, validly signed release is RolledBack: Stalled,
     // the cluster and lastAppliedRevision unchanged.
     git(repo, &["reset", "-q", "--hard", &signed]);
-    let force = http
-        .url("signed.git")
-        .replace("https://", "https://deploy:t0ken-4f9a@");
-    let out = Command::new("git")
-        .args(["push", "-q", "--force", &force, "main"])
-        .current_dir(repo)
-        .env("GIT_SSL_CAINFO", &ca)
-        .output()
-        .expect("git push --force");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    push_with(repo, &["--force"], &[]);
     let out = run();
     let message = failed_with(&out, &api, "signed", "RolledBack").await;
     assert!(
@@ -381,17 +373,7 @@ async fn private_repositories_over_https_auth_and_ssh_and_signed_commits_only() 
             "v2",
         ],
     );
-    let out = Command::new("git")
-        .args(["push", "-q", "--force", &force, "main", "light", "v2"])
-        .current_dir(repo)
-        .env("GIT_SSL_CAINFO", &ca)
-        .output()
-        .expect("git push tags");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    push_with(repo, &["--force"], &["light", "v2"]);
     let by_tag = |tag: &str| {
         serde_json::json!({"spec": {"source": {"ref": {"tag": tag},
             "verify": {"mode": "Tag", "requireFastForward": true}}}})

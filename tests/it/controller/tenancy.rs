@@ -24,29 +24,14 @@ async fn a_sync_with_a_service_account_can_do_only_what_that_account_may() {
         .create(&Default::default(), &sa)
         .await
         .expect("create sa");
-    let role: k8s_openapi::api::rbac::v1::Role = serde_json::from_value(serde_json::json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-        "metadata": {"name": "tenant-admin"},
-        "rules": [{"apiGroups": [""], "resources": ["configmaps"],
-                   "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]}]
-    }))
-    .expect("role");
-    Api::<k8s_openapi::api::rbac::v1::Role>::namespaced(client.clone(), &target)
-        .create(&Default::default(), &role)
-        .await
-        .expect("create role");
-    let binding: k8s_openapi::api::rbac::v1::RoleBinding =
-        serde_json::from_value(serde_json::json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-            "metadata": {"name": "tenant-admin"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "tenant-admin"},
-            "subjects": [{"kind": "ServiceAccount", "name": "tenant", "namespace": sync_ns}]
-        }))
-        .expect("binding");
-    Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(client.clone(), &target)
-        .create(&Default::default(), &binding)
-        .await
-        .expect("create binding");
+    grant(
+        &client,
+        &target,
+        "tenant-admin",
+        manage_config_maps(),
+        (&sync_ns, "tenant"),
+    )
+    .await;
     // RBAC takes effect asynchronously: wait until the API server agrees.
     let reviews: Api<k8s_openapi::api::authorization::v1::SubjectAccessReview> =
         Api::all(client.clone());
@@ -195,10 +180,29 @@ async fn bare_service_account(client: &kube::Client, ns: &str, name: &str) {
 
 /// Lets ServiceAccount `sa` of `ns` read Secret `secret` there.
 async fn grant_secret(client: &kube::Client, ns: &str, sa: &str, secret: &str) {
+    let rules = serde_json::json!([{"apiGroups": [""], "resources": ["secrets"],
+                                    "resourceNames": [secret], "verbs": ["get"]}]);
+    grant(client, ns, &format!("read-{secret}"), rules, (ns, sa)).await;
+}
+
+/// The rules of a Role that manages ConfigMaps.
+fn manage_config_maps() -> serde_json::Value {
+    serde_json::json!([{"apiGroups": [""], "resources": ["configmaps"],
+                        "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]}])
+}
+
+/// Creates Role `name` with `rules` in `ns` and binds it to ServiceAccount `account` (namespace,
+/// name).
+async fn grant(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    rules: serde_json::Value,
+    account: (&str, &str),
+) {
     let role: k8s_openapi::api::rbac::v1::Role = serde_json::from_value(serde_json::json!({
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-        "metadata": {"name": format!("read-{secret}")},
-        "rules": [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": [secret], "verbs": ["get"]}]
+        "metadata": {"name": name}, "rules": rules
     }))
     .expect("role");
     Api::<k8s_openapi::api::rbac::v1::Role>::namespaced(client.clone(), ns)
@@ -208,9 +212,9 @@ async fn grant_secret(client: &kube::Client, ns: &str, sa: &str, secret: &str) {
     let binding: k8s_openapi::api::rbac::v1::RoleBinding =
         serde_json::from_value(serde_json::json!({
             "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-            "metadata": {"name": format!("read-{secret}")},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": format!("read-{secret}")},
-            "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns}]
+            "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": account.1, "namespace": account.0}]
         }))
         .expect("binding");
     Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(client.clone(), ns)
@@ -479,29 +483,14 @@ async fn tenant_namespaces_bound_whom_the_controller_may_impersonate() {
     // A deployer that may manage ConfigMaps, in both namespaces.
     for ns in [&tenant, &outsider] {
         bare_service_account(&client, ns, "deployer").await;
-        let role: k8s_openapi::api::rbac::v1::Role = serde_json::from_value(serde_json::json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-            "metadata": {"name": "deployer"},
-            "rules": [{"apiGroups": [""], "resources": ["configmaps"],
-                       "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]}]
-        }))
-        .expect("role");
-        Api::<k8s_openapi::api::rbac::v1::Role>::namespaced(client.clone(), ns)
-            .create(&Default::default(), &role)
-            .await
-            .expect("create role");
-        let binding: k8s_openapi::api::rbac::v1::RoleBinding =
-            serde_json::from_value(serde_json::json!({
-                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-                "metadata": {"name": "deployer"},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "deployer"},
-                "subjects": [{"kind": "ServiceAccount", "name": "deployer", "namespace": ns}]
-            }))
-            .expect("binding");
-        Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(client.clone(), ns)
-            .create(&Default::default(), &binding)
-            .await
-            .expect("create binding");
+        grant(
+            &client,
+            ns,
+            "deployer",
+            manage_config_maps(),
+            (ns, "deployer"),
+        )
+        .await;
     }
     let cache = home.path().join("git-cache");
     let run = |ns: &str| {
