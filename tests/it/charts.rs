@@ -224,26 +224,45 @@ fn left_by_an_ended_process(name: &str) -> bool {
         .is_some_and(|pid| !Path::new("/proc").join(pid).exists())
 }
 
-/// A project whose `dev` environment has a secrets file (the demo key's) and a chart taking the
-/// secret through three paths into one Secret.
-fn secret_chart_project(root: &Path, namespace: &str, password: &str) {
+/// `lockstep.yaml` of project `(name, namespace)` with one environment `dev` and one release
+/// `(release, chart directory, values template)`; with `secrets`, `dev`'s secrets file holding
+/// them (encrypted to the demo key, never written in clear).
+fn one_release_project(
+    root: &Path,
+    (project, namespace): (&str, &str),
+    (release, chart, values): (&str, &str, &str),
+    secrets: Option<&str>,
+) {
     write(
         root,
         "lockstep.yaml",
         &format!(
-            "project: vault\nenvironments:\n  dev: {{namespace: {namespace}}}\ncharts:\n  db:\n    chart: charts/db\n    values: charts/db.values.yaml\n"
+            "project: {project}\nenvironments:\n  dev: {{namespace: {namespace}}}\ncharts:\n  {release}:\n    chart: {chart}\n    values: {values}\n"
         ),
     );
-    let sealed = support::encrypt_stdin(
-        Path::new(BIN),
-        DEMO_RECIPIENT,
-        "environments/dev/secrets.yaml",
-        &format!("db:\n  password: {password}\n"),
-    );
-    write(
+    if let Some(plain) = secrets {
+        let sealed = support::encrypt_stdin(
+            Path::new(BIN),
+            DEMO_RECIPIENT,
+            "environments/dev/secrets.yaml",
+            plain,
+        );
+        write(
+            root,
+            "environments/dev/secrets.yaml",
+            &String::from_utf8(sealed).expect("utf-8"),
+        );
+    }
+}
+
+/// A project whose `dev` environment has a secrets file (the demo key's) and a chart taking the
+/// secret through three paths into one Secret.
+fn secret_chart_project(root: &Path, namespace: &str, password: &str) {
+    one_release_project(
         root,
-        "environments/dev/secrets.yaml",
-        &String::from_utf8(sealed).expect("utf-8"),
+        ("vault", namespace),
+        ("db", "charts/db", "charts/db.values.yaml"),
+        Some(&format!("db:\n  password: {password}\n")),
     );
     write(
         root,
@@ -569,12 +588,15 @@ async fn the_metrics_server_chart_renders_as_helm_does_and_applies() {
         let home = tempfile::tempdir().expect("tempdir");
         let root = project.path();
         copy_dir(&chart, &root.join("charts/metrics-server"));
-        write(
+        one_release_project(
             root,
-            "lockstep.yaml",
-            &format!(
-                "project: metrics\nenvironments:\n  dev: {{namespace: {ns}}}\ncharts:\n  metrics:\n    chart: charts/metrics-server\n    values: charts/metrics.values.yaml\n"
+            ("metrics", &ns),
+            (
+                "metrics",
+                "charts/metrics-server",
+                "charts/metrics.values.yaml",
             ),
+            None,
         );
         // No APIService: an aggregated API without a running server would disturb discovery for
         // every other test on this control plane.
@@ -638,23 +660,11 @@ async fn the_external_dns_chart_takes_a_sealed_credential_through_tpl_and_b64enc
         let home = tempfile::tempdir().expect("tempdir");
         let root = project.path();
         copy_dir(&chart, &root.join("charts/external-dns"));
-        write(
+        one_release_project(
             root,
-            "lockstep.yaml",
-            &format!(
-                "project: dns\nenvironments:\n  dev: {{namespace: {ns}}}\ncharts:\n  dns:\n    chart: charts/external-dns\n    values: charts/dns.values.yaml\n"
-            ),
-        );
-        let sealed = support::encrypt_stdin(
-            Path::new(BIN),
-            DEMO_RECIPIENT,
-            "environments/dev/secrets.yaml",
-            &format!("dns:\n  token: {token}\n  other: unrelated\n"),
-        );
-        write(
-            root,
-            "environments/dev/secrets.yaml",
-            &String::from_utf8(sealed).expect("utf-8"),
+            ("dns", &ns),
+            ("dns", "charts/external-dns", "charts/dns.values.yaml"),
+            Some(&format!("dns:\n  token: {token}\n  other: unrelated\n")),
         );
         let values = |token: &str| {
             format!(
