@@ -257,7 +257,7 @@ fn one_release_project(
 
 /// A project whose `dev` environment has a secrets file (the demo key's) and a chart taking the
 /// secret through three paths into one Secret.
-fn secret_chart_project(root: &Path, namespace: &str, password: &str) {
+pub(crate) fn secret_chart_project(root: &Path, namespace: &str, password: &str) {
     one_release_project(
         root,
         ("vault", namespace),

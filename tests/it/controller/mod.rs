@@ -2,6 +2,7 @@
 //! this module holds what they share (repositories, Secrets, Syncs, controller processes, waits).
 
 mod auth;
+mod charts;
 mod converge;
 mod drift;
 mod faults;
