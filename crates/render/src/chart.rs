@@ -275,6 +275,8 @@ pub fn run(
         let stderr = child.stderr.take();
         let errors = scope.spawn(move || read_bounded(stderr, MAX_STDERR, false));
         let deadline = Instant::now() + helm.timeout;
+        // Polled, first often (a chart renders in tens of milliseconds), then every 5 ms.
+        let mut pause = Duration::from_micros(100);
         let status = loop {
             match child.try_wait() {
                 Ok(Some(status)) => break Some(status),
@@ -283,7 +285,10 @@ pub fn run(
                     let _ = child.wait();
                     break None;
                 }
-                Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+                Ok(None) => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(5));
+                }
                 Err(_) => {
                     let _ = child.kill();
                     let _ = child.wait();

@@ -605,7 +605,8 @@ fn render_templates(engine: &Engine<'_>, problems: &mut Vec<Diagnostic>) -> Vec<
 }
 
 /// The environment's chart releases: each values template rendered (problems collected), then
-/// `helm template` run for each (unless `charts` says only values), in order of release name.
+/// `helm template` run for each (unless `charts` says only values) — up to one Helm per core at
+/// once — in order of release name.
 fn render_charts(
     engine: &Engine<'_>,
     snapshot: &Snapshot,
@@ -615,7 +616,7 @@ fn render_charts(
     charts: &chart::Charts,
     problems: &mut Vec<Diagnostic>,
 ) -> Vec<chart::Output> {
-    let mut releases = Vec::new();
+    let mut jobs = Vec::new();
     for (release, spec) in project
         .charts
         .iter()
@@ -628,49 +629,65 @@ fn render_charts(
                 Err(e) => Err(engine.template_error(&e)),
             },
         };
-        let values = match values {
-            Ok(v) => v,
+        match values {
+            Ok(v) => {
+                let namespace = spec
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| environment.namespace.clone());
+                jobs.push((release, spec, namespace, v));
+            }
+            Err(d) => problems.push(d),
+        }
+    }
+    let chart::Charts::Helm(helm) = charts else {
+        return Vec::new();
+    };
+    let max_output = engine.budget.bytes_left();
+    let results = par_map(&jobs, 1, |(release, spec, namespace, values)| {
+        let job = chart::Release {
+            name: release,
+            chart: spec,
+            namespace,
+        };
+        chart::template(helm, snapshot, &job, environment, values, max_output)
+    });
+    let mut releases = Vec::new();
+    for ((release, spec, namespace, values), result) in jobs.into_iter().zip(results) {
+        let text = match result {
+            Ok(text) => text,
             Err(d) => {
                 problems.push(d);
                 continue;
             }
         };
-        let chart::Charts::Helm(helm) = charts else {
+        if engine.budget.take_bytes(text.len()).is_err() {
+            problems.push(
+                Diagnostic::new(format!(
+                    "chart {release}: the charts' output passes the {} bytes a render may produce",
+                    engine.budget.limits().output_bytes
+                ))
+                .in_file(spec.chart.clone())
+                .with_help("split the environment, or look for a runaway loop in a chart"),
+            );
             continue;
-        };
-        let namespace = spec
-            .namespace
-            .clone()
-            .unwrap_or_else(|| environment.namespace.clone());
-        let max_output = engine.budget.bytes_left();
-        let job = chart::Release {
-            name: release,
-            chart: spec,
-            namespace: &namespace,
-        };
-        match chart::template(helm, snapshot, &job, environment, &values, max_output) {
-            Ok(text) => {
-                // Read within what was left, so this cannot fail; later renders see less.
-                let _ = engine.budget.take_bytes(text.len());
-                let rerun = (!values.passed.is_empty()).then(|| chart::Rerun {
-                    release: release.clone(),
-                    chart: spec.clone(),
-                    namespace: namespace.clone(),
-                    environment: environment.clone(),
-                    values: values.text.clone(),
-                    helm: helm.clone(),
-                });
-                releases.push(chart::Output {
-                    release: release.clone(),
-                    chart_dir: spec.chart.trim_end_matches('/').to_string(),
-                    namespace,
-                    text,
-                    passed: values.passed,
-                    rerun,
-                });
-            }
-            Err(d) => problems.push(d),
         }
+        let rerun = (!values.passed.is_empty()).then(|| chart::Rerun {
+            release: release.clone(),
+            chart: spec.clone(),
+            namespace: namespace.clone(),
+            environment: environment.clone(),
+            values: values.text.clone(),
+            helm: helm.clone(),
+        });
+        releases.push(chart::Output {
+            release: release.clone(),
+            chart_dir: spec.chart.trim_end_matches('/').to_string(),
+            namespace,
+            text,
+            passed: values.passed,
+            rerun,
+        });
     }
     releases
 }
