@@ -273,7 +273,7 @@ pub(crate) fn secret_chart_project(root: &Path, namespace: &str, password: &str)
     write(
         root,
         "charts/db/templates/secret.yaml",
-        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {{ .Release.Name }}-auth\ntype: Opaque\ndata:\n  password: {{ .Values.password | b64enc | quote }}\n  dsn: {{ printf \"postgres://%s:%s@db:5432/app\" .Values.user .Values.password | b64enc | quote }}\nstringData:\n  plain: {{ .Values.password | quote }}\n",
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {{ .Release.Name }}-auth\ntype: Opaque\ndata:\n  password: {{ .Values.password | b64enc | quote }}\n  dsn: {{ printf \"postgres://%s:%s@db:5432/app\" .Values.user .Values.password | b64enc | quote }}\nstringData:\n  plain: {{ .Values.password | quote }}\n  url: {{ printf \"https://app:%s@db/\" (.Values.password | urlquery) | quote }}\n",
     );
     write(
         root,
@@ -297,7 +297,8 @@ async fn applies_as_helm_makes_it(cluster: &support::Cluster, helm: &Path) {
     let project = tempfile::tempdir().expect("tempdir");
     let home = tempfile::tempdir().expect("tempdir");
     let root = project.path();
-    let password = format!("{MARKER}-pw");
+    // Characters a URL must escape, so `urlquery` has work to do.
+    let password = format!("{MARKER}-p@ss w/rd&");
     secret_chart_project(root, &ns, &password);
     let dir = root.to_string_lossy().into_owned();
 
@@ -505,13 +506,17 @@ fn refuses_misplaced_secrets(helm: &Path) {
     write(
         root,
         "charts/db/templates/leak.yaml",
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: leak\ndata:\n  DB_PASSWORD: {{ .Values.password | quote }}\n",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: leak\ndata:\n  DB_PASSWORD: {{ .Values.password | quote }}\n  DB_URL: {{ printf \"redis://:%s@redis\" (.Values.password | urlquery) | quote }}\n",
     );
     let err = render(helm);
     says(&err, &["charts/db/templates/leak.yaml"]);
     says(
         &err,
-        &["ConfigMap `data.DB_PASSWORD`", "values key password"],
+        &[
+            "ConfigMap `data.DB_PASSWORD`",
+            "values key password",
+            "ConfigMap `data.DB_URL`",
+        ],
     );
     assert!(err.contains("existingSecret"), "says what to do: {err}");
     std::fs::remove_file(root.join("charts/db/templates/leak.yaml")).expect("rm");

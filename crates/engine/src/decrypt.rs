@@ -471,6 +471,15 @@ fn fill_secret(
         let plain = resolve(r, &at)?;
         let encoded = Zeroizing::new(match r.transform {
             Transform::Base64 => b64.encode(&*plain),
+            Transform::UrlQuery => {
+                return Err(err(
+                    at,
+                    format!(
+                        "{} is URL-escaped, which a Secret's data (base64) cannot hold; put the text in stringData",
+                        r.display_path()
+                    ),
+                ));
+            }
             Transform::Plain => {
                 let s = std::str::from_utf8(&plain).map_err(|_| {
                     err(
@@ -509,6 +518,7 @@ fn fill_secret(
                     let piece = Zeroizing::new(match r.transform {
                         Transform::Plain => String::from_utf8_lossy(&plain).into_owned(),
                         Transform::Base64 => b64.encode(&*plain),
+                        Transform::UrlQuery => crate::render::sealed::query_escape(&plain),
                     });
                     out.push_str(&piece);
                     last = range.end;

@@ -88,6 +88,9 @@ fn put_values(
                     Transform::Base64 => out.push_str(&Zeroizing::new(
                         base64::engine::general_purpose::STANDARD.encode(&*plain),
                     )),
+                    Transform::UrlQuery => {
+                        out.push_str(&Zeroizing::new(crate::render::sealed::query_escape(&plain)))
+                    }
                     Transform::Plain => {
                         out.push_str(std::str::from_utf8(&plain).map_err(|_| {
                             format!(

@@ -405,6 +405,42 @@ pub(crate) fn source_of(doc: &str, chart_dir: &str) -> String {
 /// larger text moves, decoded, to `stringData` (which apply encodes). Returns whether anything
 /// changed.
 pub(crate) fn reveal_encoded(object: &mut Value) -> bool {
+    let escaped = reveal_query_escaped_in(object);
+    reveal_base64(object) || escaped
+}
+
+/// Puts back placeholders that the chart's `urlquery` escaped, in every string of `object`, marked
+/// for that escaping at apply (outside a Secret they are then refused like any placeholder).
+fn reveal_query_escaped_in(object: &mut Value) -> bool {
+    match object {
+        Value::String(s) => match sealed::reveal_query_escaped(s) {
+            Some(revealed) => {
+                *s = revealed;
+                true
+            }
+            None => false,
+        },
+        Value::Mapping(m) => {
+            let mut changed = false;
+            for (_, v) in m.iter_mut() {
+                changed |= reveal_query_escaped_in(v);
+            }
+            changed
+        }
+        Value::Sequence(items) => {
+            let mut changed = false;
+            for v in items.iter_mut() {
+                changed |= reveal_query_escaped_in(v);
+            }
+            changed
+        }
+        Value::Tagged(t) => reveal_query_escaped_in(&mut t.value),
+        _ => false,
+    }
+}
+
+/// The base64 part of [`reveal_encoded`].
+fn reveal_base64(object: &mut Value) -> bool {
     let is_secret = object.get("kind").and_then(Value::as_str) == Some("Secret")
         && object.get("apiVersion").and_then(Value::as_str) == Some("v1");
     if !is_secret {
@@ -418,13 +454,16 @@ pub(crate) fn reveal_encoded(object: &mut Value) -> bool {
     let mut changed = false;
     for (key, value) in data.iter_mut() {
         let Some(text) = value.as_str() else { continue };
-        let Some(decoded) = b64
+        let Some(mut decoded) = b64
             .decode(text.trim())
             .ok()
             .and_then(|b| String::from_utf8(b).ok())
         else {
             continue;
         };
+        if let Some(revealed) = sealed::reveal_query_escaped(&decoded) {
+            decoded = revealed;
+        }
         if !decoded.contains(sealed::PLACEHOLDER_PREFIX) {
             continue;
         }

@@ -39,6 +39,89 @@ pub enum Transform {
     Plain,
     /// The value base64-encoded (standard alphabet, padded), for a Secret's `data`.
     Base64,
+    /// The value escaped for a URL query as Go's `url.QueryEscape` (Helm's `urlquery`) does: a
+    /// password inside a connection URL.
+    UrlQuery,
+}
+
+/// `text` escaped as Go's `url.QueryEscape` escapes it: letters, digits and `-_.~` stay, a space
+/// becomes `+`, every other byte `%XX` (upper-case hex).
+pub fn query_escape(text: &[u8]) -> String {
+    let mut out = String::with_capacity(text.len() * 3);
+    for &b in text {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// The text `query_escape` made `escaped` from (`None` when it is not such text).
+pub fn query_unescape(escaped: &str) -> Option<String> {
+    let bytes = escaped.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                out.push(u8::from_str_radix(escaped.get(i + 1..i + 3)?, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// How a placeholder looks after Helm's `urlquery` (the start of [`PLACEHOLDER_PREFIX`]).
+pub const QUERY_ESCAPED_PREFIX: &str = "%3Csealed%3A";
+
+/// `text` with every placeholder that `urlquery` escaped put back, marked for that escaping at
+/// apply (`None` when there is none).
+pub fn reveal_query_escaped(text: &str) -> Option<String> {
+    if !text.contains(QUERY_ESCAPED_PREFIX) {
+        return None;
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    let mut changed = false;
+    while let Some(start) = rest.find(QUERY_ESCAPED_PREFIX) {
+        out.push_str(&rest[..start]);
+        rest = &rest[start..];
+        let end = rest.find("%3E").map_or(rest.len(), |i| i + 3);
+        let run = &rest[..end];
+        let whole = query_unescape(run).and_then(|t| {
+            let found = SealedRef::find_all(&t);
+            match found.as_slice() {
+                [(range, r)] if *range == (0..t.len()) && r.transform == Transform::Plain => {
+                    Some(r.clone())
+                }
+                _ => None,
+            }
+        });
+        match whole {
+            Some(mut marked) => {
+                marked.transform = Transform::UrlQuery;
+                out.push_str(&marked.placeholder());
+                changed = true;
+            }
+            None => out.push_str(run),
+        }
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    changed.then_some(out)
 }
 
 /// A reference to one value of a SOPS file, by file and key path.
@@ -69,7 +152,7 @@ pub fn ciphertext_digest(ciphertext: &[u8]) -> String {
 
 static PLACEHOLDER: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(
-        r"<sealed:([A-Za-z0-9._~/%-]+)#((?:/[A-Za-z0-9._~%-]*)+)(?:@([0-9a-f]{8}))?(\|base64)?>",
+        r"<sealed:([A-Za-z0-9._~/%-]+)#((?:/[A-Za-z0-9._~%-]*)+)(?:@([0-9a-f]{8}))?(\|base64|\|urlquery)?>",
     )
     .expect("the placeholder pattern is a valid regex")
 });
@@ -118,8 +201,10 @@ impl SealedRef {
             s.push('@');
             s.push_str(d);
         }
-        if self.transform == Transform::Base64 {
-            s.push_str("|base64");
+        match self.transform {
+            Transform::Plain => {}
+            Transform::Base64 => s.push_str("|base64"),
+            Transform::UrlQuery => s.push_str("|urlquery"),
         }
         s.push('>');
         s
@@ -144,10 +229,10 @@ impl SealedRef {
                     .split('/')
                     .map(decode)
                     .collect::<Option<Vec<_>>>()?;
-                let transform = if c.get(4).is_some() {
-                    Transform::Base64
-                } else {
-                    Transform::Plain
+                let transform = match c.get(4).map(|m| m.as_str()) {
+                    Some("|base64") => Transform::Base64,
+                    Some(_) => Transform::UrlQuery,
+                    None => Transform::Plain,
                 };
                 Some((
                     whole.range(),
@@ -479,6 +564,40 @@ mod tests {
             ..r.clone()
         };
         assert_eq!(SealedRef::find_all(&bare.placeholder())[0].1, bare);
+    }
+
+    #[test]
+    fn query_escaping_is_gos() {
+        // url.QueryEscape("p@ss w/rd&é~") in Go.
+        assert_eq!(
+            query_escape("p@ss w/rd&é~".as_bytes()),
+            "p%40ss+w%2Frd%26%C3%A9~"
+        );
+        assert_eq!(
+            query_unescape("p%40ss+w%2Frd%26%C3%A9~").as_deref(),
+            Some("p@ss w/rd&é~")
+        );
+        let r = SealedRef {
+            file: "environments/dev/secrets.yaml".into(),
+            path: vec!["db".into(), "pw".into()],
+            transform: Transform::Plain,
+            digest: Some("0a1b2c3d".into()),
+        };
+        let text = format!(
+            "postgres://u:{}@db/x",
+            query_escape(r.placeholder().as_bytes())
+        );
+        let revealed = reveal_query_escaped(&text).expect("revealed");
+        let marked = SealedRef {
+            transform: Transform::UrlQuery,
+            ..r.clone()
+        };
+        assert_eq!(
+            revealed,
+            format!("postgres://u:{}@db/x", marked.placeholder())
+        );
+        assert_eq!(SealedRef::find_all(&revealed)[0].1, marked);
+        assert_eq!(reveal_query_escaped("plain %3Cnot%3E"), None);
     }
 
     #[test]
