@@ -358,6 +358,12 @@ impl Progress {
                 }
                 self.stage = Some((name.clone(), 0, *n));
             }
+            Event::Note(note) => {
+                if terminal && self.stage.is_some() {
+                    let _ = writeln!(stderr);
+                }
+                let _ = writeln!(stderr, "lockstep: note: {note}");
+            }
             Event::Object(id, action, note) => {
                 if *action != Action::Unchanged {
                     let note = note.as_ref().map(|n| format!(" ({n})")).unwrap_or_default();

@@ -964,7 +964,17 @@ async fn run_pipeline(access: &Access, sync: &Sync, cache: &Path) -> Outcome {
         env: sync.spec.environment.clone(),
         ..Request::default()
     };
-    match pipeline::run(&mut inputs, &request, &mut |_| {}).await {
+    let label = format!(
+        "{}/{}",
+        sync.namespace().unwrap_or_default(),
+        sync.name_any()
+    );
+    let mut notes = |e: &apply::Event| {
+        if let apply::Event::Note(note) = e {
+            tracing::warn!(sync = %label, "{note}");
+        }
+    };
+    match pipeline::run(&mut inputs, &request, &mut notes).await {
         Ok(done) if inputs.warn_only(&done.revision) => drift_outcome(&done),
         Ok(done) => applied_outcome(&done, inputs.health_timeout()),
         Err(failed) => Outcome {

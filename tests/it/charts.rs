@@ -59,6 +59,11 @@ fn web_chart(root: &Path) {
     );
     write(
         root,
+        "charts/web/templates/capabilities.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-capabilities\ndata:\n  kube: {{ .Capabilities.KubeVersion.Version | quote }}\n  monitoring: {{ .Capabilities.APIVersions.Has \"monitoring.coreos.com/v1\" | quote }}\n",
+    );
+    write(
+        root,
         "charts/web/charts/cache/Chart.yaml",
         "apiVersion: v2\nname: cache\nversion: 0.1.0\n",
     );
@@ -777,4 +782,73 @@ async fn the_external_dns_chart_takes_a_sealed_credential_through_tpl_and_b64enc
         set(r#"["dns"]["token"]"#, &format!("\"{MARKER}-rotated\""));
         assert_ne!(checksum(), first, "the token changed: a rollout");
     }
+}
+
+/// The environment's cluster profile feeds `.Capabilities`, so an offline render equals what the
+/// cluster would get; apply compares it with the cluster and says what differs (it stops nothing).
+#[tokio::test]
+async fn the_cluster_profile_feeds_capabilities_and_apply_says_what_differs() {
+    let helm = need!("helm", support::peer("helm"));
+    let cluster = need!("control plane", support::cluster());
+    let client = cluster.admin().await;
+    let ns = cluster.namespace(&client, "profile").await;
+    let project = tempfile::tempdir().expect("tempdir");
+    let home = tempfile::tempdir().expect("tempdir");
+    let root = project.path();
+    web_chart(root);
+    let profile = |kube: &str, apis: &str| {
+        write(
+            root,
+            "lockstep.yaml",
+            &format!(
+                "project: profile\nenvironments:\n  dev:\n    namespace: {ns}\n    kubeVersion: {kube}\n    apiVersions: [{apis}]\ncharts:\n  web:\n    chart: charts/web\n"
+            ),
+        );
+    };
+    profile("v1.30.0", "monitoring.coreos.com/v1, apps/v1/Deployment");
+    let dir = root.to_string_lossy().into_owned();
+    let out = lockstep(&["render", "--env", "dev", &dir], &helm, home.path());
+    support::assert_success(&out);
+    let rendered = objects(&String::from_utf8(out.stdout).expect("utf-8"));
+    let caps = &rendered["ConfigMap/web-capabilities"]["data"];
+    assert_eq!(
+        (caps["kube"].as_str(), caps["monitoring"].as_str()),
+        (Some("v1.30.0"), Some("true"))
+    );
+    let kubeconfig = cluster.kubeconfig.to_string_lossy().into_owned();
+    let apply = || {
+        let out = lockstep(
+            &[
+                "apply",
+                "--wait=false",
+                "--env",
+                "dev",
+                "--kubeconfig",
+                &kubeconfig,
+                &dir,
+            ],
+            &helm,
+            home.path(),
+        );
+        support::assert_success(&out);
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let said = apply();
+    says(
+        &said,
+        &[
+            "note: the environment's kubeVersion is v1.30.0, the cluster runs v1.34",
+            "apiVersions lists monitoring.coreos.com/v1, which the cluster does not serve",
+        ],
+    );
+    assert!(!said.contains("apps/v1/Deployment"), "served: {said}");
+    // A profile that matches the cluster: nothing to say.
+    let version = client
+        .apiserver_version()
+        .await
+        .expect("version")
+        .git_version;
+    profile(&version, "apps/v1");
+    let said = apply();
+    assert!(!said.contains("note:"), "{said}");
 }

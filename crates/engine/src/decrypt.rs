@@ -214,6 +214,8 @@ pub struct ApplySet {
     /// In a keyless preview: the secret-bearing objects, compared by their sealed digest instead
     /// of being sent (empty otherwise).
     pub sealed: Vec<crate::sealed::SealedObject>,
+    /// The cluster profile the set's charts were rendered for.
+    pub profile: Option<crate::render::project::Profile>,
 }
 
 /// Converts a YAML value to JSON (tags dropped, non-string keys as their YAML text).
@@ -414,6 +416,7 @@ pub fn decrypt(
         namespace: rendered.namespace.clone(),
         objects,
         sealed: Vec::new(),
+        profile: rendered.profile.clone(),
     })
 }
 

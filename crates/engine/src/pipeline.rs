@@ -430,6 +430,9 @@ pub async fn converge(
     let mut plan = Plan::new(client, set, options)
         .await
         .map_err(StageError::Apply)?;
+    for note in plan.profile_differences().await {
+        progress(&Event::Note(note));
+    }
     validate(&mut plan, progress).await?;
     apply(&mut plan, progress).await?;
     prune(&mut plan, progress).await?;

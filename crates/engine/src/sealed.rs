@@ -153,6 +153,7 @@ pub fn keyless(rendered: &Rendered, snapshot: &Snapshot) -> Keyless {
             namespace: rendered.namespace.clone(),
             objects,
             sealed,
+            profile: rendered.profile.clone(),
         },
         unreadable,
     }

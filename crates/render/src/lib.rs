@@ -83,6 +83,8 @@ pub struct Rendered {
     /// Chart releases that received sealed values: apply renders each once more with the real
     /// values and must get the same objects.
     pub reruns: Vec<chart::Rerun>,
+    /// The environment's cluster profile, when it has charts (apply compares it with the cluster).
+    pub profile: Option<project::Profile>,
 }
 
 impl Rendered {
@@ -412,6 +414,11 @@ pub fn render(snapshot: &Snapshot, req: &Request) -> Result<Rendered, Diagnostic
         secrets_file: secrets.file.clone(),
         manifests,
         reruns: releases.into_iter().filter_map(|r| r.rerun).collect(),
+        profile: project
+            .charts
+            .values()
+            .any(|c| c.applies_to(env_name))
+            .then(|| environment.profile()),
     })
 }
 

@@ -99,6 +99,26 @@ pub struct Environment {
     pub api_versions: Vec<String>,
 }
 
+/// What charts are rendered for: the Kubernetes version and extra API versions Helm's
+/// `.Capabilities` report (default: Helm's own). Apply compares it with the cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Profile {
+    /// `kubeVersion` (e.g. `v1.34.4`).
+    pub kube_version: Option<String>,
+    /// `apiVersions` (`group/version` or `group/version/Kind`).
+    pub api_versions: Vec<String>,
+}
+
+impl Environment {
+    /// The environment's cluster profile.
+    pub fn profile(&self) -> Profile {
+        Profile {
+            kube_version: self.kube_version.clone(),
+            api_versions: self.api_versions.clone(),
+        }
+    }
+}
+
 /// Whether `s` is a DNS-1123 label: 1–63 of `a-z`, `0-9`, `-`, starting and ending alphanumeric.
 pub fn is_dns_label(s: &str) -> bool {
     !s.is_empty()

@@ -173,6 +173,8 @@ impl fmt::Display for Action {
 pub enum Event {
     /// A stage starts (`validate`, `apply crds+namespaces`, …) with the number of objects.
     Stage(String, usize),
+    /// Something worth knowing that stops nothing (the cluster differs from the charts' profile).
+    Note(String),
     /// An object was handled.
     Object(ObjectId, Action, Option<String>),
 }
@@ -1104,6 +1106,54 @@ impl<'a> Plan<'a> {
         self.dry_run(&now, written).await
     }
 
+    /// How the cluster differs from the profile the set's charts were rendered for: another
+    /// Kubernetes version, or listed API versions it does not serve (empty: it matches, or there is
+    /// no profile).
+    pub async fn profile_differences(&self) -> Vec<String> {
+        let Some(profile) = &self.set.profile else {
+            return Vec::new();
+        };
+        let mut notes = Vec::new();
+        if let Some(wanted) = &profile.kube_version
+            && let Ok(info) = self.client.apiserver_version().await
+        {
+            let bare = |v: &str| v.trim_start_matches('v').to_string();
+            let running = info.git_version;
+            if bare(wanted) != bare(&running) {
+                notes.push(format!(
+                    "the environment's kubeVersion is {wanted}, the cluster runs {running}: its charts were rendered for {wanted} (.Capabilities.KubeVersion); set kubeVersion: {running} to render what this cluster gets"
+                ));
+            }
+        }
+        for listed in &profile.api_versions {
+            let mut parts = listed.splitn(3, '/');
+            let (first, second, kind) = (parts.next(), parts.next(), parts.next());
+            let (group, version) = match (first, second) {
+                (Some(g), Some(v)) => (g, v),
+                (Some(v), None) => ("", v),
+                _ => continue,
+            };
+            let served = match kind {
+                Some(kind) => self
+                    .resolver
+                    .discovery
+                    .resolve_gvk(&GroupVersionKind::gvk(group, version, kind))
+                    .is_some(),
+                None => self
+                    .resolver
+                    .discovery
+                    .groups()
+                    .any(|g| g.name() == group && g.versions().any(|v| v == version)),
+            };
+            if !served {
+                notes.push(format!(
+                    "the environment's apiVersions lists {listed}, which the cluster does not serve: its charts were rendered as if it did (.Capabilities.APIVersions)"
+                ));
+            }
+        }
+        notes
+    }
+
     /// Apply: stage by stage (CRDs and Namespaces, waited Established; cluster RBAC and classes;
     /// the rest), within a stage kind by kind, objects concurrently. With [`Options::dry_run`],
     /// only compares and records a diff per object that would change.
@@ -1520,6 +1570,7 @@ pub async fn prune_everything(
         namespace: namespace.to_string(),
         objects: Vec::new(),
         sealed: Vec::new(),
+        profile: None,
     };
     let opts = Options {
         prune: true,
