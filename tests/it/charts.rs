@@ -269,6 +269,13 @@ pub(crate) fn secret_chart_project(root: &Path, namespace: &str, password: &str)
         ("db", "charts/db", "charts/db.values.yaml"),
         Some(&format!("db:\n  password: {password}\n")),
     );
+    // A second release of the same chart: each release is checked against its own objects.
+    let text = std::fs::read_to_string(root.join("lockstep.yaml")).expect("read");
+    write(
+        root,
+        "lockstep.yaml",
+        &format!("{text}  db2:\n    chart: charts/db\n    values: charts/db.values.yaml\n"),
+    );
     write(
         root,
         "charts/db/Chart.yaml",

@@ -40,7 +40,9 @@ pub(crate) fn check(
     let prefix = format!("{}/", rerun.chart_dir());
     let ours: Vec<&ApplyObject> = objects
         .iter()
-        .filter(|o| o.source.starts_with(&prefix))
+        .filter(|o| {
+            o.source.starts_with(&prefix) && rerun.objects.contains(&key_of(o.object.expose()))
+        })
         .collect();
     compare(&ours, theirs)
 }

@@ -129,6 +129,8 @@ pub struct Rerun {
     pub values: String,
     /// The Helm that rendered them.
     pub helm: Helm,
+    /// The objects it rendered, as `Kind/name` (another release of the same chart has its own).
+    pub objects: Vec<String>,
 }
 
 impl Rerun {

@@ -382,7 +382,7 @@ pub fn render(snapshot: &Snapshot, req: &Request) -> Result<Rendered, Diagnostic
         &mut problems,
     );
     let files = manifest_files(snapshot, env_name, &mut problems);
-    let (pending, sops_manifests) = parse_documents(
+    let (pending, sops_manifests, mut chart_objects) = parse_documents(
         &engine,
         &outputs,
         &files,
@@ -413,7 +413,14 @@ pub fn render(snapshot: &Snapshot, req: &Request) -> Result<Rendered, Diagnostic
         namespace: environment.namespace.clone(),
         secrets_file: secrets.file.clone(),
         manifests,
-        reruns: releases.into_iter().filter_map(|r| r.rerun).collect(),
+        reruns: releases
+            .into_iter()
+            .filter_map(|r| r.rerun)
+            .map(|mut rerun| {
+                rerun.objects = chart_objects.remove(&rerun.release).unwrap_or_default();
+                rerun
+            })
+            .collect(),
         profile: project
             .charts
             .values()
@@ -686,6 +693,7 @@ fn render_charts(
             environment: environment.clone(),
             values: values.text.clone(),
             helm: helm.clone(),
+            objects: Vec::new(),
         });
         releases.push(chart::Output {
             release: release.clone(),
@@ -767,7 +775,11 @@ fn parse_documents<'a>(
     releases: &'a [chart::Output],
     namespace: &str,
     problems: &mut Vec<Diagnostic>,
-) -> (Vec<Pending<'a>>, Vec<Manifest>) {
+) -> (
+    Vec<Pending<'a>>,
+    Vec<Manifest>,
+    HashMap<String, Vec<String>>,
+) {
     let mut sops_manifests = Vec::new();
     let mut docs: Vec<(Origin<'a>, &'a str)> = Vec::new();
     let mut release_of: Vec<Option<&'a chart::Output>> = Vec::new();
@@ -816,9 +828,16 @@ fn parse_documents<'a>(
     let parsed = par_map(&docs, 16, |(_, text)| parse_document(text));
     release_of.resize(docs.len(), None);
     let mut pending = Vec::new();
+    let mut chart_objects: HashMap<String, Vec<String>> = HashMap::new();
     for (((origin, doc_text), result), release) in docs.into_iter().zip(parsed).zip(release_of) {
         match result {
             Ok((mut value, id)) => {
+                if let Some(r) = release {
+                    chart_objects
+                        .entry(r.release.clone())
+                        .or_default()
+                        .push(format!("{}/{}", id.kind, id.name));
+                }
                 let revealed = release.is_some() && chart::reveal_encoded(&mut value);
                 pending.push(Pending {
                     origin,
@@ -838,7 +857,7 @@ fn parse_documents<'a>(
             }
         }
     }
-    (pending, sops_manifests)
+    (pending, sops_manifests, chart_objects)
 }
 
 /// Places every object: its namespace (defaulted for namespaced kinds; CRDs in the set tell which
