@@ -398,7 +398,7 @@ pub fn render(snapshot: &Snapshot, req: &Request) -> Result<Rendered, Diagnostic
         &secrets,
         &mut problems,
     );
-    check_passed_secrets(&releases, &manifests, &mut problems);
+    check_passed_secrets(&releases, &manifests, &chart_objects, &mut problems);
     if !problems.is_empty() {
         return Err(Diagnostics(problems));
     }
@@ -712,15 +712,19 @@ fn render_charts(
 fn check_passed_secrets(
     releases: &[chart::Output],
     manifests: &[Manifest],
+    chart_objects: &HashMap<String, Vec<String>>,
     problems: &mut Vec<Diagnostic>,
 ) {
     for release in releases {
         let prefix = format!("{}/", release.chart_dir);
+        let own = chart_objects.get(&release.release);
         let mut reached: std::collections::HashSet<(String, Vec<String>)> = Default::default();
-        for m in manifests
-            .iter()
-            .filter(|m| m.source.starts_with(&prefix) || m.source == release.chart_dir)
-        {
+        for m in manifests.iter().filter(|m| {
+            (m.source.starts_with(&prefix) || m.source == release.chart_dir)
+                && m.id.as_ref().is_some_and(|id| {
+                    own.is_some_and(|keys| keys.contains(&format!("{}/{}", id.kind, id.name)))
+                })
+        }) {
             if let Body::Object(v) = &m.body {
                 for r in chart::refs_in(v) {
                     reached.insert((r.file, r.path));
