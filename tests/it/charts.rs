@@ -285,7 +285,7 @@ pub(crate) fn secret_chart_project(root: &Path, namespace: &str, password: &str)
     write(
         root,
         "charts/db/templates/secret.yaml",
-        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {{ .Release.Name }}-auth\ntype: Opaque\ndata:\n  password: {{ .Values.password | b64enc | quote }}\n  dsn: {{ printf \"postgres://%s:%s@db:5432/app\" .Values.user .Values.password | b64enc | quote }}\nstringData:\n  plain: {{ .Values.password | quote }}\n  url: {{ printf \"https://app:%s@db/\" (.Values.password | urlquery) | quote }}\n",
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {{ .Release.Name }}-auth\ntype: Opaque\ndata:\n  password: {{ .Values.password | b64enc | quote }}\n  dsn: {{ printf \"postgres://%s:%s@db:5432/app\" .Values.user .Values.password | b64enc | quote }}\nstringData:\n  plain: {{ .Values.password | quote }}\n  url: {{ printf \"https://app:%s@db/\" (.Values.password | urlquery) | quote }}\n  config.json: {{ dict \"user\" .Values.user \"password\" .Values.password | toJson | quote }}\n",
     );
     write(
         root,
@@ -309,8 +309,8 @@ async fn applies_as_helm_makes_it(cluster: &support::Cluster, helm: &Path) {
     let project = tempfile::tempdir().expect("tempdir");
     let home = tempfile::tempdir().expect("tempdir");
     let root = project.path();
-    // Characters a URL must escape, so `urlquery` has work to do.
-    let password = format!("{MARKER}-p@ss w/rd&");
+    // Characters a URL and JSON must escape, so `urlquery` and `toJson` have work to do.
+    let password = format!("{MARKER}-p@ss w/rd&\"q");
     secret_chart_project(root, &ns, &password);
     let dir = root.to_string_lossy().into_owned();
 

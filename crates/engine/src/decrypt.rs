@@ -474,11 +474,11 @@ fn fill_secret(
         let plain = resolve(r, &at)?;
         let encoded = Zeroizing::new(match r.transform {
             Transform::Base64 => b64.encode(&*plain),
-            Transform::UrlQuery => {
+            Transform::UrlQuery | Transform::JsonString => {
                 return Err(err(
                     at,
                     format!(
-                        "{} is URL-escaped, which a Secret's data (base64) cannot hold; put the text in stringData",
+                        "{} is escaped for a URL or JSON text, which a Secret's data (base64) cannot hold; put the text in stringData",
                         r.display_path()
                     ),
                 ));
@@ -522,6 +522,9 @@ fn fill_secret(
                         Transform::Plain => String::from_utf8_lossy(&plain).into_owned(),
                         Transform::Base64 => b64.encode(&*plain),
                         Transform::UrlQuery => crate::render::sealed::query_escape(&plain),
+                        Transform::JsonString => {
+                            crate::render::sealed::json_escape(&String::from_utf8_lossy(&plain))
+                        }
                     });
                     out.push_str(&piece);
                     last = range.end;

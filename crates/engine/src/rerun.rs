@@ -93,6 +93,9 @@ fn put_values(
                     Transform::UrlQuery => {
                         out.push_str(&Zeroizing::new(crate::render::sealed::query_escape(&plain)))
                     }
+                    Transform::JsonString => out.push_str(&Zeroizing::new(
+                        crate::render::sealed::json_escape(&String::from_utf8_lossy(&plain)),
+                    )),
                     Transform::Plain => {
                         out.push_str(std::str::from_utf8(&plain).map_err(|_| {
                             format!(

@@ -411,17 +411,21 @@ pub(crate) fn reveal_encoded(object: &mut Value) -> bool {
     reveal_base64(object) || escaped
 }
 
-/// Puts back placeholders that the chart's `urlquery` escaped, in every string of `object`, marked
-/// for that escaping at apply (outside a Secret they are then refused like any placeholder).
+/// Puts back placeholders that the chart's `urlquery` or `toJson` escaped, in every string of
+/// `object`, marked for that escaping at apply (outside a Secret they are then refused like any
+/// placeholder).
 fn reveal_query_escaped_in(object: &mut Value) -> bool {
     match object {
-        Value::String(s) => match sealed::reveal_query_escaped(s) {
-            Some(revealed) => {
-                *s = revealed;
-                true
+        Value::String(s) => {
+            let mut changed = false;
+            for reveal in [sealed::reveal_query_escaped, sealed::reveal_json_escaped] {
+                if let Some(revealed) = reveal(s) {
+                    *s = revealed;
+                    changed = true;
+                }
             }
-            None => false,
-        },
+            changed
+        }
         Value::Mapping(m) => {
             let mut changed = false;
             for (_, v) in m.iter_mut() {
@@ -463,8 +467,10 @@ fn reveal_base64(object: &mut Value) -> bool {
         else {
             continue;
         };
-        if let Some(revealed) = sealed::reveal_query_escaped(&decoded) {
-            decoded = revealed;
+        for reveal in [sealed::reveal_query_escaped, sealed::reveal_json_escaped] {
+            if let Some(revealed) = reveal(&decoded) {
+                decoded = revealed;
+            }
         }
         if !decoded.contains(sealed::PLACEHOLDER_PREFIX) {
             continue;

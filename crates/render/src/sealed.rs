@@ -42,6 +42,71 @@ pub enum Transform {
     /// The value escaped for a URL query as Go's `url.QueryEscape` (Helm's `urlquery`) does: a
     /// password inside a connection URL.
     UrlQuery,
+    /// The value escaped as Go's `encoding/json` writes a string's contents (Helm's `toJson`): a
+    /// password inside a JSON document.
+    JsonString,
+}
+
+/// `text` escaped as Go's `encoding/json` escapes the inside of a string (Go 1.22 and later): `"`
+/// and `\\`, control characters, and (HTML-safe, as `json.Marshal` does) `<`, `>`, `&`, U+2028 and U+2029.
+pub fn json_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            '<' | '>' | '&' | '\u{2028}' | '\u{2029}' => {
+                out.push_str(&format!("\\u{:04x}", c as u32))
+            }
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// How a placeholder looks inside Go's JSON (`<` as `\u003c`).
+pub const JSON_ESCAPED_PREFIX: &str = "\\u003csealed:";
+
+/// `text`, when it is a JSON document, with every placeholder that Helm's `toJson` wrote inside a
+/// string (`\u003csealed:…\u003e`) put back, marked for JSON escaping at apply (`None` when there
+/// is none).
+pub fn reveal_json_escaped(text: &str) -> Option<String> {
+    if !text.contains(JSON_ESCAPED_PREFIX)
+        || serde_json::from_str::<serde_json::Value>(text).is_err()
+    {
+        return None;
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    let mut changed = false;
+    while let Some(start) = rest.find(JSON_ESCAPED_PREFIX) {
+        out.push_str(&rest[..start]);
+        rest = &rest[start..];
+        let end = rest
+            .find("\\u003e")
+            .map_or(rest.len(), |i| i + "\\u003e".len());
+        let run = &rest[..end];
+        let unescaped = run.replace("\\u003c", "<").replace("\\u003e", ">");
+        let found = SealedRef::find_all(&unescaped);
+        match found.as_slice() {
+            [(range, r)] if *range == (0..unescaped.len()) && r.transform == Transform::Plain => {
+                let mut marked = r.clone();
+                marked.transform = Transform::JsonString;
+                out.push_str(&marked.placeholder());
+                changed = true;
+            }
+            _ => out.push_str(run),
+        }
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    changed.then_some(out)
 }
 
 /// `text` escaped as Go's `url.QueryEscape` escapes it: letters, digits and `-_.~` stay, a space
@@ -152,7 +217,7 @@ pub fn ciphertext_digest(ciphertext: &[u8]) -> String {
 
 static PLACEHOLDER: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(
-        r"<sealed:([A-Za-z0-9._~/%-]+)#((?:/[A-Za-z0-9._~%-]*)+)(?:@([0-9a-f]{8}))?(\|base64|\|urlquery)?>",
+        r"<sealed:([A-Za-z0-9._~/%-]+)#((?:/[A-Za-z0-9._~%-]*)+)(?:@([0-9a-f]{8}))?(\|base64|\|urlquery|\|json)?>",
     )
     .expect("the placeholder pattern is a valid regex")
 });
@@ -205,6 +270,7 @@ impl SealedRef {
             Transform::Plain => {}
             Transform::Base64 => s.push_str("|base64"),
             Transform::UrlQuery => s.push_str("|urlquery"),
+            Transform::JsonString => s.push_str("|json"),
         }
         s.push('>');
         s
@@ -231,6 +297,7 @@ impl SealedRef {
                     .collect::<Option<Vec<_>>>()?;
                 let transform = match c.get(4).map(|m| m.as_str()) {
                     Some("|base64") => Transform::Base64,
+                    Some("|json") => Transform::JsonString,
                     Some(_) => Transform::UrlQuery,
                     None => Transform::Plain,
                 };
@@ -598,6 +665,32 @@ mod tests {
         );
         assert_eq!(SealedRef::find_all(&revealed)[0].1, marked);
         assert_eq!(reveal_query_escaped("plain %3Cnot%3E"), None);
+    }
+
+    #[test]
+    fn json_escaping_is_gos() {
+        // json.Marshal("a\"b\\c<d>&\n\u0001") in Go, without the quotes.
+        assert_eq!(
+            json_escape("a\"b\\c<d>&\n\u{1}"),
+            r#"a\"b\\c\u003cd\u003e\u0026\n\u0001"#
+        );
+        let r = SealedRef {
+            file: "environments/dev/secrets.yaml".into(),
+            path: vec!["db".into(), "pw".into()],
+            transform: Transform::Plain,
+            digest: Some("0a1b2c3d".into()),
+        };
+        let json = format!("{{\"password\":\"{}\"}}", json_escape(&r.placeholder()));
+        let revealed = reveal_json_escaped(&json).expect("revealed");
+        let marked = SealedRef {
+            transform: Transform::JsonString,
+            ..r.clone()
+        };
+        assert_eq!(
+            revealed,
+            format!("{{\"password\":\"{}\"}}", marked.placeholder())
+        );
+        assert_eq!(reveal_json_escaped("not json \\u003csealed:x\\u003e"), None);
     }
 
     #[test]
