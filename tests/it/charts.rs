@@ -859,3 +859,43 @@ async fn the_cluster_profile_feeds_capabilities_and_apply_says_what_differs() {
     let said = apply();
     assert!(!said.contains("note:"), "{said}");
 }
+
+/// Helm runs with the highest OOM score, so under a container's memory limit the kernel takes it
+/// before the controller that runs it.
+#[test]
+fn helm_is_the_first_the_oom_killer_takes() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let helm = need!("helm", support::peer("helm"));
+    let project = tempfile::tempdir().expect("tempdir");
+    let home = tempfile::tempdir().expect("tempdir");
+    let root = project.path();
+    web_chart(root);
+    write(
+        root,
+        "lockstep.yaml",
+        "project: oom\nenvironments:\n  dev: {namespace: oom}\ncharts:\n  web:\n    chart: charts/web\n",
+    );
+    // Helm itself, behind a wrapper that notes its score once lockstep had a moment to set it.
+    let seen = home.path().join("oom-score");
+    let wrapper = home.path().join("helm");
+    write(
+        home.path(),
+        "helm",
+        &format!(
+            "#!/bin/sh\nsleep 0.3\ncat /proc/self/oom_score_adj > '{}'\nexec '{}' \"$@\"\n",
+            seen.display(),
+            helm.display()
+        ),
+    );
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let out = lockstep(
+        &["render", "--env", "dev", &root.to_string_lossy()],
+        &wrapper,
+        home.path(),
+    );
+    support::assert_success(&out);
+    assert_eq!(
+        std::fs::read_to_string(&seen).expect("the score").trim(),
+        "1000"
+    );
+}

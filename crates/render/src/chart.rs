@@ -261,6 +261,9 @@ pub fn run(
         Some((helm.memory, helm.memory)),
         None,
     );
+    // Under a container's memory limit, the kernel's OOM killer takes Helm before the process
+    // that runs it (raising the score needs no privilege).
+    let _ = std::fs::write(format!("/proc/{}/oom_score_adj", child.id()), "1000");
     let (out, too_long, err, status) = std::thread::scope(|scope| {
         let stdin = child.stdin.take();
         let input: &[u8] = match feed {
