@@ -513,23 +513,12 @@ fn fill_secret(
             for (key, value) in sd.iter_mut() {
                 let Json::String(text) = value else { continue };
                 let at = field("stringData", key);
-                let mut out = Zeroizing::new(String::with_capacity(text.len()));
-                let mut last = 0;
-                for (range, r) in SealedRef::find_all(text) {
-                    out.push_str(&text[last..range.start]);
-                    let plain = resolve(&r, &at)?;
-                    let piece = Zeroizing::new(match r.transform {
-                        Transform::Plain => String::from_utf8_lossy(&plain).into_owned(),
-                        Transform::Base64 => b64.encode(&*plain),
-                        Transform::UrlQuery => crate::render::sealed::query_escape(&plain),
-                        Transform::JsonString => {
-                            crate::render::sealed::json_escape(&String::from_utf8_lossy(&plain))
-                        }
-                    });
-                    out.push_str(&piece);
-                    last = range.end;
-                }
-                out.push_str(&text[last..]);
+                let out = substitute(text, |r| {
+                    let plain = resolve(r, &at)?;
+                    Ok(transformed(r.transform, &plain).unwrap_or_else(|| {
+                        Zeroizing::new(String::from_utf8_lossy(&plain).into_owned())
+                    }))
+                })?;
                 entries.insert(key.clone(), Json::String(b64.encode(out.as_bytes())));
             }
         }
@@ -538,6 +527,35 @@ fn fill_secret(
         obj.insert("data".into(), std::mem::take(&mut data.0));
     }
     Ok(())
+}
+
+/// `text` with each placeholder replaced by what `piece` makes of its reference, in a wiping
+/// buffer.
+pub(crate) fn substitute<E>(
+    text: &str,
+    mut piece: impl FnMut(&SealedRef) -> Result<Zeroizing<String>, E>,
+) -> Result<Zeroizing<String>, E> {
+    let mut out = Zeroizing::new(String::with_capacity(text.len() + 64));
+    let mut last = 0;
+    for (range, r) in SealedRef::find_all(text) {
+        out.push_str(&text[last..range.start]);
+        out.push_str(&piece(&r)?);
+        last = range.end;
+    }
+    out.push_str(&text[last..]);
+    Ok(out)
+}
+
+/// A value as it takes a placeholder's place with `transform`; `None` when a plain value is not
+/// UTF-8 text.
+pub(crate) fn transformed(transform: Transform, plain: &[u8]) -> Option<Zeroizing<String>> {
+    use crate::render::sealed::{json_escape, query_escape};
+    Some(Zeroizing::new(match transform {
+        Transform::Plain => std::str::from_utf8(plain).ok()?.to_string(),
+        Transform::Base64 => base64::engine::general_purpose::STANDARD.encode(plain),
+        Transform::UrlQuery => query_escape(plain),
+        Transform::JsonString => json_escape(&String::from_utf8_lossy(plain)),
+    }))
 }
 
 /// Decrypts a whole-file SOPS manifest into its objects.

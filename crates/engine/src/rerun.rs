@@ -9,10 +9,12 @@
 use serde_json::Value as Json;
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::decrypt::{ApplyObject, SecretJson, fold_string_data, leaf_bytes, lookup};
+use crate::decrypt::{
+    ApplyObject, SecretJson, fold_string_data, leaf_bytes, lookup, substitute, transformed,
+};
 use crate::render::budget::MAX_OUTPUT_BYTES;
 use crate::render::chart::{self, Feed, Rerun};
-use crate::render::sealed::{SealedRef, Transform};
+use crate::render::sealed::SealedRef;
 use crate::sops::tree::Document;
 use crate::source::Snapshot;
 
@@ -67,17 +69,12 @@ fn put_values(
     path: &mut Vec<String>,
     extra: &mut usize,
 ) -> Result<(), String> {
-    use base64::Engine as _;
     match v {
         Json::String(s) => {
-            let found = SealedRef::find_all(s);
-            if found.is_empty() {
+            if !SealedRef::mentioned_in(s) {
                 return Ok(());
             }
-            let mut out = Zeroizing::new(String::with_capacity(s.len() + 256));
-            let mut last = 0;
-            for (range, r) in found {
-                out.push_str(&s[last..range.start]);
+            let mut out = substitute(s, |r| {
                 let plain = lookup(docs, &r.path).and_then(leaf_bytes).ok_or_else(|| {
                     format!(
                         "values key {}: {} is not a single value of {}",
@@ -86,29 +83,14 @@ fn put_values(
                         r.file
                     )
                 })?;
-                match r.transform {
-                    Transform::Base64 => out.push_str(&Zeroizing::new(
-                        base64::engine::general_purpose::STANDARD.encode(&*plain),
-                    )),
-                    Transform::UrlQuery => {
-                        out.push_str(&Zeroizing::new(crate::render::sealed::query_escape(&plain)))
-                    }
-                    Transform::JsonString => out.push_str(&Zeroizing::new(
-                        crate::render::sealed::json_escape(&String::from_utf8_lossy(&plain)),
-                    )),
-                    Transform::Plain => {
-                        out.push_str(std::str::from_utf8(&plain).map_err(|_| {
-                            format!(
-                                "values key {}: {} is not text; pass it as `| b64encode`",
-                                path.join("."),
-                                r.display_path()
-                            )
-                        })?)
-                    }
-                }
-                last = range.end;
-            }
-            out.push_str(&s[last..]);
+                transformed(r.transform, &plain).ok_or_else(|| {
+                    format!(
+                        "values key {}: {} is not text; pass it as `| b64encode`",
+                        path.join("."),
+                        r.display_path()
+                    )
+                })
+            })?;
             *extra += out.len();
             s.zeroize();
             *s = std::mem::take(&mut *out);
@@ -137,11 +119,7 @@ fn parse(out: &[u8]) -> Result<Vec<(String, SecretJson)>, String> {
     let text = std::str::from_utf8(out).map_err(|_| "Helm printed output that is not UTF-8")?;
     let mut objects = Vec::new();
     for doc in crate::render::manifest::split_documents(text) {
-        if doc
-            .text
-            .lines()
-            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
-        {
+        if chart::holds_nothing(doc.text) {
             continue;
         }
         let value: Json = yaml_serde::from_str(doc.text)
@@ -160,10 +138,9 @@ fn parse(out: &[u8]) -> Result<Vec<(String, SecretJson)>, String> {
 }
 
 fn key_of(v: &Json) -> String {
-    format!(
-        "{}/{}",
+    chart::object_key(
         v["kind"].as_str().unwrap_or_default(),
-        v["metadata"]["name"].as_str().unwrap_or_default()
+        v["metadata"]["name"].as_str().unwrap_or_default(),
     )
 }
 

@@ -129,7 +129,7 @@ pub struct Rerun {
     pub values: String,
     /// The Helm that rendered them.
     pub helm: Helm,
-    /// The objects it rendered, as `Kind/name` (another release of the same chart has its own).
+    /// The objects it rendered, as [`object_key`]s (another release of the same chart has its own).
     pub objects: Vec<String>,
 }
 
@@ -347,7 +347,7 @@ pub(crate) fn template(
     values: &Values,
     max_output: usize,
 ) -> Result<String, Diagnostic> {
-    let out = run(
+    let mut out = run(
         helm,
         snapshot,
         release,
@@ -355,7 +355,8 @@ pub(crate) fn template(
         Feed::Sealed(&values.text),
         max_output,
     )?;
-    String::from_utf8(out.to_vec()).map_err(|_| {
+    // Sealed output: taken out of the wiping buffer, not copied.
+    String::from_utf8(std::mem::take(&mut *out)).map_err(|_| {
         Diagnostic::new(format!(
             "chart {}: helm printed output that is not UTF-8",
             release.name
@@ -390,6 +391,18 @@ fn read_bounded(
         }
     }
     (out, over)
+}
+
+/// Whether a document of Helm's output holds only comments and blank lines (a template that
+/// rendered to nothing).
+pub fn holds_nothing(doc: &str) -> bool {
+    doc.lines()
+        .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+}
+
+/// How a release's objects are named in [`Rerun::objects`]: `Kind/name`.
+pub fn object_key(kind: &str, name: &str) -> String {
+    format!("{kind}/{name}")
 }
 
 /// The project file a document of Helm's output came from: its `# Source: <chart>/templates/x`

@@ -722,7 +722,7 @@ fn check_passed_secrets(
         for m in manifests.iter().filter(|m| {
             (m.source.starts_with(&prefix) || m.source == release.chart_dir)
                 && m.id.as_ref().is_some_and(|id| {
-                    own.is_some_and(|keys| keys.contains(&format!("{}/{}", id.kind, id.name)))
+                    own.is_some_and(|keys| keys.contains(&chart::object_key(&id.kind, &id.name)))
                 })
         }) {
             if let Body::Object(v) = &m.body {
@@ -789,11 +789,7 @@ fn parse_documents<'a>(
     let mut release_of: Vec<Option<&'a chart::Output>> = Vec::new();
     for release in releases {
         for doc in manifest::split_documents(&release.text) {
-            if doc
-                .text
-                .lines()
-                .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
-            {
+            if chart::holds_nothing(doc.text) {
                 continue;
             }
             let origin = Origin::Chart {
@@ -840,7 +836,7 @@ fn parse_documents<'a>(
                     chart_objects
                         .entry(r.release.clone())
                         .or_default()
-                        .push(format!("{}/{}", id.kind, id.name));
+                        .push(chart::object_key(&id.kind, &id.name));
                 }
                 let revealed = release.is_some() && chart::reveal_encoded(&mut value);
                 pending.push(Pending {

@@ -82,28 +82,48 @@ pub fn reveal_json_escaped(text: &str) -> Option<String> {
     {
         return None;
     }
+    reveal_escaped(
+        text,
+        JSON_ESCAPED_PREFIX,
+        "\\u003e",
+        Transform::JsonString,
+        |run| Some(run.replace("\\u003c", "<").replace("\\u003e", ">")),
+    )
+}
+
+/// `text` with each run from `prefix` to `end` (an escaped placeholder) that `unescape` turns into
+/// exactly one plain placeholder replaced by that placeholder marked with `transform`; `None` when
+/// there is no such run.
+fn reveal_escaped(
+    text: &str,
+    prefix: &str,
+    end: &str,
+    transform: Transform,
+    unescape: impl Fn(&str) -> Option<String>,
+) -> Option<String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     let mut changed = false;
-    while let Some(start) = rest.find(JSON_ESCAPED_PREFIX) {
+    while let Some(start) = rest.find(prefix) {
         out.push_str(&rest[..start]);
         rest = &rest[start..];
-        let end = rest
-            .find("\\u003e")
-            .map_or(rest.len(), |i| i + "\\u003e".len());
-        let run = &rest[..end];
-        let unescaped = run.replace("\\u003c", "<").replace("\\u003e", ">");
-        let found = SealedRef::find_all(&unescaped);
-        match found.as_slice() {
-            [(range, r)] if *range == (0..unescaped.len()) && r.transform == Transform::Plain => {
-                let mut marked = r.clone();
-                marked.transform = Transform::JsonString;
+        let stop = rest.find(end).map_or(rest.len(), |i| i + end.len());
+        let run = &rest[..stop];
+        let whole = unescape(run).and_then(|t| match SealedRef::find_all(&t).as_slice() {
+            [(range, r)] if *range == (0..t.len()) && r.transform == Transform::Plain => {
+                Some(r.clone())
+            }
+            _ => None,
+        });
+        match whole {
+            Some(mut marked) => {
+                marked.transform = transform;
                 out.push_str(&marked.placeholder());
                 changed = true;
             }
-            _ => out.push_str(run),
+            None => out.push_str(run),
         }
-        rest = &rest[end..];
+        rest = &rest[stop..];
     }
     out.push_str(rest);
     changed.then_some(out)
@@ -158,35 +178,13 @@ pub fn reveal_query_escaped(text: &str) -> Option<String> {
     if !text.contains(QUERY_ESCAPED_PREFIX) {
         return None;
     }
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    let mut changed = false;
-    while let Some(start) = rest.find(QUERY_ESCAPED_PREFIX) {
-        out.push_str(&rest[..start]);
-        rest = &rest[start..];
-        let end = rest.find("%3E").map_or(rest.len(), |i| i + 3);
-        let run = &rest[..end];
-        let whole = query_unescape(run).and_then(|t| {
-            let found = SealedRef::find_all(&t);
-            match found.as_slice() {
-                [(range, r)] if *range == (0..t.len()) && r.transform == Transform::Plain => {
-                    Some(r.clone())
-                }
-                _ => None,
-            }
-        });
-        match whole {
-            Some(mut marked) => {
-                marked.transform = Transform::UrlQuery;
-                out.push_str(&marked.placeholder());
-                changed = true;
-            }
-            None => out.push_str(run),
-        }
-        rest = &rest[end..];
-    }
-    out.push_str(rest);
-    changed.then_some(out)
+    reveal_escaped(
+        text,
+        QUERY_ESCAPED_PREFIX,
+        "%3E",
+        Transform::UrlQuery,
+        query_unescape,
+    )
 }
 
 /// A reference to one value of a SOPS file, by file and key path.
