@@ -11,7 +11,7 @@
 //! | the object vocabulary every stage shares (identity, scope, kind order) | [`objects`] |
 //! | age keys | [`keys`] |
 //! | the SOPS file format | [`sops`] |
-//! | where a project comes from (directory, Git commit) | [`source`] |
+//! | where a project comes from (directory, Git commit, chart archives) | [`source`] |
 //! | templates + values → manifests, secrets sealed | [`render`] |
 //! | the only place plaintext is produced | [`decrypt`] |
 //! | dry run, server-side apply, inventory, prune, health, diff | [`apply`] |

@@ -233,6 +233,10 @@ impl pipeline::Inputs for Local<'_> {
             .await
             .map_err(|f| StageError::Cluster(f.message))
     }
+
+    async fn chart_access(&mut self) -> Result<pipeline::ChartAccess, StageError> {
+        super::charts::local_access().map_err(|f| StageError::Fetch(f.message))
+    }
 }
 
 /// The CLI's message and exit code for a failed step (`preview`: of `diff`, which applies nothing

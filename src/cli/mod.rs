@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser, Subcommand};
 
 pub mod apply;
+pub mod charts;
 pub mod check;
 pub mod controller;
 pub mod crypt;
@@ -65,6 +66,8 @@ pub enum Command {
     Init(init::InitArgs),
     /// Render the manifests of one environment, secrets sealed.
     Render(render::RenderCommandArgs),
+    /// Pin repository and OCI charts by digest in lockstep.lock, or fetch them into the cache.
+    Charts(charts::ChartsArgs),
     /// Show what `apply` would change: server-side dry run against the live objects.
     Diff(apply::DiffArgs),
     /// Decrypt in memory and server-side apply one environment, with pruning and health waiting.
@@ -95,6 +98,7 @@ impl Command {
             Command::Unset(_) => "unset",
             Command::Init(_) => "init",
             Command::Render(_) => "render",
+            Command::Charts(_) => "charts",
             Command::Diff(_) => "diff",
             Command::Apply(_) => "apply",
             Command::Controller(_) => "controller",
@@ -125,6 +129,7 @@ pub fn run(
         Command::Set(args) => edit::set(args, env),
         Command::Unset(args) => edit::unset(args, env),
         Command::Render(args) => render::run(args, stdout, stderr),
+        Command::Charts(args) => charts::run(args, stdout, stderr),
         Command::Init(args) => init::run(args, env, stdout, stderr),
         Command::Apply(args) => apply::run_apply(args, env, stdout, stderr),
         Command::Controller(args) => controller::run(args, stdout, stderr),

@@ -178,7 +178,8 @@ fn ignore_broken_pipe(e: std::io::Error) -> std::io::Result<()> {
 pub fn render_dir(dir: &Path, req: &Request, stderr: &mut dyn Write) -> Result<Rendered, Failure> {
     let snapshot = Snapshot::read_dir(dir)
         .map_err(|e| Failure::new(Code::ERROR, format!("reading project: {e}")))?;
-    render::render(&snapshot, req).map_err(|diagnostics| {
+    let req = with_chart_archives(dir, &snapshot, req, stderr)?;
+    render::render(&snapshot, &req).map_err(|diagnostics| {
         let _ = stderr.write_all(draw(&diagnostics).as_bytes());
         let n = diagnostics.0.len();
         Failure::new(
@@ -190,6 +191,42 @@ pub fn render_dir(dir: &Path, req: &Request, stderr: &mut dyn Write) -> Result<R
                 if n == 1 { "" } else { "s" }
             ),
         )
+    })
+}
+
+/// The request with the archives of the project's repository and OCI charts (cached, else
+/// fetched and checked against `lockstep.lock`).
+fn with_chart_archives(
+    dir: &Path,
+    snapshot: &Snapshot,
+    req: &Request,
+    stderr: &mut dyn Write,
+) -> Result<Request, Failure> {
+    if !crate::source::charts::needs_archives(snapshot) {
+        return Ok(req.clone());
+    }
+    let access = super::charts::local_access()?;
+    let archives = crate::source::charts::gather(
+        snapshot,
+        &req.env,
+        &access.store,
+        &access.credentials,
+        &access.scope,
+    )
+    .map_err(|d| {
+        let _ = stderr.write_all(draw(&d.into()).as_bytes());
+        Failure::new(
+            Code::ERROR,
+            format!(
+                "render of {} (environment {}) failed: a chart could not be fetched; nothing was written",
+                dir.display(),
+                req.env
+            ),
+        )
+    })?;
+    Ok(Request {
+        archives,
+        ..req.clone()
     })
 }
 

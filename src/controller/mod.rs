@@ -27,6 +27,7 @@ use crate::apply::{self, Action, Options};
 use crate::keys::KeyRing;
 use crate::pipeline::{self, Fetched, StageError};
 use crate::render::Request;
+use crate::source::charts;
 use crate::source::git::{self, Revision};
 use crate::source::verify;
 
@@ -96,6 +97,19 @@ pub struct SyncSpec {
     /// Sync can do only what that ServiceAccount may do).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account_name: Option<String>,
+    /// How the project's repository and OCI charts are fetched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub charts: Option<ChartsSpec>,
+}
+
+/// Access to chart repositories and registries.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChartsSpec {
+    /// A Secret in the Sync's namespace: `.dockerconfigjson` (or `config.json`), a Docker config
+    /// whose `auths` give the logins by host (registries, and repositories on those hosts), and
+    /// `ca.crt`, CA certificates to trust besides the system's.
+    pub secret_ref: LocalRef,
 }
 
 /// What to do about objects changed by hand.
@@ -404,7 +418,12 @@ pub struct Access {
     max_timeout: Duration,
     /// One recorder for the process, so repeated Events fold into a series.
     recorder: kube::runtime::events::Recorder,
+    /// Chart archives, in memory (an archive fetched with a tenant's login serves that tenant).
+    charts: Arc<charts::Store>,
 }
+
+/// Bytes of chart archives the controller keeps in memory.
+pub const CHART_CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 impl Access {
     /// Access with `client`; `config` (the client's configuration) enables `serviceAccountName`.
@@ -430,6 +449,7 @@ impl Access {
             probe: None,
             max_timeout: DEFAULT_MAX_TIMEOUT,
             recorder,
+            charts: Arc::new(charts::Store::in_memory(CHART_CACHE_BYTES, false)),
         }
     }
 
@@ -495,6 +515,7 @@ impl Access {
     /// would cross the network in clear).
     pub fn with_insecure_http(mut self, allowed: bool) -> Access {
         self.insecure_http = allowed;
+        self.charts = Arc::new(charts::Store::in_memory(CHART_CACHE_BYTES, allowed));
         self
     }
 
@@ -635,6 +656,37 @@ impl SyncInputs {
         )
     }
 
+    /// The logins and CA certificates of `spec.charts.secretRef`.
+    async fn chart_credentials(&mut self) -> Result<charts::Credentials, String> {
+        let mut credentials = charts::Credentials::none();
+        let Some(spec) = self.sync.spec.charts.clone() else {
+            return Ok(credentials);
+        };
+        let name = spec.secret_ref.name;
+        let what = format!("charts Secret {}/{name}", self.ns);
+        let tenant = self.tenant()?;
+        let secret = read_secret(&tenant, &self.ns, &name, "charts").await?;
+        let mut used = false;
+        for key in [".dockerconfigjson", "config.json"] {
+            if let Some(json) = secret.get(key) {
+                credentials
+                    .add_docker_config(json)
+                    .map_err(|e| format!("{what}: {key}: {e}"))?;
+                used = true;
+            }
+        }
+        if let Some(pem) = secret.get("ca.crt") {
+            credentials.add_root(pem.to_vec());
+            used = true;
+        }
+        if !used {
+            return Err(format!(
+                "{what} has none of the keys .dockerconfigjson, config.json or ca.crt"
+            ));
+        }
+        Ok(credentials)
+    }
+
     /// The trusted signers named by `source.verify`.
     async fn signers(&mut self, name: &str) -> Result<verify::AllowedSigners, String> {
         let what = format!("signers Secret {}/{name}", self.ns);
@@ -698,6 +750,15 @@ fn revision_of(git_ref: Option<&GitRef>) -> Revision {
 }
 
 impl pipeline::Inputs for SyncInputs {
+    async fn chart_access(&mut self) -> Result<pipeline::ChartAccess, StageError> {
+        let credentials = self.chart_credentials().await.map_err(StageError::Fetch)?;
+        Ok(pipeline::ChartAccess {
+            store: self.access.charts.clone(),
+            credentials: Arc::new(credentials),
+            scope: self.ns.clone(),
+        })
+    }
+
     async fn fetch(&mut self) -> Result<Fetched, StageError> {
         let spec = self.sync.spec.clone();
         let timeout = self.timeout.clone().map_err(StageError::Fetch)?;
@@ -1950,6 +2011,7 @@ mod tests {
                 timeout: None,
                 wait: None,
                 service_account_name: None,
+                charts: None,
             },
         );
         s.metadata.generation = Some(generation);

@@ -14,11 +14,11 @@ use base64::Engine as _;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 
-const BIN: &str = env!("CARGO_BIN_EXE_lockstep");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_lockstep");
 const DEMO_RECIPIENT: &str = "age1cunssxzmelyguczf39cjyuztac9mh3wlk6hgqv0s8m7khtfyw47qxrz3zg";
 const MARKER: &str = "Chart-Marker-7f3a9c";
 
-fn write(root: &Path, rel: &str, text: &str) {
+pub(crate) fn write(root: &Path, rel: &str, text: &str) {
     let path = root.join(rel);
     std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
     std::fs::write(path, text).expect("write");
@@ -26,7 +26,7 @@ fn write(root: &Path, rel: &str, text: &str) {
 
 /// A chart with a helper, a Deployment, a Service, a CRD under `crds/` and a subchart: what real
 /// charts are made of.
-fn web_chart(root: &Path) {
+pub(crate) fn web_chart(root: &Path) {
     write(
         root,
         "charts/web/Chart.yaml",
@@ -76,7 +76,7 @@ fn web_chart(root: &Path) {
 
 /// The objects of a YAML stream by `Kind/name`, without `metadata.namespace` (lockstep gives
 /// namespaced objects the release's namespace, as `helm install -n` does).
-fn objects(stream: &str) -> BTreeMap<String, yaml_serde::Value> {
+pub(crate) fn objects(stream: &str) -> BTreeMap<String, yaml_serde::Value> {
     let mut out = BTreeMap::new();
     for doc in stream.split("\n---") {
         let Ok(mut v) = yaml_serde::from_str::<yaml_serde::Value>(doc) else {
@@ -96,7 +96,13 @@ fn objects(stream: &str) -> BTreeMap<String, yaml_serde::Value> {
     out
 }
 
-fn helm_template(helm: &Path, chart: &Path, release: &str, ns: &str, values: &str) -> String {
+pub(crate) fn helm_template(
+    helm: &Path,
+    chart: &Path,
+    release: &str,
+    ns: &str,
+    values: &str,
+) -> String {
     let scratch = tempfile::tempdir().expect("tempdir");
     let values_file = scratch.path().join("values.yaml");
     std::fs::write(&values_file, values).expect("write values");
@@ -120,7 +126,7 @@ fn helm_template(helm: &Path, chart: &Path, release: &str, ns: &str, values: &st
 }
 
 /// Helm v3 and Helm v4 (`helm4`), or why not.
-fn helms() -> Result<Vec<PathBuf>, String> {
+pub(crate) fn helms() -> Result<Vec<PathBuf>, String> {
     Ok(vec![support::peer("helm")?, support::peer("helm4")?])
 }
 
@@ -556,7 +562,8 @@ fn refuses_misplaced_secrets(helm: &Path) {
     // No helm: said so, with what to do.
     let err = render(Path::new("/nonexistent/helm"));
     says(&err, &["/nonexistent/helm was not found", "LOCKSTEP_HELM"]);
-    // A chart outside charts/, or from a repository (not read yet), is refused in lockstep.yaml.
+    // A chart outside charts/ is refused in lockstep.yaml; one from a repository needs its exact
+    // version and a digest in lockstep.lock.
     write(
         root,
         "lockstep.yaml",
@@ -570,7 +577,21 @@ fn refuses_misplaced_secrets(helm: &Path) {
         "project: vault\nenvironments:\n  dev: {namespace: vault-dev}\ncharts:\n  db:\n    chart: metrics-server\n    repo: https://charts.example.org\n    version: 3.12.2\n",
     );
     let err = render(helm);
-    says(&err, &["not read yet", "helm pull"]);
+    says(&err, &["lockstep.lock has no digest", "lockstep charts update db"]);
+    write(
+        root,
+        "lockstep.yaml",
+        "project: vault\nenvironments:\n  dev: {namespace: vault-dev}\ncharts:\n  db:\n    chart: metrics-server\n    repo: https://charts.example.org\n    version: ^3.12\n",
+    );
+    let err = render(helm);
+    says(&err, &["version \"^3.12\" is not an exact version"]);
+    write(
+        root,
+        "lockstep.yaml",
+        "project: vault\nenvironments:\n  dev: {namespace: vault-dev}\ncharts:\n  db:\n    chart: charts/db\n    version: 1.0.0\n",
+    );
+    let err = render(helm);
+    says(&err, &["version: is for repository and OCI charts"]);
 }
 
 /// Asserts that the error output `err` says each of `needles`.

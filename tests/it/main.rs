@@ -6,6 +6,7 @@
 mod support;
 
 mod apply;
+mod chart_sources;
 mod charts;
 mod cli_errors;
 mod controller;

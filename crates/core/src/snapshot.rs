@@ -20,8 +20,9 @@ pub const MAX_PROJECT_BYTES: u64 = 32 * 1024 * 1024;
 pub const MAX_PROJECT_FILES: usize = 10_000;
 
 /// The top-level entries of a project that a snapshot reads.
-pub const PROJECT_ENTRIES: [&str; 6] = [
+pub const PROJECT_ENTRIES: [&str; 7] = [
     "lockstep.yaml",
+    "lockstep.lock",
     "values.yaml",
     "templates",
     "environments",

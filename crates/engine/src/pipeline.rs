@@ -11,6 +11,7 @@
 //! nothing is written after a failed check and nothing is pruned after an error.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use kube::Client;
 
@@ -19,6 +20,7 @@ use crate::decrypt::{self, ApplySet, DecryptError};
 use crate::keys::KeyRing;
 use crate::render::{self, Diagnostics, Rendered, Request};
 use crate::source::Snapshot;
+use crate::source::charts;
 
 /// The steps, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -259,6 +261,21 @@ pub trait Inputs: Send {
     fn render_probe(&self) -> Option<&crate::probe::Probe> {
         None
     }
+
+    /// Where repository and OCI chart archives are cached, and the credentials to fetch them.
+    fn chart_access(&mut self) -> impl Future<Output = Result<ChartAccess, StageError>> + Send;
+}
+
+/// What fetching chart archives needs: the cache, the credentials, and the scope that keeps
+/// archives fetched with one tenant's credentials from another (see [`charts::gather`]).
+#[derive(Clone)]
+pub struct ChartAccess {
+    /// The archive cache.
+    pub store: Arc<charts::Store>,
+    /// Logins and CA certificates.
+    pub credentials: Arc<charts::Credentials>,
+    /// The tenant's scope (the Sync's namespace; empty for the CLI).
+    pub scope: String,
 }
 
 /// What a successful run did.
@@ -315,7 +332,15 @@ pub async fn run<I: Inputs>(
     if let Some(probe) = inputs.render_probe() {
         probed(probe, &fetched.snapshot, request).map_err(at)?;
     }
-    let rendered = render(&fetched.snapshot, request).map_err(at)?;
+    let access = inputs.chart_access().await.map_err(at)?;
+    let archives = chart_archives(&access, &fetched.snapshot, &request.env)
+        .await
+        .map_err(at)?;
+    let request = Request {
+        archives,
+        ..request.clone()
+    };
+    let rendered = render(&fetched.snapshot, &request).map_err(at)?;
     let options = inputs.options(&fetched);
     let (set, sealed) = decrypt_or_seal(inputs, &rendered, &fetched.snapshot, &options)
         .await
@@ -392,6 +417,33 @@ pub fn probed(
 ) -> Result<(), StageError> {
     cpu(|| probe.check(snapshot, request))
         .map_err(|e| StageError::Render(render::Diagnostic::new(e.to_string()).into()))
+}
+
+/// Chart step: the archives of the environment's repository and OCI charts, from the cache or
+/// fetched (on a blocking thread), each checked against `lockstep.lock`.
+pub async fn chart_archives(
+    access: &ChartAccess,
+    snapshot: &Snapshot,
+    env: &str,
+) -> Result<render::lock::Archives, StageError> {
+    if !charts::needs_archives(snapshot) {
+        return Ok(render::lock::Archives::default());
+    }
+    let access = access.clone();
+    let snapshot = snapshot.clone();
+    let env = env.to_string();
+    tokio::task::spawn_blocking(move || {
+        charts::gather(
+            &snapshot,
+            &env,
+            &access.store,
+            &access.credentials,
+            &access.scope,
+        )
+    })
+    .await
+    .map_err(|e| StageError::Fetch(format!("fetching charts: {e}")))?
+    .map_err(|d| StageError::Render(d.into()))
 }
 
 /// Render step (CPU work: off the async workers' hands when there are several).

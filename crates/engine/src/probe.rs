@@ -220,6 +220,7 @@ fn read_input(r: &mut impl Read) -> io::Result<(Snapshot, Request)> {
         // Charts are rendered by Helm in a bounded process of its own; the probe checks their
         // values templates.
         charts: render::chart::Charts::ValuesOnly,
+        archives: render::lock::Archives::default(),
     };
     let mut snapshot = Snapshot::new();
     while let Some(path) = read_frame(r)? {
@@ -264,6 +265,7 @@ mod tests {
                 ..Limits::default()
             },
             charts: render::chart::Charts::ValuesOnly,
+            archives: render::lock::Archives::default(),
         };
         let mut wire = Vec::new();
         write_input(&mut wire, &snapshot, &request).expect("written");

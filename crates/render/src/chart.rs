@@ -14,6 +14,7 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -21,7 +22,7 @@ use yaml_serde::{Mapping, Value};
 use zeroize::Zeroizing;
 
 use super::diagnostic::Diagnostic;
-use super::project::{Chart, Environment};
+use super::project::{Chart, Environment, Source};
 use super::sealed::{self, SealedRef, Transform};
 use lockstep_core::snapshot::Snapshot;
 
@@ -129,6 +130,8 @@ pub struct Rerun {
     pub values: String,
     /// The Helm that rendered them.
     pub helm: Helm,
+    /// The chart archive of a repository or OCI chart (checked against the lock).
+    pub archive: Option<Arc<[u8]>>,
     /// The objects it rendered, as [`object_key`]s (another release of the same chart has its own).
     pub objects: Vec<String>,
 }
@@ -140,12 +143,13 @@ impl Rerun {
             name: &self.release,
             chart: &self.chart,
             namespace: &self.namespace,
+            archive: self.archive.as_deref(),
         }
     }
 
-    /// The chart directory its objects' sources start with.
-    pub fn chart_dir(&self) -> &str {
-        self.chart.chart.trim_end_matches('/')
+    /// What its objects' sources start with: the chart directory, or [`Chart::label`].
+    pub fn chart_dir(&self) -> String {
+        self.chart.label()
     }
 }
 
@@ -174,6 +178,8 @@ pub struct Release<'a> {
     pub chart: &'a Chart,
     /// The release's namespace.
     pub namespace: &'a str,
+    /// The chart archive, for a repository or OCI chart.
+    pub archive: Option<&'a [u8]>,
 }
 
 /// What `helm template` reads on standard input.
@@ -200,27 +206,29 @@ pub fn run(
         name: release,
         chart,
         namespace,
+        archive,
     } = *release;
     let real = matches!(feed, Feed::Real(_));
-    let chart_dir = chart.chart.trim_end_matches('/');
-    let fail =
-        |message: String| Diagnostic::new(format!("chart {release}: {message}")).in_file(chart_dir);
-    let prefix = format!("{chart_dir}/");
-    if snapshot.get(&format!("{prefix}Chart.yaml")).is_none() {
-        return Err(fail(format!("{chart_dir}/Chart.yaml does not exist"))
-            .with_help("name a chart directory (one holding Chart.yaml) under charts/"));
-    }
+    let label = chart.label();
+    let fail = |message: String| {
+        Diagnostic::new(format!("chart {release}: {message}")).in_file(label.clone())
+    };
     let scratch =
         Scratch::new().map_err(|e| fail(format!("cannot make a scratch directory: {e}")))?;
-    let root = scratch.0.join("chart");
-    for (path, bytes) in snapshot.under(&prefix) {
-        let to = root.join(&path[prefix.len()..]);
-        let written = to
-            .parent()
-            .map_or(Ok(()), std::fs::create_dir_all)
-            .and_then(|()| std::fs::write(&to, bytes));
-        written.map_err(|e| fail(format!("cannot copy {path} for Helm: {e}")))?;
-    }
+    let root = match (chart.source(), archive) {
+        (Source::Dir(dir), _) => copy_chart_dir(snapshot, dir, &scratch.0.join("chart"))
+            .map_err(|(message, help)| fail(message).with_help(help))?,
+        (_, Some(bytes)) => {
+            let to = scratch.0.join("chart.tgz");
+            std::fs::write(&to, bytes)
+                .map_err(|e| fail(format!("cannot write the chart archive for Helm: {e}")))?;
+            to
+        }
+        (_, None) => {
+            return Err(fail("the chart archive is not at hand".into())
+                .with_help("run `lockstep charts pull` to fetch the locked charts"));
+        }
+    };
     let home = scratch.0.join("helm");
     let mut cmd = Command::new(&helm.program);
     cmd.arg("template").arg(release).arg(&root).args([
@@ -338,6 +346,36 @@ pub fn run(
     Ok(out)
 }
 
+/// Copies a chart directory of the project into `root` (charts hold no secret); on error, the
+/// message and what to do.
+fn copy_chart_dir(
+    snapshot: &Snapshot,
+    dir: &str,
+    root: &Path,
+) -> Result<PathBuf, (String, String)> {
+    let prefix = format!("{dir}/");
+    if snapshot.get(&format!("{prefix}Chart.yaml")).is_none() {
+        return Err((
+            format!("{dir}/Chart.yaml does not exist"),
+            "name a chart directory (one holding Chart.yaml) under charts/".into(),
+        ));
+    }
+    for (path, bytes) in snapshot.under(&prefix) {
+        let to = root.join(&path[prefix.len()..]);
+        let written = to
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(&to, bytes));
+        written.map_err(|e| {
+            (
+                format!("cannot copy {path} for Helm: {e}"),
+                "check the space of /dev/shm".into(),
+            )
+        })?;
+    }
+    Ok(root.to_path_buf())
+}
+
 /// [`run`] with sealed values, as text.
 pub(crate) fn template(
     helm: &Helm,
@@ -361,7 +399,7 @@ pub(crate) fn template(
             "chart {}: helm printed output that is not UTF-8",
             release.name
         ))
-        .in_file(release.chart.chart.clone())
+        .in_file(release.chart.label())
     })
 }
 

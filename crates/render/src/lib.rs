@@ -21,6 +21,7 @@ pub mod chart;
 pub mod diagnostic;
 pub mod emit;
 pub mod helpers;
+pub mod lock;
 pub mod manifest;
 pub mod project;
 pub mod sealed;
@@ -65,6 +66,9 @@ pub struct Request {
     pub limits: budget::Limits,
     /// How the project's Helm charts are rendered.
     pub charts: chart::Charts,
+    /// The archives of the repository and OCI charts in `lockstep.lock` (see
+    /// `lockstep_engine::charts`, which fetches them).
+    pub archives: lock::Archives,
 }
 
 /// The rendered environment.
@@ -378,7 +382,7 @@ pub fn render(snapshot: &Snapshot, req: &Request) -> Result<Rendered, Diagnostic
         &project,
         &environment,
         env_name,
-        &req.charts,
+        req,
         &mut problems,
     );
     let files = manifest_files(snapshot, env_name, &mut problems);
@@ -627,7 +631,7 @@ fn render_charts(
     project: &Project,
     environment: &EnvironmentSpec,
     env_name: &str,
-    charts: &chart::Charts,
+    req: &Request,
     problems: &mut Vec<Diagnostic>,
 ) -> Vec<chart::Output> {
     let mut jobs = Vec::new();
@@ -654,20 +658,22 @@ fn render_charts(
             Err(d) => problems.push(d),
         }
     }
-    let chart::Charts::Helm(helm) = charts else {
+    let chart::Charts::Helm(helm) = &req.charts else {
         return Vec::new();
     };
+    let jobs = with_archives(jobs, snapshot, &req.archives, problems);
     let max_output = engine.budget.bytes_left();
-    let results = par_map(&jobs, 1, |(release, spec, namespace, values)| {
+    let results = par_map(&jobs, 1, |(release, spec, namespace, values, archive)| {
         let job = chart::Release {
             name: release,
             chart: spec,
             namespace,
+            archive: archive.as_deref(),
         };
         chart::template(helm, snapshot, &job, environment, values, max_output)
     });
     let mut releases = Vec::new();
-    for ((release, spec, namespace, values), result) in jobs.into_iter().zip(results) {
+    for ((release, spec, namespace, values, archive), result) in jobs.into_iter().zip(results) {
         let text = match result {
             Ok(text) => text,
             Err(d) => {
@@ -681,7 +687,7 @@ fn render_charts(
                     "chart {release}: the charts' output passes the {} bytes a render may produce",
                     engine.budget.limits().output_bytes
                 ))
-                .in_file(spec.chart.clone())
+                .in_file(spec.label())
                 .with_help("split the environment, or look for a runaway loop in a chart"),
             );
             continue;
@@ -693,11 +699,12 @@ fn render_charts(
             environment: environment.clone(),
             values: values.text.clone(),
             helm: helm.clone(),
+            archive: archive.clone(),
             objects: Vec::new(),
         });
         releases.push(chart::Output {
             release: release.clone(),
-            chart_dir: spec.chart.trim_end_matches('/').to_string(),
+            chart_dir: spec.label(),
             namespace,
             text,
             passed: values.passed,
@@ -705,6 +712,77 @@ fn render_charts(
         });
     }
     releases
+}
+
+/// A rendered release's job: name, chart, namespace, values, and archive (repository and OCI
+/// charts).
+type ChartJob<'a> = (
+    &'a String,
+    &'a project::Chart,
+    String,
+    chart::Values,
+    Option<std::sync::Arc<[u8]>>,
+);
+
+/// Each job with its chart archive: a repository or OCI chart must be in `lockstep.lock`, and its
+/// archive at hand with the locked digest (problems collected; those jobs dropped).
+fn with_archives<'a>(
+    jobs: Vec<(&'a String, &'a project::Chart, String, chart::Values)>,
+    snapshot: &Snapshot,
+    archives: &lock::Archives,
+    problems: &mut Vec<Diagnostic>,
+) -> Vec<ChartJob<'a>> {
+    if jobs.iter().all(|(_, spec, ..)| !spec.is_remote()) {
+        return jobs
+            .into_iter()
+            .map(|(r, s, n, v)| (r, s, n, v, None))
+            .collect();
+    }
+    let text = snapshot
+        .get(lock::LOCK_FILE)
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .unwrap_or_default();
+    let lock = match lock::Lock::parse(&text) {
+        Ok(lock) => lock,
+        Err(d) => {
+            problems.push(d);
+            return Vec::new();
+        }
+    };
+    let mut out = Vec::new();
+    for (release, spec, namespace, values) in jobs {
+        if !spec.is_remote() {
+            out.push((release, spec, namespace, values, None));
+            continue;
+        }
+        let fail = |message: String, help: &str| {
+            Diagnostic::new(format!("chart {release}: {message}"))
+                .in_file(lock::LOCK_FILE)
+                .with_help(help.to_string())
+        };
+        let entry = match lock.entry(release, spec) {
+            Ok(entry) => entry,
+            Err(why) => {
+                problems.push(fail(
+                    why,
+                    "the lock file pins each repository and OCI chart by digest, so a render uses exactly the reviewed chart",
+                ));
+                continue;
+            }
+        };
+        match archives.get(&entry.digest) {
+            Some(bytes) => out.push((release, spec, namespace, values, Some(bytes.clone()))),
+            None => problems.push(fail(
+                format!(
+                    "the archive of {} with digest {} is not at hand",
+                    spec.label(),
+                    entry.digest
+                ),
+                "`lockstep charts pull` fetches the locked charts into the cache",
+            )),
+        }
+    }
+    out
 }
 
 /// Every sealed value passed to a chart must reach its output (in a Secret): one the chart hashed,

@@ -16,7 +16,16 @@
 //!     namespace: kube-system  # default: the environment's namespace
 //!     values: charts/metrics.values.yaml   # a template, like those under templates/
 //!     environments: [prod]    # default: every environment
+//!   dns:
+//!     repo: https://charts.example.org   # a chart repository (its index.yaml)…
+//!     chart: external-dns                 # …and the chart's name in it
+//!     version: 1.22.0                     # required for repository and OCI charts
+//!   web:
+//!     chart: oci://registry.example.org/charts/web   # an OCI registry
+//!     version: 2.0.1
 //! ```
+//!
+//! Repository and OCI charts are pinned by digest in `lockstep.lock` (see [`crate::lock`]).
 //!
 //! Unknown keys are errors (a typo such as `namepsace` must not silently fall back to a default).
 
@@ -50,7 +59,8 @@ pub const CHARTS_DIR: &str = "charts/";
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Chart {
-    /// The chart directory in the project, under `charts/` (e.g. `charts/metrics-server`).
+    /// The chart directory in the project, under `charts/` (e.g. `charts/metrics-server`); with
+    /// `repo`, the chart's name in that repository; or an OCI reference (`oci://host/path/name`).
     pub chart: String,
     /// The namespace of the release (default: the environment's).
     #[serde(default)]
@@ -62,15 +72,73 @@ pub struct Chart {
     /// The environments that get this release (default: every one).
     #[serde(default)]
     pub environments: Option<Vec<String>>,
-    /// A chart repository URL (not read yet: vendor the chart).
+    /// A chart repository URL (where its `index.yaml` is).
     #[serde(default)]
     pub repo: Option<String>,
-    /// The chart version of a repository chart.
+    /// The exact chart version of a repository or OCI chart.
     #[serde(default)]
     pub version: Option<String>,
 }
 
+/// Where a chart comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source<'a> {
+    /// A directory of the project.
+    Dir(&'a str),
+    /// A chart repository: its URL (no trailing `/`), the chart's name, the version.
+    Repo {
+        /// The repository URL.
+        url: &'a str,
+        /// The chart's name in its index.
+        name: &'a str,
+        /// The chart version.
+        version: &'a str,
+    },
+    /// An OCI registry: the reference without tag (`oci://host/path/name`), the version (tag).
+    Oci {
+        /// The reference.
+        reference: &'a str,
+        /// The chart version.
+        version: &'a str,
+    },
+}
+
+/// The scheme of OCI chart references.
+pub const OCI_SCHEME: &str = "oci://";
+
 impl Chart {
+    /// Where the chart comes from (for a checked project; a missing version reads as empty).
+    pub fn source(&self) -> Source<'_> {
+        let version = self.version.as_deref().unwrap_or_default();
+        match &self.repo {
+            Some(url) => Source::Repo {
+                url: url.trim_end_matches('/'),
+                name: &self.chart,
+                version,
+            },
+            None if self.chart.starts_with(OCI_SCHEME) => Source::Oci {
+                reference: &self.chart,
+                version,
+            },
+            None => Source::Dir(self.chart.trim_end_matches('/')),
+        }
+    }
+
+    /// Whether the chart is fetched (from a repository or registry) rather than in the project.
+    pub fn is_remote(&self) -> bool {
+        !matches!(self.source(), Source::Dir(_))
+    }
+
+    /// How the chart's files are named in sources and messages: its directory, or
+    /// `REPO/NAME@VERSION` / `oci://…/NAME@VERSION`.
+    pub fn label(&self) -> String {
+        match self.source() {
+            Source::Dir(dir) => dir.to_string(),
+            Source::Repo { url, name, version } => format!("{url}/{name}@{version}"),
+            Source::Oci { reference, version } => format!("{reference}@{version}"),
+        }
+    }
+
     /// Whether environment `env` gets this release.
     pub fn applies_to(&self, env: &str) -> bool {
         self.environments
@@ -243,15 +311,7 @@ fn check_chart(
             "use lowercase letters, digits and '-'".into(),
         ));
     }
-    if chart.repo.is_some() || chart.chart.starts_with("oci://") {
-        return Err((
-            format!("{release}:"),
-            "chart repositories and OCI registries are not read yet".into(),
-            format!(
-                "vendor the chart into the project (`helm pull REPO/CHART --version V --untar --untardir {CHARTS_DIR}`) and name its directory in chart:"
-            ),
-        ));
-    }
+    check_remote(release, chart)?;
     let inside = |path: &str| {
         path.starts_with(CHARTS_DIR)
             && path.len() > CHARTS_DIR.len()
@@ -259,7 +319,7 @@ fn check_chart(
                 .split('/')
                 .all(|seg| !seg.is_empty() && seg != "." && seg != ".." && !seg.starts_with('.'))
     };
-    if !inside(chart.chart.trim_end_matches('/')) {
+    if !chart.is_remote() && !inside(chart.chart.trim_end_matches('/')) {
         return Err((
             format!("chart: {}", chart.chart),
             format!(
@@ -267,7 +327,7 @@ fn check_chart(
                 chart.chart
             ),
             format!(
-                "put the chart's directory under {CHARTS_DIR} (e.g. {CHARTS_DIR}{release}) and name it here"
+                "put the chart's directory under {CHARTS_DIR} (e.g. {CHARTS_DIR}{release}), or name a chart repository in repo: or an {OCI_SCHEME} reference"
             ),
         ));
     }
@@ -301,6 +361,94 @@ fn check_chart(
         }
     }
     Ok(())
+}
+
+/// Checks the source fields of a chart: a repository URL and chart name, an OCI reference, each
+/// with an exact version; or a directory without one.
+fn check_remote(release: &str, chart: &Chart) -> Result<(), (String, String, String)> {
+    let web = |url: &str| {
+        (url.starts_with("https://") || url.starts_with("http://"))
+            && !url.contains('@')
+            && !url.contains(char::is_whitespace)
+    };
+    if let Some(repo) = &chart.repo {
+        if !web(repo) {
+            return Err((
+                format!("repo: {repo}"),
+                format!("repo {repo:?} is not an https:// or http:// URL without credentials"),
+                "name the chart repository's URL (where its index.yaml is); credentials go in Helm's repositories.yaml or the Sync's chart Secret, never in the URL".into(),
+            ));
+        }
+        if chart.chart.is_empty() || chart.chart.contains(['/', ':']) {
+            return Err((
+                format!("chart: {}", chart.chart),
+                format!(
+                    "with repo:, chart {:?} must be the chart's name in the repository",
+                    chart.chart
+                ),
+                format!("e.g. `repo: {repo}` and `chart: {release}`"),
+            ));
+        }
+    } else if let Some(rest) = chart.chart.strip_prefix(OCI_SCHEME) {
+        let valid = rest.split_once('/').is_some_and(|(host, path)| {
+            !host.is_empty()
+                && !host.contains('@')
+                && !path.is_empty()
+                && path.split('/').all(|seg| {
+                    !seg.is_empty()
+                        && seg.bytes().all(|b| {
+                            b.is_ascii_lowercase()
+                                || b.is_ascii_digit()
+                                || matches!(b, b'.' | b'_' | b'-')
+                        })
+                })
+        });
+        if !valid {
+            return Err((
+                format!("chart: {}", chart.chart),
+                format!(
+                    "{:?} is not an OCI chart reference without tag or digest",
+                    chart.chart
+                ),
+                "write oci://HOST[:PORT]/PATH/NAME (lowercase path) and the tag in version:".into(),
+            ));
+        }
+    } else {
+        if chart.version.is_some() {
+            return Err((
+                "version:".into(),
+                "version: is for repository and OCI charts; a chart directory's version is in its Chart.yaml".into(),
+                "remove version:, or name a repository in repo:".into(),
+            ));
+        }
+        return Ok(());
+    }
+    match chart.version.as_deref() {
+        None | Some("") => Err((
+            format!("{release}:"),
+            "a repository or OCI chart needs its exact version".into(),
+            "add `version: X.Y.Z` (lockstep.lock then pins its digest: run `lockstep charts update`)".into(),
+        )),
+        Some(v) if !is_exact_version(v) => Err((
+            format!("version: {v}"),
+            format!("version {v:?} is not an exact version"),
+            "pin one version (e.g. 1.2.3): the lock file records its digest, and an update is a reviewable change".into(),
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Whether `v` is one exact (semver-shaped) version: `1.2.3`, `v1.2.3`, `1.2.3-rc.1+build`.
+fn is_exact_version(v: &str) -> bool {
+    let v = v.strip_prefix('v').unwrap_or(v);
+    let core = v.split(['-', '+']).next().unwrap_or_default();
+    let parts: Vec<&str> = core.split('.').collect();
+    parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'+'))
 }
 
 /// The range of the first line containing `needle` (trimmed), for pointing at a key.

@@ -44,6 +44,8 @@ struct HttpShared {
     log: Mutex<Vec<Request>>,
     conns: Mutex<HashMap<u64, TcpStream>>,
     tls: Option<Arc<ServerConfig>>,
+    /// Serve the files under the root as they are (a Helm chart repository), not through Git.
+    files: bool,
 }
 
 /// A smart-HTTP Git server on `127.0.0.1` serving the bare repositories under a directory through the
@@ -62,7 +64,7 @@ impl GitHttp {
     ///
     /// Pushing needs `http.receivepack = true` in the bare repository.
     pub fn start(root: &Path, auth: Option<(&str, &str)>) -> GitHttp {
-        GitHttp::launch(root, auth, None)
+        GitHttp::launch(root, auth, None, false)
     }
 
     /// Like [`GitHttp::start`], but over HTTPS: the server presents a certificate for `127.0.0.1` and
@@ -71,12 +73,34 @@ impl GitHttp {
     pub fn start_tls(root: &Path, auth: Option<(&str, &str)>) -> GitHttp {
         let pki = TestPki::generate();
         let config = pki.server_config();
-        let mut server = GitHttp::launch(root, auth, Some(config));
+        let mut server = GitHttp::launch(root, auth, Some(config), false);
         server.tls = Some(pki);
         server
     }
 
-    fn launch(root: &Path, auth: Option<(&str, &str)>, tls: Option<Arc<ServerConfig>>) -> GitHttp {
+    /// A plain HTTPS file server for the files under `root` (read at each request), as a Helm chart
+    /// repository is served (`helm package` + `helm repo index`); with `auth`, behind Basic auth.
+    pub fn start_files_tls(root: &Path, auth: Option<(&str, &str)>) -> GitHttp {
+        let pki = TestPki::generate();
+        let config = pki.server_config();
+        let mut server = GitHttp::launch(root, auth, Some(config), true);
+        server.tls = Some(pki);
+        server
+    }
+
+    /// The PEM files of the server's certificate and key (to serve another program with them).
+    pub fn server_cert_and_key(&self) -> Option<(&Path, &Path)> {
+        self.tls
+            .as_ref()
+            .map(|pki| (pki.cert.as_path(), pki.key.as_path()))
+    }
+
+    fn launch(
+        root: &Path,
+        auth: Option<(&str, &str)>,
+        tls: Option<Arc<ServerConfig>>,
+        files: bool,
+    ) -> GitHttp {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local_addr");
         let shared = Arc::new(HttpShared {
@@ -86,6 +110,7 @@ impl GitHttp {
             log: Mutex::new(Vec::new()),
             conns: Mutex::new(HashMap::new()),
             tls,
+            files,
         });
         let acceptor = {
             let shared = Arc::clone(&shared);
@@ -364,6 +389,9 @@ fn answer(req: &HttpRequest, peer: SocketAddr, shared: &HttpShared) -> Answer {
             );
         }
     };
+    if shared.files {
+        return serve_file(req, shared);
+    }
     match run_cgi(req, peer, user.as_deref(), shared) {
         Ok(answer) => answer,
         Err(e) => (
@@ -371,6 +399,33 @@ fn answer(req: &HttpRequest, peer: SocketAddr, shared: &HttpShared) -> Answer {
             vec![("Content-Type".into(), "text/plain".into())],
             format!("git http-backend: {e}\n").into_bytes(),
         ),
+    }
+}
+
+/// A GET of a file under the root, as it is now.
+fn serve_file(req: &HttpRequest, shared: &HttpShared) -> Answer {
+    let path = percent_decode(req.target.split('?').next().unwrap_or_default());
+    let rel = path.trim_start_matches('/');
+    let text = |status: u16, body: &str| {
+        (
+            status,
+            vec![("Content-Type".into(), "text/plain".into())],
+            body.as_bytes().to_vec(),
+        )
+    };
+    if req.method != "GET" {
+        return text(405, "only GET\n");
+    }
+    if rel.split('/').any(|seg| seg == ".." || seg.is_empty()) {
+        return text(404, "not found\n");
+    }
+    match std::fs::read(shared.root.join(rel)) {
+        Ok(body) => (
+            200,
+            vec![("Content-Type".into(), "application/octet-stream".into())],
+            body,
+        ),
+        Err(_) => text(404, "not found\n"),
     }
 }
 
@@ -497,6 +552,79 @@ fn reason(status: u16) -> &'static str {
         405 => "Method Not Allowed",
         500 => "Internal Server Error",
         _ => "Status",
+    }
+}
+
+// ------------------------------------------------------------------------------------ OCI registry
+
+/// The real CNCF Distribution registry (the `registry` peer) on a free loopback port over HTTPS with
+/// a throwaway CA, storing in a temporary directory. Stops when dropped.
+pub struct Registry {
+    child: Child,
+    port: u16,
+    pki: TestPki,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    /// Starts the registry and waits until it accepts connections.
+    pub fn start(program: &Path) -> Registry {
+        let pki = TestPki::generate();
+        let dir = tempfile::tempdir().expect("tempdir for the registry");
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog: {{level: error}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\nhttp:\n  addr: 127.0.0.1:{port}\n  tls: {{certificate: {}, key: {}}}\n",
+                dir.path().join("data").display(),
+                pki.cert.display(),
+                pki.key.display()
+            ),
+        )
+        .expect("write registry config");
+        let child = Command::new(program)
+            .arg("serve")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the registry");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the registry did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Registry {
+            child,
+            port,
+            pki,
+            _dir: dir,
+        }
+    }
+
+    /// `host:port` of the registry.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The CA certificate its certificate is signed by.
+    pub fn ca_file(&self) -> &Path {
+        &self.pki.ca
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
