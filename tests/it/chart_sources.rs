@@ -13,10 +13,10 @@ use std::process::{Command, Output};
 use lockstep::render::lock::digest_of;
 
 /// What a run needs: Helm, the cache, the CA, Helm's config home (credentials).
-struct Env {
-    helm: PathBuf,
-    home: tempfile::TempDir,
-    ca: PathBuf,
+pub(crate) struct Env {
+    pub(crate) helm: PathBuf,
+    pub(crate) home: tempfile::TempDir,
+    pub(crate) ca: PathBuf,
 }
 
 impl Env {
@@ -24,7 +24,7 @@ impl Env {
         self.home.path().join("cache")
     }
 
-    fn run(&self, args: &[&str]) -> Output {
+    pub(crate) fn run(&self, args: &[&str]) -> Output {
         let helm_config = self.home.path().join("helm-config");
         support::run_isolated(
             Path::new(BIN),
@@ -39,7 +39,7 @@ impl Env {
         )
     }
 
-    fn login(&self, url: &str, user: &str, password: &str) {
+    pub(crate) fn login(&self, url: &str, user: &str, password: &str) {
         write(
             self.home.path(),
             "helm-config/repositories.yaml",
@@ -64,7 +64,7 @@ fn fails_saying(out: &Output, needles: &[&str]) {
 
 /// Packages the test chart `web` (Deployment, Service, CRD, a subchart) into `into`, returning the
 /// archive's path; `tweak` changes its Deployment's image (a different archive, same version).
-fn package(helm: &Path, into: &Path, tweak: Option<&str>) -> PathBuf {
+pub(crate) fn package(helm: &Path, into: &Path, tweak: Option<&str>) -> PathBuf {
     let src = tempfile::tempdir().expect("tempdir");
     web_chart(src.path());
     if let Some(image) = tweak {
@@ -88,7 +88,7 @@ fn package(helm: &Path, into: &Path, tweak: Option<&str>) -> PathBuf {
     into.join("web-1.2.3.tgz")
 }
 
-fn repo_index(helm: &Path, dir: &Path, url: &str) {
+pub(crate) fn repo_index(helm: &Path, dir: &Path, url: &str) {
     let out = Command::new(helm)
         .args(["repo", "index"])
         .arg(dir)

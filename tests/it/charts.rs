@@ -577,7 +577,10 @@ fn refuses_misplaced_secrets(helm: &Path) {
         "project: vault\nenvironments:\n  dev: {namespace: vault-dev}\ncharts:\n  db:\n    chart: metrics-server\n    repo: https://charts.example.org\n    version: 3.12.2\n",
     );
     let err = render(helm);
-    says(&err, &["lockstep.lock has no digest", "lockstep charts update db"]);
+    says(
+        &err,
+        &["lockstep.lock has no digest", "lockstep charts update db"],
+    );
     write(
         root,
         "lockstep.yaml",

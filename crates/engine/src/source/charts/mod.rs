@@ -446,3 +446,42 @@ fn archive(
         .map_err(|e| fail(format!("caching the chart: {e}")))?;
     Ok(bytes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_archive_fetched_with_a_tenants_login_serves_only_that_tenant() {
+        let store = Store::in_memory(1024, false);
+        let bytes: Arc<[u8]> = Arc::from(&b"private chart"[..]);
+        let digest = lock::digest_of(&bytes);
+        store.keep("team-a", &digest, &bytes).expect("kept");
+        assert!(store.cached("team-a", &digest).is_some());
+        assert!(
+            store.cached("", &digest).is_none(),
+            "not for anonymous fetches"
+        );
+        assert!(
+            store.cached("team-b", &digest).is_none(),
+            "not for another tenant"
+        );
+    }
+
+    #[test]
+    fn the_memory_store_is_bounded_oldest_first() {
+        let store = Store::in_memory(20, false);
+        let a: Arc<[u8]> = Arc::from(&[1u8; 12][..]);
+        let b: Arc<[u8]> = Arc::from(&[2u8; 12][..]);
+        let (da, db) = (lock::digest_of(&a), lock::digest_of(&b));
+        store.keep("", &da, &a).expect("kept");
+        store.keep("", &db, &b).expect("kept");
+        assert!(store.cached("", &da).is_none(), "the oldest went");
+        assert!(store.cached("", &db).is_some());
+        let big: Arc<[u8]> = Arc::from(&[3u8; 21][..]);
+        store
+            .keep("", &lock::digest_of(&big), &big)
+            .expect("not kept, no error");
+        assert!(store.cached("", &lock::digest_of(&big)).is_none());
+    }
+}
