@@ -605,7 +605,7 @@ fn says(err: &str, needles: &[&str]) {
 }
 
 /// Copies directory `from` to `to`.
-fn copy_dir(from: &Path, to: &Path) {
+pub(crate) fn copy_dir(from: &Path, to: &Path) {
     for file in files_under(from) {
         let rel = file.strip_prefix(from).expect("under");
         let dest = to.join(rel);

@@ -6,6 +6,7 @@
 mod support;
 
 mod apply;
+mod chart_hooks;
 mod chart_sources;
 mod charts;
 mod cli_errors;

@@ -199,6 +199,8 @@ pub struct ApplyObject {
     pub object: SecretJson,
     /// Whether it holds decrypted values (a Secret with references, or a SOPS manifest).
     pub has_secrets: bool,
+    /// The chart release whose output it is, if any.
+    pub release: Option<String>,
 }
 
 /// The decrypted set of one environment, in apply order.
@@ -388,6 +390,7 @@ pub fn decrypt(
                     source: m.source.clone(),
                     object: json,
                     has_secrets,
+                    release: m.release.clone(),
                 });
             }
             Body::Sops { text } => {
@@ -612,6 +615,7 @@ fn open_sops_manifest(
             source: file.to_string(),
             object: json,
             has_secrets: true,
+            release: None,
         });
     }
     Ok(out)
@@ -722,6 +726,7 @@ mod tests {
             source: "templates/db.yaml".into(),
             object: SecretJson::wrap(body),
             has_secrets: true,
+            release: None,
         }
     }
 

@@ -488,6 +488,7 @@ pub async fn converge(
     validate(&mut plan, progress).await?;
     apply(&mut plan, progress).await?;
     prune(&mut plan, progress).await?;
+    post_hooks(&mut plan, progress).await?;
     health(&mut plan, progress).await?;
     Ok(plan.finish())
 }
@@ -514,6 +515,15 @@ pub async fn prune(
     progress: &mut impl FnMut(&Event),
 ) -> Result<(), StageError> {
     plan.prune(progress).await.map_err(StageError::Apply)
+}
+
+/// Post-hook step: charts' `post-install`/`post-upgrade` hooks, once their objects are healthy
+/// (pre hooks run inside the apply step, after CRDs and namespaces).
+pub async fn post_hooks(
+    plan: &mut Plan<'_>,
+    progress: &mut impl FnMut(&Event),
+) -> Result<(), StageError> {
+    plan.post_hooks(progress).await.map_err(StageError::Apply)
 }
 
 /// Health step: waits for the applied objects (when asked to).

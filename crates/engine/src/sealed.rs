@@ -141,6 +141,7 @@ pub fn keyless(rendered: &Rendered, snapshot: &Snapshot) -> Keyless {
                     source: m.source.clone(),
                     object: json,
                     has_secrets: false,
+                    release: m.release.clone(),
                 });
             }
             (Some(_), Body::Sops { .. }, None) => unreadable.push(m.source.clone()),

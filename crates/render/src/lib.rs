@@ -456,6 +456,7 @@ fn add_namespace(manifests: &mut Vec<Manifest>, namespace: &str) {
         id: Some(id),
         body: Body::Object(Value::Mapping(body)),
         refs: Vec::new(),
+        release: None,
     });
 }
 
@@ -1002,6 +1003,7 @@ fn place_objects(
             id: Some(p.id),
             body: Body::Object(p.value),
             refs,
+            release: p.release.map(|r| r.release.clone()),
         });
     }
     // Whole-file SOPS manifests whose identity is readable take part in the same check.
@@ -1198,6 +1200,7 @@ fn sops_manifest(path: &str, text: &str, namespace: &str) -> Manifest {
             text: text.to_string(),
         },
         refs: Vec::new(),
+        release: None,
     }
 }
 

@@ -32,6 +32,8 @@ pub struct Manifest {
     pub body: Body,
     /// Sealed references inside it, sorted and without duplicates.
     pub refs: Vec<SealedRef>,
+    /// The chart release whose output it is, if any (hooks run per release).
+    pub release: Option<String>,
 }
 
 impl Manifest {

@@ -19,6 +19,7 @@
 
 pub mod diff;
 pub mod health;
+pub mod hooks;
 pub mod inventory;
 pub mod redact;
 pub mod sealed;
@@ -293,6 +294,25 @@ pub enum ApplyError {
     /// A CRD did not become Established in time.
     #[error("CustomResourceDefinition {0} was not Established within the timeout")]
     CrdTimeout(String),
+    /// A chart hook failed (or its release's objects did not become healthy for a post hook).
+    #[error("{0}")]
+    Hook(Box<HookFailure>),
+}
+
+/// A chart hook that failed.
+#[derive(Debug, thiserror::Error)]
+#[error("chart {release}: {phase} hook {id} failed: {reason}; {after}")]
+pub struct HookFailure {
+    /// The release.
+    pub release: String,
+    /// Helm's name of the phase.
+    pub phase: &'static str,
+    /// The hook (or the object that was not healthy).
+    pub id: ObjectId,
+    /// Why.
+    pub reason: String,
+    /// What was and was not done.
+    pub after: &'static str,
 }
 
 /// What an apply had written when it stopped.
@@ -1024,6 +1044,13 @@ pub struct Plan<'a> {
     live: HashMap<LiveKey, SecretJson>,
     results: HashMap<usize, Checked>,
     summary: Summary,
+    /// The chart hooks of the set (not inventoried, never pruned).
+    hooks: Vec<hooks::HookItem<'a>>,
+    /// Hooks lockstep never runs (`test`, delete, rollback), with their kinds.
+    skipped_hooks: Vec<(ObjectId, String)>,
+    /// Per release with hooks: whether it was installed before this apply, and whether anything
+    /// of it changes (hooks run only then).
+    releases: BTreeMap<String, (bool, bool)>,
 }
 
 impl<'a> Plan<'a> {
@@ -1035,8 +1062,10 @@ impl<'a> Plan<'a> {
         opts: &'a Options,
     ) -> Result<Plan<'a>, ApplyError> {
         let resolver = Resolver::new(client, set).await?;
-        let mut items = resolve_items(&resolver, set, opts.owner.as_deref())?;
+        let items = resolve_items(&resolver, set, opts.owner.as_deref())?;
+        let (mut items, mut hook_items, skipped_hooks) = split_hooks(items);
         defer_missing_namespaces(client, &mut items, opts).await?;
+        defer_missing_namespaces(client, &mut hook_items, opts).await?;
         let inventory_api = inventory::api(client, &set.namespace);
         let previous = Inventory::read(&inventory_api, &set.project, &set.environment).await?;
         previous.check_owner(
@@ -1072,6 +1101,14 @@ impl<'a> Plan<'a> {
             item.live = live.contains_key(&key);
         }
         refuse_foreign(&items, &live, opts.owner.as_deref())?;
+        let releases = release_states(&items, &hook_items, &previous, &opts.revision);
+        let hooks = hook_items
+            .into_iter()
+            .filter_map(|item| match hooks::role_of(item.body.expose()) {
+                hooks::Role::Hook(hook) => Some(hooks::HookItem { hook, item }),
+                _ => None,
+            })
+            .collect();
         Ok(Plan {
             client,
             set,
@@ -1085,6 +1122,9 @@ impl<'a> Plan<'a> {
             live,
             results: HashMap::new(),
             summary: Summary::default(),
+            hooks,
+            skipped_hooks,
+            releases,
         })
     }
 
@@ -1103,7 +1143,46 @@ impl<'a> Plan<'a> {
         } else {
             Written::Nothing
         };
-        self.dry_run(&now, written).await
+        for (id, kinds) in &self.skipped_hooks {
+            progress(&Event::Note(format!(
+                "{id}: a Helm {kinds} hook, which lockstep does not run; it is not applied"
+            )));
+        }
+        self.dry_run(&now, written).await?;
+        self.dry_run_hooks().await
+    }
+
+    /// The dry run of every hook that can be checked now: not in a namespace the set creates,
+    /// and not live (a live one is deleted before it is created again).
+    async fn dry_run_hooks(&self) -> Result<(), ApplyError> {
+        let pp = PatchParams::apply(FIELD_MANAGER).dry_run().force();
+        let mut refusals = Vec::new();
+        for h in self.hooks.iter().filter(|h| !h.item.deferred) {
+            let id = &h.item.obj.id;
+            let api = api(self.client, &h.item.target, id.namespace.as_deref());
+            if api.get_opt(&id.name).await?.is_some() {
+                continue;
+            }
+            if let Err(e) = send(self.client, &h.item, &pp).await {
+                refusals.push(Refusal {
+                    id: id.clone(),
+                    source: h.item.obj.source.clone(),
+                    reason: h.item.refused(&e),
+                });
+            }
+        }
+        if refusals.is_empty() {
+            Ok(())
+        } else {
+            Err(ApplyError::Validation {
+                refusals,
+                written: if self.opts.dry_run {
+                    Written::Preview
+                } else {
+                    Written::Nothing
+                },
+            })
+        }
     }
 
     /// How the cluster differs from the profile the set's charts were rendered for: another
@@ -1163,6 +1242,8 @@ impl<'a> Plan<'a> {
                 self.validate_deferred(progress).await?;
                 // The inventory's namespace exists now (stage 0 may have created it).
                 self.record_pending().await?;
+                // As in Helm: CRDs and namespaces first, then pre-install/pre-upgrade hooks.
+                self.run_hooks(false, progress).await?;
             }
             self.apply_stage(stage, progress).await?;
             if stage == 0 && !self.opts.dry_run {
@@ -1232,6 +1313,150 @@ impl<'a> Plan<'a> {
         progress(&Event::Stage("wait for health".into(), watched.len()));
         self.summary.not_ready = health::wait(self.client, &watched, self.opts.timeout).await?;
         Ok(())
+    }
+
+    /// Post hooks: for each release that changed, once its objects are healthy, its
+    /// `post-install` (first apply) or `post-upgrade` hooks.
+    pub async fn post_hooks(
+        &mut self,
+        progress: &mut impl FnMut(&Event),
+    ) -> Result<(), ApplyError> {
+        self.run_hooks(true, progress).await
+    }
+
+    /// Runs the hooks of one side of the apply (`post`: after it) for every release that
+    /// changed, in Helm's order. A dry run only says which would run.
+    async fn run_hooks(
+        &mut self,
+        post: bool,
+        progress: &mut impl FnMut(&Event),
+    ) -> Result<(), ApplyError> {
+        let after = if post {
+            "the release's objects were applied; its later hooks did not run"
+        } else {
+            "nothing else of the set was applied and nothing was pruned"
+        };
+        let releases: Vec<(String, bool, bool)> = self
+            .releases
+            .iter()
+            .map(|(r, &(installed, changed))| (r.clone(), installed, changed))
+            .collect();
+        for (release, installed, changed) in releases {
+            let phase = hooks::Phase::of(installed, post);
+            let mut due: Vec<usize> = (0..self.hooks.len())
+                .filter(|&i| {
+                    let h = &self.hooks[i];
+                    h.item.obj.release.as_deref() == Some(release.as_str())
+                        && h.hook.phases.contains(&phase)
+                })
+                .collect();
+            if due.is_empty() || !changed {
+                continue;
+            }
+            due.sort_by(|&a, &b| {
+                let (a, b) = (&self.hooks[a], &self.hooks[b]);
+                hooks::order((&a.hook, &a.item.obj.id), (&b.hook, &b.item.obj.id))
+            });
+            progress(&Event::Stage(
+                format!("hooks {} of chart {release}", phase.name()),
+                due.len(),
+            ));
+            if self.opts.dry_run {
+                for &i in &due {
+                    progress(&Event::Note(format!(
+                        "{}: {} hook of chart {release}, run on apply",
+                        self.hooks[i].item.obj.id,
+                        phase.name()
+                    )));
+                }
+                continue;
+            }
+            if post {
+                self.wait_release(&release, phase, after).await?;
+            }
+            for &i in &due {
+                self.may_write()?;
+                let ran = hooks::run(self.client, &self.hooks[i], self.opts.timeout).await;
+                let id = self.hooks[i].item.obj.id.clone();
+                match ran {
+                    Ok(()) => {
+                        let note = Some(format!("{} hook", phase.name()));
+                        progress(&Event::Object(id.clone(), Action::Created, note.clone()));
+                        self.summary.objects.push((id, Action::Created, note));
+                    }
+                    Err(reason) => {
+                        return Err(ApplyError::Hook(Box::new(HookFailure {
+                            release,
+                            phase: phase.name(),
+                            id,
+                            reason: self.hide_values(&reason),
+                            after,
+                        })));
+                    }
+                }
+            }
+            let ran: Vec<&hooks::HookItem<'_>> = due.iter().map(|&i| &self.hooks[i]).collect();
+            if let Err((id, why)) =
+                hooks::delete_succeeded(self.client, &ran, self.opts.timeout).await
+            {
+                return Err(ApplyError::Hook(Box::new(HookFailure {
+                    release,
+                    phase: phase.name(),
+                    id,
+                    reason: format!("its hook-succeeded deletion: {why}"),
+                    after,
+                })));
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until the objects of `release` with a health rule are ready (post hooks run then).
+    async fn wait_release(
+        &self,
+        release: &str,
+        phase: hooks::Phase,
+        after: &'static str,
+    ) -> Result<(), ApplyError> {
+        let watched: Vec<(ObjectId, Api<DynamicObject>)> = self
+            .items
+            .iter()
+            .filter(|i| i.obj.release.as_deref() == Some(release) && health::has_rule(&i.obj.id))
+            .map(|i| {
+                let id = i.obj.id.clone();
+                let api = api(self.client, &i.target, id.namespace.as_deref());
+                (id, api)
+            })
+            .collect();
+        let left = health::wait(self.client, &watched, self.opts.timeout).await?;
+        match left.into_iter().next() {
+            None => Ok(()),
+            Some((id, why)) => Err(ApplyError::Hook(Box::new(HookFailure {
+                release: release.to_string(),
+                phase: phase.name(),
+                id,
+                reason: format!("the release's objects are not healthy: {why}"),
+                after,
+            }))),
+        }
+    }
+
+    /// `message` with every decrypted value of the set hidden (a hook's log could quote one).
+    fn hide_values(&self, message: &str) -> String {
+        self.items
+            .iter()
+            .map(|i| &i.body)
+            .chain(self.hooks.iter().map(|h| &h.item.body))
+            .zip(
+                self.items
+                    .iter()
+                    .map(Item::carries_plaintext)
+                    .chain(self.hooks.iter().map(|h| h.item.carries_plaintext())),
+            )
+            .filter(|(_, plain)| *plain)
+            .fold(message.to_string(), |m, (body, _)| {
+                redact::hide_values(&m, body.expose())
+            })
     }
 
     /// What the apply did.
@@ -1631,6 +1856,61 @@ fn refuse_foreign(
 }
 
 /// Resolves, labels and annotates every object of the set; a kind nobody serves is an error.
+/// Takes the chart hooks out of the items: those lockstep runs (second), and those it never runs
+/// (third, with their hook kinds).
+#[allow(clippy::type_complexity)]
+fn split_hooks(items: Vec<Item<'_>>) -> (Vec<Item<'_>>, Vec<Item<'_>>, Vec<(ObjectId, String)>) {
+    let mut objects = Vec::new();
+    let mut hook_items = Vec::new();
+    let mut skipped = Vec::new();
+    for item in items {
+        if item.obj.release.is_none() {
+            objects.push(item);
+            continue;
+        }
+        match hooks::role_of(item.body.expose()) {
+            hooks::Role::Object => objects.push(item),
+            hooks::Role::Hook(_) => hook_items.push(item),
+            hooks::Role::Skipped(kinds) => skipped.push((item.obj.id.clone(), kinds)),
+        }
+    }
+    (objects, hook_items, skipped)
+}
+
+/// For each release with hooks: whether the inventory held any of its objects (installed), and
+/// whether this apply changes it (new, an object not as last applied, or — a release of hooks
+/// only — a new revision).
+fn release_states(
+    items: &[Item<'_>],
+    hook_items: &[Item<'_>],
+    previous: &Inventory,
+    revision: &str,
+) -> BTreeMap<String, (bool, bool)> {
+    let mut out = BTreeMap::new();
+    for release in hook_items.iter().filter_map(|h| h.obj.release.as_deref()) {
+        if out.contains_key(release) {
+            continue;
+        }
+        let own: Vec<&Item<'_>> = items
+            .iter()
+            .filter(|i| i.obj.release.as_deref() == Some(release))
+            .collect();
+        let installed = own.iter().any(|i| {
+            previous
+                .entries
+                .contains(&InventoryEntry::of(&i.obj.id, &i.obj.api_version))
+        });
+        let changed = !installed
+            || if own.is_empty() {
+                previous.revision != revision
+            } else {
+                own.iter().any(|i| !i.untouched)
+            };
+        out.insert(release.to_string(), (installed, changed));
+    }
+    out
+}
+
 fn resolve_items<'a>(
     resolver: &Resolver,
     set: &'a ApplySet,
