@@ -92,8 +92,8 @@ pub struct ControllerArgs {
     /// Sync holds one of the --concurrency slots that long at most.
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     pub max_timeout: Duration,
-    /// Also send Git credentials over plain `http://` (off by default: they would cross the
-    /// network in clear).
+    /// Also send Git credentials over plain `http://`, and read chart repositories over it (off
+    /// by default: credentials would cross the network in clear).
     #[arg(long)]
     pub allow_insecure_http: bool,
     /// Print the Sync CustomResourceDefinition and exit.
