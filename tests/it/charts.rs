@@ -291,7 +291,7 @@ pub(crate) fn secret_chart_project(root: &Path, namespace: &str, password: &str)
     write(
         root,
         "charts/db/templates/secret.yaml",
-        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {{ .Release.Name }}-auth\ntype: Opaque\ndata:\n  password: {{ .Values.password | b64enc | quote }}\n  dsn: {{ printf \"postgres://%s:%s@db:5432/app\" .Values.user .Values.password | b64enc | quote }}\nstringData:\n  plain: {{ .Values.password | quote }}\n  url: {{ printf \"https://app:%s@db/\" (.Values.password | urlquery) | quote }}\n  config.json: {{ dict \"user\" .Values.user \"password\" .Values.password | toJson | quote }}\n",
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {{ .Release.Name }}-auth\ntype: Opaque\ndata:\n  password: {{ .Values.password | b64enc | quote }}\n  dsn: {{ printf \"postgres://%s:%s@db:5432/app\" .Values.user .Values.password | b64enc | quote }}\n  .dockerconfigjson: {{ printf \"{\\\"auths\\\":{\\\"reg.example.org\\\":{\\\"auth\\\":\\\"%s\\\"}}}\" (printf \"%s:%s\" .Values.user .Values.password | b64enc) | b64enc | quote }}\nstringData:\n  plain: {{ .Values.password | quote }}\n  url: {{ printf \"https://app:%s@db/\" (.Values.password | urlquery) | quote }}\n  config.json: {{ dict \"user\" .Values.user \"password\" .Values.password | toJson | quote }}\n",
     );
     write(
         root,
@@ -331,6 +331,14 @@ async fn applies_as_helm_makes_it(cluster: &support::Cluster, helm: &Path) {
     assert!(
         rendered.contains(
             "dsn: postgres://app:<sealed:environments/dev/secrets.yaml#/db/password>@db:5432/app"
+        ),
+        "{rendered}"
+    );
+    // Nested base64 (a dockerconfigjson's `auth` inside the encoded document): a block whose inner
+    // text holds the placeholder.
+    assert!(
+        rendered.contains(
+            r#"{"auths":{"reg.example.org":{"auth":"<sealed-base64:app%3A<sealed:environments/dev/secrets.yaml#/db/password>>"}}}"#
         ),
         "{rendered}"
     );

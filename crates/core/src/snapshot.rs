@@ -150,12 +150,17 @@ fn read_into(
         path: path.to_path_buf(),
         source,
     };
-    let canonical = path.canonicalize().map_err(io)?;
-    if !canonical.starts_with(root) {
-        // A link out of the project: a Git checkout would not carry its target either.
-        return Ok(());
+    // Only a symbolic link can lead out of the project (its parents were checked on the way
+    // down), so only links are resolved: a `canonicalize` per file costs a readlink per component.
+    let mut meta = std::fs::symlink_metadata(path).map_err(io)?;
+    if meta.file_type().is_symlink() {
+        let canonical = path.canonicalize().map_err(io)?;
+        if !canonical.starts_with(root) {
+            // A link out of the project: a Git checkout would not carry its target either.
+            return Ok(());
+        }
+        meta = std::fs::metadata(path).map_err(io)?;
     }
-    let meta = std::fs::metadata(path).map_err(io)?;
     if meta.is_dir() {
         let mut children = Vec::new();
         for child in std::fs::read_dir(path).map_err(io)? {

@@ -532,13 +532,34 @@ fn fill_secret(
     Ok(())
 }
 
-/// `text` with each placeholder replaced by what `piece` makes of its reference, in a wiping
-/// buffer.
+/// `text` with each placeholder replaced by what `piece` makes of its reference, and each nested
+/// base64 block by the base64 of its inner text so filled, in a wiping buffer.
 pub(crate) fn substitute<E>(
     text: &str,
     mut piece: impl FnMut(&SealedRef) -> Result<Zeroizing<String>, E>,
 ) -> Result<Zeroizing<String>, E> {
+    use crate::render::sealed::find_nested_base64;
     let mut out = Zeroizing::new(String::with_capacity(text.len() + 64));
+    let mut last = 0;
+    for (range, inner) in find_nested_base64(text) {
+        fill(&mut out, &text[last..range.start], &mut piece)?;
+        let mut filled = Zeroizing::new(String::with_capacity(inner.len() + 64));
+        fill(&mut filled, &inner, &mut piece)?;
+        let encoded =
+            Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(filled.as_bytes()));
+        out.push_str(&encoded);
+        last = range.end;
+    }
+    fill(&mut out, &text[last..], &mut piece)?;
+    Ok(out)
+}
+
+/// Appends `text` to `out` with each placeholder replaced by what `piece` makes of it.
+fn fill<E>(
+    out: &mut String,
+    text: &str,
+    piece: &mut impl FnMut(&SealedRef) -> Result<Zeroizing<String>, E>,
+) -> Result<(), E> {
     let mut last = 0;
     for (range, r) in SealedRef::find_all(text) {
         out.push_str(&text[last..range.start]);
@@ -546,7 +567,7 @@ pub(crate) fn substitute<E>(
         last = range.end;
     }
     out.push_str(&text[last..]);
-    Ok(out)
+    Ok(())
 }
 
 /// A value as it takes a placeholder's place with `transform`; `None` when a plain value is not

@@ -284,12 +284,19 @@ pub fn run(
             }
         });
         let stdout = child.stdout.take();
-        let reader = scope.spawn(move || read_bounded(stdout, max_output, real));
+        // Helm closes its output when it exits: the reader's end wakes the wait below at once,
+        // where polling would add up to a poll interval to every render.
+        let (done, ended) = std::sync::mpsc::channel();
+        let reader = scope.spawn(move || {
+            let read = read_bounded(stdout, max_output, real);
+            let _ = done.send(());
+            read
+        });
         let stderr = child.stderr.take();
         let errors = scope.spawn(move || read_bounded(stderr, MAX_STDERR, false));
         let deadline = Instant::now() + helm.timeout;
-        // Polled, first often (a chart renders in tens of milliseconds), then every 5 ms.
-        let mut pause = Duration::from_micros(100);
+        let _ = ended.recv_timeout(helm.timeout);
+        let mut pause = Duration::from_micros(50);
         let status = loop {
             match child.try_wait() {
                 Ok(Some(status)) => break Some(status),
@@ -341,7 +348,11 @@ pub fn run(
             "helm template failed ({status}): {}",
             if said.is_empty() { "no message" } else { said }
         ))
-        .with_help("the message above is Helm's; it names the chart file at fault"));
+        .with_help(if said.contains("requires kubeVersion") {
+            "the chart checks the Kubernetes version: set the environment's kubeVersion: in lockstep.yaml (e.g. kubeVersion: v1.34.4) to the cluster's"
+        } else {
+            "the message above is Helm's; it names the chart file at fault"
+        }));
     }
     Ok(out)
 }
@@ -360,12 +371,18 @@ fn copy_chart_dir(
             "name a chart directory (one holding Chart.yaml) under charts/".into(),
         ));
     }
+    let mut made = std::collections::BTreeSet::new();
     for (path, bytes) in snapshot.under(&prefix) {
         let to = root.join(&path[prefix.len()..]);
-        let written = to
-            .parent()
-            .map_or(Ok(()), std::fs::create_dir_all)
-            .and_then(|()| std::fs::write(&to, bytes));
+        let parent = to.parent().map(Path::to_path_buf);
+        let written = match parent {
+            // One mkdir per directory, not per file.
+            Some(dir) if !made.contains(&dir) => std::fs::create_dir_all(&dir).map(|()| {
+                made.insert(dir);
+            }),
+            _ => Ok(()),
+        }
+        .and_then(|()| std::fs::write(&to, bytes));
         written.map_err(|e| {
             (
                 format!("cannot copy {path} for Helm: {e}"),
@@ -507,11 +524,22 @@ fn reveal_base64(object: &mut Value) -> bool {
         return false;
     }
     let b64 = base64::engine::general_purpose::STANDARD;
+    // A text the chart put in stringData with a base64-encoded part that hides a placeholder.
+    let mut changed = false;
+    if let Some(Value::Mapping(sd)) = object.get_mut("stringData") {
+        for (_, v) in sd.iter_mut() {
+            if let Value::String(s) = v
+                && let Some(revealed) = sealed::reveal_nested_base64(s)
+            {
+                *s = revealed;
+                changed = true;
+            }
+        }
+    }
     let Some(Value::Mapping(data)) = object.get_mut("data") else {
-        return false;
+        return changed;
     };
     let mut moved = Vec::new();
-    let mut changed = false;
     for (key, value) in data.iter_mut() {
         let Some(text) = value.as_str() else { continue };
         let Some(mut decoded) = b64
@@ -521,7 +549,11 @@ fn reveal_base64(object: &mut Value) -> bool {
         else {
             continue;
         };
-        for reveal in [sealed::reveal_query_escaped, sealed::reveal_json_escaped] {
+        for reveal in [
+            sealed::reveal_query_escaped,
+            sealed::reveal_json_escaped,
+            sealed::reveal_nested_base64,
+        ] {
             if let Some(revealed) = reveal(&decoded) {
                 decoded = revealed;
             }

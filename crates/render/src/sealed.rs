@@ -7,7 +7,12 @@
 //! ```text
 //! <sealed:environments/prod/secrets.yaml#/db/password@3f9a1c2e>
 //! <sealed:environments/prod/secrets.yaml#/db/password@3f9a1c2e|base64>     (after `| b64encode`)
+//! <sealed-base64:app%3A<sealed:environments/prod/secrets.yaml#/db/password@3f9a1c2e>>
 //! ```
+//!
+//! The last is a text with placeholders inside, base64-encoded at apply (a chart's `printf
+//! "%s:%s" … | b64enc` inside a larger encoded text: a dockerconfigjson's `auth`); its literal
+//! parts are percent-encoded.
 //!
 //! The placeholder carries nothing derived from the value. Its `@…` part is a short digest of the
 //! value's *ciphertext* (public, in Git): it changes exactly when the value is re-encrypted, so a
@@ -31,6 +36,91 @@ use super::diagnostic::Diagnostic;
 
 /// The text every placeholder starts with.
 pub const PLACEHOLDER_PREFIX: &str = "<sealed:";
+
+/// The text a nested base64 block starts with (see [`nested_base64`]).
+pub const NESTED_BASE64_PREFIX: &str = "<sealed-base64:";
+
+static NESTED_BASE64: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"<sealed-base64:((?:[A-Za-z0-9._~%-]|<sealed:[^<>]*>)*)>")
+        .expect("the nested base64 pattern is a valid regex")
+});
+
+/// A base64 run long enough to hold a placeholder.
+static BASE64_RUN: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"[A-Za-z0-9+/]{12,}={0,2}").expect("the base64 run pattern is a valid regex")
+});
+
+/// The block that stands for the base64 of `inner` (a text holding placeholders): its literal
+/// parts percent-encoded, its placeholders as they are.
+pub fn nested_base64(inner: &str) -> String {
+    let mut out = String::from(NESTED_BASE64_PREFIX);
+    let mut last = 0;
+    for (range, _) in SealedRef::find_all(inner) {
+        out.push_str(&encode(&inner[last..range.start], false));
+        out.push_str(&inner[range.clone()]);
+        last = range.end;
+    }
+    out.push_str(&encode(&inner[last..], false));
+    out.push('>');
+    out
+}
+
+/// Every nested base64 block of `text`: its range and the inner text (literal parts decoded,
+/// placeholders as they are).
+pub fn find_nested_base64(text: &str) -> Vec<(std::ops::Range<usize>, String)> {
+    if !text.contains(NESTED_BASE64_PREFIX) {
+        return Vec::new();
+    }
+    NESTED_BASE64
+        .captures_iter(text)
+        .filter_map(|c| {
+            let whole = c.get(0)?;
+            let body = c.get(1)?.as_str();
+            let mut inner = String::with_capacity(body.len());
+            let mut last = 0;
+            for (range, _) in SealedRef::find_all(body) {
+                inner.push_str(&decode(&body[last..range.start])?);
+                inner.push_str(&body[range.clone()]);
+                last = range.end;
+            }
+            inner.push_str(&decode(&body[last..])?);
+            Some((whole.range(), inner))
+        })
+        .collect()
+}
+
+/// `text` with each base64 run that decodes to a text holding placeholders (a chart's `b64enc` of
+/// `"user:" + password`) replaced by its [`nested_base64`] block; `None` when there is none.
+pub fn reveal_nested_base64(text: &str) -> Option<String> {
+    use base64::Engine as _;
+    // A placeholder's start, base64-encoded at each of the three offsets.
+    if !["PHNlYWxlZD", "xzZWFsZWQ6", "8c2VhbGVkO"]
+        .iter()
+        .any(|m| text.contains(m))
+    {
+        return None;
+    }
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut out = String::with_capacity(text.len());
+    let mut last = 0;
+    let mut changed = false;
+    for run in BASE64_RUN.find_iter(text) {
+        let Some(inner) = b64
+            .decode(run.as_str())
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .filter(|t| !SealedRef::find_all(t).is_empty())
+        else {
+            continue;
+        };
+        out.push_str(&text[last..run.start()]);
+        out.push_str(&nested_base64(&inner));
+        last = run.end();
+        changed = true;
+    }
+    out.push_str(&text[last..]);
+    changed.then_some(out)
+}
 
 /// What `apply` does to the plaintext before putting it in place of the placeholder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -313,6 +403,7 @@ impl SealedRef {
     }
 
     /// Whether `text` contains anything that looks like a placeholder (well-formed or not).
+    /// (A nested base64 block holds placeholders, so it counts.)
     pub fn mentioned_in(text: &str) -> bool {
         text.contains(PLACEHOLDER_PREFIX)
     }
@@ -604,6 +695,40 @@ impl Object for SecretList {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_placeholder_base64_encoded_inside_a_text_is_revealed_as_a_nested_block() {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let r = SealedRef {
+            file: "environments/dev/secrets.yaml".into(),
+            path: vec!["registry".into(), "password".into()],
+            transform: Transform::Plain,
+            digest: Some("0123abcd".into()),
+        };
+        // Every offset of the placeholder within the encoded text.
+        for user in ["a", "ab", "app", "robot$x>y"] {
+            let inner = format!("{user}:{}", r.placeholder());
+            let json = format!(
+                "{{\"auths\":{{\"reg.example.org\":{{\"auth\":\"{}\"}}}}}}",
+                b64.encode(&inner)
+            );
+            let revealed = reveal_nested_base64(&json).expect("revealed");
+            assert!(revealed.contains(NESTED_BASE64_PREFIX), "{revealed}");
+            let found = find_nested_base64(&revealed);
+            assert_eq!(found.len(), 1, "{revealed}");
+            assert_eq!(found[0].1, inner);
+            assert_eq!(
+                SealedRef::find_all(&revealed)[0].1,
+                r,
+                "its placeholder is found"
+            );
+        }
+        assert_eq!(
+            reveal_nested_base64(&b64.encode("no placeholder at all here")),
+            None
+        );
+    }
 
     #[test]
     fn placeholders_round_trip_through_text_with_odd_keys() {
