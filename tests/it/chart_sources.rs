@@ -263,6 +263,12 @@ fn from_a_repository(helm: &Path) {
         &env.run(&["charts", "update", &dir]),
         &["has no version 1.2.4 of web", "1.2.3"],
     );
+    // A chart the repository does not have.
+    set_version(root, "chart: web", "chart: webb");
+    fails_saying(
+        &env.run(&["charts", "update", &dir]),
+        &["has no chart named \"webb\""],
+    );
     // Nothing of the login reached the cache or the project.
     for file in support::files_under(env.home.path())
         .into_iter()

@@ -931,3 +931,52 @@ fn helm_is_the_first_the_oom_killer_takes() {
         "1000"
     );
 }
+
+#[tokio::test]
+async fn a_chart_that_renders_differently_each_time_is_told_at_apply() {
+    let helm = need!("helm v3 and v4", helms()).remove(0);
+    let cluster = need!("control plane", support::cluster());
+    let client = cluster.admin().await;
+    let ns = cluster.namespace(&client, "chart-random").await;
+    let project = tempfile::tempdir().expect("tempdir");
+    let home = tempfile::tempdir().expect("tempdir");
+    let root = project.path();
+    one_release_project(
+        root,
+        ("random", &ns),
+        ("gen", "charts/gen", "charts/gen.values.yaml"),
+        None,
+    );
+    write(
+        root,
+        "charts/gen/Chart.yaml",
+        "apiVersion: v2\nname: gen\nversion: 0.1.0\n",
+    );
+    write(
+        root,
+        "charts/gen/templates/cm.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: gen\ndata:\n  token: {{ randAlphaNum 16 | quote }}\n",
+    );
+    write(root, "charts/gen.values.yaml", "");
+    let kubeconfig = cluster.kubeconfig.to_string_lossy().into_owned();
+    let dir = root.to_string_lossy().into_owned();
+    let out = lockstep(
+        &[
+            "apply",
+            "--wait=false",
+            "--env",
+            "dev",
+            "--kubeconfig",
+            &kubeconfig,
+            &dir,
+        ],
+        &helm,
+        home.path(),
+    );
+    support::assert_success(&out);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("note: chart gen: ConfigMap/gen differs at `data.token` between two renders with the same values"),
+        "{err}"
+    );
+}

@@ -218,6 +218,9 @@ pub struct ApplySet {
     pub sealed: Vec<crate::sealed::SealedObject>,
     /// The cluster profile the set's charts were rendered for.
     pub profile: Option<crate::render::project::Profile>,
+    /// What the set's checks found that stops nothing (a chart that renders differently on each
+    /// run), told at apply.
+    pub notes: Vec<String>,
 }
 
 /// Converts a YAML value to JSON (tags dropped, non-string keys as their YAML text).
@@ -408,10 +411,16 @@ pub fn decrypt(
     for o in &objects {
         check_leftovers(o)?;
     }
+    let mut notes = Vec::new();
     for rerun in &rendered.reruns {
         let docs = secrets.as_ref().map(|d| d.docs.as_slice()).unwrap_or(&[]);
-        crate::rerun::check(rerun, snapshot, docs, &objects)
-            .map_err(|m| DecryptError::chart(&rerun.release, m))?;
+        match crate::rerun::check(rerun, snapshot, docs, &objects) {
+            Ok(()) => {}
+            // Without secret values a second render that differs costs no secret: told, not
+            // refused (every apply will change those fields).
+            Err(m) if !rerun.sealed => notes.push(format!("chart {}: {m}", rerun.release)),
+            Err(m) => return Err(DecryptError::chart(&rerun.release, m)),
+        }
     }
     Ok(ApplySet {
         project: rendered.project.clone(),
@@ -420,6 +429,7 @@ pub fn decrypt(
         objects,
         sealed: Vec::new(),
         profile: rendered.profile.clone(),
+        notes,
     })
 }
 

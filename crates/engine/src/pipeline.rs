@@ -485,6 +485,9 @@ pub async fn converge(
     for note in plan.profile_differences().await {
         progress(&Event::Note(note));
     }
+    for note in &set.notes {
+        progress(&Event::Note(note.clone()));
+    }
     validate(&mut plan, progress).await?;
     apply(&mut plan, progress).await?;
     prune(&mut plan, progress).await?;

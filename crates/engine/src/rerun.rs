@@ -46,7 +46,7 @@ pub(crate) fn check(
             o.source.starts_with(&prefix) && rerun.objects.contains(&key_of(o.object.expose()))
         })
         .collect();
-    compare(&ours, theirs)
+    compare(&ours, theirs, rerun.sealed)
 }
 
 /// The release's values with the real ones in place, as JSON (which Helm reads as YAML) in a
@@ -146,11 +146,21 @@ fn key_of(v: &Json) -> String {
 
 /// Compares each of Helm's objects with ours (ours without what lockstep adds: the sealed digest
 /// annotation, a defaulted namespace).
-fn compare(ours: &[&ApplyObject], theirs: Vec<(String, SecretJson)>) -> Result<(), String> {
+fn compare(
+    ours: &[&ApplyObject],
+    theirs: Vec<(String, SecretJson)>,
+    sealed: bool,
+) -> Result<(), String> {
     let differs = |object: &str, field: &str| {
-        format!(
-            "{object} differs at `{field}` between the reviewed render (sealed values) and Helm's render with the real values: the chart treats a secret value otherwise than its placeholder (trims, checks or transforms it, or generates a value)"
-        )
+        if sealed {
+            format!(
+                "{object} differs at `{field}` between the reviewed render (sealed values) and Helm's render with the real values: the chart treats a secret value otherwise than its placeholder (trims, checks or transforms it, or generates a value)"
+            )
+        } else {
+            format!(
+                "{object} differs at `{field}` between two renders with the same values: the chart makes it up on each render (randAlphaNum, genCA, lookup, now), so every apply changes it; set it in the chart's values"
+            )
+        }
     };
     if ours.len() != theirs.len() {
         let names: Vec<&str> = theirs.iter().map(|(k, _)| k.as_str()).collect();

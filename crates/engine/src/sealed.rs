@@ -155,6 +155,7 @@ pub fn keyless(rendered: &Rendered, snapshot: &Snapshot) -> Keyless {
             objects,
             sealed,
             profile: rendered.profile.clone(),
+            notes: Vec::new(),
         },
         unreadable,
     }

@@ -132,6 +132,9 @@ pub struct Rerun {
     pub helm: Helm,
     /// The chart archive of a repository or OCI chart (checked against the lock).
     pub archive: Option<Arc<[u8]>>,
+    /// Whether sealed values were passed in (a difference then fails closed; without, the second
+    /// render only proves the chart renders alike each time, and a difference is told).
+    pub sealed: bool,
     /// The objects it rendered, as [`object_key`]s (another release of the same chart has its own).
     pub objects: Vec<String>,
 }

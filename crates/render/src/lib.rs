@@ -693,7 +693,9 @@ fn render_charts(
             );
             continue;
         }
-        let rerun = (!values.passed.is_empty()).then(|| chart::Rerun {
+        // Every release is rendered again at apply: with its real values when it has sealed ones,
+        // else to see that the chart renders alike each time (no randAlphaNum, genCA, lookup).
+        let rerun = Some(chart::Rerun {
             release: release.clone(),
             chart: spec.clone(),
             namespace: namespace.clone(),
@@ -701,6 +703,7 @@ fn render_charts(
             values: values.text.clone(),
             helm: helm.clone(),
             archive: archive.clone(),
+            sealed: !values.passed.is_empty(),
             objects: Vec::new(),
         });
         releases.push(chart::Output {

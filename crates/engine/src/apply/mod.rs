@@ -1796,6 +1796,7 @@ pub async fn prune_everything(
         objects: Vec::new(),
         sealed: Vec::new(),
         profile: None,
+        notes: Vec::new(),
     };
     let opts = Options {
         prune: true,
