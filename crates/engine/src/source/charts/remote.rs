@@ -182,12 +182,18 @@ impl Http {
         login: Option<&Login>,
         limit: usize,
     ) -> Result<Vec<u8>, String> {
-        let mut request = self.client.get(url.clone()).header(ACCEPT, accept);
-        if let Some(login) = login.filter(|_| url.scheme() == "https") {
-            request = request.header(AUTHORIZATION, login.basic().as_str());
-        }
-        let response = request.send().map_err(|e| describe(url, &e))?;
+        let auth = login.filter(|_| url.scheme() == "https").map(Login::basic);
+        let response = self.send(url, accept, auth.as_ref().map(|a| a.as_str()))?;
         read(url, response, limit, login.is_some())
+    }
+
+    /// One GET with an `Authorization` header, if any.
+    fn send(&self, url: &Url, accept: &str, auth: Option<&str>) -> Result<Response, String> {
+        let mut request = self.client.get(url.clone()).header(ACCEPT, accept);
+        if let Some(auth) = auth {
+            request = request.header(AUTHORIZATION, auth);
+        }
+        request.send().map_err(|e| describe(url, &e))
     }
 
     /// A GET of the distribution API, answering its challenge: `Basic` with the login, or
@@ -199,13 +205,7 @@ impl Http {
         login: Option<&Login>,
         limit: usize,
     ) -> Result<Vec<u8>, String> {
-        let send = |auth: Option<&str>| {
-            let mut request = self.client.get(url.clone()).header(ACCEPT, accept);
-            if let Some(auth) = auth {
-                request = request.header(AUTHORIZATION, auth);
-            }
-            request.send().map_err(|e| describe(url, &e))
-        };
+        let send = |auth: Option<&str>| self.send(url, accept, auth);
         let first = send(None)?;
         if first.status() != StatusCode::UNAUTHORIZED {
             return read(url, first, limit, false);
