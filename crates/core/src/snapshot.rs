@@ -30,6 +30,24 @@ pub const PROJECT_ENTRIES: [&str; 7] = [
     "charts",
 ];
 
+/// Whether a project reads every (non-hidden) top-level entry, not only [`PROJECT_ENTRIES`]: when
+/// an environment of its `lockstep.yaml` builds a Kustomize overlay (`kustomize:`), whose bases
+/// may lie anywhere in the project.
+pub fn reads_everything(project_file: &[u8]) -> bool {
+    let Ok(v) = yaml_serde::from_slice::<yaml_serde::Value>(project_file) else {
+        return false;
+    };
+    v.get("environments")
+        .and_then(yaml_serde::Value::as_mapping)
+        .is_some_and(|envs| envs.values().any(|e| e.get("kustomize").is_some()))
+}
+
+/// Whether top-level entry `name` is read by a project for which [`reads_everything`] said
+/// `everything`.
+pub fn reads_entry(name: &str, everything: bool) -> bool {
+    !name.starts_with('.') && (everything || PROJECT_ENTRIES.contains(&name))
+}
+
 /// The files of a project, by path relative to its root with `/` separators, in sorted order.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
@@ -130,7 +148,25 @@ impl Snapshot {
             path: root.to_path_buf(),
             source,
         })?;
-        for entry in PROJECT_ENTRIES {
+        let project_file = std::fs::read(root.join(PROJECT_ENTRIES[0])).unwrap_or_default();
+        let mut entries: Vec<String> = PROJECT_ENTRIES.iter().map(|e| e.to_string()).collect();
+        if reads_everything(&project_file) {
+            let io = |source| SourceError::Io {
+                path: root.to_path_buf(),
+                source,
+            };
+            for entry in std::fs::read_dir(root).map_err(io)? {
+                let name = entry.map_err(io)?.file_name();
+                if let Some(name) = name.to_str()
+                    && reads_entry(name, true)
+                    && !entries.iter().any(|e| e == name)
+                {
+                    entries.push(name.to_string());
+                }
+            }
+            entries.sort();
+        }
+        for entry in &entries {
             let path = root.join(entry);
             if path.exists() {
                 read_into(&mut snapshot, &canonical_root, &path, entry)?;

@@ -11,17 +11,17 @@
 //! that appears nowhere in the output (the chart hashed or changed it) is an error: it would
 //! otherwise be a silently wrong credential.
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
 use yaml_serde::{Mapping, Value};
 use zeroize::Zeroizing;
 
 use super::diagnostic::Diagnostic;
+use super::program;
 use super::project::{Chart, Environment, Source};
 use super::sealed::{self, SealedRef, Transform};
 use lockstep_core::snapshot::Snapshot;
@@ -34,9 +34,6 @@ pub const HELM_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Data one `helm template` process may use (`RLIMIT_DATA`), in bytes.
 pub const HELM_MEMORY: u64 = 1024 * 1024 * 1024;
-
-/// Bytes of Helm's error output kept for a message.
-const MAX_STDERR: usize = 16 * 1024;
 
 /// How charts are rendered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -216,8 +213,8 @@ pub fn run(
     let fail = |message: String| {
         Diagnostic::new(format!("chart {release}: {message}")).in_file(label.clone())
     };
-    let scratch =
-        Scratch::new().map_err(|e| fail(format!("cannot make a scratch directory: {e}")))?;
+    let scratch = program::Scratch::new("chart")
+        .map_err(|e| fail(format!("cannot make a scratch directory: {e}")))?;
     let root = match (chart.source(), archive) {
         (Source::Dir(dir), _) => copy_chart_dir(snapshot, dir, &scratch.0.join("chart"))
             .map_err(|(message, help)| fail(message).with_help(help))?,
@@ -252,11 +249,21 @@ pub fn run(
         .env("HOME", &home)
         .env("HELM_CACHE_HOME", home.join("cache"))
         .env("HELM_CONFIG_HOME", home.join("config"))
-        .env("HELM_DATA_HOME", home.join("data"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| match e.kind() {
+        .env("HELM_DATA_HOME", home.join("data"));
+    let input: &[u8] = match feed {
+        Feed::Sealed(text) => text.as_bytes(),
+        Feed::Real(bytes) => bytes,
+    };
+    let bounds = program::Bounds {
+        timeout: helm.timeout,
+        memory: helm.memory,
+    };
+    let program::Ran {
+        out,
+        too_long,
+        err,
+        status,
+    } = program::run(&mut cmd, input, bounds, max_output, real).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => fail(format!(
             "charts are rendered by the helm program (Helm v3 or v4), and {} was not found",
             helm.program.display()
@@ -266,63 +273,6 @@ pub fn run(
         )),
         _ => fail(format!("cannot run {}: {e}", helm.program.display())),
     })?;
-    let _ = rlimit::prlimit(
-        child.id() as i32,
-        rlimit::Resource::DATA,
-        Some((helm.memory, helm.memory)),
-        None,
-    );
-    // Under a container's memory limit, the kernel's OOM killer takes Helm before the process
-    // that runs it (raising the score needs no privilege).
-    let _ = std::fs::write(format!("/proc/{}/oom_score_adj", child.id()), "1000");
-    let (out, too_long, err, status) = std::thread::scope(|scope| {
-        let stdin = child.stdin.take();
-        let input: &[u8] = match feed {
-            Feed::Sealed(text) => text.as_bytes(),
-            Feed::Real(bytes) => bytes,
-        };
-        scope.spawn(move || {
-            if let Some(mut stdin) = stdin {
-                let _ = stdin.write_all(input);
-            }
-        });
-        let stdout = child.stdout.take();
-        // Helm closes its output when it exits: the reader's end wakes the wait below at once,
-        // where polling would add up to a poll interval to every render.
-        let (done, ended) = std::sync::mpsc::channel();
-        let reader = scope.spawn(move || {
-            let read = read_bounded(stdout, max_output, real);
-            let _ = done.send(());
-            read
-        });
-        let stderr = child.stderr.take();
-        let errors = scope.spawn(move || read_bounded(stderr, MAX_STDERR, false));
-        let deadline = Instant::now() + helm.timeout;
-        let _ = ended.recv_timeout(helm.timeout);
-        let mut pause = Duration::from_micros(50);
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break Some(status),
-                Ok(None) if Instant::now() >= deadline => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break None;
-                }
-                Ok(None) => {
-                    std::thread::sleep(pause);
-                    pause = (pause * 2).min(Duration::from_millis(5));
-                }
-                Err(_) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break None;
-                }
-            }
-        };
-        let (out, too_long) = reader.join().unwrap_or_default();
-        let (err, _) = errors.join().unwrap_or_default();
-        (out, too_long, err, status)
-    });
     let Some(status) = status else {
         return Err(fail(format!(
             "helm template took longer than {}s and was stopped",
@@ -421,34 +371,6 @@ pub(crate) fn template(
         ))
         .in_file(release.chart.label())
     })
-}
-
-/// Reads at most `limit` bytes into a wiping buffer (with `reserve`, allocated whole up front, so
-/// growing leaves no copies behind); the flag says whether there was more (the rest is drained).
-fn read_bounded(
-    from: Option<impl Read>,
-    limit: usize,
-    reserve: bool,
-) -> (Zeroizing<Vec<u8>>, bool) {
-    let mut out = Zeroizing::new(Vec::with_capacity(if reserve { limit } else { 0 }));
-    let Some(mut from) = from else {
-        return (out, false);
-    };
-    let mut buf = Zeroizing::new([0u8; 64 * 1024]);
-    let mut over = false;
-    loop {
-        match from.read(&mut buf[..]) {
-            Ok(0) | Err(_) => break,
-            Ok(n) if out.len() + n > limit => {
-                over = true;
-                let room = limit.saturating_sub(out.len());
-                out.extend_from_slice(&buf[..room]);
-            }
-            Ok(n) if !over => out.extend_from_slice(&buf[..n]),
-            Ok(_) => {}
-        }
-    }
-    (out, over)
 }
 
 /// Whether a document of Helm's output holds only comments and blank lines (a template that
@@ -622,39 +544,6 @@ fn strings(value: &Value, path: &mut Vec<String>, f: &mut dyn FnMut(&[String], &
         }
         Value::Tagged(t) => strings(&t.value, path, f),
         _ => {}
-    }
-}
-
-/// A private directory for one Helm run (memory-backed `/dev/shm` when there is one), removed
-/// when dropped. It holds the chart, which holds no secret.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> std::io::Result<Scratch> {
-        let shm = Path::new("/dev/shm");
-        match Scratch::within(shm) {
-            Ok(s) => Ok(s),
-            Err(_) => Scratch::within(&std::env::temp_dir()),
-        }
-    }
-
-    fn within(base: &Path) -> std::io::Result<Scratch> {
-        use std::os::unix::fs::DirBuilderExt as _;
-        let mut suffix = [0u8; 8];
-        getrandom::fill(&mut suffix).map_err(|e| std::io::Error::other(e.to_string()))?;
-        let dir = base.join(format!(
-            "lockstep-chart-{}-{}",
-            std::process::id(),
-            hex::encode(suffix)
-        ));
-        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
-        Ok(Scratch(dir))
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

@@ -23,6 +23,7 @@ pub mod emit;
 pub mod helpers;
 pub mod lock;
 pub mod manifest;
+mod program;
 pub mod project;
 pub mod sealed;
 pub mod values;

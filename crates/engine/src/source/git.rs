@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 use super::{MAX_FILE_BYTES, MAX_PROJECT_BYTES, MAX_PROJECT_FILES, PROJECT_ENTRIES, Snapshot};
+use lockstep_core::snapshot::{reads_entry, reads_everything};
 
 /// Which revision to read.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -566,11 +567,26 @@ fn read_project(
             .find_tree(entry.object_id())
             .map_err(|e| err(&format!("path {path:?} is not a directory"), e))?;
     }
+    // lockstep.yaml says whether every top-level entry is read (a bounded read: it is read again
+    // with the rest).
+    let project_file = tree
+        .lookup_entry_by_path(PROJECT_ENTRIES[0])
+        .ok()
+        .flatten()
+        .map(|e| e.object_id())
+        .filter(|oid| {
+            repo.find_header(*oid)
+                .is_ok_and(|h| h.size() <= MAX_FILE_BYTES)
+        })
+        .and_then(|oid| repo.find_blob(oid).ok())
+        .map(|b| b.data.clone())
+        .unwrap_or_default();
     let mut walk = Walk {
         repo,
         root: tree.clone(),
         files: Vec::new(),
         entries: 0,
+        everything: reads_everything(&project_file),
     };
     walk.tree(tree, "", 0)?;
     let files = walk.files;
@@ -618,6 +634,8 @@ struct Walk<'r> {
     root: gix::Tree<'r>,
     files: Vec<(String, gix::ObjectId)>,
     entries: usize,
+    /// Every top-level entry, not only the project entries (see `reads_everything`).
+    everything: bool,
 }
 
 impl<'r> Walk<'r> {
@@ -631,8 +649,7 @@ impl<'r> Walk<'r> {
         for entry in tree.iter() {
             let entry = entry.map_err(|e| err(&format!("reading the tree at {prefix:?}"), e))?;
             let name = entry.filename().to_string();
-            if name.starts_with('.')
-                || (prefix.is_empty() && !PROJECT_ENTRIES.contains(&name.as_str()))
+            if name.starts_with('.') || (prefix.is_empty() && !reads_entry(&name, self.everything))
             {
                 continue;
             }
