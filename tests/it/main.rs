@@ -15,6 +15,7 @@ mod decrypt;
 mod faults;
 mod first_day;
 mod gitserver;
+mod kustomize;
 mod peers_smoke;
 mod render;
 mod sops_commands;

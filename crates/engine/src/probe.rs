@@ -221,6 +221,7 @@ fn read_input(r: &mut impl Read) -> io::Result<(Snapshot, Request)> {
         // values templates.
         charts: render::chart::Charts::ValuesOnly,
         archives: render::lock::Archives::default(),
+        kustomize: render::kustomize::Kustomizer::Skip,
     };
     let mut snapshot = Snapshot::new();
     while let Some(path) = read_frame(r)? {
@@ -266,6 +267,7 @@ mod tests {
             },
             charts: render::chart::Charts::ValuesOnly,
             archives: render::lock::Archives::default(),
+            kustomize: render::kustomize::Kustomizer::Skip,
         };
         let mut wire = Vec::new();
         write_input(&mut wire, &snapshot, &request).expect("written");

@@ -21,6 +21,7 @@ pub mod chart;
 pub mod diagnostic;
 pub mod emit;
 pub mod helpers;
+pub mod kustomize;
 pub mod lock;
 pub mod manifest;
 mod program;
@@ -70,6 +71,8 @@ pub struct Request {
     /// The archives of the repository and OCI charts in `lockstep.lock` (see
     /// `lockstep_engine::charts`, which fetches them).
     pub archives: lock::Archives,
+    /// How the environment's Kustomize overlay is built.
+    pub kustomize: kustomize::Kustomizer,
 }
 
 /// The rendered environment.
@@ -386,7 +389,11 @@ pub fn render(snapshot: &Snapshot, req: &Request) -> Result<Rendered, Diagnostic
         req,
         &mut problems,
     );
-    let files = manifest_files(snapshot, env_name, &mut problems);
+    let built = build_overlay(&engine, snapshot, &environment, req, &mut problems);
+    let mut files = manifest_files(snapshot, env_name, &mut problems);
+    if let Some((label, output)) = &built {
+        files.push((label.as_str(), output.as_str()));
+    }
     let (pending, sops_manifests, mut chart_objects) = parse_documents(
         &engine,
         &outputs,
@@ -827,6 +834,43 @@ fn check_passed_secrets(
                 .in_file(release.chart_dir.clone())
                 .with_help("pass the value the chart needs as it is (for a hash, store the hashed form in the secrets file), or point the chart at an existing Secret"),
             );
+        }
+    }
+}
+
+/// The environment's Kustomize overlay, built: a name for its objects' source and the output.
+fn build_overlay(
+    engine: &Engine<'_>,
+    snapshot: &Snapshot,
+    environment: &EnvironmentSpec,
+    req: &Request,
+    problems: &mut Vec<Diagnostic>,
+) -> Option<(String, String)> {
+    let dir = environment.kustomize.as_deref()?;
+    let kustomize::Kustomizer::Run(k) = &req.kustomize else {
+        return None;
+    };
+    match kustomize::build(k, snapshot, dir, engine.budget.bytes_left()) {
+        Ok(output) => {
+            if engine.budget.take_bytes(output.len()).is_err() {
+                problems.push(
+                    Diagnostic::new(format!(
+                        "kustomize build {dir}: its output passes the {} bytes a render may produce",
+                        engine.budget.limits().output_bytes
+                    ))
+                    .in_file(dir.to_string())
+                    .with_help("split the environment"),
+                );
+                return None;
+            }
+            Some((
+                format!("{} (kustomize build)", dir.trim_end_matches('/')),
+                output,
+            ))
+        }
+        Err(d) => {
+            problems.push(d);
+            None
         }
     }
 }

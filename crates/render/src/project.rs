@@ -165,6 +165,10 @@ pub struct Environment {
     /// Extra API versions charts see in `.Capabilities.APIVersions` (`--api-versions`).
     #[serde(default, rename = "apiVersions")]
     pub api_versions: Vec<String>,
+    /// A Kustomize overlay of the project (a directory holding `kustomization.yaml`), built by
+    /// `kustomize build`; its objects join the environment's.
+    #[serde(default)]
+    pub kustomize: Option<String>,
 }
 
 /// What charts are rendered for: the Kubernetes version and extra API versions Helm's
@@ -185,6 +189,17 @@ impl Environment {
             api_versions: self.api_versions.clone(),
         }
     }
+}
+
+/// Whether `path` names a directory inside the project: relative, no `..`, no hidden segment.
+fn is_project_dir(path: &str) -> bool {
+    let path = path.trim_end_matches('/');
+    !path.is_empty()
+        && !path.starts_with('/')
+        && path
+            .split('/')
+            .all(|seg| !seg.is_empty() && seg != ".." && !seg.starts_with('.'))
+        || path == "."
 }
 
 /// Whether `s` is a DNS-1123 label: 1–63 of `a-z`, `0-9`, `-`, starting and ending alphanumeric.
@@ -261,6 +276,17 @@ impl Project {
                     &format!("{name}:"),
                     format!("environment name {name:?} is not a DNS label"),
                     "use 1-63 lowercase letters, digits and '-'",
+                ));
+            }
+            if let Some(dir) = &env.kustomize
+                && !is_project_dir(dir)
+            {
+                return Err(at(
+                    &format!("kustomize: {dir}"),
+                    format!(
+                        "environment {name}: kustomize {dir:?} is not a directory inside the project"
+                    ),
+                    "name the overlay's directory relative to lockstep.yaml (e.g. overlays/prod), without .. or a leading /",
                 ));
             }
             if !is_dns_label(&env.namespace) {

@@ -1,0 +1,328 @@
+//! Kustomize overlays as a render source: an environment's `kustomize:` directory is built by the
+//! real `kustomize build`, on a copy of the project taken from the in-memory snapshot (which holds
+//! ciphertext only) in a private, memory-backed scratch directory removed afterwards. Its objects
+//! join the environment's like any manifest.
+//!
+//! Nothing reaches out: remote bases and resources are refused before the build (vendor them, so
+//! a review sees them), as are `helmCharts:` (declare the chart in `lockstep.yaml`, where its
+//! values stay sealed); kustomize runs without its plugins, with an empty environment (no `git`
+//! on its path). SOPS-encrypted files inside an overlay are refused for now, with what to do.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use yaml_serde::Value;
+
+use super::diagnostic::Diagnostic;
+use super::program;
+use lockstep_core::snapshot::Snapshot;
+
+/// The environment variable naming the `kustomize` program (default: `kustomize` on `PATH`).
+pub const KUSTOMIZE_ENV: &str = "LOCKSTEP_KUSTOMIZE";
+
+/// How long one `kustomize build` may take.
+pub const KUSTOMIZE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Data one `kustomize build` may use (`RLIMIT_DATA`), in bytes.
+pub const KUSTOMIZE_MEMORY: u64 = 1024 * 1024 * 1024;
+
+/// The names kustomize reads a kustomization from, in its order.
+pub const KUSTOMIZATION_FILES: [&str; 3] =
+    ["kustomization.yaml", "kustomization.yml", "Kustomization"];
+
+/// Whether and with what overlays are built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kustomizer {
+    /// By running kustomize.
+    Run(Kustomize),
+    /// Not at all (the controller's render probe: the build runs bounded in its own process).
+    Skip,
+}
+
+impl Default for Kustomizer {
+    fn default() -> Kustomizer {
+        Kustomizer::Run(Kustomize::from_env())
+    }
+}
+
+/// The `kustomize` program and its bounds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kustomize {
+    /// The program (`$LOCKSTEP_KUSTOMIZE`, else `kustomize` on `PATH`).
+    pub program: PathBuf,
+    /// Wall-clock time before it is killed.
+    pub timeout: Duration,
+    /// Its `RLIMIT_DATA`, in bytes.
+    pub memory: u64,
+}
+
+impl Kustomize {
+    /// `$LOCKSTEP_KUSTOMIZE` or `kustomize`, with the default bounds.
+    pub fn from_env() -> Kustomize {
+        let program = std::env::var_os(KUSTOMIZE_ENV)
+            .filter(|p| !p.is_empty())
+            .map_or_else(|| PathBuf::from("kustomize"), PathBuf::from);
+        Kustomize {
+            program,
+            timeout: KUSTOMIZE_TIMEOUT,
+            memory: KUSTOMIZE_MEMORY,
+        }
+    }
+}
+
+/// Builds the overlay at `dir` (a project directory holding a kustomization); at most
+/// `max_output` bytes of output. Errors name the file at fault and what to do.
+pub(crate) fn build(
+    kustomize: &Kustomize,
+    snapshot: &Snapshot,
+    dir: &str,
+    max_output: usize,
+) -> Result<String, Diagnostic> {
+    let dir = dir.trim_end_matches('/');
+    if kustomization_of(snapshot, dir).is_none() {
+        return Err(
+            Diagnostic::new(format!("kustomize: {dir} holds no kustomization.yaml"))
+                .in_file(super::PROJECT_FILE)
+                .with_help("name a directory of the project that holds a kustomization.yaml"),
+        );
+    }
+    check_tree(snapshot)?;
+    let fail =
+        |message: String| Diagnostic::new(format!("kustomize build {dir}: {message}")).in_file(dir);
+    let scratch = program::Scratch::new("kustomize")
+        .map_err(|e| fail(format!("cannot make a scratch directory: {e}")))?;
+    let root = scratch.0.join("project");
+    copy_snapshot(snapshot, &root).map_err(|e| fail(format!("cannot copy the project: {e}")))?;
+    let home = scratch.0.join("home");
+    let mut cmd = Command::new(&kustomize.program);
+    cmd.arg("build").arg(root.join(dir));
+    // No plugins, no git (remote bases), nothing of the host's setup.
+    cmd.env_clear().env("HOME", &home).current_dir(&root);
+    let bounds = program::Bounds {
+        timeout: kustomize.timeout,
+        memory: kustomize.memory,
+    };
+    let ran =
+        program::run(&mut cmd, &[], bounds, max_output, false).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => fail(format!(
+                "overlays are built by the kustomize program, and {} was not found",
+                kustomize.program.display()
+            ))
+            .with_help(format!(
+                "install kustomize (v5), or set {KUSTOMIZE_ENV} to the kustomize program"
+            )),
+            _ => fail(format!("cannot run {}: {e}", kustomize.program.display())),
+        })?;
+    let Some(status) = ran.status else {
+        return Err(fail(format!(
+            "it took longer than {}s and was stopped",
+            kustomize.timeout.as_secs()
+        ))
+        .with_help("look for a base that includes itself, or a very large generator"));
+    };
+    if ran.too_long {
+        return Err(fail(format!(
+            "its output is larger than the {max_output} bytes left for the render"
+        ))
+        .with_help("a render is bounded; split the environment"));
+    }
+    if !status.success() {
+        let said = String::from_utf8_lossy(&ran.err);
+        // Paths in kustomize's message are the scratch copy's: show them as project paths.
+        let said = said.replace(&format!("{}/", root.display()), "");
+        let said = said.trim();
+        return Err(fail(format!(
+            "failed ({status}): {}",
+            if said.is_empty() { "no message" } else { said }
+        ))
+        .with_help("the message above is kustomize's; it names the file at fault"));
+    }
+    String::from_utf8(ran.out.to_vec()).map_err(|_| fail("its output is not UTF-8".into()))
+}
+
+/// The kustomization file of `dir`, if it has one.
+fn kustomization_of<'s>(snapshot: &'s Snapshot, dir: &str) -> Option<(String, &'s [u8])> {
+    KUSTOMIZATION_FILES.iter().find_map(|name| {
+        let path = if dir.is_empty() || dir == "." {
+            (*name).to_string()
+        } else {
+            format!("{dir}/{name}")
+        };
+        snapshot.get(&path).map(|b| (path, b))
+    })
+}
+
+/// Refuses what would reach outside the project or past lockstep's sealing: remote resources and
+/// bases, `helmCharts:`, and SOPS-encrypted files (checked in every kustomization and file).
+fn check_tree(snapshot: &Snapshot) -> Result<(), Diagnostic> {
+    for (path, bytes) in snapshot.under("") {
+        let name = path.rsplit('/').next().unwrap_or(path);
+        if KUSTOMIZATION_FILES.contains(&name) {
+            check_kustomization(path, bytes)?;
+            check_sops_inputs(snapshot, path, bytes)?;
+        }
+    }
+    Ok(())
+}
+
+/// Refuses SOPS-encrypted files among a kustomization's resources and generator inputs: kustomize
+/// would copy their ciphertext into the objects.
+fn check_sops_inputs(snapshot: &Snapshot, path: &str, bytes: &[u8]) -> Result<(), Diagnostic> {
+    let Ok(doc) = yaml_serde::from_slice::<Value>(bytes) else {
+        return Ok(());
+    };
+    let dir = path.rsplit_once('/').map_or("", |(d, _)| d);
+    let mut inputs: Vec<String> = Vec::new();
+    let strings = |v: Option<&Value>| -> Vec<String> {
+        v.and_then(Value::as_sequence)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.as_str().map(str::to_string))
+            .collect()
+    };
+    inputs.extend(strings(doc.get("resources")));
+    for generator in ["secretGenerator", "configMapGenerator"] {
+        for g in doc
+            .get(generator)
+            .and_then(Value::as_sequence)
+            .into_iter()
+            .flatten()
+        {
+            for f in strings(g.get("files")) {
+                // `key=path` or `path`.
+                inputs.push(f.split_once('=').map_or(f.clone(), |(_, p)| p.to_string()));
+            }
+            inputs.extend(strings(g.get("envs")));
+            if let Some(env) = g.get("env").and_then(Value::as_str) {
+                inputs.push(env.to_string());
+            }
+        }
+    }
+    for input in inputs {
+        let Some(file) = join(dir, &input) else {
+            continue;
+        };
+        let Some(content) = snapshot.get(&file) else {
+            continue;
+        };
+        let format = lockstep_sops::store::Format::from_path(Path::new(&file));
+        if lockstep_sops::is_encrypted(content, format) {
+            return Err(Diagnostic::new(format!(
+                "{path}: {file} is SOPS-encrypted; SOPS files inside a Kustomize overlay are not decrypted yet"
+            ))
+            .in_file(path)
+            .with_help("move the Secret to the environment's manifests/ directory (a whole-file SOPS manifest, decrypted at apply), or reference its values from a template with {{ secrets.… }}"));
+        }
+    }
+    Ok(())
+}
+
+/// `dir/entry` with `.` and `..` resolved; `None` when it leaves the project.
+fn join(dir: &str, entry: &str) -> Option<String> {
+    let mut parts: Vec<&str> = dir.split('/').filter(|p| !p.is_empty()).collect();
+    for seg in entry.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            s => parts.push(s),
+        }
+    }
+    Some(parts.join("/"))
+}
+
+/// One kustomization's references.
+fn check_kustomization(path: &str, bytes: &[u8]) -> Result<(), Diagnostic> {
+    let Ok(doc) = yaml_serde::from_slice::<Value>(bytes) else {
+        // kustomize reports its own parse errors, with the file.
+        return Ok(());
+    };
+    if doc.get("helmCharts").is_some() || doc.get("helmChartInflationGenerator").is_some() {
+        return Err(Diagnostic::new(format!(
+            "{path}: helmCharts are not inflated by kustomize here"
+        ))
+        .in_file(path)
+        .with_help("declare the chart under charts: in lockstep.yaml instead: its values stay sealed and its hooks run"));
+    }
+    for key in ["resources", "bases", "components", "crds"] {
+        for entry in doc
+            .get(key)
+            .and_then(Value::as_sequence)
+            .into_iter()
+            .flatten()
+        {
+            let Some(entry) = entry.as_str() else {
+                continue;
+            };
+            if is_remote(entry) {
+                return Err(Diagnostic::new(format!(
+                    "{path}: {key} entry {entry:?} is remote; lockstep does not fetch remote bases"
+                ))
+                .in_file(path)
+                .with_help("vendor it into the repository (a review then sees what is applied) and name its directory"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether a kustomization entry names something outside the repository (a URL, a Git remote).
+fn is_remote(entry: &str) -> bool {
+    entry.contains("://")
+        || entry.starts_with("git@")
+        || entry.starts_with("github.com/")
+        || entry.starts_with("gitlab.com/")
+        || entry.contains("?ref=")
+        || entry.contains(".git//")
+}
+
+/// Writes every file of the snapshot under `root` (one mkdir per directory); SOPS-encrypted files
+/// are refused by [`check_tree`] before.
+fn copy_snapshot(snapshot: &Snapshot, root: &Path) -> std::io::Result<()> {
+    let mut made = std::collections::BTreeSet::new();
+    for (path, bytes) in snapshot.under("") {
+        let to = root.join(path);
+        if let Some(dir) = to.parent()
+            && !made.contains(dir)
+        {
+            std::fs::create_dir_all(dir)?;
+            made.insert(dir.to_path_buf());
+        }
+        std::fs::write(&to, bytes)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_bases_and_helm_charts_are_refused() {
+        for entry in [
+            "https://github.com/org/repo//base?ref=v1",
+            "github.com/org/repo/base",
+            "git@github.com:org/repo.git//base",
+        ] {
+            let text = format!("resources:\n  - ../base\n  - {entry}\n");
+            let err = check_kustomization("overlays/prod/kustomization.yaml", text.as_bytes())
+                .expect_err(entry);
+            assert!(err.message.contains("is remote"), "{}", err.message);
+        }
+        let err = check_kustomization(
+            "k/kustomization.yaml",
+            b"helmCharts:\n  - name: x\n    repo: https://x\n",
+        )
+        .expect_err("helmCharts");
+        assert!(err.message.contains("helmCharts"), "{}", err.message);
+        assert!(
+            check_kustomization(
+                "k/kustomization.yaml",
+                b"resources: [../base, deploy.yaml]\n"
+            )
+            .is_ok()
+        );
+    }
+}

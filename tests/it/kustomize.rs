@@ -1,0 +1,334 @@
+//! Kustomize overlays as a render source, with the real `kustomize` (the pinned peer): an overlay
+//! tree renders to what `kustomize build` prints, object by object (bases, overlays, components,
+//! strategic-merge and JSON 6902 patches, namespace, namePrefix, labels, images, replicas,
+//! generators); a sealed reference in an overlay patch stays sealed in the render and is the real
+//! value in the cluster; what would reach outside the project or past sealing is refused, naming
+//! the file.
+
+use crate::charts::{BIN, objects, write};
+use crate::support;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+
+const DEMO_RECIPIENT: &str = "age1cunssxzmelyguczf39cjyuztac9mh3wlk6hgqv0s8m7khtfyw47qxrz3zg";
+const MARKER: &str = "Kustomize-Marker-3e81";
+
+fn kustomize() -> Result<std::path::PathBuf, String> {
+    support::peer("kustomize")
+}
+
+fn lockstep(args: &[&str], kustomize: &Path, home: &Path) -> Output {
+    support::run_isolated(
+        Path::new(BIN),
+        args,
+        &[("LOCKSTEP_KUSTOMIZE", &kustomize.to_string_lossy())],
+        home,
+    )
+}
+
+/// A Flux-style tree: a base, a component, and a prod overlay using most of what overlays do.
+fn overlay_tree(root: &Path, namespace: &str) {
+    write(
+        root,
+        "lockstep.yaml",
+        &format!(
+            "project: shop\nenvironments:\n  prod:\n    namespace: {namespace}\n    kustomize: overlays/prod\n"
+        ),
+    );
+    write(
+        root,
+        "base/kustomization.yaml",
+        "resources:\n  - deployment.yaml\n  - service.yaml\nconfigMapGenerator:\n  - name: web-config\n    literals: [MODE=base, LEVEL=info]\n",
+    );
+    write(
+        root,
+        "base/deployment.yaml",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: 1\n  selector:\n    matchLabels: {app: web}\n  template:\n    metadata:\n      labels: {app: web}\n    spec:\n      containers:\n        - name: web\n          image: nginx:1.25\n          envFrom:\n            - configMapRef: {name: web-config}\n",
+    );
+    write(
+        root,
+        "base/service.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  selector: {app: web}\n  ports:\n    - port: 80\n",
+    );
+    write(
+        root,
+        "components/monitoring/kustomization.yaml",
+        "apiVersion: kustomize.config.k8s.io/v1alpha1\nkind: Component\npatches:\n  - target: {kind: Deployment}\n    patch: |-\n      - op: add\n        path: /metadata/annotations\n        value: {prometheus.io/scrape: \"true\"}\n",
+    );
+    write(
+        root,
+        "overlays/prod/kustomization.yaml",
+        &format!(
+            "namespace: {namespace}\nnamePrefix: prod-\nlabels:\n  - pairs: {{tier: frontend}}\n    includeSelectors: false\nresources:\n  - ../../base\ncomponents:\n  - ../../components/monitoring\nimages:\n  - name: nginx\n    newTag: \"1.27\"\nreplicas:\n  - name: web\n    count: 3\npatches:\n  - path: service-patch.yaml\nconfigMapGenerator:\n  - name: web-config\n    behavior: merge\n    literals: [MODE=prod]\nsecretGenerator:\n  - name: web-tls\n    literals: [ca=not-a-secret]\n"
+        ),
+    );
+    write(
+        root,
+        "overlays/prod/service-patch.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  type: ClusterIP\n  ports:\n    - port: 80\n      targetPort: 8080\n",
+    );
+}
+
+fn kustomize_build(kustomize: &Path, dir: &Path) -> String {
+    let out = Command::new(kustomize)
+        .arg("build")
+        .arg(dir)
+        .output()
+        .expect("kustomize build");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+fn fails_saying(out: &Output, needles: &[&str]) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected a failure: {err}");
+    for n in needles {
+        assert!(err.contains(n), "missing {n:?} in:\n{err}");
+    }
+}
+
+#[test]
+fn an_overlay_renders_to_what_kustomize_build_prints() {
+    let kustomize = need!("kustomize", kustomize());
+    let project = tempfile::tempdir().expect("tempdir");
+    let home = tempfile::tempdir().expect("tempdir");
+    let root = project.path();
+    overlay_tree(root, "shop");
+    let dir = root.to_string_lossy().into_owned();
+    let out = lockstep(&["render", "--env", "prod", &dir], &kustomize, home.path());
+    support::assert_success(&out);
+    let ours = String::from_utf8(out.stdout).expect("utf-8");
+    let theirs = kustomize_build(&kustomize, &root.join("overlays/prod"));
+    let (ours_objects, theirs_objects) = (objects(&ours), objects(&theirs));
+    assert_eq!(ours_objects, theirs_objects, "object by object");
+    // What the overlay did shows: a prefix, the generated names with their hash, three replicas.
+    assert!(
+        theirs_objects.contains_key("Deployment/prod-web"),
+        "{:?}",
+        theirs_objects.keys()
+    );
+    assert!(
+        theirs_objects
+            .keys()
+            .any(|k| k.starts_with("ConfigMap/prod-web-config-")),
+        "{:?}",
+        theirs_objects.keys()
+    );
+    assert_eq!(
+        theirs_objects["Deployment/prod-web"]["spec"]["replicas"].as_u64(),
+        Some(3)
+    );
+    assert!(
+        ours.contains("# Source: overlays/prod (kustomize build)\n"),
+        "{ours}"
+    );
+    // Nothing of the build stays behind.
+    let left: Vec<_> = std::fs::read_dir("/dev/shm")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with(&format!("lockstep-kustomize-{}-", std::process::id()))
+        })
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn overlays_that_reach_outside_or_fail_are_refused_naming_the_file() {
+    let kustomize = need!("kustomize", kustomize());
+    let project = tempfile::tempdir().expect("tempdir");
+    let home = tempfile::tempdir().expect("tempdir");
+    let root = project.path();
+    overlay_tree(root, "shop");
+    let dir = root.to_string_lossy().into_owned();
+    let render = |k: &Path| lockstep(&["render", "--env", "prod", &dir], k, home.path());
+    let overlay =
+        std::fs::read_to_string(root.join("overlays/prod/kustomization.yaml")).expect("read");
+    let with = |text: &str| write(root, "overlays/prod/kustomization.yaml", text);
+
+    // A remote base.
+    with(&overlay.replace(
+        "  - ../../base\n",
+        "  - ../../base\n  - https://github.com/org/repo//base?ref=v1\n",
+    ));
+    fails_saying(
+        &render(&kustomize),
+        &["overlays/prod/kustomization.yaml", "is remote", "vendor it"],
+    );
+    // helmCharts.
+    with(&format!(
+        "{overlay}helmCharts:\n  - name: web\n    repo: https://charts.example.org\n"
+    ));
+    fails_saying(
+        &render(&kustomize),
+        &["helmCharts", "charts: in lockstep.yaml"],
+    );
+    // A SOPS-encrypted resource.
+    let sealed = support::encrypt_stdin(
+        Path::new(BIN),
+        DEMO_RECIPIENT,
+        "overlays/prod/secret.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: db\nstringData:\n  password: {MARKER}\n"
+        ),
+    );
+    std::fs::write(root.join("overlays/prod/secret.yaml"), sealed).expect("write");
+    with(&overlay.replace("  - ../../base\n", "  - ../../base\n  - secret.yaml\n"));
+    fails_saying(
+        &render(&kustomize),
+        &["overlays/prod/secret.yaml is SOPS-encrypted", "manifests/"],
+    );
+    std::fs::remove_file(root.join("overlays/prod/secret.yaml")).expect("rm");
+    // kustomize's own failure, passed on with the file (a patch of nothing).
+    with(&overlay.replace("service-patch.yaml", "missing-patch.yaml"));
+    fails_saying(
+        &render(&kustomize),
+        &[
+            "kustomize build overlays/prod: failed",
+            "missing-patch.yaml",
+        ],
+    );
+    let err = String::from_utf8_lossy(&render(&kustomize).stderr).into_owned();
+    assert!(
+        !err.contains("/dev/shm"),
+        "scratch paths are shown as project paths: {err}"
+    );
+    // No kustomize program.
+    with(&overlay);
+    fails_saying(
+        &render(Path::new("/nonexistent/kustomize")),
+        &["/nonexistent/kustomize was not found", "LOCKSTEP_KUSTOMIZE"],
+    );
+    // No kustomization where lockstep.yaml points.
+    let project_file = std::fs::read_to_string(root.join("lockstep.yaml")).expect("read");
+    write(
+        root,
+        "lockstep.yaml",
+        &project_file.replace("overlays/prod", "overlays/qa"),
+    );
+    fails_saying(
+        &render(&kustomize),
+        &["overlays/qa holds no kustomization.yaml"],
+    );
+    write(
+        root,
+        "lockstep.yaml",
+        &project_file.replace("overlays/prod", "../elsewhere"),
+    );
+    fails_saying(
+        &render(&kustomize),
+        &["is not a directory inside the project"],
+    );
+}
+
+#[tokio::test]
+async fn a_sealed_reference_in_an_overlay_patch_is_the_real_value_only_in_the_cluster() {
+    let kustomize = need!("kustomize", kustomize());
+    let cluster = need!("control plane", support::cluster());
+    let client = cluster.admin().await;
+    let ns = cluster.namespace(&client, "kustomized").await;
+    let project = tempfile::tempdir().expect("tempdir");
+    let home = tempfile::tempdir().expect("tempdir");
+    let root = project.path();
+    overlay_tree(root, &ns);
+    let sealed = support::encrypt_stdin(
+        Path::new(BIN),
+        DEMO_RECIPIENT,
+        "environments/prod/secrets.yaml",
+        &format!("db:\n  password: {MARKER}\n"),
+    );
+    write(
+        root,
+        "environments/prod/secrets.yaml",
+        &String::from_utf8(sealed).expect("utf-8"),
+    );
+    write(
+        root,
+        "base/db-secret.yaml",
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: db\nstringData:\n  password: placeholder\n",
+    );
+    let base = std::fs::read_to_string(root.join("base/kustomization.yaml")).expect("read");
+    write(
+        root,
+        "base/kustomization.yaml",
+        &base.replace(
+            "  - service.yaml\n",
+            "  - service.yaml\n  - db-secret.yaml\n",
+        ),
+    );
+    write(
+        root,
+        "overlays/prod/db-patch.yaml",
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: db\nstringData:\n  password: <sealed:environments/prod/secrets.yaml#/db/password>\n",
+    );
+    let overlay =
+        std::fs::read_to_string(root.join("overlays/prod/kustomization.yaml")).expect("read");
+    write(
+        root,
+        "overlays/prod/kustomization.yaml",
+        &overlay.replace(
+            "  - path: service-patch.yaml\n",
+            "  - path: service-patch.yaml\n  - path: db-patch.yaml\n",
+        ),
+    );
+    let dir = root.to_string_lossy().into_owned();
+    let out = lockstep(&["render", "--env", "prod", &dir], &kustomize, home.path());
+    support::assert_success(&out);
+    let rendered = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        rendered.contains("password: <sealed:environments/prod/secrets.yaml#/db/password>"),
+        "{rendered}"
+    );
+    let kubeconfig = cluster.kubeconfig.to_string_lossy().into_owned();
+    let key = support::repo_root().join("keys-example/age.key");
+    let applied = lockstep(
+        &[
+            "apply",
+            "--wait=false",
+            "--env",
+            "prod",
+            "--kubeconfig",
+            &kubeconfig,
+            "--identity",
+            &key.to_string_lossy(),
+            &dir,
+        ],
+        &kustomize,
+        home.path(),
+    );
+    support::assert_success(&applied);
+    let secret = Api::<Secret>::namespaced(client.clone(), &ns)
+        .get("prod-db")
+        .await
+        .expect("the overlay's Secret");
+    assert_eq!(
+        secret.data.unwrap_or_default()["password"].0,
+        MARKER.as_bytes()
+    );
+    let said = format!(
+        "{rendered}{}{}",
+        String::from_utf8_lossy(&applied.stdout),
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    assert!(!said.contains(MARKER), "{said}");
+    for dir in [home.path(), root, Path::new("/dev/shm")] {
+        for file in support::files_under(dir) {
+            let bytes = std::fs::read(&file).unwrap_or_default();
+            assert!(
+                !bytes.windows(MARKER.len()).any(|w| w == MARKER.as_bytes()),
+                "{} holds the secret",
+                file.display()
+            );
+        }
+    }
+}
