@@ -2,8 +2,9 @@
 //! tree renders to what `kustomize build` prints, object by object (bases, overlays, components,
 //! strategic-merge and JSON 6902 patches, namespace, namePrefix, labels, images, replicas,
 //! generators); a sealed reference in an overlay patch stays sealed in the render and is the real
-//! value in the cluster; what would reach outside the project or past sealing is refused, naming
-//! the file.
+//! value in the cluster; SOPS-encrypted resources and `secretGenerator` env files (Flux's layout)
+//! reach kustomize as sealed stand-ins and the cluster as what Flux would apply; what would reach
+//! outside the project or past sealing is refused, naming the file.
 
 use crate::charts::{BIN, objects, write};
 use crate::support;
@@ -173,22 +174,26 @@ fn overlays_that_reach_outside_or_fail_are_refused_naming_the_file() {
         &render(&kustomize),
         &["helmCharts", "charts: in lockstep.yaml"],
     );
-    // A SOPS-encrypted resource.
+    // A SOPS file a generator reads whole (files:) is not decrypted yet.
     let sealed = support::encrypt_stdin(
         Path::new(BIN),
         DEMO_RECIPIENT,
-        "overlays/prod/secret.yaml",
-        &format!(
-            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: db\nstringData:\n  password: {MARKER}\n"
-        ),
+        "overlays/prod/key.yaml",
+        &format!("key: {MARKER}\n"),
     );
-    std::fs::write(root.join("overlays/prod/secret.yaml"), sealed).expect("write");
-    with(&overlay.replace("  - ../../base\n", "  - ../../base\n  - secret.yaml\n"));
+    std::fs::write(root.join("overlays/prod/key.yaml"), sealed).expect("write");
+    with(&overlay.replace(
+        "    literals: [ca=not-a-secret]\n",
+        "    files: [key.yaml]\n",
+    ));
     fails_saying(
         &render(&kustomize),
-        &["overlays/prod/secret.yaml is SOPS-encrypted", "manifests/"],
+        &[
+            "overlays/prod/key.yaml is SOPS-encrypted and read whole",
+            "envs:",
+        ],
     );
-    std::fs::remove_file(root.join("overlays/prod/secret.yaml")).expect("rm");
+    std::fs::remove_file(root.join("overlays/prod/key.yaml")).expect("rm");
     // kustomize's own failure, passed on with the file (a patch of nothing).
     with(&overlay.replace("service-patch.yaml", "missing-patch.yaml"));
     fails_saying(
@@ -315,6 +320,233 @@ async fn a_sealed_reference_in_an_overlay_patch_is_the_real_value_only_in_the_cl
         secret.data.unwrap_or_default()["password"].0,
         MARKER.as_bytes()
     );
+    let said = format!(
+        "{rendered}{}{}",
+        String::from_utf8_lossy(&applied.stdout),
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    assert!(!said.contains(MARKER), "{said}");
+    for dir in [home.path(), root, Path::new("/dev/shm")] {
+        for file in support::files_under(dir) {
+            let bytes = std::fs::read(&file).unwrap_or_default();
+            assert!(
+                !bytes.windows(MARKER.len()).any(|w| w == MARKER.as_bytes()),
+                "{} holds the secret",
+                file.display()
+            );
+        }
+    }
+}
+
+/// `plain` encrypted as Flux's guide does (`--encrypted-regex '^(data|stringData)$'`).
+fn encrypt_values_only(plain: &str, rel: &str) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut child = Command::new(BIN)
+        .args([
+            "encrypt",
+            "--age",
+            DEMO_RECIPIENT,
+            "--encrypted-regex",
+            "^(data|stringData)$",
+        ])
+        .args(["--filename-override", rel, "-"])
+        .env_remove("SOPS_CONFIG")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("encrypt");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(plain.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("encrypt");
+    assert!(out.status.success());
+    out.stdout
+}
+
+/// The generated names of an object map without their hash suffix (`web-tls-9th9f5254h` →
+/// `web-tls`), which lockstep computes over placeholders and Flux over values.
+fn without_suffix(key: &str) -> String {
+    match key.rsplit_once('-') {
+        Some((stem, hash))
+            if hash.len() == 10 && hash.bytes().all(|b| b.is_ascii_alphanumeric()) =>
+        {
+            stem.to_string()
+        }
+        _ => key.to_string(),
+    }
+}
+
+#[tokio::test]
+async fn sops_resources_and_env_files_in_an_overlay_are_sealed_for_kustomize_and_real_in_the_cluster()
+ {
+    let kustomize = need!("kustomize", kustomize());
+    let sops = need!("sops", support::peer("sops"));
+    let cluster = need!("control plane", support::cluster());
+    let client = cluster.admin().await;
+    let ns = cluster.namespace(&client, "kustomize-sops").await;
+    let project = tempfile::tempdir().expect("tempdir");
+    let home = tempfile::tempdir().expect("tempdir");
+    let root = project.path();
+    overlay_tree(root, &ns);
+    // Flux's layout: a SOPS-encrypted Secret among the resources (data and stringData), and a
+    // secretGenerator reading a SOPS-encrypted dotenv file.
+    let b64 = base64::engine::general_purpose::STANDARD;
+    use base64::Engine as _;
+    let secret = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: db\ntype: Opaque\ndata:\n  token: {}\nstringData:\n  password: {MARKER}-pw\n",
+        b64.encode(format!("{MARKER}-token"))
+    );
+    // As Flux's guide encrypts them: the values only.
+    let whole = support::encrypt_stdin(
+        Path::new(BIN),
+        DEMO_RECIPIENT,
+        "overlays/prod/db.sops.yaml",
+        &secret,
+    );
+    std::fs::write(root.join("overlays/prod/db.sops.yaml"), &whole).expect("write");
+    let overlay =
+        std::fs::read_to_string(root.join("overlays/prod/kustomization.yaml")).expect("read");
+    write(
+        root,
+        "overlays/prod/kustomization.yaml",
+        &overlay.replace("  - ../../base\n", "  - ../../base\n  - db.sops.yaml\n"),
+    );
+    let out = lockstep(
+        &["render", "--env", "prod", &root.to_string_lossy()],
+        &kustomize,
+        home.path(),
+    );
+    fails_saying(
+        &out,
+        &[
+            "its apiVersion, kind or metadata are encrypted",
+            "encrypted_regex",
+        ],
+    );
+    write(root, "overlays/prod/kustomization.yaml", &overlay);
+    let sealed = encrypt_values_only(&secret, "overlays/prod/db.sops.yaml");
+    std::fs::write(root.join("overlays/prod/db.sops.yaml"), &sealed).expect("write");
+    let env_file = format!("API_KEY={MARKER}-api\nREGION=eu-west-1\n");
+    let sealed_env = support::encrypt_stdin(
+        Path::new(BIN),
+        DEMO_RECIPIENT,
+        "overlays/prod/app.env",
+        &env_file,
+    );
+    std::fs::write(root.join("overlays/prod/app.env"), &sealed_env).expect("write");
+    let overlay =
+        std::fs::read_to_string(root.join("overlays/prod/kustomization.yaml")).expect("read");
+    let overlay = overlay
+        .replace("  - ../../base\n", "  - ../../base\n  - db.sops.yaml\n")
+        .replace(
+            "secretGenerator:\n",
+            "secretGenerator:\n  - name: app-env\n    envs: [app.env]\n",
+        );
+    write(root, "overlays/prod/kustomization.yaml", &overlay);
+    let dir = root.to_string_lossy().into_owned();
+
+    // The render: placeholders, no value and no ciphertext of one.
+    let out = lockstep(&["render", "--env", "prod", &dir], &kustomize, home.path());
+    support::assert_success(&out);
+    let rendered = support::without_digests(&String::from_utf8_lossy(&out.stdout));
+    assert!(
+        rendered.contains("password: <sealed:overlays/prod/db.sops.yaml#/stringData/password>"),
+        "{rendered}"
+    );
+    assert!(
+        rendered.contains("token: <sealed:overlays/prod/db.sops.yaml#/data/token>"),
+        "{rendered}"
+    );
+    assert!(
+        rendered.contains("API_KEY: <sealed:overlays/prod/app.env#/API_KEY|base64>"),
+        "{rendered}"
+    );
+    assert!(
+        !rendered.contains("ENC[") && !rendered.contains("sops_"),
+        "{rendered}"
+    );
+
+    // Apply, with the key.
+    let kubeconfig = cluster.kubeconfig.to_string_lossy().into_owned();
+    let key = support::repo_root().join("keys-example/age.key");
+    let applied = lockstep(
+        &[
+            "apply",
+            "--wait=false",
+            "--env",
+            "prod",
+            "--kubeconfig",
+            &kubeconfig,
+            "--identity",
+            &key.to_string_lossy(),
+            &dir,
+        ],
+        &kustomize,
+        home.path(),
+    );
+    support::assert_success(&applied);
+
+    // What Flux would apply: the same tree with the SOPS files decrypted, built by kustomize.
+    let flux = tempfile::tempdir().expect("tempdir");
+    crate::charts::copy_dir(root, flux.path());
+    for rel in ["overlays/prod/db.sops.yaml", "overlays/prod/app.env"] {
+        let out = Command::new(&sops)
+            .args(["--decrypt", "--in-place"])
+            .arg(flux.path().join(rel))
+            .env("SOPS_AGE_KEY_FILE", &key)
+            .output()
+            .expect("sops");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let theirs = kustomize_build(&kustomize, &flux.path().join("overlays/prod"));
+    let theirs: std::collections::BTreeMap<String, yaml_serde::Value> = objects(&theirs)
+        .into_iter()
+        .map(|(k, v)| (without_suffix(&k), v))
+        .collect();
+    let secrets = Api::<Secret>::namespaced(client.clone(), &ns);
+    for (name, keys) in [
+        ("prod-db", vec!["token", "password"]),
+        ("prod-app-env", vec!["API_KEY", "REGION"]),
+    ] {
+        let live = secrets
+            .list(&Default::default())
+            .await
+            .expect("list")
+            .items
+            .into_iter()
+            .find(|s| {
+                s.metadata.name.as_deref().is_some_and(|n| {
+                    without_suffix(&format!("Secret/{n}")) == format!("Secret/{name}")
+                })
+            })
+            .unwrap_or_else(|| panic!("Secret {name}"));
+        let data = live.data.unwrap_or_default();
+        let mut names: Vec<&str> = data.keys().map(String::as_str).collect();
+        names.sort();
+        let mut wanted = keys.clone();
+        wanted.sort();
+        assert_eq!(names, wanted, "{name}: no sops_* keys, nothing else");
+        let flux_secret = &theirs[&format!("Secret/{name}")];
+        for key in keys {
+            let expected = match flux_secret["data"][key].as_str() {
+                Some(encoded) => b64.decode(encoded).expect("base64"),
+                None => flux_secret["stringData"][key]
+                    .as_str()
+                    .expect(key)
+                    .as_bytes()
+                    .to_vec(),
+            };
+            assert_eq!(data[key].0, expected, "{name}.{key} as Flux would apply it");
+        }
+    }
+    // The value is nowhere but in the cluster.
     let said = format!(
         "{rendered}{}{}",
         String::from_utf8_lossy(&applied.stdout),

@@ -329,6 +329,32 @@ pub(crate) fn lookup<'a>(
     Some(cur)
 }
 
+/// The SOPS files other than the environment's secrets file that the set's placeholders name (a
+/// Kustomize overlay's SOPS resources and env files), each decrypted in memory, MAC checked.
+fn other_files(
+    rendered: &Rendered,
+    snapshot: &Snapshot,
+    ring: &KeyRing,
+) -> Result<std::collections::BTreeMap<String, sops::Decrypted>, DecryptError> {
+    let mut out = std::collections::BTreeMap::new();
+    for r in rendered.manifests.iter().flat_map(|m| &m.refs) {
+        if rendered.secrets_file.as_deref() == Some(r.file.as_str()) || out.contains_key(&r.file) {
+            continue;
+        }
+        let bytes = snapshot.get(&r.file).ok_or_else(|| DecryptError::Missing {
+            file: r.file.clone(),
+        })?;
+        let format = Format::from_path(std::path::Path::new(&r.file));
+        let opened =
+            sops::decrypt(bytes, format, ring, false).map_err(|source| DecryptError::Sops {
+                file: r.file.clone(),
+                source,
+            })?;
+        out.insert(r.file.clone(), opened);
+    }
+    Ok(out)
+}
+
 /// Where a field is, for messages: `data.password`.
 fn field(section: &str, key: &str) -> String {
     format!("{section}.{key}")
@@ -340,7 +366,11 @@ pub fn decrypt(
     snapshot: &Snapshot,
     ring: &KeyRing,
 ) -> Result<ApplySet, DecryptError> {
-    let needs_secrets = rendered.manifests.iter().any(|m| !m.refs.is_empty());
+    let needs_secrets = rendered.manifests.iter().any(|m| {
+        m.refs
+            .iter()
+            .any(|r| rendered.secrets_file.as_deref() == Some(r.file.as_str()))
+    });
     let secrets = match (&rendered.secrets_file, needs_secrets) {
         (Some(file), true) => {
             let bytes = snapshot
@@ -367,6 +397,14 @@ pub fn decrypt(
         }
     }
 
+    let others = other_files(rendered, snapshot, ring)?;
+    let env_docs = secrets.as_ref().map(|d| d.docs.as_slice()).unwrap_or(&[]);
+    let docs_of = |file: &str| -> &[crate::sops::tree::Document] {
+        match others.get(file) {
+            Some(d) => d.docs.as_slice(),
+            None => env_docs,
+        }
+    };
     let mut objects = Vec::with_capacity(rendered.manifests.len());
     let mut texts = crate::sealed::Ciphertexts::default();
     for m in &rendered.manifests {
@@ -377,8 +415,7 @@ pub fn decrypt(
                 let mut json = SecretJson(yaml_to_json(v));
                 let has_secrets = !m.refs.is_empty();
                 if has_secrets {
-                    let docs = secrets.as_ref().map(|d| d.docs.as_slice()).unwrap_or(&[]);
-                    fill_secret(&mut json, docs, &id, &m.source)?;
+                    fill_secret(&mut json, &docs_of, &id, &m.source)?;
                 }
                 if let Some(digest) = &digest {
                     crate::sealed::annotate(&mut json, digest);
@@ -434,9 +471,9 @@ pub fn decrypt(
 }
 
 /// Replaces placeholders in a Secret and folds `stringData` into `data`.
-fn fill_secret(
+fn fill_secret<'d>(
     json: &mut SecretJson,
-    docs: &[crate::sops::tree::Document],
+    docs_of: &dyn Fn(&str) -> &'d [crate::sops::tree::Document],
     id: &ObjectId,
     source: &str,
 ) -> Result<(), DecryptError> {
@@ -448,7 +485,7 @@ fn fill_secret(
         message,
     };
     let resolve = |r: &SealedRef, at: &str| -> Result<Zeroizing<Vec<u8>>, DecryptError> {
-        let leaf = lookup(docs, &r.path).ok_or_else(|| {
+        let leaf = lookup(docs_of(&r.file), &r.path).ok_or_else(|| {
             err(
                 at.to_string(),
                 format!("{} is not in {}", r.display_path(), r.file),
@@ -846,7 +883,7 @@ mod tests {
             let shown = body.to_string();
             let mut json = SecretJson::wrap(body);
             let id = object(Json::Null).id;
-            let result = fill_secret(&mut json, &docs, &id, "templates/db.yaml");
+            let result = fill_secret(&mut json, &|_| docs.as_slice(), &id, "templates/db.yaml");
             match (result, expected) {
                 (Ok(()), Ok(value)) => {
                     let data = &json.expose()["data"];
@@ -874,7 +911,8 @@ mod tests {
             "stringData": {"url": format!("postgres://app:<sealed:{FILE}#/db/password>@db/shop")}
         }));
         let id = object(Json::Null).id;
-        fill_secret(&mut json, &secrets(), &id, "templates/db.yaml").expect("fills");
+        let docs = secrets();
+        fill_secret(&mut json, &|_| docs.as_slice(), &id, "templates/db.yaml").expect("fills");
         let b64 = base64::engine::general_purpose::STANDARD;
         let sent = json.expose()["data"]["url"].as_str().expect("in data");
         assert_eq!(

@@ -6,7 +6,16 @@
 //! Nothing reaches out: remote bases and resources are refused before the build (vendor them, so
 //! a review sees them), as are `helmCharts:` (declare the chart in `lockstep.yaml`, where its
 //! values stay sealed); kustomize runs without its plugins, with an empty environment (no `git`
-//! on its path). SOPS-encrypted files inside an overlay are refused for now, with what to do.
+//! on its path).
+//!
+//! SOPS inside an overlay stays sealed: kustomize never sees a value, not even ciphertext. In the
+//! scratch copy, a SOPS-encrypted resource becomes its document with each encrypted value replaced
+//! by a sealed placeholder (and no `sops` metadata), and a SOPS dotenv file a `secretGenerator`
+//! reads (`envs:`) becomes `KEY=<sealed:…>` lines (its `sops_*` keys dropped). Kustomize
+//! transforms, patches and hashes those; apply decrypts the original files in memory, MAC
+//! checked, and puts the values in place. Generated-name hash suffixes are therefore computed
+//! over placeholders, which carry a digest of each value's ciphertext: deterministic, and changing
+//! exactly when a value is re-encrypted (Flux hashes the decrypted values instead).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -16,6 +25,7 @@ use yaml_serde::Value;
 
 use super::diagnostic::Diagnostic;
 use super::program;
+use super::sealed::{SealedRef, SecretsFile, Transform, ciphertext_digest};
 use lockstep_core::snapshot::Snapshot;
 
 /// The environment variable naming the `kustomize` program (default: `kustomize` on `PATH`).
@@ -71,6 +81,14 @@ impl Kustomize {
     }
 }
 
+/// An overlay built.
+pub(crate) struct Built {
+    /// `kustomize build`'s output.
+    pub output: String,
+    /// The key structure of each SOPS file the overlay read (its placeholders name these).
+    pub sealed: Vec<SecretsFile>,
+}
+
 /// Builds the overlay at `dir` (a project directory holding a kustomization); at most
 /// `max_output` bytes of output. Errors name the file at fault and what to do.
 pub(crate) fn build(
@@ -78,7 +96,7 @@ pub(crate) fn build(
     snapshot: &Snapshot,
     dir: &str,
     max_output: usize,
-) -> Result<String, Diagnostic> {
+) -> Result<Built, Diagnostic> {
     let dir = dir.trim_end_matches('/');
     if kustomization_of(snapshot, dir).is_none() {
         return Err(
@@ -87,13 +105,14 @@ pub(crate) fn build(
                 .with_help("name a directory of the project that holds a kustomization.yaml"),
         );
     }
-    check_tree(snapshot)?;
+    let stand_ins = check_tree(snapshot)?;
     let fail =
         |message: String| Diagnostic::new(format!("kustomize build {dir}: {message}")).in_file(dir);
     let scratch = program::Scratch::new("kustomize")
         .map_err(|e| fail(format!("cannot make a scratch directory: {e}")))?;
     let root = scratch.0.join("project");
-    copy_snapshot(snapshot, &root).map_err(|e| fail(format!("cannot copy the project: {e}")))?;
+    copy_snapshot(snapshot, &root, &stand_ins)
+        .map_err(|e| fail(format!("cannot copy the project: {e}")))?;
     let home = scratch.0.join("home");
     let mut cmd = Command::new(&kustomize.program);
     cmd.arg("build").arg(root.join(dir));
@@ -138,8 +157,16 @@ pub(crate) fn build(
         ))
         .with_help("the message above is kustomize's; it names the file at fault"));
     }
-    String::from_utf8(ran.out.to_vec()).map_err(|_| fail("its output is not UTF-8".into()))
+    let output =
+        String::from_utf8(ran.out.to_vec()).map_err(|_| fail("its output is not UTF-8".into()))?;
+    Ok(Built {
+        output,
+        sealed: stand_ins.into_values().map(|(_, file)| file).collect(),
+    })
 }
+
+/// The stand-ins of SOPS files, by path: their sealed text and key structure.
+type StandIns = std::collections::BTreeMap<String, (String, SecretsFile)>;
 
 /// The kustomization file of `dir`, if it has one.
 fn kustomization_of<'s>(snapshot: &'s Snapshot, dir: &str) -> Option<(String, &'s [u8])> {
@@ -155,25 +182,30 @@ fn kustomization_of<'s>(snapshot: &'s Snapshot, dir: &str) -> Option<(String, &'
 
 /// Refuses what would reach outside the project or past lockstep's sealing: remote resources and
 /// bases, `helmCharts:`, and SOPS-encrypted files (checked in every kustomization and file).
-fn check_tree(snapshot: &Snapshot) -> Result<(), Diagnostic> {
+fn check_tree(snapshot: &Snapshot) -> Result<StandIns, Diagnostic> {
+    let mut stand_ins = StandIns::new();
     for (path, bytes) in snapshot.under("") {
         let name = path.rsplit('/').next().unwrap_or(path);
         if KUSTOMIZATION_FILES.contains(&name) {
             check_kustomization(path, bytes)?;
-            check_sops_inputs(snapshot, path, bytes)?;
+            sops_inputs(snapshot, path, bytes, &mut stand_ins)?;
         }
     }
-    Ok(())
+    Ok(stand_ins)
 }
 
-/// Refuses SOPS-encrypted files among a kustomization's resources and generator inputs: kustomize
-/// would copy their ciphertext into the objects.
-fn check_sops_inputs(snapshot: &Snapshot, path: &str, bytes: &[u8]) -> Result<(), Diagnostic> {
+/// The SOPS-encrypted files among a kustomization's resources and `secretGenerator` env files,
+/// each with its sealed stand-in; a SOPS file read whole by a generator (`files:`) is refused.
+fn sops_inputs(
+    snapshot: &Snapshot,
+    path: &str,
+    bytes: &[u8],
+    stand_ins: &mut StandIns,
+) -> Result<(), Diagnostic> {
     let Ok(doc) = yaml_serde::from_slice::<Value>(bytes) else {
         return Ok(());
     };
     let dir = path.rsplit_once('/').map_or("", |(d, _)| d);
-    let mut inputs: Vec<String> = Vec::new();
     let strings = |v: Option<&Value>| -> Vec<String> {
         v.and_then(Value::as_sequence)
             .into_iter()
@@ -181,7 +213,11 @@ fn check_sops_inputs(snapshot: &Snapshot, path: &str, bytes: &[u8]) -> Result<()
             .filter_map(|e| e.as_str().map(str::to_string))
             .collect()
     };
-    inputs.extend(strings(doc.get("resources")));
+    let mut read: Vec<(String, bool)> = strings(doc.get("resources"))
+        .into_iter()
+        .map(|r| (r, true))
+        .collect();
+    let mut whole: Vec<String> = Vec::new();
     for generator in ["secretGenerator", "configMapGenerator"] {
         for g in doc
             .get(generator)
@@ -191,31 +227,146 @@ fn check_sops_inputs(snapshot: &Snapshot, path: &str, bytes: &[u8]) -> Result<()
         {
             for f in strings(g.get("files")) {
                 // `key=path` or `path`.
-                inputs.push(f.split_once('=').map_or(f.clone(), |(_, p)| p.to_string()));
+                whole.push(f.split_once('=').map_or(f.clone(), |(_, p)| p.to_string()));
             }
-            inputs.extend(strings(g.get("envs")));
+            read.extend(strings(g.get("envs")).into_iter().map(|e| (e, false)));
             if let Some(env) = g.get("env").and_then(Value::as_str) {
-                inputs.push(env.to_string());
+                read.push((env.to_string(), false));
             }
         }
     }
-    for input in inputs {
+    let encrypted = |file: &str| -> Option<Vec<u8>> {
+        let content = snapshot.get(file)?;
+        let format = lockstep_sops::store::Format::from_path(Path::new(file));
+        lockstep_sops::is_encrypted(content, format).then(|| content.to_vec())
+    };
+    for input in whole {
         let Some(file) = join(dir, &input) else {
             continue;
         };
-        let Some(content) = snapshot.get(&file) else {
-            continue;
-        };
-        let format = lockstep_sops::store::Format::from_path(Path::new(&file));
-        if lockstep_sops::is_encrypted(content, format) {
+        if encrypted(&file).is_some() {
             return Err(Diagnostic::new(format!(
-                "{path}: {file} is SOPS-encrypted; SOPS files inside a Kustomize overlay are not decrypted yet"
+                "{path}: {file} is SOPS-encrypted and read whole by a generator (files:), which is not decrypted yet"
             ))
             .in_file(path)
-            .with_help("move the Secret to the environment's manifests/ directory (a whole-file SOPS manifest, decrypted at apply), or reference its values from a template with {{ secrets.… }}"));
+            .with_help("list it under envs: if it is a dotenv file, make it a SOPS-encrypted Secret manifest among the resources, or put it in the environment's manifests/"));
         }
     }
+    for (input, resource) in read {
+        let Some(file) = join(dir, &input) else {
+            continue;
+        };
+        if stand_ins.contains_key(&file) {
+            continue;
+        }
+        let Some(content) = encrypted(&file) else {
+            continue;
+        };
+        let structure = SecretsFile::parse(&file, &content)?;
+        let text = if resource {
+            sealed_manifest(&file, &content)?
+        } else {
+            sealed_dotenv(&file, &content)
+        };
+        stand_ins.insert(file, (text, structure));
+    }
     Ok(())
+}
+
+/// A SOPS-encrypted manifest with each encrypted value replaced by its placeholder and its `sops`
+/// metadata removed.
+fn sealed_manifest(file: &str, content: &[u8]) -> Result<String, Diagnostic> {
+    let mut doc: Value = yaml_serde::from_slice(content).map_err(|_| {
+        Diagnostic::new(format!(
+            "{file}: a SOPS manifest in an overlay must be one YAML document"
+        ))
+        .in_file(file)
+        .with_help("split it into one file per object")
+    })?;
+    if let Some(m) = doc.as_mapping_mut() {
+        m.remove("sops");
+    }
+    let encrypted = |v: Option<&Value>| {
+        v.and_then(Value::as_str)
+            .is_some_and(|s| s.starts_with("ENC["))
+    };
+    let meta = doc.get("metadata");
+    if [
+        doc.get("apiVersion"),
+        doc.get("kind"),
+        meta.and_then(|m| m.get("name")),
+        meta.and_then(|m| m.get("namespace")),
+    ]
+    .into_iter()
+    .any(encrypted)
+    {
+        return Err(Diagnostic::new(format!(
+            "{file}: its apiVersion, kind or metadata are encrypted, and kustomize needs them in clear"
+        ))
+        .in_file(file)
+        .with_help("encrypt only the values: `encrypted_regex: ^(data|stringData)$` in .sops.yaml (as Flux's guide does), then `lockstep encrypt` the file again"));
+    }
+    seal_values(file, &mut doc, &mut Vec::new());
+    Ok(yaml_serde::to_string(&doc).unwrap_or_default())
+}
+
+/// Replaces every `ENC[…]` string under `v` with the placeholder of its key path.
+fn seal_values(file: &str, v: &mut Value, path: &mut Vec<String>) {
+    match v {
+        Value::String(s) if s.starts_with("ENC[") => {
+            *s = sealed_ref(file, path, s).placeholder();
+        }
+        Value::Mapping(m) => {
+            for (k, item) in m.iter_mut() {
+                path.push(k.as_str().map_or_else(|| format!("{k:?}"), str::to_string));
+                seal_values(file, item, path);
+                path.pop();
+            }
+        }
+        Value::Sequence(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                path.push(i.to_string());
+                seal_values(file, item, path);
+                path.pop();
+            }
+        }
+        _ => {}
+    }
+}
+
+fn sealed_ref(file: &str, path: &[String], ciphertext: &str) -> SealedRef {
+    SealedRef {
+        file: file.to_string(),
+        path: path.to_vec(),
+        transform: Transform::Plain,
+        digest: Some(ciphertext_digest(ciphertext.as_bytes())),
+    }
+}
+
+/// A SOPS dotenv file as `KEY=<placeholder>` lines, without its `sops_*` metadata keys.
+fn sealed_dotenv(file: &str, content: &[u8]) -> String {
+    let text = String::from_utf8_lossy(content);
+    let mut out = String::new();
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once('=') else {
+            if line.trim_start().starts_with('#') || line.trim().is_empty() {
+                out.push_str(line);
+                out.push('\n');
+            }
+            continue;
+        };
+        if key.starts_with("sops_") {
+            continue;
+        }
+        if value.starts_with("ENC[") {
+            let r = sealed_ref(file, &[key.to_string()], value);
+            out.push_str(&format!("{key}={}\n", r.placeholder()));
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 /// `dir/entry` with `.` and `..` resolved; `None` when it leaves the project.
@@ -278,9 +429,9 @@ fn is_remote(entry: &str) -> bool {
         || entry.contains(".git//")
 }
 
-/// Writes every file of the snapshot under `root` (one mkdir per directory); SOPS-encrypted files
-/// are refused by [`check_tree`] before.
-fn copy_snapshot(snapshot: &Snapshot, root: &Path) -> std::io::Result<()> {
+/// Writes every file of the snapshot under `root` (one mkdir per directory), the SOPS files an
+/// overlay reads as their stand-ins.
+fn copy_snapshot(snapshot: &Snapshot, root: &Path, stand_ins: &StandIns) -> std::io::Result<()> {
     let mut made = std::collections::BTreeSet::new();
     for (path, bytes) in snapshot.under("") {
         let to = root.join(path);
@@ -290,7 +441,10 @@ fn copy_snapshot(snapshot: &Snapshot, root: &Path) -> std::io::Result<()> {
             std::fs::create_dir_all(dir)?;
             made.insert(dir.to_path_buf());
         }
-        std::fs::write(&to, bytes)?;
+        match stand_ins.get(path) {
+            Some((text, _)) => std::fs::write(&to, text)?,
+            None => std::fs::write(&to, bytes)?,
+        }
     }
     Ok(())
 }

@@ -391,23 +391,28 @@ pub fn render(snapshot: &Snapshot, req: &Request) -> Result<Rendered, Diagnostic
     );
     let built = build_overlay(&engine, snapshot, &environment, req, &mut problems);
     let mut files = manifest_files(snapshot, env_name, &mut problems);
-    if let Some((label, output)) = &built {
-        files.push((label.as_str(), output.as_str()));
+    if let Some((label, overlay)) = &built {
+        files.push((label.as_str(), overlay.output.as_str()));
     }
+    let overlay_label = built.as_ref().map(|(label, _)| label.as_str());
     let (pending, sops_manifests, mut chart_objects) = parse_documents(
         &engine,
         &outputs,
         &files,
-        &releases,
+        (&releases, overlay_label),
         &environment.namespace,
         &mut problems,
     );
+    let overlay_files = built
+        .as_ref()
+        .map(|(_, b)| b.sealed.as_slice())
+        .unwrap_or_default();
     let manifests = place_objects(
         &engine,
         pending,
         sops_manifests,
         &environment.namespace,
-        &secrets,
+        (&secrets, overlay_files),
         &mut problems,
     );
     check_passed_secrets(&releases, &manifests, &chart_objects, &mut problems);
@@ -845,14 +850,14 @@ fn build_overlay(
     environment: &EnvironmentSpec,
     req: &Request,
     problems: &mut Vec<Diagnostic>,
-) -> Option<(String, String)> {
+) -> Option<(String, kustomize::Built)> {
     let dir = environment.kustomize.as_deref()?;
     let kustomize::Kustomizer::Run(k) = &req.kustomize else {
         return None;
     };
     match kustomize::build(k, snapshot, dir, engine.budget.bytes_left()) {
-        Ok(output) => {
-            if engine.budget.take_bytes(output.len()).is_err() {
+        Ok(built) => {
+            if engine.budget.take_bytes(built.output.len()).is_err() {
                 problems.push(
                     Diagnostic::new(format!(
                         "kustomize build {dir}: its output passes the {} bytes a render may produce",
@@ -865,7 +870,7 @@ fn build_overlay(
             }
             Some((
                 format!("{} (kustomize build)", dir.trim_end_matches('/')),
-                output,
+                built,
             ))
         }
         Err(d) => {
@@ -903,7 +908,7 @@ fn parse_documents<'a>(
     engine: &Engine<'_>,
     outputs: &'a [(String, String)],
     files: &[(&'a str, &'a str)],
-    releases: &'a [chart::Output],
+    (releases, overlay): (&'a [chart::Output], Option<&str>),
     namespace: &str,
     problems: &mut Vec<Diagnostic>,
 ) -> (
@@ -938,6 +943,8 @@ fn parse_documents<'a>(
             docs.push((origin, doc.text));
         }
     }
+    // Documents of the overlay's output: their generators base64-encode placeholders (revealed).
+    let mut from_overlay = vec![false; docs.len()];
     for &(path, text) in files {
         if lockstep_sops::is_encrypted(text.as_bytes(), lockstep_sops::store::Format::Yaml) {
             sops_manifests.push(sops_manifest(path, text, namespace));
@@ -950,13 +957,19 @@ fn parse_documents<'a>(
                 doc_offset: doc.offset,
             };
             docs.push((origin, doc.text));
+            from_overlay.push(overlay == Some(path));
         }
     }
     let parsed = par_map(&docs, 16, |(_, text)| parse_document(text));
     release_of.resize(docs.len(), None);
     let mut pending = Vec::new();
     let mut chart_objects: HashMap<String, Vec<String>> = HashMap::new();
-    for (((origin, doc_text), result), release) in docs.into_iter().zip(parsed).zip(release_of) {
+    for ((((origin, doc_text), result), release), overlaid) in docs
+        .into_iter()
+        .zip(parsed)
+        .zip(release_of)
+        .zip(from_overlay)
+    {
         match result {
             Ok((mut value, id)) => {
                 if let Some(r) = release {
@@ -965,7 +978,7 @@ fn parse_documents<'a>(
                         .or_default()
                         .push(chart::object_key(&id.kind, &id.name));
                 }
-                let revealed = release.is_some() && chart::reveal_encoded(&mut value);
+                let revealed = (release.is_some() || overlaid) && chart::reveal_encoded(&mut value);
                 pending.push(Pending {
                     origin,
                     doc_text,
@@ -994,7 +1007,7 @@ fn place_objects(
     pending: Vec<Pending<'_>>,
     sops_manifests: Vec<Manifest>,
     namespace: &str,
-    secrets: &SecretsFile,
+    secrets: (&SecretsFile, &[SecretsFile]),
     problems: &mut Vec<Diagnostic>,
 ) -> Vec<Manifest> {
     let mut scopes = lockstep_core::objects::Scopes::default();
@@ -1080,7 +1093,7 @@ fn place_objects(
 fn sealed_refs(
     engine: &Engine<'_>,
     p: &Pending<'_>,
-    secrets: &SecretsFile,
+    (secrets, overlay_files): (&SecretsFile, &[SecretsFile]),
     problems: &mut Vec<Diagnostic>,
 ) -> Vec<SealedRef> {
     // A placeholder is spelled out in the text, or hidden in a double-quoted escape.
@@ -1114,18 +1127,24 @@ fn sealed_refs(
                 ))
             }
             (Some(why), _) => Some((why.clone(), None)),
-            (None, Some(r)) if !secrets.resolves(r) => Some((
-                format!(
-                    "{} names {} in {}, which is not a value of this environment's secrets file",
-                    f.at,
-                    r.display_path(),
-                    r.file
-                ),
-                Some(match &secrets.file {
-                    Some(file) => format!("use {{{{ secrets.… }}}} to refer to values of {file}"),
-                    None => format!("environment {} has no secrets file", engine.env_name),
-                }),
-            )),
+            (None, Some(r))
+                if !secrets.resolves(r) && !overlay_files.iter().any(|f| f.resolves(r)) =>
+            {
+                Some((
+                    format!(
+                        "{} names {} in {}, which is not a value of this environment's secrets file",
+                        f.at,
+                        r.display_path(),
+                        r.file
+                    ),
+                    Some(match &secrets.file {
+                        Some(file) => {
+                            format!("use {{{{ secrets.… }}}} to refer to values of {file}")
+                        }
+                        None => format!("environment {} has no secrets file", engine.env_name),
+                    }),
+                ))
+            }
             _ => None,
         };
         match problem {
