@@ -18,7 +18,7 @@ use kube::api::Api;
 const DEMO_RECIPIENT: &str = "age1cunssxzmelyguczf39cjyuztac9mh3wlk6hgqv0s8m7khtfyw47qxrz3zg";
 const MARKER: &str = "Kustomize-Marker-3e81";
 
-fn kustomize() -> Result<std::path::PathBuf, String> {
+pub(crate) fn kustomize() -> Result<std::path::PathBuf, String> {
     support::peer("kustomize")
 }
 
@@ -32,7 +32,7 @@ fn lockstep(args: &[&str], kustomize: &Path, home: &Path) -> Output {
 }
 
 /// A Flux-style tree: a base, a component, and a prod overlay using most of what overlays do.
-fn overlay_tree(root: &Path, namespace: &str) {
+pub(crate) fn overlay_tree(root: &Path, namespace: &str) {
     write(
         root,
         "lockstep.yaml",
@@ -339,7 +339,7 @@ async fn a_sealed_reference_in_an_overlay_patch_is_the_real_value_only_in_the_cl
 }
 
 /// `plain` encrypted as Flux's guide does (`--encrypted-regex '^(data|stringData)$'`).
-fn encrypt_values_only(plain: &str, rel: &str) -> Vec<u8> {
+pub(crate) fn encrypt_values_only(plain: &str, rel: &str) -> Vec<u8> {
     use std::io::Write as _;
     let mut child = Command::new(BIN)
         .args([

@@ -7,6 +7,7 @@ mod converge;
 mod drift;
 mod faults;
 mod isolation;
+mod kustomize;
 mod leader;
 mod ownership;
 mod prune;
