@@ -40,6 +40,11 @@ pub struct InitArgs {
     /// Do not create a Git repository or install the pre-commit hook.
     #[arg(long)]
     pub no_git: bool,
+    /// Migrate a Flux repository instead: DIR (relative to the project directory) holds its
+    /// Kustomizations (e.g. clusters/prod); writes lockstep.yaml over the same tree and prints
+    /// the Syncs that replace them.
+    #[arg(long, value_name = "DIR")]
+    pub from_flux: Option<PathBuf>,
 }
 
 fn io_fail(path: &Path, e: std::io::Error) -> Failure {
@@ -223,6 +228,9 @@ pub fn run(
         }
         None => project_name_from(dir),
     };
+    if let Some(flux) = &args.from_flux {
+        return super::migrate::run(dir, flux, &project, stdout, stderr);
+    }
     let files = files(&project, "RECIPIENT");
     for (path, _) in &files {
         if dir.join(path).exists() {

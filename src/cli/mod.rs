@@ -18,6 +18,7 @@ pub mod exit;
 pub mod init;
 pub mod install;
 pub mod keysources;
+pub mod migrate;
 pub mod rekey;
 pub mod render;
 

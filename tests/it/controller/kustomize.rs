@@ -78,3 +78,108 @@ async fn a_sync_applies_a_kustomize_overlay_with_a_sops_secret_from_git() {
         "{log}\n{status}"
     );
 }
+
+#[tokio::test]
+async fn a_flux_repository_migrated_with_init_from_flux_syncs_with_the_controller() {
+    let kustomize = need!("kustomize", crate::kustomize::kustomize());
+    let Fixture {
+        cluster,
+        client,
+        controller_kubeconfig,
+        sync_ns,
+        _creds,
+    } = need!("control plane", fixture("flux-migrated").await);
+    let target = cluster.namespace(&client, "flux-apps").await;
+    let repo = tempfile::tempdir().expect("tempdir");
+    let root = repo.path();
+    // A Flux repository: the overlay tree, Flux's own sync, and a Kustomization of the overlay.
+    crate::kustomize::overlay_tree(root, &target);
+    std::fs::remove_file(root.join("lockstep.yaml")).expect("no lockstep.yaml yet");
+    let password = "Flux-Migrated-Marker-4b7c";
+    let secret = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: db\nstringData:\n  password: {password}\n"
+    );
+    let sealed = crate::kustomize::encrypt_values_only(&secret, "overlays/prod/db.sops.yaml");
+    std::fs::write(root.join("overlays/prod/db.sops.yaml"), sealed).expect("write");
+    let overlay =
+        std::fs::read_to_string(root.join("overlays/prod/kustomization.yaml")).expect("read");
+    std::fs::write(
+        root.join("overlays/prod/kustomization.yaml"),
+        overlay.replace("  - ../../base\n", "  - ../../base\n  - db.sops.yaml\n"),
+    )
+    .expect("write");
+    std::fs::create_dir_all(root.join("clusters/prod/flux-system")).expect("mkdir");
+    std::fs::write(
+        root.join("clusters/prod/flux-system/gotk-sync.yaml"),
+        "apiVersion: source.toolkit.fluxcd.io/v1\nkind: GitRepository\nmetadata: {name: flux-system, namespace: flux-system}\nspec:\n  interval: 1m\n  url: https://git.example.org/shop.git\n  ref: {branch: main}\n---\napiVersion: kustomize.toolkit.fluxcd.io/v1\nkind: Kustomization\nmetadata: {name: flux-system, namespace: flux-system}\nspec:\n  interval: 10m\n  path: ./clusters/prod\n  prune: true\n  sourceRef: {kind: GitRepository, name: flux-system}\n",
+    )
+    .expect("write");
+    std::fs::write(
+        root.join("clusters/prod/apps.yaml"),
+        format!("apiVersion: kustomize.toolkit.fluxcd.io/v1\nkind: Kustomization\nmetadata: {{name: apps, namespace: flux-system}}\nspec:\n  interval: 10m\n  path: ./overlays/prod\n  prune: true\n  targetNamespace: {target}\n  sourceRef: {{kind: GitRepository, name: flux-system}}\n  decryption:\n    provider: sops\n    secretRef: {{name: sops-age}}\n  postBuild:\n    substitute: {{cluster: prod}}\n"),
+    )
+    .expect("write");
+
+    // The migration.
+    let out = Command::new(crate::charts::BIN)
+        .args(["init", "--from-flux", "clusters/prod"])
+        .arg(root)
+        .output()
+        .expect("init --from-flux");
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("not carried over: Kustomization apps: postBuild"),
+        "{said}"
+    );
+    let project_file = std::fs::read_to_string(root.join("lockstep.yaml")).expect("written");
+    assert!(
+        project_file.contains("kustomize: overlays/prod"),
+        "{project_file}"
+    );
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut sync: serde_json::Value = yaml_serde::from_str(printed.trim_start_matches("---\n"))
+        .unwrap_or_else(|e| panic!("{e}: {printed}"));
+    assert_eq!(sync["spec"]["decryption"]["secretRef"]["name"], "sops-age");
+    assert_eq!(
+        sync["spec"]["source"]["url"],
+        "https://git.example.org/shop.git"
+    );
+    git(root, &["init", "-q", "-b", "main"]);
+    git(root, &["add", "-A"]);
+    git(root, &["commit", "-q", "-m", "migrated from Flux"]);
+
+    // Flux's decryption Secret as Flux users have it (key age.agekey), and the printed Sync
+    // pointed at this repository.
+    put_secret(&client, &sync_ns, "sops-age", "age.agekey", &demo_key()).await;
+    sync["spec"]["source"]["url"] = serde_json::json!(format!("file://{}", root.display()));
+    sync["spec"]["source"]
+        .as_object_mut()
+        .expect("source")
+        .remove("ref");
+    let api = syncs(&client, &sync_ns);
+    create_sync(&api, "apps", sync["spec"].clone()).await;
+    let home = tempfile::tempdir().expect("tempdir");
+    let kustomize = kustomize.to_string_lossy().into_owned();
+    let out = controller_with(
+        &controller_kubeconfig,
+        &sync_ns,
+        &home.path().join("git-cache"),
+        home.path(),
+        &["--allow-local-sources"],
+        &[("LOCKSTEP_KUSTOMIZE", &kustomize)],
+    );
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{log}");
+    let synced = api.get("apps").await.expect("get");
+    assert_eq!(ready(&synced).0, "True", "{:?}\n{log}", ready(&synced));
+    let applied = Api::<Secret>::namespaced(client.clone(), &target)
+        .get("prod-db")
+        .await
+        .expect("the overlay's Secret");
+    assert_eq!(
+        applied.data.unwrap_or_default()["password"].0,
+        password.as_bytes()
+    );
+    assert!(!log.contains(password), "{log}");
+}
