@@ -88,6 +88,24 @@ fn kustomize_build(kustomize: &Path, dir: &Path) -> String {
     String::from_utf8(out.stdout).expect("utf-8")
 }
 
+/// `lockstep apply` of environment prod with the demo key.
+fn apply_prod(cluster: &support::Cluster, kustomize: &Path, home: &Path, dir: &str) -> Output {
+    let kubeconfig = cluster.kubeconfig.to_string_lossy().into_owned();
+    let key = support::repo_root().join("keys-example/age.key");
+    let key = key.to_string_lossy();
+    let args = [
+        "apply",
+        "--wait=false",
+        "--env",
+        "prod",
+        "--kubeconfig",
+        &kubeconfig,
+    ];
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--identity", &key, dir]);
+    lockstep(&all, kustomize, home)
+}
+
 fn fails_saying(out: &Output, needles: &[&str]) {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "expected a failure: {err}");
@@ -294,23 +312,7 @@ async fn a_sealed_reference_in_an_overlay_patch_is_the_real_value_only_in_the_cl
         rendered.contains("password: <sealed:environments/prod/secrets.yaml#/db/password>"),
         "{rendered}"
     );
-    let kubeconfig = cluster.kubeconfig.to_string_lossy().into_owned();
-    let key = support::repo_root().join("keys-example/age.key");
-    let applied = lockstep(
-        &[
-            "apply",
-            "--wait=false",
-            "--env",
-            "prod",
-            "--kubeconfig",
-            &kubeconfig,
-            "--identity",
-            &key.to_string_lossy(),
-            &dir,
-        ],
-        &kustomize,
-        home.path(),
-    );
+    let applied = apply_prod(&cluster, &kustomize, home.path(), &dir);
     support::assert_success(&applied);
     let secret = Api::<Secret>::namespaced(client.clone(), &ns)
         .get("prod-db")
@@ -326,16 +328,7 @@ async fn a_sealed_reference_in_an_overlay_patch_is_the_real_value_only_in_the_cl
         String::from_utf8_lossy(&applied.stderr)
     );
     assert!(!said.contains(MARKER), "{said}");
-    for dir in [home.path(), root, Path::new("/dev/shm")] {
-        for file in support::files_under(dir) {
-            let bytes = std::fs::read(&file).unwrap_or_default();
-            assert!(
-                !bytes.windows(MARKER.len()).any(|w| w == MARKER.as_bytes()),
-                "{} holds the secret",
-                file.display()
-            );
-        }
-    }
+    support::assert_nowhere(MARKER, &[home.path(), root, Path::new("/dev/shm")]);
 }
 
 /// `plain` encrypted as Flux's guide does (`--encrypted-regex '^(data|stringData)$'`).
@@ -470,26 +463,11 @@ async fn sops_resources_and_env_files_in_an_overlay_are_sealed_for_kustomize_and
     );
 
     // Apply, with the key.
-    let kubeconfig = cluster.kubeconfig.to_string_lossy().into_owned();
-    let key = support::repo_root().join("keys-example/age.key");
-    let applied = lockstep(
-        &[
-            "apply",
-            "--wait=false",
-            "--env",
-            "prod",
-            "--kubeconfig",
-            &kubeconfig,
-            "--identity",
-            &key.to_string_lossy(),
-            &dir,
-        ],
-        &kustomize,
-        home.path(),
-    );
+    let applied = apply_prod(&cluster, &kustomize, home.path(), &dir);
     support::assert_success(&applied);
 
     // What Flux would apply: the same tree with the SOPS files decrypted, built by kustomize.
+    let key = support::repo_root().join("keys-example/age.key");
     let flux = tempfile::tempdir().expect("tempdir");
     crate::charts::copy_dir(root, flux.path());
     for rel in ["overlays/prod/db.sops.yaml", "overlays/prod/app.env"] {
@@ -553,14 +531,5 @@ async fn sops_resources_and_env_files_in_an_overlay_are_sealed_for_kustomize_and
         String::from_utf8_lossy(&applied.stderr)
     );
     assert!(!said.contains(MARKER), "{said}");
-    for dir in [home.path(), root, Path::new("/dev/shm")] {
-        for file in support::files_under(dir) {
-            let bytes = std::fs::read(&file).unwrap_or_default();
-            assert!(
-                !bytes.windows(MARKER.len()).any(|w| w == MARKER.as_bytes()),
-                "{} holds the secret",
-                file.display()
-            );
-        }
-    }
+    support::assert_nowhere(MARKER, &[home.path(), root, Path::new("/dev/shm")]);
 }

@@ -34,18 +34,12 @@ async fn a_sync_applies_a_chart_with_a_sealed_value_from_git() {
         serde_json::json!({"decryption": {"secretRef": {"name": "age-key"}}}),
     )
     .await;
-    let home = tempfile::tempdir().expect("tempdir");
     let helm = helm.to_string_lossy().into_owned();
-    let out = controller_with(
+    let log = sync_local_once(
         &controller_kubeconfig,
         &sync_ns,
-        &home.path().join("git-cache"),
-        home.path(),
-        &["--allow-local-sources"],
         &[("LOCKSTEP_HELM", &helm)],
     );
-    let log = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "{log}");
     let sync = api.get("db").await.expect("get");
     assert_eq!(ready(&sync).0, "True", "{:?}", ready(&sync));
     assert_eq!(

@@ -46,18 +46,12 @@ async fn a_sync_applies_a_kustomize_overlay_with_a_sops_secret_from_git() {
         }),
     )
     .await;
-    let home = tempfile::tempdir().expect("tempdir");
     let kustomize = kustomize.to_string_lossy().into_owned();
-    let out = controller_with(
+    let log = sync_local_once(
         &controller_kubeconfig,
         &sync_ns,
-        &home.path().join("git-cache"),
-        home.path(),
-        &["--allow-local-sources"],
         &[("LOCKSTEP_KUSTOMIZE", &kustomize)],
     );
-    let log = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "{log}");
     let sync = api.get("shop").await.expect("get");
     assert_eq!(ready(&sync).0, "True", "{:?}\n{log}", ready(&sync));
     let applied = Api::<Secret>::namespaced(client.clone(), &target)
@@ -159,18 +153,12 @@ async fn a_flux_repository_migrated_with_init_from_flux_syncs_with_the_controlle
         .remove("ref");
     let api = syncs(&client, &sync_ns);
     create_sync(&api, "apps", sync["spec"].clone()).await;
-    let home = tempfile::tempdir().expect("tempdir");
     let kustomize = kustomize.to_string_lossy().into_owned();
-    let out = controller_with(
+    let log = sync_local_once(
         &controller_kubeconfig,
         &sync_ns,
-        &home.path().join("git-cache"),
-        home.path(),
-        &["--allow-local-sources"],
         &[("LOCKSTEP_KUSTOMIZE", &kustomize)],
     );
-    let log = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "{log}");
     let synced = api.get("apps").await.expect("get");
     assert_eq!(ready(&synced).0, "True", "{:?}\n{log}", ready(&synced));
     let applied = Api::<Secret>::namespaced(client.clone(), &target)

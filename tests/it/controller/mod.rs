@@ -170,6 +170,23 @@ fn controller(kubeconfig: &Path, ns: &str, cache: &Path, home: &Path) -> Output 
     controller_with(kubeconfig, ns, cache, home, &["--allow-local-sources"], &[])
 }
 
+/// `lockstep controller --once --allow-local-sources` for the Syncs of `ns` with `env` (in a
+/// fresh home), which must succeed; its log.
+fn sync_local_once(kubeconfig: &Path, ns: &str, env: &[(&str, &str)]) -> String {
+    let home = tempfile::tempdir().expect("tempdir");
+    let out = controller_with(
+        kubeconfig,
+        ns,
+        &home.path().join("git-cache"),
+        home.path(),
+        &["--allow-local-sources"],
+        env,
+    );
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{log}");
+    log
+}
+
 /// `lockstep controller --once` for the Syncs of `ns`, with `extra` flags and environment.
 fn controller_with(
     kubeconfig: &Path,

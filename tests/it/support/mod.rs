@@ -243,6 +243,20 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Fails naming the file when any file under `dirs` holds `marker` (a plaintext secret).
+pub fn assert_nowhere(marker: &str, dirs: &[&Path]) {
+    for dir in dirs {
+        for file in files_under(dir) {
+            let bytes = std::fs::read(&file).unwrap_or_default();
+            assert!(
+                !bytes.windows(marker.len()).any(|w| w == marker.as_bytes()),
+                "{} holds the secret",
+                file.display()
+            );
+        }
+    }
+}
+
 // ------------------------------------------------------------------------------------------ cluster
 
 /// A running control plane the tests may use.
