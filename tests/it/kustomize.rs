@@ -192,26 +192,6 @@ fn overlays_that_reach_outside_or_fail_are_refused_naming_the_file() {
         &render(&kustomize),
         &["helmCharts", "charts: in lockstep.yaml"],
     );
-    // A SOPS file a generator reads whole (files:) is not decrypted yet.
-    let sealed = support::encrypt_stdin(
-        Path::new(BIN),
-        DEMO_RECIPIENT,
-        "overlays/prod/key.yaml",
-        &format!("key: {MARKER}\n"),
-    );
-    std::fs::write(root.join("overlays/prod/key.yaml"), sealed).expect("write");
-    with(&overlay.replace(
-        "    literals: [ca=not-a-secret]\n",
-        "    files: [key.yaml]\n",
-    ));
-    fails_saying(
-        &render(&kustomize),
-        &[
-            "overlays/prod/key.yaml is SOPS-encrypted and read whole",
-            "envs:",
-        ],
-    );
-    std::fs::remove_file(root.join("overlays/prod/key.yaml")).expect("rm");
     // kustomize's own failure, passed on with the file (a patch of nothing).
     with(&overlay.replace("service-patch.yaml", "missing-patch.yaml"));
     fails_saying(
@@ -422,6 +402,21 @@ async fn sops_resources_and_env_files_in_an_overlay_are_sealed_for_kustomize_and
     write(root, "overlays/prod/kustomization.yaml", &overlay);
     let sealed = encrypt_values_only(&secret, "overlays/prod/db.sops.yaml");
     std::fs::write(root.join("overlays/prod/db.sops.yaml"), &sealed).expect("write");
+    // Generator inputs read whole: a binary file and a YAML file, each SOPS-encrypted.
+    let cert = support::encrypt_stdin(
+        Path::new(BIN),
+        DEMO_RECIPIENT,
+        "overlays/prod/tls.pem",
+        &format!("-----BEGIN CERT-----\n{MARKER}-cert\n-----END CERT-----\n"),
+    );
+    std::fs::write(root.join("overlays/prod/tls.pem"), &cert).expect("write");
+    let config = support::encrypt_stdin(
+        Path::new(BIN),
+        DEMO_RECIPIENT,
+        "overlays/prod/config.yaml",
+        &format!("db:\n    user: app\n    password: {MARKER}-cfg\n"),
+    );
+    std::fs::write(root.join("overlays/prod/config.yaml"), &config).expect("write");
     let env_file = format!("API_KEY={MARKER}-api\nREGION=eu-west-1\n");
     let sealed_env = support::encrypt_stdin(
         Path::new(BIN),
@@ -436,7 +431,7 @@ async fn sops_resources_and_env_files_in_an_overlay_are_sealed_for_kustomize_and
         .replace("  - ../../base\n", "  - ../../base\n  - db.sops.yaml\n")
         .replace(
             "secretGenerator:\n",
-            "secretGenerator:\n  - name: app-env\n    envs: [app.env]\n",
+            "secretGenerator:\n  - name: app-env\n    envs: [app.env]\n  - name: app-files\n    files: [tls.crt=tls.pem, config.yaml]\n",
         );
     write(root, "overlays/prod/kustomization.yaml", &overlay);
     let dir = root.to_string_lossy().into_owned();
@@ -461,6 +456,10 @@ async fn sops_resources_and_env_files_in_an_overlay_are_sealed_for_kustomize_and
         !rendered.contains("ENC[") && !rendered.contains("sops_"),
         "{rendered}"
     );
+    assert!(
+        rendered.contains("tls.crt: <sealed:overlays/prod/tls.pem#|base64>"),
+        "{rendered}"
+    );
 
     // Apply, with the key.
     let applied = apply_prod(&cluster, &kustomize, home.path(), &dir);
@@ -470,7 +469,12 @@ async fn sops_resources_and_env_files_in_an_overlay_are_sealed_for_kustomize_and
     let key = support::repo_root().join("keys-example/age.key");
     let flux = tempfile::tempdir().expect("tempdir");
     crate::charts::copy_dir(root, flux.path());
-    for rel in ["overlays/prod/db.sops.yaml", "overlays/prod/app.env"] {
+    for rel in [
+        "overlays/prod/db.sops.yaml",
+        "overlays/prod/app.env",
+        "overlays/prod/tls.pem",
+        "overlays/prod/config.yaml",
+    ] {
         let out = Command::new(&sops)
             .args(["--decrypt", "--in-place"])
             .arg(flux.path().join(rel))
@@ -492,6 +496,7 @@ async fn sops_resources_and_env_files_in_an_overlay_are_sealed_for_kustomize_and
     for (name, keys) in [
         ("prod-db", vec!["token", "password"]),
         ("prod-app-env", vec!["API_KEY", "REGION"]),
+        ("prod-app-files", vec!["tls.crt", "config.yaml"]),
     ] {
         let live = secrets
             .list(&Default::default())
@@ -514,7 +519,9 @@ async fn sops_resources_and_env_files_in_an_overlay_are_sealed_for_kustomize_and
         let flux_secret = &theirs[&format!("Secret/{name}")];
         for key in keys {
             let expected = match flux_secret["data"][key].as_str() {
-                Some(encoded) => b64.decode(encoded).expect("base64"),
+                Some(encoded) => b64
+                    .decode(encoded.split_whitespace().collect::<String>())
+                    .expect("base64"),
                 None => flux_secret["stringData"][key]
                     .as_str()
                     .expect(key)

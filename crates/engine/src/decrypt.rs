@@ -485,6 +485,12 @@ fn fill_secret<'d>(
         message,
     };
     let resolve = |r: &SealedRef, at: &str| -> Result<Zeroizing<Vec<u8>>, DecryptError> {
+        if r.path.is_empty() {
+            // The whole file, as `sops -d` prints it (a Kustomize generator's input).
+            let format = Format::from_path(std::path::Path::new(&r.file));
+            return crate::sops::store::emit_plain(format, docs_of(&r.file), 4)
+                .map_err(|e| err(at.to_string(), format!("{}: {}", r.file, e.message)));
+        }
         let leaf = lookup(docs_of(&r.file), &r.path).ok_or_else(|| {
             err(
                 at.to_string(),

@@ -11,7 +11,8 @@
 //! SOPS inside an overlay stays sealed: kustomize never sees a value, not even ciphertext. In the
 //! scratch copy, a SOPS-encrypted resource becomes its document with each encrypted value replaced
 //! by a sealed placeholder (and no `sops` metadata), and a SOPS dotenv file a `secretGenerator`
-//! reads (`envs:`) becomes `KEY=<sealed:…>` lines (its `sops_*` keys dropped). Kustomize
+//! reads (`envs:`) becomes `KEY=<sealed:…>` lines (its `sops_*` keys dropped), and one it reads
+//! whole (`files:`) the placeholder of the whole file (`<sealed:FILE#@…>`). Kustomize
 //! transforms, patches and hashes those; apply decrypts the original files in memory, MAC
 //! checked, and puts the values in place. Generated-name hash suffixes are therefore computed
 //! over placeholders, which carry a digest of each value's ciphertext: deterministic, and changing
@@ -194,8 +195,8 @@ fn check_tree(snapshot: &Snapshot) -> Result<StandIns, Diagnostic> {
     Ok(stand_ins)
 }
 
-/// The SOPS-encrypted files among a kustomization's resources and `secretGenerator` env files,
-/// each with its sealed stand-in; a SOPS file read whole by a generator (`files:`) is refused.
+/// The SOPS-encrypted files among a kustomization's resources and generator inputs (`envs:`,
+/// and `files:`, read whole), each with its sealed stand-in.
 fn sops_inputs(
     snapshot: &Snapshot,
     path: &str,
@@ -244,13 +245,18 @@ fn sops_inputs(
         let Some(file) = join(dir, &input) else {
             continue;
         };
-        if encrypted(&file).is_some() {
-            return Err(Diagnostic::new(format!(
-                "{path}: {file} is SOPS-encrypted and read whole by a generator (files:), which is not decrypted yet"
-            ))
-            .in_file(path)
-            .with_help("list it under envs: if it is a dotenv file, make it a SOPS-encrypted Secret manifest among the resources, or put it in the environment's manifests/"));
-        }
+        let Some(content) = encrypted(&file) else {
+            continue;
+        };
+        // The whole decrypted file (YAML, JSON, dotenv, INI or binary, as `sops -d` prints it).
+        let structure = SecretsFile::parse(&file, &content)?.read_whole();
+        let r = SealedRef {
+            file: file.clone(),
+            path: Vec::new(),
+            transform: Transform::Plain,
+            digest: Some(ciphertext_digest(&content)),
+        };
+        stand_ins.insert(file, (r.placeholder(), structure));
     }
     for (input, resource) in read {
         let Some(file) = join(dir, &input) else {

@@ -305,7 +305,7 @@ pub fn ciphertext_digest(ciphertext: &[u8]) -> String {
 
 static PLACEHOLDER: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(
-        r"<sealed:([A-Za-z0-9._~/%-]+)#((?:/[A-Za-z0-9._~%-]*)+)(?:@([0-9a-f]{8}))?(\|base64|\|urlquery|\|json)?>",
+        r"<sealed:([A-Za-z0-9._~/%-]+)#((?:/[A-Za-z0-9._~%-]*)*)(?:@([0-9a-f]{8}))?(\|base64|\|urlquery|\|json)?>",
     )
     .expect("the placeholder pattern is a valid regex")
 });
@@ -379,10 +379,11 @@ impl SealedRef {
             .filter_map(|c| {
                 let whole = c.get(0)?;
                 let file = decode(c.get(1)?.as_str())?;
-                let path = c.get(2)?.as_str()[1..]
-                    .split('/')
-                    .map(decode)
-                    .collect::<Option<Vec<_>>>()?;
+                // No path: the whole file (a generator's input).
+                let path = match c.get(2)?.as_str() {
+                    "" => Vec::new(),
+                    p => p[1..].split('/').map(decode).collect::<Option<Vec<_>>>()?,
+                };
                 let transform = match c.get(4).map(|m| m.as_str()) {
                     Some("|base64") => Transform::Base64,
                     Some("|json") => Transform::JsonString,
@@ -449,6 +450,8 @@ pub struct SecretsFile {
     pub file: Option<String>,
     /// Every leaf key path, for checking placeholders found in output.
     pub leaves: BTreeSet<Vec<String>>,
+    /// Whether a placeholder may name the whole file (see [`SecretsFile::read_whole`]).
+    whole: bool,
     root: Node,
 }
 
@@ -558,6 +561,7 @@ impl SecretsFile {
         Ok(SecretsFile {
             file: Some(file.to_string()),
             leaves,
+            whole: false,
             root,
         })
     }
@@ -576,9 +580,17 @@ impl SecretsFile {
         )
     }
 
-    /// Whether a placeholder found in rendered output names a value of this file.
+    /// Whether a placeholder found in rendered output names a value of this file (no path: the
+    /// whole file, when `whole` allows it).
     pub fn resolves(&self, r: &SealedRef) -> bool {
-        self.file.as_deref() == Some(r.file.as_str()) && self.leaves.contains(&r.path)
+        self.file.as_deref() == Some(r.file.as_str())
+            && (self.leaves.contains(&r.path) || (r.path.is_empty() && self.whole))
+    }
+
+    /// This file, read whole by a Kustomize generator: a placeholder without path names all of it.
+    pub fn read_whole(mut self) -> SecretsFile {
+        self.whole = true;
+        self
     }
 }
 
