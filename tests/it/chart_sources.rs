@@ -54,14 +54,6 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-fn fails_saying(out: &Output, needles: &[&str]) {
-    let err = stderr(out);
-    assert!(!out.status.success(), "expected a failure: {err}");
-    for n in needles {
-        assert!(err.contains(n), "missing {n:?} in:\n{err}");
-    }
-}
-
 /// Packages the test chart `web` (Deployment, Service, CRD, a subchart) into `into`, returning the
 /// archive's path; `tweak` changes its Deployment's image (a different archive, same version).
 pub(crate) fn package(helm: &Path, into: &Path, tweak: Option<&str>) -> PathBuf {
@@ -160,7 +152,7 @@ fn from_a_repository(helm: &Path) {
     );
 
     // Before the lock: the render says what to run.
-    fails_saying(
+    support::fails_saying(
         &env.run(&["render", "--env", "dev", &dir]),
         &[
             "lockstep.lock has no digest",
@@ -168,7 +160,7 @@ fn from_a_repository(helm: &Path) {
         ],
     );
     // No credentials for the repository: the server's 401 is named.
-    fails_saying(
+    support::fails_saying(
         &env.run(&["charts", "update", &dir]),
         &["chart front:", "asks for credentials", "127.0.0.1"],
     );
@@ -224,7 +216,7 @@ fn from_a_repository(helm: &Path) {
     std::fs::write(root.join("lockstep.lock"), lock.replace(&url, &url2)).expect("write");
     env.login(&url2, "charts", "s3cret");
     std::fs::remove_dir_all(env.cache()).expect("clear the cache");
-    fails_saying(
+    support::fails_saying(
         &env.run(&["render", "--env", "dev", &dir]),
         &["chart front:", &digest, "refused", "lockstep charts update"],
     );
@@ -238,7 +230,7 @@ fn from_a_repository(helm: &Path) {
         index.replace(new_digest.trim_start_matches("sha256:"), old_hex),
     )
     .expect("write");
-    fails_saying(
+    support::fails_saying(
         &env.run(&["charts", "update", &dir]),
         &["its source lists", "altered or damaged"],
     );
@@ -255,17 +247,17 @@ fn from_a_repository(helm: &Path) {
 
     // A version the lock does not pin, then one the repository does not have.
     set_version(root, "version: 1.2.3", "version: 1.2.4");
-    fails_saying(
+    support::fails_saying(
         &env.run(&["render", "--env", "dev", &dir]),
         &["pins", "web@1.2.3", "asks for", "web@1.2.4"],
     );
-    fails_saying(
+    support::fails_saying(
         &env.run(&["charts", "update", &dir]),
         &["has no version 1.2.4 of web", "1.2.3"],
     );
     // A chart the repository does not have.
     set_version(root, "chart: web", "chart: webb");
-    fails_saying(
+    support::fails_saying(
         &env.run(&["charts", "update", &dir]),
         &["has no chart named \"webb\""],
     );
@@ -339,7 +331,7 @@ fn oci_charts_pushed_with_helm_are_locked_and_rendered() {
         assert!(stderr(&out).contains("1 chart fetched"), "{}", stderr(&out));
         // A tag the registry does not have.
         set_version(root, "version: 1.2.3", "version: 9.9.9");
-        fails_saying(
+        support::fails_saying(
             &env.run(&["charts", "update", &dir]),
             &["chart front:", "manifests/9.9.9", "404"],
         );

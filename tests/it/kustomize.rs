@@ -106,14 +106,6 @@ fn apply_prod(cluster: &support::Cluster, kustomize: &Path, home: &Path, dir: &s
     lockstep(&all, kustomize, home)
 }
 
-fn fails_saying(out: &Output, needles: &[&str]) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected a failure: {err}");
-    for n in needles {
-        assert!(err.contains(n), "missing {n:?} in:\n{err}");
-    }
-}
-
 #[test]
 fn an_overlay_renders_to_what_kustomize_build_prints() {
     let kustomize = need!("kustomize", kustomize());
@@ -180,7 +172,7 @@ fn overlays_that_reach_outside_or_fail_are_refused_naming_the_file() {
         "  - ../../base\n",
         "  - ../../base\n  - https://github.com/org/repo//base?ref=v1\n",
     ));
-    fails_saying(
+    support::fails_saying(
         &render(&kustomize),
         &["overlays/prod/kustomization.yaml", "is remote", "vendor it"],
     );
@@ -188,13 +180,13 @@ fn overlays_that_reach_outside_or_fail_are_refused_naming_the_file() {
     with(&format!(
         "{overlay}helmCharts:\n  - name: web\n    repo: https://charts.example.org\n"
     ));
-    fails_saying(
+    support::fails_saying(
         &render(&kustomize),
         &["helmCharts", "charts: in lockstep.yaml"],
     );
     // kustomize's own failure, passed on with the file (a patch of nothing).
     with(&overlay.replace("service-patch.yaml", "missing-patch.yaml"));
-    fails_saying(
+    support::fails_saying(
         &render(&kustomize),
         &[
             "kustomize build overlays/prod: failed",
@@ -208,7 +200,7 @@ fn overlays_that_reach_outside_or_fail_are_refused_naming_the_file() {
     );
     // No kustomize program.
     with(&overlay);
-    fails_saying(
+    support::fails_saying(
         &render(Path::new("/nonexistent/kustomize")),
         &["/nonexistent/kustomize was not found", "LOCKSTEP_KUSTOMIZE"],
     );
@@ -219,7 +211,7 @@ fn overlays_that_reach_outside_or_fail_are_refused_naming_the_file() {
         "lockstep.yaml",
         &project_file.replace("overlays/prod", "overlays/qa"),
     );
-    fails_saying(
+    support::fails_saying(
         &render(&kustomize),
         &["overlays/qa holds no kustomization.yaml"],
     );
@@ -228,7 +220,7 @@ fn overlays_that_reach_outside_or_fail_are_refused_naming_the_file() {
         "lockstep.yaml",
         &project_file.replace("overlays/prod", "../elsewhere"),
     );
-    fails_saying(
+    support::fails_saying(
         &render(&kustomize),
         &["is not a directory inside the project"],
     );
@@ -392,7 +384,7 @@ async fn sops_resources_and_env_files_in_an_overlay_are_sealed_for_kustomize_and
         &kustomize,
         home.path(),
     );
-    fails_saying(
+    support::fails_saying(
         &out,
         &[
             "its apiVersion, kind or metadata are encrypted",

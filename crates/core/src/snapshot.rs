@@ -48,6 +48,22 @@ pub fn reads_entry(name: &str, everything: bool) -> bool {
     !name.starts_with('.') && (everything || PROJECT_ENTRIES.contains(&name))
 }
 
+/// `rel` taken from project directory `dir` (`""` for the root), with `.` and `..` resolved, as a
+/// project path; `None` when it climbs out of the project.
+pub fn join_path(dir: &str, rel: &str) -> Option<String> {
+    let mut parts: Vec<&str> = dir.split('/').filter(|p| !p.is_empty()).collect();
+    for seg in rel.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            other => parts.push(other),
+        }
+    }
+    Some(parts.join("/"))
+}
+
 /// The files of a project, by path relative to its root with `/` separators, in sorted order.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {

@@ -329,16 +329,17 @@ pub(crate) fn lookup<'a>(
     Some(cur)
 }
 
-/// The SOPS files other than the environment's secrets file that the set's placeholders name (a
-/// Kustomize overlay's SOPS resources and env files), each decrypted in memory, MAC checked.
-fn other_files(
+/// Every SOPS file the set's placeholders name — the environment's secrets file, and a
+/// Kustomize overlay's SOPS resources and generator inputs — each decrypted in memory from its
+/// original bytes, MAC checked.
+fn referenced_files(
     rendered: &Rendered,
     snapshot: &Snapshot,
     ring: &KeyRing,
 ) -> Result<std::collections::BTreeMap<String, sops::Decrypted>, DecryptError> {
     let mut out = std::collections::BTreeMap::new();
     for r in rendered.manifests.iter().flat_map(|m| &m.refs) {
-        if rendered.secrets_file.as_deref() == Some(r.file.as_str()) || out.contains_key(&r.file) {
+        if out.contains_key(&r.file) {
             continue;
         }
         let bytes = snapshot.get(&r.file).ok_or_else(|| DecryptError::Missing {
@@ -366,25 +367,9 @@ pub fn decrypt(
     snapshot: &Snapshot,
     ring: &KeyRing,
 ) -> Result<ApplySet, DecryptError> {
-    let needs_secrets = rendered.manifests.iter().any(|m| {
-        m.refs
-            .iter()
-            .any(|r| rendered.secrets_file.as_deref() == Some(r.file.as_str()))
-    });
-    let secrets = match (&rendered.secrets_file, needs_secrets) {
-        (Some(file), true) => {
-            let bytes = snapshot
-                .get(file)
-                .ok_or_else(|| DecryptError::Missing { file: file.clone() })?;
-            let format = Format::from_path(std::path::Path::new(file));
-            Some(sops::decrypt(bytes, format, ring, false).map_err(|source| {
-                DecryptError::Sops {
-                    file: file.clone(),
-                    source,
-                }
-            })?)
-        }
-        _ => None,
+    let files = referenced_files(rendered, snapshot, ring)?;
+    let docs_of = |file: &str| -> &[crate::sops::tree::Document] {
+        files.get(file).map_or(&[], |d| d.docs.as_slice())
     };
 
     // Custom kinds declared cluster-scoped by CRDs in the set (for SOPS manifests' namespaces).
@@ -397,14 +382,6 @@ pub fn decrypt(
         }
     }
 
-    let others = other_files(rendered, snapshot, ring)?;
-    let env_docs = secrets.as_ref().map(|d| d.docs.as_slice()).unwrap_or(&[]);
-    let docs_of = |file: &str| -> &[crate::sops::tree::Document] {
-        match others.get(file) {
-            Some(d) => d.docs.as_slice(),
-            None => env_docs,
-        }
-    };
     let mut objects = Vec::with_capacity(rendered.manifests.len());
     let mut texts = crate::sealed::Ciphertexts::default();
     for m in &rendered.manifests {
@@ -450,7 +427,7 @@ pub fn decrypt(
     }
     let mut notes = Vec::new();
     for rerun in &rendered.reruns {
-        let docs = secrets.as_ref().map(|d| d.docs.as_slice()).unwrap_or(&[]);
+        let docs = rendered.secrets_file.as_deref().map_or(&[][..], docs_of);
         match crate::rerun::check(rerun, snapshot, docs, &objects) {
             Ok(()) => {}
             // Without secret values a second render that differs costs no secret: told, not

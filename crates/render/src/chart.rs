@@ -324,25 +324,15 @@ fn copy_chart_dir(
             "name a chart directory (one holding Chart.yaml) under charts/".into(),
         ));
     }
-    let mut made = std::collections::BTreeSet::new();
-    for (path, bytes) in snapshot.under(&prefix) {
-        let to = root.join(&path[prefix.len()..]);
-        let parent = to.parent().map(Path::to_path_buf);
-        let written = match parent {
-            // One mkdir per directory, not per file.
-            Some(dir) if !made.contains(&dir) => std::fs::create_dir_all(&dir).map(|()| {
-                made.insert(dir);
-            }),
-            _ => Ok(()),
-        }
-        .and_then(|()| std::fs::write(&to, bytes));
-        written.map_err(|e| {
-            (
-                format!("cannot copy {path} for Helm: {e}"),
-                "check the space of /dev/shm".into(),
-            )
-        })?;
-    }
+    let files = snapshot
+        .under(&prefix)
+        .map(|(path, bytes)| (&path[prefix.len()..], bytes));
+    program::write_tree(root, files).map_err(|(path, e)| {
+        (
+            format!("cannot copy {prefix}{path} for Helm: {e}"),
+            "check the space of /dev/shm".into(),
+        )
+    })?;
     Ok(root.to_path_buf())
 }
 

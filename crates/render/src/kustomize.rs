@@ -27,7 +27,7 @@ use yaml_serde::Value;
 use super::diagnostic::Diagnostic;
 use super::program;
 use super::sealed::{SealedRef, SecretsFile, Transform, ciphertext_digest};
-use lockstep_core::snapshot::Snapshot;
+use lockstep_core::snapshot::{Snapshot, join_path as join};
 
 /// The environment variable naming the `kustomize` program (default: `kustomize` on `PATH`).
 pub const KUSTOMIZE_ENV: &str = "LOCKSTEP_KUSTOMIZE";
@@ -113,7 +113,7 @@ pub(crate) fn build(
         .map_err(|e| fail(format!("cannot make a scratch directory: {e}")))?;
     let root = scratch.0.join("project");
     copy_snapshot(snapshot, &root, &stand_ins)
-        .map_err(|e| fail(format!("cannot copy the project: {e}")))?;
+        .map_err(|(path, e)| fail(format!("cannot copy {path}: {e}")))?;
     let home = scratch.0.join("home");
     let mut cmd = Command::new(&kustomize.program);
     cmd.arg("build").arg(root.join(dir));
@@ -187,9 +187,13 @@ fn check_tree(snapshot: &Snapshot) -> Result<StandIns, Diagnostic> {
     let mut stand_ins = StandIns::new();
     for (path, bytes) in snapshot.under("") {
         let name = path.rsplit('/').next().unwrap_or(path);
-        if KUSTOMIZATION_FILES.contains(&name) {
-            check_kustomization(path, bytes)?;
-            sops_inputs(snapshot, path, bytes, &mut stand_ins)?;
+        if !KUSTOMIZATION_FILES.contains(&name) {
+            continue;
+        }
+        // kustomize reports its own parse errors, with the file.
+        if let Ok(doc) = yaml_serde::from_slice::<Value>(bytes) {
+            check_kustomization(path, &doc)?;
+            sops_inputs(snapshot, path, &doc, &mut stand_ins)?;
         }
     }
     Ok(stand_ins)
@@ -200,12 +204,9 @@ fn check_tree(snapshot: &Snapshot) -> Result<StandIns, Diagnostic> {
 fn sops_inputs(
     snapshot: &Snapshot,
     path: &str,
-    bytes: &[u8],
+    doc: &Value,
     stand_ins: &mut StandIns,
 ) -> Result<(), Diagnostic> {
-    let Ok(doc) = yaml_serde::from_slice::<Value>(bytes) else {
-        return Ok(());
-    };
     let dir = path.rsplit_once('/').map_or("", |(d, _)| d);
     let strings = |v: Option<&Value>| -> Vec<String> {
         v.and_then(Value::as_sequence)
@@ -375,27 +376,8 @@ fn sealed_dotenv(file: &str, content: &[u8]) -> String {
     out
 }
 
-/// `dir/entry` with `.` and `..` resolved; `None` when it leaves the project.
-fn join(dir: &str, entry: &str) -> Option<String> {
-    let mut parts: Vec<&str> = dir.split('/').filter(|p| !p.is_empty()).collect();
-    for seg in entry.split('/') {
-        match seg {
-            "" | "." => {}
-            ".." => {
-                parts.pop()?;
-            }
-            s => parts.push(s),
-        }
-    }
-    Some(parts.join("/"))
-}
-
 /// One kustomization's references.
-fn check_kustomization(path: &str, bytes: &[u8]) -> Result<(), Diagnostic> {
-    let Ok(doc) = yaml_serde::from_slice::<Value>(bytes) else {
-        // kustomize reports its own parse errors, with the file.
-        return Ok(());
-    };
+fn check_kustomization(path: &str, doc: &Value) -> Result<(), Diagnostic> {
     if doc.get("helmCharts").is_some() || doc.get("helmChartInflationGenerator").is_some() {
         return Err(Diagnostic::new(format!(
             "{path}: helmCharts are not inflated by kustomize here"
@@ -437,27 +419,27 @@ fn is_remote(entry: &str) -> bool {
 
 /// Writes every file of the snapshot under `root` (one mkdir per directory), the SOPS files an
 /// overlay reads as their stand-ins.
-fn copy_snapshot(snapshot: &Snapshot, root: &Path, stand_ins: &StandIns) -> std::io::Result<()> {
-    let mut made = std::collections::BTreeSet::new();
-    for (path, bytes) in snapshot.under("") {
-        let to = root.join(path);
-        if let Some(dir) = to.parent()
-            && !made.contains(dir)
-        {
-            std::fs::create_dir_all(dir)?;
-            made.insert(dir.to_path_buf());
-        }
-        match stand_ins.get(path) {
-            Some((text, _)) => std::fs::write(&to, text)?,
-            None => std::fs::write(&to, bytes)?,
-        }
-    }
-    Ok(())
+fn copy_snapshot(
+    snapshot: &Snapshot,
+    root: &Path,
+    stand_ins: &StandIns,
+) -> Result<(), (String, std::io::Error)> {
+    let files = snapshot
+        .under("")
+        .map(|(path, bytes)| match stand_ins.get(path) {
+            Some((text, _)) => (path, text.as_bytes()),
+            None => (path, bytes),
+        });
+    program::write_tree(root, files)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn check(path: &str, text: &[u8]) -> Result<(), Diagnostic> {
+        check_kustomization(path, &yaml_serde::from_slice(text).expect("YAML"))
+    }
 
     #[test]
     fn remote_bases_and_helm_charts_are_refused() {
@@ -467,18 +449,17 @@ mod tests {
             "git@github.com:org/repo.git//base",
         ] {
             let text = format!("resources:\n  - ../base\n  - {entry}\n");
-            let err = check_kustomization("overlays/prod/kustomization.yaml", text.as_bytes())
-                .expect_err(entry);
+            let err = check("overlays/prod/kustomization.yaml", text.as_bytes()).expect_err(entry);
             assert!(err.message.contains("is remote"), "{}", err.message);
         }
-        let err = check_kustomization(
+        let err = check(
             "k/kustomization.yaml",
             b"helmCharts:\n  - name: x\n    repo: https://x\n",
         )
         .expect_err("helmCharts");
         assert!(err.message.contains("helmCharts"), "{}", err.message);
         assert!(
-            check_kustomization(
+            check(
                 "k/kustomization.yaml",
                 b"resources: [../base, deploy.yaml]\n"
             )

@@ -135,6 +135,26 @@ fn read_bounded(
     (out, over)
 }
 
+/// Writes `files` (path under `root`, bytes) below `root`, with one mkdir per directory rather than
+/// per file; an error names the file.
+pub(crate) fn write_tree<'a>(
+    root: &Path,
+    files: impl Iterator<Item = (&'a str, &'a [u8])>,
+) -> Result<(), (String, std::io::Error)> {
+    let mut made = std::collections::BTreeSet::new();
+    for (path, bytes) in files {
+        let to = root.join(path);
+        if let Some(dir) = to.parent()
+            && !made.contains(dir)
+        {
+            std::fs::create_dir_all(dir).map_err(|e| (path.to_string(), e))?;
+            made.insert(dir.to_path_buf());
+        }
+        std::fs::write(&to, bytes).map_err(|e| (path.to_string(), e))?;
+    }
+    Ok(())
+}
+
 /// A private directory (mode 0700) for one run, memory-backed under `/dev/shm` when there is one,
 /// removed when dropped. It holds only what holds no secret (charts, overlays, ciphertext).
 pub(crate) struct Scratch(pub PathBuf);

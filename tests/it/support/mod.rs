@@ -243,6 +243,15 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Asserts that `out` failed and that its error output says every one of `needles`.
+pub fn fails_saying(out: &std::process::Output, needles: &[&str]) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected a failure: {err}");
+    for n in needles {
+        assert!(err.contains(n), "missing {n:?} in:\n{err}");
+    }
+}
+
 /// Fails naming the file when any file under `dirs` holds `marker` (a plaintext secret).
 pub fn assert_nowhere(marker: &str, dirs: &[&Path]) {
     for dir in dirs {

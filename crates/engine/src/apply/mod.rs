@@ -1062,10 +1062,9 @@ impl<'a> Plan<'a> {
         opts: &'a Options,
     ) -> Result<Plan<'a>, ApplyError> {
         let resolver = Resolver::new(client, set).await?;
-        let items = resolve_items(&resolver, set, opts.owner.as_deref())?;
-        let (mut items, mut hook_items, skipped_hooks) = split_hooks(items);
+        let mut items = resolve_items(&resolver, set, opts.owner.as_deref())?;
         defer_missing_namespaces(client, &mut items, opts).await?;
-        defer_missing_namespaces(client, &mut hook_items, opts).await?;
+        let (mut items, hooks, skipped_hooks) = split_hooks(items);
         let inventory_api = inventory::api(client, &set.namespace);
         let previous = Inventory::read(&inventory_api, &set.project, &set.environment).await?;
         previous.check_owner(
@@ -1101,14 +1100,7 @@ impl<'a> Plan<'a> {
             item.live = live.contains_key(&key);
         }
         refuse_foreign(&items, &live, opts.owner.as_deref())?;
-        let releases = release_states(&items, &hook_items, &previous, &opts.revision);
-        let hooks = hook_items
-            .into_iter()
-            .filter_map(|item| match hooks::role_of(item.body.expose()) {
-                hooks::Role::Hook(hook) => Some(hooks::HookItem { hook, item }),
-                _ => None,
-            })
-            .collect();
+        let releases = release_states(&items, &hooks, &previous, &opts.revision);
         Ok(Plan {
             client,
             set,
@@ -1445,17 +1437,10 @@ impl<'a> Plan<'a> {
     fn hide_values(&self, message: &str) -> String {
         self.items
             .iter()
-            .map(|i| &i.body)
-            .chain(self.hooks.iter().map(|h| &h.item.body))
-            .zip(
-                self.items
-                    .iter()
-                    .map(Item::carries_plaintext)
-                    .chain(self.hooks.iter().map(|h| h.item.carries_plaintext())),
-            )
-            .filter(|(_, plain)| *plain)
-            .fold(message.to_string(), |m, (body, _)| {
-                redact::hide_values(&m, body.expose())
+            .chain(self.hooks.iter().map(|h| &h.item))
+            .filter(|i| i.carries_plaintext())
+            .fold(message.to_string(), |m, i| {
+                redact::hide_values(&m, i.body.expose())
             })
     }
 
@@ -1860,7 +1845,13 @@ fn refuse_foreign(
 /// Takes the chart hooks out of the items: those lockstep runs (second), and those it never runs
 /// (third, with their hook kinds).
 #[allow(clippy::type_complexity)]
-fn split_hooks(items: Vec<Item<'_>>) -> (Vec<Item<'_>>, Vec<Item<'_>>, Vec<(ObjectId, String)>) {
+fn split_hooks(
+    items: Vec<Item<'_>>,
+) -> (
+    Vec<Item<'_>>,
+    Vec<hooks::HookItem<'_>>,
+    Vec<(ObjectId, String)>,
+) {
     let mut objects = Vec::new();
     let mut hook_items = Vec::new();
     let mut skipped = Vec::new();
@@ -1871,7 +1862,7 @@ fn split_hooks(items: Vec<Item<'_>>) -> (Vec<Item<'_>>, Vec<Item<'_>>, Vec<(Obje
         }
         match hooks::role_of(item.body.expose()) {
             hooks::Role::Object => objects.push(item),
-            hooks::Role::Hook(_) => hook_items.push(item),
+            hooks::Role::Hook(hook) => hook_items.push(hooks::HookItem { hook, item }),
             hooks::Role::Skipped(kinds) => skipped.push((item.obj.id.clone(), kinds)),
         }
     }
@@ -1883,12 +1874,12 @@ fn split_hooks(items: Vec<Item<'_>>) -> (Vec<Item<'_>>, Vec<Item<'_>>, Vec<(Obje
 /// only — a new revision).
 fn release_states(
     items: &[Item<'_>],
-    hook_items: &[Item<'_>],
+    hooks: &[hooks::HookItem<'_>],
     previous: &Inventory,
     revision: &str,
 ) -> BTreeMap<String, (bool, bool)> {
     let mut out = BTreeMap::new();
-    for release in hook_items.iter().filter_map(|h| h.obj.release.as_deref()) {
+    for release in hooks.iter().filter_map(|h| h.item.obj.release.as_deref()) {
         if out.contains_key(release) {
             continue;
         }

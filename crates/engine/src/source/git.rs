@@ -431,18 +431,8 @@ fn link_target(link: &str, target: &str) -> Option<String> {
     if target.starts_with('/') {
         return None;
     }
-    let mut parts: Vec<&str> = link.split('/').collect();
-    parts.pop();
-    for seg in target.trim_end_matches('/').split('/') {
-        match seg {
-            "" | "." => {}
-            ".." => {
-                parts.pop()?;
-            }
-            other => parts.push(other),
-        }
-    }
-    (!parts.is_empty()).then(|| parts.join("/"))
+    let dir = link.rsplit_once('/').map_or("", |(dir, _)| dir);
+    lockstep_core::snapshot::join_path(dir, target).filter(|p| !p.is_empty())
 }
 
 /// `name` under `prefix`, unless it already is a full name there.

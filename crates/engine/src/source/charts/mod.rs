@@ -161,14 +161,7 @@ fn problem(release: &str, message: impl Into<String>, help: &str) -> Diagnostic 
 
 /// The project and lock of a snapshot; `None` when either does not parse (the render reports it).
 fn project_and_lock(snapshot: &Snapshot) -> Option<(Project, Lock)> {
-    let text = std::str::from_utf8(snapshot.get(PROJECT_FILE)?).ok()?;
-    let project = Project::parse(text).ok()?;
-    let lock_text = snapshot
-        .get(LOCK_FILE)
-        .map(|b| String::from_utf8_lossy(b).into_owned())
-        .unwrap_or_default();
-    let lock = Lock::parse(&lock_text).ok()?;
-    Some((project, lock))
+    parse_both(snapshot).ok()
 }
 
 /// Whether the project names any repository or OCI chart (so a render needs archives).
