@@ -1744,7 +1744,7 @@ pub async fn run_loop(access: Access, opts: &LoopOptions, cache: &Path, hub: Arc
         config = config.labels(selector);
     }
     let syncs = watcher(api, config)
-        .default_backoff()
+        .backoff(watch_backoff())
         .reflect(writer)
         // Ready once the first list is in the store. (Not `Store::wait_until_ready`: the
         // controller waits on it too, and only one waiter is woken.)
@@ -1781,6 +1781,22 @@ pub async fn run_loop(access: Access, opts: &LoopOptions, cache: &Path, hub: Arc
         .await;
     hub.progress.end();
     hub.lifecycle.mark_drained();
+}
+
+/// The retry delays of the Sync watch after an error: 0.5 s doubling to 3 s, each plus up to as
+/// much again of jitter (so never over 6 s), starting over after a minute without errors.
+/// kube-runtime's default grows to 30 s, so after an API server outage of half a minute a
+/// controller could sit idle for another 30 s; one watch per process retrying every few seconds
+/// costs the API server nothing.
+fn watch_backoff()
+-> kube::runtime::utils::ResetTimerBackoff<kube::runtime::watcher::ExponentialBackoff> {
+    let delays = backon::ExponentialBuilder::default()
+        .with_min_delay(std::time::Duration::from_millis(500))
+        .with_max_delay(std::time::Duration::from_secs(3))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times();
+    kube::runtime::utils::ResetTimerBackoff::new(delays.into(), std::time::Duration::from_secs(60))
 }
 
 /// Keeps `hub`'s leadership current by competing for the Lease every [`leader::RENEW_EVERY`]
@@ -1986,6 +2002,23 @@ pub async fn reconcile_all(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_watch_retries_within_six_seconds_however_long_the_outage() {
+        let delays: Vec<_> = watch_backoff().take(50).collect();
+        assert_eq!(delays.len(), 50, "the watch never gives up");
+        assert!(delays[0] <= std::time::Duration::from_secs(1), "{delays:?}");
+        assert!(
+            delays
+                .iter()
+                .all(|d| *d <= std::time::Duration::from_secs(6)),
+            "{delays:?}"
+        );
+        assert!(
+            delays[10] >= std::time::Duration::from_secs(3),
+            "{delays:?}"
+        );
+    }
 
     fn sync(interval: Option<&str>, generation: i64, requested: Option<&str>) -> Sync {
         let mut s = Sync::new(

@@ -241,7 +241,19 @@ async fn an_etcd_pause_of_20_seconds_neither_crashes_nor_stalls_the_controller()
         home.path(),
     );
     support::assert_success(&requested);
-    wait_applied(&api, "tiny", &second, "the sync after etcd resumed").await;
+    // The API server itself takes a few seconds to answer again; the controller's watch retries
+    // at most 6 s apart, and its Lease (lapsed during the pause) is renewed every 4 s.
+    support::eventually(
+        "the sync after etcd resumed",
+        std::time::Duration::from_secs(45),
+        || async {
+            api.get("tiny")
+                .await
+                .is_ok_and(|s| s.data["status"]["lastAppliedRevision"] == second.as_str())
+                .then_some(())
+        },
+    )
+    .await;
     assert_eq!(http(port, "GET", "/healthz", &[], b"").0, 200);
     assert!(
         controller.0.try_wait().expect("wait").is_none(),

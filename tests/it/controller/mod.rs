@@ -310,7 +310,8 @@ fn spawn_loop(
     name: &str,
     extra: &[&str],
 ) -> Running {
-    let log = std::fs::File::create(home.join(format!("{name}.log"))).expect("log file");
+    let log_path = home.join(format!("{name}.log"));
+    let log = std::fs::File::create(&log_path).expect("log file");
     Running(
         Command::new(BIN)
             .args(["controller", "--allow-local-sources"])
@@ -324,6 +325,7 @@ fn spawn_loop(
             .stderr(log)
             .spawn()
             .expect("start the controller"),
+        log_path,
     )
 }
 
@@ -345,13 +347,18 @@ async fn wait_applied(api: &Api<DynamicObject>, name: &str, revision: &str, what
     .await;
 }
 
-/// Kills the controller process when the test ends, however it ends.
-struct Running(std::process::Child);
+/// Kills the controller process when the test ends, however it ends; a failing test prints what
+/// the controller logged.
+struct Running(std::process::Child, PathBuf);
 
 impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.1).unwrap_or_default();
+            eprintln!("the controller ({}) logged:\n{log}", self.1.display());
+        }
     }
 }
 
