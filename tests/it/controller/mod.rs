@@ -6,6 +6,7 @@ mod charts;
 mod converge;
 mod drift;
 mod faults;
+mod flux;
 mod isolation;
 mod kustomize;
 mod leader;

@@ -94,6 +94,21 @@ pub fn peer(name: &str) -> Result<PathBuf, String> {
     }
 }
 
+/// Path of a file the peers ship beside their binaries (`flux/crds.yaml`, `kwok/stages.yaml`),
+/// if it has been built.
+pub fn peer_share(rel: &str) -> Result<PathBuf, String> {
+    let bin = peers_bin()?;
+    let path = bin.parent().unwrap_or(&bin).join("share").join(rel);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "{} does not exist; build it with scripts/peers",
+            path.display()
+        ))
+    }
+}
+
 /// `text` with the ciphertext digests (`@0a1b2c3d`) of its sealed placeholders removed, for
 /// comparing with placeholders written out in a test.
 pub fn without_digests(text: &str) -> String {
@@ -241,6 +256,91 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// Watches directories while programs run, opening every file that appears there and keeping it
+/// open, so what a program writes is still readable after it deletes the file: a proof of what
+/// touched the disk, however briefly (a file rewritten in place is read as last written).
+pub struct DiskWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    held: std::sync::Arc<std::sync::Mutex<Vec<(PathBuf, std::fs::File)>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl DiskWatch {
+    /// Starts polling `dirs` (recursively, about every 0.2 ms); at most 20,000 files are held.
+    pub fn start(dirs: &[&Path]) -> DiskWatch {
+        use std::os::unix::fs::MetadataExt as _;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let roots: Vec<PathBuf> = dirs.iter().map(|d| d.to_path_buf()).collect();
+        let thread = std::thread::spawn({
+            let (stop, held) = (stop.clone(), held.clone());
+            move || {
+                let mut seen = std::collections::HashSet::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    for file in roots.iter().flat_map(|r| files_under(r)) {
+                        let Ok(meta) = std::fs::symlink_metadata(&file) else {
+                            continue;
+                        };
+                        if !meta.is_file() || !seen.insert((file.clone(), meta.ino())) {
+                            continue;
+                        }
+                        let mut held = held.lock().unwrap_or_else(|e| e.into_inner());
+                        if held.len() < 20_000
+                            && let Ok(open) = std::fs::File::open(&file)
+                        {
+                            held.push((file, open));
+                        }
+                    }
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            }
+        });
+        DiskWatch {
+            stop,
+            held,
+            thread: Some(thread),
+        }
+    }
+
+    /// The files seen so far whose content holds `marker` (read through the open handle, so a file
+    /// deleted since counts too).
+    pub fn holding(&self, marker: &str) -> Vec<PathBuf> {
+        use std::os::unix::fs::FileExt as _;
+        let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.iter()
+            .filter(|(_, file)| {
+                let len = file.metadata().map(|m| m.len()).unwrap_or(0).min(1 << 24);
+                let mut bytes = vec![0; usize::try_from(len).unwrap_or(0)];
+                let read = file.read_at(&mut bytes, 0).unwrap_or(0);
+                bytes[..read]
+                    .windows(marker.len())
+                    .any(|w| w == marker.as_bytes())
+            })
+            .map(|(path, _)| path.clone())
+            .collect()
+    }
+
+    /// How many files were seen.
+    pub fn seen(&self) -> usize {
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// The paths of the files seen.
+    pub fn paths(&self) -> Vec<PathBuf> {
+        let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.iter().map(|(path, _)| path.clone()).collect()
+    }
+}
+
+impl Drop for DiskWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// Asserts that `out` failed and that its error output says every one of `needles`.
