@@ -23,16 +23,7 @@ async fn private_repositories_over_https_auth_and_ssh_and_signed_commits_only() 
     let mut work = Vec::new();
     for name in ["https", "ssh", "signed"] {
         let repo = shop_repo(&format!("shop-{name}-{pid}"));
-        git(
-            served.path(),
-            &[
-                "clone",
-                "-q",
-                "--bare",
-                &repo.path().to_string_lossy(),
-                &format!("{name}.git"),
-            ],
-        );
+        clone_bare(served.path(), repo.path(), &format!("{name}.git"));
         git(
             &served.path().join(format!("{name}.git")),
             &["config", "http.receivepack", "true"],

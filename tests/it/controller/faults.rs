@@ -20,16 +20,7 @@ async fn a_git_server_down_or_garbled_leaves_the_cluster_untouched_and_recovery_
     let target = cluster.namespace(&client, "git-faults-apps").await;
     let repo = tiny_repo(&target);
     let served = tempfile::tempdir().expect("tempdir");
-    git(
-        served.path(),
-        &[
-            "clone",
-            "-q",
-            "--bare",
-            &repo.path().to_string_lossy(),
-            "tiny.git",
-        ],
-    );
+    clone_bare(served.path(), repo.path(), "tiny.git");
     let http = GitHttp::start(served.path(), None);
     let proxy = Proxy::start(http.port());
     let home = tempfile::tempdir().expect("tempdir");

@@ -37,16 +37,8 @@ async fn install_flux_crds(client: &kube::Client, ns: &str) {
         "customresourcedefinitions",
     );
     let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
-    for (key, crd) in crate::charts::objects(&text) {
-        let name = crd["metadata"]["name"].as_str().expect("name").to_string();
-        let crd: serde_json::Value = serde_json::to_value(crd).expect("json");
-        api.patch(
-            &name,
-            &PatchParams::apply("test").force(),
-            &Patch::Apply(crd),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{key}: {e}"));
+    for crd in crate::charts::objects(&text).into_values() {
+        apply_json(&api, serde_json::to_value(crd).expect("json")).await;
     }
     for (group, kind, plural) in [
         (
@@ -276,16 +268,7 @@ async fn flux_and_lockstep_sync_one_repository_alike_and_only_flux_puts_plaintex
     let repo = tempfile::tempdir().expect("tempdir");
     side_by_side_repo(repo.path(), &lockstep_apps);
     let served = tempfile::tempdir().expect("tempdir");
-    git(
-        served.path(),
-        &[
-            "clone",
-            "-q",
-            "--bare",
-            &repo.path().to_string_lossy(),
-            "shop.git",
-        ],
-    );
+    clone_bare(served.path(), repo.path(), "shop.git");
     let http = GitHttp::start(served.path(), None);
     let url = http.url("shop.git");
 
@@ -327,18 +310,15 @@ async fn flux_and_lockstep_sync_one_repository_alike_and_only_flux_puts_plaintex
         "GitRepository",
         "gitrepositories",
     );
-    gitrepos
-        .patch(
-            "shop",
-            &PatchParams::apply("test").force(),
-            &Patch::Apply(serde_json::json!({
-                "apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "GitRepository",
-                "metadata": {"name": "shop"},
-                "spec": {"interval": "1m", "url": url, "ref": {"branch": "main"}}
-            })),
-        )
-        .await
-        .expect("GitRepository");
+    apply_json(
+        &gitrepos,
+        serde_json::json!({
+            "apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "GitRepository",
+            "metadata": {"name": "shop"},
+            "spec": {"interval": "1m", "url": url, "ref": {"branch": "main"}}
+        }),
+    )
+    .await;
     let kustomizations = flux_api(
         &client,
         &flux_ns,
@@ -347,27 +327,19 @@ async fn flux_and_lockstep_sync_one_repository_alike_and_only_flux_puts_plaintex
         "kustomizations",
     );
     let apply_kustomization = |requested: String| {
-        let kustomizations = kustomizations.clone();
-        let flux_apps = flux_apps.clone();
-        async move {
-            kustomizations
-                .patch(
-                    "shop",
-                    &PatchParams::apply("test").force(),
-                    &Patch::Apply(serde_json::json!({
-                        "apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
-                        "metadata": {"name": "shop", "annotations": {"reconcile.fluxcd.io/requestedAt": requested}},
-                        "spec": {
-                            "interval": "10m", "path": "./overlays/prod", "prune": true,
-                            "targetNamespace": flux_apps,
-                            "sourceRef": {"kind": "GitRepository", "name": "shop"},
-                            "decryption": {"provider": "sops", "secretRef": {"name": "sops-age"}}
-                        }
-                    })),
-                )
-                .await
-                .expect("Kustomization");
-        }
+        apply_json(
+            &kustomizations,
+            serde_json::json!({
+                "apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
+                "metadata": {"name": "shop", "annotations": {"reconcile.fluxcd.io/requestedAt": requested}},
+                "spec": {
+                    "interval": "10m", "path": "./overlays/prod", "prune": true,
+                    "targetNamespace": flux_apps,
+                    "sourceRef": {"kind": "GitRepository", "name": "shop"},
+                    "decryption": {"provider": "sops", "secretRef": {"name": "sops-age"}}
+                }
+            }),
+        )
     };
     apply_kustomization("0".into()).await;
     let revision = format!("main@sha1:{}", head(repo.path()));

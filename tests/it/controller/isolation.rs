@@ -32,17 +32,7 @@ async fn one_slow_or_broken_sync_never_holds_back_another() {
             "spec": spec
         })
     };
-    let put = async |api: &Api<DynamicObject>, body: serde_json::Value| {
-        let name = body["metadata"]["name"].as_str().expect("name").to_string();
-        api.patch(
-            &name,
-            &PatchParams::apply("test").force(),
-            &Patch::Apply(body),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("Sync {name}: {e}"));
-    };
-    put(
+    apply_json(
         &api_a,
         sync(
             "slow",
@@ -84,7 +74,7 @@ async fn one_slow_or_broken_sync_never_holds_back_another() {
     let api_b = syncs(&client, &ns_b);
     put_secret(&client, &ns_b, "hook", "token", "quick-s3cret-of-b-tenant").await;
     let started = std::time::Instant::now();
-    put(
+    apply_json(
         &api_b,
         sync(
             "quick",
@@ -137,7 +127,7 @@ async fn one_slow_or_broken_sync_never_holds_back_another() {
             "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}}}\ndata:\n  text: |\n{{{{ {expression} }}}}\n"
         );
         let repo = project_repo(name, &target_a, &[("settings.yaml", &template)]);
-        put(&api_a, sync(name, repo.path(), serde_json::json!({}))).await;
+        apply_json(&api_a, sync(name, repo.path(), serde_json::json!({}))).await;
         wait_for(&format!("{name} to fail"), async || {
             api_a.get(name).await.is_ok_and(|s| {
                 s.data["status"]["conditions"].as_array().is_some_and(|cs| {

@@ -49,6 +49,28 @@ fn git(dir: &Path, args: &[&str]) {
     );
 }
 
+/// Clones `repo` bare into `served/<name>`, for a Git server serving `served`.
+fn clone_bare(served: &Path, repo: &Path, name: &str) {
+    git(
+        served,
+        &["clone", "-q", "--bare", &repo.to_string_lossy(), name],
+    );
+}
+
+/// Server-side applies `body` (named by its `metadata.name`) with `api`, as the field manager
+/// `test`, forcing conflicts.
+async fn apply_json(api: &Api<DynamicObject>, body: serde_json::Value) {
+    let name = body["metadata"]["name"].as_str().expect("name").to_string();
+    let kind = body["kind"].as_str().unwrap_or("object").to_string();
+    api.patch(
+        &name,
+        &PatchParams::apply("test").force(),
+        &Patch::Apply(body),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{kind} {name}: {e}"));
+}
+
 fn head(dir: &Path) -> String {
     let out = Command::new("git")
         .args(["rev-parse", "HEAD"])

@@ -83,22 +83,17 @@ fn peers_bin() -> Result<PathBuf, String> {
 
 /// Path of a real peer binary (`sops`, `age`, `age-keygen`, `kube-apiserver`…), if it has been built.
 pub fn peer(name: &str) -> Result<PathBuf, String> {
-    let path = peers_bin()?.join(name);
-    if path.is_file() {
-        Ok(path)
-    } else {
-        Err(format!(
-            "{} does not exist; build it with scripts/peers",
-            path.display()
-        ))
-    }
+    built(peers_bin()?.join(name))
 }
 
 /// Path of a file the peers ship beside their binaries (`flux/crds.yaml`, `kwok/stages.yaml`),
 /// if it has been built.
 pub fn peer_share(rel: &str) -> Result<PathBuf, String> {
     let bin = peers_bin()?;
-    let path = bin.parent().unwrap_or(&bin).join("share").join(rel);
+    built(bin.parent().unwrap_or(&bin).join("share").join(rel))
+}
+
+fn built(path: PathBuf) -> Result<PathBuf, String> {
     if path.is_file() {
         Ok(path)
     } else {
