@@ -175,9 +175,9 @@ fn sync_of(
     let mut source = json!({"url": url});
     if let Some(g) = git {
         let r = &g["spec"]["ref"];
-        for (flux, ours) in [("branch", "branch"), ("tag", "tag"), ("commit", "commit")] {
-            if let Some(v) = r[flux].as_str() {
-                source["ref"] = json!({ours: v});
+        for field in ["branch", "tag", "commit"] {
+            if let Some(v) = r[field].as_str() {
+                source["ref"] = json!({field: v});
             }
         }
         if let Some(secret) = g["spec"]["secretRef"]["name"].as_str() {
@@ -185,18 +185,20 @@ fn sync_of(
         }
     }
     let mut sync_spec = json!({"source": source, "environment": name});
-    let copy = |from: &str, to: &str, sync_spec: &mut Json| {
-        if let Some(v) = yaml_to_json(&spec[from]) {
-            sync_spec[to] = v;
+    // Fields a Sync spells as Flux does.
+    for field in [
+        "interval",
+        "retryInterval",
+        "timeout",
+        "prune",
+        "suspend",
+        "wait",
+        "serviceAccountName",
+    ] {
+        if let Some(v) = yaml_to_json(&spec[field]) {
+            sync_spec[field] = v;
         }
-    };
-    copy("interval", "interval", &mut sync_spec);
-    copy("retryInterval", "retryInterval", &mut sync_spec);
-    copy("timeout", "timeout", &mut sync_spec);
-    copy("prune", "prune", &mut sync_spec);
-    copy("suspend", "suspend", &mut sync_spec);
-    copy("wait", "wait", &mut sync_spec);
-    copy("serviceAccountName", "serviceAccountName", &mut sync_spec);
+    }
     if let Some(secret) = spec["decryption"]["secretRef"]["name"].as_str() {
         sync_spec["decryption"] = json!({"secretRef": {"name": secret}});
     }

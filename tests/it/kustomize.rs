@@ -236,16 +236,10 @@ async fn a_sealed_reference_in_an_overlay_patch_is_the_real_value_only_in_the_cl
     let home = tempfile::tempdir().expect("tempdir");
     let root = project.path();
     overlay_tree(root, &ns);
-    let sealed = support::encrypt_stdin(
-        Path::new(BIN),
-        DEMO_RECIPIENT,
-        "environments/prod/secrets.yaml",
-        &format!("db:\n  password: {MARKER}\n"),
-    );
-    write(
+    write_encrypted(
         root,
         "environments/prod/secrets.yaml",
-        &String::from_utf8(sealed).expect("utf-8"),
+        &format!("db:\n  password: {MARKER}\n"),
     );
     write(
         root,
@@ -303,6 +297,31 @@ async fn a_sealed_reference_in_an_overlay_patch_is_the_real_value_only_in_the_cl
     support::assert_nowhere(MARKER, &[home.path(), root, Path::new("/dev/shm")]);
 }
 
+/// Writes `plain` to project file `rel`, SOPS-encrypted (whole) to the demo recipient.
+pub(crate) fn write_encrypted(root: &Path, rel: &str, plain: &str) {
+    let encrypted = support::encrypt_stdin(Path::new(BIN), DEMO_RECIPIENT, rel, plain);
+    let path = root.join(rel);
+    std::fs::create_dir_all(path.parent().expect("a parent")).expect("mkdir");
+    std::fs::write(path, encrypted).expect("write");
+}
+
+/// Adds a Secret `db` whose `stringData.password` is `password`, SOPS-encrypted as Flux's guide
+/// does (`overlays/prod/db.sops.yaml`), to the prod overlay's resources.
+pub(crate) fn add_sops_db_secret(root: &Path, password: &str) {
+    let secret = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: db\ntype: Opaque\nstringData:\n  password: {password}\n"
+    );
+    let sealed = encrypt_values_only(&secret, "overlays/prod/db.sops.yaml");
+    std::fs::write(root.join("overlays/prod/db.sops.yaml"), sealed).expect("write");
+    let overlay =
+        std::fs::read_to_string(root.join("overlays/prod/kustomization.yaml")).expect("read");
+    write(
+        root,
+        "overlays/prod/kustomization.yaml",
+        &overlay.replace("  - ../../base\n", "  - ../../base\n  - db.sops.yaml\n"),
+    );
+}
+
 /// `plain` encrypted as Flux's guide does (`--encrypted-regex '^(data|stringData)$'`).
 pub(crate) fn encrypt_values_only(plain: &str, rel: &str) -> Vec<u8> {
     use std::io::Write as _;
@@ -331,9 +350,9 @@ pub(crate) fn encrypt_values_only(plain: &str, rel: &str) -> Vec<u8> {
     out.stdout
 }
 
-/// The generated names of an object map without their hash suffix (`web-tls-9th9f5254h` →
+/// A generated name (or `Kind/name` key) without its hash suffix (`web-tls-9th9f5254h` →
 /// `web-tls`), which lockstep computes over placeholders and Flux over values.
-fn without_suffix(key: &str) -> String {
+pub(crate) fn without_suffix(key: &str) -> String {
     match key.rsplit_once('-') {
         Some((stem, hash))
             if hash.len() == 10 && hash.bytes().all(|b| b.is_ascii_alphanumeric()) =>
@@ -365,13 +384,7 @@ async fn sops_resources_and_env_files_in_an_overlay_are_sealed_for_kustomize_and
         b64.encode(format!("{MARKER}-token"))
     );
     // As Flux's guide encrypts them: the values only.
-    let whole = support::encrypt_stdin(
-        Path::new(BIN),
-        DEMO_RECIPIENT,
-        "overlays/prod/db.sops.yaml",
-        &secret,
-    );
-    std::fs::write(root.join("overlays/prod/db.sops.yaml"), &whole).expect("write");
+    write_encrypted(root, "overlays/prod/db.sops.yaml", &secret);
     let overlay =
         std::fs::read_to_string(root.join("overlays/prod/kustomization.yaml")).expect("read");
     write(
@@ -395,28 +408,18 @@ async fn sops_resources_and_env_files_in_an_overlay_are_sealed_for_kustomize_and
     let sealed = encrypt_values_only(&secret, "overlays/prod/db.sops.yaml");
     std::fs::write(root.join("overlays/prod/db.sops.yaml"), &sealed).expect("write");
     // Generator inputs read whole: a binary file and a YAML file, each SOPS-encrypted.
-    let cert = support::encrypt_stdin(
-        Path::new(BIN),
-        DEMO_RECIPIENT,
+    write_encrypted(
+        root,
         "overlays/prod/tls.pem",
         &format!("-----BEGIN CERT-----\n{MARKER}-cert\n-----END CERT-----\n"),
     );
-    std::fs::write(root.join("overlays/prod/tls.pem"), &cert).expect("write");
-    let config = support::encrypt_stdin(
-        Path::new(BIN),
-        DEMO_RECIPIENT,
+    write_encrypted(
+        root,
         "overlays/prod/config.yaml",
         &format!("db:\n    user: app\n    password: {MARKER}-cfg\n"),
     );
-    std::fs::write(root.join("overlays/prod/config.yaml"), &config).expect("write");
     let env_file = format!("API_KEY={MARKER}-api\nREGION=eu-west-1\n");
-    let sealed_env = support::encrypt_stdin(
-        Path::new(BIN),
-        DEMO_RECIPIENT,
-        "overlays/prod/app.env",
-        &env_file,
-    );
-    std::fs::write(root.join("overlays/prod/app.env"), &sealed_env).expect("write");
+    write_encrypted(root, "overlays/prod/app.env", &env_file);
     let overlay =
         std::fs::read_to_string(root.join("overlays/prod/kustomization.yaml")).expect("read");
     let overlay = overlay

@@ -22,9 +22,7 @@ async fn a_sync_applies_a_chart_with_a_sealed_value_from_git() {
     let repo = tempfile::tempdir().expect("tempdir");
     let password = "Controller-Chart-Marker-51c2";
     crate::charts::secret_chart_project(repo.path(), &target, password);
-    git(repo.path(), &["init", "-q", "-b", "main"]);
-    git(repo.path(), &["add", "-A"]);
-    git(repo.path(), &["commit", "-q", "-m", "a chart"]);
+    commit_all(repo.path(), "a chart");
     put_secret(&client, &sync_ns, "age-key", "key", &demo_key()).await;
     let api = syncs(&client, &sync_ns);
     create_local_sync(

@@ -9,12 +9,12 @@
 
 use super::*;
 
+use crate::kustomize::without_suffix;
 use crate::support::gitserver::GitHttp;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 const MARKER: &str = "Flux-Side-By-Side-Marker-71c4";
-const DEMO_RECIPIENT: &str = "age1cunssxzmelyguczf39cjyuztac9mh3wlk6hgqv0s8m7khtfyw47qxrz3zg";
 
 /// The API of one Flux kind in `ns`.
 fn flux_api(
@@ -106,21 +106,16 @@ fn start_flux(
 /// and SOPS-encrypted generator inputs (a dotenv file and a binary file).
 fn side_by_side_repo(root: &Path, lockstep_ns: &str) {
     crate::kustomize::overlay_tree(root, lockstep_ns);
+    crate::kustomize::add_sops_db_secret(root, &format!("{MARKER}-pw"));
     let overlay =
         std::fs::read_to_string(root.join("overlays/prod/kustomization.yaml")).expect("read");
     let overlay = overlay
         .replace(&format!("namespace: {lockstep_ns}\n"), "")
-        .replace("  - ../../base\n", "  - ../../base\n  - db.sops.yaml\n")
         .replace(
             "secretGenerator:\n",
             "secretGenerator:\n  - name: app-env\n    envs: [app.env]\n  - name: app-files\n    files: [tls.crt=tls.pem]\n",
         );
     crate::charts::write(root, "overlays/prod/kustomization.yaml", &overlay);
-    let secret = format!(
-        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: db\ntype: Opaque\nstringData:\n  password: {MARKER}-pw\n"
-    );
-    let sealed = crate::kustomize::encrypt_values_only(&secret, "overlays/prod/db.sops.yaml");
-    std::fs::write(root.join("overlays/prod/db.sops.yaml"), sealed).expect("write");
     for (rel, plain) in [
         (
             "overlays/prod/app.env",
@@ -131,24 +126,9 @@ fn side_by_side_repo(root: &Path, lockstep_ns: &str) {
             format!("-----BEGIN CERT-----\n{MARKER}-cert\n-----END CERT-----\n"),
         ),
     ] {
-        let encrypted = support::encrypt_stdin(Path::new(BIN), DEMO_RECIPIENT, rel, &plain);
-        std::fs::write(root.join(rel), encrypted).expect("write");
+        crate::kustomize::write_encrypted(root, rel, &plain);
     }
-    git(root, &["init", "-q", "-b", "main"]);
-    git(root, &["add", "-A"]);
-    git(root, &["commit", "-q", "-m", "an overlay with SOPS inputs"]);
-}
-
-/// The name without a generator's hash suffix (`prod-app-env-9th9f5254h` → `prod-app-env`).
-fn stem(name: &str) -> &str {
-    match name.rsplit_once('-') {
-        Some((stem, hash))
-            if hash.len() == 10 && hash.bytes().all(|b| b.is_ascii_alphanumeric()) =>
-        {
-            stem
-        }
-        _ => name,
-    }
+    commit_all(root, "an overlay with SOPS inputs");
 }
 
 /// The objects the overlay makes, as they are live in `ns`: `Kind/name` (generated names without
@@ -156,49 +136,29 @@ fn stem(name: &str) -> &str {
 /// (its labels and annotations, a Service's cluster IP) or what the API server assigns.
 async fn live(client: &kube::Client, ns: &str) -> BTreeMap<String, serde_json::Value> {
     let mut out = BTreeMap::new();
+    // What each tool adds of its own.
+    let without_own = |map: Option<&BTreeMap<String, String>>| -> BTreeMap<String, String> {
+        let mut map = map.cloned().unwrap_or_default();
+        map.retain(|k, v| {
+            let tools_own = k.starts_with("kustomize.toolkit.fluxcd.io/")
+                || k.starts_with("lockstep.dev/")
+                || (k == "app.kubernetes.io/managed-by" && v == "lockstep");
+            !tools_own
+        });
+        map
+    };
     for (group, kind, plural) in [
         ("", "ConfigMap", "configmaps"),
         ("", "Secret", "secrets"),
         ("", "Service", "services"),
         ("apps", "Deployment", "deployments"),
     ] {
-        let ar =
-            ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, "v1", kind), plural);
-        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
-        for object in api.list(&Default::default()).await.expect("list").items {
+        // Flux keeps its inventory in the Kustomization's status, lockstep in a ConfigMap
+        // (left out here).
+        for object in objects_of(client, ns, (group, "v1", kind, plural)).await {
             let name = object.metadata.name.clone().unwrap_or_default();
-            // The API server's CA bundle, and lockstep's inventory (Flux keeps its own in the
-            // Kustomization's status).
-            let inventory = object
-                .metadata
-                .labels
-                .as_ref()
-                .is_some_and(|l| l.contains_key("lockstep.dev/inventory"));
-            if name == "kube-root-ca.crt" || inventory {
-                continue;
-            }
-            let own = |k: &String, v: &String| {
-                let tools_own = k.starts_with("kustomize.toolkit.fluxcd.io/")
-                    || k.starts_with("lockstep.dev/")
-                    || (k == "app.kubernetes.io/managed-by" && v == "lockstep");
-                !tools_own
-            };
-            let labels: BTreeMap<_, _> = object
-                .metadata
-                .labels
-                .clone()
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|(k, v)| own(k, v))
-                .collect();
-            let annotations: BTreeMap<_, _> = object
-                .metadata
-                .annotations
-                .clone()
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|(k, v)| own(k, v))
-                .collect();
+            let labels = without_own(object.metadata.labels.as_ref());
+            let annotations = without_own(object.metadata.annotations.as_ref());
             let mut data = object.data.clone();
             if let Some(spec) = data.get_mut("spec").and_then(|s| s.as_object_mut()) {
                 spec.remove("clusterIP");
@@ -212,14 +172,14 @@ async fn live(client: &kube::Client, ns: &str) -> BTreeMap<String, serde_json::V
                 "spec": data["spec"],
             })
             .to_string();
-            out.insert(format!("{kind}/{}", stem(&name)), (name, text));
+            out.insert(format!("{kind}/{}", without_suffix(&name)), (name, text));
         }
     }
     // References to generated names (envFrom, volumes) compared without the suffix too.
     let renamed: BTreeSet<(String, String)> = out
         .values()
-        .filter(|(name, _)| stem(name) != name)
-        .map(|(name, _)| (name.clone(), stem(name).to_string()))
+        .filter(|(name, _)| without_suffix(name) != *name)
+        .map(|(name, _)| (name.clone(), without_suffix(name)))
         .collect();
     out.into_iter()
         .map(|(key, (_, mut text))| {
@@ -229,18 +189,6 @@ async fn live(client: &kube::Client, ns: &str) -> BTreeMap<String, serde_json::V
             (key, serde_json::from_str(&text).expect("json"))
         })
         .collect()
-}
-
-fn condition(object: &DynamicObject, kind: &str) -> (String, String) {
-    let c = object.data["status"]["conditions"]
-        .as_array()
-        .and_then(|cs| cs.iter().find(|c| c["type"] == kind))
-        .cloned()
-        .unwrap_or_default();
-    (
-        c["status"].as_str().unwrap_or_default().to_string(),
-        c["message"].as_str().unwrap_or_default().to_string(),
-    )
 }
 
 #[tokio::test]
@@ -348,9 +296,8 @@ async fn flux_and_lockstep_sync_one_repository_alike_and_only_flux_puts_plaintex
         std::time::Duration::from_secs(120),
         || async {
             let k = kustomizations.get("shop").await.ok()?;
-            (condition(&k, "Ready").0 == "True"
-                && k.data["status"]["lastAppliedRevision"] == revision.as_str())
-            .then_some(())
+            (ready(&k).0 == "True" && k.data["status"]["lastAppliedRevision"] == revision.as_str())
+                .then_some(())
         },
     )
     .await;
@@ -374,7 +321,7 @@ async fn flux_and_lockstep_sync_one_repository_alike_and_only_flux_puts_plaintex
     assert!(
         !flux_plaintext.is_empty(),
         "Flux wrote no plaintext to its temp disk in {round} reconciles ({} files seen)",
-        flux_disk.seen()
+        flux_disk.paths().len()
     );
     assert!(
         flux_plaintext

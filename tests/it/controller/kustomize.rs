@@ -19,21 +19,8 @@ async fn a_sync_applies_a_kustomize_overlay_with_a_sops_secret_from_git() {
     let root = repo.path();
     crate::kustomize::overlay_tree(root, &target);
     let password = "Controller-Kustomize-Marker-9d2e";
-    let secret = format!(
-        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: db\nstringData:\n  password: {password}\n"
-    );
-    let sealed = crate::kustomize::encrypt_values_only(&secret, "overlays/prod/db.sops.yaml");
-    std::fs::write(root.join("overlays/prod/db.sops.yaml"), sealed).expect("write");
-    let overlay =
-        std::fs::read_to_string(root.join("overlays/prod/kustomization.yaml")).expect("read");
-    std::fs::write(
-        root.join("overlays/prod/kustomization.yaml"),
-        overlay.replace("  - ../../base\n", "  - ../../base\n  - db.sops.yaml\n"),
-    )
-    .expect("write");
-    git(root, &["init", "-q", "-b", "main"]);
-    git(root, &["add", "-A"]);
-    git(root, &["commit", "-q", "-m", "an overlay"]);
+    crate::kustomize::add_sops_db_secret(root, password);
+    commit_all(root, "an overlay");
     put_secret(&client, &sync_ns, "age-key", "key", &demo_key()).await;
     let api = syncs(&client, &sync_ns);
     create_local_sync(
@@ -90,18 +77,7 @@ async fn a_flux_repository_migrated_with_init_from_flux_syncs_with_the_controlle
     crate::kustomize::overlay_tree(root, &target);
     std::fs::remove_file(root.join("lockstep.yaml")).expect("no lockstep.yaml yet");
     let password = "Flux-Migrated-Marker-4b7c";
-    let secret = format!(
-        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: db\nstringData:\n  password: {password}\n"
-    );
-    let sealed = crate::kustomize::encrypt_values_only(&secret, "overlays/prod/db.sops.yaml");
-    std::fs::write(root.join("overlays/prod/db.sops.yaml"), sealed).expect("write");
-    let overlay =
-        std::fs::read_to_string(root.join("overlays/prod/kustomization.yaml")).expect("read");
-    std::fs::write(
-        root.join("overlays/prod/kustomization.yaml"),
-        overlay.replace("  - ../../base\n", "  - ../../base\n  - db.sops.yaml\n"),
-    )
-    .expect("write");
+    crate::kustomize::add_sops_db_secret(root, password);
     std::fs::create_dir_all(root.join("clusters/prod/flux-system")).expect("mkdir");
     std::fs::write(
         root.join("clusters/prod/flux-system/gotk-sync.yaml"),
@@ -139,9 +115,7 @@ async fn a_flux_repository_migrated_with_init_from_flux_syncs_with_the_controlle
         sync["spec"]["source"]["url"],
         "https://git.example.org/shop.git"
     );
-    git(root, &["init", "-q", "-b", "main"]);
-    git(root, &["add", "-A"]);
-    git(root, &["commit", "-q", "-m", "migrated from Flux"]);
+    commit_all(root, "migrated from Flux");
 
     // Flux's decryption Secret as Flux users have it (key age.agekey), and the printed Sync
     // pointed at this repository.

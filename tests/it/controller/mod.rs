@@ -49,6 +49,13 @@ fn git(dir: &Path, args: &[&str]) {
     );
 }
 
+/// Makes `dir` a Git repository (branch main) with one commit of everything in it.
+fn commit_all(dir: &Path, message: &str) {
+    git(dir, &["init", "-q", "-b", "main"]);
+    git(dir, &["add", "-A"]);
+    git(dir, &["commit", "-q", "-m", message]);
+}
+
 /// Clones `repo` bare into `served/<name>`, for a Git server serving `served`.
 fn clone_bare(served: &Path, repo: &Path, name: &str) {
     git(
@@ -89,25 +96,13 @@ fn shop_repo(namespace: &str) -> tempfile::TempDir {
         format!("project: shop\nenvironments:\n  dev: {{namespace: {namespace}}}\n"),
     )
     .expect("write");
-    git(repo.path(), &["init", "-q", "-b", "main"]);
-    git(repo.path(), &["add", "-A"]);
-    git(repo.path(), &["commit", "-q", "-m", "shop"]);
+    commit_all(repo.path(), "shop");
     repo
 }
 
 /// Creates or replaces Secret `name` in `ns` holding one `key: value`.
 async fn put_secret(client: &kube::Client, ns: &str, name: &str, key: &str, value: &str) {
-    Api::<Secret>::namespaced(client.clone(), ns)
-        .patch(
-            name,
-            &PatchParams::apply("test").force(),
-            &Patch::Apply(serde_json::json!({
-                "apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
-                "stringData": {key: value}
-            })),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("Secret {ns}/{name}: {e}"));
+    put_secret_data(client, ns, name, serde_json::json!({key: value})).await;
 }
 
 fn demo_key() -> String {
@@ -246,6 +241,28 @@ fn commit_template(repo: &Path, name: &str, text: &str) {
 const BROKEN: &str =
     "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: b}\ndata:\n  x: {{ values.nope }}\n";
 
+/// The objects of one kind `(group, version, kind, plural)` in `ns`, without those of other
+/// writers: the API server's CA bundle (`kube-root-ca.crt`) and lockstep's inventory.
+async fn objects_of(
+    client: &kube::Client,
+    ns: &str,
+    (group, version, kind, plural): (&str, &str, &str, &str),
+) -> Vec<DynamicObject> {
+    let ar =
+        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
+    let mut objects = api.list(&Default::default()).await.expect("list").items;
+    objects.retain(|o| {
+        let inventory = o
+            .metadata
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.contains_key("lockstep.dev/inventory"));
+        o.metadata.name.as_deref() != Some("kube-root-ca.crt") && !inventory
+    });
+    objects
+}
+
 /// `Kind/name` → version (resourceVersion, or generation for workloads) of the shop's objects in `ns`.
 async fn versions(client: &kube::Client, ns: &str) -> std::collections::BTreeMap<String, String> {
     let mut out = std::collections::BTreeMap::new();
@@ -258,15 +275,8 @@ async fn versions(client: &kube::Client, ns: &str) -> std::collections::BTreeMap
         ("networking.k8s.io", "v1", "Ingress", "ingresses"),
         ("shop.example.com", "v1", "Backup", "backups"),
     ] {
-        let ar =
-            ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
-        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
-        for o in api.list(&Default::default()).await.expect("list").items {
+        for o in objects_of(client, ns, (group, version, kind, plural)).await {
             let name = o.metadata.name.clone().unwrap_or_default();
-            // Objects of other writers (the token controller, the inventory) are not the shop's.
-            if name.starts_with("kube-root-ca") || name.starts_with("lockstep-inventory") {
-                continue;
-            }
             // Workloads' status moves on its own (the fake node runs their pods): compare the
             // generation, which only a spec change moves; everything else by resourceVersion.
             let version = if group == "apps" {
@@ -379,8 +389,11 @@ impl Drop for Running {
         let _ = self.0.kill();
         let _ = self.0.wait();
         if std::thread::panicking() {
-            let log = std::fs::read_to_string(&self.1).unwrap_or_default();
-            eprintln!("the controller ({}) logged:\n{log}", self.1.display());
+            eprintln!(
+                "the controller ({}) logged:\n{}",
+                self.1.display(),
+                log_of(&self.1)
+            );
         }
     }
 }
@@ -455,16 +468,14 @@ async fn put_secret_data(client: &kube::Client, ns: &str, name: &str, data: serd
 }
 
 async fn create_sync(api: &Api<DynamicObject>, name: &str, spec: serde_json::Value) {
-    api.patch(
-        name,
-        &PatchParams::apply("test").force(),
-        &Patch::Apply(serde_json::json!({
+    apply_json(
+        api,
+        serde_json::json!({
             "apiVersion": "lockstep.dev/v1alpha1", "kind": "Sync", "metadata": {"name": name},
             "spec": spec
-        })),
+        }),
     )
-    .await
-    .unwrap_or_else(|e| panic!("Sync {name}: {e}"));
+    .await;
 }
 
 /// Creates Sync `name` of the `dev` environment of the repository at `repo` (file://), with the
@@ -497,9 +508,7 @@ fn project_repo(project: &str, namespace: &str, templates: &[(&str, &str)]) -> t
     for (name, text) in templates {
         std::fs::write(repo.path().join("templates").join(name), text).expect("write");
     }
-    git(repo.path(), &["init", "-q", "-b", "main"]);
-    git(repo.path(), &["add", "-A"]);
-    git(repo.path(), &["commit", "-q", "-m", project]);
+    commit_all(repo.path(), project);
     repo
 }
 

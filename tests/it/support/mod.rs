@@ -317,11 +317,6 @@ impl DiskWatch {
             .collect()
     }
 
-    /// How many files were seen.
-    pub fn seen(&self) -> usize {
-        self.held.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
     /// The paths of the files seen.
     pub fn paths(&self) -> Vec<PathBuf> {
         let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
