@@ -176,13 +176,17 @@ fn overlays_that_reach_outside_or_fail_are_refused_naming_the_file() {
         &render(&kustomize),
         &["overlays/prod/kustomization.yaml", "is remote", "vendor it"],
     );
-    // helmCharts.
+    // A chart of helmCharts that is not vendored.
     with(&format!(
         "{overlay}helmCharts:\n  - name: web\n    repo: https://charts.example.org\n"
     ));
     support::fails_saying(
         &render(&kustomize),
-        &["helmCharts", "charts: in lockstep.yaml"],
+        &[
+            "overlays/prod/kustomization.yaml",
+            "chart web of https://charts.example.org is not in the repository",
+            "helm pull --untar",
+        ],
     );
     // kustomize's own failure, passed on with the file (a patch of nothing).
     with(&overlay.replace("service-patch.yaml", "missing-patch.yaml"));

@@ -16,6 +16,7 @@ mod faults;
 mod first_day;
 mod gitserver;
 mod kustomize;
+mod kustomize_charts;
 mod peers_smoke;
 mod render;
 mod sops_commands;

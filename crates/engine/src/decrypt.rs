@@ -19,7 +19,7 @@ use zeroize::{Zeroize, Zeroizing};
 use crate::keys::KeyRing;
 use crate::objects::{self, ObjectId, Scopes};
 use crate::render::sealed::{SealedRef, Transform};
-use crate::render::{Body, Rendered};
+use crate::render::{Body, Manifest, Rendered};
 use crate::sops::store::Format;
 use crate::sops::tree::{Item, Value as Tree};
 use crate::sops::{self, SopsError};
@@ -338,7 +338,16 @@ fn referenced_files(
     ring: &KeyRing,
 ) -> Result<std::collections::BTreeMap<String, sops::Decrypted>, DecryptError> {
     let mut out = std::collections::BTreeMap::new();
-    for r in rendered.manifests.iter().flat_map(|m| &m.refs) {
+    let reviewed = rendered
+        .reruns
+        .iter()
+        .flat_map(|r| r.reviewed.as_deref().unwrap_or_default());
+    for r in rendered
+        .manifests
+        .iter()
+        .chain(reviewed)
+        .flat_map(|m| &m.refs)
+    {
         if out.contains_key(&r.file) {
             continue;
         }
@@ -389,26 +398,7 @@ pub fn decrypt(
         match &m.body {
             Body::Object(v) => {
                 let Some(id) = m.id.clone() else { continue };
-                let mut json = SecretJson(yaml_to_json(v));
-                let has_secrets = !m.refs.is_empty();
-                if has_secrets {
-                    fill_secret(&mut json, &docs_of, &id, &m.source)?;
-                }
-                if let Some(digest) = &digest {
-                    crate::sealed::annotate(&mut json, digest);
-                }
-                let api_version = json.0["apiVersion"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string();
-                objects.push(ApplyObject {
-                    id,
-                    api_version,
-                    source: m.source.clone(),
-                    object: json,
-                    has_secrets,
-                    release: m.release.clone(),
-                });
+                objects.push(object_of(m, v, id, &docs_of, digest.as_deref())?);
             }
             Body::Sops { text } => {
                 for mut obj in
@@ -427,8 +417,26 @@ pub fn decrypt(
     }
     let mut notes = Vec::new();
     for rerun in &rendered.reruns {
-        let docs = rendered.secrets_file.as_deref().map_or(&[][..], docs_of);
-        match crate::rerun::check(rerun, snapshot, docs, &objects) {
+        // A kustomization's release is compared with what Helm printed, before the build.
+        let reviewed = match &rerun.reviewed {
+            None => None,
+            Some(manifests) => Some(
+                manifests
+                    .iter()
+                    .filter_map(|m| match (&m.body, &m.id) {
+                        (Body::Object(v), Some(id)) => Some((m, v, id.clone())),
+                        _ => None,
+                    })
+                    .map(|(m, v, id)| object_of(m, v, id, &docs_of, None))
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+        };
+        match crate::rerun::check(
+            rerun,
+            snapshot,
+            &docs_of,
+            reviewed.as_deref().unwrap_or(&objects),
+        ) {
             Ok(()) => {}
             // Without secret values a second render that differs costs no secret: told, not
             // refused (every apply will change those fields).
@@ -444,6 +452,36 @@ pub fn decrypt(
         sealed: Vec::new(),
         profile: rendered.profile.clone(),
         notes,
+    })
+}
+
+/// One object of the apply set: its placeholders replaced, annotated with its sealed digest.
+fn object_of<'d>(
+    m: &Manifest,
+    v: &yaml_serde::Value,
+    id: ObjectId,
+    docs_of: &dyn Fn(&str) -> &'d [crate::sops::tree::Document],
+    digest: Option<&str>,
+) -> Result<ApplyObject, DecryptError> {
+    let mut json = SecretJson(yaml_to_json(v));
+    let has_secrets = !m.refs.is_empty();
+    if has_secrets {
+        fill_secret(&mut json, docs_of, &id, &m.source)?;
+    }
+    if let Some(digest) = digest {
+        crate::sealed::annotate(&mut json, digest);
+    }
+    let api_version = json.0["apiVersion"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    Ok(ApplyObject {
+        id,
+        api_version,
+        source: m.source.clone(),
+        object: json,
+        has_secrets,
+        release: m.release.clone(),
     })
 }
 

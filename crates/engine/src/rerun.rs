@@ -18,15 +18,16 @@ use crate::render::sealed::SealedRef;
 use crate::sops::tree::Document;
 use crate::source::Snapshot;
 
-/// Renders `rerun` with the values of `docs` in place of its placeholders and compares the result
-/// with `objects` (the apply set, secrets in place); the error says what differs.
-pub(crate) fn check(
+/// Renders `rerun` with the values of the files `docs_of` opens in place of its placeholders and
+/// compares the result with `objects` (the apply set, secrets in place); the error says what
+/// differs.
+pub(crate) fn check<'d>(
     rerun: &Rerun,
     snapshot: &Snapshot,
-    docs: &[Document],
+    docs_of: &dyn Fn(&str) -> &'d [Document],
     objects: &[ApplyObject],
 ) -> Result<(), String> {
-    let values = real_values(rerun, docs)?;
+    let values = real_values(rerun, docs_of)?;
     let out = chart::run(
         &rerun.helm,
         snapshot,
@@ -51,21 +52,24 @@ pub(crate) fn check(
 
 /// The release's values with the real ones in place, as JSON (which Helm reads as YAML) in a
 /// wiping buffer.
-fn real_values(rerun: &Rerun, docs: &[Document]) -> Result<Zeroizing<Vec<u8>>, String> {
+fn real_values<'d>(
+    rerun: &Rerun,
+    docs_of: &dyn Fn(&str) -> &'d [Document],
+) -> Result<Zeroizing<Vec<u8>>, String> {
     let sealed: Json = yaml_serde::from_str(&rerun.values)
         .map_err(|e| format!("its values do not parse again: {e}"))?;
     let mut values = SecretJson::wrap(sealed);
     let mut extra = 0;
-    put_values(values.expose_mut(), docs, &mut Vec::new(), &mut extra)?;
+    put_values(values.expose_mut(), docs_of, &mut Vec::new(), &mut extra)?;
     let mut buf = Zeroizing::new(Vec::with_capacity(rerun.values.len() + extra * 2 + 1024));
     serde_json::to_writer(&mut *buf, values.expose()).map_err(|e| e.to_string())?;
     Ok(buf)
 }
 
 /// Replaces every placeholder in the strings of `v` with its value (base64 when marked so).
-fn put_values(
+fn put_values<'d>(
     v: &mut Json,
-    docs: &[Document],
+    docs_of: &dyn Fn(&str) -> &'d [Document],
     path: &mut Vec<String>,
     extra: &mut usize,
 ) -> Result<(), String> {
@@ -75,14 +79,16 @@ fn put_values(
                 return Ok(());
             }
             let mut out = substitute(s, |r| {
-                let plain = lookup(docs, &r.path).and_then(leaf_bytes).ok_or_else(|| {
-                    format!(
-                        "values key {}: {} is not a single value of {}",
-                        path.join("."),
-                        r.display_path(),
-                        r.file
-                    )
-                })?;
+                let plain = lookup(docs_of(&r.file), &r.path)
+                    .and_then(leaf_bytes)
+                    .ok_or_else(|| {
+                        format!(
+                            "values key {}: {} is not a single value of {}",
+                            path.join("."),
+                            r.display_path(),
+                            r.file
+                        )
+                    })?;
                 transformed(r.transform, &plain).ok_or_else(|| {
                     format!(
                         "values key {}: {} is not text; pass it as `| b64encode`",
@@ -98,14 +104,14 @@ fn put_values(
         Json::Array(items) => {
             for (i, item) in items.iter_mut().enumerate() {
                 path.push(i.to_string());
-                put_values(item, docs, path, extra)?;
+                put_values(item, docs_of, path, extra)?;
                 path.pop();
             }
         }
         Json::Object(map) => {
             for (k, item) in map.iter_mut() {
                 path.push(k.clone());
-                put_values(item, docs, path, extra)?;
+                put_values(item, docs_of, path, extra)?;
                 path.pop();
             }
         }

@@ -21,6 +21,7 @@ use yaml_serde::{Mapping, Value};
 use zeroize::Zeroizing;
 
 use super::diagnostic::Diagnostic;
+use super::manifest::Manifest;
 use super::program;
 use super::project::{Chart, Environment, Source};
 use super::sealed::{self, SealedRef, Transform};
@@ -134,6 +135,9 @@ pub struct Rerun {
     pub sealed: bool,
     /// The objects it rendered, as [`object_key`]s (another release of the same chart has its own).
     pub objects: Vec<String>,
+    /// For a release of a kustomization, whose objects the build transformed afterwards: the
+    /// objects as Helm printed them, which the second render is compared with instead.
+    pub reviewed: Option<Vec<Manifest>>,
 }
 
 impl Rerun {
@@ -231,13 +235,16 @@ pub fn run(
     };
     let home = scratch.0.join("helm");
     let mut cmd = Command::new(&helm.program);
-    cmd.arg("template").arg(release).arg(&root).args([
-        "--namespace",
-        namespace,
-        "--values",
-        "-",
-        "--include-crds",
-    ]);
+    cmd.arg("template")
+        .arg(release)
+        .arg(&root)
+        .args(["--namespace", namespace, "--values", "-"]);
+    if !chart.skip_crds {
+        cmd.arg("--include-crds");
+    }
+    if chart.skip_hooks {
+        cmd.arg("--no-hooks");
+    }
     if let Some(v) = &environment.kube_version {
         cmd.args(["--kube-version", v]);
     }

@@ -390,6 +390,11 @@ pub fn render(snapshot: &Snapshot, req: &Request) -> Result<Rendered, Diagnostic
         &mut problems,
     );
     let built = build_overlay(&engine, snapshot, &environment, req, &mut problems);
+    let overlay_releases = built
+        .as_ref()
+        .map(|(_, b)| b.releases.as_slice())
+        .unwrap_or_default();
+    check_release_names(&project, env_name, overlay_releases, &mut problems);
     let mut files = manifest_files(snapshot, env_name, &mut problems);
     if let Some((label, overlay)) = &built {
         files.push((label.as_str(), overlay.output.as_str()));
@@ -399,7 +404,7 @@ pub fn render(snapshot: &Snapshot, req: &Request) -> Result<Rendered, Diagnostic
         &engine,
         &outputs,
         &files,
-        (&releases, overlay_label),
+        (&releases, overlay_label, overlay_releases),
         &environment.namespace,
         &mut problems,
     );
@@ -416,6 +421,10 @@ pub fn render(snapshot: &Snapshot, req: &Request) -> Result<Rendered, Diagnostic
         &mut problems,
     );
     check_passed_secrets(&releases, &manifests, &chart_objects, &mut problems);
+    for release in overlay_releases {
+        let reviewed = release.rerun.as_ref().and_then(|r| r.reviewed.as_deref());
+        check_passed(release, reviewed.unwrap_or_default().iter(), &mut problems);
+    }
     if !problems.is_empty() {
         return Err(Diagnostics(problems));
     }
@@ -437,12 +446,11 @@ pub fn render(snapshot: &Snapshot, req: &Request) -> Result<Rendered, Diagnostic
                 rerun.objects = chart_objects.remove(&rerun.release).unwrap_or_default();
                 rerun
             })
+            .chain(overlay_releases.iter().filter_map(|r| r.rerun.clone()))
             .collect(),
-        profile: project
-            .charts
-            .values()
-            .any(|c| c.applies_to(env_name))
-            .then(|| environment.profile()),
+        profile: (project.charts.values().any(|c| c.applies_to(env_name))
+            || !overlay_releases.is_empty())
+        .then(|| environment.profile()),
     })
 }
 
@@ -718,6 +726,7 @@ fn render_charts(
             archive: archive.clone(),
             sealed: !values.passed.is_empty(),
             objects: Vec::new(),
+            reviewed: None,
         });
         releases.push(chart::Output {
             release: release.clone(),
@@ -813,24 +822,35 @@ fn check_passed_secrets(
     for release in releases {
         let prefix = format!("{}/", release.chart_dir);
         let own = chart_objects.get(&release.release);
-        let mut reached: std::collections::HashSet<(String, Vec<String>)> = Default::default();
-        for m in manifests.iter().filter(|m| {
+        let objects = manifests.iter().filter(|m| {
             (m.source.starts_with(&prefix) || m.source == release.chart_dir)
                 && m.id.as_ref().is_some_and(|id| {
                     own.is_some_and(|keys| keys.contains(&chart::object_key(&id.kind, &id.name)))
                 })
-        }) {
-            if let Body::Object(v) = &m.body {
-                for r in chart::refs_in(v) {
-                    reached.insert((r.file, r.path));
-                }
+        });
+        check_passed(release, objects, problems);
+    }
+}
+
+/// [`check_passed_secrets`] for one release, given its objects.
+fn check_passed<'m>(
+    release: &chart::Output,
+    objects: impl Iterator<Item = &'m Manifest>,
+    problems: &mut Vec<Diagnostic>,
+) {
+    let mut reached: std::collections::HashSet<(String, Vec<String>)> = Default::default();
+    for m in objects {
+        if let Body::Object(v) = &m.body {
+            for r in chart::refs_in(v) {
+                reached.insert((r.file, r.path));
             }
         }
-        for (r, key) in &release.passed {
-            if reached.contains(&(r.file.clone(), r.path.clone())) {
-                continue;
-            }
-            problems.push(
+    }
+    for (r, key) in &release.passed {
+        if reached.contains(&(r.file.clone(), r.path.clone())) {
+            continue;
+        }
+        problems.push(
                 Diagnostic::new(format!(
                     "chart {}: the sealed secret {} passed in values key {key} appears nowhere in the chart's output: the chart transformed it (a hash such as sha256sum or htpasswd, trim, upper, …), which would apply a wrong value",
                     release.release,
@@ -838,6 +858,31 @@ fn check_passed_secrets(
                 ))
                 .in_file(release.chart_dir.clone())
                 .with_help("pass the value the chart needs as it is (for a hash, store the hashed form in the secrets file), or point the chart at an existing Secret"),
+            );
+    }
+}
+
+/// A release of a kustomization's `helmCharts` must not share its name with one of
+/// `lockstep.yaml`'s: hooks and reruns are per release.
+fn check_release_names(
+    project: &Project,
+    env_name: &str,
+    overlay_releases: &[chart::Output],
+    problems: &mut Vec<Diagnostic>,
+) {
+    for release in overlay_releases {
+        if project
+            .charts
+            .get(&release.release)
+            .is_some_and(|c| c.applies_to(env_name))
+        {
+            problems.push(
+                Diagnostic::new(format!(
+                    "chart release {} is declared in lockstep.yaml and in a kustomization's helmCharts",
+                    release.release
+                ))
+                .in_file(release.chart_dir.clone())
+                .with_help("give the kustomization's entry another releaseName"),
             );
         }
     }
@@ -855,7 +900,14 @@ fn build_overlay(
     let kustomize::Kustomizer::Run(k) = &req.kustomize else {
         return None;
     };
-    match kustomize::build(k, snapshot, dir, engine.budget.bytes_left()) {
+    let with = kustomize::ChartsWith {
+        helm: match &req.charts {
+            chart::Charts::Helm(helm) => Some(helm),
+            chart::Charts::ValuesOnly => None,
+        },
+        environment,
+    };
+    match kustomize::build(k, snapshot, dir, &with, engine.budget.bytes_left()) {
         Ok(built) => {
             if engine.budget.take_bytes(built.output.len()).is_err() {
                 problems.push(
@@ -908,7 +960,7 @@ fn parse_documents<'a>(
     engine: &Engine<'_>,
     outputs: &'a [(String, String)],
     files: &[(&'a str, &'a str)],
-    (releases, overlay): (&'a [chart::Output], Option<&str>),
+    (releases, overlay, overlay_releases): (&'a [chart::Output], Option<&str>, &'a [chart::Output]),
     namespace: &str,
     problems: &mut Vec<Diagnostic>,
 ) -> (
@@ -972,7 +1024,13 @@ fn parse_documents<'a>(
     {
         match result {
             Ok((mut value, id)) => {
-                if let Some(r) = release {
+                // An object of a kustomization's chart carries its release through the build.
+                let release = match overlaid.then(|| kustomize::take_mark(&mut value)) {
+                    Some(Some(name)) => overlay_releases.iter().find(|r| r.release == name),
+                    _ => release,
+                };
+                let from_chart_in_overlay = overlaid && release.is_some();
+                if let Some(r) = release.filter(|_| !from_chart_in_overlay) {
                     chart_objects
                         .entry(r.release.clone())
                         .or_default()
@@ -1168,7 +1226,7 @@ fn sealed_refs(
 }
 
 /// Parses one document and reads its identity.
-fn parse_document(doc_text: &str) -> Result<(Value, ObjectId), manifest::Problem> {
+pub(crate) fn parse_document(doc_text: &str) -> Result<(Value, ObjectId), manifest::Problem> {
     let value: Value = yaml_serde::from_str(doc_text).map_err(|e| {
         let (message, range) = project::yaml_error_at(doc_text, &e);
         manifest::Problem {

@@ -78,6 +78,12 @@ pub struct Chart {
     /// The exact chart version of a repository or OCI chart.
     #[serde(default)]
     pub version: Option<String>,
+    /// Leaves out the chart's `crds/` (a kustomization's chart without `includeCRDs: true`).
+    #[serde(skip)]
+    pub skip_crds: bool,
+    /// Leaves out the chart's hooks (a kustomization's chart with `skipHooks: true`).
+    #[serde(skip)]
+    pub skip_hooks: bool,
 }
 
 /// Where a chart comes from.

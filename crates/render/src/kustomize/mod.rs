@@ -4,9 +4,9 @@
 //! join the environment's like any manifest.
 //!
 //! Nothing reaches out: remote bases and resources are refused before the build (vendor them, so
-//! a review sees them), as are `helmCharts:` (declare the chart in `lockstep.yaml`, where its
-//! values stay sealed); kustomize runs without its plugins, with an empty environment (no `git`
-//! on its path).
+//! a review sees them); kustomize runs without its plugins, with an empty environment (no `git`
+//! on its path). `helmCharts:` are rendered by lockstep's Helm path, not by kustomize, before
+//! the build (its `charts` submodule says how).
 //!
 //! SOPS inside an overlay stays sealed: kustomize never sees a value, not even ciphertext. In the
 //! scratch copy, a SOPS-encrypted resource becomes its document with each encrypted value replaced
@@ -24,8 +24,14 @@ use std::time::Duration;
 
 use yaml_serde::Value;
 
+mod charts;
+
+pub(crate) use charts::take_mark;
+
+use super::chart::{self, Helm};
 use super::diagnostic::Diagnostic;
 use super::program;
+use super::project::Environment;
 use super::sealed::{SealedRef, SecretsFile, Transform, ciphertext_digest};
 use lockstep_core::snapshot::{Snapshot, join_path as join};
 
@@ -88,6 +94,17 @@ pub(crate) struct Built {
     pub output: String,
     /// The key structure of each SOPS file the overlay read (its placeholders name these).
     pub sealed: Vec<SecretsFile>,
+    /// The releases of its `helmCharts`, rendered by Helm before the build.
+    pub releases: Vec<chart::Output>,
+}
+
+/// What an overlay's charts are rendered with: Helm (none: charts are refused) and the
+/// environment's profile.
+pub(crate) struct ChartsWith<'a> {
+    /// The Helm that renders them.
+    pub helm: Option<&'a Helm>,
+    /// The environment (namespace, `.Capabilities`).
+    pub environment: &'a Environment,
 }
 
 /// Builds the overlay at `dir` (a project directory holding a kustomization); at most
@@ -96,6 +113,7 @@ pub(crate) fn build(
     kustomize: &Kustomize,
     snapshot: &Snapshot,
     dir: &str,
+    with: &ChartsWith<'_>,
     max_output: usize,
 ) -> Result<Built, Diagnostic> {
     let dir = dir.trim_end_matches('/');
@@ -106,13 +124,25 @@ pub(crate) fn build(
                 .with_help("name a directory of the project that holds a kustomization.yaml"),
         );
     }
-    let stand_ins = check_tree(snapshot)?;
+    let mut stand_ins = check_tree(snapshot)?;
+    let reached = reached(snapshot, dir);
+    let entries = charts::entries(snapshot, &reached, with.environment, &mut stand_ins)?;
+    let inflated = match (entries.is_empty(), with.helm) {
+        (true, _) => charts::Inflated::default(),
+        (false, Some(helm)) => charts::inflate(helm, snapshot, &reached, entries, max_output)?,
+        (false, None) => {
+            return Err(Diagnostic::new(format!(
+                "kustomize build {dir}: its helmCharts are not rendered here"
+            ))
+            .in_file(dir));
+        }
+    };
     let fail =
         |message: String| Diagnostic::new(format!("kustomize build {dir}: {message}")).in_file(dir);
     let scratch = program::Scratch::new("kustomize")
         .map_err(|e| fail(format!("cannot make a scratch directory: {e}")))?;
     let root = scratch.0.join("project");
-    copy_snapshot(snapshot, &root, &stand_ins)
+    copy_snapshot(snapshot, &root, &stand_ins, &inflated.files)
         .map_err(|(path, e)| fail(format!("cannot copy {path}: {e}")))?;
     let home = scratch.0.join("home");
     let mut cmd = Command::new(&kustomize.program);
@@ -163,7 +193,43 @@ pub(crate) fn build(
     Ok(Built {
         output,
         sealed: stand_ins.into_values().map(|(_, file)| file).collect(),
+        releases: inflated.releases,
     })
+}
+
+/// The kustomizations the build of `dir` reads (its own, then those its `resources`, `bases`
+/// and `components` name, once each), parsed.
+fn reached(snapshot: &Snapshot, dir: &str) -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut queue = std::collections::VecDeque::from([dir.to_string()]);
+    while let Some(dir) = queue.pop_front() {
+        if !seen.insert(dir.clone()) {
+            continue;
+        }
+        let Some((path, bytes)) = kustomization_of(snapshot, &dir) else {
+            continue;
+        };
+        // kustomize reports its own parse errors, with the file.
+        let Ok(doc) = yaml_serde::from_slice::<Value>(bytes) else {
+            continue;
+        };
+        for key in ["resources", "bases", "components"] {
+            for entry in doc
+                .get(key)
+                .and_then(Value::as_sequence)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+            {
+                if let Some(next) = join(&dir, entry) {
+                    queue.push_back(next);
+                }
+            }
+        }
+        out.push((path, doc));
+    }
+    out
 }
 
 /// The stand-ins of SOPS files, by path: their sealed text and key structure.
@@ -181,8 +247,8 @@ fn kustomization_of<'s>(snapshot: &'s Snapshot, dir: &str) -> Option<(String, &'
     })
 }
 
-/// Refuses what would reach outside the project or past lockstep's sealing: remote resources and
-/// bases, `helmCharts:`, and SOPS-encrypted files (checked in every kustomization and file).
+/// Refuses what would reach outside the project (remote resources and bases) and finds the
+/// SOPS-encrypted files kustomizations read (checked in every kustomization and file).
 fn check_tree(snapshot: &Snapshot) -> Result<StandIns, Diagnostic> {
     let mut stand_ins = StandIns::new();
     for (path, bytes) in snapshot.under("") {
@@ -280,19 +346,30 @@ fn sops_inputs(
     Ok(())
 }
 
-/// A SOPS-encrypted manifest with each encrypted value replaced by its placeholder and its `sops`
-/// metadata removed.
-fn sealed_manifest(file: &str, content: &[u8]) -> Result<String, Diagnostic> {
+/// A SOPS-encrypted YAML document with each encrypted value replaced by its placeholder and its
+/// `sops` metadata removed.
+fn sealed_document(file: &str, content: &[u8]) -> Result<Value, Diagnostic> {
+    let mut doc = sops_document(file, content)?;
+    seal_values(file, &mut doc, &mut Vec::new());
+    Ok(doc)
+}
+
+/// A SOPS-encrypted YAML document without its `sops` metadata.
+fn sops_document(file: &str, content: &[u8]) -> Result<Value, Diagnostic> {
     let mut doc: Value = yaml_serde::from_slice(content).map_err(|_| {
-        Diagnostic::new(format!(
-            "{file}: a SOPS manifest in an overlay must be one YAML document"
-        ))
-        .in_file(file)
-        .with_help("split it into one file per object")
+        Diagnostic::new("a SOPS file in an overlay must be one YAML document")
+            .in_file(file)
+            .with_help("split it into one file per object")
     })?;
     if let Some(m) = doc.as_mapping_mut() {
         m.remove("sops");
     }
+    Ok(doc)
+}
+
+/// A SOPS-encrypted manifest as [`sealed_document`] seals it, its identity in clear.
+fn sealed_manifest(file: &str, content: &[u8]) -> Result<String, Diagnostic> {
+    let mut doc = sops_document(file, content)?;
     let encrypted = |v: Option<&Value>| {
         v.and_then(Value::as_str)
             .is_some_and(|s| s.starts_with("ENC["))
@@ -307,9 +384,7 @@ fn sealed_manifest(file: &str, content: &[u8]) -> Result<String, Diagnostic> {
     .into_iter()
     .any(encrypted)
     {
-        return Err(Diagnostic::new(format!(
-            "{file}: its apiVersion, kind or metadata are encrypted, and kustomize needs them in clear"
-        ))
+        return Err(Diagnostic::new("its apiVersion, kind or metadata are encrypted, and kustomize needs them in clear")
         .in_file(file)
         .with_help("encrypt only the values: `encrypted_regex: ^(data|stringData)$` in .sops.yaml (as Flux's guide does), then `lockstep encrypt` the file again"));
     }
@@ -378,13 +453,6 @@ fn sealed_dotenv(file: &str, content: &[u8]) -> String {
 
 /// One kustomization's references.
 fn check_kustomization(path: &str, doc: &Value) -> Result<(), Diagnostic> {
-    if doc.get("helmCharts").is_some() || doc.get("helmChartInflationGenerator").is_some() {
-        return Err(Diagnostic::new(format!(
-            "{path}: helmCharts are not inflated by kustomize here"
-        ))
-        .in_file(path)
-        .with_help("declare the chart under charts: in lockstep.yaml instead: its values stay sealed and its hooks run"));
-    }
     for key in ["resources", "bases", "components", "crds"] {
         for entry in doc
             .get(key)
@@ -397,7 +465,7 @@ fn check_kustomization(path: &str, doc: &Value) -> Result<(), Diagnostic> {
             };
             if is_remote(entry) {
                 return Err(Diagnostic::new(format!(
-                    "{path}: {key} entry {entry:?} is remote; lockstep does not fetch remote bases"
+                    "{key} entry {entry:?} is remote; lockstep does not fetch remote bases"
                 ))
                 .in_file(path)
                 .with_help("vendor it into the repository (a review then sees what is applied) and name its directory"));
@@ -417,19 +485,23 @@ fn is_remote(entry: &str) -> bool {
         || entry.contains(".git//")
 }
 
-/// Writes every file of the snapshot under `root` (one mkdir per directory), the SOPS files an
-/// overlay reads as their stand-ins.
+/// Writes every file of the snapshot under `root` (one mkdir per directory): the SOPS files an
+/// overlay reads as their stand-ins, kustomizations with charts as `inflated` rewrote them, and
+/// the charts' output beside them.
 fn copy_snapshot(
     snapshot: &Snapshot,
     root: &Path,
     stand_ins: &StandIns,
+    inflated: &std::collections::BTreeMap<String, String>,
 ) -> Result<(), (String, std::io::Error)> {
     let files = snapshot
         .under("")
+        .filter(|(path, _)| !inflated.contains_key(*path))
         .map(|(path, bytes)| match stand_ins.get(path) {
             Some((text, _)) => (path, text.as_bytes()),
             None => (path, bytes),
-        });
+        })
+        .chain(inflated.iter().map(|(p, t)| (p.as_str(), t.as_bytes())));
     program::write_tree(root, files)
 }
 
@@ -442,7 +514,7 @@ mod tests {
     }
 
     #[test]
-    fn remote_bases_and_helm_charts_are_refused() {
+    fn remote_bases_are_refused() {
         for entry in [
             "https://github.com/org/repo//base?ref=v1",
             "github.com/org/repo/base",
@@ -452,12 +524,6 @@ mod tests {
             let err = check("overlays/prod/kustomization.yaml", text.as_bytes()).expect_err(entry);
             assert!(err.message.contains("is remote"), "{}", err.message);
         }
-        let err = check(
-            "k/kustomization.yaml",
-            b"helmCharts:\n  - name: x\n    repo: https://x\n",
-        )
-        .expect_err("helmCharts");
-        assert!(err.message.contains("helmCharts"), "{}", err.message);
         assert!(
             check(
                 "k/kustomization.yaml",
