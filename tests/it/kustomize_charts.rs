@@ -262,7 +262,23 @@ async fn a_sops_values_file_of_a_kustomization_chart_is_sealed_for_helm_and_real
     );
     assert!(!said_again.contains("pre-upgrade"), "{said_again}");
 
-    let all = format!("{rendered}{said}{said_again}");
+    // A chart that makes up a value on each render fails closed at apply, naming the field: the
+    // second render (real values) is compared with what Helm printed before the build.
+    let template = root.join("overlays/prod/charts/db/templates/secret.yaml");
+    let text = std::fs::read_to_string(&template).expect("read");
+    write(
+        root,
+        "overlays/prod/charts/db/templates/secret.yaml",
+        &format!("{text}  nonce: {{{{ randAlphaNum 12 | quote }}}}\n"),
+    );
+    let refused = lockstep(&apply, &kustomize, &helm, home.path());
+    support::fails_saying(
+        &refused,
+        &["chart db", "Secret/db-auth differs at `data.nonce`"],
+    );
+    let said_refused = String::from_utf8_lossy(&refused.stderr).into_owned();
+
+    let all = format!("{rendered}{said}{said_again}{said_refused}");
     assert!(!all.contains(MARKER), "{all}");
     support::assert_nowhere(MARKER, &[home.path(), root, Path::new("/dev/shm")]);
 }
