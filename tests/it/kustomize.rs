@@ -264,16 +264,12 @@ async fn a_sealed_reference_in_an_overlay_patch_is_the_real_value_only_in_the_cl
         "overlays/prod/db-patch.yaml",
         "apiVersion: v1\nkind: Secret\nmetadata:\n  name: db\nstringData:\n  password: <sealed:environments/prod/secrets.yaml#/db/password>\n",
     );
-    let overlay =
-        std::fs::read_to_string(root.join("overlays/prod/kustomization.yaml")).expect("read");
-    write(
-        root,
-        "overlays/prod/kustomization.yaml",
-        &overlay.replace(
+    edit_overlay(root, |k| {
+        k.replace(
             "  - path: service-patch.yaml\n",
             "  - path: service-patch.yaml\n  - path: db-patch.yaml\n",
-        ),
-    );
+        )
+    });
     let dir = root.to_string_lossy().into_owned();
     let out = lockstep(&["render", "--env", "prod", &dir], &kustomize, home.path());
     support::assert_success(&out);
@@ -317,13 +313,16 @@ pub(crate) fn add_sops_db_secret(root: &Path, password: &str) {
     );
     let sealed = encrypt_values_only(&secret, "overlays/prod/db.sops.yaml");
     std::fs::write(root.join("overlays/prod/db.sops.yaml"), sealed).expect("write");
-    let overlay =
-        std::fs::read_to_string(root.join("overlays/prod/kustomization.yaml")).expect("read");
-    write(
-        root,
-        "overlays/prod/kustomization.yaml",
-        &overlay.replace("  - ../../base\n", "  - ../../base\n  - db.sops.yaml\n"),
-    );
+    edit_overlay(root, |k| {
+        k.replace("  - ../../base\n", "  - ../../base\n  - db.sops.yaml\n")
+    });
+}
+
+/// Rewrites the prod overlay's kustomization with `edit`.
+pub(crate) fn edit_overlay(root: &Path, edit: impl FnOnce(String) -> String) {
+    let path = "overlays/prod/kustomization.yaml";
+    let text = std::fs::read_to_string(root.join(path)).expect("read");
+    write(root, path, &edit(text));
 }
 
 /// `plain` encrypted as Flux's guide does (`--encrypted-regex '^(data|stringData)$'`).

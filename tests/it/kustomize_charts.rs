@@ -5,7 +5,7 @@
 //! chart's hooks run as Helm runs them; what lockstep will not do is refused, naming the file.
 
 use crate::charts::{BIN, copy_dir, helms, objects, web_chart, write};
-use crate::kustomize::{kustomize, overlay_tree, write_encrypted};
+use crate::kustomize::{edit_overlay, kustomize, overlay_tree, write_encrypted};
 use crate::support;
 
 use std::path::Path;
@@ -43,15 +43,11 @@ fn chart_overlay(root: &Path, namespace: &str) {
         "overlays/prod/web-values.yaml",
         "replicas: 2\nextraLabels: {team: shop}\ncache: {enabled: false}\n",
     );
-    let overlay =
-        std::fs::read_to_string(root.join("overlays/prod/kustomization.yaml")).expect("read");
-    write(
-        root,
-        "overlays/prod/kustomization.yaml",
-        &format!(
-            "{overlay}helmCharts:\n  - name: web\n    releaseName: storefront\n    valuesFile: web-values.yaml\n    valuesInline:\n      replicas: 4\n      image: nginx:1.28\n    includeCRDs: true\n"
-        ),
-    );
+    edit_overlay(root, |k| {
+        format!(
+            "{k}helmCharts:\n  - name: web\n    releaseName: storefront\n    valuesFile: web-values.yaml\n    valuesInline:\n      replicas: 4\n      image: nginx:1.28\n    includeCRDs: true\n"
+        )
+    });
 }
 
 fn kustomize_enable_helm(kustomize: &Path, helm: &Path, dir: &Path) -> String {
@@ -71,6 +67,28 @@ fn kustomize_enable_helm(kustomize: &Path, helm: &Path, dir: &Path) -> String {
     String::from_utf8(out.stdout).expect("utf-8")
 }
 
+/// `lockstep render` of prod and `kustomize build --enable-helm` of its overlay, as objects.
+fn both_renders(
+    root: &Path,
+    kustomize: &Path,
+    helm: &Path,
+    home: &Path,
+) -> (
+    std::collections::BTreeMap<String, yaml_serde::Value>,
+    std::collections::BTreeMap<String, yaml_serde::Value>,
+) {
+    let dir = root.to_string_lossy().into_owned();
+    let out = lockstep(&["render", "--env", "prod", &dir], kustomize, helm, home);
+    support::assert_success(&out);
+    let ours = objects(&String::from_utf8(out.stdout).expect("utf-8"));
+    let theirs = objects(&kustomize_enable_helm(
+        kustomize,
+        helm,
+        &root.join("overlays/prod"),
+    ));
+    (ours, theirs)
+}
+
 #[test]
 fn a_kustomization_chart_renders_as_kustomize_enable_helm_renders_it() {
     let kustomize = need!("kustomize", kustomize());
@@ -80,20 +98,7 @@ fn a_kustomization_chart_renders_as_kustomize_enable_helm_renders_it() {
         let home = tempfile::tempdir().expect("tempdir");
         let root = project.path();
         chart_overlay(root, "shop");
-        let dir = root.to_string_lossy().into_owned();
-        let out = lockstep(
-            &["render", "--env", "prod", &dir],
-            &kustomize,
-            &helm,
-            home.path(),
-        );
-        support::assert_success(&out);
-        let ours = objects(&String::from_utf8(out.stdout).expect("utf-8"));
-        let theirs = objects(&kustomize_enable_helm(
-            &kustomize,
-            &helm,
-            &root.join("overlays/prod"),
-        ));
+        let (ours, theirs) = both_renders(root, &kustomize, &helm, home.path());
         assert_eq!(ours, theirs, "object by object ({})", helm.display());
         // The inline values won over the file's, the overlay's transformers reached the chart's
         // objects (its prefix, labels and image tag), and the chart's CRD is there (includeCRDs).
@@ -112,23 +117,8 @@ fn a_kustomization_chart_renders_as_kustomize_enable_helm_renders_it() {
         assert_eq!(web["metadata"]["labels"]["tier"].as_str(), Some("frontend"));
         assert!(theirs.contains_key("CustomResourceDefinition/widgets.charts.example.com"));
         // Without includeCRDs, as kustomize: no CRD.
-        let k = std::fs::read_to_string(root.join("overlays/prod/kustomization.yaml"))
-            .expect("read")
-            .replace("    includeCRDs: true\n", "");
-        write(root, "overlays/prod/kustomization.yaml", &k);
-        let out = lockstep(
-            &["render", "--env", "prod", &dir],
-            &kustomize,
-            &helm,
-            home.path(),
-        );
-        support::assert_success(&out);
-        let ours = objects(&String::from_utf8(out.stdout).expect("utf-8"));
-        let theirs = objects(&kustomize_enable_helm(
-            &kustomize,
-            &helm,
-            &root.join("overlays/prod"),
-        ));
+        edit_overlay(root, |k| k.replace("    includeCRDs: true\n", ""));
+        let (ours, theirs) = both_renders(root, &kustomize, &helm, home.path());
         assert_eq!(ours, theirs, "without includeCRDs ({})", helm.display());
         assert!(!ours.contains_key("CustomResourceDefinition/widgets.charts.example.com"));
     }
@@ -163,15 +153,11 @@ fn secret_chart_overlay(root: &Path, namespace: &str) {
         "overlays/prod/db.secrets.yaml",
         &format!("password: {MARKER}\n"),
     );
-    let overlay =
-        std::fs::read_to_string(root.join("overlays/prod/kustomization.yaml")).expect("read");
-    write(
-        root,
-        "overlays/prod/kustomization.yaml",
-        &format!(
-            "{overlay}helmCharts:\n  - name: db\n    releaseName: db\n    additionalValuesFiles: [db.secrets.yaml]\n"
-        ),
-    );
+    edit_overlay(root, |k| {
+        format!(
+            "{k}helmCharts:\n  - name: db\n    releaseName: db\n    additionalValuesFiles: [db.secrets.yaml]\n"
+        )
+    });
 }
 
 #[tokio::test]

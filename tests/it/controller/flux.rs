@@ -107,15 +107,13 @@ fn start_flux(
 fn side_by_side_repo(root: &Path, lockstep_ns: &str) {
     crate::kustomize::overlay_tree(root, lockstep_ns);
     crate::kustomize::add_sops_db_secret(root, &format!("{MARKER}-pw"));
-    let overlay =
-        std::fs::read_to_string(root.join("overlays/prod/kustomization.yaml")).expect("read");
-    let overlay = overlay
-        .replace(&format!("namespace: {lockstep_ns}\n"), "")
-        .replace(
-            "secretGenerator:\n",
-            "secretGenerator:\n  - name: app-env\n    envs: [app.env]\n  - name: app-files\n    files: [tls.crt=tls.pem]\n",
-        );
-    crate::charts::write(root, "overlays/prod/kustomization.yaml", &overlay);
+    crate::kustomize::edit_overlay(root, |k| {
+        k.replace(&format!("namespace: {lockstep_ns}\n"), "")
+            .replace(
+                "secretGenerator:\n",
+                "secretGenerator:\n  - name: app-env\n    envs: [app.env]\n  - name: app-files\n    files: [tls.crt=tls.pem]\n",
+            )
+    });
     for (rel, plain) in [
         (
             "overlays/prod/app.env",
