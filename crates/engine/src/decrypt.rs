@@ -418,19 +418,21 @@ pub fn decrypt(
     let mut notes = Vec::new();
     for rerun in &rendered.reruns {
         // A kustomization's release is compared with what Helm printed, before the build.
-        let reviewed = match &rerun.reviewed {
-            None => None,
-            Some(manifests) => Some(
+        let reviewed = rerun
+            .reviewed
+            .as_ref()
+            .map(|manifests| {
                 manifests
                     .iter()
                     .filter_map(|m| match (&m.body, &m.id) {
-                        (Body::Object(v), Some(id)) => Some((m, v, id.clone())),
+                        (Body::Object(v), Some(id)) => {
+                            Some(object_of(m, v, id.clone(), &docs_of, None))
+                        }
                         _ => None,
                     })
-                    .map(|(m, v, id)| object_of(m, v, id, &docs_of, None))
-                    .collect::<Result<Vec<_>, _>>()?,
-            ),
-        };
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?;
         match crate::rerun::check(
             rerun,
             snapshot,

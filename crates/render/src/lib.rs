@@ -1024,18 +1024,17 @@ fn parse_documents<'a>(
     {
         match result {
             Ok((mut value, id)) => {
-                // An object of a kustomization's chart carries its release through the build.
-                let release = match overlaid.then(|| kustomize::take_mark(&mut value)) {
-                    Some(Some(name)) => overlay_releases.iter().find(|r| r.release == name),
-                    _ => release,
-                };
-                let from_chart_in_overlay = overlaid && release.is_some();
-                if let Some(r) = release.filter(|_| !from_chart_in_overlay) {
+                if let Some(r) = release {
                     chart_objects
                         .entry(r.release.clone())
                         .or_default()
                         .push(chart::object_key(&id.kind, &id.name));
                 }
+                // An object of a kustomization's chart carries its release through the build.
+                let release = match overlaid.then(|| kustomize::take_mark(&mut value)) {
+                    Some(Some(name)) => overlay_releases.iter().find(|r| r.release == name),
+                    _ => release,
+                };
                 let revealed = (release.is_some() || overlaid) && chart::reveal_encoded(&mut value);
                 pending.push(Pending {
                     origin,

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 
 use yaml_serde::{Mapping, Value};
 
-use super::StandIns;
+use super::{StandIns, dir_of, strings};
 use crate::chart::{self, Helm, Release, Rerun, Values};
 use crate::diagnostic::Diagnostic;
 use crate::manifest::{self, Body, Manifest};
@@ -91,7 +91,7 @@ pub(crate) fn entries(
 
 /// `helmGlobals.chartHome`, as a project directory.
 fn chart_home(path: &str, doc: &Value) -> Result<String, Diagnostic> {
-    let dir = path.rsplit_once('/').map_or("", |(d, _)| d);
+    let dir = dir_of(path);
     let home = doc
         .get("helmGlobals")
         .and_then(|g| g.get("chartHome"))
@@ -204,7 +204,7 @@ fn values(
     item: &Value,
     stand_ins: &mut StandIns,
 ) -> Result<Values, Diagnostic> {
-    let dir = path.rsplit_once('/').map_or("", |(d, _)| d);
+    let dir = dir_of(path);
     let named = |file: &str| {
         join(dir, file).ok_or_else(|| {
             Diagnostic::new(format!("values file {file:?} is outside the project"))
@@ -313,15 +313,6 @@ fn merge(base: Value, over: Value) -> Value {
     }
 }
 
-/// The strings of a list field.
-fn strings(v: Option<&Value>) -> Vec<String> {
-    v.and_then(Value::as_sequence)
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.as_str().map(str::to_string))
-        .collect()
-}
-
 /// The releases rendered, and what the scratch copy holds instead of the kustomizations naming
 /// them: each kustomization without its `helmCharts` and with the releases' output as resources.
 #[derive(Default)]
@@ -362,7 +353,7 @@ pub(crate) fn inflate(
         )?;
         left = left.saturating_sub(text.len());
         let (reviewed, marked) = objects_of(entry, &text)?;
-        let dir = entry.kustomization.rsplit_once('/').map_or("", |(d, _)| d);
+        let dir = dir_of(&entry.kustomization);
         let name = format!(".lockstep-chart-{}.yaml", entry.release);
         files.insert(
             join(dir, &name).unwrap_or_else(|| name.clone()),

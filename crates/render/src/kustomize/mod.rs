@@ -215,14 +215,8 @@ fn reached(snapshot: &Snapshot, dir: &str) -> Vec<(String, Value)> {
             continue;
         };
         for key in ["resources", "bases", "components"] {
-            for entry in doc
-                .get(key)
-                .and_then(Value::as_sequence)
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-            {
-                if let Some(next) = join(&dir, entry) {
+            for entry in strings(doc.get(key)) {
+                if let Some(next) = join(&dir, &entry) {
                     queue.push_back(next);
                 }
             }
@@ -230,6 +224,20 @@ fn reached(snapshot: &Snapshot, dir: &str) -> Vec<(String, Value)> {
         out.push((path, doc));
     }
     out
+}
+
+/// The strings of a kustomization's list field.
+fn strings(v: Option<&Value>) -> Vec<String> {
+    v.and_then(Value::as_sequence)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.as_str().map(str::to_string))
+        .collect()
+}
+
+/// The directory of a project file (`""` at the root).
+fn dir_of(path: &str) -> &str {
+    path.rsplit_once('/').map_or("", |(d, _)| d)
 }
 
 /// The stand-ins of SOPS files, by path: their sealed text and key structure.
@@ -273,14 +281,7 @@ fn sops_inputs(
     doc: &Value,
     stand_ins: &mut StandIns,
 ) -> Result<(), Diagnostic> {
-    let dir = path.rsplit_once('/').map_or("", |(d, _)| d);
-    let strings = |v: Option<&Value>| -> Vec<String> {
-        v.and_then(Value::as_sequence)
-            .into_iter()
-            .flatten()
-            .filter_map(|e| e.as_str().map(str::to_string))
-            .collect()
-    };
+    let dir = dir_of(path);
     let mut read: Vec<(String, bool)> = strings(doc.get("resources"))
         .into_iter()
         .map(|r| (r, true))
