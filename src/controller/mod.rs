@@ -1745,6 +1745,7 @@ pub async fn run_loop(access: Access, opts: &LoopOptions, cache: &Path, hub: Arc
     }
     let syncs = watcher(api, config)
         .backoff(watch_backoff())
+        .modify(slim)
         .reflect(writer)
         // Ready once the first list is in the store. (Not `Store::wait_until_ready`: the
         // controller waits on it too, and only one waiter is woken.)
@@ -1781,6 +1782,16 @@ pub async fn run_loop(access: Access, opts: &LoopOptions, cache: &Path, hub: Arc
         .await;
     hub.progress.end();
     hub.lifecycle.mark_drained();
+}
+
+/// What the loop keeps of a Sync: everything but its managed fields and `kubectl`'s copy of the
+/// last applied configuration, which nothing reads and which are most of a stored Sync's memory
+/// (each managed-fields entry is a parsed JSON tree).
+fn slim(sync: &mut Sync) {
+    sync.metadata.managed_fields = None;
+    if let Some(a) = sync.metadata.annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
 }
 
 /// The retry delays of the Sync watch after an error: 0.5 s doubling to 3 s, each plus up to as

@@ -489,11 +489,27 @@ pub async fn converge(
         progress(&Event::Note(note.clone()));
     }
     validate(&mut plan, progress).await?;
-    apply(&mut plan, progress).await?;
-    prune(&mut plan, progress).await?;
-    post_hooks(&mut plan, progress).await?;
-    health(&mut plan, progress).await?;
-    Ok(plan.finish())
+    match write(&mut plan, progress).await {
+        Err(e) => {
+            plan.failure_hooks(progress).await;
+            Err(e)
+        }
+        Ok(()) => {
+            if !plan.not_ready().is_empty() {
+                plan.failure_hooks(progress).await;
+            }
+            Ok(plan.finish())
+        }
+    }
+}
+
+/// The steps that write, after validation: apply → prune → post hooks → health. When one fails,
+/// or the set is not healthy in the end, the caller runs the `on-failure` hooks.
+async fn write(plan: &mut Plan<'_>, progress: &mut impl FnMut(&Event)) -> Result<(), StageError> {
+    apply(plan, progress).await?;
+    prune(plan, progress).await?;
+    post_hooks(plan, progress).await?;
+    health(plan, progress).await
 }
 
 /// Validate step: a strict server-side dry run of the whole set; nothing is written on failure.
@@ -520,8 +536,9 @@ pub async fn prune(
     plan.prune(progress).await.map_err(StageError::Apply)
 }
 
-/// Post-hook step: charts' `post-install`/`post-upgrade` hooks, once their objects are healthy
-/// (pre hooks run inside the apply step, after CRDs and namespaces).
+/// Post-hook step: charts' `post-install`/`post-upgrade` hooks, once their objects are healthy,
+/// then the environment's `post-apply` hooks (pre hooks run inside the apply step, after CRDs and
+/// namespaces).
 pub async fn post_hooks(
     plan: &mut Plan<'_>,
     progress: &mut impl FnMut(&Event),

@@ -1,12 +1,22 @@
-//! Helm chart hooks, run where Helm runs them: `pre-install` before the first apply of a release
-//! (the inventory holds none of its objects yet), `pre-upgrade` before later ones, `post-install` /
-//! `post-upgrade` once the release's objects are healthy. Hooks run in weight order (then kind,
-//! then name), each waited to its end (a Job `Complete`, a Pod `Succeeded`; other kinds once
-//! created), with `helm.sh/hook-delete-policy` honoured (`before-hook-creation` by default, as in
-//! Helm). A failed hook stops the apply with its reason. `test` hooks are never applied, nor are
-//! `pre/post-delete` and `pre/post-rollback` ones (no Helm release is deleted or rolled back).
-//! Hooks are not inventoried (never pruned) and run only when their release changes: a reconcile
-//! that changes nothing runs no Job again.
+//! Hooks: objects (a Job, usually) run at a point of the apply instead of applied with the set.
+//!
+//! - **Environment hooks** — `lockstep.dev/hook: pre-apply | post-apply | on-failure | pre-prune`
+//!   on any object (Argo CD's `argocd.argoproj.io/hook: PreSync | PostSync | SyncFail` read as the
+//!   first three), ordered by wave, with `lockstep.dev/hook-delete-policy` (or Argo CD's). They run
+//!   when the apply changes something (a new revision, an object not as last applied, something
+//!   to prune): `pre-apply` after Namespaces and CRDs, once the Secrets, ConfigMaps and
+//!   ServiceAccount it names are applied; `post-apply` once the whole set is healthy; `pre-prune`
+//!   before anything is deleted; `on-failure` when a write step fails.
+//! - **Chart hooks** — Helm's `helm.sh/hook` on chart output, run where Helm runs them:
+//!   `pre-install` before the first apply of a release (the inventory holds none of its objects
+//!   yet), `pre-upgrade` before later ones, `post-install` / `post-upgrade` once the release's
+//!   objects are healthy, in `helm.sh/hook-weight` order, only when the release changes. `test`
+//!   hooks are never applied, nor are `pre/post-delete` and `pre/post-rollback` ones.
+//!
+//! Each hook is waited to its end (a Job `Complete`, a Pod `Succeeded`; other kinds once created).
+//! `before-hook-creation` (the default, as in Helm and Argo CD) deletes the previous one first; a
+//! live hook whose spec changed is replaced in any case, so a Job's immutable template never wedges
+//! a sync. A failed hook stops the apply with its reason. Hooks are not inventoried (never pruned).
 
 use std::time::Duration;
 
@@ -23,6 +33,14 @@ pub const HOOK: &str = "helm.sh/hook";
 pub const WEIGHT: &str = "helm.sh/hook-weight";
 /// Helm's hook delete policy annotation.
 pub const DELETE_POLICY: &str = "helm.sh/hook-delete-policy";
+/// lockstep's hook annotation (environment hooks).
+pub const LOCKSTEP_HOOK: &str = "lockstep.dev/hook";
+/// lockstep's hook delete policy annotation.
+pub const LOCKSTEP_DELETE_POLICY: &str = "lockstep.dev/hook-delete-policy";
+/// Argo CD's hook annotation, read as [`LOCKSTEP_HOOK`].
+pub const ARGO_HOOK: &str = "argocd.argoproj.io/hook";
+/// Argo CD's hook delete policy annotation.
+pub const ARGO_DELETE_POLICY: &str = "argocd.argoproj.io/hook-delete-policy";
 
 /// When a hook runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -35,6 +53,14 @@ pub enum Phase {
     PostInstall,
     /// After a later apply, once the release's objects are healthy.
     PostUpgrade,
+    /// Environment hook: before the set is applied (after Namespaces and CRDs).
+    PreApply,
+    /// Environment hook: once the whole set is applied and healthy.
+    PostApply,
+    /// Environment hook: when a write step of the apply failed.
+    OnFailure,
+    /// Environment hook: before anything is pruned.
+    PrePrune,
 }
 
 impl Phase {
@@ -45,6 +71,10 @@ impl Phase {
             Phase::PreUpgrade => "pre-upgrade",
             Phase::PostInstall => "post-install",
             Phase::PostUpgrade => "post-upgrade",
+            Phase::PreApply => "pre-apply",
+            Phase::PostApply => "post-apply",
+            Phase::OnFailure => "on-failure",
+            Phase::PrePrune => "pre-prune",
         }
     }
 
@@ -72,56 +102,114 @@ pub struct Hook {
     pub on_success: bool,
     /// `hook-failed`: delete it once it failed.
     pub on_failure: bool,
+    /// An environment hook (lockstep's or Argo CD's annotation), not a chart release's.
+    pub environment: bool,
 }
 
-/// What an object's `helm.sh/hook` annotation makes of it.
+/// What an object's hook annotations make of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Role {
     /// An ordinary object of the set.
     Object,
     /// A hook of the apply.
     Hook(Hook),
-    /// A hook of a kind lockstep never runs (`test`, delete, rollback): not applied.
+    /// A hook of a kind lockstep never runs (Helm's `test`, delete, rollback; Argo CD's `Skip`,
+    /// `Sync`, `PostDelete`): not applied.
     Skipped(String),
 }
 
-/// Reads an object's hook annotations. Only chart output has hooks.
-pub fn role_of(body: &Json) -> Role {
+/// Reads an object's hook annotations: lockstep's and Argo CD's on any object, Helm's only on
+/// chart output (`chart`). `wave` orders environment hooks. A `lockstep.dev/hook` that names no
+/// phase is an error.
+pub fn role_of(body: &Json, chart: bool, wave: i64) -> Result<Role, String> {
     let annotations = &body["metadata"]["annotations"];
-    let Some(list) = annotations[HOOK].as_str() else {
-        return Role::Object;
+    let text = |key: &str| annotations[key].as_str();
+    let names = |list: &str| -> Vec<String> {
+        list.split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    if let Some(list) = text(LOCKSTEP_HOOK) {
+        let mut phases = Vec::new();
+        for name in names(list) {
+            phases.push(match name.as_str() {
+                "pre-apply" => Phase::PreApply,
+                "post-apply" => Phase::PostApply,
+                "on-failure" => Phase::OnFailure,
+                "pre-prune" => Phase::PrePrune,
+                other => {
+                    return Err(format!(
+                        "annotation {LOCKSTEP_HOOK}: {other:?} is not a hook phase (pre-apply, post-apply, on-failure, pre-prune)"
+                    ));
+                }
+            });
+        }
+        if phases.is_empty() {
+            return Err(format!("annotation {LOCKSTEP_HOOK} names no phase"));
+        }
+        return Ok(with_policy(phases, wave, text(LOCKSTEP_DELETE_POLICY)).into());
+    }
+    if let Some(list) = text(ARGO_HOOK) {
+        let (mut phases, mut others) = (Vec::new(), Vec::new());
+        for name in names(list) {
+            match name.as_str() {
+                "PreSync" => phases.push(Phase::PreApply),
+                "PostSync" => phases.push(Phase::PostApply),
+                "SyncFail" => phases.push(Phase::OnFailure),
+                _ => others.push(name),
+            }
+        }
+        if phases.is_empty() {
+            return Ok(Role::Skipped(format!("Argo CD {}", others.join(","))));
+        }
+        let policy = text(ARGO_DELETE_POLICY).map(|p| {
+            p.replace("BeforeHookCreation", "before-hook-creation")
+                .replace("HookSucceeded", "hook-succeeded")
+                .replace("HookFailed", "hook-failed")
+        });
+        return Ok(with_policy(phases, wave, policy.as_deref()).into());
+    }
+    let Some(list) = text(HOOK).filter(|_| chart) else {
+        return Ok(Role::Object);
     };
     let mut phases = Vec::new();
     let mut others = Vec::new();
-    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-        match name {
+    for name in names(list) {
+        match name.as_str() {
             "pre-install" => phases.push(Phase::PreInstall),
             "pre-upgrade" => phases.push(Phase::PreUpgrade),
             "post-install" => phases.push(Phase::PostInstall),
             "post-upgrade" => phases.push(Phase::PostUpgrade),
-            other => others.push(other.to_string()),
+            _ => others.push(name),
         }
     }
     if phases.is_empty() {
-        return Role::Skipped(others.join(","));
+        return Ok(Role::Skipped(format!("Helm {}", others.join(","))));
     }
-    let weight = annotations[WEIGHT]
-        .as_str()
+    let weight = text(WEIGHT)
         .and_then(|w| w.trim().parse().ok())
         .unwrap_or(0);
-    let policies: Vec<&str> = annotations[DELETE_POLICY]
-        .as_str()
+    let mut hook = with_policy(phases, weight, text(DELETE_POLICY));
+    hook.environment = false;
+    Ok(hook.into())
+}
+
+/// A hook with its delete policy read (`before-hook-creation` when none is given, as in Helm
+/// and Argo CD).
+fn with_policy(phases: Vec<Phase>, weight: i64, policy: Option<&str>) -> Hook {
+    let policies: Vec<&str> = policy
         .map(|p| p.split(',').map(str::trim).collect())
         .unwrap_or_default();
     Hook {
         phases,
         weight,
-        // Helm's default when no policy is given.
         before_creation: policies.is_empty() || policies.contains(&"before-hook-creation"),
         on_success: policies.contains(&"hook-succeeded"),
         on_failure: policies.contains(&"hook-failed"),
+        environment: true,
     }
-    .into()
 }
 
 impl From<Hook> for Role {
@@ -155,7 +243,7 @@ pub(super) type Ran = Result<(), String>;
 pub(super) async fn run(client: &Client, hook: &HookItem<'_>, timeout: Duration) -> Ran {
     let id = &hook.item.obj.id;
     let api = api(client, &hook.item.target, id.namespace.as_deref());
-    if hook.hook.before_creation {
+    if hook.hook.before_creation || changed(&api, &id.name, &hook.item.digest).await? {
         delete_and_wait(&api, &id.name, timeout).await?;
     }
     let pp = PatchParams::apply(FIELD_MANAGER).force();
@@ -167,6 +255,70 @@ pub(super) async fn run(client: &Client, hook: &HookItem<'_>, timeout: Duration)
         delete_and_wait(&api, &id.name, timeout).await?;
     }
     ended
+}
+
+/// Whether a previous run of the hook is still there with another spec (it is replaced then: a
+/// Job's template cannot change).
+async fn changed(api: &Api<DynamicObject>, name: &str, digest: &str) -> Result<bool, String> {
+    match api.get_metadata_opt(name).await {
+        Ok(None) => Ok(false),
+        Ok(Some(live)) => Ok(live
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(super::APPLIED_ANNOTATION))
+            .is_none_or(|d| d != digest)),
+        Err(e) => Err(super::reason(&e)),
+    }
+}
+
+/// What a hook's pod uses by name from its namespace: the Secrets, ConfigMaps and
+/// ServiceAccount of its pod spec (a Pod's, or a Job's, CronJob's or workload's template), as
+/// (kind, name).
+pub fn needs(body: &Json) -> Vec<(String, String)> {
+    let spec = [
+        &body["spec"]["template"]["spec"],
+        &body["spec"]["jobTemplate"]["spec"]["template"]["spec"],
+        &body["spec"],
+    ]
+    .into_iter()
+    .find(|s| s["containers"].is_array());
+    let Some(spec) = spec else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut add = |kind: &str, name: &Json| {
+        if let Some(n) = name.as_str() {
+            out.push((kind.to_string(), n.to_string()));
+        }
+    };
+    add("ServiceAccount", &spec["serviceAccountName"]);
+    let list = |v: &Json| v.as_array().cloned().unwrap_or_default();
+    for c in list(&spec["containers"])
+        .into_iter()
+        .chain(list(&spec["initContainers"]))
+    {
+        for e in list(&c["env"]) {
+            add("Secret", &e["valueFrom"]["secretKeyRef"]["name"]);
+            add("ConfigMap", &e["valueFrom"]["configMapKeyRef"]["name"]);
+        }
+        for e in list(&c["envFrom"]) {
+            add("Secret", &e["secretRef"]["name"]);
+            add("ConfigMap", &e["configMapRef"]["name"]);
+        }
+    }
+    for v in list(&spec["volumes"]) {
+        add("Secret", &v["secret"]["secretName"]);
+        add("ConfigMap", &v["configMap"]["name"]);
+        for source in list(&v["projected"]["sources"]) {
+            add("Secret", &source["secret"]["name"]);
+            add("ConfigMap", &source["configMap"]["name"]);
+        }
+    }
+    for p in list(&spec["imagePullSecrets"]) {
+        add("Secret", &p["name"]);
+    }
+    out
 }
 
 /// Deletes the `hook-succeeded` hooks of a phase that succeeded, as Helm does after the phase.
@@ -186,7 +338,11 @@ pub(super) async fn delete_succeeded(
 }
 
 /// Deletes an object (its dependents in the background) and waits until it is gone.
-async fn delete_and_wait(api: &Api<DynamicObject>, name: &str, timeout: Duration) -> Ran {
+pub(super) async fn delete_and_wait(
+    api: &Api<DynamicObject>,
+    name: &str,
+    timeout: Duration,
+) -> Ran {
     let dp = DeleteParams {
         propagation_policy: Some(kube::api::PropagationPolicy::Background),
         ..DeleteParams::default()
@@ -315,6 +471,7 @@ mod tests {
 
     #[test]
     fn hook_annotations_read_as_helm_does() {
+        let role_of = |body: &Json| role_of(body, true, 0).unwrap();
         assert_eq!(role_of(&json!({"metadata": {}})), Role::Object);
         let role = role_of(&annotated(json!({
             HOOK: "pre-install, pre-upgrade",
@@ -329,6 +486,7 @@ mod tests {
                 before_creation: true,
                 on_success: true,
                 on_failure: false,
+                environment: false,
             })
         );
         // No policy: before-hook-creation, as in Helm 3.
@@ -338,12 +496,54 @@ mod tests {
         assert!(h.before_creation && !h.on_success && h.weight == 0);
         assert_eq!(
             role_of(&annotated(json!({HOOK: "test"}))),
-            Role::Skipped("test".into())
+            Role::Skipped("Helm test".into())
         );
         assert_eq!(
             role_of(&annotated(json!({HOOK: "pre-delete,post-rollback"}))),
-            Role::Skipped("pre-delete,post-rollback".into())
+            Role::Skipped("Helm pre-delete,post-rollback".into())
         );
+    }
+
+    #[test]
+    fn environment_hooks_read_from_lockstep_and_argo_cd_annotations_on_any_object() {
+        let hook = role_of(
+            &annotated(
+                json!({LOCKSTEP_HOOK: "pre-apply,on-failure", LOCKSTEP_DELETE_POLICY: "hook-succeeded"}),
+            ),
+            false,
+            -2,
+        );
+        assert_eq!(
+            hook,
+            Ok(Role::Hook(Hook {
+                phases: vec![Phase::PreApply, Phase::OnFailure],
+                weight: -2,
+                before_creation: false,
+                on_success: true,
+                on_failure: false,
+                environment: true,
+            }))
+        );
+        let Ok(Role::Hook(argo)) = role_of(
+            &annotated(json!({ARGO_HOOK: "PostSync", ARGO_DELETE_POLICY: "HookFailed"})),
+            false,
+            0,
+        ) else {
+            panic!("an Argo CD PostSync hook is a hook");
+        };
+        assert_eq!(argo.phases, vec![Phase::PostApply]);
+        assert!(argo.on_failure && !argo.before_creation && argo.environment);
+        assert_eq!(
+            role_of(&annotated(json!({ARGO_HOOK: "Skip"})), false, 0),
+            Ok(Role::Skipped("Argo CD Skip".into()))
+        );
+        // Helm's annotation means nothing outside chart output.
+        assert_eq!(
+            role_of(&annotated(json!({HOOK: "pre-install"})), false, 0),
+            Ok(Role::Object)
+        );
+        let e = role_of(&annotated(json!({LOCKSTEP_HOOK: "before"})), false, 0).unwrap_err();
+        assert!(e.contains("\"before\" is not a hook phase"), "{e}");
     }
 
     #[test]
@@ -362,6 +562,7 @@ mod tests {
             before_creation: true,
             on_success: false,
             on_failure: false,
+            environment: false,
         };
         let id = |kind: &str, name: &str| ObjectId {
             group: String::new(),
@@ -375,6 +576,31 @@ mod tests {
         list.sort_by(|a, b| order(*a, *b));
         assert_eq!(list[0].1.kind, "Job", "lowest weight first");
         assert_eq!(list[1].1.kind, "ServiceAccount", "then kind order");
+    }
+
+    #[test]
+    fn a_hook_needs_the_secrets_config_maps_and_service_account_its_pod_names() {
+        let job = json!({"kind": "Job", "spec": {"template": {"spec": {
+            "serviceAccountName": "migrator",
+            "containers": [{"env": [
+                {"name": "A", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}},
+                {"name": "B", "value": "plain"}
+            ], "envFrom": [{"configMapRef": {"name": "settings"}}]}],
+            "volumes": [{"secret": {"secretName": "tls"}}, {"emptyDir": {}}]
+        }}}});
+        let mut needs = needs(&job);
+        needs.sort();
+        let want = [
+            ("ConfigMap", "settings"),
+            ("Secret", "db"),
+            ("Secret", "tls"),
+            ("ServiceAccount", "migrator"),
+        ];
+        assert_eq!(
+            needs,
+            want.map(|(k, n)| (k.to_string(), n.to_string())).to_vec()
+        );
+        assert!(super::needs(&json!({"kind": "ConfigMap", "data": {}})).is_empty());
     }
 
     #[test]

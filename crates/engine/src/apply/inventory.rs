@@ -277,22 +277,44 @@ fn protected(kind: &str) -> bool {
     )
 }
 
-/// Prunes one stale object if it is safe: returns what happened, a note, and whether it stays in
-/// the inventory (a failed or refused delete is retried next time).
-pub(crate) async fn prune_one(
+/// What pruning one stale object comes to: what happened, a note, and whether it stays in the
+/// inventory (a failed or refused delete is retried next time).
+pub(crate) type Pruned = (Action, Option<String>, bool);
+
+/// A stale inventory entry, read from the cluster.
+pub(crate) enum Stale {
+    /// Decided without a delete (protected, not served, gone, unreadable).
+    Decided(Pruned),
+    /// The live object, and the API to delete it with.
+    Live(Box<(Api<DynamicObject>, DynamicObject)>),
+}
+
+impl Stale {
+    /// The live object's annotations (none when it was decided without one).
+    pub(crate) fn annotations(&self) -> Option<&std::collections::BTreeMap<String, String>> {
+        match self {
+            Stale::Live(live) => live.1.metadata.annotations.as_ref(),
+            Stale::Decided(_) => None,
+        }
+    }
+}
+
+/// Reads one stale object: protected kinds are kept without consent, kinds not served right now
+/// stay inventoried, an object already gone is forgotten.
+pub(crate) async fn read_stale(
     client: &Client,
     discovery: &Discovery,
     entry: &InventoryEntry,
-    set: &ApplySet,
     opts: &Options,
-) -> (Action, Option<String>, bool) {
+) -> Stale {
+    let decided = |action, note: String, keep| Stale::Decided((action, Some(note), keep));
     if protected(&entry.kind) && !opts.prune_protected {
-        return (
+        return decided(
             Action::Kept,
-            Some(format!(
+            format!(
                 "{} is protected: pruned only with consent (--prune-protected; a Sync: spec.pruneProtected: true)",
                 entry.kind
-            )),
+            ),
             true,
         );
     }
@@ -312,12 +334,12 @@ pub(crate) async fn prune_one(
     let Some((ar, caps)) = found else {
         // Not served at all right now (a CRD being reinstalled, discovery briefly incomplete):
         // kept in the inventory, so it is still pruned once it is served again.
-        return (
+        return decided(
             Action::Kept,
-            Some(format!(
+            format!(
                 "{} {} is not served right now; kept in the inventory for the next run",
                 entry.api_version, entry.kind
-            )),
+            ),
             true,
         );
     };
@@ -325,8 +347,8 @@ pub(crate) async fn prune_one(
         (Scope::Namespaced, Some(ns)) => Api::namespaced_with(client.clone(), ns, &ar),
         _ => Api::all_with(client.clone(), &ar),
     };
-    let live = match api.get_opt(&entry.name).await {
-        Ok(Some(o)) => o,
+    match api.get_opt(&entry.name).await {
+        Ok(Some(o)) => Stale::Live(Box::new((api, o))),
         // Already deleted: a real run forgets it (pruned); a preview has nothing to change.
         Ok(None) => {
             let action = if opts.dry_run {
@@ -334,15 +356,28 @@ pub(crate) async fn prune_one(
             } else {
                 Action::Pruned
             };
-            return (action, Some("already gone".into()), false);
+            decided(action, "already gone".into(), false)
         }
-        Err(e) => {
-            return (
-                Action::Kept,
-                Some(format!("cannot read it: {}", reason(&e))),
-                true,
-            );
-        }
+        Err(e) => decided(
+            Action::Kept,
+            format!("cannot read it: {}", reason(&e)),
+            true,
+        ),
+    }
+}
+
+/// Prunes one stale object read by [`read_stale`] if it is safe: only an object still ours
+/// (this environment's labels, no other Sync's owner annotation, not `prune: disabled`), with a
+/// precondition on its UID.
+pub(crate) async fn prune_one(
+    stale: Stale,
+    entry: &InventoryEntry,
+    set: &ApplySet,
+    opts: &Options,
+) -> Pruned {
+    let (api, live) = match stale {
+        Stale::Decided(done) => return done,
+        Stale::Live(live) => *live,
     };
     let annotations = live.metadata.annotations.clone().unwrap_or_default();
     if let (Some(theirs), Some(ours)) = (annotations.get(OWNER_ANNOTATION), &opts.owner)

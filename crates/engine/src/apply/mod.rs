@@ -7,12 +7,15 @@
 //!    immutable field, field conflict) stops here with every failing object and the server's reason;
 //!    objects that need a Namespace or CRD of the set that does not exist yet are checked right after
 //!    stage 1 creates those, before anything else is written;
-//! 3. staged apply: CRDs (waited until Established) and Namespaces, then cluster RBAC and classes,
-//!    then the rest kind by kind, with bounded concurrency; an object whose dry-run result equals the
-//!    live object is not written;
-//! 4. prune from the inventory (see [`inventory`]) — never after an error, never a mass prune
-//!    without consent, never an object that is not ours;
-//! 5. the new inventory is recorded.
+//! 3. staged apply: CRDs (waited until Established) and Namespaces; then the `pre-apply` hooks
+//!    (see [`hooks`]); then wave by wave (see [`waves`]; one wave when none is declared) cluster
+//!    RBAC and classes, then the rest kind by kind, with bounded concurrency, each wave waited
+//!    healthy before the next; an object whose dry-run result equals the live object is not
+//!    written;
+//! 4. prune from the inventory (see [`inventory`]), later waves first — never after an error, never
+//!    a mass prune without consent, never an object that is not ours;
+//! 5. the new inventory is recorded; `post-apply` hooks once the set is healthy, `on-failure`
+//!    hooks when a write step failed.
 //!
 //! Every object is labelled `app.kubernetes.io/managed-by: lockstep`, `lockstep.dev/project` and
 //! `lockstep.dev/environment`; the field manager is `lockstep`.
@@ -22,7 +25,9 @@ pub mod health;
 pub mod hooks;
 pub mod inventory;
 pub mod redact;
+pub mod replace;
 pub mod sealed;
+pub mod waves;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -294,18 +299,37 @@ pub enum ApplyError {
     /// A CRD did not become Established in time.
     #[error("CustomResourceDefinition {0} was not Established within the timeout")]
     CrdTimeout(String),
-    /// A chart hook failed (or its release's objects did not become healthy for a post hook).
+    /// A hook failed (or the objects it follows did not become healthy for a post hook).
     #[error("{0}")]
     Hook(Box<HookFailure>),
+    /// A wave's objects did not become healthy: the later waves were not applied.
+    #[error("{0}")]
+    Wave(Box<WaveFailure>),
 }
 
-/// A chart hook that failed.
+/// A wave whose objects did not become healthy.
 #[derive(Debug, thiserror::Error)]
-#[error("chart {release}: {phase} hook {id} failed: {reason}; {after}")]
+#[error(
+    "wave {wave} is not healthy: {id}: {why}; the later waves ({later}) were not applied and nothing was pruned"
+)]
+pub struct WaveFailure {
+    /// The wave.
+    pub wave: i64,
+    /// Its first object that is not ready.
+    pub id: ObjectId,
+    /// Why.
+    pub why: String,
+    /// The waves not applied.
+    pub later: String,
+}
+
+/// A hook that failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{}{phase} hook {id} failed: {reason}; {after}", .release.as_ref().map_or(String::new(), |r| format!("chart {r}: ")))]
 pub struct HookFailure {
-    /// The release.
-    pub release: String,
-    /// Helm's name of the phase.
+    /// The chart release whose hook it is (`None`: an environment hook).
+    pub release: Option<String>,
+    /// The name of the phase (Helm's for chart hooks).
     pub phase: &'static str,
     /// The hook (or the object that was not healthy).
     pub id: ObjectId,
@@ -682,6 +706,8 @@ enum Checked {
     Accepted(SecretJson),
     /// The server refused it.
     Refused(String),
+    /// It changes an immutable field and opts in to [`replace::REPLACE`]: deleted, then created.
+    Replace,
 }
 
 /// One object of the set on its way to the cluster.
@@ -698,6 +724,10 @@ struct Item<'a> {
     live: bool,
     /// It exists without this environment's labels: applying takes it over.
     adopted: bool,
+    /// Its wave ([`waves::wave_of`]).
+    wave: i64,
+    /// It was applied before the hooks that need it (not again with its wave).
+    early: bool,
 }
 
 impl Item<'_> {
@@ -1051,6 +1081,9 @@ pub struct Plan<'a> {
     /// Per release with hooks: whether it was installed before this apply, and whether anything
     /// of it changes (hooks run only then).
     releases: BTreeMap<String, (bool, bool)>,
+    /// Whether this apply changes the environment (a new revision, an object not as last
+    /// applied, something to prune): its environment hooks run only then.
+    changed: bool,
 }
 
 impl<'a> Plan<'a> {
@@ -1064,7 +1097,7 @@ impl<'a> Plan<'a> {
         let resolver = Resolver::new(client, set).await?;
         let mut items = resolve_items(&resolver, set, opts.owner.as_deref())?;
         defer_missing_namespaces(client, &mut items, opts).await?;
-        let (mut items, hooks, skipped_hooks) = split_hooks(items);
+        let (mut items, hooks, skipped_hooks) = split_hooks(items)?;
         let inventory_api = inventory::api(client, &set.namespace);
         let previous = Inventory::read(&inventory_api, &set.project, &set.environment).await?;
         previous.check_owner(
@@ -1101,6 +1134,9 @@ impl<'a> Plan<'a> {
         }
         refuse_foreign(&items, &live, opts.owner.as_deref())?;
         let releases = release_states(&items, &hooks, &previous, &opts.revision);
+        let changed = previous.revision != opts.revision
+            || items.iter().any(|i| !i.untouched)
+            || !stale.is_empty();
         Ok(Plan {
             client,
             set,
@@ -1117,6 +1153,7 @@ impl<'a> Plan<'a> {
             hooks,
             skipped_hooks,
             releases,
+            changed,
         })
     }
 
@@ -1137,7 +1174,7 @@ impl<'a> Plan<'a> {
         };
         for (id, kinds) in &self.skipped_hooks {
             progress(&Event::Note(format!(
-                "{id}: a Helm {kinds} hook, which lockstep does not run; it is not applied"
+                "{id}: a {kinds} hook, which lockstep does not run; it is not applied"
             )));
         }
         self.dry_run(&now, written).await?;
@@ -1225,24 +1262,166 @@ impl<'a> Plan<'a> {
         notes
     }
 
-    /// Apply: stage by stage (CRDs and Namespaces, waited Established; cluster RBAC and classes;
-    /// the rest), within a stage kind by kind, objects concurrently. With [`Options::dry_run`],
-    /// only compares and records a diff per object that would change.
+    /// Apply: CRDs and Namespaces (waited Established), the pre hooks (after what they name),
+    /// then wave by wave cluster RBAC and classes, then the rest; within a stage kind by kind,
+    /// objects concurrently; each wave waited healthy before the next. With
+    /// [`Options::dry_run`], only compares and records a diff per object that would change.
     pub async fn apply(&mut self, progress: &mut impl FnMut(&Event)) -> Result<(), ApplyError> {
-        for stage in 0..STAGES {
-            if stage == 1 {
-                self.validate_deferred(progress).await?;
-                // The inventory's namespace exists now (stage 0 may have created it).
-                self.record_pending().await?;
-                // As in Helm: CRDs and namespaces first, then pre-install/pre-upgrade hooks.
-                self.run_hooks(false, progress).await?;
+        let all: Vec<usize> = (0..self.items.len()).collect();
+        self.apply_stage(0, &all, "", progress).await?;
+        if !self.opts.dry_run {
+            self.wait_crds().await?;
+        }
+        self.validate_deferred(progress).await?;
+        // The inventory's namespace exists now (stage 0 may have created it).
+        self.record_pending().await?;
+        // As in Helm: CRDs and namespaces first, then the hooks — once what they use exists.
+        self.apply_needed(progress).await?;
+        self.environment_hooks(hooks::Phase::PreApply, progress)
+            .await?;
+        self.run_hooks(false, progress).await?;
+        let waves = self.waves();
+        for (n, (wave, members)) in waves.iter().enumerate() {
+            if n > 0 {
+                self.wait_wave(waves[n - 1].0, &waves[n - 1].1, &waves[n..])
+                    .await?;
             }
-            self.apply_stage(stage, progress).await?;
-            if stage == 0 && !self.opts.dry_run {
-                self.wait_crds().await?;
+            let label = if waves.len() > 1 {
+                format!(" (wave {wave})")
+            } else {
+                String::new()
+            };
+            for stage in 1..STAGES {
+                self.apply_stage(stage, members, &label, progress).await?;
             }
         }
         self.compare_sealed(progress).await
+    }
+
+    /// The waves of the objects past stage 0, in order, with their items.
+    fn waves(&self) -> Vec<(i64, Vec<usize>)> {
+        let mut waves: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
+        for (i, item) in self.items.iter().enumerate() {
+            if stage_of(&item.obj.id) > 0 {
+                waves.entry(item.wave).or_default().push(i);
+            }
+        }
+        waves.into_iter().collect()
+    }
+
+    /// Waits until the objects of `wave` (`members`) with a health rule are ready, before the
+    /// `later` waves are applied (not in a dry run: nothing was written to wait for).
+    async fn wait_wave(
+        &self,
+        wave: i64,
+        members: &[usize],
+        later: &[(i64, Vec<usize>)],
+    ) -> Result<(), ApplyError> {
+        if self.opts.dry_run {
+            return Ok(());
+        }
+        match self.first_unhealthy(members).await? {
+            None => Ok(()),
+            Some((id, why)) => Err(ApplyError::Wave(Box::new(WaveFailure {
+                wave,
+                id,
+                why,
+                later: later
+                    .iter()
+                    .map(|(w, _)| w.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }))),
+        }
+    }
+
+    /// Applies, before any hook runs, the Secrets, ConfigMaps and ServiceAccounts of the set
+    /// that the hooks due now name (a migration Job needs the database password).
+    async fn apply_needed(&mut self, progress: &mut impl FnMut(&Event)) -> Result<(), ApplyError> {
+        let mut wanted = BTreeSet::new();
+        for h in self.hooks.iter().filter(|h| self.due_before(h)) {
+            let ns = h.item.obj.id.namespace.as_deref();
+            for (kind, name) in hooks::needs(h.item.body.expose()) {
+                wanted.insert((kind, ns.map(str::to_string), name));
+            }
+        }
+        let needed: Vec<usize> = (0..self.items.len())
+            .filter(|&i| {
+                let id = &self.items[i].obj.id;
+                id.group.is_empty()
+                    && stage_of(id) > 0
+                    && wanted.contains(&(id.kind.clone(), id.namespace.clone(), id.name.clone()))
+            })
+            .collect();
+        if needed.is_empty() {
+            return Ok(());
+        }
+        progress(&Event::Stage(
+            if self.opts.dry_run {
+                "compare what the hooks use".into()
+            } else {
+                "apply what the hooks use".into()
+            },
+            needed.len(),
+        ));
+        self.send_by_kind(&needed, progress).await?;
+        for i in needed {
+            self.items[i].early = true;
+        }
+        Ok(())
+    }
+
+    /// Whether hook `h` runs before the set is applied, in this apply.
+    fn due_before(&self, h: &hooks::HookItem<'_>) -> bool {
+        if h.hook.environment {
+            return self.changed && h.hook.phases.contains(&hooks::Phase::PreApply);
+        }
+        h.item
+            .obj
+            .release
+            .as_deref()
+            .and_then(|r| self.releases.get(r))
+            .is_some_and(|&(installed, changed)| {
+                changed && h.hook.phases.contains(&hooks::Phase::of(installed, false))
+            })
+    }
+
+    /// Runs the environment hooks of `phase`, in wave order, when the apply changes something.
+    async fn environment_hooks(
+        &mut self,
+        phase: hooks::Phase,
+        progress: &mut impl FnMut(&Event),
+    ) -> Result<(), ApplyError> {
+        if !self.changed {
+            return Ok(());
+        }
+        let due: Vec<usize> = (0..self.hooks.len())
+            .filter(|&i| {
+                self.hooks[i].hook.environment && self.hooks[i].hook.phases.contains(&phase)
+            })
+            .collect();
+        let after = match phase {
+            hooks::Phase::PreApply => "nothing else of the set was applied and nothing was pruned",
+            hooks::Phase::PrePrune => "the set was applied; nothing was pruned",
+            _ => "the set was applied and pruned; the later hooks did not run",
+        };
+        self.run_due(None, phase, due, after, progress).await
+    }
+
+    /// The `on-failure` hooks, after a write step failed (never in a dry run, never when
+    /// nothing changed). Their own failure is reported, not returned: the first error stands.
+    pub async fn failure_hooks(&mut self, progress: &mut impl FnMut(&Event)) {
+        if self.opts.dry_run {
+            return;
+        }
+        if let Err(e) = self
+            .environment_hooks(hooks::Phase::OnFailure, progress)
+            .await
+        {
+            progress(&Event::Note(format!(
+                "an on-failure hook did not succeed: {e}"
+            )));
+        }
     }
 
     /// A keyless preview: each sealed object's digest against its live object's annotation.
@@ -1279,6 +1458,10 @@ impl<'a> Plan<'a> {
     /// then records the new inventory. With [`Options::dry_run`], reports what would be pruned.
     pub async fn prune(&mut self, progress: &mut impl FnMut(&Event)) -> Result<(), ApplyError> {
         self.may_write()?;
+        if self.opts.prune && !self.stale.is_empty() {
+            self.environment_hooks(hooks::Phase::PrePrune, progress)
+                .await?;
+        }
         let kept = self.prune_stale(progress).await?;
         self.record_inventory(kept).await
     }
@@ -1289,16 +1472,8 @@ impl<'a> Plan<'a> {
         if !self.opts.wait || self.opts.dry_run {
             return Ok(());
         }
-        let watched: Vec<(ObjectId, Api<DynamicObject>)> = self
-            .items
-            .iter()
-            .filter(|i| health::has_rule(&i.obj.id))
-            .map(|i| {
-                let id = i.obj.id.clone();
-                let api = api(self.client, &i.target, id.namespace.as_deref());
-                (id, api)
-            })
-            .collect();
+        let everything: Vec<usize> = (0..self.items.len()).collect();
+        let watched = self.watched(&everything);
         if watched.is_empty() {
             return Ok(());
         }
@@ -1308,12 +1483,26 @@ impl<'a> Plan<'a> {
     }
 
     /// Post hooks: for each release that changed, once its objects are healthy, its
-    /// `post-install` (first apply) or `post-upgrade` hooks.
+    /// `post-install` (first apply) or `post-upgrade` hooks; then, once the whole set is healthy,
+    /// the environment's `post-apply` hooks.
     pub async fn post_hooks(
         &mut self,
         progress: &mut impl FnMut(&Event),
     ) -> Result<(), ApplyError> {
-        self.run_hooks(true, progress).await
+        self.run_hooks(true, progress).await?;
+        let phase = hooks::Phase::PostApply;
+        let due = self
+            .hooks
+            .iter()
+            .any(|h| h.hook.environment && h.hook.phases.contains(&phase));
+        if !due || !self.changed {
+            return Ok(());
+        }
+        if !self.opts.dry_run {
+            let everything: Vec<usize> = (0..self.items.len()).collect();
+            self.wait_healthy(&everything, None, phase).await?;
+        }
+        self.environment_hooks(phase, progress).await
     }
 
     /// Runs the hooks of one side of the apply (`post`: after it) for every release that
@@ -1335,7 +1524,7 @@ impl<'a> Plan<'a> {
             .collect();
         for (release, installed, changed) in releases {
             let phase = hooks::Phase::of(installed, post);
-            let mut due: Vec<usize> = (0..self.hooks.len())
+            let due: Vec<usize> = (0..self.hooks.len())
                 .filter(|&i| {
                     let h = &self.hooks[i];
                     h.item.obj.release.as_deref() == Some(release.as_str())
@@ -1345,90 +1534,120 @@ impl<'a> Plan<'a> {
             if due.is_empty() || !changed {
                 continue;
             }
-            due.sort_by(|&a, &b| {
-                let (a, b) = (&self.hooks[a], &self.hooks[b]);
-                hooks::order((&a.hook, &a.item.obj.id), (&b.hook, &b.item.obj.id))
-            });
-            progress(&Event::Stage(
-                format!("hooks {} of chart {release}", phase.name()),
-                due.len(),
-            ));
-            if self.opts.dry_run {
-                for &i in &due {
-                    progress(&Event::Note(format!(
-                        "{}: {} hook of chart {release}, run on apply",
-                        self.hooks[i].item.obj.id,
-                        phase.name()
-                    )));
-                }
-                continue;
+            if post && !self.opts.dry_run {
+                let own: Vec<usize> = (0..self.items.len())
+                    .filter(|&i| self.items[i].obj.release.as_deref() == Some(release.as_str()))
+                    .collect();
+                self.wait_healthy(&own, Some(&release), phase).await?;
             }
-            if post {
-                self.wait_release(&release, phase, after).await?;
-            }
-            for &i in &due {
-                self.may_write()?;
-                let ran = hooks::run(self.client, &self.hooks[i], self.opts.timeout).await;
-                let id = self.hooks[i].item.obj.id.clone();
-                match ran {
-                    Ok(()) => {
-                        let note = Some(format!("{} hook", phase.name()));
-                        progress(&Event::Object(id.clone(), Action::Created, note.clone()));
-                        self.summary.objects.push((id, Action::Created, note));
-                    }
-                    Err(reason) => {
-                        return Err(ApplyError::Hook(Box::new(HookFailure {
-                            release,
-                            phase: phase.name(),
-                            id,
-                            reason: self.hide_values(&reason),
-                            after,
-                        })));
-                    }
-                }
-            }
-            let ran: Vec<&hooks::HookItem<'_>> = due.iter().map(|&i| &self.hooks[i]).collect();
-            if let Err((id, why)) =
-                hooks::delete_succeeded(self.client, &ran, self.opts.timeout).await
-            {
-                return Err(ApplyError::Hook(Box::new(HookFailure {
-                    release,
-                    phase: phase.name(),
-                    id,
-                    reason: format!("its hook-succeeded deletion: {why}"),
-                    after,
-                })));
-            }
+            self.run_due(Some(&release), phase, due, after, progress)
+                .await?;
         }
         Ok(())
     }
 
-    /// Waits until the objects of `release` with a health rule are ready (post hooks run then).
-    async fn wait_release(
-        &self,
-        release: &str,
+    /// Runs the hooks `due` (indices into the hooks) of one phase, in order, each to its end;
+    /// then deletes those whose policy says `hook-succeeded`. A dry run only says which would run.
+    async fn run_due(
+        &mut self,
+        release: Option<&str>,
         phase: hooks::Phase,
+        mut due: Vec<usize>,
         after: &'static str,
+        progress: &mut impl FnMut(&Event),
     ) -> Result<(), ApplyError> {
-        let watched: Vec<(ObjectId, Api<DynamicObject>)> = self
-            .items
+        if due.is_empty() {
+            return Ok(());
+        }
+        due.sort_by(|&a, &b| {
+            let (a, b) = (&self.hooks[a], &self.hooks[b]);
+            hooks::order((&a.hook, &a.item.obj.id), (&b.hook, &b.item.obj.id))
+        });
+        let whose = release.map_or(String::new(), |r| format!(" of chart {r}"));
+        progress(&Event::Stage(
+            format!("hooks {}{whose}", phase.name()),
+            due.len(),
+        ));
+        if self.opts.dry_run {
+            for &i in &due {
+                progress(&Event::Note(format!(
+                    "{}: {} hook{whose}, run on apply",
+                    self.hooks[i].item.obj.id,
+                    phase.name()
+                )));
+            }
+            return Ok(());
+        }
+        let failed = |id, reason| {
+            ApplyError::Hook(Box::new(HookFailure {
+                release: release.map(str::to_string),
+                phase: phase.name(),
+                id,
+                reason,
+                after,
+            }))
+        };
+        for &i in &due {
+            self.may_write()?;
+            let ran = hooks::run(self.client, &self.hooks[i], self.opts.timeout).await;
+            let id = self.hooks[i].item.obj.id.clone();
+            match ran {
+                Ok(()) => {
+                    let note = Some(format!("{} hook", phase.name()));
+                    progress(&Event::Object(id.clone(), Action::Created, note.clone()));
+                    self.summary.objects.push((id, Action::Created, note));
+                }
+                Err(reason) => return Err(failed(id, self.hide_values(&reason))),
+            }
+        }
+        let ran: Vec<&hooks::HookItem<'_>> = due.iter().map(|&i| &self.hooks[i]).collect();
+        if let Err((id, why)) = hooks::delete_succeeded(self.client, &ran, self.opts.timeout).await
+        {
+            return Err(failed(id, format!("its hook-succeeded deletion: {why}")));
+        }
+        Ok(())
+    }
+
+    /// Waits until the items `members` with a health rule are ready, or one fails or the timeout
+    /// passes: the first that is not ready, with why.
+    async fn first_unhealthy(
+        &self,
+        members: &[usize],
+    ) -> Result<Option<(ObjectId, String)>, ApplyError> {
+        let left = health::wait(self.client, &self.watched(members), self.opts.timeout).await?;
+        Ok(left.into_iter().next())
+    }
+
+    /// The items `members` with a health rule, each with its API.
+    fn watched(&self, members: &[usize]) -> Vec<(ObjectId, Api<DynamicObject>)> {
+        members
             .iter()
-            .filter(|i| i.obj.release.as_deref() == Some(release) && health::has_rule(&i.obj.id))
+            .map(|&i| &self.items[i])
+            .filter(|i| health::has_rule(&i.obj.id))
             .map(|i| {
                 let id = i.obj.id.clone();
                 let api = api(self.client, &i.target, id.namespace.as_deref());
                 (id, api)
             })
-            .collect();
-        let left = health::wait(self.client, &watched, self.opts.timeout).await?;
-        match left.into_iter().next() {
+            .collect()
+    }
+
+    /// Waits until the items `members` with a health rule are ready, before the post hooks of
+    /// `release` (or of the environment) run.
+    async fn wait_healthy(
+        &self,
+        members: &[usize],
+        release: Option<&str>,
+        phase: hooks::Phase,
+    ) -> Result<(), ApplyError> {
+        match self.first_unhealthy(members).await? {
             None => Ok(()),
             Some((id, why)) => Err(ApplyError::Hook(Box::new(HookFailure {
-                release: release.to_string(),
+                release: release.map(str::to_string),
                 phase: phase.name(),
                 id,
-                reason: format!("the release's objects are not healthy: {why}"),
-                after,
+                reason: format!("the objects it follows are not healthy: {why}"),
+                after: "the objects were applied; the hooks after them did not run",
             }))),
         }
     }
@@ -1442,6 +1661,11 @@ impl<'a> Plan<'a> {
             .fold(message.to_string(), |m, i| {
                 redact::hide_values(&m, i.body.expose())
             })
+    }
+
+    /// The objects the health step found not ready, with why.
+    pub fn not_ready(&self) -> &[(ObjectId, String)] {
+        &self.summary.not_ready
     }
 
     /// What the apply did.
@@ -1463,9 +1687,19 @@ impl<'a> Plan<'a> {
         let items: Vec<&Item<'_>> = indices.iter().map(|&i| &self.items[i]).collect();
         let checked = dry_run_all(self.client, &items, self.opts).await;
         let mut refusals = Vec::new();
-        for (&index, c) in indices.iter().zip(checked) {
+        for (&index, mut c) in indices.iter().zip(checked) {
+            let item = &self.items[index];
+            if let Checked::Refused(r) = &c
+                && item.live
+                && let Some(field) = replace::immutable_field(r)
+            {
+                if replace::opted_in(item.body.expose()) {
+                    c = Checked::Replace;
+                } else {
+                    c = Checked::Refused(replace::explain(&item.obj.id.kind, &field));
+                }
+            }
             if let Checked::Refused(r) = &c {
-                let item = &self.items[index];
                 refusals.push(Refusal {
                     id: item.obj.id.clone(),
                     source: item.obj.source.clone(),
@@ -1511,14 +1745,19 @@ impl<'a> Plan<'a> {
         self.dry_run(&later, written).await
     }
 
-    /// Applies (or compares) one stage, kind by kind.
+    /// Applies (or compares) the objects of `members` in one stage (not those applied early),
+    /// kind by kind; `wave` ends the progress label.
     async fn apply_stage(
         &mut self,
         stage: usize,
+        members: &[usize],
+        wave: &str,
         progress: &mut impl FnMut(&Event),
     ) -> Result<(), ApplyError> {
-        let in_stage: Vec<usize> = (0..self.items.len())
-            .filter(|&i| stage_of(&self.items[i].obj.id) == stage)
+        let in_stage: Vec<usize> = members
+            .iter()
+            .copied()
+            .filter(|&i| stage_of(&self.items[i].obj.id) == stage && !self.items[i].early)
             .collect();
         if in_stage.is_empty() {
             return Ok(());
@@ -1531,9 +1770,19 @@ impl<'a> Plan<'a> {
             (1, true) => "compare cluster RBAC and classes",
             (_, true) => "compare",
         };
-        progress(&Event::Stage(label.into(), in_stage.len()));
+        progress(&Event::Stage(format!("{label}{wave}"), in_stage.len()));
+        self.send_by_kind(&in_stage, progress).await
+    }
+
+    /// Sends (or compares) the items `indices`, one kind after another, each kind's objects
+    /// concurrently.
+    async fn send_by_kind(
+        &mut self,
+        indices: &[usize],
+        progress: &mut impl FnMut(&Event),
+    ) -> Result<(), ApplyError> {
         let mut by_rank: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-        for i in in_stage {
+        for &i in indices {
             by_rank
                 .entry(kind_rank(&self.items[i].obj.id.kind))
                 .or_default()
@@ -1572,12 +1821,21 @@ impl<'a> Plan<'a> {
             } else {
                 Action::Created
             };
+            let replaced = matches!(self.results.get(&i), Some(Checked::Replace));
             async move {
                 if unchanged {
                     return (i, Ok(Action::Unchanged));
                 }
                 if self.opts.dry_run {
                     return (i, Ok(changed));
+                }
+                if replaced {
+                    let api = api(self.client, &item.target, item.obj.id.namespace.as_deref());
+                    if let Err(why) =
+                        hooks::delete_and_wait(&api, &item.obj.id.name, self.opts.timeout).await
+                    {
+                        return (i, Err(format!("replacing it: {why}")));
+                    }
                 }
                 match send_quiet(self.client, item, pp).await {
                     Ok(()) => (i, Ok(changed)),
@@ -1607,8 +1865,16 @@ impl<'a> Plan<'a> {
             }
             match r {
                 Ok(action) => {
-                    let note = (self.items[i].adopted && action != Action::Unchanged)
-                        .then(|| ADOPTED.to_string());
+                    let changed = action != Action::Unchanged;
+                    let note = if changed && matches!(self.results.get(&i), Some(Checked::Replace))
+                    {
+                        Some(format!(
+                            "replaced: deleted and created again ({})",
+                            replace::REPLACE
+                        ))
+                    } else {
+                        (self.items[i].adopted && changed).then(|| ADOPTED.to_string())
+                    };
                     progress(&Event::Object(id.clone(), action, note.clone()));
                     self.summary.objects.push((id, action, note));
                 }
@@ -1665,21 +1931,40 @@ impl<'a> Plan<'a> {
             return Ok(kept);
         }
         progress(&Event::Stage("prune".into(), self.stale.len()));
-        let mut order = self.stale.clone();
-        order.sort_by_key(|e| std::cmp::Reverse(kind_rank(&e.kind)));
-        for entry in order {
-            self.may_write()?;
-            let (action, note, keep) = if !self.opts.prune {
-                (Action::Kept, Some("pruning is off".to_string()), true)
-            } else {
-                inventory::prune_one(
-                    self.client,
-                    &self.resolver.discovery,
-                    &entry,
-                    self.set,
-                    self.opts,
-                )
+        let read: Vec<Option<inventory::Stale>> = if self.opts.prune {
+            let (client, opts, discovery) = (self.client, self.opts, &self.resolver.discovery);
+            let stale = &self.stale;
+            // Over indices, as in `dry_run_all` (rust-lang/rust#102211).
+            let work = (0..stale.len()).map(|n| {
+                let entry = &stale[n];
+                async move { Some(inventory::read_stale(client, discovery, entry, opts).await) }
+            });
+            stream::iter(work)
+                .buffered(self.opts.concurrency.max(1))
+                .collect()
                 .await
+        } else {
+            self.stale.iter().map(|_| None).collect()
+        };
+        // Later waves first (as they were applied last), then newest kinds first.
+        let mut order: Vec<(InventoryEntry, Option<inventory::Stale>)> =
+            self.stale.iter().cloned().zip(read).collect();
+        order.sort_by_cached_key(|(entry, stale)| {
+            let wave = stale
+                .as_ref()
+                .and_then(inventory::Stale::annotations)
+                .and_then(|a| waves::wave_of(&json!({"metadata": {"annotations": a}})).ok())
+                .unwrap_or(0);
+            (
+                std::cmp::Reverse(wave),
+                std::cmp::Reverse(kind_rank(&entry.kind)),
+            )
+        });
+        for (entry, stale) in order {
+            self.may_write()?;
+            let (action, note, keep) = match stale {
+                None => (Action::Kept, Some("pruning is off".to_string()), true),
+                Some(stale) => inventory::prune_one(stale, &entry, self.set, self.opts).await,
             };
             if keep {
                 kept.push(entry.clone());
@@ -1847,26 +2132,38 @@ fn refuse_foreign(
 #[allow(clippy::type_complexity)]
 fn split_hooks(
     items: Vec<Item<'_>>,
-) -> (
-    Vec<Item<'_>>,
-    Vec<hooks::HookItem<'_>>,
-    Vec<(ObjectId, String)>,
-) {
+) -> Result<
+    (
+        Vec<Item<'_>>,
+        Vec<hooks::HookItem<'_>>,
+        Vec<(ObjectId, String)>,
+    ),
+    ApplyError,
+> {
     let mut objects = Vec::new();
     let mut hook_items = Vec::new();
     let mut skipped = Vec::new();
+    let mut refusals = Vec::new();
     for item in items {
-        if item.obj.release.is_none() {
-            objects.push(item);
-            continue;
-        }
-        match hooks::role_of(item.body.expose()) {
-            hooks::Role::Object => objects.push(item),
-            hooks::Role::Hook(hook) => hook_items.push(hooks::HookItem { hook, item }),
-            hooks::Role::Skipped(kinds) => skipped.push((item.obj.id.clone(), kinds)),
+        match hooks::role_of(item.body.expose(), item.obj.release.is_some(), item.wave) {
+            Ok(hooks::Role::Object) => objects.push(item),
+            Ok(hooks::Role::Hook(hook)) => hook_items.push(hooks::HookItem { hook, item }),
+            Ok(hooks::Role::Skipped(kinds)) => skipped.push((item.obj.id.clone(), kinds)),
+            Err(reason) => refusals.push(Refusal {
+                id: item.obj.id.clone(),
+                source: item.obj.source.clone(),
+                reason,
+            }),
         }
     }
-    (objects, hook_items, skipped)
+    if refusals.is_empty() {
+        Ok((objects, hook_items, skipped))
+    } else {
+        Err(ApplyError::Validation {
+            refusals,
+            written: Written::Nothing,
+        })
+    }
 }
 
 /// For each release with hooks: whether the inventory held any of its objects (installed), and
@@ -1879,7 +2176,11 @@ fn release_states(
     revision: &str,
 ) -> BTreeMap<String, (bool, bool)> {
     let mut out = BTreeMap::new();
-    for release in hooks.iter().filter_map(|h| h.item.obj.release.as_deref()) {
+    for release in hooks
+        .iter()
+        .filter(|h| !h.hook.environment)
+        .filter_map(|h| h.item.obj.release.as_deref())
+    {
         if out.contains_key(release) {
             continue;
         }
@@ -1909,6 +2210,7 @@ fn resolve_items<'a>(
     owner: Option<&str>,
 ) -> Result<Vec<Item<'a>>, ApplyError> {
     let mut unknown = Vec::new();
+    let mut annotations = Vec::new();
     let mut items = Vec::new();
     for obj in &set.objects {
         let Some((target, deferred)) = resolver.resolve(&obj.api_version, &obj.id) else {
@@ -1939,6 +2241,14 @@ fn resolve_items<'a>(
         };
         let digest = applied_digest(body.expose(), digestible);
         annotate(body.expose_mut(), &digest);
+        let wave = waves::wave_of(body.expose()).unwrap_or_else(|reason| {
+            annotations.push(Refusal {
+                id: obj.id.clone(),
+                source: obj.source.clone(),
+                reason,
+            });
+            0
+        });
         items.push(Item {
             obj,
             target,
@@ -1948,12 +2258,19 @@ fn resolve_items<'a>(
             untouched: false,
             live: false,
             adopted: false,
+            wave,
+            early: false,
         });
     }
-    if unknown.is_empty() {
-        Ok(items)
-    } else {
+    if !unknown.is_empty() {
         Err(ApplyError::UnknownKind(unknown.join("\n")))
+    } else if !annotations.is_empty() {
+        Err(ApplyError::Validation {
+            refusals: annotations,
+            written: Written::Nothing,
+        })
+    } else {
+        Ok(items)
     }
 }
 
