@@ -17,6 +17,7 @@ mod first_day;
 mod gitserver;
 mod kustomize;
 mod kustomize_charts;
+mod ordering;
 mod peers_smoke;
 mod render;
 mod sops_commands;

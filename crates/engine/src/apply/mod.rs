@@ -1081,8 +1081,8 @@ pub struct Plan<'a> {
     /// Per release with hooks: whether it was installed before this apply, and whether anything
     /// of it changes (hooks run only then).
     releases: BTreeMap<String, (bool, bool)>,
-    /// Whether this apply changes the environment (a new revision, an object not as last
-    /// applied, something to prune): its environment hooks run only then.
+    /// Whether this apply changes the environment (a new revision, an object it writes,
+    /// something to prune): its environment hooks run only then.
     changed: bool,
 }
 
@@ -1095,9 +1095,9 @@ impl<'a> Plan<'a> {
         opts: &'a Options,
     ) -> Result<Plan<'a>, ApplyError> {
         let resolver = Resolver::new(client, set).await?;
-        let mut items = resolve_items(&resolver, set, opts.owner.as_deref())?;
+        let (mut items, refusals) = resolve_items(&resolver, set, opts.owner.as_deref())?;
         defer_missing_namespaces(client, &mut items, opts).await?;
-        let (mut items, hooks, skipped_hooks) = split_hooks(items)?;
+        let (mut items, hooks, skipped_hooks) = split_hooks(items, refusals)?;
         let inventory_api = inventory::api(client, &set.namespace);
         let previous = Inventory::read(&inventory_api, &set.project, &set.environment).await?;
         previous.check_owner(
@@ -1133,10 +1133,11 @@ impl<'a> Plan<'a> {
             item.live = live.contains_key(&key);
         }
         refuse_foreign(&items, &live, opts.owner.as_deref())?;
-        let releases = release_states(&items, &hooks, &previous, &opts.revision);
-        let changed = previous.revision != opts.revision
-            || items.iter().any(|i| !i.untouched)
-            || !stale.is_empty();
+        // Settled by `validate` once the dry run says what would be written.
+        let releases = release_states(&items, &hooks, &previous, &opts.revision, |i| {
+            !items[i].untouched
+        });
+        let changed = true;
         Ok(Plan {
             client,
             set,
@@ -1178,7 +1179,41 @@ impl<'a> Plan<'a> {
             )));
         }
         self.dry_run(&now, written).await?;
-        self.dry_run_hooks().await
+        self.dry_run_hooks().await?;
+        self.settle_changes();
+        Ok(())
+    }
+
+    /// Whether item `i` will be written: it is not as last applied, and its dry-run result
+    /// differs from the live object (or it was not checked yet: new, in a new namespace).
+    fn writes(&self, i: usize) -> bool {
+        let item = &self.items[i];
+        if item.untouched {
+            return false;
+        }
+        match self.results.get(&i) {
+            Some(Checked::Accepted(dry)) => !same(
+                dry.expose(),
+                self.live.get(&live_key(item)).map(SecretJson::expose),
+            ),
+            _ => true,
+        }
+    }
+
+    /// Decides, from the dry run, which releases and whether the environment change (hooks run
+    /// only then).
+    fn settle_changes(&mut self) {
+        let writes: Vec<bool> = (0..self.items.len()).map(|i| self.writes(i)).collect();
+        self.releases = release_states(
+            &self.items,
+            &self.hooks,
+            &self.previous,
+            &self.opts.revision,
+            |i| writes[i],
+        );
+        self.changed = self.previous.revision != self.opts.revision
+            || writes.iter().any(|&w| w)
+            || !self.stale.is_empty();
     }
 
     /// The dry run of every hook that can be checked now: not in a namespace the set creates,
@@ -1808,14 +1843,7 @@ impl<'a> Plan<'a> {
         // Lazy, over indices, as in `dry_run_all`.
         let work = group.iter().copied().map(|i| {
             let item = &self.items[i];
-            let unchanged = item.untouched
-                || match self.results.get(&i) {
-                    Some(Checked::Accepted(dry)) => same(
-                        dry.expose(),
-                        self.live.get(&live_key(item)).map(SecretJson::expose),
-                    ),
-                    _ => false,
-                };
+            let unchanged = !self.writes(i);
             let changed = if item.live {
                 Action::Configured
             } else {
@@ -2126,16 +2154,17 @@ fn refuse_foreign(
     Ok(())
 }
 
-/// Resolves, labels and annotates every object of the set; a kind nobody serves is an error.
-/// Takes the chart hooks out of the items: those lockstep runs (second), and those it never runs
-/// (third, with their hook kinds).
+/// Takes the hooks out of the items: those lockstep runs (second), and those it never runs
+/// (third, with their hook kinds). Hook annotations that make no sense join the `refusals` of
+/// [`resolve_items`]; any refusal is an error, before anything is written.
 #[allow(clippy::type_complexity)]
-fn split_hooks(
-    items: Vec<Item<'_>>,
+fn split_hooks<'a>(
+    items: Vec<Item<'a>>,
+    mut refusals: Vec<Refusal>,
 ) -> Result<
     (
-        Vec<Item<'_>>,
-        Vec<hooks::HookItem<'_>>,
+        Vec<Item<'a>>,
+        Vec<hooks::HookItem<'a>>,
         Vec<(ObjectId, String)>,
     ),
     ApplyError,
@@ -2143,7 +2172,6 @@ fn split_hooks(
     let mut objects = Vec::new();
     let mut hook_items = Vec::new();
     let mut skipped = Vec::new();
-    let mut refusals = Vec::new();
     for item in items {
         match hooks::role_of(item.body.expose(), item.obj.release.is_some(), item.wave) {
             Ok(hooks::Role::Object) => objects.push(item),
@@ -2167,13 +2195,14 @@ fn split_hooks(
 }
 
 /// For each release with hooks: whether the inventory held any of its objects (installed), and
-/// whether this apply changes it (new, an object not as last applied, or — a release of hooks
-/// only — a new revision).
+/// whether this apply changes it (new, an object it `writes`, or — a release of hooks only — a
+/// new revision).
 fn release_states(
     items: &[Item<'_>],
     hooks: &[hooks::HookItem<'_>],
     previous: &Inventory,
     revision: &str,
+    writes: impl Fn(usize) -> bool,
 ) -> BTreeMap<String, (bool, bool)> {
     let mut out = BTreeMap::new();
     for release in hooks
@@ -2184,31 +2213,33 @@ fn release_states(
         if out.contains_key(release) {
             continue;
         }
-        let own: Vec<&Item<'_>> = items
-            .iter()
-            .filter(|i| i.obj.release.as_deref() == Some(release))
+        let own: Vec<usize> = (0..items.len())
+            .filter(|&i| items[i].obj.release.as_deref() == Some(release))
             .collect();
-        let installed = own.iter().any(|i| {
+        let installed = own.iter().any(|&i| {
+            let obj = items[i].obj;
             previous
                 .entries
-                .contains(&InventoryEntry::of(&i.obj.id, &i.obj.api_version))
+                .contains(&InventoryEntry::of(&obj.id, &obj.api_version))
         });
         let changed = !installed
             || if own.is_empty() {
                 previous.revision != revision
             } else {
-                own.iter().any(|i| !i.untouched)
+                own.iter().any(|&i| writes(i))
             };
         out.insert(release.to_string(), (installed, changed));
     }
     out
 }
 
+/// Resolves, labels and annotates every object of the set and reads its wave; a kind nobody
+/// serves is an error, a wave that makes no sense a refusal (returned).
 fn resolve_items<'a>(
     resolver: &Resolver,
     set: &'a ApplySet,
     owner: Option<&str>,
-) -> Result<Vec<Item<'a>>, ApplyError> {
+) -> Result<(Vec<Item<'a>>, Vec<Refusal>), ApplyError> {
     let mut unknown = Vec::new();
     let mut annotations = Vec::new();
     let mut items = Vec::new();
@@ -2262,15 +2293,10 @@ fn resolve_items<'a>(
             early: false,
         });
     }
-    if !unknown.is_empty() {
-        Err(ApplyError::UnknownKind(unknown.join("\n")))
-    } else if !annotations.is_empty() {
-        Err(ApplyError::Validation {
-            refusals: annotations,
-            written: Written::Nothing,
-        })
+    if unknown.is_empty() {
+        Ok((items, annotations))
     } else {
-        Ok(items)
+        Err(ApplyError::UnknownKind(unknown.join("\n")))
     }
 }
 
