@@ -18,6 +18,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+pub mod depends;
 pub mod install;
 pub mod leader;
 pub mod metrics;
@@ -100,6 +101,33 @@ pub struct SyncSpec {
     /// How the project's repository and OCI charts are fetched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub charts: Option<ChartsSpec>,
+    /// Syncs that must be Ready (for their current spec) before this one applies; it waits with
+    /// reason `DependencyNotReady`, woken as soon as they are. Cycles are refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<Dependency>,
+}
+
+/// A Sync another one waits for.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Dependency {
+    /// Its name.
+    pub name: String,
+    /// Its namespace (default: this Sync's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// `same`: it must also have applied the commit this Sync is about to apply (both sync one
+    /// repository), as when a platform change and a team's change land in one commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<DependencyRevision>,
+}
+
+/// Which revision a dependency must have applied.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum DependencyRevision {
+    /// The commit this Sync is about to apply.
+    Same,
 }
 
 /// Access to chart repositories and registries.
@@ -608,10 +636,12 @@ struct SyncInputs {
     cache: PathBuf,
     timeout: Result<Duration, String>,
     tenant: Option<Client>,
+    /// Dependencies that must have applied the fetched commit (`revision: same`).
+    pins: Vec<depends::Pin>,
 }
 
 impl SyncInputs {
-    fn new(access: &Access, sync: &Sync, cache: &Path) -> SyncInputs {
+    fn new(access: &Access, sync: &Sync, cache: &Path, pins: &[depends::Pin]) -> SyncInputs {
         let timeout = duration_field(sync.spec.timeout.as_deref(), "timeout").map(|t| {
             t.unwrap_or_else(|| interval_of(sync))
                 .min(access.max_timeout)
@@ -623,6 +653,7 @@ impl SyncInputs {
             cache: cache.to_path_buf(),
             timeout,
             tenant: None,
+            pins: pins.to_vec(),
         }
     }
 
@@ -810,6 +841,9 @@ impl pipeline::Inputs for SyncInputs {
                 )));
             }
         };
+        if let Some(why) = self.pins.iter().find_map(|p| p.waiting(&fetched.revision)) {
+            return Err(StageError::Dependency(why));
+        }
         Ok(Fetched {
             snapshot: fetched.snapshot,
             revision: fetched.revision,
@@ -1019,8 +1053,13 @@ fn applied_outcome(done: &pipeline::Outcome, timeout: Duration) -> Outcome {
 }
 
 /// Runs the pipeline for one Sync.
-async fn run_pipeline(access: &Access, sync: &Sync, cache: &Path) -> Outcome {
-    let mut inputs = SyncInputs::new(access, sync, cache);
+async fn run_pipeline(
+    access: &Access,
+    sync: &Sync,
+    cache: &Path,
+    pins: &[depends::Pin],
+) -> Outcome {
+    let mut inputs = SyncInputs::new(access, sync, cache, pins);
     let request = Request {
         env: sync.spec.environment.clone(),
         ..Request::default()
@@ -1074,8 +1113,14 @@ pub struct Report {
 }
 
 /// Reconciles one `Sync` now and writes its status: `Reconciling` while it runs, then `Ready`
-/// (with the step's Reason) and `Stalled` when only a new commit or spec can help.
-pub async fn reconcile(access: &Access, sync: &Sync, cache: &Path) -> Result<Report, kube::Error> {
+/// (with the step's Reason) and `Stalled` when only a new commit or spec can help. `deps` is what
+/// its dependencies allow ([`depends::check`]): when it must wait, only its status is written.
+pub async fn reconcile(
+    access: &Access,
+    sync: &Sync,
+    cache: &Path,
+    deps: &depends::Verdict,
+) -> Result<Report, kube::Error> {
     let started = Instant::now();
     if !access.may_write() {
         return Err(kube::Error::Service(
@@ -1093,10 +1138,36 @@ pub async fn reconcile(access: &Access, sync: &Sync, cache: &Path) -> Result<Rep
         let outcome = Outcome::failed(Reason::Suspended, "suspended".into());
         return conclude(access, sync, outcome, started).await;
     }
+    let pins = match deps {
+        depends::Verdict::Go(pins) => pins,
+        depends::Verdict::Wait(why) => {
+            let outcome = Outcome::failed(Reason::DependencyNotReady, why.clone());
+            if says_already(sync, &outcome) {
+                // Woken by a dependency whose change does not change why this one waits: no
+                // write (dependents of this Sync are not woken again for nothing).
+                return Ok(Report {
+                    ok: false,
+                    duration: started.elapsed(),
+                    objects: None,
+                    revision: sync
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.last_applied_revision.clone()),
+                    reason: outcome.reason,
+                    changed: 0,
+                    drift_corrected: 0,
+                    attempted: None,
+                    message: outcome.message,
+                });
+            }
+            return conclude(access, sync, outcome, started).await;
+        }
+    };
     write_status(access, sync, &reconciling(sync)).await?;
     let render = access.probe.as_ref().map_or(Duration::ZERO, |p| p.time);
     let limit = pipeline_limit(sync, access.max_timeout, render);
-    let outcome = match tokio::time::timeout(limit, run_pipeline(access, sync, cache)).await {
+    let run = run_pipeline(access, sync, cache, pins);
+    let outcome = match tokio::time::timeout(limit, run).await {
         Ok(outcome) => outcome,
         Err(_) => Outcome::failed(
             Reason::ReconcileFailed,
@@ -1108,6 +1179,20 @@ pub async fn reconcile(access: &Access, sync: &Sync, cache: &Path) -> Result<Rep
         ),
     };
     conclude(access, sync, outcome, started).await
+}
+
+/// Whether the Sync's Ready condition already says `outcome` for its current spec.
+fn says_already(sync: &Sync, outcome: &Outcome) -> bool {
+    let Some(status) = &sync.status else {
+        return false;
+    };
+    status.observed_generation == sync.metadata.generation
+        && status.conditions.iter().any(|c| {
+            c.type_ == "Ready"
+                && c.status == "False"
+                && c.reason == outcome.reason.as_str()
+                && c.message == capped(&outcome.message)
+        })
 }
 
 /// Time a sync's steps may take together beyond their own bounds, for applying, pruning and
@@ -1558,7 +1643,11 @@ async fn reconcile_due(sync: Arc<Sync>, ctx: Arc<Context>) -> Result<Requeue, Sy
         return Ok(Requeue::requeue(wait));
     }
     let started = Instant::now();
-    let result = match isolated(reconcile(&ctx.access, &sync, &ctx.cache)).await {
+    let deps = match ctx.hub.syncs() {
+        Some(store) => depends::check(&sync, store),
+        None => depends::check(&sync, &|_: &str, _: &str| None),
+    };
+    let result = match isolated(reconcile(&ctx.access, &sync, &ctx.cache, &deps)).await {
         Ok(r) => r,
         Err(Panicked) => {
             let outcome = Outcome::failed(
@@ -1572,8 +1661,10 @@ async fn reconcile_due(sync: Arc<Sync>, ctx: Arc<Context>) -> Result<Requeue, Sy
     };
     let failures = schedule.map_or(0, |s| s.failures);
     let label = format!("{ns}/{name}");
+    // Waiting for a dependency is no failure: the watch wakes it, no back-off needed.
+    let waiting = matches!(&result, Ok(r) if r.reason == Reason::DependencyNotReady);
     let failures = match &result {
-        Ok(report) if report.ok => 0,
+        Ok(report) if report.ok || waiting => 0,
         _ => failures + 1,
     };
     log_report(&label, &result, Some(wait_after(&sync, failures)));
@@ -1591,7 +1682,7 @@ async fn reconcile_due(sync: Arc<Sync>, ctx: Arc<Context>) -> Result<Requeue, Sy
     );
     let retry = wait_after(&sync, failures);
     match result {
-        Ok(report) if report.ok => Ok(Requeue::requeue(retry)),
+        Ok(report) if report.ok || waiting => Ok(Requeue::requeue(retry)),
         Ok(report) => Err(SyncFailed {
             reason: report.reason.as_str().into(),
             retry,
@@ -1757,6 +1848,16 @@ pub async fn run_loop(access: Access, opts: &LoopOptions, cache: &Path, hub: Arc
                 }
             }
         })
+        .inspect({
+            let hub = hub.clone();
+            let store = reader.clone();
+            move |event| match event {
+                // Ready: its waiting dependents go; not Ready: they say the new reason.
+                Ok(watcher::Event::Apply(s)) => wake_dependents(&hub, &store, s, true),
+                Ok(watcher::Event::Delete(s)) => wake_dependents(&hub, &store, s, false),
+                _ => {}
+            }
+        })
         .applied_objects()
         .predicate_filter(spec_or_request, Default::default());
     let hooks = hub
@@ -1782,6 +1883,24 @@ pub async fn run_loop(access: Access, opts: &LoopOptions, cache: &Path, hub: Arc
         .await;
     hub.progress.end();
     hub.lifecycle.mark_drained();
+}
+
+/// Asks for a sync of the Syncs that depend on `changed` (only those waiting, when `waiting`):
+/// a dependency that became Ready wakes its dependents at once, one that failed or was deleted
+/// gets reported.
+fn wake_dependents(
+    hub: &server::Hub,
+    store: &kube::runtime::reflector::Store<Sync>,
+    changed: &Sync,
+    waiting: bool,
+) {
+    let (ns, name) = (changed.namespace().unwrap_or_default(), changed.name_any());
+    for s in store.state() {
+        if depends::names(&s, &ns, &name) && (!waiting || depends::is_waiting(&s)) {
+            hub.requests
+                .ask(&s.namespace().unwrap_or_default(), &s.name_any());
+        }
+    }
 }
 
 /// What the loop keeps of a Sync: everything but its managed fields and `kubectl`'s copy of the
@@ -1992,15 +2111,30 @@ pub async fn reconcile_all(
     if let Some(selector) = selector {
         params = params.labels(selector);
     }
-    for sync in api.list(&params).await?.items {
-        use kube::ResourceExt as _;
-        let label = format!(
-            "{}/{}",
-            sync.namespace().unwrap_or_default(),
-            sync.name_any()
-        );
-        let result = reconcile(access, &sync, cache).await;
+    let listed = depends::in_order(api.list(&params).await?.items);
+    // What each Sync's status says now: updated as each one is reconciled, so a dependency
+    // reconciled earlier in this pass counts with its new status.
+    let mut current: HashMap<(String, String), Arc<Sync>> = listed
+        .iter()
+        .map(|s| {
+            let key = (s.namespace().unwrap_or_default(), s.name_any());
+            (key, Arc::new(s.clone()))
+        })
+        .collect();
+    for sync in listed {
+        let (ns, name) = (sync.namespace().unwrap_or_default(), sync.name_any());
+        let label = format!("{ns}/{name}");
+        let deps = depends::check(&sync, &|ns: &str, name: &str| {
+            current.get(&(ns.to_string(), name.to_string())).cloned()
+        });
+        let result = reconcile(access, &sync, cache, &deps).await;
         log_report(&label, &result, None);
+        if let Ok(Some(fresh)) = Api::<Sync>::namespaced(access.client.clone(), &ns)
+            .get_opt(&name)
+            .await
+        {
+            current.insert((ns, name), Arc::new(fresh));
+        }
         if result?.ok {
             ok += 1;
         } else {
@@ -2056,6 +2190,7 @@ mod tests {
                 wait: None,
                 service_account_name: None,
                 charts: None,
+                depends_on: Vec::new(),
             },
         );
         s.metadata.generation = Some(generation);

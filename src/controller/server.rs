@@ -62,6 +62,11 @@ impl Hub {
         let _ = self.syncs.set(store);
     }
 
+    /// The loop's store of Syncs, once its watch runs.
+    pub fn syncs(&self) -> Option<&Store<Sync>> {
+        self.syncs.get()
+    }
+
     /// The Sync `namespace/name` as the loop's watch last saw it; `None` when it is unknown or the
     /// watch has not listed yet.
     pub fn sync(&self, namespace: &str, name: &str) -> Option<Arc<Sync>> {

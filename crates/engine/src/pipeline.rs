@@ -89,6 +89,9 @@ pub enum Reason {
     DriftDetected,
     /// The reconcile stopped unexpectedly (an internal error); retried with back-off.
     ReconcileFailed,
+    /// A Sync it depends on is not Ready, has not applied the same commit, or the dependencies
+    /// make a cycle (the controller's `spec.dependsOn`).
+    DependencyNotReady,
 }
 
 impl Reason {
@@ -108,6 +111,7 @@ impl Reason {
             Reason::Suspended => "Suspended",
             Reason::DriftDetected => "DriftDetected",
             Reason::ReconcileFailed => "ReconcileFailed",
+            Reason::DependencyNotReady => "DependencyNotReady",
         }
     }
 
@@ -165,13 +169,17 @@ pub enum StageError {
     /// A cluster step failed (its step follows from the error: see [`StageError::step`]).
     #[error("{0}")]
     Apply(ApplyError),
+    /// What the project depends on is not there yet (a dependency has not applied the fetched
+    /// commit): nothing was applied.
+    #[error("{0}")]
+    Dependency(String),
 }
 
 impl StageError {
     /// The step that failed.
     pub fn step(&self) -> Step {
         match self {
-            StageError::Fetch(_) => Step::Fetch,
+            StageError::Fetch(_) | StageError::Dependency(_) => Step::Fetch,
             StageError::Verify(_) | StageError::RolledBack(_) => Step::Verify,
             StageError::Render(_) => Step::Render,
             StageError::Keys(_) | StageError::Decrypt { .. } => Step::Decrypt,
@@ -190,6 +198,7 @@ impl StageError {
     pub fn reason(&self) -> Reason {
         match self {
             StageError::RolledBack(_) => Reason::RolledBack,
+            StageError::Dependency(_) => Reason::DependencyNotReady,
             _ => self.step().failure(),
         }
     }

@@ -4,6 +4,7 @@
 mod auth;
 mod charts;
 mod converge;
+mod depends;
 mod drift;
 mod faults;
 mod flux;

@@ -1,0 +1,407 @@
+//! Dependencies between Syncs (`spec.dependsOn`): a Sync applies only once every Sync it names is
+//! Ready for its current spec (and, with `revision: same`, has applied the commit this one is
+//! about to apply, from the same repository). Until then its status says which one it waits for
+//! and why (`Ready=False`, reason `DependencyNotReady`). It is woken by the watch the moment a
+//! dependency becomes Ready — no timer per hop. Cycles are refused with the cycle named.
+//!
+//! A dependency in another namespace is named with its Ready reason only: its message may name
+//! another tenant's objects.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use kube::ResourceExt;
+
+use super::{Dependency, DependencyRevision, Sync};
+
+/// Finds a Sync by (namespace, name).
+pub trait Lookup {
+    /// The Sync `namespace/name`, when known.
+    fn find(&self, namespace: &str, name: &str) -> Option<Arc<Sync>>;
+}
+
+impl Lookup for kube::runtime::reflector::Store<Sync> {
+    fn find(&self, namespace: &str, name: &str) -> Option<Arc<Sync>> {
+        self.get(&kube::runtime::reflector::ObjectRef::new(name).within(namespace))
+    }
+}
+
+impl<F: Fn(&str, &str) -> Option<Arc<Sync>>> Lookup for F {
+    fn find(&self, namespace: &str, name: &str) -> Option<Arc<Sync>> {
+        self(namespace, name)
+    }
+}
+
+/// A dependency with `revision: same`: the commit it last applied must be the one this Sync is
+/// about to apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pin {
+    /// `namespace/name` of the dependency.
+    pub label: String,
+    /// Its `status.lastAppliedRevision`.
+    pub applied: Option<String>,
+}
+
+impl Pin {
+    /// Why this Sync must still wait once it knows the `commit` it would apply (`None`: the
+    /// dependency applied that commit).
+    pub fn waiting(&self, commit: &str) -> Option<String> {
+        let applied = self.applied.as_deref().unwrap_or_default();
+        if !commit.is_empty() && applied.contains(commit) {
+            return None;
+        }
+        let theirs = if applied.is_empty() {
+            "nothing yet".to_string()
+        } else {
+            applied.to_string()
+        };
+        Some(format!(
+            "waiting for {} to apply commit {commit} (revision: same; it applied {theirs})",
+            self.label
+        ))
+    }
+}
+
+/// What the dependencies of a Sync allow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every dependency is Ready; the pins are checked once the commit is known.
+    Go(Vec<Pin>),
+    /// It must wait (or its dependencies make no sense): why.
+    Wait(String),
+}
+
+/// The longest chain of dependencies followed when looking for a cycle (a hostile spec cannot
+/// make the walk unbounded: each Sync is visited once anyway).
+const MAX_DEPTH: usize = 64;
+
+/// Decides whether `sync` may apply now, from what `syncs` knows of its dependencies.
+pub fn check(sync: &Sync, syncs: &impl Lookup) -> Verdict {
+    if sync.spec.depends_on.is_empty() {
+        return Verdict::Go(Vec::new());
+    }
+    let ns = sync.namespace().unwrap_or_default();
+    if let Some(cycle) = cycle(sync, syncs) {
+        return Verdict::Wait(format!(
+            "dependency cycle: {}; remove one of these dependsOn entries",
+            cycle.join(" → ")
+        ));
+    }
+    let mut pins = Vec::new();
+    for dep in &sync.spec.depends_on {
+        let dep_ns = dep.namespace.as_deref().unwrap_or(&ns);
+        let label = format!("{dep_ns}/{}", dep.name);
+        let Some(found) = syncs.find(dep_ns, &dep.name) else {
+            return Verdict::Wait(format!(
+                "waiting for {label}, which does not exist (spec.dependsOn); create it or remove the entry"
+            ));
+        };
+        if found.metadata.deletion_timestamp.is_some() {
+            return Verdict::Wait(format!("waiting for {label}, which is being deleted"));
+        }
+        if let Some(why) = not_ready(&found, dep_ns == ns) {
+            return Verdict::Wait(format!("waiting for {label} ({why})"));
+        }
+        if dep.revision == Some(DependencyRevision::Same) {
+            if found.spec.source.url != sync.spec.source.url {
+                return Verdict::Wait(format!(
+                    "dependsOn {label} has revision: same, but it syncs another repository; remove revision: same or point both at one repository"
+                ));
+            }
+            pins.push(Pin {
+                label,
+                applied: found
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.last_applied_revision.clone()),
+            });
+        }
+    }
+    Verdict::Go(pins)
+}
+
+/// Why a Sync is not Ready for its current spec (`None`: it is); its message only when `near`
+/// (same namespace).
+fn not_ready(sync: &Sync, near: bool) -> Option<String> {
+    let status = sync.status.as_ref();
+    let ready = status.and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
+    let Some(ready) = ready else {
+        return Some("not synced yet".into());
+    };
+    let current = status.and_then(|s| s.observed_generation) == sync.metadata.generation;
+    if ready.status == "True" && current {
+        return None;
+    }
+    if !current {
+        return Some("its new spec is not synced yet".into());
+    }
+    if near && !ready.message.is_empty() {
+        Some(format!("{}: {}", ready.reason, ready.message))
+    } else {
+        Some(ready.reason.clone())
+    }
+}
+
+/// The first cycle through `sync` its dependencies make, as `namespace/name` labels from `sync`
+/// back to it.
+fn cycle(sync: &Sync, syncs: &impl Lookup) -> Option<Vec<String>> {
+    let start = label(sync);
+    let mut seen = BTreeSet::new();
+    let mut path = vec![start.clone()];
+    walk(sync, syncs, &start, &mut seen, &mut path).then_some(path)
+}
+
+fn walk(
+    at: &Sync,
+    syncs: &impl Lookup,
+    start: &str,
+    seen: &mut BTreeSet<String>,
+    path: &mut Vec<String>,
+) -> bool {
+    if path.len() > MAX_DEPTH {
+        return false;
+    }
+    let ns = at.namespace().unwrap_or_default();
+    for dep in &at.spec.depends_on {
+        let dep_ns = dep.namespace.as_deref().unwrap_or(&ns);
+        let next = format!("{dep_ns}/{}", dep.name);
+        if next == start {
+            path.push(next);
+            return true;
+        }
+        if !seen.insert(next.clone()) {
+            continue;
+        }
+        if let Some(found) = syncs.find(dep_ns, &dep.name) {
+            path.push(next);
+            if walk(&found, syncs, start, seen, path) {
+                return true;
+            }
+            path.pop();
+        }
+    }
+    false
+}
+
+fn label(sync: &Sync) -> String {
+    format!(
+        "{}/{}",
+        sync.namespace().unwrap_or_default(),
+        sync.name_any()
+    )
+}
+
+/// `syncs` with every Sync after the ones it depends on (as far as they are listed; a cycle
+/// keeps its listed order and is refused by [`check`]).
+pub fn in_order(syncs: Vec<Sync>) -> Vec<Sync> {
+    fn depth(
+        at: &str,
+        by_label: &std::collections::HashMap<String, &Sync>,
+        on_path: &mut BTreeSet<String>,
+    ) -> usize {
+        let Some(sync) = by_label.get(at) else {
+            return 0;
+        };
+        if on_path.len() > MAX_DEPTH || !on_path.insert(at.to_string()) {
+            return 0;
+        }
+        let ns = sync.namespace().unwrap_or_default();
+        let deepest = sync
+            .spec
+            .depends_on
+            .iter()
+            .map(|d| {
+                let next = format!("{}/{}", d.namespace.as_deref().unwrap_or(&ns), d.name);
+                depth(&next, by_label, on_path) + 1
+            })
+            .max()
+            .unwrap_or(0);
+        on_path.remove(at);
+        deepest
+    }
+    let by_label: std::collections::HashMap<String, &Sync> =
+        syncs.iter().map(|s| (label(s), s)).collect();
+    let mut depths: Vec<usize> = syncs
+        .iter()
+        .map(|s| depth(&label(s), &by_label, &mut BTreeSet::new()))
+        .collect();
+    let mut indexed: Vec<(usize, Sync)> = depths.drain(..).zip(syncs.iter().cloned()).collect();
+    indexed.sort_by_key(|(d, _)| *d);
+    indexed.into_iter().map(|(_, s)| s).collect()
+}
+
+/// Whether `sync` names `namespace/name` among its dependencies.
+pub fn names(sync: &Sync, namespace: &str, name: &str) -> bool {
+    let ns = sync.namespace().unwrap_or_default();
+    sync.spec
+        .depends_on
+        .iter()
+        .any(|d: &Dependency| d.name == name && d.namespace.as_deref().unwrap_or(&ns) == namespace)
+}
+
+/// Whether `sync`'s status says it waits for a dependency (it is woken when one becomes Ready).
+pub fn is_waiting(sync: &Sync) -> bool {
+    sync.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.reason == super::Reason::DependencyNotReady.as_str())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::{SourceSpec, SyncSpec, SyncStatus};
+
+    fn sync(ns: &str, name: &str, deps: &[(&str, Option<&str>)]) -> Sync {
+        let mut s = Sync::new(
+            name,
+            SyncSpec {
+                source: SourceSpec {
+                    url: "https://git.example/repo.git".into(),
+                    git_ref: None,
+                    path: None,
+                    secret_ref: None,
+                    verify: None,
+                },
+                environment: "dev".into(),
+                interval: None,
+                prune: None,
+                prune_protected: None,
+                allow_mass_prune: None,
+                suspend: None,
+                decryption: None,
+                webhook: None,
+                drift_mode: None,
+                retry_interval: None,
+                timeout: None,
+                wait: None,
+                service_account_name: None,
+                charts: None,
+                depends_on: deps
+                    .iter()
+                    .map(|(n, ns)| Dependency {
+                        name: n.to_string(),
+                        namespace: ns.map(str::to_string),
+                        revision: None,
+                    })
+                    .collect(),
+            },
+        );
+        s.metadata.namespace = Some(ns.into());
+        s.metadata.generation = Some(1);
+        s
+    }
+
+    fn with_ready(mut s: Sync, status: &str, reason: &str, message: &str) -> Sync {
+        s.status = Some(SyncStatus {
+            conditions: vec![super::super::Condition {
+                type_: "Ready".into(),
+                status: status.into(),
+                reason: reason.into(),
+                message: message.into(),
+                last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    jiff::Timestamp::UNIX_EPOCH,
+                ),
+                observed_generation: Some(1),
+            }],
+            observed_generation: Some(1),
+            last_applied_revision: Some("main@sha1:abc123".into()),
+            ..SyncStatus::default()
+        });
+        s
+    }
+
+    fn lookup(all: Vec<Sync>) -> impl Fn(&str, &str) -> Option<Arc<Sync>> {
+        move |ns: &str, name: &str| {
+            all.iter()
+                .find(|s| s.namespace().as_deref() == Some(ns) && s.name_any() == name)
+                .cloned()
+                .map(Arc::new)
+        }
+    }
+
+    #[test]
+    fn a_sync_waits_for_each_dependency_and_says_why() {
+        let a = with_ready(
+            sync("t", "a", &[]),
+            "False",
+            "HealthCheckFailed",
+            "Deployment web: 0/1 ready",
+        );
+        let b = sync("t", "b", &[("a", None)]);
+        let all = lookup(vec![a.clone(), b.clone()]);
+        assert_eq!(
+            check(&b, &all),
+            Verdict::Wait("waiting for t/a (HealthCheckFailed: Deployment web: 0/1 ready)".into())
+        );
+        let all = lookup(vec![with_ready(a, "True", "Succeeded", ""), b.clone()]);
+        assert_eq!(check(&b, &all), Verdict::Go(Vec::new()));
+        let Verdict::Wait(why) = check(&sync("t", "c", &[("gone", None)]), &all) else {
+            panic!("a missing dependency waits");
+        };
+        assert!(why.contains("t/gone, which does not exist"), "{why}");
+    }
+
+    #[test]
+    fn another_namespaces_dependency_is_named_with_its_reason_only() {
+        let a = with_ready(
+            sync("platform", "a", &[]),
+            "False",
+            "ApplyFailed",
+            "secret-name-of-theirs",
+        );
+        let b = sync("team", "b", &[("a", Some("platform"))]);
+        let all = lookup(vec![a, b.clone()]);
+        assert_eq!(
+            check(&b, &all),
+            Verdict::Wait("waiting for platform/a (ApplyFailed)".into())
+        );
+    }
+
+    #[test]
+    fn cycles_are_refused_with_the_cycle_named() {
+        let a = sync("t", "a", &[("c", None)]);
+        let b = sync("t", "b", &[("a", None)]);
+        let c = sync("t", "c", &[("b", None)]);
+        let all = lookup(vec![a.clone(), b, c]);
+        let Verdict::Wait(why) = check(&a, &all) else {
+            panic!("a cycle is refused");
+        };
+        assert_eq!(
+            why,
+            "dependency cycle: t/a → t/c → t/b → t/a; remove one of these dependsOn entries"
+        );
+        let own = sync("t", "self", &[("self", None)]);
+        assert!(
+            matches!(check(&own, &lookup(vec![own.clone()])), Verdict::Wait(w) if w.contains("t/self → t/self"))
+        );
+    }
+
+    #[test]
+    fn the_once_pass_reconciles_dependencies_first() {
+        let c = sync("t", "c", &[("b", None)]);
+        let b = sync("t", "b", &[("a", None)]);
+        let a = sync("t", "a", &[]);
+        let names: Vec<String> = in_order(vec![c, b, a])
+            .iter()
+            .map(|s| s.name_any())
+            .collect();
+        assert_eq!(names, ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn a_same_revision_pin_waits_until_the_dependency_applied_the_commit() {
+        let pin = Pin {
+            label: "t/a".into(),
+            applied: Some("main@sha1:abc123".into()),
+        };
+        assert_eq!(pin.waiting("abc123"), None);
+        let why = pin.waiting("def456").expect("waits");
+        assert!(
+            why.contains("t/a to apply commit def456")
+                && why.contains("it applied main@sha1:abc123"),
+            "{why}"
+        );
+    }
+}

@@ -1,0 +1,128 @@
+//! `spec.dependsOn` with the controller loop: a chain A → B → C where B waits (its status names
+//! A and A's reason) while A fails, C becomes Ready within 2 s of B (woken by the watch; their
+//! intervals are an hour), a cycle is refused with the cycle named, a deleted dependency is
+//! reported.
+
+use super::*;
+
+/// Waits up to `seconds` for `check`.
+async fn within(seconds: u64, what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    while std::time::Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("timed out after {seconds}s waiting for {what}");
+}
+
+/// The Ready condition of Sync `name`: (status, reason, message, lastTransitionTime).
+async fn condition(api: &Api<DynamicObject>, name: &str) -> (String, String, String, String) {
+    let Ok(sync) = api.get(name).await else {
+        return Default::default();
+    };
+    let (status, reason, message) = ready(&sync);
+    let time = sync.data["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+        .and_then(|c| c["lastTransitionTime"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    (status, reason, message, time)
+}
+
+fn seconds(time: &str) -> i64 {
+    time.parse::<jiff::Timestamp>()
+        .expect("a timestamp")
+        .as_second()
+}
+
+#[tokio::test]
+async fn a_chain_of_syncs_waits_says_why_and_wakes_at_once() {
+    let f = need!("control plane", fixture("depends").await);
+    let ns = f.sync_ns.clone();
+    let cm = |name: &str| {
+        format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}}}\ndata: {{x: y}}\n")
+    };
+    let repo_a = project_repo("a", &ns, &[("a.yaml", BROKEN)]);
+    let repo_b = project_repo("b", &ns, &[("b.yaml", &cm("b"))]);
+    let repo_c = project_repo("c", &ns, &[("c.yaml", &cm("c"))]);
+    let api = syncs(&f.client, &ns);
+    let home = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let _loop = spawn_loop(
+        &f.controller_kubeconfig,
+        &["-n", &ns],
+        port,
+        home.path(),
+        "loop",
+        &[],
+    );
+    create_local_sync(
+        &api,
+        "a",
+        repo_a.path(),
+        serde_json::json!({"retryInterval": "1s"}),
+    )
+    .await;
+    let after = |dep: &str| serde_json::json!({"interval": "1h", "dependsOn": [{"name": dep}]});
+    create_local_sync(&api, "b", repo_b.path(), after("a")).await;
+    create_local_sync(&api, "c", repo_c.path(), after("b")).await;
+
+    // A fails to render: B waits, naming A and its reason; C waits for B.
+    within(30, "b waiting for a", async || {
+        let (status, reason, message, _) = condition(&api, "b").await;
+        status == "False"
+            && reason == "DependencyNotReady"
+            && message.starts_with(&format!("waiting for {ns}/a (RenderFailed: "))
+    })
+    .await;
+    within(30, "c waiting for b", async || {
+        let (_, reason, message, _) = condition(&api, "c").await;
+        reason == "DependencyNotReady" && message.starts_with(&format!("waiting for {ns}/b ("))
+    })
+    .await;
+    assert!(
+        objects_of(&f.client, &ns, ("", "v1", "ConfigMap", "configmaps"))
+            .await
+            .is_empty(),
+        "nothing of B or C was applied"
+    );
+
+    // A is fixed: A, then B, then C, each woken by the one before.
+    std::fs::remove_file(repo_a.path().join("templates/a.yaml")).expect("rm");
+    commit_template(repo_a.path(), "a2.yaml", &cm("a"));
+    within(60, "c ready", async || {
+        condition(&api, "c").await.0 == "True"
+    })
+    .await;
+    let (_, _, _, b_ready) = condition(&api, "b").await;
+    let (_, _, _, c_ready) = condition(&api, "c").await;
+    let hop = seconds(&c_ready) - seconds(&b_ready);
+    assert!(
+        (0..=2).contains(&hop),
+        "C Ready {hop}s after B (B {b_ready}, C {c_ready})"
+    );
+
+    // A cycle: refused with the cycle named.
+    let repo_d = project_repo("d", &ns, &[("d.yaml", &cm("d"))]);
+    create_local_sync(&api, "d", repo_d.path(), after("e")).await;
+    create_local_sync(&api, "e", repo_d.path(), after("d")).await;
+    within(30, "d refused as a cycle", async || {
+        let (_, reason, message, _) = condition(&api, "d").await;
+        reason == "DependencyNotReady"
+            && message.contains(&format!("dependency cycle: {ns}/d → {ns}/e → {ns}/d"))
+    })
+    .await;
+
+    // A deleted dependency is reported at once (B's interval is an hour).
+    api.delete("a", &Default::default())
+        .await
+        .expect("delete a");
+    within(60, "b reporting a gone", async || {
+        let (_, reason, message, _) = condition(&api, "b").await;
+        reason == "DependencyNotReady" && message.contains(&format!("{ns}/a, which does not exist"))
+    })
+    .await;
+}
