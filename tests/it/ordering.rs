@@ -47,14 +47,19 @@ impl Project {
         std::fs::write(path, content).expect("write");
     }
 
-    /// `lockstep apply --wait=false` with `--set` for each of `sets`.
+    /// `lockstep apply --wait=false` of `dev` with `--set` for each of `sets`.
     fn apply(&self, sets: &[&str]) -> Output {
+        self.apply_env("dev", sets)
+    }
+
+    /// `lockstep apply --wait=false` of `env` with `--set` for each of `sets`.
+    fn apply_env(&self, env: &str, sets: &[&str]) -> Output {
         let dir = self.dir.path().to_string_lossy().into_owned();
         let mut args = vec![
             "apply",
             "--wait=false",
             "--env",
-            "dev",
+            env,
             "--kubeconfig",
             &self.kubeconfig,
         ];
@@ -524,5 +529,61 @@ async fn ordering_annotations_that_make_no_sense_are_refused_before_anything_is_
             .iter()
             .all(|c| c.metadata.name.as_deref() == Some("kube-root-ca.crt")),
         "nothing was written"
+    );
+}
+
+#[tokio::test]
+async fn an_environment_applies_only_once_the_environments_it_depends_on_are_applied_and_healthy() {
+    let cluster = need!("control plane", support::cluster());
+    let client = cluster.admin().await;
+    let platform = cluster.namespace(&client, "platform").await;
+    let team = cluster.namespace(&client, "team").await;
+    let p = Project::new(&cluster, "layers", &platform);
+    p.write(
+        "lockstep.yaml",
+        &format!(
+            "project: layers\nenvironments:\n  platform: {{namespace: {platform}}}\n  team: {{namespace: {team}, dependsOn: [platform]}}\n"
+        ),
+    );
+    p.write(
+        "templates/app.yaml",
+        &deployment("app", "    lockstep.dev/wave: \"0\"\n", "nginx:1.27"),
+    );
+    let out = p.apply_env("team", &[]);
+    support::fails_saying(
+        &out,
+        &[
+            "environment team depends on platform",
+            "it is not applied in this cluster",
+            "lockstep apply --env platform",
+            "nothing was applied",
+        ],
+    );
+    assert!(
+        Api::<Deployment>::namespaced(client.clone(), &team)
+            .get_opt("app")
+            .await
+            .expect("get")
+            .is_none()
+    );
+    support::assert_success(&p.apply_env("platform", &[]));
+    let out = p.apply_env("team", &[]);
+    support::assert_success(&out);
+    assert!(
+        stderr(&out).contains("wait for environment platform (dependsOn)"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Environments that depend on each other: refused when the project is read.
+    p.write(
+        "lockstep.yaml",
+        &format!(
+            "project: layers\nenvironments:\n  platform: {{namespace: {platform}, dependsOn: [team]}}\n  team: {{namespace: {team}, dependsOn: [platform]}}\n"
+        ),
+    );
+    support::fails_saying(
+        &p.apply_env("team", &[]),
+        &["lockstep.yaml", "in a cycle: platform → team → platform"],
     );
 }

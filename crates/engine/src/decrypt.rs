@@ -221,6 +221,8 @@ pub struct ApplySet {
     /// What the set's checks found that stops nothing (a chart that renders differently on each
     /// run), told at apply.
     pub notes: Vec<String>,
+    /// The environments that must be applied and healthy first (`dependsOn`).
+    pub needs: Vec<crate::render::project::Needed>,
 }
 
 /// Converts a YAML value to JSON (tags dropped, non-string keys as their YAML text).
@@ -454,6 +456,7 @@ pub fn decrypt(
         sealed: Vec::new(),
         profile: rendered.profile.clone(),
         notes,
+        needs: rendered.needs.clone(),
     })
 }
 

@@ -198,7 +198,9 @@ impl StageError {
     pub fn reason(&self) -> Reason {
         match self {
             StageError::RolledBack(_) => Reason::RolledBack,
-            StageError::Dependency(_) => Reason::DependencyNotReady,
+            StageError::Dependency(_) | StageError::Apply(ApplyError::Dependency { .. }) => {
+                Reason::DependencyNotReady
+            }
             _ => self.step().failure(),
         }
     }
@@ -497,6 +499,9 @@ pub async fn converge(
     for note in &set.notes {
         progress(&Event::Note(note.clone()));
     }
+    plan.dependencies(progress)
+        .await
+        .map_err(StageError::Apply)?;
     validate(&mut plan, progress).await?;
     match write(&mut plan, progress).await {
         Err(e) => {

@@ -156,6 +156,7 @@ pub fn keyless(rendered: &Rendered, snapshot: &Snapshot) -> Keyless {
             sealed,
             profile: rendered.profile.clone(),
             notes: Vec::new(),
+            needs: rendered.needs.clone(),
         },
         unreadable,
     }

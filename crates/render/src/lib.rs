@@ -93,6 +93,8 @@ pub struct Rendered {
     pub reruns: Vec<chart::Rerun>,
     /// The environment's cluster profile, when it has charts (apply compares it with the cluster).
     pub profile: Option<project::Profile>,
+    /// The environments it depends on (`dependsOn`).
+    pub needs: Vec<project::Needed>,
 }
 
 impl Rendered {
@@ -451,6 +453,7 @@ pub fn render(snapshot: &Snapshot, req: &Request) -> Result<Rendered, Diagnostic
         profile: (project.charts.values().any(|c| c.applies_to(env_name))
             || !overlay_releases.is_empty())
         .then(|| environment.profile()),
+        needs: project.needed(env_name),
     })
 }
 

@@ -175,6 +175,19 @@ pub struct Environment {
     /// `kustomize build`; its objects join the environment's.
     #[serde(default)]
     pub kustomize: Option<String>,
+    /// Environments of the project that must be applied and healthy in the cluster before this
+    /// one is applied (`lockstep apply` waits for them within its timeout, then refuses).
+    #[serde(default, rename = "dependsOn")]
+    pub depends_on: Vec<String>,
+}
+
+/// An environment another one depends on, as apply finds it in the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Needed {
+    /// Its name.
+    pub environment: String,
+    /// Its namespace (where its inventory is).
+    pub namespace: String,
 }
 
 /// What charts are rendered for: the Kubernetes version and extra API versions Helm's
@@ -311,7 +324,27 @@ impl Project {
                 at(&needle, format!("chart {release}: {message}"), &help)
             })?;
         }
+        check_dependencies(&project)
+            .map_err(|(needle, message, help)| at(&needle, message, &help))?;
         Ok(project)
+    }
+
+    /// The environments `name` depends on, with their namespaces.
+    pub fn needed(&self, name: &str) -> Vec<Needed> {
+        self.environments
+            .get(name)
+            .map(|e| {
+                e.depends_on
+                    .iter()
+                    .filter_map(|d| {
+                        self.environments.get(d).map(|dep| Needed {
+                            environment: d.clone(),
+                            namespace: dep.namespace.clone(),
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// The environment called `name`, or an error listing the defined ones.
@@ -326,6 +359,57 @@ impl Project {
                 ))
         })
     }
+}
+
+/// Checks `dependsOn`: defined environments only, and no cycle. On error: the text to point at,
+/// the message and what to do.
+fn check_dependencies(project: &Project) -> Result<(), (String, String, String)> {
+    for (name, env) in &project.environments {
+        for dep in &env.depends_on {
+            if !project.environments.contains_key(dep) {
+                return Err((
+                    "dependsOn".into(),
+                    format!(
+                        "environment {name}: dependsOn names {dep:?}, which is not an environment of this project"
+                    ),
+                    "name environments defined under `environments:`".into(),
+                ));
+            }
+        }
+        // Depth-first from `name`: a path back to it is a cycle.
+        let mut path = vec![name.clone()];
+        if let Some(cycle) = cycle_from(project, name, &mut path) {
+            return Err((
+                "dependsOn".into(),
+                format!(
+                    "environments depend on each other in a cycle: {}",
+                    cycle.join(" → ")
+                ),
+                "remove one of these dependsOn entries".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn cycle_from(project: &Project, start: &str, path: &mut Vec<String>) -> Option<Vec<String>> {
+    let at = path.last()?.clone();
+    for dep in &project.environments.get(&at)?.depends_on {
+        if dep == start {
+            let mut cycle = path.clone();
+            cycle.push(dep.clone());
+            return Some(cycle);
+        }
+        if path.contains(dep) || path.len() > project.environments.len() {
+            continue;
+        }
+        path.push(dep.clone());
+        if let Some(c) = cycle_from(project, start, path) {
+            return Some(c);
+        }
+        path.pop();
+    }
+    None
 }
 
 /// Checks one chart entry: a release name Helm accepts, a chart directory and values template

@@ -299,6 +299,31 @@ impl Stale {
     }
 }
 
+/// The API of an inventoried object: the version it was applied with, else the one the cluster
+/// recommends now (an upgrade may have retired the old version; the object is still there).
+/// `None` when the kind is not served right now.
+pub(crate) fn api_for(
+    client: &Client,
+    discovery: &Discovery,
+    entry: &InventoryEntry,
+) -> Option<Api<DynamicObject>> {
+    let version = entry
+        .api_version
+        .rsplit_once('/')
+        .map_or(entry.api_version.as_str(), |(_, v)| v);
+    let group = group_of(&entry.api_version);
+    let gvk = GroupVersionKind::gvk(group, version, &entry.kind);
+    let (ar, caps) = discovery.resolve_gvk(&gvk).or_else(|| {
+        discovery
+            .get(group)
+            .and_then(|g| g.recommended_kind(&entry.kind))
+    })?;
+    Some(match (caps.scope, &entry.namespace) {
+        (Scope::Namespaced, Some(ns)) => Api::namespaced_with(client.clone(), ns, &ar),
+        _ => Api::all_with(client.clone(), &ar),
+    })
+}
+
 /// Reads one stale object: protected kinds are kept without consent, kinds not served right now
 /// stay inventoried, an object already gone is forgotten.
 pub(crate) async fn read_stale(
@@ -318,20 +343,7 @@ pub(crate) async fn read_stale(
             true,
         );
     }
-    let version = entry
-        .api_version
-        .rsplit_once('/')
-        .map_or(entry.api_version.as_str(), |(_, v)| v);
-    let gvk = GroupVersionKind::gvk(group_of(&entry.api_version), version, &entry.kind);
-    // The version it was applied with, else the one the cluster recommends now (an upgrade may
-    // have retired the old version; the object is still there).
-    let group = group_of(&entry.api_version);
-    let found = discovery.resolve_gvk(&gvk).or_else(|| {
-        discovery
-            .get(group)
-            .and_then(|g| g.recommended_kind(&entry.kind))
-    });
-    let Some((ar, caps)) = found else {
+    let Some(api) = api_for(client, discovery, entry) else {
         // Not served at all right now (a CRD being reinstalled, discovery briefly incomplete):
         // kept in the inventory, so it is still pruned once it is served again.
         return decided(
@@ -342,10 +354,6 @@ pub(crate) async fn read_stale(
             ),
             true,
         );
-    };
-    let api: Api<DynamicObject> = match (caps.scope, &entry.namespace) {
-        (Scope::Namespaced, Some(ns)) => Api::namespaced_with(client.clone(), ns, &ar),
-        _ => Api::all_with(client.clone(), &ar),
     };
     match api.get_opt(&entry.name).await {
         Ok(Some(o)) => Stale::Live(Box::new((api, o))),

@@ -305,6 +305,16 @@ pub enum ApplyError {
     /// A wave's objects did not become healthy: the later waves were not applied.
     #[error("{0}")]
     Wave(Box<WaveFailure>),
+    /// An environment this one depends on is not applied or not healthy.
+    #[error("environment {environment} depends on {needed}: {why}; nothing was applied")]
+    Dependency {
+        /// This environment.
+        environment: String,
+        /// The one it depends on.
+        needed: String,
+        /// What is missing.
+        why: String,
+    },
 }
 
 /// A wave whose objects did not become healthy.
@@ -1156,6 +1166,62 @@ impl<'a> Plan<'a> {
             releases,
             changed,
         })
+    }
+
+    /// Dependencies: every environment the set depends on (`dependsOn`) is applied in this
+    /// cluster (it has an inventory) and its objects are healthy, waited within the timeout. A
+    /// preview only says what is missing.
+    pub async fn dependencies(&self, progress: &mut impl FnMut(&Event)) -> Result<(), ApplyError> {
+        for need in &self.set.needs {
+            let env = &need.environment;
+            let api = inventory::api(self.client, &need.namespace);
+            let found = Inventory::read(&api, &self.set.project, env).await?;
+            let why = if found.entries.is_empty() {
+                Some(format!(
+                    "it is not applied in this cluster (no inventory {}/{}); apply it first: lockstep apply --env {env}",
+                    need.namespace,
+                    inventory::name(&self.set.project, env)
+                ))
+            } else {
+                let watched: Vec<(ObjectId, Api<DynamicObject>)> = found
+                    .entries
+                    .iter()
+                    .filter(|e| health::has_rule(&e.id()))
+                    .filter_map(|e| {
+                        inventory::api_for(self.client, &self.resolver.discovery, e)
+                            .map(|api| (e.id(), api))
+                    })
+                    .collect();
+                progress(&Event::Stage(
+                    format!("wait for environment {env} (dependsOn)"),
+                    watched.len(),
+                ));
+                let timeout = if self.opts.dry_run {
+                    Duration::ZERO
+                } else {
+                    self.opts.timeout
+                };
+                let left = health::wait(self.client, &watched, timeout).await?;
+                left.into_iter()
+                    .next()
+                    .map(|(id, why)| format!("{id} is not healthy: {why}"))
+            };
+            if let Some(why) = why {
+                if self.opts.dry_run {
+                    progress(&Event::Note(format!(
+                        "environment {} depends on {env}: {why}",
+                        self.set.environment
+                    )));
+                    continue;
+                }
+                return Err(ApplyError::Dependency {
+                    environment: self.set.environment.clone(),
+                    needed: env.clone(),
+                    why,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Validate: a strict server-side dry run of every object that can be checked now (objects of
@@ -2095,6 +2161,7 @@ pub async fn prune_everything(
         sealed: Vec::new(),
         profile: None,
         notes: Vec::new(),
+        needs: Vec::new(),
     };
     let opts = Options {
         prune: true,
