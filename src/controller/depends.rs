@@ -379,6 +379,28 @@ mod tests {
     }
 
     #[test]
+    fn a_long_chain_or_a_wide_fan_is_walked_within_bounds() {
+        // 5,000 Syncs in a chain and each naming every earlier one: the cycle search visits each
+        // once and stops at MAX_DEPTH, and no stack grows with the chain.
+        let mut all: Vec<Sync> = (0..5000)
+            .map(|i| {
+                let dep = format!("s{}", i + 1);
+                sync("t", &format!("s{i}"), &[(dep.as_str(), None)])
+            })
+            .collect();
+        all[0].spec.depends_on.extend((1..200).map(|i| Dependency {
+            name: format!("s{i}"),
+            namespace: None,
+            revision: None,
+        }));
+        let first = all[0].clone();
+        let started = std::time::Instant::now();
+        let verdict = check(&first, &lookup(all));
+        assert!(matches!(verdict, Verdict::Wait(_)), "{verdict:?}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    }
+
+    #[test]
     fn the_once_pass_reconciles_dependencies_first() {
         let c = sync("t", "c", &[("b", None)]);
         let b = sync("t", "b", &[("a", None)]);
