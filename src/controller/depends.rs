@@ -239,58 +239,56 @@ pub fn names(sync: &Sync, namespace: &str, name: &str) -> bool {
         .any(|d: &Dependency| d.name == name && d.namespace.as_deref().unwrap_or(&ns) == namespace)
 }
 
-/// Whether `sync`'s status says it waits for a dependency (it is woken when one becomes Ready).
-pub fn is_waiting(sync: &Sync) -> bool {
-    sync.status.as_ref().is_some_and(|s| {
-        s.conditions
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.reason == super::Reason::DependencyNotReady.as_str())
-    })
+/// The Syncs that wait for a dependency, by (namespace, name): woken when one changes. A Sync is
+/// marked *before* its dependencies are checked and cleared only once a reconcile ended for
+/// another reason, so a dependency that changes between the check and the status write still
+/// wakes it (its status alone would not say it waits yet).
+#[derive(Debug, Default)]
+pub struct Waiting(std::sync::Mutex<BTreeSet<(String, String)>>);
+
+impl Waiting {
+    /// Marks `namespace/name` as waiting (or about to check).
+    pub fn mark(&self, namespace: &str, name: &str) {
+        if let Ok(mut w) = self.0.lock() {
+            w.insert((namespace.to_string(), name.to_string()));
+        }
+    }
+
+    /// `namespace/name` no longer waits.
+    pub fn clear(&self, namespace: &str, name: &str) {
+        if let Ok(mut w) = self.0.lock() {
+            w.remove(&(namespace.to_string(), name.to_string()));
+        }
+    }
+
+    /// Whether `namespace/name` waits.
+    pub fn contains(&self, namespace: &str, name: &str) -> bool {
+        self.0
+            .lock()
+            .is_ok_and(|w| w.contains(&(namespace.to_string(), name.to_string())))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::{SourceSpec, SyncSpec, SyncStatus};
+    use crate::controller::SyncStatus;
 
     fn sync(ns: &str, name: &str, deps: &[(&str, Option<&str>)]) -> Sync {
-        let mut s = Sync::new(
-            name,
-            SyncSpec {
-                source: SourceSpec {
-                    url: "https://git.example/repo.git".into(),
-                    git_ref: None,
-                    path: None,
-                    secret_ref: None,
-                    verify: None,
-                },
-                environment: "dev".into(),
-                interval: None,
-                prune: None,
-                prune_protected: None,
-                allow_mass_prune: None,
-                suspend: None,
-                decryption: None,
-                webhook: None,
-                drift_mode: None,
-                retry_interval: None,
-                timeout: None,
-                wait: None,
-                service_account_name: None,
-                charts: None,
-                depends_on: deps
-                    .iter()
-                    .map(|(n, ns)| Dependency {
-                        name: n.to_string(),
-                        namespace: ns.map(str::to_string),
-                        revision: None,
-                    })
-                    .collect(),
-            },
-        );
-        s.metadata.namespace = Some(ns.into());
-        s.metadata.generation = Some(1);
-        s
+        let deps: Vec<serde_json::Value> = deps
+            .iter()
+            .map(|(n, ns)| serde_json::json!({"name": n, "namespace": ns}))
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "lockstep.dev/v1alpha1", "kind": "Sync",
+            "metadata": {"name": name, "namespace": ns, "generation": 1},
+            "spec": {
+                "source": {"url": "https://git.example/repo.git"},
+                "environment": "dev",
+                "dependsOn": deps
+            }
+        }))
+        .expect("a Sync")
     }
 
     fn with_ready(mut s: Sync, status: &str, reason: &str, message: &str) -> Sync {

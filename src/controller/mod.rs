@@ -1620,6 +1620,7 @@ async fn reconcile_due(sync: Arc<Sync>, ctx: Arc<Context>) -> Result<Requeue, Sy
                 // Gone for good: nothing of it stays in the loop's memory or the metrics.
                 lock(&ctx.schedules).remove(&key_of(&sync));
                 ctx.hub.metrics.forget(&ns, &name);
+                ctx.hub.waiting.clear(&ns, &name);
                 Ok(Requeue::await_change())
             }
             Ok(Err(why)) => {
@@ -1643,6 +1644,9 @@ async fn reconcile_due(sync: Arc<Sync>, ctx: Arc<Context>) -> Result<Requeue, Sy
         return Ok(Requeue::requeue(wait));
     }
     let started = Instant::now();
+    if !sync.spec.depends_on.is_empty() {
+        ctx.hub.waiting.mark(&ns, &name);
+    }
     let deps = match ctx.hub.syncs() {
         Some(store) => depends::check(&sync, store),
         None => depends::check(&sync, &|_: &str, _: &str| None),
@@ -1663,6 +1667,9 @@ async fn reconcile_due(sync: Arc<Sync>, ctx: Arc<Context>) -> Result<Requeue, Sy
     let label = format!("{ns}/{name}");
     // Waiting for a dependency is no failure: the watch wakes it, no back-off needed.
     let waiting = matches!(&result, Ok(r) if r.reason == Reason::DependencyNotReady);
+    if !waiting {
+        ctx.hub.waiting.clear(&ns, &name);
+    }
     let failures = match &result {
         Ok(report) if report.ok || waiting => 0,
         _ => failures + 1,
@@ -1896,9 +1903,11 @@ fn wake_dependents(
 ) {
     let (ns, name) = (changed.namespace().unwrap_or_default(), changed.name_any());
     for s in store.state() {
-        if depends::names(&s, &ns, &name) && (!waiting || depends::is_waiting(&s)) {
-            hub.requests
-                .ask(&s.namespace().unwrap_or_default(), &s.name_any());
+        let (their_ns, their_name) = (s.namespace().unwrap_or_default(), s.name_any());
+        if depends::names(&s, &ns, &name)
+            && (!waiting || hub.waiting.contains(&their_ns, &their_name))
+        {
+            hub.requests.ask(&their_ns, &their_name);
         }
     }
 }

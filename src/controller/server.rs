@@ -38,6 +38,8 @@ pub struct Hub {
     pub lifecycle: Lifecycle,
     /// Syncs asked for by webhooks.
     pub requests: Requests,
+    /// Syncs waiting for a dependency.
+    pub waiting: super::depends::Waiting,
     /// What the controller exports on `/metrics`.
     pub metrics: super::metrics::Metrics,
     /// The loop's signs of life (`/healthz`).

@@ -26,14 +26,14 @@ fn stdout(o: &Output) -> String {
 }
 
 /// A project in a temp dir whose one environment `dev` renders into `namespace`.
-struct Project {
+pub(crate) struct Project {
     dir: tempfile::TempDir,
     home: tempfile::TempDir,
     kubeconfig: PathBuf,
 }
 
 impl Project {
-    fn new(cluster: &support::Cluster, name: &str, namespace: &str) -> Project {
+    pub(crate) fn new(cluster: &support::Cluster, name: &str, namespace: &str) -> Project {
         let p = Project {
             dir: tempfile::tempdir().expect("tempdir"),
             home: tempfile::tempdir().expect("tempdir"),
@@ -50,7 +50,7 @@ impl Project {
         self.dir.path()
     }
 
-    fn write(&self, rel: &str, content: &str) {
+    pub(crate) fn write(&self, rel: &str, content: &str) {
         let path = self.path().join(rel);
         std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
         std::fs::write(path, content).expect("write");
@@ -72,10 +72,15 @@ impl Project {
 
     /// `args` and the environment, cluster, key and project options every run here takes.
     fn full_args(&self, args: &[&str], kubeconfig: &Path) -> Vec<String> {
+        self.full_args_in("dev", args, kubeconfig)
+    }
+
+    /// [`Project::full_args`] for environment `env`.
+    fn full_args_in(&self, env: &str, args: &[&str], kubeconfig: &Path) -> Vec<String> {
         let mut full: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         full.extend([
             "--env".into(),
-            "dev".into(),
+            env.into(),
             "--kubeconfig".into(),
             kubeconfig.to_string_lossy().into_owned(),
             "--identity".into(),
@@ -105,9 +110,16 @@ impl Project {
     }
 
     fn apply(&self, extra: &[&str]) -> Output {
+        self.apply_in("dev", extra)
+    }
+
+    /// `lockstep apply --wait=false` of environment `env` with `extra` arguments.
+    pub(crate) fn apply_in(&self, env: &str, extra: &[&str]) -> Output {
         let mut args = vec!["apply", "--wait=false"];
         args.extend_from_slice(extra);
-        self.run(&args)
+        let full = self.full_args_in(env, &args, &self.kubeconfig);
+        let full: Vec<&str> = full.iter().map(String::as_str).collect();
+        support::run_isolated(Path::new(BIN), &full, &[], self.home.path())
     }
 }
 

@@ -5,10 +5,10 @@
 //! opt-in. Order is read from the API server: the resourceVersion at which each object was first
 //! seen created, complete or available (one etcd revision counter orders every kind).
 
+use crate::apply::Project;
 use crate::support;
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::process::Output;
 use std::sync::{Arc, Mutex};
 
@@ -18,57 +18,10 @@ use k8s_openapi::api::batch::v1::Job;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::watcher;
 
-const BIN: &str = env!("CARGO_BIN_EXE_lockstep");
-
-/// A project directory whose one environment `dev` renders into `namespace`.
-struct Project {
-    dir: tempfile::TempDir,
-    home: tempfile::TempDir,
-    kubeconfig: String,
-}
-
-impl Project {
-    fn new(cluster: &support::Cluster, name: &str, namespace: &str) -> Project {
-        let p = Project {
-            dir: tempfile::tempdir().expect("tempdir"),
-            home: tempfile::tempdir().expect("tempdir"),
-            kubeconfig: cluster.kubeconfig.to_string_lossy().into_owned(),
-        };
-        p.write(
-            "lockstep.yaml",
-            &format!("project: {name}\nenvironments:\n  dev: {{namespace: {namespace}}}\n"),
-        );
-        p
-    }
-
-    fn write(&self, rel: &str, content: &str) {
-        let path = self.dir.path().join(rel);
-        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-        std::fs::write(path, content).expect("write");
-    }
-
-    /// `lockstep apply --wait=false` of `dev` with `--set` for each of `sets`.
-    fn apply(&self, sets: &[&str]) -> Output {
-        self.apply_env("dev", sets)
-    }
-
-    /// `lockstep apply --wait=false` of `env` with `--set` for each of `sets`.
-    fn apply_env(&self, env: &str, sets: &[&str]) -> Output {
-        let dir = self.dir.path().to_string_lossy().into_owned();
-        let mut args = vec![
-            "apply",
-            "--wait=false",
-            "--env",
-            env,
-            "--kubeconfig",
-            &self.kubeconfig,
-        ];
-        for s in sets {
-            args.extend(["--set", s]);
-        }
-        args.push(&dir);
-        support::run_isolated(Path::new(BIN), &args, &[], self.home.path())
-    }
+/// `lockstep apply --wait=false` of `env` in `p` with `--set` for each of `sets`.
+fn apply(p: &Project, env: &str, sets: &[&str]) -> Output {
+    let args: Vec<&str> = sets.iter().flat_map(|s| ["--set", *s]).collect();
+    p.apply_in(env, &args)
 }
 
 fn stderr(out: &Output) -> String {
@@ -235,7 +188,7 @@ async fn a_migration_hook_then_waves_each_healthy_before_the_next_and_hooks_only
 
     // First apply: the Secret the migration uses, the migration to its end, wave 1 until the
     // Deployment is available, wave 2, then the post-apply hook.
-    let out = p.apply(&[]);
+    let out = apply(&p, "dev", &[]);
     support::assert_success(&out);
     let err = stderr(&out);
     let order = taken(&seen).await;
@@ -272,7 +225,7 @@ async fn a_migration_hook_then_waves_each_healthy_before_the_next_and_hooks_only
     let migrate = job_uid(&client, &ns, "migrate").await.expect("kept");
 
     // Nothing changed: no hook runs.
-    let out = p.apply(&[]);
+    let out = apply(&p, "dev", &[]);
     support::assert_success(&out);
     assert_eq!(taken(&seen).await, Vec::<String>::new(), "{}", stderr(&out));
     assert!(
@@ -282,7 +235,7 @@ async fn a_migration_hook_then_waves_each_healthy_before_the_next_and_hooks_only
     );
 
     // A new image: the migration runs again, its old Job replaced (its template is immutable).
-    let out = p.apply(&["image=nginx:1.28"]);
+    let out = apply(&p, "dev", &["image=nginx:1.28"]);
     support::assert_success(&out);
     let order = taken(&seen).await;
     assert!(
@@ -296,7 +249,7 @@ async fn a_migration_hook_then_waves_each_healthy_before_the_next_and_hooks_only
 
     // The migration fails: the sync stops with the pod's reason, on-failure runs, the
     // Deployment keeps its image.
-    let out = p.apply(&["image=nginx:1.29", "fail=fail"]);
+    let out = apply(&p, "dev", &["image=nginx:1.29", "fail=fail"]);
     let err = stderr(&out);
     assert!(!out.status.success(), "{err}");
     for needle in [
@@ -331,10 +284,10 @@ async fn a_job_whose_template_changed_is_a_named_error_or_replaced_with_the_opt_
             "",
         ),
     );
-    support::assert_success(&p.apply(&[]));
+    support::assert_success(&apply(&p, "dev", &[]));
     let first = job_uid(&client, &ns, "report").await.expect("created");
 
-    let out = p.apply(&["image=busybox:1.37"]);
+    let out = apply(&p, "dev", &["image=busybox:1.37"]);
     support::fails_saying(
         &out,
         &[
@@ -346,7 +299,7 @@ async fn a_job_whose_template_changed_is_a_named_error_or_replaced_with_the_opt_
     );
     assert_eq!(job_uid(&client, &ns, "report").await, Some(first.clone()));
 
-    let out = p.apply(&["image=busybox:1.37", "replace=true"]);
+    let out = apply(&p, "dev", &["image=busybox:1.37", "replace=true"]);
     support::assert_success(&out);
     assert!(
         stderr(&out).contains("replaced: deleted and created again"),
@@ -431,7 +384,7 @@ async fn an_argo_cd_repository_applies_in_argo_cds_order_and_prunes_later_waves_
         ],
     )
     .await;
-    let out = p.apply(&[]);
+    let out = apply(&p, "dev", &[]);
     support::assert_success(&out);
     let err = stderr(&out);
     // Argo CD's order: phase (PreSync, Sync, PostSync), then wave, then kind, then name; each
@@ -473,7 +426,7 @@ async fn an_argo_cd_repository_applies_in_argo_cds_order_and_prunes_later_waves_
 
     // Removed from wave 5 and wave -1: wave 5's object goes first.
     p.write("templates/app.yaml", &objects(false));
-    let out = p.apply(&[]);
+    let out = apply(&p, "dev", &[]);
     support::assert_success(&out);
     let err = stderr(&out);
     let at = |what: &str| {
@@ -509,7 +462,7 @@ async fn ordering_annotations_that_make_no_sense_are_refused_before_anything_is_
         ]
         .join("---\n"),
     );
-    let out = p.apply(&[]);
+    let out = apply(&p, "dev", &[]);
     support::fails_saying(
         &out,
         &[
@@ -549,7 +502,7 @@ async fn an_environment_applies_only_once_the_environments_it_depends_on_are_app
         "templates/app.yaml",
         &deployment("app", "    lockstep.dev/wave: \"0\"\n", "nginx:1.27"),
     );
-    let out = p.apply_env("team", &[]);
+    let out = apply(&p, "team", &[]);
     support::fails_saying(
         &out,
         &[
@@ -566,8 +519,8 @@ async fn an_environment_applies_only_once_the_environments_it_depends_on_are_app
             .expect("get")
             .is_none()
     );
-    support::assert_success(&p.apply_env("platform", &[]));
-    let out = p.apply_env("team", &[]);
+    support::assert_success(&apply(&p, "platform", &[]));
+    let out = apply(&p, "team", &[]);
     support::assert_success(&out);
     assert!(
         stderr(&out).contains("wait for environment platform (dependsOn)"),
@@ -583,7 +536,7 @@ async fn an_environment_applies_only_once_the_environments_it_depends_on_are_app
         ),
     );
     support::fails_saying(
-        &p.apply_env("team", &[]),
+        &apply(&p, "team", &[]),
         &["lockstep.yaml", "in a cycle: platform → team → platform"],
     );
 }

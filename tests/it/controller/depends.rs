@@ -71,14 +71,14 @@ async fn a_chain_of_syncs_waits_says_why_and_wakes_at_once() {
     create_local_sync(&api, "c", repo_c.path(), after("b")).await;
 
     // A fails to render: B waits, naming A and its reason; C waits for B.
-    within(30, "b waiting for a", async || {
+    within(90, "b waiting for a", async || {
         let (status, reason, message, _) = condition(&api, "b").await;
         status == "False"
             && reason == "DependencyNotReady"
             && message.starts_with(&format!("waiting for {ns}/a (RenderFailed: "))
     })
     .await;
-    within(30, "c waiting for b", async || {
+    within(90, "c waiting for b", async || {
         let (_, reason, message, _) = condition(&api, "c").await;
         reason == "DependencyNotReady" && message.starts_with(&format!("waiting for {ns}/b ("))
     })
@@ -93,7 +93,7 @@ async fn a_chain_of_syncs_waits_says_why_and_wakes_at_once() {
     // A is fixed: A, then B, then C, each woken by the one before.
     std::fs::remove_file(repo_a.path().join("templates/a.yaml")).expect("rm");
     commit_template(repo_a.path(), "a2.yaml", &cm("a"));
-    within(60, "c ready", async || {
+    within(90, "c ready", async || {
         condition(&api, "c").await.0 == "True"
     })
     .await;
@@ -109,7 +109,7 @@ async fn a_chain_of_syncs_waits_says_why_and_wakes_at_once() {
     let repo_d = project_repo("d", &ns, &[("d.yaml", &cm("d"))]);
     create_local_sync(&api, "d", repo_d.path(), after("e")).await;
     create_local_sync(&api, "e", repo_d.path(), after("d")).await;
-    within(30, "d refused as a cycle", async || {
+    within(90, "d refused as a cycle", async || {
         let (_, reason, message, _) = condition(&api, "d").await;
         reason == "DependencyNotReady"
             && message.contains(&format!("dependency cycle: {ns}/d → {ns}/e → {ns}/d"))
@@ -120,9 +120,111 @@ async fn a_chain_of_syncs_waits_says_why_and_wakes_at_once() {
     api.delete("a", &Default::default())
         .await
         .expect("delete a");
-    within(60, "b reporting a gone", async || {
+    within(90, "b reporting a gone", async || {
         let (_, reason, message, _) = condition(&api, "b").await;
         reason == "DependencyNotReady" && message.contains(&format!("{ns}/a, which does not exist"))
+    })
+    .await;
+}
+
+/// Asks for a sync of `name` now (`lockstep sync --wait=false`).
+fn request(f: &Fixture, name: &str, home: &Path) {
+    let out = support::run_isolated(
+        Path::new(BIN),
+        &[
+            "sync",
+            name,
+            "-n",
+            &f.sync_ns,
+            "--wait=false",
+            "--kubeconfig",
+            &f.cluster.kubeconfig.to_string_lossy(),
+        ],
+        &[],
+        home,
+    );
+    support::assert_success(&out);
+}
+
+#[tokio::test]
+async fn revision_same_waits_until_the_dependency_applied_the_same_commit() {
+    let f = need!("control plane", fixture("depends-rev").await);
+    let ns = f.sync_ns.clone();
+    // One repository, two environments of one project, each its own ConfigMap.
+    let repo = tempfile::tempdir().expect("tempdir");
+    let root = repo.path();
+    let write = |rel: &str, text: &str| {
+        let path = root.join(rel);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(path, text).expect("write");
+    };
+    write(
+        "lockstep.yaml",
+        &format!(
+            "project: layers\nenvironments:\n  platform: {{namespace: {ns}}}\n  team: {{namespace: {ns}}}\n"
+        ),
+    );
+    write("environments/platform/values.yaml", "name: platform\n");
+    write("environments/team/values.yaml", "name: team\n");
+    write(
+        "templates/cm.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: \"{{ values.name }}\"}\ndata: {version: \"1\"}\n",
+    );
+    commit_all(root, "one");
+    let first = head(root);
+    let api = syncs(&f.client, &ns);
+    let home = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let _loop = spawn_loop(
+        &f.controller_kubeconfig,
+        &["-n", &ns],
+        port,
+        home.path(),
+        "loop",
+        &[],
+    );
+    let url = format!("file://{}", root.display());
+    create_sync(
+        &api,
+        "platform",
+        serde_json::json!({"source": {"url": url}, "environment": "platform", "interval": "1h"}),
+    )
+    .await;
+    create_sync(
+        &api,
+        "team",
+        serde_json::json!({"source": {"url": url}, "environment": "team", "interval": "1h",
+            "dependsOn": [{"name": "platform", "revision": "same"}]}),
+    )
+    .await;
+    within(90, "team at the first commit", async || {
+        api.get("team")
+            .await
+            .is_ok_and(|s| s.data["status"]["lastAppliedRevision"] == first.as_str())
+    })
+    .await;
+
+    // A new commit, seen by team first: it waits until platform has applied that commit too.
+    write(
+        "templates/cm.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: \"{{ values.name }}\"}\ndata: {version: \"2\"}\n",
+    );
+    commit_all(root, "two");
+    let second = head(root);
+    request(&f, "team", home.path());
+    within(90, "team waiting for platform's commit", async || {
+        let (_, reason, message, _) = condition(&api, "team").await;
+        reason == "DependencyNotReady"
+            && message.contains(&format!(
+                "waiting for {ns}/platform to apply commit {second}"
+            ))
+    })
+    .await;
+    request(&f, "platform", home.path());
+    within(90, "team at the second commit", async || {
+        api.get("team")
+            .await
+            .is_ok_and(|s| s.data["status"]["lastAppliedRevision"] == second.as_str())
     })
     .await;
 }

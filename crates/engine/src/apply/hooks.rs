@@ -152,15 +152,12 @@ pub fn role_of(body: &Json, chart: bool, wave: i64) -> Result<Role, String> {
         return Ok(with_policy(phases, wave, text(LOCKSTEP_DELETE_POLICY)).into());
     }
     if let Some(list) = text(ARGO_HOOK) {
-        let (mut phases, mut others) = (Vec::new(), Vec::new());
-        for name in names(list) {
-            match name.as_str() {
-                "PreSync" => phases.push(Phase::PreApply),
-                "PostSync" => phases.push(Phase::PostApply),
-                "SyncFail" => phases.push(Phase::OnFailure),
-                _ => others.push(name),
-            }
-        }
+        let (phases, others) = phases_of(names(list), |name| match name {
+            "PreSync" => Some(Phase::PreApply),
+            "PostSync" => Some(Phase::PostApply),
+            "SyncFail" => Some(Phase::OnFailure),
+            _ => None,
+        });
         if phases.is_empty() {
             return Ok(Role::Skipped(format!("Argo CD {}", others.join(","))));
         }
@@ -174,17 +171,13 @@ pub fn role_of(body: &Json, chart: bool, wave: i64) -> Result<Role, String> {
     let Some(list) = text(HOOK).filter(|_| chart) else {
         return Ok(Role::Object);
     };
-    let mut phases = Vec::new();
-    let mut others = Vec::new();
-    for name in names(list) {
-        match name.as_str() {
-            "pre-install" => phases.push(Phase::PreInstall),
-            "pre-upgrade" => phases.push(Phase::PreUpgrade),
-            "post-install" => phases.push(Phase::PostInstall),
-            "post-upgrade" => phases.push(Phase::PostUpgrade),
-            _ => others.push(name),
-        }
-    }
+    let (phases, others) = phases_of(names(list), |name| match name {
+        "pre-install" => Some(Phase::PreInstall),
+        "pre-upgrade" => Some(Phase::PreUpgrade),
+        "post-install" => Some(Phase::PostInstall),
+        "post-upgrade" => Some(Phase::PostUpgrade),
+        _ => None,
+    });
     if phases.is_empty() {
         return Ok(Role::Skipped(format!("Helm {}", others.join(","))));
     }
@@ -194,6 +187,22 @@ pub fn role_of(body: &Json, chart: bool, wave: i64) -> Result<Role, String> {
     let mut hook = with_policy(phases, weight, text(DELETE_POLICY));
     hook.environment = false;
     Ok(hook.into())
+}
+
+/// The phases `names` map to, and the names that map to none.
+fn phases_of(
+    names: Vec<String>,
+    phase: impl Fn(&str) -> Option<Phase>,
+) -> (Vec<Phase>, Vec<String>) {
+    let mut phases = Vec::new();
+    let mut others = Vec::new();
+    for name in names {
+        match phase(&name) {
+            Some(p) => phases.push(p),
+            None => others.push(name),
+        }
+    }
+    (phases, others)
 }
 
 /// A hook with its delete policy read (`before-hook-creation` when none is given, as in Helm
