@@ -40,6 +40,8 @@ pub struct Pin {
     pub label: String,
     /// Its `status.lastAppliedRevision`.
     pub applied: Option<String>,
+    /// Whether it is in this Sync's namespace (else what it applied is not quoted).
+    pub near: bool,
 }
 
 impl Pin {
@@ -50,13 +52,13 @@ impl Pin {
         if !commit.is_empty() && applied.contains(commit) {
             return None;
         }
-        let theirs = if applied.is_empty() {
-            "nothing yet".to_string()
-        } else {
-            applied.to_string()
+        let theirs = match (applied.is_empty(), self.near) {
+            (true, _) => "; it applied nothing yet".to_string(),
+            (false, true) => format!("; it applied {applied}"),
+            (false, false) => String::new(),
         };
         Some(format!(
-            "waiting for {} to apply commit {commit} (revision: same; it applied {theirs})",
+            "waiting for {} to apply commit {commit} (revision: same{theirs})",
             self.label
         ))
     }
@@ -109,6 +111,7 @@ pub fn check(sync: &Sync, syncs: &impl Lookup) -> Verdict {
                 ));
             }
             pins.push(Pin {
+                near: dep_ns == ns,
                 label,
                 applied: found
                     .status
@@ -194,11 +197,16 @@ fn label(sync: &Sync) -> String {
 /// `syncs` with every Sync after the ones it depends on (as far as they are listed; a cycle
 /// keeps its listed order and is refused by [`check`]).
 pub fn in_order(syncs: Vec<Sync>) -> Vec<Sync> {
+    // Memoised: a graph where each Sync names every earlier one has exponentially many paths.
     fn depth(
         at: &str,
         by_label: &std::collections::HashMap<String, &Sync>,
         on_path: &mut BTreeSet<String>,
+        known: &mut std::collections::HashMap<String, usize>,
     ) -> usize {
+        if let Some(&d) = known.get(at) {
+            return d;
+        }
         let Some(sync) = by_label.get(at) else {
             return 0;
         };
@@ -212,18 +220,20 @@ pub fn in_order(syncs: Vec<Sync>) -> Vec<Sync> {
             .iter()
             .map(|d| {
                 let next = format!("{}/{}", d.namespace.as_deref().unwrap_or(&ns), d.name);
-                depth(&next, by_label, on_path) + 1
+                depth(&next, by_label, on_path, known) + 1
             })
             .max()
             .unwrap_or(0);
         on_path.remove(at);
+        known.insert(at.to_string(), deepest);
         deepest
     }
     let by_label: std::collections::HashMap<String, &Sync> =
         syncs.iter().map(|s| (label(s), s)).collect();
+    let mut known = std::collections::HashMap::new();
     let mut depths: Vec<usize> = syncs
         .iter()
-        .map(|s| depth(&label(s), &by_label, &mut BTreeSet::new()))
+        .map(|s| depth(&label(s), &by_label, &mut BTreeSet::new(), &mut known))
         .collect();
     let mut indexed: Vec<(usize, Sync)> = depths.drain(..).zip(syncs.iter().cloned()).collect();
     indexed.sort_by_key(|(d, _)| *d);
@@ -259,6 +269,14 @@ impl Waiting {
         if let Ok(mut w) = self.0.lock() {
             w.remove(&(namespace.to_string(), name.to_string()));
         }
+    }
+
+    /// Every Sync that waits, as (namespace, name).
+    pub fn all(&self) -> Vec<(String, String)> {
+        self.0
+            .lock()
+            .map(|w| w.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Whether `namespace/name` waits.
@@ -408,6 +426,21 @@ mod tests {
             .map(|s| s.name_any())
             .collect();
         assert_eq!(names, ["a", "b", "c"]);
+        // Each of 40 naming every earlier one: 2^40 paths, each Sync's depth computed once.
+        let names: Vec<String> = (0..40).map(|i| format!("s{i}")).collect();
+        let layered: Vec<Sync> = (0..40)
+            .rev()
+            .map(|i| {
+                let deps: Vec<(&str, Option<&str>)> =
+                    names[..i].iter().map(|n| (n.as_str(), None)).collect();
+                sync("t", &names[i], &deps)
+            })
+            .collect();
+        let started = std::time::Instant::now();
+        let ordered = in_order(layered);
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        assert_eq!(ordered[0].name_any(), "s0");
+        assert_eq!(ordered[39].name_any(), "s39");
     }
 
     #[test]
@@ -415,6 +448,7 @@ mod tests {
         let pin = Pin {
             label: "t/a".into(),
             applied: Some("main@sha1:abc123".into()),
+            near: true,
         };
         assert_eq!(pin.waiting("abc123"), None);
         let why = pin.waiting("def456").expect("waits");

@@ -1860,7 +1860,16 @@ pub async fn run_loop(access: Access, opts: &LoopOptions, cache: &Path, hub: Arc
             let store = reader.clone();
             move |event| match event {
                 // Ready: its waiting dependents go; not Ready: they say the new reason.
-                Ok(watcher::Event::Apply(s)) => wake_dependents(&hub, &store, s, true),
+                Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s)) => {
+                    wake_dependents(&hub, &store, s, true);
+                }
+                // After a re-list (the watch was down: events, deletions among them, may have
+                // been missed), every waiting Sync looks again.
+                Ok(watcher::Event::InitDone) => {
+                    for (ns, name) in hub.waiting.all() {
+                        hub.requests.ask(&ns, &name);
+                    }
+                }
                 Ok(watcher::Event::Delete(s)) => wake_dependents(&hub, &store, s, false),
                 _ => {}
             }

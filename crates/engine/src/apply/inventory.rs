@@ -270,7 +270,7 @@ impl Inventory {
     }
 }
 
-fn protected(kind: &str) -> bool {
+pub(crate) fn protected(kind: &str) -> bool {
     matches!(
         kind,
         "CustomResourceDefinition" | "Namespace" | "PersistentVolumeClaim"

@@ -1279,7 +1279,17 @@ impl<'a> Plan<'a> {
         );
         self.changed = self.previous.revision != self.opts.revision
             || writes.iter().any(|&w| w)
-            || !self.stale.is_empty();
+            || self.prunes_something();
+    }
+
+    /// Whether a stale entry is up for deletion: pruning is on and it is not a protected kind
+    /// kept without consent (a kept entry stays in the inventory; it alone changes nothing).
+    fn prunes_something(&self) -> bool {
+        self.opts.prune
+            && self
+                .stale
+                .iter()
+                .any(|e| self.opts.prune_protected || !inventory::protected(&e.kind))
     }
 
     /// The dry run of every hook that can be checked now: not in a namespace the set creates,
@@ -1502,7 +1512,9 @@ impl<'a> Plan<'a> {
             })
             .collect();
         let after = match phase {
-            hooks::Phase::PreApply => "nothing else of the set was applied and nothing was pruned",
+            hooks::Phase::PreApply => {
+                "nothing else of the set was applied (only what the hooks use) and nothing was pruned"
+            }
             hooks::Phase::PrePrune => "the set was applied; nothing was pruned",
             _ => "the set was applied and pruned; the later hooks did not run",
         };
@@ -1559,7 +1571,7 @@ impl<'a> Plan<'a> {
     /// then records the new inventory. With [`Options::dry_run`], reports what would be pruned.
     pub async fn prune(&mut self, progress: &mut impl FnMut(&Event)) -> Result<(), ApplyError> {
         self.may_write()?;
-        if self.opts.prune && !self.stale.is_empty() {
+        if self.prunes_something() {
             self.environment_hooks(hooks::Phase::PrePrune, progress)
                 .await?;
         }
@@ -1616,7 +1628,7 @@ impl<'a> Plan<'a> {
         let after = if post {
             "the release's objects were applied; its later hooks did not run"
         } else {
-            "nothing else of the set was applied and nothing was pruned"
+            "nothing else of the set was applied (only what the hooks use) and nothing was pruned"
         };
         let releases: Vec<(String, bool, bool)> = self
             .releases
@@ -1933,6 +1945,13 @@ impl<'a> Plan<'a> {
                 }
                 match send_quiet(self.client, item, pp).await {
                     Ok(()) => (i, Ok(changed)),
+                    Err(e) if replaced => (
+                        i,
+                        Err(format!(
+                            "deleted to be replaced, but not created again: {}",
+                            item.refused(&e)
+                        )),
+                    ),
                     Err(e) => (i, Err(item.refused(&e))),
                 }
             }
@@ -1962,10 +1981,12 @@ impl<'a> Plan<'a> {
                     let changed = action != Action::Unchanged;
                     let note = if changed && matches!(self.results.get(&i), Some(Checked::Replace))
                     {
-                        Some(format!(
-                            "replaced: deleted and created again ({})",
-                            replace::REPLACE
-                        ))
+                        let done = if self.opts.dry_run {
+                            "would be replaced: deleted and created again"
+                        } else {
+                            "replaced: deleted and created again"
+                        };
+                        Some(format!("{done} ({})", replace::REPLACE))
                     } else {
                         (self.items[i].adopted && changed).then(|| ADOPTED.to_string())
                     };
@@ -2049,7 +2070,10 @@ impl<'a> Plan<'a> {
                 .and_then(inventory::Stale::annotations)
                 .and_then(|a| waves::wave_of(&json!({"metadata": {"annotations": a}})).ok())
                 .unwrap_or(0);
+            // Namespaces and CRDs go last, whatever their wave (as they are applied first).
+            let last = stage_of(&entry.id()) == 0;
             (
+                last,
                 std::cmp::Reverse(wave),
                 std::cmp::Reverse(kind_rank(&entry.kind)),
             )

@@ -26,6 +26,11 @@ pub fn immutable_field(message: &str) -> Option<String> {
     let after = message
         .split_once("is invalid: ")
         .map_or(message, |(_, rest)| rest);
+    // Several causes (`[a: …, b: …]`): replacing would not fix the others; the server's
+    // message stands.
+    if after.starts_with('[') {
+        return None;
+    }
     let field = after
         .split(": ")
         .next()
@@ -61,6 +66,8 @@ mod tests {
             immutable_field("field is immutable").as_deref(),
             Some("a field")
         );
+        let two = r#"Deployment.apps "web" is invalid: [spec.selector: Invalid value: {}: field is immutable, spec.template.metadata.labels: Invalid value: {}: `selector` does not match template `labels`]"#;
+        assert_eq!(immutable_field(two), None, "not only an immutable field");
         let said = explain("Job", "spec.template");
         assert!(said.contains(REPLACE) && said.starts_with("spec.template: field is immutable"));
     }
