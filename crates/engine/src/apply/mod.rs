@@ -1094,6 +1094,9 @@ pub struct Plan<'a> {
     /// Whether this apply changes the environment (a new revision, an object it writes,
     /// something to prune): its environment hooks run only then.
     changed: bool,
+    /// Whether this apply has written anything of the set yet (an object, a hook, a deletion):
+    /// the `on-failure` hooks run only then.
+    wrote: bool,
 }
 
 impl<'a> Plan<'a> {
@@ -1165,6 +1168,7 @@ impl<'a> Plan<'a> {
             skipped_hooks,
             releases,
             changed,
+            wrote: false,
         })
     }
 
@@ -1521,10 +1525,12 @@ impl<'a> Plan<'a> {
         self.run_due(None, phase, due, after, progress).await
     }
 
-    /// The `on-failure` hooks, after a write step failed (never in a dry run, never when
-    /// nothing changed). Their own failure is reported, not returned: the first error stands.
+    /// The `on-failure` hooks, after a write step failed (never in a dry run, never before
+    /// anything of the set was written: an inventory written meanwhile by another apply, a
+    /// refusal of the deferred dry run). Their own failure is reported, not returned: the first
+    /// error stands.
     pub async fn failure_hooks(&mut self, progress: &mut impl FnMut(&Event)) {
-        if self.opts.dry_run {
+        if self.opts.dry_run || !self.wrote {
             return;
         }
         if let Err(e) = self
@@ -1702,6 +1708,7 @@ impl<'a> Plan<'a> {
         };
         for &i in &due {
             self.may_write()?;
+            self.wrote = true;
             let ran = hooks::run(self.client, &self.hooks[i], self.opts.timeout).await;
             let id = self.hooks[i].item.obj.id.clone();
             match ran {
@@ -1970,6 +1977,11 @@ impl<'a> Plan<'a> {
         progress: &mut impl FnMut(&Event),
     ) -> Result<(), ApplyError> {
         let mut failures = Vec::new();
+        // A failed send may have written part of an object's change (or a replacement's delete).
+        self.wrote |= !self.opts.dry_run
+            && done
+                .iter()
+                .any(|(_, r)| !matches!(r, Ok(Action::Unchanged)));
         for (i, r) in done {
             let id = self.items[i].obj.id.clone();
             if self.opts.dry_run && matches!(r, Ok(Action::Created | Action::Configured)) {
@@ -2088,6 +2100,7 @@ impl<'a> Plan<'a> {
                 kept.push(entry.clone());
             }
             // In a preview, `Pruned` means "would be pruned": reported like any other change.
+            self.wrote |= action == Action::Pruned && !self.opts.dry_run;
             let id = entry.id();
             progress(&Event::Object(id.clone(), action, note.clone()));
             self.summary.objects.push((id, action, note));
