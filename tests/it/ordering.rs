@@ -540,3 +540,46 @@ async fn an_environment_applies_only_once_the_environments_it_depends_on_are_app
         &["lockstep.yaml", "in a cycle: platform → team → platform"],
     );
 }
+
+#[tokio::test]
+async fn a_failed_post_apply_hook_runs_again_on_the_next_apply_until_it_succeeds() {
+    let cluster = need!("control plane", support::cluster());
+    let client = cluster.admin().await;
+    let ns = cluster.namespace(&client, "post-retry").await;
+    let p = Project::new(&cluster, "post", &ns);
+    p.write("values.yaml", "fail: fail\n");
+    p.write(
+        "templates/app.yaml",
+        &[
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {a: b}\n"
+                .to_string(),
+            job(
+                "check",
+                "    lockstep.dev/hook: post-apply\n",
+                "busybox:1.36",
+                "{{ values.fail }}",
+                "",
+            ),
+        ]
+        .join("---\n"),
+    );
+    let out = apply(&p, "dev", &[]);
+    support::fails_saying(&out, &["post-apply hook Job.batch", "/check failed"]);
+    let first = job_uid(&client, &ns, "check").await.expect("ran");
+    // Nothing changed, but the post-apply hook has not succeeded yet: it runs again.
+    let out = apply(&p, "dev", &[]);
+    support::fails_saying(&out, &["post-apply hook Job.batch", "/check failed"]);
+    let second = job_uid(&client, &ns, "check").await.expect("ran again");
+    assert_ne!(first, second);
+    // It succeeds: then a no-op apply runs no hook.
+    support::assert_success(&apply(&p, "dev", &["fail=no"]));
+    let third = job_uid(&client, &ns, "check").await.expect("ran");
+    let out = apply(&p, "dev", &["fail=no"]);
+    support::assert_success(&out);
+    assert!(
+        !stderr(&out).contains("hooks post-apply"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(job_uid(&client, &ns, "check").await, Some(third));
+}

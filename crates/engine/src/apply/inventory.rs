@@ -132,6 +132,9 @@ pub struct Inventory {
     pub owner: Option<String>,
     /// The ConfigMap's `resourceVersion` when read or last written (`None`: there is none yet).
     pub resource_version: Option<String>,
+    /// The environment's `post-apply` hooks of the recorded apply have not succeeded yet: the
+    /// next apply counts as a change (and runs them again) even at the same revision.
+    pub hooks_pending: bool,
 }
 
 /// The inventory ConfigMap's name.
@@ -152,6 +155,7 @@ impl Inventory {
     /// Whether two inventories record the same objects (with the same API versions) and revision.
     pub fn same_as(&self, other: &Inventory) -> bool {
         self.revision == other.revision
+            && self.hooks_pending == other.hooks_pending
             && self.entries.len() == other.entries.len()
             && self
                 .entries
@@ -192,6 +196,9 @@ impl Inventory {
                 .to_string(),
             owner,
             resource_version: cm.metadata.resource_version.clone(),
+            hooks_pending: cm.data["data"]["hooksPending"]
+                .as_str()
+                .is_some_and(|v| !v.is_empty()),
         })
     }
 
@@ -227,6 +234,9 @@ impl Inventory {
                 "owner": self.owner.clone().unwrap_or_default(),
             },
         });
+        if self.hooks_pending {
+            body["data"]["hooksPending"] = Json::String("post-apply".into());
+        }
         let changed = |e: kube::Error| match &e {
             kube::Error::Api(s) if s.code == 409 => ApplyError::InventoryChanged,
             _ => e.into(),

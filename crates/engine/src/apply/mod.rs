@@ -1282,6 +1282,7 @@ impl<'a> Plan<'a> {
             |i| writes[i],
         );
         self.changed = self.previous.revision != self.opts.revision
+            || self.previous.hooks_pending
             || writes.iter().any(|&w| w)
             || self.prunes_something();
     }
@@ -1621,7 +1622,8 @@ impl<'a> Plan<'a> {
             let everything: Vec<usize> = (0..self.items.len()).collect();
             self.wait_healthy(&everything, None, phase).await?;
         }
-        self.environment_hooks(phase, progress).await
+        self.environment_hooks(phase, progress).await?;
+        self.clear_hooks_pending().await
     }
 
     /// Runs the hooks of one side of the apply (`post`: after it) for every release that
@@ -2116,22 +2118,56 @@ impl<'a> Plan<'a> {
         self.may_write()?;
         let mut entries = std::mem::take(&mut self.current);
         entries.extend(kept);
-        let next = Inventory {
+        let mut next = Inventory {
             entries,
             revision: self.opts.revision.clone(),
             owner: self.opts.owner.clone(),
             resource_version: None,
+            hooks_pending: self.post_due(),
         };
         // Unchanged inventory, unchanged cluster: a no-op apply writes nothing at all.
-        if !next.same_as(&self.previous) {
-            next.write(
+        if next.same_as(&self.previous) {
+            next.resource_version = self.previous.resource_version.clone();
+        } else {
+            next.resource_version = next
+                .write(
+                    &self.inventory_api,
+                    &self.set.project,
+                    &self.set.environment,
+                    self.previous.resource_version.as_deref(),
+                )
+                .await?;
+        }
+        self.previous = next;
+        Ok(())
+    }
+
+    /// Whether the environment's `post-apply` hooks are due in this apply.
+    fn post_due(&self) -> bool {
+        self.changed
+            && self
+                .hooks
+                .iter()
+                .any(|h| h.hook.environment && h.hook.phases.contains(&hooks::Phase::PostApply))
+    }
+
+    /// Once the `post-apply` hooks succeeded: the inventory no longer says they are pending.
+    async fn clear_hooks_pending(&mut self) -> Result<(), ApplyError> {
+        if self.opts.dry_run || !self.previous.hooks_pending {
+            return Ok(());
+        }
+        self.may_write()?;
+        let mut done = self.previous.clone();
+        done.hooks_pending = false;
+        done.resource_version = done
+            .write(
                 &self.inventory_api,
                 &self.set.project,
                 &self.set.environment,
                 self.previous.resource_version.as_deref(),
             )
             .await?;
-        }
+        self.previous = done;
         Ok(())
     }
 
@@ -2154,6 +2190,7 @@ impl<'a> Plan<'a> {
             revision: self.previous.revision.clone(),
             owner: self.opts.owner.clone(),
             resource_version: None,
+            hooks_pending: self.previous.hooks_pending,
         };
         pending.entries.extend(self.current.iter().cloned());
         let rv = pending
