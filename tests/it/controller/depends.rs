@@ -17,6 +17,18 @@ async fn within(seconds: u64, what: &str, mut check: impl AsyncFnMut() -> bool) 
     panic!("timed out after {seconds}s waiting for {what}");
 }
 
+/// The controller loop for the fixture's namespace, its scratch space and log under `home`.
+fn controller_loop(f: &Fixture, home: &Path) -> Running {
+    spawn_loop(
+        &f.controller_kubeconfig,
+        &["-n", &f.sync_ns],
+        free_port(),
+        home,
+        "loop",
+        &[],
+    )
+}
+
 /// The Ready condition of Sync `name`: (status, reason, message, lastTransitionTime).
 async fn condition(api: &Api<DynamicObject>, name: &str) -> (String, String, String, String) {
     let Ok(sync) = api.get(name).await else {
@@ -50,15 +62,7 @@ async fn a_chain_of_syncs_waits_says_why_and_wakes_at_once() {
     let repo_c = project_repo("c", &ns, &[("c.yaml", &cm("c"))]);
     let api = syncs(&f.client, &ns);
     let home = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let _loop = spawn_loop(
-        &f.controller_kubeconfig,
-        &["-n", &ns],
-        port,
-        home.path(),
-        "loop",
-        &[],
-    );
+    let _loop = controller_loop(&f, home.path());
     create_local_sync(
         &api,
         "a",
@@ -174,15 +178,7 @@ async fn revision_same_waits_until_the_dependency_applied_the_same_commit() {
     let first = head(root);
     let api = syncs(&f.client, &ns);
     let home = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let _loop = spawn_loop(
-        &f.controller_kubeconfig,
-        &["-n", &ns],
-        port,
-        home.path(),
-        "loop",
-        &[],
-    );
+    let _loop = controller_loop(&f, home.path());
     let url = format!("file://{}", root.display());
     create_sync(
         &api,

@@ -1611,11 +1611,7 @@ impl<'a> Plan<'a> {
     ) -> Result<(), ApplyError> {
         self.run_hooks(true, progress).await?;
         let phase = hooks::Phase::PostApply;
-        let due = self
-            .hooks
-            .iter()
-            .any(|h| h.hook.environment && h.hook.phases.contains(&phase));
-        if !due || !self.changed {
+        if !self.post_due() {
             return Ok(());
         }
         if !self.opts.dry_run {
@@ -2128,16 +2124,23 @@ impl<'a> Plan<'a> {
         // Unchanged inventory, unchanged cluster: a no-op apply writes nothing at all.
         if next.same_as(&self.previous) {
             next.resource_version = self.previous.resource_version.clone();
-        } else {
-            next.resource_version = next
-                .write(
-                    &self.inventory_api,
-                    &self.set.project,
-                    &self.set.environment,
-                    self.previous.resource_version.as_deref(),
-                )
-                .await?;
+            self.previous = next;
+            return Ok(());
         }
+        self.replace_inventory(next).await
+    }
+
+    /// Writes `next` over the inventory as last read or written (refused when another apply
+    /// changed it since), and remembers it as that.
+    async fn replace_inventory(&mut self, mut next: Inventory) -> Result<(), ApplyError> {
+        next.resource_version = next
+            .write(
+                &self.inventory_api,
+                &self.set.project,
+                &self.set.environment,
+                self.previous.resource_version.as_deref(),
+            )
+            .await?;
         self.previous = next;
         Ok(())
     }
@@ -2157,18 +2160,11 @@ impl<'a> Plan<'a> {
             return Ok(());
         }
         self.may_write()?;
-        let mut done = self.previous.clone();
-        done.hooks_pending = false;
-        done.resource_version = done
-            .write(
-                &self.inventory_api,
-                &self.set.project,
-                &self.set.environment,
-                self.previous.resource_version.as_deref(),
-            )
-            .await?;
-        self.previous = done;
-        Ok(())
+        let done = Inventory {
+            hooks_pending: false,
+            ..self.previous.clone()
+        };
+        self.replace_inventory(done).await
     }
 
     /// Before the first object past CRDs and Namespaces is written: records every object of the set that the inventory
@@ -2193,17 +2189,7 @@ impl<'a> Plan<'a> {
             hooks_pending: self.previous.hooks_pending,
         };
         pending.entries.extend(self.current.iter().cloned());
-        let rv = pending
-            .write(
-                &self.inventory_api,
-                &self.set.project,
-                &self.set.environment,
-                self.previous.resource_version.as_deref(),
-            )
-            .await?;
-        pending.resource_version = rv;
-        self.previous = pending;
-        Ok(())
+        self.replace_inventory(pending).await
     }
 }
 
