@@ -82,7 +82,7 @@ pub struct ApplyArgs {
     /// Wait until applied objects are healthy.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub wait: bool,
-    /// How long to wait for health, e.g. 90s, 5m.
+    /// How long the apply may wait in all (dependencies, CRDs, hooks, waves, health), e.g. 90s, 5m.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub timeout: Duration,
 }

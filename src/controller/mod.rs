@@ -86,7 +86,8 @@ pub struct SyncSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[0-9]+[smh]?$"))]
     pub retry_interval: Option<String>,
-    /// How long the fetch and the health wait may take (e.g. `3m`); default: the interval.
+    /// How long the fetch may take, and the apply's waits all together (dependencies, CRDs,
+    /// hooks, waves, health) (e.g. `3m`); default: the interval.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[0-9]+[smh]?$"))]
     pub timeout: Option<String>,
@@ -1199,9 +1200,9 @@ fn says_already(sync: &Sync, outcome: &Outcome) -> bool {
 /// status writes.
 pub const PIPELINE_SLACK: Duration = Duration::from_secs(600);
 
-/// The longest one run of the pipeline may take: its fetch and its health wait (each within the
-/// Sync's timeout, at most `max_timeout`), its render (`render`: the probe's time limit), and
-/// [`PIPELINE_SLACK`]. Every step is bounded on its own, so only a fault (a call that never
+/// The longest one run of the pipeline may take: its fetch, its apply's waits (one budget for
+/// them all) and the `on-failure` hooks after a failed apply (each within the Sync's timeout, at
+/// most `max_timeout`), its render (`render`: the probe's time limit), and [`PIPELINE_SLACK`]. Every step is bounded on its own, so only a fault (a call that never
 /// answers) reaches this; the run is then stopped, freeing its slot of the loop.
 pub fn pipeline_limit(sync: &Sync, max_timeout: Duration, render: Duration) -> Duration {
     let timeout = duration_field(sync.spec.timeout.as_deref(), "timeout")
@@ -1210,7 +1211,7 @@ pub fn pipeline_limit(sync: &Sync, max_timeout: Duration, render: Duration) -> D
         .unwrap_or_else(|| interval_of(sync))
         .min(max_timeout);
     timeout
-        .saturating_mul(2)
+        .saturating_mul(3)
         .saturating_add(render)
         .saturating_add(PIPELINE_SLACK)
 }
@@ -2223,20 +2224,21 @@ mod tests {
     fn a_pipeline_run_is_bounded_by_its_steps_bounds_plus_slack() {
         let mut s = sync(Some("5m"), 1, None);
         let minute = Duration::from_secs(60);
-        // No timeout: the interval (5m, spread by up to ±10 %) bounds the fetch and the wait.
+        // No timeout: the interval (5m, spread by up to ±10 %) bounds the fetch, the apply's
+        // waits and the on-failure hooks.
         let limit = pipeline_limit(&s, 60 * minute, minute);
         let spread = interval_of(&s);
-        assert_eq!(limit, spread * 2 + minute + PIPELINE_SLACK);
+        assert_eq!(limit, spread * 3 + minute + PIPELINE_SLACK);
         s.spec.timeout = Some("3m".into());
         assert_eq!(
             pipeline_limit(&s, 60 * minute, minute),
-            Duration::from_secs(2 * 180 + 60 + 600)
+            Duration::from_secs(3 * 180 + 60 + 600)
         );
         // A huge timeout is capped at the controller's maximum.
         s.spec.timeout = Some("720h".into());
         assert_eq!(
             pipeline_limit(&s, 60 * minute, Duration::ZERO),
-            120 * minute + PIPELINE_SLACK
+            180 * minute + PIPELINE_SLACK
         );
     }
 

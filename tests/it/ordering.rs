@@ -583,3 +583,126 @@ async fn a_failed_post_apply_hook_runs_again_on_the_next_apply_until_it_succeeds
     );
     assert_eq!(job_uid(&client, &ns, "check").await, Some(third));
 }
+
+#[tokio::test]
+async fn an_on_failure_hook_gets_the_secrets_it_uses_even_when_the_first_hook_fails() {
+    let cluster = need!("control plane", support::cluster());
+    let client = cluster.admin().await;
+    let ns = cluster.namespace(&client, "on-failure-needs").await;
+    let p = Project::new(&cluster, "alerts", &ns);
+    p.write("values.yaml", "{}\n");
+    let uses_alerts = "          envFrom:\n            - secretRef: {name: alerts}\n";
+    p.write(
+        "templates/app.yaml",
+        &[
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: alerts\nstringData:\n  webhook: not-a-real-one\n".to_string(),
+            job("migrate", "    lockstep.dev/hook: pre-apply\n", "busybox:1.36", "fail", ""),
+            job(
+                "notify",
+                "    lockstep.dev/hook: on-failure\n",
+                "busybox:1.36",
+                "no",
+                uses_alerts,
+            ),
+            deployment("web", "", "nginx:1.27"),
+        ]
+        .join("---\n"),
+    );
+    let seen = record(
+        &client,
+        &ns,
+        &[
+            ("", "v1", "Secret", "secrets"),
+            ("batch", "v1", "Job", "jobs"),
+            ("apps", "v1", "Deployment", "deployments"),
+        ],
+    )
+    .await;
+    // The very first step fails (the pre-apply migration): the on-failure hook still finds the
+    // Secret it uses, applied before any hook ran; nothing else of the set was applied.
+    let out = apply(&p, "dev", &[]);
+    support::fails_saying(&out, &["pre-apply hook Job.batch", "/migrate failed"]);
+    let order = taken(&seen).await;
+    let at = |what: &str| order.iter().position(|o| o == what);
+    let (secret, notify) = (at("Secret/alerts created"), at("Job/notify created"));
+    assert!(
+        secret.is_some() && notify.is_some() && secret < notify,
+        "the Secret before the hook: {order:?}\n{}",
+        stderr(&out)
+    );
+    assert_eq!(at("Deployment/web created"), None, "{order:?}");
+}
+
+// Two workers: the apply blocks one (a child process) while the other lets the held Job go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_timeout_bounds_the_whole_apply_not_each_wait() {
+    let cluster = need!("control plane", support::cluster());
+    let client = cluster.admin().await;
+    let ns = cluster.namespace(&client, "one-budget").await;
+    let p = Project::new(&cluster, "budget", &ns);
+    p.write("values.yaml", "image: busybox:1.36\nstuck: \"no\"\n");
+    // A pre-apply hook held by a finalizer (its replacement waits until the test lets it go),
+    // then, once stuck, a claim no provisioner binds in wave 1 before a ConfigMap in wave 2.
+    let held = "    lockstep.dev/hook: pre-apply\n    lockstep.dev/hook-delete-policy: before-hook-creation\n  finalizers: [ordering.lockstep.dev/hold]\n";
+    p.write(
+        "templates/app.yaml",
+        &[
+            job("hold", held, "{{ values.image }}", "no", ""),
+            "{% if values.stuck == \"yes\" %}apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: never\n  annotations:\n    lockstep.dev/wave: \"1\"\nspec:\n  storageClassName: none\n  accessModes: [ReadWriteOnce]\n  resources: {requests: {storage: 1Mi}}\n{% endif %}".to_string(),
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: after\n  annotations:\n    lockstep.dev/wave: \"2\"\ndata: {a: b}\n".to_string(),
+        ]
+        .join("---\n"),
+    );
+    support::assert_success(&apply(&p, "dev", &["image=busybox:1.36"]));
+    let jobs = Api::<Job>::namespaced(client.clone(), &ns);
+    // Let the held Job go 3 s into the next apply: its replacement spends 3 s of the budget.
+    let release = {
+        let jobs = jobs.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+            let patch = serde_json::json!({"metadata": {"finalizers": null}});
+            jobs.patch(
+                "hold",
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await
+            .expect("release the held Job");
+        })
+    };
+    let started = std::time::Instant::now();
+    let out = p.apply_in(
+        "dev",
+        &[
+            "--set",
+            "image=busybox:1.37",
+            "--set",
+            "stuck=yes",
+            "--timeout",
+            "6s",
+        ],
+    );
+    let took = started.elapsed();
+    release.await.expect("released");
+    support::fails_saying(&out, &["PersistentVolumeClaim", "/never", "wave 1"]);
+    // Each wait on its own budget would take 3 s + 6 s; one budget ends the apply at 6 s.
+    assert!(
+        took < std::time::Duration::from_millis(8500),
+        "took {took:?}: {}",
+        stderr(&out)
+    );
+    assert!(
+        took >= std::time::Duration::from_secs(5),
+        "took {took:?}: {}",
+        stderr(&out)
+    );
+    // Clean up the new hook Job's finalizer so the namespace can go.
+    let patch = serde_json::json!({"metadata": {"finalizers": null}});
+    let _ = jobs
+        .patch(
+            "hold",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await;
+}

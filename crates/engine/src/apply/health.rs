@@ -11,6 +11,8 @@
 
 use std::time::Duration;
 
+use super::deadline::Deadline;
+
 use kube::api::{DynamicObject, ListParams};
 use kube::{Api, Client};
 use serde_json::Value as Json;
@@ -229,14 +231,13 @@ async fn stuck_pod(client: &Client, id: &ObjectId, obj: &Json) -> Option<String>
         .find_map(|p| pod_stuck(&p))
 }
 
-/// Polls every object until all are ready, one fails, or the timeout passes; returns the objects
-/// that are not ready with why.
+/// Polls every object until all are ready, one fails, or the deadline passes (a spent one: they
+/// are looked at once); returns the objects that are not ready with why.
 pub async fn wait(
     client: &Client,
     objects: &[(ObjectId, Api<DynamicObject>)],
-    timeout: Duration,
+    deadline: Deadline,
 ) -> Result<Vec<(ObjectId, String)>, ApplyError> {
-    let deadline = tokio::time::Instant::now() + timeout;
     let mut pending: Vec<usize> = (0..objects.len()).collect();
     let mut last: Vec<(usize, String)> = Vec::new();
     let mut failed: Vec<(ObjectId, String)> = Vec::new();
@@ -275,7 +276,7 @@ pub async fn wait(
             }
         }
         pending = still;
-        if pending.is_empty() || tokio::time::Instant::now() >= deadline {
+        if pending.is_empty() || deadline.passed() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -24,6 +24,7 @@ use kube::Client;
 use kube::api::{Api, DeleteParams, DynamicObject, PatchParams};
 use serde_json::Value as Json;
 
+use super::deadline::Deadline;
 use super::{FIELD_MANAGER, Item, api, health, kind_rank, send};
 use crate::objects::ObjectId;
 
@@ -246,22 +247,22 @@ pub(super) struct HookItem<'a> {
 pub(super) type Ran = Result<(), String>;
 
 /// Runs one hook: deletes the previous one (`before-hook-creation`), creates it, waits for its
-/// end within `timeout`; a failed one is deleted when its policy says `hook-failed`. Errors say
+/// end before `deadline`; a failed one is deleted when its policy says `hook-failed`. Errors say
 /// what went wrong. (`hook-succeeded` hooks are deleted by [`delete_succeeded`] once every hook of
 /// the phase succeeded: a ServiceAccount hook must outlive the Job hook that runs as it.)
-pub(super) async fn run(client: &Client, hook: &HookItem<'_>, timeout: Duration) -> Ran {
+pub(super) async fn run(client: &Client, hook: &HookItem<'_>, deadline: Deadline) -> Ran {
     let id = &hook.item.obj.id;
     let api = api(client, &hook.item.target, id.namespace.as_deref());
     if hook.hook.before_creation || changed(&api, &id.name, &hook.item.digest).await? {
-        delete_and_wait(&api, &id.name, timeout).await?;
+        delete_and_wait(&api, &id.name, deadline).await?;
     }
     let pp = PatchParams::apply(FIELD_MANAGER).force();
     send(client, &hook.item, &pp)
         .await
         .map_err(|e| hook.item.refused(&e))?;
-    let ended = wait_for_end(client, id, &api, timeout).await;
+    let ended = wait_for_end(client, id, &api, deadline).await;
     if ended.is_err() && hook.hook.on_failure {
-        delete_and_wait(&api, &id.name, timeout).await?;
+        delete_and_wait(&api, &id.name, deadline).await?;
     }
     ended
 }
@@ -334,23 +335,24 @@ pub fn needs(body: &Json) -> Vec<(String, String)> {
 pub(super) async fn delete_succeeded(
     client: &Client,
     hooks: &[&HookItem<'_>],
-    timeout: Duration,
+    deadline: Deadline,
 ) -> Result<(), (ObjectId, String)> {
     for hook in hooks.iter().filter(|h| h.hook.on_success) {
         let id = &hook.item.obj.id;
         let api = api(client, &hook.item.target, id.namespace.as_deref());
-        delete_and_wait(&api, &id.name, timeout)
+        delete_and_wait(&api, &id.name, deadline)
             .await
             .map_err(|why| (id.clone(), why))?;
     }
     Ok(())
 }
 
-/// Deletes an object (its dependents in the background) and waits until it is gone.
+/// Deletes an object (its dependents in the background) and waits until it is gone, at most until
+/// `deadline`.
 pub(super) async fn delete_and_wait(
     api: &Api<DynamicObject>,
     name: &str,
-    timeout: Duration,
+    deadline: Deadline,
 ) -> Ran {
     let dp = DeleteParams {
         propagation_policy: Some(kube::api::PropagationPolicy::Background),
@@ -361,14 +363,13 @@ pub(super) async fn delete_and_wait(
         Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),
         Err(e) => return Err(format!("deleting the previous one: {}", super::reason(&e))),
     }
-    let deadline = tokio::time::Instant::now() + timeout;
     loop {
         match api.get_opt(name).await {
             Ok(None) => return Ok(()),
-            Ok(Some(_)) if tokio::time::Instant::now() >= deadline => {
+            Ok(Some(_)) if deadline.passed() => {
                 return Err(format!(
-                    "it was not gone within {}s of its deletion",
-                    timeout.as_secs()
+                    "it was deleted but still there when the apply's timeout ({}s) ran out",
+                    deadline.total().as_secs()
                 ));
             }
             Ok(Some(_)) => tokio::time::sleep(Duration::from_millis(250)).await,
@@ -383,12 +384,12 @@ async fn wait_for_end(
     client: &Client,
     id: &ObjectId,
     api: &Api<DynamicObject>,
-    timeout: Duration,
+    deadline: Deadline,
 ) -> Ran {
     match (id.group.as_str(), id.kind.as_str()) {
         ("batch", "Job") => {
             let watched = [(id.clone(), api.clone())];
-            let left = health::wait(client, &watched, timeout)
+            let left = health::wait(client, &watched, deadline)
                 .await
                 .map_err(|e| e.to_string())?;
             match left.into_iter().next() {
@@ -399,28 +400,25 @@ async fn wait_for_end(
                 }
             }
         }
-        ("", "Pod") => {
-            let deadline = tokio::time::Instant::now() + timeout;
-            loop {
-                let pod = api.get_opt(&id.name).await.map_err(|e| super::reason(&e))?;
-                let v = pod
-                    .map(|p| serde_json::to_value(p).unwrap_or(Json::Null))
-                    .unwrap_or(Json::Null);
-                match v["status"]["phase"].as_str() {
-                    Some("Succeeded") => return Ok(()),
-                    Some("Failed") => {
-                        return Err(with_detail("the pod failed".into(), termination(&v)));
-                    }
-                    _ if tokio::time::Instant::now() >= deadline => {
-                        return Err(format!(
-                            "the pod did not finish within {}s",
-                            timeout.as_secs()
-                        ));
-                    }
-                    _ => tokio::time::sleep(Duration::from_millis(500)).await,
+        ("", "Pod") => loop {
+            let pod = api.get_opt(&id.name).await.map_err(|e| super::reason(&e))?;
+            let v = pod
+                .map(|p| serde_json::to_value(p).unwrap_or(Json::Null))
+                .unwrap_or(Json::Null);
+            match v["status"]["phase"].as_str() {
+                Some("Succeeded") => return Ok(()),
+                Some("Failed") => {
+                    return Err(with_detail("the pod failed".into(), termination(&v)));
                 }
+                _ if deadline.passed() => {
+                    return Err(format!(
+                        "the pod had not finished when the apply's timeout ({}s) ran out",
+                        deadline.total().as_secs()
+                    ));
+                }
+                _ => tokio::time::sleep(Duration::from_millis(500)).await,
             }
-        }
+        },
         _ => Ok(()),
     }
 }

@@ -20,6 +20,7 @@
 //! Every object is labelled `app.kubernetes.io/managed-by: lockstep`, `lockstep.dev/project` and
 //! `lockstep.dev/environment`; the field manager is `lockstep`.
 
+pub mod deadline;
 pub mod diff;
 pub mod health;
 pub mod hooks;
@@ -43,6 +44,7 @@ use serde_json::{Value as Json, json};
 use crate::decrypt::{ApplyObject, ApplySet, SecretJson};
 use crate::objects::{ObjectId, kind_rank};
 
+pub use deadline::Deadline;
 pub use inventory::{Inventory, InventoryEntry};
 
 /// The field manager lockstep applies with.
@@ -75,7 +77,9 @@ pub struct Options {
     pub prune_protected: bool,
     /// Wait for health after applying.
     pub wait: bool,
-    /// How long to wait for health (and for CRDs to be established).
+    /// How long the whole apply may wait, all its waits together (dependencies, CRDs
+    /// established, replaced objects gone, hooks, waves, health): one budget, as Flux's
+    /// `spec.timeout`. The `on-failure` hooks, run after a failure, get a budget of their own.
     pub timeout: Duration,
     /// Requests in flight at once.
     pub concurrency: usize,
@@ -1013,14 +1017,13 @@ fn same(dry: &Json, live: Option<&Json>) -> bool {
 async fn wait_crd_established(
     client: &Client,
     name: &str,
-    timeout: Duration,
+    deadline: Deadline,
 ) -> Result<(), ApplyError> {
     let ar = ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk("apiextensions.k8s.io", "v1", "CustomResourceDefinition"),
         "customresourcedefinitions",
     );
     let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
-    let deadline = tokio::time::Instant::now() + timeout;
     loop {
         if let Some(crd) = api.get_opt(name).await? {
             let conditions = crd.data["status"]["conditions"]
@@ -1043,7 +1046,7 @@ async fn wait_crd_established(
                 });
             }
         }
-        if tokio::time::Instant::now() >= deadline {
+        if deadline.passed() {
             return Err(ApplyError::CrdTimeout(name.to_string()));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -1097,6 +1100,8 @@ pub struct Plan<'a> {
     /// Whether this apply has written anything of the set yet (an object, a hook, a deletion):
     /// the `on-failure` hooks run only then.
     wrote: bool,
+    /// When the waits of this apply must end ([`Options::timeout`] from the plan's start).
+    deadline: Deadline,
 }
 
 impl<'a> Plan<'a> {
@@ -1107,6 +1112,7 @@ impl<'a> Plan<'a> {
         set: &'a ApplySet,
         opts: &'a Options,
     ) -> Result<Plan<'a>, ApplyError> {
+        let deadline = Deadline::after(opts.timeout);
         let resolver = Resolver::new(client, set).await?;
         let (mut items, refusals) = resolve_items(&resolver, set, opts.owner.as_deref())?;
         defer_missing_namespaces(client, &mut items, opts).await?;
@@ -1169,6 +1175,7 @@ impl<'a> Plan<'a> {
             releases,
             changed,
             wrote: false,
+            deadline,
         })
     }
 
@@ -1200,12 +1207,12 @@ impl<'a> Plan<'a> {
                     format!("wait for environment {env} (dependsOn)"),
                     watched.len(),
                 ));
-                let timeout = if self.opts.dry_run {
-                    Duration::ZERO
+                let deadline = if self.opts.dry_run {
+                    Deadline::now()
                 } else {
-                    self.opts.timeout
+                    self.deadline
                 };
-                let left = health::wait(self.client, &watched, timeout).await?;
+                let left = health::wait(self.client, &watched, deadline).await?;
                 left.into_iter()
                     .next()
                     .map(|(id, why)| format!("{id} is not healthy: {why}"))
@@ -1452,7 +1459,8 @@ impl<'a> Plan<'a> {
     }
 
     /// Applies, before any hook runs, the Secrets, ConfigMaps and ServiceAccounts of the set
-    /// that the hooks due now name (a migration Job needs the database password).
+    /// that the hooks due now name (a migration Job needs the database password), and those the
+    /// `on-failure` hooks name (they run whichever step fails).
     async fn apply_needed(&mut self, progress: &mut impl FnMut(&Event)) -> Result<(), ApplyError> {
         let mut wanted = BTreeSet::new();
         for h in self.hooks.iter().filter(|h| self.due_before(h)) {
@@ -1487,10 +1495,14 @@ impl<'a> Plan<'a> {
         Ok(())
     }
 
-    /// Whether hook `h` runs before the set is applied, in this apply.
+    /// Whether hook `h` may run before the set is applied, in this apply: a pre-apply hook, or
+    /// an `on-failure` one (a failure may come before the objects it uses were applied).
     fn due_before(&self, h: &hooks::HookItem<'_>) -> bool {
         if h.hook.environment {
-            return self.changed && h.hook.phases.contains(&hooks::Phase::PreApply);
+            let phases = &h.hook.phases;
+            return self.changed
+                && (phases.contains(&hooks::Phase::PreApply)
+                    || phases.contains(&hooks::Phase::OnFailure));
         }
         h.item
             .obj
@@ -1528,12 +1540,13 @@ impl<'a> Plan<'a> {
 
     /// The `on-failure` hooks, after a write step failed (never in a dry run, never before
     /// anything of the set was written: an inventory written meanwhile by another apply, a
-    /// refusal of the deferred dry run). Their own failure is reported, not returned: the first
-    /// error stands.
+    /// refusal of the deferred dry run). They get a budget of their own (the failure may have
+    /// spent the apply's). Their own failure is reported, not returned: the first error stands.
     pub async fn failure_hooks(&mut self, progress: &mut impl FnMut(&Event)) {
         if self.opts.dry_run || !self.wrote {
             return;
         }
+        self.deadline = Deadline::after(self.opts.timeout);
         if let Err(e) = self
             .environment_hooks(hooks::Phase::OnFailure, progress)
             .await
@@ -1598,7 +1611,7 @@ impl<'a> Plan<'a> {
             return Ok(());
         }
         progress(&Event::Stage("wait for health".into(), watched.len()));
-        self.summary.not_ready = health::wait(self.client, &watched, self.opts.timeout).await?;
+        self.summary.not_ready = health::wait(self.client, &watched, self.deadline).await?;
         Ok(())
     }
 
@@ -1707,7 +1720,7 @@ impl<'a> Plan<'a> {
         for &i in &due {
             self.may_write()?;
             self.wrote = true;
-            let ran = hooks::run(self.client, &self.hooks[i], self.opts.timeout).await;
+            let ran = hooks::run(self.client, &self.hooks[i], self.deadline).await;
             let id = self.hooks[i].item.obj.id.clone();
             match ran {
                 Ok(()) => {
@@ -1719,8 +1732,7 @@ impl<'a> Plan<'a> {
             }
         }
         let ran: Vec<&hooks::HookItem<'_>> = due.iter().map(|&i| &self.hooks[i]).collect();
-        if let Err((id, why)) = hooks::delete_succeeded(self.client, &ran, self.opts.timeout).await
-        {
+        if let Err((id, why)) = hooks::delete_succeeded(self.client, &ran, self.deadline).await {
             return Err(failed(id, format!("its hook-succeeded deletion: {why}")));
         }
         Ok(())
@@ -1732,7 +1744,7 @@ impl<'a> Plan<'a> {
         &self,
         members: &[usize],
     ) -> Result<Option<(ObjectId, String)>, ApplyError> {
-        let left = health::wait(self.client, &self.watched(members), self.opts.timeout).await?;
+        let left = health::wait(self.client, &self.watched(members), self.deadline).await?;
         Ok(left.into_iter().next())
     }
 
@@ -1943,7 +1955,7 @@ impl<'a> Plan<'a> {
                 if replaced {
                     let api = api(self.client, &item.target, item.obj.id.namespace.as_deref());
                     if let Err(why) =
-                        hooks::delete_and_wait(&api, &item.obj.id.name, self.opts.timeout).await
+                        hooks::delete_and_wait(&api, &item.obj.id.name, self.deadline).await
                     {
                         return (i, Err(format!("replacing it: {why}")));
                     }
@@ -2041,7 +2053,7 @@ impl<'a> Plan<'a> {
             .iter()
             .filter(|i| i.obj.id.kind == "CustomResourceDefinition")
         {
-            wait_crd_established(self.client, &item.obj.id.name, self.opts.timeout).await?;
+            wait_crd_established(self.client, &item.obj.id.name, self.deadline).await?;
         }
         Ok(())
     }
