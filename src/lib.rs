@@ -16,6 +16,7 @@
 //! | the only place plaintext is produced | [`decrypt`] |
 //! | dry run, server-side apply, inventory, prune, health, diff | [`apply`] |
 //! | the one pipeline both edges run: fetch → verify → render → decrypt → validate → apply → prune → health | [`pipeline`] |
+//! | a change's effect on every environment, keyless, as a pull-request comment | [`review`] |
 //! | the `Sync` resource and its reconcile | [`controller`] |
 //! | arguments, environment, exit codes, human output | [`cli`] |
 #![forbid(unsafe_code)]
@@ -24,4 +25,6 @@
 pub mod cli;
 pub mod controller;
 
-pub use lockstep_engine::{apply, decrypt, keys, objects, pipeline, probe, render, sops, source};
+pub use lockstep_engine::{
+    apply, decrypt, keys, objects, pipeline, probe, render, review, sops, source,
+};

@@ -96,12 +96,25 @@ pub struct ControllerArgs {
     /// by default: credentials would cross the network in clear).
     #[arg(long)]
     pub allow_insecure_http: bool,
-    /// Print the Sync CustomResourceDefinition and exit.
-    #[arg(long)]
-    pub print_crd: bool,
+    /// Print a CustomResourceDefinition and exit: `sync` (the default) or `history`.
+    #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "sync", value_name = "CRD")]
+    pub print_crd: Option<Crd>,
+    /// Syncs kept in each Sync's history (its `SyncHistory`), at most 100.
+    #[arg(long, default_value_t = crate::controller::history::DEFAULT_ENTRIES, value_name = "N",
+          value_parser = clap::builder::TypedValueParser::map(
+              clap::value_parser!(u16).range(1..=100), usize::from))]
+    pub history: usize,
     /// Log lines as text, or as one JSON object each (for log collectors).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+/// The CustomResourceDefinitions `--print-crd` prints: `Sync`, `SyncHistory`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[allow(missing_docs)]
+pub enum Crd {
+    Sync,
+    History,
 }
 
 /// How the controller writes its log.
@@ -139,8 +152,12 @@ pub fn run(
     stdout: &mut dyn Write,
     stderr: &mut dyn Write,
 ) -> Result<(), Failure> {
-    if args.print_crd {
-        let _ = stdout.write_all(crate::controller::crd_yaml().as_bytes());
+    if let Some(crd) = args.print_crd {
+        let yaml = match crd {
+            Crd::Sync => crate::controller::crd_yaml(),
+            Crd::History => crate::controller::history::crd_yaml(),
+        };
+        let _ = stdout.write_all(yaml.as_bytes());
         return Ok(());
     }
     init_logging(args.log_format);
@@ -163,7 +180,8 @@ pub fn run(
             .with_required_service_account(args.require_service_account)
             .with_tenant_namespaces(&args.tenant_namespaces)
             .with_render_probe(render_probe(args)?)
-            .with_max_timeout(args.max_timeout);
+            .with_max_timeout(args.max_timeout)
+            .with_history(args.history);
         crate::source::git::remove_leftovers();
         if !args.once {
             return serve(args, access, &cache).await;

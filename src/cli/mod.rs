@@ -21,6 +21,8 @@ pub mod keysources;
 pub mod migrate;
 pub mod rekey;
 pub mod render;
+pub mod review;
+pub mod status;
 
 /// GitOps with secrets kept encrypted in Git.
 ///
@@ -71,12 +73,18 @@ pub enum Command {
     Charts(charts::ChartsArgs),
     /// Show what `apply` would change: server-side dry run against the live objects.
     Diff(apply::DiffArgs),
+    /// What a change does to every environment, keyless, as Markdown for a pull request.
+    Review(review::ReviewArgs),
     /// Decrypt in memory and server-side apply one environment, with pruning and health waiting.
     Apply(apply::ApplyArgs),
     /// Run the in-cluster controller that syncs `Sync` resources from Git.
     Controller(controller::ControllerArgs),
     /// Ask the controller to sync a `Sync` resource now.
     Sync(controller::SyncArgs),
+    /// The Syncs at a glance, or one Sync in full: its objects with live health, the last error.
+    Status(status::StatusArgs),
+    /// A Sync's last syncs: revision, subject, trigger, result, duration, objects changed.
+    History(status::HistoryArgs),
     /// Print (or `--apply`) the controller's install manifests: CRD, RBAC, Deployment.
     Install(install::InstallArgs),
 }
@@ -101,9 +109,12 @@ impl Command {
             Command::Render(_) => "render",
             Command::Charts(_) => "charts",
             Command::Diff(_) => "diff",
+            Command::Review(_) => "review",
             Command::Apply(_) => "apply",
             Command::Controller(_) => "controller",
             Command::Sync(_) => "sync",
+            Command::Status(_) => "status",
+            Command::History(_) => "history",
             Command::Install(_) => "install",
         }
     }
@@ -135,7 +146,14 @@ pub fn run(
         Command::Apply(args) => apply::run_apply(args, env, stdout, stderr),
         Command::Controller(args) => controller::run(args, stdout, stderr),
         Command::Sync(args) => controller::request(args, stdout),
+        Command::Status(args) => status::run(args, stdout),
+        Command::History(args) => status::run_history(args, stdout),
         Command::Install(args) => install::run(args, env, stdout, stderr),
+        Command::Review(args) => match review::run(args, stdout) {
+            Ok(false) => Ok(()),
+            Ok(true) => return exit::Code::CHANGES.into(),
+            Err(e) => Err(e),
+        },
         Command::Diff(args) => match apply::run_diff(args, env, stdout, stderr) {
             Ok(false) => Ok(()),
             Ok(true) => return exit::Code::CHANGES.into(),

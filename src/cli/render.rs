@@ -194,6 +194,15 @@ pub fn render_dir(dir: &Path, req: &Request, stderr: &mut dyn Write) -> Result<R
     })
 }
 
+/// Renders one environment of a project read from anywhere (`dir` is where its chart cache and
+/// messages point); a failure is the drawn diagnostics, as text.
+pub fn render_snapshot(dir: &Path, snapshot: &Snapshot, req: &Request) -> Result<Rendered, String> {
+    let mut drawn = Vec::new();
+    let req = with_chart_archives(dir, snapshot, req, &mut drawn)
+        .map_err(|f| format!("{}{}", String::from_utf8_lossy(&drawn), f.message))?;
+    render::render(snapshot, &req).map_err(|d| draw(&d))
+}
+
 /// The request with the archives of the project's repository and OCI charts (cached, else
 /// fetched and checked against `lockstep.lock`).
 fn with_chart_archives(

@@ -4,7 +4,7 @@
 use crate::source::Snapshot;
 
 /// The project's files (path relative to `templates/`, text).
-pub const FILES: [(&str, &str); 6] = [
+pub const FILES: [(&str, &str); 7] = [
     (
         "lockstep.yaml",
         include_str!("../../templates/lockstep.yaml"),
@@ -13,6 +13,10 @@ pub const FILES: [(&str, &str); 6] = [
     (
         "manifests/crd-sync.yaml",
         include_str!("../../templates/manifests/crd-sync.yaml"),
+    ),
+    (
+        "manifests/crd-synchistory.yaml",
+        include_str!("../../templates/manifests/crd-synchistory.yaml"),
     ),
     (
         "templates/namespace.yaml",

@@ -209,6 +209,8 @@ mod tests {
             drift_corrected: 2,
             attempted: Some(revision.into()),
             message: "applied".into(),
+            subject: None,
+            render_digest: None,
         }
     }
 

@@ -20,6 +20,7 @@ mod kustomize_charts;
 mod ordering;
 mod peers_smoke;
 mod render;
+mod review;
 mod sops_commands;
 mod sops_interop;
 mod sops_properties;

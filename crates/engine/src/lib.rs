@@ -11,6 +11,7 @@ pub mod decrypt;
 pub mod pipeline;
 pub mod probe;
 pub mod rerun;
+pub mod review;
 pub mod sealed;
 pub mod source;
 

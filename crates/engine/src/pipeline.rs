@@ -306,6 +306,11 @@ pub struct Outcome {
     /// When secret-bearing objects were compared sealed (no key): why, and the SOPS manifests
     /// whose identity is encrypted too, which could not be compared at all.
     pub sealed: Option<SealedNote>,
+    /// The first line of the commit's message (Git sources).
+    pub subject: Option<String>,
+    /// A digest of the sealed render (the manifests as `render` prints them, no value in them):
+    /// two syncs with the same digest applied the same set.
+    pub render_digest: String,
 }
 
 /// Why a preview compared secret-bearing objects by their sealed digest.
@@ -323,7 +328,34 @@ pub struct Failed {
     pub error: StageError,
     /// The fetched revision, if any.
     pub revision: Option<String>,
+    /// The first line of the fetched commit's message, if any.
+    pub subject: Option<String>,
 }
+
+/// The first line of a raw Git commit object's message.
+pub fn commit_subject(raw: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(raw);
+    let (_, message) = text.split_once("\n\n")?;
+    let line = message.lines().next()?.trim();
+    (!line.is_empty()).then(|| line.chars().take(200).collect())
+}
+
+/// [`DIGEST_HEX`] hex digits of the SHA-256 of the sealed render.
+pub fn render_digest(rendered: &Rendered) -> String {
+    use sha2::Digest as _;
+    let mut hasher = sha2::Sha256::new();
+    for m in &rendered.manifests {
+        hasher.update(m.source.as_bytes());
+        hasher.update(b"\n");
+        hasher.update(m.to_yaml().as_bytes());
+    }
+    let mut hex = hex::encode(hasher.finalize());
+    hex.truncate(DIGEST_HEX);
+    hex
+}
+
+/// Hex digits of a [`render_digest`].
+pub const DIGEST_HEX: usize = 12;
 
 /// Runs every step in order; `progress` sees each apply stage and object.
 pub async fn run<I: Inputs>(
@@ -334,10 +366,13 @@ pub async fn run<I: Inputs>(
     let fetched = fetch(inputs).await.map_err(|error| Failed {
         error,
         revision: None,
+        subject: None,
     })?;
+    let subject = fetched.commit.as_deref().and_then(commit_subject);
     let at = |error| Failed {
         error,
         revision: Some(fetched.revision.clone()),
+        subject: subject.clone(),
     };
     verify(inputs, &fetched).await.map_err(at)?;
     if let Some(probe) = inputs.render_probe() {
@@ -352,6 +387,7 @@ pub async fn run<I: Inputs>(
         ..request.clone()
     };
     let rendered = render(&fetched.snapshot, &request).map_err(at)?;
+    let digest = cpu(|| render_digest(&rendered));
     let options = inputs.options(&fetched);
     let (set, sealed) = decrypt_or_seal(inputs, &rendered, &fetched.snapshot, &options)
         .await
@@ -368,6 +404,8 @@ pub async fn run<I: Inputs>(
         objects: set.objects.len() + set.sealed.len(),
         revision: fetched.revision.clone(),
         sealed,
+        subject,
+        render_digest: digest,
     })
 }
 
@@ -576,5 +614,21 @@ pub fn cpu<R>(f: impl FnOnce() -> R) -> R {
             tokio::task::block_in_place(f)
         }
         _ => f(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_commit_subject_is_the_first_line_after_the_headers() {
+        let signed = b"tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\nauthor A <a@x> 1 +0000\ncommitter A <a@x> 1 +0000\ngpgsig -----BEGIN SSH SIGNATURE-----\n U1NIU0lH\n -----END SSH SIGNATURE-----\n\nprod gets nginx 1.28\n\nlonger text\n";
+        assert_eq!(
+            commit_subject(signed).as_deref(),
+            Some("prod gets nginx 1.28")
+        );
+        assert_eq!(commit_subject(b"tree x\n\n\n"), None);
+        assert_eq!(commit_subject(b"no message at all"), None);
     }
 }

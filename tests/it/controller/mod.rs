@@ -13,6 +13,7 @@ mod kustomize;
 mod leader;
 mod ownership;
 mod prune;
+mod status;
 mod tenancy;
 mod triggers;
 

@@ -170,13 +170,23 @@ impl Inventory {
         project: &str,
         environment: &str,
     ) -> Result<Inventory, ApplyError> {
-        let cm = match api.get_opt(&name(project, environment)).await {
+        Ok(Inventory::read_named(api, &name(project, environment))
+            .await?
+            .unwrap_or_default())
+    }
+
+    /// Reads the inventory ConfigMap `name` (`None` when there is none).
+    pub async fn read_named(
+        api: &Api<DynamicObject>,
+        name: &str,
+    ) -> Result<Option<Inventory>, ApplyError> {
+        let cm = match api.get_opt(name).await {
             Ok(cm) => cm,
             Err(kube::Error::Api(s)) if s.code == 404 => None,
             Err(e) => return Err(e.into()),
         };
         let Some(cm) = cm else {
-            return Ok(Inventory::default());
+            return Ok(None);
         };
         let owner = cm.data["data"]["owner"]
             .as_str()
@@ -188,7 +198,7 @@ impl Inventory {
             .lines()
             .filter_map(InventoryEntry::parse)
             .collect();
-        Ok(Inventory {
+        Ok(Some(Inventory {
             entries,
             revision: cm.data["data"]["revision"]
                 .as_str()
@@ -199,7 +209,7 @@ impl Inventory {
             hooks_pending: cm.data["data"]["hooksPending"]
                 .as_str()
                 .is_some_and(|v| !v.is_empty()),
-        })
+        }))
     }
 
     /// Writes the inventory (server-side apply) if the ConfigMap is still at `expected` (the

@@ -25,6 +25,7 @@ pub mod diff;
 pub mod health;
 pub mod hooks;
 pub mod inventory;
+pub mod observe;
 pub mod redact;
 pub mod replace;
 pub mod sealed;

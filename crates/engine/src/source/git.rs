@@ -536,6 +536,69 @@ fn commit_of<'r>(repo: &'r gix::Repository, rev: &Revision) -> Result<gix::Commi
     }
 }
 
+/// A commit of a local repository, with the project as it is there.
+pub struct LocalCommit {
+    /// The commit id (hex).
+    pub id: String,
+    /// The first line of its message.
+    pub subject: String,
+    /// The project's files at that commit.
+    pub snapshot: Snapshot,
+}
+
+/// Reads the project in `dir` (inside the work tree of a local repository) as it is at `rev`
+/// (what `git rev-parse` takes: `HEAD`, `HEAD~1`, `origin/main`, a tag, a commit id), straight
+/// from the object database, with the same bounds as a fetched project. Nothing is fetched.
+pub fn read_local(dir: &Path, rev: &str) -> Result<LocalCommit, GitError> {
+    let repo = gix::discover(dir).map_err(|e| {
+        err(
+            &format!("{} is not inside a Git repository", dir.display()),
+            e,
+        )
+    })?;
+    let root = repo.workdir().ok_or_else(|| {
+        GitError(format!(
+            "{}: the repository is bare; run this in a checkout",
+            dir.display()
+        ))
+    })?;
+    let canonical = |p: &Path| {
+        p.canonicalize()
+            .map_err(|e| err(&format!("reading {}", p.display()), e))
+    };
+    let (dir_abs, root_abs) = (canonical(dir)?, canonical(root)?);
+    let path = dir_abs
+        .strip_prefix(&root_abs)
+        .map_err(|_| {
+            GitError(format!(
+                "{} is not inside the work tree {}",
+                dir.display(),
+                root.display()
+            ))
+        })?
+        .to_str()
+        .ok_or_else(|| GitError(format!("{}: the path is not UTF-8", dir.display())))?
+        .replace(std::path::MAIN_SEPARATOR, "/");
+    let id = repo
+        .rev_parse_single(rev)
+        .map_err(|e| err(&format!("revision {rev:?}"), e))?;
+    let commit = id
+        .object()
+        .map_err(|e| err(&format!("revision {rev:?}"), e))?
+        .peel_to_commit()
+        .map_err(|e| err(&format!("revision {rev:?} is not a commit"), e))?;
+    let subject = commit
+        .message()
+        .map(|m| m.summary().to_string())
+        .unwrap_or_default();
+    let snapshot = read_project(&repo, &commit, &path, rev)?;
+    Ok(LocalCommit {
+        id: commit.id.to_string(),
+        subject,
+        snapshot,
+    })
+}
+
 /// The project at `path` of the commit's tree, straight from the object database: only project
 /// entries, no hidden files, no file over [`MAX_FILE_BYTES`].
 fn read_project(
