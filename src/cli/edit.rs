@@ -343,8 +343,20 @@ pub struct SetArgs {
     pub file: PathBuf,
     /// Where to set, e.g. `'["db"]["password"]'`; missing mappings are created, an index past the end appends.
     pub path: String,
-    /// The value as JSON: '"text"', 5, true, {"a": 1}.
-    pub value: String,
+    /// The value as JSON: '"text"', 5, true, {"a": 1}; with --value-file the file holding it;
+    /// omitted with --value-stdin.
+    #[arg(required_unless_present = "value_stdin")]
+    pub value: Option<String>,
+    /// Read the JSON value from the file VALUE names, not from the command line (which `ps` and
+    /// shell history show), as sops's --value-file.
+    #[arg(long, conflicts_with = "value_stdin")]
+    pub value_file: bool,
+    /// Read the JSON value from standard input (no VALUE argument), as sops's --value-stdin.
+    #[arg(long, conflicts_with = "value")]
+    pub value_stdin: bool,
+    /// Leave the file untouched (not even re-written) when the key already holds the value.
+    #[arg(long)]
+    pub idempotent: bool,
     /// Also try the identities in FILE; repeatable.
     #[arg(long, value_name = "FILE")]
     pub identity: Vec<PathBuf>,
@@ -410,6 +422,24 @@ fn set_in(node: &mut Value, steps: &[Step], value: Value) -> Result<(), String> 
     }
 }
 
+/// The value at `steps`, if there is one.
+fn get_in<'v>(node: &'v Value, steps: &[Step]) -> Option<&'v Value> {
+    let Some((head, rest)) = steps.split_first() else {
+        return Some(node);
+    };
+    let child = match (head, node) {
+        (Step::Key(k), Value::Map(items)) => items.iter().find_map(|i| match i {
+            Item::Pair(ik, v) if ik == k => Some(v),
+            _ => None,
+        }),
+        (Step::Index(i), Value::List(values)) => {
+            crate::sops::tree::element_index(values, *i).map(|p| &values[p])
+        }
+        _ => None,
+    }?;
+    get_in(child, rest)
+}
+
 fn unset_in(node: &mut Value, steps: &[Step]) -> bool {
     match steps {
         [] => false,
@@ -447,13 +477,13 @@ fn unset_in(node: &mut Value, steps: &[Step]) -> bool {
     }
 }
 
-/// Decrypts `file`, applies `change` to its first document, re-encrypts with the same data key (unchanged
+/// Decrypts `file`, applies `change` to its first document (which says whether to write), re-encrypts with the same data key (unchanged
 /// values keep their ciphertext) and writes it back atomically.
 fn change_in_place(
     file: &Path,
     identity: &[PathBuf],
     env: &Env<'_>,
-    change: impl FnOnce(&mut Value) -> Result<(), Failure>,
+    change: impl FnOnce(&mut Value) -> Result<bool, Failure>,
 ) -> Result<(), Failure> {
     let fname = file.display();
     let format = Format::from_path(file);
@@ -467,7 +497,9 @@ fn change_in_place(
     if let Value::Map(items) = root {
         first.items = items;
     }
-    result?;
+    if !result? {
+        return Ok(());
+    }
     let out = reencrypt(file, &decrypted, &mut docs, format)?;
     crypt::write_atomic(file, &out).map_err(|e| {
         Failure::new(
@@ -513,23 +545,64 @@ fn parse_path(path: &str) -> Result<Vec<Step>, Failure> {
 }
 
 /// `lockstep set`
-pub fn set(args: &SetArgs, env: &Env<'_>) -> Result<(), Failure> {
+pub fn set(args: &SetArgs, env: &Env<'_>, stdin: &mut dyn std::io::Read) -> Result<(), Failure> {
     let steps = parse_path(&args.path)?;
-    let json: serde_json::Value = serde_json::from_str(&args.value).map_err(|e| {
+    let text = set_value_text(args, stdin)?;
+    let json: serde_json::Value = serde_json::from_str(text.as_str()).map_err(|e| {
+        let from = match (args.value_stdin, args.value_file) {
+            (true, _) => "standard input",
+            (_, true) => "--value-file",
+            _ => "the value",
+        };
         Failure::new(
             Code::INVALID_SET_FORMAT,
-            format!("the value is not JSON ({e}); quote strings: '\"text\"'"),
+            format!("{from} is not JSON ({e}); quote strings: '\"text\"'"),
         )
     })?;
+    drop(text);
     let value = store::json::from_json(json);
+    let idempotent = args.idempotent;
     change_in_place(&args.file, &args.identity, env, |root| {
+        if idempotent && get_in(root, &steps) == Some(&value) {
+            return Ok(false);
+        }
         set_in(root, &steps, value).map_err(|e| {
             Failure::new(
                 Code::INVALID_SET_FORMAT,
                 format!("{}: {}: {e}", args.file.display(), args.path),
             )
-        })
+        })?;
+        Ok(true)
     })
+}
+
+/// The JSON text of `set`'s value: the argument, the file it names (`--value-file`), or standard
+/// input (`--value-stdin`) — read into memory that is wiped when dropped.
+fn set_value_text(
+    args: &SetArgs,
+    stdin: &mut dyn std::io::Read,
+) -> Result<zeroize::Zeroizing<String>, Failure> {
+    let mut text = zeroize::Zeroizing::new(String::new());
+    let read = |what: &str, e: std::io::Error| {
+        Failure::new(
+            Code::COULD_NOT_READ_INPUT_FILE,
+            format!("reading {what}: {e}"),
+        )
+    };
+    if args.value_stdin {
+        stdin
+            .read_to_string(&mut text)
+            .map_err(|e| read("the value from standard input", e))?;
+        return Ok(text);
+    }
+    let value = args.value.as_deref().unwrap_or_default();
+    if args.value_file {
+        let mut file = std::fs::File::open(value).map_err(|e| read(value, e))?;
+        std::io::Read::read_to_string(&mut file, &mut text).map_err(|e| read(value, e))?;
+    } else {
+        text.push_str(value);
+    }
+    Ok(text)
 }
 
 /// `lockstep unset`
@@ -539,8 +612,11 @@ pub fn unset(args: &UnsetArgs, env: &Env<'_>) -> Result<(), Failure> {
     let file = args.file.display().to_string();
     let path = args.path.clone();
     change_in_place(&args.file, &args.identity, env, move |root| {
-        if unset_in(root, &steps) || idempotent {
-            Ok(())
+        if unset_in(root, &steps) {
+            Ok(true)
+        } else if idempotent {
+            // As sops: an absent key with --idempotent leaves the file as it is.
+            Ok(false)
         } else {
             Err(Failure::new(
                 Code::GENERIC,

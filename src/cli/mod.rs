@@ -138,7 +138,7 @@ pub fn run(
         Command::Check(args) => check::check(args, env, stdout),
         Command::Hook(args) => check::hook(args, stdout),
         Command::Filestatus(args) => check::filestatus(args, stdout),
-        Command::Set(args) => edit::set(args, env),
+        Command::Set(args) => edit::set(args, env, &mut std::io::stdin()),
         Command::Unset(args) => edit::unset(args, env),
         Command::Render(args) => render::run(args, stdout, stderr),
         Command::Charts(args) => charts::run(args, stdout, stderr),

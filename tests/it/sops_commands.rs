@@ -702,3 +702,318 @@ fn sops_habits_work_the_old_command_line_and_sops_flag_spellings() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `lockstep ARGS` in `dir` with `input` on standard input.
+fn ls_stdin(dir: &Path, args: &[&str], env: &[(&str, &str)], input: &str) -> Output {
+    use std::io::Write as _;
+    use std::process::Stdio;
+    let mut cmd = Command::new(LOCKSTEP);
+    cmd.args(args)
+        .current_dir(dir)
+        .env("HOME", dir)
+        .env_remove("SOPS_AGE_KEY_FILE")
+        .env_remove("SOPS_AGE_KEY")
+        .env_remove("SOPS_CONFIG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write stdin");
+    child.wait_with_output().expect("wait")
+}
+
+#[test]
+fn set_reads_the_value_from_stdin_or_a_file_and_idempotent_leaves_the_file_alone() {
+    let Some(sops) = support::require("sops", peer("sops")) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let (key_file, recipient) = key(d, "k.txt");
+    std::fs::write(d.join("s.yaml"), "db:\n    password: old\n").expect("write");
+    ok(
+        ls(d, &["encrypt", "-i", "--age", &recipient, "s.yaml"], &[]),
+        "encrypt",
+    );
+    let env = [("SOPS_AGE_KEY_FILE", key_file.as_str())];
+    // From standard input: the value never is an argument (`ps`, shell history).
+    let out = ls_stdin(
+        d,
+        &["set", "--value-stdin", "s.yaml", "[\"db\"][\"password\"]"],
+        &env,
+        &format!("\"{MARKER}-stdin\""),
+    );
+    ok(out, "set --value-stdin");
+    let plain = ok(run_isolated(&sops, &["-d", "s.yaml"], &env, d), "sops -d");
+    assert!(
+        plain.contains(&format!("password: {MARKER}-stdin")),
+        "{plain}"
+    );
+    // From a file (in memory-backed storage here, as a user would keep it).
+    let value_file = d.join("value.json");
+    std::fs::write(&value_file, format!("{{\"user\": \"{MARKER}-file\"}}")).expect("write");
+    ok(
+        ls(
+            d,
+            &[
+                "set",
+                "--value-file",
+                "s.yaml",
+                "[\"app\"]",
+                &value_file.to_string_lossy(),
+            ],
+            &env,
+        ),
+        "set --value-file",
+    );
+    let plain = ok(run_isolated(&sops, &["-d", "s.yaml"], &env, d), "sops -d");
+    assert!(plain.contains(&format!("user: {MARKER}-file")), "{plain}");
+    // The same value again with --idempotent: not written at all (byte-identical, MAC and
+    // lastmodified included), as sops does; without it the file is re-written.
+    let before = std::fs::read(d.join("s.yaml")).expect("read");
+    let same = format!("\"{MARKER}-stdin\"");
+    ok(
+        ls(
+            d,
+            &[
+                "set",
+                "--idempotent",
+                "s.yaml",
+                "[\"db\"][\"password\"]",
+                &same,
+            ],
+            &env,
+        ),
+        "set --idempotent",
+    );
+    assert_eq!(std::fs::read(d.join("s.yaml")).expect("read"), before);
+    ok(
+        run_isolated(
+            &sops,
+            &[
+                "set",
+                "--idempotent",
+                "s.yaml",
+                "[\"db\"][\"password\"]",
+                &same,
+            ],
+            &env,
+            d,
+        ),
+        "sops set --idempotent",
+    );
+    assert_eq!(
+        std::fs::read(d.join("s.yaml")).expect("read"),
+        before,
+        "sops agrees"
+    );
+    // A different value with --idempotent is set.
+    ok(
+        ls(
+            d,
+            &[
+                "set",
+                "--idempotent",
+                "s.yaml",
+                "[\"db\"][\"password\"]",
+                "\"new\"",
+            ],
+            &env,
+        ),
+        "set --idempotent of a new value",
+    );
+    assert_ne!(std::fs::read(d.join("s.yaml")).expect("read"), before);
+    // Bad input: both sources, no JSON, a missing file.
+    let out = ls(
+        d,
+        &["set", "--value-stdin", "--value-file", "s.yaml", "[\"x\"]"],
+        &env,
+    );
+    assert!(!out.status.success());
+    let out = ls_stdin(
+        d,
+        &["set", "--value-stdin", "s.yaml", "[\"x\"]"],
+        &env,
+        "not json",
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("standard input is not JSON"), "{err}");
+    assert!(!err.contains("not json"), "the value is not echoed: {err}");
+    let out = ls(
+        d,
+        &["set", "--value-file", "s.yaml", "[\"x\"]", "/nonexistent/v"],
+        &env,
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/v"));
+    // Nothing but the encrypted file holds the markers (the value file is the user's own).
+    std::fs::remove_file(&value_file).expect("rm");
+    assert!(files_containing(d, MARKER).is_empty());
+}
+
+/// Asserts that the changed lines are the value's, the MAC's and (unless both writes fell in one
+/// second) `lastmodified`'s.
+fn only_value_and_seal(changed: &[String]) {
+    let all = changed.join("\n");
+    assert!(changed.len() == 2 || changed.len() == 3, "{all}");
+    assert!(changed[0].contains("password:"), "{all}");
+    assert!(changed.iter().any(|l| l.contains("mac:")), "{all}");
+    assert!(
+        changed
+            .iter()
+            .all(|l| ["password:", "lastmodified:", "mac:"]
+                .iter()
+                .any(|w| l.contains(w))),
+        "{all}"
+    );
+}
+
+/// Lines of `a` and `b` that differ (same line count assumed; a different count is all).
+fn changed_lines(a: &str, b: &str) -> Vec<String> {
+    let (a, b): (Vec<&str>, Vec<&str>) = (a.lines().collect(), b.lines().collect());
+    if a.len() != b.len() {
+        return vec![format!("{} lines became {}", a.len(), b.len())];
+    }
+    a.iter()
+        .zip(&b)
+        .filter(|(x, y)| x != y)
+        .map(|(x, y)| format!("- {x}\n+ {y}"))
+        .collect()
+}
+
+#[test]
+fn a_set_on_a_sops_written_file_changes_only_what_changed_and_the_layout_is_sops_s() {
+    let Some(sops) = support::require("sops", peer("sops")) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let (key_file, recipient) = key(d, "k.txt");
+    let (_, second) = key(d, "k2.txt");
+    // Nested blocks under list items, where go-yaml's indentation differs from "a step past
+    // the key": sops's own age block is one.
+    let plain = "db:\n    password: old\nusers:\n    - name: a\n      roles:\n        - admin\n      note: |\n        two\n        lines\n      meta:\n        level: 1\n";
+    std::fs::write(d.join("s.yaml"), plain).expect("write");
+    let env = [("SOPS_AGE_KEY_FILE", key_file.as_str())];
+    ok(
+        run_isolated(
+            &sops,
+            &[
+                "-e",
+                "-i",
+                "--age",
+                &format!("{recipient},{second}"),
+                "s.yaml",
+            ],
+            &env,
+            d,
+        ),
+        "sops -e",
+    );
+    // Decrypted, both write the same bytes.
+    let theirs = ok(run_isolated(&sops, &["-d", "s.yaml"], &env, d), "sops -d");
+    let ours = ok(ls(d, &["decrypt", "s.yaml"], &env), "decrypt");
+    assert_eq!(ours, theirs);
+    // One value set: that value, `lastmodified` and the MAC change — nothing else.
+    let before = std::fs::read_to_string(d.join("s.yaml")).expect("read");
+    ok(
+        ls(
+            d,
+            &["set", "s.yaml", "[\"db\"][\"password\"]", "\"new\""],
+            &env,
+        ),
+        "set",
+    );
+    let after = std::fs::read_to_string(d.join("s.yaml")).expect("read");
+    only_value_and_seal(&changed_lines(&before, &after));
+    // And sops's own set of the same file changes the same lines back and forth.
+    ok(
+        run_isolated(
+            &sops,
+            &["set", "s.yaml", "[\"db\"][\"password\"]", "\"newer\""],
+            &env,
+            d,
+        ),
+        "sops set",
+    );
+    let by_sops = std::fs::read_to_string(d.join("s.yaml")).expect("read");
+    only_value_and_seal(&changed_lines(&after, &by_sops));
+    // A file lockstep encrypts has sops's layout: the same lines as sops's own, only the
+    // ciphertexts and dates differ.
+    std::fs::write(d.join("t.yaml"), plain).expect("write");
+    std::fs::write(d.join("u.yaml"), plain).expect("write");
+    ok(
+        ls(
+            d,
+            &[
+                "encrypt",
+                "-i",
+                "--age",
+                &format!("{recipient},{second}"),
+                "t.yaml",
+            ],
+            &[],
+        ),
+        "encrypt",
+    );
+    ok(
+        run_isolated(
+            &sops,
+            &[
+                "-e",
+                "-i",
+                "--age",
+                &format!("{recipient},{second}"),
+                "u.yaml",
+            ],
+            &env,
+            d,
+        ),
+        "sops -e",
+    );
+    let shape = |t: &str| -> Vec<String> {
+        t.lines()
+            .map(|l| {
+                let indent = l.len() - l.trim_start().len();
+                let head: String = l.trim_start().chars().take_while(|c| *c != ':').collect();
+                // Armored lines and ciphertexts differ run to run; their indentation does not.
+                let head = if l.contains(':') && !l.trim_start().starts_with("-----") {
+                    head
+                } else {
+                    String::new()
+                };
+                format!("{indent} {head}")
+            })
+            .collect()
+    };
+    let (ours, theirs) = (
+        std::fs::read_to_string(d.join("t.yaml")).expect("read"),
+        std::fs::read_to_string(d.join("u.yaml")).expect("read"),
+    );
+    let (a, b) = (shape(&ours), shape(&theirs));
+    // The age stanzas may wrap to a different number of lines; compare what surrounds them.
+    let strip =
+        |v: &[String]| -> Vec<String> { v.iter().filter(|l| !l.ends_with(' ')).cloned().collect() };
+    assert_eq!(strip(&a), strip(&b), "ours:\n{ours}\ntheirs:\n{theirs}");
+    let armor_indent = |t: &str| {
+        t.lines()
+            .find(|l| l.trim_start() == "-----BEGIN AGE ENCRYPTED FILE-----")
+            .map(|l| l.len() - l.trim_start().len())
+    };
+    assert_eq!(armor_indent(&ours), Some(12), "{ours}");
+    assert_eq!(armor_indent(&ours), armor_indent(&theirs));
+}

@@ -828,26 +828,35 @@ impl Emitter {
         }
     }
 
+    /// The indentation of what nests under a key at `indent`: the next multiple of the step, as
+    /// go-yaml (and so sops) writes it — a mapping that is a list item has its keys two past the
+    /// dash, and its nested blocks go to the step after the dash, not a step past the key
+    /// (`- enc: |` at 8 has its block at 12 with sops's 4, not 14).
+    fn deeper(&self, indent: usize) -> usize {
+        self.step * ((indent + self.step) / self.step)
+    }
+
     fn value_after_key(&mut self, v: &Value, indent: usize, inline: Option<&Comment>) {
         match v {
             Value::Map(items) if items.iter().any(|i| matches!(i, Item::Pair(..))) => {
                 let (head, rest) = split_leading_inline(items);
                 self.inline_comment(inline.or(head));
                 self.out.push('\n');
-                self.map(rest, indent + self.step, None);
+                self.map(rest, self.deeper(indent), None);
             }
             Value::List(values) if values.iter().any(|v| !matches!(v, Value::Comment(_))) => {
                 let (head, rest) = split_leading_inline_list(values);
                 self.inline_comment(inline.or(head));
                 self.out.push('\n');
-                self.list(rest, indent + self.step);
+                self.list(rest, self.deeper(indent));
             }
             // Empty collections (perhaps holding only comments) are written in flow style; their
             // comments follow on their own lines.
             Value::Map(_) | Value::List(_) => self.empty_collection(v, inline, indent),
             scalar_value => {
                 self.out.push(' ');
-                self.out.push_str(&scalar(scalar_value, indent + self.step));
+                self.out
+                    .push_str(&scalar(scalar_value, self.deeper(indent)));
                 self.inline_comment(inline);
                 self.out.push('\n');
             }
