@@ -859,3 +859,224 @@ fn post_quantum_recipients_interoperate_with_sops_and_age() {
     );
     assert_eq!(String::from_utf8_lossy(&derived).trim(), public);
 }
+
+/// Strings where YAML writers disagree: YAML 1.1 booleans and sexagesimals, things that read as
+/// numbers, dates or null, indicators, quotes, spaces, line breaks, escapes and non-BMP text.
+/// (Not `<<`: sops 3.13 writes it as `!!merge <<`, which no reader takes back as the string;
+/// lockstep writes `"<<"`.)
+const TRICKY: &[&str] = &[
+    "yes",
+    "no",
+    "on",
+    "off",
+    "y",
+    "n",
+    "Y",
+    "N",
+    "YES",
+    "Off",
+    "true",
+    "True",
+    "FALSE",
+    "null",
+    "Null",
+    "~",
+    "",
+    " ",
+    "  lead",
+    "trail ",
+    "0o17",
+    "0x1F",
+    "0X1f",
+    "1_000",
+    "1_000.5",
+    "1__0",
+    ".inf",
+    "-.Inf",
+    "+.inf",
+    ".nan",
+    "+1",
+    "-1",
+    "012",
+    "08",
+    "1e3",
+    "1.",
+    ".5",
+    "2024-01-02",
+    "2024-1-2",
+    "2024-02-30",
+    "2001-12-14t21:59:43.10-05:00",
+    "2001-12-14 21:59:43.10",
+    "1:30",
+    "-1:30:00",
+    "190:20:30.15",
+    "1:60",
+    "a: b",
+    "a #b",
+    "a#b",
+    "#x",
+    "- x",
+    "-x",
+    "-",
+    "---",
+    "...",
+    "? x",
+    ":x",
+    "x:",
+    "@at",
+    "`tick",
+    "'single'",
+    "\"double\"",
+    "it's",
+    "tab\there",
+    "line1\nline2",
+    "line1\nline2\n",
+    "line1\n\n",
+    "\nleading",
+    " leading\nx",
+    "trailing \nx",
+    "tab\tin\nblock",
+    "emoji 😀",
+    "nbsp\u{a0}x",
+    "bell\u{7}",
+    "%percent",
+    "!bang",
+    "&amp",
+    "*star",
+    "|pipe",
+    ">gt",
+    "{brace",
+    "[bracket",
+    "]",
+    ",comma",
+    "a,b",
+    "a[b]",
+    "a{b}",
+    "18446744073709551615",
+    "18446744073709551616",
+    "9223372036854775808",
+    "0xFFFFFFFFFFFFFFFF",
+    "0x1FFFFFFFFFFFFFFFF",
+    "0b101",
+    "-0b101",
+    "0o",
+    "0x",
+    "é",
+    "x\ry",
+    "back\\slash",
+    "multi\nline with 'quotes' and \"double\"",
+];
+
+#[test]
+fn decrypt_writes_tricky_yaml_scalars_byte_for_byte_as_sops_does() {
+    let Some(sops) = need_peer("sops") else {
+        return;
+    };
+    let Some(k) = keys() else { return };
+    let home = k.dir.path();
+    let quoted = |s: &str| serde_json::to_string(s).expect("json string");
+    let mut plain = String::from("values:\n");
+    for (i, s) in TRICKY.iter().enumerate() {
+        plain.push_str(&format!("    v{i}: {}\n", quoted(s)));
+    }
+    plain.push_str("keys:\n");
+    // Keys keep no type in lockstep: a canonical integer key is written as an integer, so the
+    // strings that look like one are left out here.
+    let keyable = |s: &&str| {
+        !s.contains('\n') && s.parse::<i64>().map(|i| i.to_string()) != Ok(s.to_string())
+    };
+    for (i, s) in TRICKY.iter().enumerate().filter(|(_, s)| keyable(s)) {
+        plain.push_str(&format!("    {}: k{i}\n", quoted(s)));
+    }
+    plain.push_str("list:\n");
+    // Not blocks that need an indentation hint: in a list item sops writes one no reader takes
+    // back (`- |4-` with the lines two in); lockstep writes the hint that fits (`- |2-`).
+    let hinted = |s: &&&str| s.contains('\n') && (s.starts_with(' ') || s.starts_with('\n'));
+    for s in TRICKY.iter().filter(|s| !hinted(s)) {
+        plain.push_str(&format!("    - {}\n", quoted(s)));
+    }
+    plain.push_str(
+        "nested:\n    - name: n\n      text: \"a\\nb\\n\"\n      deeper:\n          - \"yes\"\n",
+    );
+    let input = home.join("tricky.yaml");
+    std::fs::write(&input, &plain).expect("write");
+    let key_env = [("SOPS_AGE_KEY_FILE", k.key_file.to_str().expect("utf-8"))];
+    let differ = |what: &str, theirs: &[u8], ours: &[u8]| {
+        let (t, o) = (
+            String::from_utf8_lossy(theirs),
+            String::from_utf8_lossy(ours),
+        );
+        let lines: Vec<String> = t
+            .lines()
+            .zip(o.lines())
+            .filter(|(a, b)| a != b)
+            .map(|(a, b)| format!("sops:     {a}\nlockstep: {b}"))
+            .take(20)
+            .collect();
+        assert!(
+            theirs == ours,
+            "{what}: {} lines differ ({} vs {} lines):\n{}",
+            lines.len(),
+            t.lines().count(),
+            o.lines().count(),
+            lines.join("\n")
+        );
+    };
+    // sops encrypts: both decrypt to the same bytes.
+    let enc = ok(
+        run(
+            &sops,
+            &["-e", "--age", &k.recipient, input.to_str().expect("utf-8")],
+            &[],
+            home,
+        ),
+        "sops -e",
+    );
+    let by_sops = home.join("by-sops.yaml");
+    std::fs::write(&by_sops, &enc).expect("write");
+    let path = by_sops.to_str().expect("utf-8");
+    let theirs = ok(run(&sops, &["-d", path], &key_env, home), "sops -d");
+    let ours = ok(
+        run(Path::new(LOCKSTEP), &["decrypt", path], &key_env, home),
+        "decrypt",
+    );
+    differ("decrypt of a sops-written file", &theirs, &ours);
+    // lockstep encrypts: both decrypt to the same bytes, and to what sops's own round trip gave.
+    let enc = ok(
+        run(
+            Path::new(LOCKSTEP),
+            &[
+                "encrypt",
+                "--age",
+                &k.recipient,
+                input.to_str().expect("utf-8"),
+            ],
+            &[],
+            home,
+        ),
+        "lockstep encrypt",
+    );
+    let by_lockstep = home.join("by-lockstep.yaml");
+    std::fs::write(&by_lockstep, &enc).expect("write");
+    let path = by_lockstep.to_str().expect("utf-8");
+    let theirs2 = ok(run(&sops, &["-d", path], &key_env, home), "sops -d");
+    let ours2 = ok(
+        run(Path::new(LOCKSTEP), &["decrypt", path], &key_env, home),
+        "decrypt",
+    );
+    differ("decrypt of a lockstep-written file", &theirs2, &ours2);
+    differ("the two round trips", &theirs, &ours2);
+    // An edit that changes nothing leaves the sops-written file byte-identical.
+    let before = std::fs::read(&by_sops).expect("read");
+    let _ = run(
+        Path::new(LOCKSTEP),
+        &["edit", by_sops.to_str().expect("utf-8")],
+        &[key_env[0], ("EDITOR", "true")],
+        home,
+    );
+    assert_eq!(
+        std::fs::read(&by_sops).expect("read"),
+        before,
+        "a no-op edit"
+    );
+}

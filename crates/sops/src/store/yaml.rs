@@ -29,8 +29,9 @@ pub fn resolve_plain(s: &str) -> Value {
         if let Some(i) = parse_int(s) {
             return Value::Int(i.into());
         }
-        if is_float(s)
-            && let Ok(f) = s.parse::<f64>()
+        let plain: String = s.chars().filter(|&c| c != '_').collect();
+        if is_float(&plain)
+            && let Ok(f) = plain.parse::<f64>()
         {
             return Value::Float(f.into());
         }
@@ -630,89 +631,331 @@ fn key_of(items: &[Item], value: Value, line: usize) -> Result<String, StoreErro
 
 // ------------------------------------------------------------------------------------------ emitter
 
-fn plain_safe(s: &str) -> bool {
-    if s.is_empty() || s.trim() != s {
+/// Whether go-yaml v3 (sops's YAML library) reads `s`, unquoted, back as the same string — and a
+/// YAML 1.1 reader would too: not `yes`/`on`/`y` and the like, not a sexagesimal `1:30`
+/// (go-yaml's `stringv` quotes those for older readers, Kubernetes' own among them).
+fn go_plain_is_str(s: &str) -> bool {
+    if is_old_bool(s) || is_base60_float(s) || s == "<<" {
         return false;
     }
-    let first = s.chars().next().unwrap_or(' ');
-    if "-?:,[]{}#&*!|>'\"%@`".contains(first) {
-        // `-foo` is fine as plain, but `- x`, `-` and `---` are not; keep it simple and quote.
-        if first != '-' || s.len() <= 1 || s.starts_with("- ") || s.starts_with("---") {
+    if !matches!(resolve_plain(s), Value::Str(_)) {
+        return false;
+    }
+    // What `resolve_plain` (made for reading into typed values) leaves out: integers past i64
+    // that Go's `ParseUint` still takes.
+    let first = s.as_bytes().first().copied().unwrap_or(b' ');
+    if first.is_ascii_digit() || first == b'+' || first == b'-' {
+        let plain: String = s.chars().filter(|&c| c != '_').collect();
+        if go_parse_uint(&plain) {
             return false;
         }
     }
-    if s.contains(": ") || s.contains(" #") || s.ends_with(':') || s.contains('\t') {
-        return false;
-    }
-    if s.chars().any(|c| c.is_control() || c == '\u{feff}') {
-        return false;
-    }
-    matches!(resolve_plain(s), Value::Str(_))
+    true
 }
 
+/// Go `strconv.ParseUint(s, 0, 64)` succeeds.
+fn go_parse_uint(s: &str) -> bool {
+    let (radix, body) = if let Some(b) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        (16, b)
+    } else if let Some(b) = s.strip_prefix("0o").or_else(|| s.strip_prefix("0O")) {
+        (8, b)
+    } else if let Some(b) = s.strip_prefix("0b").or_else(|| s.strip_prefix("0B")) {
+        (2, b)
+    } else if s.len() > 1 && s.starts_with('0') {
+        (8, &s[1..])
+    } else {
+        (10, s)
+    };
+    !body.is_empty()
+        && body.chars().all(|c| c.is_digit(radix))
+        && u64::from_str_radix(body, radix).is_ok()
+}
+
+/// YAML 1.1 booleans go-yaml quotes (`isOldBool`).
+fn is_old_bool(s: &str) -> bool {
+    matches!(
+        s,
+        "y" | "Y"
+            | "yes"
+            | "Yes"
+            | "YES"
+            | "on"
+            | "On"
+            | "ON"
+            | "n"
+            | "N"
+            | "no"
+            | "No"
+            | "NO"
+            | "off"
+            | "Off"
+            | "OFF"
+    )
+}
+
+/// YAML 1.1 sexagesimal floats go-yaml quotes (`isBase60Float`):
+/// `^[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?$`.
+fn is_base60_float(s: &str) -> bool {
+    let b = s.as_bytes();
+    let mut i = usize::from(matches!(b.first(), Some(b'-' | b'+')));
+    if !b.get(i).is_some_and(u8::is_ascii_digit) {
+        return false;
+    }
+    while b.get(i).is_some_and(|c| c.is_ascii_digit() || *c == b'_') {
+        i += 1;
+    }
+    let mut groups = 0;
+    while b.get(i) == Some(&b':') {
+        i += 1;
+        let start = i;
+        while b.get(i).is_some_and(u8::is_ascii_digit) && i - start < 2 {
+            i += 1;
+        }
+        let group = &b[start..i];
+        let ok = match group {
+            [d] => d.is_ascii_digit(),
+            [a, _] => (b'0'..=b'5').contains(a),
+            _ => false,
+        };
+        if !ok {
+            return false;
+        }
+        groups += 1;
+    }
+    if groups == 0 {
+        return false;
+    }
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        while b.get(i).is_some_and(|c| c.is_ascii_digit() || *c == b'_') {
+            i += 1;
+        }
+    }
+    i == b.len()
+}
+
+/// libyaml's `is_printable` (as go-yaml has it): what may stand in a scalar unescaped.
+fn printable(c: char) -> bool {
+    c == '\n'
+        || (' '..='~').contains(&c)
+        || ('\u{A0}'..='\u{D7FF}').contains(&c)
+        || (('\u{E000}'..='\u{FFFD}').contains(&c) && c != '\u{FEFF}')
+}
+
+fn line_break(c: char) -> bool {
+    matches!(c, '\r' | '\n' | '\u{85}' | '\u{2028}' | '\u{2029}')
+}
+
+/// What the text of a string allows, as libyaml's `yaml_emitter_analyze_scalar` finds it.
+struct Allowed {
+    plain: bool,
+    single: bool,
+    block: bool,
+}
+
+fn analyze(s: &str) -> Allowed {
+    if s.is_empty() {
+        return Allowed {
+            plain: true,
+            single: true,
+            block: false,
+        };
+    }
+    let chars: Vec<char> = s.chars().collect();
+    let mut block_indicators = s.starts_with("---") || s.starts_with("...");
+    let (mut line_breaks, mut special, mut tabs) = (false, false, false);
+    let (mut leading_space, mut leading_break) = (false, false);
+    let (mut trailing_space, mut trailing_break) = (false, false);
+    let (mut break_space, mut space_break) = (false, false);
+    let (mut previous_space, mut previous_break) = (false, false);
+    let mut preceded_by_whitespace = true;
+    for (i, &c) in chars.iter().enumerate() {
+        let last = i + 1 == chars.len();
+        let followed_by_whitespace = last || matches!(chars[i + 1], ' ' | '\t');
+        if i == 0 {
+            match c {
+                '#' | ',' | '[' | ']' | '{' | '}' | '&' | '*' | '!' | '|' | '>' | '\'' | '"'
+                | '%' | '@' | '`' => block_indicators = true,
+                '?' | ':' | '-' if followed_by_whitespace => block_indicators = true,
+                _ => {}
+            }
+        } else {
+            match c {
+                ':' if followed_by_whitespace => block_indicators = true,
+                '#' if preceded_by_whitespace => block_indicators = true,
+                _ => {}
+            }
+        }
+        if c == '\t' {
+            tabs = true;
+        } else if !printable(c) {
+            special = true;
+        }
+        if c == ' ' {
+            leading_space |= i == 0;
+            trailing_space |= last;
+            break_space |= previous_break;
+            previous_space = true;
+            previous_break = false;
+        } else if line_break(c) {
+            line_breaks = true;
+            leading_break |= i == 0;
+            trailing_break |= last;
+            space_break |= previous_space;
+            previous_space = false;
+            previous_break = true;
+        } else {
+            previous_space = false;
+            previous_break = false;
+        }
+        preceded_by_whitespace = matches!(c, ' ' | '\t' | '\0') || line_break(c);
+    }
+    let mut a = Allowed {
+        plain: true,
+        single: true,
+        block: true,
+    };
+    if leading_space || leading_break || trailing_space || trailing_break {
+        a.plain = false;
+    }
+    if trailing_space {
+        a.block = false;
+    }
+    if break_space {
+        a.plain = false;
+        a.single = false;
+    }
+    if space_break || tabs || special {
+        a.plain = false;
+        a.single = false;
+    }
+    if space_break || special {
+        a.block = false;
+    }
+    if line_breaks || block_indicators {
+        a.plain = false;
+    }
+    a
+}
+
+/// How a string is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Style {
+    Plain,
+    Single,
+    Double,
+    Literal,
+}
+
+/// The style go-yaml v3 writes a string in (as a mapping key with `key`): it asks for a literal
+/// block when the text has a line break, plain when [`go_plain_is_str`], double quotes
+/// otherwise; then the emitter falls back to single, then double quotes, when the text does not
+/// allow what was asked.
+fn style_of(s: &str, key: bool) -> Style {
+    let asked = if s.contains('\n') {
+        Style::Literal
+    } else if go_plain_is_str(s) {
+        Style::Plain
+    } else {
+        Style::Double
+    };
+    let a = analyze(s);
+    let style = match asked {
+        Style::Plain if !a.plain || (key && s.is_empty()) => Style::Single,
+        Style::Literal if !a.block || key => Style::Double,
+        other => other,
+    };
+    match style {
+        // Lines inside single quotes (U+2028 and the like) are folded by go-yaml in ways not
+        // worth copying; double quotes say the same.
+        Style::Single if !a.single || s.chars().any(line_break) => Style::Double,
+        other => other,
+    }
+}
+
+fn single_quoted(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// Double quotes with libyaml's escapes: every character that is not printable, a line break,
+/// the byte-order mark, `"` and `\`.
 fn double_quoted(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for c in s.chars() {
+        if printable(c) && !line_break(c) && c != '"' && c != '\\' {
+            out.push(c);
+            continue;
+        }
+        let code = c as u32;
         match c {
+            '\0' => out.push_str("\\0"),
+            '\u{07}' => out.push_str("\\a"),
+            '\u{08}' => out.push_str("\\b"),
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            '\u{0b}' => out.push_str("\\v"),
+            '\u{0c}' => out.push_str("\\f"),
+            '\r' => out.push_str("\\r"),
+            '\u{1b}' => out.push_str("\\e"),
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\t' => out.push_str("\\t"),
-            '\r' => out.push_str("\\r"),
-            '\0' => out.push_str("\\0"),
-            c if (c as u32) < 0x20 || c == '\u{7f}' => {
-                out.push_str(&format!("\\x{:02X}", c as u32))
-            }
-            '\u{feff}' => out.push_str("\\uFEFF"),
-            c => out.push(c),
+            '\u{85}' => out.push_str("\\N"),
+            '\u{a0}' => out.push_str("\\_"),
+            '\u{2028}' => out.push_str("\\L"),
+            '\u{2029}' => out.push_str("\\P"),
+            _ if code <= 0xFF => out.push_str(&format!("\\x{code:02X}")),
+            _ if code <= 0xFFFF => out.push_str(&format!("\\u{code:04X}")),
+            _ => out.push_str(&format!("\\U{code:08X}")),
         }
     }
     out.push('"');
     out
 }
 
-fn literal_ok(s: &str) -> bool {
-    s.contains('\n')
-        && !s.starts_with(' ')
-        && !s.starts_with('\n')
-        && !s
-            .chars()
-            .any(|c| (c.is_control() && c != '\n') || c == '\u{feff}')
-        && !s.lines().any(|l| l.ends_with(' '))
+/// A literal block as go-yaml writes it: `|`, an indentation hint when the text starts with a
+/// space or a line break, the chomping hint, then the lines at `indent`. The hint is `hint`, the
+/// distance from the node holding the block (its key, or its dash) to the lines: go-yaml always
+/// writes its indent step there, which under a list item is wrong (`- |4-` with the lines 2 in:
+/// no YAML reader takes it back), so there lockstep differs from sops and stays readable.
+fn literal(s: &str, indent: usize, hint: usize) -> String {
+    let chars: Vec<char> = s.chars().collect();
+    let mut out = String::from("|");
+    if chars.first().is_some_and(|&c| c == ' ' || line_break(c)) {
+        out.push_str(&hint.to_string());
+    }
+    let n = chars.len();
+    let chomp = if !chars.last().is_some_and(|&c| line_break(c)) {
+        "-"
+    } else if n == 1 || line_break(chars[n - 2]) {
+        "+"
+    } else {
+        ""
+    };
+    out.push_str(chomp);
+    let pad = " ".repeat(indent);
+    let body = s.strip_suffix('\n').unwrap_or(s);
+    for line in body.split('\n') {
+        out.push('\n');
+        if !line.is_empty() {
+            out.push_str(&pad);
+            out.push_str(line);
+        }
+    }
+    out
 }
 
-/// A scalar as YAML text; multi-line strings become a literal block indented to `indent`.
-fn scalar(v: &Value, indent: usize) -> String {
+/// A scalar as YAML text, as go-yaml (and so sops) writes it; multi-line strings become a
+/// literal block indented to `indent`, `hint` past the node that holds it.
+fn scalar(v: &Value, indent: usize, hint: usize) -> String {
     match v {
         Value::Str(s) => {
-            if plain_safe(s.expose()) {
-                s.expose().to_string()
-            } else if literal_ok(s.expose()) {
-                let body = s.expose().trim_end_matches('\n');
-                let trailing = s.expose().len() - body.len();
-                let chomp = match trailing {
-                    0 => "-",
-                    1 => "",
-                    _ => "+",
-                };
-                let pad = " ".repeat(indent);
-                let mut out = format!("|{chomp}");
-                for line in s
-                    .expose()
-                    .strip_suffix('\n')
-                    .unwrap_or(s.expose())
-                    .split('\n')
-                {
-                    out.push('\n');
-                    if !line.is_empty() {
-                        out.push_str(&pad);
-                        out.push_str(line);
-                    }
-                }
-                out
-            } else {
-                double_quoted(s.expose())
+            let text = s.expose();
+            match style_of(text, false) {
+                Style::Plain => text.to_string(),
+                Style::Single => single_quoted(text),
+                Style::Double => double_quoted(text),
+                Style::Literal => literal(text, indent, hint),
             }
         }
         Value::Int(i) => i.expose().to_string(),
@@ -730,16 +973,22 @@ fn scalar(v: &Value, indent: usize) -> String {
         Value::Bytes(b) => scalar(
             &Value::Str(String::from_utf8_lossy(b.expose()).into_owned().into()),
             indent,
+            hint,
         ),
         Value::Map(_) | Value::List(_) | Value::Comment(_) => String::new(),
     }
 }
 
 fn key_text(k: &str) -> String {
-    if plain_safe(k) || k.parse::<i64>().is_ok() {
-        k.to_string()
-    } else {
-        double_quoted(k)
+    // Keys are kept as text; one written as an integer is (most likely) one, which sops writes
+    // plain. (A quoted "8080" key comes back unquoted: the type of a key is not kept.)
+    if k.parse::<i64>().is_ok_and(|i| i.to_string() == k) {
+        return k.to_string();
+    }
+    match style_of(k, true) {
+        Style::Plain => k.to_string(),
+        Style::Single => single_quoted(k),
+        _ => double_quoted(k),
     }
 }
 
@@ -785,10 +1034,18 @@ impl Emitter {
         self.out.push('\n');
     }
 
-    /// Writes `key: value` after `lead`.
+    /// Writes `key: value` after `lead` — or, for a key that cannot be a simple key (a line
+    /// break in it, more than 128 bytes), `? key` and `: value` on the next line, as go-yaml does.
     fn pair(&mut self, lead: &str, k: &str, v: &Value, indent: usize, inline: Option<&Comment>) {
         self.out.push_str(lead);
-        self.out.push_str(&key_text(k));
+        if k.len() > 128 || k.chars().any(line_break) {
+            self.out.push_str("? ");
+            self.out.push_str(&key_text(k));
+            self.out.push('\n');
+            self.out.push_str(&" ".repeat(indent));
+        } else {
+            self.out.push_str(&key_text(k));
+        }
         self.out.push(':');
         self.value_after_key(v, indent, inline);
     }
@@ -855,8 +1112,11 @@ impl Emitter {
             Value::Map(_) | Value::List(_) => self.empty_collection(v, inline, indent),
             scalar_value => {
                 self.out.push(' ');
-                self.out
-                    .push_str(&scalar(scalar_value, self.deeper(indent)));
+                self.out.push_str(&scalar(
+                    scalar_value,
+                    self.deeper(indent),
+                    self.deeper(indent) - indent,
+                ));
                 self.inline_comment(inline);
                 self.out.push('\n');
             }
@@ -927,7 +1187,7 @@ impl Emitter {
                 v => {
                     self.out.push_str(&pad);
                     self.out.push_str("- ");
-                    self.out.push_str(&scalar(v, indent + 2));
+                    self.out.push_str(&scalar(v, indent + 2, 2));
                     self.inline_comment(inline);
                     self.out.push('\n');
                 }
@@ -999,6 +1259,45 @@ pub fn emit_value(v: &Value, indent: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strings_are_written_in_the_style_go_yaml_picks() {
+        let cases = [
+            ("plain text", Style::Plain),
+            ("yes", Style::Double),
+            ("Off", Style::Double),
+            ("1:30", Style::Double),
+            ("1_000.5", Style::Double),
+            ("2024-01-02", Style::Double),
+            ("0xFFFFFFFFFFFFFFFF", Style::Double),
+            ("0x1FFFFFFFFFFFFFFFF", Style::Plain),
+            ("", Style::Double),
+            ("a: b", Style::Single),
+            (" lead", Style::Single),
+            ("#x", Style::Single),
+            ("-x", Style::Plain),
+            ("- x", Style::Single),
+            ("tab\there", Style::Double),
+            ("emoji 😀", Style::Double),
+            ("a\nb", Style::Literal),
+            ("trailing \nx", Style::Double),
+            ("tab\tin\nblock", Style::Literal),
+        ];
+        for (text, style) in cases {
+            assert_eq!(style_of(text, false), style, "{text:?}");
+        }
+        assert_eq!(style_of("a\nb", true), Style::Double, "no block as a key");
+        assert_eq!(
+            double_quoted("😀\t\u{85}\u{feff}"),
+            "\"\\U0001F600\\t\\N\\uFEFF\""
+        );
+        assert_eq!(single_quoted("it's"), "'it''s'");
+        assert_eq!(literal("\nx", 8, 4), "|4-\n\n        x");
+        assert_eq!(literal("x\n\n", 4, 4), "|+\n    x\n");
+        assert_eq!(literal("\n", 4, 4), "|4+\n");
+        // Under a list item the hint is the distance to the dash (go-yaml's 4 would not read back).
+        assert_eq!(literal("\nx", 10, 2), "|2-\n\n          x");
+    }
 
     #[test]
     fn plain_scalars_resolve_like_go_yaml_v3() {
