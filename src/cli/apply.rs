@@ -177,6 +177,25 @@ pub fn client_for(config: kube::Config) -> Result<kube::Client, Failure> {
         .map_err(|e| Failure::new(Code::ERROR, format!("cluster connection: {e}")))
 }
 
+/// Runs `work` on a fresh runtime with a client of the cluster and the namespace it is about:
+/// `namespace`, else the kubeconfig context's (else `default`).
+pub fn with_cluster<T>(
+    cluster: &ClusterArgs,
+    namespace: Option<&str>,
+    work: impl AsyncFnOnce(kube::Client, String) -> Result<T, Failure>,
+) -> Result<T, Failure> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::new(Code::ERROR, format!("cannot start the async runtime: {e}")))?;
+    rt.block_on(async {
+        let config = config(cluster).await?;
+        let namespace = namespace.map_or_else(|| config.default_namespace.clone(), str::to_string);
+        let client = client_for(config)?;
+        work(client, namespace).await
+    })
+}
+
 fn requests_made() -> usize {
     apply::requests_made()
 }

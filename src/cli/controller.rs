@@ -339,51 +339,46 @@ pub struct SyncArgs {
 
 /// Runs `lockstep sync`: asks the controller to sync now and (by default) waits for the outcome.
 pub fn request(args: &SyncArgs, stdout: &mut dyn Write) -> Result<(), Failure> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Failure::new(Code::ERROR, format!("cannot start the async runtime: {e}")))?;
-    rt.block_on(async {
-        let config = super::apply::config(&args.cluster).await?;
-        let namespace = args
-            .namespace
-            .clone()
-            .unwrap_or_else(|| config.default_namespace.clone());
-        let client = super::apply::client_for(config)?;
-        let name = &args.name;
-        let fail = |e: kube::Error| {
-            Failure::new(
-                Code::ERROR,
-                format!("Sync {namespace}/{name}: {}", crate::apply::reason(&e)),
-            )
-        };
-        let at = crate::controller::request_sync(&client, &namespace, name)
-            .await
-            .map_err(fail)?;
-        let _ = writeln!(stdout, "sync of {namespace}/{name} requested at {at}");
-        if !args.wait {
-            return Ok(());
-        }
-        let handled = crate::controller::wait_handled(&client, &namespace, name, &at, args.timeout)
-            .await
-            .map_err(fail)?;
-        let Some((ready, reason, message)) = handled else {
-            return Err(Failure::new(
-                Code::ERROR,
-                format!(
-                    "Sync {namespace}/{name}: not handled within {}s; is the controller running? (`kubectl -n lockstep-system get pods`)",
-                    args.timeout.as_secs()
-                ),
-            ));
-        };
-        if ready {
-            let _ = writeln!(stdout, "{namespace}/{name}: Ready ({reason}): {message}");
-            Ok(())
-        } else {
-            Err(Failure::new(
-                Code::NOT_READY,
-                format!("{namespace}/{name}: not Ready ({reason}): {message}"),
-            ))
-        }
-    })
+    super::apply::with_cluster(
+        &args.cluster,
+        args.namespace.as_deref(),
+        async |client, namespace| {
+            let name = &args.name;
+            let fail = |e: kube::Error| {
+                Failure::new(
+                    Code::ERROR,
+                    format!("Sync {namespace}/{name}: {}", crate::apply::reason(&e)),
+                )
+            };
+            let at = crate::controller::request_sync(&client, &namespace, name)
+                .await
+                .map_err(fail)?;
+            let _ = writeln!(stdout, "sync of {namespace}/{name} requested at {at}");
+            if !args.wait {
+                return Ok(());
+            }
+            let handled =
+                crate::controller::wait_handled(&client, &namespace, name, &at, args.timeout)
+                    .await
+                    .map_err(fail)?;
+            let Some((ready, reason, message)) = handled else {
+                return Err(Failure::new(
+                    Code::ERROR,
+                    format!(
+                        "Sync {namespace}/{name}: not handled within {}s; is the controller running? (`kubectl -n lockstep-system get pods`)",
+                        args.timeout.as_secs()
+                    ),
+                ));
+            };
+            if ready {
+                let _ = writeln!(stdout, "{namespace}/{name}: Ready ({reason}): {message}");
+                Ok(())
+            } else {
+                Err(Failure::new(
+                    Code::NOT_READY,
+                    format!("{namespace}/{name}: not Ready ({reason}): {message}"),
+                ))
+            }
+        },
+    )
 }

@@ -398,55 +398,48 @@ fn print(out: &mut dyn Write, format: Format, value: &Json) -> Result<(), Failur
 
 /// Runs `lockstep status`.
 pub fn run(args: &StatusArgs, stdout: &mut dyn Write) -> Result<(), Failure> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Failure::new(Code::ERROR, format!("cannot start the async runtime: {e}")))?;
-    rt.block_on(async {
-        let config = super::apply::config(&args.cluster).await?;
-        let namespace = args
-            .namespace
-            .clone()
-            .unwrap_or_else(|| config.default_namespace.clone());
-        let client = super::apply::client_for(config)?;
-        let now = jiff::Timestamp::now();
-        let api: Api<Sync> = if args.all_namespaces {
-            Api::all(client.clone())
-        } else {
-            Api::namespaced(client.clone(), &namespace)
-        };
-        let fail = |what: String, e: kube::Error| {
-            let hint = match &e {
-                kube::Error::Api(s) if s.code == 404 => {
-                    "; is lockstep's CRD installed? (`lockstep install --apply`)"
-                }
-                kube::Error::Api(s) if s.code == 403 => "; your user may not read Syncs there",
-                _ => "",
+    super::apply::with_cluster(
+        &args.cluster,
+        args.namespace.as_deref(),
+        async |client, namespace| {
+            let now = jiff::Timestamp::now();
+            let api: Api<Sync> = if args.all_namespaces {
+                Api::all(client.clone())
+            } else {
+                Api::namespaced(client.clone(), &namespace)
             };
-            Failure::new(
-                Code::ERROR,
-                format!("{what}: {}{hint}", crate::apply::reason(&e)),
-            )
-        };
-        let Some(name) = &args.name else {
-            let mut syncs = api
-                .list(&ListParams::default())
-                .await
-                .map_err(|e| fail("listing Syncs".into(), e))?
-                .items;
-            syncs.sort_by_key(|s| (s.namespace(), s.name_any()));
-            return match args.output {
-                Format::Table if syncs.is_empty() => {
-                    let _ = writeln!(stdout, "no Syncs in namespace {namespace}");
-                    Ok(())
-                }
-                Format::Table => stdout
-                    .write_all(list_table(&syncs, args.all_namespaces, now).as_bytes())
-                    .map_err(|e| Failure::new(Code::ERROR, format!("writing output: {e}"))),
-                f => print(stdout, f, &syncs.iter().map(summary).collect()),
+            let fail = |what: String, e: kube::Error| {
+                let hint = match &e {
+                    kube::Error::Api(s) if s.code == 404 => {
+                        "; is lockstep's CRD installed? (`lockstep install --apply`)"
+                    }
+                    kube::Error::Api(s) if s.code == 403 => "; your user may not read Syncs there",
+                    _ => "",
+                };
+                Failure::new(
+                    Code::ERROR,
+                    format!("{what}: {}{hint}", crate::apply::reason(&e)),
+                )
             };
-        };
-        let sync = api
+            let Some(name) = &args.name else {
+                let mut syncs = api
+                    .list(&ListParams::default())
+                    .await
+                    .map_err(|e| fail("listing Syncs".into(), e))?
+                    .items;
+                syncs.sort_by_key(|s| (s.namespace(), s.name_any()));
+                return match args.output {
+                    Format::Table if syncs.is_empty() => {
+                        let _ = writeln!(stdout, "no Syncs in namespace {namespace}");
+                        Ok(())
+                    }
+                    Format::Table => stdout
+                        .write_all(list_table(&syncs, args.all_namespaces, now).as_bytes())
+                        .map_err(|e| Failure::new(Code::ERROR, format!("writing output: {e}"))),
+                    f => print(stdout, f, &syncs.iter().map(summary).collect()),
+                };
+            };
+            let sync = api
             .get_opt(name)
             .await
             .map_err(|e| fail(format!("Sync {namespace}/{name}"), e))?
@@ -458,25 +451,26 @@ pub fn run(args: &StatusArgs, stdout: &mut dyn Write) -> Result<(), Failure> {
                     ),
                 )
             })?;
-        let objects = match sync.status.as_ref().and_then(|s| s.inventory.as_ref()) {
-            Some(inventory) => {
-                let (ns, cm) = inventory.split_once('/').unwrap_or((&namespace, inventory));
-                observe::environment(&client, ns, cm)
-                    .await
-                    .map_err(|e| {
-                        Failure::new(Code::ERROR, format!("reading inventory {inventory}: {e}"))
-                    })?
-                    .map(|(_, objects)| objects)
+            let objects = match sync.status.as_ref().and_then(|s| s.inventory.as_ref()) {
+                Some(inventory) => {
+                    let (ns, cm) = inventory.split_once('/').unwrap_or((&namespace, inventory));
+                    observe::environment(&client, ns, cm)
+                        .await
+                        .map_err(|e| {
+                            Failure::new(Code::ERROR, format!("reading inventory {inventory}: {e}"))
+                        })?
+                        .map(|(_, objects)| objects)
+                }
+                None => None,
+            };
+            match args.output {
+                Format::Table => stdout
+                    .write_all(one_text(&sync, objects.as_deref(), now).as_bytes())
+                    .map_err(|e| Failure::new(Code::ERROR, format!("writing output: {e}"))),
+                f => print(stdout, f, &one_json(&sync, objects.as_deref())),
             }
-            None => None,
-        };
-        match args.output {
-            Format::Table => stdout
-                .write_all(one_text(&sync, objects.as_deref(), now).as_bytes())
-                .map_err(|e| Failure::new(Code::ERROR, format!("writing output: {e}"))),
-            f => print(stdout, f, &one_json(&sync, objects.as_deref())),
-        }
-    })
+        },
+    )
 }
 
 /// Arguments of `lockstep history`.
@@ -533,67 +527,63 @@ fn history_table(entries: &[Entry], now: jiff::Timestamp) -> String {
 
 /// Runs `lockstep history`.
 pub fn run_history(args: &HistoryArgs, stdout: &mut dyn Write) -> Result<(), Failure> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Failure::new(Code::ERROR, format!("cannot start the async runtime: {e}")))?;
-    rt.block_on(async {
-        let config = super::apply::config(&args.cluster).await?;
-        let namespace = args
-            .namespace
-            .clone()
-            .unwrap_or_else(|| config.default_namespace.clone());
-        let client = super::apply::client_for(config)?;
-        let name = &args.name;
-        let syncs: Api<Sync> = Api::namespaced(client.clone(), &namespace);
-        let found = syncs.get_opt(name).await.map_err(|e| {
-            Failure::new(
-                Code::ERROR,
-                format!("Sync {namespace}/{name}: {}", crate::apply::reason(&e)),
-            )
-        })?;
-        if found.is_none() {
-            return Err(Failure::new(
-                Code::ERROR,
-                format!("no Sync {namespace}/{name} (`lockstep status -n {namespace}` lists them)"),
-            ));
-        }
-        let mut entries = history::read(&client, &namespace, name)
-            .await
-            .map_err(|e| {
-                let hint = match &e {
-                    kube::Error::Api(s) if s.code == 403 => {
-                        " (reading history needs `get` on synchistories.lockstep.dev)"
-                    }
-                    kube::Error::Api(s) if s.code == 404 => {
-                        " (the SyncHistory CRD is not installed: `lockstep install --apply`)"
-                    }
-                    _ => "",
-                };
+    super::apply::with_cluster(
+        &args.cluster,
+        args.namespace.as_deref(),
+        async |client, namespace| {
+            let name = &args.name;
+            let syncs: Api<Sync> = Api::namespaced(client.clone(), &namespace);
+            let found = syncs.get_opt(name).await.map_err(|e| {
                 Failure::new(
                     Code::ERROR,
-                    format!(
-                        "history of Sync {namespace}/{name}: {}{hint}",
-                        crate::apply::reason(&e)
-                    ),
+                    format!("Sync {namespace}/{name}: {}", crate::apply::reason(&e)),
                 )
             })?;
-        entries.truncate(args.limit);
-        match args.output {
-            Format::Table if entries.is_empty() => {
-                let _ = writeln!(stdout, "no syncs recorded for {namespace}/{name} yet");
-                Ok(())
+            if found.is_none() {
+                return Err(Failure::new(
+                    Code::ERROR,
+                    format!(
+                        "no Sync {namespace}/{name} (`lockstep status -n {namespace}` lists them)"
+                    ),
+                ));
             }
-            Format::Table => stdout
-                .write_all(history_table(&entries, jiff::Timestamp::now()).as_bytes())
-                .map_err(|e| Failure::new(Code::ERROR, format!("writing output: {e}"))),
-            f => print(
-                stdout,
-                f,
-                &serde_json::to_value(&entries).unwrap_or(Json::Null),
-            ),
-        }
-    })
+            let mut entries = history::read(&client, &namespace, name)
+                .await
+                .map_err(|e| {
+                    let hint = match &e {
+                        kube::Error::Api(s) if s.code == 403 => {
+                            " (reading history needs `get` on synchistories.lockstep.dev)"
+                        }
+                        kube::Error::Api(s) if s.code == 404 => {
+                            " (the SyncHistory CRD is not installed: `lockstep install --apply`)"
+                        }
+                        _ => "",
+                    };
+                    Failure::new(
+                        Code::ERROR,
+                        format!(
+                            "history of Sync {namespace}/{name}: {}{hint}",
+                            crate::apply::reason(&e)
+                        ),
+                    )
+                })?;
+            entries.truncate(args.limit);
+            match args.output {
+                Format::Table if entries.is_empty() => {
+                    let _ = writeln!(stdout, "no syncs recorded for {namespace}/{name} yet");
+                    Ok(())
+                }
+                Format::Table => stdout
+                    .write_all(history_table(&entries, jiff::Timestamp::now()).as_bytes())
+                    .map_err(|e| Failure::new(Code::ERROR, format!("writing output: {e}"))),
+                f => print(
+                    stdout,
+                    f,
+                    &serde_json::to_value(&entries).unwrap_or(Json::Null),
+                ),
+            }
+        },
+    )
 }
 
 #[cfg(test)]

@@ -4,17 +4,11 @@
 
 use super::*;
 
+/// `lockstep status ARGS` as the admin of `kubeconfig`: (success, stdout, stderr).
 fn status(kubeconfig: &Path, args: &[&str]) -> (bool, String, String) {
-    let home = tempfile::tempdir().expect("tempdir");
-    let kubeconfig = kubeconfig.to_string_lossy();
-    let mut all = vec!["status", "--kubeconfig", &kubeconfig];
+    let mut all = vec!["status"];
     all.extend_from_slice(args);
-    let out = support::run_isolated(Path::new(BIN), &all, &[], home.path());
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    status_like(kubeconfig, &all)
 }
 
 #[tokio::test]
@@ -194,6 +188,7 @@ fn history(kubeconfig: &Path, ns: &str, name: &str) -> Vec<serde_json::Value> {
     serde_json::from_str::<Vec<serde_json::Value>>(&out).expect("json")
 }
 
+/// `lockstep ARGS --kubeconfig KUBECONFIG`: (success, stdout, stderr).
 fn status_like(kubeconfig: &Path, args: &[&str]) -> (bool, String, String) {
     let home = tempfile::tempdir().expect("tempdir");
     let kubeconfig = kubeconfig.to_string_lossy();
