@@ -601,8 +601,17 @@ pub fn open_bytes(
             format!("{}: {e}", name.display()),
         )
     })?;
-    sops::decrypt(bytes, format, &ring, ignore_mac)
-        .map_err(|e| Failure::new(Code::of(&e), explain(name, &e, &ring.searched)))
+    let decrypted = sops::decrypt(bytes, format, &ring, ignore_mac)
+        .map_err(|e| Failure::new(Code::of(&e), explain(name, &e, &ring.searched)))?;
+    // As sops warns: a comment that is encrypted but does not open was most likely moved or
+    // edited by hand. It is kept as it is (ciphertext), never shown.
+    for at in decrypted.stash.unreadable_comments() {
+        eprintln!(
+            "lockstep: warning: {}: the encrypted comment at {at} does not decrypt (moved or edited by hand?); it is kept as it is",
+            name.display()
+        );
+    }
+    Ok(decrypted)
 }
 
 /// The operating system's random source, as the format code's injected RNG.

@@ -1018,3 +1018,48 @@ fn a_set_on_a_sops_written_file_changes_only_what_changed_and_the_layout_is_sops
     assert_eq!(armor_indent(&ours), Some(12), "{ours}");
     assert_eq!(armor_indent(&ours), armor_indent(&theirs));
 }
+
+#[test]
+fn an_encrypted_comment_that_no_longer_decrypts_is_kept_with_a_warning_as_sops_does() {
+    let Some(sops) = support::require("sops", peer("sops")) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let (key_file, recipient) = key(d, "k.txt");
+    std::fs::write(
+        d.join("s.yaml"),
+        format!("db:\n    # {MARKER}-comment\n    password: x\nother:\n    user: y\n"),
+    )
+    .expect("write");
+    let env = [("SOPS_AGE_KEY_FILE", key_file.as_str())];
+    ok(
+        run_isolated(&sops, &["-e", "-i", "--age", &recipient, "s.yaml"], &env, d),
+        "sops -e",
+    );
+    // Move the encrypted comment by hand to another key: it was sealed for `db:password:`.
+    let text = std::fs::read_to_string(d.join("s.yaml")).expect("read");
+    let comment = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("#ENC["))
+        .expect("an encrypted comment")
+        .to_string();
+    let moved = text
+        .replace(&format!("{comment}\n"), "")
+        .replace("    user:", &format!("{comment}\n    user:"));
+    std::fs::write(d.join("s.yaml"), moved).expect("write");
+    let ours = ls(d, &["decrypt", "s.yaml"], &env);
+    let theirs = run_isolated(&sops, &["-d", "s.yaml"], &env, d);
+    assert!(ours.status.success() && theirs.status.success());
+    let err = String::from_utf8_lossy(&ours.stderr);
+    assert!(
+        err.contains("the encrypted comment at other") && err.contains("does not decrypt"),
+        "{err}"
+    );
+    assert!(
+        String::from_utf8_lossy(&theirs.stderr).contains("possibly unencrypted comment"),
+        "sops warns too"
+    );
+    assert_eq!(ours.stdout, theirs.stdout, "both keep the comment as it is");
+    assert!(!err.contains(MARKER) && !err.contains("#ENC["), "{err}");
+}

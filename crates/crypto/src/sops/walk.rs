@@ -162,7 +162,12 @@ fn display_path(path: &[String], indices: &[(usize, usize)]) -> String {
 /// an unchanged value with its old IV (and the same data key) reproduces its ciphertext byte for byte,
 /// so an edit shows up in Git as exactly the values that changed — as sops does.
 #[derive(Default)]
-pub struct Stash(HashMap<[u8; 32], [u8; 32]>);
+pub struct Stash {
+    ivs: HashMap<[u8; 32], [u8; 32]>,
+    /// Where an `ENC[…]` comment did not decrypt (kept as it is, as sops does): moved or edited by
+    /// hand, or written with another data key.
+    unreadable_comments: Vec<String>,
+}
 
 impl Stash {
     fn digest(aad: &[u8], ty: ValueType, plaintext: &[u8]) -> [u8; 32] {
@@ -177,12 +182,17 @@ impl Stash {
 
     fn remember(&mut self, aad: &[u8], ty: ValueType, plaintext: &[u8], iv: &[u8]) {
         if let Ok(iv) = <[u8; 32]>::try_from(iv) {
-            self.0.insert(Self::digest(aad, ty, plaintext), iv);
+            self.ivs.insert(Self::digest(aad, ty, plaintext), iv);
         }
     }
 
     fn recall(&self, aad: &[u8], ty: ValueType, plaintext: &[u8]) -> Option<[u8; 32]> {
-        self.0.get(&Self::digest(aad, ty, plaintext)).copied()
+        self.ivs.get(&Self::digest(aad, ty, plaintext)).copied()
+    }
+
+    /// The key paths (`a.b[2]`, or `top level`) of encrypted comments that did not decrypt.
+    pub fn unreadable_comments(&self) -> &[String] {
+        &self.unreadable_comments
     }
 }
 
@@ -290,6 +300,13 @@ impl<'w, 'r, 'a> State<'w, 'r, 'a> {
                     {
                         stash.remember(&aad, ValueType::Comment, &plain, &sealed.iv);
                         c.text = text.into();
+                    } else {
+                        let at = display_path(&self.path, &self.indices);
+                        stash.unreadable_comments.push(if at.is_empty() {
+                            "the top level".into()
+                        } else {
+                            at
+                        });
                     }
                 }
                 Ok(Plain::from(c.text.expose().as_str()))
