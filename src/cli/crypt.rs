@@ -326,7 +326,8 @@ impl IoArgs {
     }
 }
 
-fn format_of(name: Option<&str>, path: &Path, flag: &str) -> Result<Format, Failure> {
+/// The format `name` names (`--input-type`, `--output-type`), else the one `path`'s extension says.
+pub fn format_of(name: Option<&str>, path: &Path, flag: &str) -> Result<Format, Failure> {
     match name {
         None => Ok(Format::from_path(path)),
         Some(n) => Format::from_name(n).ok_or_else(|| {

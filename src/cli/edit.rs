@@ -50,19 +50,22 @@ fn is_tmpfs(dir: &str) -> bool {
 }
 
 /// A private scratch file in memory, wiped and removed when dropped.
-struct ScratchFile {
+pub(super) struct ScratchFile {
     dir: PathBuf,
-    path: PathBuf,
+    /// The file.
+    pub(super) path: PathBuf,
 }
 
 impl ScratchFile {
-    fn create(name: &str, contents: &[u8]) -> Result<ScratchFile, Failure> {
+    /// Writes `contents` to a new file `name` in a new private (0700) directory on `/dev/shm`;
+    /// refused when that is not memory-backed.
+    pub(super) fn create(name: &str, contents: &[u8]) -> Result<ScratchFile, Failure> {
         use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
         if !is_tmpfs(SHM) {
             return Err(Failure::new(
                 Code::GENERIC,
                 format!(
-                    "{SHM} is not a memory-backed (tmpfs) filesystem; refusing to write plaintext to disk for editing"
+                    "{SHM} is not a memory-backed (tmpfs) filesystem; refusing to write plaintext to disk"
                 ),
             ));
         }

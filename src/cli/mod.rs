@@ -14,6 +14,7 @@ pub mod check;
 pub mod controller;
 pub mod crypt;
 pub mod edit;
+pub mod exec;
 pub mod exit;
 pub mod init;
 pub mod install;
@@ -65,6 +66,10 @@ pub enum Command {
     Unset(edit::UnsetArgs),
     /// Print whether a file is encrypted, as `sops filestatus`: {"encrypted":true}.
     Filestatus(check::FilestatusArgs),
+    /// Run a command with a file's decrypted values in its environment only (as `sops exec-env`).
+    ExecEnv(exec::ExecEnvArgs),
+    /// Run a command on a memory-backed decrypted copy, wiped when it ends (as `sops exec-file`).
+    ExecFile(exec::ExecFileArgs),
     /// Scaffold a lockstep repository.
     Init(init::InitArgs),
     /// Render the manifests of one environment, secrets sealed.
@@ -103,6 +108,8 @@ impl Command {
             Command::Check(_) => "check",
             Command::Hook(_) => "hook",
             Command::Filestatus(_) => "filestatus",
+            Command::ExecEnv(_) => "exec-env",
+            Command::ExecFile(_) => "exec-file",
             Command::Set(_) => "set",
             Command::Unset(_) => "unset",
             Command::Init(_) => "init",
@@ -138,6 +145,14 @@ pub fn run(
         Command::Check(args) => check::check(args, env, stdout),
         Command::Hook(args) => check::hook(args, stdout),
         Command::Filestatus(args) => check::filestatus(args, stdout),
+        Command::ExecEnv(args) => match exec::exec_env(args, env) {
+            Ok(code) => return ExitCode::from(code),
+            Err(e) => Err(e),
+        },
+        Command::ExecFile(args) => match exec::exec_file(args, env) {
+            Ok(code) => return ExitCode::from(code),
+            Err(e) => Err(e),
+        },
         Command::Set(args) => edit::set(args, env, &mut std::io::stdin()),
         Command::Unset(args) => edit::unset(args, env),
         Command::Render(args) => render::run(args, stdout, stderr),

@@ -1063,3 +1063,110 @@ fn an_encrypted_comment_that_no_longer_decrypts_is_kept_with_a_warning_as_sops_d
     assert_eq!(ours.stdout, theirs.stdout, "both keep the comment as it is");
     assert!(!err.contains(MARKER) && !err.contains("#ENC["), "{err}");
 }
+
+#[test]
+fn exec_env_and_exec_file_hand_the_values_to_the_command_and_leave_nothing_behind() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let (key_file, recipient) = key(d, "k.txt");
+    std::fs::write(
+        d.join("s.yaml"),
+        format!("PASSWORD: {MARKER}-env\nPORT: 5432\nnested:\n    a: b\n"),
+    )
+    .expect("write");
+    ok(
+        ls(d, &["encrypt", "-i", "--age", &recipient, "s.yaml"], &[]),
+        "encrypt",
+    );
+    let tmp_s = tmp.path().to_string_lossy().into_owned();
+    let env = [
+        ("SOPS_AGE_KEY_FILE", key_file.as_str()),
+        ("TMPDIR", tmp_s.as_str()),
+        ("KEPT", "from-parent"),
+    ];
+    // exec-env: the values are the command's variables; its exit code is lockstep's.
+    let out = ls(
+        d,
+        &[
+            "exec-env",
+            "s.yaml",
+            &format!(
+                "test \"$PASSWORD\" = '{MARKER}-env' && test \"$PORT\" = 5432 && echo \"ok $KEPT\" && exit 7"
+            ),
+        ],
+        &env,
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok from-parent\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nested holds a collection"));
+    // --pristine: nothing of this process's environment.
+    let out = ls(
+        d,
+        &[
+            "exec-env",
+            "--pristine",
+            "s.yaml",
+            "echo \"[$KEPT]\"; test -n \"$PASSWORD\"",
+        ],
+        &env,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "[]\n");
+    // exec-file: a private memory-backed file, readable twice, gone afterwards.
+    let seen = d.join("seen-path");
+    let out = ls(
+        d,
+        &[
+            "exec-file",
+            "s.yaml",
+            &format!(
+                "echo {{}} > {}; grep -c '{MARKER}-env' {{}} && grep -q PORT {{}} && ls -ld $(dirname {{}})",
+                seen.display()
+            ),
+        ],
+        &env,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("1\ndrwx------"), "{stdout}");
+    let path = std::fs::read_to_string(&seen)
+        .expect("path")
+        .trim()
+        .to_string();
+    assert!(
+        path.starts_with("/dev/shm/") && path.ends_with("/s.yaml"),
+        "{path}"
+    );
+    assert!(!Path::new(&path).exists(), "{path} is gone");
+    assert!(!Path::new(&path).parent().expect("dir").exists());
+    let out = ls(d, &["exec-file", "s.yaml", "exit 3"], &env);
+    assert_eq!(out.status.code(), Some(3));
+    let out = ls(
+        d,
+        &["exec-file", "--filename", "../x", "s.yaml", "true"],
+        &env,
+    );
+    assert!(!out.status.success());
+    // Nothing under the project, HOME (the same directory here) or TMPDIR holds the value.
+    std::fs::remove_file(&seen).expect("rm");
+    assert!(
+        files_containing(d, MARKER).is_empty(),
+        "{:?}",
+        files_containing(d, MARKER)
+    );
+    assert!(files_containing(tmp.path(), MARKER).is_empty());
+}
