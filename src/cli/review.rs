@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 
-use crate::render::{PROJECT_FILE, Project, Request};
+use crate::render::{Diagnostic, PROJECT_FILE, Project, Request};
 use crate::review::{self, Review, Side};
 use crate::source::{Snapshot, git};
 
@@ -59,14 +59,18 @@ fn at(dir: &Path, rev: &str) -> Result<Revision, Failure> {
     })
 }
 
-/// The environments of one revision's lockstep.yaml (none when it has no valid one).
-fn environments(rev: &Revision) -> Vec<String> {
-    rev.snapshot
-        .get(PROJECT_FILE)
-        .and_then(|b| std::str::from_utf8(b).ok())
-        .and_then(|t| Project::parse(t).ok())
-        .map(|p| p.environments.into_keys().collect())
-        .unwrap_or_default()
+/// One revision's lockstep.yaml, parsed (`None` when it has none, or not as UTF-8 text).
+fn project_of(rev: &Revision) -> Option<Result<Project, Diagnostic>> {
+    let text = std::str::from_utf8(rev.snapshot.get(PROJECT_FILE)?).ok()?;
+    Some(Project::parse(text))
+}
+
+/// The environments of a parsed lockstep.yaml (none when it is missing or invalid).
+fn environments(project: &Option<Result<Project, Diagnostic>>) -> Vec<String> {
+    match project {
+        Some(Ok(p)) => p.environments.keys().cloned().collect(),
+        _ => Vec::new(),
+    }
 }
 
 fn side(dir: &Path, rev: &Revision, env: &str, defined: bool) -> Side {
@@ -94,7 +98,8 @@ pub fn run(args: &ReviewArgs, stdout: &mut dyn Write) -> Result<bool, Failure> {
                 .map_err(|e| Failure::new(Code::ERROR, format!("review: reading project: {e}")))?,
         },
     };
-    let (old_envs, new_envs) = (environments(&from), environments(&to));
+    let new_project = project_of(&to);
+    let (old_envs, new_envs) = (environments(&project_of(&from)), environments(&new_project));
     if new_envs.is_empty() && to.snapshot.get(PROJECT_FILE).is_none() {
         return Err(Failure::new(
             Code::ERROR,
@@ -121,12 +126,7 @@ pub fn run(args: &ReviewArgs, stdout: &mut dyn Write) -> Result<bool, Failure> {
         names.retain(|n| args.envs.contains(n));
     }
     // A lockstep.yaml that does not parse at the new revision is a failure of every environment.
-    let broken = to
-        .snapshot
-        .get(PROJECT_FILE)
-        .and_then(|b| std::str::from_utf8(b).ok())
-        .map(Project::parse)
-        .and_then(Result::err);
+    let broken = new_project.and_then(Result::err);
     let environments = names
         .iter()
         .map(|env| {

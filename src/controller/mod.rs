@@ -1262,8 +1262,9 @@ pub const PIPELINE_SLACK: Duration = Duration::from_secs(600);
 
 /// The longest one run of the pipeline may take: its fetch, its apply's waits (one budget for
 /// them all) and the `on-failure` hooks after a failed apply (each within the Sync's timeout, at
-/// most `max_timeout`), its render (`render`: the probe's time limit), and [`PIPELINE_SLACK`]. Every step is bounded on its own, so only a fault (a call that never
-/// answers) reaches this; the run is then stopped, freeing its slot of the loop.
+/// most `max_timeout`), its render (`render`: the probe's time limit), and [`PIPELINE_SLACK`].
+/// Every step is bounded on its own, so only a fault (a call that never answers) reaches this;
+/// the run is then stopped, freeing its slot of the loop.
 pub fn pipeline_limit(sync: &Sync, max_timeout: Duration, render: Duration) -> Duration {
     let timeout = duration_field(sync.spec.timeout.as_deref(), "timeout")
         .ok()

@@ -51,11 +51,6 @@ impl State {
             _ => None,
         }
     }
-
-    /// Whether it counts as healthy (ready, or exists without a rule).
-    pub fn healthy(&self) -> bool {
-        matches!(self, State::Ready | State::Exists)
-    }
 }
 
 /// One inventoried object, observed.
@@ -108,7 +103,8 @@ async fn observe(client: &Client, discovery: &kube::Discovery, entry: &Inventory
         return observed;
     };
     // Kinds without a health rule (Secrets among them) are read as metadata only.
-    let read = if health::has_rule(&id) {
+    let rule = health::has_rule(&id);
+    let read = if rule {
         api.get_opt(&id.name)
             .await
             .map(|o| o.map(|o| serde_json::to_value(o).unwrap_or(Json::Null)))
@@ -121,7 +117,7 @@ async fn observe(client: &Client, discovery: &kube::Discovery, entry: &Inventory
         Ok(None) => {}
         Ok(Some(v)) => {
             observed.changed_at = last_applied_at(&v);
-            observed.state = if health::has_rule(&id) {
+            observed.state = if rule {
                 match health::check(&id, &v) {
                     Health::Ready => State::Ready,
                     Health::Progressing(w) => State::Progressing(w),
