@@ -23,6 +23,7 @@ pub mod migrate;
 pub mod rekey;
 pub mod render;
 pub mod review;
+pub mod rollback;
 pub mod status;
 
 /// GitOps with secrets kept encrypted in Git.
@@ -90,6 +91,8 @@ pub enum Command {
     Status(status::StatusArgs),
     /// A Sync's last syncs: revision, subject, trigger, result, duration, objects changed.
     History(status::HistoryArgs),
+    /// Pin a Sync to an older commit until a newer one than it rolls back from arrives, or end that.
+    Rollback(rollback::RollbackArgs),
     /// Print (or `--apply`) the controller's install manifests: CRD, RBAC, Deployment.
     Install(install::InstallArgs),
 }
@@ -122,6 +125,7 @@ impl Command {
             Command::Sync(_) => "sync",
             Command::Status(_) => "status",
             Command::History(_) => "history",
+            Command::Rollback(_) => "rollback",
             Command::Install(_) => "install",
         }
     }
@@ -163,6 +167,7 @@ pub fn run(
         Command::Sync(args) => controller::request(args, stdout),
         Command::Status(args) => status::run(args, stdout),
         Command::History(args) => status::run_history(args, stdout),
+        Command::Rollback(args) => rollback::run(args, stdout),
         Command::Install(args) => install::run(args, env, stdout, stderr),
         Command::Review(args) => match review::run(args, stdout) {
             Ok(false) => Ok(()),

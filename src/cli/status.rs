@@ -311,6 +311,28 @@ fn one_text(sync: &Sync, objects: Option<&[Observed]>, now: jiff::Timestamp) -> 
             short(status.last_applied_revision.as_ref())
         ),
     );
+    if let Some(r) = &status.rollback {
+        let by = r
+            .requested_by
+            .as_deref()
+            .map_or(String::new(), |b| format!(" by {b}"));
+        let what = match r.state {
+            crate::controller::rollback::RollbackState::Pinned => "pinned",
+            crate::controller::rollback::RollbackState::Refused => "refused",
+            crate::controller::rollback::RollbackState::Ended => "ended",
+            crate::controller::rollback::RollbackState::Cleared => "cleared",
+        };
+        line(
+            &mut out,
+            "rollback:",
+            format!(
+                "{what}: to {} from {}{by} at {}",
+                short(Some(&r.revision)),
+                short(Some(&r.from)),
+                r.requested_at
+            ),
+        );
+    }
     line(
         &mut out,
         "last sync:",

@@ -47,7 +47,7 @@ pub struct Entry {
     /// When the sync ended (RFC 3339).
     pub at: String,
     /// What started it: `new`, `start` (the controller's first look), `poll`, `retry`,
-    /// `webhook`, `request` (`lockstep sync`), `spec change`.
+    /// `webhook`, `request` (`lockstep sync`), `rollback` (`lockstep rollback`), `spec change`.
     pub trigger: String,
     /// The result: the Ready condition's reason (`Succeeded`, `RenderFailed`, …).
     pub result: String,

@@ -211,6 +211,7 @@ mod tests {
             message: "applied".into(),
             subject: None,
             render_digest: None,
+            rollback_over: false,
         }
     }
 

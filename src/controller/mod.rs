@@ -23,6 +23,7 @@ pub mod history;
 pub mod install;
 pub mod leader;
 pub mod metrics;
+pub mod rollback;
 pub mod server;
 
 use crate::apply::{self, Action, Options};
@@ -193,7 +194,7 @@ pub struct Verify {
     /// `ref.tag`) or `TagAndHEAD` (both), as Flux's `verify.mode`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<VerifyMode>,
-    /// Refuse a commit that does not descend from the last applied one (reason `RolledBack`):
+    /// Refuse a commit that does not descend from the last applied one (reason `NotFastForward`):
     /// someone who may move the branch or tag cannot bring back an older, once validly signed
     /// commit. A `ref.commit` pin is exempt (the Sync's author chose that commit). Default false.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -287,6 +288,10 @@ pub struct SyncStatus {
     /// reported (`warn`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drifted: Option<i64>,
+    /// The last `lockstep rollback`: the commit pinned, the one rolled back from, who asked, and
+    /// whether it holds (`Pinned`), was refused, ended with a newer commit, or was cleared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<rollback::RollbackStatus>,
 }
 
 /// A status condition: Kubernetes' own `metav1.Condition` (type `Ready`, `Reconciling` or
@@ -452,6 +457,8 @@ struct Outcome {
     subject: Option<String>,
     /// The digest of the sealed render applied.
     render_digest: Option<String>,
+    /// The new `status.rollback` (`None`: as it was).
+    rollback: Option<rollback::RollbackStatus>,
 }
 
 /// The controller's access to the cluster: its own client, and the configuration from which
@@ -680,10 +687,20 @@ struct SyncInputs {
     tenant: Option<Client>,
     /// Dependencies that must have applied the fetched commit (`revision: same`).
     pins: Vec<depends::Pin>,
+    /// A rollback's pin, given to the fetch.
+    rollback: Option<git::Pin>,
+    /// What the fetch made of it.
+    pinned: Option<git::Pinned>,
 }
 
 impl SyncInputs {
-    fn new(access: &Access, sync: &Sync, cache: &Path, pins: &[depends::Pin]) -> SyncInputs {
+    fn new(
+        access: &Access,
+        sync: &Sync,
+        cache: &Path,
+        pins: &[depends::Pin],
+        rollback: Option<git::Pin>,
+    ) -> SyncInputs {
         let timeout = duration_field(sync.spec.timeout.as_deref(), "timeout").map(|t| {
             t.unwrap_or_else(|| interval_of(sync))
                 .min(access.max_timeout)
@@ -696,6 +713,8 @@ impl SyncInputs {
             timeout,
             tenant: None,
             pins: pins.to_vec(),
+            rollback,
+            pinned: None,
         }
     }
 
@@ -860,6 +879,7 @@ impl pipeline::Inputs for SyncInputs {
         let interrupt = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stop = interrupt.clone();
         let descends_from = self.fast_forward_from();
+        let pin = self.rollback.clone();
         let fetch = tokio::task::spawn_blocking(move || {
             git::fetch(
                 &url,
@@ -868,6 +888,7 @@ impl pipeline::Inputs for SyncInputs {
                 &auth,
                 &dir,
                 descends_from.as_deref(),
+                pin.as_ref(),
                 &stop,
             )
         });
@@ -883,6 +904,7 @@ impl pipeline::Inputs for SyncInputs {
                 )));
             }
         };
+        self.pinned = fetched.pinned.clone();
         if let Some(why) = self.pins.iter().find_map(|p| p.waiting(&fetched.revision)) {
             return Err(StageError::Dependency(why));
         }
@@ -930,7 +952,7 @@ impl pipeline::Inputs for SyncInputs {
         if fetched.descends == Some(false)
             && let Some(last) = self.fast_forward_from()
         {
-            return Err(StageError::RolledBack(format!(
+            return Err(StageError::NotFastForward(format!(
                 "commit {} does not descend from {last}, the last applied commit: the ref was \
                  moved back or its history rewritten (verify.requireFastForward); push a new \
                  commit on top of {last}, or, to go back on purpose, pin it with source.ref.commit",
@@ -1039,6 +1061,7 @@ fn drift_outcome(done: &pipeline::Outcome) -> Outcome {
         drifted: Some(drifted_count),
         subject: done.subject.clone(),
         render_digest: Some(done.render_digest.clone()),
+        rollback: None,
     }
 }
 
@@ -1100,17 +1123,20 @@ fn applied_outcome(done: &pipeline::Outcome, timeout: Duration) -> Outcome {
         drifted: None,
         subject: done.subject.clone(),
         render_digest: Some(done.render_digest.clone()),
+        rollback: None,
     }
 }
 
-/// Runs the pipeline for one Sync.
+/// Runs the pipeline for one Sync (at the rollback's pinned commit while it holds), and what the
+/// fetch made of the pin.
 async fn run_pipeline(
     access: &Access,
     sync: &Sync,
     cache: &Path,
     pins: &[depends::Pin],
-) -> Outcome {
-    let mut inputs = SyncInputs::new(access, sync, cache, pins);
+    pin: Option<git::Pin>,
+) -> (Outcome, Option<git::Pinned>) {
+    let mut inputs = SyncInputs::new(access, sync, cache, pins, pin);
     let request = Request {
         env: sync.spec.environment.clone(),
         ..Request::default()
@@ -1125,7 +1151,7 @@ async fn run_pipeline(
             tracing::warn!(sync = %label, "{note}");
         }
     };
-    match pipeline::run(&mut inputs, &request, &mut notes).await {
+    let outcome = match pipeline::run(&mut inputs, &request, &mut notes).await {
         Ok(done) if inputs.warn_only(&done.revision) => drift_outcome(&done),
         Ok(done) => applied_outcome(&done, inputs.health_timeout()),
         Err(failed) => Outcome {
@@ -1140,8 +1166,10 @@ async fn run_pipeline(
             drifted: None,
             subject: failed.subject,
             render_digest: None,
+            rollback: None,
         },
-    }
+    };
+    (outcome, inputs.pinned)
 }
 
 /// What one reconcile did, for logs and metrics.
@@ -1169,6 +1197,8 @@ pub struct Report {
     pub subject: Option<String>,
     /// The digest of the sealed render applied.
     pub render_digest: Option<String>,
+    /// Whether this sync ended a rollback request (refused or ended: its annotation removed).
+    pub rollback_over: bool,
 }
 
 /// Reconciles one `Sync` now and writes its status: `Reconciling` while it runs, then `Ready`
@@ -1219,27 +1249,124 @@ pub async fn reconcile(
                     message: outcome.message,
                     subject: None,
                     render_digest: None,
+                    rollback_over: false,
                 });
             }
             return conclude(access, sync, outcome, started).await;
         }
     };
     write_status(access, sync, &reconciling(sync)).await?;
-    let render = access.probe.as_ref().map_or(Duration::ZERO, |p| p.time);
-    let limit = pipeline_limit(sync, access.max_timeout, render);
-    let run = run_pipeline(access, sync, cache, pins);
-    let outcome = match tokio::time::timeout(limit, run).await {
-        Ok(outcome) => outcome,
-        Err(_) => Outcome::failed(
-            Reason::ReconcileFailed,
-            format!(
-                "the sync took longer than {}s, far beyond its timeout (a call that never \
-                 answered); it was stopped and is retried with back-off",
-                limit.as_secs()
-            ),
-        ),
+    let outcome = match rollback::plan(sync) {
+        rollback::Plan::Follow { status, remove } => {
+            if let Some(value) = remove {
+                rollback::remove_annotation(&access.client, sync, &value).await;
+            }
+            let (mut outcome, _) = run_bounded(access, sync, cache, pins, None).await;
+            outcome.rollback = status;
+            outcome
+        }
+        rollback::Plan::Pin {
+            request,
+            annotation,
+            fresh,
+        } => rolled_back(access, sync, cache, pins, &request, &annotation, fresh).await,
     };
     conclude(access, sync, outcome, started).await
+}
+
+/// [`run_pipeline`] within [`pipeline_limit`].
+async fn run_bounded(
+    access: &Access,
+    sync: &Sync,
+    cache: &Path,
+    pins: &[depends::Pin],
+    pin: Option<git::Pin>,
+) -> (Outcome, Option<git::Pinned>) {
+    let render = access.probe.as_ref().map_or(Duration::ZERO, |p| p.time);
+    let limit = pipeline_limit(sync, access.max_timeout, render);
+    let run = run_pipeline(access, sync, cache, pins, pin);
+    match tokio::time::timeout(limit, run).await {
+        Ok(done) => done,
+        Err(_) => (
+            Outcome::failed(
+                Reason::ReconcileFailed,
+                format!(
+                    "the sync took longer than {}s, far beyond its timeout (a call that never \
+                     answered); it was stopped and is retried with back-off",
+                    limit.as_secs()
+                ),
+            ),
+            None,
+        ),
+    }
+}
+
+/// A sync under a rollback request: the pinned commit while no newer one is there (`RolledBack`
+/// once applied); the ref's tip once a newer commit ended the pin; and for a request not applied
+/// yet whose commit fails before the apply (it no longer fetches, verifies, renders or decrypts),
+/// a refusal — the annotation removed, the reason in `status.rollback` and an Event — then the
+/// ordinary sync of the ref, so the Sync stays as it was.
+async fn rolled_back(
+    access: &Access,
+    sync: &Sync,
+    cache: &Path,
+    pins: &[depends::Pin],
+    request: &rollback::Request,
+    annotation: &str,
+    fresh: bool,
+) -> Outcome {
+    use rollback::RollbackState as State;
+    let (mut outcome, pinned) =
+        run_bounded(access, sync, cache, pins, Some(rollback::pin_of(request))).await;
+    match pinned {
+        Some(git::Pinned::Ended) => {
+            rollback::remove_annotation(&access.client, sync, annotation).await;
+            let tip = outcome.revision.clone().unwrap_or_default();
+            let message = rollback::ended(request, sync, &tip);
+            publish_event(
+                &access.recorder,
+                sync,
+                Reason::Succeeded,
+                &format!("rollback {message}"),
+            )
+            .await;
+            outcome.rollback = Some(rollback::status_of(request, State::Ended, message));
+            outcome
+        }
+        Some(git::Pinned::Held { rewritten }) if outcome.reason.is_ok() => {
+            outcome.reason = Reason::RolledBack;
+            outcome.message = rollback::held(request, sync, rewritten.as_deref(), &outcome.message);
+            outcome.rollback = Some(rollback::status_of(
+                request,
+                State::Pinned,
+                outcome.message.clone(),
+            ));
+            outcome
+        }
+        _ if fresh && rollback::refuses(outcome.reason) => {
+            let message = rollback::refusal(request, outcome.reason, &outcome.message);
+            rollback::remove_annotation(&access.client, sync, annotation).await;
+            publish_event(&access.recorder, sync, outcome.reason, &message).await;
+            let (mut outcome, _) = run_bounded(access, sync, cache, pins, None).await;
+            outcome.message = format!("{message}; {}", outcome.message);
+            outcome.rollback = Some(rollback::status_of(request, State::Refused, message));
+            outcome
+        }
+        _ => {
+            // Failed in or after the apply, or a pin already applied that fails now: retried
+            // like any failure, still pinned.
+            outcome.rollback = Some(rollback::status_of(
+                request,
+                State::Pinned,
+                format!(
+                    "pinned to {}; the last sync failed ({}), retried",
+                    request.revision,
+                    outcome.reason.as_str()
+                ),
+            ));
+            outcome
+        }
+    }
 }
 
 /// Whether the Sync's Ready condition already says `outcome` for its current spec.
@@ -1292,6 +1419,7 @@ impl Outcome {
             drifted: None,
             subject: None,
             render_digest: None,
+            rollback: None,
         }
     }
 }
@@ -1345,7 +1473,7 @@ fn concluded(sync: &Sync, outcome: &Outcome, took: Duration) -> SyncStatus {
     let previous = sync.status.clone().unwrap_or_default();
     let drifted = drifted(&previous, outcome);
     let generation = sync.metadata.generation;
-    let ok = outcome.reason == Reason::Succeeded;
+    let ok = outcome.reason.is_ok();
     let ready_status = if ok { "True" } else { "False" };
     let transition = previous
         .conditions
@@ -1387,6 +1515,7 @@ fn concluded(sync: &Sync, outcome: &Outcome, took: Duration) -> SyncStatus {
         last_synced_at: Some(now()),
         not_ready: outcome.not_ready.map(|n| n as i64).or(previous.not_ready),
         drifted: drifted.map(|n| n as i64).or(previous.drifted),
+        rollback: outcome.rollback.clone().or(previous.rollback),
     }
 }
 
@@ -1397,8 +1526,8 @@ fn drifted(previous: &SyncStatus, outcome: &Outcome) -> Option<usize> {
         outcome.revision.is_some() && previous.last_applied_revision == outcome.revision;
     match outcome.drifted {
         Some(n) => Some(n),
-        None if outcome.reason == Reason::Succeeded && same_revision => Some(outcome.changed),
-        None if outcome.reason == Reason::Succeeded => Some(0),
+        None if outcome.reason.is_ok() && same_revision => Some(outcome.changed),
+        None if outcome.reason.is_ok() => Some(0),
         None => None,
     }
 }
@@ -1433,7 +1562,7 @@ async fn conclude(
     outcome: Outcome,
     started: Instant,
 ) -> Result<Report, kube::Error> {
-    let ok = outcome.reason == Reason::Succeeded;
+    let ok = outcome.reason.is_ok();
     if !ok || outcome.changed > 0 {
         publish_event(&access.recorder, sync, outcome.reason, &outcome.message).await;
     }
@@ -1455,6 +1584,10 @@ async fn conclude(
         message: outcome.message.clone(),
         subject: outcome.subject.clone(),
         render_digest: outcome.render_digest.clone(),
+        rollback_over: outcome
+            .rollback
+            .as_ref()
+            .is_some_and(|r| r.state != rollback::RollbackState::Pinned),
     };
     if access.may_write() {
         write_status(access, sync, &status).await?;
@@ -1477,6 +1610,7 @@ impl Report {
             message: "deleted".into(),
             subject: None,
             render_digest: None,
+            rollback_over: false,
         }
     }
 }
@@ -1590,6 +1724,7 @@ pub struct Schedule {
     last_run: Instant,
     generation: Option<i64>,
     requested: Option<String>,
+    rollback: Option<String>,
     failures: u32,
 }
 
@@ -1615,6 +1750,10 @@ fn requested(sync: &Sync) -> Option<String> {
     sync.annotations().get(SYNC_REQUESTED).cloned()
 }
 
+fn rollback_requested(sync: &Sync) -> Option<String> {
+    sync.annotations().get(rollback::ROLLBACK).cloned()
+}
+
 /// Whether a Sync should be reconciled now: never seen, its spec changed, a sync was requested, or
 /// its interval (after a failure: the back-off) has passed.
 pub fn due(sync: &Sync, schedule: Option<&Schedule>, now: Instant) -> bool {
@@ -1626,7 +1765,10 @@ pub fn due_in(sync: &Sync, schedule: Option<&Schedule>, now: Instant) -> Duratio
     let Some(s) = schedule else {
         return Duration::ZERO;
     };
-    if s.generation != sync.metadata.generation || s.requested != requested(sync) {
+    if s.generation != sync.metadata.generation
+        || s.requested != requested(sync)
+        || s.rollback != rollback_requested(sync)
+    {
         return Duration::ZERO;
     }
     wait_after(sync, s.failures).saturating_sub(now.duration_since(s.last_run))
@@ -1771,6 +1913,12 @@ async fn reconcile_due(sync: Arc<Sync>, ctx: Arc<Context>) -> Result<Requeue, Sy
             last_run: Instant::now(),
             generation: sync.metadata.generation,
             requested: requested(&sync),
+            // A request this sync ended is gone from the Sync (the controller removed it): its
+            // removal is no new request.
+            rollback: match &result {
+                Ok(r) if r.rollback_over => None,
+                _ => rollback_requested(&sync),
+            },
             failures,
         },
     );
@@ -1804,6 +1952,7 @@ fn trigger_of(sync: &Sync, schedule: Option<&Schedule>, hooked: bool) -> &'stati
         None => "start",
         Some(s) if s.generation != sync.metadata.generation => "spec change",
         Some(s) if s.requested != requested(sync) => "request",
+        Some(s) if s.rollback != rollback_requested(sync) => "rollback",
         Some(s) if s.failures > 0 => "retry",
         Some(_) => "poll",
     }
@@ -1909,6 +2058,7 @@ fn spec_or_request(sync: &Sync) -> Option<u64> {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     sync.metadata.generation.hash(&mut h);
     requested(sync).hash(&mut h);
+    rollback_requested(sync).hash(&mut h);
     sync.metadata.deletion_timestamp.is_some().hash(&mut h);
     Some(h.finish())
 }
@@ -2231,7 +2381,7 @@ async fn publish_event(
         note.push('…');
     }
     let event = Event {
-        type_: if reason == Reason::Succeeded {
+        type_: if reason.is_ok() {
             EventType::Normal
         } else {
             EventType::Warning
@@ -2388,6 +2538,7 @@ mod tests {
             last_run: now,
             generation: Some(1),
             requested: None,
+            rollback: None,
             failures: 0,
         };
         assert!(!due(&s, Some(&schedule), now + Duration::from_secs(60)));
@@ -2400,6 +2551,9 @@ mod tests {
             due(&sync(Some("10m"), 1, Some("t1")), Some(&schedule), now),
             "requested"
         );
+        let mut rolled = sync(Some("10m"), 1, None);
+        rolled.metadata.annotations = Some([(rollback::ROLLBACK.to_string(), "{}".into())].into());
+        assert!(due(&rolled, Some(&schedule), now), "a rollback asked for");
         let failed = Schedule {
             failures: 2,
             ..schedule
@@ -2436,6 +2590,7 @@ mod tests {
             drifted: None,
             subject: None,
             render_digest: None,
+            rollback: None,
         }
     }
 

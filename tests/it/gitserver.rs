@@ -22,6 +22,7 @@ fn fetch_anonymous(
         &lockstep::source::git::Auth::None,
         scratch,
         None,
+        None,
         &std::sync::atomic::AtomicBool::new(false),
     )
 }
@@ -733,7 +734,7 @@ fn anonymous_ssh_is_refused_before_connecting() {
 /// one — also when the earlier one lies deeper than the first, shallow fetch reaches.
 #[test]
 fn a_fetch_reports_the_tag_object_and_whether_the_commit_descends() {
-    use lockstep::source::git::{ANCESTRY_DEPTH, Auth, Revision, fetch};
+    use lockstep::source::git::{ANCESTRY_DEPTH, Auth, Pin, Pinned, Revision, fetch};
     let tmp = tempfile::tempdir().unwrap();
     let seed = tmp.path().join("seed");
     std::fs::create_dir_all(&seed).unwrap();
@@ -773,6 +774,7 @@ fn a_fetch_reports_the_tag_object_and_whether_the_commit_descends() {
     git(&seed, &["checkout", "-q", "-b", "other", &first]);
     std::fs::write(seed.join("lockstep.yaml"), "project: q\n").unwrap();
     git(&seed, &["commit", "-q", "-am", "diverged"]);
+    let diverged = git(&seed, &["rev-parse", "HEAD"]);
     std::fs::create_dir_all(tmp.path().join("served")).unwrap();
     git(
         tmp.path(),
@@ -796,9 +798,26 @@ fn a_fetch_reports_the_tag_object_and_whether_the_commit_descends() {
             &Auth::None,
             &scratch,
             from,
+            None,
             &std::sync::atomic::AtomicBool::new(false),
         )
         .expect("fetch")
+    };
+    let pinned = |commit: &str, from: &str| {
+        let pin = Pin {
+            commit: commit.into(),
+            from: from.into(),
+        };
+        fetch(
+            &url,
+            &Revision::Branch("main".into()),
+            ".",
+            &Auth::None,
+            &scratch,
+            None,
+            Some(&pin),
+            &std::sync::atomic::AtomicBool::new(false),
+        )
     };
     let main = || Revision::Branch("main".into());
     assert_eq!(got(main(), None).descends, None, "not asked");
@@ -827,5 +846,33 @@ fn a_fetch_reports_the_tag_object_and_whether_the_commit_descends() {
     assert!(tag.starts_with(format!("object {tip}\ntype commit\ntag v1\n").as_bytes()));
     assert!(got(Revision::Tag("light".into()), None).tag.is_none());
     assert!(got(main(), None).tag.is_none());
+
+    // A rollback's pin: the pinned commit is read while the tip is the one rolled back from —
+    // also deeper than the first fetch reaches —, the tip once it descends from that one, and
+    // the pinned commit still when the tip was rewritten (not newer).
+    let held = pinned(&first, &tip).expect("held");
+    assert_eq!(held.pinned, Some(Pinned::Held { rewritten: None }));
+    assert_eq!(held.revision, first);
+    assert_eq!(held.descends, None);
+    let ended = pinned(&first, &middle).expect("ended");
+    assert_eq!(ended.pinned, Some(Pinned::Ended));
+    assert_eq!(ended.revision, tip);
+    let rewritten = pinned(&first, &diverged).expect("rewritten");
+    assert_eq!(
+        rewritten.pinned,
+        Some(Pinned::Held {
+            rewritten: Some(tip.clone())
+        })
+    );
+    assert_eq!(rewritten.revision, first);
+    let elsewhere = pinned(&diverged, &tip)
+        .err()
+        .expect("not in main's history");
+    assert!(
+        elsewhere
+            .to_string()
+            .contains("is not in the history of branch main"),
+        "{elsewhere}"
+    );
     assert!(!scratch.exists(), "the scratch directory is removed");
 }

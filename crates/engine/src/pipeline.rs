@@ -64,13 +64,16 @@ impl Step {
 pub enum Reason {
     /// Everything applied.
     Succeeded,
+    /// Everything applied, at an older commit the Sync is pinned to (`lockstep rollback`) until a
+    /// newer one than it rolled back from arrives: Ready, as [`Reason::Succeeded`].
+    RolledBack,
     /// The Git fetch failed (or its credentials Secret is missing or unusable).
     FetchFailed,
     /// The commit's signature is missing, bad, or not from a trusted key.
     VerifyFailed,
     /// The commit does not descend from the last applied one (`verify.requireFastForward`): the
     /// ref was moved back to an older commit or its history rewritten.
-    RolledBack,
+    NotFastForward,
     /// Render found problems.
     RenderFailed,
     /// The decryption Secret or the secrets did not open.
@@ -102,6 +105,7 @@ impl Reason {
             Reason::FetchFailed => "FetchFailed",
             Reason::VerifyFailed => "VerifyFailed",
             Reason::RolledBack => "RolledBack",
+            Reason::NotFastForward => "NotFastForward",
             Reason::RenderFailed => "RenderFailed",
             Reason::DecryptFailed => "DecryptFailed",
             Reason::ValidationFailed => "ValidationFailed",
@@ -121,19 +125,20 @@ impl Reason {
         matches!(
             self,
             Reason::VerifyFailed
-                | Reason::RolledBack
+                | Reason::NotFastForward
                 | Reason::RenderFailed
                 | Reason::ValidationFailed
         )
     }
 
+    /// Whether the sync applied everything (Ready): [`Reason::Succeeded`] or [`Reason::RolledBack`].
+    pub fn is_ok(self) -> bool {
+        matches!(self, Reason::Succeeded | Reason::RolledBack)
+    }
+
     /// The `result` label of `lockstep_syncs_total`: `success` or `failure`.
     pub fn metric_label(self) -> &'static str {
-        if self == Reason::Succeeded {
-            "success"
-        } else {
-            "failure"
-        }
+        if self.is_ok() { "success" } else { "failure" }
     }
 }
 
@@ -148,7 +153,7 @@ pub enum StageError {
     Verify(String),
     /// The commit does not descend from the last applied one.
     #[error("{0}")]
-    RolledBack(String),
+    NotFastForward(String),
     /// Render found problems (drawn with their source spans by the CLI).
     #[error("{0}")]
     Render(Diagnostics),
@@ -180,7 +185,7 @@ impl StageError {
     pub fn step(&self) -> Step {
         match self {
             StageError::Fetch(_) | StageError::Dependency(_) => Step::Fetch,
-            StageError::Verify(_) | StageError::RolledBack(_) => Step::Verify,
+            StageError::Verify(_) | StageError::NotFastForward(_) => Step::Verify,
             StageError::Render(_) => Step::Render,
             StageError::Keys(_) | StageError::Decrypt { .. } => Step::Decrypt,
             StageError::Apply(e) => match e {
@@ -197,7 +202,7 @@ impl StageError {
     /// The status Reason of this failure.
     pub fn reason(&self) -> Reason {
         match self {
-            StageError::RolledBack(_) => Reason::RolledBack,
+            StageError::NotFastForward(_) => Reason::NotFastForward,
             StageError::Dependency(_) | StageError::Apply(ApplyError::Dependency { .. }) => {
                 Reason::DependencyNotReady
             }

@@ -309,12 +309,12 @@ async fn private_repositories_over_https_auth_and_ssh_and_signed_commits_only() 
         replicas(deployments.get("web").await.expect("web")),
         Some(4)
     );
-    // …but moving the branch back to the older, validly signed release is RolledBack: Stalled,
+    // …but moving the branch back to the older, validly signed release is NotFastForward: Stalled,
     // the cluster and lastAppliedRevision unchanged.
     git(repo, &["reset", "-q", "--hard", &signed]);
     push_with(repo, &["--force"], &[]);
     let out = run();
-    let message = failed_with(&out, &api, "signed", "RolledBack").await;
+    let message = failed_with(&out, &api, "signed", "NotFastForward").await;
     assert!(
         message.contains(&on_top) && message.contains(&signed),
         "names both commits: {message}"

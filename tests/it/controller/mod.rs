@@ -13,6 +13,7 @@ mod kustomize;
 mod leader;
 mod ownership;
 mod prune;
+mod rollback;
 mod status;
 mod tenancy;
 mod triggers;

@@ -66,6 +66,8 @@ pub struct Fetched {
     /// Whether the commit is the `descends_from` commit [`fetch`] was given or one of its
     /// descendants (`None` when none was given).
     pub descends: Option<bool>,
+    /// What became of the rollback pin [`fetch`] was given (`None` when none was).
+    pub pinned: Option<Pinned>,
     /// The project files at that commit.
     pub snapshot: Snapshot,
 }
@@ -207,12 +209,38 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// A rollback's pin: read `commit`, an older commit of the ref's history, instead of the ref's
+/// tip — for as long as no commit newer than `from` (the tip the rollback was made from) is there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pin {
+    /// The commit to read (full hex).
+    pub commit: String,
+    /// The tip the rollback was made from (full hex).
+    pub from: String,
+}
+
+/// What became of a [`Pin`] in a fetch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pinned {
+    /// No newer commit: the pinned commit was read. `rewritten` names the tip when it is not
+    /// `from` and does not descend from it either (the ref was moved back or its history
+    /// rewritten: not newer, so the pin holds).
+    Held {
+        /// The tip, when the ref's history was rewritten.
+        rewritten: Option<String>,
+    },
+    /// The tip descends from `from` and differs from it: a newer commit, which was read.
+    Ended,
+}
+
 /// Fetches `url` at `rev` into the scratch directory `dir` (created, and removed again before
 /// returning; only the one commit for a branch or tag, shallow) and reads the project under
 /// `path`. With `descends_from` (a commit id), also finds out whether the fetched commit descends
-/// from that one ([`Fetched::descends`]): then [`ANCESTRY_DEPTH`] commits are fetched, and the
-/// whole history only when those do not settle it. Setting `interrupt` makes a fetch in progress
-/// give up.
+/// from that one ([`Fetched::descends`]); with a `pin`, reads the pinned commit while the tip is
+/// not newer than the pin's `from` ([`Fetched::pinned`]). Either needs history: then
+/// [`ANCESTRY_DEPTH`] commits are fetched, and the whole history only when those do not settle it.
+/// Setting `interrupt` makes a fetch in progress give up.
+#[allow(clippy::too_many_arguments)]
 pub fn fetch(
     url: &str,
     rev: &Revision,
@@ -220,6 +248,7 @@ pub fn fetch(
     auth: &Auth,
     dir: &Path,
     descends_from: Option<&str>,
+    pin: Option<&Pin>,
     interrupt: &AtomicBool,
 ) -> Result<Fetched, GitError> {
     struct Scratch<'a>(&'a Path);
@@ -228,36 +257,100 @@ pub fn fetch(
             let _ = std::fs::remove_dir_all(self.0);
         }
     }
+    let oid = |id: &str, what: &str| {
+        gix::ObjectId::from_hex(id.as_bytes()).map_err(|e| err(&format!("{what} {id}"), e))
+    };
     let earlier = descends_from
-        .map(|id| {
-            gix::ObjectId::from_hex(id.as_bytes())
-                .map_err(|e| err(&format!("the earlier commit {id}"), e))
+        .map(|id| oid(id, "the earlier commit"))
+        .transpose()?;
+    let pin = pin
+        .map(|p| {
+            Ok::<_, GitError>((
+                oid(&p.commit, "the pinned commit")?,
+                oid(&p.from, "the commit rolled back from")?,
+            ))
         })
         .transpose()?;
-    let mut depth = match (earlier, rev) {
+    if pin.is_some() && matches!(rev, Revision::Commit(_)) {
+        return Err(GitError(
+            "a commit ref cannot be rolled back: it names one commit already".into(),
+        ));
+    }
+    let mut depth = match (earlier.or(pin.map(|p| p.0)), rev) {
         (_, Revision::Commit(_)) => None,
         (Some(_), _) => std::num::NonZeroU32::new(ANCESTRY_DEPTH),
         (None, _) => Some(std::num::NonZeroU32::MIN),
     };
     let _scratch = Scratch(dir);
-    loop {
+    // What needs history, asked again of the whole history when the shallow part does not settle it.
+    let settled = |found: Ancestry, depth: Option<std::num::NonZeroU32>| match found {
+        Ancestry::Truncated if depth.is_some() => None,
+        Ancestry::Found => Some(true),
+        Ancestry::NotFound | Ancestry::Truncated => Some(false),
+    };
+    'deeper: loop {
         let (repo, outcome, _ssh_files) = clone_into(url, rev, auth, dir, depth, interrupt)?;
-        let commit = commit_of(&repo, rev)?;
-        let descends = match earlier {
-            None => None,
-            Some(earlier) => match ancestry(&repo, commit.id, earlier, interrupt)? {
-                Ancestry::Found => Some(true),
-                Ancestry::NotFound => Some(false),
-                // Only part of the history is here: fetch all of it and look again.
-                Ancestry::Truncated if depth.is_some() => {
-                    depth = None;
-                    continue;
+        let tip = commit_of(&repo, rev)?;
+        let mut pinned = None;
+        let mut read = tip.id;
+        if let Some((commit, from)) = pin {
+            let newer = tip.id != from;
+            let descends = if newer {
+                match settled(ancestry(&repo, tip.id, from, interrupt)?, depth) {
+                    Some(d) => d,
+                    None => {
+                        depth = None;
+                        continue 'deeper;
+                    }
                 }
-                Ancestry::Truncated => Some(false),
-            },
+            } else {
+                false
+            };
+            if newer && descends {
+                pinned = Some(Pinned::Ended);
+            } else {
+                match settled(ancestry(&repo, tip.id, commit, interrupt)?, depth) {
+                    Some(true) => {}
+                    Some(false) => {
+                        return Err(GitError(format!(
+                            "commit {commit} is not in the history of {} (at {}): it cannot be \
+                             rolled back to",
+                            describe(rev),
+                            tip.id
+                        )));
+                    }
+                    None => {
+                        depth = None;
+                        continue 'deeper;
+                    }
+                }
+                read = commit;
+                pinned = Some(Pinned::Held {
+                    rewritten: newer.then(|| tip.id.to_hex().to_string()),
+                });
+            }
+        }
+        let descends = match (earlier, &pinned) {
+            (None, _) | (_, Some(Pinned::Held { .. })) => None,
+            (Some(earlier), _) => {
+                match settled(ancestry(&repo, tip.id, earlier, interrupt)?, depth) {
+                    Some(d) => Some(d),
+                    None => {
+                        depth = None;
+                        continue 'deeper;
+                    }
+                }
+            }
         };
-        let tag = match rev {
-            Revision::Tag(name) => annotated_tag(&repo, &outcome, name, commit.id)?,
+        let commit = if read == tip.id {
+            tip
+        } else {
+            repo.find_commit(read)
+                .map_err(|e| err(&format!("reading commit {read}"), e))?
+        };
+        let tag = match (rev, &pinned) {
+            (_, Some(Pinned::Held { .. })) => None,
+            (Revision::Tag(name), _) => annotated_tag(&repo, &outcome, name, commit.id)?,
             _ => None,
         };
         let revision = commit.id.to_hex().to_string();
@@ -267,8 +360,19 @@ pub fn fetch(
             commit: commit.data.clone(),
             tag,
             descends,
+            pinned,
             snapshot,
         });
+    }
+}
+
+/// How a message names the ref a revision follows.
+fn describe(rev: &Revision) -> String {
+    match rev {
+        Revision::Default => "the default branch".into(),
+        Revision::Branch(b) => format!("branch {b}"),
+        Revision::Tag(t) => format!("tag {t}"),
+        Revision::Commit(c) => format!("commit {c}"),
     }
 }
 
