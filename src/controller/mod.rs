@@ -828,6 +828,15 @@ impl SyncInputs {
     }
 }
 
+/// The cache repository of `url` under the controller's cache directory.
+fn cache_dir(cache: &Path, url: &str) -> PathBuf {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(url.as_bytes());
+    cache
+        .join("git")
+        .join(format!("{}.git", hex::encode(&digest[..10])))
+}
+
 fn revision_of(git_ref: Option<&GitRef>) -> Revision {
     match git_ref {
         Some(GitRef {
@@ -867,15 +876,9 @@ impl pipeline::Inputs for SyncInputs {
         let url = spec.source.url.clone();
         let path = spec.source.path.clone().unwrap_or_default();
         let rev = revision_of(spec.source.git_ref.as_ref());
-        // A scratch directory of this fetch alone (a timed-out fetch may still be winding down).
-        let mut suffix = [0u8; 6];
-        let _ = getrandom::fill(&mut suffix);
-        let dir = self.cache.join(format!(
-            "{}.{}.{}",
-            self.ns,
-            self.sync.name_any(),
-            hex::encode(suffix)
-        ));
+        // The cache of this repository URL, shared by the Syncs that use it (each fetch still
+        // asks the server with the Sync's own credentials before anything is read).
+        let dir = cache_dir(&self.cache, &url);
         let interrupt = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stop = interrupt.clone();
         let descends_from = self.fast_forward_from();

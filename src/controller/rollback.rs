@@ -272,9 +272,9 @@ pub fn refuses(reason: Reason) -> bool {
 pub fn refusal(request: &Request, reason: Reason, message: &str) -> String {
     let hint = match reason {
         Reason::FetchFailed => {
-            " — the controller keeps no copy of the repository between syncs (each sync fetches \
-             afresh, so no plaintext and no stale clone stays on its disk): rolling back needs the \
-             Git server; ask again once it answers"
+            " — the controller keeps the repository's Git objects, but reads only what the \
+             server shows the Sync's credentials at each sync (so revoked access ends at once): \
+             rolling back needs the Git server; ask again once it answers"
         }
         Reason::DecryptFailed => {
             " — that commit's secrets are encrypted to recipients whose identities the decryption \

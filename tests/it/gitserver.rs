@@ -874,5 +874,109 @@ fn a_fetch_reports_the_tag_object_and_whether_the_commit_descends() {
             .contains("is not in the history of branch main"),
         "{elsewhere}"
     );
-    assert!(!scratch.exists(), "the scratch directory is removed");
+    assert!(
+        scratch.join("objects").is_dir(),
+        "the cache is kept, one for the URL whatever the ref"
+    );
+}
+
+/// The cache a fetch keeps per URL: a poll with nothing new is only the ref advertisement (no
+/// pack negotiated), a new commit brings just what is new, and a force-pushed branch, a corrupt
+/// cache and an unreachable server are all handled.
+#[test]
+fn a_kept_cache_fetches_only_what_is_new_and_recovers() {
+    use lockstep::source::git::{Auth, Revision, fetch};
+    let tmp = tempfile::tempdir().unwrap();
+    let seed = tmp.path().join("seed");
+    std::fs::create_dir_all(&seed).unwrap();
+    git(&seed, &["init", "-q", "-b", "main"]);
+    std::fs::write(seed.join("lockstep.yaml"), "project: one\n").unwrap();
+    git(&seed, &["add", "."]);
+    git(&seed, &["commit", "-q", "-m", "one"]);
+    std::fs::create_dir_all(tmp.path().join("served")).unwrap();
+    git(
+        tmp.path(),
+        &["clone", "-q", "--bare", "seed", "served/app.git"],
+    );
+    let bare = tmp.path().join("served/app.git");
+    let push = |force: bool| {
+        let target = bare.to_string_lossy().into_owned();
+        let mut args = vec!["push", "-q"];
+        if force {
+            args.push("--force");
+        }
+        args.extend([target.as_str(), "main"]);
+        git(&seed, &args);
+    };
+    let server = GitHttp::start(&tmp.path().join("served"), None);
+    let url = server.url("app.git");
+    let cache = tmp.path().join("cache/app.git");
+    let got = || {
+        fetch(
+            &url,
+            &Revision::Branch("main".into()),
+            ".",
+            &Auth::None,
+            &cache,
+            None,
+            None,
+            &std::sync::atomic::AtomicBool::new(false),
+        )
+    };
+    let project = |f: &lockstep::source::git::Fetched| {
+        f.snapshot
+            .get("lockstep.yaml")
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+    };
+    let posts = || {
+        server
+            .requests()
+            .iter()
+            .filter(|r| r.method == "POST")
+            .count()
+    };
+    let first = got().expect("first fetch");
+    assert_eq!(first.revision, git(&seed, &["rev-parse", "HEAD"]));
+
+    // Nothing new: the refs are asked for, no pack is negotiated.
+    server.clear_requests();
+    let again = got().expect("no-change poll");
+    assert_eq!(again.revision, first.revision);
+    assert_eq!(posts(), 1, "only ls-refs: {:#?}", server.requests());
+
+    // One new commit: one fetch after the refs.
+    std::fs::write(seed.join("lockstep.yaml"), "project: two\n").unwrap();
+    git(&seed, &["commit", "-q", "-am", "two"]);
+    push(false);
+    server.clear_requests();
+    let second = got().expect("a new commit");
+    assert_eq!(second.revision, git(&seed, &["rev-parse", "HEAD"]));
+    assert_eq!(project(&second).as_deref(), Some("project: two\n"));
+    assert_eq!(posts(), 2, "ls-refs and fetch: {:#?}", server.requests());
+
+    // A force-pushed branch is followed.
+    git(&seed, &["reset", "-q", "--hard", "HEAD~1"]);
+    std::fs::write(seed.join("lockstep.yaml"), "project: three\n").unwrap();
+    git(&seed, &["commit", "-q", "-am", "three"]);
+    push(true);
+    let forced = got().expect("a force-pushed branch");
+    assert_eq!(forced.revision, git(&seed, &["rev-parse", "HEAD"]));
+    assert_eq!(project(&forced).as_deref(), Some("project: three\n"));
+
+    // A corrupt cache: every pack overwritten. It is rebuilt.
+    for e in std::fs::read_dir(cache.join("objects/pack"))
+        .unwrap()
+        .flatten()
+    {
+        std::fs::write(e.path(), b"not a pack").unwrap();
+    }
+    let rebuilt = got().expect("a corrupt cache is rebuilt");
+    assert_eq!(rebuilt.revision, forced.revision);
+    assert_eq!(project(&rebuilt).as_deref(), Some("project: three\n"));
+
+    // The server gone: the fetch fails naming it, and the cache stays for when it is back.
+    drop(server);
+    let down = got().err().expect("the server is down");
+    assert!(down.to_string().contains("127.0.0.1"), "{down}");
+    assert!(cache.join("objects").is_dir());
 }

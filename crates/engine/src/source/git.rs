@@ -233,13 +233,18 @@ pub enum Pinned {
     Ended,
 }
 
-/// Fetches `url` at `rev` into the scratch directory `dir` (created, and removed again before
-/// returning; only the one commit for a branch or tag, shallow) and reads the project under
-/// `path`. With `descends_from` (a commit id), also finds out whether the fetched commit descends
-/// from that one ([`Fetched::descends`]); with a `pin`, reads the pinned commit while the tip is
-/// not newer than the pin's `from` ([`Fetched::pinned`]). Either needs history: then
-/// [`ANCESTRY_DEPTH`] commits are fetched, and the whole history only when those do not settle it.
-/// Setting `interrupt` makes a fetch in progress give up.
+/// Fetches `url` at `rev` into `dir`, the cache repository of that URL (a bare repository kept
+/// between fetches: only what is new is fetched; a first fetch of a branch or tag is shallow, one
+/// commit deep), and reads the project under `path` from its object database. Every fetch asks
+/// the server for its refs with `auth`: what is read is what the server advertises to those
+/// credentials now, never what an earlier fetch left. With `descends_from` (a commit id), also
+/// finds out whether the fetched commit descends from that one ([`Fetched::descends`]); with a
+/// `pin`, reads the pinned commit while the tip is not newer than the pin's `from`
+/// ([`Fetched::pinned`]). Either needs history: the cache is deepened by [`ANCESTRY_DEPTH`]
+/// commits, and to the whole history only when those do not settle it. One fetch at a time per
+/// cache (a lock file beside it, across processes too); a cache that does not open or read, or
+/// grew past [`MAX_CACHE_BYTES`] or [`MAX_CACHE_PACKS`], is rebuilt. Setting `interrupt` makes a
+/// fetch in progress give up.
 #[allow(clippy::too_many_arguments)]
 pub fn fetch(
     url: &str,
@@ -251,12 +256,136 @@ pub fn fetch(
     pin: Option<&Pin>,
     interrupt: &AtomicBool,
 ) -> Result<Fetched, GitError> {
-    struct Scratch<'a>(&'a Path);
-    impl Drop for Scratch<'_> {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(self.0);
+    let _lock = CacheLock::take(dir)?;
+    let attempt = |repo: gix::Repository, fresh: bool| {
+        fetch_into(
+            &repo,
+            fresh,
+            url,
+            rev,
+            path,
+            auth,
+            descends_from,
+            pin,
+            interrupt,
+        )
+    };
+    match open_cache(dir) {
+        Some(repo) => match attempt(repo, false) {
+            // The server could not be asked: the cache is not at fault.
+            Err(Failed::Remote(e)) => Err(e),
+            Err(Failed::Local(_)) if !interrupt.load(std::sync::atomic::Ordering::Relaxed) => {
+                attempt(new_cache(dir)?, true).map_err(Failed::into_inner)
+            }
+            other => other.map_err(Failed::into_inner),
+        },
+        None => attempt(new_cache(dir)?, true).map_err(Failed::into_inner),
+    }
+}
+
+/// The most a cache repository may hold on disk before it is rebuilt (shallow again).
+pub const MAX_CACHE_BYTES: u64 = 512 * 1024 * 1024;
+
+/// The most pack files a cache may collect (each fetch of something new adds one) before it is
+/// rebuilt: reading stays fast without a repack.
+pub const MAX_CACHE_PACKS: usize = 64;
+
+/// Why one attempt failed: asking the server, or something in the cache (then rebuilt and tried once more).
+enum Failed {
+    Remote(GitError),
+    Local(GitError),
+}
+
+impl Failed {
+    fn into_inner(self) -> GitError {
+        match self {
+            Failed::Remote(e) | Failed::Local(e) => e,
         }
     }
+}
+
+impl From<GitError> for Failed {
+    fn from(e: GitError) -> Failed {
+        Failed::Local(e)
+    }
+}
+
+/// An exclusive lock on `<dir>.lock`, held for one fetch; released when dropped (or when the
+/// process ends).
+struct CacheLock {
+    _file: std::fs::File,
+}
+
+impl CacheLock {
+    fn take(dir: &Path) -> Result<CacheLock, GitError> {
+        if let Some(parent) = dir.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| err(&format!("creating {}", parent.display()), e))?;
+        }
+        let path = dir.with_extension("lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| err(&format!("opening {}", path.display()), e))?;
+        file.lock()
+            .map_err(|e| err(&format!("locking {}", path.display()), e))?;
+        Ok(CacheLock { _file: file })
+    }
+}
+
+/// The cache repository at `dir` when it is there, opens, and is within its bounds; otherwise
+/// it is removed.
+fn open_cache(dir: &Path) -> Option<gix::Repository> {
+    if !dir.exists() {
+        return None;
+    }
+    let packs = dir.join("objects").join("pack");
+    let (mut bytes, mut count) = (0u64, 0usize);
+    for e in std::fs::read_dir(&packs).into_iter().flatten().flatten() {
+        bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
+        count += usize::from(e.path().extension().is_some_and(|x| x == "pack"));
+    }
+    let within = bytes <= MAX_CACHE_BYTES && count <= MAX_CACHE_PACKS;
+    match gix::open_opts(dir, gix::open::Options::isolated()) {
+        Ok(repo) if within && repo.is_bare() => Some(repo),
+        _ => {
+            let _ = std::fs::remove_dir_all(dir);
+            None
+        }
+    }
+}
+
+/// A new, empty cache repository at `dir` (whatever was there removed).
+fn new_cache(dir: &Path) -> Result<gix::Repository, GitError> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|e| err(&format!("clearing {}", dir.display()), e))?;
+    }
+    std::fs::create_dir_all(dir).map_err(|e| err(&format!("creating {}", dir.display()), e))?;
+    gix::ThreadSafeRepository::init_opts(
+        dir,
+        gix::create::Kind::Bare,
+        gix::create::Options::default(),
+        gix::open::Options::isolated(),
+    )
+    .map(|r| r.to_thread_local())
+    .map_err(|e| err(&format!("creating the cache {}", dir.display()), e))
+}
+
+/// One attempt of [`fetch`] with the cache `repo` (`fresh`: just created).
+#[allow(clippy::too_many_arguments)]
+fn fetch_into(
+    repo: &gix::Repository,
+    fresh: bool,
+    url: &str,
+    rev: &Revision,
+    path: &str,
+    auth: &Auth,
+    descends_from: Option<&str>,
+    pin: Option<&Pin>,
+    interrupt: &AtomicBool,
+) -> Result<Fetched, Failed> {
     let oid = |id: &str, what: &str| {
         gix::ObjectId::from_hex(id.as_bytes()).map_err(|e| err(&format!("{what} {id}"), e))
     };
@@ -272,56 +401,63 @@ pub fn fetch(
         })
         .transpose()?;
     if pin.is_some() && matches!(rev, Revision::Commit(_)) {
-        return Err(GitError(
+        return Err(Failed::Local(GitError(
             "a commit ref cannot be rolled back: it names one commit already".into(),
-        ));
+        )));
     }
-    let mut depth = match (earlier.or(pin.map(|p| p.0)), rev) {
-        (_, Revision::Commit(_)) => None,
-        (Some(_), _) => std::num::NonZeroU32::new(ANCESTRY_DEPTH),
-        (None, _) => Some(std::num::NonZeroU32::MIN),
+    let needs_history = earlier.is_some() || pin.is_some();
+    // How the first fetch of this attempt treats the shallow boundary; deeper ones follow when
+    // the history there does not settle what was asked.
+    let mut shallow = match rev {
+        Revision::Commit(_) if fresh => gix::remote::fetch::Shallow::NoChange,
+        Revision::Commit(_) => gix::remote::fetch::Shallow::undo(),
+        _ if fresh && needs_history => gix::remote::fetch::Shallow::DepthAtRemote(
+            std::num::NonZeroU32::new(ANCESTRY_DEPTH).unwrap_or(std::num::NonZeroU32::MIN),
+        ),
+        _ if fresh => gix::remote::fetch::Shallow::DepthAtRemote(std::num::NonZeroU32::MIN),
+        _ => gix::remote::fetch::Shallow::NoChange,
     };
-    let _scratch = Scratch(dir);
-    // What needs history, asked again of the whole history when the shallow part does not settle it.
-    let settled = |found: Ancestry, depth: Option<std::num::NonZeroU32>| match found {
-        Ancestry::Truncated if depth.is_some() => None,
-        Ancestry::Found => Some(true),
-        Ancestry::NotFound | Ancestry::Truncated => Some(false),
-    };
+    let mut deepened = 0;
     'deeper: loop {
-        let (repo, outcome, _ssh_files) = clone_into(url, rev, auth, dir, depth, interrupt)?;
-        let tip = commit_of(&repo, rev)?;
+        let outcome = update(repo, url, rev, auth, shallow.clone(), interrupt)?;
+        let tip = tip_of(repo, rev)?;
+        // Whether the history here settles a search; `None`: deepen the cache and look again.
+        let is_shallow = repo
+            .is_shallow()
+            .map_err(|e| err("reading the shallow boundary", e))?;
+        let mut deeper = || {
+            if !is_shallow || deepened >= 2 {
+                return false;
+            }
+            shallow = if deepened == 0 {
+                gix::remote::fetch::Shallow::Deepen(ANCESTRY_DEPTH)
+            } else {
+                gix::remote::fetch::Shallow::undo()
+            };
+            deepened += 1;
+            true
+        };
         let mut pinned = None;
         let mut read = tip.id;
         if let Some((commit, from)) = pin {
             let newer = tip.id != from;
-            let descends = if newer {
-                match settled(ancestry(&repo, tip.id, from, interrupt)?, depth) {
-                    Some(d) => d,
-                    None => {
-                        depth = None;
-                        continue 'deeper;
-                    }
-                }
-            } else {
-                false
-            };
+            let descends = newer && ancestry(repo, tip.id, from, interrupt)? == Ancestry::Found;
+            if newer && !descends && deeper() {
+                continue 'deeper;
+            }
             if newer && descends {
                 pinned = Some(Pinned::Ended);
             } else {
-                match settled(ancestry(&repo, tip.id, commit, interrupt)?, depth) {
-                    Some(true) => {}
-                    Some(false) => {
-                        return Err(GitError(format!(
+                match ancestry(repo, tip.id, commit, interrupt)? {
+                    Ancestry::Found => {}
+                    Ancestry::Truncated if deeper() => continue 'deeper,
+                    _ => {
+                        return Err(Failed::Local(GitError(format!(
                             "commit {commit} is not in the history of {} (at {}): it cannot be \
                              rolled back to",
                             describe(rev),
                             tip.id
-                        )));
-                    }
-                    None => {
-                        depth = None;
-                        continue 'deeper;
+                        ))));
                     }
                 }
                 read = commit;
@@ -332,15 +468,11 @@ pub fn fetch(
         }
         let descends = match (earlier, &pinned) {
             (None, _) | (_, Some(Pinned::Held { .. })) => None,
-            (Some(earlier), _) => {
-                match settled(ancestry(&repo, tip.id, earlier, interrupt)?, depth) {
-                    Some(d) => Some(d),
-                    None => {
-                        depth = None;
-                        continue 'deeper;
-                    }
-                }
-            }
+            (Some(earlier), _) => match ancestry(repo, tip.id, earlier, interrupt)? {
+                Ancestry::Found => Some(true),
+                Ancestry::Truncated if deeper() => continue 'deeper,
+                Ancestry::NotFound | Ancestry::Truncated => Some(false),
+            },
         };
         let commit = if read == tip.id {
             tip
@@ -350,11 +482,11 @@ pub fn fetch(
         };
         let tag = match (rev, &pinned) {
             (_, Some(Pinned::Held { .. })) => None,
-            (Revision::Tag(name), _) => annotated_tag(&repo, &outcome, name, commit.id)?,
+            (Revision::Tag(name), _) => annotated_tag(repo, &outcome, name, commit.id)?,
             _ => None,
         };
         let revision = commit.id.to_hex().to_string();
-        let snapshot = read_project(&repo, &commit, path, &revision)?;
+        let snapshot = read_project(repo, &commit, path, &revision)?;
         return Ok(Fetched {
             revision,
             commit: commit.data.clone(),
@@ -366,6 +498,111 @@ pub fn fetch(
     }
 }
 
+/// The local ref a revision's remote ref is fetched into (`None` for a commit).
+fn local_ref(rev: &Revision) -> Option<String> {
+    match rev {
+        Revision::Default => Some("refs/remotes/origin/HEAD".into()),
+        Revision::Branch(b) => Some(full_ref("refs/heads/", b)),
+        Revision::Tag(t) => Some(full_ref("refs/tags/", t)),
+        Revision::Commit(_) => None,
+    }
+}
+
+/// The refspec that fetches `rev` (forced: a force-pushed branch or a moved tag is followed).
+fn refspec(rev: &Revision) -> String {
+    match rev {
+        // A commit is looked up in the default branch's history.
+        Revision::Default | Revision::Commit(_) => "+HEAD:refs/remotes/origin/HEAD".into(),
+        Revision::Branch(_) | Revision::Tag(_) => {
+            let name = local_ref(rev).unwrap_or_default();
+            format!("+{name}:{name}")
+        }
+    }
+}
+
+/// Asks the server for its refs and fetches what of `rev` the cache lacks (nothing, and no pack
+/// negotiation, when the ref did not move).
+fn update(
+    repo: &gix::Repository,
+    url: &str,
+    rev: &Revision,
+    auth: &Auth,
+    shallow: gix::remote::fetch::Shallow,
+    interrupt: &AtomicBool,
+) -> Result<gix::remote::fetch::Outcome, Failed> {
+    let remote_err = |what: &str, e: &(dyn std::error::Error + 'static)| {
+        Failed::Remote(err_chain(&format!("{what} {}", redact(url)), e))
+    };
+    let mut repo = repo.clone();
+    let ssh_files = match auth {
+        Auth::Ssh { key, known_hosts } => {
+            if known_hosts.trim().is_empty() {
+                return Err(Failed::Remote(GitError(
+                    "the SSH credentials have no known_hosts: add the server's host key (ssh-keyscan HOST) under the key known_hosts".into(),
+                )));
+            }
+            let files = SshFiles::write(key, known_hosts)?;
+            let mut config = repo.config_snapshot_mut();
+            config
+                .append_config(
+                    [format!("core.sshCommand={}", files.command()).as_str()],
+                    gix::config::Source::Api,
+                )
+                .map_err(|e| err("configuring ssh", e))?;
+            config.commit().map_err(|e| err("configuring ssh", e))?;
+            Some(files)
+        }
+        Auth::None if is_ssh(url) => {
+            return Err(Failed::Remote(GitError(format!(
+                "{}: an SSH source needs credentials with the server's host key (known_hosts, and an identity); lockstep never trusts an unknown host key",
+                redact(url)
+            ))));
+        }
+        _ => None,
+    };
+    let remote = repo
+        .remote_at_without_url_rewrite(url)
+        .map_err(|e| Failed::Remote(err(&redact(url), e)))?
+        .with_refspecs([refspec(rev).as_str()], gix::remote::Direction::Fetch)
+        .map_err(|e| err("the refspec", e))?
+        .with_fetch_tags(gix::remote::fetch::Tags::None);
+    let mut connection = remote
+        .connect(gix::remote::Direction::Fetch)
+        .map_err(|e| remote_err("connecting to", &e))?;
+    if let Auth::Basic { username, password } = auth {
+        connection.set_credentials(basic_credentials(username, password, url));
+    }
+    let prepare = connection
+        .prepare_fetch(gix::progress::Discard, Default::default())
+        .map_err(|e| remote_err("fetching", &e))?;
+    let outcome = prepare
+        .with_shallow(shallow)
+        .receive(gix::progress::Discard, interrupt)
+        .map_err(|e| Failed::Local(err_chain(&format!("fetching {}", redact(url)), &e)))?;
+    drop(ssh_files);
+    Ok(outcome)
+}
+
+/// The commit `rev` names in the cache after [`update`].
+fn tip_of<'r>(repo: &'r gix::Repository, rev: &Revision) -> Result<gix::Commit<'r>, GitError> {
+    let id = match (rev, local_ref(rev)) {
+        (Revision::Commit(id), _) => {
+            gix::ObjectId::from_hex(id.as_bytes()).map_err(|e| err(&format!("commit {id}"), e))?
+        }
+        (_, Some(name)) => repo
+            .find_reference(name.as_str())
+            .map_err(|e| err(&format!("reading {name} after the fetch"), e))?
+            .peel_to_id()
+            .map_err(|e| err(&format!("reading {name} after the fetch"), e))?
+            .detach(),
+        (_, None) => return Err(GitError("no ref to read".into())),
+    };
+    repo.find_commit(id).map_err(|e| match rev {
+        Revision::Commit(c) => err(&format!("commit {c} is not on the default branch"), e),
+        _ => err(&format!("reading commit {id}"), e),
+    })
+}
+
 /// How a message names the ref a revision follows.
 fn describe(rev: &Revision) -> String {
     match rev {
@@ -374,35 +611,6 @@ fn describe(rev: &Revision) -> String {
         Revision::Tag(t) => format!("tag {t}"),
         Revision::Commit(c) => format!("commit {c}"),
     }
-}
-
-/// A fresh bare clone of `url` at `rev` in `dir`, `depth` commits deep (`None`: all history),
-/// with the guard of its SSH key files.
-fn clone_into(
-    url: &str,
-    rev: &Revision,
-    auth: &Auth,
-    dir: &Path,
-    depth: Option<std::num::NonZeroU32>,
-    interrupt: &AtomicBool,
-) -> Result<
-    (
-        gix::Repository,
-        gix::remote::fetch::Outcome,
-        Option<SshFiles>,
-    ),
-    GitError,
-> {
-    if dir.exists() {
-        std::fs::remove_dir_all(dir).map_err(|e| err(&format!("clearing {}", dir.display()), e))?;
-    }
-    std::fs::create_dir_all(dir).map_err(|e| err(&format!("creating {}", dir.display()), e))?;
-    let prepare = prepare_clone(url, rev, dir, depth)?;
-    let (mut prepare, ssh_files) = with_credentials(prepare, auth, url)?;
-    let (repo, outcome) = prepare
-        .fetch_only(gix::progress::Discard, interrupt)
-        .map_err(|e| err_chain(&format!("fetching {}", redact(url)), &e))?;
-    Ok((repo, outcome, ssh_files))
 }
 
 /// What a search of a commit's history for an earlier commit found.
@@ -486,39 +694,34 @@ fn annotated_tag(
     Ok(Some(data))
 }
 
-/// A bare clone of only the ref, `depth` commits deep (`None`: all history, which a commit needs).
-fn prepare_clone(
+/// The credential helper of HTTP(S) basic authentication: the login, only to the source's own
+/// host (a redirect elsewhere gets nothing).
+fn basic_credentials(
+    username: &str,
+    password: &zeroize::Zeroizing<String>,
     url: &str,
-    rev: &Revision,
-    dir: &Path,
-    depth: Option<std::num::NonZeroU32>,
-) -> Result<gix::clone::PrepareFetch, GitError> {
-    // Isolated: the host's Git configuration (`insteadOf` rewrites, credential helpers, proxies)
-    // and its environment play no part; what the fetch uses is what this function sets.
-    let mut prepare = gix::clone::PrepareFetch::new(
-        url,
-        dir,
-        gix::create::Kind::Bare,
-        gix::create::Options::default(),
-        gix::open::Options::isolated(),
-    )
-    .map_err(|e| err(&redact(url), e))?;
-    // Full names: a partial `v1` would match a branch before a tag (gix prefers heads), so anyone
-    // who may push a branch could stand in for a protected tag, and the other way round.
-    let ref_name = match rev {
-        Revision::Branch(b) => Some(full_ref("refs/heads/", b)),
-        Revision::Tag(t) => Some(full_ref("refs/tags/", t)),
-        Revision::Default | Revision::Commit(_) => None,
-    };
-    if let Some(name) = &ref_name {
-        prepare = prepare
-            .with_ref_name(Some(name.as_str()))
-            .map_err(|e| err(&format!("ref {name}"), e))?;
+) -> impl FnMut(
+    gix::credentials::helper::Action,
+) -> gix::Result<Option<gix::credentials::protocol::Outcome>>
++ 'static {
+    let (username, password) = (username.to_string(), password.clone());
+    let host = host_of(url);
+    move |action| match action {
+        gix::credentials::helper::Action::Get(ctx) if ctx.host.is_some() && ctx.host != host => {
+            Ok(None)
+        }
+        gix::credentials::helper::Action::Get(ctx) => {
+            Ok(Some(gix::credentials::protocol::Outcome {
+                identity: gix::sec::identity::Account {
+                    username: username.clone(),
+                    password: password.to_string(),
+                    oauth_refresh_token: None,
+                },
+                next: ctx.into(),
+            }))
+        }
+        _ => Ok(None),
     }
-    if let Some(depth) = depth {
-        prepare = prepare.with_shallow(gix::remote::fetch::Shallow::DepthAtRemote(depth));
-    }
-    Ok(prepare)
 }
 
 /// The `host[:port]` of an HTTP(S) URL, as Git's credential protocol names it.
@@ -548,66 +751,6 @@ fn full_ref(prefix: &str, name: &str) -> String {
     }
 }
 
-/// The clone with its credentials: an `ssh` command with the key and `known_hosts` (the files live
-/// as long as the returned guard), or basic auth answered from memory.
-fn with_credentials(
-    mut prepare: gix::clone::PrepareFetch,
-    auth: &Auth,
-    url: &str,
-) -> Result<(gix::clone::PrepareFetch, Option<SshFiles>), GitError> {
-    match auth {
-        Auth::Ssh { key, known_hosts } => {
-            if known_hosts.trim().is_empty() {
-                return Err(GitError(
-                    "the SSH credentials have no known_hosts: add the server's host key (ssh-keyscan HOST) under the key known_hosts".into(),
-                ));
-            }
-            let files = SshFiles::write(key, known_hosts)?;
-            prepare = prepare
-                .with_in_memory_config_overrides([format!("core.sshCommand={}", files.command())]);
-            Ok((prepare, Some(files)))
-        }
-        Auth::Basic { username, password } => {
-            let (username, password) = (
-                username.clone(),
-                zeroize::Zeroizing::new(password.to_string()),
-            );
-            let host = host_of(url);
-            prepare = prepare.configure_connection(move |conn| {
-                let (username, password, host) = (username.clone(), password.clone(), host.clone());
-                conn.set_credentials(move |action| match action {
-                    // Only to the source's own host: a redirect elsewhere gets nothing.
-                    gix::credentials::helper::Action::Get(ctx)
-                        if ctx.host.is_some() && ctx.host != host =>
-                    {
-                        Ok(None)
-                    }
-                    gix::credentials::helper::Action::Get(ctx) => {
-                        Ok(Some(gix::credentials::protocol::Outcome {
-                            identity: gix::sec::identity::Account {
-                                username: username.clone(),
-                                password: password.to_string(),
-                                oauth_refresh_token: None,
-                            },
-                            next: ctx.into(),
-                        }))
-                    }
-                    _ => Ok(None),
-                });
-                Ok(())
-            });
-            Ok((prepare, None))
-        }
-        // Without credentials, `ssh` would use the host's agent, keys and known_hosts (and could
-        // prompt): an SSH source must say which host key to trust.
-        Auth::None if is_ssh(url) => Err(GitError(format!(
-            "{}: an SSH source needs credentials with the server's host key (known_hosts, and an identity); lockstep never trusts an unknown host key",
-            redact(url)
-        ))),
-        Auth::None => Ok((prepare, None)),
-    }
-}
-
 /// Whether `url` is reached over SSH (`ssh://…` or scp-like `user@host:path`).
 pub fn is_ssh(url: &str) -> bool {
     let lower = url.to_ascii_lowercase();
@@ -623,21 +766,6 @@ pub fn is_ssh(url: &str) -> bool {
         && url
             .split_once(':')
             .is_some_and(|(host, _)| !host.is_empty() && !host.contains('/'))
-}
-
-/// The commit to read: the pinned one, or the fetched ref's tip.
-fn commit_of<'r>(repo: &'r gix::Repository, rev: &Revision) -> Result<gix::Commit<'r>, GitError> {
-    match rev {
-        Revision::Commit(id) => {
-            let oid = gix::ObjectId::from_hex(id.as_bytes())
-                .map_err(|e| err(&format!("commit {id}"), e))?;
-            repo.find_commit(oid)
-                .map_err(|e| err(&format!("commit {id} is not on the default branch"), e))
-        }
-        _ => repo
-            .head_commit()
-            .map_err(|e| err("reading the fetched ref", e)),
-    }
 }
 
 /// A commit of a local repository, with the project as it is there.
