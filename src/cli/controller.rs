@@ -322,11 +322,19 @@ async fn serve(
 pub struct SyncArgs {
     /// The Sync's name.
     pub name: String,
-    /// Its namespace (default: the kubeconfig context's namespace, else `default`).
+    /// The namespace, the wait and the cluster.
+    #[command(flatten)]
+    pub request: RequestArgs,
+}
+
+/// What the commands that ask the controller something share.
+#[derive(Debug, Clone, Args)]
+pub struct RequestArgs {
+    /// The Sync's namespace (default: the kubeconfig context's namespace, else `default`).
     #[arg(long, short = 'n')]
     pub namespace: Option<String>,
-    /// Wait until the controller has handled the request, print the outcome, and exit 1 when
-    /// the Sync is not Ready (as `flux reconcile`); `--wait=false` only asks.
+    /// Wait until the controller has answered, print the outcome, and exit 1 when it did not
+    /// do what was asked or the Sync is not Ready (as `flux reconcile`); `--wait=false` only asks.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub wait: bool,
     /// How long to wait, e.g. 90s, 5m.
@@ -337,48 +345,67 @@ pub struct SyncArgs {
     pub cluster: ClusterArgs,
 }
 
+/// A failure naming the Sync and the API server's reason.
+pub(super) fn sync_failure(namespace: &str, name: &str, e: &kube::Error) -> Failure {
+    Failure::new(
+        Code::ERROR,
+        format!("Sync {namespace}/{name}: {}", crate::apply::reason(e)),
+    )
+}
+
+/// The failure of a request nobody answered in time.
+pub(super) fn unanswered(namespace: &str, name: &str, timeout: Duration) -> Failure {
+    Failure::new(
+        Code::ERROR,
+        format!(
+            "Sync {namespace}/{name}: not handled within {}s; is the controller running? (`kubectl -n lockstep-system get pods`)",
+            timeout.as_secs()
+        ),
+    )
+}
+
+/// Waits for the controller to handle the sync request made `at`, prints its outcome, and fails
+/// with [`Code::NOT_READY`] when the Sync is not Ready.
+pub(super) async fn report_handled(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    at: &str,
+    timeout: Duration,
+    stdout: &mut dyn Write,
+) -> Result<(), Failure> {
+    let handled = crate::controller::wait_handled(client, namespace, name, at, timeout)
+        .await
+        .map_err(|e| sync_failure(namespace, name, &e))?;
+    match handled {
+        None => Err(unanswered(namespace, name, timeout)),
+        Some((true, reason, message)) => {
+            let _ = writeln!(stdout, "{namespace}/{name}: Ready ({reason}): {message}");
+            Ok(())
+        }
+        Some((false, reason, message)) => Err(Failure::new(
+            Code::NOT_READY,
+            format!("{namespace}/{name}: not Ready ({reason}): {message}"),
+        )),
+    }
+}
+
 /// Runs `lockstep sync`: asks the controller to sync now and (by default) waits for the outcome.
 pub fn request(args: &SyncArgs, stdout: &mut dyn Write) -> Result<(), Failure> {
+    let request = &args.request;
     super::apply::with_cluster(
-        &args.cluster,
-        args.namespace.as_deref(),
+        &request.cluster,
+        request.namespace.as_deref(),
         async |client, namespace| {
             let name = &args.name;
-            let fail = |e: kube::Error| {
-                Failure::new(
-                    Code::ERROR,
-                    format!("Sync {namespace}/{name}: {}", crate::apply::reason(&e)),
-                )
-            };
             let at = crate::controller::request_sync(&client, &namespace, name)
                 .await
-                .map_err(fail)?;
+                .map_err(|e| sync_failure(&namespace, name, &e))?;
             let _ = writeln!(stdout, "sync of {namespace}/{name} requested at {at}");
-            if !args.wait {
+            if !request.wait {
                 return Ok(());
             }
-            let handled =
-                crate::controller::wait_handled(&client, &namespace, name, &at, args.timeout)
-                    .await
-                    .map_err(fail)?;
-            let Some((ready, reason, message)) = handled else {
-                return Err(Failure::new(
-                    Code::ERROR,
-                    format!(
-                        "Sync {namespace}/{name}: not handled within {}s; is the controller running? (`kubectl -n lockstep-system get pods`)",
-                        args.timeout.as_secs()
-                    ),
-                ));
-            };
-            if ready {
-                let _ = writeln!(stdout, "{namespace}/{name}: Ready ({reason}): {message}");
-                Ok(())
-            } else {
-                Err(Failure::new(
-                    Code::NOT_READY,
-                    format!("{namespace}/{name}: not Ready ({reason}): {message}"),
-                ))
-            }
+            report_handled(&client, &namespace, name, &at, request.timeout, stdout).await
         },
     )
 }

@@ -2,17 +2,17 @@
 //! back from arrives (`--to REV`), or ends the pin (`--clear`); waits for the controller's answer.
 
 use std::io::Write;
-use std::time::Duration;
 
 use clap::Args;
 use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 use kube::api::{Api, PostParams};
 
+use crate::controller::history;
 use crate::controller::rollback::{self, RollbackState};
-use crate::controller::{Sync, history};
 
-use super::apply::{ClusterArgs, parse_duration};
+use super::controller::{RequestArgs, report_handled, sync_failure, unanswered};
 use super::exit::{Code, Failure};
+use super::status::sync_named;
 
 /// Arguments of `lockstep rollback`.
 #[derive(Debug, Clone, Args)]
@@ -27,19 +27,9 @@ pub struct RollbackArgs {
     /// End the rollback: follow the ref again now.
     #[arg(long)]
     pub clear: bool,
-    /// Its namespace (default: the kubeconfig context's namespace, else `default`).
-    #[arg(long, short = 'n')]
-    pub namespace: Option<String>,
-    /// Wait for the controller's answer, print it, and exit 1 when the rollback was refused or
-    /// the Sync is not Ready; `--wait=false` only asks.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
-    pub wait: bool,
-    /// How long to wait, e.g. 90s, 5m.
-    #[arg(long, default_value = "5m", value_parser = parse_duration)]
-    pub timeout: Duration,
-    /// The cluster.
+    /// The namespace, the wait and the cluster.
     #[command(flatten)]
-    pub cluster: ClusterArgs,
+    pub request: RequestArgs,
 }
 
 fn is_hex(text: &str) -> bool {
@@ -93,26 +83,14 @@ async fn who_am_i(client: &kube::Client) -> Option<String> {
 
 /// Runs `lockstep rollback`.
 pub fn run(args: &RollbackArgs, stdout: &mut dyn Write) -> Result<(), Failure> {
+    let request = &args.request;
     super::apply::with_cluster(
-        &args.cluster,
-        args.namespace.as_deref(),
+        &request.cluster,
+        request.namespace.as_deref(),
         async |client, namespace| {
             let name = &args.name;
-            let fail = |e: kube::Error| {
-                Failure::new(
-                    Code::ERROR,
-                    format!("Sync {namespace}/{name}: {}", crate::apply::reason(&e)),
-                )
-            };
-            let syncs: Api<Sync> = Api::namespaced(client.clone(), &namespace);
-            let Some(sync) = syncs.get_opt(name).await.map_err(fail)? else {
-                return Err(Failure::new(
-                    Code::ERROR,
-                    format!(
-                        "no Sync {namespace}/{name} (`lockstep status -n {namespace}` lists them)"
-                    ),
-                ));
-            };
+            let fail = |e: kube::Error| sync_failure(&namespace, name, &e);
+            let sync = sync_named(&client, &namespace, name).await?;
             if args.clear {
                 let at = rollback::clear(&client, &namespace, name)
                     .await
@@ -121,24 +99,11 @@ pub fn run(args: &RollbackArgs, stdout: &mut dyn Write) -> Result<(), Failure> {
                     stdout,
                     "rollback of {namespace}/{name} cleared; sync requested at {at}"
                 );
-                if !args.wait {
+                if !request.wait {
                     return Ok(());
                 }
-                let handled =
-                    crate::controller::wait_handled(&client, &namespace, name, &at, args.timeout)
-                        .await
-                        .map_err(fail)?;
-                return match handled {
-                    None => Err(unanswered(&namespace, name, args.timeout)),
-                    Some((true, reason, message)) => {
-                        let _ = writeln!(stdout, "{namespace}/{name}: Ready ({reason}): {message}");
-                        Ok(())
-                    }
-                    Some((false, reason, message)) => Err(Failure::new(
-                        Code::NOT_READY,
-                        format!("{namespace}/{name}: not Ready ({reason}): {message}"),
-                    )),
-                };
+                return report_handled(&client, &namespace, name, &at, request.timeout, stdout)
+                    .await;
             }
             let status = sync.status.clone().unwrap_or_default();
             // Rolling back again while pinned keeps the commit the first rollback came from.
@@ -179,14 +144,14 @@ pub fn run(args: &RollbackArgs, stdout: &mut dyn Write) -> Result<(), Failure> {
                 stdout,
                 "rollback of {namespace}/{name} to {revision} (from {from}) requested at {at}"
             );
-            if !args.wait {
+            if !request.wait {
                 return Ok(());
             }
-            let answer = rollback::wait_answered(&client, &namespace, name, &at, args.timeout)
+            let answer = rollback::wait_answered(&client, &namespace, name, &at, request.timeout)
                 .await
                 .map_err(fail)?;
             let Some((rolled, (ready, reason, message))) = answer else {
-                return Err(unanswered(&namespace, name, args.timeout));
+                return Err(unanswered(&namespace, name, request.timeout));
             };
             match rolled.state {
                 RollbackState::Pinned if ready => {
@@ -205,16 +170,6 @@ pub fn run(args: &RollbackArgs, stdout: &mut dyn Write) -> Result<(), Failure> {
                 )),
             }
         },
-    )
-}
-
-fn unanswered(namespace: &str, name: &str, timeout: Duration) -> Failure {
-    Failure::new(
-        Code::ERROR,
-        format!(
-            "Sync {namespace}/{name}: not handled within {}s; is the controller running? (`kubectl -n lockstep-system get pods`)",
-            timeout.as_secs()
-        ),
     )
 }
 

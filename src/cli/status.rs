@@ -547,6 +547,23 @@ fn history_table(entries: &[Entry], now: jiff::Timestamp) -> String {
     table(&rows, &[4], &Paint::stdout())
 }
 
+/// The Sync `namespace/name`, or a failure saying how to find the Syncs there.
+pub(super) async fn sync_named(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+) -> Result<Sync, Failure> {
+    let syncs: Api<Sync> = Api::namespaced(client.clone(), namespace);
+    match syncs.get_opt(name).await {
+        Ok(Some(sync)) => Ok(sync),
+        Ok(None) => Err(Failure::new(
+            Code::ERROR,
+            format!("no Sync {namespace}/{name} (`lockstep status -n {namespace}` lists them)"),
+        )),
+        Err(e) => Err(super::controller::sync_failure(namespace, name, &e)),
+    }
+}
+
 /// Runs `lockstep history`.
 pub fn run_history(args: &HistoryArgs, stdout: &mut dyn Write) -> Result<(), Failure> {
     super::apply::with_cluster(
@@ -554,21 +571,7 @@ pub fn run_history(args: &HistoryArgs, stdout: &mut dyn Write) -> Result<(), Fai
         args.namespace.as_deref(),
         async |client, namespace| {
             let name = &args.name;
-            let syncs: Api<Sync> = Api::namespaced(client.clone(), &namespace);
-            let found = syncs.get_opt(name).await.map_err(|e| {
-                Failure::new(
-                    Code::ERROR,
-                    format!("Sync {namespace}/{name}: {}", crate::apply::reason(&e)),
-                )
-            })?;
-            if found.is_none() {
-                return Err(Failure::new(
-                    Code::ERROR,
-                    format!(
-                        "no Sync {namespace}/{name} (`lockstep status -n {namespace}` lists them)"
-                    ),
-                ));
-            }
+            sync_named(&client, &namespace, name).await?;
             let mut entries = history::read(&client, &namespace, name)
                 .await
                 .map_err(|e| {

@@ -2312,11 +2312,18 @@ pub async fn request_sync(
 /// (Ready, reason, message).
 fn handled(sync: &Sync, at: &str) -> Option<(bool, String, String)> {
     let status = sync.status.as_ref()?;
-    if status.last_handled_sync_at.as_deref() != Some(at)
-        || status
-            .conditions
-            .iter()
-            .any(|c| c.type_ == "Reconciling" && c.status == "True")
+    if status.last_handled_sync_at.as_deref() != Some(at) {
+        return None;
+    }
+    settled_ready(status)
+}
+
+/// The Ready condition (Ready, reason, message) once no sync is running.
+pub fn settled_ready(status: &SyncStatus) -> Option<(bool, String, String)> {
+    if status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Reconciling" && c.status == "True")
     {
         return None;
     }
@@ -2351,9 +2358,20 @@ pub async fn wait_handled(
         // Not allowed to watch: ask every half second instead.
         Ok(Err(_)) => {}
     }
+    poll_sync(&api, name, deadline, |s| handled(s, at)).await
+}
+
+/// Reads Sync `name` every half second until `answer` finds what it waits for in it (`None`
+/// once `deadline` passed).
+pub async fn poll_sync<T>(
+    api: &Api<Sync>,
+    name: &str,
+    deadline: Instant,
+    answer: impl Fn(&Sync) -> Option<T>,
+) -> Result<Option<T>, kube::Error> {
     loop {
-        if let Some(outcome) = handled(&api.get(name).await?, at) {
-            return Ok(Some(outcome));
+        if let Some(found) = answer(&api.get(name).await?) {
+            return Ok(Some(found));
         }
         if Instant::now() >= deadline {
             return Ok(None);

@@ -404,22 +404,7 @@ pub async fn clear(client: &Client, namespace: &str, name: &str) -> Result<Strin
 fn answered(sync: &Sync, at: &str) -> Option<(RollbackStatus, (bool, String, String))> {
     let status = sync.status.as_ref()?;
     let rollback = status.rollback.clone().filter(|r| r.requested_at == at)?;
-    if status
-        .conditions
-        .iter()
-        .any(|c| c.type_ == "Reconciling" && c.status == "True")
-    {
-        return None;
-    }
-    let ready = status.conditions.iter().find(|c| c.type_ == "Ready")?;
-    Some((
-        rollback,
-        (
-            ready.status == "True",
-            ready.reason.clone(),
-            ready.message.clone(),
-        ),
-    ))
+    Some((rollback, super::settled_ready(status)?))
 }
 
 /// Waits until the controller answered the rollback request made `at` (polling every half
@@ -432,16 +417,7 @@ pub async fn wait_answered(
     timeout: Duration,
 ) -> Result<Option<(RollbackStatus, (bool, String, String))>, kube::Error> {
     let api: Api<Sync> = Api::namespaced(client.clone(), namespace);
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(answer) = answered(&api.get(name).await?, at) {
-            return Ok(Some(answer));
-        }
-        if Instant::now() >= deadline {
-            return Ok(None);
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    super::poll_sync(&api, name, Instant::now() + timeout, |s| answered(s, at)).await
 }
 
 #[cfg(test)]

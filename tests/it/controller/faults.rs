@@ -47,15 +47,7 @@ async fn a_git_server_down_or_garbled_leaves_the_cluster_untouched_and_recovery_
     };
     support::assert_success(&once());
     let first = head(repo.path());
-    let settings = async || {
-        Api::<ConfigMap>::namespaced(client.clone(), &target)
-            .get("settings")
-            .await
-            .expect("settings")
-            .data
-            .unwrap_or_default()["mode"]
-            .clone()
-    };
+    let settings = async || settings_mode(&client, &target).await;
     assert_eq!(settings().await, "one");
 
     // A new commit is pushed while the server is unreachable, then while it answers garbage.

@@ -527,6 +527,31 @@ fn tiny_repo(namespace: &str) -> tempfile::TempDir {
     )
 }
 
+/// `lockstep ARGS --kubeconfig KUBECONFIG` in a fresh home: (success, stdout, stderr).
+fn cli_as(kubeconfig: &Path, args: &[&str]) -> (bool, String, String) {
+    let home = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = kubeconfig.to_string_lossy();
+    let mut all = args.to_vec();
+    all.extend_from_slice(&["--kubeconfig", &kubeconfig]);
+    let out = support::run_isolated(Path::new(BIN), &all, &[], home.path());
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The `mode` of the ConfigMap `settings` a [`tiny_repo`] applies into `namespace`.
+async fn settings_mode(client: &kube::Client, namespace: &str) -> String {
+    Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), namespace)
+        .get("settings")
+        .await
+        .expect("settings")
+        .data
+        .unwrap_or_default()["mode"]
+        .clone()
+}
+
 /// The controller's log so far.
 fn log_of(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()

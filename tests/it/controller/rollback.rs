@@ -5,24 +5,9 @@
 
 use super::*;
 use crate::faults::Proxy;
-use k8s_openapi::api::core::v1::ConfigMap;
 use support::gitserver::GitHttp;
 
 const SECRET_TEMPLATE: &str = "apiVersion: v1\nkind: Secret\nmetadata: {name: token}\nstringData: {token: \"{{ secrets.token }}\"}\n";
-
-/// `lockstep ARGS --kubeconfig admin` (success, stdout, stderr).
-fn cli(kubeconfig: &Path, args: &[&str]) -> (bool, String, String) {
-    let home = tempfile::tempdir().expect("tempdir");
-    let kubeconfig = kubeconfig.to_string_lossy();
-    let mut all = args.to_vec();
-    all.extend_from_slice(&["--kubeconfig", &kubeconfig]);
-    let out = support::run_isolated(Path::new(BIN), &all, &[], home.path());
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// A new age identity: (identity file text, recipient).
 fn new_key(dir: &Path) -> (String, String) {
@@ -116,17 +101,24 @@ async fn a_rollback_holds_until_a_newer_commit_and_is_refused_when_it_cannot_be_
     wait_applied(&api, "app", &first, "the first commit").await;
     let admin = &cluster.kubeconfig;
     let sync_now = || {
-        let (ok, out, err) = cli(admin, &["sync", "-n", &sync_ns, "app", "--timeout", "60s"]);
+        let (ok, out, err) = cli_as(admin, &["sync", "-n", &sync_ns, "app", "--timeout", "60s"]);
         assert!(ok, "{out}{err}");
     };
-    let mode = async || {
-        Api::<ConfigMap>::namespaced(client.clone(), &target)
-            .get("settings")
-            .await
-            .expect("settings")
-            .data
-            .unwrap_or_default()["mode"]
-            .clone()
+    let mode = async || settings_mode(&client, &target).await;
+    let rollback_to = |rev: &str| {
+        cli_as(
+            admin,
+            &[
+                "rollback",
+                "-n",
+                &sync_ns,
+                "app",
+                "--to",
+                rev,
+                "--timeout",
+                "60s",
+            ],
+        )
     };
     for m in ["two", "three"] {
         commit_settings(repo.path(), m);
@@ -137,19 +129,7 @@ async fn a_rollback_holds_until_a_newer_commit_and_is_refused_when_it_cannot_be_
     assert_eq!(mode().await, "three");
 
     // Back to the first commit, by the start of its id as `lockstep history` shows it.
-    let (ok, out, err) = cli(
-        admin,
-        &[
-            "rollback",
-            "-n",
-            &sync_ns,
-            "app",
-            "--to",
-            &first[..10],
-            "--timeout",
-            "60s",
-        ],
-    );
+    let (ok, out, err) = rollback_to(&first[..10]);
     assert!(ok, "{out}{err}");
     assert!(out.contains("Ready (RolledBack)"), "{out}");
     assert_eq!(mode().await, "one");
@@ -161,7 +141,7 @@ async fn a_rollback_holds_until_a_newer_commit_and_is_refused_when_it_cannot_be_
     assert_eq!(rollback["requestedBy"], "lockstep-test-admin", "{rollback}");
     assert_eq!(sync.data["status"]["lastAppliedRevision"], first.as_str());
     assert_eq!(ready(&sync).1, "RolledBack");
-    let (ok, shown, err) = cli(admin, &["status", "-n", &sync_ns, "app"]);
+    let (ok, shown, err) = cli_as(admin, &["status", "-n", &sync_ns, "app"]);
     assert!(ok, "{err}");
     assert!(
         shown.contains(&format!(
@@ -198,19 +178,7 @@ async fn a_rollback_holds_until_a_newer_commit_and_is_refused_when_it_cannot_be_
 
     // The Git server is gone: the rollback says why it cannot be done, and nothing changes.
     proxy.cut();
-    let (ok, out, err) = cli(
-        admin,
-        &[
-            "rollback",
-            "-n",
-            &sync_ns,
-            "app",
-            "--to",
-            &first,
-            "--timeout",
-            "60s",
-        ],
-    );
+    let (ok, out, err) = rollback_to(&first);
     assert!(!ok, "{out}");
     for needle in [
         "refused, nothing was changed",
@@ -258,19 +226,7 @@ async fn a_rollback_holds_until_a_newer_commit_and_is_refused_when_it_cannot_be_
     wait_applied(&api, "app", &resealed_head, "the resealed commit").await;
 
     // Rolling back past the reseal is refused before anything is touched, with the reason.
-    let (ok, out, err) = cli(
-        admin,
-        &[
-            "rollback",
-            "-n",
-            &sync_ns,
-            "app",
-            "--to",
-            &fourth,
-            "--timeout",
-            "60s",
-        ],
-    );
+    let (ok, out, err) = rollback_to(&fourth);
     assert!(!ok, "{out}");
     for needle in [
         "refused, nothing was changed",

@@ -8,7 +8,7 @@ use super::*;
 fn status(kubeconfig: &Path, args: &[&str]) -> (bool, String, String) {
     let mut all = vec!["status"];
     all.extend_from_slice(args);
-    status_like(kubeconfig, &all)
+    cli_as(kubeconfig, &all)
 }
 
 #[tokio::test]
@@ -183,23 +183,9 @@ async fn status_lists_syncs_and_shows_one_as_a_tree_with_live_health() {
 }
 
 fn history(kubeconfig: &Path, ns: &str, name: &str) -> Vec<serde_json::Value> {
-    let (ok, out, err) = status_like(kubeconfig, &["history", "-n", ns, "-o", "json", name]);
+    let (ok, out, err) = cli_as(kubeconfig, &["history", "-n", ns, "-o", "json", name]);
     assert!(ok, "{err}");
     serde_json::from_str::<Vec<serde_json::Value>>(&out).expect("json")
-}
-
-/// `lockstep ARGS --kubeconfig KUBECONFIG`: (success, stdout, stderr).
-fn status_like(kubeconfig: &Path, args: &[&str]) -> (bool, String, String) {
-    let home = tempfile::tempdir().expect("tempdir");
-    let kubeconfig = kubeconfig.to_string_lossy();
-    let mut all = args.to_vec();
-    all.extend_from_slice(&["--kubeconfig", &kubeconfig]);
-    let out = support::run_isolated(Path::new(BIN), &all, &[], home.path());
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[tokio::test]
@@ -273,7 +259,7 @@ async fn history_keeps_the_syncs_that_did_something_newest_first_and_bounded() {
     );
 
     // The table, for people.
-    let (ok, table, err) = status_like(admin, &["history", "-n", &sync_ns, "tiny"]);
+    let (ok, table, err) = cli_as(admin, &["history", "-n", &sync_ns, "tiny"]);
     assert!(ok, "{err}");
     let header = table.lines().next().unwrap_or_default();
     for column in [
