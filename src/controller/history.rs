@@ -124,19 +124,20 @@ pub async fn read(
 }
 
 /// Records `entry` in the Sync's history when it is [`worth_recording`], keeping `keep` entries;
-/// the history is owned by the Sync (deleted with it).
+/// the history is owned by the Sync (deleted with it). Returns the history's newest entry.
 pub async fn record(
     client: &kube::Client,
     sync: &Sync,
     entry: Entry,
     keep: usize,
-) -> Result<(), kube::Error> {
+) -> Result<Option<Entry>, kube::Error> {
     let ns = sync.namespace().unwrap_or_default();
     let name = sync.name_any();
     let entries = read(client, &ns, &name).await?;
     if !worth_recording(entries.first(), &entry) {
-        return Ok(());
+        return Ok(entries.into_iter().next());
     }
+    let newest = entry.clone();
     let entries = prepend(entries, entry, keep);
     let owner = sync.controller_owner_ref(&()).map(|mut o| {
         // Owned, not controlled: deleting the Sync deletes its history, nothing else follows.
@@ -157,7 +158,7 @@ pub async fn record(
             &Patch::Apply(body),
         )
         .await?;
-    Ok(())
+    Ok(Some(newest))
 }
 
 /// The `SyncHistory` CRD as YAML (the committed `templates/manifests/crd-synchistory.yaml` must

@@ -1729,6 +1729,9 @@ pub struct Schedule {
     requested: Option<String>,
     rollback: Option<String>,
     failures: u32,
+    /// The newest history entry this replica recorded or read for the Sync: a reconcile not
+    /// [`history::worth_recording`] after it is not recorded, without reading the history again.
+    recorded: Option<history::Entry>,
 }
 
 /// The interval of a Sync, spread by up to ±10 % (the same for a Sync every time, different between
@@ -1895,6 +1898,7 @@ async fn reconcile_due(sync: Arc<Sync>, ctx: Arc<Context>) -> Result<Requeue, Sy
     };
     // What started it, read before the schedule is replaced.
     let trigger = trigger_of(&sync, schedule.as_ref(), hooked);
+    let recorded = schedule.as_ref().and_then(|s| s.recorded.clone());
     let failures = schedule.map_or(0, |s| s.failures);
     let label = format!("{ns}/{name}");
     // Waiting for a dependency is no failure: the watch wakes it, no back-off needed.
@@ -1923,13 +1927,17 @@ async fn reconcile_due(sync: Arc<Sync>, ctx: Arc<Context>) -> Result<Requeue, Sy
                 _ => rollback_requested(&sync),
             },
             failures,
+            recorded: recorded.clone(),
         },
     );
     // After the metrics: history is a record, never in the way of what a sync reports.
     if let Ok(report) = &result
         && ctx.access.may_write()
     {
-        remember(&ctx.access, &sync, report, trigger).await;
+        let newest = remember(&ctx.access, &sync, report, trigger, recorded.as_ref()).await;
+        if let Some(s) = lock(&ctx.schedules).get_mut(&key_of(&sync)) {
+            s.recorded = newest.or(recorded);
+        }
     }
     let retry = wait_after(&sync, failures);
     match result {
@@ -1963,10 +1971,18 @@ fn trigger_of(sync: &Sync, schedule: Option<&Schedule>, hooked: bool) -> &'stati
 
 /// Records a reconcile in the Sync's history (a failure to do so is logged: history never fails
 /// a sync).
-async fn remember(access: &Access, sync: &Sync, report: &Report, trigger: &str) {
+/// `known`: the newest entry this replica knows the history holds (then a reconcile not worth
+/// recording after it costs no read). Returns the newest entry after this one, when known.
+async fn remember(
+    access: &Access,
+    sync: &Sync,
+    report: &Report,
+    trigger: &str,
+    known: Option<&history::Entry>,
+) -> Option<history::Entry> {
     if report.reason == Reason::DependencyNotReady && report.attempted.is_none() {
         // Waiting is status, not history: nothing was tried.
-        return;
+        return None;
     }
     let entry = history::Entry {
         revision: report.attempted.clone().or(report.revision.clone()),
@@ -1979,12 +1995,19 @@ async fn remember(access: &Access, sync: &Sync, report: &Report, trigger: &str) 
         changed: report.changed as u64,
         render_digest: report.render_digest.clone(),
     };
-    if let Err(e) = history::record(&access.client, sync, entry, access.history).await {
-        tracing::warn!(
-            sync = %format!("{}/{}", sync.namespace().unwrap_or_default(), sync.name_any()),
-            "could not record the sync in its history: {}",
-            apply::reason(&e)
-        );
+    if known.is_some() && !history::worth_recording(known, &entry) {
+        return None;
+    }
+    match history::record(&access.client, sync, entry, access.history).await {
+        Ok(newest) => newest,
+        Err(e) => {
+            tracing::warn!(
+                sync = %format!("{}/{}", sync.namespace().unwrap_or_default(), sync.name_any()),
+                "could not record the sync in its history: {}",
+                apply::reason(&e)
+            );
+            None
+        }
     }
 }
 
@@ -2454,7 +2477,7 @@ pub async fn reconcile_all(
         let result = reconcile(access, &sync, cache, &deps).await;
         log_report(&label, &result, None);
         if let Ok(report) = &result {
-            remember(access, &sync, report, trigger_of(&sync, None, false)).await;
+            remember(access, &sync, report, trigger_of(&sync, None, false), None).await;
         }
         if let Ok(Some(fresh)) = Api::<Sync>::namespaced(access.client.clone(), &ns)
             .get_opt(&name)
@@ -2561,6 +2584,7 @@ mod tests {
             requested: None,
             rollback: None,
             failures: 0,
+            recorded: None,
         };
         assert!(!due(&s, Some(&schedule), now + Duration::from_secs(60)));
         assert!(due(&s, Some(&schedule), now + Duration::from_secs(700)));
