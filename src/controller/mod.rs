@@ -2515,7 +2515,8 @@ mod tests {
         );
     }
 
-    fn sync(interval: Option<&str>, generation: i64, requested: Option<&str>) -> Sync {
+    /// A Sync of `file:///x` with this interval, generation and sync request, for unit tests.
+    pub(crate) fn sync(interval: Option<&str>, generation: i64, requested: Option<&str>) -> Sync {
         let mut s = Sync::new(
             "shop",
             SyncSpec {

@@ -423,39 +423,13 @@ pub async fn wait_answered(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::{SourceSpec, SyncSpec, SyncStatus};
+    use crate::controller::SyncStatus;
 
     const A: &str = "1111111111111111111111111111111111111111";
     const B: &str = "2222222222222222222222222222222222222222";
 
     fn sync(annotation: Option<&str>, previous: Option<RollbackStatus>) -> Sync {
-        let mut s = Sync::new(
-            "web",
-            SyncSpec {
-                source: SourceSpec {
-                    url: "https://example.com/r.git".into(),
-                    git_ref: None,
-                    path: None,
-                    secret_ref: None,
-                    verify: None,
-                },
-                environment: "dev".into(),
-                interval: None,
-                prune: None,
-                prune_protected: None,
-                allow_mass_prune: None,
-                suspend: None,
-                decryption: None,
-                webhook: None,
-                drift_mode: None,
-                retry_interval: None,
-                timeout: None,
-                wait: None,
-                service_account_name: None,
-                charts: None,
-                depends_on: Vec::new(),
-            },
-        );
+        let mut s = crate::controller::tests::sync(None, 1, None);
         if let Some(a) = annotation {
             s.metadata.annotations = Some([(ROLLBACK.to_string(), a.to_string())].into());
         }
