@@ -973,7 +973,6 @@ fn decrypt_writes_tricky_yaml_scalars_byte_for_byte_as_sops_does() {
         return;
     };
     let Some(k) = keys() else { return };
-    let home = k.dir.path();
     let quoted = |s: &str| serde_json::to_string(s).expect("json string");
     let mut plain = String::from("values:\n");
     for (i, s) in TRICKY.iter().enumerate() {
@@ -998,8 +997,16 @@ fn decrypt_writes_tricky_yaml_scalars_byte_for_byte_as_sops_does() {
     plain.push_str(
         "nested:\n    - name: n\n      text: \"a\\nb\\n\"\n      deeper:\n          - \"yes\"\n",
     );
-    let input = home.join("tricky.yaml");
-    std::fs::write(&input, &plain).expect("write");
+    byte_parity(&sops, &k, "tricky.yaml", plain.as_bytes());
+}
+
+/// What sops and lockstep write from the same files: `sops -e` → `sops -d` and `lockstep decrypt`
+/// give the same bytes; `lockstep encrypt` → both decrypt to those bytes again; a no-op `lockstep
+/// edit` leaves the sops-written file as it was. The format is the one `name`'s extension gives.
+fn byte_parity(sops: &Path, k: &Keys, name: &str, plain: &[u8]) {
+    let home = k.dir.path();
+    let input = home.join(name);
+    std::fs::write(&input, plain).expect("write");
     let key_env = [("SOPS_AGE_KEY_FILE", k.key_file.to_str().expect("utf-8"))];
     let differ = |what: &str, theirs: &[u8], ours: &[u8]| {
         let (t, o) = (
@@ -1015,7 +1022,7 @@ fn decrypt_writes_tricky_yaml_scalars_byte_for_byte_as_sops_does() {
             .collect();
         assert!(
             theirs == ours,
-            "{what}: {} lines differ ({} vs {} lines):\n{}",
+            "{name}: {what}: {} lines differ ({} vs {} lines):\n{}",
             lines.len(),
             t.lines().count(),
             o.lines().count(),
@@ -1025,17 +1032,17 @@ fn decrypt_writes_tricky_yaml_scalars_byte_for_byte_as_sops_does() {
     // sops encrypts: both decrypt to the same bytes.
     let enc = ok(
         run(
-            &sops,
+            sops,
             &["-e", "--age", &k.recipient, input.to_str().expect("utf-8")],
             &[],
             home,
         ),
         "sops -e",
     );
-    let by_sops = home.join("by-sops.yaml");
+    let by_sops = home.join(format!("by-sops-{name}"));
     std::fs::write(&by_sops, &enc).expect("write");
     let path = by_sops.to_str().expect("utf-8");
-    let theirs = ok(run(&sops, &["-d", path], &key_env, home), "sops -d");
+    let theirs = ok(run(sops, &["-d", path], &key_env, home), "sops -d");
     let ours = ok(
         run(Path::new(LOCKSTEP), &["decrypt", path], &key_env, home),
         "decrypt",
@@ -1056,10 +1063,10 @@ fn decrypt_writes_tricky_yaml_scalars_byte_for_byte_as_sops_does() {
         ),
         "lockstep encrypt",
     );
-    let by_lockstep = home.join("by-lockstep.yaml");
+    let by_lockstep = home.join(format!("by-lockstep-{name}"));
     std::fs::write(&by_lockstep, &enc).expect("write");
     let path = by_lockstep.to_str().expect("utf-8");
-    let theirs2 = ok(run(&sops, &["-d", path], &key_env, home), "sops -d");
+    let theirs2 = ok(run(sops, &["-d", path], &key_env, home), "sops -d");
     let ours2 = ok(
         run(Path::new(LOCKSTEP), &["decrypt", path], &key_env, home),
         "decrypt",
@@ -1077,6 +1084,86 @@ fn decrypt_writes_tricky_yaml_scalars_byte_for_byte_as_sops_does() {
     assert_eq!(
         std::fs::read(&by_sops).expect("read"),
         before,
-        "a no-op edit"
+        "{name}: a no-op edit"
     );
+}
+
+/// The same strings in the other four formats, as keys and as values (JSON also numbers of every
+/// size; INI also comments in every place go-ini puts them), each written the way the format can
+/// carry it.
+#[test]
+fn decrypt_writes_tricky_scalars_byte_for_byte_as_sops_does_in_json_dotenv_ini_and_binary() {
+    let Some(sops) = need_peer("sops") else {
+        return;
+    };
+    let Some(k) = keys() else { return };
+    let mut values = serde_json::Map::new();
+    let mut keys = serde_json::Map::new();
+    for (i, s) in TRICKY.iter().enumerate() {
+        values.insert(format!("v{i}"), (*s).into());
+        keys.insert(s.to_string(), format!("k{i}").into());
+    }
+    let numbers: serde_json::Value = serde_json::from_str(
+        "[0, -0, 1, 1.0, -1.5, 0.1, 1e-7, 1.5e-10, 1e20, 1e21, 1e300, 9007199254740993, \
+         9223372036854775807, 9223372036854775808, 18446744073709551616, 12345678901234567890, \
+         true, false, null, [], {}]",
+    )
+    .expect("numbers");
+    let json =
+        serde_json::json!({"values": values, "keys": keys, "numbers": numbers, "list": TRICKY});
+    byte_parity(
+        &sops,
+        &k,
+        "tricky.json",
+        serde_json::to_string_pretty(&json)
+            .expect("json")
+            .as_bytes(),
+    );
+
+    // dotenv: a value runs to the end of its line, `\n` stands for a newline.
+    let mut env = String::from("#comment\n# spaced comment\n");
+    for (i, s) in TRICKY.iter().enumerate() {
+        env.push_str(&format!("V{i}={}\n", s.replace('\n', "\\n")));
+    }
+    for (i, s) in TRICKY.iter().enumerate() {
+        if !s.is_empty() && !s.contains(['=', '\n', '\r']) && !s.starts_with('#') {
+            env.push_str(&format!("{s}=k{i}\n"));
+        }
+    }
+    byte_parity(&sops, &k, "tricky.env", env.as_bytes());
+
+    // INI: what go-ini reads from each line; multi-line strings in `"""`. Not values starting with a
+    // backtick that never closes (sops cannot read them) or ending in `\` (a continuation).
+    let mut ini = String::from("; before any section\n[values]\n");
+    for (i, s) in TRICKY.iter().enumerate() {
+        if s.starts_with('`') || s.ends_with('\\') || s.contains("\"\"\"") {
+            continue;
+        }
+        if s.contains('\n') {
+            ini.push_str(&format!("v{i} = \"\"\"{s}\"\"\"\n"));
+        } else {
+            ini.push_str(&format!("v{i} = {s}\n"));
+        }
+    }
+    ini.push_str("\n; about keys\n[keys] # inline on the header\n");
+    let mut seen = std::collections::HashSet::new();
+    for (i, s) in TRICKY.iter().enumerate() {
+        let key = s.trim();
+        let fits = !key.is_empty()
+            && !s.contains(['=', ':', '\n', '\r', '"', '`'])
+            && !key.starts_with(['[', '#', ';', '-'])
+            && seen.insert(key);
+        if fits {
+            ini.push_str(&format!("{s} = k{i}\n"));
+        }
+    }
+    ini.push_str(
+        "\n[comments]\n; above one\n# and another\none = 1 ; inline\ntwo = 2#tight\nthree = `x;y` ; after quotes\n; trailing\n",
+    );
+    byte_parity(&sops, &k, "tricky.ini", ini.as_bytes());
+
+    let binary: Vec<u8> = (0..=255u8)
+        .chain(b"\r\n\xff\xfe\xef\xbb\xbf".iter().copied())
+        .collect();
+    byte_parity(&sops, &k, "tricky.bin", &binary);
 }

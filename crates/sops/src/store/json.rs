@@ -1,5 +1,5 @@
 //! JSON store (also the container of the binary store): key order kept, integers that fit in 64 bits
-//! stay integers, output indented with a tab and escaped as Go's encoder does.
+//! stay integers, output indented with a tab, escaped and with numbers written as Go's encoder does.
 
 use super::StoreError;
 use crate::tree::{Document, Item, Value, format_float};
@@ -58,6 +58,22 @@ fn string(out: &mut String, s: &str) {
         }
     }
     out.push('"');
+}
+
+/// A finite float as Go's `encoding/json` writes it (and so sops): the shortest digits that read back,
+/// without an exponent between 1e-6 and 1e21, otherwise `1e+21` / `1.5e-7` (`1` for `1.0`, `-0` for
+/// `-0.0`).
+fn json_float(f: f64) -> String {
+    let abs = f.abs();
+    if abs == 0.0 || (1e-6..1e21).contains(&abs) {
+        return format_float(f);
+    }
+    let text = format!("{f:e}");
+    match text.split_once('e') {
+        Some((mantissa, exp)) if exp.starts_with('-') => format!("{mantissa}e{exp}"),
+        Some((mantissa, exp)) => format!("{mantissa}e+{exp:0>2}"),
+        None => text,
+    }
 }
 
 /// The key–value pairs of a mapping's items (JSON drops comments).
@@ -119,14 +135,7 @@ fn value(out: &mut String, v: &Value, depth: usize, indent: &str) {
         Value::Str(s) | Value::Time(s) => string(out, s.expose()),
         Value::Bytes(b) => string(out, &String::from_utf8_lossy(b.expose())),
         Value::Int(i) => out.push_str(&i.expose().to_string()),
-        Value::Float(f) if f.expose().is_finite() => {
-            // Keep integral floats recognisable as floats (`1.0`), so the type survives a round trip.
-            let text = format_float(*f.expose());
-            out.push_str(&text);
-            if !text.contains('.') {
-                out.push_str(".0");
-            }
-        }
+        Value::Float(f) if f.expose().is_finite() => out.push_str(&json_float(*f.expose())),
         // JSON has no NaN/Inf; keep them as strings rather than writing invalid JSON.
         Value::Float(f) => string(out, &format_float(*f.expose())),
         Value::Bool(b) => out.push_str(if *b.expose() { "true" } else { "false" }),
@@ -145,4 +154,30 @@ pub fn emit(docs: &[Document], metadata: Option<&Value>, indent: &str) -> String
     map(&mut out, &pairs, 0, indent);
     out.push('\n');
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The spellings Go's `encoding/json` gives (checked against sops 3.13.2's output).
+    #[test]
+    fn floats_are_written_as_go_writes_them() {
+        for (f, want) in [
+            (1.0, "1"),
+            (1.5, "1.5"),
+            (-0.0, "-0"),
+            (0.0, "0"),
+            (0.1, "0.1"),
+            (1e300, "1e+300"),
+            (1e21, "1e+21"),
+            (1e20, "100000000000000000000"),
+            (12345678901234567890.0, "12345678901234567000"),
+            (0.000001, "0.000001"),
+            (1.5e-7, "1.5e-7"),
+            (-2.5e-10, "-2.5e-10"),
+        ] {
+            assert_eq!(json_float(f), want, "{f:?}");
+        }
+    }
 }
