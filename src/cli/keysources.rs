@@ -6,7 +6,10 @@ use std::process::Command;
 
 use zeroize::Zeroizing;
 
-use crate::keys::{IdentityError, KeyRing};
+use crate::keys::{IdentityError, KeyRing, SecretString, is_passphrase_protected};
+
+/// Asks for the passphrase of the identity file named by its argument, or says why it cannot.
+pub type AskPassphrase = dyn Fn(&str) -> Result<SecretString, String> + Sync;
 
 /// Reads of the environment, injected so tests can run without touching the real one.
 pub struct Env<'a> {
@@ -14,16 +17,48 @@ pub struct Env<'a> {
     pub var: &'a (dyn Fn(&str) -> Option<String> + Sync),
     /// The home directory.
     pub home: Option<PathBuf>,
+    /// Asks for an identity file's passphrase.
+    pub passphrase: &'a AskPassphrase,
 }
 
 impl Env<'_> {
-    /// The process environment.
+    /// The process environment; passphrases are asked for on the controlling terminal.
     pub fn process() -> Env<'static> {
         Env {
             var: &|k| std::env::var(k).ok().filter(|v| !v.is_empty()),
             home: std::env::var_os("HOME").map(PathBuf::from),
+            passphrase: &ask_on_terminal,
         }
     }
+}
+
+/// Prompts on the controlling terminal (`/dev/tty`, not stdin, so a pipe into lockstep cannot answer
+/// and the passphrase is not echoed). Without a terminal, refuses with what to do.
+fn ask_on_terminal(label: &str) -> Result<SecretString, String> {
+    rpassword::prompt_password(format!("Enter the passphrase of the identity file {label}: "))
+        .map(SecretString::from)
+        .map_err(|e| {
+            format!(
+                "the identity file is passphrase-protected (age -p) and there is no terminal to ask for its passphrase ({e}); run lockstep on a terminal, or give it an identity without a passphrase (SOPS_AGE_KEY, SOPS_AGE_KEY_CMD)"
+            )
+        })
+}
+
+/// Adds the identities in `bytes`, asking for the passphrase first when the file is protected by one.
+fn add(
+    env: &Env<'_>,
+    ring: &mut KeyRing,
+    bytes: &[u8],
+    label: &str,
+) -> Result<usize, IdentityError> {
+    if !is_passphrase_protected(bytes) {
+        return ring.add_text(bytes, label);
+    }
+    let passphrase = (env.passphrase)(label).map_err(|reason| IdentityError {
+        source_name: label.to_string(),
+        reason,
+    })?;
+    ring.add_protected(bytes, passphrase, label)
 }
 
 fn read_key_file(path: &Path) -> std::io::Result<Zeroizing<Vec<u8>>> {
@@ -62,7 +97,7 @@ fn key_cmd(env: &Env<'_>, ring: &mut KeyRing, var: &str) -> Result<(), IdentityE
     if !out.status.success() {
         return Err(err(format!("exited with {}", out.status)));
     }
-    let n = ring.add_text(&stdout, var)?;
+    let n = add(env, ring, &stdout, var)?;
     ring.searched.push(format!("{var} ({n} identities)"));
     Ok(())
 }
@@ -78,7 +113,7 @@ pub fn load(env: &Env<'_>, identity_files: &[PathBuf]) -> Result<KeyRing, Identi
      -> Result<(), IdentityError> {
         match read_key_file(path) {
             Ok(bytes) => {
-                let n = ring.add_text(&bytes, &label)?;
+                let n = add(env, ring, &bytes, &label)?;
                 ring.searched.push(format!(
                     "{label} ({n} identit{})",
                     if n == 1 { "y" } else { "ies" }
@@ -136,7 +171,7 @@ pub fn load(env: &Env<'_>, identity_files: &[PathBuf]) -> Result<KeyRing, Identi
     match (env.var)("SOPS_AGE_KEY") {
         Some(text) => {
             let text = Zeroizing::new(text);
-            let n = ring.add_text(text.as_bytes(), "SOPS_AGE_KEY")?;
+            let n = add(env, &mut ring, text.as_bytes(), "SOPS_AGE_KEY")?;
             ring.searched.push(format!("SOPS_AGE_KEY ({n} identities)"));
         }
         None => ring.searched.push("SOPS_AGE_KEY (unset)".into()),
@@ -157,5 +192,7 @@ pub fn load(env: &Env<'_>, identity_files: &[PathBuf]) -> Result<KeyRing, Identi
     if let Some(p) = default_key_file(env) {
         file(&mut ring, &p, p.display().to_string(), true)?;
     }
+    // PGP keys not given in process (`--identity key.asc`) are asked of GnuPG, as sops does.
+    ring.agent = Some(Box::new(super::gpg::Gpg::from_env(env)));
     Ok(ring)
 }

@@ -16,6 +16,7 @@ pub mod crypt;
 pub mod edit;
 pub mod exec;
 pub mod exit;
+pub mod gpg;
 pub mod init;
 pub mod install;
 pub mod keysources;

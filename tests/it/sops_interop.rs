@@ -997,6 +997,26 @@ fn decrypt_writes_tricky_yaml_scalars_byte_for_byte_as_sops_does() {
     plain.push_str(
         "nested:\n    - name: n\n      text: \"a\\nb\\n\"\n      deeper:\n          - \"yes\"\n",
     );
+    // Floats as go-yaml writes them (`%g`): `1e+06`, `1.234e-05`, `1` for `1.0`.
+    plain.push_str("floats:\n");
+    for f in [
+        "1.0",
+        "1.5",
+        "1e6",
+        "123456.0",
+        "1e-5",
+        "0.0001",
+        "1e21",
+        "1234567.0",
+        "-0.0",
+        "300.0",
+        "1.234e-5",
+        "1234568000.0",
+        "0.1",
+        "-2.5e-300",
+    ] {
+        plain.push_str(&format!("    - {f}\n"));
+    }
     byte_parity(&sops, &k, "tricky.yaml", plain.as_bytes());
 }
 
@@ -1166,4 +1186,357 @@ fn decrypt_writes_tricky_scalars_byte_for_byte_as_sops_does_in_json_dotenv_ini_a
         .chain(b"\r\n\xff\xfe\xef\xbb\xbf".iter().copied())
         .collect();
     byte_parity(&sops, &k, "tricky.bin", &binary);
+}
+
+/// Runs `command` (a shell line) on a fresh pseudo-terminal made by util-linux `script`, typing
+/// `typed` into it; returns what the terminal showed.
+fn on_terminal(command: &str, typed: &str, env: &[(&str, &str)], home: &Path) -> Output {
+    use std::io::Write;
+    let mut cmd = Command::new("script");
+    cmd.args(["-qec", command, "/dev/null"])
+        .current_dir(home)
+        .env("HOME", home)
+        .env_remove("SOPS_AGE_KEY_FILE")
+        .env_remove("SOPS_AGE_KEY")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("script (util-linux)");
+    let mut stdin = child.stdin.take().expect("stdin");
+    for line in typed.lines() {
+        // One answer per prompt: give the program time to turn echo off and ask.
+        std::thread::sleep(std::time::Duration::from_millis(400));
+        writeln!(stdin, "{line}").expect("type");
+    }
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    drop(stdin);
+    child.wait_with_output().expect("script output")
+}
+
+/// An identity file protected by a passphrase with the real `age -p` opens in lockstep when the
+/// passphrase is typed on its terminal; a wrong passphrase, or no terminal at all, is a clear refusal
+/// naming the file and what to do — and the passphrase is never echoed.
+#[test]
+fn a_passphrase_protected_identity_file_from_age_opens_on_a_terminal_and_is_refused_without_one() {
+    let (Some(age), Some(sops)) = (need_peer("age"), need_peer("sops")) else {
+        return;
+    };
+    let Some(k) = keys() else { return };
+    let home = k.dir.path();
+    let protected = home.join("keys.age");
+    let made = on_terminal(
+        &format!(
+            "{} -p -a -o {} {}",
+            age.display(),
+            protected.display(),
+            k.key_file.display()
+        ),
+        "tr0ub4dor-pass\ntr0ub4dor-pass\n",
+        &[],
+        home,
+    );
+    assert!(
+        made.status.success() && protected.is_file(),
+        "age -p: {}",
+        String::from_utf8_lossy(&made.stdout)
+    );
+    assert!(
+        std::fs::read_to_string(&protected)
+            .expect("read")
+            .starts_with("-----BEGIN AGE ENCRYPTED FILE-----")
+    );
+    let plain = home.join("secret.yaml");
+    std::fs::write(&plain, "password: pp-marker-0451\n").expect("write");
+    let enc = ok(
+        run(
+            &sops,
+            &["-e", "--age", &k.recipient, plain.to_str().expect("utf-8")],
+            &[],
+            home,
+        ),
+        "sops -e",
+    );
+    let file = home.join("secret.enc.yaml");
+    std::fs::write(&file, enc).expect("write");
+    let key_env = [("SOPS_AGE_KEY_FILE", protected.to_str().expect("utf-8"))];
+    let decrypt = format!("{LOCKSTEP} decrypt {}", file.display());
+
+    let shown = on_terminal(&decrypt, "tr0ub4dor-pass\n", &key_env, home);
+    let screen = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.status.success(), "decrypt on a terminal: {screen}");
+    assert!(
+        screen.contains("Enter the passphrase of the identity file SOPS_AGE_KEY_FILE="),
+        "{screen}"
+    );
+    assert!(screen.contains("password: pp-marker-0451"), "{screen}");
+    assert!(
+        !screen.contains("tr0ub4dor"),
+        "the passphrase was echoed: {screen}"
+    );
+
+    let wrong = on_terminal(&decrypt, "not-it\n", &key_env, home);
+    let screen = String::from_utf8_lossy(&wrong.stdout);
+    assert!(!wrong.status.success(), "{screen}");
+    assert!(
+        screen.contains("the passphrase does not open it"),
+        "{screen}"
+    );
+    assert!(!screen.contains("pp-marker-0451"), "{screen}");
+
+    // No controlling terminal (setsid), stdin a pipe with the passphrase in it: refused, not read.
+    let out = Command::new("setsid")
+        .args(["-w", LOCKSTEP, "decrypt", file.to_str().expect("utf-8")])
+        .current_dir(home)
+        .env("HOME", home)
+        .env("SOPS_AGE_KEY_FILE", &protected)
+        .stdin(std::process::Stdio::piped())
+        .output()
+        .expect("setsid lockstep");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("SOPS_AGE_KEY_FILE=")
+            && stderr.contains("passphrase-protected (age -p) and there is no terminal"),
+        "{stderr}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("pp-marker-0451"));
+}
+
+/// sops-written PGP files open with lockstep, in every format: through the user's GnuPG (its
+/// keyring and agent, `gpg` on the PATH or `SOPS_GPG_EXEC`) and in process with an armored secret
+/// key (`--identity KEY.asc`, no GnuPG at all). Both key families gpg makes (ed25519/cv25519 and
+/// RSA), files with age and PGP side by side, and Shamir groups mixing both.
+#[test]
+fn pgp_files_written_by_sops_open_with_lockstep_through_gnupg_or_an_armored_key() {
+    let Some(sops) = need_peer("sops") else {
+        return;
+    };
+    let Some(k) = keys() else { return };
+    let home = k.dir.path();
+    let gnupg = support::gnupg::Gnupg::new();
+    let gnupghome = gnupg.dir.path().to_str().expect("utf-8").to_string();
+    let ecc = gnupg.generate_encrypting("ecc <ecc@lockstep.invalid>", "ed25519");
+    let rsa = gnupg.generate_encrypting("rsa <rsa@lockstep.invalid>", "rsa2048");
+    let asc = home.join("ecc.asc");
+    std::fs::write(&asc, gnupg.export_secret(&ecc)).expect("write");
+    let empty = tempfile::tempdir().expect("tempdir");
+    let no_gpg = [("GNUPGHOME", empty.path().to_str().expect("utf-8"))];
+    let with_gpg = [("GNUPGHOME", gnupghome.as_str())];
+    let lockstep = |args: &[&str], env: &[(&str, &str)]| run(Path::new(LOCKSTEP), args, env, home);
+
+    // Compared as data: the YAML case has layouts sops rewrites (an inline comment moved above its
+    // key, a nested list); the byte-for-byte comparison is the tricky-scalar corpus's.
+    for (name, format, plain) in cases() {
+        let input = home.join(name);
+        std::fs::write(&input, plain).expect("write");
+        let path = input.to_str().expect("utf-8");
+        for fpr in [&ecc, &rsa] {
+            let enc = ok(
+                run(&sops, &["-e", "--pgp", fpr, path], &with_gpg, home),
+                "sops -e --pgp",
+            );
+            let file = home.join(format!("pgp-{name}"));
+            std::fs::write(&file, &enc).expect("write");
+            let file = file.to_str().expect("utf-8");
+            let theirs = ok(run(&sops, &["-d", file], &with_gpg, home), "sops -d");
+            let ours = ok(
+                lockstep(&["decrypt", file], &with_gpg),
+                "decrypt through gpg",
+            );
+            assert_eq!(
+                data(format, &ours),
+                data(format, &theirs),
+                "{name} to {fpr}: decrypt through GnuPG"
+            );
+            if fpr == &ecc {
+                let ours = ok(
+                    lockstep(
+                        &["decrypt", "--identity", asc.to_str().expect("utf-8"), file],
+                        &no_gpg,
+                    ),
+                    "decrypt with an armored key",
+                );
+                assert_eq!(
+                    data(format, &ours),
+                    data(format, &theirs),
+                    "{name}: decrypt with ecc.asc in process"
+                );
+            }
+        }
+    }
+
+    // SOPS_GPG_EXEC is the program run: a wrapper that notes each call.
+    let calls = home.join("gpg-calls");
+    let wrapper = home.join("gpg-wrapper");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\necho \"$@\" >> {}\nexec gpg \"$@\"\n",
+            calls.display()
+        ),
+    )
+    .expect("write");
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let yaml = home.join("secrets.yaml");
+    let mixed = ok(
+        run(
+            &sops,
+            &[
+                "-e",
+                "--age",
+                &k.recipient,
+                "--pgp",
+                &ecc,
+                yaml.to_str().expect("utf-8"),
+            ],
+            &with_gpg,
+            home,
+        ),
+        "sops -e --age --pgp",
+    );
+    let mixed_file = home.join("mixed.yaml");
+    std::fs::write(&mixed_file, &mixed).expect("write");
+    let mixed_path = mixed_file.to_str().expect("utf-8");
+    let want = ok(run(&sops, &["-d", mixed_path], &with_gpg, home), "sops -d");
+    let via_exec = ok(
+        lockstep(
+            &["decrypt", mixed_path],
+            &[
+                with_gpg[0],
+                ("SOPS_GPG_EXEC", wrapper.to_str().expect("utf-8")),
+            ],
+        ),
+        "decrypt with SOPS_GPG_EXEC",
+    );
+    assert_eq!(data(Format::Yaml, &via_exec), data(Format::Yaml, &want));
+    assert!(
+        std::fs::read_to_string(&calls)
+            .expect("the wrapper ran")
+            .contains("-d"),
+        "SOPS_GPG_EXEC was not used"
+    );
+    // With the age key alone (no GnuPG): the age entry opens it, gpg is never asked.
+    let age_only = ok(
+        lockstep(
+            &["decrypt", mixed_path],
+            &[
+                no_gpg[0],
+                ("SOPS_AGE_KEY_FILE", k.key_file.to_str().expect("utf-8")),
+            ],
+        ),
+        "decrypt with the age key",
+    );
+    assert_eq!(data(Format::Yaml, &age_only), data(Format::Yaml, &want));
+
+    // Shamir: a PGP group and an age group, both needed.
+    std::fs::write(
+        home.join(".sops.yaml"),
+        format!(
+            "creation_rules:\n  - path_regex: shamir\n    shamir_threshold: 2\n    key_groups:\n      - pgp: [{rsa}]\n      - age: [{}]\n",
+            k.recipient
+        ),
+    )
+    .expect("write");
+    let shamir_plain = home.join("shamir.yaml");
+    std::fs::write(&shamir_plain, "password: shamir-pgp-marker\n").expect("write");
+    let shamir = ok(
+        run(
+            &sops,
+            &["-e", shamir_plain.to_str().expect("utf-8")],
+            &with_gpg,
+            home,
+        ),
+        "sops -e (shamir)",
+    );
+    let shamir_file = home.join("shamir.enc.yaml");
+    std::fs::write(&shamir_file, &shamir).expect("write");
+    let shamir_path = shamir_file.to_str().expect("utf-8");
+    let both = ok(
+        lockstep(
+            &["decrypt", shamir_path],
+            &[
+                with_gpg[0],
+                ("SOPS_AGE_KEY_FILE", k.key_file.to_str().expect("utf-8")),
+            ],
+        ),
+        "decrypt with both groups",
+    );
+    assert_eq!(both, b"password: shamir-pgp-marker\n");
+    // One group short: refused, naming the PGP key and where it was looked for; no value shown.
+    let short = lockstep(
+        &["decrypt", shamir_path],
+        &[
+            no_gpg[0],
+            ("SOPS_AGE_KEY_FILE", k.key_file.to_str().expect("utf-8")),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&short.stderr);
+    assert_eq!(short.status.code(), Some(128), "{stderr}");
+    assert!(stderr.contains(&format!("pgp {rsa}")), "{stderr}");
+    assert!(stderr.contains("GnuPG: gpg on the PATH"), "{stderr}");
+    assert!(stderr.contains("gpg --import"), "{stderr}");
+    assert!(!stderr.contains("shamir-pgp-marker") && short.stdout.is_empty());
+}
+
+/// sops's own functional-test files (from the sops module `scripts/peers` built sops from) open with
+/// lockstep and its functional-test PGP key — in process and through GnuPG — to the bytes `sops -d`
+/// prints. They were written by older sops versions (3.10 and before 2020: partial-length PGP
+/// packets older Go OpenPGP wrote).
+#[test]
+fn sops_functional_test_files_open_with_the_sops_test_key() {
+    let Some(sops) = need_peer("sops") else {
+        return;
+    };
+    let Some(key) = support::require(
+        "sops test data",
+        support::peer_share("sops-testdata/sops_functional_tests_key.asc"),
+    ) else {
+        return;
+    };
+    let data = key.parent().expect("the test data directory").to_path_buf();
+    let home = tempfile::tempdir().expect("tempdir");
+    let gnupg = support::gnupg::Gnupg::new();
+    gnupg.import(&key);
+    let empty = tempfile::tempdir().expect("tempdir");
+    let with_gpg = [("GNUPGHOME", gnupg.dir.path().to_str().expect("utf-8"))];
+    let no_gpg = [("GNUPGHOME", empty.path().to_str().expect("utf-8"))];
+    for name in [
+        "example.yaml",
+        "example.json",
+        "example.ini",
+        "example.txt",
+        "comments.enc.yaml",
+        "multiple_keys.yaml",
+    ] {
+        let file = data.join(name);
+        let file = file.to_str().expect("utf-8");
+        let theirs = ok(run(&sops, &["-d", file], &with_gpg, home.path()), "sops -d");
+        let in_process = ok(
+            run(
+                Path::new(LOCKSTEP),
+                &["decrypt", "--identity", key.to_str().expect("utf-8"), file],
+                &no_gpg,
+                home.path(),
+            ),
+            "decrypt with the armored key",
+        );
+        assert_eq!(in_process, theirs, "{name}: in process");
+        let through_gpg = ok(
+            run(
+                Path::new(LOCKSTEP),
+                &["decrypt", file],
+                &with_gpg,
+                home.path(),
+            ),
+            "decrypt through gpg",
+        );
+        assert_eq!(through_gpg, theirs, "{name}: through GnuPG");
+    }
 }

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::support::gnupg::Gnupg;
 use lockstep::source::verify::*;
 
 const ORIGIN: &str = "test allowed_signers";
@@ -132,89 +133,6 @@ impl Repo {
             .arg(format!("user.signingkey={key}"))
             .args(["commit", "-q", "-S", "-m", message]));
         self.git(&["cat-file", "commit", "HEAD"])
-    }
-}
-
-/// A GnuPG home in a temporary directory; its agent is stopped on drop.
-struct Gnupg {
-    dir: tempfile::TempDir,
-}
-
-impl Gnupg {
-    fn new() -> Gnupg {
-        Gnupg {
-            dir: tempfile::tempdir().expect("tempdir"),
-        }
-    }
-
-    fn gpg(&self) -> Command {
-        let mut cmd = Command::new("gpg");
-        cmd.env("GNUPGHOME", self.dir.path())
-            .stdin(std::process::Stdio::null())
-            .args(["--batch", "--quiet", "--no-tty"]);
-        cmd
-    }
-
-    /// Generates a key without passphrase for signing and returns its fingerprint.
-    fn generate(&self, uid: &str, algorithm: &str) -> String {
-        run(self
-            .gpg()
-            .args(["--passphrase", "", "--quick-gen-key", uid, algorithm])
-            .args(["sign", "never"]));
-        self.fingerprints(uid)
-            .into_iter()
-            .next()
-            .expect("fingerprint")
-    }
-
-    /// Generates a key as if at `time` (`YYYYMMDDTHHMMSS`).
-    fn generate_at(&self, time: &str, uid: &str, algorithm: &str) -> String {
-        run(self
-            .gpg()
-            .args(["--faked-system-time", time, "--passphrase", ""])
-            .args(["--quick-gen-key", uid, algorithm, "sign", "never"]));
-        self.fingerprints(uid)
-            .into_iter()
-            .next()
-            .expect("fingerprint")
-    }
-
-    /// The fingerprints (primary key first, then subkeys) of the key `name` selects.
-    fn fingerprints(&self, name: &str) -> Vec<String> {
-        let listing = run(self.gpg().args(["--with-colons", "--list-keys", name]));
-        String::from_utf8(listing)
-            .expect("utf-8")
-            .lines()
-            .filter_map(|line| line.strip_prefix("fpr:"))
-            .filter_map(|rest| rest.split(':').nth(8))
-            .map(str::to_string)
-            .collect()
-    }
-
-    /// The armored public key block of `keys`.
-    fn export(&self, keys: &[&str]) -> String {
-        let block = run(self.gpg().args(["--armor", "--export"]).args(keys));
-        String::from_utf8(block).expect("armored")
-    }
-
-    /// A detached armored signature over `data` made as if at `time`.
-    fn sign_at(&self, time: &str, key: &str, data: &[u8]) -> Vec<u8> {
-        let file = self.dir.path().join("data");
-        std::fs::write(&file, data).expect("write");
-        run(self
-            .gpg()
-            .args(["--faked-system-time", time, "--local-user", key])
-            .args(["--armor", "--detach-sign", "--output", "-"])
-            .arg(&file))
-    }
-}
-
-impl Drop for Gnupg {
-    fn drop(&mut self) {
-        let _ = Command::new("gpgconf")
-            .env("GNUPGHOME", self.dir.path())
-            .args(["--kill", "gpg-agent"])
-            .status();
     }
 }
 

@@ -115,7 +115,7 @@ pub fn explain_sops(file: &str, err: &SopsError, searched: &[String], hint: &str
     };
     let mut m = format!("{file}: no identity can decrypt this file's data key\n");
     if recipients.is_empty() {
-        m.push_str("  the file has no age recipients\n");
+        m.push_str("  the file has no age or PGP recipients\n");
     } else {
         m.push_str("  the file is encrypted to:\n");
         for r in recipients {
@@ -140,6 +140,11 @@ pub fn explain_sops(file: &str, err: &SopsError, searched: &[String], hint: &str
         m.push_str(&format!("  looked in: {}\n", searched.join(", ")));
     }
     m.push_str(&format!("  fix: {hint}"));
+    if recipients.iter().any(|r| r.starts_with("pgp ")) {
+        m.push_str(
+            "\n  for a pgp key: give its armored secret key (gpg --export-secret-keys -a FPR) as an identity — --identity KEY.asc, or a *.asc entry of the controller's decryption Secret — or, on the command line, import it into GnuPG (gpg --import), which lockstep asks as sops does",
+        );
+    }
     m
 }
 

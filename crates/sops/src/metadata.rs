@@ -1,7 +1,7 @@
 //! The `sops:` metadata block: recipients and wrapped data keys, MAC, timestamps, selection option.
 //!
-//! Entries for key types lockstep does not implement (pgp, kms, gcp_kms, azure_kv, hc_vault, hckms) are
-//! carried as they are, so a mixed-key file survives a round trip.
+//! age and PGP entries are parsed; entries for key types lockstep does not implement (kms, gcp_kms,
+//! azure_kv, hc_vault, hckms) are carried as they are, so a mixed-key file survives a round trip.
 
 use super::rules::{SELECTION_FIELDS, Selection, SelectionError};
 use super::tree::{Item, Value};
@@ -18,12 +18,25 @@ pub struct AgeEntry {
     pub enc: String,
 }
 
+/// One PGP key and the data key (or Shamir share) encrypted to it, as an armored PGP message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PgpEntry {
+    /// The key's fingerprint (40 hex digits, as sops writes it).
+    pub fp: String,
+    /// When the data key was encrypted to it (RFC 3339).
+    pub created_at: String,
+    /// The armored PGP message.
+    pub enc: String,
+}
+
 /// A key group: every key in it can recover the group's share of the data key.
 #[derive(Debug, PartialEq, Default)]
 pub struct KeyGroup {
     /// age recipients.
     pub age: Vec<AgeEntry>,
-    /// Other key types, verbatim: `(type, list)` e.g. `("pgp", [...])`.
+    /// PGP keys.
+    pub pgp: Vec<PgpEntry>,
+    /// Other key types, verbatim: `(type, list)` e.g. `("kms", [...])`.
     pub others: Vec<(String, Value)>,
 }
 
@@ -32,6 +45,7 @@ impl Clone for KeyGroup {
     fn clone(&self) -> Self {
         KeyGroup {
             age: self.age.clone(),
+            pgp: self.pgp.clone(),
             others: self
                 .others
                 .iter()
@@ -42,7 +56,7 @@ impl Clone for KeyGroup {
 }
 
 impl KeyGroup {
-    /// True when the group holds keys lockstep cannot use (pgp, kms…).
+    /// True when the group holds keys lockstep cannot use (kms, Vault…).
     pub fn has_foreign_keys(&self) -> bool {
         self.others
             .iter()
@@ -115,6 +129,24 @@ fn parse_group(v: &Value) -> Result<KeyGroup, MetadataError> {
                     enc,
                 });
             }
+        } else if k == "pgp" {
+            let list: &[Value] = match val {
+                Value::List(l) => l,
+                Value::Null => &[],
+                _ => return Err(MetadataError::Invalid("pgp must be a list".into())),
+            };
+            for entry in list {
+                let field = |name: &str| entry.get(name).and_then(Value::clear_text);
+                let fp = field("fp")
+                    .ok_or_else(|| MetadataError::Invalid("pgp entry without fp".into()))?;
+                let enc = field("enc")
+                    .ok_or_else(|| MetadataError::Invalid("pgp entry without enc".into()))?;
+                group.pgp.push(PgpEntry {
+                    fp: fp.trim().to_string(),
+                    created_at: field("created_at").unwrap_or_default(),
+                    enc,
+                });
+            }
         } else if KEY_TYPES.contains(&k.as_str()) {
             group.others.push((k.clone(), val.duplicate()));
         }
@@ -179,6 +211,11 @@ impl Metadata {
         })
     }
 
+    /// All PGP entries of all groups.
+    pub fn pgp_entries(&self) -> impl Iterator<Item = &PgpEntry> {
+        self.key_groups.iter().flat_map(|g| g.pgp.iter())
+    }
+
     /// All age entries of all groups.
     pub fn age_entries(&self) -> impl Iterator<Item = &AgeEntry> {
         self.key_groups.iter().flat_map(|g| g.age.iter())
@@ -204,6 +241,23 @@ impl Metadata {
                     })
                     .collect();
                 out.push(("age".into(), Value::List(list)));
+            }
+            if !g.pgp.is_empty() {
+                let list = g
+                    .pgp
+                    .iter()
+                    .map(|e| {
+                        Value::Map(vec![
+                            Item::Pair(
+                                "created_at".into(),
+                                Value::Str(e.created_at.as_str().into()),
+                            ),
+                            Item::Pair("enc".into(), Value::Str(e.enc.as_str().into())),
+                            Item::Pair("fp".into(), Value::Str(e.fp.as_str().into())),
+                        ])
+                    })
+                    .collect();
+                out.push(("pgp".into(), Value::List(list)));
             }
             out
         }

@@ -21,6 +21,7 @@ use kube::config::{AuthInfo, KubeConfigOptions, Kubeconfig, NamedAuthInfo};
 use kube::{Client, Config};
 
 pub mod gitserver;
+pub mod gnupg;
 
 /// The repository root (where `scripts/` lives).
 pub fn repo_root() -> &'static Path {

@@ -8,9 +8,12 @@ use std::io::{Read, Write};
 use std::str::FromStr;
 
 use age::secrecy::ExposeSecret;
+/// A passphrase: wiped when dropped, never printed.
+pub use age::secrecy::SecretString;
 use zeroize::Zeroizing;
 
 mod bech32;
+pub mod pgp;
 pub mod pq;
 
 /// A recipient a data key can be wrapped to.
@@ -97,6 +100,10 @@ pub struct Identity {
 pub struct KeyRing {
     /// The identities, in load order.
     pub identities: Vec<Identity>,
+    /// OpenPGP secret keys held in process, with where each came from.
+    pub pgp: Vec<(pgp::PgpIdentity, String)>,
+    /// GnuPG (or another agent) for PGP keys not held in process.
+    pub agent: Option<Box<dyn pgp::PgpAgent>>,
     /// Sources that were looked at, with what was found (for "no identity matched").
     pub searched: Vec<String>,
 }
@@ -112,13 +119,20 @@ pub struct IdentityError {
 }
 
 impl KeyRing {
-    /// Adds the identities in `text` (an age key file: `AGE-SECRET-KEY-1…` lines, `#` comments; or an
-    /// OpenSSH private key). Returns how many were added.
+    /// Adds the identities in `text` (an age key file: `AGE-SECRET-KEY-1…` lines, `#` comments; an
+    /// OpenSSH private key; or an armored OpenPGP secret key block). Returns how many were added.
     pub fn add_text(&mut self, text: &[u8], source: &str) -> Result<usize, IdentityError> {
         let err = |reason: &str| IdentityError {
             source_name: source.to_string(),
             reason: reason.to_string(),
         };
+        if pgp::is_secret_key_block(text) {
+            let keys = pgp::parse_secret_keys(text).map_err(|reason| err(&reason))?;
+            let n = keys.len();
+            self.pgp
+                .extend(keys.into_iter().map(|k| (k, source.to_string())));
+            return Ok(n);
+        }
         let text = std::str::from_utf8(text).map_err(|_| err("not UTF-8 text"))?;
         if text
             .trim_start()
@@ -147,13 +161,9 @@ impl KeyRing {
             });
             return Ok(1);
         }
-        if text.starts_with("age-encryption.org/")
-            || text
-                .trim_start()
-                .starts_with("-----BEGIN AGE ENCRYPTED FILE-----")
-        {
+        if is_passphrase_protected(text.as_bytes()) {
             return Err(err(
-                "passphrase-encrypted identity files are not supported yet",
+                "the identity file is passphrase-protected (age -p); it can be opened only where a passphrase can be asked for on a terminal — use an identity without a passphrase here",
             ));
         }
         let mut added = 0;
@@ -208,6 +218,64 @@ impl KeyRing {
         Ok(added)
     }
 
+    /// Adds the identities of a passphrase-protected identity file (`age -p`: an age file, armored or
+    /// not, encrypted to an scrypt passphrase, holding an identity file). The plaintext identity file
+    /// exists only in memory and is wiped. Returns how many were added.
+    pub fn add_protected(
+        &mut self,
+        file: &[u8],
+        passphrase: SecretString,
+        source: &str,
+    ) -> Result<usize, IdentityError> {
+        let err = |reason: String| IdentityError {
+            source_name: source.to_string(),
+            reason,
+        };
+        let reader = age::armor::ArmoredReader::new(trim_leading_blank(file));
+        let decryptor = age::Decryptor::new_buffered(reader)
+            .map_err(|e| err(format!("not a readable age file ({e})")))?;
+        if !decryptor.is_scrypt() {
+            return Err(err(
+                "an age file encrypted to recipients, not to a passphrase, cannot serve as an identity file"
+                    .into(),
+            ));
+        }
+        let identity = age::scrypt::Identity::new(passphrase);
+        let mut reader = decryptor
+            .decrypt(std::iter::once(&identity as &dyn age::Identity))
+            .map_err(|e| match e {
+                age::DecryptError::DecryptionFailed | age::DecryptError::NoMatchingKeys => {
+                    err("the passphrase does not open it".into())
+                }
+                age::DecryptError::ExcessiveWork { required, .. } => err(format!(
+                    "its passphrase work factor 2^{required} is more than lockstep will spend"
+                )),
+                other => err(format!("cannot be decrypted ({other})")),
+            })?;
+        let mut plain = Zeroizing::new(Vec::new());
+        reader
+            .read_to_end(&mut plain)
+            .map_err(|e| err(format!("cannot be decrypted ({e})")))?;
+        self.add_text(&plain, source)
+    }
+
+    /// Opens a data key encrypted to the PGP key `fingerprint`: with the keys held in process, then
+    /// through the agent. `Ok(None)` when neither can.
+    pub fn unwrap_pgp(
+        &self,
+        fingerprint: &str,
+        enc: &str,
+    ) -> Result<Option<Zeroizing<Vec<u8>>>, String> {
+        let keys: Vec<&pgp::PgpIdentity> = self.pgp.iter().map(|(k, _)| k).collect();
+        if let Some(secret) = pgp::open_with(&keys, enc)? {
+            return Ok(Some(secret));
+        }
+        match &self.agent {
+            Some(agent) => agent.decrypt(fingerprint, enc),
+            None => Ok(None),
+        }
+    }
+
     /// Tries every identity on an armored age file; returns the payload, or `None` when none matches.
     pub fn unwrap(&self, enc: &str) -> Result<Option<Zeroizing<Vec<u8>>>, String> {
         // The age crate rejects leading blank lines; sops tolerates them.
@@ -229,6 +297,22 @@ impl KeyRing {
         }
         Ok(None)
     }
+}
+
+fn trim_leading_blank(bytes: &[u8]) -> &[u8] {
+    let start = bytes
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(bytes.len());
+    &bytes[start..]
+}
+
+/// Whether key material is an age-encrypted file (binary or armored): a passphrase-protected identity
+/// file as `age -p` writes it.
+pub fn is_passphrase_protected(text: &[u8]) -> bool {
+    let text = trim_leading_blank(text);
+    text.starts_with(b"age-encryption.org/")
+        || text.starts_with(b"-----BEGIN AGE ENCRYPTED FILE-----")
 }
 
 /// A new X25519 identity in `age-keygen`'s file format, and its recipient.
@@ -275,6 +359,40 @@ mod tests {
             .add_text(other.as_bytes(), "other")
             .expect("parses");
         assert!(other_ring.unwrap(&enc).expect("ok").is_none());
+    }
+
+    #[test]
+    fn a_passphrase_protected_identity_file_opens_with_its_passphrase_only() {
+        let (text, public) = generate("2026-01-01T00:00:00Z");
+        let mut recipient = age::scrypt::Recipient::new("correct horse".to_string().into());
+        recipient.set_work_factor(10);
+        let encryptor =
+            age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient))
+                .expect("encryptor");
+        let mut file = Vec::new();
+        let armor =
+            age::armor::ArmoredWriter::wrap_output(&mut file, age::armor::Format::AsciiArmor)
+                .expect("armor");
+        let mut w = encryptor.wrap_output(armor).expect("writer");
+        w.write_all(text.as_bytes()).expect("write");
+        w.finish().expect("finish").finish().expect("armor finish");
+        assert!(is_passphrase_protected(&file));
+
+        let mut ring = KeyRing::default();
+        let refused = ring
+            .add_text(&file, "keys.age")
+            .expect_err("needs the passphrase");
+        assert!(refused.reason.contains("passphrase-protected"), "{refused}");
+        let wrong = ring
+            .add_protected(&file, "wrong".to_string().into(), "keys.age")
+            .expect_err("wrong passphrase");
+        assert_eq!(wrong.reason, "the passphrase does not open it");
+        assert_eq!(
+            ring.add_protected(&file, "correct horse".to_string().into(), "keys.age")
+                .expect("opens"),
+            1
+        );
+        assert_eq!(ring.identities[0].public, public);
     }
 
     #[test]

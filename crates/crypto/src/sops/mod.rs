@@ -266,13 +266,17 @@ pub fn recipients_of(meta: &Metadata) -> Result<Vec<Vec<(String, Recipient)>>, S
 
 /// Refuses to re-wrap a file that has keys of types lockstep cannot encrypt to (they would be lost).
 pub fn ensure_age_only(meta: &Metadata) -> Result<(), SopsError> {
-    let foreign: Vec<String> = meta
+    let mut foreign: Vec<String> = meta
         .key_groups
         .iter()
         .flat_map(|g| g.others.iter())
         .filter(|(_, v)| matches!(v, tree::Value::List(l) if !l.is_empty()))
         .map(|(k, _)| k.clone())
         .collect();
+    if meta.pgp_entries().next().is_some() {
+        foreign.insert(0, "pgp".into());
+    }
+    foreign.dedup();
     if foreign.is_empty() {
         Ok(())
     } else {
@@ -323,6 +327,7 @@ pub fn wrap_groups(
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(KeyGroup {
                 age,
+                pgp: vec![],
                 others: vec![],
             })
         })
@@ -341,28 +346,50 @@ pub struct Decrypted {
     pub stash: walk::Stash,
 }
 
+/// One group's secret (the data key, or its Shamir share): its age entries first, then its PGP
+/// entries (in process, then through the agent); `None` when no identity in `ring` opens any.
+fn group_share(group: &KeyGroup, ring: &KeyRing) -> Result<Option<Zeroizing<Vec<u8>>>, SopsError> {
+    for entry in &group.age {
+        match ring.unwrap(&entry.enc) {
+            Ok(Some(secret)) => return Ok(Some(secret)),
+            Ok(None) => {}
+            Err(message) => {
+                return Err(SopsError::BadStanza {
+                    recipient: entry.recipient.clone(),
+                    message,
+                });
+            }
+        }
+    }
+    for entry in &group.pgp {
+        match ring.unwrap_pgp(&entry.fp, &entry.enc) {
+            Ok(Some(secret)) => return Ok(Some(secret)),
+            Ok(None) => {}
+            Err(message) => {
+                return Err(SopsError::BadStanza {
+                    recipient: format!("pgp {}", entry.fp),
+                    message,
+                });
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// Recovers a file's data key with the identities in `ring`.
 pub fn data_key(meta: &Metadata, ring: &KeyRing) -> Result<DataKey, SopsError> {
     let mut shares = Vec::new();
     for group in &meta.key_groups {
-        for entry in &group.age {
-            match ring.unwrap(&entry.enc) {
-                Ok(Some(secret)) => {
-                    shares.push(secret);
-                    break;
-                }
-                Ok(None) => {}
-                Err(message) => {
-                    return Err(SopsError::BadStanza {
-                        recipient: entry.recipient.clone(),
-                        message,
-                    });
-                }
-            }
+        if let Some(secret) = group_share(group, ring)? {
+            shares.push(secret);
         }
     }
     let no_match = || SopsError::NoMatchingIdentity {
-        recipients: meta.age_entries().map(|e| e.recipient.clone()).collect(),
+        recipients: meta
+            .age_entries()
+            .map(|e| e.recipient.clone())
+            .chain(meta.pgp_entries().map(|e| format!("pgp {}", e.fp)))
+            .collect(),
         foreign: meta
             .key_groups
             .iter()
@@ -374,6 +401,16 @@ pub fn data_key(meta: &Metadata, ring: &KeyRing) -> Result<DataKey, SopsError> {
             .identities
             .iter()
             .map(|i| (i.public.clone(), i.source.clone()))
+            .chain(
+                ring.pgp
+                    .iter()
+                    .map(|(k, source)| (format!("pgp {}", k.fingerprint), source.clone())),
+            )
+            .chain(
+                ring.agent
+                    .iter()
+                    .map(|a| ("pgp secret keys it holds".to_string(), a.describe())),
+            )
             .collect(),
     };
     if meta.key_groups.len() <= 1 {

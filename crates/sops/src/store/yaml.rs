@@ -963,10 +963,7 @@ fn scalar(v: &Value, indent: usize, hint: usize) -> String {
         Value::Float(f) if f.expose().is_infinite() => {
             (if *f.expose() > 0.0 { ".inf" } else { "-.inf" }).into()
         }
-        Value::Float(f) => {
-            let s = format_float(*f.expose());
-            if s.contains('.') { s } else { format!("{s}.0") }
-        }
+        Value::Float(f) => go_yaml_float(*f.expose()),
         Value::Bool(b) => b.expose().to_string(),
         Value::Time(t) => t.expose().to_string(),
         Value::Null => "null".into(),
@@ -1256,8 +1253,51 @@ pub fn emit_value(v: &Value, indent: usize) -> String {
     e.out
 }
 
+/// A finite float as go-yaml v3 (and so sops) writes it: Go's `%g` with the shortest digits — an
+/// exponent (`1e+06`, `1.234e-05`) when the decimal exponent is below -4 or 6 and above, otherwise
+/// plain digits (`123456`, `1.5`, `1` for `1.0`, `-0`).
+fn go_yaml_float(f: f64) -> String {
+    if f == 0.0 {
+        return format_float(f);
+    }
+    let e = format!("{f:e}");
+    let Some((mantissa, exp)) = e.split_once('e') else {
+        return e;
+    };
+    let Ok(exp) = exp.parse::<i32>() else {
+        return e;
+    };
+    if (-4..6).contains(&exp) {
+        format_float(f)
+    } else {
+        let sign = if exp < 0 { '-' } else { '+' };
+        format!("{mantissa}e{sign}{:02}", exp.abs())
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    /// The spellings sops 3.13.2 printed for these floats.
+    #[test]
+    fn floats_are_written_as_go_yaml_writes_them() {
+        for (f, want) in [
+            (1.0, "1"),
+            (1.5, "1.5"),
+            (1e6, "1e+06"),
+            (123456.0, "123456"),
+            (1e-5, "1e-05"),
+            (0.0001, "0.0001"),
+            (1e21, "1e+21"),
+            (1234567.0, "1.234567e+06"),
+            (-0.0, "-0"),
+            (1.234568e9, "1.234568e+09"),
+            (1.234e-5, "1.234e-05"),
+            (300.0, "300"),
+        ] {
+            assert_eq!(super::go_yaml_float(f), want, "{f:?}");
+        }
+    }
+
     use super::*;
 
     #[test]
