@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use zeroize::Zeroizing;
 
+use super::gpg::Gpg;
 use super::keysources::{self, Env};
 use crate::keys::Recipient;
 use crate::sops::config::Config;
@@ -64,6 +65,9 @@ pub struct NewFileArgs {
     /// age recipients (age1…, or SSH public keys), comma-separated; overrides .sops.yaml. Also SOPS_AGE_RECIPIENTS.
     #[arg(long, value_name = "RECIPIENTS")]
     age: Vec<String>,
+    /// PGP key fingerprints, comma-separated (public keys from GnuPG's keyring); overrides .sops.yaml. Also SOPS_PGP_FP.
+    #[arg(long, value_name = "FINGERPRINTS")]
+    pgp: Vec<String>,
     /// Use this .sops.yaml (also SOPS_CONFIG) instead of looking for one.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -118,19 +122,27 @@ fn split_recipients(list: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// Parses recipient strings per group, naming the file in errors.
+/// Parses recipient strings per group, naming the file in errors: age recipients as they are, PGP
+/// keys (`pgp:FINGERPRINT`) found in GnuPG's keyring.
 pub fn parse_groups(
     file: &Path,
     groups: &[Vec<String>],
+    env: &Env<'_>,
 ) -> Result<Vec<Vec<(String, Recipient)>>, Failure> {
+    let gpg = Gpg::from_env(env);
+    let fail = |e: String| Failure::new(Code::GENERIC, format!("{}: {e}", file.display()));
     groups
         .iter()
         .map(|g| {
             g.iter()
-                .map(|r| {
-                    Recipient::parse(r).map(|p| (r.clone(), p)).map_err(|e| {
-                        Failure::new(Code::GENERIC, format!("{}: {e}", file.display()))
-                    })
+                .map(|r| match r.strip_prefix("pgp:") {
+                    Some(fp) => gpg
+                        .recipient(fp)
+                        .map(|p| (r.clone(), Recipient::Pgp(Box::new(p))))
+                        .map_err(fail),
+                    None => Recipient::parse(r)
+                        .map(|p| (r.clone(), p))
+                        .map_err(|e| fail(e.to_string())),
                 })
                 .collect()
         })
@@ -157,7 +169,9 @@ pub fn rule_recipients<'c>(
         };
         return Err(Failure::new(
             Code::GENERIC,
-            format!("{fname}: no recipients: {hint}; pass --age age1… or add a creation rule"),
+            format!(
+                "{fname}: no recipients: {hint}; pass --age age1… (or --pgp FINGERPRINT) or add a creation rule"
+            ),
         ));
     };
     if rule.key_groups.iter().all(|g| g.is_empty()) {
@@ -172,7 +186,7 @@ pub fn rule_recipients<'c>(
         return Err(Failure::new(
             Code::GENERIC,
             format!(
-                "{fname}: the matching creation rule has no age recipients{extra}; pass --age age1…"
+                "{fname}: the matching creation rule has no age or PGP recipients{extra}; pass --age age1… or --pgp FINGERPRINT"
             ),
         ));
     }
@@ -183,14 +197,15 @@ impl NewFileArgs {
     /// Resolves recipients and options for `file`: flags first, then its creation rule.
     pub fn plan(&self, file: &Path, env: &Env<'_>) -> Result<NewFile, Failure> {
         let config = find_config(self.config.as_deref(), env, file)?;
+        let from_env =
+            |var: &str| split_recipients(&(env.var)(var).into_iter().collect::<Vec<_>>());
         let mut cli = split_recipients(&self.age);
-        if cli.is_empty() {
-            cli = split_recipients(
-                &(env.var)("SOPS_AGE_RECIPIENTS")
-                    .into_iter()
-                    .collect::<Vec<_>>(),
-            );
+        let mut pgp = split_recipients(&self.pgp);
+        if cli.is_empty() && pgp.is_empty() {
+            cli = from_env("SOPS_AGE_RECIPIENTS");
+            pgp = from_env("SOPS_PGP_FP");
         }
+        cli.extend(pgp.iter().map(|fp| crate::sops::config::pgp_recipient(fp)));
         let (groups, rule) = if cli.is_empty() {
             let (groups, rule) = rule_recipients(file, &config)?;
             (groups, Some(rule))
@@ -219,7 +234,7 @@ impl NewFileArgs {
             None => rule.and_then(|r| r.selection.clone()).unwrap_or_default(),
         };
         Ok(NewFile {
-            key_groups: parse_groups(file, &groups)?,
+            key_groups: parse_groups(file, &groups, env)?,
             shamir_threshold: self
                 .shamir_threshold
                 .or(rule.and_then(|r| r.shamir_threshold)),

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 
 use zeroize::Zeroizing;
 
-use crate::keys::pgp::PgpAgent;
+use crate::keys::pgp::{PgpAgent, PgpRecipient};
 
 use super::keysources::Env;
 
@@ -30,6 +30,25 @@ impl Gpg {
             from,
             home: (env.var)("GNUPGHOME"),
         }
+    }
+}
+
+impl Gpg {
+    /// The PGP key `fingerprint` from GnuPG's keyring (`gpg --export`: public key material only), ready
+    /// to encrypt to in process — the data key never leaves lockstep.
+    pub fn recipient(&self, fingerprint: &str) -> Result<PgpRecipient, String> {
+        let out = Command::new(&self.program)
+            .args(["--batch", "--no-tty", "--export", fingerprint])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run {} ({}): {e}", self.program, self.from))?;
+        if !out.status.success() || out.stdout.is_empty() {
+            return Err(format!(
+                "pgp {fingerprint}: no such public key in GnuPG's keyring ({}); import it with gpg --import KEY.asc",
+                self.describe()
+            ));
+        }
+        PgpRecipient::from_key_material(fingerprint, &out.stdout)
     }
 }
 

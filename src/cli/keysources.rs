@@ -192,6 +192,24 @@ pub fn load(env: &Env<'_>, identity_files: &[PathBuf]) -> Result<KeyRing, Identi
     if let Some(p) = default_key_file(env) {
         file(&mut ring, &p, p.display().to_string(), true)?;
     }
+    // 6. As sops: GnuPG's legacy secret keyring, read in process (GnuPG 2.1 and later keep secret
+    //    keys in their agent instead, which the gpg program below reaches).
+    let gnupghome = (env.var)("GNUPGHOME")
+        .map(PathBuf::from)
+        .or_else(|| env.home.as_ref().map(|h| h.join(".gnupg")));
+    if let Some(secring) = gnupghome.map(|d| d.join("secring.gpg")) {
+        let label = secring.display().to_string();
+        match read_key_file(&secring) {
+            Ok(bytes) => {
+                let keys = crate::keys::pgp::parse_keyring(&bytes);
+                ring.searched
+                    .push(format!("{label} ({} unprotected PGP keys)", keys.len()));
+                ring.pgp
+                    .extend(keys.into_iter().map(|k| (k, label.clone())));
+            }
+            Err(_) => ring.searched.push(format!("{label} (not found)")),
+        }
+    }
     // PGP keys not given in process (`--identity key.asc`) are asked of GnuPG, as sops does.
     ring.agent = Some(Box::new(super::gpg::Gpg::from_env(env)));
     Ok(ring)

@@ -12,6 +12,7 @@ use super::crypt;
 use super::exit::{Code, Failure};
 use super::keysources::{self, Env};
 use crate::sops::cipher::DataKey;
+use crate::sops::config::pgp_recipient;
 use crate::sops::metadata::Metadata;
 use crate::sops::store::{self, Format};
 use crate::sops::walk::Rng;
@@ -31,6 +32,12 @@ pub struct RotateArgs {
     /// Remove these age recipients (comma-separated) from every key group.
     #[arg(long, value_name = "RECIPIENTS")]
     pub rm_age: Vec<String>,
+    /// Add these PGP keys (fingerprints, comma-separated; public keys from GnuPG) to the first key group.
+    #[arg(long, value_name = "FINGERPRINTS")]
+    pub add_pgp: Vec<String>,
+    /// Remove these PGP keys (fingerprints, comma-separated) from every key group.
+    #[arg(long, value_name = "FINGERPRINTS")]
+    pub rm_pgp: Vec<String>,
     /// Also try the identities in FILE; repeatable.
     #[arg(long, value_name = "FILE")]
     pub identity: Vec<PathBuf>,
@@ -113,7 +120,10 @@ pub fn files_under(paths: &[PathBuf]) -> Vec<PathBuf> {
 }
 
 fn recipients(meta: &Metadata) -> BTreeSet<String> {
-    meta.age_entries().map(|e| e.recipient.clone()).collect()
+    meta.age_entries()
+        .map(|e| e.recipient.clone())
+        .chain(meta.pgp_entries().map(|e| pgp_recipient(&e.fp)))
+        .collect()
 }
 
 /// Re-encrypts a decrypted file with a new data key for `groups`; unchanged values reuse their IVs.
@@ -133,8 +143,8 @@ fn rekey(
     } else {
         None
     };
-    meta.key_groups =
-        sops::wrap_groups(&key, groups, threshold, &mut rng).map_err(|e| fail(file, e))?;
+    meta.key_groups = sops::wrap_groups(&key, groups, threshold, jiff::Timestamp::now(), &mut rng)
+        .map_err(|e| fail(file, e))?;
     meta.shamir_threshold = threshold;
     let mut docs = std::mem::take(&mut decrypted.docs);
     sops::seal(
@@ -150,7 +160,8 @@ fn rekey(
     .map_err(|e| fail(file, e))
 }
 
-/// `lockstep rotate`: a new data key for the file's recipients (plus/minus `--add-age`/`--rm-age`).
+/// `lockstep rotate`: a new data key for the file's recipients (plus/minus `--add-age`/`--rm-age`,
+/// `--add-pgp`/`--rm-pgp`).
 pub fn rotate(args: &RotateArgs, env: &Env<'_>, stdout: &mut dyn Write) -> Result<(), Failure> {
     let file = &args.file;
     let format = Format::from_path(file);
@@ -160,14 +171,29 @@ pub fn rotate(args: &RotateArgs, env: &Env<'_>, stdout: &mut dyn Write) -> Resul
         .metadata
         .key_groups
         .iter()
-        .map(|g| g.age.iter().map(|e| e.recipient.clone()).collect())
+        .map(|g| {
+            g.age
+                .iter()
+                .map(|e| e.recipient.clone())
+                .chain(g.pgp.iter().map(|e| pgp_recipient(&e.fp)))
+                .collect()
+        })
         .collect();
-    let remove = split(&args.rm_age);
+    let pgp = |list: &[String]| {
+        split(list)
+            .iter()
+            .map(|fp| pgp_recipient(fp))
+            .collect::<Vec<_>>()
+    };
+    let remove: Vec<String> = split(&args.rm_age)
+        .into_iter()
+        .chain(pgp(&args.rm_pgp))
+        .collect();
     for g in groups.iter_mut() {
         g.retain(|r| !remove.contains(r));
     }
     if let Some(first) = groups.first_mut() {
-        for r in split(&args.add_age) {
+        for r in split(&args.add_age).into_iter().chain(pgp(&args.add_pgp)) {
             if !first.contains(&r) {
                 first.push(r);
             }
@@ -182,7 +208,7 @@ pub fn rotate(args: &RotateArgs, env: &Env<'_>, stdout: &mut dyn Write) -> Resul
             ),
         ));
     }
-    let parsed = crypt::parse_groups(file, &groups)?;
+    let parsed = crypt::parse_groups(file, &groups, env)?;
     let threshold = decrypted.metadata.shamir_threshold;
     let out = rekey(file, format, decrypted, &parsed, threshold)?;
     if args.in_place {
@@ -235,7 +261,7 @@ pub fn updatekeys(
         sops::ensure_age_only(&meta).map_err(|e| fail(file, e))?;
         let key = sops::data_key(&meta, &ring)
             .map_err(|e| Failure::new(Code::of(&e), crypt::explain(file, &e, &ring.searched)))?;
-        let parsed = crypt::parse_groups(file, &groups)?;
+        let parsed = crypt::parse_groups(file, &groups, env)?;
         let mut random = crypt::random;
         let mut rng: Rng = &mut random;
         let threshold = (groups.len() > 1).then(|| {
@@ -246,7 +272,8 @@ pub fn updatekeys(
         });
         let mut new_meta = meta.clone();
         new_meta.key_groups =
-            sops::wrap_groups(&key, &parsed, threshold, &mut rng).map_err(|e| fail(file, e))?;
+            sops::wrap_groups(&key, &parsed, threshold, jiff::Timestamp::now(), &mut rng)
+                .map_err(|e| fail(file, e))?;
         new_meta.shamir_threshold = threshold;
         let out = store::emit_encrypted(format, &loaded.docs, &new_meta.to_value(), 4)
             .map_err(|source| fail(file, SopsError::Emit { format, source }))?;
@@ -355,7 +382,7 @@ pub fn reseal(args: &ResealArgs, env: &Env<'_>, stdout: &mut dyn Write) -> Resul
             }
             let decrypted = crypt::open(&file, format, &args.identity, env, false)?;
             sops::ensure_age_only(&decrypted.metadata).map_err(|e| fail(&file, e))?;
-            let parsed = crypt::parse_groups(&file, &groups)?;
+            let parsed = crypt::parse_groups(&file, &groups, env)?;
             let out = rekey(&file, format, decrypted, &parsed, rule.shamir_threshold)?;
             crypt::write_atomic(&file, &out).map_err(|e| {
                 Failure::new(

@@ -1422,6 +1422,26 @@ fn pgp_files_written_by_sops_open_with_lockstep_through_gnupg_or_an_armored_key(
             .contains("-d"),
         "SOPS_GPG_EXEC was not used"
     );
+    // GnuPG 1.x's secret keyring, read in process as sops reads it: no gpg program at all.
+    let legacy = tempfile::tempdir().expect("tempdir");
+    let binary_key = std::process::Command::new("gpg")
+        .env("GNUPGHOME", &gnupghome)
+        .args(["--batch", "--pinentry-mode", "loopback", "--passphrase", ""])
+        .args(["--export-secret-keys", &ecc])
+        .output()
+        .expect("gpg --export-secret-keys");
+    std::fs::write(legacy.path().join("secring.gpg"), &binary_key.stdout).expect("write");
+    let from_secring = ok(
+        lockstep(
+            &["decrypt", mixed_path],
+            &[
+                ("GNUPGHOME", legacy.path().to_str().expect("utf-8")),
+                ("SOPS_GPG_EXEC", "/bin/false"),
+            ],
+        ),
+        "decrypt with secring.gpg",
+    );
+    assert_eq!(data(Format::Yaml, &from_secring), data(Format::Yaml, &want));
     // With the age key alone (no GnuPG): the age entry opens it, gpg is never asked.
     let age_only = ok(
         lockstep(
@@ -1539,4 +1559,142 @@ fn sops_functional_test_files_open_with_the_sops_test_key() {
         );
         assert_eq!(through_gpg, theirs, "{name}: through GnuPG");
     }
+}
+
+/// The fingerprints of a lockstep- or sops-written file's PGP entries, in file order.
+fn pgp_fingerprints(bytes: &[u8]) -> Vec<String> {
+    let loaded = store::load_encrypted(Format::Yaml, bytes).expect("parses");
+    let meta = lockstep::sops::metadata::Metadata::parse(&loaded.metadata.expect("metadata"))
+        .expect("metadata parses");
+    meta.pgp_entries().map(|e| e.fp.clone()).collect()
+}
+
+/// lockstep writes PGP files sops opens (`--pgp`, `pgp:` in creation rules, Shamir groups mixing PGP
+/// and age), encrypting in process to the public key GnuPG's keyring holds; `rotate`, `updatekeys`
+/// and `reseal` keep or change PGP keys as asked.
+#[test]
+fn lockstep_writes_pgp_files_sops_opens_and_rekeying_keeps_or_changes_pgp_keys() {
+    let Some(sops) = need_peer("sops") else {
+        return;
+    };
+    let Some(k) = keys() else { return };
+    let home = k.dir.path();
+    let gnupg = support::gnupg::Gnupg::new();
+    let ecc = gnupg.generate_encrypting("ecc <ecc@lockstep.invalid>", "ed25519");
+    let rsa = gnupg.generate_encrypting("rsa <rsa@lockstep.invalid>", "rsa2048");
+    let gnupghome = gnupg.dir.path().to_str().expect("utf-8").to_string();
+    let with_gpg = [("GNUPGHOME", gnupghome.as_str())];
+    let age_key = k.key_file.to_str().expect("utf-8").to_string();
+    let lockstep = |args: &[&str], env: &[(&str, &str)]| run(Path::new(LOCKSTEP), args, env, home);
+    let sops_d = |file: &Path, env: &[(&str, &str)]| {
+        ok(
+            run(&sops, &["-d", file.to_str().expect("utf-8")], env, home),
+            "sops -d",
+        )
+    };
+    let plain = home.join("app.yaml");
+    std::fs::write(&plain, "password: pgp-written-marker\nport: 5432\n").expect("write");
+    let want = std::fs::read(&plain).expect("read");
+    let plain_path = plain.to_str().expect("utf-8");
+
+    // --pgp, each key family, and age beside PGP.
+    for (args, fps) in [
+        (vec!["--pgp", ecc.as_str()], vec![ecc.as_str()]),
+        (vec!["--pgp", &rsa.to_lowercase()], vec![rsa.as_str()]),
+        (
+            vec!["--age", &k.recipient, "--pgp", &ecc],
+            vec![ecc.as_str()],
+        ),
+    ] {
+        let mut full = vec!["encrypt"];
+        full.extend(args.iter().copied());
+        full.push(plain_path);
+        let enc = ok(lockstep(&full, &with_gpg), "lockstep encrypt --pgp");
+        assert_eq!(pgp_fingerprints(&enc), fps, "{args:?}");
+        let file = home.join("by-lockstep.yaml");
+        std::fs::write(&file, &enc).expect("write");
+        assert_eq!(sops_d(&file, &with_gpg), want, "sops -d of {args:?}");
+    }
+
+    // A creation rule: Shamir, a PGP group and an age group, both needed.
+    std::fs::write(
+        home.join(".sops.yaml"),
+        format!(
+            "creation_rules:\n  - path_regex: secrets/\n    shamir_threshold: 2\n    key_groups:\n      - pgp:\n          - {rsa}\n      - age:\n          - {}\n",
+            k.recipient
+        ),
+    )
+    .expect("write");
+    std::fs::create_dir_all(home.join("secrets")).expect("mkdir");
+    let file = home.join("secrets/db.yaml");
+    std::fs::write(&file, &want).expect("write");
+    let file_path = file.to_str().expect("utf-8");
+    ok(
+        lockstep(&["encrypt", "-i", file_path], &with_gpg),
+        "encrypt -i (rule)",
+    );
+    let both = [with_gpg[0], ("SOPS_AGE_KEY_FILE", age_key.as_str())];
+    assert_eq!(
+        sops_d(&file, &both),
+        want,
+        "sops -d of a Shamir PGP + age file"
+    );
+    assert_eq!(
+        pgp_fingerprints(&std::fs::read(&file).expect("read")),
+        [rsa.as_str()]
+    );
+
+    // rotate --add-pgp: a new data key, ECC added to the first group.
+    ok(
+        lockstep(&["rotate", "-i", "--add-pgp", &ecc, file_path], &both),
+        "rotate --add-pgp",
+    );
+    assert_eq!(
+        pgp_fingerprints(&std::fs::read(&file).expect("read")),
+        [rsa.clone(), ecc.clone()]
+    );
+    assert_eq!(sops_d(&file, &both), want, "after rotate");
+
+    // updatekeys: the rule now names ECC only (one group): the data key re-wrapped, RSA gone.
+    std::fs::write(
+        home.join(".sops.yaml"),
+        format!("creation_rules:\n  - path_regex: secrets/\n    pgp: {ecc}\n"),
+    )
+    .expect("write");
+    let report = ok(
+        lockstep(&["updatekeys", "-y", file_path], &both),
+        "updatekeys",
+    );
+    let report = String::from_utf8_lossy(&report);
+    assert!(report.contains(&format!("- pgp:{rsa}")), "{report}");
+    assert_eq!(
+        pgp_fingerprints(&std::fs::read(&file).expect("read")),
+        [ecc.as_str()]
+    );
+    assert_eq!(sops_d(&file, &with_gpg), want, "after updatekeys");
+
+    // reseal: already current, gets a new data key and keeps ECC.
+    let before = std::fs::read(&file).expect("read");
+    ok(
+        lockstep(
+            &["reseal", home.join("secrets").to_str().expect("utf-8")],
+            &with_gpg,
+        ),
+        "reseal",
+    );
+    let after = std::fs::read(&file).expect("read");
+    assert_ne!(before, after, "reseal writes a new data key");
+    assert_eq!(pgp_fingerprints(&after), [ecc.as_str()]);
+    assert_eq!(sops_d(&file, &with_gpg), want, "after reseal");
+
+    // A fingerprint GnuPG does not know: refused before anything is written, with what to do.
+    let unknown = "0123456789ABCDEF0123456789ABCDEF01234567";
+    let out = lockstep(&["encrypt", "--pgp", unknown, plain_path], &with_gpg);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && out.stdout.is_empty(), "{stderr}");
+    assert!(
+        stderr.contains(unknown) && stderr.contains("gpg --import"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("pgp-written-marker"));
 }

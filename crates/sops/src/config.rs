@@ -16,7 +16,8 @@ use super::tree::Value;
 pub struct CreationRule {
     /// Unanchored regex on the path relative to the config's directory; `None` matches everything.
     pub path_regex: Option<Regex>,
-    /// Recipients per key group (`age:` shorthand → one group).
+    /// Recipients per key group (`age:`/`pgp:` shorthand → one group): age recipients as written,
+    /// PGP keys as `pgp:FINGERPRINT`.
     pub key_groups: Vec<Vec<String>>,
     /// Whether groups hold keys of other types (pgp, kms…) that lockstep cannot encrypt to.
     pub foreign_keys: Vec<String>,
@@ -82,8 +83,7 @@ fn strings(v: &Value, what: &str) -> Result<Vec<String>, ConfigError> {
     Ok(out)
 }
 
-const FOREIGN: [&str; 7] = [
-    "pgp",
+const FOREIGN: [&str; 6] = [
     "kms",
     "gcp_kms",
     "azure_keyvault",
@@ -91,6 +91,26 @@ const FOREIGN: [&str; 7] = [
     "hc_vault",
     "hckms",
 ];
+
+/// PGP fingerprints (a list, or comma-separated as sops takes them) as `pgp:FINGERPRINT` recipients:
+/// upper-case, spaces removed.
+fn pgp_recipients(v: &Value, what: &str) -> Result<Vec<String>, ConfigError> {
+    Ok(strings(v, what)?
+        .into_iter()
+        .map(|fp| pgp_recipient(&fp))
+        .collect())
+}
+
+/// The recipient text of a PGP key: `pgp:` and its fingerprint, upper-case, without spaces (or
+/// sops's `!` for "this subkey exactly": the fingerprint names the key either way).
+pub fn pgp_recipient(fingerprint: &str) -> String {
+    let fp: String = fingerprint
+        .chars()
+        .filter(|c| !c.is_whitespace() && *c != '!')
+        .collect::<String>()
+        .to_uppercase();
+    format!("pgp:{fp}")
+}
 
 fn parse_rule(v: &Value, n: usize) -> Result<CreationRule, ConfigError> {
     let ctx = |field: &str| format!("creation_rules[{n}].{field}");
@@ -109,10 +129,13 @@ fn parse_rule(v: &Value, n: usize) -> Result<CreationRule, ConfigError> {
                 .filter(|g| !matches!(g, Value::Comment(_)))
                 .enumerate()
             {
-                let age = match group.get("age") {
+                let mut age = match group.get("age") {
                     Some(a) => strings(a, &ctx(&format!("key_groups[{g}].age")))?,
                     None => vec![],
                 };
+                if let Some(p) = group.get("pgp") {
+                    age.extend(pgp_recipients(p, &ctx(&format!("key_groups[{g}].pgp")))?);
+                }
                 for f in FOREIGN {
                     if group.get(f).is_some_and(|x| !matches!(x, Value::Null)) {
                         foreign_keys.push(f.to_string());
@@ -128,10 +151,14 @@ fn parse_rule(v: &Value, n: usize) -> Result<CreationRule, ConfigError> {
                     foreign_keys.push(f.to_string());
                 }
             }
-            vec![match v.get("age") {
+            let mut group = match v.get("age") {
                 Some(a) => strings(a, &ctx("age"))?,
                 None => vec![],
-            }]
+            };
+            if let Some(p) = v.get("pgp") {
+                group.extend(pgp_recipients(p, &ctx("pgp"))?);
+            }
+            vec![group]
         }
     };
     let shamir_threshold = match v.get("shamir_threshold").and_then(Value::clear_text) {

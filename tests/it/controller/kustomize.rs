@@ -145,3 +145,102 @@ async fn a_flux_repository_migrated_with_init_from_flux_syncs_with_the_controlle
     );
     assert!(!log.contains(password), "{log}");
 }
+
+/// A Flux-style repository whose Secret sops encrypted to a PGP key (no age at all): the controller
+/// decrypts it with the armored secret key in its decryption Secret (Flux's `*.asc` entry), in
+/// process — no GnuPG, no keyring on disk.
+#[tokio::test]
+async fn a_sync_decrypts_a_pgp_encrypted_secret_with_an_armored_key_from_its_secret() {
+    let kustomize = need!("kustomize", crate::kustomize::kustomize());
+    let sops = need!("sops", support::peer("sops"));
+    let Fixture {
+        cluster,
+        client,
+        controller_kubeconfig,
+        sync_ns,
+        _creds,
+    } = need!("control plane", fixture("pgp-syncs").await);
+    let target = cluster.namespace(&client, "pgp-apps").await;
+    let repo = tempfile::tempdir().expect("tempdir");
+    let root = repo.path();
+    crate::kustomize::overlay_tree(root, &target);
+    let gnupg = support::gnupg::Gnupg::new();
+    let fpr = gnupg.generate_encrypting("sync <sync@lockstep.invalid>", "ed25519");
+    let password = "Controller-Pgp-Marker-51c0";
+    let plain = root.join("overlays/prod/db.yaml");
+    std::fs::write(
+        &plain,
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: db\ntype: Opaque\nstringData:\n  password: {password}\n"
+        ),
+    )
+    .expect("write");
+    let out = std::process::Command::new(&sops)
+        .args([
+            "-e",
+            "--pgp",
+            &fpr,
+            "--encrypted-regex",
+            "^(data|stringData)$",
+        ])
+        .arg(&plain)
+        .env("GNUPGHOME", gnupg.dir.path())
+        .env_remove("SOPS_AGE_KEY_FILE")
+        .output()
+        .expect("sops");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_file(&plain).expect("rm");
+    std::fs::write(root.join("overlays/prod/db.sops.yaml"), &out.stdout).expect("write");
+    crate::kustomize::edit_overlay(root, |k| {
+        k.replace("  - ../../base\n", "  - ../../base\n  - db.sops.yaml\n")
+    });
+    commit_all(root, "an overlay with a PGP-encrypted Secret");
+    put_secret(
+        &client,
+        &sync_ns,
+        "pgp-key",
+        "identity.asc",
+        &gnupg.export_secret(&fpr),
+    )
+    .await;
+    let api = syncs(&client, &sync_ns);
+    create_local_sync(
+        &api,
+        "shop",
+        root,
+        serde_json::json!({
+            "environment": "prod",
+            "decryption": {"secretRef": {"name": "pgp-key"}}
+        }),
+    )
+    .await;
+    let kustomize = kustomize.to_string_lossy().into_owned();
+    let empty = tempfile::tempdir().expect("tempdir");
+    let log = sync_local_once(
+        &controller_kubeconfig,
+        &sync_ns,
+        &[
+            ("LOCKSTEP_KUSTOMIZE", &kustomize),
+            ("GNUPGHOME", empty.path().to_str().expect("utf-8")),
+        ],
+    );
+    let sync = api.get("shop").await.expect("get");
+    assert_eq!(ready(&sync).0, "True", "{:?}\n{log}", ready(&sync));
+    let applied = Api::<Secret>::namespaced(client.clone(), &target)
+        .get("prod-db")
+        .await
+        .expect("the overlay's Secret");
+    assert_eq!(
+        applied.data.unwrap_or_default()["password"].0,
+        password.as_bytes()
+    );
+    let status = sync.data["status"].to_string();
+    assert!(
+        !log.contains(password) && !status.contains(password),
+        "{log}\n{status}"
+    );
+}

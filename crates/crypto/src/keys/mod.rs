@@ -24,6 +24,8 @@ pub enum Recipient {
     PostQuantum(Box<pq::PqRecipient>),
     /// `ssh-ed25519 …` / `ssh-rsa …`
     Ssh(Box<age::ssh::Recipient>),
+    /// A PGP key (`pgp:FINGERPRINT`), with its certificate.
+    Pgp(Box<pgp::PgpRecipient>),
 }
 
 /// A recipient string that is not an age or SSH public key.
@@ -65,18 +67,23 @@ impl Recipient {
         }
     }
 
-    fn as_dyn(&self) -> &dyn age::Recipient {
+    fn as_dyn(&self) -> Option<&dyn age::Recipient> {
         match self {
-            Recipient::X25519(r) => r,
-            Recipient::PostQuantum(r) => r.as_ref(),
-            Recipient::Ssh(r) => r.as_ref(),
+            Recipient::X25519(r) => Some(r),
+            Recipient::PostQuantum(r) => Some(r.as_ref()),
+            Recipient::Ssh(r) => Some(r.as_ref()),
+            Recipient::Pgp(_) => None,
         }
     }
 }
 
-/// Wraps `secret` (a data key or a Shamir share) to one recipient as an armored age file, as sops stores it.
+/// Wraps `secret` (a data key or a Shamir share) to one age recipient as an armored age file, as sops
+/// stores it. (A PGP recipient wraps with [`pgp::PgpRecipient::wrap`].)
 pub fn wrap(secret: &[u8], recipient: &Recipient) -> Result<String, std::io::Error> {
-    let encryptor = age::Encryptor::with_recipients(std::iter::once(recipient.as_dyn()))
+    let recipient = recipient
+        .as_dyn()
+        .ok_or_else(|| std::io::Error::other("not an age recipient"))?;
+    let encryptor = age::Encryptor::with_recipients(std::iter::once(recipient))
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     let mut out = Vec::new();
     let armor = age::armor::ArmoredWriter::wrap_output(&mut out, age::armor::Format::AsciiArmor)?;

@@ -13,7 +13,7 @@ use zeroize::Zeroizing;
 
 use crate::keys::{KeyRing, Recipient};
 use cipher::DataKey;
-use metadata::{AgeEntry, KeyGroup, Metadata};
+use metadata::{AgeEntry, KeyGroup, Metadata, PgpEntry};
 use rules::Selection;
 use store::{Format, StoreError};
 use tree::Document;
@@ -195,7 +195,13 @@ pub fn encrypt(plain: &[u8], mut opts: EncryptOptions<'_>) -> Result<Vec<u8>, So
         return Err(SopsError::NoRecipients);
     }
     let key = DataKey::generate(&mut opts.rng);
-    let key_groups = wrap_groups(&key, &opts.key_groups, opts.shamir_threshold, &mut opts.rng)?;
+    let key_groups = wrap_groups(
+        &key,
+        &opts.key_groups,
+        opts.shamir_threshold,
+        opts.now,
+        &mut opts.rng,
+    )?;
     let meta = Metadata {
         shamir_threshold: (key_groups.len() > 1)
             .then(|| opts.shamir_threshold.unwrap_or(key_groups.len())),
@@ -244,39 +250,48 @@ pub fn seal(
         .map_err(|source| SopsError::Emit { format, source })
 }
 
-/// The recipients of a file's key groups, parsed back from their text (for a rotation that keeps them).
-pub fn recipients_of(meta: &Metadata) -> Result<Vec<Vec<(String, Recipient)>>, SopsError> {
+/// The recipients of a file's key groups, parsed back from their text (for a rotation that keeps
+/// them); PGP keys (`pgp:FINGERPRINT`) are found with `pgp_key`.
+pub fn recipients_of(
+    meta: &Metadata,
+    pgp_key: &dyn Fn(&str) -> Result<Recipient, String>,
+) -> Result<Vec<Vec<(String, Recipient)>>, SopsError> {
     meta.key_groups
         .iter()
         .map(|g| {
-            g.age
-                .iter()
-                .map(|e| {
-                    Recipient::parse(&e.recipient)
-                        .map(|r| (e.recipient.clone(), r))
-                        .map_err(|err| SopsError::Wrap {
-                            recipient: e.recipient.clone(),
-                            message: err.to_string(),
-                        })
-                })
-                .collect()
+            let age = g.age.iter().map(|e| {
+                Recipient::parse(&e.recipient)
+                    .map(|r| (e.recipient.clone(), r))
+                    .map_err(|err| SopsError::Wrap {
+                        recipient: e.recipient.clone(),
+                        message: err.to_string(),
+                    })
+            });
+            let pgp = g.pgp.iter().map(|e| {
+                let text = format!("pgp:{}", e.fp);
+                pgp_key(&e.fp)
+                    .map(|r| (text.clone(), r))
+                    .map_err(|message| SopsError::Wrap {
+                        recipient: text,
+                        message,
+                    })
+            });
+            age.chain(pgp).collect()
         })
         .collect()
 }
 
-/// Refuses to re-wrap a file that has keys of types lockstep cannot encrypt to (they would be lost).
+/// Refuses to re-wrap a file that has keys of types lockstep cannot encrypt to (kms, Vault…: they
+/// would be lost). age and PGP keys are both re-wrapped.
 pub fn ensure_age_only(meta: &Metadata) -> Result<(), SopsError> {
-    let mut foreign: Vec<String> = meta
+    let foreign: Vec<String> = meta
         .key_groups
         .iter()
         .flat_map(|g| g.others.iter())
         .filter(|(_, v)| matches!(v, tree::Value::List(l) if !l.is_empty()))
         .map(|(k, _)| k.clone())
         .collect();
-    if meta.pgp_entries().next().is_some() {
-        foreign.insert(0, "pgp".into());
-    }
-    foreign.dedup();
+
     if foreign.is_empty() {
         Ok(())
     } else {
@@ -288,11 +303,12 @@ pub fn ensure_age_only(meta: &Metadata) -> Result<(), SopsError> {
 }
 
 /// Wraps `key` (a new file's or rotation's key, or the existing key for `updatekeys`) for key groups:
-/// the whole key for one group, a Shamir share per group for several.
+/// the whole key for one group, a Shamir share per group for several. PGP entries are dated `now`.
 pub fn wrap_groups(
     key: &DataKey,
     groups: &[Vec<(String, Recipient)>],
     threshold: Option<usize>,
+    now: jiff::Timestamp,
     rng: &mut Rng<'_>,
 ) -> Result<Vec<KeyGroup>, SopsError> {
     let secrets: Vec<Zeroizing<Vec<u8>>> = if groups.len() == 1 {
@@ -307,31 +323,30 @@ pub fn wrap_groups(
         }
         shamir::split(key.expose(), groups.len(), t, rng)
     };
-    groups
-        .iter()
-        .zip(secrets.iter())
-        .map(|(group, secret)| {
-            let age = group
-                .iter()
-                .map(|(text, r)| {
-                    crate::keys::wrap(secret, r)
-                        .map(|enc| AgeEntry {
-                            recipient: text.clone(),
-                            enc,
-                        })
-                        .map_err(|e| SopsError::Wrap {
-                            recipient: text.clone(),
-                            message: e.to_string(),
-                        })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(KeyGroup {
-                age,
-                pgp: vec![],
-                others: vec![],
-            })
-        })
-        .collect()
+    let created_at = metadata::format_lastmodified(now);
+    let mut out = Vec::new();
+    for (group, secret) in groups.iter().zip(secrets.iter()) {
+        let mut wrapped = KeyGroup::default();
+        for (text, r) in group {
+            let fail = |message: String| SopsError::Wrap {
+                recipient: text.clone(),
+                message,
+            };
+            match r {
+                Recipient::Pgp(pgp) => wrapped.pgp.push(PgpEntry {
+                    fp: pgp.fingerprint.clone(),
+                    created_at: created_at.clone(),
+                    enc: pgp.wrap(secret, rng).map_err(fail)?,
+                }),
+                age => wrapped.age.push(AgeEntry {
+                    recipient: text.clone(),
+                    enc: crate::keys::wrap(secret, age).map_err(|e| fail(e.to_string()))?,
+                }),
+            }
+        }
+        out.push(wrapped);
+    }
+    Ok(out)
 }
 
 /// A decrypted file. Its documents hold plaintext and are wiped when dropped.
