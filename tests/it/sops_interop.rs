@@ -1018,6 +1018,15 @@ fn decrypt_writes_tricky_yaml_scalars_byte_for_byte_as_sops_does() {
         plain.push_str(&format!("    - {f}\n"));
     }
     byte_parity(&sops, &k, "tricky.yaml", plain.as_bytes());
+    // Layout: comments on a line go above it, lists in lists open on their parent's dash. (Not a
+    // comment inside a list: sops 3.13.2 cannot open its own file then — MAC mismatch — and
+    // lockstep, computing the MAC as sops's decrypt does, refuses it too.)
+    byte_parity(
+        &sops,
+        &k,
+        "layout.yaml",
+        b"# top\ndb:\n    password: s3cr3t # inline\n    port: 5432 # port\n    # before\n    map: # on the key\n        a: 1\n    list:\n        - - nested\n          - nested2\n        - - - deep\n        - k: v # in a map item\n          n: 2\n        - plain\n# between\nother: x\n\n# after a blank line\nlast: y # end\n",
+    );
 }
 
 /// What sops and lockstep write from the same files: `sops -e` → `sops -d` and `lockstep decrypt`

@@ -306,7 +306,99 @@ pub fn parse(text: &str) -> Result<Vec<Document>, StoreError> {
         let (event, span) = event.map_err(|e| err(e.marker().line(), e.info()))?;
         parse.event(event, span.start.line(), span.start.col())?;
     }
-    Ok(parse.docs)
+    let mut docs = parse.docs;
+    for doc in &mut docs {
+        hoist_map(&mut doc.items);
+    }
+    Ok(docs)
+}
+
+/// Comments on a line after a value (`key: v # note`, `- item # note`) or after a collection's key
+/// (`key: # note`) become comments on their own line above that entry — the tree sops builds from
+/// go-yaml's line comments, so lockstep writes them where sops does.
+fn hoist_map(items: &mut Vec<Item>) {
+    let mut out = Vec::with_capacity(items.len());
+    let mut taken = std::mem::take(items).into_iter().peekable();
+    while let Some(item) = taken.next() {
+        match item {
+            Item::Pair(k, mut v) => {
+                let head = hoist_value(&mut v);
+                out.extend(head.map(Item::Comment));
+                if let Some(Item::Comment(c)) = taken.peek()
+                    && c.inline
+                    && let Some(Item::Comment(c)) = taken.next()
+                {
+                    out.push(Item::Comment(Comment { inline: false, ..c }));
+                }
+                out.push(Item::Pair(k, v));
+            }
+            Item::Comment(c) => out.push(Item::Comment(Comment { inline: false, ..c })),
+        }
+    }
+    *items = out;
+}
+
+fn hoist_list(values: &mut Vec<Value>) {
+    let mut out = Vec::with_capacity(values.len());
+    let mut taken = std::mem::take(values).into_iter().peekable();
+    while let Some(mut v) = taken.next() {
+        if let Value::Comment(c) = v {
+            out.push(Value::Comment(Comment { inline: false, ..c }));
+            continue;
+        }
+        let head = hoist_value(&mut v);
+        out.extend(head.map(Value::Comment));
+        // A mapping item's leading comments stand above its dash (`- k: v # note` → `# note`).
+        if let Value::Map(items) = &mut v {
+            let n = items
+                .iter()
+                .take_while(|i| matches!(i, Item::Comment(_)))
+                .count();
+            if n < items.len() {
+                out.extend(items.drain(..n).filter_map(|i| match i {
+                    Item::Comment(c) => Some(Value::Comment(c)),
+                    Item::Pair(..) => None,
+                }));
+            }
+        }
+        if let Some(Value::Comment(c)) = taken.peek()
+            && c.inline
+            && let Some(Value::Comment(c)) = taken.next()
+        {
+            out.push(Value::Comment(Comment { inline: false, ..c }));
+        }
+        out.push(v);
+    }
+    *values = out;
+}
+
+/// Hoists inside a collection value and returns the comment on its key's line, if any.
+fn hoist_value(v: &mut Value) -> Option<Comment> {
+    match v {
+        Value::Map(items) => {
+            let head = match items.first() {
+                Some(Item::Comment(c)) if c.inline => match items.remove(0) {
+                    Item::Comment(c) => Some(Comment { inline: false, ..c }),
+                    Item::Pair(..) => None,
+                },
+                _ => None,
+            };
+            hoist_map(items);
+            head
+        }
+        Value::List(values) => {
+            let head = match values.first() {
+                Some(Value::Comment(c)) if c.inline => match values.remove(0) {
+                    Value::Comment(c) => Some(Comment { inline: false, ..c }),
+                    _ => None,
+                },
+                _ => None,
+            };
+            hoist_list(values);
+            head
+        }
+        _ => None,
+    }
 }
 
 /// The state of a parse: the documents so far, the open collections and the comments waiting for a
@@ -1048,6 +1140,9 @@ impl Emitter {
     }
 
     /// Writes the items of a mapping, each line starting at `indent` (the first after `first_prefix`).
+    /// A comment that was on a pair's line (after its value, or after the key of a collection) is
+    /// written on its own line above the pair, as sops writes it (go-yaml's line comment becomes a
+    /// head comment in sops's tree).
     fn map(&mut self, items: &[Item], indent: usize, mut first_prefix: Option<String>) {
         let mut idx = 0;
         while idx < items.len() {
@@ -1060,15 +1155,17 @@ impl Emitter {
                     self.out.push('\n');
                 }
                 Item::Pair(k, v) => {
-                    // An inline comment right after the pair stays on its line.
-                    let inline = match items.get(idx + 1) {
-                        Some(Item::Comment(c)) if c.inline => {
-                            idx += 1;
-                            Some(c)
-                        }
-                        _ => None,
-                    };
-                    self.pair(&lead, k, v, indent, inline);
+                    let column = lead.len() - lead.trim_start().len();
+                    if let Some(head) = leading_inline(v) {
+                        self.comment_line(column, head);
+                    }
+                    if let Some(Item::Comment(c)) = items.get(idx + 1)
+                        && c.inline
+                    {
+                        idx += 1;
+                        self.comment_line(column, c);
+                    }
+                    self.pair(&lead, k, v, indent, None);
                 }
             }
             idx += 1;
@@ -1092,17 +1189,18 @@ impl Emitter {
 
     fn value_after_key(&mut self, v: &Value, indent: usize, inline: Option<&Comment>) {
         match v {
+            // A comment on the key's line was written above the key (see `map`).
             Value::Map(items) if items.iter().any(|i| matches!(i, Item::Pair(..))) => {
-                let (head, rest) = split_leading_inline(items);
-                self.inline_comment(inline.or(head));
+                let (_, rest) = split_leading_inline(items);
+                self.inline_comment(inline);
                 self.out.push('\n');
                 self.map(rest, self.deeper(indent), None);
             }
             Value::List(values) if values.iter().any(|v| !matches!(v, Value::Comment(_))) => {
-                let (head, rest) = split_leading_inline_list(values);
-                self.inline_comment(inline.or(head));
+                let (_, rest) = split_leading_inline_list(values);
+                self.inline_comment(inline);
                 self.out.push('\n');
-                self.list(rest, self.deeper(indent));
+                self.list(rest, self.deeper(indent), None);
             }
             // Empty collections (perhaps holding only comments) are written in flow style; their
             // comments follow on their own lines.
@@ -1154,46 +1252,71 @@ impl Emitter {
         }
     }
 
-    fn list(&mut self, values: &[Value], indent: usize) {
+    /// Writes the items of a list, each `- ` at `indent` (the first after `first_prefix`, for a
+    /// list in a list: `- - a`, as go-yaml writes it). A comment that was on an item's line goes on
+    /// its own line above the item, as sops writes it.
+    fn list(&mut self, values: &[Value], indent: usize, mut first_prefix: Option<String>) {
         let mut idx = 0;
         while idx < values.len() {
             let pad = " ".repeat(indent);
-            let inline = match values.get(idx + 1) {
-                Some(Value::Comment(c))
-                    if c.inline && !matches!(values[idx], Value::Comment(_)) =>
-                {
-                    Some(c)
+            if let Value::Comment(c) = &values[idx] {
+                if let Some(lead) = first_prefix.take() {
+                    // A comment cannot follow the outer dash: the outer item opens on its own line.
+                    self.out.push_str(lead.trim_end());
+                    self.out.push('\n');
                 }
-                _ => None,
-            };
+                self.comment_line(indent, c);
+                idx += 1;
+                continue;
+            }
+            let lead = first_prefix.take().unwrap_or_else(|| pad.clone());
+            let column = lead.len() - lead.trim_start().len();
+            if let Some(Value::Comment(c)) = values.get(idx + 1)
+                && c.inline
+            {
+                self.comment_line(column, c);
+            }
             match &values[idx] {
-                Value::Comment(c) => self.comment_line(indent, c),
                 Value::Map(items) if items.iter().any(|i| matches!(i, Item::Pair(..))) => {
-                    self.map(items, indent + 2, Some(format!("{pad}- ")));
+                    self.map(items, indent + 2, Some(format!("{lead}- ")));
                 }
                 Value::List(inner) if inner.iter().any(|v| !matches!(v, Value::Comment(_))) => {
-                    self.out.push_str(&pad);
-                    self.out.push_str("-\n");
-                    self.list(inner, indent + 2);
+                    let (head, rest) = split_leading_inline_list(inner);
+                    if let Some(head) = head {
+                        self.comment_line(column, head);
+                    }
+                    self.list(rest, indent + 2, Some(format!("{lead}- ")));
                 }
                 // Empty collections (perhaps holding only comments): flow style, comments after.
                 empty @ (Value::Map(_) | Value::List(_)) => {
-                    self.out.push_str(&format!("{pad}-"));
+                    self.out.push_str(&format!("{lead}-"));
                     self.empty_collection(empty, None, indent);
                 }
                 v => {
-                    self.out.push_str(&pad);
+                    self.out.push_str(&lead);
                     self.out.push_str("- ");
                     self.out.push_str(&scalar(v, indent + 2, 2));
-                    self.inline_comment(inline);
                     self.out.push('\n');
                 }
             }
-            if inline.is_some() && !matches!(values[idx], Value::Map(_) | Value::List(_)) {
+            if matches!(values.get(idx + 1), Some(Value::Comment(c)) if c.inline) {
                 idx += 1;
             }
             idx += 1;
         }
+    }
+}
+
+/// The comment on the line of a key whose value is a non-empty collection (`key: # note`).
+fn leading_inline(v: &Value) -> Option<&Comment> {
+    match v {
+        Value::Map(items) if items.iter().any(|i| matches!(i, Item::Pair(..))) => {
+            split_leading_inline(items).0
+        }
+        Value::List(values) if values.iter().any(|v| !matches!(v, Value::Comment(_))) => {
+            split_leading_inline_list(values).0
+        }
+        _ => None,
     }
 }
 
@@ -1277,6 +1400,20 @@ fn go_yaml_float(f: f64) -> String {
 
 #[cfg(test)]
 mod tests {
+    /// What sops 3.13.2 wrote for this file: comments that were on a line go above it, lists in
+    /// lists open on their parent's dash.
+    #[test]
+    fn line_comments_and_nested_lists_are_laid_out_as_sops_lays_them_out() {
+        let src = "# top\ndb:\n    password: s3cr3t # inline\n    list: # on the key\n        - one # item\n        - - nested\n          - nested2\n        - - - deep\n        - k: v # in a map item\n          n: 2\nlast: y # end\n";
+        let docs = super::parse(src).expect("parses");
+        assert_eq!(
+            super::emit(&docs, None, 4),
+            "# top\ndb:\n    # inline\n    password: s3cr3t\n    # on the key\n    list:\n        # item\n        - one\n        - - nested\n          - nested2\n        - - - deep\n        # in a map item\n        - k: v\n          \"n\": 2\n# end\nlast: \"y\"\n"
+        );
+        let again = super::parse(&super::emit(&docs, None, 4)).expect("re-parses");
+        assert_eq!(again, docs);
+    }
+
     /// The spellings sops 3.13.2 printed for these floats.
     #[test]
     fn floats_are_written_as_go_yaml_writes_them() {
@@ -1372,7 +1509,7 @@ mod tests {
         let again = parse(&out).expect("re-parses");
         assert_eq!(docs, again, "{out}");
         assert!(
-            out.starts_with("# head\nb: 1 # one\na:\n    # inner\n    x: \"1\"\n"),
+            out.starts_with("# head\n# one\nb: 1\na:\n    # inner\n    x: \"1\"\n"),
             "{out}"
         );
         assert!(
