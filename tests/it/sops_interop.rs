@@ -1029,8 +1029,41 @@ fn decrypt_writes_tricky_yaml_scalars_byte_for_byte_as_sops_does() {
     );
 }
 
+/// An encrypted file with what differs between any two encryptions blanked: `ENC[…]` values, the
+/// armored age blocks (on their lines, or `\n`-escaped in one value) and `lastmodified`'s time.
+fn masked(bytes: &[u8]) -> String {
+    fn blank(text: &str, start: &str, end: &str, with: &str) -> String {
+        let mut out = String::new();
+        let mut rest = text;
+        while let Some(i) = rest.find(start) {
+            let Some(j) = rest[i..].find(end) else { break };
+            out.push_str(&rest[..i]);
+            out.push_str(with);
+            rest = &rest[i + j + end.len()..];
+        }
+        out.push_str(rest);
+        out
+    }
+    let text = String::from_utf8_lossy(bytes);
+    let text = blank(&text, "ENC[", "]", "ENC[…]");
+    let text = blank(
+        &text,
+        "-----BEGIN AGE ENCRYPTED FILE-----",
+        "-----END AGE ENCRYPTED FILE-----",
+        "AGE[…]",
+    );
+    text.lines()
+        .map(|line| match line.find("lastmodified") {
+            Some(i) => format!("{}lastmodified…", &line[..i]),
+            None => line.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// What sops and lockstep write from the same files: `sops -e` → `sops -d` and `lockstep decrypt`
-/// give the same bytes; `lockstep encrypt` → both decrypt to those bytes again; a no-op `lockstep
+/// give the same bytes; `lockstep encrypt` writes the file sops writes (ciphertexts and time aside),
+/// and both decrypt it to those bytes again; a no-op `lockstep
 /// edit` leaves the sops-written file as it was. The format is the one `name`'s extension gives.
 fn byte_parity(sops: &Path, k: &Keys, name: &str, plain: &[u8]) {
     let home = k.dir.path();
@@ -1068,6 +1101,7 @@ fn byte_parity(sops: &Path, k: &Keys, name: &str, plain: &[u8]) {
         ),
         "sops -e",
     );
+    let sops_written = enc.clone();
     let by_sops = home.join(format!("by-sops-{name}"));
     std::fs::write(&by_sops, &enc).expect("write");
     let path = by_sops.to_str().expect("utf-8");
@@ -1091,6 +1125,12 @@ fn byte_parity(sops: &Path, k: &Keys, name: &str, plain: &[u8]) {
             home,
         ),
         "lockstep encrypt",
+    );
+    // The encrypted files are laid out alike: only the ciphertexts and the time differ.
+    differ(
+        "the encrypted files, ciphertexts and times masked",
+        masked(&sops_written).as_bytes(),
+        masked(&enc).as_bytes(),
     );
     let by_lockstep = home.join(format!("by-lockstep-{name}"));
     std::fs::write(&by_lockstep, &enc).expect("write");

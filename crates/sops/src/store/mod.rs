@@ -139,10 +139,31 @@ pub fn emit_encrypted(
             yaml::check_keys(docs)?;
             yaml::emit(docs, Some(metadata), yaml_indent).into_bytes()
         }
-        Format::Json | Format::Binary => json::emit(docs, Some(metadata), "\t").into_bytes(),
+        Format::Json => json::emit(docs, Some(metadata), "\t").into_bytes(),
+        Format::Binary => {
+            json::emit(docs, Some(&single_value_metadata(metadata)), "\t").into_bytes()
+        }
         Format::Dotenv => dotenv::emit(docs, Some(metadata))?.into_bytes(),
         Format::Ini => ini::emit(docs, Some(metadata))?.into_bytes(),
     })
+}
+
+/// A single-value (binary) file's metadata as sops writes it: without the default
+/// `unencrypted_suffix`, which sops leaves out there (and assumes again when reading).
+fn single_value_metadata(metadata: &Value) -> Value {
+    match metadata {
+        Value::Map(items) => Value::Map(
+            items
+                .iter()
+                .filter(|i| {
+                    !matches!(i, Item::Pair(k, Value::Str(v))
+                        if k == "unencrypted_suffix" && v.expose() == "_unencrypted")
+                })
+                .map(Item::duplicate)
+                .collect(),
+        ),
+        other => other.duplicate(),
+    }
 }
 
 /// Emits plaintext documents (binary: the raw bytes of `data`).

@@ -308,72 +308,32 @@ pub fn parse(text: &str) -> Result<Vec<Document>, StoreError> {
     }
     let mut docs = parse.docs;
     for doc in &mut docs {
-        hoist_map(&mut doc.items);
+        hoist_key_line_comments(&mut doc.items);
     }
     Ok(docs)
 }
 
-/// Comments on a line after a value (`key: v # note`, `- item # note`) or after a collection's key
-/// (`key: # note`) become comments on their own line above that entry — the tree sops builds from
-/// go-yaml's line comments, so lockstep writes them where sops does.
-fn hoist_map(items: &mut Vec<Item>) {
+/// A comment on the line of a collection's key (`key: # note`) becomes a comment above the key, in
+/// the parent — where sops's tree holds it, so it is encrypted (and its ciphertext read back) at
+/// the place both tools write it.
+fn hoist_key_line_comments(items: &mut Vec<Item>) {
     let mut out = Vec::with_capacity(items.len());
-    let mut taken = std::mem::take(items).into_iter().peekable();
-    while let Some(item) = taken.next() {
+    for item in std::mem::take(items) {
         match item {
             Item::Pair(k, mut v) => {
-                let head = hoist_value(&mut v);
-                out.extend(head.map(Item::Comment));
-                if let Some(Item::Comment(c)) = taken.peek()
-                    && c.inline
-                    && let Some(Item::Comment(c)) = taken.next()
-                {
-                    out.push(Item::Comment(Comment { inline: false, ..c }));
+                if let Some(head) = hoist_within(&mut v) {
+                    out.push(Item::Comment(head));
                 }
                 out.push(Item::Pair(k, v));
             }
-            Item::Comment(c) => out.push(Item::Comment(Comment { inline: false, ..c })),
+            comment => out.push(comment),
         }
     }
     *items = out;
 }
 
-fn hoist_list(values: &mut Vec<Value>) {
-    let mut out = Vec::with_capacity(values.len());
-    let mut taken = std::mem::take(values).into_iter().peekable();
-    while let Some(mut v) = taken.next() {
-        if let Value::Comment(c) = v {
-            out.push(Value::Comment(Comment { inline: false, ..c }));
-            continue;
-        }
-        let head = hoist_value(&mut v);
-        out.extend(head.map(Value::Comment));
-        // A mapping item's leading comments stand above its dash (`- k: v # note` → `# note`).
-        if let Value::Map(items) = &mut v {
-            let n = items
-                .iter()
-                .take_while(|i| matches!(i, Item::Comment(_)))
-                .count();
-            if n < items.len() {
-                out.extend(items.drain(..n).filter_map(|i| match i {
-                    Item::Comment(c) => Some(Value::Comment(c)),
-                    Item::Pair(..) => None,
-                }));
-            }
-        }
-        if let Some(Value::Comment(c)) = taken.peek()
-            && c.inline
-            && let Some(Value::Comment(c)) = taken.next()
-        {
-            out.push(Value::Comment(Comment { inline: false, ..c }));
-        }
-        out.push(v);
-    }
-    *values = out;
-}
-
-/// Hoists inside a collection value and returns the comment on its key's line, if any.
-fn hoist_value(v: &mut Value) -> Option<Comment> {
+/// Hoists inside a collection and returns the comment on its key's line, if any.
+fn hoist_within(v: &mut Value) -> Option<Comment> {
     match v {
         Value::Map(items) => {
             let head = match items.first() {
@@ -383,7 +343,7 @@ fn hoist_value(v: &mut Value) -> Option<Comment> {
                 },
                 _ => None,
             };
-            hoist_map(items);
+            hoist_key_line_comments(items);
             head
         }
         Value::List(values) => {
@@ -394,7 +354,14 @@ fn hoist_value(v: &mut Value) -> Option<Comment> {
                 },
                 _ => None,
             };
-            hoist_list(values);
+            let mut out = Vec::with_capacity(values.len());
+            for mut item in std::mem::take(values) {
+                if let Some(inner) = hoist_within(&mut item) {
+                    out.push(Value::Comment(inner));
+                }
+                out.push(item);
+            }
+            *values = out;
             head
         }
         _ => None,
@@ -1113,6 +1080,10 @@ pub fn check_keys(docs: &[Document]) -> Result<(), StoreError> {
 struct Emitter {
     out: String,
     step: usize,
+    /// Plaintext output: a comment that was on an entry's line goes on its own line above it, as
+    /// `sops -d` writes it. (In an encrypted file sops keeps it on the line, unless the entry is a
+    /// collection's key.)
+    hoist: bool,
 }
 
 impl Emitter {
@@ -1140,9 +1111,8 @@ impl Emitter {
     }
 
     /// Writes the items of a mapping, each line starting at `indent` (the first after `first_prefix`).
-    /// A comment that was on a pair's line (after its value, or after the key of a collection) is
-    /// written on its own line above the pair, as sops writes it (go-yaml's line comment becomes a
-    /// head comment in sops's tree).
+    /// A comment that was on a collection's key line goes above the key, as sops writes it; one after
+    /// a value too in plaintext output (`hoist`).
     fn map(&mut self, items: &[Item], indent: usize, mut first_prefix: Option<String>) {
         let mut idx = 0;
         while idx < items.len() {
@@ -1159,13 +1129,19 @@ impl Emitter {
                     if let Some(head) = leading_inline(v) {
                         self.comment_line(column, head);
                     }
-                    if let Some(Item::Comment(c)) = items.get(idx + 1)
-                        && c.inline
+                    let mut inline = match items.get(idx + 1) {
+                        Some(Item::Comment(c)) if c.inline => {
+                            idx += 1;
+                            Some(c)
+                        }
+                        _ => None,
+                    };
+                    if self.hoist
+                        && let Some(c) = inline.take()
                     {
-                        idx += 1;
                         self.comment_line(column, c);
                     }
-                    self.pair(&lead, k, v, indent, None);
+                    self.pair(&lead, k, v, indent, inline);
                 }
             }
             idx += 1;
@@ -1253,8 +1229,8 @@ impl Emitter {
     }
 
     /// Writes the items of a list, each `- ` at `indent` (the first after `first_prefix`, for a
-    /// list in a list: `- - a`, as go-yaml writes it). A comment that was on an item's line goes on
-    /// its own line above the item, as sops writes it.
+    /// list in a list: `- - a`, as go-yaml writes it). A comment that was on an item's line stays
+    /// there, or goes on its own line above the item in plaintext output (`hoist`).
     fn list(&mut self, values: &[Value], indent: usize, mut first_prefix: Option<String>) {
         let mut idx = 0;
         while idx < values.len() {
@@ -1271,12 +1247,21 @@ impl Emitter {
             }
             let lead = first_prefix.take().unwrap_or_else(|| pad.clone());
             let column = lead.len() - lead.trim_start().len();
-            if let Some(Value::Comment(c)) = values.get(idx + 1)
-                && c.inline
+            let item = &values[idx];
+            let scalar_item = !matches!(item, Value::Map(_) | Value::List(_));
+            let mut inline = match values.get(idx + 1) {
+                Some(Value::Comment(c)) if c.inline && (self.hoist || scalar_item) => {
+                    idx += 1;
+                    Some(c)
+                }
+                _ => None,
+            };
+            if self.hoist
+                && let Some(c) = inline.take()
             {
                 self.comment_line(column, c);
             }
-            match &values[idx] {
+            match item {
                 Value::Map(items) if items.iter().any(|i| matches!(i, Item::Pair(..))) => {
                     self.map(items, indent + 2, Some(format!("{lead}- ")));
                 }
@@ -1296,11 +1281,9 @@ impl Emitter {
                     self.out.push_str(&lead);
                     self.out.push_str("- ");
                     self.out.push_str(&scalar(v, indent + 2, 2));
+                    self.inline_comment(inline);
                     self.out.push('\n');
                 }
-            }
-            if matches!(values.get(idx + 1), Some(Value::Comment(c)) if c.inline) {
-                idx += 1;
             }
             idx += 1;
         }
@@ -1339,6 +1322,7 @@ pub fn emit(docs: &[Document], metadata: Option<&Value>, indent: usize) -> Strin
     let mut e = Emitter {
         out: String::new(),
         step: indent.clamp(2, 9),
+        hoist: metadata.is_none(),
     };
     for (i, doc) in docs.iter().enumerate() {
         if i > 0 {
@@ -1362,6 +1346,7 @@ pub fn emit_value(v: &Value, indent: usize) -> String {
     let mut e = Emitter {
         out: String::new(),
         step: indent.clamp(2, 9),
+        hoist: true,
     };
     match v {
         Value::Map(items) if items.iter().any(|i| matches!(i, Item::Pair(..))) => {
@@ -1411,7 +1396,16 @@ mod tests {
             "# top\ndb:\n    # inline\n    password: s3cr3t\n    # on the key\n    list:\n        # item\n        - one\n        - - nested\n          - nested2\n        - - - deep\n        # in a map item\n        - k: v\n          \"n\": 2\n# end\nlast: \"y\"\n"
         );
         let again = super::parse(&super::emit(&docs, None, 4)).expect("re-parses");
-        assert_eq!(again, docs);
+        assert_eq!(super::emit(&again, None, 4), super::emit(&docs, None, 4));
+        // In an encrypted file sops keeps a comment after a value on its line.
+        let meta = super::Value::Map(vec![]);
+        let encrypted = super::emit(&docs, Some(&meta), 4);
+        assert!(
+            encrypted.contains("    # on the key\n    list:\n        - one # item\n")
+                && encrypted.contains("    password: s3cr3t # inline\n")
+                && encrypted.contains("        - k: v # in a map item\n"),
+            "{encrypted}"
+        );
     }
 
     /// The spellings sops 3.13.2 printed for these floats.
@@ -1507,7 +1501,8 @@ mod tests {
         assert_eq!(docs.len(), 2);
         let out = emit(&docs, None, 4);
         let again = parse(&out).expect("re-parses");
-        assert_eq!(docs, again, "{out}");
+        // The plaintext view is stable (a line comment, written above its key, stays there).
+        assert_eq!(emit(&again, None, 4), out);
         assert!(
             out.starts_with("# head\n# one\nb: 1\na:\n    # inner\n    x: \"1\"\n"),
             "{out}"
