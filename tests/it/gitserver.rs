@@ -980,3 +980,76 @@ fn a_kept_cache_fetches_only_what_is_new_and_recovers() {
     assert!(down.to_string().contains("127.0.0.1"), "{down}");
     assert!(cache.join("objects").is_dir());
 }
+
+/// A `ref.commit` is fetched alone: by its id, one commit deep — not the default branch's history.
+/// A later poll of the same commit negotiates nothing; a commit the server does not hold is refused
+/// naming it.
+#[test]
+fn a_commit_ref_fetches_that_commit_and_not_the_history() {
+    use lockstep::source::git::{Auth, Revision, fetch};
+    let tmp = tempfile::tempdir().unwrap();
+    let seed = tmp.path().join("seed");
+    std::fs::create_dir_all(&seed).unwrap();
+    git(&seed, &["init", "-q", "-b", "main"]);
+    // 40 commits, each rewriting a 64 KiB file of fresh random bytes: a history of ~2.5 MB.
+    let mut pinned = String::new();
+    for n in 0..40 {
+        let mut noise = vec![0u8; 64 * 1024];
+        getrandom::fill(&mut noise).unwrap();
+        std::fs::write(seed.join("blob.bin"), &noise).unwrap();
+        std::fs::write(seed.join("lockstep.yaml"), format!("project: p{n}\n")).unwrap();
+        git(&seed, &["add", "."]);
+        git(&seed, &["commit", "-q", "-m", &format!("c{n}")]);
+        if n == 20 {
+            pinned = git(&seed, &["rev-parse", "HEAD"]);
+        }
+    }
+    std::fs::create_dir_all(tmp.path().join("served")).unwrap();
+    git(
+        tmp.path(),
+        &["clone", "-q", "--bare", "seed", "served/big.git"],
+    );
+    let server = GitHttp::start(&tmp.path().join("served"), None);
+    let url = server.url("big.git");
+    let cache = tmp.path().join("cache/big.git");
+    let got = |rev: &Revision| {
+        fetch(
+            &url,
+            rev,
+            ".",
+            &Auth::None,
+            &cache,
+            None,
+            None,
+            &std::sync::atomic::AtomicBool::new(false),
+        )
+    };
+    let downloaded = || server.requests().iter().map(|r| r.bytes).sum::<usize>();
+    let first = got(&Revision::Commit(pinned.clone())).expect("the pinned commit");
+    assert_eq!(first.revision, pinned);
+    assert_eq!(
+        first.snapshot.get("lockstep.yaml").map(|b| b.to_vec()),
+        Some(b"project: p20\n".to_vec())
+    );
+    let one_commit = downloaded();
+    eprintln!("a commit ref: first fetch {one_commit} bytes");
+    assert!(
+        one_commit < 200 * 1024,
+        "{one_commit} bytes for one commit of a ~2.5 MB history: {:#?}",
+        server.requests()
+    );
+    server.clear_requests();
+    let again = got(&Revision::Commit(pinned.clone())).expect("again");
+    assert_eq!(again.revision, pinned);
+    eprintln!("a commit ref: second fetch {} bytes", downloaded());
+    assert!(
+        downloaded() < 16 * 1024,
+        "a second fetch of the same commit: {:#?}",
+        server.requests()
+    );
+    let missing = "0123456789abcdef0123456789abcdef01234567";
+    let e = got(&Revision::Commit(missing.into()))
+        .err()
+        .expect("a commit the server does not hold");
+    assert!(e.to_string().contains(missing), "{e}");
+}

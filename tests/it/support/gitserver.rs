@@ -35,6 +35,8 @@ pub struct Request {
     pub git_protocol: Option<String>,
     /// Whether the request body came with `Transfer-Encoding: chunked`.
     pub chunked: bool,
+    /// The size of the answer's body (what the client downloaded).
+    pub bytes: usize,
 }
 
 struct HttpShared {
@@ -241,6 +243,7 @@ fn serve_connection<S: Read + Write>(
             status,
             git_protocol: req.header("Git-Protocol").map(str::to_string),
             chunked: req.chunked,
+            bytes: body.len(),
         });
         let mut head = format!("HTTP/1.1 {status} {}\r\n", reason(status));
         for (k, v) in &headers {

@@ -408,9 +408,14 @@ fn fetch_into(
     let needs_history = earlier.is_some() || pin.is_some();
     // How the first fetch of this attempt treats the shallow boundary; deeper ones follow when
     // the history there does not settle what was asked.
+    // A commit is asked for by its id, alone (depth 1 into a new cache): servers speaking protocol
+    // v2 serve any commit they hold. One that will not is asked for the default branch's history.
+    let mut by_id = matches!(rev, Revision::Commit(_));
     let mut shallow = match rev {
-        Revision::Commit(_) if fresh => gix::remote::fetch::Shallow::NoChange,
-        Revision::Commit(_) => gix::remote::fetch::Shallow::undo(),
+        Revision::Commit(_) if fresh => {
+            gix::remote::fetch::Shallow::DepthAtRemote(std::num::NonZeroU32::MIN)
+        }
+        Revision::Commit(_) => gix::remote::fetch::Shallow::NoChange,
         _ if fresh && needs_history => gix::remote::fetch::Shallow::DepthAtRemote(
             std::num::NonZeroU32::new(ANCESTRY_DEPTH).unwrap_or(std::num::NonZeroU32::MIN),
         ),
@@ -419,8 +424,26 @@ fn fetch_into(
     };
     let mut deepened = 0;
     'deeper: loop {
-        let outcome = update(repo, url, rev, auth, shallow.clone(), interrupt)?;
-        let tip = tip_of(repo, rev)?;
+        let spec = match rev {
+            Revision::Commit(id) if by_id => id.clone(),
+            _ => refspec(rev),
+        };
+        let fetched =
+            update(repo, url, &spec, auth, shallow.clone(), interrupt).and_then(|outcome| {
+                tip_of(repo, rev)
+                    .map(|tip| (tip, outcome))
+                    .map_err(Failed::Local)
+            });
+        let (tip, outcome) = match fetched {
+            Ok(found) => found,
+            Err(_) if by_id => {
+                // Not served by id: look for it in the default branch's whole history.
+                by_id = false;
+                shallow = gix::remote::fetch::Shallow::undo();
+                continue 'deeper;
+            }
+            Err(e) => return Err(e),
+        };
         // Whether the history here settles a search; `None`: deepen the cache and look again.
         let is_shallow = repo
             .is_shallow()
@@ -511,7 +534,7 @@ fn local_ref(rev: &Revision) -> Option<String> {
 /// The refspec that fetches `rev` (forced: a force-pushed branch or a moved tag is followed).
 fn refspec(rev: &Revision) -> String {
     match rev {
-        // A commit is looked up in the default branch's history.
+        // A commit a server will not serve by id is looked up in the default branch's history.
         Revision::Default | Revision::Commit(_) => "+HEAD:refs/remotes/origin/HEAD".into(),
         Revision::Branch(_) | Revision::Tag(_) => {
             let name = local_ref(rev).unwrap_or_default();
@@ -525,7 +548,7 @@ fn refspec(rev: &Revision) -> String {
 fn update(
     repo: &gix::Repository,
     url: &str,
-    rev: &Revision,
+    spec: &str,
     auth: &Auth,
     shallow: gix::remote::fetch::Shallow,
     interrupt: &AtomicBool,
@@ -563,7 +586,7 @@ fn update(
     let remote = repo
         .remote_at_without_url_rewrite(url)
         .map_err(|e| Failed::Remote(err(&redact(url), e)))?
-        .with_refspecs([refspec(rev).as_str()], gix::remote::Direction::Fetch)
+        .with_refspecs([spec], gix::remote::Direction::Fetch)
         .map_err(|e| err("the refspec", e))?
         .with_fetch_tags(gix::remote::fetch::Tags::None);
     let mut connection = remote
