@@ -2148,6 +2148,11 @@ pub async fn run_loop(access: Access, opts: &LoopOptions, cache: &Path, hub: Arc
     });
     let (reader, writer) = reflector::store();
     hub.set_syncs(reader.clone());
+    let sweeper = tokio::spawn(sweep_caches(
+        reader.clone(),
+        cache.to_path_buf(),
+        hub.clone(),
+    ));
     let mut config = watcher::Config::default();
     if let Some(selector) = &opts.selector {
         config = config.labels(selector);
@@ -2208,8 +2213,40 @@ pub async fn run_loop(access: Access, opts: &LoopOptions, cache: &Path, hub: Arc
             std::future::ready(())
         })
         .await;
+    sweeper.abort();
     hub.progress.end();
     hub.lifecycle.mark_drained();
+}
+
+/// How often the repository caches no Sync uses any more are removed.
+const SWEEP_EVERY: Duration = Duration::from_secs(600);
+
+/// Every [`SWEEP_EVERY`], removes the repository caches of URLs no Sync in the store names (a
+/// repository a Sync moved away from, or a deleted Sync's), so the cache volume holds only what is
+/// read. The first sweep waits one period: the store is full by then.
+async fn sweep_caches(
+    store: kube::runtime::reflector::Store<Sync>,
+    cache: PathBuf,
+    hub: Arc<server::Hub>,
+) {
+    loop {
+        hub.lifecycle.sleep_unless_drained(SWEEP_EVERY).await;
+        if hub.lifecycle.is_stopping() {
+            return;
+        }
+        let in_use: std::collections::HashSet<PathBuf> = store
+            .state()
+            .iter()
+            .map(|s| cache_dir(&cache, &s.spec.source.url))
+            .collect();
+        let root = cache.join("git");
+        let removed = tokio::task::spawn_blocking(move || git::sweep(&root, &in_use))
+            .await
+            .unwrap_or_default();
+        for dir in removed {
+            tracing::info!(cache = %dir.display(), "removed the cache of a repository no Sync reads");
+        }
+    }
 }
 
 /// Asks for a sync of the Syncs that depend on `changed` (only those waiting, when `waiting`):

@@ -2,7 +2,7 @@
 //! project at that commit straight from the object database into a [`Snapshot`] — no checkout, no
 //! work tree, nothing on disk but Git objects (which hold only what is in Git: encrypted secrets).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use super::{MAX_FILE_BYTES, MAX_PROJECT_BYTES, MAX_PROJECT_FILES, PROJECT_ENTRIES, Snapshot};
@@ -333,6 +333,36 @@ impl CacheLock {
             .map_err(|e| err(&format!("locking {}", path.display()), e))?;
         Ok(CacheLock { _file: file })
     }
+}
+
+/// Removes the repository caches under `root` (the `<name>.git` directories [`fetch`] keeps, with
+/// their `.lock` files) that are not in `in_use` — a repository no Sync reads any more. A cache
+/// whose lock is held (a fetch in flight) is left for the next sweep. Returns what was removed.
+pub fn sweep(root: &Path, in_use: &std::collections::HashSet<PathBuf>) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    for e in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        let dir = e.path();
+        if dir.extension().is_none_or(|x| x != "git") || in_use.contains(&dir) || !dir.is_dir() {
+            continue;
+        }
+        let lock = dir.with_extension("lock");
+        let Ok(file) = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock)
+        else {
+            continue;
+        };
+        if file.try_lock().is_err() {
+            continue;
+        }
+        if std::fs::remove_dir_all(&dir).is_ok() {
+            let _ = std::fs::remove_file(&lock);
+            removed.push(dir);
+        }
+    }
+    removed
 }
 
 /// The cache repository at `dir` when it is there, opens, and is within its bounds; otherwise
@@ -1043,6 +1073,26 @@ impl<'r> Walk<'r> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_sweep_removes_only_unused_caches_that_no_fetch_holds() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let dir = |name: &str| {
+            let d = root.path().join(name);
+            std::fs::create_dir_all(d.join("objects")).expect("mkdir");
+            d
+        };
+        let (used, unused, busy) = (dir("used.git"), dir("unused.git"), dir("busy.git"));
+        std::fs::create_dir_all(root.path().join("other")).expect("mkdir");
+        let held = super::CacheLock::take(&busy).expect("lock");
+        let in_use = std::collections::HashSet::from([used.clone()]);
+        assert_eq!(super::sweep(root.path(), &in_use), vec![unused.clone()]);
+        assert!(used.is_dir() && busy.is_dir() && !unused.exists());
+        assert!(!unused.with_extension("lock").exists());
+        drop(held);
+        assert_eq!(super::sweep(root.path(), &in_use), vec![busy.clone()]);
+        assert!(root.path().join("other").is_dir());
+    }
+
     use super::*;
 
     #[test]
