@@ -514,12 +514,7 @@ fn https_certificate_satisfies_webpki() {
 fn a_tag_and_a_same_named_branch_each_fetch_their_own_commit() {
     use lockstep::source::git::Revision;
     let tmp = tempfile::tempdir().unwrap();
-    let seed = tmp.path().join("seed");
-    std::fs::create_dir_all(&seed).unwrap();
-    git(&seed, &["init", "-q", "-b", "main"]);
-    std::fs::write(seed.join("lockstep.yaml"), "project: p\n").unwrap();
-    git(&seed, &["add", "."]);
-    git(&seed, &["commit", "-q", "-m", "tagged"]);
+    let seed = seed_repo(tmp.path(), "project: p\n", "tagged");
     git(&seed, &["tag", "v1"]);
     let tagged = git(&seed, &["rev-parse", "HEAD"]);
     git(&seed, &["checkout", "-q", "-b", "v1"]);
@@ -736,12 +731,7 @@ fn anonymous_ssh_is_refused_before_connecting() {
 fn a_fetch_reports_the_tag_object_and_whether_the_commit_descends() {
     use lockstep::source::git::{ANCESTRY_DEPTH, Auth, Pin, Pinned, Revision, fetch};
     let tmp = tempfile::tempdir().unwrap();
-    let seed = tmp.path().join("seed");
-    std::fs::create_dir_all(&seed).unwrap();
-    git(&seed, &["init", "-q", "-b", "main"]);
-    std::fs::write(seed.join("lockstep.yaml"), "project: p\n").unwrap();
-    git(&seed, &["add", "."]);
-    git(&seed, &["commit", "-q", "-m", "first"]);
+    let seed = seed_repo(tmp.path(), "project: p\n", "first");
     let first = git(&seed, &["rev-parse", "HEAD"]);
     // More commits on top than the first, shallow fetch brings.
     let script: String = (0..ANCESTRY_DEPTH + 20)
@@ -887,12 +877,7 @@ fn a_fetch_reports_the_tag_object_and_whether_the_commit_descends() {
 fn a_kept_cache_fetches_only_what_is_new_and_recovers() {
     use lockstep::source::git::{Auth, Revision, fetch};
     let tmp = tempfile::tempdir().unwrap();
-    let seed = tmp.path().join("seed");
-    std::fs::create_dir_all(&seed).unwrap();
-    git(&seed, &["init", "-q", "-b", "main"]);
-    std::fs::write(seed.join("lockstep.yaml"), "project: one\n").unwrap();
-    git(&seed, &["add", "."]);
-    git(&seed, &["commit", "-q", "-m", "one"]);
+    let seed = seed_repo(tmp.path(), "project: one\n", "one");
     std::fs::create_dir_all(tmp.path().join("served")).unwrap();
     git(
         tmp.path(),
@@ -979,6 +964,17 @@ fn a_kept_cache_fetches_only_what_is_new_and_recovers() {
     let down = got().err().expect("the server is down");
     assert!(down.to_string().contains("127.0.0.1"), "{down}");
     assert!(cache.join("objects").is_dir());
+}
+
+/// A repository `seed` under `dir` on branch `main` with one commit of `lockstep.yaml`.
+fn seed_repo(dir: &Path, project: &str, message: &str) -> PathBuf {
+    let seed = dir.join("seed");
+    std::fs::create_dir_all(&seed).unwrap();
+    git(&seed, &["init", "-q", "-b", "main"]);
+    std::fs::write(seed.join("lockstep.yaml"), project).unwrap();
+    git(&seed, &["add", "."]);
+    git(&seed, &["commit", "-q", "-m", message]);
+    seed
 }
 
 /// A `ref.commit` is fetched alone: by its id, one commit deep — not the default branch's history.

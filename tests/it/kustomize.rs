@@ -280,14 +280,7 @@ async fn a_sealed_reference_in_an_overlay_patch_is_the_real_value_only_in_the_cl
     );
     let applied = apply_prod(&cluster, &kustomize, home.path(), &dir);
     support::assert_success(&applied);
-    let secret = Api::<Secret>::namespaced(client.clone(), &ns)
-        .get("prod-db")
-        .await
-        .expect("the overlay's Secret");
-    assert_eq!(
-        secret.data.unwrap_or_default()["password"].0,
-        MARKER.as_bytes()
-    );
+    assert_prod_db_password(&client, &ns, MARKER).await;
     let said = format!(
         "{rendered}{}{}",
         String::from_utf8_lossy(&applied.stdout),
@@ -311,11 +304,30 @@ pub(crate) fn add_sops_db_secret(root: &Path, password: &str) {
     let secret = format!(
         "apiVersion: v1\nkind: Secret\nmetadata:\n  name: db\ntype: Opaque\nstringData:\n  password: {password}\n"
     );
-    let sealed = encrypt_values_only(&secret, "overlays/prod/db.sops.yaml");
+    add_sealed_db_secret(
+        root,
+        &encrypt_values_only(&secret, "overlays/prod/db.sops.yaml"),
+    );
+}
+
+/// Adds `sealed` (a SOPS-encrypted Secret) to the prod overlay as `db.sops.yaml`.
+pub(crate) fn add_sealed_db_secret(root: &Path, sealed: &[u8]) {
     std::fs::write(root.join("overlays/prod/db.sops.yaml"), sealed).expect("write");
     edit_overlay(root, |k| {
         k.replace("  - ../../base\n", "  - ../../base\n  - db.sops.yaml\n")
     });
+}
+
+/// Asserts that the overlay's Secret `prod-db` in `ns` holds `password` (decrypted in the cluster).
+pub(crate) async fn assert_prod_db_password(client: &kube::Client, ns: &str, password: &str) {
+    let secret = Api::<Secret>::namespaced(client.clone(), ns)
+        .get("prod-db")
+        .await
+        .expect("the overlay's Secret");
+    assert_eq!(
+        secret.data.unwrap_or_default()["password"].0,
+        password.as_bytes()
+    );
 }
 
 /// Rewrites the prod overlay's kustomization with `edit`.

@@ -4,6 +4,38 @@
 
 use super::*;
 
+/// Creates the Sync `shop` of the repository at `root` (environment prod, decryption Secret
+/// `secret`), runs the controller once with `kustomize` and `env`, and returns the Sync — Ready —
+/// and the controller's log.
+async fn sync_prod_once(
+    client: &kube::Client,
+    kubeconfig: &Path,
+    ns: &str,
+    root: &Path,
+    secret: &str,
+    kustomize: &Path,
+    env: &[(&str, &str)],
+) -> (DynamicObject, String) {
+    let api = syncs(client, ns);
+    create_local_sync(
+        &api,
+        "shop",
+        root,
+        serde_json::json!({
+            "environment": "prod",
+            "decryption": {"secretRef": {"name": secret}}
+        }),
+    )
+    .await;
+    let kustomize = kustomize.to_string_lossy().into_owned();
+    let mut env = env.to_vec();
+    env.push(("LOCKSTEP_KUSTOMIZE", &kustomize));
+    let log = sync_local_once(kubeconfig, ns, &env);
+    let sync = api.get("shop").await.expect("get");
+    assert_eq!(ready(&sync).0, "True", "{:?}\n{log}", ready(&sync));
+    (sync, log)
+}
+
 #[tokio::test]
 async fn a_sync_applies_a_kustomize_overlay_with_a_sops_secret_from_git() {
     let kustomize = need!("kustomize", crate::kustomize::kustomize());
@@ -22,33 +54,17 @@ async fn a_sync_applies_a_kustomize_overlay_with_a_sops_secret_from_git() {
     crate::kustomize::add_sops_db_secret(root, password);
     commit_all(root, "an overlay");
     put_secret(&client, &sync_ns, "age-key", "key", &demo_key()).await;
-    let api = syncs(&client, &sync_ns);
-    create_local_sync(
-        &api,
-        "shop",
-        root,
-        serde_json::json!({
-            "environment": "prod",
-            "decryption": {"secretRef": {"name": "age-key"}}
-        }),
-    )
-    .await;
-    let kustomize = kustomize.to_string_lossy().into_owned();
-    let log = sync_local_once(
+    let (sync, log) = sync_prod_once(
+        &client,
         &controller_kubeconfig,
         &sync_ns,
-        &[("LOCKSTEP_KUSTOMIZE", &kustomize)],
-    );
-    let sync = api.get("shop").await.expect("get");
-    assert_eq!(ready(&sync).0, "True", "{:?}\n{log}", ready(&sync));
-    let applied = Api::<Secret>::namespaced(client.clone(), &target)
-        .get("prod-db")
-        .await
-        .expect("the overlay's Secret");
-    assert_eq!(
-        applied.data.unwrap_or_default()["password"].0,
-        password.as_bytes()
-    );
+        root,
+        "age-key",
+        &kustomize,
+        &[],
+    )
+    .await;
+    crate::kustomize::assert_prod_db_password(&client, &target, password).await;
     Api::<Deployment>::namespaced(client.clone(), &target)
         .get("prod-web")
         .await
@@ -135,14 +151,7 @@ async fn a_flux_repository_migrated_with_init_from_flux_syncs_with_the_controlle
     );
     let synced = api.get("apps").await.expect("get");
     assert_eq!(ready(&synced).0, "True", "{:?}\n{log}", ready(&synced));
-    let applied = Api::<Secret>::namespaced(client.clone(), &target)
-        .get("prod-db")
-        .await
-        .expect("the overlay's Secret");
-    assert_eq!(
-        applied.data.unwrap_or_default()["password"].0,
-        password.as_bytes()
-    );
+    crate::kustomize::assert_prod_db_password(&client, &target, password).await;
     assert!(!log.contains(password), "{log}");
 }
 
@@ -194,10 +203,7 @@ async fn a_sync_decrypts_a_pgp_encrypted_secret_with_an_armored_key_from_its_sec
         String::from_utf8_lossy(&out.stderr)
     );
     std::fs::remove_file(&plain).expect("rm");
-    std::fs::write(root.join("overlays/prod/db.sops.yaml"), &out.stdout).expect("write");
-    crate::kustomize::edit_overlay(root, |k| {
-        k.replace("  - ../../base\n", "  - ../../base\n  - db.sops.yaml\n")
-    });
+    crate::kustomize::add_sealed_db_secret(root, &out.stdout);
     commit_all(root, "an overlay with a PGP-encrypted Secret");
     put_secret(
         &client,
@@ -207,37 +213,18 @@ async fn a_sync_decrypts_a_pgp_encrypted_secret_with_an_armored_key_from_its_sec
         &gnupg.export_secret(&fpr),
     )
     .await;
-    let api = syncs(&client, &sync_ns);
-    create_local_sync(
-        &api,
-        "shop",
-        root,
-        serde_json::json!({
-            "environment": "prod",
-            "decryption": {"secretRef": {"name": "pgp-key"}}
-        }),
-    )
-    .await;
-    let kustomize = kustomize.to_string_lossy().into_owned();
     let empty = tempfile::tempdir().expect("tempdir");
-    let log = sync_local_once(
+    let (sync, log) = sync_prod_once(
+        &client,
         &controller_kubeconfig,
         &sync_ns,
-        &[
-            ("LOCKSTEP_KUSTOMIZE", &kustomize),
-            ("GNUPGHOME", empty.path().to_str().expect("utf-8")),
-        ],
-    );
-    let sync = api.get("shop").await.expect("get");
-    assert_eq!(ready(&sync).0, "True", "{:?}\n{log}", ready(&sync));
-    let applied = Api::<Secret>::namespaced(client.clone(), &target)
-        .get("prod-db")
-        .await
-        .expect("the overlay's Secret");
-    assert_eq!(
-        applied.data.unwrap_or_default()["password"].0,
-        password.as_bytes()
-    );
+        root,
+        "pgp-key",
+        &kustomize,
+        &[("GNUPGHOME", empty.path().to_str().expect("utf-8"))],
+    )
+    .await;
+    crate::kustomize::assert_prod_db_password(&client, &target, password).await;
     let status = sync.data["status"].to_string();
     assert!(
         !log.contains(password) && !status.contains(password),
